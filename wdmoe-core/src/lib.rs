@@ -1,0 +1,80 @@
+//! # wdmoe-core
+//!
+//! The policy of *WDMoE: Wireless Distributed Large Language Models with
+//! Mixture of Experts*: a base station runs attention and the router of an
+//! MoE model, every expert lives on a mobile device, and for each token the
+//! base station drops experts whose weight-to-latency ratio is poor.
+//!
+//! This crate is `no_std`, allocates nothing and never panics on any input:
+//! every fallible function returns [`Error`]. It is small enough to link into
+//! base-station firmware, from Rust or from C (feature `capi`, header
+//! `include/wdmoe.h`).
+//!
+//! | module | what | paper |
+//! |---|---|---|
+//! | [`link`] | dB/dBm conversions, path loss (paper, 3GPP UMa/UMi), noise, Shannon rate | eq. (2), (3) |
+//! | [`compute`] | expert FLOPs and payload bits | eq. (4), (5) |
+//! | [`latency`] | per expert, per token, per prompt, batched prefill | eq. (6)–(8) |
+//! | [`select`] | WLR, κ, Algorithm 1, plain top-k | eq. (9), (10), Alg. 1 |
+//! | [`bandwidth`] | even split, min–max allocation | §III, journal version |
+//!
+//! ## Floats
+//! Everything is generic over the sealed trait [`Float`], implemented for
+//! `f32` (firmware) and `f64` (simulation) through `libm`. Capacities are
+//! const generics: [`select::Selection<F, N>`] holds up to `N` experts on the
+//! stack.
+//!
+//! ## A firmware-style decision loop
+//! Per token and MoE layer: estimate each device's latency from its channel
+//! report, then let the policy pick the experts. All in `f32`, on the stack.
+//!
+//! ```
+//! use wdmoe_core::{compute::ExpertShape, latency::{DeviceLink, LatencyModel}, link, select};
+//!
+//! # fn main() -> Result<(), wdmoe_core::Error> {
+//! const N: usize = 8;
+//! let shape = ExpertShape::MIXTRAL_8X7B;
+//! let model = LatencyModel::new(
+//!     shape.payload_bits(16.0_f32)?,             // eq. (5): 65,536 bit
+//!     shape.flops_per_token(4.0)?,               // eq. (4)
+//!     link::noise_psd_w_per_hz(-174.0, 7.0)?,    // N0 with a 7 dB noise figure
+//! )?;
+//! let policy = select::Policy::new(2, 0.2, 1)?;  // top-2, θ = 0.2, one drop
+//!
+//! // Channel reports: distance [m] and measured fading power |h|² per device.
+//! let distance_m = [60.0_f32, 90.0, 120.0, 150.0, 200.0, 260.0, 330.0, 400.0];
+//! let fading = [1.0_f32, 0.4, 1.7, 0.9, 0.002, 1.2, 0.8, 2.1];
+//! let compute_flops_per_s = 2e12_f32;
+//! let mut latency_s = [0.0_f32; N];
+//! for q in 0..N {
+//!     let pl = link::free_space_path_loss_db(3.5, distance_m[q])?;
+//!     let g2 = link::channel_power_gain(pl, fading[q])?;
+//!     let dev = DeviceLink::new(10.0, g2, 0.2, g2, compute_flops_per_s)?;
+//!     latency_s[q] = model.expert_latency_s(&dev, 12.5e6)?; // eq. (6)
+//! }
+//!
+//! let logits = [0.1_f32, 2.0, -0.3, 0.4, 1.9, -1.0, 0.0, 0.2];
+//! let s = select::select::<f32, N>(&policy, &logits, &latency_s)?;
+//! // Experts 1 and 4 have the top weights; device 4 sits in a deep fade,
+//! // so its weight-to-latency ratio is poor and it is dropped.
+//! assert_eq!(s.experts(), &[1]);
+//! assert_eq!(s.dropped(), &[4]);
+//! assert_eq!(s.weights(), &[1.0]);
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(feature = "capi"), forbid(unsafe_code))]
+#![cfg_attr(feature = "capi", deny(unsafe_code))]
+#![deny(missing_docs)]
+
+pub mod bandwidth;
+pub mod compute;
+mod error;
+mod float;
+pub mod latency;
+pub mod link;
+pub mod select;
+
+pub use error::Error;
+pub use float::Float;

@@ -1,0 +1,1 @@
+//! Wireless WDMoE simulator (work in progress).
