@@ -1,0 +1,274 @@
+// Decode-path kernels for the WDMoE expert FFN, y = W2 (silu(W1 x) * (W3 x)).
+//
+// Memory-bound design (1-16 tokens): the weights are streamed once, 16 bytes
+// per lane per load, through `mma.sync.m16n8k16` (fp16 in, fp32 accumulate),
+// weights as the A operand (16 output rows x 16 k) and up to 16 tokens as the
+// B operand (k16 x n8, one or two n-tiles). Weights are stored pre-packed in
+// A-fragment order (see `pack_tiles`): the 16 bytes a lane needs for one mma
+// are contiguous, and a warp reads 512 contiguous bytes per 16x16 tile.
+//
+// Grid: x = 16-row output tile, y = split of the k range across blocks.
+// Block: WARPS warps, each over a contiguous part of the block's k range.
+// Partial sums are reduced in shared memory, then across the y-splits by
+// the last-arriving block (per-tile arrival counter, reset by that block),
+// which applies the epilogue: silu(g)*u (gated) or plain, written as fp16,
+// or accumulated as out_acc[dst_row] += tok_w * y (the MoE combine).
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint4& a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+constexpr int MAX_WARPS = 8;
+
+template <int NT, int NMAT, int U>
+__device__ __forceinline__ void gemv_tile(
+    const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
+    const int* __restrict__ in_idx, int T, int k_tiles, int splits,
+    float* __restrict__ partial, unsigned* __restrict__ counters,
+    __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
+    const int* __restrict__ out_idx, const float* __restrict__ tok_w, int n_rows) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+    const int rt = blockIdx.x;
+    const int split = blockIdx.y;
+
+    // k-tile range of this block, then of this warp (contiguous).
+    const int kb0 = (int)((long long)k_tiles * split / splits);
+    const int kb1 = (int)((long long)k_tiles * (split + 1) / splits);
+    const int kw0 = kb0 + (int)((long long)(kb1 - kb0) * warp / warps);
+    const int kw1 = kb0 + (int)((long long)(kb1 - kb0) * (warp + 1) / warps);
+
+    // Per-lane B rows: token n = nt*8 + lane/4; k offset (lane%4)*2.
+    const __half* xrow[NT];
+    bool xvalid[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        int n = nt * 8 + (lane >> 2);
+        xvalid[nt] = n < T;
+        int r = xvalid[nt] ? (in_idx ? in_idx[n] : n) : 0;
+        xrow[nt] = x + (size_t)r * ldx + (lane & 3) * 2;
+    }
+
+    float acc[NMAT][NT][4];
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[m][nt][c] = 0.f;
+
+    const uint4* wt = w + ((size_t)rt * k_tiles) * NMAT * 32 + lane;
+    // Software pipeline: the weights of the next U k-tiles are loaded (into
+    // registers) before the mma of the current U, so that 2*U*NMAT 16-byte
+    // loads per lane are in flight; ptxas otherwise sinks each load to its mma.
+    const int n_full = (kw1 - kw0) / U;
+    uint4 a[2][U][NMAT];
+    auto load_a = [&](uint4 (&dst)[U][NMAT], int k) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int m = 0; m < NMAT; ++m) dst[u][m] = ld_stream(wt + ((size_t)(k + u) * NMAT + m) * 32);
+    };
+    auto compute = [&](const uint4 (&src)[U][NMAT], int k) {
+        uint32_t b[U][NT][2];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const __half* p = xrow[nt] + (k + u) * 16;
+                b[u][nt][0] = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+                b[u][nt][1] = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
+            }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma16816(acc[m][nt], src[u][m], b[u][nt][0], b[u][nt][1]);
+    };
+    int kt = kw0;
+    if (n_full > 0) {
+        load_a(a[0], kt);
+        int i = 0;
+        for (; i + 2 <= n_full; i += 2) {
+            load_a(a[1], kt + U);  // may read the next group; bounded below
+            compute(a[0], kt);
+            kt += U;
+            if (i + 2 < n_full) load_a(a[0], kt + U);
+            compute(a[1], kt);
+            kt += U;
+        }
+        if (i < n_full) {
+            compute(a[0], kt);
+            kt += U;
+        }
+    }
+    for (; kt < kw1; ++kt) {
+        uint4 a1[NMAT];
+#pragma unroll
+        for (int m = 0; m < NMAT; ++m) a1[m] = ld_stream(wt + ((size_t)kt * NMAT + m) * 32);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const __half* p = xrow[nt] + kt * 16;
+            uint32_t b0 = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+            uint32_t b1 = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
+#pragma unroll
+            for (int m = 0; m < NMAT; ++m) mma16816(acc[m][nt], a1[m], b0, b1);
+        }
+    }
+
+    // Reduce the warps' fragments: red[warp][m][nt][c][lane].
+    constexpr int FR = NMAT * NT * 4;
+    __shared__ float red[MAX_WARPS * FR * 32];
+    __shared__ float s[NMAT][16][16];  // [mat][row][token]
+    __shared__ unsigned last_flag;
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) red[((warp * NMAT + m) * NT + nt) * 4 * 32 + c * 32 + lane] = acc[m][nt][c];
+    __syncthreads();
+    for (int i = threadIdx.x; i < NMAT * 256; i += blockDim.x) {
+        // i -> (m, row, token)
+        int m = i >> 8, row = (i >> 4) & 15, tok = i & 15;
+        float v = 0.f;
+        int nt = tok >> 3;
+        if (nt < NT) {
+            int g = row & 7, hi = row >> 3;
+            int tig = (tok & 7) >> 1, lo = tok & 1;
+            int l = g * 4 + tig, c = hi * 2 + lo;
+            for (int wp = 0; wp < warps; ++wp) v += red[((wp * NMAT + m) * NT + nt) * 4 * 32 + c * 32 + l];
+        }
+        s[m][row][tok] = v;
+    }
+    __syncthreads();
+
+    if (splits > 1) {
+        float* my = partial + ((size_t)rt * splits + split) * NMAT * 256;
+        for (int i = threadIdx.x; i < NMAT * 256; i += blockDim.x) my[i] = (&s[0][0][0])[i];
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned prev = atomicAdd(&counters[rt], 1u);
+            last_flag = (prev == (unsigned)splits - 1) ? 1u : 0u;
+        }
+        __syncthreads();
+        if (!last_flag) return;
+        __threadfence();
+        for (int i = threadIdx.x; i < NMAT * 256; i += blockDim.x) {
+            float v = 0.f;
+            const float* base = partial + (size_t)rt * splits * NMAT * 256 + i;
+            for (int sp = 0; sp < splits; ++sp) v += __ldcg(base + (size_t)sp * NMAT * 256);
+            (&s[0][0][0])[i] = v;
+        }
+        if (threadIdx.x == 0) counters[rt] = 0u;  // ready for the next launch
+        __syncthreads();
+    }
+
+    // Epilogue: i -> (token, row), rows fastest.
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        int tok = i >> 4, row = i & 15;
+        int grow = rt * 16 + row;
+        if (tok >= T || grow >= n_rows) continue;
+        float v = NMAT == 2 ? silu(s[0][row][tok]) * s[NMAT - 1][row][tok] : s[0][row][tok];
+        if (out_acc) {
+            int dst = out_idx ? out_idx[tok] : tok;
+            float wgt = tok_w ? tok_w[tok] : 1.f;
+            out_acc[(size_t)dst * ldo + grow] += wgt * v;
+        } else {
+            out[(size_t)tok * ldo + grow] = __float2half_rn(v);
+        }
+    }
+}
+
+}  // namespace
+
+#define WDMOE_GEMV(NAME, NT, NMAT, U)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const int* __restrict__ in_idx, \
+        int T, int k_tiles, int splits, float* __restrict__ partial, unsigned* __restrict__ counters,       \
+        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, const int* __restrict__ out_idx,    \
+        const float* __restrict__ tok_w, int n_rows) {                                                      \
+        gemv_tile<NT, NMAT, U>(w, x, ldx, in_idx, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
+                               out_idx, tok_w, n_rows);                                                     \
+    }
+
+// gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.
+WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4)
+WDMOE_GEMV(gemv_gated_nt2_u4, 2, 2, 4)
+WDMOE_GEMV(gemv_gated_nt1_u8, 1, 2, 8)
+WDMOE_GEMV(gemv_gated_nt2_u8, 2, 2, 8)
+WDMOE_GEMV(gemv_plain_nt1_u4, 1, 1, 4)
+WDMOE_GEMV(gemv_plain_nt2_u4, 2, 1, 4)
+WDMOE_GEMV(gemv_plain_nt1_u8, 1, 1, 8)
+WDMOE_GEMV(gemv_plain_nt2_u8, 2, 1, 8)
+
+// Packs row-major fp16 matrices [rows][cols] (rows, cols multiples of 16) into
+// A-fragment order: dst[rt][kt][mat][lane] = 16 bytes, mat = 0 for `a`, 1 for
+// `b` (b may be null: one matrix). Lane l of tile (rt, kt) holds
+//   W[r][k], W[r][k+1], W[r+8][k], W[r+8][k+1], W[r][k+8], W[r][k+9], W[r+8][k+8], W[r+8][k+9]
+// with r = rt*16 + l/4, k = kt*16 + (l%4)*2 (the m16n8k16 A registers a0..a3).
+extern "C" __global__ void pack_tiles(const __half* __restrict__ a, const __half* __restrict__ b,
+                                      uint4* __restrict__ dst, int rows, int cols) {
+    const int nmat = b ? 2 : 1;
+    const long long kts = cols / 16;
+    const long long total = (long long)(rows / 16) * kts * nmat * 32;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int lane = (int)(i & 31);
+        long long t = i >> 5;
+        int m = (int)(t % nmat);
+        t /= nmat;
+        long long kt = t % kts;
+        long long rt = t / kts;
+        const __half* src = m ? b : a;
+        long long r = rt * 16 + (lane >> 2), k = kt * 16 + (lane & 3) * 2;
+        const __half* p0 = src + r * cols + k;
+        const __half* p1 = p0 + 8LL * cols;
+        __align__(16) __half v[8] = {p0[0], p0[1], p1[0], p1[1], p0[8], p0[9], p1[8], p1[9]};
+        dst[i] = *reinterpret_cast<const uint4*>(v);
+    }
+}
+
+// Fills dst[n] with reproducible pseudo-random fp16 values, uniform in
+// [-scale, scale) (hash of seed and index), never all zeros.
+extern "C" __global__ void fill_uniform_f16(__half* __restrict__ dst, long long n, unsigned long long seed,
+                                            float scale) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + 0x9E3779B97F4A7C15ULL * (unsigned long long)(i + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (1.0f / 16777216.0f);  // [0,1)
+        dst[i] = __float2half_rn((2.f * u - 1.f) * scale);
+    }
+}
+
+// Fills n 16-bit words with `bits` (e.g. 0x7E00 = fp16 NaN) to poison outputs.
+extern "C" __global__ void fill_u16(unsigned short* __restrict__ dst, long long n, unsigned short bits) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        dst[i] = bits;
+}

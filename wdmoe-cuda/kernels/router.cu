@@ -1,0 +1,56 @@
+// MoE router (gating network) for decode: logits = x G^T, then a softmax over
+// the experts, for each token. x: [T][m] fp16, G: [E][m] fp16 (row-major),
+// logits/probs: [T][E] fp32. One block per token, one warp per expert (strided),
+// 16-byte loads, fp32 accumulation; the softmax is done by the first warp.
+// Needs m % 8 == 0 and 16-byte aligned rows (checked on the host).
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
+                                          float* __restrict__ logits, float* __restrict__ probs) {
+    extern __shared__ float sl[];  // e logits
+    const int tok = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
+    for (int q = warp; q < e; q += warps) {
+        const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)q * m);
+        float acc = 0.f;
+        for (int c = lane; c < m / 8; c += 32) {
+            uint4 xv = __ldg(xr + c), gv = __ldg(gr + c);
+            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+            const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                float2 a = __half22float2(xh[j]), b = __half22float2(gh[j]);
+                acc = fmaf(a.x, b.x, acc);
+                acc = fmaf(a.y, b.y, acc);
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) sl[q] = acc;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        float mx = -INFINITY;
+        for (int q = lane; q < e; q += 32) mx = fmaxf(mx, sl[q]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.f;
+        for (int q = lane; q < e; q += 32) sum += __expf(sl[q] - mx);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        for (int q = lane; q < e; q += 32) {
+            logits[(size_t)tok * e + q] = sl[q];
+            probs[(size_t)tok * e + q] = __expf(sl[q] - mx) / sum;
+        }
+    }
+}
+
+// out[i] = half(in[i]) for the layer output (fp32 accumulator -> fp16).
+extern "C" __global__ void f32_to_f16(const float* __restrict__ in, __half* __restrict__ out, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        out[i] = __float2half_rn(in[i]);
+}

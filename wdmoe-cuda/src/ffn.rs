@@ -1,0 +1,562 @@
+//! Expert FFN for decode, y = W2 (silu(W1 x) * (W3 x)), fp16 weights and
+//! activations, fp32 accumulation, on the memory-bound path (any token count;
+//! fastest for 1-16 tokens, larger counts run in chunks of 16).
+
+use std::ffi::c_void;
+
+use cust::function::{BlockSize, GridSize};
+use cust::memory::{DeviceBuffer, DeviceSlice};
+use half::f16;
+
+use crate::error::{check_align, shape, Error, Result};
+use crate::runtime::{addr, DeviceInfo, Gpu};
+
+/// Tokens per launch of the decode kernels (two mma n-tiles of 8).
+pub const MAX_DECODE_TOKENS: usize = 16;
+/// Most blocks along k (split-K across blocks) the workspace is sized for.
+pub const MAX_SPLITS: u32 = 16;
+
+/// Launch shape of one decode GEMV kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Warps per block (1..=8); each takes a contiguous part of the block's k range.
+    pub warps: u32,
+    /// Blocks along k per 16-row tile (1..=MAX_SPLITS): split-K across blocks.
+    pub splits: u32,
+    /// 16x16 k-tiles loaded per warp before the first mma (4 or 8).
+    pub unroll: u32,
+}
+
+impl KernelConfig {
+    /// A shape for `row_tiles` x `k_tiles` that puts about `warps_per_sm`
+    /// warps on each of `sm_count` SMs, splitting k across blocks where the
+    /// row tiles alone are too few.
+    pub fn auto(sm_count: u32, row_tiles: usize, k_tiles: usize, warps_per_sm: u32) -> KernelConfig {
+        let unroll = 4u32;
+        let warps = 4u32.min((k_tiles as u32 / unroll).max(1));
+        let want_blocks = (sm_count * warps_per_sm).div_ceil(warps) as usize;
+        let max_split_k = (k_tiles / (warps * unroll) as usize).max(1) as u32;
+        let splits = (want_blocks.div_ceil(row_tiles.max(1)) as u32).clamp(1, MAX_SPLITS.min(max_split_k));
+        KernelConfig { warps, splits, unroll }
+    }
+
+    fn check(&self, op: &'static str) -> Result<()> {
+        if !(1..=8).contains(&self.warps) || !(1..=MAX_SPLITS).contains(&self.splits) || !matches!(self.unroll, 4 | 8) {
+            return Err(Error::Unsupported {
+                op,
+                detail: format!("kernel config {self:?} (warps 1..=8, splits 1..={MAX_SPLITS}, unroll 4|8)"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Launch shapes of the two decode kernels of one expert FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeConfig {
+    /// The fused W1/W3 kernel (silu(g)*u epilogue).
+    pub gate_up: KernelConfig,
+    /// The W2 kernel.
+    pub down: KernelConfig,
+}
+
+impl DecodeConfig {
+    /// Default shapes for an FFN of hidden size `m` and expert size `m_h`.
+    pub fn auto(info: &DeviceInfo, m: usize, m_h: usize) -> DecodeConfig {
+        DecodeConfig {
+            gate_up: KernelConfig::auto(info.sm_count, m_h / 16, m / 16, 24),
+            down: KernelConfig::auto(info.sm_count, m / 16, m_h / 16, 24),
+        }
+    }
+}
+
+/// One expert's weights on the device, packed in mma A-fragment order
+/// (`pack_tiles` in kernels/ffn_decode.cu): W1 and W3 interleaved per 16x16
+/// tile (one pass reads both), W2 separately.
+pub struct ExpertWeights {
+    w13: DeviceBuffer<f16>,
+    w2: DeviceBuffer<f16>,
+    m: usize,
+    m_h: usize,
+}
+
+impl std::fmt::Debug for ExpertWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpertWeights").field("m", &self.m).field("m_h", &self.m_h).finish()
+    }
+}
+
+fn check_dims(op: &'static str, m: usize, m_h: usize) -> Result<()> {
+    if m == 0 || m_h == 0 || m % 16 != 0 || m_h % 16 != 0 {
+        return Err(Error::Unsupported {
+            op,
+            detail: format!("m={m}, m_h={m_h}: both must be positive multiples of 16"),
+        });
+    }
+    if m > i32::MAX as usize / 16 || m_h > i32::MAX as usize / 16 {
+        return Err(Error::Unsupported { op, detail: format!("m={m}, m_h={m_h} too large") });
+    }
+    Ok(())
+}
+
+impl ExpertWeights {
+    /// Packs row-major device matrices W1, W3: `[m_h][m]` and W2: `[m][m_h]`.
+    pub fn pack(
+        gpu: &Gpu,
+        w1: &DeviceSlice<f16>,
+        w3: &DeviceSlice<f16>,
+        w2: &DeviceSlice<f16>,
+        m: usize,
+        m_h: usize,
+    ) -> Result<ExpertWeights> {
+        const OP: &str = "ExpertWeights::pack";
+        check_dims(OP, m, m_h)?;
+        for (name, s, n) in [("w1", w1, m * m_h), ("w3", w3, m * m_h), ("w2", w2, m * m_h)] {
+            if s.len() != n {
+                return Err(shape(OP, format!("{name} has {} elements, expected {n} (m={m}, m_h={m_h})", s.len())));
+            }
+        }
+        let mut w13 = gpu.alloc::<f16>(2 * m * m_h)?;
+        let mut w2p = gpu.alloc::<f16>(m * m_h)?;
+        pack(gpu, w1, Some(w3), &mut w13, m_h, m)?;
+        pack(gpu, w2, None, &mut w2p, m, m_h)?;
+        Ok(ExpertWeights { w13, w2: w2p, m, m_h })
+    }
+
+    /// Uploads and packs host matrices (row-major, see [`ExpertWeights::pack`]).
+    pub fn from_host(gpu: &Gpu, w1: &[f16], w3: &[f16], w2: &[f16], m: usize, m_h: usize) -> Result<ExpertWeights> {
+        check_dims("ExpertWeights::from_host", m, m_h)?;
+        let (a, b, c) = (gpu.upload(w1)?, gpu.upload(w3)?, gpu.upload(w2)?);
+        let e = Self::pack(gpu, &a, &b, &c, m, m_h)?;
+        gpu.sync()?;
+        Ok(e)
+    }
+
+    /// Hidden size m.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Expert hidden size m_h.
+    pub fn m_h(&self) -> usize {
+        self.m_h
+    }
+
+    /// Bytes of weights one FFN pass reads (3 m m_h fp16).
+    pub fn bytes(&self) -> usize {
+        3 * self.m * self.m_h * 2
+    }
+}
+
+fn pack(gpu: &Gpu, a: &DeviceSlice<f16>, b: Option<&DeviceSlice<f16>>, dst: &mut DeviceSlice<f16>, rows: usize, cols: usize) -> Result<()> {
+    let nmat = if b.is_some() { 2 } else { 1 };
+    debug_assert_eq!(dst.len(), nmat * rows * cols);
+    let mut pa = addr(a);
+    let mut pb = b.map(addr).unwrap_or(0);
+    let mut pd = addr(dst);
+    check_align("pack_tiles", "dst", pd, 16)?;
+    let (mut r, mut c) = (rows as i32, cols as i32);
+    let chunks = (nmat * rows * cols / 8) as u64;
+    let grid = chunks.div_ceil(256).min(gpu.info().sm_count as u64 * 16) as u32;
+    let args = [
+        &mut pa as *mut _ as *mut c_void,
+        &mut pb as *mut _ as *mut c_void,
+        &mut pd as *mut _ as *mut c_void,
+        &mut r as *mut _ as *mut c_void,
+        &mut c as *mut _ as *mut c_void,
+    ];
+    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int). a (and b)
+    // hold rows*cols elements, dst holds nmat*rows*cols (checked by callers),
+    // rows and cols are multiples of 16, dst is 16-byte aligned (checked).
+    unsafe {
+        gpu.launch(&gpu.ffn, "pack_tiles", grid.into(), 256.into(), 0, &args, || {
+            format!("rows={rows} cols={cols} nmat={nmat}")
+        })
+    }
+}
+
+/// Scratch memory of the decode kernels: the [16][m_h] intermediate, split-K
+/// partial sums and per-tile arrival counters (kept at zero between launches).
+pub struct FfnWorkspace {
+    h: DeviceBuffer<f16>,
+    partial: DeviceBuffer<f32>,
+    counters: DeviceBuffer<u32>,
+    m: usize,
+    m_h: usize,
+}
+
+impl std::fmt::Debug for FfnWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfnWorkspace").field("m", &self.m).field("m_h", &self.m_h).finish()
+    }
+}
+
+impl FfnWorkspace {
+    /// Workspace for experts of size (m, m_h), any [`KernelConfig`].
+    pub fn new(gpu: &Gpu, m: usize, m_h: usize) -> Result<FfnWorkspace> {
+        check_dims("FfnWorkspace::new", m, m_h)?;
+        let tiles = m.max(m_h) / 16;
+        Ok(FfnWorkspace {
+            h: gpu.alloc(MAX_DECODE_TOKENS * m_h)?,
+            partial: gpu.alloc(tiles * MAX_SPLITS as usize * 2 * 256)?,
+            counters: gpu.alloc(tiles)?,
+            m,
+            m_h,
+        })
+    }
+}
+
+/// Where one GEMV launch writes: plain fp16 rows, or the MoE combine
+/// `out_acc[out_idx[t]][row] += tok_w[t] * y[t][row]`.
+enum Dest {
+    Plain { out: u64, ldo: i32 },
+    Combine { acc: u64, ldo: i32, out_idx: u64, tok_w: u64 },
+}
+
+struct Gemv {
+    w: u64,
+    gated: bool,
+    x: u64,
+    ldx: i32,
+    in_idx: u64,
+    t: usize,
+    k: usize,
+    n: usize,
+    dest: Dest,
+}
+
+fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
+    let name: &'static str = match (g.gated, g.t > 8, cfg.unroll) {
+        (true, false, 4) => "gemv_gated_nt1_u4",
+        (true, true, 4) => "gemv_gated_nt2_u4",
+        (true, false, _) => "gemv_gated_nt1_u8",
+        (true, true, _) => "gemv_gated_nt2_u8",
+        (false, false, 4) => "gemv_plain_nt1_u4",
+        (false, true, 4) => "gemv_plain_nt2_u4",
+        (false, false, _) => "gemv_plain_nt1_u8",
+        (false, true, _) => "gemv_plain_nt2_u8",
+    };
+    debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
+    let row_tiles = (g.n / 16) as u32;
+    let k_tiles = (g.k / 16) as u32;
+    // Never more splits than k-tiles.
+    let splits = cfg.splits.min(k_tiles).max(1);
+    let (mut out, mut ldo, mut acc, mut out_idx, mut tok_w) = match g.dest {
+        Dest::Plain { out, ldo } => (out, ldo, 0u64, 0u64, 0u64),
+        Dest::Combine { acc, ldo, out_idx, tok_w } => (0u64, ldo, acc, out_idx, tok_w),
+    };
+    let mut w = g.w;
+    let mut x = g.x;
+    let mut ldx = g.ldx;
+    let mut in_idx = g.in_idx;
+    let mut t = g.t as i32;
+    let mut kt = k_tiles as i32;
+    let mut sp = splits as i32;
+    let mut partial = addr(&ws.partial);
+    let mut counters = addr(&ws.counters);
+    let mut n_rows = g.n as i32;
+    let args = [
+        &mut w as *mut _ as *mut c_void,
+        &mut x as *mut _ as *mut c_void,
+        &mut ldx as *mut _ as *mut c_void,
+        &mut in_idx as *mut _ as *mut c_void,
+        &mut t as *mut _ as *mut c_void,
+        &mut kt as *mut _ as *mut c_void,
+        &mut sp as *mut _ as *mut c_void,
+        &mut partial as *mut _ as *mut c_void,
+        &mut counters as *mut _ as *mut c_void,
+        &mut out as *mut _ as *mut c_void,
+        &mut ldo as *mut _ as *mut c_void,
+        &mut acc as *mut _ as *mut c_void,
+        &mut out_idx as *mut _ as *mut c_void,
+        &mut tok_w as *mut _ as *mut c_void,
+        &mut n_rows as *mut _ as *mut c_void,
+    ];
+    let grid = GridSize::xy(row_tiles, splits);
+    let block = BlockSize::x(cfg.warps * 32);
+    // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
+    // const int* in_idx, int T, int k_tiles, int splits, float* partial,
+    // unsigned* counters, half* out, int ldo, float* out_acc, const int*
+    // out_idx, const float* tok_w, int n_rows), matching `args` in order and
+    // size. Callers checked: w holds (n/16)(k/16) packed tiles (x2 if gated);
+    // x has T rows (or rows addressed by in_idx, validated < its row count)
+    // of ldx >= k elements, 16-byte aligned; the destination has T rows (or
+    // out_idx rows < its row count) of ldo >= n elements; the workspace holds
+    // partials for row_tiles x splits x 512 floats and row_tiles counters
+    // that are zero between launches; T <= 16, warps <= 8.
+    unsafe {
+        gpu.launch(&gpu.ffn, name, grid, block, 0, &args, || {
+            format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n)
+        })
+    }
+}
+
+fn check_weights(op: &'static str, w: &ExpertWeights, ws: &FfnWorkspace) -> Result<()> {
+    if ws.m != w.m || ws.m_h != w.m_h {
+        return Err(shape(op, format!("workspace for ({}, {}), expert is ({}, {})", ws.m, ws.m_h, w.m, w.m_h)));
+    }
+    Ok(())
+}
+
+/// y = W2 (silu(W1 x) * (W3 x)) for `tokens` rows of x (`[tokens][m]`,
+/// row-major fp16), written to `out` (`[tokens][m]`). Any token count;
+/// launches cover 16 tokens at a time.
+pub fn ffn_decode(
+    gpu: &Gpu,
+    w: &ExpertWeights,
+    x: &DeviceSlice<f16>,
+    tokens: usize,
+    out: &mut DeviceSlice<f16>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+) -> Result<()> {
+    const OP: &str = "ffn_decode";
+    check_weights(OP, w, ws)?;
+    cfg.gate_up.check(OP)?;
+    cfg.down.check(OP)?;
+    let (m, m_h) = (w.m, w.m_h);
+    if tokens == 0 {
+        return Err(shape(OP, "tokens = 0".into()));
+    }
+    if x.len() < tokens * m || out.len() < tokens * m {
+        return Err(shape(
+            OP,
+            format!("x has {} and out {} elements, {tokens} tokens x m={m} need {}", x.len(), out.len(), tokens * m),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "out", addr(out), 4)?;
+    let mut t0 = 0;
+    while t0 < tokens {
+        let t = (tokens - t0).min(MAX_DECODE_TOKENS);
+        let h = addr(&ws.h);
+        launch_gemv(
+            gpu,
+            ws,
+            Gemv {
+                w: addr(&w.w13),
+                gated: true,
+                x: addr(x) + (t0 * m * 2) as u64,
+                ldx: m as i32,
+                in_idx: 0,
+                t,
+                k: m,
+                n: m_h,
+                dest: Dest::Plain { out: h, ldo: m_h as i32 },
+            },
+            &cfg.gate_up,
+        )?;
+        launch_gemv(
+            gpu,
+            ws,
+            Gemv {
+                w: addr(&w.w2),
+                gated: false,
+                x: h,
+                ldx: m_h as i32,
+                in_idx: 0,
+                t,
+                k: m_h,
+                n: m,
+                dest: Dest::Plain { out: addr(out) + (t0 * m * 2) as u64, ldo: m as i32 },
+            },
+            &cfg.down,
+        )?;
+        t0 += t;
+    }
+    Ok(())
+}
+
+/// Token groups of one MoE step on the device: for each group (expert), the
+/// token rows it serves and their combine weights. Built from host data,
+/// validated (`token < n_tokens`), uploaded in one copy per array.
+pub struct RoutingPlan {
+    idx: DeviceBuffer<i32>,
+    wts: DeviceBuffer<f32>,
+    groups: Vec<(usize, usize)>, // (offset, len)
+    n_tokens: usize,
+}
+
+impl std::fmt::Debug for RoutingPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingPlan").field("groups", &self.groups).field("n_tokens", &self.n_tokens).finish()
+    }
+}
+
+impl RoutingPlan {
+    /// `groups[g]` lists `(token, weight)` pairs of group g; every token must
+    /// be `< n_tokens` and every weight finite.
+    pub fn new(gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<RoutingPlan> {
+        const OP: &str = "RoutingPlan::new";
+        let mut idx = Vec::new();
+        let mut wts = Vec::new();
+        let mut spans = Vec::with_capacity(groups.len());
+        for (gi, g) in groups.iter().enumerate() {
+            spans.push((idx.len(), g.len()));
+            for &(t, wt) in g {
+                if t >= n_tokens || !wt.is_finite() {
+                    return Err(shape(OP, format!("group {gi}: token {t} (of {n_tokens}), weight {wt}")));
+                }
+                idx.push(t as i32);
+                wts.push(wt);
+            }
+        }
+        Ok(RoutingPlan {
+            idx: gpu.upload(if idx.is_empty() { &[0][..] } else { &idx })?,
+            wts: gpu.upload(if wts.is_empty() { &[0.0][..] } else { &wts })?,
+            groups: spans,
+            n_tokens,
+        })
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Tokens in group `g`.
+    pub fn group_len(&self, g: usize) -> usize {
+        self.groups.get(g).map_or(0, |s| s.1)
+    }
+}
+
+/// The MoE combine for one expert: for the tokens of group `group` of
+/// `plan`, rows of `x` (`[n_tokens][m]`), computes the expert FFN and adds
+/// `weight * y` into `out_acc` (`[n_tokens][m]`, fp32) at the same rows.
+/// Launches on the stream in order, so experts applied one after another
+/// accumulate without races. An empty group launches nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_decode_combine(
+    gpu: &Gpu,
+    w: &ExpertWeights,
+    x: &DeviceSlice<f16>,
+    plan: &RoutingPlan,
+    group: usize,
+    out_acc: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+) -> Result<()> {
+    const OP: &str = "ffn_decode_combine";
+    check_weights(OP, w, ws)?;
+    cfg.gate_up.check(OP)?;
+    cfg.down.check(OP)?;
+    let (m, m_h) = (w.m, w.m_h);
+    let n = plan.n_tokens;
+    let Some(&(off, len)) = plan.groups.get(group) else {
+        return Err(shape(OP, format!("group {group} of {}", plan.groups.len())));
+    };
+    if x.len() < n * m || out_acc.len() < n * m {
+        return Err(shape(
+            OP,
+            format!("x has {} and out_acc {} elements, plan has {n} tokens x m={m}", x.len(), out_acc.len()),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "out_acc", addr(out_acc), 4)?;
+    let mut t0 = 0;
+    while t0 < len {
+        let t = (len - t0).min(MAX_DECODE_TOKENS);
+        let idx = addr(&plan.idx) + ((off + t0) * 4) as u64;
+        let wts = addr(&plan.wts) + ((off + t0) * 4) as u64;
+        let h = addr(&ws.h);
+        launch_gemv(
+            gpu,
+            ws,
+            Gemv {
+                w: addr(&w.w13),
+                gated: true,
+                x: addr(x),
+                ldx: m as i32,
+                in_idx: idx,
+                t,
+                k: m,
+                n: m_h,
+                dest: Dest::Plain { out: h, ldo: m_h as i32 },
+            },
+            &cfg.gate_up,
+        )?;
+        launch_gemv(
+            gpu,
+            ws,
+            Gemv {
+                w: addr(&w.w2),
+                gated: false,
+                x: h,
+                ldx: m_h as i32,
+                in_idx: 0,
+                t,
+                k: m_h,
+                n: m,
+                dest: Dest::Combine { acc: addr(out_acc), ldo: m as i32, out_idx: idx, tok_w: wts },
+            },
+            &cfg.down,
+        )?;
+        t0 += t;
+    }
+    Ok(())
+}
+
+/// Which kernel of the FFN [`ffn_stage`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// h = silu(W1 x) * (W3 x) into the workspace.
+    GateUp,
+    /// out = W2 h from the workspace.
+    Down,
+}
+
+/// One kernel of [`ffn_decode`] alone, for up to 16 tokens (benchmarks and
+/// tuning): `GateUp` reads x and writes the workspace's h, `Down` reads h and
+/// writes `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_stage(
+    gpu: &Gpu,
+    w: &ExpertWeights,
+    x: &DeviceSlice<f16>,
+    tokens: usize,
+    out: &mut DeviceSlice<f16>,
+    ws: &mut FfnWorkspace,
+    cfg: &KernelConfig,
+    stage: Stage,
+) -> Result<()> {
+    const OP: &str = "ffn_stage";
+    check_weights(OP, w, ws)?;
+    cfg.check(OP)?;
+    let (m, m_h) = (w.m, w.m_h);
+    if tokens == 0 || tokens > MAX_DECODE_TOKENS || x.len() < tokens * m || out.len() < tokens * m {
+        return Err(shape(OP, format!("tokens={tokens} (1..=16), x {}, out {}, m={m}", x.len(), out.len())));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "out", addr(out), 4)?;
+    let h = addr(&ws.h);
+    let g = match stage {
+        Stage::GateUp => Gemv {
+            w: addr(&w.w13),
+            gated: true,
+            x: addr(x),
+            ldx: m as i32,
+            in_idx: 0,
+            t: tokens,
+            k: m,
+            n: m_h,
+            dest: Dest::Plain { out: h, ldo: m_h as i32 },
+        },
+        Stage::Down => Gemv {
+            w: addr(&w.w2),
+            gated: false,
+            x: h,
+            ldx: m_h as i32,
+            in_idx: 0,
+            t: tokens,
+            k: m_h,
+            n: m,
+            dest: Dest::Plain { out: addr(out), ldo: m as i32 },
+        },
+    };
+    launch_gemv(gpu, ws, g, cfg)
+}

@@ -1,0 +1,39 @@
+//! # wdmoe-cuda
+//!
+//! CUDA runtime and fp16 kernels for the WDMoE expert FFN
+//! `y = W2 · (silu(W1·x) ⊙ (W3·x))` (Mixtral: m = 4096, m_h = 14336) and the
+//! MoE router, built on [`cust`] 0.3.2.
+//!
+//! Layers (as cudarc explains them):
+//! 1. raw driver calls: `cust_raw` (CUDA 11.4 bindings, via cust);
+//! 2. result wrappers: cust's `CudaResult`, mapped to this crate's typed
+//!    [`Error`] with the operation/kernel and shapes attached;
+//! 3. the safe API here: [`Gpu`], [`ExpertWeights`], [`ffn_decode`],
+//!    [`ffn_decode_combine`], [`Router`]. Each kernel launch is the only
+//!    `unsafe` in its function, with a `// SAFETY:` comment; shapes,
+//!    alignment and device presence are checked before launching.
+//!
+//! Kernels live in `kernels/*.cu`, compiled by build.rs with nvcc to an
+//! sm_90a cubin (loaded on compute capability 9.0) and compute_80 PTX (other
+//! GPUs >= sm_80), and embedded ([`ptx`]).
+//!
+//! Building needs nvcc and a libcuda to link; on a machine with no GPU, see
+//! `stub/make-stub.sh` and `.ci/cuda.sh`. GPU tests are `#[ignore]`d and run
+//! with `--include-ignored` on a GPU machine (`scripts/gpu-build.sh`).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod ffn;
+pub mod ptx;
+pub mod router;
+pub mod runtime;
+
+pub use cust;
+pub use cust::memory::{DeviceBuffer, DeviceSlice};
+pub use error::{Error, Result};
+pub use ffn::{
+    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace, KernelConfig, RoutingPlan, Stage,
+};
+pub use half::f16;
+pub use router::{f32_to_f16, Router};
+pub use runtime::{elapsed_ms, DeviceInfo, Gpu};

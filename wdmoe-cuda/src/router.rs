@@ -1,0 +1,126 @@
+//! The MoE router (gating network) on the GPU: logits = x G^T and the
+//! softmax over experts, per token.
+
+use std::ffi::c_void;
+
+use cust::memory::{DeviceBuffer, DeviceSlice};
+use half::f16;
+
+use crate::error::{check_align, shape, Error, Result};
+use crate::runtime::{addr, Gpu};
+
+/// Router weights G (`[experts][m]`, fp16) on the device.
+pub struct Router {
+    g: DeviceBuffer<f16>,
+    experts: usize,
+    m: usize,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("experts", &self.experts).field("m", &self.m).finish()
+    }
+}
+
+impl Router {
+    /// Uploads G (`[experts][m]` row-major). Needs m % 8 == 0, 1 <= experts <= 1024.
+    pub fn from_host(gpu: &Gpu, g: &[f16], experts: usize, m: usize) -> Result<Router> {
+        const OP: &str = "Router::from_host";
+        if m == 0 || m % 8 != 0 || experts == 0 || experts > 1024 {
+            return Err(Error::Unsupported {
+                op: OP,
+                detail: format!("m={m} (multiple of 8), experts={experts} (1..=1024)"),
+            });
+        }
+        if g.len() != experts * m {
+            return Err(shape(OP, format!("G has {} elements, expected {experts} x {m}", g.len())));
+        }
+        Ok(Router { g: gpu.upload(g)?, experts, m })
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.experts
+    }
+
+    /// Computes `logits` and `probs` (`[tokens][experts]`, fp32) for the
+    /// `tokens` rows of x (`[tokens][m]`).
+    pub fn route(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits: &mut DeviceSlice<f32>,
+        probs: &mut DeviceSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "Router::route";
+        let (e, m) = (self.experts, self.m);
+        if tokens == 0 || x.len() < tokens * m || logits.len() < tokens * e || probs.len() < tokens * e {
+            return Err(shape(
+                OP,
+                format!(
+                    "tokens={tokens}, x {} (need {}), logits {} / probs {} (need {})",
+                    x.len(),
+                    tokens * m,
+                    logits.len(),
+                    probs.len(),
+                    tokens * e
+                ),
+            ));
+        }
+        if tokens > i32::MAX as usize {
+            return Err(shape(OP, format!("tokens={tokens}")));
+        }
+        check_align(OP, "x", addr(x), 16)?;
+        let mut px = addr(x);
+        let mut pg = addr(&self.g);
+        let mut mi = m as i32;
+        let mut ei = e as i32;
+        let mut pl = addr(logits);
+        let mut pp = addr(probs);
+        let args = [
+            &mut px as *mut _ as *mut c_void,
+            &mut pg as *mut _ as *mut c_void,
+            &mut mi as *mut _ as *mut c_void,
+            &mut ei as *mut _ as *mut c_void,
+            &mut pl as *mut _ as *mut c_void,
+            &mut pp as *mut _ as *mut c_void,
+        ];
+        let warps = (e as u32).clamp(1, 8);
+        // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
+        // float* logits, float* probs) matches `args`; x holds tokens x m and G
+        // e x m fp16 (16-byte aligned, m % 8 == 0), logits/probs hold
+        // tokens x e floats; e floats of dynamic shared memory are given.
+        unsafe {
+            gpu.launch(
+                &gpu.router,
+                "router_softmax",
+                (tokens as u32).into(),
+                (warps * 32).into(),
+                (e * 4) as u32,
+                &args,
+                || format!("tokens={tokens} m={m} experts={e}"),
+            )
+        }
+    }
+}
+
+/// out[i] = fp16(in[i]) for the first `n` elements.
+pub fn f32_to_f16(gpu: &Gpu, input: &DeviceSlice<f32>, out: &mut DeviceSlice<f16>, n: usize) -> Result<()> {
+    const OP: &str = "f32_to_f16";
+    if input.len() < n || out.len() < n {
+        return Err(shape(OP, format!("n={n}, in {}, out {}", input.len(), out.len())));
+    }
+    let mut pi = addr(input);
+    let mut po = addr(out);
+    let mut nn = n as i64;
+    let grid = (n as u64).div_ceil(256).clamp(1, gpu.info().sm_count as u64 * 8) as u32;
+    let args = [
+        &mut pi as *mut _ as *mut c_void,
+        &mut po as *mut _ as *mut c_void,
+        &mut nn as *mut _ as *mut c_void,
+    ];
+    // SAFETY: f32_to_f16(const float*, half*, long long) matches `args`;
+    // both buffers hold at least n elements (checked).
+    unsafe { gpu.launch(&gpu.router, "f32_to_f16", grid.into(), 256.into(), 0, &args, || format!("n={n}")) }
+}

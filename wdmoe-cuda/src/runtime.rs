@@ -1,0 +1,240 @@
+//! Safe layer: a CUDA context on one device, its stream, the loaded kernel
+//! modules, and small helpers (events, fills, copies).
+
+use std::ffi::c_void;
+
+use cust::context::Context;
+use cust::device::{Device, DeviceAttribute};
+use cust::event::{Event, EventFlags};
+use cust::function::{BlockSize, GridSize};
+use cust::memory::{DeviceBuffer, DeviceCopy, DeviceSlice};
+use cust::module::Module;
+use cust::stream::{Stream, StreamFlags};
+use cust::CudaFlags;
+use half::f16;
+
+use crate::error::{CudaCtx, Error, Result};
+use crate::ptx;
+
+/// Static facts about the device, read once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device name (`"NVIDIA H100 80GB HBM3"`).
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    /// Number of streaming multiprocessors.
+    pub sm_count: u32,
+    /// L2 cache size in bytes.
+    pub l2_bytes: u32,
+    /// Whether the sm_90a cubin was loaded (else the compute_80 PTX).
+    pub cubin: bool,
+}
+
+/// One GPU: context, stream and the wdmoe kernels, ready to launch.
+///
+/// All launches of this crate go to [`Gpu::stream`] in order; results are
+/// visible to the host after [`Gpu::sync`].
+pub struct Gpu {
+    pub(crate) stream: Stream,
+    pub(crate) ffn: Module,
+    pub(crate) router: Module,
+    info: DeviceInfo,
+    // Dropped last: everything above lives in this context.
+    _ctx: Context,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("info", &self.info).finish()
+    }
+}
+
+fn load(cubin: bool, bin: &[u8], ptx_src: &str, name: &str) -> Result<Module> {
+    if cubin {
+        Module::from_cubin(bin, &[]).ctx("cuModuleLoadData (cubin)", || name.to_string())
+    } else {
+        Module::from_ptx(ptx_src, &[]).ctx("cuModuleLoadData (ptx)", || name.to_string())
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: initialises the driver, creates a context and a
+    /// stream, and loads the kernels (sm_90a cubin on compute capability 9.0,
+    /// PTX on other GPUs of compute capability >= 8.0).
+    ///
+    /// Errors: [`Error::NoDevice`] where there is no driver or device (also
+    /// with the stub libcuda used to link on machines without a GPU),
+    /// [`Error::Unsupported`] for GPUs older than compute capability 8.0.
+    pub fn new(ordinal: u32) -> Result<Gpu> {
+        cust::init(CudaFlags::empty()).map_err(|e| Error::NoDevice {
+            detail: format!("cuInit failed: {e:?} (code {})", e as u32),
+        })?;
+        let n = Device::num_devices().map_err(|e| Error::NoDevice {
+            detail: format!("cuDeviceGetCount failed: {e:?}"),
+        })?;
+        if ordinal >= n {
+            return Err(Error::NoDevice {
+                detail: format!("device {ordinal} requested, {n} present"),
+            });
+        }
+        let dev = Device::get_device(ordinal).ctx("cuDeviceGet", || format!("ordinal {ordinal}"))?;
+        let attr = |a: DeviceAttribute| dev.get_attribute(a).ctx("cuDeviceGetAttribute", || format!("{a:?}"));
+        let cc = (
+            attr(DeviceAttribute::ComputeCapabilityMajor)?,
+            attr(DeviceAttribute::ComputeCapabilityMinor)?,
+        );
+        if cc.0 < 8 {
+            return Err(Error::Unsupported {
+                op: "Gpu::new",
+                detail: format!("compute capability {}.{} < 8.0 (mma.sync m16n8k16 needs sm_80+)", cc.0, cc.1),
+            });
+        }
+        let info = DeviceInfo {
+            name: dev.name().ctx("cuDeviceGetName", String::new)?,
+            cc,
+            sm_count: attr(DeviceAttribute::MultiprocessorCount)? as u32,
+            l2_bytes: attr(DeviceAttribute::L2CacheSize)? as u32,
+            cubin: cc == (9, 0),
+        };
+        let ctx = Context::new(dev).ctx("cuCtxCreate", || format!("ordinal {ordinal}"))?;
+        let ffn = load(info.cubin, ptx::FFN_DECODE_CUBIN, ptx::FFN_DECODE_PTX, "ffn_decode")?;
+        let router = load(info.cubin, ptx::ROUTER_CUBIN, ptx::ROUTER_PTX, "router")?;
+        let stream = Stream::new(StreamFlags::DEFAULT, None).ctx("cuStreamCreate", String::new)?;
+        Ok(Gpu {
+            stream,
+            ffn,
+            router,
+            info,
+            _ctx: ctx,
+        })
+    }
+
+    /// Device facts.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The stream all launches go to.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Waits for all launched work; returns the first asynchronous error.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().ctx("cuStreamSynchronize", String::new)
+    }
+
+    /// Allocates `n` elements (uninitialised contents are never read by the
+    /// kernels before being written; poison them for tests with [`Gpu::fill_u16`]).
+    pub fn alloc<T: DeviceCopy + bytemuck::Zeroable>(&self, n: usize) -> Result<DeviceBuffer<T>> {
+        DeviceBuffer::zeroed(n.max(1)).ctx("cuMemAlloc", || format!("{n} x {}", std::mem::size_of::<T>()))
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceCopy>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        DeviceBuffer::from_slice(host).ctx("cuMemcpyHtoD", || format!("{} elements", host.len()))
+    }
+
+    /// Synchronises, then copies a device slice to the host.
+    pub fn download<T: DeviceCopy + Default + Clone>(&self, dev: &DeviceSlice<T>) -> Result<Vec<T>> {
+        self.sync()?;
+        let mut v = vec![T::default(); dev.len()];
+        cust::memory::CopyDestination::copy_to(dev, &mut v[..])
+            .ctx("cuMemcpyDtoH", || format!("{} elements", dev.len()))?;
+        Ok(v)
+    }
+
+    /// Records an event on the stream (for timing with [`elapsed_ms`]).
+    pub fn record(&self) -> Result<Event> {
+        let e = Event::new(EventFlags::DEFAULT).ctx("cuEventCreate", String::new)?;
+        e.record(&self.stream).ctx("cuEventRecord", String::new)?;
+        Ok(e)
+    }
+
+    /// Raw launch helper: the one place a kernel is launched. `args` are
+    /// pointers to the kernel's parameters, in order.
+    ///
+    /// # Safety
+    /// The kernel `name` in `module` must take exactly the parameters `args`
+    /// points to (same count, types and order), every device pointer among
+    /// them must be valid for all the accesses the kernel makes for these
+    /// sizes, and buffers it writes must not be read or freed by the host
+    /// before the stream is synchronised.
+    pub(crate) unsafe fn launch(
+        &self,
+        module: &Module,
+        name: &'static str,
+        grid: GridSize,
+        block: BlockSize,
+        shared: u32,
+        args: &[*mut c_void],
+        detail: impl FnOnce() -> String,
+    ) -> Result<()> {
+        let f = module.get_function(name).ctx(name, || "cuModuleGetFunction".into())?;
+        let op = || format!("launch {name}");
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.stream.launch(&f, grid, block, shared, args) }.map_err(|error| Error::Cuda {
+            op: op(),
+            detail: detail(),
+            error,
+        })
+    }
+
+    fn grid_for(&self, n: u64) -> u32 {
+        (n.div_ceil(256)).min(self.info.sm_count as u64 * 32).max(1) as u32
+    }
+
+    /// Fills `dst` with pseudo-random fp16 values uniform in `[-scale, scale)`
+    /// drawn from `seed` (a hash per element; reproducible).
+    pub fn fill_uniform(&self, dst: &mut DeviceSlice<f16>, seed: u64, scale: f32) -> Result<()> {
+        let mut p = dst.as_device_ptr().as_raw();
+        let mut n = dst.len() as i64;
+        let mut seed = seed;
+        let mut scale = scale;
+        let grid = self.grid_for(n as u64);
+        let args = [
+            &mut p as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+            &mut seed as *mut _ as *mut c_void,
+            &mut scale as *mut _ as *mut c_void,
+        ];
+        // SAFETY: fill_uniform_f16(half*, long long, unsigned long long, float);
+        // it writes exactly n elements of dst, which owns n elements.
+        unsafe {
+            self.launch(&self.ffn, "fill_uniform_f16", grid.into(), 256.into(), 0, &args, || {
+                format!("n={n}")
+            })
+        }
+    }
+
+    /// Fills a 16-bit buffer with `bits` (0x7E00 = fp16 NaN: poison).
+    pub fn fill_u16<T: DeviceCopy>(&self, dst: &mut DeviceSlice<T>, bits: u16) -> Result<()> {
+        let bytes = dst.len() * std::mem::size_of::<T>();
+        let mut p = dst.as_device_ptr().as_raw();
+        let mut n = (bytes / 2) as i64;
+        let mut b = bits;
+        let grid = self.grid_for(n as u64);
+        let args = [
+            &mut p as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+            &mut b as *mut _ as *mut c_void,
+        ];
+        // SAFETY: fill_u16(unsigned short*, long long, unsigned short); writes
+        // n = bytes/2 16-bit words inside dst.
+        unsafe {
+            self.launch(&self.ffn, "fill_u16", grid.into(), 256.into(), 0, &args, || format!("n={n}"))
+        }
+    }
+}
+
+/// Milliseconds between two recorded events (synchronises on `end`).
+pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
+    end.synchronize().ctx("cuEventSynchronize", String::new)?;
+    end.elapsed_time_f32(start).ctx("cuEventElapsedTime", String::new)
+}
+
+/// Device address of a slice (for alignment checks and raw arguments).
+pub(crate) fn addr<T: DeviceCopy>(s: &DeviceSlice<T>) -> u64 {
+    s.as_device_ptr().as_raw()
+}
