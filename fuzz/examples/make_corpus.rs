@@ -1,0 +1,460 @@
+//! Writes the hand-made seed corpus of the core targets into `fuzz/corpus/`.
+//!
+//! `cargo run --example make_corpus` (from `fuzz/`). The seeds are small and
+//! readable here; the fuzzer mutates them from there.
+
+use std::fs;
+use std::path::Path;
+
+use wdmoe_fuzz::{LinkInput, Num, SelectInput};
+use Num::*;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(name), bytes).unwrap();
+}
+
+/// A latency of `ms` milliseconds (`ms` in tenths: 25 → 2.5 ms).
+fn ms10(x: i16) -> Num {
+    Sci(x, -4)
+}
+
+fn select_seeds() {
+    let sel = |f32, k, theta, max_drops, logits: Vec<Num>, latency_s: Vec<Num>| SelectInput {
+        f32,
+        k,
+        theta,
+        max_drops,
+        logits,
+        latency_s,
+    };
+    // Mixtral: 8 experts, top-2, θ = 0.2, one drop; expert 4 in a deep fade.
+    let mixtral_logits = vec![
+        Centi(10),
+        Centi(200),
+        Centi(-30),
+        Centi(40),
+        Centi(190),
+        Centi(-100),
+        Centi(0),
+        Centi(20),
+    ];
+    let mixtral_lat = vec![
+        ms10(3),
+        ms10(4),
+        ms10(5),
+        ms10(4),
+        ms10(900),
+        ms10(6),
+        ms10(7),
+        ms10(8),
+    ];
+    for (f32, name) in [(false, "f64"), (true, "f32")] {
+        write(
+            "select",
+            &format!("mixtral_fade_{name}"),
+            &sel(
+                f32,
+                2,
+                Centi(20),
+                1,
+                mixtral_logits.clone(),
+                mixtral_lat.clone(),
+            )
+            .encode(),
+        );
+    }
+    // The same decision with every device equally fast: nothing is dropped.
+    write(
+        "select",
+        "mixtral_equal",
+        &sel(
+            false,
+            2,
+            Centi(20),
+            1,
+            mixtral_logits.clone(),
+            vec![ms10(5); 8],
+        )
+        .encode(),
+    );
+    // θ = 0: only an unreachable device is dropped.
+    let mut lat = mixtral_lat.clone();
+    lat[1] = PosInf;
+    write(
+        "select",
+        "unreachable_top1",
+        &sel(false, 2, Zero, 1, mixtral_logits.clone(), lat.clone()).encode(),
+    );
+    // Both top-2 devices unreachable: fallback to the best reachable expert.
+    lat[4] = PosInf;
+    write(
+        "select",
+        "fallback",
+        &sel(true, 2, Centi(20), 1, mixtral_logits.clone(), lat).encode(),
+    );
+    // No device reachable: an error.
+    write(
+        "select",
+        "none_reachable",
+        &sel(
+            false,
+            2,
+            Centi(20),
+            1,
+            mixtral_logits.clone(),
+            vec![PosInf; 8],
+        )
+        .encode(),
+    );
+    // NaN, ±inf, subnormal and zero in the inputs (errors), and in θ.
+    let mut logits = mixtral_logits.clone();
+    logits[3] = Nan;
+    write(
+        "select",
+        "nan_logit",
+        &sel(false, 2, Centi(20), 1, logits, mixtral_lat.clone()).encode(),
+    );
+    let mut logits = mixtral_logits.clone();
+    logits[0] = NegInf;
+    write(
+        "select",
+        "neg_inf_logit",
+        &sel(true, 2, Centi(20), 1, logits, mixtral_lat.clone()).encode(),
+    );
+    let mut lat = mixtral_lat.clone();
+    lat[2] = MinSubnormal;
+    lat[5] = Zero;
+    write(
+        "select",
+        "subnormal_and_zero_latency",
+        &sel(true, 2, Centi(20), 1, mixtral_logits.clone(), lat).encode(),
+    );
+    let mut lat = mixtral_lat.clone();
+    lat[1] = MinSubnormal;
+    lat[4] = Max;
+    write(
+        "select",
+        "subnormal_and_max_latency",
+        &sel(false, 3, Centi(50), 3, mixtral_logits.clone(), lat).encode(),
+    );
+    write(
+        "select",
+        "theta_nan",
+        &sel(
+            false,
+            2,
+            Nan,
+            1,
+            mixtral_logits.clone(),
+            mixtral_lat.clone(),
+        )
+        .encode(),
+    );
+    // Huge logits: softmax underflows everything but the maximum.
+    let huge = vec![
+        Max,
+        NegMax,
+        Pow10(30),
+        Pow10(-30),
+        Zero,
+        Sci(-3, 20),
+        Small(1),
+        Max,
+    ];
+    write(
+        "select",
+        "huge_logits",
+        &sel(true, 4, Centi(30), 3, huge, mixtral_lat.clone()).encode(),
+    );
+    // k = 0, k > n, mismatched lengths, empty.
+    write(
+        "select",
+        "k_zero",
+        &sel(
+            false,
+            0,
+            Centi(20),
+            1,
+            mixtral_logits.clone(),
+            mixtral_lat.clone(),
+        )
+        .encode(),
+    );
+    write(
+        "select",
+        "k_above_n",
+        &sel(
+            false,
+            9,
+            Centi(20),
+            1,
+            mixtral_logits.clone(),
+            mixtral_lat.clone(),
+        )
+        .encode(),
+    );
+    write(
+        "select",
+        "length_mismatch",
+        &sel(
+            false,
+            2,
+            Centi(20),
+            1,
+            mixtral_logits.clone(),
+            mixtral_lat[..7].to_vec(),
+        )
+        .encode(),
+    );
+    write(
+        "select",
+        "empty",
+        &sel(false, 1, Zero, 1, vec![], vec![]).encode(),
+    );
+    // 256 experts (DeepSeek-style), top-8, repeated drops; and 257 (capacity exceeded).
+    let logits: Vec<Num> = (0..256)
+        .map(|i| Centi(((i * 37) % 512 - 256) as i16))
+        .collect();
+    let lat: Vec<Num> = (0..256)
+        .map(|i| {
+            if i % 29 == 0 {
+                PosInf
+            } else {
+                ms10((1 + (i * 13) % 97) as i16)
+            }
+        })
+        .collect();
+    write(
+        "select",
+        "experts_256_top8",
+        &sel(false, 8, Centi(30), 4, logits.clone(), lat.clone()).encode(),
+    );
+    write(
+        "select",
+        "experts_256_top8_f32",
+        &sel(true, 8, Centi(45), 7, logits.clone(), lat.clone()).encode(),
+    );
+    let mut logits = logits;
+    let mut lat = lat;
+    logits.push(Zero);
+    lat.push(ms10(1));
+    write(
+        "select",
+        "experts_257",
+        &sel(false, 8, Centi(30), 4, logits, lat).encode(),
+    );
+    // Ties everywhere: equal logits and equal latencies.
+    write(
+        "select",
+        "all_ties",
+        &sel(false, 4, Centi(50), 8, vec![Zero; 8], vec![ms10(5); 8]).encode(),
+    );
+}
+
+fn link_seeds() {
+    let l = |f32, op, args: Vec<Num>| LinkInput { f32, op, args }.encode();
+    write(
+        "link_latency",
+        "db_to_linear",
+        &l(false, 0, vec![Centi(2000)]),
+    );
+    write("link_latency", "linear_to_db_zero", &l(true, 1, vec![Zero]));
+    write("link_latency", "dbm_to_w", &l(false, 2, vec![Centi(4000)]));
+    write("link_latency", "w_to_dbm", &l(true, 3, vec![Centi(20)]));
+    write(
+        "link_latency",
+        "fspl",
+        &l(false, 4, vec![Centi(350), Sci(100, 0)]),
+    );
+    write(
+        "link_latency",
+        "gain",
+        &l(true, 5, vec![Sci(80, 0), Small(16)]),
+    );
+    write(
+        "link_latency",
+        "noise_psd",
+        &l(false, 6, vec![Sci(-174, 0), Sci(7, 0)]),
+    );
+    write(
+        "link_latency",
+        "noise_power",
+        &l(true, 7, vec![Sci(-174, 0), Sci(125, 5), Sci(7, 0)]),
+    );
+    // Shannon: typical, subnormal gain, huge SNR, zero bandwidth.
+    write(
+        "link_latency",
+        "shannon",
+        &l(
+            false,
+            8,
+            vec![Sci(125, 5), Sci(10, 0), Sci(1, -9), Sci(398, -23)],
+        ),
+    );
+    write(
+        "link_latency",
+        "shannon_subnormal_f32",
+        &l(
+            true,
+            8,
+            vec![Sci(125, 5), Sci(2, -1), MinSubnormal, Sci(398, -23)],
+        ),
+    );
+    write(
+        "link_latency",
+        "shannon_huge_snr",
+        &l(false, 8, vec![MinSubnormal, Max, Max, MinSubnormal]),
+    );
+    write(
+        "link_latency",
+        "shannon_zero_bw",
+        &l(true, 8, vec![Zero, Sci(10, 0), Sci(1, -9), Sci(398, -23)]),
+    );
+    write(
+        "link_latency",
+        "uma",
+        &l(
+            false,
+            9,
+            vec![Sci(25, 0), Centi(150), Centi(350), Sci(200, 0)],
+        ),
+    );
+    write(
+        "link_latency",
+        "uma_high_ut",
+        &l(
+            true,
+            9,
+            vec![Sci(25, 0), Centi(2000), Centi(350), Sci(5, 0)],
+        ),
+    );
+    write(
+        "link_latency",
+        "umi",
+        &l(
+            false,
+            10,
+            vec![Sci(10, 0), Centi(150), Centi(350), Sci(100, 0)],
+        ),
+    );
+    write(
+        "link_latency",
+        "free_space_model",
+        &l(true, 11, vec![Centi(350), Sci(100, 0)]),
+    );
+    write(
+        "link_latency",
+        "expert_shape",
+        &l(
+            false,
+            12,
+            vec![Sci(4096, 0), Sci(14336, 0), Sci(4, 0), Sci(16, 0)],
+        ),
+    );
+    let dev = |pd, gd, pu, gu, c| vec![pd, gd, pu, gu, c];
+    let mut args = dev(Sci(10, 0), Sci(1, -9), Centi(20), Sci(1, -9), Sci(2, 12));
+    args.extend([Sci(65, 3), Sci(352, 6), Sci(398, -23), Sci(125, 5)]);
+    write(
+        "link_latency",
+        "device_latency",
+        &l(false, 13, args.clone()),
+    );
+    args[1] = Zero; // zero downlink gain: unreachable
+    write("link_latency", "device_unreachable_f32", &l(true, 13, args));
+    write(
+        "link_latency",
+        "expert_latency",
+        &l(
+            false,
+            14,
+            vec![Sci(65, 3), Sci(352, 6), Sci(1, 8), Sci(1, 12), Sci(1, 7)],
+        ),
+    );
+    write(
+        "link_latency",
+        "token_latency",
+        &l(
+            false,
+            15,
+            vec![
+                Small(48),
+                ms10(3),
+                ms10(1),
+                ms10(7),
+                Small(32),
+                Zero,
+                Small(16),
+            ],
+        ),
+    );
+    write(
+        "link_latency",
+        "prompt_latency",
+        &l(true, 16, vec![ms10(3), ms10(1), PosInf, ms10(7)]),
+    );
+    write(
+        "link_latency",
+        "batched",
+        &l(
+            false,
+            17,
+            vec![
+                Small(48),
+                Small(48),
+                Small(16),
+                Zero,
+                ms10(10),
+                ms10(25),
+                PosInf,
+            ],
+        ),
+    );
+    write(
+        "link_latency",
+        "even_split",
+        &l(true, 18, vec![Sci(1, 8), Small(127)]),
+    );
+    let mut args = vec![Sci(65, 3), Sci(352, 6), Sci(398, -23), Sci(2, 7), Small(16)];
+    args.extend(dev(
+        Sci(10, 0),
+        Sci(1, -8),
+        Centi(20),
+        Sci(1, -8),
+        Sci(2, 12),
+    ));
+    args.extend(dev(
+        Sci(10, 0),
+        Sci(1, -11),
+        Centi(20),
+        Sci(1, -11),
+        Sci(2, 12),
+    ));
+    write("link_latency", "min_max_2", &l(false, 19, args.clone()));
+    write("link_latency", "min_max_2_f32", &l(true, 19, args));
+    let mut args = vec![
+        Sci(65, 3),
+        Sci(352, 6),
+        Sci(398, -23),
+        Sci(1, 8),
+        Small(112),
+    ];
+    for i in 0..8 {
+        args.extend(dev(
+            Sci(10, 0),
+            Sci(1, -8 - (i % 4) as i8),
+            Centi(20),
+            Sci(3, -9 - (i % 3) as i8),
+            Sci(1 + i as i16, 12),
+        ));
+    }
+    write("link_latency", "min_max_8", &l(false, 19, args));
+}
+
+fn main() {
+    select_seeds();
+    link_seeds();
+}
