@@ -71,6 +71,9 @@
 pub mod bandwidth;
 pub mod compute;
 mod error;
+#[cfg(feature = "capi")]
+#[allow(unsafe_code)]
+mod ffi;
 mod float;
 pub mod latency;
 pub mod link;

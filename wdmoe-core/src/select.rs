@@ -134,8 +134,8 @@ fn top_k_indices<F: Float, const N: usize>(p: &[F], k: usize) -> Vec<usize, N> {
     let mut out = Vec::new();
     for _ in 0..k {
         let mut best: Option<usize> = None;
-        for q in 0..p.len() {
-            if taken[q] {
+        for (q, &is_taken) in taken.iter().enumerate().take(p.len()) {
+            if is_taken {
                 continue;
             }
             best = match best {
@@ -350,8 +350,8 @@ pub fn select<F: Float, const N: usize>(
     let mut fallback = false;
     if s.is_empty() {
         let mut best: Option<usize> = None;
-        for q in 0..n {
-            if latency_s[q].is_finite() && best.is_none_or(|b| ranks_before(p, q, b)) {
+        for (q, t) in latency_s.iter().enumerate() {
+            if t.is_finite() && best.is_none_or(|b| ranks_before(p, q, b)) {
                 best = Some(q);
             }
         }

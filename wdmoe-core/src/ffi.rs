@@ -1,0 +1,989 @@
+//! The C ABI (feature `capi`): `extern "C"` entry points in `f32` and `f64`
+//! for the selection policy and the link, latency and bandwidth functions.
+//! The header is `include/wdmoe.h`; this is the crate's only unsafe code.
+//!
+//! Conventions, the same for every function:
+//! - the return value is a status code, [`WDMOE_OK`] (0) or a negative code,
+//!   one per [`Error`] variant plus [`WDMOE_ERR_NULL_POINTER`] and
+//!   [`WDMOE_ERR_MISALIGNED_POINTER`];
+//! - arrays are a pointer and an element count; expert arrays hold at most
+//!   [`WDMOE_MAX_EXPERTS`] elements ([`WDMOE_ERR_CAPACITY_EXCEEDED`] beyond);
+//! - results go to caller-provided out-pointers, written only on success;
+//! - every pointer is checked for null and alignment before it is read;
+//!   inputs are copied (or fully read) before any output is written, so
+//!   inputs and outputs may even overlap;
+//! - nothing panics: a bad input is a status code.
+//!
+//! What cannot be checked, and is therefore the caller's side of the
+//! contract (the `# Safety` sections): a non-null, aligned pointer must point
+//! to as many readable (inputs) or writable (outputs) elements as its count
+//! says.
+
+use core::ffi::{c_char, c_int, CStr};
+
+use crate::compute::ExpertShape;
+use crate::latency::{DeviceLink, LatencyModel};
+use crate::link::{Uma, UmiStreetCanyon};
+use crate::select::Policy;
+use crate::{bandwidth, latency, link, select, Error, Float};
+
+/// Most experts (and devices) one C call handles.
+pub const WDMOE_MAX_EXPERTS: usize = 256;
+
+/// Success.
+pub const WDMOE_OK: c_int = 0;
+/// A required pointer was null.
+pub const WDMOE_ERR_NULL_POINTER: c_int = -1;
+/// A pointer was not aligned for its element type.
+pub const WDMOE_ERR_MISALIGNED_POINTER: c_int = -2;
+/// [`Error::NaN`].
+pub const WDMOE_ERR_NAN: c_int = -3;
+/// [`Error::NotPositive`].
+pub const WDMOE_ERR_NOT_POSITIVE: c_int = -4;
+/// [`Error::Negative`].
+pub const WDMOE_ERR_NEGATIVE: c_int = -5;
+/// [`Error::NotFinite`].
+pub const WDMOE_ERR_NOT_FINITE: c_int = -6;
+/// [`Error::LatencyNotPositive`].
+pub const WDMOE_ERR_LATENCY_NOT_POSITIVE: c_int = -7;
+/// [`Error::KOutOfRange`].
+pub const WDMOE_ERR_K_OUT_OF_RANGE: c_int = -8;
+/// [`Error::ThetaOutOfRange`].
+pub const WDMOE_ERR_THETA_OUT_OF_RANGE: c_int = -9;
+/// [`Error::CapacityExceeded`], also an array longer than [`WDMOE_MAX_EXPERTS`].
+pub const WDMOE_ERR_CAPACITY_EXCEEDED: c_int = -10;
+/// [`Error::LengthMismatch`].
+pub const WDMOE_ERR_LENGTH_MISMATCH: c_int = -11;
+/// [`Error::Empty`].
+pub const WDMOE_ERR_EMPTY: c_int = -12;
+/// [`Error::NoReachableExpert`].
+pub const WDMOE_ERR_NO_REACHABLE_EXPERT: c_int = -13;
+/// [`Error::OutOfRange`].
+pub const WDMOE_ERR_OUT_OF_RANGE: c_int = -14;
+/// [`Error::Infeasible`].
+pub const WDMOE_ERR_INFEASIBLE: c_int = -15;
+
+/// The status code of an [`Error`] (exhaustive: a new variant needs a code).
+pub(crate) fn status_of(e: Error) -> c_int {
+    match e {
+        Error::NaN(_) => WDMOE_ERR_NAN,
+        Error::NotPositive(_) => WDMOE_ERR_NOT_POSITIVE,
+        Error::Negative(_) => WDMOE_ERR_NEGATIVE,
+        Error::NotFinite(_) => WDMOE_ERR_NOT_FINITE,
+        Error::LatencyNotPositive => WDMOE_ERR_LATENCY_NOT_POSITIVE,
+        Error::KOutOfRange => WDMOE_ERR_K_OUT_OF_RANGE,
+        Error::ThetaOutOfRange => WDMOE_ERR_THETA_OUT_OF_RANGE,
+        Error::CapacityExceeded => WDMOE_ERR_CAPACITY_EXCEEDED,
+        Error::LengthMismatch => WDMOE_ERR_LENGTH_MISMATCH,
+        Error::Empty => WDMOE_ERR_EMPTY,
+        Error::NoReachableExpert => WDMOE_ERR_NO_REACHABLE_EXPERT,
+        Error::OutOfRange(_) => WDMOE_ERR_OUT_OF_RANGE,
+        Error::Infeasible => WDMOE_ERR_INFEASIBLE,
+    }
+}
+
+/// A static, NUL-terminated description of a status code (never null;
+/// unknown codes give `"unknown status code"`).
+#[no_mangle]
+pub extern "C" fn wdmoe_status_message(status: c_int) -> *const c_char {
+    let s: &'static CStr = match status {
+        WDMOE_OK => c"ok",
+        WDMOE_ERR_NULL_POINTER => c"a required pointer is null",
+        WDMOE_ERR_MISALIGNED_POINTER => c"a pointer is not aligned for its element type",
+        WDMOE_ERR_NAN => c"an input is NaN",
+        WDMOE_ERR_NOT_POSITIVE => c"an input must be finite and > 0",
+        WDMOE_ERR_NEGATIVE => c"an input must be finite and >= 0",
+        WDMOE_ERR_NOT_FINITE => c"an input must be finite",
+        WDMOE_ERR_LATENCY_NOT_POSITIVE => {
+            c"latency_s entries must be > 0 seconds (or +inf for an unreachable device)"
+        }
+        WDMOE_ERR_K_OUT_OF_RANGE => c"k must satisfy 1 <= k <= number of experts",
+        WDMOE_ERR_THETA_OUT_OF_RANGE => c"theta must satisfy 0 <= theta <= 0.5",
+        WDMOE_ERR_CAPACITY_EXCEEDED => c"more experts than the capacity (256)",
+        WDMOE_ERR_LENGTH_MISMATCH => c"input lengths differ",
+        WDMOE_ERR_EMPTY => c"input is empty",
+        WDMOE_ERR_NO_REACHABLE_EXPERT => c"no expert is reachable (every latency is +inf)",
+        WDMOE_ERR_OUT_OF_RANGE => c"an input is outside the model's valid range",
+        WDMOE_ERR_INFEASIBLE => c"no bandwidth allocation gives every device a finite latency",
+        _ => c"unknown status code",
+    };
+    s.as_ptr()
+}
+
+/// The result of `wdmoe_select_*` / `wdmoe_top_k_*`: `wdmoe_selection_f32`
+/// and `wdmoe_selection_f64` in the header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SelectionC<F> {
+    /// Number of valid entries of `experts` and `weights` (≥ 1).
+    pub n_experts: u32,
+    /// Number of valid entries of `dropped`.
+    pub n_dropped: u32,
+    /// Serving experts, in descending router probability.
+    pub experts: [u32; WDMOE_MAX_EXPERTS],
+    /// Top-k experts not serving (unreachable ones included), in top-k order.
+    pub dropped: [u32; WDMOE_MAX_EXPERTS],
+    /// Combine weights of `experts` (sum to 1).
+    pub weights: [F; WDMOE_MAX_EXPERTS],
+    /// κ of the first drop test (eq. 10); NaN when `has_kappa` is 0.
+    pub kappa: F,
+    /// 1 when a drop test ran, else 0.
+    pub has_kappa: u8,
+    /// 1 when every top-k device was unreachable and the best reachable
+    /// expert serves instead, else 0.
+    pub fallback: u8,
+}
+
+/// The system constants of the latency model (`wdmoe_latency_model_*`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyModelC<F> {
+    /// Payload per token and direction [bit] (eq. 5).
+    pub payload_bits: F,
+    /// Expert FLOPs per token (eq. 4).
+    pub flops_per_token: F,
+    /// Noise power spectral density N0 [W/Hz].
+    pub n0_w_per_hz: F,
+}
+
+/// One device's radio and compute parameters (`wdmoe_device_link_*`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceLinkC<F> {
+    /// Base-station transmit power [W].
+    pub tx_power_down_w: F,
+    /// Downlink channel power gain g² (linear).
+    pub gain_down: F,
+    /// Device transmit power [W].
+    pub tx_power_up_w: F,
+    /// Uplink channel power gain g² (linear).
+    pub gain_up: F,
+    /// Device compute rate C_q [FLOP/s].
+    pub compute_flops_per_s: F,
+}
+
+// The header asserts the same sizes (`_Static_assert`), so a layout drift on
+// either side fails to compile.
+const _: () = assert!(core::mem::size_of::<SelectionC<f32>>() == 3088);
+const _: () = assert!(core::mem::size_of::<SelectionC<f64>>() == 4120);
+const _: () = assert!(core::mem::size_of::<DeviceLinkC<f32>>() == 20);
+const _: () = assert!(core::mem::size_of::<DeviceLinkC<f64>>() == 40);
+const _: () = assert!(core::mem::size_of::<LatencyModelC<f32>>() == 12);
+const _: () = assert!(core::mem::size_of::<LatencyModelC<f64>>() == 24);
+
+type Status = Result<(), c_int>;
+
+fn done(r: Status) -> c_int {
+    match r {
+        Ok(()) => WDMOE_OK,
+        Err(code) => code,
+    }
+}
+
+fn check_ptr<T>(ptr: *const T) -> Status {
+    if ptr.is_null() {
+        Err(WDMOE_ERR_NULL_POINTER)
+    } else if !ptr.is_aligned() {
+        Err(WDMOE_ERR_MISALIGNED_POINTER)
+    } else {
+        Ok(())
+    }
+}
+
+/// Copies `n ≤ N` elements from `ptr` into the front of `buf`.
+///
+/// # Safety
+/// A non-null, aligned `ptr` points to `n` readable `T`.
+unsafe fn copy_in<T: Copy, const N: usize>(ptr: *const T, n: usize, buf: &mut [T; N]) -> Status {
+    check_ptr(ptr)?;
+    if n > N {
+        return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
+    }
+    // SAFETY: checked non-null and aligned; n readable elements by contract;
+    // `buf` is our own stack array, so the regions cannot overlap.
+    unsafe { core::ptr::copy_nonoverlapping(ptr, buf.as_mut_ptr(), n) };
+    Ok(())
+}
+
+/// Writes `v` to `out`, checked.
+///
+/// # Safety
+/// A non-null, aligned `out` points to one writable `T`.
+unsafe fn put<T>(out: *mut T, v: T) -> Status {
+    check_ptr(out)?;
+    // SAFETY: checked non-null and aligned; writable by contract.
+    unsafe { out.write(v) };
+    Ok(())
+}
+
+/// Writes the result of a scalar function, checking `out` first.
+///
+/// # Safety
+/// As [`put`].
+unsafe fn scalar<F>(out: *mut F, r: Result<F, Error>) -> c_int {
+    done(check_ptr(out).and_then(|()| {
+        let v = r.map_err(status_of)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(out, v) }
+    }))
+}
+
+fn selection_c<F: Float>(s: &select::Selection<F, WDMOE_MAX_EXPERTS>) -> SelectionC<F> {
+    let mut c = SelectionC {
+        n_experts: s.experts().len() as u32,
+        n_dropped: s.dropped().len() as u32,
+        experts: [0; WDMOE_MAX_EXPERTS],
+        dropped: [0; WDMOE_MAX_EXPERTS],
+        weights: [F::ZERO; WDMOE_MAX_EXPERTS],
+        kappa: F::from_f64(f64::NAN),
+        has_kappa: 0,
+        fallback: u8::from(s.fallback()),
+    };
+    for ((e, w), (&q, &x)) in c
+        .experts
+        .iter_mut()
+        .zip(c.weights.iter_mut())
+        .zip(s.experts().iter().zip(s.weights()))
+    {
+        *e = q as u32;
+        *w = x;
+    }
+    for (d, &q) in c.dropped.iter_mut().zip(s.dropped()) {
+        *d = q as u32;
+    }
+    if let Some(k) = s.kappa() {
+        c.kappa = k;
+        c.has_kappa = 1;
+    }
+    c
+}
+
+/// # Safety
+/// See the module docs: `logits` and `latency_s` point to `n` readable `F`,
+/// `out` to one writable selection.
+unsafe fn select_impl<F: Float>(
+    logits: *const F,
+    latency_s: *const F,
+    n: usize,
+    k: usize,
+    theta: F,
+    max_drops: usize,
+    out: *mut SelectionC<F>,
+) -> Status {
+    check_ptr(out)?;
+    let mut z = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        copy_in(logits, n, &mut z)?;
+        copy_in(latency_s, n, &mut t)?;
+    }
+    let policy = Policy::new(k, theta, max_drops).map_err(status_of)?;
+    let s = select::select::<F, WDMOE_MAX_EXPERTS>(&policy, &z[..n], &t[..n]).map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, selection_c(&s)) }
+}
+
+/// # Safety
+/// `logits` points to `n` readable `F`, `out` to one writable selection.
+unsafe fn top_k_impl<F: Float>(
+    logits: *const F,
+    n: usize,
+    k: usize,
+    out: *mut SelectionC<F>,
+) -> Status {
+    check_ptr(out)?;
+    let mut z = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe { copy_in(logits, n, &mut z)? };
+    let s = select::top_k::<F, WDMOE_MAX_EXPERTS>(&z[..n], k).map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, selection_c(&s)) }
+}
+
+/// # Safety
+/// `weights` and `latency_s` point to `n` readable `F`, `out` to one `F`.
+unsafe fn kappa_impl<F: Float>(
+    weights: *const F,
+    latency_s: *const F,
+    n: usize,
+    out: *mut F,
+) -> Status {
+    check_ptr(out)?;
+    let mut w = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        copy_in(weights, n, &mut w)?;
+        copy_in(latency_s, n, &mut t)?;
+    }
+    let k = select::kappa(&w[..n], &t[..n]).map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, k) }
+}
+
+/// # Safety
+/// `weights`, `latency_s` point to `n` readable `F`, `out_wlr` to `n` writable `F`.
+unsafe fn wlr_impl<F: Float>(
+    weights: *const F,
+    latency_s: *const F,
+    n: usize,
+    out_wlr: *mut F,
+) -> Status {
+    check_ptr(out_wlr)?;
+    let mut w = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let mut r = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        copy_in(weights, n, &mut w)?;
+        copy_in(latency_s, n, &mut t)?;
+    }
+    select::wlr(&w[..n], &t[..n], &mut r[..n]).map_err(status_of)?;
+    // SAFETY: checked non-null and aligned; `n` writable elements by
+    // contract; `r` is our own stack array.
+    unsafe { core::ptr::copy_nonoverlapping(r.as_ptr(), out_wlr, n) };
+    Ok(())
+}
+
+/// # Safety
+/// `experts` points to `n_experts` readable `u32`, `latency_s` to `n`
+/// readable `F`, `out` to one `F`.
+unsafe fn token_latency_impl<F: Float>(
+    latency_s: *const F,
+    n: usize,
+    experts: *const u32,
+    n_experts: usize,
+    out: *mut F,
+) -> Status {
+    check_ptr(out)?;
+    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let mut e32 = [0u32; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        copy_in(latency_s, n, &mut t)?;
+        copy_in(experts, n_experts, &mut e32)?;
+    }
+    let mut e = [0usize; WDMOE_MAX_EXPERTS];
+    for (d, &s) in e.iter_mut().zip(&e32[..n_experts]) {
+        // An index that does not fit `usize` is out of range anyway.
+        *d = usize::try_from(s).unwrap_or(usize::MAX);
+    }
+    let v = latency::token_latency_s(&t[..n], &e[..n_experts]).map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, v) }
+}
+
+/// # Safety
+/// `tokens_per_expert` and `latency_per_token_s` point to `n` readable
+/// elements, `out` to one `F`.
+unsafe fn batched_impl<F: Float>(
+    tokens_per_expert: *const u32,
+    latency_per_token_s: *const F,
+    n: usize,
+    out: *mut F,
+) -> Status {
+    check_ptr(out)?;
+    let mut c = [0u32; WDMOE_MAX_EXPERTS];
+    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        copy_in(tokens_per_expert, n, &mut c)?;
+        copy_in(latency_per_token_s, n, &mut t)?;
+    }
+    let v = latency::batched_layer_latency_s(&c[..n], &t[..n]).map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, v) }
+}
+
+/// # Safety
+/// `values` points to `n` readable `F`, `out` to one `F`.
+unsafe fn sequential_impl<F: Float>(values: *const F, n: usize, out: *mut F) -> Status {
+    check_ptr(out)?;
+    check_ptr(values)?;
+    if n > isize::MAX as usize / core::mem::size_of::<F>() {
+        return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
+    }
+    // SAFETY: checked non-null and aligned, size within isize::MAX; `n`
+    // readable elements by contract. The slice dies before `out` is written.
+    let v = latency::sequential_prompt_latency_s(unsafe { core::slice::from_raw_parts(values, n) })
+        .map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, v) }
+}
+
+fn model_of<F: Float>(m: &LatencyModelC<F>) -> Result<LatencyModel<F>, c_int> {
+    LatencyModel::new(m.payload_bits, m.flops_per_token, m.n0_w_per_hz).map_err(status_of)
+}
+
+fn device_of<F: Float>(d: &DeviceLinkC<F>) -> Result<DeviceLink<F>, c_int> {
+    DeviceLink::new(
+        d.tx_power_down_w,
+        d.gain_down,
+        d.tx_power_up_w,
+        d.gain_up,
+        d.compute_flops_per_s,
+    )
+    .map_err(status_of)
+}
+
+/// # Safety
+/// `model`, `device` point to one readable struct each, `out` to one `F`.
+unsafe fn device_latency_impl<F: Float>(
+    model: *const LatencyModelC<F>,
+    device: *const DeviceLinkC<F>,
+    bandwidth_hz: F,
+    out: *mut F,
+) -> Status {
+    check_ptr(out)?;
+    check_ptr(model)?;
+    check_ptr(device)?;
+    // SAFETY: checked non-null and aligned; readable by contract; copied.
+    let (m, d) = unsafe { (model.read(), device.read()) };
+    let v = model_of(&m)?
+        .expert_latency_s(&device_of(&d)?, bandwidth_hz)
+        .map_err(status_of)?;
+    // SAFETY: forwarded contract.
+    unsafe { put(out, v) }
+}
+
+/// # Safety
+/// `out_bandwidth_hz` points to `n` writable `F`.
+unsafe fn even_split_impl<F: Float>(total: F, out_bandwidth_hz: *mut F, n: usize) -> Status {
+    check_ptr(out_bandwidth_hz)?;
+    if n > WDMOE_MAX_EXPERTS {
+        return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
+    }
+    let mut b = [F::ZERO; WDMOE_MAX_EXPERTS];
+    bandwidth::even_split(total, &mut b[..n]).map_err(status_of)?;
+    // SAFETY: checked non-null and aligned; `n` writable elements by contract.
+    unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), out_bandwidth_hz, n) };
+    Ok(())
+}
+
+/// # Safety
+/// `model` points to one readable struct, `devices` to `n`, `out_bandwidth_hz`
+/// to `n` writable `F`, `out_max_latency_s` to one writable `F`.
+unsafe fn min_max_impl<F: Float>(
+    model: *const LatencyModelC<F>,
+    devices: *const DeviceLinkC<F>,
+    n: usize,
+    total_bandwidth_hz: F,
+    out_bandwidth_hz: *mut F,
+    out_max_latency_s: *mut F,
+) -> Status {
+    check_ptr(out_bandwidth_hz)?;
+    check_ptr(out_max_latency_s)?;
+    check_ptr(model)?;
+    let zero = DeviceLinkC {
+        tx_power_down_w: F::ZERO,
+        gain_down: F::ZERO,
+        tx_power_up_w: F::ZERO,
+        gain_up: F::ZERO,
+        compute_flops_per_s: F::ONE,
+    };
+    let mut raw = [zero; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract; `model` checked above and copied.
+    let m = unsafe {
+        copy_in(devices, n, &mut raw)?;
+        model.read()
+    };
+    let m = model_of(&m)?;
+    let placeholder = device_of(&zero)?;
+    let mut devs = [placeholder; WDMOE_MAX_EXPERTS];
+    for (d, r) in devs.iter_mut().zip(&raw[..n]) {
+        *d = device_of(r)?;
+    }
+    let mut b = [F::ZERO; WDMOE_MAX_EXPERTS];
+    let worst =
+        bandwidth::min_max(&m, &devs[..n], total_bandwidth_hz, &mut b[..n]).map_err(status_of)?;
+    // SAFETY: checked non-null and aligned; writable by contract; `b` is ours.
+    unsafe {
+        core::ptr::copy_nonoverlapping(b.as_ptr(), out_bandwidth_hz, n);
+        put(out_max_latency_s, worst)
+    }
+}
+
+/// The 3GPP models' shared entry: builds the model from heights, then asks it.
+fn uma<F: Float>(bs_height_m: F, ut_height_m: F) -> Result<Uma<F>, Error> {
+    Uma::new(bs_height_m, ut_height_m)
+}
+
+fn umi<F: Float>(bs_height_m: F, ut_height_m: F) -> Result<UmiStreetCanyon<F>, Error> {
+    UmiStreetCanyon::new(bs_height_m, ut_height_m)
+}
+
+/// Generates every entry point for one float type. The names are listed
+/// explicitly so that `grep` finds each exported symbol here.
+macro_rules! export {
+    (
+        $F:ty;
+        $select:ident, $top_k:ident, $kappa:ident, $wlr:ident,
+        $db_to_linear:ident, $linear_to_db:ident, $dbm_to_w:ident, $w_to_dbm:ident,
+        $fspl:ident, $uma_pl:ident, $umi_pl:ident, $uma_los:ident, $umi_los:ident,
+        $gain:ident, $n0:ident, $noise:ident, $rate:ident,
+        $flops:ident, $payload:ident,
+        $expert_latency:ident, $device_latency:ident, $token_latency:ident,
+        $sequential:ident, $batched:ident,
+        $even:ident, $min_max:ident
+    ) => {
+        /// Algorithm 1 (SPEC.md) on `n` experts: `logits` and `latency_s` [s]
+        /// (`+inf` = unreachable) of length `n ≤ 256`, top-`k`, threshold
+        /// `theta` ∈ [0, 0.5], at most `max_drops` drops; result in `*out`.
+        ///
+        /// # Safety
+        /// `logits` and `latency_s` point to `n` readable floats and `out` to
+        /// one writable selection, or are null (an error).
+        #[no_mangle]
+        pub unsafe extern "C" fn $select(
+            logits: *const $F,
+            latency_s: *const $F,
+            n: usize,
+            k: usize,
+            theta: $F,
+            max_drops: usize,
+            out: *mut SelectionC<$F>,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { select_impl(logits, latency_s, n, k, theta, max_drops, out) })
+        }
+
+        /// Plain top-k routing (Mixtral) on `n ≤ 256` logits; result in `*out`.
+        ///
+        /// # Safety
+        /// `logits` points to `n` readable floats, `out` to one writable selection.
+        #[no_mangle]
+        pub unsafe extern "C" fn $top_k(
+            logits: *const $F,
+            n: usize,
+            k: usize,
+            out: *mut SelectionC<$F>,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { top_k_impl(logits, n, k, out) })
+        }
+
+        /// Equation (10): κ over `n ≤ 256` weights and latencies [s].
+        ///
+        /// # Safety
+        /// `weights`, `latency_s` point to `n` readable floats, `out_kappa` to one.
+        #[no_mangle]
+        pub unsafe extern "C" fn $kappa(
+            weights: *const $F,
+            latency_s: *const $F,
+            n: usize,
+            out_kappa: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { kappa_impl(weights, latency_s, n, out_kappa) })
+        }
+
+        /// Equation (9): WLR [1/s] of `n ≤ 256` experts into `out_wlr_per_s`.
+        ///
+        /// # Safety
+        /// `weights`, `latency_s` point to `n` readable floats, `out_wlr_per_s`
+        /// to `n` writable floats.
+        #[no_mangle]
+        pub unsafe extern "C" fn $wlr(
+            weights: *const $F,
+            latency_s: *const $F,
+            n: usize,
+            out_wlr_per_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { wlr_impl(weights, latency_s, n, out_wlr_per_s) })
+        }
+
+        /// dB to a linear power ratio.
+        ///
+        /// # Safety
+        /// `out_linear` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $db_to_linear(db: $F, out_linear: *mut $F) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_linear, link::db_to_linear(db)) }
+        }
+
+        /// A linear power ratio to dB.
+        ///
+        /// # Safety
+        /// `out_db` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $linear_to_db(linear: $F, out_db: *mut $F) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_db, link::linear_to_db(linear)) }
+        }
+
+        /// dBm to W.
+        ///
+        /// # Safety
+        /// `out_w` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $dbm_to_w(dbm: $F, out_w: *mut $F) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_w, link::dbm_to_w(dbm)) }
+        }
+
+        /// W to dBm.
+        ///
+        /// # Safety
+        /// `out_dbm` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $w_to_dbm(w: $F, out_dbm: *mut $F) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_dbm, link::w_to_dbm(w)) }
+        }
+
+        /// The paper's path loss [dB] at `f_ghz` and `distance_m`.
+        ///
+        /// # Safety
+        /// `out_db` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $fspl(f_ghz: $F, distance_m: $F, out_db: *mut $F) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_db, link::free_space_path_loss_db(f_ghz, distance_m)) }
+        }
+
+        /// 3GPP UMa path loss [dB]; `los` nonzero for line of sight.
+        ///
+        /// # Safety
+        /// `out_db` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $uma_pl(
+            bs_height_m: $F,
+            ut_height_m: $F,
+            f_ghz: $F,
+            distance_2d_m: $F,
+            los: c_int,
+            out_db: *mut $F,
+        ) -> c_int {
+            let r = uma(bs_height_m, ut_height_m)
+                .and_then(|m| m.path_loss_db(f_ghz, distance_2d_m, los != 0));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_db, r) }
+        }
+
+        /// 3GPP UMi street-canyon path loss [dB]; `los` nonzero for line of sight.
+        ///
+        /// # Safety
+        /// `out_db` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $umi_pl(
+            bs_height_m: $F,
+            ut_height_m: $F,
+            f_ghz: $F,
+            distance_2d_m: $F,
+            los: c_int,
+            out_db: *mut $F,
+        ) -> c_int {
+            let r = umi(bs_height_m, ut_height_m)
+                .and_then(|m| m.path_loss_db(f_ghz, distance_2d_m, los != 0));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_db, r) }
+        }
+
+        /// 3GPP UMa LOS probability at `distance_2d_m`.
+        ///
+        /// # Safety
+        /// `out_probability` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $uma_los(
+            bs_height_m: $F,
+            ut_height_m: $F,
+            distance_2d_m: $F,
+            out_probability: *mut $F,
+        ) -> c_int {
+            let r = uma(bs_height_m, ut_height_m).and_then(|m| m.los_probability(distance_2d_m));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_probability, r) }
+        }
+
+        /// 3GPP UMi street-canyon LOS probability at `distance_2d_m`.
+        ///
+        /// # Safety
+        /// `out_probability` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $umi_los(
+            bs_height_m: $F,
+            ut_height_m: $F,
+            distance_2d_m: $F,
+            out_probability: *mut $F,
+        ) -> c_int {
+            let r = umi(bs_height_m, ut_height_m).and_then(|m| m.los_probability(distance_2d_m));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_probability, r) }
+        }
+
+        /// Channel power gain `10^(-PL/10)·|h|²`.
+        ///
+        /// # Safety
+        /// `out_gain` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $gain(
+            path_loss_db: $F,
+            fading_power: $F,
+            out_gain: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe {
+                scalar(
+                    out_gain,
+                    link::channel_power_gain(path_loss_db, fading_power),
+                )
+            }
+        }
+
+        /// Noise PSD [W/Hz] from N0 [dBm/Hz] and a noise figure [dB].
+        ///
+        /// # Safety
+        /// `out_w_per_hz` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $n0(
+            n0_dbm_per_hz: $F,
+            noise_figure_db: $F,
+            out_w_per_hz: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            unsafe {
+                scalar(
+                    out_w_per_hz,
+                    link::noise_psd_w_per_hz(n0_dbm_per_hz, noise_figure_db),
+                )
+            }
+        }
+
+        /// Noise power [W] over `bandwidth_hz`.
+        ///
+        /// # Safety
+        /// `out_w` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $noise(
+            n0_dbm_per_hz: $F,
+            bandwidth_hz: $F,
+            noise_figure_db: $F,
+            out_w: *mut $F,
+        ) -> c_int {
+            let r = link::noise_power_w(n0_dbm_per_hz, bandwidth_hz, noise_figure_db);
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_w, r) }
+        }
+
+        /// Equations (2), (3): Shannon rate [bit/s].
+        ///
+        /// # Safety
+        /// `out_bps` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $rate(
+            bandwidth_hz: $F,
+            tx_power_w: $F,
+            gain: $F,
+            n0_w_per_hz: $F,
+            out_bps: *mut $F,
+        ) -> c_int {
+            let r = link::shannon_rate_bps(bandwidth_hz, tx_power_w, gain, n0_w_per_hz);
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_bps, r) }
+        }
+
+        /// Equation (4): expert FLOPs per token.
+        ///
+        /// # Safety
+        /// `out_flops` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $flops(
+            hidden: u32,
+            ffn_hidden: u32,
+            eta_flops: $F,
+            out_flops: *mut $F,
+        ) -> c_int {
+            let r = ExpertShape::new(hidden, ffn_hidden).and_then(|s| s.flops_per_token(eta_flops));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_flops, r) }
+        }
+
+        /// Equation (5): payload bits per token and direction.
+        ///
+        /// # Safety
+        /// `out_bits` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $payload(
+            hidden: u32,
+            bits_per_element: $F,
+            out_bits: *mut $F,
+        ) -> c_int {
+            let r = ExpertShape::new(hidden, 1).and_then(|s| s.payload_bits(bits_per_element));
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_bits, r) }
+        }
+
+        /// Equation (6) from rates: latency [s] of one token on one device.
+        ///
+        /// # Safety
+        /// `out_s` points to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $expert_latency(
+            payload_bits: $F,
+            flops: $F,
+            rate_down_bps: $F,
+            compute_flops_per_s: $F,
+            rate_up_bps: $F,
+            out_s: *mut $F,
+        ) -> c_int {
+            let r = latency::expert_latency_s(
+                payload_bits,
+                flops,
+                rate_down_bps,
+                compute_flops_per_s,
+                rate_up_bps,
+            );
+            // SAFETY: forwarded contract.
+            unsafe { scalar(out_s, r) }
+        }
+
+        /// Equation (6) from a device's link: latency [s] over `bandwidth_hz`.
+        ///
+        /// # Safety
+        /// `model`, `device` point to one readable struct each, `out_s` to one float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $device_latency(
+            model: *const LatencyModelC<$F>,
+            device: *const DeviceLinkC<$F>,
+            bandwidth_hz: $F,
+            out_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { device_latency_impl(model, device, bandwidth_hz, out_s) })
+        }
+
+        /// Equation (7): the slowest of the `n_experts` selected experts [s].
+        ///
+        /// # Safety
+        /// `latency_s` points to `n` readable floats, `experts` to `n_experts`
+        /// readable `uint32_t`, `out_s` to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $token_latency(
+            latency_s: *const $F,
+            n: usize,
+            experts: *const u32,
+            n_experts: usize,
+            out_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { token_latency_impl(latency_s, n, experts, n_experts, out_s) })
+        }
+
+        /// Equation (8): the sum of `n` per-token, per-layer latencies [s]
+        /// (`n` is not limited to 256).
+        ///
+        /// # Safety
+        /// `token_layer_latency_s` points to `n` readable floats, `out_s` to one.
+        #[no_mangle]
+        pub unsafe extern "C" fn $sequential(
+            token_layer_latency_s: *const $F,
+            n: usize,
+            out_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { sequential_impl(token_layer_latency_s, n, out_s) })
+        }
+
+        /// Batched prefill of one layer [s]: `max_q n_q · t_q`.
+        ///
+        /// # Safety
+        /// `tokens_per_expert` and `latency_per_token_s` point to `n` readable
+        /// elements, `out_s` to one writable float.
+        #[no_mangle]
+        pub unsafe extern "C" fn $batched(
+            tokens_per_expert: *const u32,
+            latency_per_token_s: *const $F,
+            n: usize,
+            out_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { batched_impl(tokens_per_expert, latency_per_token_s, n, out_s) })
+        }
+
+        /// The paper's even split of `total_bandwidth_hz` over `n ≤ 256` devices.
+        ///
+        /// # Safety
+        /// `out_bandwidth_hz` points to `n` writable floats.
+        #[no_mangle]
+        pub unsafe extern "C" fn $even(
+            total_bandwidth_hz: $F,
+            out_bandwidth_hz: *mut $F,
+            n: usize,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe { even_split_impl(total_bandwidth_hz, out_bandwidth_hz, n) })
+        }
+
+        /// Min–max allocation of `total_bandwidth_hz` over `n ≤ 256` devices.
+        ///
+        /// # Safety
+        /// `model` points to one readable struct, `devices` to `n`,
+        /// `out_bandwidth_hz` to `n` writable floats, `out_max_latency_s` to one.
+        #[no_mangle]
+        pub unsafe extern "C" fn $min_max(
+            model: *const LatencyModelC<$F>,
+            devices: *const DeviceLinkC<$F>,
+            n: usize,
+            total_bandwidth_hz: $F,
+            out_bandwidth_hz: *mut $F,
+            out_max_latency_s: *mut $F,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe {
+                min_max_impl(
+                    model,
+                    devices,
+                    n,
+                    total_bandwidth_hz,
+                    out_bandwidth_hz,
+                    out_max_latency_s,
+                )
+            })
+        }
+    };
+}
+
+export!(
+    f32;
+    wdmoe_select_f32, wdmoe_top_k_f32, wdmoe_kappa_f32, wdmoe_wlr_per_s_f32,
+    wdmoe_db_to_linear_f32, wdmoe_linear_to_db_f32, wdmoe_dbm_to_w_f32, wdmoe_w_to_dbm_f32,
+    wdmoe_free_space_path_loss_db_f32, wdmoe_uma_path_loss_db_f32, wdmoe_umi_path_loss_db_f32,
+    wdmoe_uma_los_probability_f32, wdmoe_umi_los_probability_f32,
+    wdmoe_channel_power_gain_f32, wdmoe_noise_psd_w_per_hz_f32, wdmoe_noise_power_w_f32,
+    wdmoe_shannon_rate_bps_f32,
+    wdmoe_expert_flops_per_token_f32, wdmoe_payload_bits_f32,
+    wdmoe_expert_latency_s_f32, wdmoe_device_latency_s_f32, wdmoe_token_latency_s_f32,
+    wdmoe_sequential_prompt_latency_s_f32, wdmoe_batched_layer_latency_s_f32,
+    wdmoe_even_split_bandwidth_hz_f32, wdmoe_min_max_bandwidth_hz_f32
+);
+
+export!(
+    f64;
+    wdmoe_select_f64, wdmoe_top_k_f64, wdmoe_kappa_f64, wdmoe_wlr_per_s_f64,
+    wdmoe_db_to_linear_f64, wdmoe_linear_to_db_f64, wdmoe_dbm_to_w_f64, wdmoe_w_to_dbm_f64,
+    wdmoe_free_space_path_loss_db_f64, wdmoe_uma_path_loss_db_f64, wdmoe_umi_path_loss_db_f64,
+    wdmoe_uma_los_probability_f64, wdmoe_umi_los_probability_f64,
+    wdmoe_channel_power_gain_f64, wdmoe_noise_psd_w_per_hz_f64, wdmoe_noise_power_w_f64,
+    wdmoe_shannon_rate_bps_f64,
+    wdmoe_expert_flops_per_token_f64, wdmoe_payload_bits_f64,
+    wdmoe_expert_latency_s_f64, wdmoe_device_latency_s_f64, wdmoe_token_latency_s_f64,
+    wdmoe_sequential_prompt_latency_s_f64, wdmoe_batched_layer_latency_s_f64,
+    wdmoe_even_split_bandwidth_hz_f64, wdmoe_min_max_bandwidth_hz_f64
+);
+
+/// The optional panic handler of the static library (see the crate docs,
+/// "C ABI"): only compiled with `--cfg wdmoe_staticlib`, which the staticlib
+/// build passes to this crate alone, so the rlib that Rust users and tests
+/// link never defines one. No entry point can panic (that is a tested
+/// property); should one ever, the firmware halts here rather than unwinding
+/// into C.
+#[cfg(all(wdmoe_staticlib, not(test)))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
