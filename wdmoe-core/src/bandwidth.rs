@@ -6,7 +6,7 @@ use crate::latency::{DeviceLink, LatencyModel};
 use crate::{Error, Float};
 
 /// The paper's allocation: `total_bandwidth_hz / n` to each of the `n =
-/// out.len()` devices [Hz].
+/// out.len()` devices \[Hz\].
 ///
 /// ```
 /// let mut b = [0.0_f64; 8];
@@ -26,7 +26,7 @@ pub fn even_split<F: Float>(total_bandwidth_hz: F, out: &mut [F]) -> Result<(), 
 /// Bisection steps of the outer (latency) and inner (bandwidth) searches.
 const STEPS: u32 = 60;
 
-/// Smallest bandwidth [Hz] ≤ `cap_hz` giving `dev` a latency ≤ `target_s`,
+/// Smallest bandwidth \[Hz\] ≤ `cap_hz` giving `dev` a latency ≤ `target_s`,
 /// or `None` when even `cap_hz` is not enough.
 fn bandwidth_for<F: Float>(
     model: &LatencyModel<F>,
@@ -50,11 +50,11 @@ fn bandwidth_for<F: Float>(
 }
 
 /// Min–max allocation of `total_bandwidth_hz` among `devices` (the selected
-/// ones): the bandwidths [Hz] written to `out` minimise the largest latency
+/// ones): the bandwidths \[Hz\] written to `out` minimise the largest latency
 /// (eq. 6) among the devices, found by bisection on the common latency
 /// target (the standard method: at the optimum every device's latency is
 /// equal, each latency falling as its bandwidth grows). Returns that largest
-/// latency [s]. The whole bandwidth is handed out; the result is never worse
+/// latency \[s\]. The whole bandwidth is handed out; the result is never worse
 /// than the even split.
 ///
 /// ```

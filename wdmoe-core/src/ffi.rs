@@ -138,7 +138,7 @@ pub struct SelectionC<F> {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct LatencyModelC<F> {
-    /// Payload per token and direction [bit] (eq. 5).
+    /// Payload per token and direction \[bit\] (eq. 5).
     pub payload_bits: F,
     /// Expert FLOPs per token (eq. 4).
     pub flops_per_token: F,
@@ -150,11 +150,11 @@ pub struct LatencyModelC<F> {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceLinkC<F> {
-    /// Base-station transmit power [W].
+    /// Base-station transmit power \[W\].
     pub tx_power_down_w: F,
     /// Downlink channel power gain g² (linear).
     pub gain_down: F,
-    /// Device transmit power [W].
+    /// Device transmit power \[W\].
     pub tx_power_up_w: F,
     /// Uplink channel power gain g² (linear).
     pub gain_up: F,
@@ -527,7 +527,7 @@ macro_rules! export {
         $sequential:ident, $batched:ident,
         $even:ident, $min_max:ident
     ) => {
-        /// Algorithm 1 (SPEC.md) on `n` experts: `logits` and `latency_s` [s]
+        /// Algorithm 1 (SPEC.md) on `n` experts: `logits` and `latency_s` \[s\]
         /// (`+inf` = unreachable) of length `n ≤ 256`, top-`k`, threshold
         /// `theta` ∈ [0, 0.5], at most `max_drops` drops; result in `*out`.
         ///
@@ -563,7 +563,7 @@ macro_rules! export {
             done(unsafe { top_k_impl(logits, n, k, out) })
         }
 
-        /// Equation (10): κ over `n ≤ 256` weights and latencies [s].
+        /// Equation (10): κ over `n ≤ 256` weights and latencies \[s\].
         ///
         /// # Safety
         /// `weights`, `latency_s` point to `n` readable floats, `out_kappa` to one.
@@ -634,7 +634,7 @@ macro_rules! export {
             unsafe { scalar(out_dbm, link::w_to_dbm(w)) }
         }
 
-        /// The paper's path loss [dB] at `f_ghz` and `distance_m`.
+        /// The paper's path loss \[dB\] at `f_ghz` and `distance_m`.
         ///
         /// # Safety
         /// `out_db` points to one writable float.
@@ -644,7 +644,7 @@ macro_rules! export {
             unsafe { scalar(out_db, link::free_space_path_loss_db(f_ghz, distance_m)) }
         }
 
-        /// 3GPP UMa path loss [dB]; `los` nonzero for line of sight.
+        /// 3GPP UMa path loss \[dB\]; `los` nonzero for line of sight.
         ///
         /// # Safety
         /// `out_db` points to one writable float.
@@ -663,7 +663,7 @@ macro_rules! export {
             unsafe { scalar(out_db, r) }
         }
 
-        /// 3GPP UMi street-canyon path loss [dB]; `los` nonzero for line of sight.
+        /// 3GPP UMi street-canyon path loss \[dB\]; `los` nonzero for line of sight.
         ///
         /// # Safety
         /// `out_db` points to one writable float.
@@ -733,7 +733,7 @@ macro_rules! export {
             }
         }
 
-        /// Noise PSD [W/Hz] from N0 [dBm/Hz] and a noise figure [dB].
+        /// Noise PSD [W/Hz] from N0 [dBm/Hz] and a noise figure \[dB\].
         ///
         /// # Safety
         /// `out_w_per_hz` points to one writable float.
@@ -752,7 +752,7 @@ macro_rules! export {
             }
         }
 
-        /// Noise power [W] over `bandwidth_hz`.
+        /// Noise power \[W\] over `bandwidth_hz`.
         ///
         /// # Safety
         /// `out_w` points to one writable float.
@@ -816,7 +816,7 @@ macro_rules! export {
             unsafe { scalar(out_bits, r) }
         }
 
-        /// Equation (6) from rates: latency [s] of one token on one device.
+        /// Equation (6) from rates: latency \[s\] of one token on one device.
         ///
         /// # Safety
         /// `out_s` points to one writable float.
@@ -840,7 +840,7 @@ macro_rules! export {
             unsafe { scalar(out_s, r) }
         }
 
-        /// Equation (6) from a device's link: latency [s] over `bandwidth_hz`.
+        /// Equation (6) from a device's link: latency \[s\] over `bandwidth_hz`.
         ///
         /// # Safety
         /// `model`, `device` point to one readable struct each, `out_s` to one float.
@@ -855,7 +855,7 @@ macro_rules! export {
             done(unsafe { device_latency_impl(model, device, bandwidth_hz, out_s) })
         }
 
-        /// Equation (7): the slowest of the `n_experts` selected experts [s].
+        /// Equation (7): the slowest of the `n_experts` selected experts \[s\].
         ///
         /// # Safety
         /// `latency_s` points to `n` readable floats, `experts` to `n_experts`
@@ -872,7 +872,7 @@ macro_rules! export {
             done(unsafe { token_latency_impl(latency_s, n, experts, n_experts, out_s) })
         }
 
-        /// Equation (8): the sum of `n` per-token, per-layer latencies [s]
+        /// Equation (8): the sum of `n` per-token, per-layer latencies \[s\]
         /// (`n` is not limited to 256).
         ///
         /// # Safety
@@ -887,7 +887,7 @@ macro_rules! export {
             done(unsafe { sequential_impl(token_layer_latency_s, n, out_s) })
         }
 
-        /// Batched prefill of one layer [s]: `max_q n_q · t_q`.
+        /// Batched prefill of one layer \[s\]: `max_q n_q · t_q`.
         ///
         /// # Safety
         /// `tokens_per_expert` and `latency_per_token_s` point to `n` readable

@@ -7,7 +7,7 @@ use crate::error::{non_negative, positive};
 use crate::{Error, Float};
 
 /// One device's radio and compute parameters for one token: transmit powers
-/// [W], channel *power* gains `g²` (linear) for downlink (BS → device) and
+/// \[W\], channel *power* gains `g²` (linear) for downlink (BS → device) and
 /// uplink (device → BS), and compute rate `C_q` [FLOP/s]. Validated on
 /// construction, so a built value is always usable.
 ///
@@ -44,7 +44,7 @@ impl<F: Float> DeviceLink<F> {
             compute_flops_per_s: positive(compute_flops_per_s, "compute_flops_per_s")?,
         })
     }
-    /// Base-station transmit power [W].
+    /// Base-station transmit power \[W\].
     pub fn tx_power_down_w(&self) -> F {
         self.tx_power_down_w
     }
@@ -52,7 +52,7 @@ impl<F: Float> DeviceLink<F> {
     pub fn gain_down(&self) -> F {
         self.gain_down
     }
-    /// Device transmit power [W].
+    /// Device transmit power \[W\].
     pub fn tx_power_up_w(&self) -> F {
         self.tx_power_up_w
     }
@@ -67,7 +67,7 @@ impl<F: Float> DeviceLink<F> {
 }
 
 /// The system constants of the latency model: payload per token and direction
-/// [bit] (eq. 5), expert FLOPs per token (eq. 4), and the noise power spectral
+/// \[bit\] (eq. 5), expert FLOPs per token (eq. 4), and the noise power spectral
 /// density [W/Hz].
 ///
 /// ```
@@ -101,7 +101,7 @@ impl<F: Float> LatencyModel<F> {
             n0_w_per_hz: positive(n0_w_per_hz, "n0_w_per_hz")?,
         })
     }
-    /// Payload per token and direction [bit].
+    /// Payload per token and direction \[bit\].
     pub fn payload_bits(&self) -> F {
         self.payload_bits
     }
@@ -131,7 +131,7 @@ impl<F: Float> LatencyModel<F> {
         Ok((rd, ru))
     }
 
-    /// Equation (6) for one token: `L_comm/R_d + L_comp/C_q + L_comm/R_u` [s];
+    /// Equation (6) for one token: `L_comm/R_d + L_comp/C_q + L_comm/R_u` \[s\];
     /// `+∞` when a rate is 0.
     pub fn expert_latency_s(&self, dev: &DeviceLink<F>, bandwidth_hz: F) -> Result<F, Error> {
         let (rd, ru) = self.rates_bps(dev, bandwidth_hz)?;
@@ -144,7 +144,7 @@ impl<F: Float> LatencyModel<F> {
         )
     }
 
-    /// The latency [s] the device approaches with unlimited bandwidth:
+    /// The latency \[s\] the device approaches with unlimited bandwidth:
     /// `L_comp/C_q + L_comm·N0·ln2/(P_d·g_d²) + L_comm·N0·ln2/(P_u·g_u²)`
     /// (`+∞` for a zero power or gain).
     pub fn latency_floor_s(&self, dev: &DeviceLink<F>) -> F {
@@ -166,7 +166,7 @@ impl<F: Float> LatencyModel<F> {
     }
 }
 
-/// Equation (6): latency [s] of one token on one expert's device,
+/// Equation (6): latency \[s\] of one token on one expert's device,
 /// `payload_bits/rate_down_bps + flops/compute_flops_per_s + payload_bits/rate_up_bps`.
 /// A zero rate gives `+∞` (unreachable) unless the payload is 0.
 ///
@@ -205,7 +205,7 @@ pub fn expert_latency_s<F: Float>(
 }
 
 /// Equation (7): a token's latency in one layer, the slowest of its selected
-/// experts, `max_{q ∈ experts} latency_s[q]` [s].
+/// experts, `max_{q ∈ experts} latency_s[q]` \[s\].
 ///
 /// ```
 /// let t = wdmoe_core::latency::token_latency_s(&[0.3_f64, 0.1, 0.7], &[0, 1]).unwrap();
@@ -229,7 +229,7 @@ pub fn token_latency_s<F: Float>(latency_s: &[F], experts: &[usize]) -> Result<F
     Ok(worst)
 }
 
-/// Equation (8): prompt latency [s], the sum of every token's per-layer
+/// Equation (8): prompt latency \[s\], the sum of every token's per-layer
 /// latency (tokens and layers one after another).
 ///
 /// ```
@@ -256,7 +256,7 @@ fn non_negative_or_inf<F: Float>(t: F) -> Result<F, Error> {
 
 /// Batched prefill accounting of one layer (SPEC.md): every token routed to a
 /// device travels in one transmission, devices work in parallel, and the layer
-/// takes as long as the slowest device: `max_q n_q · t_q` [s], with `n_q`
+/// takes as long as the slowest device: `max_q n_q · t_q` \[s\], with `n_q`
 /// = `tokens_per_expert[q]` and `t_q` = `latency_per_token_s[q]` (eq. 6).
 /// Never more than the sequential sum over the same tokens (eq. 7, 8).
 ///

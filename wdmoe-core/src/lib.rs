@@ -41,7 +41,7 @@
 //! )?;
 //! let policy = select::Policy::new(2, 0.2, 1)?;  // top-2, θ = 0.2, one drop
 //!
-//! // Channel reports: distance [m] and measured fading power |h|² per device.
+//! // Channel reports: distance \[m\] and measured fading power |h|² per device.
 //! let distance_m = [60.0_f32, 90.0, 120.0, 150.0, 200.0, 260.0, 330.0, 400.0];
 //! let fading = [1.0_f32, 0.4, 1.7, 0.9, 0.002, 1.2, 0.8, 2.1];
 //! let compute_flops_per_s = 2e12_f32;

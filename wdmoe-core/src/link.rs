@@ -59,7 +59,7 @@ pub fn w_to_dbm<F: Float>(w: F) -> Result<F, Error> {
 }
 
 /// The paper's path loss (the 3GPP free-space form, SPEC.md):
-/// `PL [dB] = 32.4 + 20·log10(f_ghz) + 20·log10(distance_m)`.
+/// `PL \[dB\] = 32.4 + 20·log10(f_ghz) + 20·log10(distance_m)`.
 ///
 /// ```
 /// // 3.5 GHz at 100 m: 32.4 + 20·log10(3.5) + 40 = 83.28 dB
@@ -73,7 +73,7 @@ pub fn free_space_path_loss_db<F: Float>(f_ghz: F, distance_m: F) -> Result<F, E
     Ok(F::from_f64(32.4) + twenty * f.log10() + twenty * d.log10())
 }
 
-/// Channel power gain `g² = 10^(−PL/10) · |h|²` from a path loss [dB] and a
+/// Channel power gain `g² = 10^(−PL/10) · |h|²` from a path loss \[dB\] and a
 /// small-scale fading power `|h|²` (1 for no fading; `Exp(1)` for Rayleigh).
 ///
 /// ```
@@ -87,7 +87,7 @@ pub fn channel_power_gain<F: Float>(path_loss_db: F, fading_power: F) -> Result<
 }
 
 /// Noise power spectral density [W/Hz] from `N0` [dBm/Hz] and a receiver
-/// noise figure [dB] (0 dB for the paper's ideal receiver).
+/// noise figure \[dB\] (0 dB for the paper's ideal receiver).
 ///
 /// ```
 /// let n0 = wdmoe_core::link::noise_psd_w_per_hz(-174.0_f64, 0.0).unwrap();
@@ -99,7 +99,7 @@ pub fn noise_psd_w_per_hz<F: Float>(n0_dbm_per_hz: F, noise_figure_db: F) -> Res
     dbm_to_w(n0 + nf)
 }
 
-/// Noise power [W] in a bandwidth: `N0 · NF · B`.
+/// Noise power \[W\] in a bandwidth: `N0 · NF · B`.
 ///
 /// ```
 /// // -174 dBm/Hz over 12.5 MHz with a 7 dB noise figure: -96.03 dBm
@@ -215,9 +215,9 @@ pub struct Uma<F> {
 }
 
 impl<F: Float> Uma<F> {
-    /// Log-normal shadow-fading standard deviation in LOS [dB].
+    /// Log-normal shadow-fading standard deviation in LOS \[dB\].
     pub const SHADOW_STD_LOS_DB: f64 = 4.0;
-    /// Log-normal shadow-fading standard deviation in NLOS [dB].
+    /// Log-normal shadow-fading standard deviation in NLOS \[dB\].
     pub const SHADOW_STD_NLOS_DB: f64 = 6.0;
 
     /// A UMa model; heights in metres, validated.
@@ -229,17 +229,17 @@ impl<F: Float> Uma<F> {
         })
     }
 
-    /// Base-station height [m].
+    /// Base-station height \[m\].
     pub fn bs_height_m(&self) -> F {
         self.bs_height_m
     }
 
-    /// User-terminal height [m].
+    /// User-terminal height \[m\].
     pub fn ut_height_m(&self) -> F {
         self.ut_height_m
     }
 
-    /// Path loss [dB] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
+    /// Path loss \[dB\] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
         let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
         let dh = self.bs_height_m - self.ut_height_m;
@@ -301,9 +301,9 @@ pub struct UmiStreetCanyon<F> {
 }
 
 impl<F: Float> UmiStreetCanyon<F> {
-    /// Log-normal shadow-fading standard deviation in LOS [dB].
+    /// Log-normal shadow-fading standard deviation in LOS \[dB\].
     pub const SHADOW_STD_LOS_DB: f64 = 4.0;
-    /// Log-normal shadow-fading standard deviation in NLOS [dB].
+    /// Log-normal shadow-fading standard deviation in NLOS \[dB\].
     pub const SHADOW_STD_NLOS_DB: f64 = 7.82;
 
     /// A UMi street-canyon model; heights in metres, validated.
@@ -315,7 +315,7 @@ impl<F: Float> UmiStreetCanyon<F> {
         })
     }
 
-    /// Path loss [dB] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
+    /// Path loss \[dB\] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
         let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
         let dh = self.bs_height_m - self.ut_height_m;
@@ -360,7 +360,7 @@ pub enum PathLossModel<F> {
 }
 
 impl<F: Float> PathLossModel<F> {
-    /// Path loss [dB] at `f_ghz` and 2-D distance `d2d_m`.
+    /// Path loss \[dB\] at `f_ghz` and 2-D distance `d2d_m`.
     ///
     /// ```
     /// use wdmoe_core::link::PathLossModel;
@@ -384,7 +384,7 @@ impl<F: Float> PathLossModel<F> {
         }
     }
 
-    /// Log-normal shadow-fading standard deviation [dB] (0 for free space).
+    /// Log-normal shadow-fading standard deviation \[dB\] (0 for free space).
     pub fn shadow_std_db(&self, los: bool) -> F {
         let v = match (self, los) {
             (PathLossModel::FreeSpace, _) => 0.0,

@@ -99,7 +99,7 @@ impl<F: Float, const N: usize> Selection<F, N> {
     pub fn fallback(&self) -> bool {
         self.fallback
     }
-    /// Equation (7) for this selection: the slowest selected expert [s].
+    /// Equation (7) for this selection: the slowest selected expert \[s\].
     pub fn token_latency_s(&self, latency_s: &[F]) -> Result<F, Error> {
         crate::latency::token_latency_s(latency_s, &self.experts)
     }
@@ -298,7 +298,7 @@ fn check_latency<F: Float>(t: F) -> Result<F, Error> {
 /// Algorithm 1, the WDMoE selection policy, exactly as SPEC.md defines it.
 ///
 /// `logits`: router logits of all `n` experts (finite); `latency_s`: each
-/// expert's latency for this token [s] (eq. 6), `> 0`, `+∞` for an
+/// expert's latency for this token \[s\] (eq. 6), `> 0`, `+∞` for an
 /// unreachable device. `n ≤ N`.
 ///
 /// 1. `p = softmax(logits)`; 2. S = top-k by `p`; 3. unreachable experts
