@@ -1,1 +1,228 @@
-fn main() {}
+//! `wdmoe`: the WDMoE simulator's command line.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wdmoe_sim::progress::Progress;
+use wdmoe_sim::scenario::{Accounting, Scenario};
+use wdmoe_sim::sim::{RunReport, Simulation};
+use wdmoe_sim::{report, select_cli};
+
+#[derive(Parser)]
+#[command(name = "wdmoe", version, about = "WDMoE: wireless distributed MoE latency simulator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The paper's latency study (8 devices, 3.5 GHz, 10 W / 0.2 W, 100 MHz
+    /// even split, Rayleigh, Mixtral 32 layers) for θ ∈ {0, 0.1, 0.2, 0.3}.
+    Reproduce(RunArgs),
+    /// Any scenario from a TOML file (start from `wdmoe scenario --print-default`).
+    Sweep {
+        /// The scenario file.
+        #[arg(long)]
+        scenario: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Scenario files.
+    Scenario {
+        /// Print the default scenario (the paper's setup) as TOML.
+        #[arg(long)]
+        print_default: bool,
+        /// Check a scenario file and print it with every default filled in.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
+    /// The selection policy over JSON lines on stdin (one decision per line).
+    Select,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccountingArg {
+    Sequential,
+    Batched,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Seed of every random stream.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Monte-Carlo prompts.
+    #[arg(long)]
+    prompts: Option<usize>,
+    /// Prefill tokens per prompt.
+    #[arg(long)]
+    tokens: Option<u32>,
+    /// Decode tokens generated after the prefill.
+    #[arg(long)]
+    decode_tokens: Option<u32>,
+    /// Latency accounting: the paper's sequential eq. (8) or batched prefill.
+    #[arg(long, value_enum)]
+    accounting: Option<AccountingArg>,
+    /// WDMoE drops per token (the paper: 1).
+    #[arg(long)]
+    max_drops: Option<usize>,
+    /// Worker threads (default: all cores); results do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the table as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency / kept-weight plot as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write CSV, JSON and SVG into this folder (NAME.csv, NAME.json, NAME.svg).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bar and no router summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.cmd {
+        Cmd::Reproduce(args) => {
+            let s = Scenario::paper();
+            simulate(s, &args, "reproduce", "WDMoE reproduction: the paper's setup (§IV-A)")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sweep { scenario, run } => {
+            let text = std::fs::read_to_string(&scenario)
+                .map_err(|e| format!("cannot read {}: {e}", scenario.display()))?;
+            let s = Scenario::from_toml_str(&text)
+                .map_err(|e| format!("{}: {e}", scenario.display()))?;
+            let title = format!("WDMoE sweep: {}", scenario.display());
+            simulate(s, &run, "sweep", &title)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Scenario {
+            print_default,
+            check,
+        } => {
+            if let Some(path) = check {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let s = Scenario::from_toml_str(&text)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                print!("{}", s.to_toml_string());
+                Ok(ExitCode::SUCCESS)
+            } else if print_default {
+                print!("{}", default_file());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err("nothing to do: pass --print-default or --check FILE".into())
+            }
+        }
+        Cmd::Select => {
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let failed = select_cli::run(stdin.lock(), stdout.lock())
+                .map_err(|e| format!("select: {e}"))?;
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn default_file() -> String {
+    format!(
+        "# wdmoe scenario: the paper's setup (WDMoE §IV-A) with this project's documented defaults.\n\
+         # Every key is optional; a missing key keeps the value shown here. Units are in the names.\n\
+         # path_loss: free_space | uma | umi; fading: rayleigh | rician | none; time_model: block | ar1\n\
+         # allocation: even | min_max; accounting: sequential | batched; router kind: synthetic | trace\n\
+         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\n{}",
+        Scenario::default().to_toml_string()
+    )
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {
+    if let Some(v) = a.seed {
+        s.seed = v;
+    }
+    if let Some(v) = a.prompts {
+        s.prompts = v;
+    }
+    if let Some(v) = a.tokens {
+        s.prompt_tokens = v;
+    }
+    if let Some(v) = a.decode_tokens {
+        s.decode_tokens = v;
+    }
+    if let Some(v) = a.accounting {
+        s.accounting = match v {
+            AccountingArg::Sequential => Accounting::Sequential,
+            AccountingArg::Batched => Accounting::Batched,
+        };
+    }
+    if let Some(v) = a.max_drops {
+        s.policies.max_drops = v;
+    }
+    let sim = Simulation::new(s).map_err(|e| e.to_string())?;
+    if !a.quiet {
+        eprintln!("{}", sim.router_summary());
+    }
+    let progress = Progress::new(name, sim.scenario().prompts, !a.quiet);
+    let go = || sim.run(&|| progress.tick());
+    let report = match a.threads {
+        Some(t) => rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build()
+            .map_err(|e| format!("thread pool: {e}"))?
+            .install(go),
+        None => go(),
+    }
+    .map_err(|e| e.to_string())?;
+    progress.finish();
+    print!("{}", report::table(&report, Some(title)));
+    let mut outputs: Vec<(PathBuf, String)> = Vec::new();
+    if let Some(dir) = &a.out {
+        outputs.push((dir.join(format!("{name}.csv")), report::csv(&report)));
+        outputs.push((dir.join(format!("{name}.json")), report::json(&report)));
+        outputs.push((dir.join(format!("{name}.svg")), report::svg(&report)));
+    }
+    if let Some(p) = &a.csv {
+        outputs.push((p.clone(), report::csv(&report)));
+    }
+    if let Some(p) = &a.json {
+        outputs.push((p.clone(), report::json(&report)));
+    }
+    if let Some(p) = &a.svg {
+        outputs.push((p.clone(), report::svg(&report)));
+    }
+    for (p, text) in &outputs {
+        write_file(p, text)?;
+        if !a.quiet {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(report)
+}

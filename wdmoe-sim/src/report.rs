@@ -1,0 +1,337 @@
+//! Outputs: the text table, CSV, JSON and an SVG plot (written by hand).
+//! Every output states the latency accounting it uses.
+
+use crate::sim::{PolicyRow, RunReport};
+use std::fmt::Write as _;
+
+/// The paper's reported latency reductions against Mixtral (θ = 0), for the
+/// "paper" column: `Some(text)` for θ = 0.2 and 0.3, the values it reports.
+///
+/// θ = 0.2: MMLU 25.59 %, PIQA 20.08 %, ARC-e 25.33 %, ARC-c 16.2 %,
+/// HumanEval 37.54 %, GSM-8K 30.21 %, BoolQ 21.86 % (mean 25.26 %).
+/// θ = 0.3: 1.65× faster on PIQA, i.e. a 39.4 % reduction.
+pub fn paper_reduction(theta: f64) -> Option<&'static str> {
+    if theta == 0.0 {
+        Some("baseline (Mixtral)")
+    } else if (theta - 0.2).abs() < 1e-12 {
+        Some("16.2–37.5 % (mean 25.3 %)")
+    } else if (theta - 0.3).abs() < 1e-12 {
+        Some("39.4 % (PIQA, 1.65×)")
+    } else if (theta - 0.1).abs() < 1e-12 {
+        Some("not reported")
+    } else {
+        None
+    }
+}
+
+/// The mean of the paper's seven θ = 0.2 reductions [%].
+pub const PAPER_MEAN_REDUCTION_THETA_02_PCT: f64 =
+    (25.59 + 20.08 + 25.33 + 16.2 + 37.54 + 30.21 + 21.86) / 7.0;
+
+fn paper_cell(r: &PolicyRow) -> &'static str {
+    match (r.family.as_str(), r.parameter) {
+        ("wdmoe", Some(t)) => paper_reduction(t).unwrap_or(""),
+        _ => "",
+    }
+}
+
+/// The text table. `title` is printed above it, when given.
+pub fn table(r: &RunReport, title: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(t) = title {
+        let _ = writeln!(s, "{t}");
+    }
+    let _ = writeln!(
+        s,
+        "latency accounting: {} | {} prompts × {} prompt tokens{} | seed {}",
+        r.accounting,
+        r.prompts,
+        r.prompt_tokens,
+        if r.decode_tokens > 0 {
+            format!(" + {} decode tokens", r.decode_tokens)
+        } else {
+            String::new()
+        },
+        r.seed
+    );
+    let _ = writeln!(s, "{}", r.router);
+    let head = [
+        "policy",
+        "mean s",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "reduction",
+        "experts/tok",
+        "drop rate",
+        "kept weight",
+        "fallbacks",
+        "paper reduction",
+    ];
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|x| {
+            vec![
+                x.name.clone(),
+                format!("{:.3}", x.mean_s),
+                format!("{:.3}", x.p50_s),
+                format!("{:.3}", x.p95_s),
+                format!("{:.3}", x.p99_s),
+                format!("{:.1} %", x.reduction_pct),
+                format!("{:.3}", x.experts_per_token),
+                format!("{:.1} %", 100.0 * x.drop_rate),
+                format!("{:.3}", x.kept_weight),
+                x.fallbacks.to_string(),
+                paper_cell(x).to_string(),
+            ]
+        })
+        .collect();
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String], s: &mut String| {
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            let pad = w - c.chars().count();
+            if i == 0 || i == cells.len() - 1 {
+                let _ = write!(s, "{c}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(s, "{}{c}", " ".repeat(pad));
+            }
+            if i + 1 < cells.len() {
+                s.push_str("  ");
+            }
+        }
+        let trimmed = s.trim_end().len();
+        s.truncate(trimmed);
+        s.push('\n');
+    };
+    line(&head.map(String::from), &mut s);
+    let total: usize = width.iter().sum::<usize>() + 2 * (width.len() - 1);
+    let _ = writeln!(s, "{}", "-".repeat(total));
+    for row in &rows {
+        line(row, &mut s);
+    }
+    if r.suppressed_outages > 0 {
+        let _ = writeln!(
+            s,
+            "outages: {} slots where every device would have been down kept one up",
+            r.suppressed_outages
+        );
+    }
+    s
+}
+
+/// CSV with a header line; latencies in seconds, rates as fractions.
+pub fn csv(r: &RunReport) -> String {
+    let mut s = String::from(
+        "policy,family,parameter,accounting,prompts,prompt_tokens,decode_tokens,seed,mean_s,p50_s,p95_s,p99_s,reduction_pct,experts_per_token,drop_rate,kept_weight,fallbacks,mean_prefill_s,mean_decode_s,paper_reduction\n",
+    );
+    let acc = match r.accounting {
+        crate::scenario::Accounting::Sequential => "sequential",
+        crate::scenario::Accounting::Batched => "batched",
+    };
+    for x in &r.rows {
+        let _ = writeln!(
+            s,
+            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
+            x.name,
+            x.family,
+            x.parameter.map_or(String::new(), |p| p.to_string()),
+            acc,
+            r.prompts,
+            r.prompt_tokens,
+            r.decode_tokens,
+            r.seed,
+            x.mean_s,
+            x.p50_s,
+            x.p95_s,
+            x.p99_s,
+            x.reduction_pct,
+            x.experts_per_token,
+            x.drop_rate,
+            x.kept_weight,
+            x.fallbacks,
+            x.mean_prefill_s,
+            x.mean_decode_s,
+            paper_cell(x)
+        );
+    }
+    s
+}
+
+/// Pretty JSON of the whole report.
+pub fn json(r: &RunReport) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The paper's Fig. 3 in shape: mean prompt latency (bars, left axis [s]) and
+/// kept router weight (line, right axis) against θ, over the WDMoE rows;
+/// the paper's θ = 0.2 mean reduction is marked for comparison.
+pub fn svg(r: &RunReport) -> String {
+    let rows: Vec<&PolicyRow> = r.rows.iter().filter(|x| x.family == "wdmoe").collect();
+    let (w, h) = (720.0, 440.0);
+    let (l, rt, t, b) = (80.0, 80.0, 60.0, 70.0);
+    let pw = w - l - rt;
+    let ph = h - t - b;
+    let max_lat = rows.iter().map(|x| x.mean_s).fold(0.0_f64, f64::max).max(1e-12);
+    let y_max = nice_ceil(max_lat * 1.1);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">WDMoE: prompt latency and kept router weight vs θ</text>"#,
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="42" text-anchor="middle" fill="#555">{} | {} prompts × {} tokens | seed {}</text>"##,
+        w / 2.0,
+        esc(&r.accounting.to_string()),
+        r.prompts,
+        r.prompt_tokens + r.decode_tokens,
+        r.seed
+    );
+    // Axes.
+    let _ = writeln!(
+        s,
+        r#"<path d="M{l} {t} V{y0} H{x1} V{t}" fill="none" stroke="black"/>"#,
+        y0 = t + ph,
+        x1 = l + pw
+    );
+    for i in 0..=5 {
+        let v = y_max * i as f64 / 5.0;
+        let y = t + ph - ph * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" x2="{x2}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{v:.2}</text>"##,
+            x2 = l + pw,
+            tx = l - 6.0,
+            ty = y + 4.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{tx}" y="{ty}" fill="#c0392b">{kw:.1}</text>"##,
+            tx = l + pw + 6.0,
+            ty = y + 4.0,
+            kw = i as f64 / 5.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(22 {}) rotate(-90)" text-anchor="middle">mean prompt latency [s]</text>"#,
+        t + ph / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text transform="translate({} {}) rotate(90)" text-anchor="middle" fill="#c0392b">router weight kept (of top-k)</text>"##,
+        w - 22.0,
+        t + ph / 2.0
+    );
+    let n = rows.len().max(1) as f64;
+    let slot = pw / n;
+    let mut pts = Vec::new();
+    for (i, x) in rows.iter().enumerate() {
+        let cx = l + slot * (i as f64 + 0.5);
+        let bh = ph * x.mean_s / y_max;
+        let bw = slot * 0.5;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{bx}" y="{by}" width="{bw}" height="{bh}" fill="#2e86c1"/><text x="{cx}" y="{ly}" text-anchor="middle">{lab}</text>"##,
+            bx = cx - bw / 2.0,
+            by = t + ph - bh,
+            ly = t + ph - bh - 6.0,
+            lab = if i == 0 {
+                format!("{:.3} s", x.mean_s)
+            } else {
+                format!("−{:.1} %", x.reduction_pct)
+            }
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{cx}" y="{ty}" text-anchor="middle">θ = {th}</text>"#,
+            ty = t + ph + 18.0,
+            th = x.parameter.unwrap_or(0.0)
+        );
+        pts.push((cx, t + ph - ph * x.kept_weight));
+    }
+    if !pts.is_empty() {
+        let d: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#c0392b" stroke-width="2"/>"##,
+            d.join(" ")
+        );
+        for (x, y) in &pts {
+            let _ = writeln!(s, r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#c0392b"/>"##);
+        }
+    }
+    // The paper's mean θ = 0.2 reduction, as a marker at θ = 0.2.
+    if let (Some(base), Some(i)) = (
+        rows.first().map(|x| x.mean_s),
+        rows.iter()
+            .position(|x| x.parameter.is_some_and(|p| (p - 0.2).abs() < 1e-12)),
+    ) {
+        let v = base * (1.0 - PAPER_MEAN_REDUCTION_THETA_02_PCT / 100.0);
+        let y = t + ph - ph * v / y_max;
+        let cx = l + slot * (i as f64 + 0.5);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="black" stroke-dasharray="5,3" stroke-width="2"/>"#,
+            x1 = cx - slot * 0.35,
+            x2 = cx + slot * 0.35
+        );
+    }
+    let ly = h - 22.0;
+    let _ = writeln!(
+        s,
+        r##"<rect x="{l}" y="{y}" width="14" height="10" fill="#2e86c1"/><text x="{tx}" y="{ty}">mean prompt latency (label: reduction vs θ = 0)</text>"##,
+        y = ly - 9.0,
+        tx = l + 20.0,
+        ty = ly
+    );
+    let _ = writeln!(
+        s,
+        r##"<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="#c0392b" stroke-width="2"/><text x="{tx}" y="{ty}">kept weight</text>"##,
+        x1 = l + 330.0,
+        x2 = l + 350.0,
+        y = ly - 4.0,
+        tx = l + 356.0,
+        ty = ly
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="black" stroke-dasharray="5,3" stroke-width="2"/><text x="{tx}" y="{ty}">paper, θ = 0.2 (mean of 7)</text>"#,
+        x1 = l + 440.0,
+        x2 = l + 460.0,
+        y = ly - 4.0,
+        tx = l + 466.0,
+        ty = ly
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The smallest of 1, 2, 2.5, 5 × 10^k that is ≥ `x` (> 0).
+fn nice_ceil(x: f64) -> f64 {
+    let e = 10f64.powf(x.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * e >= x {
+            return m * e;
+        }
+    }
+    10.0 * e
+}

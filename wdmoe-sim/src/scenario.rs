@@ -1,0 +1,703 @@
+//! Scenarios: a base station, `N` devices (expert `q` of every MoE layer lives
+//! on device `q`), the radio, the channel, the router, the workload and the
+//! policies to compare. Read from TOML ([`Scenario::from_toml_str`]),
+//! validated after parsing ([`Scenario::validate`]); a validated scenario is
+//! always simulable.
+//!
+//! # Defaults, and why
+//! [`Scenario::default`] is the paper's setup (§IV-A): 8 devices, carrier
+//! 3.5 GHz, base-station power 10 W, device power 0.2 W, 100 MHz split
+//! evenly, the paper's free-space path loss with Rayleigh fading drawn per
+//! token, Mixtral 8x7B (32 layers, `m = 4096`, `m_h = 14336`, top-2).
+//! What the paper does not give, and what this crate chose:
+//!
+//! | parameter | default | reason |
+//! |---|---|---|
+//! | `n0_dbm_per_hz` | −174 dBm/Hz | thermal noise at 290 K (SPEC.md) |
+//! | `noise_figure_db` | 7 dB | a typical handset receiver (3GPP UE noise figure 7–9 dB); the paper's formula has none, set 0 to match it literally |
+//! | `bits_per_element` ε | 16 | fp16 hidden states (SPEC.md) |
+//! | `eta_flops` η | 4 | FLOPs of SiLU per element (SPEC.md) |
+//! | device distances | 60 m … 1 km, see [`default_devices`] | an urban macro cell of 1 km radius: two devices near the mast, most in the middle, two at the cell edge; with the paper's link budget the SNR is high up to a few hundred metres, so the gain comes from the edge devices and from compute heterogeneity (SPEC.md) |
+//! | device compute `C_q` | 1.5 … 20 TFLOP/s fp16, see [`default_devices`] | phones, tablets, a Jetson and laptops: the devices an edge MoE would borrow |
+//! | prompts × tokens | 200 × 128 | long enough for stable percentiles, fast enough for a laptop |
+//! | synthetic router | spread 1.0, stickiness 0.3 | a median `w2/w1` near 0.5 as in Mixtral's router, see [`crate::router`] |
+//!
+//! The full default file is printed by `wdmoe scenario --print-default`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The most experts (devices) a scenario may have.
+pub const MAX_EXPERTS: usize = 1024;
+
+/// A scenario error: the offending key (a TOML path such as
+/// `devices[2].distance_m`) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// The TOML key path, or `"<file>"` for a syntax error.
+    pub key: String,
+    /// Why the value is rejected.
+    pub reason: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
+    ScenarioError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// How the prompt latency is accounted (SPEC.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Accounting {
+    /// The paper's eq. (8): every token through every layer, one after another.
+    #[default]
+    Sequential,
+    /// Batched prefill: per layer, all prompt tokens routed to a device travel
+    /// in one transmission, devices work in parallel, the slowest device sets
+    /// the layer's latency; the whole prefill sees one channel realisation.
+    /// Decode tokens are still one after another.
+    Batched,
+}
+
+impl fmt::Display for Accounting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accounting::Sequential => "sequential (eq. 8)",
+            Accounting::Batched => "batched prefill (SPEC.md)",
+        })
+    }
+}
+
+/// The MoE model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Number of MoE layers `b` (Mixtral 8x7B: 32).
+    pub layers: u32,
+    /// Hidden size `m` [elements per token] (Mixtral: 4096).
+    pub hidden: u32,
+    /// Expert hidden size `m_h` (Mixtral: 14336).
+    pub ffn_hidden: u32,
+    /// Experts taken by router weight, `k` (Mixtral: 2).
+    pub top_k: usize,
+    /// ε, bits per transmitted element (16 for fp16).
+    pub bits_per_element: f64,
+    /// η, FLOPs of the activation per element.
+    pub eta_flops: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            layers: 32,
+            hidden: 4096,
+            ffn_hidden: 14336,
+            top_k: 2,
+            bits_per_element: 16.0,
+            eta_flops: 4.0,
+        }
+    }
+}
+
+/// Bandwidth allocation rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Allocation {
+    /// The paper's even split: `total / N` per device.
+    #[default]
+    Even,
+    /// The core's min–max allocation (`wdmoe_core::bandwidth::min_max`),
+    /// recomputed at every channel realisation over the reachable devices, so
+    /// that the slowest device is as fast as it can be.
+    MinMax,
+}
+
+/// The radio: carrier, base-station power, bandwidth, noise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RadioConfig {
+    /// Carrier frequency [GHz] (paper: 3.5).
+    pub carrier_ghz: f64,
+    /// Base-station transmit power per device link [W] (paper: 10).
+    pub bs_tx_power_w: f64,
+    /// Total bandwidth [Hz] (paper: 100 MHz).
+    pub total_bandwidth_hz: f64,
+    /// How the total bandwidth is shared.
+    pub allocation: Allocation,
+    /// Thermal noise power spectral density [dBm/Hz].
+    pub n0_dbm_per_hz: f64,
+    /// Receiver noise figure [dB].
+    pub noise_figure_db: f64,
+}
+
+impl Default for RadioConfig {
+    fn default() -> Self {
+        Self {
+            carrier_ghz: 3.5,
+            bs_tx_power_w: 10.0,
+            total_bandwidth_hz: 100e6,
+            allocation: Allocation::Even,
+            n0_dbm_per_hz: -174.0,
+            noise_figure_db: 7.0,
+        }
+    }
+}
+
+/// One device: it hosts expert `q` of every MoE layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// A label for tables.
+    #[serde(default)]
+    pub name: String,
+    /// 2-D distance to the base station [m].
+    pub distance_m: f64,
+    /// Uplink transmit power [W] (paper: 0.2).
+    #[serde(default = "default_device_power")]
+    pub tx_power_w: f64,
+    /// Compute rate `C_q` [TFLOP/s] (10^12 FLOP/s) sustained on the expert FFN.
+    pub compute_tflops: f64,
+}
+
+fn default_device_power() -> f64 {
+    0.2
+}
+
+/// The default eight devices over a 1 km urban cell (distance [m], compute
+/// [TFLOP/s] fp16 sustained):
+///
+/// | # | device | distance | C_q |
+/// |---|---|---|---|
+/// | 0 | laptop, RTX 4070-class GPU | 60 m | 20 |
+/// | 1 | flagship phone (Snapdragon 8 Gen 3-class GPU) | 150 m | 4 |
+/// | 2 | tablet (Apple M2-class) | 250 m | 6 |
+/// | 3 | mid-range phone | 350 m | 1.5 |
+/// | 4 | edge box (Jetson AGX Orin-class) | 450 m | 10 |
+/// | 5 | flagship phone | 600 m | 4 |
+/// | 6 | laptop, integrated GPU | 800 m | 3 |
+/// | 7 | mid-range phone at the cell edge | 1000 m | 1.5 |
+///
+/// Compute rates are of the order of the devices' fp16 GPU/NPU throughput;
+/// distances follow a roughly uniform density in radius.
+pub fn default_devices() -> Vec<Device> {
+    let d = [
+        ("laptop-dgpu", 60.0, 20.0),
+        ("phone-flagship", 150.0, 4.0),
+        ("tablet", 250.0, 6.0),
+        ("phone-midrange", 350.0, 1.5),
+        ("edge-box", 450.0, 10.0),
+        ("phone-flagship", 600.0, 4.0),
+        ("laptop-igpu", 800.0, 3.0),
+        ("phone-midrange", 1000.0, 1.5),
+    ];
+    d.iter()
+        .map(|&(name, distance_m, compute_tflops)| Device {
+            name: name.to_string(),
+            distance_m,
+            tx_power_w: 0.2,
+            compute_tflops,
+        })
+        .collect()
+}
+
+/// Large-scale path-loss model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PathLoss {
+    /// The paper's `32.4 + 20 log10(f_GHz) + 20 log10(d_m)` (always LOS, no shadowing).
+    #[default]
+    FreeSpace,
+    /// 3GPP TR 38.901 Urban Macro, with LOS probability and log-normal shadowing.
+    Uma,
+    /// 3GPP TR 38.901 Urban Micro street canyon, with LOS probability and shadowing.
+    Umi,
+}
+
+/// Small-scale fading distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fading {
+    /// `|h|² ~ Exp(1)` (the paper).
+    #[default]
+    Rayleigh,
+    /// Rician with K-factor `rician_k_db` (a LOS component plus scattering).
+    Rician,
+    /// No fading, `|h|² = 1`.
+    None,
+}
+
+/// How fading evolves from token to token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeModel {
+    /// Block fading: a fresh independent draw every `coherence_tokens` tokens
+    /// (1 = every token, the paper's reading).
+    #[default]
+    Block,
+    /// Correlated fading: the scattered component follows a complex AR(1)
+    /// process `h ← ρ h + √(1−ρ²) w` from token to token.
+    Ar1,
+}
+
+/// A scheduled outage: device `device` is unreachable for `tokens` tokens
+/// starting at token `start_token` (prefill and decode tokens count alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Device index (0-based).
+    pub device: usize,
+    /// First token of the outage.
+    pub start_token: u32,
+    /// Length [tokens].
+    pub tokens: u32,
+}
+
+/// Random outages: at each token, each reachable device fails with
+/// probability `probability_per_token` and stays unreachable for
+/// `duration_tokens` tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RandomOutages {
+    /// Probability per device and token that an outage starts, in `[0, 1]`.
+    pub probability_per_token: f64,
+    /// Outage length [tokens], ≥ 1.
+    pub duration_tokens: u32,
+}
+
+impl Default for RandomOutages {
+    fn default() -> Self {
+        Self {
+            probability_per_token: 0.0,
+            duration_tokens: 16,
+        }
+    }
+}
+
+/// The channel model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// Path-loss model.
+    pub path_loss: PathLoss,
+    /// Base-station height [m] (3GPP models only; UMa 25, UMi 10).
+    pub bs_height_m: f64,
+    /// Device height [m] (3GPP models only; 1.5..=22.5).
+    pub ut_height_m: f64,
+    /// Draw LOS/NLOS and log-normal shadowing per prompt (3GPP models only).
+    pub shadowing: bool,
+    /// Small-scale fading distribution.
+    pub fading: Fading,
+    /// Rician K-factor [dB] (Rician fading only).
+    pub rician_k_db: f64,
+    /// Token-to-token evolution of the fading.
+    pub time_model: TimeModel,
+    /// Coherence time [tokens] of block fading, ≥ 1.
+    pub coherence_tokens: u32,
+    /// AR(1) correlation ρ between consecutive tokens, in `[0, 1)`.
+    pub ar1_rho: f64,
+    /// Scheduled outages.
+    pub outages: Vec<Outage>,
+    /// Random outages.
+    pub random_outages: RandomOutages,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            path_loss: PathLoss::FreeSpace,
+            bs_height_m: 25.0,
+            ut_height_m: 1.5,
+            shadowing: true,
+            fading: Fading::Rayleigh,
+            rician_k_db: 6.0,
+            time_model: TimeModel::Block,
+            coherence_tokens: 1,
+            ar1_rho: 0.9,
+            outages: Vec::new(),
+            random_outages: RandomOutages::default(),
+        }
+    }
+}
+
+/// Where the router logits come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterKind {
+    /// The synthetic Mixtral-like router of [`crate::router::SyntheticRouter`].
+    #[default]
+    Synthetic,
+    /// Recorded logits from a `.npy` file ([`crate::router::TraceRouter`]).
+    Trace,
+}
+
+/// The router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Synthetic or recorded.
+    pub kind: RouterKind,
+    /// Synthetic: standard deviation of the per-token logit noise [logit
+    /// units]; larger spreads give more peaked weights (smaller `w2/w1`).
+    pub spread: f64,
+    /// Synthetic: standard deviation of the fixed per-layer, per-expert logit
+    /// bias (expert popularity differs from layer to layer).
+    pub layer_bias_std: f64,
+    /// Synthetic: correlation of a layer's logits between consecutive
+    /// tokens, in `[0, 1)` (Mixtral's consecutive tokens often share experts).
+    pub stickiness: f64,
+    /// Trace: path of the `.npy` file, shape `[tokens, layers, experts]`.
+    pub trace_path: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            kind: RouterKind::Synthetic,
+            spread: 1.0,
+            layer_bias_std: 0.3,
+            stickiness: 0.3,
+            trace_path: String::new(),
+        }
+    }
+}
+
+/// The policies compared in one run (the θ = 0 WDMoE row is plain top-k).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// WDMoE thresholds θ, each in `[0, 0.5]`; the first is the baseline of
+    /// the "reduction" column (put 0 first to compare against Mixtral).
+    pub thetas: Vec<f64>,
+    /// WDMoE drops per token (the paper's single step: 1).
+    pub max_drops: usize,
+    /// Weight-only skipping thresholds β in `[0, 1]`: drop every non-first
+    /// top-k expert whose weight is below β times the first's.
+    pub weight_only_betas: Vec<f64>,
+    /// Also run channel-only: always drop the slowest of the top-k.
+    pub channel_only: bool,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            thetas: vec![0.0, 0.1, 0.2, 0.3],
+            max_drops: 1,
+            weight_only_betas: vec![0.25, 0.5],
+            channel_only: true,
+        }
+    }
+}
+
+/// A complete scenario. Every field has a default, so a TOML file names only
+/// what it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Seed of every random stream of the run.
+    pub seed: u64,
+    /// Monte-Carlo prompts.
+    pub prompts: usize,
+    /// Tokens per prompt (prefill).
+    pub prompt_tokens: u32,
+    /// Tokens generated one by one after the prefill (decode phase).
+    pub decode_tokens: u32,
+    /// Latency accounting of the prefill.
+    pub accounting: Accounting,
+    /// The MoE model.
+    pub model: ModelConfig,
+    /// The radio.
+    pub radio: RadioConfig,
+    /// The devices; expert `q` lives on device `q`, so there are as many
+    /// experts as devices.
+    pub devices: Vec<Device>,
+    /// The channel.
+    pub channel: ChannelConfig,
+    /// The router.
+    pub router: RouterConfig,
+    /// The policies compared.
+    pub policies: PoliciesConfig,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            prompts: 200,
+            prompt_tokens: 128,
+            decode_tokens: 0,
+            accounting: Accounting::Sequential,
+            model: ModelConfig::default(),
+            radio: RadioConfig::default(),
+            devices: default_devices(),
+            channel: ChannelConfig::default(),
+            router: RouterConfig::default(),
+            policies: PoliciesConfig::default(),
+        }
+    }
+}
+
+fn check_finite(key: &str, v: f64) -> Result<f64, ScenarioError> {
+    if v.is_nan() {
+        Err(err(key, "is NaN"))
+    } else if !v.is_finite() {
+        Err(err(key, format!("must be finite (got {v})")))
+    } else {
+        Ok(v)
+    }
+}
+
+fn check_positive(key: &str, v: f64) -> Result<(), ScenarioError> {
+    if check_finite(key, v)? <= 0.0 {
+        return Err(err(key, format!("must be > 0 (got {v})")));
+    }
+    Ok(())
+}
+
+fn check_non_negative(key: &str, v: f64) -> Result<(), ScenarioError> {
+    if check_finite(key, v)? < 0.0 {
+        return Err(err(key, format!("must be >= 0 (got {v})")));
+    }
+    Ok(())
+}
+
+fn check_range(key: &str, v: f64, lo: f64, hi: f64, hi_open: bool) -> Result<(), ScenarioError> {
+    let v = check_finite(key, v)?;
+    if v < lo || v > hi || (hi_open && v == hi) {
+        let close = if hi_open { ")" } else { "]" };
+        return Err(err(
+            key,
+            format!("must be in [{lo}, {hi}{close} (got {v})"),
+        ));
+    }
+    Ok(())
+}
+
+impl Scenario {
+    /// The paper's setup with this crate's documented defaults; the same as
+    /// [`Scenario::default`].
+    pub fn paper() -> Self {
+        Self::default()
+    }
+
+    /// Parses and validates a TOML scenario. Never panics: a syntax error, an
+    /// unknown key, a wrong type or an invalid value is an error naming the
+    /// key and the reason.
+    ///
+    /// ```
+    /// use wdmoe_sim::scenario::Scenario;
+    /// let s = Scenario::from_toml_str("prompts = 10\n[radio]\ncarrier_ghz = 3.5\n").unwrap();
+    /// assert_eq!(s.prompts, 10);
+    /// let e = Scenario::from_toml_str("[radio]\ncarrier_ghz = -1.0\n").unwrap_err();
+    /// assert_eq!(e.key, "radio.carrier_ghz");
+    /// let e = Scenario::from_toml_str("[radio]\ncarrier = 3.5\n").unwrap_err();
+    /// assert!(e.to_string().contains("unknown field `carrier`"));
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| {
+            let mut reason = e.message().to_string();
+            if let Some(span) = e.span() {
+                let line = text[..span.start.min(text.len())]
+                    .bytes()
+                    .filter(|&b| b == b'\n')
+                    .count()
+                    + 1;
+                reason = format!("{reason} (line {line})");
+            }
+            let key = key_at_span(text, e.span());
+            err(key, reason)
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Serialises to TOML (the format [`Scenario::from_toml_str`] reads).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot serialise: {e}\n"))
+    }
+
+    /// Number of experts (= devices).
+    pub fn n_experts(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Total tokens per prompt (prefill + decode).
+    pub fn total_tokens(&self) -> u32 {
+        self.prompt_tokens.saturating_add(self.decode_tokens)
+    }
+
+    /// Checks every value; the first problem is returned with its key.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.prompts == 0 {
+            return Err(err("prompts", "must be >= 1"));
+        }
+        if self.prompts > 10_000_000 {
+            return Err(err("prompts", "must be <= 10000000"));
+        }
+        if self.prompt_tokens == 0 {
+            return Err(err("prompt_tokens", "must be >= 1"));
+        }
+        if self.prompt_tokens as u64 + self.decode_tokens as u64 > 1_000_000 {
+            return Err(err(
+                "decode_tokens",
+                "prompt_tokens + decode_tokens must be <= 1000000",
+            ));
+        }
+        let m = &self.model;
+        if m.layers == 0 || m.layers > 10_000 {
+            return Err(err("model.layers", "must be in 1..=10000"));
+        }
+        if m.hidden == 0 {
+            return Err(err("model.hidden", "must be >= 1"));
+        }
+        if m.ffn_hidden == 0 {
+            return Err(err("model.ffn_hidden", "must be >= 1"));
+        }
+        check_positive("model.bits_per_element", m.bits_per_element)?;
+        check_non_negative("model.eta_flops", m.eta_flops)?;
+        let n = self.devices.len();
+        if n == 0 {
+            return Err(err("devices", "at least one device is needed"));
+        }
+        if n > MAX_EXPERTS {
+            return Err(err(
+                "devices",
+                format!("at most {MAX_EXPERTS} devices (got {n})"),
+            ));
+        }
+        if m.top_k == 0 || m.top_k > n {
+            return Err(err(
+                "model.top_k",
+                format!("must be in 1..={n} (the number of devices), got {}", m.top_k),
+            ));
+        }
+        let r = &self.radio;
+        check_range("radio.carrier_ghz", r.carrier_ghz, 1e-3, 1e3, false)?;
+        check_positive("radio.carrier_ghz", r.carrier_ghz)?;
+        check_non_negative("radio.bs_tx_power_w", r.bs_tx_power_w)?;
+        check_positive("radio.total_bandwidth_hz", r.total_bandwidth_hz)?;
+        check_range("radio.n0_dbm_per_hz", r.n0_dbm_per_hz, -250.0, 0.0, false)?;
+        check_range("radio.noise_figure_db", r.noise_figure_db, 0.0, 100.0, false)?;
+        for (i, d) in self.devices.iter().enumerate() {
+            check_positive(&format!("devices[{i}].distance_m"), d.distance_m)?;
+            check_range(
+                &format!("devices[{i}].distance_m"),
+                d.distance_m,
+                0.0,
+                1e7,
+                false,
+            )?;
+            check_non_negative(&format!("devices[{i}].tx_power_w"), d.tx_power_w)?;
+            check_positive(&format!("devices[{i}].compute_tflops"), d.compute_tflops)?;
+        }
+        let c = &self.channel;
+        if c.path_loss != PathLoss::FreeSpace {
+            check_range("radio.carrier_ghz", r.carrier_ghz, 0.5, 100.0, false)
+                .map_err(|e| err(e.key, format!("{} for a 3GPP path-loss model", e.reason)))?;
+            check_range("channel.bs_height_m", c.bs_height_m, 1.0, 1000.0, false)?;
+            if c.bs_height_m <= 1.0 {
+                return Err(err("channel.bs_height_m", "must exceed 1 m"));
+            }
+            check_range("channel.ut_height_m", c.ut_height_m, 1.5, 22.5, false)?;
+        }
+        check_range("channel.rician_k_db", c.rician_k_db, -50.0, 50.0, false)?;
+        if c.coherence_tokens == 0 {
+            return Err(err("channel.coherence_tokens", "must be >= 1"));
+        }
+        check_range("channel.ar1_rho", c.ar1_rho, 0.0, 1.0, true)?;
+        for (i, o) in c.outages.iter().enumerate() {
+            if o.device >= n {
+                return Err(err(
+                    format!("channel.outages[{i}].device"),
+                    format!("must be < {n} (the number of devices), got {}", o.device),
+                ));
+            }
+        }
+        check_range(
+            "channel.random_outages.probability_per_token",
+            c.random_outages.probability_per_token,
+            0.0,
+            1.0,
+            false,
+        )?;
+        if c.random_outages.duration_tokens == 0 {
+            return Err(err("channel.random_outages.duration_tokens", "must be >= 1"));
+        }
+        let ro = &self.router;
+        check_range("router.spread", ro.spread, 0.0, 1e3, false)?;
+        check_range("router.layer_bias_std", ro.layer_bias_std, 0.0, 1e3, false)?;
+        check_range("router.stickiness", ro.stickiness, 0.0, 1.0, true)?;
+        if ro.kind == RouterKind::Trace && ro.trace_path.is_empty() {
+            return Err(err("router.trace_path", "a trace router needs a file path"));
+        }
+        let p = &self.policies;
+        if p.thetas.is_empty() {
+            return Err(err("policies.thetas", "at least one threshold is needed"));
+        }
+        for (i, &t) in p.thetas.iter().enumerate() {
+            check_range(&format!("policies.thetas[{i}]"), t, 0.0, 0.5, false)?;
+        }
+        if p.max_drops > MAX_EXPERTS {
+            return Err(err("policies.max_drops", format!("must be <= {MAX_EXPERTS}")));
+        }
+        for (i, &b) in p.weight_only_betas.iter().enumerate() {
+            check_range(&format!("policies.weight_only_betas[{i}]"), b, 0.0, 1.0, false)?;
+        }
+        if p.thetas.len() + p.weight_only_betas.len() > 64 {
+            return Err(err("policies", "at most 64 policies per run"));
+        }
+        Ok(())
+    }
+}
+
+/// Best-effort TOML key path at a byte span: the enclosing `[table]` header
+/// plus the key on that line.
+fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return "<file>".to_string();
+    };
+    let start = span.start.min(text.len());
+    // Back up to a char boundary.
+    let mut start = start;
+    while start > 0 && !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for l in before[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    let key = if line.starts_with('[') {
+        line.trim_matches(|c| c == '[' || c == ']').trim().to_string()
+    } else {
+        let k = line.split('=').next().unwrap_or("").trim().to_string();
+        if table.is_empty() {
+            k
+        } else if k.is_empty() {
+            table
+        } else {
+            format!("{table}.{k}")
+        }
+    };
+    if key.is_empty() {
+        "<file>".to_string()
+    } else {
+        key
+    }
+}

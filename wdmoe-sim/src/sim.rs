@@ -1,0 +1,510 @@
+//! The Monte-Carlo engine: prompts × tokens × layers × policies, with the
+//! latency accounting of the scenario.
+//!
+//! For each prompt (in parallel, each with its own seeded streams): the
+//! channel is realised; for each token the channel gives every device's
+//! latency (eq. 6) at the token's slot and the router gives the logits of
+//! every layer; at each layer every policy decides on *the same* logits and
+//! latencies, and its token latency (eq. 7, the slowest serving device) is
+//! accumulated:
+//!
+//! * **sequential** (eq. 8): prompt latency = Σ tokens Σ layers token latency;
+//! * **batched prefill** (SPEC.md): the prefill is one channel slot, and
+//!   per layer the devices work in parallel on all the tokens routed to them
+//!   ([`wdmoe_core::latency::batched_layer_latency_s`]); the prompt latency
+//!   is Σ layers of that, plus the decode tokens one after another.
+//!
+//! Decode tokens (after the prefill, one by one) are accounted sequentially
+//! in both modes.
+
+use crate::channel::ChannelModel;
+use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, WeightOnly, Wdmoe};
+use crate::rng::{self, Stream};
+use crate::router::{Router, RouterSummary, SyntheticRouter, TraceRouter};
+use crate::scenario::{Accounting, RouterKind, Scenario, ScenarioError};
+use crate::stats;
+use crate::trace::{Trace, TraceError};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fmt;
+use wdmoe_core::latency;
+
+/// Why a simulation could not be built or run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimError {
+    /// The scenario is invalid.
+    Scenario(ScenarioError),
+    /// The router trace is invalid.
+    Trace(TraceError),
+    /// The core rejected a value (should not happen for a validated scenario).
+    Core(wdmoe_core::Error),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::Scenario(e) => write!(f, "scenario: {e}"),
+            SimError::Trace(e) => write!(f, "{e}"),
+            SimError::Core(e) => write!(f, "model: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+impl From<ScenarioError> for SimError {
+    fn from(e: ScenarioError) -> Self {
+        SimError::Scenario(e)
+    }
+}
+impl From<TraceError> for SimError {
+    fn from(e: TraceError) -> Self {
+        SimError::Trace(e)
+    }
+}
+impl From<wdmoe_core::Error> for SimError {
+    fn from(e: wdmoe_core::Error) -> Self {
+        SimError::Core(e)
+    }
+}
+
+/// One policy's totals over one prompt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PolicyPromptStats {
+    /// Prompt latency [s] under the scenario's accounting (prefill + decode).
+    pub latency_s: f64,
+    /// Prefill latency [s] under the scenario's accounting.
+    pub prefill_s: f64,
+    /// Decode latency [s] (tokens one after another).
+    pub decode_s: f64,
+    /// Prefill latency [s] summed sequentially (eq. 8) on the same draws.
+    pub sequential_prefill_s: f64,
+    /// Token-layer decisions.
+    pub decisions: u64,
+    /// Serving experts summed over decisions.
+    pub experts: u64,
+    /// Top-k experts not serving the token, summed over decisions.
+    pub dropped: u64,
+    /// Plain top-k router weight kept, summed over decisions (each in `[0, 1]`).
+    pub kept_weight: f64,
+    /// Decisions that fell back to a non-top-k expert.
+    pub fallbacks: u64,
+    /// Per token: its latency summed over layers [s] (eq. 7, 8), only when
+    /// recorded ([`Simulation::simulate_prompt`] with `record_tokens`).
+    pub token_latency_s: Vec<f64>,
+}
+
+/// The outcome of one prompt, every policy on the same draws.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PromptOutcome {
+    /// Per policy, in [`Simulation::policies`] order.
+    pub policies: Vec<PolicyPromptStats>,
+    /// Slots where the fault model kept a device up so one stayed reachable.
+    pub suppressed_outages: u64,
+}
+
+/// One row of a run's table: a policy's statistics over all prompts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyRow {
+    /// Label, e.g. `WDMoE θ=0.2`.
+    pub name: String,
+    /// `wdmoe`, `weight_only` or `channel_only`.
+    pub family: String,
+    /// θ or β.
+    pub parameter: Option<f64>,
+    /// Mean prompt latency [s].
+    pub mean_s: f64,
+    /// Median prompt latency [s].
+    pub p50_s: f64,
+    /// 95th percentile [s].
+    pub p95_s: f64,
+    /// 99th percentile [s].
+    pub p99_s: f64,
+    /// Reduction of the mean latency against the first row [%].
+    pub reduction_pct: f64,
+    /// Mean serving experts per token and layer.
+    pub experts_per_token: f64,
+    /// Fraction of top-k expert slots not served (dropped or unreachable).
+    pub drop_rate: f64,
+    /// Mean fraction of the plain top-k router weight kept.
+    pub kept_weight: f64,
+    /// Decisions that fell back to a non-top-k expert.
+    pub fallbacks: u64,
+    /// Mean prefill latency [s].
+    pub mean_prefill_s: f64,
+    /// Mean decode latency [s].
+    pub mean_decode_s: f64,
+}
+
+/// A run's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Run seed.
+    pub seed: u64,
+    /// Prompts simulated.
+    pub prompts: usize,
+    /// Prefill tokens per prompt.
+    pub prompt_tokens: u32,
+    /// Decode tokens per prompt.
+    pub decode_tokens: u32,
+    /// Accounting used for every latency of the table.
+    pub accounting: Accounting,
+    /// Router description.
+    pub router: String,
+    /// One row per policy; the first is the reduction baseline.
+    pub rows: Vec<PolicyRow>,
+    /// Slots where the fault model kept a device up.
+    pub suppressed_outages: u64,
+}
+
+/// What [`Simulation::run_decisions`] did, for throughput benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThroughputSample {
+    /// Token-layer steps simulated (each runs every policy).
+    pub token_layers: u64,
+    /// Policy decisions made (`token_layers × policies`).
+    pub decisions: u64,
+    /// Sum of all token latencies [s], so the work cannot be optimised away.
+    pub checksum: f64,
+}
+
+/// A validated scenario with its channel, router and policies, ready to run.
+pub struct Simulation {
+    scenario: Scenario,
+    channel: ChannelModel,
+    router: Box<dyn Router>,
+    policies: Vec<Box<dyn SelectionPolicy>>,
+}
+
+impl fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulation")
+            .field("scenario", &self.scenario)
+            .field("router", &self.router.describe())
+            .field(
+                "policies",
+                &self.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Simulation {
+    /// Validates `scenario`, builds its router (reading the trace file for a
+    /// trace router) and its policies.
+    ///
+    /// ```
+    /// use wdmoe_sim::{scenario::Scenario, sim::Simulation};
+    /// let mut s = Scenario::paper();
+    /// s.prompts = 4;
+    /// s.prompt_tokens = 8;
+    /// let report = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    /// assert_eq!(report.rows[0].name, "WDMoE θ=0 (top-k)");
+    /// assert!(report.rows[2].mean_s <= report.rows[0].mean_s);
+    /// ```
+    pub fn new(scenario: Scenario) -> Result<Self, SimError> {
+        scenario.validate()?;
+        let router: Box<dyn Router> = match scenario.router.kind {
+            RouterKind::Synthetic => Box::new(SyntheticRouter::new(
+                scenario.model.layers as usize,
+                scenario.n_experts(),
+                scenario.router.spread,
+                scenario.router.layer_bias_std,
+                scenario.router.stickiness,
+                scenario.seed,
+            )),
+            RouterKind::Trace => {
+                let t = Trace::from_path(std::path::Path::new(&scenario.router.trace_path))?;
+                Box::new(TraceRouter::new(t, scenario.total_tokens() as u64))
+            }
+        };
+        Self::with_router(scenario, router)
+    }
+
+    /// Like [`Simulation::new`] with a caller-supplied router (e.g. a live
+    /// layer, see [`crate::router`]); its layers and experts must match the
+    /// scenario's.
+    pub fn with_router(scenario: Scenario, router: Box<dyn Router>) -> Result<Self, SimError> {
+        scenario.validate()?;
+        if router.n_experts() != scenario.n_experts() {
+            return Err(SimError::Scenario(ScenarioError {
+                key: "devices".into(),
+                reason: format!(
+                    "the router has {} experts but the scenario has {} devices (one expert per device)",
+                    router.n_experts(),
+                    scenario.n_experts()
+                ),
+            }));
+        }
+        if router.n_layers() != scenario.model.layers as usize {
+            return Err(SimError::Scenario(ScenarioError {
+                key: "model.layers".into(),
+                reason: format!(
+                    "the router has {} layers but model.layers = {}",
+                    router.n_layers(),
+                    scenario.model.layers
+                ),
+            }));
+        }
+        let channel = ChannelModel::new(&scenario)?;
+        let k = scenario.model.top_k;
+        let mut policies: Vec<Box<dyn SelectionPolicy>> = Vec::new();
+        for &t in &scenario.policies.thetas {
+            policies.push(Box::new(Wdmoe::new(k, t, scenario.policies.max_drops)?));
+        }
+        for &b in &scenario.policies.weight_only_betas {
+            policies.push(Box::new(WeightOnly::new(k, b)?));
+        }
+        if scenario.policies.channel_only {
+            policies.push(Box::new(ChannelOnly::new(k)?));
+        }
+        Ok(Self {
+            scenario,
+            channel,
+            router,
+            policies,
+        })
+    }
+
+    /// The scenario.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// The channel model.
+    pub fn channel(&self) -> &ChannelModel {
+        &self.channel
+    }
+
+    /// The router.
+    pub fn router(&self) -> &dyn Router {
+        self.router.as_ref()
+    }
+
+    /// The policies, in table order.
+    pub fn policies(&self) -> &[Box<dyn SelectionPolicy>] {
+        &self.policies
+    }
+
+    /// The w2/w1 distribution the router implies (sampled with the run seed).
+    pub fn router_summary(&self) -> RouterSummary {
+        let tokens = (self.scenario.total_tokens() as usize).min(256);
+        RouterSummary::compute(self.router.as_ref(), 16, tokens, self.scenario.seed)
+    }
+
+    /// Simulates prompt `prompt` (its streams derive from the run seed and
+    /// `prompt` alone). With `record_tokens`, each policy's per-token
+    /// latency is kept.
+    pub fn simulate_prompt(
+        &self,
+        prompt: u64,
+        record_tokens: bool,
+    ) -> Result<PromptOutcome, SimError> {
+        self.simulate(prompt, record_tokens, u64::MAX).map(|(o, _)| o)
+    }
+
+    /// Core loop; stops after `max_token_layers` token-layer steps.
+    fn simulate(
+        &self,
+        prompt: u64,
+        record_tokens: bool,
+        max_token_layers: u64,
+    ) -> Result<(PromptOutcome, u64), SimError> {
+        let s = &self.scenario;
+        let n = s.n_experts();
+        let layers = s.model.layers as usize;
+        let k = s.model.top_k;
+        let np = self.policies.len();
+        let batched = s.accounting == Accounting::Batched;
+        let mut chan = self
+            .channel
+            .realise(rng::stream(s.seed, prompt, Stream::Channel))?;
+        let mut router = self
+            .router
+            .start_prompt(prompt, rng::stream(s.seed, prompt, Stream::Router));
+        let mut logits = vec![0.0; layers * n];
+        let mut lat = vec![0.0; n];
+        let mut stats = vec![PolicyPromptStats::default(); np];
+        // Batched prefill: tokens per (policy, layer, expert).
+        let mut counts = if batched {
+            vec![0u32; np * layers * n]
+        } else {
+            Vec::new()
+        };
+        let mut prefill_lat = vec![0.0; n];
+        let mut dec = Decision::default();
+        let mut steps = 0u64;
+        let mut token_sum = vec![0.0; np];
+        'tokens: for j in 0..s.total_tokens() {
+            let prefill = j < s.prompt_tokens;
+            let slot = if batched && prefill { 0 } else { j };
+            if j == 0 || slot != 0 {
+                chan.latency_at(slot, &mut lat)?;
+                if j == 0 {
+                    prefill_lat.copy_from_slice(&lat);
+                }
+            }
+            router.next_token(&mut logits);
+            token_sum.iter_mut().for_each(|t| *t = 0.0);
+            for (l, z) in logits.chunks_exact(n).enumerate() {
+                if steps >= max_token_layers {
+                    break 'tokens;
+                }
+                steps += 1;
+                let (ref_e, ref_w) = policy::top_k_dyn(z, k)?;
+                for (pi, pol) in self.policies.iter().enumerate() {
+                    pol.decide(z, &lat, &mut dec)?;
+                    let t = latency::token_latency_s(&lat, &dec.experts)?;
+                    let st = &mut stats[pi];
+                    token_sum[pi] += t;
+                    if prefill {
+                        st.sequential_prefill_s += t;
+                        if batched {
+                            let base = (pi * layers + l) * n;
+                            for &q in &dec.experts {
+                                counts[base + q] += 1;
+                            }
+                        }
+                    } else {
+                        st.decode_s += t;
+                    }
+                    st.decisions += 1;
+                    st.experts += dec.experts.len() as u64;
+                    st.dropped += dec.dropped.len() as u64;
+                    st.fallbacks += dec.fallback as u64;
+                    let mut kept = 0.0;
+                    for &q in &dec.experts {
+                        if let Some(i) = ref_e.iter().position(|&e| e == q) {
+                            kept += ref_w[i];
+                        }
+                    }
+                    st.kept_weight += kept;
+                }
+            }
+            if record_tokens {
+                for (st, &t) in stats.iter_mut().zip(&token_sum) {
+                    st.token_latency_s.push(t);
+                }
+            }
+        }
+        for (pi, st) in stats.iter_mut().enumerate() {
+            st.prefill_s = if batched {
+                let mut sum = 0.0;
+                for l in 0..layers {
+                    let base = (pi * layers + l) * n;
+                    sum += latency::batched_layer_latency_s(&counts[base..base + n], &prefill_lat)?;
+                }
+                sum
+            } else {
+                st.sequential_prefill_s
+            };
+            st.latency_s = st.prefill_s + st.decode_s;
+        }
+        Ok((
+            PromptOutcome {
+                policies: stats,
+                suppressed_outages: chan.suppressed_outages(),
+            },
+            steps,
+        ))
+    }
+
+    /// Runs every prompt (in parallel with rayon; results are identical on
+    /// any thread count) and aggregates the table. `progress` is called
+    /// once per finished prompt, from any thread.
+    pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<RunReport, SimError> {
+        let outcomes: Vec<PromptOutcome> = (0..self.scenario.prompts as u64)
+            .into_par_iter()
+            .map(|p| {
+                let r = self.simulate_prompt(p, false);
+                progress();
+                r
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self.aggregate(&outcomes))
+    }
+
+    /// Aggregates per-prompt outcomes (in prompt order) into a table.
+    pub fn aggregate(&self, outcomes: &[PromptOutcome]) -> RunReport {
+        let s = &self.scenario;
+        let k = s.model.top_k as f64;
+        let mut rows: Vec<PolicyRow> = Vec::with_capacity(self.policies.len());
+        for (pi, pol) in self.policies.iter().enumerate() {
+            let mut lat: Vec<f64> = outcomes.iter().map(|o| o.policies[pi].latency_s).collect();
+            let mean_s = stats::mean(&lat);
+            lat.sort_by(f64::total_cmp);
+            let sum = |f: &dyn Fn(&PolicyPromptStats) -> f64| -> f64 {
+                outcomes.iter().map(|o| f(&o.policies[pi])).sum()
+            };
+            let decisions = sum(&|x| x.decisions as f64).max(1.0);
+            let prompts = outcomes.len().max(1) as f64;
+            rows.push(PolicyRow {
+                name: pol.name(),
+                family: pol.family().to_string(),
+                parameter: pol.parameter(),
+                mean_s,
+                p50_s: stats::percentile_sorted(&lat, 50.0),
+                p95_s: stats::percentile_sorted(&lat, 95.0),
+                p99_s: stats::percentile_sorted(&lat, 99.0),
+                reduction_pct: 0.0,
+                experts_per_token: sum(&|x| x.experts as f64) / decisions,
+                drop_rate: sum(&|x| x.dropped as f64) / (k * decisions),
+                kept_weight: sum(&|x| x.kept_weight) / decisions,
+                fallbacks: outcomes.iter().map(|o| o.policies[pi].fallbacks).sum(),
+                mean_prefill_s: sum(&|x| x.prefill_s) / prompts,
+                mean_decode_s: sum(&|x| x.decode_s) / prompts,
+            });
+        }
+        if let Some(base) = rows.first().map(|r| r.mean_s) {
+            for r in rows.iter_mut() {
+                r.reduction_pct = if base > 0.0 {
+                    100.0 * (1.0 - r.mean_s / base)
+                } else {
+                    0.0
+                };
+            }
+        }
+        RunReport {
+            seed: s.seed,
+            prompts: outcomes.len(),
+            prompt_tokens: s.prompt_tokens,
+            decode_tokens: s.decode_tokens,
+            accounting: s.accounting,
+            router: self.router.describe(),
+            rows,
+            suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
+        }
+    }
+
+    /// Throughput helper for benchmarks: simulates `token_layers` token-layer
+    /// steps on this thread (prompt after prompt, every policy at each step)
+    /// and reports how many policy decisions that was. Time it to get
+    /// decisions per second per core.
+    ///
+    /// ```
+    /// use wdmoe_sim::{scenario::Scenario, sim::Simulation};
+    /// let sim = Simulation::new(Scenario::paper()).unwrap();
+    /// let t = sim.run_decisions(1000).unwrap();
+    /// assert_eq!(t.token_layers, 1000);
+    /// assert_eq!(t.decisions, 1000 * sim.policies().len() as u64);
+    /// ```
+    pub fn run_decisions(&self, token_layers: u64) -> Result<ThroughputSample, SimError> {
+        let mut done = 0u64;
+        let mut checksum = 0.0;
+        let mut prompt = 0u64;
+        while done < token_layers {
+            let (o, steps) = self.simulate(prompt, false, token_layers - done)?;
+            done += steps;
+            checksum += o.policies.iter().map(|p| p.latency_s).sum::<f64>();
+            prompt += 1;
+            if steps == 0 {
+                break;
+            }
+        }
+        Ok(ThroughputSample {
+            token_layers: done,
+            decisions: done * self.policies.len() as u64,
+            checksum,
+        })
+    }
+}
