@@ -47,9 +47,10 @@ impl ExpertShape {
         self.ffn_hidden
     }
 
-    /// Number of weights of one expert: `3·m·m_h`.
+    /// Number of weights of one expert: `3·m·m_h` (saturating at
+    /// `u64::MAX`, which only shapes beyond 2^31 × 2^32 reach).
     pub fn weight_count(&self) -> u64 {
-        3 * self.hidden as u64 * self.ffn_hidden as u64
+        (self.hidden as u64 * self.ffn_hidden as u64).saturating_mul(3)
     }
 
     /// Equation (4): FLOPs per token of one expert,

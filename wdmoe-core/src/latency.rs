@@ -155,7 +155,18 @@ impl<F: Float> LatencyModel<F> {
             if self.payload_bits == F::ZERO {
                 F::ZERO
             } else if pg > F::ZERO {
-                c / pg
+                let v = c / pg;
+                if v.is_nan() {
+                    // ∞/∞: both products overflowed; p, g > 0 are finite, so
+                    // the logarithms are.
+                    F::from_f64(2.0).powf(
+                        self.payload_bits.log2() + self.n0_w_per_hz.log2() + ln2.log2()
+                            - p.log2()
+                            - g.log2(),
+                    )
+                } else {
+                    v
+                }
             } else {
                 F::INFINITY
             }

@@ -14,15 +14,25 @@ pub const SPEED_OF_LIGHT_M_PER_S: f64 = 299_792_458.0;
 /// Thermal noise power spectral density at 290 K [dBm/Hz], the paper's-silent default N0.
 pub const THERMAL_NOISE_DBM_PER_HZ: f64 = -174.0;
 
-/// Decibels to a linear power ratio: `10^(db/10)`.
+/// Decibels to a linear power ratio: `10^(db/10)`. A ratio too large for
+/// the float type (above ~385 dB in `f32`, ~3083 dB in `f64`) is an error,
+/// never `+∞` (which would turn `∞ · 0` into NaN downstream); a ratio too
+/// small underflows to 0.
 ///
 /// ```
-/// let x = wdmoe_core::link::db_to_linear(20.0_f64).unwrap();
+/// use wdmoe_core::{link::db_to_linear, Error};
+/// let x = db_to_linear(20.0_f64).unwrap();
 /// assert!((x - 100.0).abs() < 1e-9);
+/// assert_eq!(db_to_linear(400.0_f32), Err(Error::OutOfRange("db")));
 /// ```
 pub fn db_to_linear<F: Float>(db: F) -> Result<F, Error> {
     let db = finite(db, "db")?;
-    Ok(F::from_f64(10.0).powf(db / F::from_f64(10.0)))
+    let x = F::from_f64(10.0).powf(db / F::from_f64(10.0));
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(Error::OutOfRange("db"))
+    }
 }
 
 /// A linear power ratio to decibels: `10·log10(x)`; `x = 0` gives `-∞` dB.
@@ -145,13 +155,17 @@ pub fn shannon_rate_bps<F: Float>(
     if snr.is_finite() && snr > F::ZERO {
         return Ok(b * snr.log2_1p());
     }
-    // Overflow or underflow of the SNR itself: work with logarithms.
+    // Overflow or underflow on the way (of `p·g`, say, while the SNR itself
+    // is moderate), or of the SNR itself: work with logarithms.
     let log_snr = p.log2() + g.log2() - n0.log2() - b.log2();
-    if log_snr > F::ZERO {
+    let snr = F::from_f64(2.0).powf(log_snr);
+    if snr.is_finite() && snr > F::ZERO {
+        Ok(b * snr.log2_1p())
+    } else if log_snr > F::ZERO {
         Ok(b * log_snr) // log2(1+x) ≈ log2(x) when x is astronomically large
     } else {
-        // log2(1+x) ≈ x / ln 2 for x → 0: underflows to 0 or a tiny rate.
-        Ok(b * F::from_f64(2.0).powf(log_snr) * F::from_f64(core::f64::consts::LOG2_E))
+        // log2(1+x) ≈ x / ln 2 for x → 0: b·x = 2^(log2 b + log2 x), a tiny rate or 0.
+        Ok(F::from_f64(2.0).powf(b.log2() + log_snr) * F::from_f64(core::f64::consts::LOG2_E))
     }
 }
 

@@ -1,0 +1,79 @@
+//! Inputs the fuzzers (`fuzz/`, issue 5) found, kept as ordinary tests so
+//! the bugs stay fixed. Each test names the target and what went wrong.
+
+use wdmoe_core::compute::ExpertShape;
+use wdmoe_core::latency::{DeviceLink, LatencyModel};
+use wdmoe_core::{link, Error};
+
+/// link_latency: `noise_power_w(22542 dBm/Hz, 0 Hz, 0 dB)` in f32 was NaN
+/// (`10^2253` overflowed to ∞, then `∞ · 0 Hz`). A dB value whose linear
+/// ratio overflows is now an error.
+#[test]
+fn noise_power_of_overflowing_dbm_is_an_error_not_nan() {
+    assert_eq!(
+        link::noise_power_w(22542.0_f32, 0.0, 0.0),
+        Err(Error::OutOfRange("db"))
+    );
+    assert_eq!(
+        link::noise_psd_w_per_hz(4000.0_f64, 0.0),
+        Err(Error::OutOfRange("db"))
+    );
+    assert_eq!(link::dbm_to_w(500.0_f32), Err(Error::OutOfRange("db")));
+    // Underflow is fine: 0 W.
+    assert_eq!(link::dbm_to_w(-500.0_f32), Ok(0.0));
+}
+
+/// link_latency: `channel_power_gain(path_loss_db = −500, fading = 0)` in f32
+/// was NaN (`10^50 = ∞` times 0).
+#[test]
+fn channel_gain_of_negative_huge_path_loss_is_not_nan() {
+    let r = link::channel_power_gain(-500.0_f32, 0.0);
+    assert_eq!(r, Err(Error::OutOfRange("db")));
+    for pl in [-3000.0_f64, -400.0, 0.0, 80.0, 4000.0] {
+        for h2 in [0.0, 1e-300, 1.0, 1e300] {
+            if let Ok(g) = link::channel_power_gain(pl, h2) {
+                assert!(!g.is_nan(), "channel_power_gain({pl}, {h2}) = NaN");
+            }
+        }
+    }
+}
+
+/// link_latency: `ExpertShape::new(u32::MAX, u32::MAX).weight_count()`
+/// overflowed u64 (a panic in debug builds, a wrapped count in release).
+#[test]
+fn weight_count_of_huge_shape_saturates() {
+    let s = ExpertShape::new(u32::MAX, u32::MAX).unwrap();
+    assert_eq!(s.weight_count(), u64::MAX);
+    let s = ExpertShape::new(1 << 31, 1 << 31).unwrap();
+    assert_eq!(s.weight_count(), 3 << 62);
+}
+
+/// link_latency: `latency_floor_s` was NaN when both `L·N0·ln2` and `P·g`
+/// overflowed (∞/∞).
+#[test]
+fn latency_floor_with_overflowing_products_is_finite() {
+    let model = LatencyModel::new(3e38_f32, 0.0, 3e38).unwrap();
+    let dev = DeviceLink::new(3e38_f32, 3e38, 3e38, 3e38, 1.0).unwrap();
+    let floor = model.latency_floor_s(&dev);
+    // 3e38·3e38·ln2 / (3e38·3e38) = ln 2 per direction.
+    assert!((floor - 2.0 * core::f32::consts::LN_2).abs() < 1e-4, "{floor}");
+    let t = model.expert_latency_s(&dev, 1.0).unwrap();
+    assert!(floor <= t * 1.0001, "floor {floor} above latency {t}");
+}
+
+/// link_latency: with `P·g` underflowing to 0 while the SNR itself is 1,
+/// `shannon_rate_bps` used the small-SNR approximation `x/ln 2` (1.44 b
+/// instead of b), so doubling the gain *lowered* the rate.
+#[test]
+fn shannon_rate_with_underflowing_power_gain_product() {
+    let m = f64::MIN_POSITIVE; // 2^-1022: m·m underflows, m·m/(m·m) = SNR 1
+    let r1 = link::shannon_rate_bps(m, m, m, m).unwrap();
+    assert!((r1 / m - 1.0).abs() < 1e-12, "SNR 1: B·log2(2) = B, got {}", r1 / m);
+    let r2 = link::shannon_rate_bps(m, m, 2.0 * m, m).unwrap();
+    assert!((r2 / m - 3f64.log2()).abs() < 1e-12, "SNR 2: B·log2(3)");
+    assert!(r2 >= r1);
+    // Same in f32.
+    let m = f32::MIN_POSITIVE;
+    let r = link::shannon_rate_bps(m, m, m, m).unwrap();
+    assert!((r / m - 1.0).abs() < 1e-5, "{}", r / m);
+}
