@@ -98,7 +98,13 @@ impl ChannelModel {
             outages: c
                 .outages
                 .iter()
-                .map(|o| (o.device, o.start_token, o.start_token.saturating_add(o.tokens)))
+                .map(|o| {
+                    (
+                        o.device,
+                        o.start_token,
+                        o.start_token.saturating_add(o.tokens),
+                    )
+                })
                 .collect(),
             outage_p: c.random_outages.probability_per_token,
             outage_len: c.random_outages.duration_tokens.max(1),

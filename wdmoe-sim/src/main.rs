@@ -9,7 +9,11 @@ use wdmoe_sim::sim::{RunReport, Simulation};
 use wdmoe_sim::{report, select_cli};
 
 #[derive(Parser)]
-#[command(name = "wdmoe", version, about = "WDMoE: wireless distributed MoE latency simulator")]
+#[command(
+    name = "wdmoe",
+    version,
+    about = "WDMoE: wireless distributed MoE latency simulator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,6 +43,18 @@ enum Cmd {
     },
     /// The selection policy over JSON lines on stdin (one decision per line).
     Select,
+    /// How WDMoE's latency gain depends on the spread of device latencies:
+    /// the device distances are scaled so the farthest sits at each radius.
+    Sensitivity {
+        /// Cell radii [m] (distance of the farthest device).
+        #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 450.0, 600.0, 800.0, 1000.0])]
+        radii_m: Vec<f64>,
+        /// Start from this scenario file instead of the paper's setup.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,7 +118,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
         Cmd::Reproduce(args) => {
             let s = Scenario::paper();
-            simulate(s, &args, "reproduce", "WDMoE reproduction: the paper's setup (§IV-A)")?;
+            simulate(
+                s,
+                &args,
+                "reproduce",
+                "WDMoE reproduction: the paper's setup (§IV-A)",
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sweep { scenario, run } => {
@@ -132,11 +153,28 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 Err("nothing to do: pass --print-default or --check FILE".into())
             }
         }
+        Cmd::Sensitivity {
+            radii_m,
+            scenario,
+            run,
+        } => {
+            let base = match scenario {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    Scenario::from_toml_str(&text)
+                        .map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                None => Scenario::paper(),
+            };
+            sensitivity(base, &radii_m, &run)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Select => {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
-            let failed = select_cli::run(stdin.lock(), stdout.lock())
-                .map_err(|e| format!("select: {e}"))?;
+            let failed =
+                select_cli::run(stdin.lock(), stdout.lock()).map_err(|e| format!("select: {e}"))?;
             Ok(if failed > 0 {
                 ExitCode::from(1)
             } else {
@@ -159,12 +197,13 @@ fn default_file() -> String {
 
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {
+fn apply(s: &mut Scenario, a: &RunArgs) {
     if let Some(v) = a.seed {
         s.seed = v;
     }
@@ -186,13 +225,11 @@ fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<Run
     if let Some(v) = a.max_drops {
         s.policies.max_drops = v;
     }
-    let sim = Simulation::new(s).map_err(|e| e.to_string())?;
-    if !a.quiet {
-        eprintln!("{}", sim.router_summary());
-    }
-    let progress = Progress::new(name, sim.scenario().prompts, !a.quiet);
+}
+
+fn run_sim(sim: &Simulation, a: &RunArgs, progress: &Progress) -> Result<RunReport, String> {
     let go = || sim.run(&|| progress.tick());
-    let report = match a.threads {
+    match a.threads {
         Some(t) => rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
             .build()
@@ -200,7 +237,88 @@ fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<Run
             .install(go),
         None => go(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+fn sensitivity(base: Scenario, radii_m: &[f64], a: &RunArgs) -> Result<(), String> {
+    let mut out = String::new();
+    let mut rows = Vec::new();
+    for &r in radii_m {
+        let mut s = wdmoe_sim::sim::scale_cell(&base, r).map_err(|e| e.to_string())?;
+        apply(&mut s, a);
+        s.policies.weight_only_betas.clear();
+        s.policies.channel_only = false;
+        let sim = Simulation::new(s).map_err(|e| e.to_string())?;
+        let progress = Progress::new(&format!("radius {r} m"), sim.scenario().prompts, !a.quiet);
+        let report = run_sim(&sim, a, &progress)?;
+        progress.finish();
+        let ch = sim.channel();
+        let n = sim.scenario().n_experts();
+        let lat: Vec<f64> = (0..n)
+            .map(|q| ch.nominal_latency_s(q))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let lo = lat.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = lat.iter().cloned().fold(0.0, f64::max);
+        rows.push((r, lo, hi, report));
+    }
+    let thetas: Vec<String> = rows
+        .first()
+        .map(|(_, _, _, rep)| {
+            rep.rows
+                .iter()
+                .skip(1)
+                .map(|x| format!("θ={}", x.parameter.unwrap_or(0.0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some((_, _, _, rep)) = rows.first() {
+        out.push_str(&format!(
+            "WDMoE latency reduction vs plain top-k against the cell radius | {} | {} prompts × {} tokens | seed {}\n",
+            rep.accounting, rep.prompts, rep.prompt_tokens, rep.seed
+        ));
+    }
+    out.push_str(&format!(
+        "{:>10}  {:>22}  {:>12}  {}\n",
+        "radius m",
+        "device latency ms",
+        "top-k mean s",
+        thetas
+            .iter()
+            .map(|t| format!("{t:>8}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    ));
+    for (r, lo, hi, rep) in &rows {
+        let red: Vec<String> = rep
+            .rows
+            .iter()
+            .skip(1)
+            .map(|x| format!("{:>6.1} %", x.reduction_pct))
+            .collect();
+        out.push_str(&format!(
+            "{:>10}  {:>22}  {:>12.3}  {}\n",
+            r,
+            format!("{:.3} … {:.3}", lo * 1e3, hi * 1e3),
+            rep.rows[0].mean_s,
+            red.join("  ")
+        ));
+    }
+    out.push_str(
+        "device latency: eq. (6) per token and layer without fading, nearest … farthest device\n",
+    );
+    print!("{out}");
+    Ok(())
+}
+
+fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {
+    apply(&mut s, a);
+    let sim = Simulation::new(s).map_err(|e| e.to_string())?;
+    if !a.quiet {
+        eprintln!("{}", sim.router_summary());
+    }
+    let progress = Progress::new(name, sim.scenario().prompts, !a.quiet);
+    let report = run_sim(&sim, a, &progress)?;
     progress.finish();
     print!("{}", report::table(&report, Some(title)));
     let mut outputs: Vec<(PathBuf, String)> = Vec::new();

@@ -59,7 +59,11 @@ impl Progress {
     /// Clears the bar.
     pub fn finish(&self) {
         if self.enabled {
-            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(self.label.len() + 50));
+            let _ = write!(
+                std::io::stderr(),
+                "\r{}\r",
+                " ".repeat(self.label.len() + 50)
+            );
         }
     }
 }

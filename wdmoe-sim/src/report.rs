@@ -183,7 +183,11 @@ pub fn svg(r: &RunReport) -> String {
     let (l, rt, t, b) = (80.0, 80.0, 60.0, 70.0);
     let pw = w - l - rt;
     let ph = h - t - b;
-    let max_lat = rows.iter().map(|x| x.mean_s).fold(0.0_f64, f64::max).max(1e-12);
+    let max_lat = rows
+        .iter()
+        .map(|x| x.mean_s)
+        .fold(0.0_f64, f64::max)
+        .max(1e-12);
     let y_max = nice_ceil(max_lat * 1.1);
     let mut s = String::new();
     let _ = writeln!(
@@ -276,7 +280,10 @@ pub fn svg(r: &RunReport) -> String {
             d.join(" ")
         );
         for (x, y) in &pts {
-            let _ = writeln!(s, r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#c0392b"/>"##);
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="#c0392b"/>"##
+            );
         }
     }
     // The paper's mean θ = 0.2 reduction, as a marker at θ = 0.2.

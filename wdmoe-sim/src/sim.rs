@@ -18,7 +18,7 @@
 //! in both modes.
 
 use crate::channel::ChannelModel;
-use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, WeightOnly, Wdmoe};
+use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, Wdmoe, WeightOnly};
 use crate::rng::{self, Stream};
 use crate::router::{Router, RouterSummary, SyntheticRouter, TraceRouter};
 use crate::scenario::{Accounting, RouterKind, Scenario, ScenarioError};
@@ -66,6 +66,34 @@ impl From<wdmoe_core::Error> for SimError {
     fn from(e: wdmoe_core::Error) -> Self {
         SimError::Core(e)
     }
+}
+
+/// `s` with its device distances scaled by one factor so that the farthest
+/// device sits at `radius_m` [m] (the spread of the cell, for sensitivity
+/// studies).
+///
+/// ```
+/// use wdmoe_sim::{scenario::Scenario, sim::scale_cell};
+/// let s = scale_cell(&Scenario::paper(), 300.0).unwrap();
+/// assert_eq!(s.devices.last().unwrap().distance_m, 300.0);
+/// assert_eq!(s.devices[0].distance_m, 25.0);
+/// ```
+pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError> {
+    let far = s.devices.iter().map(|d| d.distance_m).fold(0.0, f64::max);
+    if !(radius_m.is_finite() && radius_m > 0.0) {
+        return Err(ScenarioError {
+            key: "radius_m".into(),
+            reason: format!("must be finite and > 0 (got {radius_m})"),
+        });
+    }
+    let mut out = s.clone();
+    if far > 0.0 {
+        for d in &mut out.devices {
+            d.distance_m *= radius_m / far;
+        }
+    }
+    out.validate()?;
+    Ok(out)
 }
 
 /// One policy's totals over one prompt.
@@ -300,7 +328,8 @@ impl Simulation {
         prompt: u64,
         record_tokens: bool,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(prompt, record_tokens, u64::MAX).map(|(o, _)| o)
+        self.simulate(prompt, record_tokens, u64::MAX)
+            .map(|(o, _)| o)
     }
 
     /// Core loop; stops after `max_token_layers` token-layer steps.

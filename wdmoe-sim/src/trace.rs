@@ -223,8 +223,9 @@ fn parse_header(h: &str) -> Result<(Dtype, bool, Vec<usize>), TraceError> {
     let mut shape = None;
     let mut rest = inner.trim();
     while !rest.is_empty() {
-        let (key, after) = quoted(rest)
-            .ok_or_else(|| TraceError(format!("header: expected a quoted key at `{}`", clip(rest))))?;
+        let (key, after) = quoted(rest).ok_or_else(|| {
+            TraceError(format!("header: expected a quoted key at `{}`", clip(rest)))
+        })?;
         let after = after.trim_start();
         let after = after
             .strip_prefix(':')
@@ -262,7 +263,10 @@ fn parse_header(h: &str) -> Result<(Dtype, bool, Vec<usize>), TraceError> {
                         continue;
                     }
                     let d: usize = p.parse().map_err(|_| {
-                        TraceError(format!("header: shape entry `{}` is not a non-negative integer", clip(p)))
+                        TraceError(format!(
+                            "header: shape entry `{}` is not a non-negative integer",
+                            clip(p)
+                        ))
                     })?;
                     dims.push(d);
                 }
@@ -281,7 +285,9 @@ fn parse_header(h: &str) -> Result<(Dtype, bool, Vec<usize>), TraceError> {
     let fortran = fortran.ok_or_else(|| TraceError("header has no 'fortran_order'".into()))?;
     let shape = shape.ok_or_else(|| TraceError("header has no 'shape'".into()))?;
     if fortran {
-        return bad("fortran_order=True is not supported (save a C-order array: np.ascontiguousarray)");
+        return bad(
+            "fortran_order=True is not supported (save a C-order array: np.ascontiguousarray)",
+        );
     }
     let native_little = cfg!(target_endian = "little");
     let (little, code) = match descr.as_bytes().first() {
@@ -323,8 +329,7 @@ fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
     // Pad so that the data starts at a multiple of 64 bytes, header ending in '\n'.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -385,11 +390,17 @@ mod tests {
 
     #[test]
     fn big_endian_and_overflow() {
-        let data: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
         let b = npy_bytes(">f4", &[1, 1, 2], &data);
         assert_eq!(Trace::from_bytes(&b).unwrap().logits(0, 0), &[1.5, -2.0]);
         let huge = npy_bytes("<f4", &[usize::MAX, 2, 2], &[]);
-        assert!(Trace::from_bytes(&huge).unwrap_err().0.contains("too large"));
+        assert!(Trace::from_bytes(&huge)
+            .unwrap_err()
+            .0
+            .contains("too large"));
         let i8s = npy_bytes("<i8", &[1, 1, 1], &[0; 8]);
         assert!(Trace::from_bytes(&i8s).unwrap_err().0.contains("dtype"));
     }
