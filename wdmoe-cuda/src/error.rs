@@ -59,10 +59,19 @@ impl fmt::Display for Error {
         match self {
             Error::NoDevice { detail } => write!(f, "no usable CUDA device: {detail}"),
             Error::Cuda { op, detail, error } => {
-                write!(f, "CUDA error {error:?} (code {}) in {op} [{detail}]", *error as u32)
+                write!(
+                    f,
+                    "CUDA error {error:?} (code {}) in {op} [{detail}]",
+                    *error as u32
+                )
             }
             Error::Shape { op, detail } => write!(f, "shape error in {op}: {detail}"),
-            Error::Misaligned { op, what, addr, align } => write!(
+            Error::Misaligned {
+                op,
+                what,
+                addr,
+                align,
+            } => write!(
                 f,
                 "{op}: buffer {what} at {addr:#x} is not {align}-byte aligned"
             ),
@@ -92,9 +101,19 @@ pub(crate) fn shape(op: &'static str, detail: String) -> Error {
     Error::Shape { op, detail }
 }
 
-pub(crate) fn check_align(op: &'static str, what: &'static str, addr: u64, align: u64) -> Result<()> {
+pub(crate) fn check_align(
+    op: &'static str,
+    what: &'static str,
+    addr: u64,
+    align: u64,
+) -> Result<()> {
     if addr % align != 0 {
-        return Err(Error::Misaligned { op, what, addr, align });
+        return Err(Error::Misaligned {
+            op,
+            what,
+            addr,
+            align,
+        });
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use cust::function::{BlockSize, GridSize};
 use cust::memory::{DeviceBuffer, DeviceSlice};
 use half::f16;
 
-use crate::error::{check_align, shape, Error, Result};
+use crate::error::{check_align, shape, CudaCtx, Error, Result};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 
 /// Tokens per launch of the decode kernels (two mma n-tiles of 8).
@@ -31,20 +31,35 @@ impl KernelConfig {
     /// A shape for `row_tiles` x `k_tiles` that puts about `warps_per_sm`
     /// warps on each of `sm_count` SMs, splitting k across blocks where the
     /// row tiles alone are too few.
-    pub fn auto(sm_count: u32, row_tiles: usize, k_tiles: usize, warps_per_sm: u32) -> KernelConfig {
+    pub fn auto(
+        sm_count: u32,
+        row_tiles: usize,
+        k_tiles: usize,
+        warps_per_sm: u32,
+    ) -> KernelConfig {
         let unroll = 4u32;
         let warps = 4u32.min((k_tiles as u32 / unroll).max(1));
         let want_blocks = (sm_count * warps_per_sm).div_ceil(warps) as usize;
         let max_split_k = (k_tiles / (warps * unroll) as usize).max(1) as u32;
-        let splits = (want_blocks.div_ceil(row_tiles.max(1)) as u32).clamp(1, MAX_SPLITS.min(max_split_k));
-        KernelConfig { warps, splits, unroll }
+        let splits =
+            (want_blocks.div_ceil(row_tiles.max(1)) as u32).clamp(1, MAX_SPLITS.min(max_split_k));
+        KernelConfig {
+            warps,
+            splits,
+            unroll,
+        }
     }
 
     fn check(&self, op: &'static str) -> Result<()> {
-        if !(1..=8).contains(&self.warps) || !(1..=MAX_SPLITS).contains(&self.splits) || !matches!(self.unroll, 4 | 8) {
+        if !(1..=8).contains(&self.warps)
+            || !(1..=MAX_SPLITS).contains(&self.splits)
+            || !matches!(self.unroll, 4 | 8)
+        {
             return Err(Error::Unsupported {
                 op,
-                detail: format!("kernel config {self:?} (warps 1..=8, splits 1..={MAX_SPLITS}, unroll 4|8)"),
+                detail: format!(
+                    "kernel config {self:?} (warps 1..=8, splits 1..={MAX_SPLITS}, unroll 4|8)"
+                ),
             });
         }
         Ok(())
@@ -82,7 +97,10 @@ pub struct ExpertWeights {
 
 impl std::fmt::Debug for ExpertWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExpertWeights").field("m", &self.m).field("m_h", &self.m_h).finish()
+        f.debug_struct("ExpertWeights")
+            .field("m", &self.m)
+            .field("m_h", &self.m_h)
+            .finish()
     }
 }
 
@@ -94,7 +112,10 @@ fn check_dims(op: &'static str, m: usize, m_h: usize) -> Result<()> {
         });
     }
     if m > i32::MAX as usize / 16 || m_h > i32::MAX as usize / 16 {
-        return Err(Error::Unsupported { op, detail: format!("m={m}, m_h={m_h} too large") });
+        return Err(Error::Unsupported {
+            op,
+            detail: format!("m={m}, m_h={m_h} too large"),
+        });
     }
     Ok(())
 }
@@ -111,20 +132,42 @@ impl ExpertWeights {
     ) -> Result<ExpertWeights> {
         const OP: &str = "ExpertWeights::pack";
         check_dims(OP, m, m_h)?;
-        for (name, s, n) in [("w1", w1, m * m_h), ("w3", w3, m * m_h), ("w2", w2, m * m_h)] {
+        for (name, s, n) in [
+            ("w1", w1, m * m_h),
+            ("w3", w3, m * m_h),
+            ("w2", w2, m * m_h),
+        ] {
             if s.len() != n {
-                return Err(shape(OP, format!("{name} has {} elements, expected {n} (m={m}, m_h={m_h})", s.len())));
+                return Err(shape(
+                    OP,
+                    format!(
+                        "{name} has {} elements, expected {n} (m={m}, m_h={m_h})",
+                        s.len()
+                    ),
+                ));
             }
         }
         let mut w13 = gpu.alloc::<f16>(2 * m * m_h)?;
         let mut w2p = gpu.alloc::<f16>(m * m_h)?;
         pack(gpu, w1, Some(w3), &mut w13, m_h, m)?;
         pack(gpu, w2, None, &mut w2p, m, m_h)?;
-        Ok(ExpertWeights { w13, w2: w2p, m, m_h })
+        Ok(ExpertWeights {
+            w13,
+            w2: w2p,
+            m,
+            m_h,
+        })
     }
 
     /// Uploads and packs host matrices (row-major, see [`ExpertWeights::pack`]).
-    pub fn from_host(gpu: &Gpu, w1: &[f16], w3: &[f16], w2: &[f16], m: usize, m_h: usize) -> Result<ExpertWeights> {
+    pub fn from_host(
+        gpu: &Gpu,
+        w1: &[f16],
+        w3: &[f16],
+        w2: &[f16],
+        m: usize,
+        m_h: usize,
+    ) -> Result<ExpertWeights> {
         check_dims("ExpertWeights::from_host", m, m_h)?;
         let (a, b, c) = (gpu.upload(w1)?, gpu.upload(w3)?, gpu.upload(w2)?);
         let e = Self::pack(gpu, &a, &b, &c, m, m_h)?;
@@ -148,7 +191,14 @@ impl ExpertWeights {
     }
 }
 
-fn pack(gpu: &Gpu, a: &DeviceSlice<f16>, b: Option<&DeviceSlice<f16>>, dst: &mut DeviceSlice<f16>, rows: usize, cols: usize) -> Result<()> {
+fn pack(
+    gpu: &Gpu,
+    a: &DeviceSlice<f16>,
+    b: Option<&DeviceSlice<f16>>,
+    dst: &mut DeviceSlice<f16>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     let nmat = if b.is_some() { 2 } else { 1 };
     debug_assert_eq!(dst.len(), nmat * rows * cols);
     let mut pa = addr(a);
@@ -169,9 +219,15 @@ fn pack(gpu: &Gpu, a: &DeviceSlice<f16>, b: Option<&DeviceSlice<f16>>, dst: &mut
     // hold rows*cols elements, dst holds nmat*rows*cols (checked by callers),
     // rows and cols are multiples of 16, dst is 16-byte aligned (checked).
     unsafe {
-        gpu.launch(&gpu.ffn, "pack_tiles", grid.into(), 256.into(), 0, &args, || {
-            format!("rows={rows} cols={cols} nmat={nmat}")
-        })
+        gpu.launch(
+            &gpu.ffn,
+            "pack_tiles",
+            grid.into(),
+            256.into(),
+            0,
+            &args,
+            || format!("rows={rows} cols={cols} nmat={nmat}"),
+        )
     }
 }
 
@@ -187,7 +243,10 @@ pub struct FfnWorkspace {
 
 impl std::fmt::Debug for FfnWorkspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FfnWorkspace").field("m", &self.m).field("m_h", &self.m_h).finish()
+        f.debug_struct("FfnWorkspace")
+            .field("m", &self.m)
+            .field("m_h", &self.m_h)
+            .finish()
     }
 }
 
@@ -209,8 +268,16 @@ impl FfnWorkspace {
 /// Where one GEMV launch writes: plain fp16 rows, or the MoE combine
 /// `out_acc[out_idx[t]][row] += tok_w[t] * y[t][row]`.
 enum Dest {
-    Plain { out: u64, ldo: i32 },
-    Combine { acc: u64, ldo: i32, out_idx: u64, tok_w: u64 },
+    Plain {
+        out: u64,
+        ldo: i32,
+    },
+    Combine {
+        acc: u64,
+        ldo: i32,
+        out_idx: u64,
+        tok_w: u64,
+    },
 }
 
 struct Gemv {
@@ -243,7 +310,12 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     let splits = cfg.splits.min(k_tiles).max(1);
     let (mut out, mut ldo, mut acc, mut out_idx, mut tok_w) = match g.dest {
         Dest::Plain { out, ldo } => (out, ldo, 0u64, 0u64, 0u64),
-        Dest::Combine { acc, ldo, out_idx, tok_w } => (0u64, ldo, acc, out_idx, tok_w),
+        Dest::Combine {
+            acc,
+            ldo,
+            out_idx,
+            tok_w,
+        } => (0u64, ldo, acc, out_idx, tok_w),
     };
     let mut w = g.w;
     let mut x = g.x;
@@ -293,7 +365,13 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
 
 fn check_weights(op: &'static str, w: &ExpertWeights, ws: &FfnWorkspace) -> Result<()> {
     if ws.m != w.m || ws.m_h != w.m_h {
-        return Err(shape(op, format!("workspace for ({}, {}), expert is ({}, {})", ws.m, ws.m_h, w.m, w.m_h)));
+        return Err(shape(
+            op,
+            format!(
+                "workspace for ({}, {}), expert is ({}, {})",
+                ws.m, ws.m_h, w.m, w.m_h
+            ),
+        ));
     }
     Ok(())
 }
@@ -321,7 +399,12 @@ pub fn ffn_decode(
     if x.len() < tokens * m || out.len() < tokens * m {
         return Err(shape(
             OP,
-            format!("x has {} and out {} elements, {tokens} tokens x m={m} need {}", x.len(), out.len(), tokens * m),
+            format!(
+                "x has {} and out {} elements, {tokens} tokens x m={m} need {}",
+                x.len(),
+                out.len(),
+                tokens * m
+            ),
         ));
     }
     check_align(OP, "x", addr(x), 16)?;
@@ -342,7 +425,10 @@ pub fn ffn_decode(
                 t,
                 k: m,
                 n: m_h,
-                dest: Dest::Plain { out: h, ldo: m_h as i32 },
+                dest: Dest::Plain {
+                    out: h,
+                    ldo: m_h as i32,
+                },
             },
             &cfg.gate_up,
         )?;
@@ -358,7 +444,10 @@ pub fn ffn_decode(
                 t,
                 k: m_h,
                 n: m,
-                dest: Dest::Plain { out: addr(out) + (t0 * m * 2) as u64, ldo: m as i32 },
+                dest: Dest::Plain {
+                    out: addr(out) + (t0 * m * 2) as u64,
+                    ldo: m as i32,
+                },
             },
             &cfg.down,
         )?;
@@ -379,7 +468,10 @@ pub struct RoutingPlan {
 
 impl std::fmt::Debug for RoutingPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoutingPlan").field("groups", &self.groups).field("n_tokens", &self.n_tokens).finish()
+        f.debug_struct("RoutingPlan")
+            .field("groups", &self.groups)
+            .field("n_tokens", &self.n_tokens)
+            .finish()
     }
 }
 
@@ -387,26 +479,64 @@ impl RoutingPlan {
     /// `groups[g]` lists `(token, weight)` pairs of group g; every token must
     /// be `< n_tokens` and every weight finite.
     pub fn new(gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<RoutingPlan> {
-        const OP: &str = "RoutingPlan::new";
+        let entries = groups.iter().map(|g| g.len()).sum::<usize>();
+        let mut p = Self::with_capacity(gpu, entries)?;
+        p.set(n_tokens, groups)?;
+        Ok(p)
+    }
+
+    /// An empty plan whose device buffers hold `entries` (token, weight)
+    /// pairs; refill it with [`RoutingPlan::set`] without reallocating.
+    pub fn with_capacity(gpu: &Gpu, entries: usize) -> Result<RoutingPlan> {
+        Ok(RoutingPlan {
+            idx: gpu.alloc(entries.max(1))?,
+            wts: gpu.alloc(entries.max(1))?,
+            groups: Vec::new(),
+            n_tokens: 0,
+        })
+    }
+
+    /// Replaces the groups (validated: token `< n_tokens`, finite weights,
+    /// at most the capacity in total); one host-to-device copy per array.
+    pub fn set(&mut self, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<()> {
+        const OP: &str = "RoutingPlan::set";
         let mut idx = Vec::new();
         let mut wts = Vec::new();
         let mut spans = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {
             spans.push((idx.len(), g.len()));
             for &(t, wt) in g {
-                if t >= n_tokens || !wt.is_finite() {
-                    return Err(shape(OP, format!("group {gi}: token {t} (of {n_tokens}), weight {wt}")));
+                if t >= n_tokens || t > i32::MAX as usize || !wt.is_finite() {
+                    return Err(shape(
+                        OP,
+                        format!("group {gi}: token {t} (of {n_tokens}), weight {wt}"),
+                    ));
                 }
                 idx.push(t as i32);
                 wts.push(wt);
             }
         }
-        Ok(RoutingPlan {
-            idx: gpu.upload(if idx.is_empty() { &[0][..] } else { &idx })?,
-            wts: gpu.upload(if wts.is_empty() { &[0.0][..] } else { &wts })?,
-            groups: spans,
-            n_tokens,
-        })
+        if idx.len() > self.idx.len() {
+            return Err(shape(
+                OP,
+                format!("{} entries, capacity {}", idx.len(), self.idx.len()),
+            ));
+        }
+        if !idx.is_empty() {
+            use cust::memory::CopyDestination;
+            let n = idx.len();
+            self.idx
+                .index(..n)
+                .copy_from(&idx[..])
+                .ctx("cuMemcpyHtoD", || format!("{n} token indices"))?;
+            self.wts
+                .index(..n)
+                .copy_from(&wts[..])
+                .ctx("cuMemcpyHtoD", || format!("{n} weights"))?;
+        }
+        self.groups = spans;
+        self.n_tokens = n_tokens;
+        Ok(())
     }
 
     /// Number of groups.
@@ -453,7 +583,11 @@ pub fn ffn_decode_combine(
     if x.len() < n * m || out_acc.len() < n * m {
         return Err(shape(
             OP,
-            format!("x has {} and out_acc {} elements, plan has {n} tokens x m={m}", x.len(), out_acc.len()),
+            format!(
+                "x has {} and out_acc {} elements, plan has {n} tokens x m={m}",
+                x.len(),
+                out_acc.len()
+            ),
         ));
     }
     check_align(OP, "x", addr(x), 16)?;
@@ -476,7 +610,10 @@ pub fn ffn_decode_combine(
                 t,
                 k: m,
                 n: m_h,
-                dest: Dest::Plain { out: h, ldo: m_h as i32 },
+                dest: Dest::Plain {
+                    out: h,
+                    ldo: m_h as i32,
+                },
             },
             &cfg.gate_up,
         )?;
@@ -492,7 +629,12 @@ pub fn ffn_decode_combine(
                 t,
                 k: m_h,
                 n: m,
-                dest: Dest::Combine { acc: addr(out_acc), ldo: m as i32, out_idx: idx, tok_w: wts },
+                dest: Dest::Combine {
+                    acc: addr(out_acc),
+                    ldo: m as i32,
+                    out_idx: idx,
+                    tok_w: wts,
+                },
             },
             &cfg.down,
         )?;
@@ -529,7 +671,14 @@ pub fn ffn_stage(
     cfg.check(OP)?;
     let (m, m_h) = (w.m, w.m_h);
     if tokens == 0 || tokens > MAX_DECODE_TOKENS || x.len() < tokens * m || out.len() < tokens * m {
-        return Err(shape(OP, format!("tokens={tokens} (1..=16), x {}, out {}, m={m}", x.len(), out.len())));
+        return Err(shape(
+            OP,
+            format!(
+                "tokens={tokens} (1..=16), x {}, out {}, m={m}",
+                x.len(),
+                out.len()
+            ),
+        ));
     }
     check_align(OP, "x", addr(x), 16)?;
     check_align(OP, "out", addr(out), 4)?;
@@ -544,7 +693,10 @@ pub fn ffn_stage(
             t: tokens,
             k: m,
             n: m_h,
-            dest: Dest::Plain { out: h, ldo: m_h as i32 },
+            dest: Dest::Plain {
+                out: h,
+                ldo: m_h as i32,
+            },
         },
         Stage::Down => Gemv {
             w: addr(&w.w2),
@@ -555,7 +707,10 @@ pub fn ffn_stage(
             t: tokens,
             k: m_h,
             n: m,
-            dest: Dest::Plain { out: addr(out), ldo: m as i32 },
+            dest: Dest::Plain {
+                out: addr(out),
+                ldo: m as i32,
+            },
         },
     };
     launch_gemv(gpu, ws, g, cfg)

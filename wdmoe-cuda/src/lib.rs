@@ -32,7 +32,8 @@ pub use cust;
 pub use cust::memory::{DeviceBuffer, DeviceSlice};
 pub use error::{Error, Result};
 pub use ffn::{
-    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace, KernelConfig, RoutingPlan, Stage,
+    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace,
+    KernelConfig, RoutingPlan, Stage,
 };
 pub use half::f16;
 pub use router::{f32_to_f16, Router};

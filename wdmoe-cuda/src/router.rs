@@ -18,7 +18,10 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("experts", &self.experts).field("m", &self.m).finish()
+        f.debug_struct("Router")
+            .field("experts", &self.experts)
+            .field("m", &self.m)
+            .finish()
     }
 }
 
@@ -33,9 +36,16 @@ impl Router {
             });
         }
         if g.len() != experts * m {
-            return Err(shape(OP, format!("G has {} elements, expected {experts} x {m}", g.len())));
+            return Err(shape(
+                OP,
+                format!("G has {} elements, expected {experts} x {m}", g.len()),
+            ));
         }
-        Ok(Router { g: gpu.upload(g)?, experts, m })
+        Ok(Router {
+            g: gpu.upload(g)?,
+            experts,
+            m,
+        })
     }
 
     /// Number of experts.
@@ -55,7 +65,11 @@ impl Router {
     ) -> Result<()> {
         const OP: &str = "Router::route";
         let (e, m) = (self.experts, self.m);
-        if tokens == 0 || x.len() < tokens * m || logits.len() < tokens * e || probs.len() < tokens * e {
+        if tokens == 0
+            || x.len() < tokens * m
+            || logits.len() < tokens * e
+            || probs.len() < tokens * e
+        {
             return Err(shape(
                 OP,
                 format!(
@@ -106,15 +120,25 @@ impl Router {
 }
 
 /// out[i] = fp16(in[i]) for the first `n` elements.
-pub fn f32_to_f16(gpu: &Gpu, input: &DeviceSlice<f32>, out: &mut DeviceSlice<f16>, n: usize) -> Result<()> {
+pub fn f32_to_f16(
+    gpu: &Gpu,
+    input: &DeviceSlice<f32>,
+    out: &mut DeviceSlice<f16>,
+    n: usize,
+) -> Result<()> {
     const OP: &str = "f32_to_f16";
     if input.len() < n || out.len() < n {
-        return Err(shape(OP, format!("n={n}, in {}, out {}", input.len(), out.len())));
+        return Err(shape(
+            OP,
+            format!("n={n}, in {}, out {}", input.len(), out.len()),
+        ));
     }
     let mut pi = addr(input);
     let mut po = addr(out);
     let mut nn = n as i64;
-    let grid = (n as u64).div_ceil(256).clamp(1, gpu.info().sm_count as u64 * 8) as u32;
+    let grid = (n as u64)
+        .div_ceil(256)
+        .clamp(1, gpu.info().sm_count as u64 * 8) as u32;
     let args = [
         &mut pi as *mut _ as *mut c_void,
         &mut po as *mut _ as *mut c_void,
@@ -122,5 +146,15 @@ pub fn f32_to_f16(gpu: &Gpu, input: &DeviceSlice<f32>, out: &mut DeviceSlice<f16
     ];
     // SAFETY: f32_to_f16(const float*, half*, long long) matches `args`;
     // both buffers hold at least n elements (checked).
-    unsafe { gpu.launch(&gpu.router, "f32_to_f16", grid.into(), 256.into(), 0, &args, || format!("n={n}")) }
+    unsafe {
+        gpu.launch(
+            &gpu.router,
+            "f32_to_f16",
+            grid.into(),
+            256.into(),
+            0,
+            &args,
+            || format!("n={n}"),
+        )
+    }
 }

@@ -78,8 +78,12 @@ impl Gpu {
                 detail: format!("device {ordinal} requested, {n} present"),
             });
         }
-        let dev = Device::get_device(ordinal).ctx("cuDeviceGet", || format!("ordinal {ordinal}"))?;
-        let attr = |a: DeviceAttribute| dev.get_attribute(a).ctx("cuDeviceGetAttribute", || format!("{a:?}"));
+        let dev =
+            Device::get_device(ordinal).ctx("cuDeviceGet", || format!("ordinal {ordinal}"))?;
+        let attr = |a: DeviceAttribute| {
+            dev.get_attribute(a)
+                .ctx("cuDeviceGetAttribute", || format!("{a:?}"))
+        };
         let cc = (
             attr(DeviceAttribute::ComputeCapabilityMajor)?,
             attr(DeviceAttribute::ComputeCapabilityMinor)?,
@@ -87,7 +91,10 @@ impl Gpu {
         if cc.0 < 8 {
             return Err(Error::Unsupported {
                 op: "Gpu::new",
-                detail: format!("compute capability {}.{} < 8.0 (mma.sync m16n8k16 needs sm_80+)", cc.0, cc.1),
+                detail: format!(
+                    "compute capability {}.{} < 8.0 (mma.sync m16n8k16 needs sm_80+)",
+                    cc.0, cc.1
+                ),
             });
         }
         let info = DeviceInfo {
@@ -98,7 +105,12 @@ impl Gpu {
             cubin: cc == (9, 0),
         };
         let ctx = Context::new(dev).ctx("cuCtxCreate", || format!("ordinal {ordinal}"))?;
-        let ffn = load(info.cubin, ptx::FFN_DECODE_CUBIN, ptx::FFN_DECODE_PTX, "ffn_decode")?;
+        let ffn = load(
+            info.cubin,
+            ptx::FFN_DECODE_CUBIN,
+            ptx::FFN_DECODE_PTX,
+            "ffn_decode",
+        )?;
         let router = load(info.cubin, ptx::ROUTER_CUBIN, ptx::ROUTER_PTX, "router")?;
         let stream = Stream::new(StreamFlags::DEFAULT, None).ctx("cuStreamCreate", String::new)?;
         Ok(Gpu {
@@ -122,13 +134,17 @@ impl Gpu {
 
     /// Waits for all launched work; returns the first asynchronous error.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().ctx("cuStreamSynchronize", String::new)
+        self.stream
+            .synchronize()
+            .ctx("cuStreamSynchronize", String::new)
     }
 
     /// Allocates `n` elements (uninitialised contents are never read by the
     /// kernels before being written; poison them for tests with [`Gpu::fill_u16`]).
     pub fn alloc<T: DeviceCopy + bytemuck::Zeroable>(&self, n: usize) -> Result<DeviceBuffer<T>> {
-        DeviceBuffer::zeroed(n.max(1)).ctx("cuMemAlloc", || format!("{n} x {}", std::mem::size_of::<T>()))
+        DeviceBuffer::zeroed(n.max(1)).ctx("cuMemAlloc", || {
+            format!("{n} x {}", std::mem::size_of::<T>())
+        })
     }
 
     /// Copies a host slice to a new device buffer.
@@ -137,7 +153,10 @@ impl Gpu {
     }
 
     /// Synchronises, then copies a device slice to the host.
-    pub fn download<T: DeviceCopy + Default + Clone>(&self, dev: &DeviceSlice<T>) -> Result<Vec<T>> {
+    pub fn download<T: DeviceCopy + Default + Clone>(
+        &self,
+        dev: &DeviceSlice<T>,
+    ) -> Result<Vec<T>> {
         self.sync()?;
         let mut v = vec![T::default(); dev.len()];
         cust::memory::CopyDestination::copy_to(dev, &mut v[..])
@@ -171,7 +190,9 @@ impl Gpu {
         args: &[*mut c_void],
         detail: impl FnOnce() -> String,
     ) -> Result<()> {
-        let f = module.get_function(name).ctx(name, || "cuModuleGetFunction".into())?;
+        let f = module
+            .get_function(name)
+            .ctx(name, || "cuModuleGetFunction".into())?;
         let op = || format!("launch {name}");
         // SAFETY: forwarded from this function's contract.
         unsafe { self.stream.launch(&f, grid, block, shared, args) }.map_err(|error| Error::Cuda {
@@ -202,9 +223,15 @@ impl Gpu {
         // SAFETY: fill_uniform_f16(half*, long long, unsigned long long, float);
         // it writes exactly n elements of dst, which owns n elements.
         unsafe {
-            self.launch(&self.ffn, "fill_uniform_f16", grid.into(), 256.into(), 0, &args, || {
-                format!("n={n}")
-            })
+            self.launch(
+                &self.ffn,
+                "fill_uniform_f16",
+                grid.into(),
+                256.into(),
+                0,
+                &args,
+                || format!("n={n}"),
+            )
         }
     }
 
@@ -223,7 +250,15 @@ impl Gpu {
         // SAFETY: fill_u16(unsigned short*, long long, unsigned short); writes
         // n = bytes/2 16-bit words inside dst.
         unsafe {
-            self.launch(&self.ffn, "fill_u16", grid.into(), 256.into(), 0, &args, || format!("n={n}"))
+            self.launch(
+                &self.ffn,
+                "fill_u16",
+                grid.into(),
+                256.into(),
+                0,
+                &args,
+                || format!("n={n}"),
+            )
         }
     }
 }
@@ -231,7 +266,8 @@ impl Gpu {
 /// Milliseconds between two recorded events (synchronises on `end`).
 pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
     end.synchronize().ctx("cuEventSynchronize", String::new)?;
-    end.elapsed_time_f32(start).ctx("cuEventElapsedTime", String::new)
+    end.elapsed_time_f32(start)
+        .ctx("cuEventElapsedTime", String::new)
 }
 
 /// Device address of a slice (for alignment checks and raw arguments).

@@ -9,17 +9,20 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wdmoe_cuda::{
-    ffn_decode, ffn_decode_combine, DecodeConfig, Error, ExpertWeights, FfnWorkspace, Gpu, KernelConfig, Router,
-    RoutingPlan,
-};
 use wdmoe_cuda::{f16, DeviceBuffer};
+use wdmoe_cuda::{
+    ffn_decode, ffn_decode_combine, DecodeConfig, Error, ExpertWeights, FfnWorkspace, Gpu,
+    KernelConfig, Router, RoutingPlan,
+};
 
 const BOUND: f64 = 2e-3;
 const NAN16: u16 = 0x7E00;
 
 fn seed() -> u64 {
-    let s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("seed {s:#x}");
     s
 }
@@ -35,12 +38,18 @@ fn rand_dev(gpu: &Gpu, n: usize, seed: u64, scale: f32) -> DeviceBuffer<f16> {
 }
 
 fn host(gpu: &Gpu, b: &DeviceBuffer<f16>) -> Vec<f64> {
-    gpu.download(b).unwrap().iter().map(|v| v.to_f64()).collect()
+    gpu.download(b)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f64())
+        .collect()
 }
 
 /// Row-major `[rows][k]` times `[t][k]` -> `[t][rows]`, f64, threaded over rows.
 fn matmul_t(w: &[f64], x: &[f64], rows: usize, k: usize, t: usize) -> Vec<f64> {
-    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(32);
+    let threads = std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .min(32);
     let chunk = rows.div_ceil(threads);
     let mut out_rows = vec![0.0; rows * t]; // [rows][t]
     std::thread::scope(|s| {
@@ -71,7 +80,15 @@ fn silu(g: f64) -> f64 {
 }
 
 /// Reference expert FFN in f64: [t][m] -> [t][m].
-fn ffn_ref(w1: &[f64], w3: &[f64], w2: &[f64], x: &[f64], m: usize, m_h: usize, t: usize) -> Vec<f64> {
+fn ffn_ref(
+    w1: &[f64],
+    w3: &[f64],
+    w2: &[f64],
+    x: &[f64],
+    m: usize,
+    m_h: usize,
+    t: usize,
+) -> Vec<f64> {
     let g = matmul_t(w1, x, m_h, m, t);
     let u = matmul_t(w3, x, m_h, m, t);
     let h: Vec<f64> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
@@ -80,8 +97,15 @@ fn ffn_ref(w1: &[f64], w3: &[f64], w2: &[f64], x: &[f64], m: usize, m_h: usize, 
 
 fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len());
-    assert!(out.iter().all(|v| v.is_finite()), "non-finite output (unwritten or NaN)");
-    let num: f64 = out.iter().zip(reference).map(|(a, b)| (a - b) * (a - b)).sum();
+    assert!(
+        out.iter().all(|v| v.is_finite()),
+        "non-finite output (unwritten or NaN)"
+    );
+    let num: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
     let den: f64 = reference.iter().map(|b| b * b).sum();
     assert!(den > 0.0, "reference is all zeros");
     let e = (num / den).sqrt();
@@ -103,7 +127,12 @@ fn expert(gpu: &Gpu, m: usize, m_h: usize, seed: u64) -> Expert {
     let d3 = rand_dev(gpu, m * m_h, seed ^ 3, s1);
     let d2 = rand_dev(gpu, m * m_h, seed ^ 2, s2);
     let w = ExpertWeights::pack(gpu, &d1, &d3, &d2, m, m_h).unwrap();
-    Expert { w, w1: host(gpu, &d1), w3: host(gpu, &d3), w2: host(gpu, &d2) }
+    Expert {
+        w,
+        w1: host(gpu, &d1),
+        w3: host(gpu, &d3),
+        w2: host(gpu, &d2),
+    }
 }
 
 fn check_ffn(gpu: &Gpu, e: &Expert, t: usize, cfg: &DecodeConfig, seed: u64) -> f64 {
@@ -117,7 +146,10 @@ fn check_ffn(gpu: &Gpu, e: &Expert, t: usize, cfg: &DecodeConfig, seed: u64) -> 
     let reference = ffn_ref(&e.w1, &e.w3, &e.w2, &host(gpu, &x), m, m_h, t);
     let err = rel_err(&got, &reference);
     eprintln!("m={m} m_h={m_h} T={t} cfg={cfg:?}: rel err {err:.2e}");
-    assert!(err <= BOUND, "rel err {err:.3e} > {BOUND} (m={m} m_h={m_h} T={t} {cfg:?})");
+    assert!(
+        err <= BOUND,
+        "rel err {err:.3e} > {BOUND} (m={m} m_h={m_h} T={t} {cfg:?})"
+    );
     err
 }
 
@@ -143,8 +175,15 @@ fn ffn_decode_odd_sizes_and_configs() {
         let auto = DecodeConfig::auto(gpu.info(), m, m_h);
         let mut cfgs = vec![auto];
         for (warps, splits, unroll) in [(1, 1, 4), (8, 1, 8), (3, 5, 4), (4, 16, 8), (8, 3, 8)] {
-            let k = KernelConfig { warps, splits, unroll };
-            cfgs.push(DecodeConfig { gate_up: k, down: k });
+            let k = KernelConfig {
+                warps,
+                splits,
+                unroll,
+            };
+            cfgs.push(DecodeConfig {
+                gate_up: k,
+                down: k,
+            });
         }
         for (i, cfg) in cfgs.iter().enumerate() {
             for t in [1, 3, 7, 13, 16, 33] {
@@ -160,24 +199,36 @@ fn ffn_decode_combine_accumulates_weighted() {
     let gpu = gpu();
     let s = seed();
     let (m, m_h, n) = (1024, 2816, 11);
-    let experts: Vec<Expert> = (0..3).map(|i| expert(&gpu, m, m_h, s ^ (i * 7919))).collect();
+    let experts: Vec<Expert> = (0..3)
+        .map(|i| expert(&gpu, m, m_h, s ^ (i * 7919)))
+        .collect();
     let x = rand_dev(&gpu, n * m, s ^ 77, 1.0);
     let xh = host(&gpu, &x);
     // groups: expert 0 gets tokens {0,2,..}, expert 1 all 11 (chunks of 16 not needed), expert 2 none.
     let groups: Vec<Vec<(usize, f32)>> = vec![
-        (0..n).step_by(2).map(|t| (t, 0.25 + t as f32 * 0.01)).collect(),
+        (0..n)
+            .step_by(2)
+            .map(|t| (t, 0.25 + t as f32 * 0.01))
+            .collect(),
         (0..n).rev().map(|t| (t, 0.5)).collect(),
         vec![],
     ];
     let plan = RoutingPlan::new(&gpu, n, &groups).unwrap();
-    let init: Vec<f32> = (0..n * m).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+    let init: Vec<f32> = (0..n * m)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+        .collect();
     let mut acc = gpu.upload(&init).unwrap();
     let cfg = DecodeConfig::auto(gpu.info(), m, m_h);
     let mut ws = FfnWorkspace::new(&gpu, m, m_h).unwrap();
     for (g, e) in experts.iter().enumerate() {
         ffn_decode_combine(&gpu, &e.w, &x, &plan, g, &mut acc, &mut ws, &cfg).unwrap();
     }
-    let got: Vec<f64> = gpu.download(&acc).unwrap().iter().map(|&v| v as f64).collect();
+    let got: Vec<f64> = gpu
+        .download(&acc)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     let mut reference: Vec<f64> = init.iter().map(|&v| v as f64).collect();
     for (g, e) in experts.iter().enumerate() {
         let y = ffn_ref(&e.w1, &e.w3, &e.w2, &xh, m, m_h, n);
@@ -205,8 +256,18 @@ fn router_matches_cpu() {
         let mut logits = gpu.upload(&vec![f32::NAN; t * e]).unwrap();
         let mut probs = gpu.upload(&vec![f32::NAN; t * e]).unwrap();
         router.route(&gpu, &x, t, &mut logits, &mut probs).unwrap();
-        let l: Vec<f64> = gpu.download(&logits).unwrap().iter().map(|&v| v as f64).collect();
-        let p: Vec<f64> = gpu.download(&probs).unwrap().iter().map(|&v| v as f64).collect();
+        let l: Vec<f64> = gpu
+            .download(&logits)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let p: Vec<f64> = gpu
+            .download(&probs)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let gf: Vec<f64> = gh.iter().map(|v| v.to_f64()).collect();
         let lr = matmul_t(&gf, &host(&gpu, &x), e, m, t);
         let mut pr = lr.clone();
@@ -231,33 +292,72 @@ fn bad_inputs_are_errors() {
     let d = rand_dev(&gpu, m * m_h, s, 0.1);
     // Unsupported dimension (not a multiple of 16).
     let odd = rand_dev(&gpu, 24 * 40, s, 0.1);
-    assert!(matches!(ExpertWeights::pack(&gpu, &odd, &odd, &odd, 24, 40), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        ExpertWeights::pack(&gpu, &odd, &odd, &odd, 24, 40),
+        Err(Error::Unsupported { .. })
+    ));
     // Wrong lengths.
-    assert!(matches!(ExpertWeights::pack(&gpu, &d, &d, &odd, m, m_h), Err(Error::Shape { .. })));
+    assert!(matches!(
+        ExpertWeights::pack(&gpu, &d, &d, &odd, m, m_h),
+        Err(Error::Shape { .. })
+    ));
     let w = ExpertWeights::pack(&gpu, &d, &d, &d, m, m_h).unwrap();
     let mut ws = FfnWorkspace::new(&gpu, m, m_h).unwrap();
     let cfg = DecodeConfig::auto(gpu.info(), m, m_h);
     let x = rand_dev(&gpu, 4 * m + 8, s, 1.0);
     let mut out = gpu.alloc::<f16>(4 * m).unwrap();
     // Too few rows of x for 5 tokens.
-    assert!(matches!(ffn_decode(&gpu, &w, &x, 5, &mut out, &mut ws, &cfg), Err(Error::Shape { .. })));
-    assert!(matches!(ffn_decode(&gpu, &w, &x, 0, &mut out, &mut ws, &cfg), Err(Error::Shape { .. })));
+    assert!(matches!(
+        ffn_decode(&gpu, &w, &x, 5, &mut out, &mut ws, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ffn_decode(&gpu, &w, &x, 0, &mut out, &mut ws, &cfg),
+        Err(Error::Shape { .. })
+    ));
     // Misaligned x (offset by one element).
     let xs = x.index(1..4 * m + 1);
-    assert!(matches!(ffn_decode(&gpu, &w, &xs, 4, &mut out, &mut ws, &cfg), Err(Error::Misaligned { .. })));
+    assert!(matches!(
+        ffn_decode(&gpu, &w, &xs, 4, &mut out, &mut ws, &cfg),
+        Err(Error::Misaligned { .. })
+    ));
     // Workspace for another size.
     let mut ws2 = FfnWorkspace::new(&gpu, m_h, m).unwrap();
-    assert!(matches!(ffn_decode(&gpu, &w, &x, 4, &mut out, &mut ws2, &cfg), Err(Error::Shape { .. })));
-    // Bad kernel config.
-    let bad = KernelConfig { warps: 9, splits: 1, unroll: 4 };
     assert!(matches!(
-        ffn_decode(&gpu, &w, &x, 4, &mut out, &mut ws, &DecodeConfig { gate_up: bad, down: bad }),
+        ffn_decode(&gpu, &w, &x, 4, &mut out, &mut ws2, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    // Bad kernel config.
+    let bad = KernelConfig {
+        warps: 9,
+        splits: 1,
+        unroll: 4,
+    };
+    assert!(matches!(
+        ffn_decode(
+            &gpu,
+            &w,
+            &x,
+            4,
+            &mut out,
+            &mut ws,
+            &DecodeConfig {
+                gate_up: bad,
+                down: bad
+            }
+        ),
         Err(Error::Unsupported { .. })
     ));
     // Token index out of range in a plan.
-    assert!(matches!(RoutingPlan::new(&gpu, 3, &[vec![(3, 1.0)]]), Err(Error::Shape { .. })));
+    assert!(matches!(
+        RoutingPlan::new(&gpu, 3, &[vec![(3, 1.0)]]),
+        Err(Error::Shape { .. })
+    ));
     // Router with m not a multiple of 8.
-    assert!(matches!(Router::from_host(&gpu, &[f16::ZERO; 12], 2, 6), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        Router::from_host(&gpu, &[f16::ZERO; 12], 2, 6),
+        Err(Error::Unsupported { .. })
+    ));
     // And the good call still works afterwards.
     ffn_decode(&gpu, &w, &x, 4, &mut out, &mut ws, &cfg).unwrap();
     gpu.sync().unwrap();

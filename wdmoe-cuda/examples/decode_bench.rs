@@ -1,0 +1,200 @@
+//! Times the decode kernels on the GPU with CUDA events and prints a table:
+//! the measured device-to-device copy rate, a sweep of launch shapes per
+//! kernel, and the expert FFN (auto shape and best shape) for 1-16 tokens,
+//! as time, effective weight bandwidth and fraction of the copy rate.
+//! Weights: 4 Mixtral experts (m=4096, m_h=14336, fp16, random), rotated so
+//! the L2 never holds them.
+//!
+//!   decode_bench [--tokens 1,2,4,8,16] [--iters 30] [--json PATH]
+
+use std::fmt::Write as _;
+
+use wdmoe_cuda::cust::memory::AsyncCopyDestination;
+use wdmoe_cuda::{
+    elapsed_ms, f16, ffn_decode, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace, Gpu,
+    KernelConfig, Result, Stage,
+};
+
+const M: usize = 4096;
+const MH: usize = 14336;
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut(usize) -> Result<()>>(gpu: &Gpu, iters: usize, mut f: F) -> Result<f32> {
+    for i in 0..3 {
+        f(i)?;
+    }
+    let mut v = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let s = gpu.record()?;
+        f(i)?;
+        let e = gpu.record()?;
+        v.push(elapsed_ms(&s, &e)?);
+    }
+    Ok(median(v))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let tokens: Vec<usize> = get("--tokens")
+        .unwrap_or_else(|| "1,2,4,8,16".into())
+        .split(',')
+        .map(|s| s.parse().expect("token count"))
+        .collect();
+    let iters: usize = get("--iters").map_or(30, |s| s.parse().expect("iters"));
+    let gpu = Gpu::new(0)?;
+    let info = gpu.info().clone();
+    println!(
+        "device {} cc {}.{} SMs {} L2 {} MB cubin {}",
+        info.name,
+        info.cc.0,
+        info.cc.1,
+        info.sm_count,
+        info.l2_bytes >> 20,
+        info.cubin
+    );
+    let mut json = String::new();
+    write!(json, "{{\"device\":\"{}\"", info.name).unwrap();
+
+    // Device-to-device copy rate (bytes read + written), 1 GiB.
+    let n = 1usize << 29;
+    let a = gpu.alloc::<f16>(n)?;
+    let mut b = gpu.alloc::<f16>(n)?;
+    let copy_ms = time(&gpu, 10, |_| {
+        // SAFETY: a and b are distinct device buffers of n elements that
+        // outlive the copy (we synchronise on the end event before dropping).
+        unsafe { b.async_copy_from(&a, gpu.stream()) }.map_err(|error| wdmoe_cuda::Error::Cuda {
+            op: "cuMemcpyDtoDAsync".into(),
+            detail: format!("{n} x f16"),
+            error,
+        })
+    })?;
+    drop((a, b));
+    let copy_tbps = 2.0 * (n * 2) as f64 / (copy_ms as f64 * 1e-3) / 1e12;
+    println!("copy {copy_tbps:.3} TB/s ({copy_ms:.3} ms for 2 x 1 GiB)");
+    write!(json, ",\"copy_TBps\":{copy_tbps:.4}").unwrap();
+
+    let experts: Vec<ExpertWeights> = (0..4u64)
+        .map(|i| {
+            let mut w1 = gpu.alloc::<f16>(M * MH)?;
+            let mut w3 = gpu.alloc::<f16>(M * MH)?;
+            let mut w2 = gpu.alloc::<f16>(M * MH)?;
+            gpu.fill_uniform(&mut w1, 11 + 10 * i, 0.02)?;
+            gpu.fill_uniform(&mut w3, 12 + 10 * i, 0.02)?;
+            gpu.fill_uniform(&mut w2, 13 + 10 * i, 0.02)?;
+            let e = ExpertWeights::pack(&gpu, &w1, &w3, &w2, M, MH)?;
+            gpu.sync()?;
+            Ok(e)
+        })
+        .collect::<Result<_>>()?;
+    let wbytes = experts[0].bytes() as f64;
+    let mut ws = FfnWorkspace::new(&gpu, M, MH)?;
+    let mut x = gpu.alloc::<f16>(16 * M)?;
+    gpu.fill_uniform(&mut x, 5, 1.0)?;
+    let mut out = gpu.alloc::<f16>(16 * M)?;
+    let auto = DecodeConfig::auto(&info, M, MH);
+    println!("auto config {auto:?}");
+
+    // Sweep shapes per stage.
+    let mut shapes = Vec::new();
+    for warps in [2u32, 4, 8] {
+        for splits in [1u32, 2, 3, 4, 6, 8] {
+            for unroll in [4u32, 8] {
+                shapes.push(KernelConfig {
+                    warps,
+                    splits,
+                    unroll,
+                });
+            }
+        }
+    }
+    json.push_str(",\"ffn\":[");
+    for (ti, &t) in tokens.iter().enumerate() {
+        let mut best = [(f32::MAX, auto.gate_up), (f32::MAX, auto.down)];
+        for (si, stage) in [Stage::GateUp, Stage::Down].into_iter().enumerate() {
+            let mut line = String::new();
+            for k in &shapes {
+                let ms = time(&gpu, iters.min(15), |i| {
+                    ffn_stage(
+                        &gpu,
+                        &experts[i % 4],
+                        &x,
+                        t.min(16),
+                        &mut out,
+                        &mut ws,
+                        k,
+                        stage,
+                    )
+                })?;
+                if ms < best[si].0 {
+                    best[si] = (ms, *k);
+                }
+                write!(
+                    line,
+                    " {}/{}/{}:{:.1}",
+                    k.warps,
+                    k.splits,
+                    k.unroll,
+                    ms * 1e3
+                )
+                .unwrap();
+            }
+            let frac = if si == 0 { 2.0 / 3.0 } else { 1.0 / 3.0 };
+            println!(
+                "T={t:>2} {stage:?} best {:?} {:.1} us = {:.3} TB/s   sweep(w/s/u:us){line}",
+                best[si].1,
+                best[si].0 * 1e3,
+                wbytes * frac / (best[si].0 as f64 * 1e-3) / 1e12
+            );
+        }
+        let tuned = DecodeConfig {
+            gate_up: best[0].1,
+            down: best[1].1,
+        };
+        let mut row = String::new();
+        for (name, cfg) in [("auto", auto), ("tuned", tuned)] {
+            let ms = time(&gpu, iters, |i| {
+                ffn_decode(&gpu, &experts[i % 4], &x, t, &mut out, &mut ws, &cfg)
+            })?;
+            let tbps = wbytes / (ms as f64 * 1e-3) / 1e12;
+            println!(
+                "expert FFN T={t:>2} {name:>5}: {:8.1} us  {tbps:.3} TB/s  {:.1}% of copy  cfg {cfg:?}",
+                ms * 1e3,
+                100.0 * tbps / copy_tbps
+            );
+            write!(
+                row,
+                "\"{name}_us\":{:.2},\"{name}_TBps\":{tbps:.4},",
+                ms * 1e3
+            )
+            .unwrap();
+        }
+        write!(
+            json,
+            "{}{{\"tokens\":{t},{row}\"gate_up\":[{},{},{}],\"down\":[{},{},{}]}}",
+            if ti > 0 { "," } else { "" },
+            tuned.gate_up.warps,
+            tuned.gate_up.splits,
+            tuned.gate_up.unroll,
+            tuned.down.warps,
+            tuned.down.splits,
+            tuned.down.unroll
+        )
+        .unwrap();
+    }
+    json.push_str("]}");
+    if let Some(p) = get("--json") {
+        std::fs::write(p, &json).expect("write json");
+    }
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The f32 CPU reference of the MoE layer step (any sizes, no GPU).
+
+use std::time::Instant;
+
+use wdmoe_core::select::Policy;
+
+use super::{
+    check_latencies, route, softmax_rows, ExpertF32, ExpertStats, LayerError, LayerOutput,
+    MoeWeights,
+};
+
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// One expert's FFN on `rows.len() / m` tokens: `y = W2 (silu(W1 x) ⊙ W3 x)`,
+/// f32, `rows`: `[t][m]` → returns `[t][m]`.
+pub fn expert_ffn(e: &ExpertF32, m: usize, m_h: usize, rows: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; rows.len()];
+    let mut h = vec![0.0f32; m_h];
+    for (x, y) in rows.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
+        for (j, hj) in h.iter_mut().enumerate() {
+            let row = j * m..(j + 1) * m;
+            *hj = silu(dot(&e.w1[row.clone()], x)) * dot(&e.w3[row], x);
+        }
+        for (i, yi) in y.iter_mut().enumerate() {
+            *yi = dot(&e.w2[i * m_h..(i + 1) * m_h], &h);
+        }
+    }
+    out
+}
+
+/// Router logits `[n_tokens][n_experts]` = x Gᵀ (f32 products, f64 result).
+pub fn router_logits(w: &MoeWeights, x: &[f32], n_tokens: usize) -> Vec<f64> {
+    let (m, e) = (w.m, w.n_experts());
+    let mut l = Vec::with_capacity(n_tokens * e);
+    for t in 0..n_tokens {
+        for q in 0..e {
+            l.push(dot(&w.router[q * m..(q + 1) * m], &x[t * m..(t + 1) * m]) as f64);
+        }
+    }
+    l
+}
+
+/// One MoE layer step for `n_tokens` tokens `x` (`[n_tokens][m]`): router,
+/// `policy` per token with `latency_s` (one value per expert, or
+/// `[n_tokens][n_experts]`; `+∞` = unreachable), grouping, expert FFNs and the
+/// weighted combine.
+pub fn forward(
+    w: &MoeWeights,
+    x: &[f32],
+    n_tokens: usize,
+    policy: &Policy<f64>,
+    latency_s: &[f64],
+) -> Result<LayerOutput, LayerError> {
+    let start = Instant::now();
+    w.validate()?;
+    let (m, m_h, e) = (w.m, w.m_h, w.n_experts());
+    if n_tokens == 0 || x.len() != n_tokens * m {
+        return Err(LayerError::Shape(format!(
+            "x has {} values, expected {n_tokens} x {m} (n_tokens > 0)",
+            x.len()
+        )));
+    }
+    check_latencies(latency_s, n_tokens, e)?;
+    let logits = router_logits(w, x, n_tokens);
+    let probs = softmax_rows(&logits, e);
+    let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
+    let mut out = vec![0.0f32; n_tokens * m];
+    let mut experts = Vec::with_capacity(e);
+    for (q, group) in groups.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut rows = Vec::with_capacity(group.len() * m);
+        for &(t, _) in group {
+            rows.extend_from_slice(&x[t * m..(t + 1) * m]);
+        }
+        let y = expert_ffn(&w.experts[q], m, m_h, &rows);
+        for (&(t, wt), yt) in group.iter().zip(y.chunks_exact(m)) {
+            for (o, v) in out[t * m..(t + 1) * m].iter_mut().zip(yt) {
+                *o += wt * v;
+            }
+        }
+        experts.push(ExpertStats {
+            tokens: group.len(),
+            weight_sum: group.iter().map(|&(_, wt)| wt as f64).sum(),
+            flops: (group.len() * 6 * m * m_h) as f64,
+            time_s: if group.is_empty() {
+                0.0
+            } else {
+                t0.elapsed().as_secs_f64()
+            },
+        });
+    }
+    Ok(LayerOutput {
+        out,
+        probs,
+        selections,
+        token_latency_s,
+        experts,
+        time_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(theta: f64) -> Policy<f64> {
+        Policy::new(2, theta, 1).unwrap()
+    }
+
+    /// m = 2, m_h = 1, 3 experts; expert q: W1 = [1, 0], W3 = [0, 1],
+    /// W2 = [[q+1], [-(q+1)]], so y_q(x) = (q+1)·silu(x0)·x1 · [1, -1].
+    fn tiny() -> MoeWeights {
+        let experts = (0..3)
+            .map(|q| ExpertF32 {
+                w1: vec![1.0, 0.0],
+                w3: vec![0.0, 1.0],
+                w2: vec![(q + 1) as f32, -((q + 1) as f32)],
+            })
+            .collect();
+        // Router: logits = [x0, 0, -x0] for x = [x0, x1].
+        MoeWeights {
+            m: 2,
+            m_h: 1,
+            router: vec![1.0, 0.0, 0.0, 0.0, -1.0, 0.0],
+            experts,
+        }
+    }
+
+    #[test]
+    fn hand_computed_top2_output() {
+        let w = tiny();
+        let x = [1.0f32, 2.0];
+        let out = forward(&w, &x, 1, &policy(0.0), &[0.01, 0.01, 0.01]).unwrap();
+        // logits [1, 0, -1] → top-2 = experts 0, 1 with weights e/(e+1), 1/(e+1).
+        let e1 = std::f64::consts::E;
+        let (w0, w1) = (e1 / (e1 + 1.0), 1.0 / (e1 + 1.0));
+        let s = 1.0 / (1.0 + (-1.0f64).exp()) * 2.0; // silu(1)·x1
+        let y = w0 * 1.0 * s + w1 * 2.0 * s; // (q+1) factors 1 and 2
+        assert_eq!(out.selections[0].experts(), &[0, 1]);
+        assert!(
+            (out.out[0] as f64 - y).abs() < 1e-5,
+            "{} vs {y}",
+            out.out[0]
+        );
+        assert!((out.out[1] as f64 + y).abs() < 1e-5);
+        assert!((y - 1.8553).abs() < 1e-3, "{y}"); // 0.7311·2 · (0.7311 + 2·0.2689)
+        assert_eq!(out.experts[0].tokens, 1);
+        assert_eq!(out.experts[1].tokens, 1);
+        assert_eq!(out.experts[2].tokens, 0);
+        assert_eq!(out.experts[2].time_s, 0.0);
+        assert!((out.token_latency_s[0] - 0.01).abs() < 1e-12);
+        let psum: f64 = out.probs.iter().sum();
+        assert!((psum - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn slow_device_is_dropped_and_weights_renormalised() {
+        let w = tiny();
+        let x = [1.0f32, 2.0];
+        // Expert 1 is 100x slower: p = (0.665, 0.245, 0.090), WLR = (66.5, 0.245),
+        // κ = 0.245 / (0.245 + 66.5) ≈ 0.0037 ≤ 0.2 → expert 1 dropped.
+        let out = forward(&w, &x, 1, &policy(0.2), &[0.01, 1.0, 0.01]).unwrap();
+        assert_eq!(out.selections[0].experts(), &[0]);
+        assert_eq!(out.selections[0].dropped(), &[1]);
+        let s = 1.0 / (1.0 + (-1.0f64).exp()) * 2.0;
+        assert!((out.out[0] as f64 - s).abs() < 1e-5); // weight 1 on expert 0
+        assert_eq!(out.experts[1].tokens, 0);
+        // Unreachable device (t = ∞) is removed even with θ = 0.
+        let out = forward(&w, &x, 1, &policy(0.0), &[f64::INFINITY, 0.01, 0.01]).unwrap();
+        assert_eq!(out.selections[0].experts(), &[1]);
+        assert!((out.out[0] as f64 - 2.0 * s).abs() < 1e-5);
+    }
+
+    #[test]
+    fn grouping_matches_per_token_loop() {
+        let w = MoeWeights::random(24, 40, 8, 3);
+        let n = 7;
+        let x: Vec<f32> = (0..n * 24)
+            .map(|i| ((i * 7919 % 97) as f32 / 48.5) - 1.0)
+            .collect();
+        let lat: Vec<f64> = (0..n * 8)
+            .map(|i| 0.01 + 0.003 * ((i * 13) % 11) as f64)
+            .collect();
+        let out = forward(&w, &x, n, &policy(0.2), &lat).unwrap();
+        let mut served = 0;
+        for t in 0..n {
+            let sel = &out.selections[t];
+            served += sel.experts().len();
+            let mut y = vec![0.0f64; 24];
+            for (&q, &wt) in sel.experts().iter().zip(sel.weights()) {
+                let yq = expert_ffn(&w.experts[q], 24, 40, &x[t * 24..(t + 1) * 24]);
+                y.iter_mut()
+                    .zip(&yq)
+                    .for_each(|(a, b)| *a += wt * *b as f64);
+            }
+            for i in 0..24 {
+                assert!((out.out[t * 24 + i] as f64 - y[i]).abs() < 1e-5);
+            }
+            let wsum: f64 = sel.weights().iter().sum();
+            assert!((wsum - 1.0).abs() < 1e-12);
+        }
+        assert_eq!(out.experts.iter().map(|e| e.tokens).sum::<usize>(), served);
+        assert!(served >= n && served <= 2 * n);
+        let flops: f64 = out.experts.iter().map(|e| e.flops).sum();
+        assert_eq!(flops, (served * 6 * 24 * 40) as f64);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let w = tiny();
+        assert!(matches!(
+            forward(&w, &[1.0; 3], 1, &policy(0.2), &[0.01; 3]),
+            Err(LayerError::Shape(_))
+        ));
+        assert!(matches!(
+            forward(&w, &[1.0; 2], 1, &policy(0.2), &[0.01; 2]),
+            Err(LayerError::Shape(_))
+        ));
+        assert!(matches!(
+            forward(&w, &[], 0, &policy(0.2), &[0.01; 3]),
+            Err(LayerError::Shape(_))
+        ));
+        assert!(matches!(
+            forward(&w, &[1.0, 2.0], 1, &policy(0.2), &[0.01, -1.0, 0.01]),
+            Err(LayerError::Policy(_))
+        ));
+        assert!(matches!(
+            forward(&w, &[f32::NAN, 2.0], 1, &policy(0.2), &[0.01; 3]),
+            Err(LayerError::Policy(_))
+        ));
+        let mut bad = tiny();
+        bad.experts[1].w2.pop();
+        assert!(matches!(
+            forward(&bad, &[1.0, 2.0], 1, &policy(0.2), &[0.01; 3]),
+            Err(LayerError::Shape(_))
+        ));
+    }
+}

@@ -1,0 +1,354 @@
+//! The MoE layer step on a CUDA GPU (feature `cuda`): router GEMV + softmax
+//! on the GPU, the logits copied to the host for the WDMoE policy of
+//! wdmoe-core, the token groups uploaded once, then per expert the fused
+//! decode kernels of wdmoe-cuda with the weighted combine in the W2 kernel's
+//! epilogue (fp32 accumulator). Timed with CUDA events.
+
+use wdmoe_core::select::Policy;
+use wdmoe_cuda::{
+    elapsed_ms, f16, ffn_decode_combine, DecodeConfig, DeviceBuffer, Error as CudaError,
+    ExpertWeights, FfnWorkspace, Gpu, Router, RoutingPlan,
+};
+
+use super::{
+    check_latencies, route, ExpertStats, LayerError, LayerOutput, MoeWeights, MAX_EXPERTS,
+};
+
+impl From<CudaError> for LayerError {
+    fn from(e: CudaError) -> Self {
+        LayerError::Gpu(e.to_string())
+    }
+}
+
+/// A MoE layer resident on one GPU: router, packed fp16 experts, buffers for
+/// up to `max_tokens` tokens per step.
+pub struct GpuLayer {
+    router: Router,
+    experts: Vec<ExpertWeights>,
+    ws: FfnWorkspace,
+    cfg: DecodeConfig,
+    x: DeviceBuffer<f16>,
+    logits: DeviceBuffer<f32>,
+    probs: DeviceBuffer<f32>,
+    acc: DeviceBuffer<f32>,
+    plan: RoutingPlan,
+    m: usize,
+    m_h: usize,
+    max_tokens: usize,
+    gpu: Gpu,
+}
+
+impl std::fmt::Debug for GpuLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuLayer")
+            .field("m", &self.m)
+            .field("m_h", &self.m_h)
+            .field("experts", &self.experts.len())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+fn to_f16(v: &[f32]) -> Vec<f16> {
+    v.iter().map(|&x| f16::from_f32(x)).collect()
+}
+
+impl GpuLayer {
+    /// Uploads `w` (converted to fp16) to `gpu`; steps of up to `max_tokens`.
+    /// m and m_h must be multiples of 16.
+    pub fn new(gpu: Gpu, w: &MoeWeights, max_tokens: usize) -> Result<GpuLayer, LayerError> {
+        w.validate()?;
+        let router = Router::from_host(&gpu, &to_f16(&w.router), w.n_experts(), w.m)?;
+        let experts = w
+            .experts
+            .iter()
+            .map(|e| {
+                ExpertWeights::from_host(
+                    &gpu,
+                    &to_f16(&e.w1),
+                    &to_f16(&e.w3),
+                    &to_f16(&e.w2),
+                    w.m,
+                    w.m_h,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::assemble(gpu, router, experts, w.m, w.m_h, max_tokens)
+    }
+
+    /// A layer of random fp16 weights generated on the GPU (uniform, scaled
+    /// by 1/sqrt(fan-in)), for benchmarks at full Mixtral size.
+    pub fn random(
+        gpu: Gpu,
+        m: usize,
+        m_h: usize,
+        n_experts: usize,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Result<GpuLayer, LayerError> {
+        if n_experts == 0 || n_experts > MAX_EXPERTS {
+            return Err(LayerError::Shape(format!("n_experts={n_experts}")));
+        }
+        let s_m = 1.7 / (m as f32).sqrt();
+        let s_h = 1.7 / (m_h as f32).sqrt();
+        let mut g = gpu.alloc::<f16>(n_experts * m)?;
+        gpu.fill_uniform(&mut g, seed, s_m)?;
+        let router = Router::from_host(&gpu, &gpu.download(&g)?, n_experts, m)?;
+        let mut experts = Vec::with_capacity(n_experts);
+        let mut w1 = gpu.alloc::<f16>(m * m_h)?;
+        let mut w3 = gpu.alloc::<f16>(m * m_h)?;
+        let mut w2 = gpu.alloc::<f16>(m * m_h)?;
+        for q in 0..n_experts as u64 {
+            gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
+            gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
+            gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
+            experts.push(ExpertWeights::pack(&gpu, &w1, &w3, &w2, m, m_h)?);
+            gpu.sync()?;
+        }
+        Self::assemble(gpu, router, experts, m, m_h, max_tokens)
+    }
+
+    fn assemble(
+        gpu: Gpu,
+        router: Router,
+        experts: Vec<ExpertWeights>,
+        m: usize,
+        m_h: usize,
+        max_tokens: usize,
+    ) -> Result<GpuLayer, LayerError> {
+        let e = experts.len();
+        let max_tokens = max_tokens.max(1);
+        Ok(GpuLayer {
+            ws: FfnWorkspace::new(&gpu, m, m_h)?,
+            cfg: DecodeConfig::auto(gpu.info(), m, m_h),
+            x: gpu.alloc(max_tokens * m)?,
+            logits: gpu.alloc(max_tokens * e)?,
+            probs: gpu.alloc(max_tokens * e)?,
+            acc: gpu.alloc(max_tokens * m)?,
+            plan: RoutingPlan::with_capacity(&gpu, max_tokens * e)?,
+            router,
+            experts,
+            m,
+            m_h,
+            max_tokens,
+            gpu,
+        })
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Launch shapes of the expert kernels.
+    pub fn config(&self) -> DecodeConfig {
+        self.cfg
+    }
+
+    /// Sets the launch shapes of the expert kernels.
+    pub fn set_config(&mut self, cfg: DecodeConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Bytes of one expert's weights.
+    pub fn expert_bytes(&self) -> usize {
+        self.experts.first().map_or(0, |e| e.bytes())
+    }
+
+    /// Copies `x` (`[n_tokens][m]`, converted to fp16) into the input buffer.
+    pub fn set_input(&mut self, x: &[f32], n_tokens: usize) -> Result<(), LayerError> {
+        if n_tokens == 0 || n_tokens > self.max_tokens || x.len() != n_tokens * self.m {
+            return Err(LayerError::Shape(format!(
+                "x has {} values for {n_tokens} tokens (1..={}) of m={}",
+                x.len(),
+                self.max_tokens,
+                self.m
+            )));
+        }
+        use wdmoe_cuda::cust::memory::CopyDestination;
+        let h = to_f16(x);
+        self.x
+            .index(..h.len())
+            .copy_from(&h[..])
+            .map_err(|e| LayerError::Gpu(format!("cuMemcpyHtoD of x: {e:?}")))
+    }
+
+    /// Fills the input buffer with random fp16 values in [-1, 1) (benchmarks).
+    pub fn set_random_input(&mut self, seed: u64) -> Result<(), LayerError> {
+        Ok(self.gpu.fill_uniform(&mut self.x, seed, 1.0)?)
+    }
+
+    /// One layer step on the tokens in the input buffer; the output stays on
+    /// the GPU (see [`GpuLayer::output`]). `out` of the result is empty.
+    pub fn step(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<LayerOutput, LayerError> {
+        let (m, e) = (self.m, self.experts.len());
+        if n_tokens == 0 || n_tokens > self.max_tokens {
+            return Err(LayerError::Shape(format!(
+                "n_tokens={n_tokens} (1..={})",
+                self.max_tokens
+            )));
+        }
+        check_latencies(latency_s, n_tokens, e)?;
+        let gpu = &self.gpu;
+        let start = gpu.record()?;
+        self.router
+            .route(gpu, &self.x, n_tokens, &mut self.logits, &mut self.probs)?;
+        let logits: Vec<f64> = gpu
+            .download(&self.logits.index(..n_tokens * e))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
+        self.plan.set(n_tokens, &groups)?;
+        let mut acc = self.acc.index(..n_tokens * m);
+        gpu.fill_u16(&mut acc, 0)?;
+        let mut marks = Vec::with_capacity(e);
+        for (q, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let a = gpu.record()?;
+            ffn_decode_combine(
+                gpu,
+                &self.experts[q],
+                &self.x,
+                &self.plan,
+                q,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+            )?;
+            marks.push((q, a, gpu.record()?));
+        }
+        let end = gpu.record()?;
+        let time_s = elapsed_ms(&start, &end)? as f64 * 1e-3;
+        let mut experts: Vec<ExpertStats> = groups
+            .iter()
+            .map(|g| ExpertStats {
+                tokens: g.len(),
+                weight_sum: g.iter().map(|&(_, w)| w as f64).sum(),
+                flops: (g.len() * 6 * m * self.m_h) as f64,
+                time_s: 0.0,
+            })
+            .collect();
+        for (q, a, b) in marks {
+            experts[q].time_s = elapsed_ms(&a, &b)? as f64 * 1e-3;
+        }
+        let probs = gpu
+            .download(&self.probs.index(..n_tokens * e))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        Ok(LayerOutput {
+            out: Vec::new(),
+            probs,
+            selections,
+            token_latency_s,
+            experts,
+            time_s,
+        })
+    }
+
+    /// The fp32 output of the last step, `[n_tokens][m]`.
+    pub fn output(&self, n_tokens: usize) -> Result<Vec<f32>, LayerError> {
+        if n_tokens > self.max_tokens {
+            return Err(LayerError::Shape(format!("n_tokens={n_tokens}")));
+        }
+        Ok(self.gpu.download(&self.acc.index(..n_tokens * self.m))?)
+    }
+
+    /// [`GpuLayer::set_input`], [`GpuLayer::step`] and [`GpuLayer::output`]:
+    /// the same contract as [`super::cpu::forward`].
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<LayerOutput, LayerError> {
+        self.set_input(x, n_tokens)?;
+        let mut r = self.step(n_tokens, policy, latency_s)?;
+        r.out = self.output(n_tokens)?;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cpu;
+    use super::*;
+
+    fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+        assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den).sqrt()
+    }
+
+    /// GPU layer vs the CPU layer on the same (fp16-rounded) weights and
+    /// inputs: same selections, output within 3e-3 relative error.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_layer_matches_cpu_layer() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("seed {seed:#x}");
+        for (m, m_h, e, n) in [
+            (64, 160, 8, 1),
+            (256, 512, 8, 5),
+            (1024, 2816, 8, 16),
+            (128, 96, 3, 19),
+        ] {
+            let mut w = MoeWeights::random(m, m_h, e, seed ^ m as u64);
+            // Round the weights to fp16 so both sides use the same values.
+            let r = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+            r(&mut w.router);
+            for q in &mut w.experts {
+                r(&mut q.w1);
+                r(&mut q.w3);
+                r(&mut q.w2);
+            }
+            let mut x: Vec<f32> = MoeWeights::random(m, 1, 1, seed ^ 99).experts[0].w1.clone();
+            x.resize(n * m, 0.3);
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = f16::from_f32(*v + (i % 7) as f32 * 0.1 - 0.3).to_f32());
+            let lat: Vec<f64> = (0..n * e)
+                .map(|i| 0.01 + 0.004 * ((i * 13) % 11) as f64)
+                .collect();
+            let policy = Policy::new(2, 0.2, 1).unwrap();
+            let want = cpu::forward(&w, &x, n, &policy, &lat).unwrap();
+            let mut layer = GpuLayer::new(Gpu::new(0).unwrap(), &w, n).unwrap();
+            let got = layer.forward(&x, n, &policy, &lat).unwrap();
+            let mut same = 0;
+            for (a, b) in got.selections.iter().zip(&want.selections) {
+                same += usize::from(a.experts() == b.experts());
+            }
+            // fp16 router logits may flip a near-tie; require almost all equal.
+            assert!(same + 1 >= n, "selections differ: {same}/{n}");
+            if same == n {
+                let err = rel_err(&got.out, &want.out);
+                eprintln!(
+                    "m={m} m_h={m_h} e={e} n={n}: rel err {err:.2e}, {:.1} us",
+                    got.time_s * 1e6
+                );
+                assert!(err <= 3e-3, "rel err {err}");
+            }
+            let total: usize = got.experts.iter().map(|s| s.tokens).sum();
+            assert_eq!(
+                total,
+                got.selections
+                    .iter()
+                    .map(|s| s.experts().len())
+                    .sum::<usize>()
+            );
+        }
+    }
+}
