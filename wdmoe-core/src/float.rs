@@ -47,6 +47,8 @@ pub trait Float:
     const INFINITY: Self;
     /// Machine epsilon.
     const EPSILON: Self;
+    /// The smallest positive normal number (below it precision is lost).
+    const MIN_POSITIVE: Self;
     /// Converts from `f64` (rounding to nearest for `f32`).
     fn from_f64(v: f64) -> Self;
     /// Converts to `f64` (exact).
@@ -101,6 +103,7 @@ macro_rules! impl_float {
             const HALF: Self = 0.5;
             const INFINITY: Self = <$t>::INFINITY;
             const EPSILON: Self = <$t>::EPSILON;
+            const MIN_POSITIVE: Self = <$t>::MIN_POSITIVE;
             #[inline]
             fn from_f64(v: f64) -> Self {
                 v as $t

@@ -151,21 +151,27 @@ pub fn shannon_rate_bps<F: Float>(
     if b == F::ZERO || p == F::ZERO || g == F::ZERO {
         return Ok(F::ZERO);
     }
-    let snr = p * g / n0 / b;
-    if snr.is_finite() && snr > F::ZERO {
-        return Ok(b * snr.log2_1p());
+    // Directly when every intermediate is a normal number (full precision).
+    let normal = |x: F| x.is_finite() && x >= F::MIN_POSITIVE;
+    let (pg, nb) = (p * g, n0 * b);
+    if normal(pg) && normal(nb) {
+        let snr = pg / nb;
+        if normal(snr) {
+            return Ok(b * snr.log2_1p());
+        }
     }
     // Overflow or underflow on the way (of `p·g`, say, while the SNR itself
     // is moderate), or of the SNR itself: work with logarithms.
     let log_snr = p.log2() + g.log2() - n0.log2() - b.log2();
-    let snr = F::from_f64(2.0).powf(log_snr);
-    if snr.is_finite() && snr > F::ZERO {
+    let two = F::from_f64(2.0);
+    let snr = two.powf(log_snr);
+    if normal(snr) {
         Ok(b * snr.log2_1p())
     } else if log_snr > F::ZERO {
         Ok(b * log_snr) // log2(1+x) ≈ log2(x) when x is astronomically large
     } else {
         // log2(1+x) ≈ x / ln 2 for x → 0: b·x = 2^(log2 b + log2 x), a tiny rate or 0.
-        Ok(F::from_f64(2.0).powf(b.log2() + log_snr) * F::from_f64(core::f64::consts::LOG2_E))
+        Ok(two.powf(b.log2() + log_snr) * F::from_f64(core::f64::consts::LOG2_E))
     }
 }
 
@@ -178,6 +184,18 @@ fn breakpoint_m<F: Float>(h_bs_m: F, h_ut_m: F, f_ghz: F) -> F {
         * (h_ut_m - one)
         * f_ghz
         * F::from_f64(1e9 / SPEED_OF_LIGHT_M_PER_S)
+}
+
+/// `log10(sqrt(a² + b²))` without overflow or underflow of the squares.
+fn log10_hypot<F: Float>(a: F, b: F) -> F {
+    let abs = |x: F| if x < F::ZERO { -x } else { x };
+    let (a, b) = (abs(a), abs(b));
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    if hi == F::ZERO {
+        return F::ZERO.log10();
+    }
+    let r = lo / hi;
+    hi.log10() + F::HALF * (F::ONE + r * r).log10()
 }
 
 fn check_f_d<F: Float>(f_ghz: F, d2d_m: F) -> Result<(F, F), Error> {
@@ -257,19 +275,19 @@ impl<F: Float> Uma<F> {
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
         let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
         let dh = self.bs_height_m - self.ut_height_m;
-        let d3d = (d2d * d2d + dh * dh).sqrt();
+        let log_d3d = log10_hypot(d2d, dh);
         let lf = F::from_f64(20.0) * f.log10();
         let dbp = breakpoint_m(self.bs_height_m, self.ut_height_m, f);
         let pl_los = if d2d <= dbp {
-            F::from_f64(28.0) + F::from_f64(22.0) * d3d.log10() + lf
+            F::from_f64(28.0) + F::from_f64(22.0) * log_d3d + lf
         } else {
-            F::from_f64(28.0) + F::from_f64(40.0) * d3d.log10() + lf
-                - F::from_f64(9.0) * (dbp * dbp + dh * dh).log10()
+            F::from_f64(28.0) + F::from_f64(40.0) * log_d3d + lf
+                - F::from_f64(9.0) * F::from_f64(2.0) * log10_hypot(dbp, dh)
         };
         if los {
             return Ok(pl_los);
         }
-        let pl_nlos = F::from_f64(13.54) + F::from_f64(39.08) * d3d.log10() + lf
+        let pl_nlos = F::from_f64(13.54) + F::from_f64(39.08) * log_d3d + lf
             - F::from_f64(0.6) * (self.ut_height_m - F::from_f64(1.5));
         Ok(pl_los.max_of(pl_nlos))
     }
@@ -288,8 +306,10 @@ impl<F: Float> Uma<F> {
             ((h - F::from_f64(13.0)) / F::from_f64(10.0)).powf(F::from_f64(1.5))
         };
         let base = c18 / d + (-d / F::from_f64(63.0)).exp() * (F::ONE - c18 / d);
-        let r = d / F::from_f64(100.0);
-        let corr = F::ONE + c_h * F::from_f64(1.25) * r * r * r * (-d / F::from_f64(150.0)).exp();
+        // (d/100)³·e^(−d/150) as one exponential: no ∞·0 for huge d.
+        let r3_decay =
+            (F::from_f64(3.0) * (d / F::from_f64(100.0)).ln() - d / F::from_f64(150.0)).exp();
+        let corr = F::ONE + c_h * F::from_f64(1.25) * r3_decay;
         Ok((base * corr).min_of(F::ONE))
     }
 }
@@ -333,20 +353,20 @@ impl<F: Float> UmiStreetCanyon<F> {
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
         let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
         let dh = self.bs_height_m - self.ut_height_m;
-        let d3d = (d2d * d2d + dh * dh).sqrt();
+        let log_d3d = log10_hypot(d2d, dh);
         let lf = F::from_f64(20.0) * f.log10();
         let dbp = breakpoint_m(self.bs_height_m, self.ut_height_m, f);
         let pl_los = if d2d <= dbp {
-            F::from_f64(32.4) + F::from_f64(21.0) * d3d.log10() + lf
+            F::from_f64(32.4) + F::from_f64(21.0) * log_d3d + lf
         } else {
-            F::from_f64(32.4) + F::from_f64(40.0) * d3d.log10() + lf
-                - F::from_f64(9.5) * (dbp * dbp + dh * dh).log10()
+            F::from_f64(32.4) + F::from_f64(40.0) * log_d3d + lf
+                - F::from_f64(9.5) * F::from_f64(2.0) * log10_hypot(dbp, dh)
         };
         if los {
             return Ok(pl_los);
         }
         let pl_nlos =
-            F::from_f64(22.4) + F::from_f64(35.3) * d3d.log10() + F::from_f64(21.3) * f.log10()
+            F::from_f64(22.4) + F::from_f64(35.3) * log_d3d + F::from_f64(21.3) * f.log10()
                 - F::from_f64(0.3) * (self.ut_height_m - F::from_f64(1.5));
         Ok(pl_los.max_of(pl_nlos))
     }

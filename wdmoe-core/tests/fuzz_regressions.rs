@@ -56,7 +56,10 @@ fn latency_floor_with_overflowing_products_is_finite() {
     let dev = DeviceLink::new(3e38_f32, 3e38, 3e38, 3e38, 1.0).unwrap();
     let floor = model.latency_floor_s(&dev);
     // 3e38·3e38·ln2 / (3e38·3e38) = ln 2 per direction.
-    assert!((floor - 2.0 * core::f32::consts::LN_2).abs() < 1e-4, "{floor}");
+    assert!(
+        (floor - 2.0 * core::f32::consts::LN_2).abs() < 1e-4,
+        "{floor}"
+    );
     let t = model.expert_latency_s(&dev, 1.0).unwrap();
     assert!(floor <= t * 1.0001, "floor {floor} above latency {t}");
 }
@@ -68,7 +71,11 @@ fn latency_floor_with_overflowing_products_is_finite() {
 fn shannon_rate_with_underflowing_power_gain_product() {
     let m = f64::MIN_POSITIVE; // 2^-1022: m·m underflows, m·m/(m·m) = SNR 1
     let r1 = link::shannon_rate_bps(m, m, m, m).unwrap();
-    assert!((r1 / m - 1.0).abs() < 1e-12, "SNR 1: B·log2(2) = B, got {}", r1 / m);
+    assert!(
+        (r1 / m - 1.0).abs() < 1e-12,
+        "SNR 1: B·log2(2) = B, got {}",
+        r1 / m
+    );
     let r2 = link::shannon_rate_bps(m, m, 2.0 * m, m).unwrap();
     assert!((r2 / m - 3f64.log2()).abs() < 1e-12, "SNR 2: B·log2(3)");
     assert!(r2 >= r1);
@@ -76,4 +83,57 @@ fn shannon_rate_with_underflowing_power_gain_product() {
     let m = f32::MIN_POSITIVE;
     let r = link::shannon_rate_bps(m, m, m, m).unwrap();
     assert!((r / m - 1.0).abs() < 1e-5, "{}", r / m);
+}
+
+/// link_latency: with an SNR of 2.8e-44 (an `f32` subnormal, ~5 % precision)
+/// the rate, and so the latency, was 1.5 % off: the latency came out below
+/// the unlimited-bandwidth floor. Subnormal intermediates now go through the
+/// log domain.
+#[test]
+fn shannon_rate_with_subnormal_snr_keeps_precision() {
+    let gu = f32::from_bits(940689368476024831_u64 as u32); // 2.7756e-17
+    let r = link::shannon_rate_bps(1e13_f32, 0.1, gu, 1e13).unwrap();
+    let want = 1e13_f64 * (0.1 * gu as f64 / 1e26) / core::f64::consts::LN_2;
+    assert!((r as f64 / want - 1.0).abs() < 1e-4, "{r} vs {want}");
+    let model = LatencyModel::new(1.0_f32, 1e13, 1e13).unwrap();
+    let dev = DeviceLink::new(1e13_f32, 1e13, 0.1, gu, 1e13).unwrap();
+    let t = model.expert_latency_s(&dev, 1e13).unwrap();
+    let floor = model.latency_floor_s(&dev);
+    assert!(floor <= t * 1.0001, "floor {floor} above latency {t}");
+}
+
+/// link_latency: UMa `los_probability` at d = 2.5e33 m with a 20 m terminal
+/// was NaN in f32: `(d/100)³ = ∞` times `e^(−d/150) = 0`.
+#[test]
+fn uma_los_probability_at_huge_distance_is_not_nan() {
+    let uma = link::Uma::new(25.0_f32, 20.0).unwrap();
+    for d in [2.5e33_f32, f32::MAX, 1e7, 450.0] {
+        let p = uma.los_probability(d).unwrap();
+        assert!((0.0..=1.0).contains(&p), "d = {d}: {p}");
+    }
+    // Unchanged at ordinary distances: 18/200 + e^(−200/63)(1 − 18/200) = 0.12804,
+    // times 1 + ((20−13)/10)^1.5 · 1.25 · 2³ · e^(−4/3)
+    //         = 1 + 0.585662 · 10 · 0.263597 = 2.543788 → 0.325726.
+    let p = uma.los_probability(200.0).unwrap();
+    assert!((p - 0.325726).abs() < 1e-5, "{p}");
+}
+
+/// link_latency: UMi path loss at `d = f64::MAX` with a huge base-station
+/// height was NaN (`d²` and `d_BP²` overflowed, then ∞ − ∞).
+#[test]
+fn path_loss_at_huge_distance_and_height_is_not_nan() {
+    let h_bs = f64::from_bits(7744902093301574507);
+    let umi = link::UmiStreetCanyon::new(h_bs, 107.0 / 16.0).unwrap();
+    for los in [true, false] {
+        let pl = umi.path_loss_db(127.0 / 16.0, f64::MAX, los).unwrap();
+        assert!(!pl.is_nan(), "LOS {los}");
+    }
+    let uma = link::Uma::new(f64::MAX, 22.5).unwrap();
+    for d in [10.0, 1e200, f64::MAX] {
+        for los in [true, false] {
+            assert!(!uma.path_loss_db(100.0, d, los).unwrap().is_nan());
+        }
+    }
+    let uma = link::Uma::new(3e38_f32, 22.5).unwrap();
+    assert!(!uma.path_loss_db(100.0, f32::MAX, true).unwrap().is_nan());
 }
