@@ -579,15 +579,6 @@ impl Scenario {
                 format!("at most {MAX_EXPERTS} devices (got {n})"),
             ));
         }
-        if m.top_k == 0 || m.top_k > n {
-            return Err(err(
-                "model.top_k",
-                format!(
-                    "must be in 1..={n} (the number of devices), got {}",
-                    m.top_k
-                ),
-            ));
-        }
         let r = &self.radio;
         check_range("radio.carrier_ghz", r.carrier_ghz, 1e-3, 1e3, false)?;
         check_positive("radio.carrier_ghz", r.carrier_ghz)?;
@@ -612,6 +603,15 @@ impl Scenario {
             )?;
             check_non_negative(&format!("devices[{i}].tx_power_w"), d.tx_power_w)?;
             check_positive(&format!("devices[{i}].compute_tflops"), d.compute_tflops)?;
+        }
+        if m.top_k == 0 || m.top_k > n {
+            return Err(err(
+                "model.top_k",
+                format!(
+                    "must be in 1..={n} (the number of devices), got {}",
+                    m.top_k
+                ),
+            ));
         }
         let c = &self.channel;
         if c.path_loss != PathLoss::FreeSpace {
@@ -708,6 +708,9 @@ fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
             table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
             break;
         }
+    }
+    if !line.starts_with('[') && !line.contains('=') {
+        return "<file>".to_string();
     }
     let key = if line.starts_with('[') {
         line.trim_matches(|c| c == '[' || c == ']')

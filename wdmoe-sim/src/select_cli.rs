@@ -13,7 +13,7 @@
 //! ```
 //! use wdmoe_sim::select_cli::process_line;
 //! let out = process_line(r#"{"logits":[0.5,1.0,-2.0,0.0],"latency_s":[0.01,0.1,0.01,"inf"],"k":2,"theta":0.2}"#);
-//! assert_eq!(out, Ok(r#"{"experts":[0],"weights":[1.0],"kappa":0.1415395152131278,"dropped":[1],"fallback":false}"#.to_string()));
+//! assert_eq!(out, Ok(r#"{"experts":[0],"weights":[1.0],"kappa":0.14153667448865265,"dropped":[1],"fallback":false}"#.to_string()));
 //! assert!(process_line("{}").unwrap_err().starts_with(r#"{"error":"#));
 //! ```
 
