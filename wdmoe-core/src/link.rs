@@ -130,7 +130,9 @@ pub fn noise_power_w<F: Float>(
 ///
 /// `bandwidth_hz = 0`, `tx_power_w = 0` or `gain = 0` give a rate of 0 (the
 /// device is unreachable: its latency is `+∞`). Accurate at very low SNR
-/// (uses `log2(1+x)`) and at extreme SNR (evaluated in the log domain).
+/// (uses `log2(1+x)`) and at extreme SNR (evaluated in the log domain). A
+/// rate that overflows the float type (bandwidths near its maximum) is
+/// [`Error::OutOfRange`], never `+∞` (which would make a latency 0).
 ///
 /// ```
 /// use wdmoe_core::link::shannon_rate_bps;
@@ -151,13 +153,25 @@ pub fn shannon_rate_bps<F: Float>(
     if b == F::ZERO || p == F::ZERO || g == F::ZERO {
         return Ok(F::ZERO);
     }
+    let r = shannon_rate_unchecked(b, p, g, n0);
+    if r.is_finite() {
+        Ok(r)
+    } else {
+        // Only bandwidths near the float maximum get here (log2(1+SNR) ≤ 1024).
+        Err(Error::OutOfRange("bandwidth_hz (the rate overflows)"))
+    }
+}
+
+/// Equations (2)/(3) for `b, p, g > 0` finite and `n0 > 0` finite; may
+/// overflow to `+∞` for absurd bandwidths.
+fn shannon_rate_unchecked<F: Float>(b: F, p: F, g: F, n0: F) -> F {
     // Directly when every intermediate is a normal number (full precision).
     let normal = |x: F| x.is_finite() && x >= F::MIN_POSITIVE;
     let (pg, nb) = (p * g, n0 * b);
     if normal(pg) && normal(nb) {
         let snr = pg / nb;
         if normal(snr) {
-            return Ok(b * snr.log2_1p());
+            return b * snr.log2_1p();
         }
     }
     // Overflow or underflow on the way (of `p·g`, say, while the SNR itself
@@ -166,12 +180,12 @@ pub fn shannon_rate_bps<F: Float>(
     let two = F::from_f64(2.0);
     let snr = two.powf(log_snr);
     if normal(snr) {
-        Ok(b * snr.log2_1p())
+        b * snr.log2_1p()
     } else if log_snr > F::ZERO {
-        Ok(b * log_snr) // log2(1+x) ≈ log2(x) when x is astronomically large
+        b * log_snr // log2(1+x) ≈ log2(x) when x is astronomically large
     } else {
         // log2(1+x) ≈ x / ln 2 for x → 0: b·x = 2^(log2 b + log2 x), a tiny rate or 0.
-        Ok(two.powf(b.log2() + log_snr) * F::from_f64(core::f64::consts::LOG2_E))
+        two.powf(b.log2() + log_snr) * F::from_f64(core::f64::consts::LOG2_E)
     }
 }
 

@@ -137,3 +137,19 @@ fn path_loss_at_huge_distance_and_height_is_not_nan() {
     let uma = link::Uma::new(3e38_f32, 22.5).unwrap();
     assert!(!uma.path_loss_db(100.0, f32::MAX, true).unwrap().is_nan());
 }
+
+/// link_latency: a bandwidth of `f64::MAX` Hz made the Shannon rate `+∞`
+/// and so the latency of a 1.8e308-bit payload 0 s (below its floor). A rate
+/// that overflows is now an error.
+#[test]
+fn overflowing_rate_is_an_error_not_a_zero_latency() {
+    assert!(link::shannon_rate_bps(f64::MAX, 1e300, 1.0, 1e-300).is_err());
+    assert!(link::shannon_rate_bps(f32::MAX, f32::MAX, f32::MAX, 7.625).is_err());
+    let model = LatencyModel::new(f32::MAX, f32::EPSILON, 7.625).unwrap();
+    let dev = DeviceLink::new(f32::MAX, f32::MAX, f32::MAX, f32::MAX, f32::MAX).unwrap();
+    assert!(model.expert_latency_s(&dev, f32::MAX).is_err());
+    // Ordinary bandwidths are unaffected.
+    assert!(link::shannon_rate_bps(1e300_f64, 10.0, 1e-9, 4e-21)
+        .unwrap()
+        .is_finite());
+}
