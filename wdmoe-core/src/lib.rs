@@ -63,6 +63,63 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## C ABI (feature `capi`)
+//! With the cargo feature `capi` the crate exports `extern "C"` entry points,
+//! each in `f32` (`_f32`) and `f64` (`_f64`): the policy (`wdmoe_select_*`,
+//! `wdmoe_top_k_*`, `wdmoe_kappa_*`, `wdmoe_wlr_per_s_*`), the link model
+//! (dB/dBm conversions, free-space, UMa and UMi path loss and LOS
+//! probabilities, channel gain, noise, `wdmoe_shannon_rate_bps_*`), the
+//! compute and latency model (`wdmoe_expert_flops_per_token_*`,
+//! `wdmoe_payload_bits_*`, `wdmoe_expert_latency_s_*`,
+//! `wdmoe_device_latency_s_*`, token, prompt and batched latency) and the
+//! bandwidth split (`wdmoe_even_split_bandwidth_hz_*`,
+//! `wdmoe_min_max_bandwidth_hz_*`). The hand-written header
+//! `include/wdmoe.h` documents every function with units in every name.
+//!
+//! - Every function returns an `int` status: `WDMOE_OK` (0), or a distinct
+//!   negative code per [`Error`] variant, plus `WDMOE_ERR_NULL_POINTER` and
+//!   `WDMOE_ERR_MISALIGNED_POINTER`; `wdmoe_status_message` describes each.
+//! - Arrays are pointer + length, at most 256 experts per call
+//!   (`WDMOE_MAX_EXPERTS`; beyond: `WDMOE_ERR_CAPACITY_EXCEEDED`). Results
+//!   go to caller-provided out-structs and arrays, written only on success.
+//! - Null and misaligned pointers and bad lengths are errors, checked before
+//!   anything is read; inputs are copied to the stack before outputs are
+//!   written. The FFI module is the crate's only unsafe code (the crate is
+//!   `forbid(unsafe_code)` without `capi`, `deny` with it).
+//!
+//! The static library is built with
+//!
+//! ```text
+//! CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_LTO=fat \
+//!   cargo rustc -p wdmoe-core --release --features capi --crate-type staticlib \
+//!   -- --cfg wdmoe_staticlib
+//! ```
+//!
+//! A `no_std` static library needs a `#[panic_handler]`; `--cfg
+//! wdmoe_staticlib`, given by `cargo rustc` to this crate alone, adds one (it
+//! spins; no entry point can panic). It is a `--cfg`, not a cargo feature,
+//! on purpose: features are additive, so `cargo test --all-features` would
+//! put the handler into the rlib that the `std` test binaries link, and
+//! they would fail with a duplicate `panic_impl` lang item. Fat LTO removes
+//! the precompiled `core`'s reference to `rust_eh_personality`, so the
+//! archive links with a plain `cc ... -lm`. `examples/c/build_and_run.sh`
+//! does all of this and runs `examples/c/main.c`, which checks every entry
+//! point in both precisions against hand-computed values (CI: `.ci/core.sh`).
+//!
+//! ## Proof that it is `no_std` and heap-free
+//! `#![no_std]` alone proves little (a dependency could still pull in `std`
+//! or `alloc`). `tests/no_std_smoke/` is a separate crate, a `#![no_std]`,
+//! `#![no_main]` binary with `panic = "abort"`, its own `#[panic_handler]`
+//! and no global allocator, that calls [`select::select`],
+//! [`select::top_k`], the link, latency and bandwidth functions in `f32`.
+//! If anything needed `std` or `alloc` it would not link. Its
+//! `check.sh` builds it for the host (where it also runs it: exit status 0
+//! means every check passed) and, when the target is installed, for
+//! `thumbv7em-none-eabihf` (Cortex-M4F, no OS); it then verifies with `nm`
+//! that the binaries contain the policy and no allocator symbol
+//! (`__rust_alloc`, `malloc`, ... ). The bare-metal `f32` build of the
+//! policy and models is about 12 KiB of code.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(feature = "capi"), forbid(unsafe_code))]
 #![cfg_attr(feature = "capi", deny(unsafe_code))]
