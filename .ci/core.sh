@@ -29,7 +29,7 @@ bash wdmoe-core/examples/c/build_and_run.sh
 step "no_std proof: bare-metal smoke binary"
 # The Cortex-M target is a bonus: try to add it, carry on without it.
 if ! rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf; then
-  timeout 120 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 ||
+  timeout 60 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 ||
     echo "(could not add thumbv7em-none-eabihf; the hosted no_std build is checked)"
 fi
 bash wdmoe-core/tests/no_std_smoke/check.sh
