@@ -311,8 +311,7 @@ impl ChannelRealisation<'_> {
         self.advance(slot);
         self.links.clear();
         self.reach.clear();
-        let mut left = vec![0u32; 0];
-        left.extend((0..m.n).map(|q| self.outage_left(q, slot)));
+        let mut left: Vec<u32> = (0..m.n).map(|q| self.outage_left(q, slot)).collect();
         if left.iter().all(|&l| l > 0) {
             // Keep the device whose outage ends first up (ties: lowest index).
             let mut best = 0;
@@ -324,8 +323,8 @@ impl ChannelRealisation<'_> {
             left[best] = 0;
             self.suppressed += 1;
         }
-        for q in 0..m.n {
-            if left[q] > 0 {
+        for (q, &l) in left.iter().enumerate() {
+            if l > 0 {
                 continue;
             }
             let gd = link::channel_power_gain(self.pl_db[q], self.fading_power(2 * q))?;
