@@ -987,3 +987,95 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
         core::hint::spin_loop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_own_negative_code_and_message() {
+        let errors = [
+            Error::NaN("x"),
+            Error::NotPositive("x"),
+            Error::Negative("x"),
+            Error::NotFinite("x"),
+            Error::LatencyNotPositive,
+            Error::KOutOfRange,
+            Error::ThetaOutOfRange,
+            Error::CapacityExceeded,
+            Error::LengthMismatch,
+            Error::Empty,
+            Error::NoReachableExpert,
+            Error::OutOfRange("x"),
+            Error::Infeasible,
+        ];
+        let mut codes: std::vec::Vec<c_int> = errors.iter().map(|&e| status_of(e)).collect();
+        codes.extend([WDMOE_ERR_NULL_POINTER, WDMOE_ERR_MISALIGNED_POINTER]);
+        let unknown = unsafe { CStr::from_ptr(wdmoe_status_message(-1000)) };
+        for &c in &codes {
+            assert!(c < 0);
+            let msg = unsafe { CStr::from_ptr(wdmoe_status_message(c)) };
+            assert_ne!(msg, unknown, "code {c}");
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), errors.len() + 2);
+    }
+
+    #[test]
+    fn bad_lengths_and_pointers_are_refused_before_any_read() {
+        // A dangling (but aligned, non-null) pointer with an absurd length:
+        // the length check must come first, so nothing is dereferenced.
+        let dangling = core::ptr::NonNull::<f64>::dangling().as_ptr();
+        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+        let code = unsafe {
+            wdmoe_select_f64(dangling, dangling, usize::MAX, 2, 0.2, 1, out.as_mut_ptr())
+        };
+        assert_eq!(code, WDMOE_ERR_CAPACITY_EXCEEDED);
+        let mut x = -1.0_f64;
+        let code = unsafe { wdmoe_sequential_prompt_latency_s_f64(dangling, usize::MAX, &mut x) };
+        assert_eq!(code, WDMOE_ERR_CAPACITY_EXCEEDED);
+        assert_eq!(x, -1.0, "untouched on error");
+        let buf = [0.0_f64; 4];
+        let misaligned = (buf.as_ptr() as *const u8).wrapping_add(1) as *const f64;
+        let code = unsafe { wdmoe_kappa_f64(misaligned, buf.as_ptr(), 2, &mut x) };
+        assert_eq!(code, WDMOE_ERR_MISALIGNED_POINTER);
+        let code = unsafe { wdmoe_kappa_f64(core::ptr::null(), buf.as_ptr(), 2, &mut x) };
+        assert_eq!(code, WDMOE_ERR_NULL_POINTER);
+        let code = unsafe { wdmoe_free_space_path_loss_db_f32(3.5, 100.0, core::ptr::null_mut()) };
+        assert_eq!(code, WDMOE_ERR_NULL_POINTER);
+    }
+
+    #[test]
+    fn inputs_and_outputs_may_overlap() {
+        // WLR in place: weights are overwritten by the ratios.
+        let mut w = [0.5_f32, 0.3, 0.2];
+        let t = [0.1_f32, 0.3, f32::INFINITY];
+        let p = w.as_mut_ptr();
+        assert_eq!(
+            unsafe { wdmoe_wlr_per_s_f32(p, t.as_ptr(), 3, p) },
+            WDMOE_OK
+        );
+        assert_eq!(w, [5.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn selection_matches_the_rust_api() {
+        let z = [0.5_f64, 1.0, -2.0, 0.0];
+        let t = [0.010_f64, 0.100, 0.010, 0.010];
+        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+        let code =
+            unsafe { wdmoe_select_f64(z.as_ptr(), t.as_ptr(), 4, 2, 0.2, 1, out.as_mut_ptr()) };
+        assert_eq!(code, WDMOE_OK);
+        let c = unsafe { out.assume_init() };
+        let policy = Policy::new(2, 0.2, 1).unwrap();
+        let s = select::select::<f64, 8>(&policy, &z, &t).unwrap();
+        assert_eq!(c.n_experts as usize, s.experts().len());
+        assert_eq!(c.experts[0] as usize, s.experts()[0]);
+        assert_eq!(c.weights[0], s.weights()[0]);
+        assert_eq!(c.n_dropped as usize, s.dropped().len());
+        assert_eq!(c.dropped[0] as usize, s.dropped()[0]);
+        assert_eq!((c.has_kappa, Some(c.kappa)), (1, s.kappa()));
+        assert_eq!(c.fallback, 0);
+    }
+}

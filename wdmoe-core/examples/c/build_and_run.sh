@@ -35,3 +35,15 @@ test -f "$lib"
 
 # The panic handler spins (firmware style); a timeout turns a hang into a failure.
 timeout 60 "$out/wdmoe_c_example"
+
+# The same program under AddressSanitizer and UndefinedBehaviorSanitizer, when
+# the C toolchain has them (skipped otherwise): catches out-of-bounds writes
+# through the out-pointers and layout mismatches between header and library.
+if "${CC:-cc}" -std=c11 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+  -I "$root/wdmoe-core/include" -I "$here" \
+  "$here/main.c" "$lib" -lm -o "$out/wdmoe_c_example_san" 2>/dev/null; then
+  ASAN_OPTIONS=detect_leaks=0 timeout 120 "$out/wdmoe_c_example_san"
+  echo "(sanitized build: ok)"
+else
+  echo "(no sanitizer runtime for ${CC:-cc}; sanitized run skipped)"
+fi
