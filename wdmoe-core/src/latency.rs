@@ -114,7 +114,18 @@ impl<F: Float> LatencyModel<F> {
         self.n0_w_per_hz
     }
 
-    /// Downlink and uplink rates [bit/s] of `dev` over `bandwidth_hz`.
+    /// Downlink and uplink rates \[bit/s\] of `dev` over `bandwidth_hz`
+    /// (eq. 2, 3).
+    ///
+    /// ```
+    /// use wdmoe_core::latency::{DeviceLink, LatencyModel};
+    /// let model = LatencyModel::new(65_536.0_f64, 352_393_216.0, 1e-21).unwrap();
+    /// let dev = DeviceLink::new(1.0, 1e-9, 0.1, 1e-9, 1e12).unwrap();
+    /// // SNR down 1·1e-9/(1e-21·1e6) = 1e6, up 1e5, over 1 MHz:
+    /// let (rd, ru) = model.rates_bps(&dev, 1e6).unwrap();
+    /// assert!((rd - 1e6 * 1_000_001f64.log2()).abs() < 1e-6);
+    /// assert!((ru - 1e6 * 100_001f64.log2()).abs() < 1e-6);
+    /// ```
     pub fn rates_bps(&self, dev: &DeviceLink<F>, bandwidth_hz: F) -> Result<(F, F), Error> {
         let rd = crate::link::shannon_rate_bps(
             bandwidth_hz,
@@ -133,6 +144,17 @@ impl<F: Float> LatencyModel<F> {
 
     /// Equation (6) for one token: `L_comm/R_d + L_comp/C_q + L_comm/R_u` \[s\];
     /// `+∞` when a rate is 0.
+    ///
+    /// ```
+    /// use wdmoe_core::latency::{DeviceLink, LatencyModel};
+    /// let model = LatencyModel::new(65_536.0_f64, 352_393_216.0, 1e-21).unwrap();
+    /// let dev = DeviceLink::new(1.0, 1e-9, 0.1, 1e-9, 1e12).unwrap();
+    /// // 65,536/19.93e6 + 352,393,216/1e12 + 65,536/16.61e6 = 7.5861 ms
+    /// let t = model.expert_latency_s(&dev, 1e6).unwrap();
+    /// assert!((t - 7.586100e-3).abs() < 1e-9);
+    /// let dead = DeviceLink::new(1.0, 0.0, 0.1, 1e-9, 1e12).unwrap();
+    /// assert_eq!(model.expert_latency_s(&dead, 1e6).unwrap(), f64::INFINITY);
+    /// ```
     pub fn expert_latency_s(&self, dev: &DeviceLink<F>, bandwidth_hz: F) -> Result<F, Error> {
         let (rd, ru) = self.rates_bps(dev, bandwidth_hz)?;
         expert_latency_s(
@@ -147,6 +169,14 @@ impl<F: Float> LatencyModel<F> {
     /// The latency \[s\] the device approaches with unlimited bandwidth:
     /// `L_comp/C_q + L_comm·N0·ln2/(P_d·g_d²) + L_comm·N0·ln2/(P_u·g_u²)`
     /// (`+∞` for a zero power or gain).
+    ///
+    /// ```
+    /// use wdmoe_core::latency::{DeviceLink, LatencyModel};
+    /// let model = LatencyModel::new(65_536.0_f64, 352_393_216.0, 1e-21).unwrap();
+    /// let dev = DeviceLink::new(1.0, 1e-9, 0.1, 1e-9, 1e12).unwrap();
+    /// // 352.393216 µs + 65,536·1e-21·ln2/1e-9 + 65,536·1e-21·ln2/1e-10 = 352.8929 µs
+    /// assert!((model.latency_floor_s(&dev) - 3.528929e-4).abs() < 1e-10);
+    /// ```
     pub fn latency_floor_s(&self, dev: &DeviceLink<F>) -> F {
         let ln2 = F::from_f64(core::f64::consts::LN_2);
         let c = self.payload_bits * self.n0_w_per_hz * ln2;
