@@ -67,7 +67,8 @@ typedef enum wdmoe_status {
     WDMOE_ERR_LENGTH_MISMATCH = -11,     /* input lengths differ */
     WDMOE_ERR_EMPTY = -12,               /* an input array is empty */
     WDMOE_ERR_NO_REACHABLE_EXPERT = -13, /* every latency is +inf */
-    WDMOE_ERR_OUT_OF_RANGE = -14,        /* outside a model's valid range (e.g. 3GPP f, heights, expert index) */
+    WDMOE_ERR_OUT_OF_RANGE = -14,        /* outside a model's valid range (3GPP f, heights, expert
+                                            index) or a result overflows the float type */
     WDMOE_ERR_INFEASIBLE = -15           /* no bandwidth allocation gives finite latencies */
 } wdmoe_status;
 
@@ -235,7 +236,8 @@ int wdmoe_noise_power_w_f64(double n0_dbm_per_hz, double bandwidth_hz,
                             double noise_figure_db, double *out_w);
 
 /* Eq. (2), (3): B log2(1 + P g^2 / (N0 B)) [bit/s]; a zero bandwidth, power
- * or gain gives 0. */
+ * or gain gives 0; a rate that overflows the float type (absurd bandwidths)
+ * is WDMOE_ERR_OUT_OF_RANGE. */
 int wdmoe_shannon_rate_bps_f32(float bandwidth_hz, float tx_power_w, float gain,
                                float n0_w_per_hz, float *out_bps);
 int wdmoe_shannon_rate_bps_f64(double bandwidth_hz, double tx_power_w, double gain,
