@@ -5,7 +5,8 @@
 #  1. tests of the core with the C ABI compiled in (feature capi);
 #  2. clippy with every feature and target, and warning-free rustdoc;
 #  3. the C example: static library + include/wdmoe.h + cc, run with asserts;
-#  4. the no_std proof: the bare-metal smoke binary, symbol check, run.
+#  4. the no_std proof: the bare-metal smoke binary, symbol check, run;
+#  5. Miri over the unsafe FFI code, where the miri component is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -33,3 +34,10 @@ if ! rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf
     echo "(could not add thumbv7em-none-eabihf; the hosted no_std build is checked)"
 fi
 bash wdmoe-core/tests/no_std_smoke/check.sh
+
+step "Miri over the FFI module's tests (only when the miri component is installed)"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  cargo +nightly miri test -p wdmoe-core --features capi --lib
+else
+  echo "SKIP: cargo +nightly miri not available (rustup +nightly component add miri rust-src)"
+fi

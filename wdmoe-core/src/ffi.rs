@@ -1060,6 +1060,70 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_and_latency_entry_points() {
+        let model = LatencyModelC {
+            payload_bits: 65_536.0_f64,
+            flops_per_token: 352_393_216.0,
+            n0_w_per_hz: 3.98e-21,
+        };
+        let dev = |g: f64| DeviceLinkC {
+            tx_power_down_w: 10.0,
+            gain_down: g,
+            tx_power_up_w: 0.2,
+            gain_up: g,
+            compute_flops_per_s: 2e12,
+        };
+        let devices = [dev(1e-8), dev(1e-11)];
+        let (mut b, mut worst) = ([0.0_f64; 2], 0.0_f64);
+        let code = unsafe {
+            wdmoe_min_max_bandwidth_hz_f64(
+                &model,
+                devices.as_ptr(),
+                2,
+                20e6,
+                b.as_mut_ptr(),
+                &mut worst,
+            )
+        };
+        assert_eq!(code, WDMOE_OK);
+        assert!(b[1] > b[0] && ((b[0] + b[1]) / 20e6 - 1.0).abs() < 1e-12);
+        let mut even = 0.0;
+        let code = unsafe { wdmoe_device_latency_s_f64(&model, &devices[1], 10e6, &mut even) };
+        assert_eq!(code, WDMOE_OK);
+        assert!(worst < even);
+        let code = unsafe {
+            wdmoe_min_max_bandwidth_hz_f64(
+                &model,
+                devices.as_ptr(),
+                257,
+                20e6,
+                b.as_mut_ptr(),
+                &mut worst,
+            )
+        };
+        assert_eq!(code, WDMOE_ERR_CAPACITY_EXCEEDED);
+        // 3 tokens × 1 ms vs 1 × 2.5 ms → 3 ms; 0.25 + 0.5 + 0.125 = 0.875.
+        let mut t = 0.0_f32;
+        let code = unsafe {
+            wdmoe_batched_layer_latency_s_f32(
+                [3, 1].as_ptr(),
+                [1e-3_f32, 2.5e-3].as_ptr(),
+                2,
+                &mut t,
+            )
+        };
+        assert_eq!((code, t), (WDMOE_OK, 3e-3));
+        let code = unsafe {
+            wdmoe_sequential_prompt_latency_s_f32([0.25_f32, 0.5, 0.125].as_ptr(), 3, &mut t)
+        };
+        assert_eq!((code, t), (WDMOE_OK, 0.875));
+        let code = unsafe {
+            wdmoe_token_latency_s_f32([0.3_f32, 0.1].as_ptr(), 2, [0_u32, 1].as_ptr(), 2, &mut t)
+        };
+        assert_eq!((code, t), (WDMOE_OK, 0.3));
+    }
+
+    #[test]
     fn selection_matches_the_rust_api() {
         let z = [0.5_f64, 1.0, -2.0, 0.0];
         let t = [0.010_f64, 0.100, 0.010, 0.010];
