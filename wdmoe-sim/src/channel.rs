@@ -16,6 +16,12 @@
 //!   fading power (Rayleigh: K = 0, so `|h|² ~ Exp(1)`; none: `|h|² = 1`).
 //!   The scattered part `s` is redrawn every `coherence_tokens` slots (block
 //!   fading), or evolves as `s ← ρ^Δ s + √(1−ρ^{2Δ}) w` over Δ slots (AR(1)).
+//! * **SNR floor**: a link whose SNR `P·g²/(N0·B)` is below `radio.min_snr_db`
+//!   carries nothing (below the lowest modulation and coding scheme): the
+//!   device is unreachable for that slot. Without a floor (`-inf`, the
+//!   paper's literal Shannon rate), Rayleigh fading gives the latency
+//!   `L/(B·log2(1 + SNR·|h|²))` an infinite mean (`E[1/|h|²] = ∞` near
+//!   deep fades), so Monte-Carlo means of plain top-k never converge.
 //! * **Outages**: a device in outage is unreachable (latency `+∞`). The fault
 //!   model never takes every device down at once: if it would, the device
 //!   whose outage ends first (ties: lowest index) stays up for that slot, and
@@ -56,6 +62,7 @@ pub struct ChannelModel {
     outages: Vec<(usize, u32, u32)>,
     outage_p: f64,
     outage_len: u32,
+    min_snr: f64,
 }
 
 impl ChannelModel {
@@ -108,6 +115,11 @@ impl ChannelModel {
                 .collect(),
             outage_p: c.random_outages.probability_per_token,
             outage_len: c.random_outages.duration_tokens.max(1),
+            min_snr: if s.radio.min_snr_db == f64::NEG_INFINITY {
+                0.0
+            } else {
+                link::db_to_linear(s.radio.min_snr_db)?
+            },
         })
     }
 
@@ -175,6 +187,7 @@ impl ChannelModel {
             outage_until: vec![0; n],
             time: None,
             suppressed: 0,
+            link_outages: 0,
             links: Vec::with_capacity(n),
             reach: Vec::with_capacity(n),
             bw: vec![0.0; n],
@@ -197,6 +210,7 @@ pub struct ChannelRealisation<'a> {
     outage_until: Vec<u32>,
     time: Option<u32>,
     suppressed: u64,
+    link_outages: u64,
     links: Vec<DeviceLink<f64>>,
     reach: Vec<usize>,
     bw: Vec<f64>,
@@ -208,10 +222,16 @@ impl ChannelRealisation<'_> {
         &self.pl_db
     }
 
-    /// How many times the fault model kept a device up so that at least one
-    /// device stayed reachable.
+    /// How many times the fault model or the SNR floor kept a device up so
+    /// that at least one device stayed reachable.
     pub fn suppressed_outages(&self) -> u64 {
         self.suppressed
+    }
+
+    /// Device-slots whose downlink or uplink SNR fell below the floor
+    /// (`radio.min_snr_db`), making the device unreachable for that slot.
+    pub fn link_outages(&self) -> u64 {
+        self.link_outages
     }
 
     fn draw_scatter_all(&mut self) {
@@ -350,11 +370,46 @@ impl ChannelRealisation<'_> {
         if use_even {
             bw.iter_mut().for_each(|b| *b = even);
         }
+        // Below the SNR floor (the lowest modulation and coding scheme) a
+        // link carries nothing: the device is unreachable for this slot. If
+        // that leaves no device, the one closest to the floor is kept.
+        let n0 = m.latency.n0_w_per_hz();
+        let mut best: Option<(usize, f64, f64)> = None;
+        let mut any_up = false;
         for (i, &q) in self.reach.iter().enumerate() {
-            let t = m.latency.expert_latency_s(&self.links[i], bw[i])?;
+            let dev = &self.links[i];
+            let t = m.latency.expert_latency_s(dev, bw[i])?;
             // A reachable device is never +inf: an absurd link budget gives a
-            // huge but finite latency, so outages alone decide reachability.
-            latency_s[q] = if t.is_finite() { t } else { f64::MAX };
+            // huge but finite latency, so reachability is decided here alone.
+            let t = if t.is_finite() { t } else { f64::MAX };
+            let margin = if m.min_snr <= 0.0 {
+                f64::INFINITY
+            } else {
+                let noise_w = n0 * bw[i];
+                let snr = (dev.tx_power_down_w() * dev.gain_down() / noise_w)
+                    .min(dev.tx_power_up_w() * dev.gain_up() / noise_w);
+                if snr.is_nan() {
+                    0.0
+                } else {
+                    snr / m.min_snr
+                }
+            };
+            if margin >= 1.0 {
+                latency_s[q] = t;
+                any_up = true;
+            } else {
+                self.link_outages += 1;
+                if best.is_none_or(|(_, b, _)| margin > b) {
+                    best = Some((q, margin, t));
+                }
+            }
+        }
+        if !any_up {
+            if let Some((q, _, t)) = best {
+                latency_s[q] = t;
+                self.link_outages -= 1;
+                self.suppressed += 1;
+            }
         }
         Ok(())
     }

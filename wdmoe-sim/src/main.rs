@@ -47,8 +47,12 @@ enum Cmd {
     /// the device distances are scaled so the farthest sits at each radius.
     Sensitivity {
         /// Cell radii [m] (distance of the farthest device).
-        #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 450.0, 600.0, 800.0, 1000.0])]
+        #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 600.0, 1000.0, 1500.0])]
         radii_m: Vec<f64>,
+        /// Compute spreads α: `C_q ← g·(C_q/g)^α` around the geometric mean g
+        /// (0: identical devices, 1: the scenario's).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 1.5])]
+        compute_spreads: Vec<f64>,
         /// Start from this scenario file instead of the paper's setup.
         #[arg(long)]
         scenario: Option<PathBuf>,
@@ -155,6 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Sensitivity {
             radii_m,
+            compute_spreads,
             scenario,
             run,
         } => {
@@ -167,7 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
                 None => Scenario::paper(),
             };
-            sensitivity(base, &radii_m, &run)?;
+            sensitivity(base, &radii_m, &compute_spreads, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Select => {
@@ -240,56 +245,74 @@ fn run_sim(sim: &Simulation, a: &RunArgs, progress: &Progress) -> Result<RunRepo
     .map_err(|e| e.to_string())
 }
 
-fn sensitivity(base: Scenario, radii_m: &[f64], a: &RunArgs) -> Result<(), String> {
-    let mut out = String::new();
-    let mut rows = Vec::new();
+fn sensitivity(
+    base: Scenario,
+    radii_m: &[f64],
+    spreads: &[f64],
+    a: &RunArgs,
+) -> Result<(), String> {
+    let mut radius = Vec::new();
     for &r in radii_m {
-        let mut s = wdmoe_sim::sim::scale_cell(&base, r).map_err(|e| e.to_string())?;
+        let s = wdmoe_sim::sim::scale_cell(&base, r).map_err(|e| e.to_string())?;
+        radius.push((format!("{r} m"), s));
+    }
+    let mut compute = Vec::new();
+    for &alpha in spreads {
+        let s = wdmoe_sim::sim::scale_compute_spread(&base, alpha).map_err(|e| e.to_string())?;
+        compute.push((format!("α = {alpha}"), s));
+    }
+    let t1 = sensitivity_table("cell radius (farthest device)", radius, a)?;
+    let t2 = sensitivity_table("compute spread α: C_q ← g·(C_q/g)^α", compute, a)?;
+    print!("{t1}\n{t2}");
+    println!("device latency: eq. (6) per token and layer, no fading, fastest … slowest device; reductions of the mean prompt latency vs plain top-k (θ = 0)");
+    Ok(())
+}
+
+fn sensitivity_table(
+    what: &str,
+    variants: Vec<(String, Scenario)>,
+    a: &RunArgs,
+) -> Result<String, String> {
+    let mut rows = Vec::new();
+    for (label, mut s) in variants {
         apply(&mut s, a);
         s.policies.weight_only_betas.clear();
         s.policies.channel_only = false;
         let sim = Simulation::new(s).map_err(|e| e.to_string())?;
-        let progress = Progress::new(&format!("radius {r} m"), sim.scenario().prompts, !a.quiet);
+        let progress = Progress::new(&label, sim.scenario().prompts, !a.quiet);
         let report = run_sim(&sim, a, &progress)?;
         progress.finish();
         let ch = sim.channel();
-        let n = sim.scenario().n_experts();
-        let lat: Vec<f64> = (0..n)
+        let lat: Vec<f64> = (0..sim.scenario().n_experts())
             .map(|q| ch.nominal_latency_s(q))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
         let lo = lat.iter().cloned().fold(f64::INFINITY, f64::min);
         let hi = lat.iter().cloned().fold(0.0, f64::max);
-        rows.push((r, lo, hi, report));
+        rows.push((label, lo, hi, report));
     }
-    let thetas: Vec<String> = rows
-        .first()
-        .map(|(_, _, _, rep)| {
-            rep.rows
-                .iter()
-                .skip(1)
-                .map(|x| format!("θ={}", x.parameter.unwrap_or(0.0)))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some((_, _, _, rep)) = rows.first() {
-        out.push_str(&format!(
-            "WDMoE latency reduction vs plain top-k against the cell radius | {} | {} prompts × {} tokens | seed {}\n",
-            rep.accounting, rep.prompts, rep.prompt_tokens, rep.seed
-        ));
-    }
+    let mut out = String::new();
+    let Some((_, _, _, first)) = rows.first() else {
+        return Ok(out);
+    };
     out.push_str(&format!(
-        "{:>10}  {:>22}  {:>12}  {}\n",
-        "radius m",
+        "WDMoE latency reduction vs {what} | {} | {} prompts × {} tokens | seed {}\n",
+        first.accounting, first.prompts, first.prompt_tokens, first.seed
+    ));
+    let thetas: Vec<String> = first
+        .rows
+        .iter()
+        .skip(1)
+        .map(|x| format!("{:>8}", format!("θ={}", x.parameter.unwrap_or(0.0))))
+        .collect();
+    out.push_str(&format!(
+        "{:>10}  {:>20}  {:>12}  {}\n",
+        "",
         "device latency ms",
         "top-k mean s",
-        thetas
-            .iter()
-            .map(|t| format!("{t:>8}"))
-            .collect::<Vec<_>>()
-            .join("  ")
+        thetas.join("  ")
     ));
-    for (r, lo, hi, rep) in &rows {
+    for (label, lo, hi, rep) in &rows {
         let red: Vec<String> = rep
             .rows
             .iter()
@@ -297,18 +320,14 @@ fn sensitivity(base: Scenario, radii_m: &[f64], a: &RunArgs) -> Result<(), Strin
             .map(|x| format!("{:>6.1} %", x.reduction_pct))
             .collect();
         out.push_str(&format!(
-            "{:>10}  {:>22}  {:>12.3}  {}\n",
-            r,
-            format!("{:.3} … {:.3}", lo * 1e3, hi * 1e3),
+            "{:>10}  {:>20}  {:>12.3}  {}\n",
+            label,
+            format!("{:.2} … {:.2}", lo * 1e3, hi * 1e3),
             rep.rows[0].mean_s,
             red.join("  ")
         ));
     }
-    out.push_str(
-        "device latency: eq. (6) per token and layer without fading, nearest … farthest device\n",
-    );
-    print!("{out}");
-    Ok(())
+    Ok(out)
 }
 
 fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {

@@ -115,6 +115,11 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
     for row in &rows {
         line(row, &mut s);
     }
+    let _ = writeln!(
+        s,
+        "links below the SNR floor: {:.3} % of device-slots (unreachable for that token)",
+        100.0 * r.link_outage_rate
+    );
     if r.suppressed_outages > 0 {
         let _ = writeln!(
             s,

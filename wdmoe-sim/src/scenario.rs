@@ -15,12 +15,13 @@
 //! |---|---|---|
 //! | `n0_dbm_per_hz` | −174 dBm/Hz | thermal noise at 290 K (SPEC.md) |
 //! | `noise_figure_db` | 7 dB | a typical handset receiver (3GPP UE noise figure 7–9 dB); the paper's formula has none, set 0 to match it literally |
+//! | `min_snr_db` | −7 dB | an SNR floor: below the lowest 5G NR CQI (QPSK, code rate 78/1024, usable down to about −6.7 dB) a link carries nothing and its device is unreachable for that token; without it the paper's Rayleigh + Shannon model gives plain top-k an infinite mean latency (see [`crate::channel`]); `-inf` restores the literal model |
 //! | `bits_per_element` ε | 16 | fp16 hidden states (SPEC.md) |
 //! | `eta_flops` η | 4 | FLOPs of SiLU per element (SPEC.md) |
 //! | device distances | 50 m … 600 m, see [`default_devices`] | a macro cell of 600 m radius, devices spread evenly from the mast to the edge; with the paper's link budget the SNR is high at short range, so the gain comes from the spread of latencies (SPEC.md): `wdmoe sensitivity` prints how it grows with the radius |
-//! | device compute `C_q` | 1.5 … 20 TFLOP/s fp16, see [`default_devices`] | phones, tablets, a Jetson and laptops: the devices an edge MoE would borrow |
+//! | device compute `C_q` | 0.034 … 0.256 TFLOP/s fp16 sustained, see [`default_devices`] | phones, tablets, a Jetson and laptops; one token through one expert is memory-bound, so `C_q` ≈ memory bandwidth × 1 FLOP/byte |
 //! | prompts × tokens | 200 × 128 | long enough for stable percentiles, fast enough for a laptop |
-//! | synthetic router | spread 1.0, stickiness 0.3 | a median `w2/w1` near 0.5 as in Mixtral's router, see [`crate::router`] |
+//! | synthetic router | spread 1.3, layer bias 0.3, stickiness 0.3 | a median `w2/w1` near 0.5 and a mean top-1 weight (of the top-2) near 0.67; the distribution is printed with every run, see [`crate::router`] |
 //!
 //! The full default file is printed by `wdmoe scenario --print-default`.
 
@@ -138,6 +139,10 @@ pub struct RadioConfig {
     pub n0_dbm_per_hz: f64,
     /// Receiver noise figure [dB].
     pub noise_figure_db: f64,
+    /// SNR floor [dB]: a link below it carries nothing, so its device is
+    /// unreachable for that token (link adaptation has no scheme that low).
+    /// `-inf` disables the floor (the paper's literal Shannon rate).
+    pub min_snr_db: f64,
 }
 
 impl Default for RadioConfig {
@@ -149,6 +154,7 @@ impl Default for RadioConfig {
             allocation: Allocation::Even,
             n0_dbm_per_hz: -174.0,
             noise_figure_db: 7.0,
+            min_snr_db: -7.0,
         }
     }
 }
@@ -174,39 +180,43 @@ fn default_device_power() -> f64 {
 }
 
 /// The default eight devices over a macro cell of 600 m radius (distance
-/// [m], compute `C_q` [TFLOP/s] fp16):
+/// [m]; compute `C_q` [TFLOP/s] sustained in fp16 on one token's expert):
 ///
-/// | # | device | distance | C_q |
-/// |---|---|---|---|
-/// | 0 | laptop, RTX 4070-class GPU | 50 m | 20 |
-/// | 1 | flagship phone (Snapdragon 8 Gen 3-class GPU) | 120 m | 4 |
-/// | 2 | tablet (Apple M2-class) | 190 m | 6 |
-/// | 3 | mid-range phone | 260 m | 1.5 |
-/// | 4 | edge box (Jetson AGX Orin-class) | 330 m | 10 |
-/// | 5 | flagship phone | 400 m | 4 |
-/// | 6 | laptop, integrated GPU | 500 m | 3 |
-/// | 7 | mid-range phone at the cell edge | 600 m | 1.5 |
+/// | # | device | memory bandwidth | C_q | distance |
+/// |---|---|---|---|---|
+/// | 0 | laptop, RTX 4070 Laptop-class GPU | 256 GB/s | 0.256 | 50 m |
+/// | 1 | flagship phone (LPDDR5X-9600) | 77 GB/s | 0.077 | 120 m |
+/// | 2 | tablet (Apple M2-class) | 100 GB/s | 0.100 | 190 m |
+/// | 3 | mid-range phone (LPDDR4X) | 34 GB/s | 0.034 | 260 m |
+/// | 4 | edge box (Jetson AGX Orin-class) | 205 GB/s | 0.205 | 330 m |
+/// | 5 | flagship phone | 77 GB/s | 0.077 | 400 m |
+/// | 6 | laptop, integrated GPU (LPDDR5-6400, 128 bit) | 102 GB/s | 0.102 | 500 m |
+/// | 7 | mid-range phone at the cell edge | 34 GB/s | 0.034 | 600 m |
 ///
-/// Compute rates are of the order of the devices' fp16 GPU/NPU peak
-/// throughput, so computing an expert (352 MFLOP) takes 18–235 µs while
-/// moving its 64 kbit each way over 12.5 MHz takes 0.3–1 ms: with these
-/// values the radio dominates, and the spread of latencies comes mostly from
-/// distance and fading. (Sustained batch-1 rates of phones are memory-bound
-/// and ~10× lower; set `compute_tflops` accordingly to study compute-bound
-/// devices.) Distances are spread evenly from near the mast to the edge of a
-/// 600 m cell, the radius at which this reproduction's θ = 0.2 reduction
-/// lands in the paper's range; `wdmoe sensitivity` shows how the gain grows
-/// with the cell radius.
+/// **Compute.** One token through one expert is a batch-1 matrix–vector
+/// product: the expert's `3·m·m_h` = 176 M weights (352 MB in fp16) are read
+/// from memory for `L_comp` ≈ 352 MFLOP (eq. 4), about 1 FLOP per byte, so
+/// the sustained rate is the memory bandwidth × 1 FLOP/byte — a few percent
+/// of the chips' peak fp16 TFLOP/s. An expert then takes 1.4 ms (laptop GPU)
+/// to 10 ms (mid-range phone), while moving its 64 kbit each way over
+/// 12.5 MHz takes 0.3–1 ms: compute heterogeneity is the main source of
+/// latency spread, the radio adds distance and fading. (To model a
+/// compute-bound device — e.g. batched prefill on an NPU — set its
+/// `compute_tflops` to the chip's sustained matrix throughput.)
+///
+/// **Distances** are spread evenly from near the mast to the edge of a 600 m
+/// macro cell. `wdmoe sensitivity` shows how the gain grows with the cell
+/// radius and with the compute spread.
 pub fn default_devices() -> Vec<Device> {
     let d = [
-        ("laptop-dgpu", 50.0, 20.0),
-        ("phone-flagship", 120.0, 4.0),
-        ("tablet", 190.0, 6.0),
-        ("phone-midrange", 260.0, 1.5),
-        ("edge-box", 330.0, 10.0),
-        ("phone-flagship", 400.0, 4.0),
-        ("laptop-igpu", 500.0, 3.0),
-        ("phone-midrange", 600.0, 1.5),
+        ("laptop-dgpu", 50.0, 0.256),
+        ("phone-flagship", 120.0, 0.077),
+        ("tablet", 190.0, 0.100),
+        ("phone-midrange", 260.0, 0.034),
+        ("edge-box", 330.0, 0.205),
+        ("phone-flagship", 400.0, 0.077),
+        ("laptop-igpu", 500.0, 0.102),
+        ("phone-midrange", 600.0, 0.034),
     ];
     d.iter()
         .map(|&(name, distance_m, compute_tflops)| Device {
@@ -371,7 +381,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             kind: RouterKind::Synthetic,
-            spread: 1.0,
+            spread: 1.3,
             layer_bias_std: 0.3,
             stickiness: 0.3,
             trace_path: String::new(),

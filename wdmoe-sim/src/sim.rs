@@ -96,6 +96,33 @@ pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError
     Ok(out)
 }
 
+/// `s` with its devices' compute rates spread by exponent `alpha` around
+/// their geometric mean `g`: `C_q ← g · (C_q / g)^alpha` (0: identical
+/// devices, 1: unchanged, 2: the log-spread doubled). For sensitivity studies.
+///
+/// ```
+/// use wdmoe_sim::{scenario::Scenario, sim::scale_compute_spread};
+/// let s = scale_compute_spread(&Scenario::paper(), 0.0).unwrap();
+/// let c0 = s.devices[0].compute_tflops;
+/// assert!(s.devices.iter().all(|d| (d.compute_tflops - c0).abs() < 1e-12));
+/// ```
+pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, ScenarioError> {
+    if !(alpha.is_finite() && alpha >= 0.0) {
+        return Err(ScenarioError {
+            key: "alpha".into(),
+            reason: format!("must be finite and >= 0 (got {alpha})"),
+        });
+    }
+    let n = s.devices.len().max(1) as f64;
+    let g = (s.devices.iter().map(|d| d.compute_tflops.ln()).sum::<f64>() / n).exp();
+    let mut out = s.clone();
+    for d in &mut out.devices {
+        d.compute_tflops = g * (d.compute_tflops / g).powf(alpha);
+    }
+    out.validate()?;
+    Ok(out)
+}
+
 /// One policy's totals over one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyPromptStats {
@@ -129,6 +156,10 @@ pub struct PromptOutcome {
     pub policies: Vec<PolicyPromptStats>,
     /// Slots where the fault model kept a device up so one stayed reachable.
     pub suppressed_outages: u64,
+    /// Device-slots below the SNR floor (unreachable).
+    pub link_outages: u64,
+    /// Device-slots simulated (devices × channel slots).
+    pub device_slots: u64,
 }
 
 /// One row of a run's table: a policy's statistics over all prompts.
@@ -181,8 +212,10 @@ pub struct RunReport {
     pub router: String,
     /// One row per policy; the first is the reduction baseline.
     pub rows: Vec<PolicyRow>,
-    /// Slots where the fault model kept a device up.
+    /// Slots where the fault model or the SNR floor kept a device up.
     pub suppressed_outages: u64,
+    /// Fraction of device-slots whose link was below the SNR floor.
+    pub link_outage_rate: f64,
 }
 
 /// What [`Simulation::run_decisions`] did, for throughput benchmarks.
@@ -363,12 +396,14 @@ impl Simulation {
         let mut prefill_lat = vec![0.0; n];
         let mut dec = Decision::default();
         let mut steps = 0u64;
+        let mut slots = 0u64;
         let mut token_sum = vec![0.0; np];
         'tokens: for j in 0..s.total_tokens() {
             let prefill = j < s.prompt_tokens;
             let slot = if batched && prefill { 0 } else { j };
             if j == 0 || slot != 0 {
                 chan.latency_at(slot, &mut lat)?;
+                slots += 1;
                 if j == 0 {
                     prefill_lat.copy_from_slice(&lat);
                 }
@@ -433,6 +468,8 @@ impl Simulation {
             PromptOutcome {
                 policies: stats,
                 suppressed_outages: chan.suppressed_outages(),
+                link_outages: chan.link_outages(),
+                device_slots: slots * n as u64,
             },
             steps,
         ))
@@ -502,6 +539,8 @@ impl Simulation {
             router: self.router.describe(),
             rows,
             suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
+            link_outage_rate: outcomes.iter().map(|o| o.link_outages).sum::<u64>() as f64
+                / outcomes.iter().map(|o| o.device_slots).sum::<u64>().max(1) as f64,
         }
     }
 

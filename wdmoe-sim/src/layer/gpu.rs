@@ -351,4 +351,40 @@ mod tests {
             );
         }
     }
+
+    /// Timing of one top-2 layer step at Mixtral size (8 experts, fp16),
+    /// 1 and 16 tokens: total (router to combine, host policy included),
+    /// the experts' kernel time and the rest; medians of 30 steps.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_layer_mixtral_step_timing() {
+        let (m, m_h) = (4096, 14336);
+        let mut layer = GpuLayer::random(Gpu::new(0).unwrap(), m, m_h, 8, 16, 5).unwrap();
+        layer.set_random_input(6).unwrap();
+        let policy = Policy::new(2, 0.0, 1).unwrap();
+        let lat = [0.01f64; 8];
+        for n in [1usize, 16] {
+            let mut tot = Vec::new();
+            let mut exp = Vec::new();
+            for _ in 0..33 {
+                let r = layer.step(n, &policy, &lat).unwrap();
+                let served: usize = r.experts.iter().map(|e| e.tokens).sum();
+                assert_eq!(served, 2 * n);
+                tot.push(r.time_s);
+                exp.push(r.experts.iter().map(|e| e.time_s).sum::<f64>());
+            }
+            let out = layer.output(n).unwrap();
+            assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
+            tot.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            exp.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let (t, e) = (tot[16], exp[16]);
+            println!(
+                "LAYER N={n}: step {:.1} us, experts {:.1} us, rest (router, D2H, policy, H2D, zero) {:.1} us, 2-expert weight bytes {}",
+                t * 1e6,
+                e * 1e6,
+                (t - e) * 1e6,
+                2 * layer.expert_bytes()
+            );
+        }
+    }
 }
