@@ -991,6 +991,7 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn every_error_has_its_own_negative_code_and_message() {
@@ -1141,5 +1142,78 @@ mod tests {
         assert_eq!(c.dropped[0] as usize, s.dropped()[0]);
         assert_eq!((c.has_kappa, Some(c.kappa)), (1, s.kappa()));
         assert_eq!(c.fallback, 0);
+    }
+
+    fn lat() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            4 => 1e-4f64..10.0,
+            1 => Just(f64::INFINITY),
+            1 => Just(0.0),
+            1 => Just(f64::NAN),
+        ]
+    }
+
+    proptest! {
+        /// The C entry points give exactly what the Rust API gives, values
+        /// and errors, in both precisions (up to 256 experts).
+        #[test]
+        #[cfg_attr(miri, ignore)]
+        fn c_select_equals_rust_select(
+            zt in (1usize..=WDMOE_MAX_EXPERTS + 1).prop_flat_map(|n| (
+                proptest::collection::vec(-20.0f64..20.0, n),
+                proptest::collection::vec(lat(), n),
+            )),
+            k in 0usize..6,
+            theta in -0.1f64..0.6,
+            max_drops in 0usize..4,
+        ) {
+            let (z, t) = zt;
+            let n = z.len();
+            let rust = Policy::new(k, theta, max_drops)
+                .and_then(|p| select::select::<f64, WDMOE_MAX_EXPERTS>(&p, &z, &t));
+            let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+            let code = unsafe {
+                wdmoe_select_f64(z.as_ptr(), t.as_ptr(), n, k, theta, max_drops, out.as_mut_ptr())
+            };
+            match rust {
+                Ok(s) => {
+                    prop_assert_eq!(code, WDMOE_OK);
+                    let c = unsafe { out.assume_init() };
+                    let ne = c.n_experts as usize;
+                    let nd = c.n_dropped as usize;
+                    let e: std::vec::Vec<usize> = c.experts[..ne].iter().map(|&q| q as usize).collect();
+                    let d: std::vec::Vec<usize> = c.dropped[..nd].iter().map(|&q| q as usize).collect();
+                    prop_assert_eq!(&e[..], s.experts());
+                    prop_assert_eq!(&d[..], s.dropped());
+                    prop_assert_eq!(&c.weights[..ne], s.weights());
+                    prop_assert_eq!(c.has_kappa == 1, s.kappa().is_some());
+                    if let Some(kappa) = s.kappa() {
+                        prop_assert_eq!(c.kappa, kappa);
+                    }
+                    prop_assert_eq!(c.fallback == 1, s.fallback());
+                }
+                Err(e) => prop_assert_eq!(code, status_of(e)),
+            }
+            // f32: same inputs rounded; same agreement.
+            let z32: std::vec::Vec<f32> = z.iter().map(|&x| x as f32).collect();
+            let t32: std::vec::Vec<f32> = t.iter().map(|&x| x as f32).collect();
+            let rust = Policy::new(k, theta as f32, max_drops)
+                .and_then(|p| select::select::<f32, WDMOE_MAX_EXPERTS>(&p, &z32, &t32));
+            let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::uninit();
+            let code = unsafe {
+                wdmoe_select_f32(z32.as_ptr(), t32.as_ptr(), n, k, theta as f32, max_drops, out.as_mut_ptr())
+            };
+            match rust {
+                Ok(s) => {
+                    prop_assert_eq!(code, WDMOE_OK);
+                    let c = unsafe { out.assume_init() };
+                    let ne = c.n_experts as usize;
+                    prop_assert_eq!(ne, s.experts().len());
+                    prop_assert!(c.experts[..ne].iter().zip(s.experts()).all(|(&a, &b)| a as usize == b));
+                    prop_assert_eq!(&c.weights[..ne], s.weights());
+                }
+                Err(e) => prop_assert_eq!(code, status_of(e)),
+            }
+        }
     }
 }
