@@ -404,6 +404,36 @@ macro_rules! invariants {
                     }
                 }
 
+                /// At the C ABI's capacity (256 experts, DeepSeek-size
+                /// routers): the invariants hold and the latency never
+                /// exceeds top-k's.
+                #[test]
+                fn invariants_at_256_experts(
+                    zt in (1usize..=256).prop_flat_map(|n| (
+                        proptest::collection::vec(grid_logit::<F>(), n),
+                        proptest::collection::vec(latency::<F>(), n),
+                        1..=n.min(8),
+                    )),
+                    th in theta::<F>(),
+                    max_drops in 0usize..4,
+                ) {
+                    let (z, t, k) = zt;
+                    let policy = Policy::new(k, th, max_drops).unwrap();
+                    let top = select::top_k::<F, 256>(&z, k).unwrap();
+                    match select::select::<F, 256>(&policy, &z, &t) {
+                        Ok(s) => {
+                            prop_assert!(!s.experts().is_empty());
+                            let sum: f64 = s.weights().iter().map(|w| w.to_f64()).sum();
+                            prop_assert!((sum - 1.0).abs() <= 64.0 * F::EPSILON.to_f64());
+                            prop_assert!(worst_latency(&t, s.experts()) <= worst_latency(&t, top.experts()));
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e, Error::NoReachableExpert);
+                            prop_assert!(t.iter().all(|x| !x.is_finite()));
+                        }
+                    }
+                }
+
                 /// The min–max allocation hands out the total and its largest
                 /// latency is never above the even split's.
                 #[test]
