@@ -180,22 +180,22 @@ impl<F: Float> LatencyModel<F> {
     pub fn latency_floor_s(&self, dev: &DeviceLink<F>) -> F {
         let ln2 = F::from_f64(core::f64::consts::LN_2);
         let c = self.payload_bits * self.n0_w_per_hz * ln2;
+        let normal = |x: F| x.is_finite() && x >= F::MIN_POSITIVE;
         let comm = |p: F, g: F| {
-            let pg = p * g;
             if self.payload_bits == F::ZERO {
                 F::ZERO
-            } else if pg > F::ZERO {
-                let v = c / pg;
-                if v.is_nan() {
-                    // ∞/∞: both products overflowed; p, g > 0 are finite, so
-                    // the logarithms are.
+            } else if p > F::ZERO && g > F::ZERO {
+                let pg = p * g;
+                if normal(c) && normal(pg) {
+                    c / pg
+                } else {
+                    // A product overflowed or lost precision (subnormal): the
+                    // logarithms of the finite, positive factors are exact enough.
                     F::from_f64(2.0).powf(
                         self.payload_bits.log2() + self.n0_w_per_hz.log2() + ln2.log2()
                             - p.log2()
                             - g.log2(),
                     )
-                } else {
-                    v
                 }
             } else {
                 F::INFINITY

@@ -153,3 +153,19 @@ fn overflowing_rate_is_an_error_not_a_zero_latency() {
         .unwrap()
         .is_finite());
 }
+
+/// link_latency: `latency_floor_s` divided by `P·g = 1.6e-322` (a subnormal
+/// with a few bits of precision) and came out far above the latency itself.
+#[test]
+fn latency_floor_with_subnormal_power_gain_product() {
+    let pd = f64::from_bits(4395513932337385471); // 7.1e-15 W
+    let n0 = f64::from_bits(4290869670560086843); // 7.5e-22 W/Hz
+    let x = 107.0 / 16.0;
+    let model = LatencyModel::new(x, x, n0).unwrap();
+    let dev = DeviceLink::new(pd, f64::MIN_POSITIVE, x, x, x).unwrap();
+    let floor = model.latency_floor_s(&dev);
+    let t = model.expert_latency_s(&dev, 59.0 / 16.0).unwrap();
+    assert!(floor <= t * (1.0 + 1e-9), "floor {floor} above latency {t}");
+    let want = x * n0 * core::f64::consts::LN_2 / pd / f64::MIN_POSITIVE;
+    assert!((floor / want - 1.0).abs() < 1e-6, "{floor} vs {want}");
+}
