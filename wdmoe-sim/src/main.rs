@@ -102,7 +102,7 @@ struct RunArgs {
     /// Write CSV, JSON and SVG into this folder (NAME.csv, NAME.json, NAME.svg).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// No progress bar and no router summary.
+    /// No progress bar and no "wrote FILE" lines on stderr.
     #[arg(long, short)]
     quiet: bool,
 }
@@ -333,9 +333,6 @@ fn sensitivity_table(
 fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {
     apply(&mut s, a);
     let sim = Simulation::new(s).map_err(|e| e.to_string())?;
-    if !a.quiet {
-        eprintln!("{}", sim.router_summary());
-    }
     let progress = Progress::new(name, sim.scenario().prompts, !a.quiet);
     let report = run_sim(&sim, a, &progress)?;
     progress.finish();

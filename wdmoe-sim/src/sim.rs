@@ -210,6 +210,8 @@ pub struct RunReport {
     pub accounting: Accounting,
     /// Router description.
     pub router: String,
+    /// The w2/w1 distribution the router implies (what the run assumes).
+    pub router_summary: RouterSummary,
     /// One row per policy; the first is the reduction baseline.
     pub rows: Vec<PolicyRow>,
     /// Slots where the fault model or the SNR floor kept a device up.
@@ -537,6 +539,7 @@ impl Simulation {
             decode_tokens: s.decode_tokens,
             accounting: s.accounting,
             router: self.router.describe(),
+            router_summary: self.router_summary(),
             rows,
             suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
             link_outage_rate: outcomes.iter().map(|o| o.link_outages).sum::<u64>() as f64
