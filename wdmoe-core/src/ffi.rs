@@ -228,17 +228,26 @@ unsafe fn scalar<F>(out: *mut F, r: Result<F, Error>) -> c_int {
     }))
 }
 
-fn selection_c<F: Float>(s: &select::Selection<F, WDMOE_MAX_EXPERTS>) -> SelectionC<F> {
-    let mut c = SelectionC {
-        n_experts: s.experts().len() as u32,
-        n_dropped: s.dropped().len() as u32,
-        experts: [0; WDMOE_MAX_EXPERTS],
-        dropped: [0; WDMOE_MAX_EXPERTS],
-        weights: [F::ZERO; WDMOE_MAX_EXPERTS],
-        kappa: F::from_f64(f64::NAN),
-        has_kappa: 0,
-        fallback: u8::from(s.fallback()),
+/// Writes `s` into `*out` in place (no 3–4 KiB temporary on the stack,
+/// which matters on firmware stacks): zeroes the struct, then fills it.
+///
+/// # Safety
+/// A non-null, aligned `out` points to one writable `SelectionC<F>` that no
+/// live reference aliases (the callers copied their inputs already).
+unsafe fn write_selection<F: Float>(
+    out: *mut SelectionC<F>,
+    s: &select::Selection<F, WDMOE_MAX_EXPERTS>,
+) -> Status {
+    check_ptr(out)?;
+    // SAFETY: checked non-null and aligned, writable by contract. All-zero
+    // bytes are a valid `SelectionC` (integers and floats only), so the
+    // reference points to an initialised value; nothing else refers to it.
+    let c = unsafe {
+        out.write_bytes(0, 1);
+        &mut *out
     };
+    c.n_experts = s.experts().len() as u32;
+    c.n_dropped = s.dropped().len() as u32;
     for ((e, w), (&q, &x)) in c
         .experts
         .iter_mut()
@@ -251,11 +260,15 @@ fn selection_c<F: Float>(s: &select::Selection<F, WDMOE_MAX_EXPERTS>) -> Selecti
     for (d, &q) in c.dropped.iter_mut().zip(s.dropped()) {
         *d = q as u32;
     }
-    if let Some(k) = s.kappa() {
-        c.kappa = k;
-        c.has_kappa = 1;
+    match s.kappa() {
+        Some(k) => {
+            c.kappa = k;
+            c.has_kappa = 1;
+        }
+        None => c.kappa = F::from_f64(f64::NAN),
     }
-    c
+    c.fallback = u8::from(s.fallback());
+    Ok(())
 }
 
 /// # Safety
@@ -281,7 +294,7 @@ unsafe fn select_impl<F: Float>(
     let policy = Policy::new(k, theta, max_drops).map_err(status_of)?;
     let s = select::select::<F, WDMOE_MAX_EXPERTS>(&policy, &z[..n], &t[..n]).map_err(status_of)?;
     // SAFETY: forwarded contract.
-    unsafe { put(out, selection_c(&s)) }
+    unsafe { write_selection(out, &s) }
 }
 
 /// # Safety
@@ -298,7 +311,7 @@ unsafe fn top_k_impl<F: Float>(
     unsafe { copy_in(logits, n, &mut z)? };
     let s = select::top_k::<F, WDMOE_MAX_EXPERTS>(&z[..n], k).map_err(status_of)?;
     // SAFETY: forwarded contract.
-    unsafe { put(out, selection_c(&s)) }
+    unsafe { write_selection(out, &s) }
 }
 
 /// # Safety
