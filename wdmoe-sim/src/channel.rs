@@ -20,7 +20,7 @@
 //!   carries nothing (below the lowest modulation and coding scheme): the
 //!   device is unreachable for that slot. Without a floor (`-inf`, the
 //!   paper's literal Shannon rate), Rayleigh fading gives the latency
-//!   `L/(B·log2(1 + SNR·|h|²))` an infinite mean (`E[1/|h|²] = ∞` near
+//!   `L/(B·log2(1 + SNR·|h|²))` an infinite mean (`E\[1/|h|²\] = ∞` near
 //!   deep fades), so Monte-Carlo means of plain top-k never converge.
 //! * **Outages**: a device in outage is unreachable (latency `+∞`). The fault
 //!   model never takes every device down at once: if it would, the device
@@ -128,18 +128,18 @@ impl ChannelModel {
         self.n
     }
 
-    /// The core latency model (payload [bit], FLOPs, N0 [W/Hz]).
+    /// The core latency model (payload \[bit\], FLOPs, N0 \[W/Hz\]).
     pub fn latency_model(&self) -> &LatencyModel<f64> {
         &self.latency
     }
 
-    /// Mean path loss [dB] of device `q` in LOS (no shadowing).
+    /// Mean path loss \[dB\] of device `q` in LOS (no shadowing).
     pub fn path_loss_db(&self, q: usize) -> Result<f64, Error> {
         self.path_loss
             .path_loss_db(self.carrier_ghz, self.distance_m[q], true)
     }
 
-    /// Latency [s] of device `q` under the even split with no fading
+    /// Latency \[s\] of device `q` under the even split with no fading
     /// (`|h|² = 1`), LOS: the "typical" latency used in summaries.
     pub fn nominal_latency_s(&self, q: usize) -> Result<f64, Error> {
         let g2 = link::channel_power_gain(self.path_loss_db(q)?, 1.0)?;
@@ -206,7 +206,7 @@ pub struct ChannelRealisation<'a> {
     los_phase: Vec<f64>,
     /// Scattered component per (device, direction): index `2q` downlink, `2q+1` uplink.
     scatter: Vec<(f64, f64)>,
-    /// Random outage of device q lasts while slot < outage_until[q].
+    /// Random outage of device q lasts while slot < outage_until\[q\].
     outage_until: Vec<u32>,
     time: Option<u32>,
     suppressed: u64,
@@ -217,7 +217,7 @@ pub struct ChannelRealisation<'a> {
 }
 
 impl ChannelRealisation<'_> {
-    /// Path loss including shadowing [dB] of each device in this prompt.
+    /// Path loss including shadowing \[dB\] of each device in this prompt.
     pub fn path_loss_db(&self) -> &[f64] {
         &self.pl_db
     }
@@ -321,7 +321,7 @@ impl ChannelRealisation<'_> {
         left
     }
 
-    /// Writes the latency [s] of every device at `slot` into `latency_s`
+    /// Writes the latency \[s\] of every device at `slot` into `latency_s`
     /// (`+∞` for a device in outage). Slots must not decrease between calls.
     pub fn latency_at(&mut self, slot: u32, latency_s: &mut [f64]) -> Result<(), Error> {
         let m = self.model;

@@ -46,7 +46,7 @@ enum Cmd {
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// the device distances are scaled so the farthest sits at each radius.
     Sensitivity {
-        /// Cell radii [m] (distance of the farthest device).
+        /// Cell radii in metres (distance of the farthest device).
         #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 600.0, 1000.0, 1500.0])]
         radii_m: Vec<f64>,
         /// Compute spreads α: `C_q ← g·(C_q/g)^α` around the geometric mean g

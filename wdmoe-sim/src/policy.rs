@@ -101,7 +101,7 @@ pub fn top_k_dyn(logits: &[f64], k: usize) -> Result<(Vec<usize>, Vec<f64>), Err
     }
 }
 
-/// A selection policy: router logits and per-device latencies [s] (eq. 6,
+/// A selection policy: router logits and per-device latencies \[s\] (eq. 6,
 /// `+∞` unreachable) in, a [`Decision`] out.
 pub trait SelectionPolicy: Send + Sync {
     /// A short label for tables, e.g. `WDMoE θ=0.2`.
@@ -122,7 +122,7 @@ pub struct Wdmoe {
 }
 
 impl Wdmoe {
-    /// Validated: `k ≥ 1`, `θ ∈ [0, 0.5]`.
+    /// Validated: `k ≥ 1`, `θ ∈ \[0, 0.5\]`.
     pub fn new(k: usize, theta: f64, max_drops: usize) -> Result<Self, Error> {
         Ok(Self {
             policy: Policy::new(k, theta, max_drops)?,
@@ -159,7 +159,7 @@ pub struct WeightOnly {
 }
 
 impl WeightOnly {
-    /// Validated: `k ≥ 1`, `β ∈ [0, 1]`.
+    /// Validated: `k ≥ 1`, `β ∈ \[0, 1\]`.
     pub fn new(k: usize, beta: f64) -> Result<Self, Error> {
         if beta.is_nan() {
             return Err(Error::NaN("beta"));

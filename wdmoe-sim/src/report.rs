@@ -24,7 +24,7 @@ pub fn paper_reduction(theta: f64) -> Option<&'static str> {
     }
 }
 
-/// The mean of the paper's seven θ = 0.2 reductions [%].
+/// The mean of the paper's seven θ = 0.2 reductions \[%\].
 pub const PAPER_MEAN_REDUCTION_THETA_02_PCT: f64 =
     (25.59 + 20.08 + 25.33 + 16.2 + 37.54 + 30.21 + 21.86) / 7.0;
 
@@ -180,7 +180,7 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The paper's Fig. 3 in shape: mean prompt latency (bars, left axis [s]) and
+/// The paper's Fig. 3 in shape: mean prompt latency (bars, left axis \[s\]) and
 /// kept router weight (line, right axis) against θ, over the WDMoE rows;
 /// the paper's θ = 0.2 mean reduction is marked for comparison.
 pub fn svg(r: &RunReport) -> String {

@@ -43,7 +43,7 @@ pub trait Router: Send + Sync {
 
 /// The logits of one prompt, token after token.
 pub trait RouterStream {
-    /// Writes the next token's logits, layer-major: `out[l * n + q]` is the
+    /// Writes the next token's logits, layer-major: `out\[l * n + q\]` is the
     /// logit of expert `q` at layer `l` (`out.len() = layers × experts`).
     fn next_token(&mut self, out: &mut [f64]);
 }

@@ -32,7 +32,7 @@ use std::fmt;
 pub const MAX_EXPERTS: usize = 1024;
 
 /// A scenario error: the offending key (a TOML path such as
-/// `devices[2].distance_m`) and the reason.
+/// `devices\[2\].distance_m`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScenarioError {
     /// The TOML key path, or `"<file>"` for a syntax error.
@@ -85,7 +85,7 @@ impl fmt::Display for Accounting {
 pub struct ModelConfig {
     /// Number of MoE layers `b` (Mixtral 8x7B: 32).
     pub layers: u32,
-    /// Hidden size `m` [elements per token] (Mixtral: 4096).
+    /// Hidden size `m` \[elements per token\] (Mixtral: 4096).
     pub hidden: u32,
     /// Expert hidden size `m_h` (Mixtral: 14336).
     pub ffn_hidden: u32,
@@ -127,19 +127,19 @@ pub enum Allocation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RadioConfig {
-    /// Carrier frequency [GHz] (paper: 3.5).
+    /// Carrier frequency \[GHz\] (paper: 3.5).
     pub carrier_ghz: f64,
-    /// Base-station transmit power per device link [W] (paper: 10).
+    /// Base-station transmit power per device link \[W\] (paper: 10).
     pub bs_tx_power_w: f64,
-    /// Total bandwidth [Hz] (paper: 100 MHz).
+    /// Total bandwidth \[Hz\] (paper: 100 MHz).
     pub total_bandwidth_hz: f64,
     /// How the total bandwidth is shared.
     pub allocation: Allocation,
-    /// Thermal noise power spectral density [dBm/Hz].
+    /// Thermal noise power spectral density \[dBm/Hz\].
     pub n0_dbm_per_hz: f64,
-    /// Receiver noise figure [dB].
+    /// Receiver noise figure \[dB\].
     pub noise_figure_db: f64,
-    /// SNR floor [dB]: a link below it carries nothing, so its device is
+    /// SNR floor \[dB\]: a link below it carries nothing, so its device is
     /// unreachable for that token (link adaptation has no scheme that low).
     /// `-inf` disables the floor (the paper's literal Shannon rate).
     pub min_snr_db: f64,
@@ -166,12 +166,12 @@ pub struct Device {
     /// A label for tables.
     #[serde(default)]
     pub name: String,
-    /// 2-D distance to the base station [m].
+    /// 2-D distance to the base station \[m\].
     pub distance_m: f64,
-    /// Uplink transmit power [W] (paper: 0.2).
+    /// Uplink transmit power \[W\] (paper: 0.2).
     #[serde(default = "default_device_power")]
     pub tx_power_w: f64,
-    /// Compute rate `C_q` [TFLOP/s] (10^12 FLOP/s) sustained on the expert FFN.
+    /// Compute rate `C_q` \[TFLOP/s\] (10^12 FLOP/s) sustained on the expert FFN.
     pub compute_tflops: f64,
 }
 
@@ -180,7 +180,7 @@ fn default_device_power() -> f64 {
 }
 
 /// The default eight devices over a macro cell of 600 m radius (distance
-/// [m]; compute `C_q` [TFLOP/s] sustained in fp16 on one token's expert):
+/// \[m\]; compute `C_q` \[TFLOP/s\] sustained in fp16 on one token's expert):
 ///
 /// | # | device | memory bandwidth | C_q | distance |
 /// |---|---|---|---|---|
@@ -276,7 +276,7 @@ pub struct Outage {
     pub device: usize,
     /// First token of the outage.
     pub start_token: u32,
-    /// Length [tokens].
+    /// Length \[tokens\].
     pub tokens: u32,
 }
 
@@ -286,9 +286,9 @@ pub struct Outage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RandomOutages {
-    /// Probability per device and token that an outage starts, in `[0, 1]`.
+    /// Probability per device and token that an outage starts, in `\[0, 1\]`.
     pub probability_per_token: f64,
-    /// Outage length [tokens], ≥ 1.
+    /// Outage length \[tokens\], ≥ 1.
     pub duration_tokens: u32,
 }
 
@@ -307,19 +307,19 @@ impl Default for RandomOutages {
 pub struct ChannelConfig {
     /// Path-loss model.
     pub path_loss: PathLoss,
-    /// Base-station height [m] (3GPP models only; UMa 25, UMi 10).
+    /// Base-station height \[m\] (3GPP models only; UMa 25, UMi 10).
     pub bs_height_m: f64,
-    /// Device height [m] (3GPP models only; 1.5..=22.5).
+    /// Device height \[m\] (3GPP models only; 1.5..=22.5).
     pub ut_height_m: f64,
     /// Draw LOS/NLOS and log-normal shadowing per prompt (3GPP models only).
     pub shadowing: bool,
     /// Small-scale fading distribution.
     pub fading: Fading,
-    /// Rician K-factor [dB] (Rician fading only).
+    /// Rician K-factor \[dB\] (Rician fading only).
     pub rician_k_db: f64,
     /// Token-to-token evolution of the fading.
     pub time_model: TimeModel,
-    /// Coherence time [tokens] of block fading, ≥ 1.
+    /// Coherence time \[tokens\] of block fading, ≥ 1.
     pub coherence_tokens: u32,
     /// AR(1) correlation ρ between consecutive tokens, in `[0, 1)`.
     pub ar1_rho: f64,
@@ -373,7 +373,7 @@ pub struct RouterConfig {
     /// Synthetic: correlation of a layer's logits between consecutive
     /// tokens, in `[0, 1)` (Mixtral's consecutive tokens often share experts).
     pub stickiness: f64,
-    /// Trace: path of the `.npy` file, shape `[tokens, layers, experts]`.
+    /// Trace: path of the `.npy` file, shape `\[tokens, layers, experts\]`.
     pub trace_path: String,
 }
 
@@ -393,12 +393,12 @@ impl Default for RouterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoliciesConfig {
-    /// WDMoE thresholds θ, each in `[0, 0.5]`; the first is the baseline of
+    /// WDMoE thresholds θ, each in `\[0, 0.5\]`; the first is the baseline of
     /// the "reduction" column (put 0 first to compare against Mixtral).
     pub thetas: Vec<f64>,
     /// WDMoE drops per token (the paper's single step: 1).
     pub max_drops: usize,
-    /// Weight-only skipping thresholds β in `[0, 1]`: drop every non-first
+    /// Weight-only skipping thresholds β in `\[0, 1\]`: drop every non-first
     /// top-k expert whose weight is below β times the first's.
     pub weight_only_betas: Vec<f64>,
     /// Also run channel-only: always drop the slowest of the top-k.
@@ -695,7 +695,7 @@ impl Scenario {
     }
 }
 
-/// Best-effort TOML key path at a byte span: the enclosing `[table]` header
+/// Best-effort TOML key path at a byte span: the enclosing `\[table\]` header
 /// plus the key on that line.
 fn key_at_span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {

@@ -1,13 +1,13 @@
 //! The `wdmoe select` line protocol: one routing decision per JSON line.
 //!
 //! Input line (keys other than these are an error):
-//! `{"logits":[…], "latency_s":[…], "k":2, "theta":0.2, "max_drops":1}` —
+//! `{"logits":\[…\], "latency_s":\[…\], "k":2, "theta":0.2, "max_drops":1}` —
 //! `logits`: router logits (finite numbers), `latency_s`: each device's
-//! latency [s] (> 0), or the string `"inf"` for an unreachable device,
-//! `k` ≥ 1, `theta` ∈ [0, 0.5], `max_drops` ≥ 0 (default 1). Up to
+//! latency \[s\] (> 0), or the string `"inf"` for an unreachable device,
+//! `k` ≥ 1, `theta` ∈ \[0, 0.5\], `max_drops` ≥ 0 (default 1). Up to
 //! [`crate::scenario::MAX_EXPERTS`] experts.
 //!
-//! Output line: `{"experts":[…],"weights":[…],"kappa":0.14|null,"dropped":[…],"fallback":false}`
+//! Output line: `{"experts":\[…\],"weights":\[…\],"kappa":0.14|null,"dropped":\[…\],"fallback":false}`
 //! or `{"error":"…"}`. [`process_line`] never panics.
 //!
 //! ```

@@ -69,7 +69,7 @@ impl From<wdmoe_core::Error> for SimError {
 }
 
 /// `s` with its device distances scaled by one factor so that the farthest
-/// device sits at `radius_m` [m] (the spread of the cell, for sensitivity
+/// device sits at `radius_m` \[m\] (the spread of the cell, for sensitivity
 /// studies).
 ///
 /// ```
@@ -126,13 +126,13 @@ pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, Scenar
 /// One policy's totals over one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyPromptStats {
-    /// Prompt latency [s] under the scenario's accounting (prefill + decode).
+    /// Prompt latency \[s\] under the scenario's accounting (prefill + decode).
     pub latency_s: f64,
-    /// Prefill latency [s] under the scenario's accounting.
+    /// Prefill latency \[s\] under the scenario's accounting.
     pub prefill_s: f64,
-    /// Decode latency [s] (tokens one after another).
+    /// Decode latency \[s\] (tokens one after another).
     pub decode_s: f64,
-    /// Prefill latency [s] summed sequentially (eq. 8) on the same draws.
+    /// Prefill latency \[s\] summed sequentially (eq. 8) on the same draws.
     pub sequential_prefill_s: f64,
     /// Token-layer decisions.
     pub decisions: u64,
@@ -140,11 +140,11 @@ pub struct PolicyPromptStats {
     pub experts: u64,
     /// Top-k experts not serving the token, summed over decisions.
     pub dropped: u64,
-    /// Plain top-k router weight kept, summed over decisions (each in `[0, 1]`).
+    /// Plain top-k router weight kept, summed over decisions (each in `\[0, 1\]`).
     pub kept_weight: f64,
     /// Decisions that fell back to a non-top-k expert.
     pub fallbacks: u64,
-    /// Per token: its latency summed over layers [s] (eq. 7, 8), only when
+    /// Per token: its latency summed over layers \[s\] (eq. 7, 8), only when
     /// recorded ([`Simulation::simulate_prompt`] with `record_tokens`).
     pub token_latency_s: Vec<f64>,
 }
@@ -171,15 +171,15 @@ pub struct PolicyRow {
     pub family: String,
     /// θ or β.
     pub parameter: Option<f64>,
-    /// Mean prompt latency [s].
+    /// Mean prompt latency \[s\].
     pub mean_s: f64,
-    /// Median prompt latency [s].
+    /// Median prompt latency \[s\].
     pub p50_s: f64,
-    /// 95th percentile [s].
+    /// 95th percentile \[s\].
     pub p95_s: f64,
-    /// 99th percentile [s].
+    /// 99th percentile \[s\].
     pub p99_s: f64,
-    /// Reduction of the mean latency against the first row [%].
+    /// Reduction of the mean latency against the first row \[%\].
     pub reduction_pct: f64,
     /// Mean serving experts per token and layer.
     pub experts_per_token: f64,
@@ -189,9 +189,9 @@ pub struct PolicyRow {
     pub kept_weight: f64,
     /// Decisions that fell back to a non-top-k expert.
     pub fallbacks: u64,
-    /// Mean prefill latency [s].
+    /// Mean prefill latency \[s\].
     pub mean_prefill_s: f64,
-    /// Mean decode latency [s].
+    /// Mean decode latency \[s\].
     pub mean_decode_s: f64,
 }
 
@@ -227,7 +227,7 @@ pub struct ThroughputSample {
     pub token_layers: u64,
     /// Policy decisions made (`token_layers × policies`).
     pub decisions: u64,
-    /// Sum of all token latencies [s], so the work cannot be optimised away.
+    /// Sum of all token latencies \[s\], so the work cannot be optimised away.
     pub checksum: f64,
 }
 

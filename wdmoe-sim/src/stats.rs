@@ -1,6 +1,6 @@
 //! Small statistics helpers.
 
-/// Nearest-rank percentile `pct ∈ [0, 100]` of ascending `sorted` values
+/// Nearest-rank percentile `pct ∈ \[0, 100\]` of ascending `sorted` values
 /// (NaN for an empty slice): the smallest value with at least `pct` % of the
 /// values ≤ it.
 ///

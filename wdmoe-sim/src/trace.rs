@@ -3,7 +3,7 @@
 //! # Format
 //! A NumPy `.npy` file (format version 1.0, 2.0 or 3.0) holding one C-order
 //! array of `float32` or `float64` (little- or big-endian: `<f4`, `<f8`,
-//! `>f4`, `>f8`) of shape `[tokens, layers, experts]`: the router logits
+//! `>f4`, `>f8`) of shape `\[tokens, layers, experts\]`: the router logits
 //! (pre-softmax gate outputs) of every token at every MoE layer, tokens in
 //! the order the model saw them. Record them from a real Mixtral with, e.g.,
 //! forward hooks on each `block_sparse_moe.gate` and
@@ -45,7 +45,7 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, TraceError> {
 /// Largest number of logits a trace may hold (2^31, 16 GiB as `f64`).
 pub const MAX_TRACE_VALUES: usize = 1 << 31;
 
-/// Router logits of shape `[tokens, layers, experts]`, stored as `f64`.
+/// Router logits of shape `\[tokens, layers, experts\]`, stored as `f64`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     tokens: usize,
