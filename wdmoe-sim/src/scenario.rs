@@ -602,6 +602,9 @@ impl Scenario {
             100.0,
             false,
         )?;
+        if r.min_snr_db != f64::NEG_INFINITY {
+            check_range("radio.min_snr_db", r.min_snr_db, -100.0, 100.0, false)?;
+        }
         for (i, d) in self.devices.iter().enumerate() {
             check_positive(&format!("devices[{i}].distance_m"), d.distance_m)?;
             check_range(
