@@ -5,7 +5,9 @@
 //! channel power gain ([`wdmoe_core::link::channel_power_gain`]) with a
 //! small-scale fading power `|h|²` → Shannon rates and eq. (6)
 //! ([`wdmoe_core::latency::LatencyModel::expert_latency_s`]) over the device's
-//! bandwidth (even split, or [`wdmoe_core::bandwidth::min_max`]).
+//! bandwidth (even split, or [`wdmoe_core::bandwidth::min_max`] over all
+//! devices on each prompt's large-scale channel — path loss and shadowing,
+//! not fast fading, the time scale a scheduler adapts on).
 //!
 //! * **Large scale**, drawn once per prompt (a prompt is one snapshot of the
 //!   cell): LOS or NLOS with the 3GPP LOS probability, and shadowing
@@ -178,6 +180,34 @@ impl ChannelModel {
         let los_phase = (0..2 * n)
             .map(|_| std::f64::consts::TAU * rng::uniform(&mut rng))
             .collect();
+        // Bandwidth per device, fixed for the prompt: the even split, or the
+        // min–max allocation on the large-scale channel (path loss and
+        // shadowing, no fast fading), the time scale a scheduler adapts on.
+        let even = self.total_bandwidth_hz / n as f64;
+        let mut device_bw = vec![even; n];
+        if self.allocation == Allocation::MinMax {
+            let mut links = Vec::with_capacity(n);
+            for (q, &pl) in pl_db.iter().enumerate() {
+                let g2 = link::channel_power_gain(pl, 1.0)?;
+                links.push(DeviceLink::new(
+                    self.bs_power_w,
+                    g2,
+                    self.device_power_w[q],
+                    g2,
+                    self.compute_flops_per_s[q],
+                )?);
+            }
+            if bandwidth::min_max(
+                &self.latency,
+                &links,
+                self.total_bandwidth_hz,
+                &mut device_bw,
+            )
+            .is_err()
+            {
+                device_bw.iter_mut().for_each(|b| *b = even);
+            }
+        }
         let mut r = ChannelRealisation {
             model: self,
             rng,
@@ -190,7 +220,7 @@ impl ChannelModel {
             link_outages: 0,
             links: Vec::with_capacity(n),
             reach: Vec::with_capacity(n),
-            bw: vec![0.0; n],
+            bw: device_bw,
         };
         r.draw_scatter_all();
         Ok(r)
@@ -213,6 +243,7 @@ pub struct ChannelRealisation<'a> {
     link_outages: u64,
     links: Vec<DeviceLink<f64>>,
     reach: Vec<usize>,
+    /// Bandwidth of each device for this prompt [Hz].
     bw: Vec<f64>,
 }
 
@@ -359,17 +390,6 @@ impl ChannelRealisation<'_> {
             self.reach.push(q);
         }
         latency_s.iter_mut().for_each(|t| *t = f64::INFINITY);
-        let even = m.total_bandwidth_hz / m.n as f64;
-        let bw = &mut self.bw[..self.reach.len()];
-        let use_even = match m.allocation {
-            Allocation::Even => true,
-            Allocation::MinMax => {
-                bandwidth::min_max(&m.latency, &self.links, m.total_bandwidth_hz, bw).is_err()
-            }
-        };
-        if use_even {
-            bw.iter_mut().for_each(|b| *b = even);
-        }
         // Below the SNR floor (the lowest modulation and coding scheme) a
         // link carries nothing: the device is unreachable for this slot. If
         // that leaves no device, the one closest to the floor is kept.
@@ -378,14 +398,15 @@ impl ChannelRealisation<'_> {
         let mut any_up = false;
         for (i, &q) in self.reach.iter().enumerate() {
             let dev = &self.links[i];
-            let t = m.latency.expert_latency_s(dev, bw[i])?;
+            let b = self.bw[q];
+            let t = m.latency.expert_latency_s(dev, b)?;
             // A reachable device is never +inf: an absurd link budget gives a
             // huge but finite latency, so reachability is decided here alone.
             let t = if t.is_finite() { t } else { f64::MAX };
             let margin = if m.min_snr <= 0.0 {
                 f64::INFINITY
             } else {
-                let noise_w = n0 * bw[i];
+                let noise_w = n0 * b;
                 let snr = (dev.tx_power_down_w() * dev.gain_down() / noise_w)
                     .min(dev.tx_power_up_w() * dev.gain_up() / noise_w);
                 if snr.is_nan() {

@@ -117,9 +117,11 @@ pub enum Allocation {
     /// The paper's even split: `total / N` per device.
     #[default]
     Even,
-    /// The core's min–max allocation (`wdmoe_core::bandwidth::min_max`),
-    /// recomputed at every channel realisation over the reachable devices, so
-    /// that the slowest device is as fast as it can be.
+    /// The core's min–max allocation (`wdmoe_core::bandwidth::min_max`) over
+    /// all devices, once per prompt on its large-scale channel (path loss and
+    /// shadowing, no fast fading): the slowest device is made as fast as it
+    /// can be. It equalises the devices' latencies, which removes most of the
+    /// heterogeneity WDMoE exploits — an ablation, not the paper's setup.
     MinMax,
 }
 
@@ -521,9 +523,9 @@ impl Scenario {
         let s: Scenario = toml::from_str(text).map_err(|e| {
             let mut reason = e.message().to_string();
             if let Some(span) = e.span() {
-                let line = text[..span.start.min(text.len())]
-                    .bytes()
-                    .filter(|&b| b == b'\n')
+                let line = text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
                     .count()
                     + 1;
                 reason = format!("{reason} (line {line})");
@@ -623,6 +625,16 @@ impl Scenario {
                 format!(
                     "must be in 1..={n} (the number of devices), got {}",
                     m.top_k
+                ),
+            ));
+        }
+        if m.layers as usize * n > 1 << 20 {
+            return Err(err(
+                "model.layers",
+                format!(
+                    "model.layers × devices must be <= {} (got {} × {n})",
+                    1 << 20,
+                    m.layers
                 ),
             ));
         }

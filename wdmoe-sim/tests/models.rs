@@ -299,3 +299,50 @@ fn scenario_validation_names_keys() {
     let s = Scenario::from_toml_str("[radio]\nmin_snr_db = -inf").unwrap();
     assert_eq!(s.radio.min_snr_db, f64::NEG_INFINITY);
 }
+
+mod no_panic {
+    use proptest::prelude::*;
+    use wdmoe_sim::scenario::Scenario;
+    use wdmoe_sim::select_cli::process_line;
+    use wdmoe_sim::trace::{npy_bytes_f32, Trace};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parsers_never_panic(text in "\\PC{0,200}", bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Scenario::from_toml_str(&text);
+            let _ = process_line(&text);
+            let _ = Trace::from_bytes(&bytes);
+        }
+
+        #[test]
+        fn mutated_traces_never_panic(flips in prop::collection::vec((0usize..200, any::<u8>()), 1..6), cut in 0usize..200) {
+            let mut b = npy_bytes_f32(&[2, 3, 4], &[0.5; 24]);
+            for (i, v) in flips {
+                let n = b.len();
+                b[i % n] = v;
+            }
+            b.truncate(cut.max(1) + 60);
+            let _ = Trace::from_bytes(&b);
+        }
+
+        #[test]
+        fn toml_values_never_panic(key in prop::sample::select(vec![
+            "prompts", "seed", "prompt_tokens", "decode_tokens", "radio.carrier_ghz",
+            "radio.total_bandwidth_hz", "radio.min_snr_db", "channel.ar1_rho",
+            "channel.coherence_tokens", "router.spread", "model.top_k", "model.layers",
+        ]), value in prop::sample::select(vec![
+            "nan", "inf", "-inf", "-1", "0", "1e308", "-1e308", "18446744073709551615",
+            "\"x\"", "[]", "true", "0.5", "1e-320",
+        ])) {
+            let text = match key.split_once('.') {
+                Some((table, k)) => format!("[{table}]\n{k} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            };
+            if let Ok(s) = Scenario::from_toml_str(&text) {
+                prop_assert!(s.validate().is_ok());
+            }
+        }
+    }
+}
