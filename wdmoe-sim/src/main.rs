@@ -195,7 +195,8 @@ fn default_file() -> String {
          # Every key is optional; a missing key keeps the value shown here. Units are in the names.\n\
          # path_loss: free_space | uma | umi; fading: rayleigh | rician | none; time_model: block | ar1\n\
          # allocation: even | min_max; accounting: sequential | batched; router kind: synthetic | trace\n\
-         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\n{}",
+         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\
+         # radio.min_snr_db = -inf disables the SNR floor (the paper's literal Shannon model)\n\n{}",
         Scenario::default().to_toml_string()
     )
 }

@@ -56,36 +56,43 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
     );
     let _ = writeln!(s, "{}", r.router);
     let _ = writeln!(s, "{}", r.router_summary);
-    let head = [
-        "policy",
-        "mean s",
-        "p50 s",
-        "p95 s",
-        "p99 s",
+    let decode = r.decode_tokens > 0;
+    let mut head = vec!["policy", "mean s", "p50 s", "p95 s", "p99 s"];
+    if decode {
+        head.extend(["prefill s", "decode s"]);
+    }
+    head.extend([
         "reduction",
         "experts/tok",
         "drop rate",
         "kept weight",
         "fallbacks",
         "paper reduction",
-    ];
+    ]);
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()
         .map(|x| {
-            vec![
+            let mut v = vec![
                 x.name.clone(),
                 format!("{:.3}", x.mean_s),
                 format!("{:.3}", x.p50_s),
                 format!("{:.3}", x.p95_s),
                 format!("{:.3}", x.p99_s),
+            ];
+            if decode {
+                v.push(format!("{:.3}", x.mean_prefill_s));
+                v.push(format!("{:.3}", x.mean_decode_s));
+            }
+            v.extend([
                 format!("{:.1} %", x.reduction_pct),
                 format!("{:.3}", x.experts_per_token),
                 format!("{:.1} %", 100.0 * x.drop_rate),
                 format!("{:.3}", x.kept_weight),
                 x.fallbacks.to_string(),
                 paper_cell(x).to_string(),
-            ]
+            ]);
+            v
         })
         .collect();
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
@@ -110,7 +117,8 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
         s.truncate(trimmed);
         s.push('\n');
     };
-    line(&head.map(String::from), &mut s);
+    let head: Vec<String> = head.into_iter().map(String::from).collect();
+    line(&head, &mut s);
     let total: usize = width.iter().sum::<usize>() + 2 * (width.len() - 1);
     let _ = writeln!(s, "{}", "-".repeat(total));
     for row in &rows {

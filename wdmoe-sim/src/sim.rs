@@ -214,6 +214,8 @@ pub struct RunReport {
     pub router_summary: RouterSummary,
     /// One row per policy; the first is the reduction baseline.
     pub rows: Vec<PolicyRow>,
+    /// The full scenario that produced the report (for reproducibility).
+    pub scenario: Scenario,
     /// Slots where the fault model or the SNR floor kept a device up.
     pub suppressed_outages: u64,
     /// Fraction of device-slots whose link was below the SNR floor.
@@ -541,6 +543,7 @@ impl Simulation {
             router: self.router.describe(),
             router_summary: self.router_summary(),
             rows,
+            scenario: s.clone(),
             suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
             link_outage_rate: outcomes.iter().map(|o| o.link_outages).sum::<u64>() as f64
                 / outcomes.iter().map(|o| o.device_slots).sum::<u64>().max(1) as f64,
