@@ -1182,6 +1182,15 @@ mod tests {
         ) {
             let (z, t) = zt;
             let n = z.len();
+            if n > WDMOE_MAX_EXPERTS {
+                // Refused before anything is read, whatever else is wrong.
+                let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+                let code = unsafe {
+                    wdmoe_select_f64(z.as_ptr(), t.as_ptr(), n, k, theta, max_drops, out.as_mut_ptr())
+                };
+                prop_assert_eq!(code, WDMOE_ERR_CAPACITY_EXCEEDED);
+                return Ok(());
+            }
             let rust = Policy::new(k, theta, max_drops)
                 .and_then(|p| select::select::<f64, WDMOE_MAX_EXPERTS>(&p, &z, &t));
             let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
