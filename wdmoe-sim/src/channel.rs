@@ -50,6 +50,7 @@ pub struct ChannelModel {
     shadowing: bool,
     carrier_ghz: f64,
     distance_m: Vec<f64>,
+    shares: Vec<f64>,
     bs_power_w: f64,
     device_power_w: Vec<f64>,
     compute_flops_per_s: Vec<f64>,
@@ -89,7 +90,8 @@ impl ChannelModel {
             path_loss,
             shadowing: c.shadowing,
             carrier_ghz: s.radio.carrier_ghz,
-            distance_m: s.devices.iter().map(|d| d.distance_m).collect(),
+            distance_m: s.devices.iter().map(|d| d.distance_2d_m()).collect(),
+            shares: s.devices.iter().map(|d| d.bandwidth_share).collect(),
             bs_power_w: s.radio.bs_tx_power_w,
             device_power_w: s.devices.iter().map(|d| d.tx_power_w).collect(),
             compute_flops_per_s: s.devices.iter().map(|d| d.compute_tflops * 1e12).collect(),
@@ -185,6 +187,12 @@ impl ChannelModel {
         // shadowing, no fast fading), the time scale a scheduler adapts on.
         let even = self.total_bandwidth_hz / n as f64;
         let mut device_bw = vec![even; n];
+        if self.allocation == Allocation::Shares {
+            let total: f64 = self.shares.iter().sum();
+            for (b, s) in device_bw.iter_mut().zip(&self.shares) {
+                *b = self.total_bandwidth_hz * s / total;
+            }
+        }
         if self.allocation == Allocation::MinMax {
             let mut links = Vec::with_capacity(n);
             for (q, &pl) in pl_db.iter().enumerate() {

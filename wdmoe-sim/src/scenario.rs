@@ -117,6 +117,8 @@ pub enum Allocation {
     /// The paper's even split: `total / N` per device.
     #[default]
     Even,
+    /// Fixed shares: device `q` gets `total × bandwidth_share_q / Σ shares`.
+    Shares,
     /// The core's min–max allocation (`wdmoe_core::bandwidth::min_max`) over
     /// all devices, once per prompt on its large-scale channel (path loss and
     /// shadowing, no fast fading): the slowest device is made as fast as it
@@ -168,17 +170,61 @@ pub struct Device {
     /// A label for tables.
     #[serde(default)]
     pub name: String,
-    /// 2-D distance to the base station \[m\].
+    /// 2-D distance to the base station \[m\]; give this or `position_m`.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub distance_m: f64,
+    /// Position `[x, y]` \[m\] with the base station at the origin; an
+    /// alternative to `distance_m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_m: Option<[f64; 2]>,
     /// Uplink transmit power \[W\] (paper: 0.2).
     #[serde(default = "default_device_power")]
     pub tx_power_w: f64,
     /// Compute rate `C_q` \[TFLOP/s\] (10^12 FLOP/s) sustained on the expert FFN.
     pub compute_tflops: f64,
+    /// Bandwidth weight for `allocation = "shares"`: the device gets
+    /// `total_bandwidth_hz × share / Σ shares` (default 1: the even split).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub bandwidth_share: f64,
+}
+
+impl Device {
+    /// A device at `distance_m` \[m\] with `compute_tflops` \[TFLOP/s\], the
+    /// paper's 0.2 W and an equal bandwidth share.
+    pub fn at(distance_m: f64, compute_tflops: f64) -> Self {
+        Self {
+            name: String::new(),
+            distance_m,
+            position_m: None,
+            tx_power_w: 0.2,
+            compute_tflops,
+            bandwidth_share: 1.0,
+        }
+    }
+
+    /// 2-D distance to the base station \[m\], from `position_m` when given.
+    pub fn distance_2d_m(&self) -> f64 {
+        match self.position_m {
+            Some([x, y]) => x.hypot(y),
+            None => self.distance_m,
+        }
+    }
 }
 
 fn default_device_power() -> f64 {
     0.2
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The default eight devices over a macro cell of 600 m radius (distance
@@ -223,9 +269,7 @@ pub fn default_devices() -> Vec<Device> {
     d.iter()
         .map(|&(name, distance_m, compute_tflops)| Device {
             name: name.to_string(),
-            distance_m,
-            tx_power_w: 0.2,
-            compute_tflops,
+            ..Device::at(distance_m, compute_tflops)
         })
         .collect()
 }
@@ -594,7 +638,7 @@ impl Scenario {
         let r = &self.radio;
         check_range("radio.carrier_ghz", r.carrier_ghz, 1e-3, 1e3, false)?;
         check_positive("radio.carrier_ghz", r.carrier_ghz)?;
-        check_non_negative("radio.bs_tx_power_w", r.bs_tx_power_w)?;
+        check_positive("radio.bs_tx_power_w", r.bs_tx_power_w)?;
         check_positive("radio.total_bandwidth_hz", r.total_bandwidth_hz)?;
         check_range("radio.n0_dbm_per_hz", r.n0_dbm_per_hz, -250.0, 0.0, false)?;
         check_range(
@@ -608,15 +652,46 @@ impl Scenario {
             check_range("radio.min_snr_db", r.min_snr_db, -100.0, 100.0, false)?;
         }
         for (i, d) in self.devices.iter().enumerate() {
-            check_positive(&format!("devices[{i}].distance_m"), d.distance_m)?;
+            if let Some([x, y]) = d.position_m {
+                check_finite(&format!("devices[{i}].position_m[0]"), x)?;
+                check_finite(&format!("devices[{i}].position_m[1]"), y)?;
+                if d.distance_m != 0.0 {
+                    return Err(err(
+                        format!("devices[{i}].position_m"),
+                        "give distance_m or position_m, not both",
+                    ));
+                }
+                let r = x.hypot(y);
+                if !(r > 0.0 && r <= 1e7) {
+                    return Err(err(
+                        format!("devices[{i}].position_m"),
+                        format!("distance to the base station must be in (0, 1e7] m (got {r})"),
+                    ));
+                }
+            } else {
+                check_positive(&format!("devices[{i}].distance_m"), d.distance_m).map_err(|e| {
+                    err(
+                        e.key,
+                        format!("{} (give distance_m or position_m)", e.reason),
+                    )
+                })?;
+                check_range(
+                    &format!("devices[{i}].distance_m"),
+                    d.distance_m,
+                    0.0,
+                    1e7,
+                    false,
+                )?;
+            }
+            check_positive(&format!("devices[{i}].tx_power_w"), d.tx_power_w)?;
             check_range(
-                &format!("devices[{i}].distance_m"),
-                d.distance_m,
+                &format!("devices[{i}].bandwidth_share"),
+                d.bandwidth_share,
                 0.0,
-                1e7,
+                1e9,
                 false,
             )?;
-            check_non_negative(&format!("devices[{i}].tx_power_w"), d.tx_power_w)?;
+            check_positive(&format!("devices[{i}].bandwidth_share"), d.bandwidth_share)?;
             check_positive(&format!("devices[{i}].compute_tflops"), d.compute_tflops)?;
         }
         if m.top_k == 0 || m.top_k > n {

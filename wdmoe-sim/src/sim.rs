@@ -79,7 +79,11 @@ impl From<wdmoe_core::Error> for SimError {
 /// assert_eq!(s.devices[0].distance_m, 25.0);
 /// ```
 pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError> {
-    let far = s.devices.iter().map(|d| d.distance_m).fold(0.0, f64::max);
+    let far = s
+        .devices
+        .iter()
+        .map(|d| d.distance_2d_m())
+        .fold(0.0, f64::max);
     if !(radius_m.is_finite() && radius_m > 0.0) {
         return Err(ScenarioError {
             key: "radius_m".into(),
@@ -90,6 +94,10 @@ pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError
     if far > 0.0 {
         for d in &mut out.devices {
             d.distance_m *= radius_m / far;
+            if let Some(p) = &mut d.position_m {
+                p[0] *= radius_m / far;
+                p[1] *= radius_m / far;
+            }
         }
     }
     out.validate()?;

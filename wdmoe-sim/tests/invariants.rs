@@ -41,10 +41,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             s.devices = devs[..n]
                 .iter()
                 .map(|&(d, c, p)| Device {
-                    name: String::new(),
-                    distance_m: d,
                     tx_power_w: p,
-                    compute_tflops: c,
+                    ..Device::at(d, c)
                 })
                 .collect();
             s.channel.path_loss = [PathLoss::FreeSpace, PathLoss::Uma, PathLoss::Umi][pl];

@@ -346,3 +346,39 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn positions_and_bandwidth_shares() {
+    let s = Scenario::from_toml_str(
+        "[radio]\nallocation = \"shares\"\n\
+         [[devices]]\nposition_m = [30.0, 40.0]\ncompute_tflops = 0.1\nbandwidth_share = 3.0\n\
+         [[devices]]\ndistance_m = 50.0\ncompute_tflops = 0.1\n",
+    )
+    .unwrap();
+    assert_eq!(s.devices[0].distance_2d_m(), 50.0);
+    let mut s = s;
+    s.channel.fading = Fading::None;
+    s.model.top_k = 1;
+    let ch = ChannelModel::new(&s).unwrap();
+    let mut r = ch.realise(rng::stream(1, 0, Stream::Channel)).unwrap();
+    let mut lat = vec![0.0; 2];
+    r.latency_at(0, &mut lat).unwrap();
+    // Same distance and compute; 75 MHz beats 25 MHz.
+    assert!(lat[0] < lat[1]);
+    let both = "[[devices]]\ndistance_m = 5.0\nposition_m = [3.0, 4.0]\ncompute_tflops = 1.0\n";
+    assert_eq!(
+        Scenario::from_toml_str(both).unwrap_err().key,
+        "devices[0].position_m"
+    );
+    let neither = "[[devices]]\ncompute_tflops = 1.0\n";
+    let e = Scenario::from_toml_str(neither).unwrap_err();
+    assert!(
+        e.key == "devices[0].distance_m" && e.reason.contains("position_m"),
+        "{e}"
+    );
+    let zero_power = "[[devices]]\ndistance_m = 5.0\ntx_power_w = 0.0\ncompute_tflops = 1.0\n";
+    assert_eq!(
+        Scenario::from_toml_str(zero_power).unwrap_err().key,
+        "devices[0].tx_power_w"
+    );
+}
