@@ -112,6 +112,33 @@ pub trait SelectionPolicy: Send + Sync {
     fn parameter(&self) -> Option<f64>;
     /// Decides which experts serve a token at one layer.
     fn decide(&self, logits: &[f64], latency_s: &[f64], out: &mut Decision) -> Result<(), Error>;
+    /// The same decision, given `base`: the core's reachable top-k for the
+    /// same inputs ([`reachable_top_k`]), which the engine computes once per
+    /// token and layer. Policies that start from it override this to save
+    /// the work; the default ignores `base`.
+    fn decide_from_base(
+        &self,
+        logits: &[f64],
+        latency_s: &[f64],
+        base: &Decision,
+        out: &mut Decision,
+    ) -> Result<(), Error> {
+        let _ = base;
+        self.decide(logits, latency_s, out)
+    }
+}
+
+/// The reachable top-k: the `k` experts of largest router weight minus
+/// unreachable ones (fallback to the best reachable expert if none is left),
+/// weights renormalised — [`wdmoe_core::select::select`] with θ = 0 and no
+/// drop test. Every policy here starts from it.
+pub fn reachable_top_k(
+    k: usize,
+    logits: &[f64],
+    latency_s: &[f64],
+    out: &mut Decision,
+) -> Result<(), Error> {
+    select_dyn(&Policy::new(k, 0.0, 0)?, logits, latency_s, out)
 }
 
 /// WDMoE, Algorithm 1 with threshold θ and up to `max_drops` drops (θ = 0:
@@ -186,6 +213,24 @@ impl SelectionPolicy for WeightOnly {
     }
     fn decide(&self, logits: &[f64], latency_s: &[f64], out: &mut Decision) -> Result<(), Error> {
         select_dyn(&self.base, logits, latency_s, out)?;
+        self.apply(out);
+        Ok(())
+    }
+    fn decide_from_base(
+        &self,
+        _logits: &[f64],
+        _latency_s: &[f64],
+        base: &Decision,
+        out: &mut Decision,
+    ) -> Result<(), Error> {
+        out.clone_from(base);
+        self.apply(out);
+        Ok(())
+    }
+}
+
+impl WeightOnly {
+    fn apply(&self, out: &mut Decision) {
         let mut i = 1;
         while i < out.experts.len() {
             if out.weights[i] < self.beta * out.weights[0] {
@@ -194,7 +239,6 @@ impl SelectionPolicy for WeightOnly {
                 i += 1;
             }
         }
-        Ok(())
     }
 }
 
@@ -226,6 +270,24 @@ impl SelectionPolicy for ChannelOnly {
     }
     fn decide(&self, logits: &[f64], latency_s: &[f64], out: &mut Decision) -> Result<(), Error> {
         select_dyn(&self.base, logits, latency_s, out)?;
+        Self::apply(latency_s, out);
+        Ok(())
+    }
+    fn decide_from_base(
+        &self,
+        _logits: &[f64],
+        latency_s: &[f64],
+        base: &Decision,
+        out: &mut Decision,
+    ) -> Result<(), Error> {
+        out.clone_from(base);
+        Self::apply(latency_s, out);
+        Ok(())
+    }
+}
+
+impl ChannelOnly {
+    fn apply(latency_s: &[f64], out: &mut Decision) {
         if out.experts.len() > 1 {
             let mut worst = 0;
             for (i, &q) in out.experts.iter().enumerate() {
@@ -236,6 +298,5 @@ impl SelectionPolicy for ChannelOnly {
             }
             out.drop_at(worst);
         }
-        Ok(())
     }
 }

@@ -407,6 +407,9 @@ impl Simulation {
         };
         let mut prefill_lat = vec![0.0; n];
         let mut dec = Decision::default();
+        let mut base = Decision::default();
+        let (mut ref_e, mut ref_w) = (Vec::new(), Vec::new());
+        let mut all_up = true;
         let mut steps = 0u64;
         let mut slots = 0u64;
         let mut token_sum = vec![0.0; np];
@@ -416,6 +419,7 @@ impl Simulation {
             if j == 0 || slot != 0 {
                 chan.latency_at(slot, &mut lat)?;
                 slots += 1;
+                all_up = lat.iter().all(|t| t.is_finite());
                 if j == 0 {
                     prefill_lat.copy_from_slice(&lat);
                 }
@@ -427,9 +431,17 @@ impl Simulation {
                     break 'tokens;
                 }
                 steps += 1;
-                let (ref_e, ref_w) = policy::top_k_dyn(z, k)?;
+                // The reachable top-k, shared by the policies; the plain top-k
+                // (for the kept weight) is the same unless a device is down.
+                policy::reachable_top_k(k, z, &lat, &mut base)?;
+                if all_up {
+                    ref_e.clone_from(&base.experts);
+                    ref_w.clone_from(&base.weights);
+                } else {
+                    (ref_e, ref_w) = policy::top_k_dyn(z, k)?;
+                }
                 for (pi, pol) in self.policies.iter().enumerate() {
-                    pol.decide(z, &lat, &mut dec)?;
+                    pol.decide_from_base(z, &lat, &base, &mut dec)?;
                     let t = latency::token_latency_s(&lat, &dec.experts)?;
                     let st = &mut stats[pi];
                     token_sum[pi] += t;

@@ -382,3 +382,43 @@ fn positions_and_bandwidth_shares() {
         "devices[0].tx_power_w"
     );
 }
+
+mod shared_base {
+    use proptest::prelude::*;
+    use wdmoe_sim::policy::{
+        reachable_top_k, ChannelOnly, Decision, SelectionPolicy, Wdmoe, WeightOnly,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// The engine's shortcut (one reachable top-k per token and layer,
+        /// shared by the policies) gives the same decisions as deciding alone.
+        #[test]
+        fn decide_from_base_equals_decide(
+            n in 2usize..12,
+            k in 1usize..4,
+            z in prop::collection::vec(-5.0f64..5.0, 12),
+            t in prop::collection::vec(prop_oneof![9 => 1e-4f64..1.0, 1 => Just(f64::INFINITY)], 12),
+            beta in 0.0f64..1.0,
+            theta in 0.0f64..0.5,
+        ) {
+            let k = k.min(n);
+            let (z, mut t) = (&z[..n], t[..n].to_vec());
+            t[0] = 0.01; // at least one device reachable
+            let pols: Vec<Box<dyn SelectionPolicy>> = vec![
+                Box::new(Wdmoe::new(k, theta, 1).unwrap()),
+                Box::new(WeightOnly::new(k, beta).unwrap()),
+                Box::new(ChannelOnly::new(k).unwrap()),
+            ];
+            let mut base = Decision::default();
+            reachable_top_k(k, z, &t, &mut base).unwrap();
+            for p in &pols {
+                let (mut a, mut b) = (Decision::default(), Decision::default());
+                p.decide(z, &t, &mut a).unwrap();
+                p.decide_from_base(z, &t, &base, &mut b).unwrap();
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+}
