@@ -94,9 +94,15 @@ impl RouterStream for SyntheticStream<'_> {
     fn next_token(&mut self, out: &mut [f64]) {
         let rho = self.r.stickiness;
         let w = (1.0 - rho * rho).sqrt();
-        for e in self.eps.iter_mut() {
-            let u = rng::normal(&mut self.rng);
-            *e = if self.started { rho * *e + w * u } else { u };
+        let started = self.started;
+        let step = |e: &mut f64, u: f64| *e = if started { rho * *e + w * u } else { u };
+        // Box–Muller gives normals in pairs: use both.
+        for pair in self.eps.chunks_mut(2) {
+            let (a, b) = rng::normal_pair(&mut self.rng);
+            step(&mut pair[0], a);
+            if let Some(e) = pair.get_mut(1) {
+                step(e, b);
+            }
         }
         self.started = true;
         for ((o, &b), &e) in out.iter_mut().zip(&self.r.bias).zip(&self.eps) {
