@@ -5,10 +5,13 @@
 //! * (b) [`TraceRouter`], recorded logits replayed from a `.npy` file
 //!   ([`crate::trace`] documents the format);
 //! * (c) live router output from executing a real MoE layer. **Hook:**
-//!   implement [`Router`] for a type that runs the model's gate on the hidden
-//!   states of each token (e.g. over the `wdmoe-cuda` kernels behind the
-//!   `cuda` feature) and writes the `layers × experts` logits in
-//!   [`RouterStream::next_token`]; nothing else in the simulator changes.
+//!   implement [`Router`] for a type that runs the model's gate on each
+//!   token's hidden state at every layer (the `layer` module's
+//!   `cpu::router_logits`, or its GPU executor behind the `cuda` feature,
+//!   computes exactly these logits from router weights and hidden states) and
+//!   writes the `layers × experts` logits in [`RouterStream::next_token`];
+//!   pass it to [`crate::sim::Simulation::with_router`]. Nothing else in the
+//!   simulator changes.
 //!
 //! # The synthetic router
 //! Logit of expert `q` at layer `l` for token `j`:
