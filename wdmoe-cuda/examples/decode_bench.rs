@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use wdmoe_cuda::cust::memory::AsyncCopyDestination;
 use wdmoe_cuda::{
-    elapsed_ms, f16, ffn_decode, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace, Gpu,
-    KernelConfig, Result, Stage,
+    elapsed_ms, f16, ffn_decode, ffn_stage, DecodeConfig, DownLayout, ExpertWeights, FfnWorkspace,
+    Gpu, KernelConfig, Result, Stage,
 };
 
 const M: usize = 4096;
@@ -78,31 +78,43 @@ fn main() -> Result<()> {
             error,
         })
     })?;
+    // Read-only ceiling: stream the 1 GiB buffer once with 16-byte loads.
+    let mut scratch = gpu.alloc::<f32>(info.sm_count as usize * 8)?;
+    let read_ms = time(&gpu, 10, |_| gpu.read_probe(&a, &mut scratch))?;
+    let read_tbps = (n * 2) as f64 / (read_ms as f64 * 1e-3) / 1e12;
+    println!("read probe {read_tbps:.3} TB/s ({read_ms:.3} ms for 1 GiB)");
+    write!(json, ",\"read_TBps\":{read_tbps:.4}").unwrap();
     drop((a, b));
     let copy_tbps = 2.0 * (n * 2) as f64 / (copy_ms as f64 * 1e-3) / 1e12;
     println!("copy {copy_tbps:.3} TB/s ({copy_ms:.3} ms for 2 x 1 GiB)");
     write!(json, ",\"copy_TBps\":{copy_tbps:.4}").unwrap();
 
-    let experts: Vec<ExpertWeights> = (0..4u64)
-        .map(|i| {
-            let mut w1 = gpu.alloc::<f16>(M * MH)?;
-            let mut w3 = gpu.alloc::<f16>(M * MH)?;
-            let mut w2 = gpu.alloc::<f16>(M * MH)?;
-            gpu.fill_uniform(&mut w1, 11 + 10 * i, 0.02)?;
-            gpu.fill_uniform(&mut w3, 12 + 10 * i, 0.02)?;
-            gpu.fill_uniform(&mut w2, 13 + 10 * i, 0.02)?;
-            let e = ExpertWeights::pack(&gpu, &w1, &w3, &w2, M, MH)?;
-            gpu.sync()?;
-            Ok(e)
-        })
-        .collect::<Result<_>>()?;
+    // 4 experts per W2 layout (32-row and 16-row tiles), random weights.
+    let make = |layout: DownLayout| -> Result<Vec<ExpertWeights>> {
+        let mut w1 = gpu.alloc::<f16>(M * MH)?;
+        let mut w3 = gpu.alloc::<f16>(M * MH)?;
+        let mut w2 = gpu.alloc::<f16>(M * MH)?;
+        (0..4u64)
+            .map(|i| {
+                gpu.fill_uniform(&mut w1, 11 + 10 * i, 0.02)?;
+                gpu.fill_uniform(&mut w3, 12 + 10 * i, 0.02)?;
+                gpu.fill_uniform(&mut w2, 13 + 10 * i, 0.02)?;
+                let e = ExpertWeights::pack_with(&gpu, &w1, &w3, &w2, M, MH, layout)?;
+                gpu.sync()?;
+                Ok(e)
+            })
+            .collect()
+    };
+    let experts = make(DownLayout::Pairs32)?;
+    let experts16 = make(DownLayout::Tiles16)?;
     let wbytes = experts[0].bytes() as f64;
     let mut ws = FfnWorkspace::new(&gpu, M, MH)?;
     let mut x = gpu.alloc::<f16>(16 * M)?;
     gpu.fill_uniform(&mut x, 5, 1.0)?;
     let mut out = gpu.alloc::<f16>(16 * M)?;
     let auto = DecodeConfig::auto(&info, M, MH);
-    println!("auto config {auto:?}");
+    let auto16 = DecodeConfig::auto_layout(&info, M, MH, DownLayout::Tiles16);
+    println!("auto config {auto:?}; 16-row W2 tiles: {auto16:?}");
 
     // Sweep shapes per stage.
     let mut shapes = Vec::new();
@@ -119,14 +131,25 @@ fn main() -> Result<()> {
     }
     json.push_str(",\"ffn\":[");
     for (ti, &t) in tokens.iter().enumerate() {
-        let mut best = [(f32::MAX, auto.gate_up), (f32::MAX, auto.down)];
-        for (si, stage) in [Stage::GateUp, Stage::Down].into_iter().enumerate() {
+        let mut best = [
+            (f32::MAX, auto.gate_up),
+            (f32::MAX, auto.down),
+            (f32::MAX, auto16.down),
+        ];
+        for (si, (stage, set)) in [
+            (Stage::GateUp, &experts),
+            (Stage::Down, &experts),
+            (Stage::Down, &experts16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let mut line = String::new();
             for k in &shapes {
                 let ms = time(&gpu, iters.min(15), |i| {
                     ffn_stage(
                         &gpu,
-                        &experts[i % 4],
+                        &set[i % 4],
                         &x,
                         t.min(16),
                         &mut out,
@@ -150,7 +173,8 @@ fn main() -> Result<()> {
             }
             let frac = if si == 0 { 2.0 / 3.0 } else { 1.0 / 3.0 };
             println!(
-                "T={t:>2} {stage:?} best {:?} {:.1} us = {:.3} TB/s   sweep(w/s/u:us){line}",
+                "T={t:>2} {stage:?}{} best {:?} {:.1} us = {:.3} TB/s   sweep(w/s/u:us){line}",
+                if si == 2 { "16" } else { "" },
                 best[si].1,
                 best[si].0 * 1e3,
                 wbytes * frac / (best[si].0 as f64 * 1e-3) / 1e12
@@ -161,9 +185,18 @@ fn main() -> Result<()> {
             down: best[1].1,
         };
         let mut row = String::new();
-        for (name, cfg) in [("auto", auto), ("tuned", tuned)] {
+        let tuned16 = DecodeConfig {
+            gate_up: best[0].1,
+            down: best[2].1,
+        };
+        for (name, cfg, set) in [
+            ("auto", auto, &experts),
+            ("tuned", tuned, &experts),
+            ("auto16", auto16, &experts16),
+            ("tuned16", tuned16, &experts16),
+        ] {
             let ms = time(&gpu, iters, |i| {
-                ffn_decode(&gpu, &experts[i % 4], &x, t, &mut out, &mut ws, &cfg)
+                ffn_decode(&gpu, &set[i % 4], &x, t, &mut out, &mut ws, &cfg)
             })?;
             let tbps = wbytes / (ms as f64 * 1e-3) / 1e12;
             println!(
@@ -178,6 +211,20 @@ fn main() -> Result<()> {
             )
             .unwrap();
         }
+        // Back to back: 20 calls between two events (launches overlap
+        // through programmatic dependent launch), per call.
+        let b2b = time(&gpu, 9, |i| {
+            for j in 0..20 {
+                ffn_decode(&gpu, &experts[(i + j) % 4], &x, t, &mut out, &mut ws, &auto)?;
+            }
+            Ok(())
+        })? / 20.0;
+        println!(
+            "expert FFN T={t:>2}  b2b : {:8.1} us  {:.3} TB/s (auto, 20 calls back to back)",
+            b2b * 1e3,
+            wbytes / (b2b as f64 * 1e-3) / 1e12
+        );
+        write!(row, "\"b2b_us\":{:.2},", b2b * 1e3).unwrap();
         write!(
             json,
             "{}{{\"tokens\":{t},{row}\"gate_up\":[{},{},{}],\"down\":[{},{},{}]}}",

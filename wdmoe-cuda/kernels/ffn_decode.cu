@@ -35,17 +35,35 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint4& a, uint32_t
         : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 }
 
+// Programmatic dependent launch (sm_90): let the next kernel in the stream
+// start launching, and wait for the previous one (no-ops without the launch
+// attribute, and compiled out for the compute_80 PTX).
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 constexpr int MAX_WARPS = 8;
 
-template <int NT, int NMAT, int U>
+// NMAT = 2 and GATED: W1|W3 of one 16-row tile, epilogue silu(g)*u.
+// NMAT = 2 and !GATED: two consecutive 16-row tiles of one matrix (a 32-row
+// tile; B fragments are loaded once for both). NMAT = 1: one 16-row tile.
+template <int NT, int NMAT, int U, bool GATED>
 __device__ __forceinline__ void gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
     const int* __restrict__ in_idx, int T, int k_tiles, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
     const int* __restrict__ out_idx, const float* __restrict__ tok_w, int n_rows) {
+    griddep_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warps = blockDim.x >> 5;
@@ -58,16 +76,6 @@ __device__ __forceinline__ void gemv_tile(
     const int kw0 = kb0 + (int)((long long)(kb1 - kb0) * warp / warps);
     const int kw1 = kb0 + (int)((long long)(kb1 - kb0) * (warp + 1) / warps);
 
-    // Per-lane B rows: token n = nt*8 + lane/4; k offset (lane%4)*2.
-    const __half* xrow[NT];
-    bool xvalid[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        int n = nt * 8 + (lane >> 2);
-        xvalid[nt] = n < T;
-        int r = xvalid[nt] ? (in_idx ? in_idx[n] : n) : 0;
-        xrow[nt] = x + (size_t)r * ldx + (lane & 3) * 2;
-    }
 
     float acc[NMAT][NT][4];
 #pragma unroll
@@ -83,6 +91,8 @@ __device__ __forceinline__ void gemv_tile(
     // loads per lane are in flight; ptxas otherwise sinks each load to its mma.
     const int n_full = (kw1 - kw0) / U;
     uint4 a[2][U][NMAT];
+    const __half* xrow[NT];
+    bool xvalid[NT];
     auto load_a = [&](uint4 (&dst)[U][NMAT], int k) {
 #pragma unroll
         for (int u = 0; u < U; ++u)
@@ -107,8 +117,20 @@ __device__ __forceinline__ void gemv_tile(
                 for (int nt = 0; nt < NT; ++nt) mma16816(acc[m][nt], src[u][m], b[u][nt][0], b[u][nt][1]);
     };
     int kt = kw0;
+    // Weights do not depend on the previous kernel: start loading them, then
+    // wait for it (its outputs: x/h, the workspace, the plan) to complete.
+    if (n_full > 0) load_a(a[0], kt);
+    griddep_wait();
+
+    // Per-lane B rows: token n = nt*8 + lane/4; k offset (lane%4)*2.
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        int n = nt * 8 + (lane >> 2);
+        xvalid[nt] = n < T;
+        int r = xvalid[nt] ? (in_idx ? in_idx[n] : n) : 0;
+        xrow[nt] = x + (size_t)r * ldx + (lane & 3) * 2;
+    }
     if (n_full > 0) {
-        load_a(a[0], kt);
         int i = 0;
         for (; i + 2 <= n_full; i += 2) {
             load_a(a[1], kt + U);  // may read the next group; bounded below
@@ -187,11 +209,12 @@ __device__ __forceinline__ void gemv_tile(
     }
 
     // Epilogue: i -> (token, row), rows fastest.
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        int tok = i >> 4, row = i & 15;
-        int grow = rt * 16 + row;
+    constexpr int ROWS = GATED ? 16 : 16 * NMAT;
+    for (int i = threadIdx.x; i < ROWS * 16; i += blockDim.x) {
+        int tok = i / ROWS, row = i % ROWS;
+        int grow = rt * ROWS + row;
         if (tok >= T || grow >= n_rows) continue;
-        float v = NMAT == 2 ? silu(s[0][row][tok]) * s[NMAT - 1][row][tok] : s[0][row][tok];
+        float v = GATED ? silu(s[0][row][tok]) * s[NMAT - 1][row][tok] : s[row >> 4][row & 15][tok];
         if (out_acc) {
             int dst = out_idx ? out_idx[tok] : tok;
             float wgt = tok_w ? tok_w[tok] : 1.f;
@@ -204,36 +227,41 @@ __device__ __forceinline__ void gemv_tile(
 
 }  // namespace
 
-#define WDMOE_GEMV(NAME, NT, NMAT, U)                                                                       \
+#define WDMOE_GEMV(NAME, NT, NMAT, U, GATED)                                                                \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
         const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const int* __restrict__ in_idx, \
         int T, int k_tiles, int splits, float* __restrict__ partial, unsigned* __restrict__ counters,       \
         __half* __restrict__ out, int ldo, float* __restrict__ out_acc, const int* __restrict__ out_idx,    \
         const float* __restrict__ tok_w, int n_rows) {                                                      \
-        gemv_tile<NT, NMAT, U>(w, x, ldx, in_idx, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
+        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, in_idx, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
                                out_idx, tok_w, n_rows);                                                     \
     }
 
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.
-WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4)
-WDMOE_GEMV(gemv_gated_nt2_u4, 2, 2, 4)
-WDMOE_GEMV(gemv_gated_nt1_u8, 1, 2, 8)
-WDMOE_GEMV(gemv_gated_nt2_u8, 2, 2, 8)
-WDMOE_GEMV(gemv_plain_nt1_u4, 1, 1, 4)
-WDMOE_GEMV(gemv_plain_nt2_u4, 2, 1, 4)
-WDMOE_GEMV(gemv_plain_nt1_u8, 1, 1, 8)
-WDMOE_GEMV(gemv_plain_nt2_u8, 2, 1, 8)
+WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4, true)
+WDMOE_GEMV(gemv_gated_nt2_u4, 2, 2, 4, true)
+WDMOE_GEMV(gemv_gated_nt1_u8, 1, 2, 8, true)
+WDMOE_GEMV(gemv_gated_nt2_u8, 2, 2, 8, true)
+WDMOE_GEMV(gemv_plain_nt1_u4, 1, 1, 4, false)
+WDMOE_GEMV(gemv_plain_nt2_u4, 2, 1, 4, false)
+WDMOE_GEMV(gemv_plain_nt1_u8, 1, 1, 8, false)
+WDMOE_GEMV(gemv_plain_nt2_u8, 2, 1, 8, false)
+WDMOE_GEMV(gemv_pair_nt1_u4, 1, 2, 4, false)
+WDMOE_GEMV(gemv_pair_nt2_u4, 2, 2, 4, false)
+WDMOE_GEMV(gemv_pair_nt1_u8, 1, 2, 8, false)
+WDMOE_GEMV(gemv_pair_nt2_u8, 2, 2, 8, false)
 
 // Packs row-major fp16 matrices [rows][cols] (rows, cols multiples of 16) into
 // A-fragment order: dst[rt][kt][mat][lane] = 16 bytes, mat = 0 for `a`, 1 for
-// `b` (b may be null: one matrix). Lane l of tile (rt, kt) holds
+// `b` (b may be null: one matrix). With `pair` (b null, rows % 32 == 0) the
+// two "matrices" are the 16-row tiles 2*rt and 2*rt+1 of `a`. Lane l of tile (rt, kt) holds
 //   W[r][k], W[r][k+1], W[r+8][k], W[r+8][k+1], W[r][k+8], W[r][k+9], W[r+8][k+8], W[r+8][k+9]
 // with r = rt*16 + l/4, k = kt*16 + (l%4)*2 (the m16n8k16 A registers a0..a3).
 extern "C" __global__ void pack_tiles(const __half* __restrict__ a, const __half* __restrict__ b,
-                                      uint4* __restrict__ dst, int rows, int cols) {
-    const int nmat = b ? 2 : 1;
+                                      uint4* __restrict__ dst, int rows, int cols, int pair) {
+    const int nmat = (b || pair) ? 2 : 1;
     const long long kts = cols / 16;
-    const long long total = (long long)(rows / 16) * kts * nmat * 32;
+    const long long total = (long long)(pair ? rows / 32 : rows / 16) * kts * nmat * 32;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         int lane = (int)(i & 31);
@@ -242,8 +270,8 @@ extern "C" __global__ void pack_tiles(const __half* __restrict__ a, const __half
         t /= nmat;
         long long kt = t % kts;
         long long rt = t / kts;
-        const __half* src = m ? b : a;
-        long long r = rt * 16 + (lane >> 2), k = kt * 16 + (lane & 3) * 2;
+        const __half* src = (m && !pair) ? b : a;
+        long long r = (pair ? rt * 32 + m * 16 : rt * 16) + (lane >> 2), k = kt * 16 + (lane & 3) * 2;
         const __half* p0 = src + r * cols + k;
         const __half* p1 = p0 + 8LL * cols;
         __align__(16) __half v[8] = {p0[0], p0[1], p1[0], p1[1], p0[8], p0[9], p1[8], p1[9]};
@@ -271,4 +299,24 @@ extern "C" __global__ void fill_u16(unsigned short* __restrict__ dst, long long 
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         dst[i] = bits;
+}
+
+// Read-bandwidth probe: streams n16 16-byte words once (8 loads in flight per
+// thread), and writes one value per block so the loads are not removed.
+extern "C" __global__ void read_probe(const uint4* __restrict__ p, long long n16, float* __restrict__ out) {
+    unsigned acc = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 7 * stride < n16; i += 8 * stride) {
+        uint4 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) v[u] = ld_stream(p + i + u * stride);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n16; i += stride) {
+        uint4 v = ld_stream(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) out[blockIdx.x] = (float)acc;  // practically never; keeps the loads
 }

@@ -7,10 +7,15 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// If `zero` is not null, block `tok` also zeroes zero[tok][0..zero_cols) (the
+// MoE layer's fp32 combine accumulator, so that no separate memset is needed).
 extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
-                                          float* __restrict__ logits, float* __restrict__ probs) {
+                                          float* __restrict__ logits, float* __restrict__ probs,
+                                          float* __restrict__ zero, int zero_cols) {
     extern __shared__ float sl[];  // e logits
     const int tok = blockIdx.x;
+    if (zero)
+        for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
     for (int q = warp; q < e; q += warps) {

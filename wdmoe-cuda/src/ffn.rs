@@ -4,8 +4,9 @@
 
 use std::ffi::c_void;
 
+use cust::event::Event;
 use cust::function::{BlockSize, GridSize};
-use cust::memory::{DeviceBuffer, DeviceSlice};
+use cust::memory::{AsyncCopyDestination, DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 
 use crate::error::{check_align, shape, CudaCtx, Error, Result};
@@ -28,21 +29,24 @@ pub struct KernelConfig {
 }
 
 impl KernelConfig {
-    /// A shape for `row_tiles` x `k_tiles` that puts about `warps_per_sm`
-    /// warps on each of `sm_count` SMs, splitting k across blocks where the
-    /// row tiles alone are too few.
+    /// A shape for `row_tiles` x `k_tiles` with `warps` warps per block
+    /// (fewer if k is short) that puts about `warps_per_sm` warps on each of
+    /// `sm_count` SMs, splitting k across blocks where the row tiles alone
+    /// are too few (rounded: a slightly short grid beats a second partial
+    /// wave plus split-K reductions; see NOTES.md).
     pub fn auto(
         sm_count: u32,
         row_tiles: usize,
         k_tiles: usize,
+        warps: u32,
+        unroll: u32,
         warps_per_sm: u32,
     ) -> KernelConfig {
-        let unroll = 4u32;
-        let warps = 4u32.min((k_tiles as u32 / unroll).max(1));
-        let want_blocks = (sm_count * warps_per_sm).div_ceil(warps) as usize;
+        let warps = warps.min((k_tiles as u32 / unroll).max(1)).clamp(1, 8);
+        let per_split = (row_tiles.max(1) * warps as usize) as f64;
+        let want = (sm_count * warps_per_sm) as f64 / per_split;
         let max_split_k = (k_tiles / (warps * unroll) as usize).max(1) as u32;
-        let splits =
-            (want_blocks.div_ceil(row_tiles.max(1)) as u32).clamp(1, MAX_SPLITS.min(max_split_k));
+        let splits = (want.round() as u32).clamp(1, MAX_SPLITS.min(max_split_k));
         KernelConfig {
             warps,
             splits,
@@ -76,11 +80,37 @@ pub struct DecodeConfig {
 }
 
 impl DecodeConfig {
-    /// Default shapes for an FFN of hidden size `m` and expert size `m_h`.
+    /// Default shapes for an FFN of hidden size `m` and expert size `m_h`
+    /// whose W2 is packed in [`DownLayout::default_for`] m (as
+    /// [`ExpertWeights::pack`] does).
     pub fn auto(info: &DeviceInfo, m: usize, m_h: usize) -> DecodeConfig {
+        Self::auto_layout(info, m, m_h, DownLayout::default_for(m))
+    }
+
+    /// Default shapes for a given W2 layout: gate/up 2 warps per block,
+    /// unroll 4; down 8 warps, unroll 8 (16-row tiles) or 4 (32-row tiles,
+    /// fewer registers); about 14 warps per SM. From the H200 sweep in
+    /// NOTES.md.
+    pub fn auto_layout(
+        info: &DeviceInfo,
+        m: usize,
+        m_h: usize,
+        layout: DownLayout,
+    ) -> DecodeConfig {
+        let (down_rows, down_unroll) = match layout {
+            DownLayout::Tiles16 => (16, 8),
+            DownLayout::Pairs32 => (32, 4),
+        };
         DecodeConfig {
-            gate_up: KernelConfig::auto(info.sm_count, m_h / 16, m / 16, 24),
-            down: KernelConfig::auto(info.sm_count, m / 16, m_h / 16, 24),
+            gate_up: KernelConfig::auto(info.sm_count, m_h / 16, m / 16, 2, 4, 14),
+            down: KernelConfig::auto(
+                info.sm_count,
+                (m / down_rows).max(1),
+                m_h / 16,
+                8,
+                down_unroll,
+                14,
+            ),
         }
     }
 }
@@ -93,6 +123,29 @@ pub struct ExpertWeights {
     w2: DeviceBuffer<f16>,
     m: usize,
     m_h: usize,
+    down_pairs: bool,
+}
+
+/// Layout of the packed W2 (the decode down-projection kernel follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownLayout {
+    /// 16-row tiles: one A fragment per mma and k-step per warp.
+    Tiles16,
+    /// 32-row tiles (two 16-row tiles interleaved): each warp loads the
+    /// tokens' B fragments once for two A fragments, halving the reads of
+    /// the intermediate h (matters at 9-16 tokens). Needs m % 32 == 0.
+    Pairs32,
+}
+
+impl DownLayout {
+    /// `Pairs32` where m % 32 == 0, else `Tiles16`.
+    pub fn default_for(m: usize) -> DownLayout {
+        if m % 32 == 0 {
+            DownLayout::Pairs32
+        } else {
+            DownLayout::Tiles16
+        }
+    }
 }
 
 impl std::fmt::Debug for ExpertWeights {
@@ -100,6 +153,7 @@ impl std::fmt::Debug for ExpertWeights {
         f.debug_struct("ExpertWeights")
             .field("m", &self.m)
             .field("m_h", &self.m_h)
+            .field("down_pairs", &self.down_pairs)
             .finish()
     }
 }
@@ -121,7 +175,8 @@ fn check_dims(op: &'static str, m: usize, m_h: usize) -> Result<()> {
 }
 
 impl ExpertWeights {
-    /// Packs row-major device matrices W1, W3: `[m_h][m]` and W2: `[m][m_h]`.
+    /// Packs row-major device matrices W1, W3: `[m_h][m]` and W2: `[m][m_h]`
+    /// (W2 in [`DownLayout::default_for`] m).
     pub fn pack(
         gpu: &Gpu,
         w1: &DeviceSlice<f16>,
@@ -130,8 +185,28 @@ impl ExpertWeights {
         m: usize,
         m_h: usize,
     ) -> Result<ExpertWeights> {
+        Self::pack_with(gpu, w1, w3, w2, m, m_h, DownLayout::default_for(m))
+    }
+
+    /// [`ExpertWeights::pack`] with a chosen W2 layout.
+    pub fn pack_with(
+        gpu: &Gpu,
+        w1: &DeviceSlice<f16>,
+        w3: &DeviceSlice<f16>,
+        w2: &DeviceSlice<f16>,
+        m: usize,
+        m_h: usize,
+        layout: DownLayout,
+    ) -> Result<ExpertWeights> {
         const OP: &str = "ExpertWeights::pack";
         check_dims(OP, m, m_h)?;
+        let down_pairs = layout == DownLayout::Pairs32;
+        if down_pairs && m % 32 != 0 {
+            return Err(Error::Unsupported {
+                op: OP,
+                detail: format!("DownLayout::Pairs32 needs m % 32 == 0 (m={m})"),
+            });
+        }
         for (name, s, n) in [
             ("w1", w1, m * m_h),
             ("w3", w3, m * m_h),
@@ -149,13 +224,14 @@ impl ExpertWeights {
         }
         let mut w13 = gpu.alloc::<f16>(2 * m * m_h)?;
         let mut w2p = gpu.alloc::<f16>(m * m_h)?;
-        pack(gpu, w1, Some(w3), &mut w13, m_h, m)?;
-        pack(gpu, w2, None, &mut w2p, m, m_h)?;
+        pack(gpu, w1, Some(w3), &mut w13, m_h, m, false)?;
+        pack(gpu, w2, None, &mut w2p, m, m_h, down_pairs)?;
         Ok(ExpertWeights {
             w13,
             w2: w2p,
             m,
             m_h,
+            down_pairs,
         })
     }
 
@@ -185,6 +261,23 @@ impl ExpertWeights {
         self.m_h
     }
 
+    fn down_kind(&self) -> Kind {
+        if self.down_pairs {
+            Kind::Pair
+        } else {
+            Kind::Plain
+        }
+    }
+
+    /// Layout of the packed W2.
+    pub fn down_layout(&self) -> DownLayout {
+        if self.down_pairs {
+            DownLayout::Pairs32
+        } else {
+            DownLayout::Tiles16
+        }
+    }
+
     /// Bytes of weights one FFN pass reads (3 m m_h fp16).
     pub fn bytes(&self) -> usize {
         3 * self.m * self.m_h * 2
@@ -198,9 +291,11 @@ fn pack(
     dst: &mut DeviceSlice<f16>,
     rows: usize,
     cols: usize,
+    pair: bool,
 ) -> Result<()> {
     let nmat = if b.is_some() { 2 } else { 1 };
     debug_assert_eq!(dst.len(), nmat * rows * cols);
+    let mut pr = i32::from(pair);
     let mut pa = addr(a);
     let mut pb = b.map(addr).unwrap_or(0);
     let mut pd = addr(dst);
@@ -214,10 +309,12 @@ fn pack(
         &mut pd as *mut _ as *mut c_void,
         &mut r as *mut _ as *mut c_void,
         &mut c as *mut _ as *mut c_void,
+        &mut pr as *mut _ as *mut c_void,
     ];
-    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int). a (and b)
-    // hold rows*cols elements, dst holds nmat*rows*cols (checked by callers),
-    // rows and cols are multiples of 16, dst is 16-byte aligned (checked).
+    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int, int). a
+    // (and b) hold rows*cols elements, dst holds nmat*rows*cols (checked by
+    // callers), rows and cols are multiples of 16 (32 for rows with pair),
+    // dst is 16-byte aligned (checked).
     unsafe {
         gpu.launch(
             &gpu.ffn,
@@ -226,6 +323,7 @@ fn pack(
             256.into(),
             0,
             &args,
+            false,
             || format!("rows={rows} cols={cols} nmat={nmat}"),
         )
     }
@@ -280,9 +378,16 @@ enum Dest {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gated,
+    Plain,
+    Pair,
+}
+
 struct Gemv {
     w: u64,
-    gated: bool,
+    kind: Kind,
     x: u64,
     ldx: i32,
     in_idx: u64,
@@ -293,18 +398,22 @@ struct Gemv {
 }
 
 fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
-    let name: &'static str = match (g.gated, g.t > 8, cfg.unroll) {
-        (true, false, 4) => "gemv_gated_nt1_u4",
-        (true, true, 4) => "gemv_gated_nt2_u4",
-        (true, false, _) => "gemv_gated_nt1_u8",
-        (true, true, _) => "gemv_gated_nt2_u8",
-        (false, false, 4) => "gemv_plain_nt1_u4",
-        (false, true, 4) => "gemv_plain_nt2_u4",
-        (false, false, _) => "gemv_plain_nt1_u8",
-        (false, true, _) => "gemv_plain_nt2_u8",
+    let name: &'static str = match (g.kind, g.t > 8, cfg.unroll) {
+        (Kind::Gated, false, 4) => "gemv_gated_nt1_u4",
+        (Kind::Gated, true, 4) => "gemv_gated_nt2_u4",
+        (Kind::Gated, false, _) => "gemv_gated_nt1_u8",
+        (Kind::Gated, true, _) => "gemv_gated_nt2_u8",
+        (Kind::Plain, false, 4) => "gemv_plain_nt1_u4",
+        (Kind::Plain, true, 4) => "gemv_plain_nt2_u4",
+        (Kind::Plain, false, _) => "gemv_plain_nt1_u8",
+        (Kind::Plain, true, _) => "gemv_plain_nt2_u8",
+        (Kind::Pair, false, 4) => "gemv_pair_nt1_u4",
+        (Kind::Pair, true, 4) => "gemv_pair_nt2_u4",
+        (Kind::Pair, false, _) => "gemv_pair_nt1_u8",
+        (Kind::Pair, true, _) => "gemv_pair_nt2_u8",
     };
     debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
-    let row_tiles = (g.n / 16) as u32;
+    let row_tiles = (g.n / if g.kind == Kind::Pair { 32 } else { 16 }) as u32;
     let k_tiles = (g.k / 16) as u32;
     // Never more splits than k-tiles.
     let splits = cfg.splits.min(k_tiles).max(1);
@@ -350,14 +459,15 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     // const int* in_idx, int T, int k_tiles, int splits, float* partial,
     // unsigned* counters, half* out, int ldo, float* out_acc, const int*
     // out_idx, const float* tok_w, int n_rows), matching `args` in order and
-    // size. Callers checked: w holds (n/16)(k/16) packed tiles (x2 if gated);
+    // size. Callers checked: w holds (n/16)(k/16) packed 16x16 tiles (x2 if
+    // gated; pair: (n/32)(k/16) x 2, n % 32 == 0);
     // x has T rows (or rows addressed by in_idx, validated < its row count)
     // of ldx >= k elements, 16-byte aligned; the destination has T rows (or
     // out_idx rows < its row count) of ldo >= n elements; the workspace holds
     // partials for row_tiles x splits x 512 floats and row_tiles counters
     // that are zero between launches; T <= 16, warps <= 8.
     unsafe {
-        gpu.launch(&gpu.ffn, name, grid, block, 0, &args, || {
+        gpu.launch(&gpu.ffn, name, grid, block, 0, &args, true, || {
             format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n)
         })
     }
@@ -418,7 +528,7 @@ pub fn ffn_decode(
             ws,
             Gemv {
                 w: addr(&w.w13),
-                gated: true,
+                kind: Kind::Gated,
                 x: addr(x) + (t0 * m * 2) as u64,
                 ldx: m as i32,
                 in_idx: 0,
@@ -437,7 +547,7 @@ pub fn ffn_decode(
             ws,
             Gemv {
                 w: addr(&w.w2),
-                gated: false,
+                kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
                 in_idx: 0,
@@ -458,10 +568,15 @@ pub fn ffn_decode(
 
 /// Token groups of one MoE step on the device: for each group (expert), the
 /// token rows it serves and their combine weights. Built from host data,
-/// validated (`token < n_tokens`), uploaded in one copy per array.
+/// validated (`token < n_tokens`, once per group), and uploaded with one
+/// asynchronous copy from page-locked memory.
 pub struct RoutingPlan {
-    idx: DeviceBuffer<i32>,
-    wts: DeviceBuffer<f32>,
+    /// `[0, cap)`: token indices; `[cap, 2 cap)`: weights (f32 bits).
+    dev: DeviceBuffer<i32>,
+    host: LockedBuffer<i32>,
+    copy_done: Event,
+    copied: bool,
+    cap: usize,
     groups: Vec<(usize, usize)>, // (offset, len)
     n_tokens: usize,
 }
@@ -477,63 +592,81 @@ impl std::fmt::Debug for RoutingPlan {
 
 impl RoutingPlan {
     /// `groups[g]` lists `(token, weight)` pairs of group g; every token must
-    /// be `< n_tokens` and every weight finite.
+    /// be `< n_tokens`, appear at most once per group, and every weight be finite.
     pub fn new(gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<RoutingPlan> {
         let entries = groups.iter().map(|g| g.len()).sum::<usize>();
         let mut p = Self::with_capacity(gpu, entries)?;
-        p.set(n_tokens, groups)?;
+        p.set(gpu, n_tokens, groups)?;
         Ok(p)
     }
 
-    /// An empty plan whose device buffers hold `entries` (token, weight)
-    /// pairs; refill it with [`RoutingPlan::set`] without reallocating.
+    /// An empty plan whose buffers hold `entries` (token, weight) pairs;
+    /// refill it with [`RoutingPlan::set`] without reallocating.
     pub fn with_capacity(gpu: &Gpu, entries: usize) -> Result<RoutingPlan> {
+        let cap = entries.max(1);
         Ok(RoutingPlan {
-            idx: gpu.alloc(entries.max(1))?,
-            wts: gpu.alloc(entries.max(1))?,
+            dev: gpu.alloc(2 * cap)?,
+            host: LockedBuffer::new(&0i32, 2 * cap)
+                .ctx("cuMemAllocHost", || format!("{} x i32", 2 * cap))?,
+            copy_done: gpu.event()?,
+            copied: false,
+            cap,
             groups: Vec::new(),
             n_tokens: 0,
         })
     }
 
-    /// Replaces the groups (validated: token `< n_tokens`, finite weights,
-    /// at most the capacity in total); one host-to-device copy per array.
-    pub fn set(&mut self, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<()> {
+    /// Replaces the groups (validated: token `< n_tokens` and at most once
+    /// per group, finite weights, at most the capacity in total); one
+    /// asynchronous host-to-device copy on `gpu`'s stream.
+    pub fn set(&mut self, gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<()> {
         const OP: &str = "RoutingPlan::set";
-        let mut idx = Vec::new();
-        let mut wts = Vec::new();
+        let total: usize = groups.iter().map(|g| g.len()).sum();
+        if total > self.cap {
+            return Err(shape(OP, format!("{total} entries, capacity {}", self.cap)));
+        }
+        // The staging buffer may still be in flight from the last set().
+        if self.copied {
+            self.copy_done
+                .synchronize()
+                .ctx("cuEventSynchronize", String::new)?;
+            self.copied = false;
+        }
+        let cap = self.cap;
+        let host = self.host.as_mut_slice();
         let mut spans = Vec::with_capacity(groups.len());
+        let mut seen = vec![usize::MAX; n_tokens];
+        let mut k = 0;
         for (gi, g) in groups.iter().enumerate() {
-            spans.push((idx.len(), g.len()));
+            spans.push((k, g.len()));
             for &(t, wt) in g {
                 if t >= n_tokens || t > i32::MAX as usize || !wt.is_finite() {
+                    self.groups.clear();
                     return Err(shape(
                         OP,
                         format!("group {gi}: token {t} (of {n_tokens}), weight {wt}"),
                     ));
                 }
-                idx.push(t as i32);
-                wts.push(wt);
+                // The combine epilogue adds without atomics: a token at most once per group.
+                if seen[t] == gi {
+                    self.groups.clear();
+                    return Err(shape(OP, format!("group {gi}: token {t} listed twice")));
+                }
+                seen[t] = gi;
+                host[k] = t as i32;
+                host[cap + k] = wt.to_bits() as i32;
+                k += 1;
             }
         }
-        if idx.len() > self.idx.len() {
-            return Err(shape(
-                OP,
-                format!("{} entries, capacity {}", idx.len(), self.idx.len()),
-            ));
-        }
-        if !idx.is_empty() {
-            use cust::memory::CopyDestination;
-            let n = idx.len();
-            self.idx
-                .index(..n)
-                .copy_from(&idx[..])
-                .ctx("cuMemcpyHtoD", || format!("{n} token indices"))?;
-            self.wts
-                .index(..n)
-                .copy_from(&wts[..])
-                .ctx("cuMemcpyHtoD", || format!("{n} weights"))?;
-        }
+        // SAFETY: host is page-locked and is not written again before the
+        // event recorded after this copy completes (synchronised above);
+        // dev holds 2*cap elements like host.
+        unsafe { self.dev.async_copy_from(&self.host[..], gpu.stream()) }
+            .ctx("cuMemcpyHtoDAsync", || {
+                format!("routing plan, {total} entries")
+            })?;
+        gpu.record_on(&self.copy_done)?;
+        self.copied = true;
         self.groups = spans;
         self.n_tokens = n_tokens;
         Ok(())
@@ -595,15 +728,15 @@ pub fn ffn_decode_combine(
     let mut t0 = 0;
     while t0 < len {
         let t = (len - t0).min(MAX_DECODE_TOKENS);
-        let idx = addr(&plan.idx) + ((off + t0) * 4) as u64;
-        let wts = addr(&plan.wts) + ((off + t0) * 4) as u64;
+        let idx = addr(&plan.dev) + ((off + t0) * 4) as u64;
+        let wts = addr(&plan.dev) + ((plan.cap + off + t0) * 4) as u64;
         let h = addr(&ws.h);
         launch_gemv(
             gpu,
             ws,
             Gemv {
                 w: addr(&w.w13),
-                gated: true,
+                kind: Kind::Gated,
                 x: addr(x),
                 ldx: m as i32,
                 in_idx: idx,
@@ -622,7 +755,7 @@ pub fn ffn_decode_combine(
             ws,
             Gemv {
                 w: addr(&w.w2),
-                gated: false,
+                kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
                 in_idx: 0,
@@ -686,7 +819,7 @@ pub fn ffn_stage(
     let g = match stage {
         Stage::GateUp => Gemv {
             w: addr(&w.w13),
-            gated: true,
+            kind: Kind::Gated,
             x: addr(x),
             ldx: m as i32,
             in_idx: 0,
@@ -700,7 +833,7 @@ pub fn ffn_stage(
         },
         Stage::Down => Gemv {
             w: addr(&w.w2),
-            gated: false,
+            kind: w.down_kind(),
             x: h,
             ldx: m_h as i32,
             in_idx: 0,

@@ -27,13 +27,14 @@ pub mod ffn;
 pub mod ptx;
 pub mod router;
 pub mod runtime;
+pub mod sys;
 
 pub use cust;
 pub use cust::memory::{DeviceBuffer, DeviceSlice};
 pub use error::{Error, Result};
 pub use ffn::{
-    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, ExpertWeights, FfnWorkspace,
-    KernelConfig, RoutingPlan, Stage,
+    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, DownLayout, ExpertWeights,
+    FfnWorkspace, KernelConfig, RoutingPlan, Stage,
 };
 pub use half::f16;
 pub use router::{f32_to_f16, Router};

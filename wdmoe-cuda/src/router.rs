@@ -63,7 +63,34 @@ impl Router {
         logits: &mut DeviceSlice<f32>,
         probs: &mut DeviceSlice<f32>,
     ) -> Result<()> {
+        self.route_zeroing(gpu, x, tokens, logits, probs, None)
+    }
+
+    /// [`Router::route`], and in the same launch sets the first `tokens`
+    /// rows of `zero` (`(buffer, columns)`, e.g. the MoE combine
+    /// accumulator `[tokens][m]`) to 0.
+    pub fn route_zeroing(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits: &mut DeviceSlice<f32>,
+        probs: &mut DeviceSlice<f32>,
+        zero: Option<(&mut DeviceSlice<f32>, usize)>,
+    ) -> Result<()> {
         const OP: &str = "Router::route";
+        let (mut pz, mut zc) = match zero {
+            Some((z, cols)) => {
+                if z.len() < tokens * cols || cols > i32::MAX as usize {
+                    return Err(shape(
+                        OP,
+                        format!("zero buffer {} < {tokens} x {cols}", z.len()),
+                    ));
+                }
+                (addr(z), cols as i32)
+            }
+            None => (0u64, 0i32),
+        };
         let (e, m) = (self.experts, self.m);
         if tokens == 0
             || x.len() < tokens * m
@@ -99,10 +126,13 @@ impl Router {
             &mut ei as *mut _ as *mut c_void,
             &mut pl as *mut _ as *mut c_void,
             &mut pp as *mut _ as *mut c_void,
+            &mut pz as *mut _ as *mut c_void,
+            &mut zc as *mut _ as *mut c_void,
         ];
         let warps = (e as u32).clamp(1, 8);
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
-        // float* logits, float* probs) matches `args`; x holds tokens x m and G
+        // float* logits, float* probs, float* zero, int zero_cols) matches
+        // `args`; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
         // e x m fp16 (16-byte aligned, m % 8 == 0), logits/probs hold
         // tokens x e floats; e floats of dynamic shared memory are given.
         unsafe {
@@ -113,6 +143,7 @@ impl Router {
                 (warps * 32).into(),
                 (e * 4) as u32,
                 &args,
+                false,
                 || format!("tokens={tokens} m={m} experts={e}"),
             )
         }
@@ -154,6 +185,7 @@ pub fn f32_to_f16(
             256.into(),
             0,
             &args,
+            false,
             || format!("n={n}"),
         )
     }

@@ -13,8 +13,8 @@ use cust::stream::{Stream, StreamFlags};
 use cust::CudaFlags;
 use half::f16;
 
-use crate::error::{CudaCtx, Error, Result};
-use crate::ptx;
+use crate::error::{CudaCtx, CudaError, Error, Result};
+use crate::{ptx, sys};
 
 /// Static facts about the device, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +164,17 @@ impl Gpu {
         Ok(v)
     }
 
+    /// A new timing event (record it with [`Gpu::record_on`]).
+    pub fn event(&self) -> Result<Event> {
+        Event::new(EventFlags::DEFAULT).ctx("cuEventCreate", String::new)
+    }
+
+    /// Records `e` on the stream (reusing an event avoids creating one on a
+    /// latency-critical path).
+    pub fn record_on(&self, e: &Event) -> Result<()> {
+        e.record(&self.stream).ctx("cuEventRecord", String::new)
+    }
+
     /// Records an event on the stream (for timing with [`elapsed_ms`]).
     pub fn record(&self) -> Result<Event> {
         let e = Event::new(EventFlags::DEFAULT).ctx("cuEventCreate", String::new)?;
@@ -172,14 +183,20 @@ impl Gpu {
     }
 
     /// Raw launch helper: the one place a kernel is launched. `args` are
-    /// pointers to the kernel's parameters, in order.
+    /// pointers to the kernel's parameters, in order. With `pdl` (on a GPU of
+    /// compute capability >= 9.0) the launch allows programmatic dependent
+    /// launch: the kernel may start while the previous kernel of the stream
+    /// finishes, and must call `griddepcontrol.wait` before touching memory
+    /// that kernel reads or writes.
     ///
     /// # Safety
     /// The kernel `name` in `module` must take exactly the parameters `args`
     /// points to (same count, types and order), every device pointer among
     /// them must be valid for all the accesses the kernel makes for these
-    /// sizes, and buffers it writes must not be read or freed by the host
-    /// before the stream is synchronised.
+    /// sizes, buffers it writes must not be read or freed by the host before
+    /// the stream is synchronised, and with `pdl` the kernel must honour the
+    /// wait described above.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn launch(
         &self,
         module: &Module,
@@ -188,18 +205,59 @@ impl Gpu {
         block: BlockSize,
         shared: u32,
         args: &[*mut c_void],
+        pdl: bool,
         detail: impl FnOnce() -> String,
     ) -> Result<()> {
         let f = module
             .get_function(name)
             .ctx(name, || "cuModuleGetFunction".into())?;
         let op = || format!("launch {name}");
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.stream.launch(&f, grid, block, shared, args) }.map_err(|error| Error::Cuda {
-            op: op(),
-            detail: detail(),
-            error,
-        })
+        if !(pdl && self.info.cc.0 >= 9) {
+            // SAFETY: forwarded from this function's contract.
+            return unsafe { self.stream.launch(&f, grid, block, shared, args) }.map_err(|error| {
+                Error::Cuda {
+                    op: op(),
+                    detail: detail(),
+                    error,
+                }
+            });
+        }
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: [0; 64],
+        };
+        attr.value[0] = 1; // int programmaticStreamSerializationAllowed = 1 (little endian)
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.x,
+            gridDimY: grid.y,
+            gridDimZ: grid.z,
+            blockDimX: block.x,
+            blockDimY: block.y,
+            blockDimZ: block.z,
+            sharedMemBytes: shared,
+            hStream: self.stream.as_inner(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: cfg and attr outlive the call and follow cuda.h's layouts
+        // (sys::tests); kernel and arguments as in this function's contract.
+        let rc = unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                f.to_raw(),
+                args.as_ptr() as *mut _,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Cuda {
+                op: op(),
+                detail: format!("{} (cuLaunchKernelEx returned {})", detail(), rc as u32),
+                error: CudaError::UnknownError,
+            });
+        }
+        Ok(())
     }
 
     fn grid_for(&self, n: u64) -> u32 {
@@ -230,6 +288,7 @@ impl Gpu {
                 256.into(),
                 0,
                 &args,
+                false,
                 || format!("n={n}"),
             )
         }
@@ -257,6 +316,7 @@ impl Gpu {
                 256.into(),
                 0,
                 &args,
+                false,
                 || format!("n={n}"),
             )
         }
@@ -273,4 +333,48 @@ pub fn elapsed_ms(start: &Event, end: &Event) -> Result<f32> {
 /// Device address of a slice (for alignment checks and raw arguments).
 pub(crate) fn addr<T: DeviceCopy>(s: &DeviceSlice<T>) -> u64 {
     s.as_device_ptr().as_raw()
+}
+
+impl Gpu {
+    /// Streams `buf` once with 16-byte loads (a read-bandwidth ceiling for
+    /// the memory-bound kernels; time it with events). `buf` must be
+    /// 16-byte aligned and a multiple of 8 elements long.
+    pub fn read_probe(&self, buf: &DeviceSlice<f16>, scratch: &mut DeviceSlice<f32>) -> Result<()> {
+        const OP: &str = "read_probe";
+        crate::error::check_align(OP, "buf", addr(buf), 16)?;
+        let blocks = self.info.sm_count * 8;
+        if buf.len() % 8 != 0 || scratch.len() < blocks as usize {
+            return Err(Error::Shape {
+                op: OP,
+                detail: format!(
+                    "buf {} (multiple of 8), scratch {} (>= {blocks})",
+                    buf.len(),
+                    scratch.len()
+                ),
+            });
+        }
+        let mut p = addr(buf);
+        let mut n16 = (buf.len() / 8) as i64;
+        let mut o = addr(scratch);
+        let args = [
+            &mut p as *mut _ as *mut c_void,
+            &mut n16 as *mut _ as *mut c_void,
+            &mut o as *mut _ as *mut c_void,
+        ];
+        // SAFETY: read_probe(const uint4*, long long, float*) matches `args`;
+        // it reads n16 16-byte words of buf (aligned, checked) and writes at
+        // most one float per block into scratch (>= blocks floats, checked).
+        unsafe {
+            self.launch(
+                &self.ffn,
+                "read_probe",
+                blocks.into(),
+                512.into(),
+                0,
+                &args,
+                false,
+                || format!("n16={n16}"),
+            )
+        }
+    }
 }

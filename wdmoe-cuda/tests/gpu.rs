@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wdmoe_cuda::{f16, DeviceBuffer};
 use wdmoe_cuda::{
-    ffn_decode, ffn_decode_combine, DecodeConfig, Error, ExpertWeights, FfnWorkspace, Gpu,
+    ffn_decode, ffn_decode_combine, DecodeConfig, DownLayout, Error, ExpertWeights, FfnWorkspace, Gpu,
     KernelConfig, Router, RoutingPlan,
 };
 
@@ -348,9 +348,20 @@ fn bad_inputs_are_errors() {
         ),
         Err(Error::Unsupported { .. })
     ));
+    // 32-row W2 tiles need m % 32 == 0.
+    let d48 = rand_dev(&gpu, 48 * 64, s, 0.1);
+    assert!(matches!(
+        ExpertWeights::pack_with(&gpu, &d48, &d48, &d48, 48, 64, DownLayout::Pairs32),
+        Err(Error::Unsupported { .. })
+    ));
     // Token index out of range in a plan.
     assert!(matches!(
         RoutingPlan::new(&gpu, 3, &[vec![(3, 1.0)]]),
+        Err(Error::Shape { .. })
+    ));
+    // A token twice in one group (the combine adds without atomics).
+    assert!(matches!(
+        RoutingPlan::new(&gpu, 3, &[vec![(1, 1.0), (1, 0.5)]]),
         Err(Error::Shape { .. })
     ));
     // Router with m not a multiple of 8.

@@ -192,15 +192,15 @@ mod tests {
         for t in 0..n {
             let sel = &out.selections[t];
             served += sel.experts().len();
-            let mut y = vec![0.0f64; 24];
+            let mut y = [0.0f64; 24];
             for (&q, &wt) in sel.experts().iter().zip(sel.weights()) {
                 let yq = expert_ffn(&w.experts[q], 24, 40, &x[t * 24..(t + 1) * 24]);
                 y.iter_mut()
                     .zip(&yq)
                     .for_each(|(a, b)| *a += wt * *b as f64);
             }
-            for i in 0..24 {
-                assert!((out.out[t * 24 + i] as f64 - y[i]).abs() < 1e-5);
+            for (o, yi) in out.out[t * 24..(t + 1) * 24].iter().zip(&y) {
+                assert!((*o as f64 - yi).abs() < 1e-5);
             }
             let wsum: f64 = sel.weights().iter().sum();
             assert!((wsum - 1.0).abs() < 1e-12);

@@ -5,6 +5,8 @@
 //! epilogue (fp32 accumulator). Timed with CUDA events.
 
 use wdmoe_core::select::Policy;
+use wdmoe_cuda::cust::event::Event;
+use wdmoe_cuda::cust::memory::{AsyncCopyDestination, LockedBuffer};
 use wdmoe_cuda::{
     elapsed_ms, f16, ffn_decode_combine, DecodeConfig, DeviceBuffer, Error as CudaError,
     ExpertWeights, FfnWorkspace, Gpu, Router, RoutingPlan,
@@ -32,6 +34,8 @@ pub struct GpuLayer {
     probs: DeviceBuffer<f32>,
     acc: DeviceBuffer<f32>,
     plan: RoutingPlan,
+    logits_host: LockedBuffer<f32>,
+    events: Vec<Event>,
     m: usize,
     m_h: usize,
     max_tokens: usize,
@@ -126,6 +130,11 @@ impl GpuLayer {
             probs: gpu.alloc(max_tokens * e)?,
             acc: gpu.alloc(max_tokens * m)?,
             plan: RoutingPlan::with_capacity(&gpu, max_tokens * e)?,
+            logits_host: LockedBuffer::new(&0.0f32, max_tokens * e)
+                .map_err(|err| LayerError::Gpu(format!("cuMemAllocHost: {err:?}")))?,
+            events: (0..2 + 2 * e)
+                .map(|_| gpu.event())
+                .collect::<Result<_, _>>()?,
             router,
             experts,
             m,
@@ -180,6 +189,12 @@ impl GpuLayer {
 
     /// One layer step on the tokens in the input buffer; the output stays on
     /// the GPU (see [`GpuLayer::output`]). `out` of the result is empty.
+    ///
+    /// GPU timeline: router (+ zeroing the accumulator) → logits to the host
+    /// (page-locked, the one synchronisation) → policy and grouping on the
+    /// host → plan to the GPU → per expert with tokens: gate/up and down
+    /// kernels (programmatic dependent launch), the combine in the down
+    /// kernel's epilogue. `time_s` spans all of it, host part included.
     pub fn step(
         &mut self,
         n_tokens: usize,
@@ -195,24 +210,36 @@ impl GpuLayer {
         }
         check_latencies(latency_s, n_tokens, e)?;
         let gpu = &self.gpu;
-        let start = gpu.record()?;
-        self.router
-            .route(gpu, &self.x, n_tokens, &mut self.logits, &mut self.probs)?;
-        let logits: Vec<f64> = gpu
-            .download(&self.logits.index(..n_tokens * e))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        self.plan.set(n_tokens, &groups)?;
+        let ev = &self.events;
+        gpu.record_on(&ev[0])?;
         let mut acc = self.acc.index(..n_tokens * m);
-        gpu.fill_u16(&mut acc, 0)?;
-        let mut marks = Vec::with_capacity(e);
+        self.router.route_zeroing(
+            gpu,
+            &self.x,
+            n_tokens,
+            &mut self.logits,
+            &mut self.probs,
+            Some((&mut acc, m)),
+        )?;
+        let ne = n_tokens * e;
+        // SAFETY: logits_host is page-locked and holds max_tokens * e >= ne
+        // floats; the stream is synchronised right after, before it is read.
+        unsafe {
+            self.logits
+                .index(..ne)
+                .async_copy_to(&mut self.logits_host[..ne], gpu.stream())
+        }
+        .map_err(|err| LayerError::Gpu(format!("cuMemcpyDtoHAsync of logits: {err:?}")))?;
+        gpu.sync()?;
+        let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
+        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
+        self.plan.set(gpu, n_tokens, &groups)?;
+        let mut ran = Vec::with_capacity(e);
         for (q, group) in groups.iter().enumerate() {
             if group.is_empty() {
                 continue;
             }
-            let a = gpu.record()?;
+            gpu.record_on(&ev[2 + 2 * q])?;
             ffn_decode_combine(
                 gpu,
                 &self.experts[q],
@@ -223,10 +250,11 @@ impl GpuLayer {
                 &mut self.ws,
                 &self.cfg,
             )?;
-            marks.push((q, a, gpu.record()?));
+            gpu.record_on(&ev[3 + 2 * q])?;
+            ran.push(q);
         }
-        let end = gpu.record()?;
-        let time_s = elapsed_ms(&start, &end)? as f64 * 1e-3;
+        gpu.record_on(&ev[1])?;
+        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
         let mut experts: Vec<ExpertStats> = groups
             .iter()
             .map(|g| ExpertStats {
@@ -236,11 +264,11 @@ impl GpuLayer {
                 time_s: 0.0,
             })
             .collect();
-        for (q, a, b) in marks {
-            experts[q].time_s = elapsed_ms(&a, &b)? as f64 * 1e-3;
+        for q in ran {
+            experts[q].time_s = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
         }
         let probs = gpu
-            .download(&self.probs.index(..n_tokens * e))?
+            .download(&self.probs.index(..ne))?
             .iter()
             .map(|&v| v as f64)
             .collect();

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the GPU test and bench binaries of wdmoe-cuda here (no GPU needed:
+# nvcc from the pip wheels, libcuda from a generated stub), copies them with
+# the PyTorch baseline and a run script into .device/ (ignored by git), and
+# prints what to run on the GPU machine. DEVICE_DIR overrides the output folder.
+#
+#   bash scripts/gpu-build.sh            # then, on the GPU machine, in the repo root:
+#   bash .device/run.sh                  # logs and JSON under $OUT (or ./gpu-out)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
+stub=${CUDA_STUB_DIR:-$root/.cuda-stub}
+
+# nvcc: PATH, CUDA_PATH, or the pip wheels (installed if missing).
+if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_PATH:-}" ]; then
+  sp=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+  if [ ! -x "$sp/nvidia/cu13/bin/nvcc" ]; then
+    python3 -m pip install -q nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-runtime==13.0.96 \
+      nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+  fi
+  export PATH="$PATH:$sp/nvidia/cu13/bin"
+fi
+[ -f "$stub/lib64/libcuda.so" ] || bash wdmoe-cuda/stub/make-stub.sh "$stub"
+export CUDA_LIBRARY_PATH="$stub"
+
+msg() { printf '%s\n' "$*" >&2; }
+exe() { # cargo JSON messages on stdin -> path of the executable whose target name is $1
+  python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+        print(m["executable"])' "$1" | tail -1
+}
+build() { cargo "$@" --message-format=json-render-diagnostics; }
+
+msg "building wdmoe-cuda tests + decode_bench, wdmoe-sim (cuda) lib tests, benches (cuda) ..."
+gpu_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu | exe gpu)
+decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
+sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
+kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
+
+dev=${DEVICE_DIR:-$root/.device}
+rm -rf "$dev" && mkdir -p "$dev"
+for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
+  src=${f%%:*} dst=${f##*:}
+  [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
+  objcopy --strip-debug "$src" "$dev/$dst"
+done
+base=""
+for p in ../shared/gpu/torch_baseline.py /work/shared/gpu/torch_baseline.py; do
+  [ -f "$p" ] && base=$p && break
+done
+if [ -n "$base" ]; then cp "$base" "$dev/torch_baseline.py"; else msg "warning: torch_baseline.py not found"; fi
+cp wdmoe-cuda/run-gpu.sh "$dev/run.sh"
+du -sh "$dev" >&2
+cat <<'MSG'
+Built into .device/ (ignored by git). On the GPU machine, from the repo root
+(the stub libcuda must NOT be on its library path):
+
+    bash .device/run.sh        # writes logs and JSON under $OUT (or ./gpu-out)
+
+It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
+decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU
+tests with --include-ignored (wdmoe-cuda kernels, wdmoe-sim GPU layer), and
+the criterion benches (expert FFN, MoE layer) with CUDA-event timing.
+With the device tool: run(command="bash .device/run.sh", carry=[".device"]).
+MSG
