@@ -44,7 +44,7 @@ enum Cmd {
     /// The selection policy over JSON lines on stdin (one decision per line).
     Select,
     /// How WDMoE's latency gain depends on the spread of device latencies:
-    /// the device distances are scaled so the farthest sits at each radius.
+    /// scales the cell radius and the devices' compute spread.
     Sensitivity {
         /// Cell radii in metres (distance of the farthest device).
         #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 600.0, 1000.0, 1500.0])]
@@ -69,19 +69,19 @@ enum AccountingArg {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Seed of every random stream.
+    /// Seed of every random stream (default: the scenario's, 1).
     #[arg(long)]
     seed: Option<u64>,
-    /// Monte-Carlo prompts.
+    /// Monte-Carlo prompts (default: the scenario's, 200).
     #[arg(long)]
     prompts: Option<usize>,
-    /// Prefill tokens per prompt.
+    /// Prefill tokens per prompt (default: the scenario's, 128).
     #[arg(long)]
     tokens: Option<u32>,
-    /// Decode tokens generated after the prefill.
+    /// Decode tokens generated one by one after the prefill (default: 0).
     #[arg(long)]
     decode_tokens: Option<u32>,
-    /// Latency accounting: the paper's sequential eq. (8) or batched prefill.
+    /// Latency accounting: the paper's sequential eq. (8) (default) or batched prefill.
     #[arg(long, value_enum)]
     accounting: Option<AccountingArg>,
     /// WDMoE drops per token (the paper: 1).
