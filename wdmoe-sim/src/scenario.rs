@@ -18,9 +18,14 @@
 //! | `min_snr_db` | −7 dB | an SNR floor: below the lowest 5G NR CQI (QPSK, code rate 78/1024, usable down to about −6.7 dB) a link carries nothing and its device is unreachable for that token; without it the paper's Rayleigh + Shannon model gives plain top-k an infinite mean latency (see [`crate::channel`]); `-inf` restores the literal model |
 //! | `bits_per_element` ε | 16 | fp16 hidden states (SPEC.md) |
 //! | `eta_flops` η | 4 | FLOPs of SiLU per element (SPEC.md) |
-//! | device distances | 50 m … 600 m, see [`default_devices`] | a macro cell of 600 m radius, devices spread evenly from the mast to the edge; with the paper's link budget the SNR is high at short range, so the gain comes from the spread of latencies (SPEC.md): `wdmoe sensitivity` prints how it grows with the radius |
+//! | device distances | 50 m … 600 m, see [`default_devices`] | a macro cell of 600 m radius, devices spread evenly from the mast to the edge; with the paper's link budget the SNR is high at short range, so the gain comes from the spread of latencies (SPEC.md): `wdmoe sensitivity` prints how it depends on the radius and on the compute spread |
 //! | device compute `C_q` | 0.034 … 0.256 TFLOP/s fp16 sustained, see [`default_devices`] | phones, tablets, a Jetson and laptops; one token through one expert is memory-bound, so `C_q` ≈ memory bandwidth × 1 FLOP/byte |
 //! | prompts × tokens | 200 × 128 | long enough for stable percentiles, fast enough for a laptop |
+//! | fading time | redrawn every token (`coherence_tokens = 1`), held over the token's layers | the paper's reading (SPEC.md); a token through 32 layers takes ~0.25 s, longer than a pedestrian's coherence time at 3.5 GHz (Doppler ≈ 10 Hz) |
+//! | `ar1_rho` | 0.9 | AR(1) option: a nearly static device (Jakes correlation `J0(2π f_D τ)` = 0.9 for `f_D·τ` ≈ 0.1) |
+//! | `rician_k_db` | 9 dB | Rician option: the mean K-factor of 3GPP TR 38.901 UMa/UMi in LOS |
+//! | `bs_height_m`, `ut_height_m` | 25 m, 1.5 m | 3GPP UMa defaults (set `bs_height_m = 10` for UMi) and a handheld device |
+//! | outages | none | the fault model is opt-in: `[[channel.outages]]` or `[channel.random_outages]` |
 //! | synthetic router | spread 1.3, layer bias 0.3, stickiness 0.3 | a median `w2/w1` near 0.5 and a mean top-1 weight (of the top-2) near 0.67; the distribution is printed with every run, see [`crate::router`] |
 //!
 //! The full default file is printed by `wdmoe scenario --print-default`.
@@ -383,7 +388,7 @@ impl Default for ChannelConfig {
             ut_height_m: 1.5,
             shadowing: true,
             fading: Fading::Rayleigh,
-            rician_k_db: 6.0,
+            rician_k_db: 9.0,
             time_model: TimeModel::Block,
             coherence_tokens: 1,
             ar1_rho: 0.9,
