@@ -101,6 +101,10 @@ proptest! {
             prop_assert_eq!(st.decisions, tokens as u64 * s.model.layers as u64);
             prop_assert!(st.latency_s.is_finite() && st.latency_s > 0.0, "{}: {}", pols[pi].name(), st.latency_s);
             prop_assert_eq!(st.token_latency_s.len(), tokens);
+            // Weight kept is a fraction of top-k's; drops are top-k slots.
+            prop_assert!(st.kept_weight <= st.decisions as f64 * (1.0 + 1e-12));
+            prop_assert!(st.dropped <= st.decisions * s.model.top_k as u64);
+            prop_assert!(st.experts <= st.decisions * s.model.top_k as u64);
             // Every policy serves a subset of the reachable top-k: never slower per token.
             for j in 0..tokens {
                 prop_assert!(le(st.token_latency_s[j], out.policies[0].token_latency_s[j]),
