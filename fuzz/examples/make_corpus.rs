@@ -454,7 +454,144 @@ fn link_seeds() {
     write("link_latency", "min_max_8", &l(false, 19, args));
 }
 
+/// The `capi` target: a mode byte (bit 0: link family, bit 1: f32), then
+/// either a [`SelectInput`] and three pointer-fault bytes (0 none, 1 null,
+/// 2 misaligned; logits, latencies, output), or five header bytes (output
+/// fault, two more pointer faults, two counts) and a [`LinkInput`].
+fn capi_seeds() {
+    let sel = |name: &str, f32: bool, faults: [u8; 3], inp: SelectInput| {
+        let mut b = vec![u8::from(f32) << 1];
+        b.extend(inp.encode());
+        b.extend(faults);
+        write("capi", name, &b);
+    };
+    let logits = vec![
+        Centi(10),
+        Centi(200),
+        Centi(-30),
+        Centi(40),
+        Centi(190),
+        Centi(-100),
+        Centi(0),
+        Centi(20),
+    ];
+    let lat = vec![
+        ms10(3),
+        ms10(4),
+        ms10(5),
+        ms10(4),
+        ms10(900),
+        ms10(6),
+        ms10(7),
+        ms10(8),
+    ];
+    let mixtral = SelectInput {
+        f32: false,
+        k: 2,
+        theta: Centi(20),
+        max_drops: 1,
+        logits: logits.clone(),
+        latency_s: lat.clone(),
+    };
+    sel("select_mixtral_f64", false, [0, 0, 0], mixtral.clone());
+    sel("select_mixtral_f32", true, [0, 0, 0], mixtral.clone());
+    sel("select_null_logits", false, [1, 0, 0], mixtral.clone());
+    sel(
+        "select_misaligned_latency",
+        true,
+        [0, 2, 0],
+        mixtral.clone(),
+    );
+    sel("select_null_out", false, [0, 0, 1], mixtral.clone());
+    let mut unreachable = mixtral.clone();
+    unreachable.latency_s = vec![PosInf; 8];
+    sel("select_none_reachable", false, [0, 0, 0], unreachable);
+    let big = SelectInput {
+        f32: false,
+        k: 8,
+        theta: Centi(30),
+        max_drops: 3,
+        logits: (0..256)
+            .map(|i| Centi(((i * 37) % 512 - 256) as i16))
+            .collect(),
+        latency_s: (0..256).map(|i| ms10((1 + (i * 13) % 97) as i16)).collect(),
+    };
+    sel("select_256", true, [0, 0, 0], big.clone());
+    let mut over = big;
+    over.logits.push(Zero);
+    over.latency_s.push(ms10(1));
+    sel("select_257", false, [0, 0, 0], over);
+
+    let link = |name: &str, f32: bool, h: [u8; 5], op: u8, args: Vec<Num>| {
+        let mut b = vec![1 | (u8::from(f32) << 1)];
+        b.extend(h);
+        b.extend(LinkInput { f32, op, args }.encode());
+        write("capi", name, &b);
+    };
+    link("db_to_linear", false, [0; 5], 0, vec![Centi(2000)]);
+    link(
+        "db_to_linear_null_out",
+        true,
+        [1, 0, 0, 0, 0],
+        0,
+        vec![Centi(2000)],
+    );
+    link(
+        "uma",
+        false,
+        [0; 5],
+        1 | 8,
+        vec![Sci(25, 0), Centi(150), Centi(350), Sci(200, 0)],
+    );
+    link(
+        "shannon",
+        true,
+        [0; 5],
+        2,
+        vec![Sci(125, 5), Sci(10, 0), Sci(1, -9), Sci(398, -23)],
+    );
+    let dev = vec![
+        Sci(65, 3),
+        Sci(352, 6),
+        Sci(398, -23),
+        Sci(10, 0),
+        Sci(1, -9),
+        Centi(20),
+        Sci(1, -9),
+        Sci(2, 12),
+        Sci(125, 5),
+    ];
+    link("device_latency", false, [0; 5], 3, dev.clone());
+    link(
+        "device_latency_misaligned_model",
+        true,
+        [0, 2, 0, 0, 0],
+        3,
+        dev,
+    );
+    link(
+        "token_latency",
+        false,
+        [0, 0, 0, 3, 2],
+        4,
+        vec![ms10(3), ms10(1), ms10(7), Small(32), Zero],
+    );
+    link(
+        "sequential_batched",
+        true,
+        [0; 5],
+        5,
+        vec![Small(48), ms10(1), PosInf, ms10(7)],
+    );
+    link("even_split", false, [0, 0, 0, 8, 0], 6, vec![Sci(1, 8)]);
+    let mut mm = vec![Sci(65, 3), Sci(352, 6), Sci(398, -23), Sci(2, 7)];
+    mm.extend([Sci(10, 0), Sci(1, -8), Centi(20), Sci(1, -8), Sci(2, 12)]);
+    mm.extend([Sci(10, 0), Sci(1, -11), Centi(20), Sci(1, -11), Sci(2, 12)]);
+    link("min_max_2", false, [0, 0, 0, 1, 0], 7, mm);
+}
+
 fn main() {
     select_seeds();
     link_seeds();
+    capi_seeds();
 }
