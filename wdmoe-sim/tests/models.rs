@@ -422,3 +422,22 @@ mod shared_base {
         }
     }
 }
+
+#[test]
+fn shipped_scenarios_parse_and_run() {
+    for (name, text) in [
+        ("uma-300m", include_str!("../scenarios/uma-300m.toml")),
+        ("faults", include_str!("../scenarios/faults.toml")),
+        ("chat-decode", include_str!("../scenarios/chat-decode.toml")),
+    ] {
+        let mut s = Scenario::from_toml_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        s.prompts = 2;
+        s.prompt_tokens = s.prompt_tokens.min(8);
+        s.decode_tokens = s.decode_tokens.min(4);
+        let r = wdmoe_sim::sim::Simulation::new(s)
+            .unwrap()
+            .run(&|| {})
+            .unwrap();
+        assert!(r.rows.iter().all(|x| x.mean_s.is_finite()), "{name}");
+    }
+}
