@@ -2,8 +2,8 @@
 # Run on the GPU machine from the repo root after scripts/gpu-build.sh (which
 # copies this file to .device/run.sh). The PyTorch baseline and our kernels
 # run in the same call on the same card. Writes 6 files to $OUT (or
-# ./gpu-out): run.log (everything), torch.json, decode.json, tests.log,
-# bench.log, prof.log (memcheck + ncu).
+# ./gpu-out): run.log (everything), torch.json, decode.json, sweep.log,
+# tests.log, bench.log, prof.log (memcheck + ncu).
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${OUT:-$PWD/../gpu-out}
@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 step "PyTorch baseline"
 timeout 150 python3 torch_baseline.py --tokens 1,2,4,8,16 --layer-tokens 1,16 --json "$out/torch.json"
 step "decode_bench"
-timeout 100 ./decode_bench --json "$out/decode.json" | grep -v sweep
+timeout 100 ./decode_bench --json "$out/decode.json" --sweep "$out/sweep.log"
 step "GPU tests: wdmoe-cuda"
 timeout 150 ./gpu_tests --include-ignored --test-threads 1 --nocapture > "$out/tests.log" 2>&1
 grep -E "^test |seed|test result|panicked|error" "$out/tests.log"
@@ -30,7 +30,7 @@ step "compute-sanitizer memcheck (small sizes)"
 timeout 90 compute-sanitizer --tool memcheck --leak-check no ./gpu_tests --include-ignored --test-threads 1 odd_sizes combine router bad_inputs > "$out/prof.log" 2>&1
 grep -E "ERROR SUMMARY|test result" "$out/prof.log"
 step "ncu: first gate/up and down launches (T=16)"
-for k in gemv_gated gemv_plain; do
+for k in gemv_gated gemv_pair; do
   timeout 100 ncu --clock-control none --kernel-name regex:$k --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis ./decode_bench --tokens 16 --iters 3 >> "$out/prof.log" 2>&1
 done
 grep -E "  gemv_|DRAM Throughput|Duration|Mem Busy" "$out/prof.log" | head -12

@@ -5,7 +5,7 @@
 //! Weights: 4 Mixtral experts (m=4096, m_h=14336, fp16, random), rotated so
 //! the L2 never holds them.
 //!
-//!   decode_bench [--tokens 1,2,4,8,16] [--iters 30] [--json PATH]
+//!   decode_bench [--tokens 1,2,4,8,16] [--iters 30] [--json PATH] [--sweep PATH]
 
 use std::fmt::Write as _;
 
@@ -129,6 +129,7 @@ fn main() -> Result<()> {
             }
         }
     }
+    let mut sweep_log = String::new();
     json.push_str(",\"ffn\":[");
     for (ti, &t) in tokens.iter().enumerate() {
         let mut best = [
@@ -172,22 +173,29 @@ fn main() -> Result<()> {
                 .unwrap();
             }
             let frac = if si == 0 { 2.0 / 3.0 } else { 1.0 / 3.0 };
-            println!(
+            let msg = format!(
                 "T={t:>2} {stage:?}{} best {:?} {:.1} us = {:.3} TB/s   sweep(w/s/u:us){line}",
                 if si == 2 { "16" } else { "" },
                 best[si].1,
                 best[si].0 * 1e3,
                 wbytes * frac / (best[si].0 as f64 * 1e-3) / 1e12
             );
+            println!("{}", msg.split("   sweep").next().unwrap_or(""));
+            sweep_log.push_str(&msg);
+            sweep_log.push('\n');
         }
         let tuned = DecodeConfig {
             gate_up: best[0].1,
             down: best[1].1,
+            gate_up_wide: best[0].1,
+            down_wide: best[1].1,
         };
         let mut row = String::new();
         let tuned16 = DecodeConfig {
             gate_up: best[0].1,
             down: best[2].1,
+            gate_up_wide: best[0].1,
+            down_wide: best[2].1,
         };
         for (name, cfg, set) in [
             ("auto", auto, &experts),
@@ -239,6 +247,9 @@ fn main() -> Result<()> {
         .unwrap();
     }
     json.push_str("]}");
+    if let Some(p) = get("--sweep") {
+        std::fs::write(p, &sweep_log).expect("write sweep log");
+    }
     if let Some(p) = get("--json") {
         std::fs::write(p, &json).expect("write json");
     }

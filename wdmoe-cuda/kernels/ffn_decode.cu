@@ -53,16 +53,31 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g));
 
 constexpr int MAX_WARPS = 8;
 
+}  // namespace
+
+// The tokens of one launch, passed by value (kernel parameter space): no
+// device buffer and no host-to-device copy on the MoE step's critical path.
+// gather: B rows are x[idx[n]] (else x[n]); the combine epilogue writes row
+// idx[t] (else t) with weight w[t] (else 1).
+struct TokList {
+    int gather;
+    int scatter;
+    int idx[16];
+    float w[16];
+};
+
+namespace {
+
 // NMAT = 2 and GATED: W1|W3 of one 16-row tile, epilogue silu(g)*u.
 // NMAT = 2 and !GATED: two consecutive 16-row tiles of one matrix (a 32-row
 // tile; B fragments are loaded once for both). NMAT = 1: one 16-row tile.
 template <int NT, int NMAT, int U, bool GATED>
 __device__ __forceinline__ void gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
-    const int* __restrict__ in_idx, int T, int k_tiles, int splits,
+    const TokList& toks, int T, int k_tiles, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
-    const int* __restrict__ out_idx, const float* __restrict__ tok_w, int n_rows) {
+    int n_rows) {
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -127,7 +142,7 @@ __device__ __forceinline__ void gemv_tile(
     for (int nt = 0; nt < NT; ++nt) {
         int n = nt * 8 + (lane >> 2);
         xvalid[nt] = n < T;
-        int r = xvalid[nt] ? (in_idx ? in_idx[n] : n) : 0;
+        int r = xvalid[nt] ? (toks.gather ? toks.idx[n] : n) : 0;
         xrow[nt] = x + (size_t)r * ldx + (lane & 3) * 2;
     }
     if (n_full > 0) {
@@ -216,8 +231,8 @@ __device__ __forceinline__ void gemv_tile(
         if (tok >= T || grow >= n_rows) continue;
         float v = GATED ? silu(s[0][row][tok]) * s[NMAT - 1][row][tok] : s[row >> 4][row & 15][tok];
         if (out_acc) {
-            int dst = out_idx ? out_idx[tok] : tok;
-            float wgt = tok_w ? tok_w[tok] : 1.f;
+            int dst = toks.scatter ? toks.idx[tok] : tok;
+            float wgt = toks.scatter ? toks.w[tok] : 1.f;
             out_acc[(size_t)dst * ldo + grow] += wgt * v;
         } else {
             out[(size_t)tok * ldo + grow] = __float2half_rn(v);
@@ -229,12 +244,11 @@ __device__ __forceinline__ void gemv_tile(
 
 #define WDMOE_GEMV(NAME, NT, NMAT, U, GATED)                                                                \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const int* __restrict__ in_idx, \
+        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
         int T, int k_tiles, int splits, float* __restrict__ partial, unsigned* __restrict__ counters,       \
-        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, const int* __restrict__ out_idx,    \
-        const float* __restrict__ tok_w, int n_rows) {                                                      \
-        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, in_idx, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
-                               out_idx, tok_w, n_rows);                                                     \
+        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
+        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, toks, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
+                                      n_rows);                                                              \
     }
 
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.

@@ -4,12 +4,11 @@
 
 use std::ffi::c_void;
 
-use cust::event::Event;
 use cust::function::{BlockSize, GridSize};
-use cust::memory::{AsyncCopyDestination, DeviceBuffer, DeviceSlice, LockedBuffer};
+use cust::memory::{DeviceBuffer, DeviceSlice};
 use half::f16;
 
-use crate::error::{check_align, shape, CudaCtx, Error, Result};
+use crate::error::{check_align, shape, Error, Result};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 
 /// Tokens per launch of the decode kernels (two mma n-tiles of 8).
@@ -70,16 +69,31 @@ impl KernelConfig {
     }
 }
 
-/// Launch shapes of the two decode kernels of one expert FFN.
+/// Launch shapes of the two decode kernels of one expert FFN, for launches
+/// of 1-8 tokens (one mma n-tile) and of 9-16 tokens (`*_wide`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeConfig {
-    /// The fused W1/W3 kernel (silu(g)*u epilogue).
+    /// The fused W1/W3 kernel (silu(g)*u epilogue), 1-8 tokens.
     pub gate_up: KernelConfig,
-    /// The W2 kernel.
+    /// The W2 kernel, 1-8 tokens.
     pub down: KernelConfig,
+    /// The fused W1/W3 kernel, 9-16 tokens.
+    pub gate_up_wide: KernelConfig,
+    /// The W2 kernel, 9-16 tokens.
+    pub down_wide: KernelConfig,
 }
 
 impl DecodeConfig {
+    /// The same shape for every kernel and token count.
+    pub fn uniform(k: KernelConfig) -> DecodeConfig {
+        DecodeConfig {
+            gate_up: k,
+            down: k,
+            gate_up_wide: k,
+            down_wide: k,
+        }
+    }
+
     /// Default shapes for an FFN of hidden size `m` and expert size `m_h`
     /// whose W2 is packed in [`DownLayout::default_for`] m (as
     /// [`ExpertWeights::pack`] does).
@@ -87,30 +101,50 @@ impl DecodeConfig {
         Self::auto_layout(info, m, m_h, DownLayout::default_for(m))
     }
 
-    /// Default shapes for a given W2 layout: gate/up 2 warps per block,
-    /// unroll 4; down 8 warps, unroll 8 (16-row tiles) or 4 (32-row tiles,
-    /// fewer registers); about 14 warps per SM. From the H200 sweep in
-    /// NOTES.md.
+    /// Default shapes for a given W2 layout, about 14 warps per SM: gate/up
+    /// 2 warps per block, unroll 4; down 8 warps, unroll 8 (16-row tiles;
+    /// 32-row tiles at 1-8 tokens) or unroll 4 (32-row tiles at 9-16
+    /// tokens: fewer registers). From the H200 sweeps in NOTES.md.
     pub fn auto_layout(
         info: &DeviceInfo,
         m: usize,
         m_h: usize,
         layout: DownLayout,
     ) -> DecodeConfig {
-        let (down_rows, down_unroll) = match layout {
-            DownLayout::Tiles16 => (16, 8),
-            DownLayout::Pairs32 => (32, 4),
+        let sm = info.sm_count;
+        let gate_up = KernelConfig::auto(sm, m_h / 16, m / 16, 2, 4, 14);
+        let down = |rows: usize, unroll: u32, warps_per_sm: u32| {
+            KernelConfig::auto(sm, (m / rows).max(1), m_h / 16, 8, unroll, warps_per_sm)
         };
-        DecodeConfig {
-            gate_up: KernelConfig::auto(info.sm_count, m_h / 16, m / 16, 2, 4, 14),
-            down: KernelConfig::auto(
-                info.sm_count,
-                (m / down_rows).max(1),
-                m_h / 16,
-                8,
-                down_unroll,
-                14,
-            ),
+        match layout {
+            DownLayout::Tiles16 => DecodeConfig {
+                gate_up,
+                down: down(16, 8, 14),
+                gate_up_wide: gate_up,
+                down_wide: down(16, 8, 14),
+            },
+            DownLayout::Pairs32 => DecodeConfig {
+                gate_up,
+                // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size.
+                down: down(32, 8, 8),
+                gate_up_wide: gate_up,
+                down_wide: down(32, 4, 14),
+            },
+        }
+    }
+
+    fn check(&self, op: &'static str) -> Result<()> {
+        self.gate_up.check(op)?;
+        self.down.check(op)?;
+        self.gate_up_wide.check(op)?;
+        self.down_wide.check(op)
+    }
+
+    fn pick(&self, tokens: usize) -> (&KernelConfig, &KernelConfig) {
+        if tokens > 8 {
+            (&self.gate_up_wide, &self.down_wide)
+        } else {
+            (&self.gate_up, &self.down)
         }
     }
 }
@@ -364,18 +398,22 @@ impl FfnWorkspace {
 }
 
 /// Where one GEMV launch writes: plain fp16 rows, or the MoE combine
-/// `out_acc[out_idx[t]][row] += tok_w[t] * y[t][row]`.
+/// `out_acc[idx[t]][row] += w[t] * y[t][row]` (idx, w in the launch's
+/// [`TokList`]).
 enum Dest {
-    Plain {
-        out: u64,
-        ldo: i32,
-    },
-    Combine {
-        acc: u64,
-        ldo: i32,
-        out_idx: u64,
-        tok_w: u64,
-    },
+    Plain { out: u64, ldo: i32 },
+    Combine { acc: u64, ldo: i32 },
+}
+
+/// `struct TokList` of kernels/ffn_decode.cu, passed by value: the tokens of
+/// one launch (no device buffer, no host-to-device copy).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TokList {
+    gather: i32,
+    scatter: i32,
+    idx: [i32; MAX_DECODE_TOKENS],
+    w: [f32; MAX_DECODE_TOKENS],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -390,7 +428,7 @@ struct Gemv {
     kind: Kind,
     x: u64,
     ldx: i32,
-    in_idx: u64,
+    toks: TokList,
     t: usize,
     k: usize,
     n: usize,
@@ -417,19 +455,14 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     let k_tiles = (g.k / 16) as u32;
     // Never more splits than k-tiles.
     let splits = cfg.splits.min(k_tiles).max(1);
-    let (mut out, mut ldo, mut acc, mut out_idx, mut tok_w) = match g.dest {
-        Dest::Plain { out, ldo } => (out, ldo, 0u64, 0u64, 0u64),
-        Dest::Combine {
-            acc,
-            ldo,
-            out_idx,
-            tok_w,
-        } => (0u64, ldo, acc, out_idx, tok_w),
+    let (mut out, mut ldo, mut acc) = match g.dest {
+        Dest::Plain { out, ldo } => (out, ldo, 0u64),
+        Dest::Combine { acc, ldo } => (0u64, ldo, acc),
     };
     let mut w = g.w;
     let mut x = g.x;
     let mut ldx = g.ldx;
-    let mut in_idx = g.in_idx;
+    let mut toks = g.toks;
     let mut t = g.t as i32;
     let mut kt = k_tiles as i32;
     let mut sp = splits as i32;
@@ -440,7 +473,7 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         &mut w as *mut _ as *mut c_void,
         &mut x as *mut _ as *mut c_void,
         &mut ldx as *mut _ as *mut c_void,
-        &mut in_idx as *mut _ as *mut c_void,
+        &mut toks as *mut _ as *mut c_void,
         &mut t as *mut _ as *mut c_void,
         &mut kt as *mut _ as *mut c_void,
         &mut sp as *mut _ as *mut c_void,
@@ -449,21 +482,19 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         &mut out as *mut _ as *mut c_void,
         &mut ldo as *mut _ as *mut c_void,
         &mut acc as *mut _ as *mut c_void,
-        &mut out_idx as *mut _ as *mut c_void,
-        &mut tok_w as *mut _ as *mut c_void,
         &mut n_rows as *mut _ as *mut c_void,
     ];
     let grid = GridSize::xy(row_tiles, splits);
     let block = BlockSize::x(cfg.warps * 32);
     // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
-    // const int* in_idx, int T, int k_tiles, int splits, float* partial,
-    // unsigned* counters, half* out, int ldo, float* out_acc, const int*
-    // out_idx, const float* tok_w, int n_rows), matching `args` in order and
-    // size. Callers checked: w holds (n/16)(k/16) packed 16x16 tiles (x2 if
+    // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
+    // int splits, float* partial, unsigned* counters, half* out, int ldo,
+    // float* out_acc, int n_rows), matching `args` in order and size.
+    // Callers checked: w holds (n/16)(k/16) packed 16x16 tiles (x2 if
     // gated; pair: (n/32)(k/16) x 2, n % 32 == 0);
-    // x has T rows (or rows addressed by in_idx, validated < its row count)
+    // x has T rows (or rows toks.idx, validated < its row count)
     // of ldx >= k elements, 16-byte aligned; the destination has T rows (or
-    // out_idx rows < its row count) of ldo >= n elements; the workspace holds
+    // rows toks.idx < its row count) of ldo >= n elements; the workspace holds
     // partials for row_tiles x splits x 512 floats and row_tiles counters
     // that are zero between launches; T <= 16, warps <= 8.
     unsafe {
@@ -500,8 +531,7 @@ pub fn ffn_decode(
 ) -> Result<()> {
     const OP: &str = "ffn_decode";
     check_weights(OP, w, ws)?;
-    cfg.gate_up.check(OP)?;
-    cfg.down.check(OP)?;
+    cfg.check(OP)?;
     let (m, m_h) = (w.m, w.m_h);
     if tokens == 0 {
         return Err(shape(OP, "tokens = 0".into()));
@@ -531,7 +561,7 @@ pub fn ffn_decode(
                 kind: Kind::Gated,
                 x: addr(x) + (t0 * m * 2) as u64,
                 ldx: m as i32,
-                in_idx: 0,
+                toks: TokList::default(),
                 t,
                 k: m,
                 n: m_h,
@@ -540,7 +570,7 @@ pub fn ffn_decode(
                     ldo: m_h as i32,
                 },
             },
-            &cfg.gate_up,
+            cfg.pick(t).0,
         )?;
         launch_gemv(
             gpu,
@@ -550,7 +580,7 @@ pub fn ffn_decode(
                 kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
-                in_idx: 0,
+                toks: TokList::default(),
                 t,
                 k: m_h,
                 n: m,
@@ -559,86 +589,43 @@ pub fn ffn_decode(
                     ldo: m as i32,
                 },
             },
-            &cfg.down,
+            cfg.pick(t).1,
         )?;
         t0 += t;
     }
     Ok(())
 }
 
-/// Token groups of one MoE step on the device: for each group (expert), the
-/// token rows it serves and their combine weights. Built from host data,
-/// validated (`token < n_tokens`, once per group), and uploaded with one
-/// asynchronous copy from page-locked memory.
+/// Token groups of one MoE step: for each group (expert), the token rows it
+/// serves and their combine weights, validated (`token < n_tokens`, at most
+/// once per group, finite weights). Host-side only: each decode launch gets
+/// its (up to 16) tokens by value in its kernel parameters, so there is no
+/// device buffer and no copy on the step's critical path.
+#[derive(Debug, Clone, Default)]
 pub struct RoutingPlan {
-    /// `[0, cap)`: token indices; `[cap, 2 cap)`: weights (f32 bits).
-    dev: DeviceBuffer<i32>,
-    host: LockedBuffer<i32>,
-    copy_done: Event,
-    copied: bool,
-    cap: usize,
+    entries: Vec<(i32, f32)>,
     groups: Vec<(usize, usize)>, // (offset, len)
     n_tokens: usize,
 }
 
-impl std::fmt::Debug for RoutingPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoutingPlan")
-            .field("groups", &self.groups)
-            .field("n_tokens", &self.n_tokens)
-            .finish()
-    }
-}
-
 impl RoutingPlan {
-    /// `groups[g]` lists `(token, weight)` pairs of group g; every token must
-    /// be `< n_tokens`, appear at most once per group, and every weight be finite.
-    pub fn new(gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<RoutingPlan> {
-        let entries = groups.iter().map(|g| g.len()).sum::<usize>();
-        let mut p = Self::with_capacity(gpu, entries)?;
-        p.set(gpu, n_tokens, groups)?;
+    /// `groups[g]` lists `(token, weight)` pairs of group g.
+    pub fn new(n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<RoutingPlan> {
+        let mut p = RoutingPlan::default();
+        p.set(n_tokens, groups)?;
         Ok(p)
     }
 
-    /// An empty plan whose buffers hold `entries` (token, weight) pairs;
-    /// refill it with [`RoutingPlan::set`] without reallocating.
-    pub fn with_capacity(gpu: &Gpu, entries: usize) -> Result<RoutingPlan> {
-        let cap = entries.max(1);
-        Ok(RoutingPlan {
-            dev: gpu.alloc(2 * cap)?,
-            host: LockedBuffer::new(&0i32, 2 * cap)
-                .ctx("cuMemAllocHost", || format!("{} x i32", 2 * cap))?,
-            copy_done: gpu.event()?,
-            copied: false,
-            cap,
-            groups: Vec::new(),
-            n_tokens: 0,
-        })
-    }
-
-    /// Replaces the groups (validated: token `< n_tokens` and at most once
-    /// per group, finite weights, at most the capacity in total); one
-    /// asynchronous host-to-device copy on `gpu`'s stream.
-    pub fn set(&mut self, gpu: &Gpu, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<()> {
+    /// Replaces the groups (validated as in [`RoutingPlan::new`]); on error
+    /// the plan is left empty.
+    pub fn set(&mut self, n_tokens: usize, groups: &[Vec<(usize, f32)>]) -> Result<()> {
         const OP: &str = "RoutingPlan::set";
-        let total: usize = groups.iter().map(|g| g.len()).sum();
-        if total > self.cap {
-            return Err(shape(OP, format!("{total} entries, capacity {}", self.cap)));
-        }
-        // The staging buffer may still be in flight from the last set().
-        if self.copied {
-            self.copy_done
-                .synchronize()
-                .ctx("cuEventSynchronize", String::new)?;
-            self.copied = false;
-        }
-        let cap = self.cap;
-        let host = self.host.as_mut_slice();
-        let mut spans = Vec::with_capacity(groups.len());
+        self.entries.clear();
+        self.groups.clear();
+        self.n_tokens = 0;
         let mut seen = vec![usize::MAX; n_tokens];
-        let mut k = 0;
         for (gi, g) in groups.iter().enumerate() {
-            spans.push((k, g.len()));
+            self.groups.push((self.entries.len(), g.len()));
             for &(t, wt) in g {
                 if t >= n_tokens || t > i32::MAX as usize || !wt.is_finite() {
                     self.groups.clear();
@@ -653,21 +640,9 @@ impl RoutingPlan {
                     return Err(shape(OP, format!("group {gi}: token {t} listed twice")));
                 }
                 seen[t] = gi;
-                host[k] = t as i32;
-                host[cap + k] = wt.to_bits() as i32;
-                k += 1;
+                self.entries.push((t as i32, wt));
             }
         }
-        // SAFETY: host is page-locked and is not written again before the
-        // event recorded after this copy completes (synchronised above);
-        // dev holds 2*cap elements like host.
-        unsafe { self.dev.async_copy_from(&self.host[..], gpu.stream()) }
-            .ctx("cuMemcpyHtoDAsync", || {
-                format!("routing plan, {total} entries")
-            })?;
-        gpu.record_on(&self.copy_done)?;
-        self.copied = true;
-        self.groups = spans;
         self.n_tokens = n_tokens;
         Ok(())
     }
@@ -706,8 +681,7 @@ pub fn ffn_decode_combine(
 ) -> Result<()> {
     const OP: &str = "ffn_decode_combine";
     check_weights(OP, w, ws)?;
-    cfg.gate_up.check(OP)?;
-    cfg.down.check(OP)?;
+    cfg.check(OP)?;
     let (m, m_h) = (w.m, w.m_h);
     let n = plan.n_tokens;
     let Some(&(off, len)) = plan.groups.get(group) else {
@@ -728,8 +702,15 @@ pub fn ffn_decode_combine(
     let mut t0 = 0;
     while t0 < len {
         let t = (len - t0).min(MAX_DECODE_TOKENS);
-        let idx = addr(&plan.dev) + ((off + t0) * 4) as u64;
-        let wts = addr(&plan.dev) + ((plan.cap + off + t0) * 4) as u64;
+        let mut toks = TokList {
+            gather: 1,
+            scatter: 1,
+            ..TokList::default()
+        };
+        for (i, &(tok, wt)) in plan.entries[off + t0..off + t0 + t].iter().enumerate() {
+            toks.idx[i] = tok;
+            toks.w[i] = wt;
+        }
         let h = addr(&ws.h);
         launch_gemv(
             gpu,
@@ -739,7 +720,7 @@ pub fn ffn_decode_combine(
                 kind: Kind::Gated,
                 x: addr(x),
                 ldx: m as i32,
-                in_idx: idx,
+                toks,
                 t,
                 k: m,
                 n: m_h,
@@ -748,7 +729,7 @@ pub fn ffn_decode_combine(
                     ldo: m_h as i32,
                 },
             },
-            &cfg.gate_up,
+            cfg.pick(t).0,
         )?;
         launch_gemv(
             gpu,
@@ -758,18 +739,17 @@ pub fn ffn_decode_combine(
                 kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
-                in_idx: 0,
+                // h rows are compact (no gather); the combine scatters.
+                toks: TokList { gather: 0, ..toks },
                 t,
                 k: m_h,
                 n: m,
                 dest: Dest::Combine {
                     acc: addr(out_acc),
                     ldo: m as i32,
-                    out_idx: idx,
-                    tok_w: wts,
                 },
             },
-            &cfg.down,
+            cfg.pick(t).1,
         )?;
         t0 += t;
     }
@@ -822,7 +802,7 @@ pub fn ffn_stage(
             kind: Kind::Gated,
             x: addr(x),
             ldx: m as i32,
-            in_idx: 0,
+            toks: TokList::default(),
             t: tokens,
             k: m,
             n: m_h,
@@ -836,7 +816,7 @@ pub fn ffn_stage(
             kind: w.down_kind(),
             x: h,
             ldx: m_h as i32,
-            in_idx: 0,
+            toks: TokList::default(),
             t: tokens,
             k: m_h,
             n: m,

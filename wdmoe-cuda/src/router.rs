@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use cust::memory::{DeviceBuffer, DeviceSlice};
+use cust::memory::{DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
@@ -78,6 +78,47 @@ impl Router {
         probs: &mut DeviceSlice<f32>,
         zero: Option<(&mut DeviceSlice<f32>, usize)>,
     ) -> Result<()> {
+        let (pl, nl) = (addr(logits), logits.len());
+        self.launch(gpu, x, tokens, pl, nl, probs, zero)
+    }
+
+    /// [`Router::route_zeroing`] with the logits written by the kernel
+    /// straight into page-locked host memory (unified addressing: the host
+    /// pointer is valid on the device), then waits for the stream: the
+    /// decode step's one host round trip without a separate copy.
+    pub fn route_to_host(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits: &mut LockedBuffer<f32>,
+        probs: &mut DeviceSlice<f32>,
+        zero: Option<(&mut DeviceSlice<f32>, usize)>,
+    ) -> Result<()> {
+        if !gpu.info().unified_addressing {
+            return Err(Error::Unsupported {
+                op: "Router::route_to_host",
+                detail: "device without unified addressing".into(),
+            });
+        }
+        let (pl, nl) = (logits.as_mut_ptr() as u64, logits.len());
+        self.launch(gpu, x, tokens, pl, nl, probs, zero)?;
+        // The kernel writes host memory that `logits` borrows: finish before
+        // the borrow ends.
+        gpu.sync()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits_ptr: u64,
+        logits_len: usize,
+        probs: &mut DeviceSlice<f32>,
+        zero: Option<(&mut DeviceSlice<f32>, usize)>,
+    ) -> Result<()> {
         const OP: &str = "Router::route";
         let (mut pz, mut zc) = match zero {
             Some((z, cols)) => {
@@ -94,7 +135,7 @@ impl Router {
         let (e, m) = (self.experts, self.m);
         if tokens == 0
             || x.len() < tokens * m
-            || logits.len() < tokens * e
+            || logits_len < tokens * e
             || probs.len() < tokens * e
         {
             return Err(shape(
@@ -103,7 +144,7 @@ impl Router {
                     "tokens={tokens}, x {} (need {}), logits {} / probs {} (need {})",
                     x.len(),
                     tokens * m,
-                    logits.len(),
+                    logits_len,
                     probs.len(),
                     tokens * e
                 ),
@@ -117,7 +158,7 @@ impl Router {
         let mut pg = addr(&self.g);
         let mut mi = m as i32;
         let mut ei = e as i32;
-        let mut pl = addr(logits);
+        let mut pl = logits_ptr;
         let mut pp = addr(probs);
         let args = [
             &mut px as *mut _ as *mut c_void,
@@ -132,7 +173,8 @@ impl Router {
         let warps = (e as u32).clamp(1, 8);
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
         // float* logits, float* probs, float* zero, int zero_cols) matches
-        // `args`; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
+        // `args`; logits is device memory or page-locked host memory (UVA)
+        // of logits_len >= tokens x e floats that outlives the kernel; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
         // e x m fp16 (16-byte aligned, m % 8 == 0), logits/probs hold
         // tokens x e floats; e floats of dynamic shared memory are given.
         unsafe {

@@ -29,6 +29,8 @@ pub struct DeviceInfo {
     pub l2_bytes: u32,
     /// Whether the sm_90a cubin was loaded (else the compute_80 PTX).
     pub cubin: bool,
+    /// Unified addressing: page-locked host memory is addressable by kernels.
+    pub unified_addressing: bool,
 }
 
 /// One GPU: context, stream and the wdmoe kernels, ready to launch.
@@ -103,6 +105,7 @@ impl Gpu {
             sm_count: attr(DeviceAttribute::MultiprocessorCount)? as u32,
             l2_bytes: attr(DeviceAttribute::L2CacheSize)? as u32,
             cubin: cc == (9, 0),
+            unified_addressing: attr(DeviceAttribute::UnifiedAddressing)? != 0,
         };
         let ctx = Context::new(dev).ctx("cuCtxCreate", || format!("ordinal {ordinal}"))?;
         let ffn = load(

@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wdmoe_cuda::{f16, DeviceBuffer};
 use wdmoe_cuda::{
-    ffn_decode, ffn_decode_combine, DecodeConfig, DownLayout, Error, ExpertWeights, FfnWorkspace, Gpu,
-    KernelConfig, Router, RoutingPlan,
+    ffn_decode, ffn_decode_combine, DecodeConfig, DownLayout, Error, ExpertWeights, FfnWorkspace,
+    Gpu, KernelConfig, Router, RoutingPlan,
 };
 
 const BOUND: f64 = 2e-3;
@@ -180,10 +180,7 @@ fn ffn_decode_odd_sizes_and_configs() {
                 splits,
                 unroll,
             };
-            cfgs.push(DecodeConfig {
-                gate_up: k,
-                down: k,
-            });
+            cfgs.push(DecodeConfig::uniform(k));
         }
         for (i, cfg) in cfgs.iter().enumerate() {
             for t in [1, 3, 7, 13, 16, 33] {
@@ -213,7 +210,7 @@ fn ffn_decode_combine_accumulates_weighted() {
         (0..n).rev().map(|t| (t, 0.5)).collect(),
         vec![],
     ];
-    let plan = RoutingPlan::new(&gpu, n, &groups).unwrap();
+    let plan = RoutingPlan::new(n, &groups).unwrap();
     let init: Vec<f32> = (0..n * m)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
         .collect();
@@ -341,10 +338,7 @@ fn bad_inputs_are_errors() {
             4,
             &mut out,
             &mut ws,
-            &DecodeConfig {
-                gate_up: bad,
-                down: bad
-            }
+            &DecodeConfig::uniform(bad)
         ),
         Err(Error::Unsupported { .. })
     ));
@@ -356,12 +350,12 @@ fn bad_inputs_are_errors() {
     ));
     // Token index out of range in a plan.
     assert!(matches!(
-        RoutingPlan::new(&gpu, 3, &[vec![(3, 1.0)]]),
+        RoutingPlan::new(3, &[vec![(3, 1.0)]]),
         Err(Error::Shape { .. })
     ));
     // A token twice in one group (the combine adds without atomics).
     assert!(matches!(
-        RoutingPlan::new(&gpu, 3, &[vec![(1, 1.0), (1, 0.5)]]),
+        RoutingPlan::new(3, &[vec![(1, 1.0), (1, 0.5)]]),
         Err(Error::Shape { .. })
     ));
     // Router with m not a multiple of 8.

@@ -6,7 +6,7 @@
 
 use wdmoe_core::select::Policy;
 use wdmoe_cuda::cust::event::Event;
-use wdmoe_cuda::cust::memory::{AsyncCopyDestination, LockedBuffer};
+use wdmoe_cuda::cust::memory::LockedBuffer;
 use wdmoe_cuda::{
     elapsed_ms, f16, ffn_decode_combine, DecodeConfig, DeviceBuffer, Error as CudaError,
     ExpertWeights, FfnWorkspace, Gpu, Router, RoutingPlan,
@@ -30,7 +30,6 @@ pub struct GpuLayer {
     ws: FfnWorkspace,
     cfg: DecodeConfig,
     x: DeviceBuffer<f16>,
-    logits: DeviceBuffer<f32>,
     probs: DeviceBuffer<f32>,
     acc: DeviceBuffer<f32>,
     plan: RoutingPlan,
@@ -126,10 +125,9 @@ impl GpuLayer {
             ws: FfnWorkspace::new(&gpu, m, m_h)?,
             cfg: DecodeConfig::auto(gpu.info(), m, m_h),
             x: gpu.alloc(max_tokens * m)?,
-            logits: gpu.alloc(max_tokens * e)?,
             probs: gpu.alloc(max_tokens * e)?,
             acc: gpu.alloc(max_tokens * m)?,
-            plan: RoutingPlan::with_capacity(&gpu, max_tokens * e)?,
+            plan: RoutingPlan::default(),
             logits_host: LockedBuffer::new(&0.0f32, max_tokens * e)
                 .map_err(|err| LayerError::Gpu(format!("cuMemAllocHost: {err:?}")))?,
             events: (0..2 + 2 * e)
@@ -190,11 +188,12 @@ impl GpuLayer {
     /// One layer step on the tokens in the input buffer; the output stays on
     /// the GPU (see [`GpuLayer::output`]). `out` of the result is empty.
     ///
-    /// GPU timeline: router (+ zeroing the accumulator) → logits to the host
-    /// (page-locked, the one synchronisation) → policy and grouping on the
-    /// host → plan to the GPU → per expert with tokens: gate/up and down
-    /// kernels (programmatic dependent launch), the combine in the down
-    /// kernel's epilogue. `time_s` spans all of it, host part included.
+    /// GPU timeline: router (+ zeroing the accumulator) writing the logits
+    /// into page-locked host memory (the one synchronisation) → policy and
+    /// grouping on the host → per expert with tokens: gate/up and down
+    /// kernels (programmatic dependent launch), tokens and weights passed by
+    /// value, the combine in the down kernel's epilogue. `time_s` spans all
+    /// of it, host part included.
     pub fn step(
         &mut self,
         n_tokens: usize,
@@ -213,27 +212,20 @@ impl GpuLayer {
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
         let mut acc = self.acc.index(..n_tokens * m);
-        self.router.route_zeroing(
+        // Router + softmax, zeroing the accumulator, logits written straight
+        // into page-locked host memory; waits for them (the one sync).
+        self.router.route_to_host(
             gpu,
             &self.x,
             n_tokens,
-            &mut self.logits,
+            &mut self.logits_host,
             &mut self.probs,
             Some((&mut acc, m)),
         )?;
         let ne = n_tokens * e;
-        // SAFETY: logits_host is page-locked and holds max_tokens * e >= ne
-        // floats; the stream is synchronised right after, before it is read.
-        unsafe {
-            self.logits
-                .index(..ne)
-                .async_copy_to(&mut self.logits_host[..ne], gpu.stream())
-        }
-        .map_err(|err| LayerError::Gpu(format!("cuMemcpyDtoHAsync of logits: {err:?}")))?;
-        gpu.sync()?;
         let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
         let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        self.plan.set(gpu, n_tokens, &groups)?;
+        self.plan.set(n_tokens, &groups)?;
         let mut ran = Vec::with_capacity(e);
         for (q, group) in groups.iter().enumerate() {
             if group.is_empty() {
