@@ -4,7 +4,8 @@
 //! `{"logits":\[…\], "latency_s":\[…\], "k":2, "theta":0.2, "max_drops":1}` —
 //! `logits`: router logits (finite numbers), `latency_s`: each device's
 //! latency \[s\] (> 0), or the string `"inf"` for an unreachable device,
-//! `k` ≥ 1, `theta` ∈ \[0, 0.5\], `max_drops` ≥ 0 (default 1). Up to
+//! `k` ≥ 1, `theta` ∈ \[0, 0.5\], `max_drops` ≥ 0 (default 1); `"inf"` may
+//! also be spelled `"+inf"` or `"infinity"`, in any case. Up to
 //! [`crate::scenario::MAX_EXPERTS`] experts.
 //!
 //! Output line: `{"experts":\[…\],"weights":\[…\],"kappa":0.14|null,"dropped":\[…\],"fallback":false}`
@@ -81,7 +82,11 @@ fn decide(line: &str) -> Result<String, String> {
     for (i, l) in req.latency_s.iter().enumerate() {
         lat.push(match l {
             Latency::Num(v) => *v,
-            Latency::Str(s) if matches!(s.as_str(), "inf" | "+inf" | "Infinity" | "INF") => {
+            Latency::Str(s)
+                if ["inf", "+inf", "infinity", "+infinity"]
+                    .iter()
+                    .any(|w| s.eq_ignore_ascii_case(w)) =>
+            {
                 f64::INFINITY
             }
             Latency::Str(s) => {
