@@ -85,7 +85,11 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
                 v.push(format!("{:.3}", x.mean_decode_s));
             }
             v.extend([
-                format!("{:.1} %", x.reduction_pct),
+                if x.reduction_ci95_pct > 0.0 {
+                    format!("{:.1} ± {:.1} %", x.reduction_pct, x.reduction_ci95_pct)
+                } else {
+                    format!("{:.1} %", x.reduction_pct)
+                },
                 format!("{:.3}", x.experts_per_token),
                 format!("{:.1} %", 100.0 * x.drop_rate),
                 format!("{:.3}", x.kept_weight),
@@ -142,7 +146,7 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
 /// CSV with a header line; latencies in seconds, rates as fractions.
 pub fn csv(r: &RunReport) -> String {
     let mut s = String::from(
-        "policy,family,parameter,accounting,prompts,prompt_tokens,decode_tokens,seed,mean_s,p50_s,p95_s,p99_s,reduction_pct,experts_per_token,drop_rate,kept_weight,fallbacks,mean_prefill_s,mean_decode_s,paper_reduction\n",
+        "policy,family,parameter,accounting,prompts,prompt_tokens,decode_tokens,seed,mean_s,mean_ci95_s,p50_s,p95_s,p99_s,reduction_pct,reduction_ci95_pct,experts_per_token,drop_rate,kept_weight,fallbacks,mean_prefill_s,mean_decode_s,paper_reduction\n",
     );
     let acc = match r.accounting {
         crate::scenario::Accounting::Sequential => "sequential",
@@ -151,7 +155,7 @@ pub fn csv(r: &RunReport) -> String {
     for x in &r.rows {
         let _ = writeln!(
             s,
-            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
+            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
             x.name,
             x.family,
             x.parameter.map_or(String::new(), |p| p.to_string()),
@@ -161,10 +165,12 @@ pub fn csv(r: &RunReport) -> String {
             r.decode_tokens,
             r.seed,
             x.mean_s,
+            x.mean_ci95_s,
             x.p50_s,
             x.p95_s,
             x.p99_s,
             x.reduction_pct,
+            x.reduction_ci95_pct,
             x.experts_per_token,
             x.drop_rate,
             x.kept_weight,

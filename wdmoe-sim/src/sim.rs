@@ -131,6 +131,18 @@ pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, Scenar
     Ok(out)
 }
 
+/// Half-width of the normal-approximation 95 % confidence interval of the
+/// mean of `v`: `1.96 · sd / √n` (0 for fewer than two values).
+fn ci95(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let m = stats::mean(v);
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64;
+    1.96 * (var / n as f64).sqrt()
+}
+
 /// One policy's totals over one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyPromptStats {
@@ -189,6 +201,12 @@ pub struct PolicyRow {
     pub p99_s: f64,
     /// Reduction of the mean latency against the first row \[%\].
     pub reduction_pct: f64,
+    /// Half-width of the 95 % confidence interval of `reduction_pct` \[%\]
+    /// (normal approximation on the per-prompt differences to the first
+    /// row, which share the draws; 0 for the first row or one prompt).
+    pub reduction_ci95_pct: f64,
+    /// Half-width of the 95 % confidence interval of `mean_s` \[s\].
+    pub mean_ci95_s: f64,
     /// Mean serving experts per token and layer.
     pub experts_per_token: f64,
     /// Fraction of top-k expert slots not served (dropped or unreachable).
@@ -537,6 +555,8 @@ impl Simulation {
                 p95_s: stats::percentile_sorted(&lat, 95.0),
                 p99_s: stats::percentile_sorted(&lat, 99.0),
                 reduction_pct: 0.0,
+                reduction_ci95_pct: 0.0,
+                mean_ci95_s: ci95(&lat),
                 experts_per_token: sum(&|x| x.experts as f64) / decisions,
                 drop_rate: sum(&|x| x.dropped as f64) / (k * decisions),
                 kept_weight: sum(&|x| x.kept_weight) / decisions,
@@ -546,9 +566,18 @@ impl Simulation {
             });
         }
         if let Some(base) = rows.first().map(|r| r.mean_s) {
-            for r in rows.iter_mut() {
+            for (pi, r) in rows.iter_mut().enumerate() {
                 r.reduction_pct = if base > 0.0 {
                     100.0 * (1.0 - r.mean_s / base)
+                } else {
+                    0.0
+                };
+                let diffs: Vec<f64> = outcomes
+                    .iter()
+                    .map(|o| o.policies[0].latency_s - o.policies[pi].latency_s)
+                    .collect();
+                r.reduction_ci95_pct = if base > 0.0 {
+                    100.0 * ci95(&diffs) / base
                 } else {
                     0.0
                 };
