@@ -90,7 +90,7 @@ fn main() -> Result<()> {
     write!(json, ",\"copy_TBps\":{copy_tbps:.4}").unwrap();
 
     // 4 experts per W2 layout (32-row and 16-row tiles), random weights.
-    let make = |layout: DownLayout| -> Result<Vec<ExpertWeights>> {
+    let make = |layout: DownLayout, k_major: bool| -> Result<Vec<ExpertWeights>> {
         let mut w1 = gpu.alloc::<f16>(M * MH)?;
         let mut w3 = gpu.alloc::<f16>(M * MH)?;
         let mut w2 = gpu.alloc::<f16>(M * MH)?;
@@ -99,14 +99,15 @@ fn main() -> Result<()> {
                 gpu.fill_uniform(&mut w1, 11 + 10 * i, 0.02)?;
                 gpu.fill_uniform(&mut w3, 12 + 10 * i, 0.02)?;
                 gpu.fill_uniform(&mut w2, 13 + 10 * i, 0.02)?;
-                let e = ExpertWeights::pack_with(&gpu, &w1, &w3, &w2, M, MH, layout)?;
+                let e = ExpertWeights::pack_opts(&gpu, &w1, &w3, &w2, M, MH, layout, k_major)?;
                 gpu.sync()?;
                 Ok(e)
             })
             .collect()
     };
-    let experts = make(DownLayout::Pairs32)?;
-    let experts16 = make(DownLayout::Tiles16)?;
+    let experts = make(DownLayout::Pairs32, false)?;
+    let experts16 = make(DownLayout::Tiles16, false)?;
+    let experts_km = make(DownLayout::Pairs32, true)?;
     let wbytes = experts[0].bytes() as f64;
     let mut ws = FfnWorkspace::new(&gpu, M, MH)?;
     let mut x = gpu.alloc::<f16>(16 * M)?;
@@ -136,11 +137,15 @@ fn main() -> Result<()> {
             (f32::MAX, auto.gate_up),
             (f32::MAX, auto.down),
             (f32::MAX, auto16.down),
+            (f32::MAX, auto.gate_up),
+            (f32::MAX, auto.down),
         ];
         for (si, (stage, set)) in [
             (Stage::GateUp, &experts),
             (Stage::Down, &experts),
             (Stage::Down, &experts16),
+            (Stage::GateUp, &experts_km),
+            (Stage::Down, &experts_km),
         ]
         .into_iter()
         .enumerate()
@@ -172,10 +177,14 @@ fn main() -> Result<()> {
                 )
                 .unwrap();
             }
-            let frac = if si == 0 { 2.0 / 3.0 } else { 1.0 / 3.0 };
+            let frac = if si == 0 || si == 3 {
+                2.0 / 3.0
+            } else {
+                1.0 / 3.0
+            };
             let msg = format!(
                 "T={t:>2} {stage:?}{} best {:?} {:.1} us = {:.3} TB/s   sweep(w/s/u:us){line}",
-                if si == 2 { "16" } else { "" },
+                ["", "", "16", "km", "km"][si],
                 best[si].1,
                 best[si].0 * 1e3,
                 wbytes * frac / (best[si].0 as f64 * 1e-3) / 1e12
@@ -202,6 +211,17 @@ fn main() -> Result<()> {
             ("tuned", tuned, &experts),
             ("auto16", auto16, &experts16),
             ("tuned16", tuned16, &experts16),
+            ("auto_km", auto, &experts_km),
+            (
+                "tuned_km",
+                DecodeConfig {
+                    gate_up: best[3].1,
+                    down: best[4].1,
+                    gate_up_wide: best[3].1,
+                    down_wide: best[4].1,
+                },
+                &experts_km,
+            ),
         ] {
             let ms = time(&gpu, iters, |i| {
                 ffn_decode(&gpu, &set[i % 4], &x, t, &mut out, &mut ws, &cfg)

@@ -74,7 +74,7 @@ namespace {
 template <int NT, int NMAT, int U, bool GATED>
 __device__ __forceinline__ void gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
-    const TokList& toks, int T, int k_tiles, int splits,
+    const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
     int n_rows) {
@@ -100,7 +100,9 @@ __device__ __forceinline__ void gemv_tile(
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[m][nt][c] = 0.f;
 
-    const uint4* wt = w + ((size_t)rt * k_tiles) * NMAT * 32 + lane;
+    // Tile (rt, kt) of matrix m starts at w + rt*rt_stride + kt*kt_stride + m*32
+    // (uint4 units): row-tile-major or k-major packing (see pack_tiles).
+    const uint4* wt = w + rt * rt_stride + lane;
     // Software pipeline: the weights of the next U k-tiles are loaded (into
     // registers) before the mma of the current U, so that 2*U*NMAT 16-byte
     // loads per lane are in flight; ptxas otherwise sinks each load to its mma.
@@ -112,7 +114,7 @@ __device__ __forceinline__ void gemv_tile(
 #pragma unroll
         for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int m = 0; m < NMAT; ++m) dst[u][m] = ld_stream(wt + ((size_t)(k + u) * NMAT + m) * 32);
+            for (int m = 0; m < NMAT; ++m) dst[u][m] = ld_stream(wt + (k + u) * kt_stride + m * 32);
     };
     auto compute = [&](const uint4 (&src)[U][NMAT], int k) {
         uint32_t b[U][NT][2];
@@ -163,7 +165,7 @@ __device__ __forceinline__ void gemv_tile(
     for (; kt < kw1; ++kt) {
         uint4 a1[NMAT];
 #pragma unroll
-        for (int m = 0; m < NMAT; ++m) a1[m] = ld_stream(wt + ((size_t)kt * NMAT + m) * 32);
+        for (int m = 0; m < NMAT; ++m) a1[m] = ld_stream(wt + kt * kt_stride + m * 32);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const __half* p = xrow[nt] + kt * 16;
@@ -245,9 +247,11 @@ __device__ __forceinline__ void gemv_tile(
 #define WDMOE_GEMV(NAME, NT, NMAT, U, GATED)                                                                \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
         const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
-        int T, int k_tiles, int splits, float* __restrict__ partial, unsigned* __restrict__ counters,       \
+        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
+        unsigned* __restrict__ counters,                                                                    \
         __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
-        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, toks, T, k_tiles, splits, partial, counters, out, ldo, out_acc, \
+        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, \
+                                      out, ldo, out_acc,                                                    \
                                       n_rows);                                                              \
     }
 
@@ -271,11 +275,16 @@ WDMOE_GEMV(gemv_pair_nt2_u8, 2, 2, 8, false)
 // two "matrices" are the 16-row tiles 2*rt and 2*rt+1 of `a`. Lane l of tile (rt, kt) holds
 //   W[r][k], W[r][k+1], W[r+8][k], W[r+8][k+1], W[r][k+8], W[r][k+9], W[r+8][k+8], W[r+8][k+9]
 // with r = rt*16 + l/4, k = kt*16 + (l%4)*2 (the m16n8k16 A registers a0..a3).
+//
+// With kmajor, tile (rt, kt) goes to (kt * RT + rt) instead of (rt * KT + kt):
+// warps working on neighbouring row tiles at the same k then read neighbouring
+// memory (DRAM locality); the kernels take both strides.
 extern "C" __global__ void pack_tiles(const __half* __restrict__ a, const __half* __restrict__ b,
-                                      uint4* __restrict__ dst, int rows, int cols, int pair) {
+                                      uint4* __restrict__ dst, int rows, int cols, int pair, int kmajor) {
     const int nmat = (b || pair) ? 2 : 1;
     const long long kts = cols / 16;
-    const long long total = (long long)(pair ? rows / 32 : rows / 16) * kts * nmat * 32;
+    const long long rts = pair ? rows / 32 : rows / 16;
+    const long long total = rts * kts * nmat * 32;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         int lane = (int)(i & 31);
@@ -289,7 +298,8 @@ extern "C" __global__ void pack_tiles(const __half* __restrict__ a, const __half
         const __half* p0 = src + r * cols + k;
         const __half* p1 = p0 + 8LL * cols;
         __align__(16) __half v[8] = {p0[0], p0[1], p1[0], p1[1], p0[8], p0[9], p1[8], p1[9]};
-        dst[i] = *reinterpret_cast<const uint4*>(v);
+        long long o = kmajor ? ((kt * rts + rt) * nmat + m) * 32 + lane : i;
+        dst[o] = *reinterpret_cast<const uint4*>(v);
     }
 }
 

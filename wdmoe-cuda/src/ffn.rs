@@ -11,6 +11,10 @@ use half::f16;
 use crate::error::{check_align, shape, Error, Result};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 
+/// Default tile order of [`ExpertWeights::pack`] (see
+/// [`ExpertWeights::pack_opts`]).
+pub const K_MAJOR_DEFAULT: bool = true;
+
 /// Tokens per launch of the decode kernels (two mma n-tiles of 8).
 pub const MAX_DECODE_TOKENS: usize = 16;
 /// Most blocks along k (split-K across blocks) the workspace is sized for.
@@ -158,6 +162,7 @@ pub struct ExpertWeights {
     m: usize,
     m_h: usize,
     down_pairs: bool,
+    k_major: bool,
 }
 
 /// Layout of the packed W2 (the decode down-projection kernel follows it).
@@ -232,6 +237,24 @@ impl ExpertWeights {
         m_h: usize,
         layout: DownLayout,
     ) -> Result<ExpertWeights> {
+        Self::pack_opts(gpu, w1, w3, w2, m, m_h, layout, K_MAJOR_DEFAULT)
+    }
+
+    /// [`ExpertWeights::pack`] with a chosen W2 layout and tile order:
+    /// `k_major` stores tile (row tile, k tile) at k·rows + row instead of
+    /// row·ks + k, so that warps on neighbouring row tiles read neighbouring
+    /// memory at the same time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_opts(
+        gpu: &Gpu,
+        w1: &DeviceSlice<f16>,
+        w3: &DeviceSlice<f16>,
+        w2: &DeviceSlice<f16>,
+        m: usize,
+        m_h: usize,
+        layout: DownLayout,
+        k_major: bool,
+    ) -> Result<ExpertWeights> {
         const OP: &str = "ExpertWeights::pack";
         check_dims(OP, m, m_h)?;
         let down_pairs = layout == DownLayout::Pairs32;
@@ -258,14 +281,15 @@ impl ExpertWeights {
         }
         let mut w13 = gpu.alloc::<f16>(2 * m * m_h)?;
         let mut w2p = gpu.alloc::<f16>(m * m_h)?;
-        pack(gpu, w1, Some(w3), &mut w13, m_h, m, false)?;
-        pack(gpu, w2, None, &mut w2p, m, m_h, down_pairs)?;
+        pack(gpu, w1, Some(w3), &mut w13, m_h, m, false, k_major)?;
+        pack(gpu, w2, None, &mut w2p, m, m_h, down_pairs, k_major)?;
         Ok(ExpertWeights {
             w13,
             w2: w2p,
             m,
             m_h,
             down_pairs,
+            k_major,
         })
     }
 
@@ -326,10 +350,12 @@ fn pack(
     rows: usize,
     cols: usize,
     pair: bool,
+    k_major: bool,
 ) -> Result<()> {
     let nmat = if b.is_some() { 2 } else { 1 };
     debug_assert_eq!(dst.len(), nmat * rows * cols);
     let mut pr = i32::from(pair);
+    let mut km = i32::from(k_major);
     let mut pa = addr(a);
     let mut pb = b.map(addr).unwrap_or(0);
     let mut pd = addr(dst);
@@ -344,8 +370,9 @@ fn pack(
         &mut r as *mut _ as *mut c_void,
         &mut c as *mut _ as *mut c_void,
         &mut pr as *mut _ as *mut c_void,
+        &mut km as *mut _ as *mut c_void,
     ];
-    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int, int). a
+    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int, int, int). a
     // (and b) hold rows*cols elements, dst holds nmat*rows*cols (checked by
     // callers), rows and cols are multiples of 16 (32 for rows with pair),
     // dst is 16-byte aligned (checked).
@@ -425,6 +452,7 @@ enum Kind {
 
 struct Gemv {
     w: u64,
+    k_major: bool,
     kind: Kind,
     x: u64,
     ldx: i32,
@@ -453,6 +481,12 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
     let row_tiles = (g.n / if g.kind == Kind::Pair { 32 } else { 16 }) as u32;
     let k_tiles = (g.k / 16) as u32;
+    let nmat: i64 = if g.kind == Kind::Plain { 1 } else { 2 };
+    let (mut rt_stride, mut kt_stride) = if g.k_major {
+        (nmat * 32, row_tiles as i64 * nmat * 32)
+    } else {
+        (k_tiles as i64 * nmat * 32, nmat * 32)
+    };
     // Never more splits than k-tiles.
     let splits = cfg.splits.min(k_tiles).max(1);
     let (mut out, mut ldo, mut acc) = match g.dest {
@@ -476,6 +510,8 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         &mut toks as *mut _ as *mut c_void,
         &mut t as *mut _ as *mut c_void,
         &mut kt as *mut _ as *mut c_void,
+        &mut rt_stride as *mut _ as *mut c_void,
+        &mut kt_stride as *mut _ as *mut c_void,
         &mut sp as *mut _ as *mut c_void,
         &mut partial as *mut _ as *mut c_void,
         &mut counters as *mut _ as *mut c_void,
@@ -488,7 +524,7 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     let block = BlockSize::x(cfg.warps * 32);
     // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
     // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
-    // int splits, float* partial, unsigned* counters, half* out, int ldo,
+    // long long rt_stride, long long kt_stride, int splits, float* partial, unsigned* counters, half* out, int ldo,
     // float* out_acc, int n_rows), matching `args` in order and size.
     // Callers checked: w holds (n/16)(k/16) packed 16x16 tiles (x2 if
     // gated; pair: (n/32)(k/16) x 2, n % 32 == 0);
@@ -558,6 +594,7 @@ pub fn ffn_decode(
             ws,
             Gemv {
                 w: addr(&w.w13),
+                k_major: w.k_major,
                 kind: Kind::Gated,
                 x: addr(x) + (t0 * m * 2) as u64,
                 ldx: m as i32,
@@ -577,6 +614,7 @@ pub fn ffn_decode(
             ws,
             Gemv {
                 w: addr(&w.w2),
+                k_major: w.k_major,
                 kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
@@ -717,6 +755,7 @@ pub fn ffn_decode_combine(
             ws,
             Gemv {
                 w: addr(&w.w13),
+                k_major: w.k_major,
                 kind: Kind::Gated,
                 x: addr(x),
                 ldx: m as i32,
@@ -736,6 +775,7 @@ pub fn ffn_decode_combine(
             ws,
             Gemv {
                 w: addr(&w.w2),
+                k_major: w.k_major,
                 kind: w.down_kind(),
                 x: h,
                 ldx: m_h as i32,
@@ -799,6 +839,7 @@ pub fn ffn_stage(
     let g = match stage {
         Stage::GateUp => Gemv {
             w: addr(&w.w13),
+            k_major: w.k_major,
             kind: Kind::Gated,
             x: addr(x),
             ldx: m as i32,
@@ -813,6 +854,7 @@ pub fn ffn_stage(
         },
         Stage::Down => Gemv {
             w: addr(&w.w2),
+            k_major: w.k_major,
             kind: w.down_kind(),
             x: h,
             ldx: m_h as i32,

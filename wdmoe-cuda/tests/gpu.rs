@@ -121,12 +121,17 @@ struct Expert {
 }
 
 fn expert(gpu: &Gpu, m: usize, m_h: usize, seed: u64) -> Expert {
+    expert_opts(gpu, m, m_h, seed, wdmoe_cuda::ffn::K_MAJOR_DEFAULT)
+}
+
+fn expert_opts(gpu: &Gpu, m: usize, m_h: usize, seed: u64, k_major: bool) -> Expert {
     let s1 = 1.7 / (m as f32).sqrt();
     let s2 = 1.7 / (m_h as f32).sqrt();
     let d1 = rand_dev(gpu, m * m_h, seed ^ 1, s1);
     let d3 = rand_dev(gpu, m * m_h, seed ^ 3, s1);
     let d2 = rand_dev(gpu, m * m_h, seed ^ 2, s2);
-    let w = ExpertWeights::pack(gpu, &d1, &d3, &d2, m, m_h).unwrap();
+    let layout = DownLayout::default_for(m);
+    let w = ExpertWeights::pack_opts(gpu, &d1, &d3, &d2, m, m_h, layout, k_major).unwrap();
     Expert {
         w,
         w1: host(gpu, &d1),
@@ -158,10 +163,12 @@ fn check_ffn(gpu: &Gpu, e: &Expert, t: usize, cfg: &DecodeConfig, seed: u64) -> 
 fn ffn_decode_mixtral_sizes() {
     let gpu = gpu();
     let s = seed();
-    let e = expert(&gpu, 4096, 14336, s);
     let cfg = DecodeConfig::auto(gpu.info(), 4096, 14336);
-    for t in [1, 2, 5, 8, 9, 16, 17] {
-        check_ffn(&gpu, &e, t, &cfg, s.wrapping_add(t as u64));
+    for k_major in [false, true] {
+        let e = expert_opts(&gpu, 4096, 14336, s, k_major);
+        for t in [1, 2, 5, 8, 9, 16, 17] {
+            check_ffn(&gpu, &e, t, &cfg, s.wrapping_add(t as u64));
+        }
     }
 }
 
@@ -170,8 +177,16 @@ fn ffn_decode_mixtral_sizes() {
 fn ffn_decode_odd_sizes_and_configs() {
     let gpu = gpu();
     let s = seed();
-    for (m, m_h) in [(16, 16), (80, 208), (1024, 2816), (4096, 1024)] {
-        let e = expert(&gpu, m, m_h, s ^ (m * 31 + m_h) as u64);
+    for (m, m_h, k_major) in [
+        (16, 16, false),
+        (80, 208, false),
+        (80, 208, true),
+        (1024, 2816, false),
+        (1024, 2816, true),
+        (4096, 1024, true),
+    ] {
+        let e = expert_opts(&gpu, m, m_h, s ^ (m * 31 + m_h) as u64, k_major);
+        eprintln!("k_major {k_major}");
         let auto = DecodeConfig::auto(gpu.info(), m, m_h);
         let mut cfgs = vec![auto];
         for (warps, splits, unroll) in [(1, 1, 4), (8, 1, 8), (3, 5, 4), (4, 16, 8), (8, 3, 8)] {
