@@ -590,8 +590,213 @@ fn capi_seeds() {
     link("min_max_2", false, [0, 0, 0, 1, 0], 7, mm);
 }
 
+/// `wdmoe select` lines (one request per line; a seed may hold several).
+fn select_jsonl_seeds() {
+    let lines: &[(&str, &str)] = &[
+        (
+            "doc_example",
+            r#"{"logits":[0.5,1.0,-2.0,0.0],"latency_s":[0.01,0.1,0.01,"inf"],"k":2,"theta":0.2}"#,
+        ),
+        (
+            "mixtral",
+            r#"{"logits":[0.1,2.0,-0.3,0.4,1.9,-1.0,0.0,0.2],"latency_s":[3e-4,4e-4,5e-4,4e-4,0.09,6e-4,7e-4,8e-4],"k":2,"theta":0.2,"max_drops":1}"#,
+        ),
+        (
+            "fallback",
+            r#"{"logits":[0.1,2.0,-0.3,0.4,1.9,-1.0,0.0,0.2],"latency_s":[3e-4,"inf",5e-4,4e-4,"+inf",6e-4,7e-4,8e-4],"k":2,"theta":0.2}"#,
+        ),
+        (
+            "none_reachable",
+            r#"{"logits":[1,2],"latency_s":["inf","Infinity"],"k":1,"theta":0}"#,
+        ),
+        (
+            "errors",
+            "{}\n{\"logits\":[1],\"latency_s\":[0],\"k\":1,\"theta\":0}\n{\"logits\":[1e400],\"latency_s\":[1],\"k\":1,\"theta\":0}\nnot json\n{\"logits\":[1],\"latency_s\":[\"fast\"],\"k\":1,\"theta\":0,\"extra\":1}\n",
+        ),
+        (
+            "bad_values",
+            "{\"logits\":[1,2,3],\"latency_s\":[1,2],\"k\":2,\"theta\":0.2}\n{\"logits\":[1,2],\"latency_s\":[1,2],\"k\":3,\"theta\":0.2}\n{\"logits\":[1,2],\"latency_s\":[1,2],\"k\":1,\"theta\":0.7}\n{\"logits\":[1,2],\"latency_s\":[-1,2],\"k\":1,\"theta\":0.1,\"max_drops\":-1}\n\n   \n",
+        ),
+        (
+            "subnormal_huge",
+            r#"{"logits":[1e308,-1e308,5e-324,0],"latency_s":[5e-324,1e308,2.2250738585072014e-308,1],"k":4,"theta":0.5,"max_drops":3}"#,
+        ),
+    ];
+    for (name, text) in lines {
+        write("select_jsonl", name, text.as_bytes());
+    }
+    let z: Vec<String> = (0..256)
+        .map(|i| format!("{}", ((i * 37) % 512) as f64 / 100.0 - 2.56))
+        .collect();
+    let t: Vec<String> = (0..256)
+        .map(|i| {
+            if i % 29 == 0 {
+                "\"inf\"".to_string()
+            } else {
+                format!("{}e-4", 1 + (i * 13) % 97)
+            }
+        })
+        .collect();
+    let line = format!(
+        r#"{{"logits":[{}],"latency_s":[{}],"k":8,"theta":0.3,"max_drops":4}}"#,
+        z.join(","),
+        t.join(",")
+    );
+    write("select_jsonl", "experts_256", line.as_bytes());
+    write(
+        "select_jsonl",
+        "not_utf8",
+        b"{\"logits\":[1],\"latency_s\":[1],\"k\":1,\"theta\":0}\n\xff\xfe\n",
+    );
+}
+
+/// Scenario files: the default, variants of every section, and bad ones.
+fn scenario_seeds() {
+    let default = wdmoe_sim::scenario::Scenario::paper().to_toml_string();
+    write("scenario_toml", "default", default.as_bytes());
+    let small = "prompts = 2\nprompt_tokens = 4\n[model]\nlayers = 2\n";
+    let seeds: &[(&str, String)] = &[
+        ("empty", String::new()),
+        ("small", small.to_string()),
+        (
+            "uma_rician_ar1_min_max_batched",
+            format!(
+                "{small}accounting = \"batched\"\n[radio]\nallocation = \"min_max\"\n[channel]\npath_loss = \"uma\"\nfading = \"rician\"\ntime_model = \"ar1\"\nar1_rho = 0.5\n"
+            ),
+        ),
+        (
+            "umi_outages",
+            format!(
+                "{small}decode_tokens = 3\n[channel]\npath_loss = \"umi\"\nbs_height_m = 10.0\nfading = \"none\"\n[[channel.outages]]\ndevice = 3\nstart_token = 1\ntokens = 2\n[channel.random_outages]\nprobability_per_token = 0.5\nduration_tokens = 2\n"
+            ),
+        ),
+        (
+            "devices_positions",
+            format!(
+                "{small}[[devices]]\nname = \"a\"\ndistance_m = 10.0\nposition_m = [3.0, 4.0]\ntx_power_w = 0.1\ncompute_tflops = 1.0\nbandwidth_share = 0.5\n[[devices]]\nname = \"b\"\ndistance_m = 1000.0\ntx_power_w = 0.2\ncompute_tflops = 0.01\n[model]\ntop_k = 1\n"
+            ),
+        ),
+        (
+            "policies",
+            format!(
+                "{small}[policies]\nthetas = [0.5, 0.0]\nmax_drops = 7\nweight_only_betas = []\nchannel_only = false\n[router]\nspread = 0.0\nstickiness = 0.99\n"
+            ),
+        ),
+        (
+            "trace_router",
+            "[router]\nkind = \"trace\"\ntrace_path = \"/nonexistent.npy\"\n".to_string(),
+        ),
+        (
+            "bad_values",
+            "prompts = -1\n[radio]\ncarrier_ghz = nan\nmin_snr_db = -inf\ntotal_bandwidth_hz = 1e400\n".to_string(),
+        ),
+        ("unknown_key", "[radio]\ncarrier = 3.5\n".to_string()),
+        ("wrong_type", "seed = \"one\"\n[model]\nlayers = 2.5\n".to_string()),
+        ("syntax_error", "[radio\ncarrier_ghz = = 3.5\n".to_string()),
+        ("huge_ints", "seed = 18446744073709551615\nprompts = 9223372036854775807\n[model]\nhidden = 4294967295\nffn_hidden = 4294967295\ntop_k = 0\n".to_string()),
+    ];
+    for (name, text) in seeds {
+        write("scenario_toml", name, text.as_bytes());
+    }
+}
+
+/// `.npy` router traces: valid f32/f64 files, and the malformed kinds the
+/// reader must reject.
+fn trace_seeds() {
+    use wdmoe_sim::trace::{npy_bytes_f32, npy_bytes_f64};
+    let v: Vec<f32> = (0..2 * 3 * 8).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+    write("router_trace", "f32_2x3x8", &npy_bytes_f32(&[2, 3, 8], &v));
+    let w: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+    write("router_trace", "f64_2x3x8", &npy_bytes_f64(&[2, 3, 8], &w));
+    let mut nan = npy_bytes_f32(&[1, 1, 2], &[0.0, f32::NAN]);
+    write("router_trace", "nan_logit", &nan);
+    nan.truncate(nan.len() - 2);
+    write("router_trace", "truncated_data", &nan);
+    // Hand-written headers: big-endian, Fortran order, 2-D, version 2.0.
+    let npy = |major: u8, header: &str, data: &[u8]| {
+        let mut h = header.to_string();
+        let pre = if major == 1 { 10 } else { 12 };
+        while (pre + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY".to_vec();
+        out.extend([major, 0]);
+        if major == 1 {
+            out.extend((h.len() as u16).to_le_bytes());
+        } else {
+            out.extend((h.len() as u32).to_le_bytes());
+        }
+        out.extend(h.as_bytes());
+        out.extend(data);
+        out
+    };
+    let be: Vec<u8> = [1.0f32, -2.0]
+        .iter()
+        .flat_map(|x| x.to_be_bytes())
+        .collect();
+    write(
+        "router_trace",
+        "big_endian",
+        &npy(
+            1,
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1, 2), }",
+            &be,
+        ),
+    );
+    write(
+        "router_trace",
+        "fortran",
+        &npy(
+            1,
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1, 2), }",
+            &[0; 8],
+        ),
+    );
+    write(
+        "router_trace",
+        "two_d",
+        &npy(
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }",
+            &[0; 8],
+        ),
+    );
+    write(
+        "router_trace",
+        "v2_f8",
+        &npy(
+            2,
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 1), }",
+            &[0; 8],
+        ),
+    );
+    write(
+        "router_trace",
+        "overflowing_shape",
+        &npy(
+            1,
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2), }",
+            &[0; 8],
+        ),
+    );
+    write(
+        "router_trace",
+        "int_dtype",
+        &npy(
+            1,
+            "{'descr': '<i4', 'fortran_order': False, 'shape': (1, 1, 2), }",
+            &[0; 8],
+        ),
+    );
+    write("router_trace", "not_npy", b"PK\x03\x04 a zip file");
+}
+
 fn main() {
     select_seeds();
     link_seeds();
     capi_seeds();
+    select_jsonl_seeds();
+    scenario_seeds();
+    trace_seeds();
 }
