@@ -342,6 +342,7 @@ impl ExpertWeights {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pack(
     gpu: &Gpu,
     a: &DeviceSlice<f16>,
