@@ -178,7 +178,9 @@ __device__ __forceinline__ void gemv_tile(
 
     // Reduce the warps' fragments: red[warp][m][nt][c][lane].
     constexpr int FR = NMAT * NT * 4;
-    __shared__ float red[MAX_WARPS * FR * 32];
+    // Dynamic: warps * FR * 32 floats (sized by the launch), so that blocks
+    // with few warps leave more of the SM's unified L1 for x/h.
+    extern __shared__ float red[];
     __shared__ float s[NMAT][16][16];  // [mat][row][token]
     __shared__ unsigned last_flag;
 #pragma unroll

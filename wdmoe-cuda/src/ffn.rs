@@ -523,6 +523,9 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     ];
     let grid = GridSize::xy(row_tiles, splits);
     let block = BlockSize::x(cfg.warps * 32);
+    // Warp-reduction buffer: warps x (nmat x n-tiles x 4 x 32) floats.
+    let ntiles: u32 = if g.t > 8 { 2 } else { 1 };
+    let shared = cfg.warps * nmat as u32 * ntiles * 4 * 32 * 4;
     // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
     // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
     // long long rt_stride, long long kt_stride, int splits, float* partial, unsigned* counters, half* out, int ldo,
@@ -533,9 +536,10 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     // of ldx >= k elements, 16-byte aligned; the destination has T rows (or
     // rows toks.idx < its row count) of ldo >= n elements; the workspace holds
     // partials for row_tiles x splits x 512 floats and row_tiles counters
-    // that are zero between launches; T <= 16, warps <= 8.
+    // that are zero between launches; T <= 16, warps <= 8; `shared` bytes of
+    // dynamic shared memory = the kernel's warps*FR*32 floats (<= 16 KB).
     unsafe {
-        gpu.launch(&gpu.ffn, name, grid, block, 0, &args, true, || {
+        gpu.launch(&gpu.ffn, name, grid, block, shared, &args, true, || {
             format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n)
         })
     }
