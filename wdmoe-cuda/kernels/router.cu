@@ -9,12 +9,20 @@
 
 // If `zero` is not null, block `tok` also zeroes zero[tok][0..zero_cols) (the
 // MoE layer's fp32 combine accumulator, so that no separate memset is needed).
+//
+// Blocks with blockIdx.x >= tokens (launched only when pf_bases is not null)
+// are L2-prefetch blocks: each recomputes token 0's logits, takes the
+// arg-max expert q, and prefetches its share of [pf_bases[q], + pf_bytes)
+// into L2, so that the expert most likely to run first finds the start of
+// its (k-major packed) weights in L2 while the host runs the policy.
 extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
                                           float* __restrict__ logits, float* __restrict__ probs,
-                                          float* __restrict__ zero, int zero_cols) {
+                                          float* __restrict__ zero, int zero_cols, int tokens,
+                                          const unsigned long long* __restrict__ pf_bases, long long pf_bytes) {
     extern __shared__ float sl[];  // e logits
-    const int tok = blockIdx.x;
-    if (zero)
+    const bool pf_block = (int)blockIdx.x >= tokens;
+    const int tok = pf_block ? 0 : blockIdx.x;
+    if (zero && !pf_block)
         for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
@@ -37,6 +45,23 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
         if (lane == 0) sl[q] = acc;
     }
     __syncthreads();
+    if (pf_block) {
+        __shared__ int best;
+        if (threadIdx.x == 0) {
+            int q0 = 0;
+            for (int q = 1; q < e; ++q)
+                if (sl[q] > sl[q0]) q0 = q;
+            best = q0;
+        }
+        __syncthreads();
+        const char* base = reinterpret_cast<const char*>(pf_bases[best]);
+        const long long nb = gridDim.x - tokens, b = blockIdx.x - tokens;
+        const long long lines = pf_bytes / 128;
+        const long long l0 = lines * b / nb, l1 = lines * (b + 1) / nb;
+        for (long long l = l0 + threadIdx.x; l < l1; l += blockDim.x)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + l * 128));
+        return;
+    }
     if (warp == 0) {
         float mx = -INFINITY;
         for (int q = lane; q < e; q += 32) mx = fmaxf(mx, sl[q]);

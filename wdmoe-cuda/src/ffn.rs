@@ -327,6 +327,12 @@ impl ExpertWeights {
         }
     }
 
+    /// Device address and size in bytes of the packed gate/up weights
+    /// (W1|W3), e.g. for [`crate::router::PrefetchTable`].
+    pub fn gate_up_weights(&self) -> (u64, usize) {
+        (addr(&self.w13), self.w13.len() * 2)
+    }
+
     /// Layout of the packed W2.
     pub fn down_layout(&self) -> DownLayout {
         if self.down_pairs {

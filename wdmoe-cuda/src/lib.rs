@@ -37,5 +37,5 @@ pub use ffn::{
     FfnWorkspace, KernelConfig, RoutingPlan, Stage,
 };
 pub use half::f16;
-pub use router::{f32_to_f16, Router};
+pub use router::{f32_to_f16, PrefetchTable, Router};
 pub use runtime::{elapsed_ms, DeviceInfo, Gpu};

@@ -9,6 +9,54 @@ use half::f16;
 use crate::error::{check_align, shape, Error, Result};
 use crate::runtime::{addr, Gpu};
 
+/// Addresses for the router's speculative L2 prefetch: expert q's packed
+/// gate/up weights ([`crate::ExpertWeights::gate_up_weights`]) uploaded as a
+/// device table, and how many of their first bytes to prefetch (clamped to
+/// the smallest expert's).
+pub struct PrefetchTable {
+    table: DeviceBuffer<u64>,
+    bytes: usize,
+    max: usize,
+}
+
+impl std::fmt::Debug for PrefetchTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefetchTable")
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl PrefetchTable {
+    /// A table for `experts` (in router order), prefetching `bytes`.
+    pub fn new(gpu: &Gpu, experts: &[crate::ExpertWeights], bytes: usize) -> Result<PrefetchTable> {
+        let addrs: Vec<u64> = experts.iter().map(|e| e.gate_up_weights().0).collect();
+        let max = experts
+            .iter()
+            .map(|e| e.gate_up_weights().1)
+            .min()
+            .unwrap_or(0);
+        if addrs.is_empty() {
+            return Err(shape("PrefetchTable::new", "no experts".into()));
+        }
+        Ok(PrefetchTable {
+            table: gpu.upload(&addrs)?,
+            bytes: bytes.min(max),
+            max,
+        })
+    }
+
+    /// Bytes prefetched (0 turns the prefetch off).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sets the bytes prefetched, clamped to the smallest expert's gate/up weights.
+    pub fn set_bytes(&mut self, bytes: usize) {
+        self.bytes = bytes.min(self.max);
+    }
+}
+
 /// Router weights G (`[experts][m]`, fp16) on the device.
 pub struct Router {
     g: DeviceBuffer<f16>,
@@ -79,13 +127,19 @@ impl Router {
         zero: Option<(&mut DeviceSlice<f32>, usize)>,
     ) -> Result<()> {
         let (pl, nl) = (addr(logits), logits.len());
-        self.launch(gpu, x, tokens, pl, nl, probs, zero)
+        self.launch(gpu, x, tokens, pl, nl, probs, zero, None)
     }
 
     /// [`Router::route_zeroing`] with the logits written by the kernel
     /// straight into page-locked host memory (unified addressing: the host
     /// pointer is valid on the device), then waits for the stream: the
     /// decode step's one host round trip without a separate copy.
+    ///
+    /// `prefetch`: `(table, bytes)` where `table[q]` is the device address of
+    /// expert q's weights ([`crate::ExpertWeights::gate_up_weights`]): extra
+    /// blocks prefetch the first `bytes` of token 0's arg-max expert into L2
+    /// (speculation that it runs first; it never changes results).
+    #[allow(clippy::too_many_arguments)]
     pub fn route_to_host(
         &self,
         gpu: &Gpu,
@@ -94,6 +148,7 @@ impl Router {
         logits: &mut LockedBuffer<f32>,
         probs: &mut DeviceSlice<f32>,
         zero: Option<(&mut DeviceSlice<f32>, usize)>,
+        prefetch: Option<&PrefetchTable>,
     ) -> Result<()> {
         if !gpu.info().unified_addressing {
             return Err(Error::Unsupported {
@@ -102,7 +157,7 @@ impl Router {
             });
         }
         let (pl, nl) = (logits.as_mut_ptr() as u64, logits.len());
-        self.launch(gpu, x, tokens, pl, nl, probs, zero)?;
+        self.launch(gpu, x, tokens, pl, nl, probs, zero, prefetch)?;
         // The kernel writes host memory that `logits` borrows: finish before
         // the borrow ends.
         gpu.sync()
@@ -118,8 +173,26 @@ impl Router {
         logits_len: usize,
         probs: &mut DeviceSlice<f32>,
         zero: Option<(&mut DeviceSlice<f32>, usize)>,
+        prefetch: Option<&PrefetchTable>,
     ) -> Result<()> {
         const OP: &str = "Router::route";
+        let (mut pf, mut pf_bytes, pf_blocks) = match prefetch {
+            Some(t) if t.bytes >= 128 => {
+                if t.table.len() < self.experts {
+                    return Err(shape(
+                        OP,
+                        format!(
+                            "prefetch table {} < {} experts",
+                            t.table.len(),
+                            self.experts
+                        ),
+                    ));
+                }
+                (addr(&t.table), (t.bytes / 128 * 128) as i64, 64u32)
+            }
+            _ => (0u64, 0i64, 0u32),
+        };
+        let mut ntok = tokens as i32;
         let (mut pz, mut zc) = match zero {
             Some((z, cols)) => {
                 if z.len() < tokens * cols || cols > i32::MAX as usize {
@@ -169,11 +242,16 @@ impl Router {
             &mut pp as *mut _ as *mut c_void,
             &mut pz as *mut _ as *mut c_void,
             &mut zc as *mut _ as *mut c_void,
+            &mut ntok as *mut _ as *mut c_void,
+            &mut pf as *mut _ as *mut c_void,
+            &mut pf_bytes as *mut _ as *mut c_void,
         ];
         let warps = (e as u32).clamp(1, 8);
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
         // float* logits, float* probs, float* zero, int zero_cols) matches
-        // `args`; logits is device memory or page-locked host memory (UVA)
+        // `args` (+ int tokens, const unsigned long long* pf_bases, long long
+        // pf_bytes: a PrefetchTable whose every entry addresses >= bytes of
+        // device memory, by its contract); logits is device memory or page-locked host memory (UVA)
         // of logits_len >= tokens x e floats that outlives the kernel; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
         // e x m fp16 (16-byte aligned, m % 8 == 0), logits/probs hold
         // tokens x e floats; e floats of dynamic shared memory are given.
@@ -181,7 +259,7 @@ impl Router {
             gpu.launch(
                 &gpu.router,
                 "router_softmax",
-                (tokens as u32).into(),
+                (tokens as u32 + pf_blocks).into(),
                 (warps * 32).into(),
                 (e * 4) as u32,
                 &args,

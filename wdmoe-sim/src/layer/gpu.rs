@@ -9,7 +9,7 @@ use wdmoe_cuda::cust::event::Event;
 use wdmoe_cuda::cust::memory::LockedBuffer;
 use wdmoe_cuda::{
     elapsed_ms, f16, ffn_decode_combine, DecodeConfig, DeviceBuffer, Error as CudaError,
-    ExpertWeights, FfnWorkspace, Gpu, Router, RoutingPlan,
+    ExpertWeights, FfnWorkspace, Gpu, PrefetchTable, Router, RoutingPlan,
 };
 
 use super::{
@@ -34,6 +34,7 @@ pub struct GpuLayer {
     acc: DeviceBuffer<f32>,
     plan: RoutingPlan,
     logits_host: LockedBuffer<f32>,
+    prefetch: PrefetchTable,
     events: Vec<Event>,
     m: usize,
     m_h: usize,
@@ -128,6 +129,7 @@ impl GpuLayer {
             probs: gpu.alloc(max_tokens * e)?,
             acc: gpu.alloc(max_tokens * m)?,
             plan: RoutingPlan::default(),
+            prefetch: PrefetchTable::new(&gpu, &experts, 0)?,
             logits_host: LockedBuffer::new(&0.0f32, max_tokens * e)
                 .map_err(|err| LayerError::Gpu(format!("cuMemAllocHost: {err:?}")))?,
             events: (0..2 + 2 * e)
@@ -155,6 +157,14 @@ impl GpuLayer {
     /// Sets the launch shapes of the expert kernels.
     pub fn set_config(&mut self, cfg: DecodeConfig) {
         self.cfg = cfg;
+    }
+
+    /// Speculative L2 prefetch (off by default, 0): while the host runs the
+    /// policy, the router kernel's extra blocks prefetch the first `bytes` of
+    /// token 0's arg-max expert (k-major packing: the tiles its gate/up
+    /// kernel reads first) into L2. Never changes results.
+    pub fn set_prefetch_bytes(&mut self, bytes: usize) {
+        self.prefetch.set_bytes(bytes);
     }
 
     /// Bytes of one expert's weights.
@@ -221,6 +231,7 @@ impl GpuLayer {
             &mut self.logits_host,
             &mut self.probs,
             Some((&mut acc, m)),
+            Some(&self.prefetch),
         )?;
         let ne = n_tokens * e;
         let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
@@ -383,7 +394,8 @@ mod tests {
         layer.set_random_input(6).unwrap();
         let policy = Policy::new(2, 0.0, 1).unwrap();
         let lat = [0.01f64; 8];
-        for n in [1usize, 16] {
+        for (n, pf_mb) in [(1usize, 0usize), (1, 16), (1, 32), (1, 48), (16, 0)] {
+            layer.set_prefetch_bytes(pf_mb << 20);
             let mut tot = Vec::new();
             let mut exp = Vec::new();
             for _ in 0..33 {
@@ -399,7 +411,7 @@ mod tests {
             exp.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let (t, e) = (tot[16], exp[16]);
             println!(
-                "LAYER N={n}: step {:.1} us, experts {:.1} us, rest (router, D2H, policy, H2D, zero) {:.1} us, 2-expert weight bytes {}",
+                "LAYER N={n} prefetch {pf_mb} MB: step {:.1} us, experts {:.1} us, rest (router, round trip, launch gaps) {:.1} us, 2-expert weight bytes {}",
                 t * 1e6,
                 e * 1e6,
                 (t - e) * 1e6,
