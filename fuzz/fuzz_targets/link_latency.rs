@@ -136,8 +136,13 @@ fn run<F: FuzzFloat>(inp: &LinkInput) {
                 return;
             };
             let bw = a(8);
+            // Full precision: no subnormal rate or payload (there `L/R` keeps
+            // only a few bits, a precision limit of the float type, not a bug).
+            let normal_or_zero = |x: F| x == F::ZERO || x >= F::MIN_POSITIVE;
+            let mut precise = normal_or_zero(model.payload_bits());
             if let Ok((rd, ru)) = model.rates_bps(&dev, bw) {
                 assert!(!rd.is_nan() && !ru.is_nan() && rd >= F::ZERO && ru >= F::ZERO);
+                precise &= normal_or_zero(rd) && normal_or_zero(ru);
             }
             let t = non_negative(
                 "LatencyModel::expert_latency_s",
@@ -148,7 +153,7 @@ fn run<F: FuzzFloat>(inp: &LinkInput) {
                 !floor.is_nan() && floor >= F::ZERO,
                 "latency_floor_s = {floor}"
             );
-            if let Some(t) = t {
+            if let (Some(t), true) = (t, precise) {
                 // The floor is the limit of unlimited bandwidth.
                 assert!(le_tol(floor, t), "floor {floor} above latency {t}");
             }
@@ -217,8 +222,11 @@ fn run<F: FuzzFloat>(inp: &LinkInput) {
                 assert!(!b.is_nan() && b >= F::ZERO, "min_max bandwidth {b}");
                 used += b.to_f64();
             }
+            // Slack of a few units in the last place per device for totals in
+            // the subnormal range, where one share's rounding is a whole ulp.
+            let min_subnormal = (F::MIN_POSITIVE * F::EPSILON).to_f64();
             assert!(
-                used <= total.to_f64() * (1.0 + F::REL_TOL),
+                used <= total.to_f64() * (1.0 + F::REL_TOL) + 4.0 * m as f64 * min_subnormal,
                 "handed out {used} of {total}"
             );
             // Never worse than the even split.
