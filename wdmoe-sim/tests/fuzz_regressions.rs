@@ -75,15 +75,12 @@ fn select_line_with_256_experts_matches_the_core() {
     }
 }
 
-/// select_jsonl: serde_json's default float parser is not correctly rounded
-/// (crate feature `float_roundtrip` off): it reads `1.1400000000000001` as
-/// `1.14`, the neighbouring double, so `wdmoe select` decides on numbers a
-/// unit in the last place away from the ones given, and its printed weights
-/// differ in the last digits from any exact implementation (NumPy, the core
-/// fed the same values). Fix: `serde_json = { version = "1", features =
-/// ["float_roundtrip"] }` in wdmoe-sim/Cargo.toml.
+/// select_jsonl (fuzz finding, fixed): serde_json's default float parser is
+/// not correctly rounded: it read `1.1400000000000001` as `1.14`, the
+/// neighbouring double, so `wdmoe select` decided on numbers a unit in the
+/// last place away from the ones given. wdmoe-sim now enables serde_json's
+/// `float_roundtrip` feature; this test keeps it that way.
 #[test]
-#[ignore = "sim: serde_json parses JSON numbers without float_roundtrip (1 ulp off)"]
 fn select_line_reads_numbers_exactly() {
     let (line, z, t) = line_256();
     assert!(line.contains("1.1400000000000001"));
