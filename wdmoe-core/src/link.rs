@@ -224,6 +224,52 @@ fn check_f_d<F: Float>(f_ghz: F, d2d_m: F) -> Result<(F, F), Error> {
     Ok((f, d.max_of(F::from_f64(10.0))))
 }
 
+/// Coefficients of the 3GPP TR 38.901 dual-slope LOS and the NLOS path-loss
+/// formulas, which UMa and UMi share in form (Table 7.4.1-1).
+struct DualSlope {
+    los_a: f64,
+    los_b1: f64,
+    los_b2: f64,
+    los_bp: f64,
+    nlos_a: f64,
+    nlos_b: f64,
+    nlos_f: f64,
+    nlos_h: f64,
+}
+
+impl DualSlope {
+    /// LOS: `a + b1·log10(d3D) + 20·log10(fc)` up to the breakpoint, then
+    /// `a + b2·log10(d3D) + 20·log10(fc) − bp·log10(d'BP² + Δh²)`; NLOS: the
+    /// larger of LOS and `a' + b'·log10(d3D) + f'·log10(fc) − h'·(hUT − 1.5)`.
+    fn path_loss_db<F: Float>(
+        &self,
+        h_bs_m: F,
+        h_ut_m: F,
+        f_ghz: F,
+        d2d_m: F,
+        los: bool,
+    ) -> Result<F, Error> {
+        let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
+        let c = F::from_f64;
+        let dh = h_bs_m - h_ut_m;
+        let log_d3d = log10_hypot(d2d, dh);
+        let log_f = f.log10();
+        let dbp = breakpoint_m(h_bs_m, h_ut_m, f);
+        let pl_los = if d2d <= dbp {
+            c(self.los_a) + c(self.los_b1) * log_d3d + c(20.0) * log_f
+        } else {
+            c(self.los_a) + c(self.los_b2) * log_d3d + c(20.0) * log_f
+                - c(self.los_bp) * c(2.0) * log10_hypot(dbp, dh)
+        };
+        if los {
+            return Ok(pl_los);
+        }
+        let pl_nlos = c(self.nlos_a) + c(self.nlos_b) * log_d3d + c(self.nlos_f) * log_f
+            - c(self.nlos_h) * (h_ut_m - c(1.5));
+        Ok(pl_los.max_of(pl_nlos))
+    }
+}
+
 fn check_heights<F: Float>(h_bs_m: F, h_ut_m: F) -> Result<(F, F), Error> {
     let h_bs = positive(h_bs_m, "bs_height_m")?;
     let h_ut = positive(h_ut_m, "ut_height_m")?;
@@ -287,23 +333,20 @@ impl<F: Float> Uma<F> {
 
     /// Path loss \[dB\] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
-        let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
-        let dh = self.bs_height_m - self.ut_height_m;
-        let log_d3d = log10_hypot(d2d, dh);
-        let lf = F::from_f64(20.0) * f.log10();
-        let dbp = breakpoint_m(self.bs_height_m, self.ut_height_m, f);
-        let pl_los = if d2d <= dbp {
-            F::from_f64(28.0) + F::from_f64(22.0) * log_d3d + lf
-        } else {
-            F::from_f64(28.0) + F::from_f64(40.0) * log_d3d + lf
-                - F::from_f64(9.0) * F::from_f64(2.0) * log10_hypot(dbp, dh)
+        // Table 7.4.1-1: PL1 = 28 + 22·log10(d3D) + 20·log10(fc),
+        // PL2 = 28 + 40·log10(d3D) + 20·log10(fc) − 9·log10(d'BP² + (hBS − hUT)²),
+        // PL'NLOS = 13.54 + 39.08·log10(d3D) + 20·log10(fc) − 0.6·(hUT − 1.5).
+        let coeffs = DualSlope {
+            los_a: 28.0,
+            los_b1: 22.0,
+            los_b2: 40.0,
+            los_bp: 9.0,
+            nlos_a: 13.54,
+            nlos_b: 39.08,
+            nlos_f: 20.0,
+            nlos_h: 0.6,
         };
-        if los {
-            return Ok(pl_los);
-        }
-        let pl_nlos = F::from_f64(13.54) + F::from_f64(39.08) * log_d3d + lf
-            - F::from_f64(0.6) * (self.ut_height_m - F::from_f64(1.5));
-        Ok(pl_los.max_of(pl_nlos))
+        coeffs.path_loss_db(self.bs_height_m, self.ut_height_m, f_ghz, d2d_m, los)
     }
 
     /// Probability of line of sight at 2-D distance `d2d_m` \[m\]: 1 up to
@@ -367,24 +410,20 @@ impl<F: Float> UmiStreetCanyon<F> {
 
     /// Path loss \[dB\] at `f_ghz` and 2-D distance `d2d_m`, in LOS or NLOS.
     pub fn path_loss_db(&self, f_ghz: F, d2d_m: F, los: bool) -> Result<F, Error> {
-        let (f, d2d) = check_f_d(f_ghz, d2d_m)?;
-        let dh = self.bs_height_m - self.ut_height_m;
-        let log_d3d = log10_hypot(d2d, dh);
-        let lf = F::from_f64(20.0) * f.log10();
-        let dbp = breakpoint_m(self.bs_height_m, self.ut_height_m, f);
-        let pl_los = if d2d <= dbp {
-            F::from_f64(32.4) + F::from_f64(21.0) * log_d3d + lf
-        } else {
-            F::from_f64(32.4) + F::from_f64(40.0) * log_d3d + lf
-                - F::from_f64(9.5) * F::from_f64(2.0) * log10_hypot(dbp, dh)
+        // Table 7.4.1-1: PL1 = 32.4 + 21·log10(d3D) + 20·log10(fc),
+        // PL2 = 32.4 + 40·log10(d3D) + 20·log10(fc) − 9.5·log10(d'BP² + (hBS − hUT)²),
+        // PL'NLOS = 22.4 + 35.3·log10(d3D) + 21.3·log10(fc) − 0.3·(hUT − 1.5).
+        let coeffs = DualSlope {
+            los_a: 32.4,
+            los_b1: 21.0,
+            los_b2: 40.0,
+            los_bp: 9.5,
+            nlos_a: 22.4,
+            nlos_b: 35.3,
+            nlos_f: 21.3,
+            nlos_h: 0.3,
         };
-        if los {
-            return Ok(pl_los);
-        }
-        let pl_nlos =
-            F::from_f64(22.4) + F::from_f64(35.3) * log_d3d + F::from_f64(21.3) * f.log10()
-                - F::from_f64(0.3) * (self.ut_height_m - F::from_f64(1.5));
-        Ok(pl_los.max_of(pl_nlos))
+        coeffs.path_loss_db(self.bs_height_m, self.ut_height_m, f_ghz, d2d_m, los)
     }
 
     /// Probability of line of sight at 2-D distance `d2d_m` \[m\]:
