@@ -119,7 +119,7 @@ fn main() -> Result<()> {
 
     // Sweep shapes per stage.
     let mut shapes = Vec::new();
-    for warps in [2u32, 4, 8] {
+    for warps in [1u32, 2, 4, 8] {
         for splits in [1u32, 2, 3, 4, 6, 8] {
             for unroll in [4u32, 8] {
                 shapes.push(KernelConfig {

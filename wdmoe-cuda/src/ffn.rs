@@ -105,10 +105,11 @@ impl DecodeConfig {
         Self::auto_layout(info, m, m_h, DownLayout::default_for(m))
     }
 
-    /// Default shapes for a given W2 layout, about 14 warps per SM: gate/up
-    /// 2 warps per block, unroll 4; down 8 warps, unroll 8 (16-row tiles;
-    /// 32-row tiles at 1-8 tokens) or unroll 4 (32-row tiles at 9-16
-    /// tokens: fewer registers). From the H200 sweeps in NOTES.md.
+    /// Default shapes for a given W2 layout: gate/up 2 warps per block,
+    /// unroll 4, about 14 warps per SM; down 8 warps, unroll 8, about 14
+    /// (16-row tiles) or 8 (32-row tiles) warps per SM, and for 32-row tiles
+    /// at 9-16 tokens unroll 4 with about 14 warps per SM. From the H200
+    /// sweeps in NOTES.md.
     pub fn auto_layout(
         info: &DeviceInfo,
         m: usize,
@@ -132,6 +133,9 @@ impl DecodeConfig {
                 // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size.
                 down: down(32, 8, 8),
                 gate_up_wide: gate_up,
+                // At 9-16 tokens 8/1/8 wins the kernel-alone sweep, but in the
+                // whole FFN (PDL overlap with gate/up) 8/2/4 was equal or
+                // faster in runs 7, 8, 14 (NOTES.md).
                 down_wide: down(32, 4, 14),
             },
         }
