@@ -56,12 +56,14 @@ for p in ../shared/gpu/torch_baseline.py /work/shared/gpu/torch_baseline.py; do
 done
 if [ -n "$base" ]; then cp "$base" "$dev/torch_baseline.py"; else msg "warning: torch_baseline.py not found"; fi
 cp wdmoe-cuda/run-gpu.sh "$dev/run.sh"
+cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
 du -sh "$dev" >&2
 cat <<'MSG'
 Built into .device/ (ignored by git). On the GPU machine, from the repo root
 (the stub libcuda must NOT be on its library path):
 
     bash .device/run.sh        # writes logs and JSON under $OUT (or ./gpu-out)
+    bash .device/quick.sh      # lighter: baseline 1/16 tokens, decode_bench --quick, tests
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

@@ -5,7 +5,9 @@
 //! Weights: 4 Mixtral experts (m=4096, m_h=14336, fp16, random), rotated so
 //! the L2 never holds them.
 //!
-//!   decode_bench [--tokens 1,2,4,8,16] [--iters 30] [--json PATH] [--sweep PATH]
+//!   decode_bench [--tokens 1,2,4,8,16] [--iters 30] [--json PATH] [--sweep PATH] [--quick]
+//!
+//! `--quick`: no sweep; whole-FFN A/B of a few 9-16-token shapes instead.
 
 use std::fmt::Write as _;
 
@@ -126,12 +128,122 @@ fn main() -> Result<()> {
                     warps,
                     splits,
                     unroll,
+                    rows: 1,
                 });
             }
         }
     }
     let mut sweep_log = String::new();
     json.push_str(",\"ffn\":[");
+    if args.iter().any(|a| a == "--quick") {
+        // A/B of whole-FFN shapes (k-major packing, 32-row W2), no sweep:
+        // "r1" = the shapes before v8 (one row unit per warp at 9-16 tokens).
+        let sm = info.sm_count;
+        let gu = |w, s, u, r| KernelConfig {
+            warps: w,
+            splits: s,
+            unroll: u,
+            rows: r,
+        };
+        let r1 = DecodeConfig {
+            gate_up_wide: auto.gate_up,
+            down_wide: KernelConfig::auto(sm, M / 32, MH / 16, 8, 4, 14),
+            ..auto
+        };
+        let with = |g: KernelConfig, d: KernelConfig| DecodeConfig {
+            gate_up_wide: g,
+            down_wide: d,
+            ..auto
+        };
+        let cands = [
+            ("r1", r1),
+            ("auto", auto),
+            ("gu_r2", with(auto.gate_up_wide, r1.down_wide)),
+            ("dn_r2", with(r1.gate_up_wide, auto.down_wide)),
+            ("gu3", with(gu(3, 1, 2, 2), auto.down_wide)),
+            ("gu2s2", with(gu(2, 2, 2, 2), auto.down_wide)),
+            ("dn8s2", with(auto.gate_up_wide, gu(8, 2, 2, 2))),
+            ("dn4s8", with(auto.gate_up_wide, gu(4, 8, 2, 2))),
+            ("dn8s3", with(auto.gate_up_wide, gu(8, 3, 2, 2))),
+            ("dn6s4", with(auto.gate_up_wide, gu(6, 4, 2, 2))),
+            ("dn8s5", with(auto.gate_up_wide, gu(8, 5, 2, 2))),
+            ("r1_again", r1),
+            ("auto_again", auto),
+        ];
+        for (ti, &t) in tokens.iter().enumerate() {
+            let mut row = String::new();
+            // Each kernel alone (no PDL overlap), k-major experts.
+            let stages = [
+                (Stage::GateUp, r1.gate_up_wide),
+                (Stage::GateUp, auto.gate_up_wide),
+                (Stage::GateUp, gu(3, 1, 2, 2)),
+                (Stage::Down, r1.down_wide),
+                (Stage::Down, auto.down_wide),
+                (Stage::Down, gu(8, 3, 2, 2)),
+            ];
+            for (stage, k) in stages.iter().filter(|_| t > 8) {
+                let ms = time(&gpu, iters, |i| {
+                    ffn_stage(
+                        &gpu,
+                        &experts_km[i % 4],
+                        &x,
+                        t,
+                        &mut out,
+                        &mut ws,
+                        k,
+                        *stage,
+                    )
+                })?;
+                println!("stage T={t:>2} {stage:?} {k:?}: {:.1} us", ms * 1e3);
+            }
+            // 1-8 tokens: the same question for the narrow shapes.
+            let narrow = |g: KernelConfig, d: KernelConfig| DecodeConfig {
+                gate_up: g,
+                down: d,
+                ..auto
+            };
+            let cands_narrow = [
+                ("auto", auto),
+                ("n_gu_r2", narrow(gu(4, 1, 2, 2), auto.down)),
+                ("n_gu3_r2", narrow(gu(3, 1, 2, 2), auto.down)),
+                ("n_dn_r2s2", narrow(auto.gate_up, gu(8, 2, 2, 2))),
+                ("n_dn_r2s4", narrow(auto.gate_up, gu(8, 4, 2, 2))),
+                ("n_both", narrow(gu(4, 1, 2, 2), gu(8, 2, 2, 2))),
+                ("auto_again", auto),
+            ];
+            let list: &[(&str, DecodeConfig)] = if t > 8 { &cands } else { &cands_narrow };
+            for (name, cfg) in list {
+                let ms = time(&gpu, iters, |i| {
+                    ffn_decode(&gpu, &experts_km[i % 4], &x, t, &mut out, &mut ws, cfg)
+                })?;
+                let tbps = wbytes / (ms as f64 * 1e-3) / 1e12;
+                let (g, d) = if t > 8 {
+                    (cfg.gate_up_wide, cfg.down_wide)
+                } else {
+                    (cfg.gate_up, cfg.down)
+                };
+                println!(
+                    "quick T={t:>2} {name:>10}: {:8.1} us  {tbps:.3} TB/s  {:.1}% of copy  {g:?} / {d:?}",
+                    ms * 1e3,
+                    100.0 * tbps / copy_tbps,
+                );
+                write!(row, "\"{name}_us\":{:.2},", ms * 1e3).unwrap();
+            }
+            write!(
+                json,
+                "{}{{\"tokens\":{t},{}}}",
+                if ti > 0 { "," } else { "" },
+                row.trim_end_matches(',')
+            )
+            .unwrap();
+        }
+        json.push_str("]}");
+        if let Some(p) = get("--json") {
+            std::fs::write(p, &json).expect("write json");
+        }
+        println!("{json}");
+        return Ok(());
+    }
     for (ti, &t) in tokens.iter().enumerate() {
         let mut best = [
             (f32::MAX, auto.gate_up),

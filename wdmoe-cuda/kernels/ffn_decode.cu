@@ -244,6 +244,199 @@ __device__ __forceinline__ void gemv_tile(
     }
 }
 
+// gemv_tile generalised to R packed row units per warp (used with R = 2).
+// It is a copy and not a replacement of gemv_tile: compiled from this
+// template, the R = 1 kernels got a different schedule and ran the 9-16-token
+// gated kernel 40 % slower on the H200 (NOTES.md, v8), so the R = 1 kernels
+// keep their own code.
+// R: packed row units (of NMAT sub-tiles each) per warp, sharing each B
+// fragment load (R = 2 halves the x/h reads through L1/L2, which matter at
+// 9-16 tokens). Block rt covers units rt*R .. rt*R+R-1; a unit past the end
+// (odd unit count) re-reads unit rt*R and its rows are not written.
+template <int NT, int NMAT, int R, int U, bool GATED>
+__device__ __forceinline__ void gemv_tile_rows(
+    const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
+    const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
+    float* __restrict__ partial, unsigned* __restrict__ counters,
+    __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
+    int n_rows) {
+    griddep_launch_dependents();
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+    const int rt = blockIdx.x;
+    const int split = blockIdx.y;
+
+    // k-tile range of this block, then of this warp (contiguous).
+    const int kb0 = (int)((long long)k_tiles * split / splits);
+    const int kb1 = (int)((long long)k_tiles * (split + 1) / splits);
+    const int kw0 = kb0 + (int)((long long)(kb1 - kb0) * warp / warps);
+    const int kw1 = kb0 + (int)((long long)(kb1 - kb0) * (warp + 1) / warps);
+
+
+    constexpr int NS = NMAT * R;  // A sub-tiles per k-tile and warp
+    float acc[NS][NT][4];
+#pragma unroll
+    for (int m = 0; m < NS; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[m][nt][c] = 0.f;
+
+    // Tile (rt, kt) of matrix m starts at w + rt*rt_stride + kt*kt_stride + m*32
+    // (uint4 units): row-tile-major or k-major packing (see pack_tiles).
+    const uint4* wt = w + (long long)rt * R * rt_stride + lane;
+    constexpr int UNIT_ROWS = GATED ? 16 : 16 * NMAT;
+    long long joff[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) joff[j] = ((rt * R + j) * UNIT_ROWS < n_rows) ? j * rt_stride : 0;
+    // Software pipeline: the weights of the next U k-tiles are loaded (into
+    // registers) before the mma of the current U, so that 2*U*NMAT 16-byte
+    // loads per lane are in flight; ptxas otherwise sinks each load to its mma.
+    const int n_full = (kw1 - kw0) / U;
+    uint4 a[2][U][NS];
+    const __half* xrow[NT];
+    bool xvalid[NT];
+    auto load_a = [&](uint4 (&dst)[U][NS], int k) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int j = 0; j < R; ++j)
+#pragma unroll
+                for (int m = 0; m < NMAT; ++m)
+                    dst[u][j * NMAT + m] = ld_stream(wt + (k + u) * kt_stride + joff[j] + m * 32);
+    };
+    auto compute = [&](const uint4 (&src)[U][NS], int k) {
+        uint32_t b[U][NT][2];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const __half* p = xrow[nt] + (k + u) * 16;
+                b[u][nt][0] = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+                b[u][nt][1] = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
+            }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int m = 0; m < NS; ++m)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma16816(acc[m][nt], src[u][m], b[u][nt][0], b[u][nt][1]);
+    };
+    int kt = kw0;
+    // Weights do not depend on the previous kernel: start loading them, then
+    // wait for it (its outputs: x/h, the workspace, the plan) to complete.
+    if (n_full > 0) load_a(a[0], kt);
+    griddep_wait();
+
+    // Per-lane B rows: token n = nt*8 + lane/4; k offset (lane%4)*2.
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        int n = nt * 8 + (lane >> 2);
+        xvalid[nt] = n < T;
+        int r = xvalid[nt] ? (toks.gather ? toks.idx[n] : n) : 0;
+        xrow[nt] = x + (size_t)r * ldx + (lane & 3) * 2;
+    }
+    if (n_full > 0) {
+        int i = 0;
+        for (; i + 2 <= n_full; i += 2) {
+            load_a(a[1], kt + U);  // may read the next group; bounded below
+            compute(a[0], kt);
+            kt += U;
+            if (i + 2 < n_full) load_a(a[0], kt + U);
+            compute(a[1], kt);
+            kt += U;
+        }
+        if (i < n_full) {
+            compute(a[0], kt);
+            kt += U;
+        }
+    }
+    for (; kt < kw1; ++kt) {
+        uint4 a1[NS];
+#pragma unroll
+        for (int j = 0; j < R; ++j)
+#pragma unroll
+            for (int m = 0; m < NMAT; ++m) a1[j * NMAT + m] = ld_stream(wt + kt * kt_stride + joff[j] + m * 32);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const __half* p = xrow[nt] + kt * 16;
+            uint32_t b0 = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+            uint32_t b1 = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
+#pragma unroll
+            for (int m = 0; m < NS; ++m) mma16816(acc[m][nt], a1[m], b0, b1);
+        }
+    }
+
+    // Reduce the warps' fragments: red[warp][m][nt][c][lane].
+    constexpr int FR = NS * NT * 4;
+    // Dynamic: warps * FR * 32 floats (sized by the launch), so that blocks
+    // with few warps leave more of the SM's unified L1 for x/h.
+    extern __shared__ float red[];
+    __shared__ float s[NS][16][16];  // [sub-tile][row][token]
+    __shared__ unsigned last_flag;
+#pragma unroll
+    for (int m = 0; m < NS; ++m)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) red[((warp * NS + m) * NT + nt) * 4 * 32 + c * 32 + lane] = acc[m][nt][c];
+    __syncthreads();
+    for (int i = threadIdx.x; i < NS * 256; i += blockDim.x) {
+        // i -> (m, row, token)
+        int m = i >> 8, row = (i >> 4) & 15, tok = i & 15;
+        float v = 0.f;
+        int nt = tok >> 3;
+        if (nt < NT) {
+            int g = row & 7, hi = row >> 3;
+            int tig = (tok & 7) >> 1, lo = tok & 1;
+            int l = g * 4 + tig, c = hi * 2 + lo;
+            for (int wp = 0; wp < warps; ++wp) v += red[((wp * NS + m) * NT + nt) * 4 * 32 + c * 32 + l];
+        }
+        s[m][row][tok] = v;
+    }
+    __syncthreads();
+
+    if (splits > 1) {
+        float* my = partial + ((size_t)rt * splits + split) * NS * 256;
+        for (int i = threadIdx.x; i < NS * 256; i += blockDim.x) my[i] = (&s[0][0][0])[i];
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned prev = atomicAdd(&counters[rt], 1u);
+            last_flag = (prev == (unsigned)splits - 1) ? 1u : 0u;
+        }
+        __syncthreads();
+        if (!last_flag) return;
+        __threadfence();
+        for (int i = threadIdx.x; i < NS * 256; i += blockDim.x) {
+            float v = 0.f;
+            const float* base = partial + (size_t)rt * splits * NS * 256 + i;
+            for (int sp = 0; sp < splits; ++sp) v += __ldcg(base + (size_t)sp * NS * 256);
+            (&s[0][0][0])[i] = v;
+        }
+        if (threadIdx.x == 0) counters[rt] = 0u;  // ready for the next launch
+        __syncthreads();
+    }
+
+    // Epilogue: i -> (token, row), rows fastest.
+    constexpr int ROWS = R * UNIT_ROWS;
+    for (int i = threadIdx.x; i < ROWS * 16; i += blockDim.x) {
+        int tok = i / ROWS, row = i % ROWS;
+        int grow = rt * ROWS + row;
+        if (tok >= T || grow >= n_rows) continue;
+        float v = GATED ? silu(s[2 * (row >> 4)][row & 15][tok]) * s[2 * (row >> 4) + 1][row & 15][tok]
+                        : s[row >> 4][row & 15][tok];
+        if (out_acc) {
+            int dst = toks.scatter ? toks.idx[tok] : tok;
+            float wgt = toks.scatter ? toks.w[tok] : 1.f;
+            out_acc[(size_t)dst * ldo + grow] += wgt * v;
+        } else {
+            out[(size_t)tok * ldo + grow] = __float2half_rn(v);
+        }
+    }
+}
+
 }  // namespace
 
 #define WDMOE_GEMV(NAME, NT, NMAT, U, GATED)                                                                \
@@ -253,6 +446,17 @@ __device__ __forceinline__ void gemv_tile(
         unsigned* __restrict__ counters,                                                                    \
         __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
         gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, \
+                                      out, ldo, out_acc,                                                    \
+                                      n_rows);                                                              \
+    }
+
+#define WDMOE_GEMV_R(NAME, NT, NMAT, R, U, GATED)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                           \
+        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
+        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
+        unsigned* __restrict__ counters,                                                                    \
+        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
+        gemv_tile_rows<NT, NMAT, R, U, GATED>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, \
                                       out, ldo, out_acc,                                                    \
                                       n_rows);                                                              \
     }
@@ -270,6 +474,14 @@ WDMOE_GEMV(gemv_pair_nt1_u4, 1, 2, 4, false)
 WDMOE_GEMV(gemv_pair_nt2_u4, 2, 2, 4, false)
 WDMOE_GEMV(gemv_pair_nt1_u8, 1, 2, 8, false)
 WDMOE_GEMV(gemv_pair_nt2_u8, 2, 2, 8, false)
+// Two row units per warp (R = 2, unroll 2, capped at 128 registers by the
+// launch bounds: no spills, 16 warps/SM): gated 2 x 16 rows, plain 2 x 16, pair 2 x 32.
+WDMOE_GEMV_R(gemv_gated_r2_nt1_u2, 1, 2, 2, 2, true)
+WDMOE_GEMV_R(gemv_gated_r2_nt2_u2, 2, 2, 2, 2, true)
+WDMOE_GEMV_R(gemv_plain_r2_nt1_u2, 1, 1, 2, 2, false)
+WDMOE_GEMV_R(gemv_plain_r2_nt2_u2, 2, 1, 2, 2, false)
+WDMOE_GEMV_R(gemv_pair_r2_nt1_u2, 1, 2, 2, 2, false)
+WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 
 // Packs row-major fp16 matrices [rows][cols] (rows, cols multiples of 16) into
 // A-fragment order: dst[rt][kt][mat][lane] = 16 bytes, mat = 0 for `a`, 1 for

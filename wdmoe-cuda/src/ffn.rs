@@ -27,8 +27,14 @@ pub struct KernelConfig {
     pub warps: u32,
     /// Blocks along k per 16-row tile (1..=MAX_SPLITS): split-K across blocks.
     pub splits: u32,
-    /// 16x16 k-tiles loaded per warp before the first mma (4 or 8).
+    /// 16x16 k-tiles loaded per warp before the first mma (4 or 8 with
+    /// `rows` 1; 2 with `rows` 2).
     pub unroll: u32,
+    /// Packed row units per warp (1 or 2): with 2, each warp computes two
+    /// neighbouring row tiles (2 x 16 rows, or 2 x 32 for 32-row W2 tiles)
+    /// and loads each token fragment once for both, halving the x/h reads
+    /// (9-16 tokens).
+    pub rows: u32,
 }
 
 impl KernelConfig {
@@ -54,18 +60,38 @@ impl KernelConfig {
             warps,
             splits,
             unroll,
+            rows: 1,
+        }
+    }
+
+    /// [`KernelConfig::auto`] for `rows` row units per warp (`row_tiles`
+    /// counts units; the grid has ceil(row_tiles / rows) blocks along rows).
+    pub fn auto_rows(
+        sm_count: u32,
+        row_tiles: usize,
+        k_tiles: usize,
+        warps: u32,
+        unroll: u32,
+        warps_per_sm: u32,
+        rows: u32,
+    ) -> KernelConfig {
+        let blocks = row_tiles.div_ceil(rows.max(1) as usize);
+        KernelConfig {
+            rows,
+            ..Self::auto(sm_count, blocks, k_tiles, warps, unroll, warps_per_sm)
         }
     }
 
     fn check(&self, op: &'static str) -> Result<()> {
         if !(1..=8).contains(&self.warps)
             || !(1..=MAX_SPLITS).contains(&self.splits)
-            || !matches!(self.unroll, 4 | 8)
+            || !matches!((self.rows, self.unroll), (1, 4 | 8) | (2, 2))
         {
             return Err(Error::Unsupported {
                 op,
                 detail: format!(
-                    "kernel config {self:?} (warps 1..=8, splits 1..={MAX_SPLITS}, unroll 4|8)"
+                    "kernel config {self:?} (warps 1..=8, splits 1..={MAX_SPLITS}, \
+                     rows 1 with unroll 4|8, or rows 2 with unroll 2)"
                 ),
             });
         }
@@ -107,9 +133,10 @@ impl DecodeConfig {
 
     /// Default shapes for a given W2 layout: gate/up 2 warps per block,
     /// unroll 4, about 14 warps per SM; down 8 warps, unroll 8, about 14
-    /// (16-row tiles) or 8 (32-row tiles) warps per SM, and for 32-row tiles
-    /// at 9-16 tokens unroll 4 with about 14 warps per SM. From the H200
-    /// sweeps in NOTES.md.
+    /// (16-row tiles) or 8 (32-row tiles) warps per SM. With 32-row tiles,
+    /// 9-16 tokens use two row units per warp (`rows` 2, unroll 2): gate/up
+    /// 4 warps per block, down 8 warps, both about 14 warps per SM. From the
+    /// H200 sweeps and A/B runs in NOTES.md.
     pub fn auto_layout(
         info: &DeviceInfo,
         m: usize,
@@ -132,11 +159,11 @@ impl DecodeConfig {
                 gate_up,
                 // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size.
                 down: down(32, 8, 8),
-                gate_up_wide: gate_up,
-                // At 9-16 tokens 8/1/8 wins the kernel-alone sweep, but in the
-                // whole FFN (PDL overlap with gate/up) 8/2/4 was equal or
-                // faster in runs 7, 8, 14 (NOTES.md).
-                down_wide: down(32, 4, 14),
+                // 9-16 tokens: two row units per warp (one token-fragment
+                // load for two tiles), 4 warps per block for gate/up, 8 for
+                // down, ~14 warps per SM (NOTES.md, v8).
+                gate_up_wide: KernelConfig::auto_rows(sm, m_h / 16, m / 16, 4, 2, 14, 2),
+                down_wide: KernelConfig::auto_rows(sm, (m / 32).max(1), m_h / 16, 8, 2, 14, 2),
             },
         }
     }
@@ -427,7 +454,8 @@ impl FfnWorkspace {
         let tiles = m.max(m_h) / 16;
         Ok(FfnWorkspace {
             h: gpu.alloc(MAX_DECODE_TOKENS * m_h)?,
-            partial: gpu.alloc(tiles * MAX_SPLITS as usize * 2 * 256)?,
+            // +1 tile: a last block of two row units may cover one past the end.
+            partial: gpu.alloc((tiles + 1) * MAX_SPLITS as usize * 2 * 256)?,
             counters: gpu.alloc(tiles)?,
             m,
             m_h,
@@ -476,6 +504,12 @@ struct Gemv {
 
 fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
     let name: &'static str = match (g.kind, g.t > 8, cfg.unroll) {
+        (Kind::Gated, false, 2) => "gemv_gated_r2_nt1_u2",
+        (Kind::Gated, true, 2) => "gemv_gated_r2_nt2_u2",
+        (Kind::Plain, false, 2) => "gemv_plain_r2_nt1_u2",
+        (Kind::Plain, true, 2) => "gemv_plain_r2_nt2_u2",
+        (Kind::Pair, false, 2) => "gemv_pair_r2_nt1_u2",
+        (Kind::Pair, true, 2) => "gemv_pair_r2_nt2_u2",
         (Kind::Gated, false, 4) => "gemv_gated_nt1_u4",
         (Kind::Gated, true, 4) => "gemv_gated_nt2_u4",
         (Kind::Gated, false, _) => "gemv_gated_nt1_u8",
@@ -490,7 +524,11 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         (Kind::Pair, true, _) => "gemv_pair_nt2_u8",
     };
     debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
+    // Unroll 2 <=> 2 row units per warp (checked by KernelConfig::check).
+    let rows = cfg.rows.max(1);
+    debug_assert_eq!(rows == 2, cfg.unroll == 2);
     let row_tiles = (g.n / if g.kind == Kind::Pair { 32 } else { 16 }) as u32;
+    let row_blocks = row_tiles.div_ceil(rows);
     let k_tiles = (g.k / 16) as u32;
     let nmat: i64 = if g.kind == Kind::Plain { 1 } else { 2 };
     let (mut rt_stride, mut kt_stride) = if g.k_major {
@@ -531,11 +569,11 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         &mut acc as *mut _ as *mut c_void,
         &mut n_rows as *mut _ as *mut c_void,
     ];
-    let grid = GridSize::xy(row_tiles, splits);
+    let grid = GridSize::xy(row_blocks, splits);
     let block = BlockSize::x(cfg.warps * 32);
     // Warp-reduction buffer: warps x (nmat x n-tiles x 4 x 32) floats.
     let ntiles: u32 = if g.t > 8 { 2 } else { 1 };
-    let shared = cfg.warps * nmat as u32 * ntiles * 4 * 32 * 4;
+    let shared = cfg.warps * rows * nmat as u32 * ntiles * 4 * 32 * 4;
     // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
     // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
     // long long rt_stride, long long kt_stride, int splits, float* partial, unsigned* counters, half* out, int ldo,
@@ -545,9 +583,11 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     // x has T rows (or rows toks.idx, validated < its row count)
     // of ldx >= k elements, 16-byte aligned; the destination has T rows (or
     // rows toks.idx < its row count) of ldo >= n elements; the workspace holds
-    // partials for row_tiles x splits x 512 floats and row_tiles counters
-    // that are zero between launches; T <= 16, warps <= 8; `shared` bytes of
-    // dynamic shared memory = the kernel's warps*FR*32 floats (<= 16 KB).
+    // partials for row_blocks x splits x rows x 512 floats (<= (row_tiles +
+    // 1) x splits x 512) and row_blocks counters that are zero between
+    // launches; T <= 16, warps <= 8; `shared` bytes of dynamic shared memory
+    // = the kernel's warps*FR*32 floats (<= 32 KB); the r2 kernels are those
+    // with unroll 2, and they guard a missing last row unit themselves.
     unsafe {
         gpu.launch(&gpu.ffn, name, grid, block, shared, &args, true, || {
             format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n)

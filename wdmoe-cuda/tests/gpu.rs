@@ -189,11 +189,21 @@ fn ffn_decode_odd_sizes_and_configs() {
         eprintln!("k_major {k_major}");
         let auto = DecodeConfig::auto(gpu.info(), m, m_h);
         let mut cfgs = vec![auto];
-        for (warps, splits, unroll) in [(1, 1, 4), (8, 1, 8), (3, 5, 4), (4, 16, 8), (8, 3, 8)] {
+        for (warps, splits, unroll, rows) in [
+            (1, 1, 4, 1),
+            (8, 1, 8, 1),
+            (3, 5, 4, 1),
+            (4, 16, 8, 1),
+            (8, 3, 8, 1),
+            (4, 1, 2, 2),
+            (3, 5, 2, 2),
+            (8, 16, 2, 2),
+        ] {
             let k = KernelConfig {
                 warps,
                 splits,
                 unroll,
+                rows,
             };
             cfgs.push(DecodeConfig::uniform(k));
         }
@@ -344,6 +354,7 @@ fn bad_inputs_are_errors() {
         warps: 9,
         splits: 1,
         unroll: 4,
+        rows: 1,
     };
     assert!(matches!(
         ffn_decode(
