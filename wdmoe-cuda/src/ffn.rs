@@ -502,6 +502,44 @@ struct Gemv {
     dest: Dest,
 }
 
+impl Gemv {
+    /// The gate/up GEMV: `h = silu(W1 x) ⊙ (W3 x)` for `t` tokens of `x`
+    /// (rows picked by `toks` when it gathers), into the compact rows `h`.
+    fn gate_up(w: &ExpertWeights, x: u64, toks: TokList, t: usize, h: u64) -> Self {
+        Gemv {
+            w: addr(&w.w13),
+            k_major: w.k_major,
+            kind: Kind::Gated,
+            x,
+            ldx: w.m as i32,
+            toks,
+            t,
+            k: w.m,
+            n: w.m_h,
+            dest: Dest::Plain {
+                out: h,
+                ldo: w.m_h as i32,
+            },
+        }
+    }
+
+    /// The down GEMV: `W2 h` for `t` compact rows of `h`, into `dest`.
+    fn down(w: &ExpertWeights, h: u64, toks: TokList, t: usize, dest: Dest) -> Self {
+        Gemv {
+            w: addr(&w.w2),
+            k_major: w.k_major,
+            kind: w.down_kind(),
+            x: h,
+            ldx: w.m_h as i32,
+            toks,
+            t,
+            k: w.m_h,
+            n: w.m,
+            dest,
+        }
+    }
+}
+
 fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
     let name: &'static str = match (g.kind, g.t > 8, cfg.unroll) {
         (Kind::Gated, false, 2) => "gemv_gated_r2_nt1_u2",
@@ -623,7 +661,7 @@ pub fn ffn_decode(
     const OP: &str = "ffn_decode";
     check_weights(OP, w, ws)?;
     cfg.check(OP)?;
-    let (m, m_h) = (w.m, w.m_h);
+    let m = w.m;
     if tokens == 0 {
         return Err(shape(OP, "tokens = 0".into()));
     }
@@ -644,46 +682,15 @@ pub fn ffn_decode(
     while t0 < tokens {
         let t = (tokens - t0).min(MAX_DECODE_TOKENS);
         let h = addr(&ws.h);
-        launch_gemv(
-            gpu,
-            ws,
-            Gemv {
-                w: addr(&w.w13),
-                k_major: w.k_major,
-                kind: Kind::Gated,
-                x: addr(x) + (t0 * m * 2) as u64,
-                ldx: m as i32,
-                toks: TokList::default(),
-                t,
-                k: m,
-                n: m_h,
-                dest: Dest::Plain {
-                    out: h,
-                    ldo: m_h as i32,
-                },
-            },
-            cfg.pick(t).0,
-        )?;
-        launch_gemv(
-            gpu,
-            ws,
-            Gemv {
-                w: addr(&w.w2),
-                k_major: w.k_major,
-                kind: w.down_kind(),
-                x: h,
-                ldx: m_h as i32,
-                toks: TokList::default(),
-                t,
-                k: m_h,
-                n: m,
-                dest: Dest::Plain {
-                    out: addr(out) + (t0 * m * 2) as u64,
-                    ldo: m as i32,
-                },
-            },
-            cfg.pick(t).1,
-        )?;
+        let x_t0 = addr(x) + (t0 * m * 2) as u64;
+        let gate_up = Gemv::gate_up(w, x_t0, TokList::default(), t, h);
+        launch_gemv(gpu, ws, gate_up, cfg.pick(t).0)?;
+        let dest = Dest::Plain {
+            out: addr(out) + (t0 * m * 2) as u64,
+            ldo: m as i32,
+        };
+        let down = Gemv::down(w, h, TokList::default(), t, dest);
+        launch_gemv(gpu, ws, down, cfg.pick(t).1)?;
         t0 += t;
     }
     Ok(())
@@ -775,7 +782,7 @@ pub fn ffn_decode_combine(
     const OP: &str = "ffn_decode_combine";
     check_weights(OP, w, ws)?;
     cfg.check(OP)?;
-    let (m, m_h) = (w.m, w.m_h);
+    let m = w.m;
     let n = plan.n_tokens;
     let Some(&(off, len)) = plan.groups.get(group) else {
         return Err(shape(OP, format!("group {group} of {}", plan.groups.len())));
@@ -808,44 +815,16 @@ pub fn ffn_decode_combine(
         launch_gemv(
             gpu,
             ws,
-            Gemv {
-                w: addr(&w.w13),
-                k_major: w.k_major,
-                kind: Kind::Gated,
-                x: addr(x),
-                ldx: m as i32,
-                toks,
-                t,
-                k: m,
-                n: m_h,
-                dest: Dest::Plain {
-                    out: h,
-                    ldo: m_h as i32,
-                },
-            },
+            Gemv::gate_up(w, addr(x), toks, t, h),
             cfg.pick(t).0,
         )?;
-        launch_gemv(
-            gpu,
-            ws,
-            Gemv {
-                w: addr(&w.w2),
-                k_major: w.k_major,
-                kind: w.down_kind(),
-                x: h,
-                ldx: m_h as i32,
-                // h rows are compact (no gather); the combine scatters.
-                toks: TokList { gather: 0, ..toks },
-                t,
-                k: m_h,
-                n: m,
-                dest: Dest::Combine {
-                    acc: addr(out_acc),
-                    ldo: m as i32,
-                },
-            },
-            cfg.pick(t).1,
-        )?;
+        // h rows are compact (no gather); the combine scatters.
+        let dest = Dest::Combine {
+            acc: addr(out_acc),
+            ldo: m as i32,
+        };
+        let down = Gemv::down(w, h, TokList { gather: 0, ..toks }, t, dest);
+        launch_gemv(gpu, ws, down, cfg.pick(t).1)?;
         t0 += t;
     }
     Ok(())
@@ -877,7 +856,7 @@ pub fn ffn_stage(
     const OP: &str = "ffn_stage";
     check_weights(OP, w, ws)?;
     cfg.check(OP)?;
-    let (m, m_h) = (w.m, w.m_h);
+    let m = w.m;
     if tokens == 0 || tokens > MAX_DECODE_TOKENS || x.len() < tokens * m || out.len() < tokens * m {
         return Err(shape(
             OP,
@@ -892,36 +871,14 @@ pub fn ffn_stage(
     check_align(OP, "out", addr(out), 4)?;
     let h = addr(&ws.h);
     let g = match stage {
-        Stage::GateUp => Gemv {
-            w: addr(&w.w13),
-            k_major: w.k_major,
-            kind: Kind::Gated,
-            x: addr(x),
-            ldx: m as i32,
-            toks: TokList::default(),
-            t: tokens,
-            k: m,
-            n: m_h,
-            dest: Dest::Plain {
-                out: h,
-                ldo: m_h as i32,
-            },
-        },
-        Stage::Down => Gemv {
-            w: addr(&w.w2),
-            k_major: w.k_major,
-            kind: w.down_kind(),
-            x: h,
-            ldx: m_h as i32,
-            toks: TokList::default(),
-            t: tokens,
-            k: m_h,
-            n: m,
-            dest: Dest::Plain {
+        Stage::GateUp => Gemv::gate_up(w, addr(x), TokList::default(), tokens, h),
+        Stage::Down => {
+            let dest = Dest::Plain {
                 out: addr(out),
                 ldo: m as i32,
-            },
-        },
+            };
+            Gemv::down(w, h, TokList::default(), tokens, dest)
+        }
     };
     launch_gemv(gpu, ws, g, cfg)
 }
