@@ -2,7 +2,7 @@
 # Lighter GPU run (a few device minutes): the PyTorch baseline at 1 and 16
 # tokens, decode_bench --quick (whole-FFN A/B of the 9-16-token shapes, no
 # sweep), the GPU tests with --include-ignored and the GPU layer tests.
-# scripts/gpu-build.sh copies it to .device/quick.sh; run from the repo root:
+# wdmoe-cuda/gpu-build.sh copies it to .device/quick.sh; run from the repo root:
 #   bash .device/quick.sh [TOKENS]      # TOKENS for decode_bench, default 16,12,1
 set -uo pipefail
 cd "$(dirname "$0")"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run on the GPU machine from the repo root after scripts/gpu-build.sh (which
+# Run on the GPU machine from the repo root after wdmoe-cuda/gpu-build.sh (which
 # copies this file to .device/run.sh). The PyTorch baseline and our kernels
 # run in the same call on the same card. Writes 6 files to $OUT (or
 # ./gpu-out): run.log (everything), torch.json, decode.json, sweep.log,

@@ -7,7 +7,7 @@
 //!
 //!   cargo bench -p wdmoe-benches --features cuda --bench kernels
 //!
-//! (build here with scripts/gpu-build.sh, run on the GPU machine.)
+//! (build here with wdmoe-cuda/gpu-build.sh, run on the GPU machine.)
 
 use std::time::Duration;
 

@@ -19,7 +19,7 @@
 //!
 //! Building needs nvcc and a libcuda to link; on a machine with no GPU, see
 //! `stub/make-stub.sh` and `.ci/cuda.sh`. GPU tests are `#[ignore]`d and run
-//! with `--include-ignored` on a GPU machine (`scripts/gpu-build.sh`).
+//! with `--include-ignored` on a GPU machine (`wdmoe-cuda/gpu-build.sh`).
 #![warn(missing_docs)]
 
 pub mod error;

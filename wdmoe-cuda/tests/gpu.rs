@@ -1,7 +1,7 @@
 //! GPU tests of wdmoe-cuda: every kernel against an f64 CPU reference on
 //! fresh random inputs (seed printed), outputs poisoned with NaN before each
 //! run. They need a CUDA GPU, so they are ignored by default; run them with
-//! `--include-ignored` on a GPU machine (scripts/gpu-build.sh prints how).
+//! `--include-ignored` on a GPU machine (wdmoe-cuda/gpu-build.sh prints how).
 //!
 //! Error bound: fp16 inputs and weights, fp32 accumulation, the intermediate
 //! h rounded to fp16 once, the output rounded to fp16: relative error

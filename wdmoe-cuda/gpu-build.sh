@@ -4,7 +4,7 @@
 # the PyTorch baseline and a run script into .device/ (ignored by git), and
 # prints what to run on the GPU machine. DEVICE_DIR overrides the output folder.
 #
-#   bash scripts/gpu-build.sh            # then, on the GPU machine, in the repo root:
+#   bash wdmoe-cuda/gpu-build.sh            # then, on the GPU machine, in the repo root:
 #   bash .device/run.sh                  # logs and JSON under $OUT (or ./gpu-out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
