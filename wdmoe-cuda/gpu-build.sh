@@ -40,12 +40,13 @@ build() { cargo "$@" --message-format=json-render-diagnostics; }
 msg "building wdmoe-cuda tests + decode_bench, wdmoe-sim (cuda) lib tests, benches (cuda) ..."
 gpu_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu | exe gpu)
 decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
+prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
 kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
+for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
@@ -57,6 +58,11 @@ done
 if [ -n "$base" ]; then cp "$base" "$dev/torch_baseline.py"; else msg "warning: torch_baseline.py not found"; fi
 cp wdmoe-cuda/run-gpu.sh "$dev/run.sh"
 cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
+cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
+# The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
+# find it inside the binaries): for the SASS check.
+cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
+[ -n "$cubin" ] && cp "$cubin" "$dev/"
 du -sh "$dev" >&2
 cat <<'MSG'
 Built into .device/ (ignored by git). On the GPU machine, from the repo root
@@ -64,6 +70,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
 
     bash .device/run.sh        # writes logs and JSON under $OUT (or ./gpu-out)
     bash .device/quick.sh      # lighter: baseline 1/16 tokens, decode_bench --quick, tests
+    bash .device/prefill.sh    # prefill: baseline 16-8192 tokens, prefill_bench, tests, SASS, ncu
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

@@ -9,7 +9,9 @@
 //! 2. result wrappers: cust's `CudaResult`, mapped to this crate's typed
 //!    [`Error`] with the operation/kernel and shapes attached;
 //! 3. the safe API here: [`Gpu`], [`ExpertWeights`], [`ffn_decode`],
-//!    [`ffn_decode_combine`], [`Router`]. Each kernel launch is the only
+//!    [`ffn_decode_combine`], [`Router`]; for prefill (tensor cores, sm_90a)
+//!    [`PrefillWeights`], [`ffn_prefill`], [`ffn_grouped`] and [`ExpertFfn`]
+//!    (picks the decode or prefill kernels by token count). Each kernel launch is the only
 //!    `unsafe` in its function, with a `// SAFETY:` comment; shapes,
 //!    alignment and device presence are checked before launching.
 //!
@@ -24,6 +26,7 @@
 
 pub mod error;
 pub mod ffn;
+pub mod prefill;
 pub mod ptx;
 pub mod router;
 pub mod runtime;
@@ -37,5 +40,9 @@ pub use ffn::{
     FfnWorkspace, KernelConfig, RoutingPlan, Stage,
 };
 pub use half::f16;
+pub use prefill::{
+    combine_rows, combine_rows_f32, ffn_grouped, ffn_prefill, gather_rows, prefers_prefill,
+    ExpertFfn, GemmConfig, PrefillConfig, PrefillWeights, PrefillWorkspace, PREFILL_MIN_TOKENS,
+};
 pub use router::{f32_to_f16, PrefetchTable, Router};
 pub use runtime::{elapsed_ms, DeviceInfo, Gpu};

@@ -41,6 +41,7 @@ pub struct Gpu {
     pub(crate) stream: Stream,
     pub(crate) ffn: Module,
     pub(crate) router: Module,
+    pub(crate) prefill: Module,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
     _ctx: Context,
@@ -115,11 +116,21 @@ impl Gpu {
             "ffn_decode",
         )?;
         let router = load(info.cubin, ptx::ROUTER_CUBIN, ptx::ROUTER_PTX, "router")?;
+        let prefill = load(
+            info.cubin,
+            ptx::FFN_PREFILL_CUBIN,
+            ptx::FFN_PREFILL_PTX,
+            "ffn_prefill",
+        )?;
+        if info.cubin {
+            crate::prefill::raise_smem_limits(&prefill)?;
+        }
         let stream = Stream::new(StreamFlags::DEFAULT, None).ctx("cuStreamCreate", String::new)?;
         Ok(Gpu {
             stream,
             ffn,
             router,
+            prefill,
             info,
             _ctx: ctx,
         })
@@ -165,6 +176,24 @@ impl Gpu {
         cust::memory::CopyDestination::copy_to(dev, &mut v[..])
             .ctx("cuMemcpyDtoH", || format!("{} elements", dev.len()))?;
         Ok(v)
+    }
+
+    /// Copies `src` to `dst` on the device (same length), after the work
+    /// already launched (synchronises first).
+    pub fn copy_d2d<T: DeviceCopy>(
+        &self,
+        src: &DeviceSlice<T>,
+        dst: &mut DeviceSlice<T>,
+    ) -> Result<()> {
+        if src.len() != dst.len() {
+            return Err(crate::error::shape(
+                "Gpu::copy_d2d",
+                format!("{} elements into {}", src.len(), dst.len()),
+            ));
+        }
+        self.sync()?;
+        cust::memory::CopyDestination::copy_from(dst, src)
+            .ctx("cuMemcpyDtoD", || format!("{} elements", src.len()))
     }
 
     /// A new timing event (record it with [`Gpu::record_on`]).

@@ -34,8 +34,47 @@ pub struct CUlaunchConfig {
     pub numAttrs: u32,
 }
 
+/// `CUtensorMap` (cuda.h): 128 opaque bytes, 64-byte aligned (the kernels
+/// take it by value as a `__grid_constant__` parameter).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct CUtensorMap {
+    pub opaque: [u64; 16],
+}
+
+/// `CU_TENSOR_MAP_DATA_TYPE_FLOAT16` (cuda.h: 6).
+pub const CU_TENSOR_MAP_DATA_TYPE_FLOAT16: u32 = 6;
+/// `CU_TENSOR_MAP_INTERLEAVE_NONE`.
+pub const CU_TENSOR_MAP_INTERLEAVE_NONE: u32 = 0;
+/// `CU_TENSOR_MAP_SWIZZLE_128B` (cuda.h: 3).
+pub const CU_TENSOR_MAP_SWIZZLE_128B: u32 = 3;
+/// `CU_TENSOR_MAP_L2_PROMOTION_L2_256B` (cuda.h: 3).
+pub const CU_TENSOR_MAP_L2_PROMOTION_L2_256B: u32 = 3;
+/// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE` (zeros out of bounds).
+pub const CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: u32 = 0;
+
 #[link(name = "cuda")]
 extern "C" {
+    /// `CUresult cuTensorMapEncodeTiled(CUtensorMap*, CUtensorMapDataType,
+    /// cuuint32_t rank, void* globalAddress, const cuuint64_t* globalDim,
+    /// const cuuint64_t* globalStrides, const cuuint32_t* boxDim, const
+    /// cuuint32_t* elementStrides, interleave, swizzle, l2Promotion, oobFill)`
+    /// (CUDA >= 12.0; the enums are C enums, i.e. 32-bit).
+    pub fn cuTensorMapEncodeTiled(
+        tensorMap: *mut CUtensorMap,
+        tensorDataType: u32,
+        tensorRank: u32,
+        globalAddress: *mut c_void,
+        globalDim: *const u64,
+        globalStrides: *const u64,
+        boxDim: *const u32,
+        elementStrides: *const u32,
+        interleave: u32,
+        swizzle: u32,
+        l2Promotion: u32,
+        oobFill: u32,
+    ) -> CUresult;
+
     /// `CUresult cuLaunchKernelEx(const CUlaunchConfig*, CUfunction, void**, void**)` (CUDA >= 11.8).
     pub fn cuLaunchKernelEx(
         config: *const CUlaunchConfig,
@@ -55,5 +94,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<CUlaunchConfig>(), 56);
         assert_eq!(std::mem::offset_of!(CUlaunchConfig, hStream), 32);
         assert_eq!(std::mem::offset_of!(CUlaunchConfig, numAttrs), 48);
+        assert_eq!(std::mem::size_of::<CUtensorMap>(), 128);
     }
 }

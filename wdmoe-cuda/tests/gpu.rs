@@ -9,11 +9,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wdmoe_cuda::{f16, DeviceBuffer};
 use wdmoe_cuda::{
-    ffn_decode, ffn_decode_combine, DecodeConfig, DownLayout, Error, ExpertWeights, FfnWorkspace,
-    Gpu, KernelConfig, Router, RoutingPlan,
+    combine_rows, ffn_decode, ffn_decode_combine, ffn_grouped, ffn_prefill, gather_rows,
+    DecodeConfig, DownLayout, Error, ExpertFfn, ExpertWeights, FfnWorkspace, GemmConfig, Gpu,
+    KernelConfig, PrefillConfig, PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
 };
+use wdmoe_cuda::{f16, DeviceBuffer};
 
 const BOUND: f64 = 2e-3;
 const NAN16: u16 = 0x7E00;
@@ -406,5 +407,288 @@ fn missing_device_is_an_error() {
         Ok(g) => eprintln!("GPU present: {:?}", g.info()),
         Err(Error::NoDevice { detail }) => eprintln!("no GPU: {detail}"),
         Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prefill (tensor-core) path: same bound, same reference.
+
+struct PrefillSet {
+    w: PrefillWeights,
+    host: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+}
+
+fn prefill_set(gpu: &Gpu, experts: usize, m: usize, m_h: usize, seed: u64) -> PrefillSet {
+    let s1 = 1.7 / (m as f32).sqrt();
+    let s2 = 1.7 / (m_h as f32).sqrt();
+    let dev: Vec<_> = (0..experts as u64)
+        .map(|e| {
+            let sd = seed ^ (e << 8);
+            (
+                rand_dev(gpu, m * m_h, sd ^ 1, s1),
+                rand_dev(gpu, m * m_h, sd ^ 3, s1),
+                rand_dev(gpu, m * m_h, sd ^ 2, s2),
+            )
+        })
+        .collect();
+    let refs: Vec<_> = dev.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+    let w = PrefillWeights::pack(gpu, &refs, m, m_h).unwrap();
+    let host = dev
+        .iter()
+        .map(|(a, b, c)| (host(gpu, a), host(gpu, b), host(gpu, c)))
+        .collect();
+    PrefillSet { w, host }
+}
+
+fn check_prefill(
+    gpu: &Gpu,
+    set: &PrefillSet,
+    e: usize,
+    t: usize,
+    cfg: Option<&PrefillConfig>,
+    seed: u64,
+) {
+    let (m, m_h) = (set.w.m(), set.w.m_h());
+    let x = rand_dev(gpu, t * m, seed, 1.0);
+    let mut out = gpu.alloc::<f16>(t * m).unwrap();
+    gpu.fill_u16(&mut out, NAN16).unwrap();
+    let mut ws = PrefillWorkspace::new(gpu, m, m_h, t).unwrap();
+    ffn_prefill(gpu, &set.w, e, &x, t, &mut out, &mut ws, cfg).unwrap();
+    let got = host(gpu, &out);
+    let (w1, w3, w2) = &set.host[e];
+    let reference = ffn_ref(w1, w3, w2, &host(gpu, &x), m, m_h, t);
+    let err = rel_err(&got, &reference);
+    let used = cfg
+        .copied()
+        .unwrap_or_else(|| PrefillConfig::auto(gpu.info(), &[t], m, m_h, &ws));
+    eprintln!("prefill m={m} m_h={m_h} T={t} expert {e} {used:?}: rel err {err:.2e}");
+    assert!(
+        err <= BOUND,
+        "rel err {err:.3e} > {BOUND} (m={m} m_h={m_h} T={t} {used:?})"
+    );
+}
+
+fn sm90(gpu: &Gpu) -> bool {
+    if !gpu.info().cubin {
+        eprintln!("skipping: prefill kernels need compute capability 9.0");
+    }
+    gpu.info().cubin
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ffn_prefill_ragged_sizes_and_configs() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    // k not a multiple of 64 (TMA zero fill), n not a multiple of the tile.
+    for (m, m_h) in [(512usize, 1024usize), (528, 1040)] {
+        let set = prefill_set(&gpu, 2, m, m_h, s ^ m as u64);
+        for (i, t) in [1usize, 63, 130, 257].into_iter().enumerate() {
+            check_prefill(&gpu, &set, i % 2, t, None, s ^ (t as u64) << 20);
+        }
+        for (bn_g, bn_d, splits) in [(128, 128, 1), (256, 256, 3), (128, 256, 8), (256, 128, 2)] {
+            let cfg = PrefillConfig {
+                gate_up: GemmConfig {
+                    bn: bn_g,
+                    splits: 1,
+                },
+                down: GemmConfig { bn: bn_d, splits },
+            };
+            check_prefill(&gpu, &set, 1, 200, Some(&cfg), s ^ 77);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ffn_prefill_mixtral_sizes() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let set = prefill_set(&gpu, 1, 4096, 14336, s);
+    check_prefill(&gpu, &set, 0, 160, None, s ^ 5);
+    let split = PrefillConfig {
+        gate_up: GemmConfig { bn: 256, splits: 1 },
+        down: GemmConfig { bn: 128, splits: 4 },
+    };
+    check_prefill(&gpu, &set, 0, 96, Some(&split), s ^ 6);
+}
+
+/// Grouped launch (tokens sorted by expert, empty groups included), then the
+/// weighted combine back to token order, against the per-expert reference.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ffn_grouped_gather_combine() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let (m, m_h, experts, tokens, topk) = (256usize, 512usize, 4usize, 300usize, 2usize);
+    let set = prefill_set(&gpu, experts, m, m_h, s);
+    // Routing: token t -> experts (t*7 % 4, then a different one), weights
+    // from the seed; expert 3 gets nothing (an empty group).
+    let mut pairs: Vec<(usize, usize, f32)> = Vec::new(); // (token, expert, w)
+    for t in 0..tokens {
+        let e0 = (t * 7 + (s as usize % 3)) % 3;
+        let e1 = (e0 + 1 + t % 2) % 3;
+        let w0 = 0.3 + 0.4 * (((s >> (t % 40)) & 1) as f32);
+        pairs.push((t, e0, w0));
+        if t % 5 != 0 {
+            pairs.push((t, e1, 1.0 - w0)); // every fifth token: top-1 (second dropped)
+        }
+    }
+    let mut counts = vec![0usize; experts];
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| (pairs[i].1, pairs[i].0));
+    let idx: Vec<i32> = order.iter().map(|&i| pairs[i].0 as i32).collect();
+    for &i in &order {
+        counts[pairs[i].1] += 1;
+    }
+    assert_eq!(counts[3], 0);
+    let mut slot = vec![-1i32; tokens * topk];
+    let mut wts = vec![0f32; tokens * topk];
+    for (row, &i) in order.iter().enumerate() {
+        let (t, _, w) = pairs[i];
+        let j = if slot[t * topk] < 0 { 0 } else { 1 };
+        slot[t * topk + j] = row as i32;
+        wts[t * topk + j] = w;
+    }
+    let rows = idx.len();
+    let x = rand_dev(&gpu, tokens * m, s ^ 9, 1.0);
+    let idx_d = gpu.upload(&idx).unwrap();
+    let slot_d = gpu.upload(&slot).unwrap();
+    let w_d = gpu.upload(&wts).unwrap();
+    let mut xs = gpu.alloc::<f16>(rows * m).unwrap();
+    let mut ys = gpu.alloc::<f16>(rows * m).unwrap();
+    let mut out = gpu.alloc::<f16>(tokens * m).unwrap();
+    gpu.fill_u16(&mut ys, NAN16).unwrap();
+    gpu.fill_u16(&mut out, NAN16).unwrap();
+    let mut ws = PrefillWorkspace::new(&gpu, m, m_h, rows).unwrap();
+    gather_rows(&gpu, &x, &idx_d, m, &mut xs).unwrap();
+    ffn_grouped(&gpu, &set.w, &xs, &counts, &mut ys, &mut ws, None).unwrap();
+    combine_rows(&gpu, &ys, &slot_d, &w_d, topk, tokens, m, &mut out).unwrap();
+    let xh = host(&gpu, &x);
+    // Per-expert reference on that expert's tokens.
+    let mut reference = vec![0.0f64; tokens * m];
+    let ysh = host(&gpu, &ys);
+    let mut row0 = 0;
+    for (e, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let toks: Vec<usize> = order[row0..row0 + c].iter().map(|&i| pairs[i].0).collect();
+        let xe: Vec<f64> = toks
+            .iter()
+            .flat_map(|&t| xh[t * m..(t + 1) * m].to_vec())
+            .collect();
+        let (w1, w3, w2) = &set.host[e];
+        let ye = ffn_ref(w1, w3, w2, &xe, m, m_h, c);
+        let err = rel_err(&ysh[row0 * m..(row0 + c) * m], &ye);
+        eprintln!("grouped expert {e} ({c} rows): rel err {err:.2e}");
+        assert!(err <= BOUND, "expert {e}: rel err {err:.3e}");
+        for (r, &t) in toks.iter().enumerate() {
+            let w = pairs[order[row0 + r]].2 as f64;
+            for j in 0..m {
+                reference[t * m + j] += w * ye[r * m + j];
+            }
+        }
+        row0 += c;
+    }
+    let err = rel_err(&host(&gpu, &out), &reference);
+    eprintln!("grouped + combine, {tokens} tokens: rel err {err:.2e}");
+    assert!(err <= BOUND, "combined rel err {err:.3e}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_bad_inputs_are_errors() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let (m, m_h) = (128, 256);
+    let set = prefill_set(&gpu, 2, m, m_h, s);
+    let x = rand_dev(&gpu, 64 * m, s, 1.0);
+    let mut out = gpu.alloc::<f16>(64 * m).unwrap();
+    let mut ws = PrefillWorkspace::new(&gpu, m, m_h, 32).unwrap();
+    // More rows than the workspace holds; expert out of range; zero tokens.
+    assert!(matches!(
+        ffn_prefill(&gpu, &set.w, 0, &x, 64, &mut out, &mut ws, None),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ffn_prefill(&gpu, &set.w, 2, &x, 8, &mut out, &mut ws, None),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ffn_prefill(&gpu, &set.w, 0, &x, 0, &mut out, &mut ws, None),
+        Err(Error::Shape { .. })
+    ));
+    // Split-K on the gate/up GEMM (nonlinear epilogue) and a bad tile width.
+    for bad in [
+        PrefillConfig {
+            gate_up: GemmConfig { bn: 256, splits: 2 },
+            down: GemmConfig { bn: 256, splits: 1 },
+        },
+        PrefillConfig {
+            gate_up: GemmConfig { bn: 64, splits: 1 },
+            down: GemmConfig { bn: 256, splits: 1 },
+        },
+    ] {
+        assert!(matches!(
+            ffn_prefill(&gpu, &set.w, 0, &x, 8, &mut out, &mut ws, Some(&bad)),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+    // Group counts that do not match the experts.
+    assert!(matches!(
+        ffn_grouped(&gpu, &set.w, &x, &[4], &mut out, &mut ws, None),
+        Err(Error::Shape { .. })
+    ));
+    // Dimensions not multiples of 16.
+    let odd = rand_dev(&gpu, 24 * 40, s, 0.1);
+    assert!(matches!(
+        PrefillWeights::pack(&gpu, &[(&odd, &odd, &odd)], 24, 40),
+        Err(Error::Unsupported { .. })
+    ));
+    // Good call afterwards.
+    ffn_prefill(&gpu, &set.w, 1, &x, 8, &mut out, &mut ws, None).unwrap();
+    gpu.sync().unwrap();
+}
+
+/// ExpertFfn picks decode at <= 16 tokens and prefill above (on sm_90a);
+/// both against the reference.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn expert_ffn_picks_the_path_by_tokens() {
+    let gpu = gpu();
+    let s = seed();
+    let (m, m_h) = (256usize, 768usize);
+    let set = prefill_set(&gpu, 1, m, m_h, s);
+    let (w1, w3, w2) = &set.host[0];
+    let dev = |v: &Vec<f64>| {
+        gpu.upload(&v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>())
+            .unwrap()
+    };
+    let mut e = ExpertFfn::new(&gpu, &dev(w1), &dev(w3), &dev(w2), m, m_h, 64).unwrap();
+    for t in [5usize, 16, 17, 64] {
+        let x = rand_dev(&gpu, t * m, s ^ t as u64, 1.0);
+        let mut out = gpu.alloc::<f16>(t * m).unwrap();
+        gpu.fill_u16(&mut out, NAN16).unwrap();
+        let pre = e.forward(&gpu, &x, t, &mut out).unwrap();
+        assert_eq!(pre, gpu.info().cubin && t > 16, "path at {t} tokens");
+        let err = rel_err(
+            &host(&gpu, &out),
+            &ffn_ref(w1, w3, w2, &host(&gpu, &x), m, m_h, t),
+        );
+        eprintln!("ExpertFfn T={t} prefill={pre}: rel err {err:.2e}");
+        assert!(err <= BOUND, "rel err {err:.3e} at T={t}");
     }
 }

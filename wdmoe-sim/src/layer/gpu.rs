@@ -1,15 +1,25 @@
 //! The MoE layer step on a CUDA GPU (feature `cuda`): router GEMV + softmax
 //! on the GPU, the logits copied to the host for the WDMoE policy of
-//! wdmoe-core, the token groups uploaded once, then per expert the fused
-//! decode kernels of wdmoe-cuda with the weighted combine in the W2 kernel's
-//! epilogue (fp32 accumulator). Timed with CUDA events.
+//! wdmoe-core, then either
+//! * decode (up to [`PREFILL_MIN_TOKENS`] tokens, or no sm_90a): per expert
+//!   the fused decode kernels of wdmoe-cuda, tokens passed by value, the
+//!   weighted combine in the W2 kernel's epilogue (fp32 accumulator); or
+//! * prefill (more tokens, compute capability 9.0): the token rows gathered
+//!   in expert order, all experts' FFNs in one grouped tensor-core launch per
+//!   GEMM ([`ffn_grouped`]), and a weighted combine back to token order:
+//!   all 8 devices' experts simulated on one card.
+//!
+//! Timed with CUDA events.
 
 use wdmoe_core::select::Policy;
 use wdmoe_cuda::cust::event::Event;
+use wdmoe_cuda::cust::memory::CopyDestination;
 use wdmoe_cuda::cust::memory::LockedBuffer;
 use wdmoe_cuda::{
-    elapsed_ms, f16, ffn_decode_combine, DecodeConfig, DeviceBuffer, Error as CudaError,
-    ExpertWeights, FfnWorkspace, Gpu, PrefetchTable, Router, RoutingPlan,
+    combine_rows_f32, elapsed_ms, f16, ffn_decode_combine, ffn_grouped, gather_rows,
+    prefers_prefill, DecodeConfig, DeviceBuffer, DeviceSlice, Error as CudaError, ExpertWeights,
+    FfnWorkspace, Gpu, PrefetchTable, PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
+    PREFILL_MIN_TOKENS,
 };
 
 use super::{
@@ -36,10 +46,74 @@ pub struct GpuLayer {
     logits_host: LockedBuffer<f32>,
     prefetch: PrefetchTable,
     events: Vec<Event>,
+    prefill: Option<Grouped>,
+    use_prefill: bool,
     m: usize,
     m_h: usize,
     max_tokens: usize,
     gpu: Gpu,
+}
+
+/// The grouped prefill path: all experts stacked in the prefill layout, and
+/// buffers for the token rows in expert order (grown on demand).
+struct Grouped {
+    w: PrefillWeights,
+    ws: Option<PrefillWorkspace>,
+    xs: DeviceBuffer<f16>,
+    ys: DeviceBuffer<f16>,
+    idx: DeviceBuffer<i32>,
+    slot: DeviceBuffer<i32>,
+    wts: DeviceBuffer<f32>,
+    rows: usize,
+}
+
+impl Grouped {
+    fn new(gpu: &Gpu, w: PrefillWeights) -> Result<Grouped, LayerError> {
+        Ok(Grouped {
+            ws: None,
+            xs: gpu.alloc(1)?,
+            ys: gpu.alloc(1)?,
+            idx: gpu.alloc(1)?,
+            slot: gpu.alloc(1)?,
+            wts: gpu.alloc(1)?,
+            rows: 0,
+            w,
+        })
+    }
+
+    /// Buffers for `rows` token rows and `tokens * e` slots.
+    fn reserve(
+        &mut self,
+        gpu: &Gpu,
+        rows: usize,
+        tokens: usize,
+        e: usize,
+    ) -> Result<(), LayerError> {
+        let (m, m_h) = (self.w.m(), self.w.m_h());
+        if rows > self.rows {
+            self.ws = None; // free before allocating the larger one
+            self.xs = gpu.alloc(rows * m)?;
+            self.ys = gpu.alloc(rows * m)?;
+            self.idx = gpu.alloc(rows)?;
+            self.ws = Some(PrefillWorkspace::new(gpu, m, m_h, rows)?);
+            self.rows = rows;
+        }
+        if self.slot.len() < tokens * e {
+            self.slot = gpu.alloc(tokens * e)?;
+            self.wts = gpu.alloc(tokens * e)?;
+        }
+        Ok(())
+    }
+}
+
+fn upload<T: wdmoe_cuda::cust::memory::DeviceCopy>(
+    dst: &DeviceSlice<T>,
+    src: &[T],
+    what: &str,
+) -> Result<(), LayerError> {
+    dst.index(..src.len())
+        .copy_from(src)
+        .map_err(|e| LayerError::Gpu(format!("cuMemcpyHtoD of {what}: {e:?}")))
 }
 
 impl std::fmt::Debug for GpuLayer {
@@ -63,21 +137,31 @@ impl GpuLayer {
     pub fn new(gpu: Gpu, w: &MoeWeights, max_tokens: usize) -> Result<GpuLayer, LayerError> {
         w.validate()?;
         let router = Router::from_host(&gpu, &to_f16(&w.router), w.n_experts(), w.m)?;
-        let experts = w
-            .experts
-            .iter()
-            .map(|e| {
-                ExpertWeights::from_host(
-                    &gpu,
-                    &to_f16(&e.w1),
-                    &to_f16(&e.w3),
-                    &to_f16(&e.w2),
-                    w.m,
-                    w.m_h,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::assemble(gpu, router, experts, w.m, w.m_h, max_tokens)
+        let mut experts = Vec::with_capacity(w.n_experts());
+        let mut raw = Vec::new();
+        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
+        for e in &w.experts {
+            let (a, b, c) = (
+                gpu.upload(&to_f16(&e.w1))?,
+                gpu.upload(&to_f16(&e.w3))?,
+                gpu.upload(&to_f16(&e.w2))?,
+            );
+            experts.push(ExpertWeights::pack(&gpu, &a, &b, &c, w.m, w.m_h)?);
+            if grouped {
+                raw.push((a, b, c));
+            } else {
+                gpu.sync()?;
+            }
+        }
+        let prefill = if grouped {
+            let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+            let p = PrefillWeights::pack(&gpu, &refs, w.m, w.m_h)?;
+            gpu.sync()?;
+            Some(p)
+        } else {
+            None
+        };
+        Self::assemble(gpu, router, experts, prefill, w.m, w.m_h, max_tokens)
     }
 
     /// A layer of random fp16 weights generated on the GPU (uniform, scaled
@@ -99,29 +183,44 @@ impl GpuLayer {
         gpu.fill_uniform(&mut g, seed, s_m)?;
         let router = Router::from_host(&gpu, &gpu.download(&g)?, n_experts, m)?;
         let mut experts = Vec::with_capacity(n_experts);
-        let mut w1 = gpu.alloc::<f16>(m * m_h)?;
-        let mut w3 = gpu.alloc::<f16>(m * m_h)?;
-        let mut w2 = gpu.alloc::<f16>(m * m_h)?;
+        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
+        let mut raw = Vec::new();
         for q in 0..n_experts as u64 {
+            let mut w1 = gpu.alloc::<f16>(m * m_h)?;
+            let mut w3 = gpu.alloc::<f16>(m * m_h)?;
+            let mut w2 = gpu.alloc::<f16>(m * m_h)?;
             gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
             gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
             gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
             experts.push(ExpertWeights::pack(&gpu, &w1, &w3, &w2, m, m_h)?);
             gpu.sync()?;
+            if grouped {
+                raw.push((w1, w3, w2));
+            }
         }
-        Self::assemble(gpu, router, experts, m, m_h, max_tokens)
+        let prefill = if grouped {
+            let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+            let p = PrefillWeights::pack(&gpu, &refs, m, m_h)?;
+            gpu.sync()?;
+            Some(p)
+        } else {
+            None
+        };
+        Self::assemble(gpu, router, experts, prefill, m, m_h, max_tokens)
     }
 
     fn assemble(
         gpu: Gpu,
         router: Router,
         experts: Vec<ExpertWeights>,
+        prefill: Option<PrefillWeights>,
         m: usize,
         m_h: usize,
         max_tokens: usize,
     ) -> Result<GpuLayer, LayerError> {
         let e = experts.len();
         let max_tokens = max_tokens.max(1);
+        let prefill = prefill.map(|w| Grouped::new(&gpu, w)).transpose()?;
         Ok(GpuLayer {
             ws: FfnWorkspace::new(&gpu, m, m_h)?,
             cfg: DecodeConfig::auto(gpu.info(), m, m_h),
@@ -137,11 +236,26 @@ impl GpuLayer {
                 .collect::<Result<_, _>>()?,
             router,
             experts,
+            prefill,
+            use_prefill: true,
             m,
             m_h,
             max_tokens,
             gpu,
         })
+    }
+
+    /// Whether steps of more than [`PREFILL_MIN_TOKENS`] tokens use the
+    /// grouped prefill kernels (default true; they exist only on compute
+    /// capability 9.0 and for layers built with `max_tokens` above that).
+    /// false forces the decode kernels (comparisons, tests).
+    pub fn set_prefill(&mut self, on: bool) {
+        self.use_prefill = on;
+    }
+
+    /// Whether a step of `n_tokens` tokens takes the grouped prefill path.
+    pub fn uses_prefill(&self, n_tokens: usize) -> bool {
+        self.use_prefill && self.prefill.is_some() && prefers_prefill(&self.gpu, n_tokens)
     }
 
     /// The GPU.
@@ -236,9 +350,51 @@ impl GpuLayer {
         let ne = n_tokens * e;
         let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
         let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        self.plan.set(n_tokens, &groups)?;
         let mut ran = Vec::with_capacity(e);
+        let grouped_path = self.uses_prefill(n_tokens);
+        if grouped_path {
+            let g = self
+                .prefill
+                .as_mut()
+                .ok_or_else(|| LayerError::Gpu("no prefill weights".into()))?;
+            let counts: Vec<usize> = groups.iter().map(Vec::len).collect();
+            let rows: usize = counts.iter().sum();
+            g.reserve(gpu, rows.max(1), n_tokens, e)?;
+            // Rows in expert order; slot[t][j]: the row of token t's j-th
+            // expert (-1: none), weight in wts.
+            let mut idx = Vec::with_capacity(rows);
+            let mut slot = vec![-1i32; n_tokens * e];
+            let mut wts = vec![0f32; n_tokens * e];
+            let mut used = vec![0usize; n_tokens];
+            for group in &groups {
+                for &(t, w) in group {
+                    let j = t * e + used[t];
+                    slot[j] = idx.len() as i32;
+                    wts[j] = w;
+                    used[t] += 1;
+                    idx.push(t as i32);
+                }
+            }
+            upload(&g.idx, &idx, "row indices")?;
+            upload(&g.slot, &slot, "slots")?;
+            upload(&g.wts, &wts, "combine weights")?;
+            gpu.record_on(&ev[2])?;
+            if rows > 0 {
+                gather_rows(gpu, &self.x, &g.idx.index(..rows), m, &mut g.xs)?;
+                let ws =
+                    g.ws.as_mut()
+                        .ok_or_else(|| LayerError::Gpu("prefill workspace missing".into()))?;
+                ffn_grouped(gpu, &g.w, &g.xs, &counts, &mut g.ys, ws, None)?;
+            }
+            gpu.record_on(&ev[3])?;
+            combine_rows_f32(gpu, &g.ys, &g.slot, &g.wts, e, n_tokens, m, &mut acc)?;
+        } else {
+            self.plan.set(n_tokens, &groups)?;
+        }
         for (q, group) in groups.iter().enumerate() {
+            if grouped_path {
+                break;
+            }
             if group.is_empty() {
                 continue;
             }
@@ -269,6 +425,15 @@ impl GpuLayer {
             .collect();
         for q in ran {
             experts[q].time_s = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
+        }
+        if grouped_path {
+            // One launch per GEMM for all experts: its time (gather
+            // included) shared out in proportion to the experts' tokens.
+            let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
+            let rows: usize = experts.iter().map(|s| s.tokens).sum();
+            for s in experts.iter_mut() {
+                s.time_s = total * s.tokens as f64 / rows.max(1) as f64;
+            }
         }
         let probs = gpu
             .download(&self.probs.index(..ne))?
@@ -336,6 +501,8 @@ mod tests {
             (256, 512, 8, 5),
             (1024, 2816, 8, 16),
             (128, 96, 3, 19),
+            (256, 512, 8, 100),
+            (512, 1024, 8, 300),
         ] {
             let mut w = MoeWeights::random(m, m_h, e, seed ^ m as u64);
             // Round the weights to fp16 so both sides use the same values.

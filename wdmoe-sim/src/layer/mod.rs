@@ -133,7 +133,9 @@ pub struct ExpertStats {
     /// `tokens · 6 · m · m_h`).
     pub flops: f64,
     /// Measured execution time of its FFN [s] (host clock on the CPU, CUDA
-    /// events on the GPU); 0 when it served no token.
+    /// events on the GPU; on the GPU's grouped prefill path, one launch for
+    /// all experts, its time shared out in proportion to tokens); 0 when it
+    /// served no token.
     pub time_s: f64,
 }
 

@@ -1,0 +1,496 @@
+// Prefill-path kernels for the WDMoE expert FFN, y = W2 (silu(W1 x) * (W3 x)),
+// on Hopper tensor cores (sm_90a): hundreds to thousands of tokens per expert,
+// where the FFN is compute-bound.
+//
+// One GEMM kernel, C[rows, n] = A[rows, k] . B[n, k]^T (both operands K-major
+// fp16, fp32 accumulate), used twice per FFN:
+//   1. gate/up: A = tokens x, B = W13 with W1 and W3 interleaved in blocks of
+//      8 rows (`interleave8`), epilogue h = silu(g) * u straight from the
+//      accumulators (the [rows, 2 m_h] product never reaches device memory);
+//   2. down: A = h, B = W2, epilogue fp16 store (or fp32 split-K partials,
+//      summed by `splitk_reduce`, when the output tiles alone are too few).
+//
+// Design (read, not copied: fast.cu's stepwise Hopper GEMMs, CUTLASS 57, the
+// ThunderKittens H100 GEMM):
+//   * tile widths BN = 128, 224 (gate/up only: 128 tiles of 2 x 14336 fill one
+//     wave of 132 SMs) or 256;
+//   * 3 warpgroups per block: one producer (one thread issues the bulk tensor
+//     copies, TMA) and two consumers (64 rows each of a 128 x BN tile, one
+//     wgmma m64nBNk16 per 16 of k from shared memory, 128-byte swizzle);
+//   * STAGES shared-memory stages, each guarded by a "full" mbarrier (TMA
+//     transaction bytes) and an "empty" mbarrier (consumer warps arrive once
+//     the wgmma reading the stage has retired: one wgmma group stays in flight);
+//   * setmaxnreg moves registers from the producer to the consumers;
+//   * persistent grid: one block per SM walks the tile list (tile = blockIdx.x
+//     + i * gridDim.x), m-tiles fastest so concurrent blocks share weight tiles;
+//   * groups: the rows of A are the tokens of up to MAX_GROUPS experts sorted
+//     by expert (grouped MoE, one launch for all experts); B stacks the
+//     experts' weights [groups * n, k]. A single expert is one group.
+// Rows past a group's end and columns past n are computed but never stored.
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WDMOE_SM90A 1
+#endif
+
+#define MAX_GROUPS 64
+
+// CUtensorMap (cuda.h): 128 opaque bytes, built on the host by
+// cuTensorMapEncodeTiled, passed by value as a __grid_constant__ parameter.
+struct alignas(64) TensorMap {
+    unsigned long long opaque[16];
+};
+
+// Problem description, passed by value (kernel parameter space).
+struct GemmParams {
+    int n;            // output columns per group (B rows per group)
+    int k;            // reduction length
+    int n_tiles;      // ceil(n / BN)
+    int splits;       // split-K slices (>1 only with the partial epilogue)
+    int groups;       // number of groups (experts), 1..MAX_GROUPS
+    int total_tiles;  // tile_start[groups]
+    int ldo;          // output row stride, elements
+    int pad_;
+    void* out;        // fp16 h / fp16 y / fp32 partials [splits][rows][ldo]
+    long long split_stride;  // elements between split slices of the partials
+    int row_start[MAX_GROUPS + 1];   // prefix sums of rows per group
+    int tile_start[MAX_GROUPS + 1];  // prefix sums of tiles per group
+};
+
+enum { MODE_SWIGLU = 0, MODE_STORE = 1, MODE_PARTIAL = 2 };
+
+namespace {
+
+constexpr int BM = 128;  // rows per tile (two consumer warpgroups x 64)
+constexpr int BK = 64;   // k per stage: 64 fp16 = one 128-byte swizzle row
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#ifdef WDMOE_SM90A
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// 2-D bulk tensor copy global -> shared, completing on `bar` (transaction bytes).
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const TensorMap* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+            dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
+}
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups
+// 1024 bytes apart (stride byte offset), leading byte offset unused (1).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+// Generated (one operand per accumulator register).
+// wgmma m64n256k16, fp32 += fp16 x fp16, A and B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// wgmma m64n224k16, fp32 += fp16 x fp16, A and B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_n224(float (&d)[112], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %114, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n224k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+        "}, %112, %113, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// wgmma m64n128k16, fp32 += fp16 x fp16, A and B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+template <int BN>
+struct Acc;
+template <>
+struct Acc<256> {
+    __device__ static void mma(float (&d)[128], uint64_t a, uint64_t b, int s) { wgmma_n256(d, a, b, s); }
+};
+template <>
+struct Acc<224> {
+    __device__ static void mma(float (&d)[112], uint64_t a, uint64_t b, int s) { wgmma_n224(d, a, b, s); }
+};
+template <>
+struct Acc<128> {
+    __device__ static void mma(float (&d)[64], uint64_t a, uint64_t b, int s) { wgmma_n128(d, a, b, s); }
+};
+#endif  // WDMOE_SM90A
+
+struct Tile {
+    int group, row0, rows, col0, kb0, kb1, split;
+};
+
+__device__ __forceinline__ Tile map_tile(const GemmParams& p, int t, int kblocks, int bn) {
+    int g = 0;
+    while (g + 1 < p.groups && t >= p.tile_start[g + 1]) ++g;
+    int local = t - p.tile_start[g];
+    int rows = p.row_start[g + 1] - p.row_start[g];
+    int mt = (rows + BM - 1) / BM;
+    int m = local % mt;
+    int rest = local / mt;
+    int n = rest % p.n_tiles;
+    int s = rest / p.n_tiles;
+    Tile tl;
+    tl.group = g;
+    tl.row0 = m * BM;  // within the group
+    tl.rows = rows;
+    tl.col0 = n * bn;
+    tl.split = s;
+    tl.kb0 = (int)((long long)s * kblocks / p.splits);
+    tl.kb1 = (int)((long long)(s + 1) * kblocks / p.splits);
+    return tl;
+}
+
+}  // namespace
+
+template <int BN, int STAGES, int MODE>
+__device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMap& tb, const GemmParams& p) {
+#ifdef WDMOE_SM90A
+    constexpr int A_BYTES = BM * BK * 2;
+    constexpr int B_BYTES = BN * BK * 2;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    const uint32_t sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t bar_full = sbase + STAGES * STAGE_BYTES;
+    const uint32_t bar_empty = bar_full + STAGES * 8;
+    const int wg = threadIdx.x / 128;
+    const int tid = threadIdx.x % 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(bar_full + 8 * s, 1);
+            mbar_init(bar_empty + 8 * s, 8);  // 2 consumer warpgroups x 4 warps
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    const int kblocks = (p.k + BK - 1) / BK;
+
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
+                const Tile tl = map_tile(p, t, kblocks, BN);
+                const int a_row = p.row_start[tl.group] + tl.row0;
+                const int b_row = tl.group * p.n + tl.col0;
+                for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
+                    mbar_wait(bar_empty + 8 * stage, phase ^ 1);
+                    const uint32_t full = bar_full + 8 * stage;
+                    const uint32_t sa = sbase + stage * STAGE_BYTES;
+                    mbar_expect_tx(full, STAGE_BYTES);
+                    tma_load_2d(sa, &ta, kb * BK, a_row, full);
+                    tma_load_2d(sa + A_BYTES, &tb, kb * BK, b_row, full);
+                    if (++stage == STAGES) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+            }
+        }
+    } else {
+        setmaxnreg_inc<232>();
+        const int c = wg - 1;  // rows c*64 .. c*64+63 of the tile
+        const int warp = tid / 32, lane = tid % 32;
+        float d[BN / 2];
+        int stage = 0;
+        uint32_t phase = 0;
+        for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
+            const Tile tl = map_tile(p, t, kblocks, BN);
+            int prev = -1;
+            for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
+                mbar_wait(bar_full + 8 * stage, phase);
+                const uint32_t sa = sbase + stage * STAGE_BYTES + c * (64 * 128);
+                const uint32_t sb = sbase + stage * STAGE_BYTES + A_BYTES;
+                const uint64_t da = smem_desc(sa), db = smem_desc(sb);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; ++kk) {
+                    // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
+                    Acc<BN>::mma(d, da + 2 * kk, db + 2 * kk, (kb > tl.kb0 || kk > 0) ? 1 : 0);
+                }
+                wgmma_commit();
+                wgmma_wait<1>();
+                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                prev = stage;
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            }
+            wgmma_wait<0>();
+            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+
+            // Epilogue straight from the accumulators: thread holds, for each
+            // 8-column block j, rows r and r+8, columns 8j + 2q + {0,1}.
+            const int r = tl.row0 + c * 64 + warp * 16 + lane / 4;  // row within the group
+            const int q2 = (lane % 4) * 2;
+            const long long grow = p.row_start[tl.group];
+#pragma unroll
+            for (int half_ = 0; half_ < 2; ++half_) {
+                const int row = r + 8 * half_;
+                if (row >= tl.rows) continue;
+                const long long orow = (grow + row) * (long long)p.ldo;
+                if (MODE == MODE_SWIGLU) {
+                    __half* out = reinterpret_cast<__half*>(p.out);
+#pragma unroll
+                    for (int j = 0; j < BN / 16; ++j) {
+                        const int col = tl.col0 / 2 + 8 * j + q2;  // column of h
+                        if (col >= p.n / 2) continue;
+                        const float g0 = d[(2 * j) * 4 + 2 * half_], g1 = d[(2 * j) * 4 + 2 * half_ + 1];
+                        const float u0 = d[(2 * j + 1) * 4 + 2 * half_], u1 = d[(2 * j + 1) * 4 + 2 * half_ + 1];
+                        const float h0 = g0 / (1.0f + __expf(-g0)) * u0;
+                        const float h1 = g1 / (1.0f + __expf(-g1)) * u1;
+                        *reinterpret_cast<__half2*>(out + orow + col) = __floats2half2_rn(h0, h1);
+                    }
+                } else if (MODE == MODE_STORE) {
+                    __half* out = reinterpret_cast<__half*>(p.out);
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+                        const int col = tl.col0 + 8 * j + q2;
+                        if (col >= p.n) continue;
+                        *reinterpret_cast<__half2*>(out + orow + col) =
+                            __floats2half2_rn(d[4 * j + 2 * half_], d[4 * j + 2 * half_ + 1]);
+                    }
+                } else {
+                    float* out = reinterpret_cast<float*>(p.out) + (long long)tl.split * p.split_stride;
+#pragma unroll
+                    for (int j = 0; j < BN / 8; ++j) {
+                        const int col = tl.col0 + 8 * j + q2;
+                        if (col >= p.n) continue;
+                        *reinterpret_cast<float2*>(out + orow + col) =
+                            make_float2(d[4 * j + 2 * half_], d[4 * j + 2 * half_ + 1]);
+                    }
+                }
+            }
+        }
+    }
+#else
+    __trap();  // sm_90a only; the host never launches these elsewhere
+#endif
+}
+
+// Shared memory each instantiation needs (host mirrors this: 1024 for the
+// alignment of the swizzled stages + stages + 2 mbarriers per stage).
+#define GEMM_KERNEL(NAME, BN, STAGES, MODE)                                                                 \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
+        NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,                    \
+             const __grid_constant__ GemmParams p) {                                                        \
+        gemm_tn_body<BN, STAGES, MODE>(ta, tb, p);                                                          \
+    }
+
+GEMM_KERNEL(gemm_swiglu_n256, 256, 4, MODE_SWIGLU)
+GEMM_KERNEL(gemm_swiglu_n224, 224, 5, MODE_SWIGLU)
+GEMM_KERNEL(gemm_swiglu_n128, 128, 6, MODE_SWIGLU)
+GEMM_KERNEL(gemm_store_n256, 256, 4, MODE_STORE)
+GEMM_KERNEL(gemm_store_n128, 128, 6, MODE_STORE)
+GEMM_KERNEL(gemm_partial_n256, 256, 4, MODE_PARTIAL)
+GEMM_KERNEL(gemm_partial_n128, 128, 6, MODE_PARTIAL)
+
+// out[r][c] = sum_s ws[s][r][c] (fp32 partials of split-K) as fp16; 4 columns
+// per thread (n % 4 == 0).
+extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, int splits, long long split_stride,
+                                         long long rows, int n, __half* __restrict__ out) {
+    const long long total = rows * (n / 4);
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long e = i * 4;
+        float4 acc = *reinterpret_cast<const float4*>(ws + e);
+        for (int s = 1; s < splits; ++s) {
+            const float4 v = *reinterpret_cast<const float4*>(ws + s * split_stride + e);
+            acc.x += v.x;
+            acc.y += v.y;
+            acc.z += v.z;
+            acc.w += v.w;
+        }
+        __half2 lo = __floats2half2_rn(acc.x, acc.y), hi = __floats2half2_rn(acc.z, acc.w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<uint32_t*>(&lo);
+        packed.y = *reinterpret_cast<uint32_t*>(&hi);
+        *reinterpret_cast<uint2*>(out + e) = packed;
+    }
+}
+
+// W13 for the gate/up GEMM: rows 16j..16j+7 = W1 rows 8j..8j+7, rows
+// 16j+8..16j+15 = W3 rows 8j..8j+7 (m_h % 8 == 0, cols % 8 == 0).
+extern "C" __global__ void interleave8(const __half* __restrict__ w1, const __half* __restrict__ w3,
+                                       __half* __restrict__ dst, int m_h, int cols) {
+    const long long chunks_per_row = cols / 8;
+    const long long total = 2LL * m_h * chunks_per_row;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long drow = i / chunks_per_row, ch = i % chunks_per_row;
+        const long long j = drow / 16, w = drow % 16;
+        const long long srow = 8 * j + (w % 8);
+        const __half* src = (w < 8 ? w1 : w3) + srow * cols + ch * 8;
+        reinterpret_cast<uint4*>(dst)[i] = *reinterpret_cast<const uint4*>(src);
+    }
+}
+
+// xs[i] = x[idx[i]] (rows of m fp16, m % 8 == 0): tokens sorted by expert.
+extern "C" __global__ void gather_rows(const __half* __restrict__ x, const int* __restrict__ idx,
+                                       __half* __restrict__ xs, int rows, int m) {
+    const long long per = m / 8, total = (long long)rows * per;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / per, c = i % per;
+        reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x + (long long)idx[r] * m)[c];
+    }
+}
+
+// out[t] = sum_j w[t][j] * ys[slot[t][j]] over the top-k slots of token t
+// (slot < 0: skipped, e.g. an expert the policy dropped), fp32 sum, written
+// as fp16 (combine_rows) or fp32 (combine_rows_f32). Tokens with no slot get 0.
+__device__ __forceinline__ void store8(__half* out, long long i, const float (&acc)[8]) {
+    uint4 o;
+    __half2* oh = reinterpret_cast<__half2*>(&o);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) oh[q] = __floats2half2_rn(acc[2 * q], acc[2 * q + 1]);
+    reinterpret_cast<uint4*>(out)[i] = o;
+}
+__device__ __forceinline__ void store8(float* out, long long i, const float (&acc)[8]) {
+    reinterpret_cast<float4*>(out)[2 * i] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    reinterpret_cast<float4*>(out)[2 * i + 1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+}
+template <typename T>
+__device__ __forceinline__ void combine_body(const __half* __restrict__ ys, const int* __restrict__ slot,
+                                             const float* __restrict__ w, int topk, int tokens, int m,
+                                             T* __restrict__ out) {
+    const long long per = m / 8, total = (long long)tokens * per;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long t = i / per, c = i % per;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int j = 0; j < topk; ++j) {
+            const int s = slot[t * topk + j];
+            if (s < 0) continue;
+            const float wt = w[t * topk + j];
+            const uint4 v = reinterpret_cast<const uint4*>(ys + (long long)s * m)[c];
+            const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const float2 f = __half22float2(h[q]);
+                acc[2 * q] += wt * f.x;
+                acc[2 * q + 1] += wt * f.y;
+            }
+        }
+        store8(out, i, acc);
+    }
+}
+extern "C" __global__ void combine_rows(const __half* __restrict__ ys, const int* __restrict__ slot,
+                                        const float* __restrict__ w, int topk, int tokens, int m,
+                                        __half* __restrict__ out) {
+    combine_body(ys, slot, w, topk, tokens, m, out);
+}
+extern "C" __global__ void combine_rows_f32(const __half* __restrict__ ys, const int* __restrict__ slot,
+                                            const float* __restrict__ w, int topk, int tokens, int m,
+                                            float* __restrict__ out) {
+    combine_body(ys, slot, w, topk, tokens, m, out);
+}
