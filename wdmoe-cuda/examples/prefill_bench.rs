@@ -231,13 +231,25 @@ fn main() -> Result<()> {
                 pairs.push((a as u32, t as u32, p[a] / s));
                 pairs.push((b as u32, t as u32, p[b] / s));
             }
-            pairs.sort_unstable_by_key(|&(e, t, _)| (e, t));
+            // Counting sort by expert (stable in token order): O(n).
             counts.iter_mut().for_each(|c| *c = 0);
+            for &(e, _, _) in &pairs {
+                counts[e as usize] += 1;
+            }
+            let mut next: Vec<usize> = counts
+                .iter()
+                .scan(0, |acc, &c| {
+                    let s = *acc;
+                    *acc += c;
+                    Some(s)
+                })
+                .collect();
             let mut idx = vec![0i32; 2 * n];
             let mut slot = vec![-1i32; 2 * n];
             let mut wts = vec![0f32; 2 * n];
-            for (row, &(e, t, w)) in pairs.iter().enumerate() {
-                counts[e as usize] += 1;
+            for &(e, t, w) in &pairs {
+                let row = next[e as usize];
+                next[e as usize] += 1;
                 idx[row] = t as i32;
                 let j = if slot[2 * t as usize] < 0 { 0 } else { 1 };
                 slot[2 * t as usize + j] = row as i32;

@@ -11,10 +11,11 @@
 // MoE layer's fp32 combine accumulator, so that no separate memset is needed).
 //
 // Blocks with blockIdx.x >= tokens (launched only when pf_bases is not null)
-// are L2-prefetch blocks: each recomputes token 0's logits, takes the
-// arg-max expert q, and prefetches its share of [pf_bases[q], + pf_bytes)
-// into L2, so that the expert most likely to run first finds the start of
-// its (k-major packed) weights in L2 while the host runs the policy.
+// are L2-prefetch blocks: each recomputes token 0's logits, takes its top-2
+// experts q, and prefetches its share of [pf_bases[q], + pf_bytes) into L2
+// (one bulk prefetch per block on sm_90), so that the experts most likely to
+// run find the start of their (k-major packed) weights in L2 while the host
+// runs the policy.
 extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
                                           float* __restrict__ logits, float* __restrict__ probs,
                                           float* __restrict__ zero, int zero_cols, int tokens,
@@ -46,20 +47,40 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
     }
     __syncthreads();
     if (pf_block) {
-        __shared__ int best;
+        // Token 0's top-2 experts by logit; the prefetch blocks split between
+        // them (even blocks the first, odd the second), each block one slice
+        // of the first pf_bytes of that expert's weights.
+        __shared__ int best[2];
         if (threadIdx.x == 0) {
-            int q0 = 0;
-            for (int q = 1; q < e; ++q)
-                if (sl[q] > sl[q0]) q0 = q;
-            best = q0;
+            int q0 = 0, q1 = e > 1 ? 1 : 0;
+            if (e > 1 && sl[q1] > sl[q0]) { q0 = 1; q1 = 0; }
+            for (int q = 2; q < e; ++q) {
+                if (sl[q] > sl[q0]) { q1 = q0; q0 = q; }
+                else if (sl[q] > sl[q1]) q1 = q;
+            }
+            best[0] = q0;
+            best[1] = q1;
         }
         __syncthreads();
-        const char* base = reinterpret_cast<const char*>(pf_bases[best]);
         const long long nb = gridDim.x - tokens, b = blockIdx.x - tokens;
-        const long long lines = pf_bytes / 128;
-        const long long l0 = lines * b / nb, l1 = lines * (b + 1) / nb;
-        for (long long l = l0 + threadIdx.x; l < l1; l += blockDim.x)
+        const int ways = (e > 1 && nb > 1) ? 2 : 1;
+        const long long per = nb / ways, bb = b / ways;
+        if (bb >= per) return;
+        const char* base = reinterpret_cast<const char*>(pf_bases[best[b % ways]]);
+        // 16-byte aligned slices (pf_bytes is a multiple of 128).
+        const long long chunks = pf_bytes / 16;
+        const long long c0 = chunks * bb / per, c1 = chunks * (bb + 1) / per;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // One bulk L2 prefetch per block (sm_90): issued and forgotten, the
+        // block exits at once and the copy engine fills L2 meanwhile.
+        if (threadIdx.x == 0 && c1 > c0)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + c0 * 16),
+                         "r"((unsigned)((c1 - c0) * 16))
+                         : "memory");
+#else
+        for (long long l = c0 / 8 + threadIdx.x; l < c1 / 8; l += blockDim.x)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(base + l * 128));
+#endif
         return;
     }
     if (warp == 0) {

@@ -137,7 +137,8 @@ impl Router {
     ///
     /// `prefetch`: `(table, bytes)` where `table[q]` is the device address of
     /// expert q's weights ([`crate::ExpertWeights::gate_up_weights`]): extra
-    /// blocks prefetch the first `bytes` of token 0's arg-max expert into L2
+    /// blocks prefetch the first `bytes` of each of token 0's top-2 experts into L2
+    /// (one bulk prefetch per block on compute capability 9.0)
     /// (speculation that it runs first; it never changes results).
     #[allow(clippy::too_many_arguments)]
     pub fn route_to_host(
@@ -188,7 +189,7 @@ impl Router {
                         ),
                     ));
                 }
-                (addr(&t.table), (t.bytes / 128 * 128) as i64, 64u32)
+                (addr(&t.table), (t.bytes / 128 * 128) as i64, 16u32)
             }
             _ => (0u64, 0i64, 0u32),
         };
