@@ -20,6 +20,8 @@ grep -E "^test |test result|panicked|error" "$out/tests-prefill.log"
 grep -E "rel err" "$out/tests-prefill.log" | awk '{for(i=1;i<=NF;i++) if($i=="err") print $(i+1)}' | sort -g | tail -1 | sed 's/^/max rel err (prefill tests): /'
 step "GPU tests: wdmoe-sim layer (decode and grouped prefill paths)"
 timeout 120 ./sim_tests --include-ignored --test-threads 1 --nocapture layer::gpu::tests::gpu_layer_matches 2>&1 | tee -a "$out/tests-prefill.log" | grep -E "^test |rel err|test result|panicked|error"
+step "wdmoe-sim GPU layer, grouped prefill path (Mixtral size, 512 / 4096 tokens, wdmoe-core policy)"
+timeout 120 ./sim_tests --include-ignored --test-threads 1 --nocapture gpu_layer_prefill_step_timing 2>&1 | grep -E "LAYER|test result|panicked"
 step "PyTorch baseline (prefill sizes)"
 timeout 200 python3 torch_baseline.py --tokens ${TOKENS:-16,32,64,128,256,512,1024,4096,8192} --layer-tokens ${LAYER:-512,4096} --json "$out/torch-prefill.json"
 step "prefill_bench"

@@ -213,18 +213,33 @@ pub(crate) fn route(
     policy: &wdmoe_core::select::Policy<f64>,
     latency_s: &[f64],
 ) -> Result<(Vec<TokenSelection>, Vec<f64>, Vec<Vec<(usize, f32)>>), LayerError> {
-    let mut selections = Vec::with_capacity(n_tokens);
-    let mut token_latency = Vec::with_capacity(n_tokens);
-    let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
-    for t in 0..n_tokens {
+    use rayon::prelude::*;
+    let one = |t: usize| -> Result<(TokenSelection, f64), LayerError> {
         let lat = latencies_for(latency_s, t, e);
         let sel: TokenSelection =
             wdmoe_core::select::select(policy, &logits[t * e..(t + 1) * e], lat)
                 .map_err(LayerError::Policy)?;
+        let l = sel.token_latency_s(lat).map_err(LayerError::Policy)?;
+        Ok((sel, l))
+    };
+    // Tokens are independent: large steps (prefill) run the policy in
+    // parallel; the grouping below keeps token order either way.
+    let per: Vec<(TokenSelection, f64)> = if n_tokens >= 256 {
+        (0..n_tokens)
+            .into_par_iter()
+            .map(one)
+            .collect::<Result<_, _>>()?
+    } else {
+        (0..n_tokens).map(one).collect::<Result<_, _>>()?
+    };
+    let mut selections = Vec::with_capacity(n_tokens);
+    let mut token_latency = Vec::with_capacity(n_tokens);
+    let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+    for (t, (sel, l)) in per.into_iter().enumerate() {
         for (&q, &w) in sel.experts().iter().zip(sel.weights()) {
             groups[q].push((t, w as f32));
         }
-        token_latency.push(sel.token_latency_s(lat).map_err(LayerError::Policy)?);
+        token_latency.push(l);
         selections.push(sel);
     }
     Ok((selections, token_latency, groups))
