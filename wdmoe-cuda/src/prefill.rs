@@ -190,7 +190,7 @@ impl GemmConfig {
                     // fp32 partials written and read back, plus one more launch.
                     t += rows as f64 * n as f64 * 4.0 * s as f64 * 3.0 / DRAM + 4e-6;
                 }
-                if t < best.0 * 0.99 {
+                if t < best.0 {
                     best = (t, GemmConfig { bn, splits: s });
                 }
             }
