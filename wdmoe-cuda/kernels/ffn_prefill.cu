@@ -52,7 +52,8 @@ struct GemmParams {
     int groups;       // number of groups (experts), 1..MAX_GROUPS
     int total_tiles;  // tile_start[groups]
     int ldo;          // output row stride, elements
-    int pad_;
+    int group_m;      // m-tiles per raster block (>= 1): tiles run in blocks of
+                      // group_m m-tiles x all n-tiles, m fastest inside a block
     void* out;        // fp16 h / fp16 y / fp32 partials [splits][rows][ldo]
     long long split_stride;  // elements between split slices of the partials
     int row_start[MAX_GROUPS + 1];   // prefix sums of rows per group
@@ -233,10 +234,19 @@ __device__ __forceinline__ Tile map_tile(const GemmParams& p, int t, int kblocks
     int local = t - p.tile_start[g];
     int rows = p.row_start[g + 1] - p.row_start[g];
     int mt = (rows + BM - 1) / BM;
-    int m = local % mt;
-    int rest = local / mt;
-    int n = rest % p.n_tiles;
-    int s = rest / p.n_tiles;
+    // Split slowest; inside a split, blocks of group_m m-tiles x all n-tiles
+    // (m fastest inside a block), so that the A rows of a block and the B
+    // columns of a wave stay in L2 while the wave runs.
+    const int per_split = mt * p.n_tiles;
+    int s = local / per_split;
+    int r = local - s * per_split;
+    const int gm = p.group_m;
+    int mb = r / (gm * p.n_tiles);
+    int m0 = mb * gm;
+    int gmb = min(gm, mt - m0);
+    int rr = r - mb * gm * p.n_tiles;
+    int m = m0 + rr % gmb;
+    int n = rr / gmb;
     Tile tl;
     tl.group = g;
     tl.row0 = m * BM;  // within the group

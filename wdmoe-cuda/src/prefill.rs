@@ -465,7 +465,7 @@ struct GemmParams {
     groups: i32,
     total_tiles: i32,
     ldo: i32,
-    pad: i32,
+    group_m: i32,
     out: u64,
     split_stride: i64,
     row_start: [i32; MAX_GROUPS + 1],
@@ -517,6 +517,22 @@ fn tensor_map(
     Ok(map)
 }
 
+/// m-tiles per raster block: A rows worth ~24 MB (k fp16 per row), so that a
+/// block's A panels and a wave's B panels fit in L2 (50 MB on an H100).
+/// `WDMOE_PREFILL_GROUP_M` (read once) overrides it (tuning; 4096 = plain
+/// m-fastest order).
+fn group_m(k: usize) -> i32 {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| {
+        std::env::var("WDMOE_PREFILL_GROUP_M")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    forced
+        .unwrap_or((24usize << 20) / (BM * k.max(1) * 2))
+        .clamp(1, 4096) as i32
+}
+
 /// One GEMM launch: out = A · B_gᵀ per group g (rows of A in group order).
 struct Gemm<'a> {
     mode: Mode,
@@ -545,7 +561,7 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
         groups: groups as i32,
         total_tiles: 0,
         ldo: g.ldo as i32,
-        pad: 0,
+        group_m: group_m(g.k),
         out: g.out,
         split_stride: g.split_stride as i64,
         row_start: [0; MAX_GROUPS + 1],

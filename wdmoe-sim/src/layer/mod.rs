@@ -223,19 +223,18 @@ pub(crate) fn route(
         Ok((sel, l))
     };
     // Tokens are independent: large steps (prefill) run the policy in
-    // parallel; the grouping below keeps token order either way.
-    let per: Vec<(TokenSelection, f64)> = if n_tokens >= 256 {
-        (0..n_tokens)
-            .into_par_iter()
-            .map(one)
-            .collect::<Result<_, _>>()?
+    // parallel (an indexed collect: each result written once, in place);
+    // the grouping below keeps token order either way.
+    let per: Vec<Result<(TokenSelection, f64), LayerError>> = if n_tokens >= 256 {
+        (0..n_tokens).into_par_iter().map(one).collect()
     } else {
-        (0..n_tokens).map(one).collect::<Result<_, _>>()?
+        (0..n_tokens).map(one).collect()
     };
     let mut selections = Vec::with_capacity(n_tokens);
     let mut token_latency = Vec::with_capacity(n_tokens);
     let mut groups: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
-    for (t, (sel, l)) in per.into_iter().enumerate() {
+    for (t, r) in per.into_iter().enumerate() {
+        let (sel, l) = r?;
         for (&q, &w) in sel.experts().iter().zip(sel.weights()) {
             groups[q].push((t, w as f32));
         }
