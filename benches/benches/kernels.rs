@@ -1,7 +1,8 @@
 //! GPU kernel benchmarks (feature `cuda`; needs a CUDA GPU at run time):
-//! the fp16 expert FFN decode kernels for 1-16 tokens and the full top-2 MoE
-//! layer step (router, policy, grouping, experts, combine) for 1 and 16
-//! tokens, at Mixtral size (m = 4096, m_h = 14336, 8 experts, random fp16
+//! the fp16 expert FFN decode kernels for 1-16 tokens, the tensor-core
+//! prefill FFN for 64-4096 tokens (compute capability 9.0), and the full
+//! top-2 MoE layer step (router, policy, grouping, experts, combine) for 1
+//! and 16 tokens (decode path) and 512 (grouped prefill path), at Mixtral size (m = 4096, m_h = 14336, 8 experts, random fp16
 //! weights). Timed on the GPU with CUDA events through `iter_custom`;
 //! expert weights rotate over 4 copies so the L2 never holds them.
 //!
@@ -13,7 +14,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wdmoe_core::select::Policy;
-use wdmoe_cuda::{elapsed_ms, f16, ffn_decode, DecodeConfig, ExpertWeights, FfnWorkspace, Gpu};
+use wdmoe_cuda::{
+    elapsed_ms, f16, ffn_decode, ffn_prefill, DecodeConfig, ExpertWeights, FfnWorkspace, Gpu,
+    PrefillWeights, PrefillWorkspace,
+};
 use wdmoe_sim::layer::gpu::GpuLayer;
 
 const M: usize = 4096;
@@ -76,18 +80,86 @@ fn expert_ffn(c: &mut Criterion) {
     g.finish();
 }
 
+fn expert_ffn_prefill(c: &mut Criterion) {
+    let gpu = match Gpu::new(0) {
+        Ok(g) if g.info().cubin => g,
+        Ok(_) => {
+            eprintln!("skipping prefill benches: they need compute capability 9.0");
+            return;
+        }
+        Err(_) => return,
+    };
+    let raw: Vec<_> = (0..4u64)
+        .map(|i| {
+            let mut w = (
+                gpu.alloc::<f16>(M * MH).unwrap(),
+                gpu.alloc::<f16>(M * MH).unwrap(),
+                gpu.alloc::<f16>(M * MH).unwrap(),
+            );
+            gpu.fill_uniform(&mut w.0, 400 + i, 0.02).unwrap();
+            gpu.fill_uniform(&mut w.1, 500 + i, 0.02).unwrap();
+            gpu.fill_uniform(&mut w.2, 600 + i, 0.01).unwrap();
+            w
+        })
+        .collect();
+    let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+    let pw = PrefillWeights::pack(&gpu, &refs, M, MH).unwrap();
+    drop(refs);
+    drop(raw);
+    let max_t = 4096;
+    let mut ws = PrefillWorkspace::new(&gpu, M, MH, max_t).unwrap();
+    let mut x = gpu.alloc::<f16>(max_t * M).unwrap();
+    gpu.fill_uniform(&mut x, 8, 1.0).unwrap();
+    let mut out = gpu.alloc::<f16>(max_t * M).unwrap();
+    gpu.sync().unwrap();
+    let mut g = c.benchmark_group("expert_ffn_prefill_fp16_mixtral");
+    for t in [64usize, 512, 4096] {
+        // Throughput in FLOPs (reported as elements/s: FLOP/s).
+        g.throughput(Throughput::Elements((6 * M * MH * t) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(t), &t, |b, &t| {
+            b.iter_custom(|iters| {
+                events(&gpu, iters, |i| {
+                    ffn_prefill(&gpu, &pw, i as usize % 4, &x, t, &mut out, &mut ws, None).unwrap()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 fn moe_layer(c: &mut Criterion) {
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
         Err(_) => return,
     };
+    let cubin = gpu.info().cubin;
     let mut layer = GpuLayer::random(gpu, M, MH, 8, 16, 42).unwrap();
     layer.set_random_input(9).unwrap();
+    // As deployed: no per-expert events between the experts' kernels.
+    layer.set_expert_timing(false);
     // Plain top-2 (θ = 0, equal latencies): the same work as Mixtral's layer.
     let policy = Policy::new(2, 0.0, 1).unwrap();
     let lat = [0.01f64; 8];
     let mut g = c.benchmark_group("moe_layer_top2_mixtral");
     for n in [1usize, 16] {
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let mut total = 0.0;
+                for _ in 0..iters {
+                    total += layer.step(n, &policy, &lat).unwrap().time_s;
+                }
+                Duration::from_secs_f64(total)
+            })
+        });
+    }
+    drop(layer);
+    if cubin {
+        // The grouped prefill path: one tensor-core launch per GEMM for all
+        // experts' token groups.
+        let gpu = Gpu::new(0).unwrap();
+        let mut layer = GpuLayer::random(gpu, M, MH, 8, 512, 43).unwrap();
+        layer.set_random_input(10).unwrap();
+        let n = 512usize;
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter_custom(|iters| {
                 let mut total = 0.0;
@@ -104,6 +176,6 @@ fn moe_layer(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = expert_ffn, moe_layer
+    targets = expert_ffn, expert_ffn_prefill, moe_layer
 }
 criterion_main!(benches);

@@ -1131,3 +1131,107 @@ impl ExpertFfn {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> DeviceInfo {
+        DeviceInfo {
+            name: "test".into(),
+            cc: (9, 0),
+            sm_count: 132,
+            l2_bytes: 50 << 20,
+            cubin: true,
+            unified_addressing: true,
+        }
+    }
+
+    /// `GemmParams` mirrors the CUDA struct field for field (ints, then the
+    /// pointer and the split stride at 8-byte offsets, then the prefix arrays).
+    #[test]
+    fn gemm_params_layout_matches_the_kernel() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(GemmParams, group_m), 28);
+        assert_eq!(offset_of!(GemmParams, out), 32);
+        assert_eq!(offset_of!(GemmParams, split_stride), 40);
+        assert_eq!(offset_of!(GemmParams, row_start), 48);
+        assert_eq!(
+            offset_of!(GemmParams, tile_start),
+            48 + 4 * (MAX_GROUPS + 1)
+        );
+        assert_eq!(size_of::<GemmParams>(), 568);
+    }
+
+    /// Shared memory fits the 227 KB a Hopper block may take, and every
+    /// width has a kernel.
+    #[test]
+    fn shared_memory_and_kernel_names() {
+        for bn in [128, 224, 256] {
+            assert!(smem_bytes(bn) <= 227 * 1024, "bn {bn}: {}", smem_bytes(bn));
+            assert!((stages(bn) * (BM * BK * 2 + bn as usize * BK * 2)) % 1024 == 0);
+        }
+        assert_eq!(kernel_name(Mode::SwiGlu, 224), "gemm_swiglu_n224");
+        assert_eq!(kernel_name(Mode::Partial, 128), "gemm_partial_n128");
+    }
+
+    /// The auto shapes of the Mixtral FFN: valid everywhere, 224-wide gate/up
+    /// tiles (one wave of 128 tiles) at small token counts, full 256-wide
+    /// tiles without split-K at large ones, split-K for the down GEMM when
+    /// its tiles alone leave SMs idle.
+    #[test]
+    fn auto_shapes() {
+        let info = h100();
+        let (m, m_h) = (4096, 14336);
+        for t in [1usize, 16, 17, 64, 100, 256, 512, 1000, 4096, 8192] {
+            let g = GemmConfig::auto_widths(&info, &[t], 2 * m_h, m, 1, &[256, 224, 128]);
+            let d = GemmConfig::auto(&info, &[t], m, m_h, MAX_SPLITS);
+            g.check("t", Mode::SwiGlu, m).unwrap();
+            d.check(
+                "t",
+                if d.splits > 1 {
+                    Mode::Partial
+                } else {
+                    Mode::Store
+                },
+                m_h,
+            )
+            .unwrap();
+            assert_eq!(g.splits, 1);
+            if t <= 128 {
+                assert_eq!(g.bn, 224, "gate/up at {t}");
+                assert!(d.splits >= 4, "down at {t}: {d:?}");
+            }
+            if t >= 1024 {
+                assert_eq!((g.bn, d.bn, d.splits), (256, 256, 1), "at {t}");
+            }
+        }
+        // Split counts never exceed the k blocks (k = 128: 2 blocks).
+        let d = GemmConfig::auto(&info, &[16], 4096, 128, MAX_SPLITS);
+        assert!(d.splits <= 2);
+        // Grouped counts with empty groups.
+        let d = GemmConfig::auto(&info, &[0, 130, 0, 7], m, m_h, MAX_SPLITS);
+        assert!((1..=MAX_SPLITS).contains(&d.splits));
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let bad = [
+            (GemmConfig { bn: 64, splits: 1 }, Mode::Store),
+            (GemmConfig { bn: 224, splits: 1 }, Mode::Store),
+            (GemmConfig { bn: 256, splits: 2 }, Mode::SwiGlu),
+            (GemmConfig { bn: 256, splits: 0 }, Mode::Partial),
+            (GemmConfig { bn: 256, splits: 9 }, Mode::Partial),
+        ];
+        for (c, mode) in bad {
+            assert!(
+                matches!(c.check("t", mode, 4096), Err(Error::Unsupported { .. })),
+                "{c:?}"
+            );
+        }
+        // More splits than 64-wide k blocks.
+        let c = GemmConfig { bn: 256, splits: 3 };
+        assert!(c.check("t", Mode::Partial, 128).is_err());
+        assert!(c.check("t", Mode::Partial, 192).is_ok());
+    }
+}
