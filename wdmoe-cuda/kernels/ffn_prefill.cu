@@ -26,7 +26,8 @@
 //   * groups: the rows of A are the tokens of up to MAX_GROUPS experts sorted
 //     by expert (grouped MoE, one launch for all experts); B stacks the
 //     experts' weights [groups * n, k]. A single expert is one group.
-// Rows past a group's end and columns past n are computed but never stored.
+// Rows past a group's end and columns past n are computed but never stored;
+// a consumer whose 64 rows all lie past the end skips its wgmma.
 
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -314,6 +315,20 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
             const Tile tl = map_tile(p, t, kblocks, BN);
+            if (tl.row0 + c * 64 >= tl.rows) {
+                // All 64 rows of this consumer lie past the group's end (few
+                // tokens): no wgmma, no epilogue; just pass the stages on.
+                for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
+                    mbar_wait(bar_full + 8 * stage, phase);
+                    __syncwarp();
+                    if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
+                    if (++stage == STAGES) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+                continue;
+            }
             int prev = -1;
             for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
                 mbar_wait(bar_full + 8 * stage, phase);

@@ -180,7 +180,14 @@ impl GemmConfig {
                 let waves = (tiles / sms).ceil();
                 // Narrow tiles feed the tensor cores less efficiently.
                 let eff = if bn == 128 { 1.1 } else { 1.0 };
-                let mma = 2.0 * BM as f64 * bn as f64 * kk * eff / FLOPS_SM;
+                // A consumer whose 64 rows are all padding skips its wgmma:
+                // groups of <= 64 rows cost half a tile of tensor work.
+                let rows_eff = if counts.iter().all(|&c| c <= BM / 2) {
+                    BM / 2
+                } else {
+                    BM
+                };
+                let mma = 2.0 * rows_eff as f64 * bn as f64 * kk * eff / FLOPS_SM;
                 let feed = (bn as f64 + BM as f64) * kk * 2.0 / FEED_SM;
                 // Where device memory is the floor, prefer the shape whose
                 // tiles finish sooner (a tenth of their time as tie-breaker).
