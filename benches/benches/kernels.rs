@@ -127,6 +127,20 @@ fn expert_ffn_prefill(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sum of the measured step times of `iters` layer steps of `n` tokens.
+fn steps(
+    layer: &mut GpuLayer,
+    n: usize,
+    policy: &Policy<f64>,
+    lat: &[f64],
+    iters: u64,
+) -> Duration {
+    let total: f64 = (0..iters)
+        .map(|_| layer.step(n, policy, lat).unwrap().time_s)
+        .sum();
+    Duration::from_secs_f64(total)
+}
+
 fn moe_layer(c: &mut Criterion) {
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
@@ -143,13 +157,7 @@ fn moe_layer(c: &mut Criterion) {
     let mut g = c.benchmark_group("moe_layer_top2_mixtral");
     for n in [1usize, 16] {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let mut total = 0.0;
-                for _ in 0..iters {
-                    total += layer.step(n, &policy, &lat).unwrap().time_s;
-                }
-                Duration::from_secs_f64(total)
-            })
+            b.iter_custom(|iters| steps(&mut layer, n, &policy, &lat, iters))
         });
     }
     drop(layer);
@@ -161,13 +169,7 @@ fn moe_layer(c: &mut Criterion) {
         layer.set_random_input(10).unwrap();
         let n = 512usize;
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let mut total = 0.0;
-                for _ in 0..iters {
-                    total += layer.step(n, &policy, &lat).unwrap().time_s;
-                }
-                Duration::from_secs_f64(total)
-            })
+            b.iter_custom(|iters| steps(&mut layer, n, &policy, &lat, iters))
         });
     }
     g.finish();

@@ -13,31 +13,15 @@ use std::fmt::Write as _;
 
 use wdmoe_cuda::cust::memory::AsyncCopyDestination;
 use wdmoe_cuda::{
-    elapsed_ms, f16, ffn_decode, ffn_stage, DecodeConfig, DownLayout, ExpertWeights, FfnWorkspace,
-    Gpu, KernelConfig, Result, Stage,
+    f16, ffn_decode, ffn_stage, DecodeConfig, DownLayout, ExpertWeights, FfnWorkspace, Gpu,
+    KernelConfig, Result, Stage,
 };
+
+mod common;
+use common::time;
 
 const M: usize = 4096;
 const MH: usize = 14336;
-
-fn median(mut v: Vec<f32>) -> f32 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut(usize) -> Result<()>>(gpu: &Gpu, iters: usize, mut f: F) -> Result<f32> {
-    for i in 0..3 {
-        f(i)?;
-    }
-    let mut v = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let s = gpu.record()?;
-        f(i)?;
-        let e = gpu.record()?;
-        v.push(elapsed_ms(&s, &e)?);
-    }
-    Ok(median(v))
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

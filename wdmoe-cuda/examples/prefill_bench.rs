@@ -13,33 +13,17 @@ use std::time::Instant;
 
 use wdmoe_cuda::cust::memory::{CopyDestination, LockedBuffer};
 use wdmoe_cuda::{
-    combine_rows, elapsed_ms, f16, ffn_decode, ffn_grouped, ffn_prefill, gather_rows, DecodeConfig,
+    combine_rows, f16, ffn_decode, ffn_grouped, ffn_prefill, gather_rows, DecodeConfig,
     ExpertWeights, FfnWorkspace, GemmConfig, Gpu, PrefillConfig, PrefillWeights, PrefillWorkspace,
     Result, Router,
 };
 
+mod common;
+use common::{median, time};
+
 const M: usize = 4096;
 const MH: usize = 14336;
 const ROT: usize = 4;
-
-fn median(mut v: Vec<f32>) -> f32 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut(usize) -> Result<()>>(gpu: &Gpu, iters: usize, mut f: F) -> Result<f32> {
-    for i in 0..2 {
-        f(i)?;
-    }
-    let mut v = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let s = gpu.record()?;
-        f(i)?;
-        let e = gpu.record()?;
-        v.push(elapsed_ms(&s, &e)?);
-    }
-    Ok(median(v))
-}
 
 fn tflops(t: usize, ms: f32) -> f64 {
     2.0 * t as f64 * 3.0 * (M * MH) as f64 / (ms as f64 * 1e-3) / 1e12

@@ -400,7 +400,7 @@ fn pack(
     check_align("pack_tiles", "dst", pd, 16)?;
     let (mut r, mut c) = (rows as i32, cols as i32);
     let chunks = (nmat * rows * cols / 8) as u64;
-    let grid = chunks.div_ceil(256).min(gpu.info().sm_count as u64 * 16) as u32;
+    let grid = gpu.grid_1d(chunks, 16);
     let args = [
         &mut pa as *mut _ as *mut c_void,
         &mut pb as *mut _ as *mut c_void,

@@ -387,10 +387,7 @@ fn interleave8(gpu: &Gpu, w1: u64, w3: u64, dst: u64, m_h: usize, cols: usize) -
     let (mut a, mut b, mut d) = (w1, w3, dst);
     let (mut r, mut c) = (m_h as i32, cols as i32);
     let chunks = (2 * m_h * cols / 8) as u64;
-    let grid = chunks
-        .div_ceil(256)
-        .min(gpu.info().sm_count as u64 * 16)
-        .max(1) as u32;
+    let grid = gpu.grid_1d(chunks, 16);
     let args = [
         &mut a as *mut _ as *mut c_void,
         &mut b as *mut _ as *mut c_void,
@@ -631,10 +628,7 @@ fn splitk_reduce(
     let (mut w, mut s, mut st, mut r, mut nn, mut o) =
         (ws, splits as i32, stride as i64, rows as i64, n as i32, out);
     let work = (rows * n / 4) as u64;
-    let grid = work
-        .div_ceil(256)
-        .min(gpu.info().sm_count as u64 * 8)
-        .max(1) as u32;
+    let grid = gpu.grid_1d(work, 8);
     let args = [
         &mut w as *mut _ as *mut c_void,
         &mut s as *mut _ as *mut c_void,
@@ -899,10 +893,7 @@ pub fn gather_rows(
     }
     let (mut a, mut i, mut o, mut r, mut mm) =
         (addr(x), addr(idx), addr(xs), rows as i32, m as i32);
-    let grid = ((rows * m / 8) as u64)
-        .div_ceil(256)
-        .min(gpu.info().sm_count as u64 * 8)
-        .max(1) as u32;
+    let grid = gpu.grid_1d((rows * m / 8) as u64, 8);
     let args = [
         &mut a as *mut _ as *mut c_void,
         &mut i as *mut _ as *mut c_void,
@@ -1024,10 +1015,7 @@ fn combine(
         m as i32,
         out,
     );
-    let grid = ((tokens * m / 8) as u64)
-        .div_ceil(256)
-        .min(gpu.info().sm_count as u64 * 8)
-        .max(1) as u32;
+    let grid = gpu.grid_1d((tokens * m / 8) as u64, 8);
     let args = [
         &mut y as *mut _ as *mut c_void,
         &mut s as *mut _ as *mut c_void,

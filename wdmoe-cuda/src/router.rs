@@ -288,9 +288,7 @@ pub fn f32_to_f16(
     let mut pi = addr(input);
     let mut po = addr(out);
     let mut nn = n as i64;
-    let grid = (n as u64)
-        .div_ceil(256)
-        .clamp(1, gpu.info().sm_count as u64 * 8) as u32;
+    let grid = gpu.grid_1d(n as u64, 8);
     let args = [
         &mut pi as *mut _ as *mut c_void,
         &mut po as *mut _ as *mut c_void,

@@ -293,7 +293,15 @@ impl Gpu {
     }
 
     fn grid_for(&self, n: u64) -> u32 {
-        (n.div_ceil(256)).min(self.info.sm_count as u64 * 32).max(1) as u32
+        self.grid_1d(n, 32)
+    }
+
+    /// Blocks of 256 threads for `n` independent work items (grid-stride
+    /// loops), at most `per_sm` blocks per SM, at least 1.
+    pub(crate) fn grid_1d(&self, n: u64, per_sm: u64) -> u32 {
+        n.div_ceil(256)
+            .min(self.info.sm_count as u64 * per_sm)
+            .max(1) as u32
     }
 
     /// Fills `dst` with pseudo-random fp16 values uniform in `[-scale, scale)`
