@@ -68,6 +68,18 @@ namespace {
 constexpr int BM = 128;  // rows per tile (two consumer warpgroups x 64)
 constexpr int BK = 64;   // k per stage: 64 fp16 = one 128-byte swizzle row
 
+// Programmatic dependent launch (sm_90; no-ops without the launch attribute).
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -281,11 +293,17 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
+    // Launched with programmatic dependent launch: let the next kernel's
+    // blocks get ready as ours retire; all global memory this grid touches
+    // is read (TMA) or written (epilogue) only after the producer thread's
+    // griddepcontrol.wait, i.e. after the previous kernel completed.
+    griddep_launch_dependents();
     const int kblocks = (p.k + BK - 1) / BK;
 
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (tid == 0) {
+            griddep_wait();
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
@@ -423,6 +441,7 @@ GEMM_KERNEL(gemm_partial_n128, 128, 6, MODE_PARTIAL)
 // per thread (n % 4 == 0).
 extern "C" __global__ void splitk_reduce(const float* __restrict__ ws, int splits, long long split_stride,
                                          long long rows, int n, __half* __restrict__ out) {
+    griddep_wait();  // the partials come from the GEMM launched just before
     const long long total = rows * (n / 4);
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {

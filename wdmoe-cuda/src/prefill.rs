@@ -601,7 +601,9 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     // are zero-filled) and writes out rows < row_start[groups] (with row
     // stride ldo, columns < n or n/2 for swiglu, plus split slices
     // split_stride apart), which the callers sized. Shared memory was raised
-    // to smem_bytes(bn) at module load.
+    // to smem_bytes(bn) at module load. PDL: the kernel's producer thread
+    // executes griddepcontrol.wait before its first TMA read, and every
+    // global write of the grid comes after data that read delivered.
     unsafe {
         gpu.launch(
             &gpu.prefill,
@@ -610,7 +612,7 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
             384.into(),
             smem_bytes(cfg.bn),
             &args,
-            false,
+            true,
             || format!("{mode:?} rows={rows} n={n} k={k} groups={groups} {cfg:?}"),
         )
     }
@@ -638,7 +640,7 @@ fn splitk_reduce(
         &mut o as *mut _ as *mut c_void,
     ];
     // SAFETY: splitk_reduce(const float*, int, long long, long long, int,
-    // half*): ws holds splits slices of stride >= rows*n floats, out rows*n
+    // half*) (griddepcontrol.wait before any access, for PDL): ws holds splits slices of stride >= rows*n floats, out rows*n
     // halves (callers' checks), n % 4 == 0, both 16/8-byte aligned (device
     // allocations and row offsets of multiples of 16 elements).
     unsafe {
@@ -649,7 +651,7 @@ fn splitk_reduce(
             256.into(),
             0,
             &args,
-            false,
+            true,
             || format!("splits={splits} rows={rows} n={n}"),
         )
     }
