@@ -7,7 +7,7 @@
 //! torch_baseline.py in the same call (wdmoe-cuda/run-gpu.sh).
 //!
 //!   prefill_bench [--tokens 16,32,64,128,256,512,1024,4096,8192] [--layer 512,4096]
-//!                 [--iters 20] [--sweep] [--json PATH]
+//!                 [--iters 20] [--sweep] [--experts 8] [--json PATH]
 
 use std::time::Instant;
 
@@ -73,7 +73,10 @@ fn main() -> Result<()> {
     let s1 = 1.7 / (M as f32).sqrt();
     let s2 = 1.7 / (MH as f32).sqrt();
     let mut raw = Vec::new();
-    for e in 0..8u64 {
+    // --experts N: prefill experts stacked (default 8 for the layer; 4 is
+    // enough without --layer). The decode experts are the first 4.
+    let n_exp: u64 = get("--experts").map_or(8, |v| v.parse().expect("experts"));
+    for e in 0..n_exp.max(ROT as u64) {
         let mut a = gpu.alloc::<f16>(M * MH)?;
         let mut b = gpu.alloc::<f16>(M * MH)?;
         let mut c = gpu.alloc::<f16>(M * MH)?;
@@ -97,6 +100,13 @@ fn main() -> Result<()> {
     gpu.fill_uniform(&mut x, 99, 1.0)?;
     let mut y = gpu.alloc::<f16>(max_rows * M)?;
     let mut json = String::from("{\n \"expert_ffn\": [\n");
+    // Warm-up (~50 ms of both paths): the first timed size otherwise pays
+    // for the clocks ramping up from idle (seen: +12 % on the first size).
+    for i in 0..200 {
+        ffn_decode(&gpu, &dw[i % ROT], &x, 16, &mut y, &mut dws, &dcfg)?;
+        ffn_prefill(&gpu, &pw, i % ROT, &x, 64, &mut y, &mut pws, None)?;
+    }
+    gpu.sync()?;
 
     println!(
         "\n{:>6} {:>10} {:>10} {:>8} {:>8} {:>9}  config",
