@@ -280,6 +280,31 @@ fn main() -> Result<()> {
         let grouped = time(&gpu, iters.min(10), |_| {
             ffn_grouped(&gpu, &pw, &xs, &counts, &mut ys, &mut pws, None)
         })?;
+        if sweep {
+            let mut line = format!("   grouped sweep N={n}:");
+            for (bg, bd, sp) in [
+                (224, 256, 1),
+                (224, 256, 2),
+                (224, 128, 1),
+                (224, 128, 2),
+                (256, 256, 1),
+                (256, 256, 2),
+                (128, 128, 1),
+            ] {
+                if sp > 1 && 2 * n * sp as usize > 8 * 1024 {
+                    continue; // beyond the workspace's split-K buffer
+                }
+                let c = PrefillConfig {
+                    gate_up: GemmConfig { bn: bg, splits: 1 },
+                    down: GemmConfig { bn: bd, splits: sp },
+                };
+                let ms = time(&gpu, iters.min(10), |_| {
+                    ffn_grouped(&gpu, &pw, &xs, &counts, &mut ys, &mut pws, Some(&c))
+                })?;
+                line.push_str(&format!(" g{bg}/d{bd}x{sp} {:.1}", ms * 1e3));
+            }
+            println!("{line}");
+        }
         let mut sum = 0.0;
         for (e, &c) in counts.iter().enumerate() {
             if c > 0 {
