@@ -20,30 +20,45 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
                                           float* __restrict__ logits, float* __restrict__ probs,
                                           float* __restrict__ zero, int zero_cols, int tokens,
                                           const unsigned long long* __restrict__ pf_bases, long long pf_bytes) {
-    extern __shared__ float sl[];  // e logits
+    // Dynamic shared memory: e logits, then e x S partial sums. S warps per
+    // expert (S = warps / e, at least 1) each take every S-th 16-byte chunk
+    // of the row: with 1 token the dot products are latency-bound, so more
+    // warps per expert shorten the kernel.
+    extern __shared__ float sl[];
     const bool pf_block = (int)blockIdx.x >= tokens;
     const int tok = pf_block ? 0 : blockIdx.x;
     if (zero && !pf_block)
         for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int S = warps >= e ? warps / e : 1;
+    float* part = sl + e;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
-    for (int q = warp; q < e; q += warps) {
-        const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)q * m);
-        float acc = 0.f;
-        for (int c = lane; c < m / 8; c += 32) {
-            uint4 xv = __ldg(xr + c), gv = __ldg(gr + c);
-            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-            const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+    if (warp < S * ((warps >= e) ? e : warps)) {
+        const int slice = warp % S;
+        for (int q = warp / S; q < e; q += (warps >= e) ? e : warps) {
+            const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)q * m);
+            float acc = 0.f;
+            for (int c = lane + 32 * slice; c < m / 8; c += 32 * S) {
+                uint4 xv = __ldg(xr + c), gv = __ldg(gr + c);
+                const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+                const __half2* gh = reinterpret_cast<const __half2*>(&gv);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                float2 a = __half22float2(xh[j]), b = __half22float2(gh[j]);
-                acc = fmaf(a.x, b.x, acc);
-                acc = fmaf(a.y, b.y, acc);
+                for (int j = 0; j < 4; ++j) {
+                    float2 a = __half22float2(xh[j]), b = __half22float2(gh[j]);
+                    acc = fmaf(a.x, b.x, acc);
+                    acc = fmaf(a.y, b.y, acc);
+                }
             }
-        }
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) sl[q] = acc;
+            for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            if (lane == 0) part[q * S + slice] = acc;
+        }
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+        float v = 0.f;
+        for (int s2 = 0; s2 < S; ++s2) v += part[q * S + s2];
+        sl[q] = v;
     }
     __syncthreads();
     if (pf_block) {

@@ -247,7 +247,15 @@ impl Router {
             &mut pf as *mut _ as *mut c_void,
             &mut pf_bytes as *mut _ as *mut c_void,
         ];
-        let warps = (e as u32).clamp(1, 8);
+        // 4 warps per expert up to 32 warps (the 1-token dot products are
+        // latency-bound); shared memory: e logits + e x S partial sums.
+        let warps = (e as u32 * 4).clamp(1, 32);
+        let per_expert = if warps as usize >= e {
+            warps as usize / e
+        } else {
+            1
+        };
+        let smem = (e * (per_expert + 1) * 4) as u32;
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
         // float* logits, float* probs, float* zero, int zero_cols) matches
         // `args` (+ int tokens, const unsigned long long* pf_bases, long long
@@ -255,14 +263,15 @@ impl Router {
         // device memory, by its contract); logits is device memory or page-locked host memory (UVA)
         // of logits_len >= tokens x e floats that outlives the kernel; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
         // e x m fp16 (16-byte aligned, m % 8 == 0), logits/probs hold
-        // tokens x e floats; e floats of dynamic shared memory are given.
+        // tokens x e floats; e x (S + 1) floats of dynamic shared memory are
+        // given (S = warps per expert, as the kernel computes it).
         unsafe {
             gpu.launch(
                 &gpu.router,
                 "router_softmax",
                 (tokens as u32 + pf_blocks).into(),
                 (warps * 32).into(),
-                (e * 4) as u32,
+                smem,
                 &args,
                 false,
                 || format!("tokens={tokens} m={m} experts={e}"),
