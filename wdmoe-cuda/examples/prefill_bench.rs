@@ -156,10 +156,24 @@ fn main() -> Result<()> {
                 (256, 128, 4),
                 (224, 256, 4),
                 (224, 256, 8),
+                (192, 192, 1),
+                (192, 256, 1),
+                (256, 192, 1),
+                (224, 192, 4),
             ] {
+                // bn 192: 192 x 192 tiles (three consumer warpgroups).
+                let bm = |bn: u32| if bn == 192 { 192 } else { 128 };
                 let c = PrefillConfig {
-                    gate_up: GemmConfig { bn: bg, splits: 1 },
-                    down: GemmConfig { bn: bd, splits: s },
+                    gate_up: GemmConfig {
+                        bm: bm(bg),
+                        bn: bg,
+                        splits: 1,
+                    },
+                    down: GemmConfig {
+                        bm: bm(bd),
+                        bn: bd,
+                        splits: s,
+                    },
                 };
                 if s > 1 && s as usize * t * M > 8 * t.min(1024) * M {
                     continue;
@@ -290,13 +304,25 @@ fn main() -> Result<()> {
                 (256, 256, 1),
                 (256, 256, 2),
                 (128, 128, 1),
+                (192, 192, 1),
+                (192, 256, 2),
+                (192, 192, 2),
             ] {
                 if sp > 1 && 2 * n * sp as usize > 8 * 1024 {
                     continue; // beyond the workspace's split-K buffer
                 }
+                let bm = |bn: u32| if bn == 192 { 192 } else { 128 };
                 let c = PrefillConfig {
-                    gate_up: GemmConfig { bn: bg, splits: 1 },
-                    down: GemmConfig { bn: bd, splits: sp },
+                    gate_up: GemmConfig {
+                        bm: bm(bg),
+                        bn: bg,
+                        splits: 1,
+                    },
+                    down: GemmConfig {
+                        bm: bm(bd),
+                        bn: bd,
+                        splits: sp,
+                    },
                 };
                 let ms = time(&gpu, iters.min(10), |_| {
                     ffn_grouped(&gpu, &pw, &xs, &counts, &mut ys, &mut pws, Some(&c))

@@ -65,7 +65,6 @@ enum { MODE_SWIGLU = 0, MODE_STORE = 1, MODE_PARTIAL = 2 };
 
 namespace {
 
-constexpr int BM = 128;  // rows per tile (two consumer warpgroups x 64)
 constexpr int BK = 64;   // k per stage: 64 fp16 = one 128-byte swizzle row
 
 // Programmatic dependent launch (sm_90; no-ops without the launch attribute).
@@ -168,6 +167,34 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_
         : "l"(da), "l"(db), "r"(scale_d));
 }
 
+// wgmma m64n192k16, fp32 += fp16 x fp16, A and B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_n192(float (&d)[96], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
 // wgmma m64n224k16, fp32 += fp16 x fp16, A and B K-major in shared memory
 // (128-byte swizzle); scale_d = 0 overwrites the accumulators.
 __device__ __forceinline__ void wgmma_n224(float (&d)[112], uint64_t da, uint64_t db, int scale_d) {
@@ -228,6 +255,10 @@ struct Acc<256> {
     __device__ static void mma(float (&d)[128], uint64_t a, uint64_t b, int s) { wgmma_n256(d, a, b, s); }
 };
 template <>
+struct Acc<192> {
+    __device__ static void mma(float (&d)[96], uint64_t a, uint64_t b, int s) { wgmma_n192(d, a, b, s); }
+};
+template <>
 struct Acc<224> {
     __device__ static void mma(float (&d)[112], uint64_t a, uint64_t b, int s) { wgmma_n224(d, a, b, s); }
 };
@@ -241,6 +272,7 @@ struct Tile {
     int group, row0, rows, col0, kb0, kb1, split;
 };
 
+template <int BM>
 __device__ __forceinline__ Tile map_tile(const GemmParams& p, int t, int kblocks, int bn) {
     int g = 0;
     while (g + 1 < p.groups && t >= p.tile_start[g + 1]) ++g;
@@ -273,9 +305,15 @@ __device__ __forceinline__ Tile map_tile(const GemmParams& p, int t, int kblocks
 
 }  // namespace
 
-template <int BN, int STAGES, int MODE>
+// NC consumer warpgroups: tiles of BM = 64 * NC rows by BN columns.
+template <int BN, int STAGES, int MODE, int NC>
 __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMap& tb, const GemmParams& p) {
 #ifdef WDMOE_SM90A
+    constexpr int BM = 64 * NC;
+    // Registers per consumer thread after setmaxnreg (the producer keeps 40;
+    // (40 + NC * R) * 128 <= 65536). ptxas itself compiles every region under
+    // the launch bounds' entry cap (168 at 384 threads, 128 at 512).
+    constexpr int CONSUMER_REGS = NC == 2 ? 232 : 152;
     constexpr int A_BYTES = BM * BK * 2;
     constexpr int B_BYTES = BN * BK * 2;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
@@ -288,7 +326,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
-            mbar_init(bar_empty + 8 * s, 8);  // 2 consumer warpgroups x 4 warps
+            mbar_init(bar_empty + 8 * s, 4 * NC);  // NC consumer warpgroups x 4 warps
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -307,7 +345,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
-                const Tile tl = map_tile(p, t, kblocks, BN);
+                const Tile tl = map_tile<BM>(p, t, kblocks, BN);
                 const int a_row = p.row_start[tl.group] + tl.row0;
                 const int b_row = tl.group * p.n + tl.col0;
                 for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
@@ -325,14 +363,14 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             }
         }
     } else {
-        setmaxnreg_inc<232>();
+        setmaxnreg_inc<CONSUMER_REGS>();
         const int c = wg - 1;  // rows c*64 .. c*64+63 of the tile
         const int warp = tid / 32, lane = tid % 32;
         float d[BN / 2];
         int stage = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
-            const Tile tl = map_tile(p, t, kblocks, BN);
+            const Tile tl = map_tile<BM>(p, t, kblocks, BN);
             if (tl.row0 + c * 64 >= tl.rows) {
                 // All 64 rows of this consumer lie past the group's end (few
                 // tokens): no wgmma, no epilogue; just pass the stages on.
@@ -422,20 +460,26 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
 
 // Shared memory each instantiation needs (host mirrors this: 1024 for the
 // alignment of the swizzled stages + stages + 2 mbarriers per stage).
-#define GEMM_KERNEL(NAME, BN, STAGES, MODE)                                                                 \
-    extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
+#define GEMM_KERNEL(NAME, BN, STAGES, MODE, NC)                                                             \
+    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1)                                         \
         NAME(const __grid_constant__ TensorMap ta, const __grid_constant__ TensorMap tb,                    \
              const __grid_constant__ GemmParams p) {                                                        \
-        gemm_tn_body<BN, STAGES, MODE>(ta, tb, p);                                                          \
+        gemm_tn_body<BN, STAGES, MODE, NC>(ta, tb, p);                                                      \
     }
 
-GEMM_KERNEL(gemm_swiglu_n256, 256, 4, MODE_SWIGLU)
-GEMM_KERNEL(gemm_swiglu_n224, 224, 5, MODE_SWIGLU)
-GEMM_KERNEL(gemm_swiglu_n128, 128, 6, MODE_SWIGLU)
-GEMM_KERNEL(gemm_store_n256, 256, 4, MODE_STORE)
-GEMM_KERNEL(gemm_store_n128, 128, 6, MODE_STORE)
-GEMM_KERNEL(gemm_partial_n256, 256, 4, MODE_PARTIAL)
-GEMM_KERNEL(gemm_partial_n128, 128, 6, MODE_PARTIAL)
+// 128-row tiles (2 consumer warpgroups).
+GEMM_KERNEL(gemm_swiglu_n256, 256, 4, MODE_SWIGLU, 2)
+GEMM_KERNEL(gemm_swiglu_n224, 224, 5, MODE_SWIGLU, 2)
+GEMM_KERNEL(gemm_swiglu_n128, 128, 6, MODE_SWIGLU, 2)
+GEMM_KERNEL(gemm_store_n256, 256, 4, MODE_STORE, 2)
+GEMM_KERNEL(gemm_store_n128, 128, 6, MODE_STORE, 2)
+GEMM_KERNEL(gemm_partial_n256, 256, 4, MODE_PARTIAL, 2)
+GEMM_KERNEL(gemm_partial_n128, 128, 6, MODE_PARTIAL, 2)
+// 192-row tiles (3 consumer warpgroups, at most 128 registers per thread
+// under the 512-thread launch bound: n <= 192).
+GEMM_KERNEL(gemm_swiglu_n192_m192, 192, 4, MODE_SWIGLU, 3)
+GEMM_KERNEL(gemm_store_n192_m192, 192, 4, MODE_STORE, 3)
+GEMM_KERNEL(gemm_partial_n192_m192, 192, 4, MODE_PARTIAL, 3)
 
 // out[r][c] = sum_s ws[s][r][c] (fp32 partials of split-K) as fp16; 4 columns
 // per thread (n % 4 == 0).

@@ -28,14 +28,16 @@ use crate::sys;
 pub const MAX_GROUPS: usize = 64;
 /// Most split-K slices of the down GEMM.
 pub const MAX_SPLITS: u32 = 8;
-const BM: usize = 128;
 const BK: usize = 64;
 
 /// Shape of one prefill GEMM launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmConfig {
-    /// Output columns per tile: 128 or 256, or 224 for the gate/up GEMM
-    /// (tiles are 128 rows by `bn`).
+    /// Rows per tile: 128 (two consumer warpgroups) with `bn` 128, 224
+    /// (gate/up only) or 256; or 192 (three consumer warpgroups) with `bn`
+    /// 192.
+    pub bm: u32,
+    /// Output columns per tile (see `bm`).
     pub bn: u32,
     /// Slices of the k range (1..=[`MAX_SPLITS`]); more than 1 only for the
     /// down GEMM (fp32 partials, summed by a second kernel).
@@ -58,70 +60,60 @@ enum Mode {
     Partial,
 }
 
-fn stages(bn: u32) -> usize {
-    match bn {
-        256 => 4,
-        224 => 5,
-        _ => 6,
-    }
+/// The GEMM instantiations of kernels/ffn_prefill.cu: (epilogue, bm, bn,
+/// kernel, shared-memory stages).
+const KERNELS: [(Mode, u32, u32, &str, usize); 10] = [
+    (Mode::SwiGlu, 128, 256, "gemm_swiglu_n256", 4),
+    (Mode::SwiGlu, 128, 224, "gemm_swiglu_n224", 5),
+    (Mode::SwiGlu, 128, 128, "gemm_swiglu_n128", 6),
+    (Mode::Store, 128, 256, "gemm_store_n256", 4),
+    (Mode::Store, 128, 128, "gemm_store_n128", 6),
+    (Mode::Partial, 128, 256, "gemm_partial_n256", 4),
+    (Mode::Partial, 128, 128, "gemm_partial_n128", 6),
+    (Mode::SwiGlu, 192, 192, "gemm_swiglu_n192_m192", 4),
+    (Mode::Store, 192, 192, "gemm_store_n192_m192", 4),
+    (Mode::Partial, 192, 192, "gemm_partial_n192_m192", 4),
+];
+
+fn kernel(mode: Mode, bm: u32, bn: u32) -> Option<(&'static str, usize)> {
+    KERNELS
+        .iter()
+        .find(|k| k.0 == mode && k.1 == bm && k.2 == bn)
+        .map(|k| (k.3, k.4))
 }
 
 /// Dynamic shared memory of a GEMM instantiation (mirrors the kernel: 1024
 /// bytes of alignment slack, the stages, two mbarriers per stage).
-fn smem_bytes(bn: u32) -> u32 {
-    let s = stages(bn);
-    (s * (BM * BK * 2 + bn as usize * BK * 2) + 1024 + s * 16) as u32
-}
-
-fn kernel_name(mode: Mode, bn: u32) -> &'static str {
-    match (mode, bn) {
-        (Mode::SwiGlu, 256) => "gemm_swiglu_n256",
-        (Mode::SwiGlu, 224) => "gemm_swiglu_n224",
-        (Mode::SwiGlu, _) => "gemm_swiglu_n128",
-        (Mode::Store, 256) => "gemm_store_n256",
-        (Mode::Store, _) => "gemm_store_n128",
-        (Mode::Partial, 256) => "gemm_partial_n256",
-        (Mode::Partial, _) => "gemm_partial_n128",
-    }
+fn smem_bytes(bm: u32, bn: u32, stages: usize) -> u32 {
+    (stages * (bm as usize * BK * 2 + bn as usize * BK * 2) + 1024 + stages * 16) as u32
 }
 
 /// Raises the dynamic shared-memory limit of every GEMM kernel (more than
 /// the default 48 KB needs `cuFuncSetAttribute`). Called once by
 /// [`Gpu::new`] on compute capability 9.0.
 pub(crate) fn raise_smem_limits(module: &Module) -> Result<()> {
-    for (mode, bn) in [
-        (Mode::SwiGlu, 128),
-        (Mode::SwiGlu, 224),
-        (Mode::SwiGlu, 256),
-        (Mode::Store, 128),
-        (Mode::Store, 256),
-        (Mode::Partial, 128),
-        (Mode::Partial, 256),
-    ] {
-        {
-            let name = kernel_name(mode, bn);
-            let f = module
-                .get_function(name)
-                .ctx(name, || "cuModuleGetFunction".into())?;
-            // SAFETY: f is a live function of a module loaded in the current
-            // context; the attribute takes an int.
-            let rc = unsafe {
-                cust::sys::cuFuncSetAttribute(
-                    f.to_raw(),
-                    cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem_bytes(bn) as i32,
-                )
-            };
-            if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-                return Err(Error::Unsupported {
-                    op: "Gpu::new",
-                    detail: format!(
-                        "{name}: {} bytes of shared memory refused (cuFuncSetAttribute returned {})",
-                        smem_bytes(bn),
-                        rc as u32
-                    ),
-                });
-            }
+    for &(_, bm, bn, name, st) in &KERNELS {
+        let bytes = smem_bytes(bm, bn, st);
+        let f = module
+            .get_function(name)
+            .ctx(name, || "cuModuleGetFunction".into())?;
+        // SAFETY: f is a live function of a module loaded in the current
+        // context; the attribute takes an int.
+        let rc = unsafe {
+            cust::sys::cuFuncSetAttribute(
+                f.to_raw(),
+                cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        };
+        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Unsupported {
+                op: "Gpu::new",
+                detail: format!(
+                    "{name}: {bytes} bytes of shared memory refused (cuFuncSetAttribute returned {})",
+                    rc as u32
+                ),
+            });
         }
     }
     Ok(())
@@ -140,19 +132,19 @@ impl GemmConfig {
         k: usize,
         max_splits: u32,
     ) -> GemmConfig {
-        Self::auto_widths(info, counts, n, k, max_splits, &[256, 128])
+        Self::auto_shapes(info, counts, n, k, max_splits, &[(128, 256), (128, 128)])
     }
 
-    fn auto_widths(
+    /// [`GemmConfig::auto`] over the given (bm, bn) tile shapes.
+    fn auto_shapes(
         info: &DeviceInfo,
         counts: &[usize],
         n: usize,
         k: usize,
         max_splits: u32,
-        widths: &[u32],
+        shapes: &[(u32, u32)],
     ) -> GemmConfig {
         let sms = info.sm_count.max(1) as f64;
-        let m_tiles: usize = counts.iter().map(|c| c.div_ceil(BM)).sum();
         let rows: usize = counts.iter().sum();
         let groups = counts.iter().filter(|&&c| c > 0).count();
         // Per-SM rates of an H100/H200 (rounded from the sweeps in
@@ -166,11 +158,13 @@ impl GemmConfig {
         let mut best = (
             f64::INFINITY,
             GemmConfig {
-                bn: widths[0],
+                bm: shapes[0].0,
+                bn: shapes[0].1,
                 splits: 1,
             },
         );
-        for &bn in widths {
+        for &(bm, bn) in shapes {
+            let m_tiles: usize = counts.iter().map(|c| c.div_ceil(bm as usize)).sum();
             for s in 1..=max_splits.clamp(1, MAX_SPLITS) {
                 if s as usize > kb {
                     break;
@@ -182,13 +176,13 @@ impl GemmConfig {
                 let eff = if bn == 128 { 1.1 } else { 1.0 };
                 // A consumer whose 64 rows are all padding skips its wgmma:
                 // groups of <= 64 rows cost half a tile of tensor work.
-                let rows_eff = if counts.iter().all(|&c| c <= BM / 2) {
-                    BM / 2
+                let rows_eff = if counts.iter().all(|&c| c <= 64) {
+                    64
                 } else {
-                    BM
+                    bm as usize
                 };
                 let mma = 2.0 * rows_eff as f64 * bn as f64 * kk * eff / FLOPS_SM;
-                let feed = (bn as f64 + BM as f64) * kk * 2.0 / FEED_SM;
+                let feed = (bn as f64 + bm as f64) * kk * 2.0 / FEED_SM;
                 // Where device memory is the floor, prefer the shape whose
                 // tiles finish sooner (a tenth of their time as tie-breaker).
                 let tiles_t = waves * mma.max(feed);
@@ -198,7 +192,7 @@ impl GemmConfig {
                     t += rows as f64 * n as f64 * 4.0 * s as f64 * 3.0 / DRAM + 4e-6;
                 }
                 if t < best.0 {
-                    best = (t, GemmConfig { bn, splits: s });
+                    best = (t, GemmConfig { bm, bn, splits: s });
                 }
             }
         }
@@ -206,16 +200,16 @@ impl GemmConfig {
     }
 
     fn check(&self, op: &'static str, mode: Mode, k: usize) -> Result<()> {
-        let ok_bn = self.bn == 128 || self.bn == 256 || (self.bn == 224 && mode == Mode::SwiGlu);
+        let ok_shape = kernel(mode, self.bm, self.bn).is_some();
         let ok_s = (1..=MAX_SPLITS).contains(&self.splits)
             && (self.splits == 1 || mode != Mode::SwiGlu)
             && self.splits as usize <= k.div_ceil(BK);
-        if !(ok_bn && ok_s) {
+        if !(ok_shape && ok_s) {
             return Err(Error::Unsupported {
                 op,
                 detail: format!(
-                    "gemm config {self:?} (bn 128|256, or 224 for gate/up; splits 1..={MAX_SPLITS} \
-                     and at most k/64; gate/up takes no split)"
+                    "gemm config {self:?} (bm x bn: 128 x 128|256, 128 x 224 for gate/up, 192 x 192; \
+                     splits 1..={MAX_SPLITS} and at most k/64; gate/up takes no split)"
                 ),
             });
         }
@@ -239,11 +233,40 @@ impl PrefillConfig {
         } else {
             (ws.partial.len() / (rows * m)).clamp(1, MAX_SPLITS as usize) as u32
         };
+        if tall_tiles_pay(counts) {
+            let tall = [(192, 192)];
+            return PrefillConfig {
+                gate_up: GemmConfig::auto_shapes(info, counts, 2 * m_h, m, 1, &tall),
+                down: GemmConfig::auto_shapes(info, counts, m, m_h, cap, &tall),
+            };
+        }
         PrefillConfig {
-            gate_up: GemmConfig::auto_widths(info, counts, 2 * m_h, m, 1, &[256, 224, 128]),
+            gate_up: GemmConfig::auto_shapes(
+                info,
+                counts,
+                2 * m_h,
+                m,
+                1,
+                &[(128, 256), (128, 224), (128, 128)],
+            ),
             down: GemmConfig::auto(info, counts, m, m_h, cap),
         }
     }
+}
+
+/// Whether 192-row tiles beat 128-row ones: a grouped launch of small groups
+/// (at most 256 rows each on average) whose rows straddle 128 (e.g. 120–136
+/// tokens per expert at 512 tokens, top-2, 8 experts), so that 192-row tiles
+/// need at most 3/4 of the m-tiles and each expert's weights stream through
+/// the SMs once instead of twice. Measured (BENCHMARKS.md, H200): grouped
+/// FFN at 512 tokens 902 µs with 192 x 192 tiles vs 1,113 µs; at 4,096
+/// tokens and for single experts 192-row tiles lose (3 consumer warpgroups
+/// at 128 registers each are slower when compute-bound).
+fn tall_tiles_pay(counts: &[usize]) -> bool {
+    let groups = counts.iter().filter(|&&c| c > 0).count();
+    let rows: usize = counts.iter().sum();
+    let tiles = |bm: usize| counts.iter().map(|c| c.div_ceil(bm)).sum::<usize>();
+    groups >= 2 && rows <= 256 * groups && 4 * tiles(192) <= 3 * tiles(128)
 }
 
 /// The weights of one or more experts in the prefill layout, stacked:
@@ -533,7 +556,7 @@ fn group_m(k: usize) -> i32 {
             .and_then(|v| v.parse().ok())
     });
     forced
-        .unwrap_or((24usize << 20) / (BM * k.max(1) * 2))
+        .unwrap_or((24usize << 20) / (128 * k.max(1) * 2))
         .clamp(1, 4096) as i32
 }
 
@@ -574,7 +597,7 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     let mut tiles = 0usize;
     for (i, &c) in g.counts.iter().enumerate() {
         p.row_start[i + 1] = p.row_start[i] + c as i32;
-        tiles += c.div_ceil(BM) * n_tiles * g.cfg.splits as usize;
+        tiles += c.div_ceil(g.cfg.bm as usize) * n_tiles * g.cfg.splits as usize;
         if tiles > i32::MAX as usize {
             return Err(shape(op, format!("{tiles} tiles overflow")));
         }
@@ -584,10 +607,15 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     if tiles == 0 {
         return Ok(());
     }
-    let mut ta = tensor_map(op, g.a, rows, g.k, BM as u32)?;
+    let mut ta = tensor_map(op, g.a, rows, g.k, g.cfg.bm)?;
     let mut tb = tensor_map(op, g.b, groups * g.n, g.k, g.cfg.bn)?;
     let grid = tiles.min(gpu.info().sm_count as usize) as u32;
-    let name = kernel_name(g.mode, g.cfg.bn);
+    // check() above guarantees the instantiation exists.
+    let (name, stages) = kernel(g.mode, g.cfg.bm, g.cfg.bn).ok_or_else(|| Error::Unsupported {
+        op,
+        detail: format!("no kernel for {:?}", g.cfg),
+    })?;
+    let threads = 128 * (g.cfg.bm / 64 + 1);
     let args = [
         &mut ta as *mut _ as *mut c_void,
         &mut tb as *mut _ as *mut c_void,
@@ -601,7 +629,8 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     // are zero-filled) and writes out rows < row_start[groups] (with row
     // stride ldo, columns < n or n/2 for swiglu, plus split slices
     // split_stride apart), which the callers sized. Shared memory was raised
-    // to smem_bytes(bn) at module load. PDL: the kernel's producer thread
+    // to smem_bytes at module load (KERNELS); threads = 128 x (consumer
+    // warpgroups + 1) as the kernel's launch bounds. PDL: the kernel's producer thread
     // executes griddepcontrol.wait before its first TMA read, and every
     // global write of the grid comes after data that read delivered.
     unsafe {
@@ -609,8 +638,8 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
             &gpu.prefill,
             name,
             grid.into(),
-            384.into(),
-            smem_bytes(cfg.bn),
+            threads.into(),
+            smem_bytes(cfg.bm, cfg.bn, stages),
             &args,
             true,
             || format!("{mode:?} rows={rows} n={n} k={k} groups={groups} {cfg:?}"),
@@ -1164,12 +1193,26 @@ mod tests {
     /// width has a kernel.
     #[test]
     fn shared_memory_and_kernel_names() {
-        for bn in [128, 224, 256] {
-            assert!(smem_bytes(bn) <= 227 * 1024, "bn {bn}: {}", smem_bytes(bn));
-            assert!((stages(bn) * (BM * BK * 2 + bn as usize * BK * 2)) % 1024 == 0);
+        for &(_, bm, bn, name, st) in &KERNELS {
+            let bytes = smem_bytes(bm, bn, st);
+            assert!(bytes <= 227 * 1024, "{name}: {bytes}");
+            // Each stage keeps the 1024-byte alignment of the swizzled tiles.
+            assert_eq!(
+                (bm as usize * BK * 2 + bn as usize * BK * 2) % 1024,
+                0,
+                "{name}"
+            );
+            assert!(name.contains(&format!("_n{bn}")), "{name}");
         }
-        assert_eq!(kernel_name(Mode::SwiGlu, 224), "gemm_swiglu_n224");
-        assert_eq!(kernel_name(Mode::Partial, 128), "gemm_partial_n128");
+        assert_eq!(
+            kernel(Mode::SwiGlu, 128, 224).unwrap().0,
+            "gemm_swiglu_n224"
+        );
+        assert_eq!(
+            kernel(Mode::Partial, 192, 192).unwrap().0,
+            "gemm_partial_n192_m192"
+        );
+        assert!(kernel(Mode::Store, 128, 224).is_none());
     }
 
     /// The auto shapes of the Mixtral FFN: valid everywhere, 224-wide gate/up
@@ -1181,7 +1224,14 @@ mod tests {
         let info = h100();
         let (m, m_h) = (4096, 14336);
         for t in [1usize, 16, 17, 64, 100, 256, 512, 1000, 4096, 8192] {
-            let g = GemmConfig::auto_widths(&info, &[t], 2 * m_h, m, 1, &[256, 224, 128]);
+            let g = GemmConfig::auto_shapes(
+                &info,
+                &[t],
+                2 * m_h,
+                m,
+                1,
+                &[(128, 256), (128, 224), (128, 128)],
+            );
             let d = GemmConfig::auto(&info, &[t], m, m_h, MAX_SPLITS);
             g.check("t", Mode::SwiGlu, m).unwrap();
             d.check(
@@ -1211,14 +1261,67 @@ mod tests {
         assert!((1..=MAX_SPLITS).contains(&d.splits));
     }
 
+    /// 192-row tiles only for grouped launches of small groups straddling
+    /// 128 rows (the measured case); never for single experts or large groups.
+    #[test]
+    fn tall_tiles_only_where_they_pay() {
+        let info = h100();
+        let small = [120, 136, 126, 135, 120, 135, 130, 122];
+        assert!(tall_tiles_pay(&small));
+        assert!(!tall_tiles_pay(&[
+            1017, 1055, 991, 1064, 961, 1061, 1038, 1005
+        ]));
+        assert!(!tall_tiles_pay(&[160]));
+        assert!(!tall_tiles_pay(&[100, 110, 90, 120])); // all fit 128 rows
+        assert!(!tall_tiles_pay(&[0, 0, 150, 0])); // one group
+        let g = GemmConfig::auto_shapes(&info, &small, 28672, 4096, 1, &[(192, 192)]);
+        assert_eq!((g.bm, g.bn, g.splits), (192, 192, 1));
+        g.check("t", Mode::SwiGlu, 4096).unwrap();
+    }
+
     #[test]
     fn bad_configs_are_rejected() {
         let bad = [
-            (GemmConfig { bn: 64, splits: 1 }, Mode::Store),
-            (GemmConfig { bn: 224, splits: 1 }, Mode::Store),
-            (GemmConfig { bn: 256, splits: 2 }, Mode::SwiGlu),
-            (GemmConfig { bn: 256, splits: 0 }, Mode::Partial),
-            (GemmConfig { bn: 256, splits: 9 }, Mode::Partial),
+            (
+                GemmConfig {
+                    bm: 128,
+                    bn: 64,
+                    splits: 1,
+                },
+                Mode::Store,
+            ),
+            (
+                GemmConfig {
+                    bm: 128,
+                    bn: 224,
+                    splits: 1,
+                },
+                Mode::Store,
+            ),
+            (
+                GemmConfig {
+                    bm: 128,
+                    bn: 256,
+                    splits: 2,
+                },
+                Mode::SwiGlu,
+            ),
+            (
+                GemmConfig {
+                    bm: 128,
+                    bn: 256,
+                    splits: 0,
+                },
+                Mode::Partial,
+            ),
+            (
+                GemmConfig {
+                    bm: 128,
+                    bn: 256,
+                    splits: 9,
+                },
+                Mode::Partial,
+            ),
         ];
         for (c, mode) in bad {
             assert!(
@@ -1227,7 +1330,11 @@ mod tests {
             );
         }
         // More splits than 64-wide k blocks.
-        let c = GemmConfig { bn: 256, splits: 3 };
+        let c = GemmConfig {
+            bm: 128,
+            bn: 256,
+            splits: 3,
+        };
         assert!(c.check("t", Mode::Partial, 128).is_err());
         assert!(c.check("t", Mode::Partial, 192).is_ok());
     }

@@ -489,13 +489,28 @@ fn ffn_prefill_ragged_sizes_and_configs() {
         for (i, t) in [1usize, 63, 130, 257].into_iter().enumerate() {
             check_prefill(&gpu, &set, i % 2, t, None, s ^ (t as u64) << 20);
         }
-        for (bn_g, bn_d, splits) in [(128, 128, 1), (256, 256, 3), (128, 256, 8), (256, 128, 2)] {
+        // bn 192 means the 192 x 192 tiles (three consumer warpgroups).
+        let bm = |bn: u32| if bn == 192 { 192 } else { 128 };
+        for (bn_g, bn_d, splits) in [
+            (128, 128, 1),
+            (256, 256, 3),
+            (128, 256, 8),
+            (256, 128, 2),
+            (192, 192, 1),
+            (192, 192, 3),
+            (224, 192, 2),
+        ] {
             let cfg = PrefillConfig {
                 gate_up: GemmConfig {
+                    bm: bm(bn_g),
                     bn: bn_g,
                     splits: 1,
                 },
-                down: GemmConfig { bn: bn_d, splits },
+                down: GemmConfig {
+                    bm: bm(bn_d),
+                    bn: bn_d,
+                    splits,
+                },
             };
             check_prefill(&gpu, &set, 1, 200, Some(&cfg), s ^ 77);
         }
@@ -513,10 +528,31 @@ fn ffn_prefill_mixtral_sizes() {
     let set = prefill_set(&gpu, 1, 4096, 14336, s);
     check_prefill(&gpu, &set, 0, 160, None, s ^ 5);
     let split = PrefillConfig {
-        gate_up: GemmConfig { bn: 256, splits: 1 },
-        down: GemmConfig { bn: 128, splits: 4 },
+        gate_up: GemmConfig {
+            bm: 128,
+            bn: 256,
+            splits: 1,
+        },
+        down: GemmConfig {
+            bm: 128,
+            bn: 128,
+            splits: 4,
+        },
     };
     check_prefill(&gpu, &set, 0, 96, Some(&split), s ^ 6);
+    let tall = PrefillConfig {
+        gate_up: GemmConfig {
+            bm: 192,
+            bn: 192,
+            splits: 1,
+        },
+        down: GemmConfig {
+            bm: 192,
+            bn: 192,
+            splits: 2,
+        },
+    };
+    check_prefill(&gpu, &set, 0, 300, Some(&tall), s ^ 7);
 }
 
 /// Grouped launch (tokens sorted by expert, empty groups included), then the
@@ -634,12 +670,28 @@ fn prefill_bad_inputs_are_errors() {
     // Split-K on the gate/up GEMM (nonlinear epilogue) and a bad tile width.
     for bad in [
         PrefillConfig {
-            gate_up: GemmConfig { bn: 256, splits: 2 },
-            down: GemmConfig { bn: 256, splits: 1 },
+            gate_up: GemmConfig {
+                bm: 128,
+                bn: 256,
+                splits: 2,
+            },
+            down: GemmConfig {
+                bm: 128,
+                bn: 256,
+                splits: 1,
+            },
         },
         PrefillConfig {
-            gate_up: GemmConfig { bn: 64, splits: 1 },
-            down: GemmConfig { bn: 256, splits: 1 },
+            gate_up: GemmConfig {
+                bm: 128,
+                bn: 64,
+                splits: 1,
+            },
+            down: GemmConfig {
+                bm: 128,
+                bn: 256,
+                splits: 1,
+            },
         },
     ] {
         assert!(matches!(
