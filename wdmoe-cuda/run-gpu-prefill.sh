@@ -39,6 +39,6 @@ step "compute-sanitizer memcheck (small prefill tests)"
 timeout 120 compute-sanitizer --tool memcheck --leak-check no ./gpu_tests --include-ignored --test-threads 1 ragged grouped prefill_bad > "$out/prof-prefill.log" 2>&1
 grep -E "ERROR SUMMARY|test result" "$out/prof-prefill.log"
 step "ncu: gate/up GEMM at 4096 tokens"
-timeout 120 ncu --clock-control none --kernel-name regex:gemm_swiglu --launch-count 1 --section SpeedOfLight ./prefill_bench --tokens 4096 --layer "" --iters 1 >> "$out/prof-prefill.log" 2>&1
+timeout 120 ncu --clock-control none --kernel-name regex:gemm_swiglu --launch-skip 200 --launch-count 1 --section SpeedOfLight ./prefill_bench --tokens 4096 --layer "" --iters 1 >> "$out/prof-prefill.log" 2>&1
 grep -E "gemm_|SM Frequency|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput" "$out/prof-prefill.log" | tail -8
 step "done"
