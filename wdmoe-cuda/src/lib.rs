@@ -5,15 +5,18 @@
 //! MoE router, built on [`cust`] 0.3.2.
 //!
 //! Layers (as cudarc explains them):
-//! 1. raw driver calls: `cust_raw` (CUDA 11.4 bindings, via cust);
+//! 1. raw driver calls: `cust_raw` (CUDA 11.4 bindings, via cust) and
+//!    [`sys`] (newer calls declared by hand: `cuLaunchKernelEx`,
+//!    `cuTensorMapEncodeTiled`);
 //! 2. result wrappers: cust's `CudaResult`, mapped to this crate's typed
 //!    [`Error`] with the operation/kernel and shapes attached;
 //! 3. the safe API here: [`Gpu`], [`ExpertWeights`], [`ffn_decode`],
 //!    [`ffn_decode_combine`], [`Router`]; for prefill (tensor cores, sm_90a)
 //!    [`PrefillWeights`], [`ffn_prefill`], [`ffn_grouped`] and [`ExpertFfn`]
-//!    (picks the decode or prefill kernels by token count). Each kernel launch is the only
-//!    `unsafe` in its function, with a `// SAFETY:` comment; shapes,
-//!    alignment and device presence are checked before launching.
+//!    (picks the decode or prefill kernels by token count). Each kernel
+//!    launch (and each raw driver call cust lacks) is the only `unsafe` in
+//!    its function, with a `// SAFETY:` comment; shapes, alignment and
+//!    device presence are checked before launching.
 //!
 //! Kernels live in `kernels/*.cu`, compiled by build.rs with nvcc to an
 //! sm_90a cubin (loaded on compute capability 9.0) and compute_80 PTX (other
