@@ -428,7 +428,7 @@ fn pack(
     }
 }
 
-/// Scratch memory of the decode kernels: the [16][m_h] intermediate, split-K
+/// Scratch memory of the decode kernels: the `[16][m_h]` intermediate, split-K
 /// partial sums and per-tile arrival counters (kept at zero between launches).
 pub struct FfnWorkspace {
     h: DeviceBuffer<f16>,

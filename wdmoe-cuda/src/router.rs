@@ -280,7 +280,7 @@ impl Router {
     }
 }
 
-/// out[i] = fp16(in[i]) for the first `n` elements.
+/// `out[i] = fp16(in[i])` for the first `n` elements.
 pub fn f32_to_f16(
     gpu: &Gpu,
     input: &DeviceSlice<f32>,
