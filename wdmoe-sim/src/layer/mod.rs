@@ -132,7 +132,7 @@ pub struct ExpertStats {
     /// FLOPs of its FFN for those tokens (eq. 4 without the activation term:
     /// `tokens · 6 · m · m_h`).
     pub flops: f64,
-    /// Measured execution time of its FFN [s] (host clock on the CPU, CUDA
+    /// Measured execution time of its FFN, in seconds (host clock on the CPU, CUDA
     /// events on the GPU; on the GPU's grouped prefill path, one launch for
     /// all experts, its time shared out in proportion to tokens); 0 when it
     /// served no token.
@@ -148,11 +148,11 @@ pub struct LayerOutput {
     pub probs: Vec<f64>,
     /// The policy's decision per token.
     pub selections: Vec<TokenSelection>,
-    /// Per-token layer latency of eq. (7) under the given latencies [s].
+    /// Per-token layer latency of eq. (7) under the given latencies, in seconds.
     pub token_latency_s: Vec<f64>,
     /// Per-expert accounting.
     pub experts: Vec<ExpertStats>,
-    /// Measured time of the whole step [s] (router to combine).
+    /// Measured time of the whole step, in seconds (router to combine).
     pub time_s: f64,
 }
 
