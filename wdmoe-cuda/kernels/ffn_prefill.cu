@@ -523,19 +523,24 @@ extern "C" __global__ void interleave8(const __half* __restrict__ w1, const __ha
 }
 
 // xs[i] = x[idx[i]] (rows of m fp16, m % 8 == 0): tokens sorted by expert.
+// An index outside [0, x_rows) gives a row of zeros (never a stray read).
 extern "C" __global__ void gather_rows(const __half* __restrict__ x, const int* __restrict__ idx,
-                                       __half* __restrict__ xs, int rows, int m) {
+                                       __half* __restrict__ xs, int rows, int m, long long x_rows) {
     const long long per = m / 8, total = (long long)rows * per;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         const long long r = i / per, c = i % per;
-        reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x + (long long)idx[r] * m)[c];
+        const long long src = idx[r];
+        reinterpret_cast<uint4*>(xs)[i] = (src >= 0 && src < x_rows)
+                                              ? reinterpret_cast<const uint4*>(x + src * m)[c]
+                                              : make_uint4(0, 0, 0, 0);
     }
 }
 
 // out[t] = sum_j w[t][j] * ys[slot[t][j]] over the top-k slots of token t
-// (slot < 0: skipped, e.g. an expert the policy dropped), fp32 sum, written
-// as fp16 (combine_rows) or fp32 (combine_rows_f32). Tokens with no slot get 0.
+// (slot < 0 or >= ys_rows: skipped; < 0 marks e.g. an expert the policy
+// dropped), fp32 sum, written as fp16 (combine_rows) or fp32
+// (combine_rows_f32). Tokens with no slot get 0.
 __device__ __forceinline__ void store8(__half* out, long long i, const float (&acc)[8]) {
     uint4 o;
     __half2* oh = reinterpret_cast<__half2*>(&o);
@@ -548,9 +553,9 @@ __device__ __forceinline__ void store8(float* out, long long i, const float (&ac
     reinterpret_cast<float4*>(out)[2 * i + 1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
 }
 template <typename T>
-__device__ __forceinline__ void combine_body(const __half* __restrict__ ys, const int* __restrict__ slot,
-                                             const float* __restrict__ w, int topk, int tokens, int m,
-                                             T* __restrict__ out) {
+__device__ __forceinline__ void combine_body(const __half* __restrict__ ys, long long ys_rows,
+                                             const int* __restrict__ slot, const float* __restrict__ w, int topk,
+                                             int tokens, int m, T* __restrict__ out) {
     const long long per = m / 8, total = (long long)tokens * per;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
@@ -558,7 +563,7 @@ __device__ __forceinline__ void combine_body(const __half* __restrict__ ys, cons
         float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int j = 0; j < topk; ++j) {
             const int s = slot[t * topk + j];
-            if (s < 0) continue;
+            if (s < 0 || s >= ys_rows) continue;
             const float wt = w[t * topk + j];
             const uint4 v = reinterpret_cast<const uint4*>(ys + (long long)s * m)[c];
             const __half2* h = reinterpret_cast<const __half2*>(&v);
@@ -572,13 +577,13 @@ __device__ __forceinline__ void combine_body(const __half* __restrict__ ys, cons
         store8(out, i, acc);
     }
 }
-extern "C" __global__ void combine_rows(const __half* __restrict__ ys, const int* __restrict__ slot,
-                                        const float* __restrict__ w, int topk, int tokens, int m,
-                                        __half* __restrict__ out) {
-    combine_body(ys, slot, w, topk, tokens, m, out);
+extern "C" __global__ void combine_rows(const __half* __restrict__ ys, long long ys_rows,
+                                        const int* __restrict__ slot, const float* __restrict__ w, int topk,
+                                        int tokens, int m, __half* __restrict__ out) {
+    combine_body(ys, ys_rows, slot, w, topk, tokens, m, out);
 }
-extern "C" __global__ void combine_rows_f32(const __half* __restrict__ ys, const int* __restrict__ slot,
-                                            const float* __restrict__ w, int topk, int tokens, int m,
-                                            float* __restrict__ out) {
-    combine_body(ys, slot, w, topk, tokens, m, out);
+extern "C" __global__ void combine_rows_f32(const __half* __restrict__ ys, long long ys_rows,
+                                            const int* __restrict__ slot, const float* __restrict__ w, int topk,
+                                            int tokens, int m, float* __restrict__ out) {
+    combine_body(ys, ys_rows, slot, w, topk, tokens, m, out);
 }

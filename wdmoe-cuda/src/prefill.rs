@@ -896,9 +896,9 @@ pub fn ffn_grouped(
     )
 }
 
-/// `xs[i] = x[idx[i]]` for rows of `m` fp16 (`idx` on the device, every entry
-/// < the rows of x: the caller's promise, checked on the host where it
-/// builds idx).
+/// `xs[i] = x[idx[i]]` for rows of `m` fp16 (`idx` on the device). An index
+/// outside the rows of x gives a row of zeros: the kernel bounds-checks every
+/// index, so no input makes it read outside x.
 pub fn gather_rows(
     gpu: &Gpu,
     x: &DeviceSlice<f16>,
@@ -922,8 +922,14 @@ pub fn gather_rows(
     if rows == 0 {
         return Ok(());
     }
-    let (mut a, mut i, mut o, mut r, mut mm) =
-        (addr(x), addr(idx), addr(xs), rows as i32, m as i32);
+    let (mut a, mut i, mut o, mut r, mut mm, mut xr) = (
+        addr(x),
+        addr(idx),
+        addr(xs),
+        rows as i32,
+        m as i32,
+        (x.len() / m) as i64,
+    );
     let grid = gpu.grid_1d((rows * m / 8) as u64, 8);
     let args = [
         &mut a as *mut _ as *mut c_void,
@@ -931,10 +937,12 @@ pub fn gather_rows(
         &mut o as *mut _ as *mut c_void,
         &mut r as *mut _ as *mut c_void,
         &mut mm as *mut _ as *mut c_void,
+        &mut xr as *mut _ as *mut c_void,
     ];
-    // SAFETY: gather_rows(const half*, const int*, half*, int, int): idx holds
-    // rows entries, each a row of x by the caller's promise; xs holds rows*m
-    // (checked); 16-byte aligned (checked), m % 8 == 0.
+    // SAFETY: gather_rows(const half*, const int*, half*, int, int, long
+    // long): idx holds rows entries; the kernel reads x only at indices in
+    // [0, x_rows) with x_rows = x.len() / m; xs holds rows*m (checked);
+    // 16-byte aligned (checked), m % 8 == 0.
     unsafe {
         gpu.launch(
             &gpu.prefill,
@@ -950,9 +958,9 @@ pub fn gather_rows(
 }
 
 /// `out[t] = Σ_j w[t][j] · ys[slot[t][j]]` for `tokens` tokens with `topk`
-/// slots each (`slot < 0`: skipped; every other slot < the rows of ys, the
-/// caller's promise), fp32 sums written as fp16 rows of m (a token with no
-/// slot gets zeros).
+/// slots each (a slot < 0 or past the rows of ys is skipped: the kernel
+/// bounds-checks each one), fp32 sums written as fp16 rows of m (a token
+/// with no slot gets zeros).
 #[allow(clippy::too_many_arguments)]
 pub fn combine_rows(
     gpu: &Gpu,
@@ -1037,8 +1045,9 @@ fn combine(
     if tokens == 0 {
         return Ok(());
     }
-    let (mut y, mut s, mut ww, mut k, mut t, mut mm, mut o) = (
+    let (mut y, mut yr, mut s, mut ww, mut k, mut t, mut mm, mut o) = (
         addr(ys),
+        (ys.len() / m) as i64,
         addr(slot),
         addr(w),
         topk as i32,
@@ -1049,6 +1058,7 @@ fn combine(
     let grid = gpu.grid_1d((tokens * m / 8) as u64, 8);
     let args = [
         &mut y as *mut _ as *mut c_void,
+        &mut yr as *mut _ as *mut c_void,
         &mut s as *mut _ as *mut c_void,
         &mut ww as *mut _ as *mut c_void,
         &mut k as *mut _ as *mut c_void,
@@ -1056,10 +1066,11 @@ fn combine(
         &mut mm as *mut _ as *mut c_void,
         &mut o as *mut _ as *mut c_void,
     ];
-    // SAFETY: combine_rows[_f32](const half*, const int*, const float*, int,
-    // int, int, half*|float*): slot and w hold tokens*topk entries, out
-    // tokens*m of the kernel's output type (checked); each slot >= 0 is a row
-    // of ys (caller's promise); 16-byte aligned (checked).
+    // SAFETY: combine_rows[_f32](const half*, long long, const int*, const
+    // float*, int, int, int, half*|float*): slot and w hold tokens*topk
+    // entries, out tokens*m of the kernel's output type (checked); the kernel
+    // reads ys only at slots in [0, ys_rows) with ys_rows = ys.len() / m;
+    // 16-byte aligned (checked).
     unsafe {
         gpu.launch(
             &gpu.prefill,

@@ -744,3 +744,48 @@ fn expert_ffn_picks_the_path_by_tokens() {
         assert!(err <= BOUND, "rel err {err:.3e} at T={t}");
     }
 }
+
+/// Out-of-range row indices never read outside the buffers: gather writes a
+/// row of zeros, combine skips the slot.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gather_and_combine_bounds_check_indices() {
+    let gpu = gpu();
+    let s = seed();
+    let m = 16usize;
+    let x = rand_dev(&gpu, 4 * m, s, 1.0);
+    let xh = host(&gpu, &x);
+    let idx = gpu.upload(&[2i32, 7, -1, 3]).unwrap();
+    let mut xs = gpu.alloc::<f16>(4 * m).unwrap();
+    gpu.fill_u16(&mut xs, NAN16).unwrap();
+    gather_rows(&gpu, &x, &idx, m, &mut xs).unwrap();
+    let g = host(&gpu, &xs);
+    assert_eq!(&g[..m], &xh[2 * m..3 * m]);
+    assert!(
+        g[m..3 * m].iter().all(|&v| v == 0.0),
+        "bad indices give zero rows"
+    );
+    assert_eq!(&g[3 * m..], &xh[3 * m..]);
+    // Two tokens, top-2: token 0 = 0.5 ys[1] + (slot 9: skipped); token 1 =
+    // (slot -1: skipped) + 2 ys[0].
+    let slot = gpu.upload(&[1i32, 9, -1, 0]).unwrap();
+    let w = gpu.upload(&[0.5f32, 3.0, 7.0, 2.0]).unwrap();
+    let mut out = gpu.alloc::<f16>(2 * m).unwrap();
+    gpu.fill_u16(&mut out, NAN16).unwrap();
+    let ys = x.index(0..2 * m);
+    combine_rows(&gpu, &ys, &slot, &w, 2, 2, m, &mut out).unwrap();
+    let o = host(&gpu, &out);
+    for j in 0..m {
+        let (a, b) = (0.5 * xh[m + j], 2.0 * xh[j]);
+        assert!(
+            (o[j] - a).abs() <= 1e-3 * (1.0 + a.abs()),
+            "token 0 col {j}: {} vs {a}",
+            o[j]
+        );
+        assert!(
+            (o[m + j] - b).abs() <= 1e-3 * (1.0 + b.abs()),
+            "token 1 col {j}: {} vs {b}",
+            o[m + j]
+        );
+    }
+}
