@@ -1107,6 +1107,7 @@ pub struct ExpertFfn {
     dws: crate::FfnWorkspace,
     pws: Option<PrefillWorkspace>,
     cfg: crate::DecodeConfig,
+    max_tokens: usize,
 }
 
 impl std::fmt::Debug for ExpertFfn {
@@ -1132,6 +1133,9 @@ impl ExpertFfn {
         max_tokens: usize,
     ) -> Result<ExpertFfn> {
         let decode = crate::ExpertWeights::pack(gpu, w1, w3, w2, m, m_h)?;
+        if max_tokens == 0 {
+            return Err(shape("ExpertFfn::new", "max_tokens = 0".into()));
+        }
         let (prefill, pws) = if gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS {
             (
                 Some(PrefillWeights::pack(gpu, &[(w1, w3, w2)], m, m_h)?),
@@ -1146,11 +1150,14 @@ impl ExpertFfn {
             dws: crate::FfnWorkspace::new(gpu, m, m_h)?,
             pws,
             cfg: crate::DecodeConfig::auto(gpu.info(), m, m_h),
+            max_tokens,
         })
     }
 
     /// y = W2 (silu(W1 x) * (W3 x)) for `tokens` rows of x into `out`, on
-    /// the faster path for that count. Returns whether the prefill kernels ran.
+    /// the faster path for that count. Returns whether the prefill kernels
+    /// ran. More tokens than the `max_tokens` given to [`ExpertFfn::new`] is
+    /// an [`Error::Shape`] (as for the workspaces), never a silent slow path.
     pub fn forward(
         &mut self,
         gpu: &Gpu,
@@ -1158,8 +1165,14 @@ impl ExpertFfn {
         tokens: usize,
         out: &mut DeviceSlice<f16>,
     ) -> Result<bool> {
+        if tokens > self.max_tokens {
+            return Err(shape(
+                "ExpertFfn::forward",
+                format!("{tokens} tokens, built for at most {}", self.max_tokens),
+            ));
+        }
         if let (Some(w), Some(ws)) = (&self.prefill, &mut self.pws) {
-            if prefers_prefill(gpu, tokens) && tokens <= ws.max_rows() {
+            if prefers_prefill(gpu, tokens) {
                 ffn_prefill(gpu, w, 0, x, tokens, out, ws, None)?;
                 return Ok(true);
             }

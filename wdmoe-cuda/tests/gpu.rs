@@ -743,6 +743,13 @@ fn expert_ffn_picks_the_path_by_tokens() {
         eprintln!("ExpertFfn T={t} prefill={pre}: rel err {err:.2e}");
         assert!(err <= BOUND, "rel err {err:.3e} at T={t}");
     }
+    // More tokens than it was built for: an error, not a silent slow path.
+    let x = rand_dev(&gpu, 65 * m, s, 1.0);
+    let mut out = gpu.alloc::<f16>(65 * m).unwrap();
+    assert!(matches!(
+        e.forward(&gpu, &x, 65, &mut out),
+        Err(Error::Shape { .. })
+    ));
 }
 
 /// Out-of-range row indices never read outside the buffers: gather writes a
