@@ -55,16 +55,11 @@ constexpr int MAX_WARPS = 8;
 
 }  // namespace
 
-// The tokens of one launch, passed by value (kernel parameter space): no
-// device buffer and no host-to-device copy on the MoE step's critical path.
-// gather: B rows are x[idx[n]] (else x[n]); the combine epilogue writes row
-// idx[t] (else t) with weight w[t] (else 1).
-struct TokList {
-    int gather;
-    int scatter;
-    int idx[16];
-    float w[16];
-};
+// The tokens of one launch (struct TokList, moe_plan.cuh) are passed by
+// value (kernel parameter space): no device buffer and no host-to-device
+// copy on the MoE step's critical path. The *_slot kernels take them from a
+// device-built plan instead (struct Slot).
+#include "moe_plan.cuh"
 
 namespace {
 
@@ -482,6 +477,83 @@ WDMOE_GEMV_R(gemv_plain_r2_nt1_u2, 1, 1, 2, 2, false)
 WDMOE_GEMV_R(gemv_plain_r2_nt2_u2, 2, 1, 2, 2, false)
 WDMOE_GEMV_R(gemv_pair_r2_nt1_u2, 1, 2, 2, 2, false)
 WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
+
+// Slot kernels of the device-planned MoE step: the same GEMVs, but the
+// expert (its packed weights) and the tokens come from slot `slot` of a plan
+// that router_policy built on the device, so that the host can launch every
+// kernel of a step before the plan exists (no host round trip).
+//
+// Memory ordering: the plan is written by router_policy, which never
+// triggers its dependents early. With `wait_first` (the first kernel after
+// the router) the slot is read after griddepcontrol.wait. Every later slot
+// kernel starts only after its predecessor started, and that chain goes back
+// to a kernel that started after router_policy completed, so the plan is
+// complete (and in L2: read with ld.global.cg) before any of them reads it;
+// they read it before their own wait, so the first weight loads still
+// overlap the previous kernel's tail. An unused slot waits before exiting,
+// so that the completion of every kernel implies that of the one before it.
+#define WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
+    __shared__ TokList st;                                                                                  \
+    __shared__ unsigned long long sw;                                                                       \
+    __shared__ int sT;                                                                                      \
+    if (wait_first) griddep_wait();                                                                         \
+    if (threadIdx.x < sizeof(TokList) / 4)                                                                  \
+        reinterpret_cast<int*>(&st)[threadIdx.x] =                                                          \
+            __ldcg(reinterpret_cast<const int*>(&plan[slot].toks) + threadIdx.x);                           \
+    if (threadIdx.x == 0) {                                                                                 \
+        sw = __ldcg(DOWN ? &plan[slot].w2 : &plan[slot].w13);                                               \
+        sT = __ldcg(&plan[slot].T);                                                                         \
+    }                                                                                                       \
+    __syncthreads();                                                                                        \
+    if (DOWN && threadIdx.x == 0) st.gather = 0; /* h rows are compact */                                  \
+    if (sw == 0ull || sT < 1 || sT > 16) {                                                                  \
+        griddep_launch_dependents();                                                                        \
+        griddep_wait();                                                                                     \
+        return;                                                                                             \
+    }                                                                                                       \
+    __syncthreads();
+
+#define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN)                                                     \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
+        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
+        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
+        gemv_tile<NT, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, rt_stride, \
+                                      kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);      \
+    }
+
+#define WDMOE_GEMV_R_SLOT(NAME, NT, NMAT, R, U, GATED, DOWN)                                                \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                              \
+        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
+        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
+        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
+        gemv_tile_rows<NT, NMAT, R, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles,  \
+                                              rt_stride, kt_stride, splits, partial, counters, out, ldo,    \
+                                              out_acc, n_rows);                                             \
+    }
+
+WDMOE_GEMV_SLOT(slot_gated_nt1_u4, 1, 2, 4, true, false)
+WDMOE_GEMV_SLOT(slot_gated_nt2_u4, 2, 2, 4, true, false)
+WDMOE_GEMV_SLOT(slot_gated_nt1_u8, 1, 2, 8, true, false)
+WDMOE_GEMV_SLOT(slot_gated_nt2_u8, 2, 2, 8, true, false)
+WDMOE_GEMV_SLOT(slot_plain_nt1_u4, 1, 1, 4, false, true)
+WDMOE_GEMV_SLOT(slot_plain_nt2_u4, 2, 1, 4, false, true)
+WDMOE_GEMV_SLOT(slot_plain_nt1_u8, 1, 1, 8, false, true)
+WDMOE_GEMV_SLOT(slot_plain_nt2_u8, 2, 1, 8, false, true)
+WDMOE_GEMV_SLOT(slot_pair_nt1_u4, 1, 2, 4, false, true)
+WDMOE_GEMV_SLOT(slot_pair_nt2_u4, 2, 2, 4, false, true)
+WDMOE_GEMV_SLOT(slot_pair_nt1_u8, 1, 2, 8, false, true)
+WDMOE_GEMV_SLOT(slot_pair_nt2_u8, 2, 2, 8, false, true)
+WDMOE_GEMV_R_SLOT(slot_gated_r2_nt1_u2, 1, 2, 2, 2, true, false)
+WDMOE_GEMV_R_SLOT(slot_gated_r2_nt2_u2, 2, 2, 2, 2, true, false)
+WDMOE_GEMV_R_SLOT(slot_plain_r2_nt1_u2, 1, 1, 2, 2, false, true)
+WDMOE_GEMV_R_SLOT(slot_plain_r2_nt2_u2, 2, 1, 2, 2, false, true)
+WDMOE_GEMV_R_SLOT(slot_pair_r2_nt1_u2, 1, 2, 2, 2, false, true)
+WDMOE_GEMV_R_SLOT(slot_pair_r2_nt2_u2, 2, 2, 2, 2, false, true)
 
 // Packs row-major fp16 matrices [rows][cols] (rows, cols multiples of 16) into
 // A-fragment order: dst[rt][kt][mat][lane] = 16 bytes, mat = 0 for `a`, 1 for

@@ -7,28 +7,15 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-// If `zero` is not null, block `tok` also zeroes zero[tok][0..zero_cols) (the
-// MoE layer's fp32 combine accumulator, so that no separate memset is needed).
-//
-// Blocks with blockIdx.x >= tokens (launched only when pf_bases is not null)
-// are L2-prefetch blocks: each recomputes token 0's logits, takes its top-2
-// experts q, and prefetches its share of [pf_bases[q], + pf_bytes) into L2
-// (one bulk prefetch per block on sm_90), so that the experts most likely to
-// run find the start of their (k-major packed) weights in L2 while the host
-// runs the policy.
-extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
-                                          float* __restrict__ logits, float* __restrict__ probs,
-                                          float* __restrict__ zero, int zero_cols, int tokens,
-                                          const unsigned long long* __restrict__ pf_bases, long long pf_bytes) {
-    // Dynamic shared memory: e logits, then e x S partial sums. S warps per
-    // expert (S = warps / e, at least 1) each take every S-th 16-byte chunk
-    // of the row: with 1 token the dot products are latency-bound, so more
-    // warps per expert shorten the kernel.
-    extern __shared__ float sl[];
-    const bool pf_block = (int)blockIdx.x >= tokens;
-    const int tok = pf_block ? 0 : blockIdx.x;
-    if (zero && !pf_block)
-        for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
+#include "moe_plan.cuh"
+
+// sl[0..e) = the logits of token `tok` (dynamic shared memory: e logits,
+// then e x S partial sums). S warps per expert (S = warps / e, at least 1)
+// each take every S-th 16-byte chunk of the row: with 1 token the dot
+// products are latency-bound, so more warps per expert shorten the kernel.
+// Ends with __syncthreads().
+__device__ __forceinline__ void router_logits(const __half* __restrict__ x, const __half* __restrict__ g, int m,
+                                              int e, int tok, float* sl) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int S = warps >= e ? warps / e : 1;
     float* part = sl + e;
@@ -61,6 +48,29 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
         sl[q] = v;
     }
     __syncthreads();
+}
+
+// If `zero` is not null, block `tok` also zeroes zero[tok][0..zero_cols) (the
+// MoE layer's fp32 combine accumulator, so that no separate memset is needed).
+//
+// Blocks with blockIdx.x >= tokens (launched only when pf_bases is not null)
+// are L2-prefetch blocks: each recomputes token 0's logits, takes its top-2
+// experts q, and prefetches its share of [pf_bases[q], + pf_bytes) into L2
+// (one bulk prefetch per block on sm_90), so that the experts most likely to
+// run find the start of their (k-major packed) weights in L2 while the host
+// runs the policy.
+extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
+                                          float* __restrict__ logits, float* __restrict__ probs,
+                                          float* __restrict__ zero, int zero_cols, int tokens,
+                                          const unsigned long long* __restrict__ pf_bases, long long pf_bytes) {
+    // Dynamic shared memory: see router_logits.
+    extern __shared__ float sl[];
+    const bool pf_block = (int)blockIdx.x >= tokens;
+    const int tok = pf_block ? 0 : blockIdx.x;
+    if (zero && !pf_block)
+        for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
+    router_logits(x, g, m, e, tok, sl);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (pf_block) {
         // Token 0's top-2 experts by logit; the prefetch blocks split between
         // them (even blocks the first, odd the second), each block one slice
@@ -119,4 +129,330 @@ extern "C" __global__ void f32_to_f16(const float* __restrict__ in, __half* __re
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         out[i] = __float2half_rn(in[i]);
+}
+
+// ---------------------------------------------------------------------------
+// The device-planned decode step: router + softmax + the WDMoE selection
+// policy per token + the expert plan, in one kernel, so that the host can
+// launch the whole step at once (the slot kernels of ffn_decode.cu read the
+// plan). The policy is a line-by-line port of wdmoe-core's `select` for
+// f64 (SPEC.md, Algorithm 1): the host runs wdmoe-core on the same logits
+// while the experts run and compares (wdmoe-sim's GpuLayer), re-running the
+// experts with its own plan on any difference, so wdmoe-core stays the
+// authority. Arithmetic: f64 as on the host, exp bit-identical to the
+// host's (exp_host), divisions and additions only elsewhere (nothing the
+// compiler could contract into an fma): the same bits as wdmoe-core.
+
+// Policy inputs (by value). lat: per-expert latencies in seconds, used when
+// lat_host is null (else lat_host[tok * e + q], page-locked host memory).
+struct PolicyArgs {
+    int k;
+    int max_drops;
+    double theta;
+    double lat[WDMOE_MAX_SLOTS];
+};
+
+// What router_policy reports to the host (page-locked host memory, written
+// last by the last block; seq is written after everything else).
+struct PlanReport {
+    unsigned seq;
+    int err;       // 0, or 1 + the first token whose policy failed (non-finite logits, no reachable expert)
+    int n_active;  // slots used
+    int pad;
+    Slot slot[WDMOE_MAX_SLOTS];
+};
+
+namespace {
+
+// exp(x) computed exactly as wdmoe-core computes it on the host (the libm
+// crate's f64 exp: the FreeBSD msun algorithm, argument reduction by
+// k ln2 with a two-part ln2 and a degree-5 rational approximation), every
+// operation with explicit round-to-nearest intrinsics so that no multiply-add
+// is contracted into an fma: the same bits as the host for every result in
+// the normal range (softmax arguments are <= 0 and never near underflow).
+__device__ double exp_host(double x) {
+    const double LN2HI = 6.93147180369123816490e-01, LN2LO = 1.90821492927058770002e-10,
+                 INVLN2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
+                 P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
+                 P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
+    unsigned hx = (unsigned)__double2hiint(x);
+    const int sign = (int)(hx >> 31);
+    hx &= 0x7fffffffu;
+    if (hx >= 0x4086232bu) {  // |x| >= 708.39
+        if (isnan(x)) return x;
+        if (x > 709.782712893383973096) return (double)INFINITY;
+        if (x < -745.13321910194110842) return 0.0;
+    }
+    double hi, lo;
+    int k;
+    if (hx > 0x3fd62e42u) {  // |x| > 0.5 ln2
+        if (hx >= 0x3ff0a2b2u)
+            k = (int)__dadd_rn(__dmul_rn(INVLN2, x), sign ? -0.5 : 0.5);
+        else
+            k = 1 - sign - sign;
+        hi = __dsub_rn(x, __dmul_rn((double)k, LN2HI));
+        lo = __dmul_rn((double)k, LN2LO);
+        x = __dsub_rn(hi, lo);
+    } else if (hx > 0x3e300000u) {  // |x| > 2^-28
+        k = 0;
+        hi = x;
+        lo = 0.0;
+    } else {
+        return __dadd_rn(1.0, x);
+    }
+    const double xx = __dmul_rn(x, x);
+    double poly = __dadd_rn(P4, __dmul_rn(xx, P5));
+    poly = __dadd_rn(P3, __dmul_rn(xx, poly));
+    poly = __dadd_rn(P2, __dmul_rn(xx, poly));
+    poly = __dadd_rn(P1, __dmul_rn(xx, poly));
+    const double c = __dsub_rn(x, __dmul_rn(xx, poly));
+    const double q = __ddiv_rn(__dmul_rn(x, c), __dsub_rn(2.0, c));
+    const double y = __dadd_rn(1.0, __dadd_rn(__dsub_rn(q, lo), hi));
+    return k == 0 ? y : ldexp(y, k);
+}
+
+__device__ __forceinline__ bool ranks_before(const double* p, int a, int b) {
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
+
+__device__ __forceinline__ double scaled_wlr(double w, double w_max, double t, double t_min) {
+    const double ws = w_max > 0.0 ? w / w_max : 0.0;
+    if (t_min == (double)INFINITY) return 0.0;
+    return ws / (t / t_min);
+}
+
+// wdmoe-core `select` (f64) for one token: experts into s (in the order the
+// policy keeps them), renormalised weights into w; returns their count, 0 on
+// an error (non-finite logit, k out of range, no reachable expert).
+__device__ int wdmoe_select(const float* logits, int e, const PolicyArgs& pa, const double* lat, int* s,
+                            double* w) {
+    double p[WDMOE_MAX_SLOTS];
+    if (e < 1 || e > WDMOE_MAX_SLOTS || pa.k < 1 || pa.k > e) return 0;
+    for (int q = 0; q < e; ++q)
+        if (!isfinite(logits[q])) return 0;
+    double mx = (double)logits[0];
+    for (int q = 0; q < e; ++q)
+        if ((double)logits[q] > mx) mx = (double)logits[q];
+    double sum = 0.0;
+    for (int q = 0; q < e; ++q) {
+        p[q] = exp_host(__dsub_rn((double)logits[q], mx));
+        sum += p[q];
+    }
+    for (int q = 0; q < e; ++q) p[q] = p[q] / sum;
+    // Top-k by probability (ties: lower index first).
+    unsigned long long taken = 0ull;
+    int top[WDMOE_MAX_SLOTS];
+    int nt = 0;
+    for (int i = 0; i < pa.k; ++i) {
+        int best = -1;
+        for (int q = 0; q < e; ++q) {
+            if (taken >> q & 1ull) continue;
+            if (best < 0 || ranks_before(p, q, best)) best = q;
+        }
+        if (best >= 0) {
+            taken |= 1ull << best;
+            top[nt++] = best;
+        }
+    }
+    // Step 3: unreachable experts (infinite latency) leave S; fallback.
+    int ns = 0;
+    for (int i = 0; i < nt; ++i)
+        if (isfinite(lat[top[i]])) s[ns++] = top[i];
+    if (ns == 0) {
+        int best = -1;
+        for (int q = 0; q < e; ++q)
+            if (isfinite(lat[q]) && (best < 0 || ranks_before(p, q, best))) best = q;
+        if (best < 0) return 0;
+        s[ns++] = best;
+    }
+    // Step 4: drop the lowest-WLR expert while kappa <= theta.
+    double p_max = 0.0, t_min = (double)INFINITY;
+    for (int i = 0; i < ns; ++i) {
+        if (p[s[i]] > p_max) p_max = p[s[i]];
+        if (lat[s[i]] < t_min) t_min = lat[s[i]];
+    }
+    for (int d = 0; d < pa.max_drops; ++d) {
+        if (ns <= 1) break;
+        double lo = (double)INFINITY, hi = 0.0;
+        int worst = 0;
+        for (int i = 0; i < ns; ++i) {
+            const int q = s[i];
+            const double r = scaled_wlr(p[q], p_max, lat[q], t_min);
+            if (r > hi) hi = r;
+            const int wq = s[worst];
+            if (i == 0 || r < lo || (r == lo && (p[q] < p[wq] || (p[q] == p[wq] && q > wq)))) {
+                lo = r;
+                worst = i;
+            }
+        }
+        const double kappa = hi > 0.0 ? lo / (lo + hi) : 0.5;
+        if (kappa <= pa.theta) {
+            for (int i = worst; i + 1 < ns; ++i) s[i] = s[i + 1];
+            --ns;
+        } else {
+            break;
+        }
+    }
+    double total = 0.0;
+    for (int i = 0; i < ns; ++i) total += p[s[i]];
+    for (int i = 0; i < ns; ++i) w[i] = total > 0.0 ? p[s[i]] / total : 1.0 / (double)ns;
+    return ns;
+}
+
+}  // namespace
+
+// One block per token (tokens <= 16). Each block: logits (to logits_host,
+// page-locked), softmax (probs), zeroes its row of `zero`, runs the policy
+// and stores its choice in `sel` ([tokens][1 + 2 * WDMOE_MAX_SLOTS] ints:
+// count, experts, fp32 weights as bits). The last block to finish (counter,
+// reset by it) builds the plan: one slot per expert that serves a token, in
+// expert order, tokens in token order, written to plan[0..n_slots) (unused
+// slots get w13 = 0) and to report (host), whose seq it writes last.
+extern "C" __global__ void router_policy(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
+                                         float* __restrict__ logits_host, float* __restrict__ probs,
+                                         float* __restrict__ zero, int zero_cols, int tokens, const PolicyArgs pa,
+                                         const double* __restrict__ lat_host,
+                                         const unsigned long long* __restrict__ wtab, Slot* __restrict__ plan,
+                                         int n_slots, int* __restrict__ sel, unsigned* __restrict__ counter,
+                                         PlanReport* __restrict__ report, unsigned seq) {
+    extern __shared__ float sl[];
+    __shared__ unsigned is_last;
+    __shared__ Slot sp[WDMOE_MAX_SLOTS];
+    __shared__ int s_active, s_err;
+    const int tok = blockIdx.x;
+    constexpr int SEL = 1 + 2 * WDMOE_MAX_SLOTS;
+    for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
+    router_logits(x, g, m, e, tok, sl);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp == 0) {
+        float mx = -INFINITY;
+        for (int q = lane; q < e; q += 32) mx = fmaxf(mx, sl[q]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float sum = 0.f;
+        for (int q = lane; q < e; q += 32) sum += __expf(sl[q] - mx);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        for (int q = lane; q < e; q += 32) {
+            logits_host[(size_t)tok * e + q] = sl[q];
+            probs[(size_t)tok * e + q] = __expf(sl[q] - mx) / sum;
+        }
+        if (lane == 0) {
+            double latv[WDMOE_MAX_SLOTS];
+            const double* lat = pa.lat;
+            if (lat_host) {
+                for (int q = 0; q < e; ++q) latv[q] = lat_host[(size_t)tok * e + q];
+                lat = latv;
+            }
+            int s[WDMOE_MAX_SLOTS];
+            double w[WDMOE_MAX_SLOTS];
+            const int ns = wdmoe_select(sl, e, pa, lat, s, w);
+            int* my = sel + (size_t)tok * SEL;
+            my[0] = ns;
+            for (int i = 0; i < ns; ++i) {
+                my[1 + i] = s[i];
+                my[1 + WDMOE_MAX_SLOTS + i] = __float_as_int(__double2float_rn(w[i]));
+            }
+        }
+    }
+    // Last-arriving block: every block's selection (and host logits) written.
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (threadIdx.x == 0) {
+        *counter = 0u;  // ready for the next step
+        int err = 0;
+        for (int t = 0; t < tokens && !err; ++t)
+            if (__ldcg(sel + (size_t)t * SEL) == 0) err = 1 + t;
+        int n = 0;
+        if (!err) {
+            for (int q = 0; q < e; ++q) {
+                int cnt = 0;
+                for (int t = 0; t < tokens; ++t) {
+                    const int* ts = sel + (size_t)t * SEL;
+                    const int ns = __ldcg(ts);
+                    for (int i = 0; i < ns; ++i)
+                        if (__ldcg(ts + 1 + i) == q) {
+                            if (cnt < 16) {
+                                sp[n].toks.idx[cnt] = t;
+                                sp[n].toks.w[cnt] = __int_as_float(__ldcg(ts + 1 + WDMOE_MAX_SLOTS + i));
+                            }
+                            ++cnt;
+                        }
+                }
+                if (cnt > 0) {
+                    if (n >= n_slots || cnt > 16) {  // cannot happen for tokens <= 16, n_slots >= min(e, tokens * k)
+                        err = -1;
+                        break;
+                    }
+                    sp[n].w13 = wtab[2 * q];
+                    sp[n].w2 = wtab[2 * q + 1];
+                    sp[n].expert = q;
+                    sp[n].T = cnt;
+                    sp[n].toks.gather = 1;
+                    sp[n].toks.scatter = 1;
+                    for (int c = cnt; c < 16; ++c) {
+                        sp[n].toks.idx[c] = 0;
+                        sp[n].toks.w[c] = 0.f;
+                    }
+                    ++n;
+                }
+            }
+        }
+        if (err) n = 0;
+        for (int i = n; i < n_slots && i < WDMOE_MAX_SLOTS; ++i) {
+            sp[i].w13 = 0ull;
+            sp[i].w2 = 0ull;
+            sp[i].expert = -1;
+            sp[i].T = 0;
+            sp[i].toks.gather = 0;
+            sp[i].toks.scatter = 0;
+            for (int c = 0; c < 16; ++c) {
+                sp[i].toks.idx[c] = 0;
+                sp[i].toks.w[c] = 0.f;
+            }
+        }
+        s_active = n;
+        s_err = err;
+    }
+    __syncthreads();
+    // Plan (device) for the slot kernels, and the report (host).
+    const int words = (int)(sizeof(Slot) / 4) * (n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS);
+    const int* src = reinterpret_cast<const int*>(sp);
+    int* dplan = reinterpret_cast<int*>(plan);
+    int* hrep = reinterpret_cast<int*>(report->slot);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        dplan[i] = src[i];
+        hrep[i] = src[i];
+    }
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        report->err = s_err;
+        report->n_active = s_active;
+        __threadfence_system();
+        *reinterpret_cast<volatile unsigned*>(&report->seq) = seq;
+    }
+}
+
+// Test entry: wdmoe_select for `n` independent cases (one thread each):
+// logits [n][e], lat [n][e], out [n][1 + 2 * WDMOE_MAX_SLOTS] (count,
+// experts, then the f64 weights' bits as pairs of ints... stored as doubles
+// in wout [n][WDMOE_MAX_SLOTS]).
+extern "C" __global__ void policy_probe(const float* __restrict__ logits, const double* __restrict__ lat, int e,
+                                        int n, const PolicyArgs pa, int* __restrict__ out,
+                                        double* __restrict__ wout) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    int s[WDMOE_MAX_SLOTS];
+    double w[WDMOE_MAX_SLOTS];
+    const int ns = wdmoe_select(logits + (size_t)c * e, e, pa, lat + (size_t)c * e, s, w);
+    out[(size_t)c * (1 + WDMOE_MAX_SLOTS)] = ns;
+    for (int i = 0; i < ns; ++i) {
+        out[(size_t)c * (1 + WDMOE_MAX_SLOTS) + 1 + i] = s[i];
+        wout[(size_t)c * WDMOE_MAX_SLOTS + i] = w[i];
+    }
 }

@@ -9,6 +9,7 @@ use cust::memory::{DeviceBuffer, DeviceSlice};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
+use crate::plan::{DevicePlan, TokList};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 
 /// Default tile order of [`ExpertWeights::pack`] (see
@@ -377,6 +378,17 @@ impl ExpertWeights {
     pub fn bytes(&self) -> usize {
         3 * self.m * self.m_h * 2
     }
+
+    /// Device addresses of the packed W1|W3 and W2.
+    pub(crate) fn addresses(&self) -> (u64, u64) {
+        (addr(&self.w13), addr(&self.w2))
+    }
+
+    /// Same shape, W2 layout and tile order (the slot kernels of a
+    /// [`DevicePlan`] launch all experts with one geometry).
+    pub(crate) fn same_packing(&self, o: &ExpertWeights) -> bool {
+        (self.m, self.m_h, self.down_pairs, self.k_major) == (o.m, o.m_h, o.down_pairs, o.k_major)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -471,17 +483,6 @@ enum Dest {
     Combine { acc: u64, ldo: i32 },
 }
 
-/// `struct TokList` of kernels/ffn_decode.cu, passed by value: the tokens of
-/// one launch (no device buffer, no host-to-device copy).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct TokList {
-    gather: i32,
-    scatter: i32,
-    idx: [i32; MAX_DECODE_TOKENS],
-    w: [f32; MAX_DECODE_TOKENS],
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Gated,
@@ -540,42 +541,81 @@ impl Gemv {
     }
 }
 
-fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
-    let name: &'static str = match (g.kind, g.t > 8, cfg.unroll) {
-        (Kind::Gated, false, 2) => "gemv_gated_r2_nt1_u2",
-        (Kind::Gated, true, 2) => "gemv_gated_r2_nt2_u2",
-        (Kind::Plain, false, 2) => "gemv_plain_r2_nt1_u2",
-        (Kind::Plain, true, 2) => "gemv_plain_r2_nt2_u2",
-        (Kind::Pair, false, 2) => "gemv_pair_r2_nt1_u2",
-        (Kind::Pair, true, 2) => "gemv_pair_r2_nt2_u2",
-        (Kind::Gated, false, 4) => "gemv_gated_nt1_u4",
-        (Kind::Gated, true, 4) => "gemv_gated_nt2_u4",
-        (Kind::Gated, false, _) => "gemv_gated_nt1_u8",
-        (Kind::Gated, true, _) => "gemv_gated_nt2_u8",
-        (Kind::Plain, false, 4) => "gemv_plain_nt1_u4",
-        (Kind::Plain, true, 4) => "gemv_plain_nt2_u4",
-        (Kind::Plain, false, _) => "gemv_plain_nt1_u8",
-        (Kind::Plain, true, _) => "gemv_plain_nt2_u8",
-        (Kind::Pair, false, 4) => "gemv_pair_nt1_u4",
-        (Kind::Pair, true, 4) => "gemv_pair_nt2_u4",
-        (Kind::Pair, false, _) => "gemv_pair_nt1_u8",
-        (Kind::Pair, true, _) => "gemv_pair_nt2_u8",
-    };
-    debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
+/// Kernel names (`gemv_*` takes its weights and tokens by value, `slot_*`
+/// from a device plan) for a GEMV kind, token count and unroll.
+fn kernel_names(kind: Kind, t: usize, unroll: u32) -> (&'static str, &'static str) {
+    match (kind, t > 8, unroll) {
+        (Kind::Gated, false, 2) => ("gemv_gated_r2_nt1_u2", "slot_gated_r2_nt1_u2"),
+        (Kind::Gated, true, 2) => ("gemv_gated_r2_nt2_u2", "slot_gated_r2_nt2_u2"),
+        (Kind::Plain, false, 2) => ("gemv_plain_r2_nt1_u2", "slot_plain_r2_nt1_u2"),
+        (Kind::Plain, true, 2) => ("gemv_plain_r2_nt2_u2", "slot_plain_r2_nt2_u2"),
+        (Kind::Pair, false, 2) => ("gemv_pair_r2_nt1_u2", "slot_pair_r2_nt1_u2"),
+        (Kind::Pair, true, 2) => ("gemv_pair_r2_nt2_u2", "slot_pair_r2_nt2_u2"),
+        (Kind::Gated, false, 4) => ("gemv_gated_nt1_u4", "slot_gated_nt1_u4"),
+        (Kind::Gated, true, 4) => ("gemv_gated_nt2_u4", "slot_gated_nt2_u4"),
+        (Kind::Gated, false, _) => ("gemv_gated_nt1_u8", "slot_gated_nt1_u8"),
+        (Kind::Gated, true, _) => ("gemv_gated_nt2_u8", "slot_gated_nt2_u8"),
+        (Kind::Plain, false, 4) => ("gemv_plain_nt1_u4", "slot_plain_nt1_u4"),
+        (Kind::Plain, true, 4) => ("gemv_plain_nt2_u4", "slot_plain_nt2_u4"),
+        (Kind::Plain, false, _) => ("gemv_plain_nt1_u8", "slot_plain_nt1_u8"),
+        (Kind::Plain, true, _) => ("gemv_plain_nt2_u8", "slot_plain_nt2_u8"),
+        (Kind::Pair, false, 4) => ("gemv_pair_nt1_u4", "slot_pair_nt1_u4"),
+        (Kind::Pair, true, 4) => ("gemv_pair_nt2_u4", "slot_pair_nt2_u4"),
+        (Kind::Pair, false, _) => ("gemv_pair_nt1_u8", "slot_pair_nt1_u8"),
+        (Kind::Pair, true, _) => ("gemv_pair_nt2_u8", "slot_pair_nt2_u8"),
+    }
+}
+
+/// Grid, block, shared memory and tile strides of one GEMV launch.
+struct Geometry {
+    grid: GridSize,
+    block: BlockSize,
+    shared: u32,
+    k_tiles: i32,
+    rt_stride: i64,
+    kt_stride: i64,
+    splits: i32,
+}
+
+fn geometry(
+    kind: Kind,
+    t: usize,
+    k_major: bool,
+    k: usize,
+    n: usize,
+    cfg: &KernelConfig,
+) -> Geometry {
     // Unroll 2 <=> 2 row units per warp (checked by KernelConfig::check).
     let rows = cfg.rows.max(1);
     debug_assert_eq!(rows == 2, cfg.unroll == 2);
-    let row_tiles = (g.n / if g.kind == Kind::Pair { 32 } else { 16 }) as u32;
+    let row_tiles = (n / if kind == Kind::Pair { 32 } else { 16 }) as u32;
     let row_blocks = row_tiles.div_ceil(rows);
-    let k_tiles = (g.k / 16) as u32;
-    let nmat: i64 = if g.kind == Kind::Plain { 1 } else { 2 };
-    let (mut rt_stride, mut kt_stride) = if g.k_major {
+    let k_tiles = (k / 16) as u32;
+    let nmat: i64 = if kind == Kind::Plain { 1 } else { 2 };
+    let (rt_stride, kt_stride) = if k_major {
         (nmat * 32, row_tiles as i64 * nmat * 32)
     } else {
         (k_tiles as i64 * nmat * 32, nmat * 32)
     };
     // Never more splits than k-tiles.
     let splits = cfg.splits.min(k_tiles).max(1);
+    // Warp-reduction buffer: warps x (nmat x n-tiles x 4 x 32) floats.
+    let ntiles: u32 = if t > 8 { 2 } else { 1 };
+    Geometry {
+        grid: GridSize::xy(row_blocks, splits),
+        block: BlockSize::x(cfg.warps * 32),
+        shared: cfg.warps * rows * nmat as u32 * ntiles * 4 * 32 * 4,
+        k_tiles: k_tiles as i32,
+        rt_stride,
+        kt_stride,
+        splits: splits as i32,
+    }
+}
+
+fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) -> Result<()> {
+    let (name, _) = kernel_names(g.kind, g.t, cfg.unroll);
+    debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
+    let geo = geometry(g.kind, g.t, g.k_major, g.k, g.n, cfg);
     let (mut out, mut ldo, mut acc) = match g.dest {
         Dest::Plain { out, ldo } => (out, ldo, 0u64),
         Dest::Combine { acc, ldo } => (0u64, ldo, acc),
@@ -585,8 +625,8 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     let mut ldx = g.ldx;
     let mut toks = g.toks;
     let mut t = g.t as i32;
-    let mut kt = k_tiles as i32;
-    let mut sp = splits as i32;
+    let (mut kt, mut rt_stride, mut kt_stride, mut sp) =
+        (geo.k_tiles, geo.rt_stride, geo.kt_stride, geo.splits);
     let mut partial = addr(&ws.partial);
     let mut counters = addr(&ws.counters);
     let mut n_rows = g.n as i32;
@@ -607,11 +647,6 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         &mut acc as *mut _ as *mut c_void,
         &mut n_rows as *mut _ as *mut c_void,
     ];
-    let grid = GridSize::xy(row_blocks, splits);
-    let block = BlockSize::x(cfg.warps * 32);
-    // Warp-reduction buffer: warps x (nmat x n-tiles x 4 x 32) floats.
-    let ntiles: u32 = if g.t > 8 { 2 } else { 1 };
-    let shared = cfg.warps * rows * nmat as u32 * ntiles * 4 * 32 * 4;
     // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
     // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
     // long long rt_stride, long long kt_stride, int splits, float* partial, unsigned* counters, half* out, int ldo,
@@ -627,9 +662,16 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     // = the kernel's warps*FR*32 floats (<= 32 KB); the r2 kernels are those
     // with unroll 2, and they guard a missing last row unit themselves.
     unsafe {
-        gpu.launch(&gpu.ffn, name, grid, block, shared, &args, true, || {
-            format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n)
-        })
+        gpu.launch(
+            &gpu.ffn,
+            name,
+            geo.grid,
+            geo.block,
+            geo.shared,
+            &args,
+            true,
+            || format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n),
+        )
     }
 }
 
@@ -881,4 +923,145 @@ pub fn ffn_stage(
         }
     };
     launch_gemv(gpu, ws, g, cfg)
+}
+
+/// Slot `slot` of a device-built plan ([`crate::Router::route_plan`]): the
+/// expert FFN of whichever expert the plan put there, for its tokens (rows
+/// of `x`, `[n_tokens][m]`), adding `weight * y` into `out_acc`
+/// (`[n_tokens][m]`, fp32). Both kernels are launched whether or not the
+/// slot is used (an unused slot's kernels exit at once), so a whole step
+/// can be enqueued before the plan exists. `first`: the slot kernels
+/// launched right after the router (they read the plan after waiting for
+/// it). `experts` must be those `plan` was built for; `x` and `out_acc`
+/// hold at least the plan's token count of rows, and launch shapes are
+/// chosen for that many tokens per slot (the most a slot can get).
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_decode_slot(
+    gpu: &Gpu,
+    experts: &[ExpertWeights],
+    plan: &DevicePlan,
+    slot: usize,
+    first: bool,
+    x: &DeviceSlice<f16>,
+    out_acc: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+) -> Result<()> {
+    const OP: &str = "ffn_decode_slot";
+    let n_tokens = plan.tokens;
+    plan.check_experts(OP, experts)?;
+    let w = &experts[0];
+    check_weights(OP, w, ws)?;
+    cfg.check(OP)?;
+    let m = w.m;
+    if slot >= plan.n_slots {
+        return Err(shape(
+            OP,
+            format!("slot {slot} of a plan with {} slots", plan.n_slots),
+        ));
+    }
+    if n_tokens == 0
+        || n_tokens > MAX_DECODE_TOKENS
+        || x.len() < n_tokens * m
+        || out_acc.len() < n_tokens * m
+    {
+        return Err(shape(
+            OP,
+            format!(
+                "plan of {n_tokens} tokens (1..={MAX_DECODE_TOKENS}), x {}, out_acc {}, m={m}",
+                x.len(),
+                out_acc.len()
+            ),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "out_acc", addr(out_acc), 4)?;
+    let (gate_cfg, down_cfg) = cfg.pick(n_tokens);
+    let h = addr(&ws.h);
+    for (kind, xin, ldx, k, n, dest, kcfg) in [
+        (
+            Kind::Gated,
+            addr(x),
+            m,
+            m,
+            w.m_h,
+            Dest::Plain {
+                out: h,
+                ldo: w.m_h as i32,
+            },
+            gate_cfg,
+        ),
+        (
+            w.down_kind(),
+            h,
+            w.m_h,
+            w.m_h,
+            m,
+            Dest::Combine {
+                acc: addr(out_acc),
+                ldo: m as i32,
+            },
+            down_cfg,
+        ),
+    ] {
+        let (_, name) = kernel_names(kind, n_tokens, kcfg.unroll);
+        let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
+        let (mut out, mut ldo, mut acc) = match dest {
+            Dest::Plain { out, ldo } => (out, ldo, 0u64),
+            Dest::Combine { acc, ldo } => (0u64, ldo, acc),
+        };
+        let mut pplan = addr(&plan.slots);
+        let mut s = slot as i32;
+        let mut wait_first = i32::from(first && kind == Kind::Gated);
+        let mut xp = xin;
+        let mut ldx = ldx as i32;
+        let (mut kt, mut rt_stride, mut kt_stride, mut sp) =
+            (geo.k_tiles, geo.rt_stride, geo.kt_stride, geo.splits);
+        let mut partial = addr(&ws.partial);
+        let mut counters = addr(&ws.counters);
+        let mut n_rows = n as i32;
+        let args = [
+            &mut pplan as *mut _ as *mut c_void,
+            &mut s as *mut _ as *mut c_void,
+            &mut wait_first as *mut _ as *mut c_void,
+            &mut xp as *mut _ as *mut c_void,
+            &mut ldx as *mut _ as *mut c_void,
+            &mut kt as *mut _ as *mut c_void,
+            &mut rt_stride as *mut _ as *mut c_void,
+            &mut kt_stride as *mut _ as *mut c_void,
+            &mut sp as *mut _ as *mut c_void,
+            &mut partial as *mut _ as *mut c_void,
+            &mut counters as *mut _ as *mut c_void,
+            &mut out as *mut _ as *mut c_void,
+            &mut ldo as *mut _ as *mut c_void,
+            &mut acc as *mut _ as *mut c_void,
+            &mut n_rows as *mut _ as *mut c_void,
+        ];
+        // SAFETY: the slot_* kernels take (const Slot* plan, int slot, int
+        // wait_first, const half* x, int ldx, int k_tiles, long long
+        // rt_stride, long long kt_stride, int splits, float* partial,
+        // unsigned* counters, half* out, int ldo, float* out_acc, int n_rows),
+        // matching `args` in order and size. plan.slots holds MAX_SLOTS
+        // slots and slot < n_slots; a used slot (written only by
+        // router_policy) holds the addresses of one of `experts` (checked to
+        // be the plan's, all of this geometry: same_packing), at most 16
+        // tokens, each < n_tokens (the router's token count, <= the rows of
+        // x and out_acc, checked); an unused slot has w13 = 0 and its
+        // kernels only wait and exit. x, h and out_acc as in launch_gemv;
+        // the workspace (partials, zeroed counters, h of 16 x m_h) is sized
+        // for any KernelConfig; `shared` as launch_gemv's for n_tokens.
+        unsafe {
+            gpu.launch(
+                &gpu.ffn,
+                name,
+                geo.grid,
+                geo.block,
+                geo.shared,
+                &args,
+                true,
+                || format!("slot {slot} k={k} n={n} n_tokens={n_tokens} cfg={kcfg:?}"),
+            )?;
+        }
+    }
+    Ok(())
 }

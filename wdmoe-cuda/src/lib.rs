@@ -29,6 +29,7 @@
 
 pub mod error;
 pub mod ffn;
+pub mod plan;
 pub mod prefill;
 pub mod ptx;
 pub mod router;
@@ -39,10 +40,13 @@ pub use cust;
 pub use cust::memory::{DeviceBuffer, DeviceSlice};
 pub use error::{Error, Result};
 pub use ffn::{
-    ffn_decode, ffn_decode_combine, ffn_stage, DecodeConfig, DownLayout, ExpertWeights,
-    FfnWorkspace, KernelConfig, RoutingPlan, Stage,
+    ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_stage, DecodeConfig, DownLayout,
+    ExpertWeights, FfnWorkspace, KernelConfig, RoutingPlan, Stage,
 };
 pub use half::f16;
+#[doc(hidden)]
+pub use plan::policy_probe;
+pub use plan::{DevicePlan, PlanPolicy, PlanReport, PlannedSlot, MAX_PLAN_TOKENS, MAX_SLOTS};
 pub use prefill::{
     combine_rows, combine_rows_f32, ffn_grouped, ffn_prefill, gather_rows, prefers_prefill,
     ExpertFfn, GemmConfig, PrefillConfig, PrefillWeights, PrefillWorkspace, PREFILL_MIN_TOKENS,

@@ -7,6 +7,7 @@ use cust::memory::{DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
+use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS};
 use crate::runtime::{addr, Gpu};
 
 /// Addresses for the router's speculative L2 prefetch: expert q's packed
@@ -164,6 +165,170 @@ impl Router {
         gpu.sync()
     }
 
+    /// The device-planned decode step's router ([`crate::plan`]): logits
+    /// (into the plan's page-locked buffer), softmax (`probs`), zeroing the
+    /// first `tokens` rows of `zero` (`(buffer, columns)`), then per token the
+    /// WDMoE policy (a port of wdmoe-core's `select`, f64) with latencies
+    /// `latency_s` in seconds (one per expert, or `[tokens][experts]`; each
+    /// positive, +inf = unreachable), and the expert plan in
+    /// `min(experts, tokens · k)` slots for [`crate::ffn_decode_slot`].
+    /// Asynchronous: nothing waits for the GPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_plan(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        probs: &mut DeviceSlice<f32>,
+        zero: (&mut DeviceSlice<f32>, usize),
+        plan: &mut DevicePlan,
+        policy: &PlanPolicy,
+        latency_s: &[f64],
+    ) -> Result<()> {
+        const OP: &str = "Router::route_plan";
+        let (e, m) = (self.experts, self.m);
+        if !gpu.info().unified_addressing {
+            return Err(Error::Unsupported {
+                op: OP,
+                detail: "device without unified addressing".into(),
+            });
+        }
+        if e != plan.experts() || policy.k() > e {
+            return Err(shape(
+                OP,
+                format!(
+                    "router of {e} experts, plan of {}, k={}",
+                    plan.experts(),
+                    policy.k()
+                ),
+            ));
+        }
+        let (z, cols) = zero;
+        if tokens == 0
+            || tokens > MAX_PLAN_TOKENS
+            || x.len() < tokens * m
+            || probs.len() < tokens * e
+            || z.len() < tokens * cols
+            || cols > i32::MAX as usize
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "tokens={tokens} (1..={MAX_PLAN_TOKENS}), x {} (need {}), probs {}, zero {} x {cols}",
+                    x.len(),
+                    tokens * m,
+                    probs.len(),
+                    z.len()
+                ),
+            ));
+        }
+        if latency_s.len() != e && latency_s.len() != tokens * e {
+            return Err(shape(
+                OP,
+                format!(
+                    "latency_s has {} values: expected {e} or {tokens} x {e}",
+                    latency_s.len()
+                ),
+            ));
+        }
+        if let Some(bad) = latency_s.iter().find(|t| t.is_nan() || **t <= 0.0) {
+            return Err(shape(
+                OP,
+                format!("latency {bad} s: must be positive (+inf: unreachable)"),
+            ));
+        }
+        check_align(OP, "x", addr(x), 16)?;
+        let mut pa = policy.args();
+        let mut lat_host = 0u64;
+        if latency_s.len() == e {
+            pa.lat[..e].copy_from_slice(latency_s);
+        } else {
+            plan.lat[..latency_s.len()].copy_from_slice(latency_s);
+            lat_host = plan.lat.as_ptr() as u64;
+        }
+        let n_slots = e.min(tokens * policy.k());
+        plan.seq = plan.seq.wrapping_add(1).max(1);
+        plan.n_slots = n_slots;
+        plan.tokens = tokens;
+        let mut px = addr(x);
+        let mut pg = addr(&self.g);
+        let mut mi = m as i32;
+        let mut ei = e as i32;
+        let mut pl = plan.logits.as_mut_ptr() as u64;
+        let mut pp = addr(probs);
+        let mut pz = addr(z);
+        let mut zc = cols as i32;
+        let mut ntok = tokens as i32;
+        let mut pwt = addr(&plan.wtab);
+        let mut pslots = addr(&plan.slots);
+        let mut ns = n_slots as i32;
+        let mut psel = addr(&plan.sel);
+        let mut pcnt = addr(&plan.counter);
+        let mut prep = plan.report.as_mut_ptr() as u64;
+        let mut seq = plan.seq;
+        let args = [
+            &mut px as *mut _ as *mut c_void,
+            &mut pg as *mut _ as *mut c_void,
+            &mut mi as *mut _ as *mut c_void,
+            &mut ei as *mut _ as *mut c_void,
+            &mut pl as *mut _ as *mut c_void,
+            &mut pp as *mut _ as *mut c_void,
+            &mut pz as *mut _ as *mut c_void,
+            &mut zc as *mut _ as *mut c_void,
+            &mut ntok as *mut _ as *mut c_void,
+            &mut pa as *mut _ as *mut c_void,
+            &mut lat_host as *mut _ as *mut c_void,
+            &mut pwt as *mut _ as *mut c_void,
+            &mut pslots as *mut _ as *mut c_void,
+            &mut ns as *mut _ as *mut c_void,
+            &mut psel as *mut _ as *mut c_void,
+            &mut pcnt as *mut _ as *mut c_void,
+            &mut prep as *mut _ as *mut c_void,
+            &mut seq as *mut _ as *mut c_void,
+        ];
+        let (warps, smem) = self.block_shape();
+        // SAFETY: router_policy(const half* x, const half* g, int m, int e,
+        // float* logits_host, float* probs, float* zero, int zero_cols, int
+        // tokens, PolicyArgs pa (by value, same #[repr(C)] layout), const
+        // double* lat_host, const u64* wtab, Slot* plan, int n_slots, int*
+        // sel, unsigned* counter, PlanReport* report, unsigned seq) matches
+        // `args`. x holds tokens x m fp16 (16-byte aligned), G e x m; probs
+        // and zero are checked above; logits_host (tokens x e floats),
+        // lat_host (null or tokens x e doubles), report (4 + MAX_SLOTS x
+        // SLOT_WORDS words) are page-locked buffers owned by `plan` (UVA),
+        // which synchronises before it frees them; wtab holds 2e addresses,
+        // plan.slots MAX_SLOTS slots >= n_slots, sel MAX_PLAN_TOKENS rows >=
+        // tokens, counter one word that is 0 between launches (reset by the
+        // last block); e <= MAX_SLOTS; dynamic shared memory as
+        // router_logits needs for this block size.
+        unsafe {
+            gpu.launch(
+                &gpu.router,
+                "router_policy",
+                (tokens as u32).into(),
+                (warps * 32).into(),
+                smem,
+                &args,
+                false,
+                || format!("tokens={tokens} m={m} experts={e} slots={n_slots}"),
+            )
+        }
+    }
+
+    /// Warps per block and dynamic shared memory of the router kernels: 4
+    /// warps per expert up to 32 (the 1-token dot products are
+    /// latency-bound); e logits + e x S partial sums.
+    fn block_shape(&self) -> (u32, u32) {
+        let e = self.experts;
+        let warps = (e as u32 * 4).clamp(1, 32);
+        let per_expert = if warps as usize >= e {
+            warps as usize / e
+        } else {
+            1
+        };
+        (warps, (e * (per_expert + 1) * 4) as u32)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -247,15 +412,7 @@ impl Router {
             &mut pf as *mut _ as *mut c_void,
             &mut pf_bytes as *mut _ as *mut c_void,
         ];
-        // 4 warps per expert up to 32 warps (the 1-token dot products are
-        // latency-bound); shared memory: e logits + e x S partial sums.
-        let warps = (e as u32 * 4).clamp(1, 32);
-        let per_expert = if warps as usize >= e {
-            warps as usize / e
-        } else {
-            1
-        };
-        let smem = (e * (per_expert + 1) * 4) as u32;
+        let (warps, smem) = self.block_shape();
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
         // float* logits, float* probs, float* zero, int zero_cols) matches
         // `args` (+ int tokens, const unsigned long long* pf_bases, long long

@@ -16,10 +16,10 @@ use wdmoe_cuda::cust::event::Event;
 use wdmoe_cuda::cust::memory::CopyDestination;
 use wdmoe_cuda::cust::memory::LockedBuffer;
 use wdmoe_cuda::{
-    combine_rows_f32, elapsed_ms, f16, ffn_decode_combine, ffn_grouped, gather_rows,
-    prefers_prefill, DecodeConfig, DeviceBuffer, DeviceSlice, Error as CudaError, ExpertWeights,
-    FfnWorkspace, Gpu, PrefetchTable, PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
-    PREFILL_MIN_TOKENS,
+    combine_rows_f32, elapsed_ms, f16, ffn_decode_combine, ffn_decode_slot, ffn_grouped,
+    gather_rows, prefers_prefill, DecodeConfig, DeviceBuffer, DevicePlan, DeviceSlice,
+    Error as CudaError, ExpertWeights, FfnWorkspace, Gpu, PlanPolicy, PlanReport, PrefetchTable,
+    PrefillWeights, PrefillWorkspace, Router, RoutingPlan, MAX_PLAN_TOKENS, PREFILL_MIN_TOKENS,
 };
 
 use super::{
@@ -49,6 +49,10 @@ pub struct GpuLayer {
     prefill: Option<Grouped>,
     use_prefill: bool,
     expert_timing: bool,
+    device: DevicePlan,
+    use_device_policy: bool,
+    mismatches: u64,
+    skew_device_policy: bool,
     m: usize,
     m_h: usize,
     max_tokens: usize,
@@ -126,6 +130,47 @@ impl std::fmt::Debug for GpuLayer {
             .field("cfg", &self.cfg)
             .finish()
     }
+}
+
+/// Whether the device's plan is wdmoe-core's: the same experts in the same
+/// (expert) order, the same tokens, bit-identical fp32 weights (the device
+/// port computes the same f64 bits as wdmoe-core, see kernels/router.cu).
+fn same_plan(report: &PlanReport, groups: &[Vec<(usize, f32)>]) -> bool {
+    if report.failed_token.is_some() {
+        return false;
+    }
+    let mut slots = report.slots.iter();
+    for (q, g) in groups.iter().enumerate() {
+        if g.is_empty() {
+            continue;
+        }
+        let Some(s) = slots.next() else {
+            return false;
+        };
+        if s.expert != q || s.tokens.len() != g.len() {
+            return false;
+        }
+        for (&(ta, wa), &(tb, wb)) in s.tokens.iter().zip(g) {
+            if ta != tb || wa.to_bits() != wb.to_bits() {
+                return false;
+            }
+        }
+    }
+    slots.next().is_none()
+}
+
+/// Per-expert accounting from the groups and the measured times.
+fn stats(groups: &[Vec<(usize, f32)>], m: usize, m_h: usize, times: &[f64]) -> Vec<ExpertStats> {
+    groups
+        .iter()
+        .zip(times)
+        .map(|(g, &t)| ExpertStats {
+            tokens: g.len(),
+            weight_sum: g.iter().map(|&(_, w)| w as f64).sum(),
+            flops: (g.len() * 6 * m * m_h) as f64,
+            time_s: t,
+        })
+        .collect()
 }
 
 fn to_f16(v: &[f32]) -> Vec<f16> {
@@ -223,6 +268,10 @@ impl GpuLayer {
         let max_tokens = max_tokens.max(1);
         let prefill = prefill.map(|w| Grouped::new(&gpu, w)).transpose()?;
         Ok(GpuLayer {
+            device: DevicePlan::new(&gpu, &experts)?,
+            use_device_policy: true,
+            mismatches: 0,
+            skew_device_policy: false,
             ws: FfnWorkspace::new(&gpu, m, m_h)?,
             cfg: DecodeConfig::auto(gpu.info(), m, m_h),
             x: gpu.alloc(max_tokens * m)?,
@@ -262,6 +311,41 @@ impl GpuLayer {
     /// stays 0 on that path and the step time is what a deployment sees.
     pub fn set_expert_timing(&mut self, on: bool) {
         self.expert_timing = on;
+    }
+
+    /// Whether decode steps (up to 16 tokens, off the prefill path) run the
+    /// selection policy on the GPU (default true): the router kernel also
+    /// runs a port of wdmoe-core's `select` and writes the expert plan, and
+    /// every kernel of the step is enqueued at once (no host round trip
+    /// between router and experts). After the step the host runs wdmoe-core
+    /// on the same logits; if its plan differs in any expert, token or
+    /// weight (beyond fp32 rounding), the experts are run again with
+    /// wdmoe-core's plan (counted by [`GpuLayer::device_policy_mismatches`]),
+    /// so results always follow wdmoe-core. false: the policy runs on the
+    /// host between router and experts (one synchronisation per step).
+    pub fn set_device_policy(&mut self, on: bool) {
+        self.use_device_policy = on;
+    }
+
+    /// Steps whose device plan differed from wdmoe-core's and were re-run.
+    pub fn device_policy_mismatches(&self) -> u64 {
+        self.mismatches
+    }
+
+    /// Test hook: the device policy uses top-1 instead of the policy's k,
+    /// so that its plan differs from wdmoe-core's (exercises the re-run).
+    #[doc(hidden)]
+    pub fn skew_device_policy(&mut self, on: bool) {
+        self.skew_device_policy = on;
+    }
+
+    /// Whether a step of `n_tokens` tokens (with these latencies) takes the
+    /// device-planned path (see [`GpuLayer::set_device_policy`]).
+    pub fn uses_device_policy(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
+        self.use_device_policy
+            && n_tokens <= MAX_PLAN_TOKENS
+            && !self.uses_prefill(n_tokens)
+            && latency_s.iter().all(|t| *t > 0.0)
     }
 
     /// Whether a step of `n_tokens` tokens takes the grouped prefill path.
@@ -343,6 +427,9 @@ impl GpuLayer {
             )));
         }
         check_latencies(latency_s, n_tokens, e)?;
+        if self.uses_device_policy(n_tokens, latency_s) {
+            return self.step_device_planned(n_tokens, policy, latency_s);
+        }
         let gpu = &self.gpu;
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
@@ -429,15 +516,7 @@ impl GpuLayer {
         }
         gpu.record_on(&ev[1])?;
         let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let mut experts: Vec<ExpertStats> = groups
-            .iter()
-            .map(|g| ExpertStats {
-                tokens: g.len(),
-                weight_sum: g.iter().map(|&(_, w)| w as f64).sum(),
-                flops: (g.len() * 6 * m * self.m_h) as f64,
-                time_s: 0.0,
-            })
-            .collect();
+        let mut experts = stats(&groups, m, self.m_h, &vec![0.0; e]);
         for q in ran {
             experts[q].time_s = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
         }
@@ -452,6 +531,124 @@ impl GpuLayer {
         }
         let probs = gpu
             .download(&self.probs.index(..ne))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        Ok(LayerOutput {
+            out: Vec::new(),
+            probs,
+            selections,
+            token_latency_s,
+            experts,
+            time_s,
+        })
+    }
+
+    /// The decode step with the policy on the GPU ([`GpuLayer::set_device_policy`]):
+    /// router + policy + plan in one kernel, then for each of the
+    /// `min(experts, tokens · k)` plan slots the two slot kernels, all
+    /// enqueued at once; then wdmoe-core checks the plan.
+    fn step_device_planned(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<LayerOutput, LayerError> {
+        let (m, e) = (self.m, self.experts.len());
+        let k = if self.skew_device_policy {
+            1
+        } else {
+            policy.k()
+        };
+        let pol = PlanPolicy::new(k.min(e), policy.theta(), policy.max_drops())?;
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        gpu.record_on(&ev[0])?;
+        let mut acc = self.acc.index(..n_tokens * m);
+        self.router.route_plan(
+            gpu,
+            &self.x,
+            n_tokens,
+            &mut self.probs,
+            (&mut acc, m),
+            &mut self.device,
+            &pol,
+            latency_s,
+        )?;
+        let n_slots = self.device.n_slots();
+        for s in 0..n_slots {
+            if self.expert_timing {
+                gpu.record_on(&ev[2 + 2 * s])?;
+            }
+            ffn_decode_slot(
+                gpu,
+                &self.experts,
+                &self.device,
+                s,
+                s == 0,
+                &self.x,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+            )?;
+            if self.expert_timing {
+                gpu.record_on(&ev[3 + 2 * s])?;
+            }
+        }
+        gpu.record_on(&ev[1])?;
+        // wdmoe-core on the same logits (report() and logits() synchronise).
+        let report = self.device.report(gpu)?;
+        let logits: Vec<f64> = self.device.logits(gpu)?.iter().map(|&v| v as f64).collect();
+        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
+        let mut times = vec![0.0f64; e];
+        if same_plan(&report, &groups) {
+            if self.expert_timing {
+                for (s, slot) in report.slots.iter().enumerate() {
+                    times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
+                }
+            }
+        } else {
+            // The device plan is not wdmoe-core's: run the experts again
+            // with wdmoe-core's plan (the step's time includes both).
+            self.mismatches += 1;
+            acc.set_zero()
+                .map_err(|err| LayerError::Gpu(format!("cuMemset of the accumulator: {err:?}")))?;
+            self.plan.set(n_tokens, &groups)?;
+            for (q, group) in groups.iter().enumerate() {
+                if group.is_empty() {
+                    continue;
+                }
+                if self.expert_timing {
+                    gpu.record_on(&ev[2 + 2 * q])?;
+                }
+                ffn_decode_combine(
+                    gpu,
+                    &self.experts[q],
+                    &self.x,
+                    &self.plan,
+                    q,
+                    &mut acc,
+                    &mut self.ws,
+                    &self.cfg,
+                )?;
+                if self.expert_timing {
+                    gpu.record_on(&ev[3 + 2 * q])?;
+                }
+            }
+            gpu.record_on(&ev[1])?;
+            gpu.sync()?;
+            if self.expert_timing {
+                for (q, group) in groups.iter().enumerate() {
+                    if !group.is_empty() {
+                        times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
+                    }
+                }
+            }
+        }
+        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        let experts = stats(&groups, m, self.m_h, &times);
+        let probs = gpu
+            .download(&self.probs.index(..n_tokens * e))?
             .iter()
             .map(|&v| v as f64)
             .collect();
@@ -565,6 +762,219 @@ mod tests {
         }
     }
 
+    /// splitmix64 stream for the GPU tests' random cases.
+    fn rng(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    fn now_seed() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    /// The device port of the policy against wdmoe-core's `select` on
+    /// 200,000 random tokens: 2-64 experts, k 1-4, θ in [0, 0.5], 0-3
+    /// drops, latencies spanning 1000x with unreachable (+inf) experts, tied
+    /// logits, and θ set to a token's own first κ (the boundary). The kept
+    /// experts and their f64 weights must be bit-identical.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn device_policy_port_matches_wdmoe_core() {
+        use wdmoe_core::select::select;
+        let seed = now_seed();
+        eprintln!("seed {seed:#x}");
+        let mut r = rng(seed);
+        let gpu = Gpu::new(0).unwrap();
+        let mut cases = 0usize;
+        let mut exact_w = 0usize;
+        for round in 0..40 {
+            let e = [2usize, 3, 8, 8, 16, 64][round % 6];
+            let k = 1 + (r() * 4.0) as usize % e.min(4);
+            let drops = (r() * 4.0) as usize;
+            let n = 5000;
+            let mut logits = vec![0f32; n * e];
+            let mut lat = vec![0f64; n * e];
+            for c in 0..n {
+                for q in 0..e {
+                    let z = (r() * 8.0 - 4.0) as f32;
+                    // every 7th case: logits on a coarse grid (ties)
+                    logits[c * e + q] = if c % 7 == 0 {
+                        (z * 2.0).round() / 2.0
+                    } else {
+                        z
+                    };
+                    lat[c * e + q] = if r() < 0.08 {
+                        f64::INFINITY
+                    } else {
+                        1e-3 * 1000f64.powf(r())
+                    };
+                }
+                if c % 11 == 0 {
+                    // all of some token's candidates unreachable: fallback
+                    for q in 0..e.min(3) {
+                        lat[c * e + q] = f64::INFINITY;
+                    }
+                }
+            }
+            let theta = r() * 0.5;
+            let policy = Policy::new(k, theta, drops).unwrap();
+            let got = wdmoe_cuda::policy_probe(
+                &gpu,
+                &logits,
+                &lat,
+                e,
+                &PlanPolicy::new(k, theta, drops).unwrap(),
+            )
+            .unwrap();
+            for c in 0..n {
+                let lg: Vec<f64> = logits[c * e..(c + 1) * e]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let want: Result<crate::layer::TokenSelection, _> =
+                    select(&policy, &lg, &lat[c * e..(c + 1) * e]);
+                let (ge, gw) = &got[c];
+                match want {
+                    Err(_) => assert!(ge.is_empty(), "case {c}: device kept {ge:?}, host errs"),
+                    Ok(sel) => {
+                        assert_eq!(
+                            ge.as_slice(),
+                            sel.experts(),
+                            "round {round} case {c}: e={e} k={k} theta={theta} drops={drops}"
+                        );
+                        for (a, b) in gw.iter().zip(sel.weights()) {
+                            assert_eq!(a.to_bits(), b.to_bits(), "case {c}: weight {a} vs {b}");
+                            exact_w += 1;
+                        }
+                    }
+                }
+                cases += 1;
+            }
+            // θ exactly at each token's first κ (the drop boundary).
+            let mut kap_lat = Vec::new();
+            let mut kap_logits = Vec::new();
+            let mut kap_theta = Vec::new();
+            for c in 0..200 {
+                let lg: Vec<f64> = logits[c * e..(c + 1) * e]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let p = Policy::new(k.max(2).min(e), 0.0, 1).unwrap();
+                if let Ok(sel) = select::<f64, 64>(&p, &lg, &lat[c * e..(c + 1) * e]) {
+                    if let Some(kap) = sel.kappa().filter(|x| *x <= 0.5) {
+                        kap_lat.extend_from_slice(&lat[c * e..(c + 1) * e]);
+                        kap_logits.extend_from_slice(&logits[c * e..(c + 1) * e]);
+                        kap_theta.push(kap);
+                    }
+                }
+            }
+            for (i, &th) in kap_theta.iter().enumerate() {
+                let kk = k.max(2).min(e);
+                let pol = Policy::new(kk, th, 1).unwrap();
+                let got = wdmoe_cuda::policy_probe(
+                    &gpu,
+                    &kap_logits[i * e..(i + 1) * e],
+                    &kap_lat[i * e..(i + 1) * e],
+                    e,
+                    &PlanPolicy::new(kk, th, 1).unwrap(),
+                )
+                .unwrap();
+                let lg: Vec<f64> = kap_logits[i * e..(i + 1) * e]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let sel: crate::layer::TokenSelection =
+                    select(&pol, &lg, &kap_lat[i * e..(i + 1) * e]).unwrap();
+                assert_eq!(
+                    got[0].0.as_slice(),
+                    sel.experts(),
+                    "boundary case, theta = kappa = {th}"
+                );
+                cases += 1;
+            }
+        }
+        eprintln!("{cases} cases agree; {exact_w} weights, all bit-identical");
+        assert!(cases > 200_000);
+    }
+
+    /// A layer on the device-planned path against the same layer with the
+    /// policy on the host: same selections, outputs within 1e-3 (kernel
+    /// shapes may differ by token count), no re-run; then a skewed device
+    /// policy is caught and re-run, giving the host path's output exactly.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_layer_device_policy_matches_host_policy() {
+        let seed = now_seed();
+        eprintln!("seed {seed:#x}");
+        let mut r = rng(seed);
+        for (m, m_h, e) in [
+            (64usize, 160usize, 8usize),
+            (256, 512, 3),
+            (128, 96, 16),
+            (4096, 14336, 8),
+        ] {
+            let mut layer = if m == 4096 {
+                GpuLayer::random(Gpu::new(0).unwrap(), m, m_h, e, 16, seed).unwrap()
+            } else {
+                GpuLayer::new(
+                    Gpu::new(0).unwrap(),
+                    &MoeWeights::random(m, m_h, e, seed),
+                    16,
+                )
+                .unwrap()
+            };
+            for n in [1usize, 2, 5, 8, 9, 16] {
+                let x: Vec<f32> = (0..n * m).map(|_| (r() * 2.0 - 1.0) as f32).collect();
+                let per_token = r() < 0.5;
+                let lat: Vec<f64> = (0..if per_token { n * e } else { e })
+                    .map(|_| {
+                        if r() < 0.1 {
+                            f64::INFINITY
+                        } else {
+                            0.01 + 0.05 * r()
+                        }
+                    })
+                    .collect();
+                let policy =
+                    Policy::new(1 + (r() * 3.0) as usize % e.min(3), r() * 0.5, 1).unwrap();
+                assert!(layer.uses_device_policy(n, &lat));
+                let dev = layer.forward(&x, n, &policy, &lat).unwrap();
+                assert_eq!(layer.device_policy_mismatches(), 0, "m={m} e={e} n={n}");
+                layer.set_device_policy(false);
+                let host = layer.forward(&x, n, &policy, &lat).unwrap();
+                layer.set_device_policy(true);
+                for (a, b) in dev.selections.iter().zip(&host.selections) {
+                    assert_eq!(a.experts(), b.experts());
+                    assert_eq!(a.weights(), b.weights());
+                }
+                let err = rel_err(&dev.out, &host.out);
+                assert!(err <= 1e-3, "m={m} e={e} n={n}: rel err {err}");
+                for (a, b) in dev.experts.iter().zip(&host.experts) {
+                    assert_eq!(a.tokens, b.tokens);
+                }
+                // A skewed device plan (top-1) is detected and re-run.
+                if policy.k() > 1 && host.selections.iter().any(|s| s.experts().len() > 1) {
+                    layer.skew_device_policy(true);
+                    let before = layer.device_policy_mismatches();
+                    let rerun = layer.forward(&x, n, &policy, &lat).unwrap();
+                    layer.skew_device_policy(false);
+                    assert_eq!(layer.device_policy_mismatches(), before + 1);
+                    assert_eq!(rerun.out, host.out, "re-run must equal the host path");
+                }
+            }
+        }
+    }
+
     /// Timing of one top-2 layer step at Mixtral size (8 experts, fp16),
     /// 1 and 16 tokens: total (router to combine, host policy included),
     /// the experts' kernel time and the rest; medians of 30 steps.
@@ -576,18 +986,20 @@ mod tests {
         layer.set_random_input(6).unwrap();
         let policy = Policy::new(2, 0.0, 1).unwrap();
         let lat = [0.01f64; 8];
+        // (tokens, prefetch MB, per-expert events, policy on the device)
         let cases = [
-            (1usize, 0usize, true),
-            (1, 0, false),
-            (1, 8, false),
-            (1, 16, false),
-            (1, 24, false),
-            (16, 0, true),
+            (1usize, 0usize, true, false),
+            (1, 0, false, false),
+            (1, 0, true, true),
+            (1, 0, false, true),
+            (16, 0, true, false),
+            (16, 0, false, true),
         ];
         // Twice through, so that each variant has an A/B partner in time.
-        for (n, pf_mb, timing) in cases.into_iter().chain(cases) {
+        for (n, pf_mb, timing, device) in cases.into_iter().chain(cases) {
             layer.set_prefetch_bytes(pf_mb << 20);
             layer.set_expert_timing(timing);
+            layer.set_device_policy(device);
             let mut tot = Vec::new();
             let mut exp = Vec::new();
             for _ in 0..33 {
@@ -603,7 +1015,7 @@ mod tests {
             exp.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let (t, e) = (tot[16], exp[16]);
             println!(
-                "LAYER N={n} prefetch {pf_mb} MB/expert, expert events {timing}: step {:.1} us, experts {:.1} us, rest (router, round trip, launch gaps) {:.1} us, 2-expert weight bytes {}",
+                "LAYER N={n} prefetch {pf_mb} MB/expert, expert events {timing}, device policy {device}: step {:.1} us, experts {:.1} us, rest (router, round trip, launch gaps) {:.1} us, 2-expert weight bytes {}",
                 t * 1e6,
                 e * 1e6,
                 (t - e) * 1e6,

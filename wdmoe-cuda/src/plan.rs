@@ -1,0 +1,363 @@
+//! The device-planned decode MoE step: the router kernel also runs the WDMoE
+//! selection policy per token and writes an expert plan to device memory
+//! ([`crate::Router::route_plan`]); the expert kernels of each plan slot read
+//! their expert and tokens from it ([`crate::ffn_decode_slot`]). The host can
+//! so enqueue a whole step at once, with no host round trip between the
+//! router and the experts.
+//!
+//! The policy on the device is a port of wdmoe-core's `select` (f64); the
+//! plan is also written to page-locked host memory ([`DevicePlan::report`])
+//! so that the caller can compare it with wdmoe-core on the same logits (as
+//! wdmoe-sim's `GpuLayer` does, re-running the experts with its own plan on
+//! any difference).
+
+use cust::memory::{DeviceBuffer, LockedBuffer};
+
+use crate::error::{shape, Error, Result};
+use crate::ffn::ExpertWeights;
+use crate::runtime::Gpu;
+
+/// Most experts (and so plan slots) of a device-planned step (`WDMOE_MAX_SLOTS`).
+pub const MAX_SLOTS: usize = 64;
+
+/// Most tokens of a device-planned step (one decode launch per slot).
+pub const MAX_PLAN_TOKENS: usize = crate::ffn::MAX_DECODE_TOKENS;
+
+/// `struct TokList` of kernels/moe_plan.cuh: the tokens of one decode launch.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TokList {
+    pub(crate) gather: i32,
+    pub(crate) scatter: i32,
+    pub(crate) idx: [i32; crate::ffn::MAX_DECODE_TOKENS],
+    pub(crate) w: [f32; crate::ffn::MAX_DECODE_TOKENS],
+}
+
+/// Size of `struct Slot` (moe_plan.cuh) in 32-bit words: w13, w2 (2 each),
+/// expert, T, then a TokList (2 + 16 + 16).
+pub(crate) const SLOT_WORDS: usize = 4 + 2 + 2 + 2 * crate::ffn::MAX_DECODE_TOKENS;
+/// Words of `struct PlanReport` before its slots.
+const REPORT_HEAD: usize = 4;
+/// Per-token scratch of router_policy: count, experts, fp32 weights.
+const SEL_WORDS: usize = 1 + 2 * MAX_SLOTS;
+
+/// `struct PolicyArgs` of kernels/router.cu, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct PolicyArgs {
+    pub(crate) k: i32,
+    pub(crate) max_drops: i32,
+    pub(crate) theta: f64,
+    pub(crate) lat: [f64; MAX_SLOTS],
+}
+
+/// The policy parameters of [`crate::Router::route_plan`]: wdmoe-core's
+/// `Policy` (k, θ, max drops), validated as wdmoe-core validates it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanPolicy {
+    k: usize,
+    theta: f64,
+    max_drops: usize,
+}
+
+impl PlanPolicy {
+    /// Top-`k` candidates (1..=[`MAX_SLOTS`]), drop threshold `theta` on κ
+    /// (in [0, 0.5]), at most `max_drops` drops per token.
+    pub fn new(k: usize, theta: f64, max_drops: usize) -> Result<PlanPolicy> {
+        if k == 0 || k > MAX_SLOTS || !(0.0..=0.5).contains(&theta) {
+            return Err(Error::Unsupported {
+                op: "PlanPolicy::new",
+                detail: format!("k={k} (1..={MAX_SLOTS}), theta={theta} (0..=0.5)"),
+            });
+        }
+        Ok(PlanPolicy {
+            k,
+            theta,
+            max_drops,
+        })
+    }
+
+    /// Top-k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn args(&self) -> PolicyArgs {
+        PolicyArgs {
+            k: self.k as i32,
+            max_drops: self.max_drops.min(i32::MAX as usize) as i32,
+            theta: self.theta,
+            lat: [0.0; MAX_SLOTS],
+        }
+    }
+}
+
+/// One slot of a finished plan: the expert that ran in it and its
+/// `(token, combine weight)` pairs in token order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedSlot {
+    /// Router index of the expert.
+    pub expert: usize,
+    /// Tokens it served and their combine weights (fp32, as the kernels used them).
+    pub tokens: Vec<(usize, f32)>,
+}
+
+/// What the device planned in the last [`crate::Router::route_plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanReport {
+    /// The first token whose policy failed on the device (non-finite
+    /// logits, no reachable expert); no expert ran then.
+    pub failed_token: Option<usize>,
+    /// The used slots, in slot (= expert) order.
+    pub slots: Vec<PlannedSlot>,
+}
+
+/// Device and page-locked host buffers of the device-planned step for one
+/// set of experts (same shapes and packing), and the addresses of their
+/// weights that the plan hands to the slot kernels.
+pub struct DevicePlan {
+    pub(crate) wtab: DeviceBuffer<u64>,
+    pub(crate) addrs: Vec<(u64, u64)>,
+    pub(crate) slots: DeviceBuffer<u32>,
+    pub(crate) sel: DeviceBuffer<i32>,
+    pub(crate) counter: DeviceBuffer<u32>,
+    pub(crate) report: LockedBuffer<u32>,
+    pub(crate) lat: LockedBuffer<f64>,
+    pub(crate) logits: LockedBuffer<f32>,
+    pub(crate) seq: u32,
+    pub(crate) n_slots: usize,
+    pub(crate) tokens: usize,
+    pub(crate) m: usize,
+    pub(crate) m_h: usize,
+}
+
+impl std::fmt::Debug for DevicePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevicePlan")
+            .field("experts", &self.addrs.len())
+            .field("m", &self.m)
+            .field("m_h", &self.m_h)
+            .finish()
+    }
+}
+
+fn locked<T: cust::memory::DeviceCopy>(v: T, n: usize) -> Result<LockedBuffer<T>> {
+    LockedBuffer::new(&v, n).map_err(|error| Error::Cuda {
+        op: "cuMemAllocHost".into(),
+        detail: format!("{n} elements"),
+        error,
+    })
+}
+
+impl DevicePlan {
+    /// Buffers for `experts` (1..=[`MAX_SLOTS`], all of the same m, m_h,
+    /// W2 layout and tile order).
+    pub fn new(gpu: &Gpu, experts: &[ExpertWeights]) -> Result<DevicePlan> {
+        const OP: &str = "DevicePlan::new";
+        let first = experts
+            .first()
+            .ok_or_else(|| shape(OP, "no experts".into()))?;
+        if experts.len() > MAX_SLOTS {
+            return Err(shape(
+                OP,
+                format!("{} experts (at most {MAX_SLOTS})", experts.len()),
+            ));
+        }
+        if experts.iter().any(|e| !e.same_packing(first)) {
+            return Err(shape(
+                OP,
+                "experts differ in shape, W2 layout or tile order".into(),
+            ));
+        }
+        let addrs: Vec<(u64, u64)> = experts.iter().map(|e| e.addresses()).collect();
+        let flat: Vec<u64> = addrs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        Ok(DevicePlan {
+            wtab: gpu.upload(&flat)?,
+            addrs,
+            slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS)?,
+            sel: gpu.alloc(MAX_PLAN_TOKENS * SEL_WORDS)?,
+            counter: gpu.alloc(1)?,
+            report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS)?,
+            lat: locked(0f64, MAX_PLAN_TOKENS * MAX_SLOTS)?,
+            logits: locked(0f32, MAX_PLAN_TOKENS * MAX_SLOTS)?,
+            seq: 0,
+            n_slots: 0,
+            tokens: 0,
+            m: first.m(),
+            m_h: first.m_h(),
+        })
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Slots the last plan was built with (`min(experts, tokens · k)`).
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    /// Checks that `experts` are the ones this plan was built for (their
+    /// weights at the same addresses): the slot kernels dereference them.
+    pub(crate) fn check_experts(&self, op: &'static str, experts: &[ExpertWeights]) -> Result<()> {
+        if experts.len() != self.addrs.len()
+            || experts
+                .iter()
+                .zip(&self.addrs)
+                .any(|(e, &a)| e.addresses() != a)
+        {
+            return Err(shape(
+                op,
+                "experts are not the ones the DevicePlan was built for".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokens of the last plan.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The router logits of the last [`crate::Router::route_plan`],
+    /// `[tokens][experts]` (synchronises the stream first).
+    pub fn logits(&self, gpu: &Gpu) -> Result<&[f32]> {
+        gpu.sync()?;
+        Ok(&self.logits[..self.tokens * self.addrs.len()])
+    }
+
+    /// The plan of the last [`crate::Router::route_plan`], read from
+    /// page-locked host memory (synchronises the stream first); an error if
+    /// there was none.
+    pub fn report(&self, gpu: &Gpu) -> Result<PlanReport> {
+        const OP: &str = "DevicePlan::report";
+        gpu.sync()?;
+        let r = &self.report[..];
+        if r[0] != self.seq {
+            return Err(shape(
+                OP,
+                format!(
+                    "report of step {} (expected {}): not finished",
+                    r[0], self.seq
+                ),
+            ));
+        }
+        let err = r[1] as i32;
+        let n = r[2] as usize;
+        if err != 0 {
+            // err > 0: 1 + token; < 0: the plan did not fit (cannot happen
+            // for tokens <= 16 and n_slots = min(e, tokens k)).
+            return Ok(PlanReport {
+                failed_token: Some(if err > 0 { err as usize - 1 } else { 0 }),
+                slots: Vec::new(),
+            });
+        }
+        if n > self.n_slots {
+            return Err(shape(OP, format!("{n} slots used of {}", self.n_slots)));
+        }
+        let mut slots = Vec::with_capacity(n);
+        for s in 0..n {
+            let w = &r[REPORT_HEAD + s * SLOT_WORDS..REPORT_HEAD + (s + 1) * SLOT_WORDS];
+            let (expert, t) = (w[4] as usize, w[5] as usize);
+            if expert >= self.addrs.len() || t == 0 || t > MAX_PLAN_TOKENS {
+                return Err(shape(OP, format!("slot {s}: expert {expert}, {t} tokens")));
+            }
+            let tokens = (0..t)
+                .map(|i| (w[8 + i] as usize, f32::from_bits(w[8 + 16 + i])))
+                .collect();
+            slots.push(PlannedSlot { expert, tokens });
+        }
+        Ok(PlanReport {
+            failed_token: None,
+            slots,
+        })
+    }
+}
+
+impl Drop for DevicePlan {
+    fn drop(&mut self) {
+        // Kernels may still write the page-locked buffers: finish them
+        // before they are freed.
+        let _ = cust::context::CurrentContext::synchronize();
+    }
+}
+
+/// The device policy alone (kernel `policy_probe`), for tests against
+/// wdmoe-core: `cases` independent tokens of `e` logits and `e` latencies
+/// each (`logits`, `latency_s`: `[cases][e]`); per case the kept experts
+/// in the policy's order and their f64 weights (empty on an error: a
+/// non-finite logit or no reachable expert).
+#[doc(hidden)]
+pub fn policy_probe(
+    gpu: &Gpu,
+    logits: &[f32],
+    latency_s: &[f64],
+    e: usize,
+    policy: &PlanPolicy,
+) -> Result<Vec<(Vec<usize>, Vec<f64>)>> {
+    const OP: &str = "policy_probe";
+    if e == 0 || e > MAX_SLOTS || logits.len() % e != 0 || latency_s.len() != logits.len() {
+        return Err(shape(
+            OP,
+            format!(
+                "e={e}, {} logits, {} latencies",
+                logits.len(),
+                latency_s.len()
+            ),
+        ));
+    }
+    let cases = logits.len() / e;
+    if cases == 0 || cases > i32::MAX as usize / (1 + MAX_SLOTS) {
+        return Err(shape(OP, format!("{cases} cases")));
+    }
+    let d_logits = gpu.upload(logits)?;
+    let d_lat = gpu.upload(latency_s)?;
+    let out = gpu.alloc::<i32>(cases * (1 + MAX_SLOTS))?;
+    let wout = gpu.alloc::<f64>(cases * MAX_SLOTS)?;
+    let mut pl = crate::runtime::addr(&d_logits);
+    let mut pt = crate::runtime::addr(&d_lat);
+    let mut ei = e as i32;
+    let mut n = cases as i32;
+    let mut pa = policy.args();
+    let mut po = crate::runtime::addr(&out);
+    let mut pw = crate::runtime::addr(&wout);
+    let args = [
+        &mut pl as *mut _ as *mut std::ffi::c_void,
+        &mut pt as *mut _ as *mut std::ffi::c_void,
+        &mut ei as *mut _ as *mut std::ffi::c_void,
+        &mut n as *mut _ as *mut std::ffi::c_void,
+        &mut pa as *mut _ as *mut std::ffi::c_void,
+        &mut po as *mut _ as *mut std::ffi::c_void,
+        &mut pw as *mut _ as *mut std::ffi::c_void,
+    ];
+    // SAFETY: policy_probe(const float* logits, const double* lat, int e,
+    // int n, PolicyArgs pa (by value, #[repr(C)]), int* out, double* wout)
+    // matches `args`; logits and lat hold n x e values, out n x (1 +
+    // MAX_SLOTS) ints, wout n x MAX_SLOTS doubles (allocated above); e <=
+    // MAX_SLOTS; one thread per case.
+    unsafe {
+        gpu.launch(
+            &gpu.router,
+            "policy_probe",
+            (cases as u32).div_ceil(128).into(),
+            128.into(),
+            0,
+            &args,
+            false,
+            || format!("cases={cases} e={e}"),
+        )?;
+    }
+    let o = gpu.download(&out)?;
+    let w = gpu.download(&wout)?;
+    Ok((0..cases)
+        .map(|c| {
+            let row = &o[c * (1 + MAX_SLOTS)..(c + 1) * (1 + MAX_SLOTS)];
+            let ns = (row[0].max(0) as usize).min(MAX_SLOTS);
+            (
+                row[1..1 + ns].iter().map(|&q| q as usize).collect(),
+                w[c * MAX_SLOTS..c * MAX_SLOTS + ns].to_vec(),
+            )
+        })
+        .collect())
+}
