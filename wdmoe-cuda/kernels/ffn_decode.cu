@@ -536,6 +536,33 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
                                               out_acc, n_rows);                                             \
     }
 
+// Slot kernels for plans of 9-16 tokens whose slots mostly hold <= 8: one
+// launch shape (that of the 1-8-token kernels, shared memory for two
+// n-tiles), one n-tile when the slot has <= 8 tokens, two otherwise.
+#define WDMOE_GEMV_SLOT_DUAL(NAME, NMAT, U, GATED, DOWN)                                                    \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
+        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
+        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
+        if (sT <= 8)                                                                                        \
+            gemv_tile<1, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles,       \
+                                         rt_stride, kt_stride, splits, partial, counters, out, ldo, out_acc, \
+                                         n_rows);                                                           \
+        else                                                                                                \
+            gemv_tile<2, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles,       \
+                                         rt_stride, kt_stride, splits, partial, counters, out, ldo, out_acc, \
+                                         n_rows);                                                           \
+    }
+
+WDMOE_GEMV_SLOT_DUAL(slot_gated_dual_u4, 2, 4, true, false)
+WDMOE_GEMV_SLOT_DUAL(slot_gated_dual_u8, 2, 8, true, false)
+WDMOE_GEMV_SLOT_DUAL(slot_plain_dual_u4, 1, 4, false, true)
+WDMOE_GEMV_SLOT_DUAL(slot_plain_dual_u8, 1, 8, false, true)
+WDMOE_GEMV_SLOT_DUAL(slot_pair_dual_u4, 2, 4, false, true)
+WDMOE_GEMV_SLOT_DUAL(slot_pair_dual_u8, 2, 8, false, true)
+
 WDMOE_GEMV_SLOT(slot_gated_nt1_u4, 1, 2, 4, true, false)
 WDMOE_GEMV_SLOT(slot_gated_nt2_u4, 2, 2, 4, true, false)
 WDMOE_GEMV_SLOT(slot_gated_nt1_u8, 1, 2, 8, true, false)

@@ -164,6 +164,13 @@ struct PlanReport {
 
 namespace {
 
+// Programmatic dependent launch (sm_90): let the next kernel start launching.
+__device__ __forceinline__ void griddep_launch_dependents_r() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // exp(x) computed exactly as wdmoe-core computes it on the host (the libm
 // crate's f64 exp: the FreeBSD msun algorithm, argument reduction by
 // k ln2 with a two-part ln2 and a degree-5 rational approximation), every
@@ -221,15 +228,8 @@ __device__ __forceinline__ double scaled_wlr(double w, double w_max, double t, d
     return ws / (t / t_min);
 }
 
-// wdmoe-core `select` (f64) for one token: experts into s (in the order the
-// policy keeps them), renormalised weights into w; returns their count, 0 on
-// an error (non-finite logit, k out of range, no reachable expert).
-__device__ int wdmoe_select(const float* logits, int e, const PolicyArgs& pa, const double* lat, int* s,
-                            double* w) {
-    double p[WDMOE_MAX_SLOTS];
-    if (e < 1 || e > WDMOE_MAX_SLOTS || pa.k < 1 || pa.k > e) return 0;
-    for (int q = 0; q < e; ++q)
-        if (!isfinite(logits[q])) return 0;
+// wdmoe-core's softmax (f64) of e logits into p, serially (policy_probe).
+__device__ void softmax_host(const float* logits, int e, double* p) {
     double mx = (double)logits[0];
     for (int q = 0; q < e; ++q)
         if ((double)logits[q] > mx) mx = (double)logits[q];
@@ -239,6 +239,13 @@ __device__ int wdmoe_select(const float* logits, int e, const PolicyArgs& pa, co
         sum += p[q];
     }
     for (int q = 0; q < e; ++q) p[q] = p[q] / sum;
+}
+
+// wdmoe-core `select` (f64) for one token from its softmax probabilities p:
+// experts into s (in the order the policy keeps them), renormalised weights
+// into w; returns their count, 0 if no expert is reachable.
+__device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, const double* lat, int* s,
+                                 double* w) {
     // Top-k by probability (ties: lower index first).
     unsigned long long taken = 0ull;
     int top[WDMOE_MAX_SLOTS];
@@ -303,11 +310,14 @@ __device__ int wdmoe_select(const float* logits, int e, const PolicyArgs& pa, co
 
 // One block per token (tokens <= 16). Each block: logits (to logits_host,
 // page-locked), softmax (probs), zeroes its row of `zero`, runs the policy
-// and stores its choice in `sel` ([tokens][1 + 2 * WDMOE_MAX_SLOTS] ints:
+// (warp 0: the exps in parallel, the sum and the selection by lane 0 in
+// wdmoe-core's order) and stores its choice in `sel` ([tokens][SEL] ints:
 // count, experts, fp32 weights as bits). The last block to finish (counter,
 // reset by it) builds the plan: one slot per expert that serves a token, in
 // expert order, tokens in token order, written to plan[0..n_slots) (unused
-// slots get w13 = 0) and to report (host), whose seq it writes last.
+// slots get w13 = 0), then lets the slot kernels launch, then copies the
+// plan and the header into `report` (host; read after the stream is
+// synchronised).
 extern "C" __global__ void router_policy(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
                                          float* __restrict__ logits_host, float* __restrict__ probs,
                                          float* __restrict__ zero, int zero_cols, int tokens, const PolicyArgs pa,
@@ -315,20 +325,27 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
                                          const unsigned long long* __restrict__ wtab, Slot* __restrict__ plan,
                                          int n_slots, int* __restrict__ sel, unsigned* __restrict__ counter,
                                          PlanReport* __restrict__ report, unsigned seq) {
+    constexpr int SEL = 1 + 2 * WDMOE_MAX_SLOTS;
     extern __shared__ float sl[];
     __shared__ unsigned is_last;
+    __shared__ double sp_prob[WDMOE_MAX_SLOTS], s_total;
+    __shared__ int s_sel[16 * SEL];
     __shared__ Slot sp[WDMOE_MAX_SLOTS];
-    __shared__ int s_active, s_err;
+    __shared__ int s_cnt[WDMOE_MAX_SLOTS], s_at[WDMOE_MAX_SLOTS], s_err, s_active;
     const int tok = blockIdx.x;
-    constexpr int SEL = 1 + 2 * WDMOE_MAX_SLOTS;
     for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
     router_logits(x, g, m, e, tok, sl);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (warp == 0) {
         float mx = -INFINITY;
-        for (int q = lane; q < e; q += 32) mx = fmaxf(mx, sl[q]);
+        bool finite = true;
+        for (int q = lane; q < e; q += 32) {
+            mx = fmaxf(mx, sl[q]);
+            finite = finite && isfinite(sl[q]);
+        }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        finite = __all_sync(0xffffffffu, finite);
         float sum = 0.f;
         for (int q = lane; q < e; q += 32) sum += __expf(sl[q] - mx);
 #pragma unroll
@@ -336,105 +353,136 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         for (int q = lane; q < e; q += 32) {
             logits_host[(size_t)tok * e + q] = sl[q];
             probs[(size_t)tok * e + q] = __expf(sl[q] - mx) / sum;
+            // wdmoe-core's softmax, f64: exp(z - max) per expert in parallel.
+            sp_prob[q] = exp_host(__dsub_rn((double)sl[q], (double)mx));
         }
+        __syncwarp();
         if (lane == 0) {
-            double latv[WDMOE_MAX_SLOTS];
-            const double* lat = pa.lat;
-            if (lat_host) {
-                for (int q = 0; q < e; ++q) latv[q] = lat_host[(size_t)tok * e + q];
-                lat = latv;
-            }
-            int s[WDMOE_MAX_SLOTS];
-            double w[WDMOE_MAX_SLOTS];
-            const int ns = wdmoe_select(sl, e, pa, lat, s, w);
+            double total = 0.0;  // summed in expert order, as on the host
+            for (int q = 0; q < e; ++q) total += sp_prob[q];
+            s_total = total;
+        }
+        __syncwarp();
+        for (int q = lane; q < e; q += 32) sp_prob[q] = sp_prob[q] / s_total;
+        __syncwarp();
+        if (lane == 0) {
             int* my = sel + (size_t)tok * SEL;
-            my[0] = ns;
-            for (int i = 0; i < ns; ++i) {
-                my[1 + i] = s[i];
-                my[1 + WDMOE_MAX_SLOTS + i] = __float_as_int(__double2float_rn(w[i]));
+            int ns = 0;
+            if (finite && pa.k >= 1 && pa.k <= e) {
+                double latv[WDMOE_MAX_SLOTS];
+                const double* lat = pa.lat;
+                if (lat_host) {
+                    for (int q = 0; q < e; ++q) latv[q] = lat_host[(size_t)tok * e + q];
+                    lat = latv;
+                }
+                int s[WDMOE_MAX_SLOTS];
+                double w[WDMOE_MAX_SLOTS];
+                ns = select_from_probs(sp_prob, e, pa, lat, s, w);
+                for (int i = 0; i < ns; ++i) {
+                    my[1 + i] = s[i];
+                    my[1 + WDMOE_MAX_SLOTS + i] = __float_as_int(__double2float_rn(w[i]));
+                }
             }
+            my[0] = ns;
         }
     }
-    // Last-arriving block: every block's selection (and host logits) written.
-    __threadfence_system();
+    // Last-arriving block: every block's selection written (device scope;
+    // the host reads the page-locked buffers only after synchronising).
+    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    if (threadIdx.x == 0) {
-        *counter = 0u;  // ready for the next step
-        int err = 0;
-        for (int t = 0; t < tokens && !err; ++t)
-            if (__ldcg(sel + (size_t)t * SEL) == 0) err = 1 + t;
-        int n = 0;
-        if (!err) {
-            for (int q = 0; q < e; ++q) {
-                int cnt = 0;
-                for (int t = 0; t < tokens; ++t) {
-                    const int* ts = sel + (size_t)t * SEL;
-                    const int ns = __ldcg(ts);
-                    for (int i = 0; i < ns; ++i)
-                        if (__ldcg(ts + 1 + i) == q) {
-                            if (cnt < 16) {
-                                sp[n].toks.idx[cnt] = t;
-                                sp[n].toks.w[cnt] = __int_as_float(__ldcg(ts + 1 + WDMOE_MAX_SLOTS + i));
-                            }
-                            ++cnt;
-                        }
-                }
-                if (cnt > 0) {
-                    if (n >= n_slots || cnt > 16) {  // cannot happen for tokens <= 16, n_slots >= min(e, tokens * k)
-                        err = -1;
-                        break;
-                    }
-                    sp[n].w13 = wtab[2 * q];
-                    sp[n].w2 = wtab[2 * q + 1];
-                    sp[n].expert = q;
-                    sp[n].T = cnt;
-                    sp[n].toks.gather = 1;
-                    sp[n].toks.scatter = 1;
-                    for (int c = cnt; c < 16; ++c) {
-                        sp[n].toks.idx[c] = 0;
-                        sp[n].toks.w[c] = 0.f;
-                    }
-                    ++n;
-                }
-            }
+    // All selections into shared memory (coalesced, from L2).
+    for (int i = threadIdx.x; i < tokens * SEL; i += blockDim.x) s_sel[i] = __ldcg(sel + i);
+    if (threadIdx.x == 0) *counter = 0u;  // ready for the next step
+    __syncthreads();
+    // Expert q's token count (thread q), then slot positions (prefix sums).
+    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+        int cnt = 0;
+        for (int t = 0; t < tokens; ++t) {
+            const int* ts = s_sel + t * SEL;
+            for (int i = 0; i < ts[0]; ++i) cnt += ts[1 + i] == q;
         }
-        if (err) n = 0;
-        for (int i = n; i < n_slots && i < WDMOE_MAX_SLOTS; ++i) {
-            sp[i].w13 = 0ull;
-            sp[i].w2 = 0ull;
-            sp[i].expert = -1;
-            sp[i].T = 0;
-            sp[i].toks.gather = 0;
-            sp[i].toks.scatter = 0;
-            for (int c = 0; c < 16; ++c) {
-                sp[i].toks.idx[c] = 0;
-                sp[i].toks.w[c] = 0.f;
-            }
-        }
-        s_active = n;
-        s_err = err;
+        s_cnt[q] = cnt;
     }
     __syncthreads();
-    // Plan (device) for the slot kernels, and the report (host).
-    const int words = (int)(sizeof(Slot) / 4) * (n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS);
+    if (threadIdx.x == 0) {
+        int err = 0, n = 0;
+        for (int t = 0; t < tokens && !err; ++t)
+            if (s_sel[t * SEL] == 0) err = 1 + t;
+        for (int q = 0; q < e; ++q) {
+            s_at[q] = s_cnt[q] > 0 ? n : -1;
+            n += s_cnt[q] > 0;
+            if (s_cnt[q] > 16) err = -1;  // cannot happen for tokens <= 16
+        }
+        if (n > n_slots) err = -1;  // cannot happen for n_slots = min(e, tokens * k)
+        if (err) {
+            n = 0;
+            for (int q = 0; q < e; ++q) s_at[q] = -1;
+        }
+        s_err = err;
+        s_active = n;
+    }
+    __syncthreads();
+    const int n_used = s_active, n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
+    // Thread q fills expert q's slot; threads past the used slots clear the rest.
+    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+        const int at = s_at[q];
+        if (at < 0) continue;
+        Slot& o = sp[at];
+        int c = 0;
+        for (int t = 0; t < tokens; ++t) {
+            const int* ts = s_sel[t * SEL] ? s_sel + t * SEL : nullptr;
+            if (!ts) continue;
+            for (int i = 0; i < ts[0]; ++i)
+                if (ts[1 + i] == q) {
+                    o.toks.idx[c] = t;
+                    o.toks.w[c] = __int_as_float(ts[1 + WDMOE_MAX_SLOTS + i]);
+                    ++c;
+                }
+        }
+        for (int j = c; j < 16; ++j) {
+            o.toks.idx[j] = 0;
+            o.toks.w[j] = 0.f;
+        }
+        o.w13 = wtab[2 * q];
+        o.w2 = wtab[2 * q + 1];
+        o.expert = q;
+        o.T = c;
+        o.toks.gather = 1;
+        o.toks.scatter = 1;
+    }
+    for (int i = n_used + threadIdx.x; i < n_all; i += blockDim.x) {
+        Slot& o = sp[i];
+        o.w13 = 0ull;
+        o.w2 = 0ull;
+        o.expert = -1;
+        o.T = 0;
+        o.toks.gather = 0;
+        o.toks.scatter = 0;
+        for (int j = 0; j < 16; ++j) {
+            o.toks.idx[j] = 0;
+            o.toks.w[j] = 0.f;
+        }
+    }
+    __syncthreads();
+    const int words = (int)(sizeof(Slot) / 4) * n_all;
     const int* src = reinterpret_cast<const int*>(sp);
     int* dplan = reinterpret_cast<int*>(plan);
-    int* hrep = reinterpret_cast<int*>(report->slot);
-    for (int i = threadIdx.x; i < words; i += blockDim.x) {
-        dplan[i] = src[i];
-        hrep[i] = src[i];
-    }
-    __threadfence_system();
+    for (int i = threadIdx.x; i < words; i += blockDim.x) dplan[i] = src[i];
+    __threadfence();
     __syncthreads();
+    // The plan is complete: the slot kernels may launch (they wait for this
+    // grid before reading it, or start after a kernel that did).
+    griddep_launch_dependents_r();
+    int* hrep = reinterpret_cast<int*>(report->slot);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) hrep[i] = src[i];
     if (threadIdx.x == 0) {
         report->err = s_err;
-        report->n_active = s_active;
-        __threadfence_system();
-        *reinterpret_cast<volatile unsigned*>(&report->seq) = seq;
+        report->n_active = n_used;
+        report->seq = seq;
     }
 }
 
@@ -448,8 +496,15 @@ extern "C" __global__ void policy_probe(const float* __restrict__ logits, const 
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n) return;
     int s[WDMOE_MAX_SLOTS];
-    double w[WDMOE_MAX_SLOTS];
-    const int ns = wdmoe_select(logits + (size_t)c * e, e, pa, lat + (size_t)c * e, s, w);
+    double w[WDMOE_MAX_SLOTS], p[WDMOE_MAX_SLOTS];
+    const float* lg = logits + (size_t)c * e;
+    bool ok = e >= 1 && e <= WDMOE_MAX_SLOTS && pa.k >= 1 && pa.k <= e;
+    for (int q = 0; ok && q < e; ++q) ok = isfinite(lg[q]);
+    int ns = 0;
+    if (ok) {
+        softmax_host(lg, e, p);
+        ns = select_from_probs(p, e, pa, lat + (size_t)c * e, s, w);
+    }
     out[(size_t)c * (1 + WDMOE_MAX_SLOTS)] = ns;
     for (int i = 0; i < ns; ++i) {
         out[(size_t)c * (1 + WDMOE_MAX_SLOTS) + 1 + i] = s[i];

@@ -566,6 +566,19 @@ fn kernel_names(kind: Kind, t: usize, unroll: u32) -> (&'static str, &'static st
     }
 }
 
+/// Slot kernels that pick one or two n-tiles per slot at run time (launch
+/// shape of the 1-8-token kernels, `rows` 1).
+fn dual_name(kind: Kind, unroll: u32) -> &'static str {
+    match (kind, unroll) {
+        (Kind::Gated, 4) => "slot_gated_dual_u4",
+        (Kind::Gated, _) => "slot_gated_dual_u8",
+        (Kind::Plain, 4) => "slot_plain_dual_u4",
+        (Kind::Plain, _) => "slot_plain_dual_u8",
+        (Kind::Pair, 4) => "slot_pair_dual_u4",
+        (Kind::Pair, _) => "slot_pair_dual_u8",
+    }
+}
+
 /// Grid, block, shared memory and tile strides of one GEMV launch.
 struct Geometry {
     grid: GridSize,
@@ -976,7 +989,15 @@ pub fn ffn_decode_slot(
     }
     check_align(OP, "x", addr(x), 16)?;
     check_align(OP, "out_acc", addr(out_acc), 4)?;
-    let (gate_cfg, down_cfg) = cfg.pick(n_tokens);
+    // 9-16 tokens: a slot rarely gets more than 8 (top-k spreads them over
+    // the experts), so the 1-8-token shapes with a per-slot choice of one or
+    // two n-tiles (when those shapes have one row unit per warp).
+    let dual = n_tokens > 8 && cfg.gate_up.rows == 1 && cfg.down.rows == 1;
+    let (gate_cfg, down_cfg) = if dual {
+        (&cfg.gate_up, &cfg.down)
+    } else {
+        cfg.pick(n_tokens)
+    };
     let h = addr(&ws.h);
     for (kind, xin, ldx, k, n, dest, kcfg) in [
         (
@@ -1004,7 +1025,11 @@ pub fn ffn_decode_slot(
             down_cfg,
         ),
     ] {
-        let (_, name) = kernel_names(kind, n_tokens, kcfg.unroll);
+        let name = if dual {
+            dual_name(kind, kcfg.unroll)
+        } else {
+            kernel_names(kind, n_tokens, kcfg.unroll).1
+        };
         let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
         let (mut out, mut ldo, mut acc) = match dest {
             Dest::Plain { out, ldo } => (out, ldo, 0u64),
@@ -1049,7 +1074,9 @@ pub fn ffn_decode_slot(
         // x and out_acc, checked); an unused slot has w13 = 0 and its
         // kernels only wait and exit. x, h and out_acc as in launch_gemv;
         // the workspace (partials, zeroed counters, h of 16 x m_h) is sized
-        // for any KernelConfig; `shared` as launch_gemv's for n_tokens.
+        // for any KernelConfig; `shared` as launch_gemv's for n_tokens (two
+        // n-tiles above 8: enough for the dual kernels' larger branch, which
+        // take the rows-1 shapes they were compiled for).
         unsafe {
             gpu.launch(
                 &gpu.ffn,
