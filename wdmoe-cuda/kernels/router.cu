@@ -25,15 +25,28 @@ __device__ __forceinline__ void router_logits(const __half* __restrict__ x, cons
         for (int q = warp / S; q < e; q += (warps >= e) ? e : warps) {
             const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)q * m);
             float acc = 0.f;
-            for (int c = lane + 32 * slice; c < m / 8; c += 32 * S) {
-                uint4 xv = __ldg(xr + c), gv = __ldg(gr + c);
-                const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-                const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+            // 4 chunks per lane in flight at once: x and G are cold in L2
+            // after a step's expert weights streamed through it, so the
+            // loads are DRAM latency-bound (Mixtral: 4 chunks per lane).
+            constexpr int B = 4;
+            for (int c0 = lane + 32 * slice; c0 < m / 8; c0 += B * 32 * S) {
+                uint4 xv[B], gv[B];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    float2 a = __half22float2(xh[j]), b = __half22float2(gh[j]);
-                    acc = fmaf(a.x, b.x, acc);
-                    acc = fmaf(a.y, b.y, acc);
+                for (int b = 0; b < B; ++b) {
+                    const int c = c0 + b * 32 * S;
+                    xv[b] = c < m / 8 ? __ldg(xr + c) : make_uint4(0u, 0u, 0u, 0u);
+                    gv[b] = c < m / 8 ? __ldg(gr + c) : make_uint4(0u, 0u, 0u, 0u);
+                }
+#pragma unroll
+                for (int b = 0; b < B; ++b) {
+                    const __half2* xh = reinterpret_cast<const __half2*>(&xv[b]);
+                    const __half2* gh = reinterpret_cast<const __half2*>(&gv[b]);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        float2 a = __half22float2(xh[j]), bb = __half22float2(gh[j]);
+                        acc = fmaf(a.x, bb.x, acc);
+                        acc = fmaf(a.y, bb.y, acc);
+                    }
                 }
             }
 #pragma unroll
@@ -150,6 +163,14 @@ struct PolicyArgs {
     int max_drops;
     double theta;
     double lat[WDMOE_MAX_SLOTS];
+    // Speculative L2 prefetch while the policy runs: n_pf byte ranges
+    // (offset, length; multiples of 16) of the packed W1|W3 of token 0's
+    // lowest-index top-k candidate (slot 0's expert unless the policy drops
+    // it), the ranges the first slot kernel reads first.
+    int n_pf;
+    int pad;
+    long long pf_off[8];
+    long long pf_len[8];
 };
 
 // What router_policy reports to the host (page-locked host memory, written
@@ -160,9 +181,19 @@ struct PlanReport {
     int n_active;  // slots used
     int pad;
     Slot slot[WDMOE_MAX_SLOTS];
+    // %globaltimer (ns) at points of block 0 (profiling): entry, logits,
+    // f64 softmax, policy, last-block decision, selections gathered, plan
+    // written, end.
+    unsigned long long stamp[8];
 };
 
 namespace {
+
+__device__ __forceinline__ unsigned long long globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
 
 // Programmatic dependent launch (sm_90): let the next kernel start launching.
 __device__ __forceinline__ void griddep_launch_dependents_r() {
@@ -215,7 +246,11 @@ __device__ double exp_host(double x) {
     const double c = __dsub_rn(x, __dmul_rn(xx, poly));
     const double q = __ddiv_rn(__dmul_rn(x, c), __dsub_rn(2.0, c));
     const double y = __dadd_rn(1.0, __dadd_rn(__dsub_rn(q, lo), hi));
-    return k == 0 ? y : ldexp(y, k);
+    if (k == 0) return y;
+    // y * 2^k: exact while the result is normal (k >= -1021; y < 2), as
+    // the host's scalbn.
+    if (k >= -1021 && k <= 1023) return __dmul_rn(y, __hiloint2double((k + 1023) << 20, 0));
+    return ldexp(y, k);
 }
 
 __device__ __forceinline__ bool ranks_before(const double* p, int a, int b) {
@@ -244,11 +279,10 @@ __device__ void softmax_host(const float* logits, int e, double* p) {
 // wdmoe-core `select` (f64) for one token from its softmax probabilities p:
 // experts into s (in the order the policy keeps them), renormalised weights
 // into w; returns their count, 0 if no expert is reachable.
-__device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, const double* lat, int* s,
-                                 double* w) {
+__device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, const double* lat, int* top,
+                                 int* s, double* w) {
     // Top-k by probability (ties: lower index first).
     unsigned long long taken = 0ull;
-    int top[WDMOE_MAX_SLOTS];
     int nt = 0;
     for (int i = 0; i < pa.k; ++i) {
         int best = -1;
@@ -306,6 +340,123 @@ __device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, c
     return ns;
 }
 
+// Butterfly argmax over the warp by (p desc, index asc): every lane ends
+// with the same (p, q).
+__device__ __forceinline__ void warp_argmax(double& p, int& q) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const double op = __shfl_xor_sync(0xffffffffu, p, o);
+        const int oq = __shfl_xor_sync(0xffffffffu, q, o);
+        if (op > p || (op == p && oq < q)) {
+            p = op;
+            q = oq;
+        }
+    }
+}
+
+__device__ __forceinline__ double warp_max(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ double warp_min(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// select_from_probs for e <= 32 by a whole warp, lane q owning expert q:
+// the same result (every reduction is exact: max, min, or an argmin/argmax
+// over a total order; the sums that depend on order are done by lane 0 in
+// the host's order). p, lat: shared. order: shared scratch (k ints). Writes
+// the count, experts (kept order) and fp32 weights to out (a `sel` row).
+__device__ void select_warp(const double* p, const double* lat, int e, const PolicyArgs& pa, int lane,
+                            int* order, int* out) {
+    const bool valid = lane < e;
+    const double pq = valid ? p[lane] : -1.0;
+    const double tq = valid ? lat[lane] : (double)INFINITY;
+    unsigned taken = 0u, smask = 0u;
+    int ns = 0;
+    // Top-k in rank order; S = those with finite latency, in that order.
+    for (int i = 0; i < pa.k; ++i) {
+        const bool cand = valid && !(taken >> lane & 1u);
+        double bp = cand ? pq : -1.0;
+        int bq = cand ? lane : 64;
+        warp_argmax(bp, bq);
+        taken |= 1u << bq;
+        if (isfinite(lat[bq])) {
+            if (lane == 0) order[ns] = bq;
+            ++ns;
+            smask |= 1u << bq;
+        }
+    }
+    if (ns == 0) {  // none reachable: the best reachable expert overall
+        const bool fin = valid && isfinite(tq);
+        double bp = fin ? pq : -1.0;
+        int bq = fin ? lane : 64;
+        warp_argmax(bp, bq);
+        if (bq >= e) {
+            if (lane == 0) out[0] = 0;
+            return;
+        }
+        if (lane == 0) order[0] = bq;
+        ns = 1;
+        smask = 1u << bq;
+    }
+    bool in = smask >> lane & 1u;
+    const double p_max = warp_max(in ? pq : 0.0);
+    const double t_min = warp_min(in ? tq : (double)INFINITY);
+    for (int d = 0; d < pa.max_drops; ++d) {
+        if (__popc(smask) <= 1) break;
+        in = smask >> lane & 1u;
+        const double r = in ? scaled_wlr(pq, p_max, tq, t_min) : 0.0;
+        const double hi = warp_max(r);
+        // Lowest WLR; ties: lower p, then higher index.
+        double wr = in ? r : (double)INFINITY, wp = in ? pq : (double)INFINITY;
+        int wq = in ? lane : -1;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const double orr = __shfl_xor_sync(0xffffffffu, wr, o);
+            const double op = __shfl_xor_sync(0xffffffffu, wp, o);
+            const int oq = __shfl_xor_sync(0xffffffffu, wq, o);
+            if (orr < wr || (orr == wr && (op < wp || (op == wp && oq > wq)))) {
+                wr = orr;
+                wp = op;
+                wq = oq;
+            }
+        }
+        const double kappa = hi > 0.0 ? wr / (wr + hi) : 0.5;
+        if (kappa <= pa.theta)
+            smask &= ~(1u << wq);
+        else
+            break;
+    }
+    __syncwarp();
+    // Kept experts in S order; weights renormalised in that order.
+    __shared__ double total_s;
+    if (lane == 0) {
+        int n = 0;
+        double total = 0.0;
+        for (int i = 0; i < ns; ++i)
+            if (smask >> order[i] & 1u) {
+                order[n++] = order[i];
+                total += p[order[i]];
+            }
+        out[0] = n;
+        total_s = total;
+    }
+    __syncwarp();
+    const int n = out[0];
+    if (lane < n) {
+        const int q = order[lane];
+        const double w = total_s > 0.0 ? p[q] / total_s : 1.0 / (double)n;
+        out[1 + lane] = q;
+        out[1 + WDMOE_MAX_SLOTS + lane] = __float_as_int(__double2float_rn(w));
+    }
+    __syncwarp();
+}
+
 }  // namespace
 
 // One block per token (tokens <= 16). Each block: logits (to logits_host,
@@ -332,10 +483,58 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     __shared__ int s_sel[16 * SEL];
     __shared__ Slot sp[WDMOE_MAX_SLOTS];
     __shared__ int s_cnt[WDMOE_MAX_SLOTS], s_at[WDMOE_MAX_SLOTS], s_err, s_active;
+    __shared__ int sh_top[WDMOE_MAX_SLOTS], sh_s[WDMOE_MAX_SLOTS];
+    __shared__ double sh_w[WDMOE_MAX_SLOTS], sh_lat[WDMOE_MAX_SLOTS];
+    __shared__ unsigned long long s_wtab[2 * WDMOE_MAX_SLOTS];
+    __shared__ unsigned long long st[8];
     const int tok = blockIdx.x;
+    if (threadIdx.x == 0) st[0] = globaltimer();
+    // Latencies and the weight table are cold in L2: issue their loads
+    // first, store them to shared memory after the logits.
+    double lat_r = 0.0;
+    unsigned long long wt_r = 0ull;
+    const int me = (int)threadIdx.x;
+    if (me < e) lat_r = lat_host ? lat_host[(size_t)tok * e + me] : pa.lat[me];
+    if (me < 2 * e) wt_r = wtab[me];
     for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
     router_logits(x, g, m, e, tok, sl);
+    if (me < e) sh_lat[me] = lat_r;
+    if (me < 2 * e) s_wtab[me] = wt_r;
+    __syncthreads();
+    if (threadIdx.x == 0) st[1] = globaltimer();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp == 1 && tok == 0 && pa.n_pf > 0) {
+        // Token 0's lowest-index top-k candidate by logit (ties: lower index).
+        if (lane == 0) {
+            unsigned long long taken = 0ull;
+            int qmin = e;
+            for (int i = 0; i < pa.k && i < e; ++i) {
+                int best = -1;
+                for (int q = 0; q < e; ++q)
+                    if (!(taken >> q & 1ull) && (best < 0 || sl[q] > sl[best])) best = q;
+                taken |= 1ull << best;
+                qmin = best < qmin ? best : qmin;
+            }
+            s_at[0] = qmin;
+        }
+        __syncwarp();
+        const char* base = reinterpret_cast<const char*>(s_wtab[2 * s_at[0]]);
+        // Each range in 1 MB pieces, one bulk prefetch per lane and piece.
+        for (int r = 0; r < pa.n_pf && r < 8; ++r) {
+            const long long len = pa.pf_len[r], pieces = (len + (1 << 20) - 1) >> 20;
+            for (long long i = lane; i < pieces; i += 32) {
+                const long long off = pa.pf_off[r] + (i << 20);
+                const long long n = len - (i << 20) < (1 << 20) ? len - (i << 20) : (1 << 20);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"((unsigned)n)
+                             : "memory");
+#else
+                for (long long l = 0; l < n; l += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off + l));
+#endif
+            }
+        }
+    }
+    int* my_sel = s_sel;  // this block's selection (row 0; rows of all tokens once gathered)
     if (warp == 0) {
         float mx = -INFINITY;
         bool finite = true;
@@ -365,39 +564,48 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         for (int q = lane; q < e; q += 32) sp_prob[q] = sp_prob[q] / s_total;
         __syncwarp();
-        if (lane == 0) {
-            int* my = sel + (size_t)tok * SEL;
+        if (lane == 0) st[2] = globaltimer();
+        const bool ok = finite && pa.k >= 1 && pa.k <= e;
+        if (ok && e <= 32) {
+            select_warp(sp_prob, sh_lat, e, pa, lane, sh_top, my_sel);
+        } else if (lane == 0) {
             int ns = 0;
-            if (finite && pa.k >= 1 && pa.k <= e) {
-                double latv[WDMOE_MAX_SLOTS];
-                const double* lat = pa.lat;
-                if (lat_host) {
-                    for (int q = 0; q < e; ++q) latv[q] = lat_host[(size_t)tok * e + q];
-                    lat = latv;
-                }
-                int s[WDMOE_MAX_SLOTS];
-                double w[WDMOE_MAX_SLOTS];
-                ns = select_from_probs(sp_prob, e, pa, lat, s, w);
+            if (ok) {
+                ns = select_from_probs(sp_prob, e, pa, sh_lat, sh_top, sh_s, sh_w);
                 for (int i = 0; i < ns; ++i) {
-                    my[1 + i] = s[i];
-                    my[1 + WDMOE_MAX_SLOTS + i] = __float_as_int(__double2float_rn(w[i]));
+                    my_sel[1 + i] = sh_s[i];
+                    my_sel[1 + WDMOE_MAX_SLOTS + i] = __float_as_int(__double2float_rn(sh_w[i]));
                 }
             }
-            my[0] = ns;
+            my_sel[0] = ns;
         }
+        if (lane == 0) st[3] = globaltimer();
     }
-    // Last-arriving block: every block's selection written (device scope;
-    // the host reads the page-locked buffers only after synchronising).
-    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    // All selections into shared memory (coalesced, from L2).
-    for (int i = threadIdx.x; i < tokens * SEL; i += blockDim.x) s_sel[i] = __ldcg(sel + i);
-    if (threadIdx.x == 0) *counter = 0u;  // ready for the next step
-    __syncthreads();
+    if (tokens > 1) {
+        // Publish this block's selection; the last-arriving block gathers all.
+        constexpr int SELW = 1 + 2 * WDMOE_MAX_SLOTS;
+        int* gsel = sel + (size_t)tok * SELW;
+        const int ns = my_sel[0];
+        for (int i = threadIdx.x; i < SELW; i += blockDim.x)
+            if (i == 0 || (i <= ns) || (i > WDMOE_MAX_SLOTS && i <= WDMOE_MAX_SLOTS + ns)) gsel[i] = my_sel[i];
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
+        __syncthreads();
+        if (!is_last) return;
+        __threadfence();
+        for (int t = 0; t < tokens; ++t) {
+            const int* src = sel + (size_t)t * SELW;
+            const int nst = __ldcg(src);
+            for (int i = threadIdx.x; i < SELW; i += blockDim.x)
+                if (i == 0 || (i <= nst) || (i > WDMOE_MAX_SLOTS && i <= WDMOE_MAX_SLOTS + nst))
+                    s_sel[t * SELW + i] = __ldcg(src + i);
+        }
+        if (threadIdx.x == 0) *counter = 0u;  // ready for the next step
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) st[4] = globaltimer();
     // Expert q's token count (thread q), then slot positions (prefix sums).
     for (int q = threadIdx.x; q < e; q += blockDim.x) {
         int cnt = 0;
@@ -424,6 +632,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         }
         s_err = err;
         s_active = n;
+        st[5] = globaltimer();
     }
     __syncthreads();
     const int n_used = s_active, n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
@@ -447,8 +656,8 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             o.toks.idx[j] = 0;
             o.toks.w[j] = 0.f;
         }
-        o.w13 = wtab[2 * q];
-        o.w2 = wtab[2 * q + 1];
+        o.w13 = s_wtab[2 * q];
+        o.w2 = s_wtab[2 * q + 1];
         o.expert = q;
         o.T = c;
         o.toks.gather = 1;
@@ -472,16 +681,20 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     const int* src = reinterpret_cast<const int*>(sp);
     int* dplan = reinterpret_cast<int*>(plan);
     for (int i = threadIdx.x; i < words; i += blockDim.x) dplan[i] = src[i];
-    __threadfence();
     __syncthreads();
-    // The plan is complete: the slot kernels may launch (they wait for this
-    // grid before reading it, or start after a kernel that did).
+    if (threadIdx.x == 0) st[6] = globaltimer();
+    // The plan is written: the slot kernels may launch (the first waits for
+    // this grid to complete before reading it, every later one starts after
+    // a kernel that did), so no fence is needed here.
     griddep_launch_dependents_r();
     int* hrep = reinterpret_cast<int*>(report->slot);
     for (int i = threadIdx.x; i < words; i += blockDim.x) hrep[i] = src[i];
     if (threadIdx.x == 0) {
         report->err = s_err;
         report->n_active = n_used;
+        st[7] = globaltimer();
+        if (tokens == 1)
+            for (int i = 0; i < 8; ++i) report->stamp[i] = st[i];
         report->seq = seq;
     }
 }
@@ -495,7 +708,7 @@ extern "C" __global__ void policy_probe(const float* __restrict__ logits, const 
                                         double* __restrict__ wout) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n) return;
-    int s[WDMOE_MAX_SLOTS];
+    int s[WDMOE_MAX_SLOTS], top[WDMOE_MAX_SLOTS];
     double w[WDMOE_MAX_SLOTS], p[WDMOE_MAX_SLOTS];
     const float* lg = logits + (size_t)c * e;
     bool ok = e >= 1 && e <= WDMOE_MAX_SLOTS && pa.k >= 1 && pa.k <= e;
@@ -503,7 +716,7 @@ extern "C" __global__ void policy_probe(const float* __restrict__ logits, const 
     int ns = 0;
     if (ok) {
         softmax_host(lg, e, p);
-        ns = select_from_probs(p, e, pa, lat + (size_t)c * e, s, w);
+        ns = select_from_probs(p, e, pa, lat + (size_t)c * e, top, s, w);
     }
     out[(size_t)c * (1 + WDMOE_MAX_SLOTS)] = ns;
     for (int i = 0; i < ns; ++i) {

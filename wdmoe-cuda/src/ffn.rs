@@ -938,6 +938,68 @@ pub fn ffn_stage(
     launch_gemv(gpu, ws, g, cfg)
 }
 
+/// The launch shapes of the slot kernels for plans of `n_tokens` tokens,
+/// and whether they are the dual (one or two n-tiles per slot) kernels.
+/// 9-16 tokens: a slot rarely gets more than 8 (top-k spreads them over the
+/// experts), so the 1-8-token shapes with a per-slot choice of one or two
+/// n-tiles (when those shapes have one row unit per warp).
+fn slot_configs(cfg: &DecodeConfig, n_tokens: usize) -> (bool, &KernelConfig, &KernelConfig) {
+    let dual = n_tokens > 8 && cfg.gate_up.rows == 1 && cfg.down.rows == 1;
+    if dual {
+        (true, &cfg.gate_up, &cfg.down)
+    } else {
+        let (g, d) = cfg.pick(n_tokens);
+        (false, g, d)
+    }
+}
+
+/// The byte ranges `(offset, length)` of an expert's packed W1|W3 that the
+/// first slot kernel of a device plan of `n_tokens` tokens reads first: the
+/// start of each warp's k range (k-major packing: all row tiles of a k-tile
+/// are contiguous), `bytes` split evenly among them (at most 8 ranges, each
+/// within its warp's range). Empty for row-major packing or `bytes` 0. For
+/// [`crate::Router::route_plan`]'s speculative prefetch.
+pub fn gate_up_prefetch_ranges(
+    w: &ExpertWeights,
+    cfg: &DecodeConfig,
+    n_tokens: usize,
+    bytes: usize,
+) -> Vec<(u64, u64)> {
+    if !w.k_major || bytes == 0 || n_tokens == 0 {
+        return Vec::new();
+    }
+    let (_, g, _) = slot_configs(cfg, n_tokens);
+    let geo = geometry(Kind::Gated, n_tokens, true, w.m, w.m_h, g);
+    let k_tiles = geo.k_tiles as i64;
+    let splits = geo.splits as i64;
+    let warps = g.warps as i64;
+    let tile_bytes = (geo.kt_stride * 16) as u64; // all row tiles of one k-tile
+    let mut starts: Vec<(i64, i64)> = Vec::new();
+    for sp in 0..splits {
+        let kb0 = k_tiles * sp / splits;
+        let kb1 = k_tiles * (sp + 1) / splits;
+        for wp in 0..warps {
+            let kw0 = kb0 + (kb1 - kb0) * wp / warps;
+            let kw1 = kb0 + (kb1 - kb0) * (wp + 1) / warps;
+            if kw1 > kw0 {
+                starts.push((kw0, kw1));
+            }
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    starts.truncate(crate::plan::MAX_PREFETCH_RANGES);
+    let per = (bytes / starts.len().max(1)) as u64 / 16 * 16;
+    starts
+        .into_iter()
+        .map(|(k0, k1)| {
+            let off = k0 as u64 * tile_bytes;
+            (off, per.min((k1 - k0) as u64 * tile_bytes))
+        })
+        .filter(|r| r.1 > 0)
+        .collect()
+}
+
 /// Slot `slot` of a device-built plan ([`crate::Router::route_plan`]): the
 /// expert FFN of whichever expert the plan put there, for its tokens (rows
 /// of `x`, `[n_tokens][m]`), adding `weight * y` into `out_acc`
@@ -989,15 +1051,7 @@ pub fn ffn_decode_slot(
     }
     check_align(OP, "x", addr(x), 16)?;
     check_align(OP, "out_acc", addr(out_acc), 4)?;
-    // 9-16 tokens: a slot rarely gets more than 8 (top-k spreads them over
-    // the experts), so the 1-8-token shapes with a per-slot choice of one or
-    // two n-tiles (when those shapes have one row unit per warp).
-    let dual = n_tokens > 8 && cfg.gate_up.rows == 1 && cfg.down.rows == 1;
-    let (gate_cfg, down_cfg) = if dual {
-        (&cfg.gate_up, &cfg.down)
-    } else {
-        cfg.pick(n_tokens)
-    };
+    let (dual, gate_cfg, down_cfg) = slot_configs(cfg, n_tokens);
     let h = addr(&ws.h);
     for (kind, xin, ldx, k, n, dest, kcfg) in [
         (

@@ -49,7 +49,14 @@ pub(crate) struct PolicyArgs {
     pub(crate) max_drops: i32,
     pub(crate) theta: f64,
     pub(crate) lat: [f64; MAX_SLOTS],
+    pub(crate) n_pf: i32,
+    pub(crate) pad: i32,
+    pub(crate) pf_off: [i64; MAX_PREFETCH_RANGES],
+    pub(crate) pf_len: [i64; MAX_PREFETCH_RANGES],
 }
+
+/// Most byte ranges of [`crate::Router::route_plan`]'s speculative prefetch.
+pub const MAX_PREFETCH_RANGES: usize = 8;
 
 /// The policy parameters of [`crate::Router::route_plan`]: wdmoe-core's
 /// `Policy` (k, θ, max drops), validated as wdmoe-core validates it.
@@ -88,6 +95,10 @@ impl PlanPolicy {
             max_drops: self.max_drops.min(i32::MAX as usize) as i32,
             theta: self.theta,
             lat: [0.0; MAX_SLOTS],
+            n_pf: 0,
+            pad: 0,
+            pf_off: [0; MAX_PREFETCH_RANGES],
+            pf_len: [0; MAX_PREFETCH_RANGES],
         }
     }
 }
@@ -127,6 +138,7 @@ pub struct DevicePlan {
     pub(crate) seq: u32,
     pub(crate) n_slots: usize,
     pub(crate) tokens: usize,
+    pub(crate) w13_bytes: usize,
     pub(crate) m: usize,
     pub(crate) m_h: usize,
 }
@@ -177,12 +189,13 @@ impl DevicePlan {
             slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS)?,
             sel: gpu.alloc(MAX_PLAN_TOKENS * SEL_WORDS)?,
             counter: gpu.alloc(1)?,
-            report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS)?,
+            report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS + 16)?,
             lat: locked(0f64, MAX_PLAN_TOKENS * MAX_SLOTS)?,
             logits: locked(0f32, MAX_PLAN_TOKENS * MAX_SLOTS)?,
             seq: 0,
             n_slots: 0,
             tokens: 0,
+            w13_bytes: first.gate_up_weights().1,
             m: first.m(),
             m_h: first.m_h(),
         })
@@ -213,6 +226,22 @@ impl DevicePlan {
             ));
         }
         Ok(())
+    }
+
+    /// Profiling: %globaltimer stamps (ns) of the last 1-token router_policy,
+    /// relative to its entry: logits, f64 softmax, policy, selections
+    /// gathered, slots placed, plan written, end.
+    #[doc(hidden)]
+    pub fn stamps_ns(&self, gpu: &Gpu) -> Result<[u64; 7]> {
+        gpu.sync()?;
+        let b = REPORT_HEAD + MAX_SLOTS * SLOT_WORDS;
+        let r = &self.report[b..b + 16];
+        let t = |i: usize| r[2 * i] as u64 | (r[2 * i + 1] as u64) << 32;
+        let mut out = [0u64; 7];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = t(i + 1).wrapping_sub(t(0));
+        }
+        Ok(out)
     }
 
     /// Tokens of the last plan.

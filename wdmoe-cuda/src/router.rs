@@ -7,7 +7,7 @@ use cust::memory::{DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
-use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS};
+use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_PREFETCH_RANGES};
 use crate::runtime::{addr, Gpu};
 
 /// Addresses for the router's speculative L2 prefetch: expert q's packed
@@ -172,7 +172,11 @@ impl Router {
     /// `latency_s` in seconds (one per expert, or `[tokens][experts]`; each
     /// positive, +inf = unreachable), and the expert plan in
     /// `min(experts, tokens · k)` slots for [`crate::ffn_decode_slot`].
-    /// Asynchronous: nothing waits for the GPU.
+    /// `prefetch`: up to [`crate::plan::MAX_PREFETCH_RANGES`] byte ranges
+    /// `(offset, length)` of the packed W1|W3 to prefetch into L2 for token
+    /// 0's lowest-index top-k candidate while the policy runs (speculation
+    /// that it runs in slot 0; [`crate::gate_up_prefetch_ranges`]); clamped
+    /// to the weights. Asynchronous: nothing waits for the GPU.
     #[allow(clippy::too_many_arguments)]
     pub fn route_plan(
         &self,
@@ -184,6 +188,7 @@ impl Router {
         plan: &mut DevicePlan,
         policy: &PlanPolicy,
         latency_s: &[f64],
+        prefetch: &[(u64, u64)],
     ) -> Result<()> {
         const OP: &str = "Router::route_plan";
         let (e, m) = (self.experts, self.m);
@@ -239,6 +244,16 @@ impl Router {
         }
         check_align(OP, "x", addr(x), 16)?;
         let mut pa = policy.args();
+        let w13_bytes = plan.w13_bytes as u64;
+        for &(off, len) in prefetch.iter().take(MAX_PREFETCH_RANGES) {
+            let off = off / 16 * 16;
+            let len = len.min(w13_bytes.saturating_sub(off)) / 16 * 16;
+            if len > 0 {
+                pa.pf_off[pa.n_pf as usize] = off as i64;
+                pa.pf_len[pa.n_pf as usize] = len as i64;
+                pa.n_pf += 1;
+            }
+        }
         let mut lat_host = 0u64;
         if latency_s.len() == e {
             pa.lat[..e].copy_from_slice(latency_s);
@@ -287,7 +302,9 @@ impl Router {
             &mut seq as *mut _ as *mut c_void,
         ];
         let (warps, smem) = self.block_shape();
-        // SAFETY: router_policy(const half* x, const half* g, int m, int e,
+        // SAFETY: (prefetch ranges lie inside every expert's packed W1|W3,
+        // clamped above; a bulk L2 prefetch never faults anyway)
+        // router_policy(const half* x, const half* g, int m, int e,
         // float* logits_host, float* probs, float* zero, int zero_cols, int
         // tokens, PolicyArgs pa (by value, same #[repr(C)] layout), const
         // double* lat_host, const u64* wtab, Slot* plan, int n_slots, int*

@@ -17,7 +17,7 @@ use wdmoe_cuda::cust::memory::CopyDestination;
 use wdmoe_cuda::cust::memory::LockedBuffer;
 use wdmoe_cuda::{
     combine_rows_f32, elapsed_ms, f16, ffn_decode_combine, ffn_decode_slot, ffn_grouped,
-    gather_rows, prefers_prefill, DecodeConfig, DeviceBuffer, DevicePlan, DeviceSlice,
+    gate_up_prefetch_ranges, gather_rows, prefers_prefill, DecodeConfig, DeviceBuffer, DevicePlan, DeviceSlice,
     Error as CudaError, ExpertWeights, FfnWorkspace, Gpu, PlanPolicy, PlanReport, PrefetchTable,
     PrefillWeights, PrefillWorkspace, Router, RoutingPlan, MAX_PLAN_TOKENS, PREFILL_MIN_TOKENS,
 };
@@ -339,6 +339,13 @@ impl GpuLayer {
         self.skew_device_policy = on;
     }
 
+    /// Profiling stamps of the last device-planned 1-token step (see
+    /// wdmoe-cuda `DevicePlan::stamps_ns`).
+    #[doc(hidden)]
+    pub fn device_plan_stamps_ns(&self) -> Result<[u64; 7], LayerError> {
+        Ok(self.device.stamps_ns(&self.gpu)?)
+    }
+
     /// Whether a step of `n_tokens` tokens (with these latencies) takes the
     /// device-planned path (see [`GpuLayer::set_device_policy`]).
     pub fn uses_device_policy(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
@@ -368,10 +375,14 @@ impl GpuLayer {
         self.cfg = cfg;
     }
 
-    /// Speculative L2 prefetch (off by default, 0): while the host runs the
-    /// policy, the router kernel's extra blocks prefetch the first `bytes` of
-    /// each of token 0's two highest-logit experts (k-major packing: the
-    /// tiles their gate/up kernels read first) into L2. Never changes results.
+    /// Speculative L2 prefetch (off by default, 0). Host policy: while the
+    /// host runs the policy, the router kernel's extra blocks prefetch the
+    /// first `bytes` of each of token 0's two highest-logit experts (k-major
+    /// packing: the tiles their gate/up kernels read first) into L2. Device
+    /// policy: while the router kernel runs the policy, it prefetches
+    /// `bytes` of token 0's lowest-index top-k candidate (the expert of
+    /// plan slot 0 unless the policy drops it), split over the starts of the
+    /// gate/up kernel's warp k ranges. Never changes results.
     pub fn set_prefetch_bytes(&mut self, bytes: usize) {
         self.prefetch.set_bytes(bytes);
     }
@@ -565,6 +576,12 @@ impl GpuLayer {
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
         let mut acc = self.acc.index(..n_tokens * m);
+        let prefetch = gate_up_prefetch_ranges(
+            &self.experts[0],
+            &self.cfg,
+            n_tokens,
+            self.prefetch.bytes(),
+        );
         self.router.route_plan(
             gpu,
             &self.x,
@@ -574,6 +591,7 @@ impl GpuLayer {
             &mut self.device,
             &pol,
             latency_s,
+            &prefetch,
         )?;
         let n_slots = self.device.n_slots();
         for s in 0..n_slots {
@@ -993,6 +1011,9 @@ mod tests {
             (1, 0, false, false),
             (1, 0, true, true),
             (1, 0, false, true),
+            (1, 8, false, true),
+            (1, 16, false, true),
+            (1, 24, false, true),
             (16, 0, true, false),
             (16, 0, false, true),
         ];
@@ -1024,6 +1045,13 @@ mod tests {
             );
         }
         assert_eq!(layer.device_policy_mismatches(), 0);
+        layer.set_device_policy(true);
+        layer.set_prefetch_bytes(0);
+        layer.step(1, &policy, &lat).unwrap();
+        println!(
+            "router_policy stamps (ns after entry: logits, softmax, policy, gathered, slots placed, plan written, end): {:?}",
+            layer.device_plan_stamps_ns().unwrap()
+        );
     }
 
     /// Timing of the grouped prefill path at Mixtral size: 512 and 4096
