@@ -340,123 +340,6 @@ __device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, c
     return ns;
 }
 
-// Butterfly argmax over the warp by (p desc, index asc): every lane ends
-// with the same (p, q).
-__device__ __forceinline__ void warp_argmax(double& p, int& q) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const double op = __shfl_xor_sync(0xffffffffu, p, o);
-        const int oq = __shfl_xor_sync(0xffffffffu, q, o);
-        if (op > p || (op == p && oq < q)) {
-            p = op;
-            q = oq;
-        }
-    }
-}
-
-__device__ __forceinline__ double warp_max(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ double warp_min(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmin(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// select_from_probs for e <= 32 by a whole warp, lane q owning expert q:
-// the same result (every reduction is exact: max, min, or an argmin/argmax
-// over a total order; the sums that depend on order are done by lane 0 in
-// the host's order). p, lat: shared. order: shared scratch (k ints). Writes
-// the count, experts (kept order) and fp32 weights to out (a `sel` row).
-__device__ void select_warp(const double* p, const double* lat, int e, const PolicyArgs& pa, int lane,
-                            int* order, int* out) {
-    const bool valid = lane < e;
-    const double pq = valid ? p[lane] : -1.0;
-    const double tq = valid ? lat[lane] : (double)INFINITY;
-    unsigned taken = 0u, smask = 0u;
-    int ns = 0;
-    // Top-k in rank order; S = those with finite latency, in that order.
-    for (int i = 0; i < pa.k; ++i) {
-        const bool cand = valid && !(taken >> lane & 1u);
-        double bp = cand ? pq : -1.0;
-        int bq = cand ? lane : 64;
-        warp_argmax(bp, bq);
-        taken |= 1u << bq;
-        if (isfinite(lat[bq])) {
-            if (lane == 0) order[ns] = bq;
-            ++ns;
-            smask |= 1u << bq;
-        }
-    }
-    if (ns == 0) {  // none reachable: the best reachable expert overall
-        const bool fin = valid && isfinite(tq);
-        double bp = fin ? pq : -1.0;
-        int bq = fin ? lane : 64;
-        warp_argmax(bp, bq);
-        if (bq >= e) {
-            if (lane == 0) out[0] = 0;
-            return;
-        }
-        if (lane == 0) order[0] = bq;
-        ns = 1;
-        smask = 1u << bq;
-    }
-    bool in = smask >> lane & 1u;
-    const double p_max = warp_max(in ? pq : 0.0);
-    const double t_min = warp_min(in ? tq : (double)INFINITY);
-    for (int d = 0; d < pa.max_drops; ++d) {
-        if (__popc(smask) <= 1) break;
-        in = smask >> lane & 1u;
-        const double r = in ? scaled_wlr(pq, p_max, tq, t_min) : 0.0;
-        const double hi = warp_max(r);
-        // Lowest WLR; ties: lower p, then higher index.
-        double wr = in ? r : (double)INFINITY, wp = in ? pq : (double)INFINITY;
-        int wq = in ? lane : -1;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const double orr = __shfl_xor_sync(0xffffffffu, wr, o);
-            const double op = __shfl_xor_sync(0xffffffffu, wp, o);
-            const int oq = __shfl_xor_sync(0xffffffffu, wq, o);
-            if (orr < wr || (orr == wr && (op < wp || (op == wp && oq > wq)))) {
-                wr = orr;
-                wp = op;
-                wq = oq;
-            }
-        }
-        const double kappa = hi > 0.0 ? wr / (wr + hi) : 0.5;
-        if (kappa <= pa.theta)
-            smask &= ~(1u << wq);
-        else
-            break;
-    }
-    __syncwarp();
-    // Kept experts in S order; weights renormalised in that order.
-    __shared__ double total_s;
-    if (lane == 0) {
-        int n = 0;
-        double total = 0.0;
-        for (int i = 0; i < ns; ++i)
-            if (smask >> order[i] & 1u) {
-                order[n++] = order[i];
-                total += p[order[i]];
-            }
-        out[0] = n;
-        total_s = total;
-    }
-    __syncwarp();
-    const int n = out[0];
-    if (lane < n) {
-        const int q = order[lane];
-        const double w = total_s > 0.0 ? p[q] / total_s : 1.0 / (double)n;
-        out[1 + lane] = q;
-        out[1 + WDMOE_MAX_SLOTS + lane] = __float_as_int(__double2float_rn(w));
-    }
-    __syncwarp();
-}
-
 }  // namespace
 
 // One block per token (tokens <= 16). Each block: logits (to logits_host,
@@ -478,7 +361,6 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
                                          PlanReport* __restrict__ report, unsigned seq) {
     constexpr int SEL = 1 + 2 * WDMOE_MAX_SLOTS;
     extern __shared__ float sl[];
-    __shared__ unsigned is_last;
     __shared__ double sp_prob[WDMOE_MAX_SLOTS], s_total;
     __shared__ int s_sel[16 * SEL];
     __shared__ Slot sp[WDMOE_MAX_SLOTS];
@@ -535,7 +417,11 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         }
     }
     int* my_sel = s_sel;  // this block's selection (row 0; rows of all tokens once gathered)
-    if (warp == 0) {
+    // From here on warp 0 alone (no block-wide barriers): softmax, policy,
+    // and in the last block the plan.
+    if (warp != 0) return;
+    constexpr int SELW = 1 + 2 * WDMOE_MAX_SLOTS;
+    {
         float mx = -INFINITY;
         bool finite = true;
         for (int q = lane; q < e; q += 32) {
@@ -564,13 +450,10 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         for (int q = lane; q < e; q += 32) sp_prob[q] = sp_prob[q] / s_total;
         __syncwarp();
-        if (lane == 0) st[2] = globaltimer();
-        const bool ok = finite && pa.k >= 1 && pa.k <= e;
-        if (ok && e <= 32) {
-            select_warp(sp_prob, sh_lat, e, pa, lane, sh_top, my_sel);
-        } else if (lane == 0) {
+        if (lane == 0) {
+            st[2] = globaltimer();
             int ns = 0;
-            if (ok) {
+            if (finite && pa.k >= 1 && pa.k <= e) {
                 ns = select_from_probs(sp_prob, e, pa, sh_lat, sh_top, sh_s, sh_w);
                 for (int i = 0; i < ns; ++i) {
                     my_sel[1 + i] = sh_s[i];
@@ -578,48 +461,47 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
                 }
             }
             my_sel[0] = ns;
+            st[3] = globaltimer();
         }
-        if (lane == 0) st[3] = globaltimer();
+        __syncwarp();
     }
-    __syncthreads();
     if (tokens > 1) {
         // Publish this block's selection; the last-arriving block gathers all.
-        constexpr int SELW = 1 + 2 * WDMOE_MAX_SLOTS;
         int* gsel = sel + (size_t)tok * SELW;
         const int ns = my_sel[0];
-        for (int i = threadIdx.x; i < SELW; i += blockDim.x)
+        for (int i = lane; i < SELW; i += 32)
             if (i == 0 || (i <= ns) || (i > WDMOE_MAX_SLOTS && i <= WDMOE_MAX_SLOTS + ns)) gsel[i] = my_sel[i];
         __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) is_last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
-        __syncthreads();
-        if (!is_last) return;
+        __syncwarp();
+        unsigned last = 0u;
+        if (lane == 0) last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
+        if (!__shfl_sync(0xffffffffu, last, 0)) return;
         __threadfence();
         for (int t = 0; t < tokens; ++t) {
             const int* src = sel + (size_t)t * SELW;
             const int nst = __ldcg(src);
-            for (int i = threadIdx.x; i < SELW; i += blockDim.x)
+            for (int i = lane; i < SELW; i += 32)
                 if (i == 0 || (i <= nst) || (i > WDMOE_MAX_SLOTS && i <= WDMOE_MAX_SLOTS + nst))
                     s_sel[t * SELW + i] = __ldcg(src + i);
         }
-        if (threadIdx.x == 0) *counter = 0u;  // ready for the next step
-        __syncthreads();
+        if (lane == 0) *counter = 0u;  // ready for the next step
+        __syncwarp();
     }
-    if (threadIdx.x == 0) st[4] = globaltimer();
-    // Expert q's token count (thread q), then slot positions (prefix sums).
-    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+    if (lane == 0) st[4] = globaltimer();
+    // Expert q's token count (lane q), then slot positions (prefix sums).
+    for (int q = lane; q < e; q += 32) {
         int cnt = 0;
         for (int t = 0; t < tokens; ++t) {
-            const int* ts = s_sel + t * SEL;
+            const int* ts = s_sel + t * SELW;
             for (int i = 0; i < ts[0]; ++i) cnt += ts[1 + i] == q;
         }
         s_cnt[q] = cnt;
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
+    __syncwarp();
+    if (lane == 0) {
         int err = 0, n = 0;
         for (int t = 0; t < tokens && !err; ++t)
-            if (s_sel[t * SEL] == 0) err = 1 + t;
+            if (s_sel[t * SELW] == 0) err = 1 + t;
         for (int q = 0; q < e; ++q) {
             s_at[q] = s_cnt[q] > 0 ? n : -1;
             n += s_cnt[q] > 0;
@@ -634,17 +516,16 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         s_active = n;
         st[5] = globaltimer();
     }
-    __syncthreads();
+    __syncwarp();
     const int n_used = s_active, n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
-    // Thread q fills expert q's slot; threads past the used slots clear the rest.
-    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+    // Lane q fills expert q's slot; lanes past the used slots clear the rest.
+    for (int q = lane; q < e; q += 32) {
         const int at = s_at[q];
         if (at < 0) continue;
         Slot& o = sp[at];
         int c = 0;
         for (int t = 0; t < tokens; ++t) {
-            const int* ts = s_sel[t * SEL] ? s_sel + t * SEL : nullptr;
-            if (!ts) continue;
+            const int* ts = s_sel + t * SELW;
             for (int i = 0; i < ts[0]; ++i)
                 if (ts[1 + i] == q) {
                     o.toks.idx[c] = t;
@@ -663,7 +544,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         o.toks.gather = 1;
         o.toks.scatter = 1;
     }
-    for (int i = n_used + threadIdx.x; i < n_all; i += blockDim.x) {
+    for (int i = n_used + lane; i < n_all; i += 32) {
         Slot& o = sp[i];
         o.w13 = 0ull;
         o.w2 = 0ull;
@@ -676,20 +557,20 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             o.toks.w[j] = 0.f;
         }
     }
-    __syncthreads();
+    __syncwarp();
     const int words = (int)(sizeof(Slot) / 4) * n_all;
     const int* src = reinterpret_cast<const int*>(sp);
     int* dplan = reinterpret_cast<int*>(plan);
-    for (int i = threadIdx.x; i < words; i += blockDim.x) dplan[i] = src[i];
-    __syncthreads();
-    if (threadIdx.x == 0) st[6] = globaltimer();
+    for (int i = lane; i < words; i += 32) dplan[i] = src[i];
+    __syncwarp();
+    if (lane == 0) st[6] = globaltimer();
     // The plan is written: the slot kernels may launch (the first waits for
     // this grid to complete before reading it, every later one starts after
     // a kernel that did), so no fence is needed here.
     griddep_launch_dependents_r();
     int* hrep = reinterpret_cast<int*>(report->slot);
-    for (int i = threadIdx.x; i < words; i += blockDim.x) hrep[i] = src[i];
-    if (threadIdx.x == 0) {
+    for (int i = lane; i < words; i += 32) hrep[i] = src[i];
+    if (lane == 0) {
         report->err = s_err;
         report->n_active = n_used;
         st[7] = globaltimer();
