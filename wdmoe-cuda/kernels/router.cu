@@ -168,7 +168,7 @@ struct PolicyArgs {
     // lowest-index top-k candidate (slot 0's expert unless the policy drops
     // it), the ranges the first slot kernel reads first.
     int n_pf;
-    int pad;
+    int profile;  // nonzero: %globaltimer stamps into the report (block 0, 1 token)
     long long pf_off[8];
     long long pf_len[8];
 };
@@ -340,6 +340,87 @@ __device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, c
     return ns;
 }
 
+// select_from_probs by warp 0 for e <= 32, the same result in fewer
+// dependent steps: ranks computed by all lanes at once (lane q: how many
+// experts rank before q), the WLR of each member of S by its own lane (they
+// do not change between drop rounds: p_max and t_min are fixed), the drop
+// rounds and order-dependent sums by lane 0 in the host's order, the weight
+// divisions by one lane each. p, lat: shared; sc: shared scratch of
+// 3 x WDMOE_MAX_SLOTS ints (order, then r as doubles); out: a `sel` row.
+__device__ void select_warp(const double* p, const double* lat, int e, const PolicyArgs& pa, int lane, int* order,
+                            double* r, int* out) {
+    __shared__ double s_pmax, s_tmin, s_total;
+    __shared__ int s_ns;
+    if (lane < e) {
+        int rank = 0;
+        for (int j = 0; j < e; ++j) rank += ranks_before(p, j, lane);
+        if (rank < pa.k) order[rank] = lane;
+    }
+    __syncwarp();
+    if (lane == 0) {
+        int ns = 0;
+        for (int i = 0; i < pa.k; ++i)
+            if (isfinite(lat[order[i]])) order[ns++] = order[i];
+        if (ns == 0) {
+            int best = -1;
+            for (int q = 0; q < e; ++q)
+                if (isfinite(lat[q]) && (best < 0 || ranks_before(p, q, best))) best = q;
+            if (best >= 0) order[ns++] = best;
+        }
+        double p_max = 0.0, t_min = (double)INFINITY;
+        for (int i = 0; i < ns; ++i) {
+            if (p[order[i]] > p_max) p_max = p[order[i]];
+            if (lat[order[i]] < t_min) t_min = lat[order[i]];
+        }
+        s_ns = ns;
+        s_pmax = p_max;
+        s_tmin = t_min;
+    }
+    __syncwarp();
+    int ns = s_ns;
+    if (lane < ns) r[lane] = scaled_wlr(p[order[lane]], s_pmax, lat[order[lane]], s_tmin);
+    __syncwarp();
+    if (lane == 0) {
+        for (int d = 0; d < pa.max_drops; ++d) {
+            if (ns <= 1) break;
+            double lo = (double)INFINITY, hi = 0.0;
+            int worst = 0;
+            for (int i = 0; i < ns; ++i) {
+                const int q = order[i], wq = order[worst];
+                if (r[i] > hi) hi = r[i];
+                if (i == 0 || r[i] < lo || (r[i] == lo && (p[q] < p[wq] || (p[q] == p[wq] && q > wq)))) {
+                    lo = r[i];
+                    worst = i;
+                }
+            }
+            const double kappa = hi > 0.0 ? lo / (lo + hi) : 0.5;
+            if (kappa <= pa.theta) {
+                for (int i = worst; i + 1 < ns; ++i) {
+                    order[i] = order[i + 1];
+                    r[i] = r[i + 1];
+                }
+                --ns;
+            } else {
+                break;
+            }
+        }
+        double total = 0.0;
+        for (int i = 0; i < ns; ++i) total += p[order[i]];
+        s_total = total;
+        s_ns = ns;
+        out[0] = ns;
+    }
+    __syncwarp();
+    ns = s_ns;
+    if (lane < ns) {
+        const int q = order[lane];
+        const double w = s_total > 0.0 ? p[q] / s_total : 1.0 / (double)ns;
+        out[1 + lane] = q;
+        out[1 + WDMOE_MAX_SLOTS + lane] = __float_as_int(__double2float_rn(w));
+    }
+    __syncwarp();
+}
+
 }  // namespace
 
 // One block per token (tokens <= 16). Each block: logits (to logits_host,
@@ -370,7 +451,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     __shared__ unsigned long long s_wtab[2 * WDMOE_MAX_SLOTS];
     __shared__ unsigned long long st[8];
     const int tok = blockIdx.x;
-    if (threadIdx.x == 0) st[0] = globaltimer();
+    if (threadIdx.x == 0) if (pa.profile) st[0] = globaltimer();
     // Latencies and the weight table are cold in L2: issue their loads
     // first, store them to shared memory after the logits.
     double lat_r = 0.0;
@@ -383,7 +464,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     if (me < e) sh_lat[me] = lat_r;
     if (me < 2 * e) s_wtab[me] = wt_r;
     __syncthreads();
-    if (threadIdx.x == 0) st[1] = globaltimer();
+    if (threadIdx.x == 0) if (pa.profile) st[1] = globaltimer();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (warp == 1 && tok == 0 && pa.n_pf > 0) {
         // Token 0's lowest-index top-k candidate by logit (ties: lower index).
@@ -431,29 +512,31 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
         finite = __all_sync(0xffffffffu, finite);
-        float sum = 0.f;
-        for (int q = lane; q < e; q += 32) sum += __expf(sl[q] - mx);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        // wdmoe-core's softmax, f64: exp(z - max) per expert in parallel,
+        // summed by lane 0 in expert order, as on the host.
         for (int q = lane; q < e; q += 32) {
             logits_host[(size_t)tok * e + q] = sl[q];
-            probs[(size_t)tok * e + q] = __expf(sl[q] - mx) / sum;
-            // wdmoe-core's softmax, f64: exp(z - max) per expert in parallel.
             sp_prob[q] = exp_host(__dsub_rn((double)sl[q], (double)mx));
         }
         __syncwarp();
         if (lane == 0) {
-            double total = 0.0;  // summed in expert order, as on the host
+            double total = 0.0;
             for (int q = 0; q < e; ++q) total += sp_prob[q];
             s_total = total;
         }
         __syncwarp();
-        for (int q = lane; q < e; q += 32) sp_prob[q] = sp_prob[q] / s_total;
+        for (int q = lane; q < e; q += 32) {
+            sp_prob[q] = sp_prob[q] / s_total;
+            probs[(size_t)tok * e + q] = (float)sp_prob[q];
+        }
         __syncwarp();
-        if (lane == 0) {
-            st[2] = globaltimer();
+        if (pa.profile && lane == 0) st[2] = globaltimer();
+        const bool ok = finite && pa.k >= 1 && pa.k <= e;
+        if (ok && e <= 32) {
+            select_warp(sp_prob, sh_lat, e, pa, lane, sh_top, sh_w, my_sel);
+        } else if (lane == 0) {
             int ns = 0;
-            if (finite && pa.k >= 1 && pa.k <= e) {
+            if (ok) {
                 ns = select_from_probs(sp_prob, e, pa, sh_lat, sh_top, sh_s, sh_w);
                 for (int i = 0; i < ns; ++i) {
                     my_sel[1 + i] = sh_s[i];
@@ -461,11 +544,55 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
                 }
             }
             my_sel[0] = ns;
-            st[3] = globaltimer();
         }
         __syncwarp();
+        if (pa.profile && lane == 0) st[3] = globaltimer();
     }
-    if (tokens > 1) {
+    const int n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
+    if (tokens == 1) {
+        // One token: its kept experts, in index order, are the slots. Only
+        // the fields the slot kernels and the report read are written.
+        const int ns = my_sel[0];
+        int at = 0, q = 0;
+        float w = 0.f;
+        if (lane < ns) {
+            q = my_sel[1 + lane];
+            for (int j = 0; j < ns; ++j) at += my_sel[1 + j] < q;
+            w = __int_as_float(my_sel[1 + WDMOE_MAX_SLOTS + lane]);
+        }
+        auto put = [&](Slot* o) {
+            o->w13 = s_wtab[2 * q];
+            o->w2 = s_wtab[2 * q + 1];
+            o->expert = q;
+            o->T = 1;
+            o->toks.gather = 1;
+            o->toks.scatter = 1;
+            o->toks.idx[0] = 0;
+            o->toks.w[0] = w;
+        };
+        if (lane < ns) put(plan + at);
+        for (int i = ns + lane; i < n_all; i += 32) {
+            plan[i].w13 = 0ull;
+            plan[i].w2 = 0ull;
+            plan[i].T = 0;
+        }
+        __syncwarp();
+        if (pa.profile && lane == 0) st[6] = globaltimer();
+        griddep_launch_dependents_r();  // see below
+        if (lane < ns) put(report->slot + at);
+        if (lane == 0) {
+            report->err = ns == 0 ? 1 : 0;
+            report->n_active = ns;
+            if (pa.profile) {
+                st[4] = st[5] = st[3];
+                st[7] = globaltimer();
+                for (int i = 0; i < 8; ++i) report->stamp[i] = st[i];
+            }
+            report->seq = seq;
+        }
+        return;
+    }
+    {
         // Publish this block's selection; the last-arriving block gathers all.
         int* gsel = sel + (size_t)tok * SELW;
         const int ns = my_sel[0];
@@ -487,7 +614,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         if (lane == 0) *counter = 0u;  // ready for the next step
         __syncwarp();
     }
-    if (lane == 0) st[4] = globaltimer();
+    if (lane == 0) if (pa.profile) st[4] = globaltimer();
     // Expert q's token count (lane q), then slot positions (prefix sums).
     for (int q = lane; q < e; q += 32) {
         int cnt = 0;
@@ -514,10 +641,10 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         }
         s_err = err;
         s_active = n;
-        st[5] = globaltimer();
+        if (pa.profile) st[5] = globaltimer();
     }
     __syncwarp();
-    const int n_used = s_active, n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
+    const int n_used = s_active;
     // Lane q fills expert q's slot; lanes past the used slots clear the rest.
     for (int q = lane; q < e; q += 32) {
         const int at = s_at[q];
@@ -563,7 +690,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     int* dplan = reinterpret_cast<int*>(plan);
     for (int i = lane; i < words; i += 32) dplan[i] = src[i];
     __syncwarp();
-    if (lane == 0) st[6] = globaltimer();
+    if (lane == 0) if (pa.profile) st[6] = globaltimer();
     // The plan is written: the slot kernels may launch (the first waits for
     // this grid to complete before reading it, every later one starts after
     // a kernel that did), so no fence is needed here.
@@ -573,35 +700,53 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     if (lane == 0) {
         report->err = s_err;
         report->n_active = n_used;
-        st[7] = globaltimer();
-        if (tokens == 1)
-            for (int i = 0; i < 8; ++i) report->stamp[i] = st[i];
+        if (pa.profile) st[7] = globaltimer();
         report->seq = seq;
     }
 }
 
-// Test entry: wdmoe_select for `n` independent cases (one thread each):
-// logits [n][e], lat [n][e], out [n][1 + 2 * WDMOE_MAX_SLOTS] (count,
-// experts, then the f64 weights' bits as pairs of ints... stored as doubles
-// in wout [n][WDMOE_MAX_SLOTS]).
+// Test entry: the device policy for `n` independent cases (one warp each,
+// blockDim 32): logits [n][e], lat [n][e]; out [n][1 + WDMOE_MAX_SLOTS]
+// (count, experts), wout [n][WDMOE_MAX_SLOTS] (f64 weights). e <= 32 takes
+// router_policy's warp path (select_warp, fp32 weights widened back), larger
+// e the serial one (select_from_probs, f64 weights).
 extern "C" __global__ void policy_probe(const float* __restrict__ logits, const double* __restrict__ lat, int e,
                                         int n, const PolicyArgs pa, int* __restrict__ out,
                                         double* __restrict__ wout) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= n) return;
-    int s[WDMOE_MAX_SLOTS], top[WDMOE_MAX_SLOTS];
-    double w[WDMOE_MAX_SLOTS], p[WDMOE_MAX_SLOTS];
+    const int c = blockIdx.x, lane = threadIdx.x;
+    if (c >= n || e < 1 || e > WDMOE_MAX_SLOTS) return;
+    __shared__ double p[WDMOE_MAX_SLOTS], lt[WDMOE_MAX_SLOTS], w[WDMOE_MAX_SLOTS];
+    __shared__ int s[WDMOE_MAX_SLOTS], top[WDMOE_MAX_SLOTS], row[1 + 2 * WDMOE_MAX_SLOTS];
+    __shared__ int ok;
     const float* lg = logits + (size_t)c * e;
-    bool ok = e >= 1 && e <= WDMOE_MAX_SLOTS && pa.k >= 1 && pa.k <= e;
-    for (int q = 0; ok && q < e; ++q) ok = isfinite(lg[q]);
-    int ns = 0;
-    if (ok) {
-        softmax_host(lg, e, p);
-        ns = select_from_probs(p, e, pa, lat + (size_t)c * e, top, s, w);
+    if (lane == 0) {
+        ok = pa.k >= 1 && pa.k <= e;
+        for (int q = 0; ok && q < e; ++q) ok = isfinite(lg[q]);
+        if (ok) softmax_host(lg, e, p);
+        for (int q = 0; q < e; ++q) lt[q] = lat[(size_t)c * e + q];
     }
-    out[(size_t)c * (1 + WDMOE_MAX_SLOTS)] = ns;
-    for (int i = 0; i < ns; ++i) {
-        out[(size_t)c * (1 + WDMOE_MAX_SLOTS) + 1 + i] = s[i];
-        wout[(size_t)c * WDMOE_MAX_SLOTS + i] = w[i];
+    __syncwarp();
+    int* o = out + (size_t)c * (1 + WDMOE_MAX_SLOTS);
+    double* ow = wout + (size_t)c * WDMOE_MAX_SLOTS;
+    if (!ok) {
+        if (lane == 0) o[0] = 0;
+        return;
+    }
+    if (e <= 32) {
+        select_warp(p, lt, e, pa, lane, top, w, row);
+        if (lane == 0) {
+            o[0] = row[0];
+            for (int i = 0; i < row[0]; ++i) {
+                o[1 + i] = row[1 + i];
+                ow[i] = (double)__int_as_float(row[1 + WDMOE_MAX_SLOTS + i]);
+            }
+        }
+    } else if (lane == 0) {
+        const int ns = select_from_probs(p, e, pa, lt, top, s, w);
+        o[0] = ns;
+        for (int i = 0; i < ns; ++i) {
+            o[1 + i] = s[i];
+            ow[i] = w[i];
+        }
     }
 }

@@ -50,7 +50,7 @@ pub(crate) struct PolicyArgs {
     pub(crate) theta: f64,
     pub(crate) lat: [f64; MAX_SLOTS],
     pub(crate) n_pf: i32,
-    pub(crate) pad: i32,
+    pub(crate) profile: i32,
     pub(crate) pf_off: [i64; MAX_PREFETCH_RANGES],
     pub(crate) pf_len: [i64; MAX_PREFETCH_RANGES],
 }
@@ -65,6 +65,7 @@ pub struct PlanPolicy {
     k: usize,
     theta: f64,
     max_drops: usize,
+    profile: bool,
 }
 
 impl PlanPolicy {
@@ -81,7 +82,16 @@ impl PlanPolicy {
             k,
             theta,
             max_drops,
+            profile: false,
         })
+    }
+
+    /// Profiling: the router kernel records %globaltimer stamps of its
+    /// phases ([`DevicePlan::stamps_ns`]; 1-token plans).
+    #[doc(hidden)]
+    pub fn with_profile(mut self, on: bool) -> PlanPolicy {
+        self.profile = on;
+        self
     }
 
     /// Top-k.
@@ -96,7 +106,7 @@ impl PlanPolicy {
             theta: self.theta,
             lat: [0.0; MAX_SLOTS],
             n_pf: 0,
-            pad: 0,
+            profile: i32::from(self.profile),
             pf_off: [0; MAX_PREFETCH_RANGES],
             pf_len: [0; MAX_PREFETCH_RANGES],
         }
@@ -315,8 +325,10 @@ impl Drop for DevicePlan {
 /// The device policy alone (kernel `policy_probe`), for tests against
 /// wdmoe-core: `cases` independent tokens of `e` logits and `e` latencies
 /// each (`logits`, `latency_s`: `[cases][e]`); per case the kept experts
-/// in the policy's order and their f64 weights (empty on an error: a
-/// non-finite logit or no reachable expert).
+/// in the policy's order and their weights (empty on an error: a non-finite
+/// logit or no reachable expert). e <= 32 runs the router kernel's warp
+/// path, whose weights are fp32 (widened to f64 here); larger e the serial
+/// path, f64 weights.
 #[doc(hidden)]
 pub fn policy_probe(
     gpu: &Gpu,
@@ -364,13 +376,13 @@ pub fn policy_probe(
     // int n, PolicyArgs pa (by value, #[repr(C)]), int* out, double* wout)
     // matches `args`; logits and lat hold n x e values, out n x (1 +
     // MAX_SLOTS) ints, wout n x MAX_SLOTS doubles (allocated above); e <=
-    // MAX_SLOTS; one thread per case.
+    // MAX_SLOTS; one warp (block of 32) per case.
     unsafe {
         gpu.launch(
             &gpu.router,
             "policy_probe",
-            (cases as u32).div_ceil(128).into(),
-            128.into(),
+            (cases as u32).into(),
+            32.into(),
             0,
             &args,
             false,
