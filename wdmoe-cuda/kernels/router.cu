@@ -459,7 +459,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     const int me = (int)threadIdx.x;
     if (me < e) lat_r = lat_host ? lat_host[(size_t)tok * e + me] : pa.lat[me];
     if (me < 2 * e) wt_r = wtab[me];
-    for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
+    // (the accumulator row is zeroed by warps 1.. after the logits, off the critical path)
     router_logits(x, g, m, e, tok, sl);
     if (me < e) sh_lat[me] = lat_r;
     if (me < 2 * e) s_wtab[me] = wt_r;
@@ -500,7 +500,22 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     int* my_sel = s_sel;  // this block's selection (row 0; rows of all tokens once gathered)
     // From here on warp 0 alone (no block-wide barriers): softmax, policy,
     // and in the last block the plan.
-    if (warp != 0) return;
+    if (warp != 0) {
+        // Zero this token's accumulator row (read only by the down kernels,
+        // which start after the router grid completed), then exit.
+        for (int i = threadIdx.x - 32; i < zero_cols; i += blockDim.x - 32) zero[(size_t)tok * zero_cols + i] = 0.f;
+        return;
+    }
+    if (blockDim.x == 32)
+        for (int i = lane; i < zero_cols; i += 32) zero[(size_t)tok * zero_cols + i] = 0.f;
+    // This token's logits (host) and probabilities: written off the critical
+    // path (after the trigger, or before a non-last block exits).
+    auto emit = [&]() {
+        for (int q = lane; q < e; q += 32) {
+            logits_host[(size_t)tok * e + q] = sl[q];
+            probs[(size_t)tok * e + q] = (float)sp_prob[q];
+        }
+    };
     constexpr int SELW = 1 + 2 * WDMOE_MAX_SLOTS;
     {
         float mx = -INFINITY;
@@ -514,10 +529,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         finite = __all_sync(0xffffffffu, finite);
         // wdmoe-core's softmax, f64: exp(z - max) per expert in parallel,
         // summed by lane 0 in expert order, as on the host.
-        for (int q = lane; q < e; q += 32) {
-            logits_host[(size_t)tok * e + q] = sl[q];
-            sp_prob[q] = exp_host(__dsub_rn((double)sl[q], (double)mx));
-        }
+        for (int q = lane; q < e; q += 32) sp_prob[q] = exp_host(__dsub_rn((double)sl[q], (double)mx));
         __syncwarp();
         if (lane == 0) {
             double total = 0.0;
@@ -525,10 +537,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             s_total = total;
         }
         __syncwarp();
-        for (int q = lane; q < e; q += 32) {
-            sp_prob[q] = sp_prob[q] / s_total;
-            probs[(size_t)tok * e + q] = (float)sp_prob[q];
-        }
+        for (int q = lane; q < e; q += 32) sp_prob[q] = sp_prob[q] / s_total;
         __syncwarp();
         if (pa.profile && lane == 0) st[2] = globaltimer();
         const bool ok = finite && pa.k >= 1 && pa.k <= e;
@@ -579,6 +588,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         if (pa.profile && lane == 0) st[6] = globaltimer();
         griddep_launch_dependents_r();  // see below
+        emit();
         if (lane < ns) put(report->slot + at);
         if (lane == 0) {
             report->err = ns == 0 ? 1 : 0;
@@ -602,7 +612,10 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         unsigned last = 0u;
         if (lane == 0) last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
-        if (!__shfl_sync(0xffffffffu, last, 0)) return;
+        if (!__shfl_sync(0xffffffffu, last, 0)) {
+            emit();
+            return;
+        }
         __threadfence();
         for (int t = 0; t < tokens; ++t) {
             const int* src = sel + (size_t)t * SELW;
@@ -695,6 +708,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     // this grid to complete before reading it, every later one starts after
     // a kernel that did), so no fence is needed here.
     griddep_launch_dependents_r();
+    emit();
     int* hrep = reinterpret_cast<int*>(report->slot);
     for (int i = lane; i < words; i += 32) hrep[i] = src[i];
     if (lane == 0) {

@@ -51,7 +51,7 @@ pub struct GpuLayer {
     use_prefill: bool,
     expert_timing: bool,
     device: DevicePlan,
-    use_device_policy: bool,
+    device_policy_tokens: usize,
     mismatches: u64,
     skew_device_policy: bool,
     profile_router: bool,
@@ -271,7 +271,7 @@ impl GpuLayer {
         let prefill = prefill.map(|w| Grouped::new(&gpu, w)).transpose()?;
         Ok(GpuLayer {
             device: DevicePlan::new(&gpu, &experts)?,
-            use_device_policy: true,
+            device_policy_tokens: 1,
             mismatches: 0,
             skew_device_policy: false,
             profile_router: false,
@@ -316,18 +316,22 @@ impl GpuLayer {
         self.expert_timing = on;
     }
 
-    /// Whether decode steps (up to 16 tokens, off the prefill path) run the
-    /// selection policy on the GPU (default true): the router kernel also
-    /// runs a port of wdmoe-core's `select` and writes the expert plan, and
-    /// every kernel of the step is enqueued at once (no host round trip
-    /// between router and experts). After the step the host runs wdmoe-core
-    /// on the same logits; if its plan differs in any expert, token or
-    /// weight (beyond fp32 rounding), the experts are run again with
+    /// Steps of 1..=`max_tokens` tokens (at most 16, off the prefill path)
+    /// run the selection policy on the GPU; default 1 (single-token decode,
+    /// where it saves the host round trip: H200 1-token step 181.7-185.7 µs
+    /// vs 186.3-193.2 with the host policy; at 4-16 tokens the slots launched
+    /// for experts that get no token cost as much as it saves, see
+    /// BENCHMARKS.md); 0 turns it off. The router kernel then also runs a
+    /// port of wdmoe-core's `select` (bit-identical f64 arithmetic) and
+    /// writes the expert plan, and every kernel of the step is enqueued at
+    /// once (no host round trip between router and experts). After the step
+    /// the host runs wdmoe-core on the same logits; if its plan differs in
+    /// any expert, token or weight bit, the experts are run again with
     /// wdmoe-core's plan (counted by [`GpuLayer::device_policy_mismatches`]),
-    /// so results always follow wdmoe-core. false: the policy runs on the
+    /// so results always follow wdmoe-core. Otherwise the policy runs on the
     /// host between router and experts (one synchronisation per step).
-    pub fn set_device_policy(&mut self, on: bool) {
-        self.use_device_policy = on;
+    pub fn set_device_policy_tokens(&mut self, max_tokens: usize) {
+        self.device_policy_tokens = max_tokens.min(MAX_PLAN_TOKENS);
     }
 
     /// Steps whose device plan differed from wdmoe-core's and were re-run.
@@ -357,10 +361,9 @@ impl GpuLayer {
     }
 
     /// Whether a step of `n_tokens` tokens (with these latencies) takes the
-    /// device-planned path (see [`GpuLayer::set_device_policy`]).
+    /// device-planned path (see [`GpuLayer::set_device_policy_tokens`]).
     pub fn uses_device_policy(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
-        self.use_device_policy
-            && n_tokens <= MAX_PLAN_TOKENS
+        n_tokens <= self.device_policy_tokens
             && !self.uses_prefill(n_tokens)
             && latency_s.iter().all(|t| *t > 0.0)
     }
@@ -565,7 +568,7 @@ impl GpuLayer {
         })
     }
 
-    /// The decode step with the policy on the GPU ([`GpuLayer::set_device_policy`]):
+    /// The decode step with the policy on the GPU ([`GpuLayer::set_device_policy_tokens`]):
     /// router + policy + plan in one kernel, then for each of the
     /// `min(experts, tokens · k)` plan slots the two slot kernels, all
     /// enqueued at once; then wdmoe-core checks the plan.
@@ -961,6 +964,7 @@ mod tests {
                 )
                 .unwrap()
             };
+            layer.set_device_policy_tokens(16);
             for n in [1usize, 2, 5, 8, 9, 16] {
                 let x: Vec<f32> = (0..n * m).map(|_| (r() * 2.0 - 1.0) as f32).collect();
                 let per_token = r() < 0.5;
@@ -983,9 +987,9 @@ mod tests {
                     reruns,
                     "m={m} e={e} n={n}"
                 );
-                layer.set_device_policy(false);
+                layer.set_device_policy_tokens(0);
                 let host = layer.forward(&x, n, &policy, &lat).unwrap();
-                layer.set_device_policy(true);
+                layer.set_device_policy_tokens(16);
                 for (a, b) in dev.selections.iter().zip(&host.selections) {
                     assert_eq!(a.experts(), b.experts());
                     assert_eq!(a.weights(), b.weights());
@@ -1038,7 +1042,7 @@ mod tests {
         for (n, pf_mb, timing, device) in cases.into_iter().chain(cases) {
             layer.set_prefetch_bytes(pf_mb << 20);
             layer.set_expert_timing(timing);
-            layer.set_device_policy(device);
+            layer.set_device_policy_tokens(if device { 16 } else { 0 });
             let mut tot = Vec::new();
             let mut exp = Vec::new();
             for _ in 0..33 {
@@ -1062,7 +1066,7 @@ mod tests {
             );
         }
         assert_eq!(layer.device_policy_mismatches(), 0);
-        layer.set_device_policy(true);
+        layer.set_device_policy_tokens(1);
         layer.set_prefetch_bytes(0);
         layer.set_profile_router(true);
         let with = layer.step(1, &policy, &lat).unwrap().time_s;
