@@ -2,7 +2,8 @@
 //! the fp16 expert FFN decode kernels for 1-16 tokens, the tensor-core
 //! prefill FFN for 64-4096 tokens (compute capability 9.0), and the full
 //! top-2 MoE layer step (router, policy, grouping, experts, combine) for 1
-//! and 16 tokens (decode path) and 512 (grouped prefill path), at Mixtral size (m = 4096, m_h = 14336, 8 experts, random fp16
+//! and 16 tokens (decode path; 1 token with the policy on the GPU, the
+//! default) and 512 (grouped prefill path), at Mixtral size (m = 4096, m_h = 14336, 8 experts, random fp16
 //! weights). Timed on the GPU with CUDA events through `iter_custom`;
 //! expert weights rotate over 4 copies so the L2 never holds them.
 //!

@@ -1,6 +1,11 @@
 //! The MoE layer step on a CUDA GPU (feature `cuda`): router GEMV + softmax
-//! on the GPU, the logits copied to the host for the WDMoE policy of
-//! wdmoe-core, then either
+//! on the GPU, then the WDMoE policy of wdmoe-core per token, either
+//! * on the GPU (device-planned decode, 1 token by default, see
+//!   [`GpuLayer::set_device_policy_tokens`]): the router kernel runs a
+//!   bit-identical port of wdmoe-core's `select` and writes the expert
+//!   plan; the slot kernels read it; the host checks the plan against
+//!   wdmoe-core after the step (and re-runs the experts on a difference); or
+//! * on the host, from the logits copied there; then either
 //! * decode (up to [`PREFILL_MIN_TOKENS`] tokens, or no sm_90a): per expert
 //!   the fused decode kernels of wdmoe-cuda, tokens passed by value, the
 //!   weighted combine in the W2 kernel's epilogue (fp32 accumulator); or
