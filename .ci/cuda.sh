@@ -43,4 +43,5 @@ cargo bench -p wdmoe-benches --features cuda --bench kernels --no-run
 
 say "tests that need no GPU, against the stub (GPU tests are #[ignore]d)"
 LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-cuda
+LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-sim --features cuda --lib layer::gpu
 say "done"

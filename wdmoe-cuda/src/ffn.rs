@@ -970,10 +970,26 @@ pub fn gate_up_prefetch_ranges(
     }
     let (_, g, _) = slot_configs(cfg, n_tokens);
     let geo = geometry(Kind::Gated, n_tokens, true, w.m, w.m_h, g);
-    let k_tiles = geo.k_tiles as i64;
-    let splits = geo.splits as i64;
-    let warps = g.warps as i64;
-    let tile_bytes = (geo.kt_stride * 16) as u64; // all row tiles of one k-tile
+    warp_start_ranges(
+        geo.k_tiles as i64,
+        geo.splits as i64,
+        g.warps as i64,
+        (geo.kt_stride * 16) as u64,
+        bytes,
+    )
+}
+
+/// `bytes` split evenly over the starts of the warps' k ranges (`k_tiles`
+/// over `splits` blocks of `warps` warps, as the kernels divide them), as
+/// byte ranges of a k-major packing with `tile_bytes` per k-tile (all row
+/// tiles), each within its warp's range; at most 8.
+fn warp_start_ranges(
+    k_tiles: i64,
+    splits: i64,
+    warps: i64,
+    tile_bytes: u64,
+    bytes: usize,
+) -> Vec<(u64, u64)> {
     let mut starts: Vec<(i64, i64)> = Vec::new();
     for sp in 0..splits {
         let kb0 = k_tiles * sp / splits;
@@ -1145,4 +1161,59 @@ pub fn ffn_decode_slot(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_ranges_start_at_each_warps_k_range() {
+        // Mixtral gate/up, 2 warps, no split: k-tiles 0 and 128.
+        let r = warp_start_ranges(256, 1, 2, 1000, 8000);
+        assert_eq!(r, vec![(0, 4000), (128_000, 4000)]);
+        // Split 2 x 2 warps: starts 0, 64, 128, 192; clamped to a warp's range.
+        let r = warp_start_ranges(256, 2, 2, 16, 1 << 20);
+        assert_eq!(
+            r,
+            vec![
+                (0, 1024),
+                (64 * 16, 1024),
+                (128 * 16, 1024),
+                (192 * 16, 1024)
+            ]
+        );
+        // More than 8 starts: the first 8; nothing to prefetch: empty.
+        assert_eq!(warp_start_ranges(1024, 4, 8, 16, 1 << 20).len(), 8);
+        assert!(warp_start_ranges(256, 1, 2, 16, 0).is_empty());
+    }
+
+    #[test]
+    fn slot_configs_use_dual_kernels_above_8_tokens_with_row_units_of_1() {
+        let k = |rows, unroll| KernelConfig {
+            warps: 2,
+            splits: 1,
+            unroll,
+            rows,
+        };
+        let cfg = DecodeConfig {
+            gate_up: k(1, 4),
+            down: k(1, 8),
+            gate_up_wide: k(2, 2),
+            down_wide: k(2, 2),
+        };
+        assert!(!slot_configs(&cfg, 8).0);
+        let (dual, g, d) = slot_configs(&cfg, 9);
+        assert!(dual);
+        assert_eq!((g.rows, d.rows), (1, 1));
+        let wide_only = DecodeConfig {
+            gate_up: k(2, 2),
+            ..cfg
+        };
+        let (dual, g, _) = slot_configs(&wide_only, 16);
+        assert!(!dual);
+        assert_eq!(g.rows, 2);
+        assert_eq!(dual_name(Kind::Pair, 8), "slot_pair_dual_u8");
+        assert_eq!(kernel_names(Kind::Gated, 1, 4).1, "slot_gated_nt1_u4");
+    }
 }

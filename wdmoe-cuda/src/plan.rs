@@ -402,3 +402,46 @@ pub fn policy_probe(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn plan_policy_is_validated() {
+        assert!(PlanPolicy::new(2, 0.2, 1).is_ok());
+        assert!(PlanPolicy::new(MAX_SLOTS, 0.5, 0).is_ok());
+        for (k, theta) in [
+            (0, 0.2),
+            (MAX_SLOTS + 1, 0.2),
+            (2, -0.1),
+            (2, 0.51),
+            (2, f64::NAN),
+        ] {
+            assert!(
+                matches!(PlanPolicy::new(k, theta, 1), Err(Error::Unsupported { .. })),
+                "k={k} theta={theta}"
+            );
+        }
+        let a = PlanPolicy::new(3, 0.25, usize::MAX).unwrap().args();
+        assert_eq!(
+            (a.k, a.max_drops, a.theta, a.n_pf, a.profile),
+            (3, i32::MAX, 0.25, 0, 0)
+        );
+    }
+
+    /// The #[repr(C)] mirrors match the CUDA structs (kernels/router.cu,
+    /// moe_plan.cuh) byte for byte.
+    #[test]
+    fn layouts_match_the_kernels() {
+        assert_eq!(size_of::<TokList>(), 136);
+        assert_eq!(SLOT_WORDS * 4, 8 + 8 + 4 + 4 + 136);
+        assert_eq!(offset_of!(PolicyArgs, theta), 8);
+        assert_eq!(offset_of!(PolicyArgs, lat), 16);
+        assert_eq!(offset_of!(PolicyArgs, n_pf), 16 + 8 * MAX_SLOTS);
+        assert_eq!(offset_of!(PolicyArgs, pf_off), 24 + 8 * MAX_SLOTS);
+        assert_eq!(offset_of!(PolicyArgs, pf_len), 24 + 8 * MAX_SLOTS + 64);
+        assert_eq!(size_of::<PolicyArgs>(), 24 + 8 * MAX_SLOTS + 128);
+    }
+}

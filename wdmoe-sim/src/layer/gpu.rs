@@ -724,6 +724,42 @@ mod tests {
     use super::super::cpu;
     use super::*;
 
+    #[test]
+    fn same_plan_requires_identical_experts_tokens_and_weight_bits() {
+        use wdmoe_cuda::PlannedSlot;
+        let groups = vec![vec![(0, 0.6f32)], vec![], vec![(0, 0.4f32), (1, 1.0)]];
+        let slot = |expert, tokens: &[(usize, f32)]| PlannedSlot {
+            expert,
+            tokens: tokens.to_vec(),
+        };
+        let good = PlanReport {
+            failed_token: None,
+            slots: vec![slot(0, &[(0, 0.6)]), slot(2, &[(0, 0.4), (1, 1.0)])],
+        };
+        assert!(same_plan(&good, &groups));
+        let mut r = good.clone();
+        r.slots[1].expert = 1;
+        assert!(!same_plan(&r, &groups));
+        let mut r = good.clone();
+        r.slots[1].tokens[1].0 = 2;
+        assert!(!same_plan(&r, &groups));
+        let mut r = good.clone();
+        r.slots[0].tokens[0].1 = f32::from_bits(0.6f32.to_bits() + 1);
+        assert!(!same_plan(&r, &groups), "one ulp is a difference");
+        let mut r = good.clone();
+        r.slots.push(slot(3, &[(1, 0.5)]));
+        assert!(!same_plan(&r, &groups));
+        let mut r = good.clone();
+        r.slots.pop();
+        assert!(!same_plan(&r, &groups));
+        let failed = PlanReport {
+            failed_token: Some(0),
+            slots: Vec::new(),
+        };
+        assert!(!same_plan(&failed, &groups));
+        assert!(!same_plan(&failed, &[vec![], vec![]]));
+    }
+
     fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
         let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
