@@ -49,6 +49,16 @@ __device__ __forceinline__ void griddep_wait() {
 #endif
 }
 
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+    unsigned v;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+#else
+    v = *reinterpret_cast<const volatile unsigned*>(p);
+#endif
+    return v;
+}
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 constexpr int MAX_WARPS = 8;
@@ -483,20 +493,28 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 // that router_policy built on the device, so that the host can launch every
 // kernel of a step before the plan exists (no host round trip).
 //
-// Memory ordering: the plan is written by router_policy, which never
-// triggers its dependents early. With `wait_first` (the first kernel after
-// the router) the slot is read after griddepcontrol.wait. Every later slot
-// kernel starts only after its predecessor started, and that chain goes back
-// to a kernel that started after router_policy completed, so the plan is
-// complete (and in L2: read with ld.global.cg) before any of them reads it;
-// they read it before their own wait, so the first weight loads still
-// overlap the previous kernel's tail. An unused slot waits before exiting,
-// so that the completion of every kernel implies that of the one before it.
+// Memory ordering: router_policy writes the plan, then (after a fence)
+// `seq` into the word after the slots (the plan's ready flag), then lets its
+// dependents launch. Each slot kernel's thread 0 waits (acquire) until the
+// flag holds this step's `seq`, usually at once, so the first slot kernel
+// need not wait for the router grid to complete and every kernel can read
+// its slot (ld.global.cg) before its own griddepcontrol.wait, keeping the
+// pre-wait weight loads; if the flag does not come (it always does), the
+// kernel falls back to waiting for its predecessor grid. An unused slot's
+// kernels wait before exiting, so that the completion of every kernel
+// implies that of the one before it (the router's zeroing of the
+// accumulator, read by the down kernels, included).
 #define WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
     __shared__ TokList st;                                                                                  \
     __shared__ unsigned long long sw;                                                                       \
     __shared__ int sT;                                                                                      \
-    if (wait_first) griddep_wait();                                                                         \
+    if (threadIdx.x == 0) {                                                                                 \
+        const unsigned* flag = reinterpret_cast<const unsigned*>(plan + WDMOE_MAX_SLOTS);                   \
+        int spins = 0;                                                                                      \
+        while (ld_acquire(flag) != seq && ++spins < (1 << 22)) __nanosleep(64);                             \
+        if (spins >= (1 << 22)) griddep_wait();                                                             \
+    }                                                                                                       \
+    __syncthreads();                                                                                        \
     if (threadIdx.x < sizeof(TokList) / 4)                                                                  \
         reinterpret_cast<int*>(&st)[threadIdx.x] =                                                          \
             __ldcg(reinterpret_cast<const int*>(&plan[slot].toks) + threadIdx.x);                           \
@@ -515,7 +533,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 
 #define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN)                                                     \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
         int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
         unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
         int n_rows) {                                                                                       \
@@ -526,7 +544,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 
 #define WDMOE_GEMV_R_SLOT(NAME, NT, NMAT, R, U, GATED, DOWN)                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                              \
-        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
         int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
         unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
         int n_rows) {                                                                                       \
@@ -541,7 +559,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 // n-tiles), one n-tile when the slot has <= 8 tokens, two otherwise.
 #define WDMOE_GEMV_SLOT_DUAL(NAME, NMAT, U, GATED, DOWN)                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const Slot* __restrict__ plan, int slot, int wait_first, const __half* __restrict__ x, int ldx,      \
+        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
         int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
         unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
         int n_rows) {                                                                                       \

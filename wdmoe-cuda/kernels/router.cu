@@ -202,6 +202,17 @@ __device__ __forceinline__ void griddep_launch_dependents_r() {
 #endif
 }
 
+// The plan's ready flag (the word after the slots) := seq, after the
+// warp's plan writes (the slot kernels acquire it).
+__device__ __forceinline__ void publish_plan(Slot* plan, unsigned seq, int lane) {
+    __threadfence();
+    __syncwarp();
+    if (lane == 0) {
+        unsigned* flag = reinterpret_cast<unsigned*>(plan + WDMOE_MAX_SLOTS);
+        asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(seq) : "memory");
+    }
+}
+
 // exp(x) computed exactly as wdmoe-core computes it on the host (the libm
 // crate's f64 exp: the FreeBSD msun algorithm, argument reduction by
 // k ln2 with a two-part ln2 and a degree-5 rational approximation), every
@@ -586,6 +597,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             plan[i].T = 0;
         }
         __syncwarp();
+        publish_plan(plan, seq, lane);
         if (pa.profile && lane == 0) st[6] = globaltimer();
         griddep_launch_dependents_r();  // see below
         emit();
@@ -703,10 +715,10 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     int* dplan = reinterpret_cast<int*>(plan);
     for (int i = lane; i < words; i += 32) dplan[i] = src[i];
     __syncwarp();
+    publish_plan(plan, seq, lane);
     if (lane == 0) if (pa.profile) st[6] = globaltimer();
-    // The plan is written: the slot kernels may launch (the first waits for
-    // this grid to complete before reading it, every later one starts after
-    // a kernel that did), so no fence is needed here.
+    // The plan is published: the slot kernels may launch (they acquire the
+    // flag before reading it).
     griddep_launch_dependents_r();
     emit();
     int* hrep = reinterpret_cast<int*>(report->slot);

@@ -1021,9 +1021,9 @@ fn warp_start_ranges(
 /// of `x`, `[n_tokens][m]`), adding `weight * y` into `out_acc`
 /// (`[n_tokens][m]`, fp32). Both kernels are launched whether or not the
 /// slot is used (an unused slot's kernels exit at once), so a whole step
-/// can be enqueued before the plan exists. `first`: the slot kernels
-/// launched right after the router (they read the plan after waiting for
-/// it). `experts` must be those `plan` was built for; `x` and `out_acc`
+/// can be enqueued before the plan exists (each kernel waits for the plan's
+/// ready flag of this step before reading its slot). `experts` must be
+/// those `plan` was built for; `x` and `out_acc`
 /// hold at least the plan's token count of rows, and launch shapes are
 /// chosen for that many tokens per slot (the most a slot can get).
 #[allow(clippy::too_many_arguments)]
@@ -1032,7 +1032,6 @@ pub fn ffn_decode_slot(
     experts: &[ExpertWeights],
     plan: &DevicePlan,
     slot: usize,
-    first: bool,
     x: &DeviceSlice<f16>,
     out_acc: &mut DeviceSlice<f32>,
     ws: &mut FfnWorkspace,
@@ -1107,7 +1106,7 @@ pub fn ffn_decode_slot(
         };
         let mut pplan = addr(&plan.slots);
         let mut s = slot as i32;
-        let mut wait_first = i32::from(first && kind == Kind::Gated);
+        let mut seq = plan.seq;
         let mut xp = xin;
         let mut ldx = ldx as i32;
         let (mut kt, mut rt_stride, mut kt_stride, mut sp) =
@@ -1118,7 +1117,7 @@ pub fn ffn_decode_slot(
         let args = [
             &mut pplan as *mut _ as *mut c_void,
             &mut s as *mut _ as *mut c_void,
-            &mut wait_first as *mut _ as *mut c_void,
+            &mut seq as *mut _ as *mut c_void,
             &mut xp as *mut _ as *mut c_void,
             &mut ldx as *mut _ as *mut c_void,
             &mut kt as *mut _ as *mut c_void,
@@ -1132,12 +1131,12 @@ pub fn ffn_decode_slot(
             &mut acc as *mut _ as *mut c_void,
             &mut n_rows as *mut _ as *mut c_void,
         ];
-        // SAFETY: the slot_* kernels take (const Slot* plan, int slot, int
-        // wait_first, const half* x, int ldx, int k_tiles, long long
+        // SAFETY: the slot_* kernels take (const Slot* plan, int slot,
+        // unsigned seq, const half* x, int ldx, int k_tiles, long long
         // rt_stride, long long kt_stride, int splits, float* partial,
         // unsigned* counters, half* out, int ldo, float* out_acc, int n_rows),
         // matching `args` in order and size. plan.slots holds MAX_SLOTS
-        // slots and slot < n_slots; a used slot (written only by
+        // slots and the ready-flag word after them, and slot < n_slots; a used slot (written only by
         // router_policy) holds the addresses of one of `experts` (checked to
         // be the plan's, all of this geometry: same_packing), at most 16
         // tokens, each < n_tokens (the router's token count, <= the rows of

@@ -196,7 +196,8 @@ impl DevicePlan {
         Ok(DevicePlan {
             wtab: gpu.upload(&flat)?,
             addrs,
-            slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS)?,
+            // + the plan's ready flag (and a pad word)
+            slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS + 2)?,
             sel: gpu.alloc(MAX_PLAN_TOKENS * SEL_WORDS)?,
             counter: gpu.alloc(1)?,
             report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS + 16)?,

@@ -314,7 +314,7 @@ impl Router {
         // lat_host (null or tokens x e doubles), report (4 + MAX_SLOTS x
         // SLOT_WORDS words) are page-locked buffers owned by `plan` (UVA),
         // which synchronises before it frees them; wtab holds 2e addresses,
-        // plan.slots MAX_SLOTS slots >= n_slots, sel MAX_PLAN_TOKENS rows >=
+        // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, sel MAX_PLAN_TOKENS rows >=
         // tokens, counter one word that is 0 between launches (reset by the
         // last block); e <= MAX_SLOTS; dynamic shared memory as
         // router_logits needs for this block size.

@@ -618,7 +618,6 @@ impl GpuLayer {
                 &self.experts,
                 &self.device,
                 s,
-                s == 0,
                 &self.x,
                 &mut acc,
                 &mut self.ws,
