@@ -531,12 +531,16 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
     }                                                                                                       \
     __syncthreads();
 
+// Parameters of every slot kernel.
+#define WDMOE_SLOT_PARAMS                                                                                   \
+    const Slot *__restrict__ plan, int slot, unsigned seq, const __half *__restrict__ x, int ldx,            \
+        int k_tiles, long long rt_stride, long long kt_stride, int splits, float *__restrict__ partial,     \
+        unsigned *__restrict__ counters, __half *__restrict__ out, int ldo, float *__restrict__ out_acc,    \
+        int n_rows
+
 #define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN)                                                     \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
-        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
-        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
-        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PARAMS) {                                                                                \
         WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
         gemv_tile<NT, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, rt_stride, \
                                       kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);      \
@@ -544,10 +548,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 
 #define WDMOE_GEMV_R_SLOT(NAME, NT, NMAT, R, U, GATED, DOWN)                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                              \
-        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
-        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
-        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
-        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PARAMS) {                                                                                \
         WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
         gemv_tile_rows<NT, NMAT, R, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles,  \
                                               rt_stride, kt_stride, splits, partial, counters, out, ldo,    \
@@ -559,10 +560,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 // n-tiles), one n-tile when the slot has <= 8 tokens, two otherwise.
 #define WDMOE_GEMV_SLOT_DUAL(NAME, NMAT, U, GATED, DOWN)                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const Slot* __restrict__ plan, int slot, unsigned seq, const __half* __restrict__ x, int ldx,        \
-        int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial,     \
-        unsigned* __restrict__ counters, __half* __restrict__ out, int ldo, float* __restrict__ out_acc,    \
-        int n_rows) {                                                                                       \
+        WDMOE_SLOT_PARAMS) {                                                                                \
         WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
         if (sT <= 8)                                                                                        \
             gemv_tile<1, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles,       \

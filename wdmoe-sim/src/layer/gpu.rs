@@ -166,6 +166,39 @@ fn same_plan(report: &PlanReport, groups: &[Vec<(usize, f32)>]) -> bool {
     slots.next().is_none()
 }
 
+/// The decode experts on a host-built plan: for each expert with tokens its
+/// two kernels (tokens by value, the combine into `acc`), between events
+/// `events[2 + 2q]` and `events[3 + 2q]` when given; returns the experts
+/// that ran between events.
+#[allow(clippy::too_many_arguments)]
+fn run_host_plan(
+    gpu: &Gpu,
+    experts: &[ExpertWeights],
+    x: &DeviceSlice<f16>,
+    plan: &RoutingPlan,
+    groups: &[Vec<(usize, f32)>],
+    acc: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+    events: Option<&[Event]>,
+) -> Result<Vec<usize>, LayerError> {
+    let mut ran = Vec::new();
+    for (q, group) in groups.iter().enumerate() {
+        if group.is_empty() {
+            continue;
+        }
+        if let Some(ev) = events {
+            gpu.record_on(&ev[2 + 2 * q])?;
+        }
+        ffn_decode_combine(gpu, &experts[q], x, plan, q, acc, ws, cfg)?;
+        if let Some(ev) = events {
+            gpu.record_on(&ev[3 + 2 * q])?;
+            ran.push(q);
+        }
+    }
+    Ok(ran)
+}
+
 /// Per-expert accounting from the groups and the measured times.
 fn stats(groups: &[Vec<(usize, f32)>], m: usize, m_h: usize, times: &[f64]) -> Vec<ExpertStats> {
     groups
@@ -477,7 +510,6 @@ impl GpuLayer {
         let ne = n_tokens * e;
         let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
         let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        let mut ran = Vec::with_capacity(e);
         let grouped_path = self.uses_prefill(n_tokens);
         if grouped_path {
             let g = self
@@ -518,31 +550,21 @@ impl GpuLayer {
         } else {
             self.plan.set(n_tokens, &groups)?;
         }
-        for (q, group) in groups.iter().enumerate() {
-            if grouped_path {
-                break;
-            }
-            if group.is_empty() {
-                continue;
-            }
-            if self.expert_timing {
-                gpu.record_on(&ev[2 + 2 * q])?;
-            }
-            ffn_decode_combine(
+        let ran = if grouped_path {
+            Vec::new()
+        } else {
+            run_host_plan(
                 gpu,
-                &self.experts[q],
+                &self.experts,
                 &self.x,
                 &self.plan,
-                q,
+                &groups,
                 &mut acc,
                 &mut self.ws,
                 &self.cfg,
-            )?;
-            if self.expert_timing {
-                gpu.record_on(&ev[3 + 2 * q])?;
-                ran.push(q);
-            }
-        }
+                self.expert_timing.then_some(&ev[..]),
+            )?
+        };
         gpu.record_on(&ev[1])?;
         let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
         let mut experts = stats(&groups, m, self.m_h, &vec![0.0; e]);
@@ -646,35 +668,21 @@ impl GpuLayer {
             acc.set_zero()
                 .map_err(|err| LayerError::Gpu(format!("cuMemset of the accumulator: {err:?}")))?;
             self.plan.set(n_tokens, &groups)?;
-            for (q, group) in groups.iter().enumerate() {
-                if group.is_empty() {
-                    continue;
-                }
-                if self.expert_timing {
-                    gpu.record_on(&ev[2 + 2 * q])?;
-                }
-                ffn_decode_combine(
-                    gpu,
-                    &self.experts[q],
-                    &self.x,
-                    &self.plan,
-                    q,
-                    &mut acc,
-                    &mut self.ws,
-                    &self.cfg,
-                )?;
-                if self.expert_timing {
-                    gpu.record_on(&ev[3 + 2 * q])?;
-                }
-            }
+            let ran = run_host_plan(
+                gpu,
+                &self.experts,
+                &self.x,
+                &self.plan,
+                &groups,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+                self.expert_timing.then_some(&ev[..]),
+            )?;
             gpu.record_on(&ev[1])?;
             gpu.sync()?;
-            if self.expert_timing {
-                for (q, group) in groups.iter().enumerate() {
-                    if !group.is_empty() {
-                        times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
-                    }
-                }
+            for q in ran {
+                times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
             }
         }
         let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
