@@ -43,6 +43,7 @@
 
 pub mod channel;
 pub mod layer;
+pub mod model;
 pub mod policy;
 pub mod progress;
 pub mod report;

@@ -29,6 +29,8 @@ pub enum Stream {
     RouterLayers = 3,
     /// Decision inputs of the throughput helper.
     Throughput = 4,
+    /// Token sampling of `wdmoe generate` (temperature > 0).
+    Sampling = 5,
 }
 
 /// SplitMix64 step: a bijective 64-bit mixer (Steele et al. 2014).

@@ -13,22 +13,71 @@ fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// f32 dot product in eight lanes (vectorises; the summation order differs
+/// from a plain loop by rounding only).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, a), b) in acc.iter_mut().zip(x).zip(y) {
+            *s += a * b;
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Work (multiply-adds) above which one token's FFN is split over threads.
+const PAR_MACS: usize = 1 << 18;
+
+fn ffn_token(e: &ExpertF32, m: usize, m_h: usize, x: &[f32], y: &mut [f32], h: &mut [f32]) {
+    use rayon::prelude::*;
+    let hj = |j: usize| {
+        let row = j * m..(j + 1) * m;
+        silu(dot(&e.w1[row.clone()], x)) * dot(&e.w3[row], x)
+    };
+    let yi = |i: usize, h: &[f32]| dot(&e.w2[i * m_h..(i + 1) * m_h], h);
+    if m * m_h >= PAR_MACS {
+        h.par_iter_mut()
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(j, v)| *v = hj(j));
+        let h: &[f32] = h;
+        y.par_iter_mut()
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(i, v)| *v = yi(i, h));
+    } else {
+        h.iter_mut().enumerate().for_each(|(j, v)| *v = hj(j));
+        y.iter_mut().enumerate().for_each(|(i, v)| *v = yi(i, h));
+    }
 }
 
 /// One expert's FFN on `rows.len() / m` tokens: `y = W2 (silu(W1 x) ⊙ W3 x)`,
-/// f32, `rows`: `[t][m]` → returns `[t][m]`.
+/// f32, `rows`: `[t][m]` → returns `[t][m]`. Large steps run in parallel
+/// (over tokens, or over the rows of W1/W3 and W2 for a single token); the
+/// result does not depend on the thread count.
 pub fn expert_ffn(e: &ExpertF32, m: usize, m_h: usize, rows: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut out = vec![0.0; rows.len()];
-    let mut h = vec![0.0f32; m_h];
-    for (x, y) in rows.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
-        for (j, hj) in h.iter_mut().enumerate() {
-            let row = j * m..(j + 1) * m;
-            *hj = silu(dot(&e.w1[row.clone()], x)) * dot(&e.w3[row], x);
-        }
-        for (i, yi) in y.iter_mut().enumerate() {
-            *yi = dot(&e.w2[i * m_h..(i + 1) * m_h], &h);
+    let n = rows.len() / m;
+    if n >= 2 && n * m * m_h >= PAR_MACS {
+        out.par_chunks_exact_mut(m)
+            .zip(rows.par_chunks_exact(m))
+            .for_each_init(
+                || vec![0.0f32; m_h],
+                |h, (y, x)| ffn_token(e, m, m_h, x, y, h),
+            );
+    } else {
+        let mut h = vec![0.0f32; m_h];
+        for (x, y) in rows.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
+            ffn_token(e, m, m_h, x, y, &mut h);
         }
     }
     out
@@ -57,19 +106,47 @@ pub fn forward(
     policy: &Policy<f64>,
     latency_s: &[f64],
 ) -> Result<LayerOutput, LayerError> {
+    w.validate()?;
+    check_x(w, x, n_tokens)?;
+    let logits = router_logits(w, x, n_tokens);
+    forward_from_logits(w, x, n_tokens, &logits, policy, latency_s)
+}
+
+fn check_x(w: &MoeWeights, x: &[f32], n_tokens: usize) -> Result<(), LayerError> {
+    if n_tokens == 0 || x.len() != n_tokens * w.m {
+        return Err(LayerError::Shape(format!(
+            "x has {} values, expected {n_tokens} x {} (n_tokens > 0)",
+            x.len(),
+            w.m
+        )));
+    }
+    Ok(())
+}
+
+/// [`forward`] from router logits the caller computed (`[n_tokens][n_experts]`,
+/// e.g. with [`router_logits`], kept for a router trace): the policy, the
+/// experts and the combine. The router weights in `w` are not used.
+pub fn forward_from_logits(
+    w: &MoeWeights,
+    x: &[f32],
+    n_tokens: usize,
+    logits: &[f64],
+    policy: &Policy<f64>,
+    latency_s: &[f64],
+) -> Result<LayerOutput, LayerError> {
     let start = Instant::now();
     w.validate()?;
+    check_x(w, x, n_tokens)?;
     let (m, m_h, e) = (w.m, w.m_h, w.n_experts());
-    if n_tokens == 0 || x.len() != n_tokens * m {
+    if logits.len() != n_tokens * e {
         return Err(LayerError::Shape(format!(
-            "x has {} values, expected {n_tokens} x {m} (n_tokens > 0)",
-            x.len()
+            "logits have {} values, expected {n_tokens} x {e}",
+            logits.len()
         )));
     }
     check_latencies(latency_s, n_tokens, e)?;
-    let logits = router_logits(w, x, n_tokens);
-    let probs = softmax_rows(&logits, e);
-    let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
+    let probs = softmax_rows(logits, e);
+    let (selections, token_latency_s, groups) = route(logits, n_tokens, e, policy, latency_s)?;
     let mut out = vec![0.0f32; n_tokens * m];
     let mut experts = Vec::with_capacity(e);
     for (q, group) in groups.iter().enumerate() {
