@@ -261,7 +261,10 @@ pub fn write_safetensors(path: &Path, tensors: &[TensorToWrite]) -> Result<(), M
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
         };
-        (t.name.as_str(), View(&t.shape, t.dtype.to_safetensors(), bytes))
+        (
+            t.name.as_str(),
+            View(&t.shape, t.dtype.to_safetensors(), bytes),
+        )
     });
     let data = safetensors::serialize(views, None).map_err(|e| ModelError::Safetensors {
         path: path.to_owned(),

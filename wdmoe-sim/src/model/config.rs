@@ -121,12 +121,21 @@ impl MixtralConfig {
                 return Err(bad("hidden_act", format!("{act:?}: only \"silu\"")));
             }
         }
-        let rope_type = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
+        let rope_type = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone());
         if let Some(t) = rope_type.filter(|t| t != "default") {
-            return Err(bad("rope_parameters.rope_type", format!("{t:?}: only \"default\"")));
+            return Err(bad(
+                "rope_parameters.rope_type",
+                format!("{t:?}: only \"default\""),
+            ));
         }
         if let Some(v) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(bad("rope_scaling", format!("{v}: RoPE scaling is not supported")));
+            return Err(bad(
+                "rope_scaling",
+                format!("{v}: RoPE scaling is not supported"),
+            ));
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let heads = need(raw.num_attention_heads, "num_attention_heads")?;
@@ -162,11 +171,17 @@ impl MixtralConfig {
             .or(raw.rope_theta)
             .unwrap_or(1e6);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
-            return Err(bad("rope_theta", format!("{rope_theta}: must be finite and > 1")));
+            return Err(bad(
+                "rope_theta",
+                format!("{rope_theta}: must be finite and > 1"),
+            ));
         }
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-5);
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(bad("rms_norm_eps", format!("{rms_norm_eps}: must be finite and >= 0")));
+            return Err(bad(
+                "rms_norm_eps",
+                format!("{rms_norm_eps}: must be finite and >= 0"),
+            ));
         }
         let num_local_experts = need(raw.num_local_experts, "num_local_experts")?;
         if num_local_experts > crate::layer::MAX_EXPERTS {
@@ -193,10 +208,7 @@ impl MixtralConfig {
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
-            max_position_embeddings: need(
-                raw.max_position_embeddings,
-                "max_position_embeddings",
-            )?,
+            max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
             rms_norm_eps,
             rope_theta,
             sliding_window: match raw.sliding_window {
@@ -266,7 +278,10 @@ mod tests {
         assert_eq!(c.sliding_window, None);
         assert!(!c.tie_word_embeddings);
         // 32·16 + 2·(16·16·2 + 16·8·2 + 4·16 + 4·3·16·24 + 32) + 16 + 32·16
-        assert_eq!(c.n_params(), 512 + 2 * (512 + 256 + 64 + 4608 + 32) + 16 + 512);
+        assert_eq!(
+            c.n_params(),
+            512 + 2 * (512 + 256 + 64 + 4608 + 32) + 16 + 512
+        );
         let mut v = base();
         v["rope_parameters"] = serde_json::Value::Null;
         v["rope_theta"] = serde_json::json!(500.0);
@@ -278,7 +293,10 @@ mod tests {
         let mut v = base();
         v["model_type"] = serde_json::json!("llama");
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("x/config.json") && e.contains("\"llama\""), "{e}");
+        assert!(
+            e.contains("x/config.json") && e.contains("\"llama\""),
+            "{e}"
+        );
         let mut v = base();
         v["num_key_value_heads"] = serde_json::json!(3);
         let e = parse(&v).unwrap_err().to_string();

@@ -111,11 +111,7 @@ pub struct Model {
     tokenizer: Option<Tokenizer>,
 }
 
-fn load_layer(
-    ck: &Checkpoint,
-    c: &MixtralConfig,
-    l: usize,
-) -> Result<DecoderLayer, ModelError> {
+fn load_layer(ck: &Checkpoint, c: &MixtralConfig, l: usize) -> Result<DecoderLayer, ModelError> {
     let (m, f, e) = (c.hidden_size, c.intermediate_size, c.num_local_experts);
     let qw = c.num_attention_heads * c.head_dim;
     let kvw = c.num_key_value_heads * c.head_dim;

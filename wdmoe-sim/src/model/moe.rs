@@ -196,8 +196,7 @@ pub(crate) fn moe_block(
     let logits = cpu::router_logits(w, x, n);
     let out = cpu::forward_from_logits(w, x, n, &logits, &cfg.policy, &lat).map_err(err)?;
     let p = &cfg.policy;
-    let base = Policy::new(p.k(), 0.0, 0)
-        .map_err(|e| err(crate::layer::LayerError::Policy(e)))?;
+    let base = Policy::new(p.k(), 0.0, 0).map_err(|e| err(crate::layer::LayerError::Policy(e)))?;
     let mut kept_weight = Vec::with_capacity(n);
     let mut top_k_latency_s = Vec::with_capacity(n);
     for t in 0..n {

@@ -116,6 +116,9 @@ mod tests {
         let mut s = Sampler::new(1.0, 1.0, 3).unwrap();
         let mut n = [0usize; 3];
         (0..3000).for_each(|_| n[s.next_token(&logits) as usize] += 1);
-        assert!(n[0] > 1600 && n[0] < 2000 && n[2] > 200 && n[2] < 400, "{n:?}");
+        assert!(
+            n[0] > 1600 && n[0] < 2000 && n[2] > 200 && n[2] < 400,
+            "{n:?}"
+        );
     }
 }

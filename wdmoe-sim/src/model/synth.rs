@@ -69,16 +69,26 @@ fn get(c: &serde_json::Value, key: &str) -> Result<usize, ModelError> {
 /// The tensors (hub names, shapes, seeded values) of a checkpoint for
 /// `config` (a `config.json` object). Norm weights are drawn around 1,
 /// matrices uniform with scale 1/sqrt(fan-in).
-pub fn tensors(config: &serde_json::Value, seed: u64) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+pub fn tensors(
+    config: &serde_json::Value,
+    seed: u64,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
     let (v, m, f) = (
         get(config, "vocab_size")?,
         get(config, "hidden_size")?,
         get(config, "intermediate_size")?,
     );
     let heads = get(config, "num_attention_heads")?;
-    let kv = config["num_key_value_heads"].as_u64().map_or(heads, |x| x as usize);
-    let hd = config["head_dim"].as_u64().map_or(m / heads.max(1), |x| x as usize);
-    let (layers, e) = (get(config, "num_hidden_layers")?, get(config, "num_local_experts")?);
+    let kv = config["num_key_value_heads"]
+        .as_u64()
+        .map_or(heads, |x| x as usize);
+    let hd = config["head_dim"]
+        .as_u64()
+        .map_or(m / heads.max(1), |x| x as usize);
+    let (layers, e) = (
+        get(config, "num_hidden_layers")?,
+        get(config, "num_local_experts")?,
+    );
     let tied = config["tie_word_embeddings"].as_bool().unwrap_or(false);
     let mut state = seed ^ 0xD1B5_4A32_D192_ED03;
     let mut out = Vec::new();
@@ -90,17 +100,29 @@ pub fn tensors(config: &serde_json::Value, seed: u64) -> Result<Vec<(String, Vec
     mat("model.embed_tokens.weight".into(), v, m, &mut out);
     let mut norm_state = seed.wrapping_mul(31) ^ 0x51ED_270B;
     let mut norm = |name: String, out: &mut Vec<_>| {
-        let vals = (0..m).map(|_| 1.0 + 0.1 * uniform(&mut norm_state)).collect();
+        let vals = (0..m)
+            .map(|_| 1.0 + 0.1 * uniform(&mut norm_state))
+            .collect();
         out.push((name, vec![m], vals));
     };
     for l in 0..layers {
         let p = format!("model.layers.{l}");
         norm(format!("{p}.input_layernorm.weight"), &mut out);
         norm(format!("{p}.post_attention_layernorm.weight"), &mut out);
-        mat(format!("{p}.self_attn.q_proj.weight"), heads * hd, m, &mut out);
+        mat(
+            format!("{p}.self_attn.q_proj.weight"),
+            heads * hd,
+            m,
+            &mut out,
+        );
         mat(format!("{p}.self_attn.k_proj.weight"), kv * hd, m, &mut out);
         mat(format!("{p}.self_attn.v_proj.weight"), kv * hd, m, &mut out);
-        mat(format!("{p}.self_attn.o_proj.weight"), m, heads * hd, &mut out);
+        mat(
+            format!("{p}.self_attn.o_proj.weight"),
+            m,
+            heads * hd,
+            &mut out,
+        );
         mat(format!("{p}.block_sparse_moe.gate.weight"), e, m, &mut out);
         for q in 0..e {
             let x = format!("{p}.block_sparse_moe.experts.{q}");
@@ -130,8 +152,11 @@ pub fn write_checkpoint(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let cfg = dir.join("config.json");
-    std::fs::write(&cfg, serde_json::to_string_pretty(config).unwrap_or_default())
-        .map_err(io(&cfg))?;
+    std::fs::write(
+        &cfg,
+        serde_json::to_string_pretty(config).unwrap_or_default(),
+    )
+    .map_err(io(&cfg))?;
     let all: Vec<TensorToWrite> = tensors(config, seed)?
         .into_iter()
         .map(|(name, shape, values)| TensorToWrite {
