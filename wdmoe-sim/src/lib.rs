@@ -17,6 +17,8 @@
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
+//! | [`model`] | a Mixtral model on the CPU: HF checkpoints, decoder, WDMoE routing, generation |
+//! | [`generate_cli`] | `wdmoe generate` |
 //! | [`rng`] | seeded, injected random streams |
 //!
 //! Randomness is always seeded: prompt `p` of a run with seed `s` draws from
@@ -42,6 +44,7 @@
 #![deny(missing_docs)]
 
 pub mod channel;
+pub mod generate_cli;
 pub mod layer;
 pub mod model;
 pub mod policy;

@@ -43,6 +43,8 @@ enum Cmd {
     },
     /// The selection policy over JSON lines on stdin (one decision per line).
     Select,
+    /// Text from a Mixtral checkpoint (CPU), WDMoE choosing the experts.
+    Generate(wdmoe_sim::generate_cli::GenerateArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// scales the cell radius and the devices' compute spread.
     Sensitivity {
@@ -173,6 +175,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 None => Scenario::paper(),
             };
             sensitivity(base, &radii_m, &compute_spreads, &run)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Generate(a) => {
+            wdmoe_sim::generate_cli::run(&a, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Select => {

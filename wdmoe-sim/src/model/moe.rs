@@ -88,12 +88,14 @@ impl ExpertLatency for FixedLatency {
 /// Latencies of a simulated wireless deployment: the scenario's channel
 /// (expert q on device q), one channel slot per token position, the same
 /// for every layer of a token (as in the simulator's sequential accounting);
-/// eq. (6) through [`ChannelModel`].
+/// eq. (6) through [`ChannelModel`]. Every position's latencies are drawn
+/// once, in order, and kept, so layers and re-runs of a position see the same.
 #[derive(Debug)]
 pub struct ScenarioLatency<'a> {
     chan: ChannelRealisation<'a>,
-    slot: Option<usize>,
-    current: Vec<f64>,
+    n: usize,
+    /// `[position][device]`, positions `0..len/n` drawn so far.
+    drawn: Vec<f64>,
 }
 
 impl<'a> ScenarioLatency<'a> {
@@ -109,8 +111,8 @@ impl<'a> ScenarioLatency<'a> {
             .map_err(|e| ModelError::Latency(format!("channel: {e:?}")))?;
         Ok(ScenarioLatency {
             chan,
-            slot: None,
-            current: vec![0.0; channel.n_devices()],
+            n: channel.n_devices(),
+            drawn: Vec::new(),
         })
     }
 
@@ -128,28 +130,23 @@ impl<'a> ScenarioLatency<'a> {
 
 impl ExpertLatency for ScenarioLatency<'_> {
     fn latency_s(&mut self, position: usize, _: usize, out: &mut [f64]) -> Result<(), ModelError> {
-        if self.slot != Some(position) {
-            if self.slot.is_some_and(|s| position < s) {
-                return Err(ModelError::Latency(format!(
-                    "channel slots must not go back (position {position} after {:?})",
-                    self.slot
-                )));
-            }
-            let slot = u32::try_from(position)
-                .map_err(|_| ModelError::Latency(format!("position {position} too large")))?;
-            self.chan
-                .latency_at(slot, &mut self.current)
-                .map_err(|e| ModelError::Latency(format!("channel: {e:?}")))?;
-            self.slot = Some(position);
-        }
-        if out.len() != self.current.len() {
+        let n = self.n;
+        if out.len() != n {
             return Err(ModelError::Latency(format!(
-                "{} devices for {} experts",
-                self.current.len(),
+                "{n} devices for {} experts",
                 out.len()
             )));
         }
-        out.copy_from_slice(&self.current);
+        let mut row = vec![0.0; n];
+        while self.drawn.len() <= position * n {
+            let slot = u32::try_from(self.drawn.len() / n)
+                .map_err(|_| ModelError::Latency(format!("position {position} is too large")))?;
+            self.chan
+                .latency_at(slot, &mut row)
+                .map_err(|e| ModelError::Latency(format!("channel: {e:?}")))?;
+            self.drawn.extend_from_slice(&row);
+        }
+        out.copy_from_slice(&self.drawn[position * n..(position + 1) * n]);
         Ok(())
     }
 }

@@ -1,0 +1,262 @@
+//! `wdmoe generate`: text from a Mixtral checkpoint on the CPU, the WDMoE
+//! policy choosing the experts of every token and layer, with the simulated
+//! wireless latency of WDMoE and of plain top-k beside the host compute time.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::model::{
+    generate, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
+    MoeConfig, Sampler, ScenarioLatency,
+};
+use crate::scenario::Scenario;
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The f32 CPU reference.
+    Cpu,
+    /// A CUDA GPU (not available yet for whole models).
+    Cuda,
+}
+
+/// Flags of `wdmoe generate`.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Checkpoint directory in the Hugging Face layout (config.json,
+    /// model.safetensors or model.safetensors.index.json, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt text (needs the checkpoint's tokenizer.json).
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    pub prompt: Option<String>,
+    /// Prompt as token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate (generation also stops at the config's eos_token_id).
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// WDMoE drop threshold θ ∈ [0, 0.5] (0: plain top-k).
+    #[arg(long, default_value_t = 0.2)]
+    pub theta: f64,
+    /// Experts taken by router weight (default: the config's num_experts_per_tok).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Most experts dropped per token and layer.
+    #[arg(long, default_value_t = 1)]
+    pub max_drops: usize,
+    /// Fixed per-expert latencies in seconds, comma-separated (instead of a scenario).
+    #[arg(long, value_delimiter = ',', conflicts_with = "scenario")]
+    pub latency_s: Option<Vec<f64>>,
+    /// Scenario file for the experts' latencies (default: the paper's setup).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Seed of the channel and of sampling (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass (with --temperature > 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Print one JSON object instead of streaming text and a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the logits of every prompt position, float32 [prompt_len, vocab], as .npy.
+    #[arg(long)]
+    pub dump_logits: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    model: String,
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    k: usize,
+    theta: f64,
+    max_drops: usize,
+    latency_source: &'a str,
+    summary: &'a GenerationSummary,
+}
+
+fn e(err: ModelError) -> String {
+    err.to_string()
+}
+
+/// Runs `wdmoe generate`, writing the text (streamed) and the summary, or
+/// the JSON object, to `out`.
+pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
+    if a.device == Device::Cuda {
+        return Err(if cfg!(feature = "cuda") {
+            "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
+                .into()
+        } else {
+            "--device cuda: wdmoe was not built with cuda (cargo feature `cuda`); use --device cpu"
+                .into()
+        });
+    }
+    let model = Model::load(&a.model).map_err(e)?;
+    let c = model.config().clone();
+    let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => model
+            .tokenizer()
+            .ok_or_else(|| {
+                format!(
+                    "--prompt needs {}; give --prompt-ids instead",
+                    a.model.join("tokenizer.json").display()
+                )
+            })?
+            .encode(text)
+            .map_err(e)?,
+        (None, None) => return Err("give --prompt or --prompt-ids".into()),
+    };
+    let k = a.k.unwrap_or(c.num_experts_per_tok);
+    let moe = MoeConfig::wdmoe(k, a.theta, a.max_drops).map_err(e)?;
+    let scenario = match &a.scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|err| format!("cannot read {}: {err}", p.display()))?;
+            Scenario::from_toml_str(&text).map_err(|err| format!("{}: {err}", p.display()))?
+        }
+        None => Scenario::default(),
+    };
+    let seed = a.seed.unwrap_or(scenario.seed);
+    let channel;
+    let (mut latency, source): (Box<dyn ExpertLatency>, String) = match &a.latency_s {
+        Some(l) => {
+            if l.len() != c.num_local_experts {
+                return Err(format!(
+                    "--latency-s has {} values, the model has {} experts per layer",
+                    l.len(),
+                    c.num_local_experts
+                ));
+            }
+            (
+                Box::new(FixedLatency::new(l.clone()).map_err(e)?),
+                "fixed --latency-s".into(),
+            )
+        }
+        None => {
+            channel = ScenarioLatency::channel_for(&scenario, c.num_local_experts).map_err(e)?;
+            let name = a
+                .scenario
+                .as_ref()
+                .map_or("the default scenario".into(), |p| p.display().to_string());
+            (
+                Box::new(ScenarioLatency::new(&channel, seed, 0).map_err(e)?),
+                format!("{name}, channel seed {seed}"),
+            )
+        }
+    };
+    let mut sampler = Sampler::new(a.temperature, a.top_p, seed).map_err(e)?;
+    let settings = GenerateSettings {
+        max_new_tokens: a.max_new_tokens,
+        stop_tokens: c.eos_token_ids.clone(),
+        keep_prompt_logits: a.dump_logits.is_some(),
+    };
+    let tok = model.tokenizer();
+    let stream = !a.json;
+    let mut ids = Vec::new();
+    let mut shown = 0usize;
+    let mut io_err = None;
+    let mut on_token = |id: u32| -> Result<(), ModelError> {
+        ids.push(id);
+        if !stream {
+            return Ok(());
+        }
+        let piece = match tok {
+            Some(t) => {
+                let text = t.decode(&ids)?;
+                // Print what the decoded text gained (a token may complete
+                // a multi-byte character only with the next one).
+                let new = text.get(shown..).unwrap_or("").to_string();
+                shown = text.len().max(shown);
+                new
+            }
+            None => format!("{}{id}", if ids.len() > 1 { " " } else { "" }),
+        };
+        if let Err(err) = write!(out, "{piece}").and_then(|_| out.flush()) {
+            io_err.get_or_insert(err);
+        }
+        Ok(())
+    };
+    let g = generate(
+        &model,
+        &prompt,
+        &moe,
+        latency.as_mut(),
+        &mut sampler,
+        &settings,
+        &mut on_token,
+    )
+    .map_err(e)?;
+    if let Some(err) = io_err {
+        return Err(format!("writing the output: {err}"));
+    }
+    if let (Some(p), Some(l)) = (&a.dump_logits, &g.prompt_logits) {
+        let bytes = crate::trace::npy_bytes_f32(&[prompt.len(), c.vocab_size], l);
+        std::fs::write(p, bytes).map_err(|err| format!("cannot write {}: {err}", p.display()))?;
+    }
+    let s = &g.summary;
+    let w = |r: std::io::Result<()>| r.map_err(|err| format!("writing the output: {err}"));
+    if a.json {
+        let text = match tok {
+            Some(t) => Some(t.decode(&g.generated_ids).map_err(e)?),
+            None => None,
+        };
+        let j = JsonOut {
+            model: a.model.display().to_string(),
+            prompt_ids: &g.prompt_ids,
+            generated_ids: &g.generated_ids,
+            text,
+            k,
+            theta: a.theta,
+            max_drops: a.max_drops,
+            latency_source: &source,
+            summary: s,
+        };
+        let text = serde_json::to_string(&j).map_err(|err| err.to_string())?;
+        w(writeln!(out, "{text}"))?;
+    } else {
+        w(writeln!(out))?;
+        w(writeln!(
+            out,
+            "--\n{} prompt + {} generated tokens{} | k = {k}, θ = {}, max drops {} | latencies: {source}",
+            s.prompt_tokens,
+            s.generated_tokens,
+            if s.stopped { " (stopped at EOS)" } else { "" },
+            a.theta,
+            a.max_drops,
+        ))?;
+        w(writeln!(
+            out,
+            "CPU: prefill {:.3} s ({:.1} tokens/s), decode {:.3} s ({:.2} tokens/s)",
+            s.prefill_s, s.prefill_tokens_per_s, s.decode_s, s.decode_tokens_per_s
+        ))?;
+        w(writeln!(
+            out,
+            "experts per token {:.3}, kept router weight {:.3}, decisions with a drop {} of {}",
+            s.experts_per_token, s.kept_weight, s.drops, s.decisions
+        ))?;
+        w(writeln!(
+            out,
+            "simulated expert latency (eq. 7-8, sequential): WDMoE {:.4} s vs top-{k} {:.4} s ({:.1} % less)",
+            s.wdmoe_latency_s, s.top_k_latency_s, s.latency_reduction_pct
+        ))?;
+    }
+    Ok(())
+}
