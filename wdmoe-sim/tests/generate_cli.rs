@@ -78,7 +78,7 @@ fn json_and_dump_match_hf_wdmoe_case() {
     assert_eq!(s["generated_tokens"], 16);
     assert_eq!(s["decisions"], (12 + 15) * 2);
     let e = s["experts_per_token"].as_f64().unwrap();
-    assert!(e >= 1.0 && e < 2.0, "{e}");
+    assert!((1.0..2.0).contains(&e), "{e}");
     let (wd, tk) = (
         s["wdmoe_latency_s"].as_f64().unwrap(),
         s["top_k_latency_s"].as_f64().unwrap(),

@@ -29,6 +29,9 @@ pub fn tiny_config() -> serde_json::Value {
     })
 }
 
+/// A tensor: hub name, shape, row-major values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// How the checkpoint is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -69,10 +72,7 @@ fn get(c: &serde_json::Value, key: &str) -> Result<usize, ModelError> {
 /// The tensors (hub names, shapes, seeded values) of a checkpoint for
 /// `config` (a `config.json` object). Norm weights are drawn around 1,
 /// matrices uniform with scale 1/sqrt(fan-in).
-pub fn tensors(
-    config: &serde_json::Value,
-    seed: u64,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ModelError> {
+pub fn tensors(config: &serde_json::Value, seed: u64) -> Result<Vec<NamedTensor>, ModelError> {
     let (v, m, f) = (
         get(config, "vocab_size")?,
         get(config, "hidden_size")?,
