@@ -9,8 +9,8 @@
 # wdmoe-core/tests/fuzz_regressions.rs (or the simulator's).
 #
 # Knobs (environment):
-#   WDMOE_FUZZ_SECS       seconds per target (default 45: 6 targets + the ASan
-#                         build fit in ~10 min on 2 cores; raise it locally)
+#   WDMOE_FUZZ_SECS       seconds per target (default 45: 7 targets + the ASan
+#                         build fit in ~11 min on 2 cores; raise it locally)
 #   WDMOE_FUZZ_TARGETS    space-separated subset (default: every target)
 #   WDMOE_FUZZ_SANITIZER  address | none (default address)
 #   WDMOE_FUZZ_JOBS       libFuzzer processes per target (default 1)

@@ -157,6 +157,26 @@ impl Checkpoint {
         self.where_is.contains_key(name)
     }
 
+    /// Names of every tensor, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.where_is.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Shape and storage dtype of tensor `name` (`None` for a dtype other
+    /// than F32, F16, BF16: [`Checkpoint::tensor_f32`] says which).
+    pub fn info(&self, name: &str) -> Option<(&[usize], Option<StoredDtype>)> {
+        let info = self.shards[*self.where_is.get(name)?].metadata.info(name)?;
+        let dtype = match info.dtype {
+            Dtype::F32 => Some(StoredDtype::F32),
+            Dtype::F16 => Some(StoredDtype::F16),
+            Dtype::BF16 => Some(StoredDtype::Bf16),
+            _ => None,
+        };
+        Some((&info.shape, dtype))
+    }
+
     /// Bytes of tensor data in all files.
     pub fn data_bytes(&self) -> usize {
         self.shards

@@ -6,6 +6,10 @@ use serde::Deserialize;
 
 use super::ModelError;
 
+/// Largest size any config dimension may have (2^20), so that every tensor
+/// size derived from them fits in 64 bits.
+pub const MAX_DIM: usize = 1 << 20;
+
 /// The Mixtral hyper-parameters the decoder needs, read from a Hugging Face
 /// `config.json` (`MixtralConfig`), validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +204,7 @@ impl MixtralConfig {
                 format!("{k} > num_local_experts = {num_local_experts}"),
             ));
         }
-        Ok(MixtralConfig {
+        let c = MixtralConfig {
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
             intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
@@ -231,23 +235,38 @@ impl MixtralConfig {
                         .ok_or_else(|| bad("eos_token_id", format!("{v}: not token ids")))?
                 }
             },
-        })
+        };
+        // Every size a tensor shape is built from stays far from overflow.
+        for (key, v) in [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("intermediate_size", c.intermediate_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("num_attention_heads", c.num_attention_heads),
+            ("head_dim", c.head_dim),
+        ] {
+            if v > MAX_DIM {
+                return Err(bad(key, format!("{v}: at most {MAX_DIM}")));
+            }
+        }
+        Ok(c)
     }
 
     /// Parameters of the model (embedding, attention, router, experts,
     /// norms, lm_head unless tied).
     pub fn n_params(&self) -> u64 {
         let (v, m, f) = (
-            self.vocab_size as u64,
-            self.hidden_size as u64,
-            self.intermediate_size as u64,
+            self.vocab_size as u128,
+            self.hidden_size as u128,
+            self.intermediate_size as u128,
         );
-        let q = (self.num_attention_heads * self.head_dim) as u64;
-        let kv = (self.num_key_value_heads * self.head_dim) as u64;
-        let e = self.num_local_experts as u64;
+        let q = (self.num_attention_heads as u128) * self.head_dim as u128;
+        let kv = (self.num_key_value_heads as u128) * self.head_dim as u128;
+        let e = self.num_local_experts as u128;
         let layer = m * q * 2 + m * kv * 2 + e * m + e * 3 * m * f + 2 * m;
         let head = if self.tie_word_embeddings { 0 } else { v * m };
-        v * m + self.num_hidden_layers as u64 * layer + m + head
+        let n = v * m + self.num_hidden_layers as u128 * layer + m + head;
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
 }
 
@@ -305,6 +324,16 @@ mod tests {
         v.as_object_mut().unwrap().remove("vocab_size");
         let e = parse(&v).unwrap_err().to_string();
         assert!(e.contains("`vocab_size`: missing"), "{e}");
+        let mut v = base();
+        v["vocab_size"] = serde_json::json!(1u64 << 40);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("`vocab_size`: 1099511627776: at most 1048576"), "{e}");
+        let mut v = base();
+        v["num_hidden_layers"] = serde_json::json!(MAX_DIM);
+        v["hidden_size"] = serde_json::json!(MAX_DIM);
+        v["intermediate_size"] = serde_json::json!(MAX_DIM);
+        v["num_local_experts"] = serde_json::json!(64);
+        assert_eq!(parse(&v).unwrap().n_params(), u64::MAX); // saturates, no overflow
         let e = MixtralConfig::from_json_str("{", Path::new("c.json"))
             .unwrap_err()
             .to_string();

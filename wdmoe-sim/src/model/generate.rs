@@ -101,7 +101,9 @@ pub fn generate(
     settings: &GenerateSettings,
     on_token: &mut dyn FnMut(u32) -> Result<(), ModelError>,
 ) -> Result<Generation, ModelError> {
-    let positions = prompt.len() + settings.max_new_tokens.saturating_sub(1);
+    let positions = prompt
+        .len()
+        .saturating_add(settings.max_new_tokens.saturating_sub(1));
     let max_positions = model.config().max_position_embeddings;
     if positions > max_positions {
         return Err(ModelError::TooLong {
