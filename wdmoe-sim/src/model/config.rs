@@ -327,7 +327,10 @@ mod tests {
         let mut v = base();
         v["vocab_size"] = serde_json::json!(1u64 << 40);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("`vocab_size`: 1099511627776: at most 1048576"), "{e}");
+        assert!(
+            e.contains("`vocab_size`: 1099511627776: at most 1048576"),
+            "{e}"
+        );
         let mut v = base();
         v["num_hidden_layers"] = serde_json::json!(MAX_DIM);
         v["hidden_size"] = serde_json::json!(MAX_DIM);
