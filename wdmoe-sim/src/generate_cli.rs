@@ -170,24 +170,39 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
     };
     let tok = model.tokenizer();
     let stream = !a.json;
-    let mut ids = Vec::new();
-    let mut shown = 0usize;
+    // Streaming decodes prompt + generated tokens and prints what the text
+    // gained past the prompt's (so a word's leading space survives), holding
+    // back while the text ends in an incomplete character.
+    let mut all = prompt.clone();
+    let mut shown = match (tok, stream) {
+        (Some(t), true) => t.decode(&prompt).map_err(e)?.len(),
+        _ => 0,
+    };
     let mut io_err = None;
     let mut on_token = |id: u32| -> Result<(), ModelError> {
-        ids.push(id);
+        all.push(id);
         if !stream {
             return Ok(());
         }
         let piece = match tok {
             Some(t) => {
-                let text = t.decode(&ids)?;
-                // Print what the decoded text gained (a token may complete
-                // a multi-byte character only with the next one).
-                let new = text.get(shown..).unwrap_or("").to_string();
-                shown = text.len().max(shown);
-                new
+                let text = t.decode(&all)?;
+                match text.get(shown..) {
+                    Some(new) if !text.ends_with('\u{FFFD}') => {
+                        shown = text.len();
+                        new.to_string()
+                    }
+                    _ => String::new(),
+                }
             }
-            None => format!("{}{id}", if ids.len() > 1 { " " } else { "" }),
+            None => format!(
+                "{}{id}",
+                if all.len() > prompt.len() + 1 {
+                    " "
+                } else {
+                    ""
+                }
+            ),
         };
         if let Err(err) = write!(out, "{piece}").and_then(|_| out.flush()) {
             io_err.get_or_insert(err);

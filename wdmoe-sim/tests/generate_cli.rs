@@ -207,3 +207,65 @@ fn errors_are_clear() {
     let e = err(&["generate", "--model", "/nonexistent", "--prompt-ids", "1"]);
     assert!(e.contains("/nonexistent/config.json"), "{e}");
 }
+
+#[cfg(feature = "tokenizer")]
+#[test]
+fn text_prompt_through_tokenizer_json() {
+    // The gqa fixture plus a word-level tokenizer: "w{i}" is token i.
+    let d = std::env::temp_dir().join(format!("wdmoe-gen-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("gqa").join(f), d.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    for i in 1..320 {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(d.join("tokenizer.json"), tok.to_string()).unwrap();
+    let c = case("gqa", "top2");
+    let prompt: Vec<String> = c["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| format!("w{x}"))
+        .collect();
+    let prompt = prompt.join(" ");
+    let m = d.to_str().unwrap();
+    let want: Vec<String> = c["greedy_new_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(8)
+        .map(|x| format!("w{x}"))
+        .collect();
+    let base = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        &prompt,
+        "--theta",
+        "0",
+        "--max-new-tokens",
+        "8",
+    ];
+    let out = wdmoe(&[&base[..], &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["prompt_ids"], c["prompt_ids"]);
+    assert_eq!(j["text"], want.join(" "));
+    // Streamed: the same words, continuing the prompt's text.
+    let out = wdmoe(&base);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().next().unwrap(), format!(" {}", want.join(" ")));
+}
