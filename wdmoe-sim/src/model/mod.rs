@@ -99,7 +99,6 @@ pub struct ForwardOutput {
 }
 
 /// A Mixtral model: config, f32 weights, optional tokenizer.
-#[derive(Debug)]
 pub struct Model {
     config: MixtralConfig,
     dir: PathBuf,
@@ -109,6 +108,18 @@ pub struct Model {
     lm_head: Option<Vec<f32>>,
     rope: Rope,
     tokenizer: Option<Tokenizer>,
+}
+
+impl std::fmt::Debug for Model {
+    // The weights are left out (gigabytes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("tied_embeddings", &self.lm_head.is_none())
+            .field("tokenizer", &self.tokenizer)
+            .finish_non_exhaustive()
+    }
 }
 
 fn load_layer(ck: &Checkpoint, c: &MixtralConfig, l: usize) -> Result<DecoderLayer, ModelError> {
