@@ -16,6 +16,8 @@
 //! | [`policy`] | WDMoE θ, weight-only β, channel-only — one trait |
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
+//! | [`frontier`] | the exact selector, the latency–kept-weight frontier, joint bandwidth allocation |
+//! | [`frontier_cli`] | `wdmoe frontier` |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
 //! | [`rng`] | seeded, injected random streams |
 //!
@@ -49,6 +51,8 @@ pub mod report;
 pub mod rng;
 pub mod router;
 pub mod scenario;
+pub mod frontier;
+pub mod frontier_cli;
 pub mod select_cli;
 pub mod sim;
 pub mod stats;

@@ -43,6 +43,10 @@ enum Cmd {
     },
     /// The selection policy over JSON lines on stdin (one decision per line).
     Select,
+    /// How far WDMoE is from optimal: the exact per-token selector's
+    /// latency–kept-weight frontier and joint bandwidth allocation, on the
+    /// same draws as WDMoE's θ sweep and the baselines.
+    Frontier(wdmoe_sim::frontier_cli::FrontierArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// scales the cell radius and the devices' compute spread.
     Sensitivity {
@@ -175,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             sensitivity(base, &radii_m, &compute_spreads, &run)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Frontier(a) => wdmoe_sim::frontier_cli::run(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Select => {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
