@@ -44,6 +44,8 @@
 #![deny(missing_docs)]
 
 pub mod channel;
+pub mod frontier;
+pub mod frontier_cli;
 pub mod layer;
 pub mod policy;
 pub mod progress;
@@ -51,8 +53,6 @@ pub mod report;
 pub mod rng;
 pub mod router;
 pub mod scenario;
-pub mod frontier;
-pub mod frontier_cli;
 pub mod select_cli;
 pub mod sim;
 pub mod stats;

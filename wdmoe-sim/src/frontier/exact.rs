@@ -133,10 +133,7 @@ impl Staircase {
                 i += 1;
             }
             let weight: f64 = best.iter().map(|&c| cands[c].weight).sum();
-            let lat = best
-                .iter()
-                .map(|&c| cands[c].latency_s)
-                .fold(0.0, f64::max);
+            let lat = best.iter().map(|&c| cands[c].latency_s).fold(0.0, f64::max);
             experts.clear();
             experts.extend(best.iter().map(|&c| cands[c].expert));
             self.push_step(lat, weight, &experts);
@@ -175,7 +172,11 @@ impl Staircase {
             all.push((latency_of(&experts)?, weight, mask));
         }
         // Ascending latency; ties: heavier first, then the lower mask.
-        all.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+        all.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
         for (lat, weight, mask) in all {
             experts.clear();
             for (c, cand) in cands.iter().enumerate().take(m) {
@@ -226,34 +227,34 @@ impl Staircase {
     }
 }
 
-/// Brute force over every subset of at most `k` candidates (for tests):
-/// the smallest max-latency keeping at least `need`, or `None`.
-pub fn brute_force_min_latency(cands: &[Candidate], k: usize, need: f64) -> Option<f64> {
-    let m = cands.len();
-    assert!(m < 64, "brute force is for small cases");
-    let need = need * (1.0 - WEIGHT_TOL);
-    let mut best: Option<f64> = None;
-    for mask in 1u64..(1u64 << m) {
-        if mask.count_ones() as usize > k {
-            continue;
-        }
-        let (mut w, mut t) = (0.0, 0.0_f64);
-        for (c, cand) in cands.iter().enumerate() {
-            if mask >> c & 1 == 1 {
-                w += cand.weight;
-                t = t.max(cand.latency_s);
-            }
-        }
-        if w >= need && best.is_none_or(|b| t < b) {
-            best = Some(t);
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Brute force over every subset of at most `k` candidates (for tests):
+    /// the smallest max-latency keeping at least `need`, or `None`.
+    fn brute_force_min_latency(cands: &[Candidate], k: usize, need: f64) -> Option<f64> {
+        let m = cands.len();
+        assert!(m < 64, "brute force is for small cases");
+        let need = need * (1.0 - WEIGHT_TOL);
+        let mut best: Option<f64> = None;
+        for mask in 1u64..(1u64 << m) {
+            if mask.count_ones() as usize > k {
+                continue;
+            }
+            let (mut w, mut t) = (0.0, 0.0_f64);
+            for (c, cand) in cands.iter().enumerate() {
+                if mask >> c & 1 == 1 {
+                    w += cand.weight;
+                    t = t.max(cand.latency_s);
+                }
+            }
+            if w >= need && best.is_none_or(|b| t < b) {
+                best = Some(t);
+            }
+        }
+        best
+    }
 
     fn c(expert: usize, weight: f64, latency_s: f64) -> Candidate {
         Candidate {
@@ -267,7 +268,12 @@ mod tests {
     fn hand_computed_case() {
         // Top-2 = {0, 1} (0.6 + 0.4 of the top-2 weight); expert 1 is slow,
         // expert 2 (0.3) is fast.
-        let cands = [c(0, 0.6, 2e-3), c(1, 0.4, 9e-3), c(2, 0.3, 1e-3), c(3, 0.1, 1.5e-3)];
+        let cands = [
+            c(0, 0.6, 2e-3),
+            c(1, 0.4, 9e-3),
+            c(2, 0.3, 1e-3),
+            c(3, 0.1, 1.5e-3),
+        ];
         let mut s = Staircase::default();
         s.from_max_latency(&cands, 2);
         let got: Vec<(f64, f64, Vec<usize>)> = s

@@ -142,7 +142,12 @@ impl<'a> JointAllocator<'a> {
                 }
                 self.bw.clear();
                 self.bw.resize(self.devs.len(), 0.0);
-                let t = bandwidth::min_max(self.model, &self.devs, self.total_bandwidth_hz, &mut self.bw)?;
+                let t = bandwidth::min_max(
+                    self.model,
+                    &self.devs,
+                    self.total_bandwidth_hz,
+                    &mut self.bw,
+                )?;
                 self.solves += 1;
                 self.cache.insert(self.key.clone(), t);
                 Ok(t)
@@ -170,7 +175,8 @@ mod tests {
             m.expert_latency_s(&far, total / 8.0).unwrap(),
         ];
         let mut a = JointAllocator::new(&m, total, 2, Allocation::MinMaxSelected);
-        a.set_slot(&even, [(0, &near), (1, &far)].into_iter()).unwrap();
+        a.set_slot(&even, [(0, &near), (1, &far)].into_iter())
+            .unwrap();
         // One device: the whole band.
         let t0 = a.latency_s(&[0]).unwrap();
         let full = m.expert_latency_s(&near, total).unwrap();
@@ -183,10 +189,12 @@ mod tests {
         assert_eq!(a.latency_s(&[0, 1]).unwrap(), t01); // cached, order-free
         assert_eq!(a.solves(), 2);
         // Same channel: the cache survives; a new channel clears it.
-        a.set_slot(&even, [(0, &near), (1, &far)].into_iter()).unwrap();
+        a.set_slot(&even, [(0, &near), (1, &far)].into_iter())
+            .unwrap();
         a.latency_s(&[0]).unwrap();
         assert_eq!(a.solves(), 2);
-        a.set_slot(&[even[0], f64::INFINITY], [(0, &near)].into_iter()).unwrap();
+        a.set_slot(&[even[0], f64::INFINITY], [(0, &near)].into_iter())
+            .unwrap();
         a.latency_s(&[0]).unwrap();
         assert_eq!(a.solves(), 3);
         assert_eq!(a.latency_s(&[1]), Err(Error::NoReachableExpert));

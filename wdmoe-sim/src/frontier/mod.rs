@@ -82,7 +82,9 @@ impl Default for FrontierConfig {
         lambda_factors.push(f64::INFINITY);
         Self {
             rhos: (0..=20).map(|i| i as f64 / 20.0).collect(),
-            budgets: vec![0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+            budgets: vec![
+                0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0,
+            ],
             lambda_factors,
             k_prime: 8,
             joint: Some(Allocation::MinMaxSelected),
@@ -366,7 +368,13 @@ fn simulate_prompt(
     let lambdas: Vec<f64> = cfg
         .lambda_factors
         .iter()
-        .map(|&f| if f.is_infinite() { f } else { f * lambda_scale_s })
+        .map(|&f| {
+            if f.is_infinite() {
+                f
+            } else {
+                f * lambda_scale_s
+            }
+        })
         .collect();
     let mut logits = vec![0.0; layers * n];
     let mut lat = vec![0.0; n];
@@ -447,8 +455,12 @@ fn simulate_prompt(
                     let tj = al.latency_s(&dec.experts)?;
                     pa.joint.add(tj, kept, dec.experts.len(), true);
                     if let Some((st, _)) = joint.min_latency(kept) {
-                        pa.matched_joint
-                            .add(st.latency_s, st.weight, joint.members(st).len(), true);
+                        pa.matched_joint.add(
+                            st.latency_s,
+                            st.weight,
+                            joint.members(st).len(),
+                            true,
+                        );
                         // Bounded search (k' < n) may miss the policy's own set.
                         if cands.len() <= cfg.k_prime {
                             pa.violations += (st.latency_s > tj) as u64;
@@ -523,7 +535,13 @@ fn finish(
     let lambdas: Vec<f64> = cfg
         .lambda_factors
         .iter()
-        .map(|&f| if f.is_infinite() { f } else { f * lambda_scale_s })
+        .map(|&f| {
+            if f.is_infinite() {
+                f
+            } else {
+                f * lambda_scale_s
+            }
+        })
         .collect();
     let frontier_even = curve(&t.lagr_even, &lambdas);
     let frontier_joint = curve(&t.lagr_joint, &lambdas);

@@ -78,7 +78,11 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
         "frontier, same mean kept",
     ];
     if joint {
-        head.extend(["+ min-max bw s", "exact + min-max, same kept", "joint frontier"]);
+        head.extend([
+            "+ min-max bw s",
+            "exact + min-max, same kept",
+            "joint frontier",
+        ]);
     }
     let rows: Vec<Vec<String>> = r
         .policies
@@ -257,11 +261,16 @@ pub fn json(r: &FrontierReport) -> String {
 /// selection with min–max bandwidth).
 pub fn svg(r: &FrontierReport) -> String {
     let (w, h) = (760.0, 500.0);
-    let (l, rt, t, b) = (80.0, 30.0, 60.0, 110.0);
+    let (l, rt, t, b) = (80.0, 70.0, 60.0, 110.0);
     let (pw, ph) = (w - l - rt, h - t - b);
     let mut all_kept: Vec<f64> = Vec::new();
     let mut all_lat: Vec<f64> = Vec::new();
-    for c in [&r.frontier_even, &r.frontier_joint, &r.primal_even, &r.dual_even] {
+    for c in [
+        &r.frontier_even,
+        &r.frontier_joint,
+        &r.primal_even,
+        &r.dual_even,
+    ] {
         all_kept.extend(c.iter().map(|p| p.kept_weight));
         all_lat.extend(c.iter().map(|p| p.mean_s));
     }
@@ -417,7 +426,7 @@ pub fn svg(r: &FrontierReport) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<text x="{l}" y="{}" fill="#555">markers: ● WDMoE θ, ■ weight-only β, ▲ channel-only; filled: even split, hollow: same selection with min-max bandwidth</text>"##,
+        r##"<text x="{l}" y="{}" fill="#555">● WDMoE θ  ■ weight-only β  ▲ channel-only   filled: even split; hollow: same selection, min-max bandwidth</text>"##,
         ly + 32.0
     );
     s.push_str("</svg>\n");
