@@ -33,8 +33,8 @@ pub struct FrontierArgs {
     /// accounted sequentially).
     #[arg(long)]
     pub tokens: Option<u32>,
-    /// Candidates of the joint exact search: the k' heaviest reachable
-    /// experts (exhaustive when k' ≥ the number of experts).
+    /// Candidates of the exact selector: the k' heaviest reachable experts
+    /// (exhaustive when k' ≥ the number of experts; k' = k: drops only).
     #[arg(long, default_value_t = 8)]
     pub k_prime: usize,
     /// Skip the joint bandwidth pass (even split only).

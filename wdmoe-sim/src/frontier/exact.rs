@@ -23,13 +23,14 @@
 //!   member's (eq. 7 with fixed per-device bandwidth): for each latency
 //!   threshold `T` (ascending) the best subset within `T` is the `k`
 //!   heaviest experts no slower than `T`, so the staircase has at most `n`
-//!   steps and costs `O(n log n + n·k)`: exact over all `n` experts, for any `n`.
+//!   steps and costs `O(n log n + n·k)` for `n` candidates, exact for any `n`.
 //! * [`Staircase::from_subsets`] for any other subset latency (the joint
 //!   bandwidth allocation, where a set's latency depends on who shares the
 //!   band): exhaustive over the subsets of at most `k` of the given
-//!   candidates. The caller bounds the candidates (the `k'` heaviest
-//!   reachable experts, see [`super::FrontierConfig::k_prime`]); for 8
-//!   experts and k = 2 that is every subset (36).
+//!   candidates (for 8 experts and k = 2: 36 subsets).
+//!
+//! The caller picks the candidates: the `k'` heaviest reachable experts
+//! ([`super::FrontierConfig::k_prime`]).
 
 /// One reachable expert: index, kept weight (its router probability over the
 /// plain top-k's), latency \[s\] (finite).

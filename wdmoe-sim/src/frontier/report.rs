@@ -57,14 +57,14 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
     let _ = writeln!(s, "{}", r.router);
     let _ = writeln!(
         s,
-        "kept weight: fraction of the plain top-k router weight kept; exact selector over every subset of ≤ {} experts",
-        r.k
+        "kept weight: fraction of the plain top-k router weight kept; exact selector over every subset of ≤ {} of the {} heaviest reachable experts",
+        r.k, r.k_prime
     );
     if let Some(a) = r.joint {
         let _ = writeln!(
             s,
-            "joint bandwidth: {a} (wdmoe_core::bandwidth::min_max, cached per slot: {} solves); joint exact search over the {} heaviest reachable experts",
-            r.min_max_solves, r.k_prime
+            "joint bandwidth: {a} (wdmoe_core::bandwidth::min_max, cached per slot: {} solves)",
+            r.min_max_solves
         );
     }
     let _ = writeln!(s);
@@ -393,6 +393,12 @@ pub fn svg(r: &FrontierReport) -> String {
         if let Some(j) = p.joint_s {
             let _ = writeln!(s, "{}", mark(cx, y(j), "white"));
         }
+        // WDMoE labels left of the marker, the others right of it.
+        let (lx, anchor) = if p.family == "wdmoe" {
+            (cx - 8.0, "end")
+        } else {
+            (cx + 7.0, "start")
+        };
         let label = match (p.family.as_str(), p.parameter) {
             ("wdmoe", Some(th)) => format!("θ={th}"),
             ("weight_only", Some(b)) => format!("β={b}"),
@@ -400,8 +406,7 @@ pub fn svg(r: &FrontierReport) -> String {
         };
         let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" fill="{color}" font-size="10">{}</text>"##,
-            cx + 7.0,
+            r##"<text x="{lx:.1}" y="{:.1}" text-anchor="{anchor}" fill="{color}" font-size="10">{}</text>"##,
             cy - 6.0,
             esc(&label)
         );
