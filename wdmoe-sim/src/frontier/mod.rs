@@ -86,7 +86,9 @@ pub struct FrontierConfig {
 impl Default for FrontierConfig {
     fn default() -> Self {
         let mut lambda_factors = vec![0.0];
-        lambda_factors.extend((0..=24).map(|i| 10f64.powf(-2.0 + i as f64 / 6.0)));
+        // 0.1 … 100 × the nominal latency, 10 per decade: dense where the
+        // policies sit (kept 0.8 … 1).
+        lambda_factors.extend((0..=30).map(|i| 10f64.powf(-1.0 + i as f64 / 10.0)));
         lambda_factors.push(f64::INFINITY);
         Self {
             rhos: (0..=20).map(|i| i as f64 / 20.0).collect(),
@@ -275,6 +277,8 @@ pub struct PolicyPoint {
     pub joint_matched_s: Option<f64>,
     /// The joint frontier's latency at the policy's mean kept weight \[s\].
     pub joint_frontier_s: Option<f64>,
+    /// Certified lower bound of the joint frontier there \[s\].
+    pub joint_frontier_bound_s: Option<f64>,
 }
 
 /// The frontier study of one scenario.
@@ -588,6 +592,8 @@ fn finish(
                 } else {
                     None
                 },
+                joint_frontier_bound_s: joint
+                    .then(|| frontier_bound(&frontier_joint, dpp, e.kept_weight)),
             }
         })
         .collect();

@@ -76,6 +76,7 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
         "experts/tok",
         "exact, same kept per token",
         "frontier, same mean kept",
+        "bound s",
     ];
     if joint {
         head.extend([
@@ -96,6 +97,7 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
                 format!("{:.3}", p.experts_per_token),
                 gap(p.matched_s),
                 opt(p.frontier_s, gap),
+                format!("{:.3}", p.frontier_bound_s),
             ];
             if joint {
                 v.push(opt(p.joint_s, gap));
@@ -108,7 +110,8 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
     columns(&head, &rows, &mut s);
     let _ = writeln!(
         s,
-        "(s: mean prompt latency; % against the policy's own mean with the even split)\n"
+        "(s: mean prompt latency; % against the policy's own mean with the even split; the frontier at\n \
+         equal mean kept weight is interpolated between λ points (achievable), the bound certifies it from below)\n"
     );
     let _ = writeln!(
         s,
@@ -207,7 +210,7 @@ fn onum(x: Option<f64>) -> String {
 /// `frontier_joint`, `primal_even`, `primal_joint`, `dual_even`, `policy`).
 pub fn csv(r: &FrontierReport) -> String {
     let mut s = String::from(
-        "series,name,parameter,mean_s,kept_weight,experts_per_token,infeasible,matched_s,frontier_s,frontier_bound_s,joint_s,joint_matched_s,joint_frontier_s,violations\n",
+        "series,name,parameter,mean_s,kept_weight,experts_per_token,infeasible,matched_s,frontier_s,frontier_bound_s,joint_s,joint_matched_s,joint_frontier_s,joint_frontier_bound_s,violations\n",
     );
     let curves: [(&str, &[CurvePoint]); 5] = [
         ("frontier_even", &r.frontier_even),
@@ -220,7 +223,7 @@ pub fn csv(r: &FrontierReport) -> String {
         for p in c {
             let _ = writeln!(
                 s,
-                "{name},,{},{},{},{},{},,,,,,,",
+                "{name},,{},{},{},{},{},,,,,,,,",
                 num(p.parameter),
                 p.mean_s,
                 p.kept_weight,
@@ -232,7 +235,7 @@ pub fn csv(r: &FrontierReport) -> String {
     for p in &r.policies {
         let _ = writeln!(
             s,
-            "policy,\"{}\",{},{},{},{},0,{},{},{},{},{},{},{}",
+            "policy,\"{}\",{},{},{},{},0,{},{},{},{},{},{},{},{}",
             p.name,
             onum(p.parameter),
             p.mean_s,
@@ -244,6 +247,7 @@ pub fn csv(r: &FrontierReport) -> String {
             onum(p.joint_s),
             onum(p.joint_matched_s),
             onum(p.joint_frontier_s),
+            onum(p.joint_frontier_bound_s),
             p.violations
         );
     }
