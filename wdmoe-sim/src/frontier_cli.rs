@@ -91,6 +91,16 @@ pub fn run(a: &FrontierArgs) -> Result<(), String> {
         Some(p) => format!("WDMoE frontier: {}", p.display()),
         None => "WDMoE frontier: the paper's setup (§IV-A)".to_string(),
     };
+    let k = s.model.top_k;
+    if a.k_prime < k || a.k_prime > 63 {
+        return Err(format!(
+            "--k-prime: must be in [k, 63] = [{k}, 63] (got {})",
+            a.k_prime
+        ));
+    }
+    if s.accounting == crate::scenario::Accounting::Batched && !a.quiet {
+        eprintln!("note: the frontier accounts latency sequentially (eq. 8); the scenario's batched accounting is not used");
+    }
     let sim = Simulation::new(s).map_err(|e| e.to_string())?;
     let cfg = FrontierConfig {
         k_prime: a.k_prime,

@@ -582,4 +582,11 @@ fn command_writes_table_csv_json_svg() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/f.toml"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wdmoe"))
+        .args(["frontier", "--k-prime", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--k-prime: must be in [k, 63] = [2, 63] (got 1)"));
 }
