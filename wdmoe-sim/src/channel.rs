@@ -273,6 +273,13 @@ impl ChannelRealisation<'_> {
         self.link_outages
     }
 
+    /// The links (gains, powers, compute) of the devices not in outage at
+    /// the last [`ChannelRealisation::latency_at`] slot, with their indices:
+    /// what a per-slot bandwidth allocation needs (`crate::frontier`).
+    pub fn links(&self) -> impl Iterator<Item = (usize, &DeviceLink<f64>)> {
+        self.reach.iter().copied().zip(&self.links)
+    }
+
     fn draw_scatter_all(&mut self) {
         for i in 0..self.scatter.len() {
             let (x, y) = rng::normal_pair(&mut self.rng);

@@ -16,6 +16,8 @@
 //! | [`policy`] | WDMoE θ, weight-only β, channel-only — one trait |
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
+//! | [`frontier`] | the exact selector, the latency–kept-weight frontier, joint bandwidth allocation |
+//! | [`frontier_cli`] | `wdmoe frontier` |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
 //! | [`model`] | a Mixtral model on the CPU: HF checkpoints, decoder, WDMoE routing, generation |
 //! | [`generate_cli`] | `wdmoe generate` |
@@ -45,6 +47,8 @@
 
 pub mod channel;
 pub mod generate_cli;
+pub mod frontier;
+pub mod frontier_cli;
 pub mod layer;
 pub mod model;
 pub mod policy;

@@ -45,6 +45,10 @@ enum Cmd {
     Select,
     /// Text from a Mixtral checkpoint (CPU), WDMoE choosing the experts.
     Generate(wdmoe_sim::generate_cli::GenerateArgs),
+    /// How far WDMoE is from optimal: the exact per-token selector's
+    /// latency–kept-weight frontier and joint bandwidth allocation, on the
+    /// same draws as WDMoE's θ sweep and the baselines.
+    Frontier(wdmoe_sim::frontier_cli::FrontierArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// scales the cell radius and the devices' compute spread.
     Sensitivity {
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             wdmoe_sim::generate_cli::run(&a, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Frontier(a) => wdmoe_sim::frontier_cli::run(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Select => {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();

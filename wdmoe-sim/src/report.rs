@@ -188,7 +188,7 @@ pub fn json(r: &RunReport) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -361,7 +361,7 @@ pub fn svg(r: &RunReport) -> String {
 }
 
 /// The smallest of 1, 2, 2.5, 5 × 10^k that is ≥ `x` (> 0).
-fn nice_ceil(x: f64) -> f64 {
+pub(crate) fn nice_ceil(x: f64) -> f64 {
     let e = 10f64.powf(x.log10().floor());
     for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
         if m * e >= x {

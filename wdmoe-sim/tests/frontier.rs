@@ -1,0 +1,592 @@
+//! The exact selector and the frontier study: brute force on random small
+//! cases, the frontier's properties on simulator runs (the same draws as
+//! `Simulation::run`), the joint allocation, and value stability.
+//!
+//! Value stability: if a deliberate model change moves the locked numbers,
+//! re-run with `WDMOE_PRINT_VALUES=1 cargo test -p wdmoe-sim --test frontier
+//! -- --nocapture` and update them, saying why in the commit.
+
+use proptest::prelude::*;
+use wdmoe_sim::frontier::exact::{Candidate, Staircase};
+use wdmoe_sim::frontier::{self, Allocation, FrontierConfig, FrontierReport};
+use wdmoe_sim::scenario::Scenario;
+use wdmoe_sim::sim::Simulation;
+
+// ---------------------------------------------------------------- brute force
+
+/// Every non-empty subset of at most `k` candidates: (max latency, weight).
+fn subsets(cands: &[Candidate], k: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for mask in 1u32..(1u32 << cands.len()) {
+        if mask.count_ones() as usize > k {
+            continue;
+        }
+        let (mut t, mut w) = (0.0_f64, 0.0);
+        for (i, c) in cands.iter().enumerate() {
+            if mask >> i & 1 == 1 {
+                t = t.max(c.latency_s);
+                w += c.weight;
+            }
+        }
+        out.push((t, w));
+    }
+    out
+}
+
+fn cands_strategy() -> impl Strategy<Value = (Vec<Candidate>, usize)> {
+    (1usize..=8, 1usize..=3).prop_flat_map(|(n, k)| {
+        (
+            prop::collection::vec((0.001f64..1.0, 1usize..40), n),
+            Just(k.min(n)),
+        )
+            .prop_map(|(v, k)| {
+                // Weights in descending order (the router's rank); latencies on a
+                // coarse grid so that ties happen.
+                let mut w: Vec<f64> = v.iter().map(|x| x.0).collect();
+                w.sort_by(|a, b| b.total_cmp(a));
+                let top: f64 = w[..k].iter().sum();
+                let cands = w
+                    .iter()
+                    .zip(&v)
+                    .enumerate()
+                    .map(|(q, (&wq, &(_, t)))| Candidate {
+                        expert: q,
+                        weight: wq / top,
+                        latency_s: t as f64 * 1e-3,
+                    })
+                    .collect();
+                (cands, k)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Primal, dual and Lagrangian answers of the staircase equal brute force
+    /// over every subset; the two builders agree.
+    #[test]
+    fn staircase_matches_brute_force((cands, k) in cands_strategy(), rho in 0.0f64..=1.0, budget_ms in 0.5f64..45.0, lambda_ms in 0.0f64..100.0) {
+        let mut st = Staircase::default();
+        st.from_max_latency(&cands, k);
+        let all = subsets(&cands, k);
+        // Primal.
+        let need = rho * (1.0 - 1e-12);
+        let want = all.iter().filter(|s| s.1 >= need).map(|s| s.0).fold(f64::INFINITY, f64::min);
+        let (step, ok) = st.min_latency(rho).unwrap();
+        if want.is_finite() {
+            prop_assert!(ok);
+            prop_assert_eq!(step.latency_s, want);
+        } else {
+            prop_assert!(!ok);
+        }
+        // Dual.
+        let budget = budget_ms * 1e-3;
+        let best_w = all.iter().filter(|s| s.0 <= budget).map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+        let (step, ok) = st.max_weight(budget).unwrap();
+        if best_w.is_finite() {
+            prop_assert!(ok);
+            prop_assert!((step.weight - best_w).abs() <= 1e-12, "{} vs {}", step.weight, best_w);
+            prop_assert!(step.latency_s <= budget);
+        } else {
+            prop_assert!(!ok);
+        }
+        // Lagrangian.
+        let l = lambda_ms * 1e-3;
+        let best = all.iter().map(|s| s.0 - l * s.1).fold(f64::INFINITY, f64::min);
+        let step = st.min_lagrangian(l).unwrap();
+        prop_assert!((step.latency_s - l * step.weight - best).abs() <= 1e-12);
+        // The exhaustive builder with the same (max) latency: the same staircase.
+        let mut ex = Staircase::default();
+        ex.from_subsets(&cands, k, |e| -> Result<f64, ()> {
+            Ok(e.iter().map(|&q| cands[q].latency_s).fold(0.0, f64::max))
+        }).unwrap();
+        prop_assert_eq!(ex.steps().len(), st.steps().len());
+        for (a, b) in ex.steps().iter().zip(st.steps()) {
+            prop_assert_eq!(a.latency_s, b.latency_s);
+            prop_assert!((a.weight - b.weight).abs() <= 1e-12);
+            // Each step's members really have that latency and weight.
+            let t = st.members(b).iter().map(|&q| cands[q].latency_s).fold(0.0, f64::max);
+            let w: f64 = st.members(b).iter().map(|&q| cands[q].weight).sum();
+            prop_assert_eq!(t, b.latency_s);
+            prop_assert!((w - b.weight).abs() <= 1e-12);
+            prop_assert!(st.members(b).len() <= k);
+        }
+    }
+
+    /// Primal and dual agree at every frontier point: the primal's answer at
+    /// ρ is the dual's at that answer's latency, and back.
+    #[test]
+    fn primal_and_dual_agree((cands, k) in cands_strategy(), rho in 0.0f64..=1.0) {
+        let mut st = Staircase::default();
+        st.from_max_latency(&cands, k);
+        let (p, _) = st.min_latency(rho).unwrap();
+        let (d, ok) = st.max_weight(p.latency_s).unwrap();
+        prop_assert!(ok);
+        prop_assert_eq!(d, p);
+        let (p2, ok) = st.min_latency(d.weight).unwrap();
+        prop_assert!(ok);
+        prop_assert_eq!(p2, d);
+        // The staircase is strictly increasing in both.
+        for w in st.steps().windows(2) {
+            prop_assert!(w[0].latency_s < w[1].latency_s && w[0].weight < w[1].weight);
+        }
+    }
+}
+
+#[test]
+fn rho_one_is_top_k_and_small_rho_is_the_fastest_expert() {
+    // Weights 0.5, 0.3, 0.15, 0.05 (top-2 sum 0.8); latencies 4, 9, 1, 2 ms.
+    let raw = [(0.5, 4e-3), (0.3, 9e-3), (0.15, 1e-3), (0.05, 2e-3)];
+    let cands: Vec<Candidate> = raw
+        .iter()
+        .enumerate()
+        .map(|(q, &(w, t))| Candidate {
+            expert: q,
+            weight: w / 0.8,
+            latency_s: t,
+        })
+        .collect();
+    let mut st = Staircase::default();
+    st.from_max_latency(&cands, 2);
+    let (s, ok) = st.min_latency(1.0).unwrap();
+    assert!(ok);
+    assert_eq!(st.members(s), &[0, 1]);
+    assert_eq!(s.latency_s, 9e-3);
+    // ρ = 0.8: 0.64 needed of the 0.8: {0, 2} keeps 0.65/0.8 = 0.8125 at 4 ms.
+    let (s, _) = st.min_latency(0.8).unwrap();
+    assert_eq!(st.members(s), &[0, 2]);
+    assert_eq!(s.latency_s, 4e-3);
+    assert!((s.weight - 0.8125).abs() < 1e-15);
+    // ρ = 0.2 (0.16): expert 2 alone (0.15) is not enough, {2, 3} = 0.2 at 2 ms.
+    let (s, _) = st.min_latency(0.2).unwrap();
+    assert_eq!(st.members(s), &[2, 3]);
+    assert_eq!(s.latency_s, 2e-3);
+    // ρ = 0: the fastest expert.
+    let (s, _) = st.min_latency(0.0).unwrap();
+    assert_eq!(st.members(s), &[2]);
+}
+
+// ----------------------------------------------------------- simulator runs
+
+fn small(seed: u64) -> Scenario {
+    let mut s = Scenario::paper();
+    s.seed = seed;
+    s.prompts = 3;
+    s.prompt_tokens = 4;
+    s.model.layers = 4;
+    s
+}
+
+fn run(s: Scenario, cfg: &FrontierConfig) -> (Simulation, FrontierReport) {
+    let sim = Simulation::new(s).unwrap();
+    let r = frontier::run(&sim, cfg, &|| {}).unwrap();
+    (sim, r)
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-300)
+}
+
+#[test]
+fn same_draws_as_the_simulator() {
+    let (sim, r) = run(small(5), &FrontierConfig::default());
+    let table = sim.run(&|| {}).unwrap();
+    assert_eq!(table.rows.len(), r.policies.len());
+    for (row, p) in table.rows.iter().zip(&r.policies) {
+        assert_eq!(row.name, p.name);
+        assert!(
+            rel(p.mean_s, row.mean_s) < 1e-12,
+            "{}: {} vs {}",
+            p.name,
+            p.mean_s,
+            row.mean_s
+        );
+        assert!(rel(p.experts_per_token, row.experts_per_token) < 1e-12);
+        if row.fallbacks == 0 {
+            assert!(
+                (p.kept_weight - row.kept_weight).abs() < 1e-12,
+                "{}",
+                p.name
+            );
+        }
+    }
+}
+
+#[test]
+fn wdmoe_never_beats_the_frontier() {
+    // Every expert a candidate (k' = 8) or drops only (k' = k = 2).
+    for (seed, fading_free, k_prime) in [
+        (1, false, 8),
+        (2, false, 8),
+        (3, false, 8),
+        (1, true, 8),
+        (2, true, 8),
+        (1, false, 2),
+        (4, true, 2),
+    ] {
+        {
+            let mut s = small(seed);
+            if fading_free {
+                s.channel.fading = wdmoe_sim::scenario::Fading::None;
+            }
+            let cfg = FrontierConfig {
+                k_prime,
+                ..FrontierConfig::default()
+            };
+            let (_, r) = run(s, &cfg);
+            for p in &r.policies {
+                assert_eq!(p.violations, 0, "{}", p.name);
+                assert!(p.matched_s <= p.mean_s * (1.0 + 1e-12), "{}", p.name);
+                assert!(
+                    p.frontier_bound_s <= p.mean_s * (1.0 + 1e-12),
+                    "{}: {} < bound {}",
+                    p.name,
+                    p.mean_s,
+                    p.frontier_bound_s
+                );
+                // The interpolated frontier (achievable by mixing two λ rules)
+                // is above the certified bound; the policy may sit between the
+                // two only by the λ grid's resolution.
+                let f = p.frontier_s.expect("inside the frontier's range");
+                assert!(p.frontier_bound_s <= f * (1.0 + 1e-12));
+                assert!(
+                    p.mean_s >= f * (1.0 - 0.01),
+                    "{}: {} far below {}",
+                    p.name,
+                    p.mean_s,
+                    f
+                );
+                // The band shared by the selected devices only: never slower.
+                let j = p.joint_s.unwrap();
+                assert!(
+                    j <= p.mean_s * (1.0 + 1e-9),
+                    "{}: joint {} > even {}",
+                    p.name,
+                    j,
+                    p.mean_s
+                );
+                assert!(p.joint_matched_s.unwrap() <= j * (1.0 + 1e-12));
+                let jb = p.joint_frontier_bound_s.unwrap();
+                assert!(
+                    jb <= j * (1.0 + 1e-12),
+                    "{}: joint {} < bound {}",
+                    p.name,
+                    j,
+                    jb
+                );
+                assert!(jb <= p.joint_frontier_s.unwrap() * (1.0 + 1e-12));
+                assert!(j >= p.joint_frontier_s.unwrap() * (1.0 - 0.01));
+            }
+        }
+    }
+}
+
+#[test]
+fn frontier_curves_are_monotone() {
+    let (_, r) = run(small(7), &FrontierConfig::default());
+    for c in [&r.frontier_even, &r.frontier_joint] {
+        assert_eq!(c.len(), FrontierConfig::default().lambda_factors.len());
+        for w in c.windows(2) {
+            assert!(w[0].kept_weight <= w[1].kept_weight + 1e-12);
+            assert!(w[0].mean_s <= w[1].mean_s * (1.0 + 1e-12));
+        }
+    }
+    for c in [&r.primal_even, &r.primal_joint] {
+        for w in c.windows(2) {
+            assert!(w[0].mean_s <= w[1].mean_s * (1.0 + 1e-12));
+        }
+        // Kept weight at least ρ on every token (all top-k devices up here).
+        for p in c.iter().filter(|p| p.infeasible == 0) {
+            assert!(p.kept_weight >= p.parameter - 1e-12);
+        }
+    }
+    for w in r.dual_even.windows(2) {
+        assert!(w[0].kept_weight <= w[1].kept_weight + 1e-12);
+    }
+    // The joint allocation's frontier is below the even split's.
+    for j in &r.frontier_joint {
+        let f = frontier::frontier_at(&r.frontier_even, j.kept_weight).unwrap();
+        assert!(j.mean_s <= f * (1.0 + 1e-9), "{} vs {}", j.mean_s, f);
+    }
+}
+
+#[test]
+fn rho_one_equals_top_k_on_the_simulator() {
+    let mut s = small(11);
+    s.radio.min_snr_db = f64::NEG_INFINITY; // every device reachable: kept 1 is feasible
+    let (_, r) = run(s, &FrontierConfig::default());
+    let top = r
+        .policies
+        .iter()
+        .find(|p| p.parameter == Some(0.0) && p.family == "wdmoe")
+        .unwrap();
+    let one = r.primal_even.last().unwrap();
+    assert_eq!(one.parameter, 1.0);
+    assert_eq!(one.infeasible, 0);
+    assert!(
+        rel(one.mean_s, top.mean_s) < 1e-12,
+        "{} vs {}",
+        one.mean_s,
+        top.mean_s
+    );
+    assert!((one.kept_weight - 1.0).abs() < 1e-12);
+    assert_eq!(one.experts_per_token, 2.0);
+    let inf = r.frontier_even.last().unwrap();
+    assert!(rel(inf.mean_s, top.mean_s) < 1e-12);
+    // ρ = 0 and λ = 0: the fastest expert alone, every token.
+    assert_eq!(r.primal_even[0].experts_per_token, 1.0);
+    assert_eq!(r.primal_even[0].mean_s, r.frontier_even[0].mean_s);
+}
+
+#[test]
+fn with_even_bandwidth_the_joint_policy_equals_the_plain_one() {
+    let cfg = FrontierConfig {
+        joint: Some(Allocation::Even),
+        ..FrontierConfig::default()
+    };
+    let (_, r) = run(small(13), &cfg);
+    assert_eq!(r.min_max_solves, 0);
+    for (e, j) in r.primal_even.iter().zip(&r.primal_joint) {
+        assert!(rel(j.mean_s, e.mean_s) < 1e-12 && (j.kept_weight - e.kept_weight).abs() < 1e-12);
+    }
+    for (e, j) in r.frontier_even.iter().zip(&r.frontier_joint) {
+        assert!(rel(j.mean_s, e.mean_s) < 1e-12 && (j.kept_weight - e.kept_weight).abs() < 1e-12);
+    }
+    for p in &r.policies {
+        assert!(rel(p.joint_s.unwrap(), p.mean_s) < 1e-12, "{}", p.name);
+        assert!(
+            rel(p.joint_matched_s.unwrap(), p.matched_s) < 1e-12,
+            "{}",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn bad_config_is_an_error_naming_the_key() {
+    let sim = Simulation::new(small(1)).unwrap();
+    for (cfg, key) in [
+        (
+            FrontierConfig {
+                rhos: vec![1.5],
+                ..FrontierConfig::default()
+            },
+            "frontier.rhos",
+        ),
+        (
+            FrontierConfig {
+                budgets: vec![0.0],
+                ..FrontierConfig::default()
+            },
+            "frontier.budgets",
+        ),
+        (
+            FrontierConfig {
+                lambda_factors: vec![f64::NAN],
+                ..FrontierConfig::default()
+            },
+            "frontier.lambda_factors",
+        ),
+        (
+            FrontierConfig {
+                k_prime: 1,
+                ..FrontierConfig::default()
+            },
+            "frontier.k_prime",
+        ),
+        (
+            FrontierConfig {
+                k_prime: 64,
+                ..FrontierConfig::default()
+            },
+            "frontier.k_prime",
+        ),
+    ] {
+        let e = frontier::run(&sim, &cfg, &|| {}).unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+    }
+}
+
+#[test]
+fn bounded_joint_search_for_many_experts() {
+    // 16 experts, k' = 4: the even-split selector stays exact over all 16;
+    // the joint one searches the 4 heaviest reachable experts.
+    let mut s = small(17);
+    s.prompts = 2;
+    s.prompt_tokens = 2;
+    s.model.layers = 2;
+    let mut devs = s.devices.clone();
+    devs.extend(s.devices.iter().cloned());
+    s.devices = devs;
+    let cfg = FrontierConfig {
+        k_prime: 4,
+        ..FrontierConfig::default()
+    };
+    let (_, r) = run(s, &cfg);
+    assert_eq!((r.experts, r.k_prime), (16, 4));
+    for p in &r.policies {
+        assert_eq!(p.violations, 0, "{}", p.name);
+        assert!(p.frontier_bound_s <= p.mean_s * (1.0 + 1e-12));
+    }
+    // At most C(4,1)+C(4,2) = 10 subsets per decision are solved, cached per slot.
+    assert!(r.min_max_solves > 0 && r.min_max_solves <= 2 * 2 * 2 * 10);
+}
+
+#[test]
+fn results_do_not_depend_on_threads() {
+    let sim = Simulation::new(small(19)).unwrap();
+    let cfg = FrontierConfig::default();
+    let go = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+            .install(|| frontier::run(&sim, &cfg, &|| {}))
+            .unwrap()
+    };
+    assert_eq!(go(1), go(2));
+}
+
+// ---------------------------------------------------------- value stability
+
+#[test]
+fn value_stability() {
+    let mut s = Scenario::paper();
+    s.seed = 42;
+    s.prompts = 4;
+    s.prompt_tokens = 6;
+    s.model.layers = 8;
+    let (_, r) = run(s, &FrontierConfig::default());
+    let mut got: Vec<(String, f64)> = Vec::new();
+    got.push(("lambda_scale_s".into(), r.lambda_scale_s));
+    for i in [0, 16, 32] {
+        let c = &r.frontier_even[i];
+        got.push((format!("frontier_even[{i}].mean_s"), c.mean_s));
+        got.push((format!("frontier_even[{i}].kept"), c.kept_weight));
+        let c = &r.frontier_joint[i];
+        got.push((format!("frontier_joint[{i}].mean_s"), c.mean_s));
+    }
+    for p in &r.policies {
+        got.push((format!("{}.mean_s", p.name), p.mean_s));
+        got.push((format!("{}.kept", p.name), p.kept_weight));
+        got.push((format!("{}.matched_s", p.name), p.matched_s));
+        got.push((format!("{}.frontier_s", p.name), p.frontier_s.unwrap()));
+        got.push((format!("{}.joint_s", p.name), p.joint_s.unwrap()));
+        got.push((
+            format!("{}.joint_frontier_s", p.name),
+            p.joint_frontier_s.unwrap(),
+        ));
+    }
+    if std::env::var_os("WDMOE_PRINT_VALUES").is_some() {
+        for (k, v) in &got {
+            println!("(\"{k}\", {v:e}),");
+        }
+    }
+    let want: &[(&str, f64)] = &[
+        ("lambda_scale_s", 5.9426539084377955e-3),
+        ("frontier_even[0].mean_s", 9.987552944958755e-2),
+        ("frontier_even[0].kept", 2.1971866264110881e-1),
+        ("frontier_joint[0].mean_s", 7.149563166669612e-2),
+        ("frontier_even[16].mean_s", 2.8136638784544393e-1),
+        ("frontier_even[16].kept", 9.395162448402424e-1),
+        ("frontier_joint[16].mean_s", 2.4658973607711396e-1),
+        ("frontier_even[32].mean_s", 3.9394122949198296e-1),
+        ("frontier_even[32].kept", 1e0),
+        ("frontier_joint[32].mean_s", 3.503424121720856e-1),
+        ("WDMoE θ=0 (top-k).mean_s", 3.9394122949198296e-1),
+        ("WDMoE θ=0 (top-k).kept", 1e0),
+        ("WDMoE θ=0 (top-k).matched_s", 3.9394122949198296e-1),
+        ("WDMoE θ=0 (top-k).frontier_s", 3.9394122949198296e-1),
+        ("WDMoE θ=0 (top-k).joint_s", 3.503424121720856e-1),
+        ("WDMoE θ=0 (top-k).joint_frontier_s", 3.503424121720856e-1),
+        ("WDMoE θ=0.1.mean_s", 3.6096500566432e-1),
+        ("WDMoE θ=0.1.kept", 9.85956641571564e-1),
+        ("WDMoE θ=0.1.matched_s", 3.6096500566432e-1),
+        ("WDMoE θ=0.1.frontier_s", 3.3441117699809964e-1),
+        ("WDMoE θ=0.1.joint_s", 3.1894218392275775e-1),
+        ("WDMoE θ=0.1.joint_frontier_s", 2.9191046968517115e-1),
+        ("WDMoE θ=0.2.mean_s", 3.142012815771139e-1),
+        ("WDMoE θ=0.2.kept", 9.273286224454975e-1),
+        ("WDMoE θ=0.2.matched_s", 3.142012815771139e-1),
+        ("WDMoE θ=0.2.frontier_s", 2.7184459238121145e-1),
+        ("WDMoE θ=0.2.joint_s", 2.7290785039747745e-1),
+        ("WDMoE θ=0.2.joint_frontier_s", 2.3125631720716178e-1),
+        ("WDMoE θ=0.3.mean_s", 2.5824895889407895e-1),
+        ("WDMoE θ=0.3.kept", 8.063771235075327e-1),
+        ("WDMoE θ=0.3.matched_s", 2.5781961212012594e-1),
+        ("WDMoE θ=0.3.frontier_s", 2.0336727330121626e-1),
+        ("WDMoE θ=0.3.joint_s", 2.190958916310642e-1),
+        ("WDMoE θ=0.3.joint_frontier_s", 1.6529454752601783e-1),
+        ("weight-only β=0.25.mean_s", 3.7318962005728185e-1),
+        ("weight-only β=0.25.kept", 9.783476639655158e-1),
+        ("weight-only β=0.25.matched_s", 3.7318962005728185e-1),
+        ("weight-only β=0.25.frontier_s", 3.224342398907627e-1),
+        ("weight-only β=0.25.joint_s", 3.304334249005842e-1),
+        ("weight-only β=0.25.joint_frontier_s", 2.8017227349753593e-1),
+        ("weight-only β=0.5.mean_s", 3.4239170960798504e-1),
+        ("weight-only β=0.5.kept", 9.048713293015848e-1),
+        ("weight-only β=0.5.matched_s", 3.4239170960798504e-1),
+        ("weight-only β=0.5.frontier_s", 2.557794237316008e-1),
+        ("weight-only β=0.5.joint_s", 3.00190179018804e-1),
+        ("weight-only β=0.5.joint_frontier_s", 2.1620977415303744e-1),
+        ("channel-only.mean_s", 1.867594932765061e-1),
+        ("channel-only.kept", 5.146891275081843e-1),
+        ("channel-only.matched_s", 1.753121492000211e-1),
+        ("channel-only.frontier_s", 1.3428582207305526e-1),
+        ("channel-only.joint_s", 1.4880132882331093e-1),
+        ("channel-only.joint_frontier_s", 9.996576825846046e-2),
+    ];
+    assert_eq!(got.len(), want.len(), "locked values missing: print them");
+    for ((k, v), (wk, wv)) in got.iter().zip(want) {
+        assert_eq!(k, wk);
+        assert!(rel(*v, *wv) <= 1e-9, "{k}: {v:e} != {wv:e}");
+    }
+}
+
+// ----------------------------------------------------------------- command
+
+#[test]
+fn command_writes_table_csv_json_svg() {
+    let dir = std::env::temp_dir().join(format!("wdmoe-frontier-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wdmoe"))
+        .args(["frontier", "--prompts", "2", "--tokens", "2", "-q", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 prompts × 2 tokens × 32 layers"), "{text}");
+    assert!(text.contains("WDMoE θ=0.2") && text.contains("frontier, same mean kept"));
+    let csv = std::fs::read_to_string(dir.join("frontier.csv")).unwrap();
+    assert!(csv.starts_with("series,name,parameter,mean_s,kept_weight"));
+    // 33 λ × 2 + 21 ρ × 2 + 12 budgets + 7 policies, plus the header.
+    assert_eq!(csv.lines().count(), 1 + 66 + 42 + 12 + 7);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("frontier.json")).unwrap()).unwrap();
+    assert_eq!(json["policies"].as_array().unwrap().len(), 7);
+    assert_eq!(json["prompts"], 2);
+    let svg = std::fs::read_to_string(dir.join("frontier.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(!svg.contains("NaN"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wdmoe"))
+        .args(["frontier", "--scenario", "/nonexistent/f.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/f.toml"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wdmoe"))
+        .args(["frontier", "--k-prime", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--k-prime: must be in [k, 63] = [2, 63] (got 1)"));
+}
