@@ -17,6 +17,8 @@
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
+//! | [`sensitivity`] | `wdmoe sensitivity`: the reduction against cell radius and compute spread |
+//! | [`output`] | CLI plumbing: stdout that never panics, atomic output files checked before the run, bounded input |
 //! | [`rng`] | seeded, injected random streams |
 //!
 //! Randomness is always seeded: prompt `p` of a run with seed `s` draws from
@@ -43,6 +45,7 @@
 
 pub mod channel;
 pub mod layer;
+pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod report;
@@ -50,6 +53,7 @@ pub mod rng;
 pub mod router;
 pub mod scenario;
 pub mod select_cli;
+pub mod sensitivity;
 pub mod sim;
 pub mod stats;
 pub mod trace;

@@ -35,6 +35,34 @@ fn paper_cell(r: &PolicyRow) -> &'static str {
     }
 }
 
+/// The workload in words: `R replications × P prompts × T prompt tokens (+ D decode tokens)`.
+pub fn workload(r: &RunReport) -> String {
+    format!(
+        "{} replication{} × {} prompts × {} prompt tokens{}",
+        r.replications,
+        if r.replications == 1 { "" } else { "s" },
+        r.prompts,
+        r.prompt_tokens,
+        if r.decode_tokens > 0 {
+            format!(" + {} decode tokens", r.decode_tokens)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// What the ± of the table covers, in words.
+pub fn interval_note(r: &RunReport) -> String {
+    if r.interval == "replications" {
+        format!(
+            "±: 95 % t interval over {} independent replications (every random draw redrawn: router layer structure, channel, fading, outages)",
+            r.replications
+        )
+    } else {
+        "±: 95 % interval over the prompts of one replication (token and fading noise only; use --replications R >= 2 for intervals over every random draw)".to_string()
+    }
+}
+
 /// The text table. `title` is printed above it, when given.
 pub fn table(r: &RunReport, title: Option<&str>) -> String {
     let mut s = String::new();
@@ -43,15 +71,9 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
     }
     let _ = writeln!(
         s,
-        "latency accounting: {} | {} prompts × {} prompt tokens{} | seed {}",
+        "latency accounting: {} | {} | seed {}",
         r.accounting,
-        r.prompts,
-        r.prompt_tokens,
-        if r.decode_tokens > 0 {
-            format!(" + {} decode tokens", r.decode_tokens)
-        } else {
-            String::new()
-        },
+        workload(r),
         r.seed
     );
     let _ = writeln!(s, "{}", r.router);

@@ -36,6 +36,15 @@ use std::fmt;
 /// The most experts (devices) a scenario may have.
 pub const MAX_EXPERTS: usize = 1024;
 
+/// The largest scenario file read \[bytes\]: 1 MiB, room for
+/// [`MAX_EXPERTS`] devices with every key spelled out.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The most policy rows × prompts a run keeps latencies for (8 bytes each,
+/// 256 MiB): each prompt's latency per policy is kept for exact percentiles
+/// and paired intervals; everything else is summed as the prompts finish.
+pub const MAX_PROMPT_POLICY_CELLS: u64 = 1 << 25;
+
 /// A scenario error: the offending key (a TOML path such as
 /// `devices\[2\].distance_m`) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +188,12 @@ pub struct Device {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub distance_m: f64,
     /// Position `[x, y]` \[m\] with the base station at the origin; an
-    /// alternative to `distance_m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// alternative to `distance_m`. Exactly two numbers.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "two_numbers"
+    )]
     pub position_m: Option<[f64; 2]>,
     /// Uplink transmit power \[W\] (paper: 0.2).
     #[serde(default = "default_device_power")]
@@ -213,6 +226,18 @@ impl Device {
             Some([x, y]) => x.hypot(y),
             None => self.distance_m,
         }
+    }
+}
+
+/// `[x, y]`, exactly two numbers (a third is an error, not dropped).
+fn two_numbers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[f64; 2]>, D::Error> {
+    let v: Vec<f64> = Vec::deserialize(d)?;
+    match v[..] {
+        [x, y] => Ok(Some([x, y])),
+        _ => Err(serde::de::Error::custom(format!(
+            "position_m must be [x, y], two numbers (got {})",
+            v.len()
+        ))),
     }
 }
 
@@ -474,8 +499,13 @@ impl Default for PoliciesConfig {
 pub struct Scenario {
     /// Seed of every random stream of the run.
     pub seed: u64,
-    /// Monte-Carlo prompts.
+    /// Monte-Carlo prompts per replication.
     pub prompts: usize,
+    /// Independent replications of every random draw (router layer
+    /// structure, channel, fading, outages): replication `r` reruns the
+    /// prompts with seed [`crate::rng::replication_seed`]`(seed, r)`; the
+    /// intervals of the table are over replications.
+    pub replications: usize,
     /// Tokens per prompt (prefill).
     pub prompt_tokens: u32,
     /// Tokens generated one by one after the prefill (decode phase).
@@ -501,7 +531,8 @@ impl Default for Scenario {
     fn default() -> Self {
         Self {
             seed: 1,
-            prompts: 200,
+            prompts: DEFAULT_PROMPTS,
+            replications: DEFAULT_REPLICATIONS,
             prompt_tokens: 128,
             decode_tokens: 0,
             accounting: Accounting::Sequential,
@@ -514,6 +545,16 @@ impl Default for Scenario {
         }
     }
 }
+
+/// Default prompts per replication.
+pub const DEFAULT_PROMPTS: usize = 100;
+
+/// Default replications: enough for a t interval (9 degrees of freedom)
+/// over the draws that dominate the spread (the router's layer structure).
+pub const DEFAULT_REPLICATIONS: usize = 10;
+
+/// The smallest device distance accepted \[m\].
+pub const MIN_DISTANCE_M: f64 = 0.01;
 
 fn check_finite(key: &str, v: f64) -> Result<f64, ScenarioError> {
     if v.is_nan() {
@@ -532,13 +573,6 @@ fn check_positive(key: &str, v: f64) -> Result<(), ScenarioError> {
     Ok(())
 }
 
-fn check_non_negative(key: &str, v: f64) -> Result<(), ScenarioError> {
-    if check_finite(key, v)? < 0.0 {
-        return Err(err(key, format!("must be >= 0 (got {v})")));
-    }
-    Ok(())
-}
-
 fn check_range(key: &str, v: f64, lo: f64, hi: f64, hi_open: bool) -> Result<(), ScenarioError> {
     let v = check_finite(key, v)?;
     if v < lo || v > hi || (hi_open && v == hi) {
@@ -546,6 +580,19 @@ fn check_range(key: &str, v: f64, lo: f64, hi: f64, hi_open: bool) -> Result<(),
         return Err(err(key, format!("must be in [{lo}, {hi}{close} (got {v})")));
     }
     Ok(())
+}
+
+/// `wdmoe scenario --print-default`: the default scenario as TOML.
+pub fn default_file() -> String {
+    format!(
+        "# wdmoe scenario: the paper's setup (WDMoE §IV-A) with this project's documented defaults.\n\
+         # Every key is optional; a missing key keeps the value shown here. Units are in the names.\n\
+         # path_loss: free_space | uma | umi; fading: rayleigh | rician | none; time_model: block | ar1\n\
+         # allocation: even | min_max; accounting: sequential | batched; router kind: synthetic | trace\n\
+         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\
+         # radio.min_snr_db = -inf disables the SNR floor (the paper's literal Shannon model)\n\n{}",
+        Scenario::default().to_toml_string()
+    )
 }
 
 impl Scenario {
@@ -609,27 +656,49 @@ impl Scenario {
         if self.prompts > 10_000_000 {
             return Err(err("prompts", "must be <= 10000000"));
         }
+        if self.replications == 0 || self.replications > 1000 {
+            return Err(err(
+                "replications",
+                format!("must be in 1..=1000 (got {})", self.replications),
+            ));
+        }
         if self.prompt_tokens == 0 {
             return Err(err("prompt_tokens", "must be >= 1"));
+        }
+        if self.prompt_tokens > 1_000_000 {
+            return Err(err(
+                "prompt_tokens",
+                format!("must be <= 1000000 (got {})", self.prompt_tokens),
+            ));
         }
         if self.prompt_tokens as u64 + self.decode_tokens as u64 > 1_000_000 {
             return Err(err(
                 "decode_tokens",
-                "prompt_tokens + decode_tokens must be <= 1000000",
+                format!(
+                    "prompt_tokens + decode_tokens must be <= 1000000 (got {} + {})",
+                    self.prompt_tokens, self.decode_tokens
+                ),
             ));
         }
         let m = &self.model;
         if m.layers == 0 || m.layers > 10_000 {
             return Err(err("model.layers", "must be in 1..=10000"));
         }
-        if m.hidden == 0 {
-            return Err(err("model.hidden", "must be >= 1"));
+        if m.hidden == 0 || m.hidden > 1 << 20 {
+            return Err(err("model.hidden", "must be in 1..=1048576"));
         }
-        if m.ffn_hidden == 0 {
-            return Err(err("model.ffn_hidden", "must be >= 1"));
+        if m.ffn_hidden == 0 || m.ffn_hidden > 1 << 22 {
+            return Err(err("model.ffn_hidden", "must be in 1..=4194304"));
         }
         check_positive("model.bits_per_element", m.bits_per_element)?;
-        check_non_negative("model.eta_flops", m.eta_flops)?;
+        check_range(
+            "model.bits_per_element",
+            m.bits_per_element,
+            0.0,
+            64.0,
+            false,
+        )?;
+        check_range("model.eta_flops", m.eta_flops, 0.0, 1e3, false)?;
         let n = self.devices.len();
         if n == 0 {
             return Err(err("devices", "at least one device is needed"));
@@ -644,7 +713,15 @@ impl Scenario {
         check_range("radio.carrier_ghz", r.carrier_ghz, 1e-3, 1e3, false)?;
         check_positive("radio.carrier_ghz", r.carrier_ghz)?;
         check_positive("radio.bs_tx_power_w", r.bs_tx_power_w)?;
+        check_range("radio.bs_tx_power_w", r.bs_tx_power_w, 0.0, 1e6, false)?;
         check_positive("radio.total_bandwidth_hz", r.total_bandwidth_hz)?;
+        check_range(
+            "radio.total_bandwidth_hz",
+            r.total_bandwidth_hz,
+            0.0,
+            1e12,
+            false,
+        )?;
         check_range("radio.n0_dbm_per_hz", r.n0_dbm_per_hz, -250.0, 0.0, false)?;
         check_range(
             "radio.noise_figure_db",
@@ -667,10 +744,12 @@ impl Scenario {
                     ));
                 }
                 let r = x.hypot(y);
-                if !(r > 0.0 && r <= 1e7) {
+                if !(MIN_DISTANCE_M..=1e7).contains(&r) {
                     return Err(err(
                         format!("devices[{i}].position_m"),
-                        format!("distance to the base station must be in (0, 1e7] m (got {r})"),
+                        format!(
+                            "distance to the base station must be in [{MIN_DISTANCE_M}, 1e7] m (got {r})"
+                        ),
                     ));
                 }
             } else {
@@ -683,12 +762,19 @@ impl Scenario {
                 check_range(
                     &format!("devices[{i}].distance_m"),
                     d.distance_m,
-                    0.0,
+                    MIN_DISTANCE_M,
                     1e7,
                     false,
                 )?;
             }
             check_positive(&format!("devices[{i}].tx_power_w"), d.tx_power_w)?;
+            check_range(
+                &format!("devices[{i}].tx_power_w"),
+                d.tx_power_w,
+                0.0,
+                1e6,
+                false,
+            )?;
             check_range(
                 &format!("devices[{i}].bandwidth_share"),
                 d.bandwidth_share,
@@ -698,6 +784,13 @@ impl Scenario {
             )?;
             check_positive(&format!("devices[{i}].bandwidth_share"), d.bandwidth_share)?;
             check_positive(&format!("devices[{i}].compute_tflops"), d.compute_tflops)?;
+            check_range(
+                &format!("devices[{i}].compute_tflops"),
+                d.compute_tflops,
+                1e-9,
+                1e6,
+                false,
+            )?;
         }
         if m.top_k == 0 || m.top_k > n {
             return Err(err(
@@ -785,6 +878,41 @@ impl Scenario {
         }
         if p.thetas.len() + p.weight_only_betas.len() > 64 {
             return Err(err("policies", "at most 64 policies per run"));
+        }
+        let rows = (p.thetas.len() + p.weight_only_betas.len() + p.channel_only as usize) as u64;
+        if self.prompts as u64 * self.replications as u64 * rows > MAX_PROMPT_POLICY_CELLS {
+            return Err(err(
+                "prompts",
+                format!(
+                    "prompts × replications × policies must be <= {MAX_PROMPT_POLICY_CELLS} \
+                     (got {} × {} × {rows}): each prompt's latency per policy is kept for percentiles",
+                    self.prompts, self.replications
+                ),
+            ));
+        }
+        self.check_derived()
+    }
+
+    /// The quantities the run derives (payload, FLOPs, noise, each device's
+    /// latency per token and layer) must be finite and positive, so that a
+    /// validated scenario runs.
+    fn check_derived(&self) -> Result<(), ScenarioError> {
+        let ch = crate::channel::ChannelModel::new(self)
+            .map_err(|e| err("model", format!("derived quantities out of range: {e}")))?;
+        for q in 0..self.devices.len() {
+            let key = format!("devices[{q}]");
+            let t = ch
+                .nominal_latency_s(q)
+                .map_err(|e| err(key.clone(), format!("derived latency out of range: {e}")))?;
+            if !(t.is_finite() && t > 0.0 && t < 1e9) {
+                return Err(err(
+                    key,
+                    format!(
+                        "its latency per token and layer (eq. 6, no fading) is {t} s, \
+                         not a finite positive number below 1e9 s: check distance_m, tx_power_w and compute"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

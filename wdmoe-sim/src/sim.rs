@@ -143,6 +143,33 @@ fn ci95(v: &[f64]) -> f64 {
     1.96 * (var / n as f64).sqrt()
 }
 
+/// Student's t quantile `t_{0.975, df}` for a two-sided 95 % interval
+/// (1.96 above 30 degrees of freedom).
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => 0.0,
+        d if d <= 30 => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// Half-width of the 95 % t interval of the mean of `v` (0 for fewer than
+/// two values).
+fn t_ci95(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let m = stats::mean(v);
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64;
+    t975(n - 1) * (var / n as f64).sqrt()
+}
+
 /// One policy's totals over one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyPromptStats {
@@ -201,11 +228,15 @@ pub struct PolicyRow {
     pub p99_s: f64,
     /// Reduction of the mean latency against the first row \[%\].
     pub reduction_pct: f64,
-    /// Half-width of the 95 % confidence interval of `reduction_pct` \[%\]
-    /// (normal approximation on the per-prompt differences to the first
-    /// row, which share the draws; 0 for the first row or one prompt).
+    /// Half-width of the 95 % confidence interval of `reduction_pct` \[%\]:
+    /// with two or more replications, the t interval over the replications'
+    /// reductions (every random draw redrawn); with one, the normal
+    /// interval over the per-prompt differences to the first row (token and
+    /// fading noise only, not the router's layer structure). 0 for the first
+    /// row. [`RunReport::interval`] says which.
     pub reduction_ci95_pct: f64,
-    /// Half-width of the 95 % confidence interval of `mean_s` \[s\].
+    /// Half-width of the 95 % confidence interval of `mean_s` \[s\], on the
+    /// same basis as `reduction_ci95_pct`.
     pub mean_ci95_s: f64,
     /// Mean serving experts per token and layer.
     pub experts_per_token: f64,
@@ -226,8 +257,13 @@ pub struct PolicyRow {
 pub struct RunReport {
     /// Run seed.
     pub seed: u64,
-    /// Prompts simulated.
+    /// Prompts simulated per replication.
     pub prompts: usize,
+    /// Independent replications of every random draw.
+    pub replications: usize,
+    /// What the ± intervals cover: `replications` (t interval over the
+    /// replications) or `prompts` (one replication: per-prompt noise only).
+    pub interval: String,
     /// Prefill tokens per prompt.
     pub prompt_tokens: u32,
     /// Decode tokens per prompt.
@@ -248,6 +284,57 @@ pub struct RunReport {
     pub link_outage_rate: f64,
 }
 
+/// Streaming totals of a run: each prompt's latency per policy (for
+/// percentiles and paired intervals) and sums of everything else.
+struct Accumulator {
+    pols: Vec<PolicyAcc>,
+    prompts: usize,
+    suppressed: u64,
+    link_outages: u64,
+    device_slots: u64,
+}
+
+#[derive(Default, Clone)]
+struct PolicyAcc {
+    lat: Vec<f64>,
+    decisions: u64,
+    experts: u64,
+    dropped: u64,
+    kept_weight: f64,
+    fallbacks: u64,
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+impl Accumulator {
+    fn new(policies: usize) -> Self {
+        Self {
+            pols: vec![PolicyAcc::default(); policies],
+            prompts: 0,
+            suppressed: 0,
+            link_outages: 0,
+            device_slots: 0,
+        }
+    }
+
+    fn add(&mut self, o: &PromptOutcome) {
+        for (a, p) in self.pols.iter_mut().zip(&o.policies) {
+            a.lat.push(p.latency_s);
+            a.decisions += p.decisions;
+            a.experts += p.experts;
+            a.dropped += p.dropped;
+            a.kept_weight += p.kept_weight;
+            a.fallbacks += p.fallbacks;
+            a.prefill_s += p.prefill_s;
+            a.decode_s += p.decode_s;
+        }
+        self.prompts += 1;
+        self.suppressed += o.suppressed_outages;
+        self.link_outages += o.link_outages;
+        self.device_slots += o.device_slots;
+    }
+}
+
 /// What [`Simulation::run_decisions`] did, for throughput benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThroughputSample {
@@ -264,6 +351,10 @@ pub struct Simulation {
     scenario: Scenario,
     channel: ChannelModel,
     router: Box<dyn Router>,
+    /// Routers of replications 1.. (a synthetic router's layer structure is
+    /// redrawn per replication); empty when the router has no random draw
+    /// of its own (a trace, a caller-supplied router).
+    replica_routers: Vec<Box<dyn Router>>,
     policies: Vec<Box<dyn SelectionPolicy>>,
 }
 
@@ -295,21 +386,35 @@ impl Simulation {
     /// ```
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
-        let router: Box<dyn Router> = match scenario.router.kind {
-            RouterKind::Synthetic => Box::new(SyntheticRouter::new(
+        let synthetic = |seed: u64| -> Box<dyn Router> {
+            Box::new(SyntheticRouter::new(
                 scenario.model.layers as usize,
                 scenario.n_experts(),
                 scenario.router.spread,
                 scenario.router.layer_bias_std,
                 scenario.router.stickiness,
-                scenario.seed,
-            )),
+                seed,
+            ))
+        };
+        let (router, replicas): (Box<dyn Router>, Vec<Box<dyn Router>>) = match scenario.router.kind
+        {
+            RouterKind::Synthetic => (
+                synthetic(scenario.seed),
+                (1..scenario.replications as u64)
+                    .map(|r| synthetic(rng::replication_seed(scenario.seed, r)))
+                    .collect(),
+            ),
             RouterKind::Trace => {
                 let t = Trace::from_path(std::path::Path::new(&scenario.router.trace_path))?;
-                Box::new(TraceRouter::new(t, scenario.total_tokens() as u64))
+                (
+                    Box::new(TraceRouter::new(t, scenario.total_tokens() as u64)),
+                    Vec::new(),
+                )
             }
         };
-        Self::with_router(scenario, router)
+        let mut sim = Self::with_router(scenario, router)?;
+        sim.replica_routers = replicas;
+        Ok(sim)
     }
 
     /// Like [`Simulation::new`] with a caller-supplied router (e.g. a live
@@ -353,8 +458,25 @@ impl Simulation {
             scenario,
             channel,
             router,
+            replica_routers: Vec::new(),
             policies,
         })
+    }
+
+    /// The router of replication `r`.
+    fn router_of(&self, r: u64) -> &dyn Router {
+        match r.checked_sub(1) {
+            Some(i) => self
+                .replica_routers
+                .get(i as usize)
+                .map_or(self.router.as_ref(), |b| b.as_ref()),
+            None => self.router.as_ref(),
+        }
+    }
+
+    /// Prompts over all replications (`prompts × replications`).
+    pub fn total_prompts(&self) -> usize {
+        self.scenario.prompts * self.scenario.replications
     }
 
     /// The scenario.
@@ -391,18 +513,31 @@ impl Simulation {
         prompt: u64,
         record_tokens: bool,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(prompt, record_tokens, u64::MAX)
+        self.simulate(0, prompt, record_tokens, u64::MAX)
+            .map(|(o, _)| o)
+    }
+
+    /// Like [`Simulation::simulate_prompt`] in replication `replication`
+    /// (its seed is [`rng::replication_seed`]`(seed, replication)`).
+    pub fn simulate_replication_prompt(
+        &self,
+        replication: u64,
+        prompt: u64,
+    ) -> Result<PromptOutcome, SimError> {
+        self.simulate(replication, prompt, false, u64::MAX)
             .map(|(o, _)| o)
     }
 
     /// Core loop; stops after `max_token_layers` token-layer steps.
     fn simulate(
         &self,
+        replication: u64,
         prompt: u64,
         record_tokens: bool,
         max_token_layers: u64,
     ) -> Result<(PromptOutcome, u64), SimError> {
         let s = &self.scenario;
+        let seed = rng::replication_seed(s.seed, replication);
         let n = s.n_experts();
         let layers = s.model.layers as usize;
         let k = s.model.top_k;
@@ -410,10 +545,10 @@ impl Simulation {
         let batched = s.accounting == Accounting::Batched;
         let mut chan = self
             .channel
-            .realise(rng::stream(s.seed, prompt, Stream::Channel))?;
+            .realise(rng::stream(seed, prompt, Stream::Channel))?;
         let mut router = self
-            .router
-            .start_prompt(prompt, rng::stream(s.seed, prompt, Stream::Router));
+            .router_of(replication)
+            .start_prompt(prompt, rng::stream(seed, prompt, Stream::Router));
         let mut logits = vec![0.0; layers * n];
         let mut lat = vec![0.0; n];
         let mut stats = vec![PolicyPromptStats::default(); np];
@@ -517,75 +652,114 @@ impl Simulation {
         ))
     }
 
-    /// Runs every prompt (in parallel with rayon; results are identical on
-    /// any thread count) and aggregates the table. `progress` is called
-    /// once per finished prompt, from any thread.
+    /// Runs every prompt of every replication (in parallel with rayon;
+    /// results are identical on any thread count) and aggregates the table.
+    /// `progress` is called once per finished prompt, from any thread.
+    /// Memory: each prompt's latency per policy (8 bytes) is kept; the rest
+    /// is summed as chunks of prompts finish.
     pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<RunReport, SimError> {
-        let outcomes: Vec<PromptOutcome> = (0..self.scenario.prompts as u64)
-            .into_par_iter()
-            .map(|p| {
-                let r = self.simulate_prompt(p, false);
-                progress();
-                r
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(self.aggregate(&outcomes))
+        const CHUNK: u64 = 1024;
+        let s = &self.scenario;
+        let mut acc = Accumulator::new(self.policies.len());
+        for rep in 0..s.replications as u64 {
+            let mut start = 0u64;
+            while start < s.prompts as u64 {
+                let end = (start + CHUNK).min(s.prompts as u64);
+                let outcomes: Vec<PromptOutcome> = (start..end)
+                    .into_par_iter()
+                    .map(|p| {
+                        let r = self.simulate(rep, p, false, u64::MAX).map(|(o, _)| o);
+                        progress();
+                        r
+                    })
+                    .collect::<Result<_, _>>()?;
+                for o in &outcomes {
+                    acc.add(o);
+                }
+                start = end;
+            }
+        }
+        Ok(self.report(&acc, s.replications.max(1)))
     }
 
-    /// Aggregates per-prompt outcomes (in prompt order) into a table.
+    /// Aggregates per-prompt outcomes (in prompt order, one replication)
+    /// into a table.
     pub fn aggregate(&self, outcomes: &[PromptOutcome]) -> RunReport {
+        let mut acc = Accumulator::new(self.policies.len());
+        for o in outcomes {
+            acc.add(o);
+        }
+        self.report(&acc, 1)
+    }
+
+    fn report(&self, acc: &Accumulator, replications: usize) -> RunReport {
         let s = &self.scenario;
         let k = s.model.top_k as f64;
+        let total = acc.prompts;
+        let per_rep = (total / replications.max(1)).max(1);
+        let by_rep = replications >= 2 && total == per_rep * replications;
+        let rep_means = |lat: &[f64]| -> Vec<f64> {
+            lat.chunks(per_rep).map(stats::mean).collect::<Vec<f64>>()
+        };
         let mut rows: Vec<PolicyRow> = Vec::with_capacity(self.policies.len());
+        let base_lat = acc.pols.first().map(|p| p.lat.as_slice()).unwrap_or(&[]);
+        let base_mean = stats::mean(base_lat);
+        let base_rep = rep_means(base_lat);
         for (pi, pol) in self.policies.iter().enumerate() {
-            let mut lat: Vec<f64> = outcomes.iter().map(|o| o.policies[pi].latency_s).collect();
-            let mean_s = stats::mean(&lat);
-            lat.sort_by(f64::total_cmp);
-            let sum = |f: &dyn Fn(&PolicyPromptStats) -> f64| -> f64 {
-                outcomes.iter().map(|o| f(&o.policies[pi])).sum()
+            let pa = &acc.pols[pi];
+            let mean_s = stats::mean(&pa.lat);
+            let mut sorted = pa.lat.clone();
+            sorted.sort_by(f64::total_cmp);
+            let decisions = (pa.decisions as f64).max(1.0);
+            let prompts = total.max(1) as f64;
+            let reduction_pct = if base_mean > 0.0 {
+                100.0 * (1.0 - mean_s / base_mean)
+            } else {
+                0.0
             };
-            let decisions = sum(&|x| x.decisions as f64).max(1.0);
-            let prompts = outcomes.len().max(1) as f64;
+            let (mean_ci95_s, reduction_ci95_pct) = if by_rep {
+                let means = rep_means(&pa.lat);
+                let reds: Vec<f64> = means
+                    .iter()
+                    .zip(&base_rep)
+                    .map(|(m, b)| if *b > 0.0 { 100.0 * (1.0 - m / b) } else { 0.0 })
+                    .collect();
+                (t_ci95(&means), if pi == 0 { 0.0 } else { t_ci95(&reds) })
+            } else {
+                let diffs: Vec<f64> = base_lat.iter().zip(&pa.lat).map(|(a, b)| a - b).collect();
+                (
+                    ci95(&sorted),
+                    if base_mean > 0.0 {
+                        100.0 * ci95(&diffs) / base_mean
+                    } else {
+                        0.0
+                    },
+                )
+            };
             rows.push(PolicyRow {
                 name: pol.name(),
                 family: pol.family().to_string(),
                 parameter: pol.parameter(),
                 mean_s,
-                p50_s: stats::percentile_sorted(&lat, 50.0),
-                p95_s: stats::percentile_sorted(&lat, 95.0),
-                p99_s: stats::percentile_sorted(&lat, 99.0),
-                reduction_pct: 0.0,
-                reduction_ci95_pct: 0.0,
-                mean_ci95_s: ci95(&lat),
-                experts_per_token: sum(&|x| x.experts as f64) / decisions,
-                drop_rate: sum(&|x| x.dropped as f64) / (k * decisions),
-                kept_weight: sum(&|x| x.kept_weight) / decisions,
-                fallbacks: outcomes.iter().map(|o| o.policies[pi].fallbacks).sum(),
-                mean_prefill_s: sum(&|x| x.prefill_s) / prompts,
-                mean_decode_s: sum(&|x| x.decode_s) / prompts,
+                p50_s: stats::percentile_sorted(&sorted, 50.0),
+                p95_s: stats::percentile_sorted(&sorted, 95.0),
+                p99_s: stats::percentile_sorted(&sorted, 99.0),
+                reduction_pct,
+                reduction_ci95_pct,
+                mean_ci95_s,
+                experts_per_token: pa.experts as f64 / decisions,
+                drop_rate: pa.dropped as f64 / (k * decisions),
+                kept_weight: pa.kept_weight / decisions,
+                fallbacks: pa.fallbacks,
+                mean_prefill_s: pa.prefill_s / prompts,
+                mean_decode_s: pa.decode_s / prompts,
             });
-        }
-        if let Some(base) = rows.first().map(|r| r.mean_s) {
-            for (pi, r) in rows.iter_mut().enumerate() {
-                r.reduction_pct = if base > 0.0 {
-                    100.0 * (1.0 - r.mean_s / base)
-                } else {
-                    0.0
-                };
-                let diffs: Vec<f64> = outcomes
-                    .iter()
-                    .map(|o| o.policies[0].latency_s - o.policies[pi].latency_s)
-                    .collect();
-                r.reduction_ci95_pct = if base > 0.0 {
-                    100.0 * ci95(&diffs) / base
-                } else {
-                    0.0
-                };
-            }
         }
         RunReport {
             seed: s.seed,
-            prompts: outcomes.len(),
+            prompts: if by_rep { per_rep } else { total },
+            replications: if by_rep { replications } else { 1 },
+            interval: if by_rep { "replications" } else { "prompts" }.to_string(),
             prompt_tokens: s.prompt_tokens,
             decode_tokens: s.decode_tokens,
             accounting: s.accounting,
@@ -593,9 +767,8 @@ impl Simulation {
             router_summary: self.router_summary(),
             rows,
             scenario: s.clone(),
-            suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
-            link_outage_rate: outcomes.iter().map(|o| o.link_outages).sum::<u64>() as f64
-                / outcomes.iter().map(|o| o.device_slots).sum::<u64>().max(1) as f64,
+            suppressed_outages: acc.suppressed,
+            link_outage_rate: acc.link_outages as f64 / acc.device_slots.max(1) as f64,
         }
     }
 
@@ -616,7 +789,7 @@ impl Simulation {
         let mut checksum = 0.0;
         let mut prompt = 0u64;
         while done < token_layers {
-            let (o, steps) = self.simulate(prompt, false, token_layers - done)?;
+            let (o, steps) = self.simulate(0, prompt, false, token_layers - done)?;
             done += steps;
             checksum += o.policies.iter().map(|p| p.latency_s).sum::<f64>();
             prompt += 1;

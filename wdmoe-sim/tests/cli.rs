@@ -237,8 +237,9 @@ fn select_answers_every_line() {
     );
     let out = wdmoe_stdin(&["select"], input);
     assert_eq!(out.status.code(), Some(1));
+    // One answer per input line, the blank line included (issue 11).
     let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
     let v: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -246,17 +247,30 @@ fn select_answers_every_line() {
     assert_eq!(v[0]["experts"], serde_json::json!([0]));
     assert_eq!(v[0]["dropped"], serde_json::json!([1]));
     assert_eq!(v[0]["fallback"], false);
-    assert!(v[1]["error"].is_string());
+    assert!(v[1]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 2: not valid JSON"));
     assert!(v[2]["error"]
         .as_str()
         .unwrap()
-        .contains("no expert is reachable"));
-    assert_eq!(v[3]["experts"], serde_json::json!([0]));
-    assert_eq!(v[3]["dropped"], serde_json::json!([1]));
-    assert_eq!(v[3]["fallback"], true);
-    assert_eq!(v[3]["kappa"], serde_json::Value::Null);
-    assert!(v[4]["error"].as_str().unwrap().contains("1"));
-    assert!(v[5]["error"].as_str().unwrap().contains("theta"));
+        .starts_with("line 3: blank line"));
+    assert!(v[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("line 4: field `latency_s`: no expert is reachable"));
+    assert_eq!(v[4]["experts"], serde_json::json!([0]));
+    assert_eq!(v[4]["dropped"], serde_json::json!([1]));
+    assert_eq!(v[4]["fallback"], true);
+    assert_eq!(v[4]["kappa"], serde_json::Value::Null);
+    assert!(v[5]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 6: field `latency_s`: 1 entries"));
+    assert!(v[6]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 7: field `theta`"));
 }
 
 #[test]

@@ -11,6 +11,7 @@ fn small(accounting: Accounting) -> Scenario {
     let mut s = Scenario::paper();
     s.seed = 42;
     s.prompts = 12;
+    s.replications = 1;
     s.prompt_tokens = 16;
     s.decode_tokens = 4;
     s.model.layers = 8;
