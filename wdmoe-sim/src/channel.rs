@@ -33,6 +33,7 @@
 //! `j` is slot `j`; with batched prefill the whole prefill is slot 0 and decode
 //! token `j` keeps slot `j`.
 
+use crate::device::{self, DeviceCompute};
 use crate::rng::{self, Rng};
 use crate::scenario::{Allocation, Fading, PathLoss, Scenario, TimeModel};
 use wdmoe_core::bandwidth;
@@ -53,7 +54,12 @@ pub struct ChannelModel {
     shares: Vec<f64>,
     bs_power_w: f64,
     device_power_w: Vec<f64>,
+    /// Per device: the rate \[FLOP/s\] that gives one token's expert time
+    /// under the compute model (`F / t(1)`), the form eq. (6) takes.
     compute_flops_per_s: Vec<f64>,
+    /// Per device: the compute model's figures, for batches of tokens.
+    compute: Vec<DeviceCompute>,
+    weight_bytes: f64,
     latency: LatencyModel<f64>,
     total_bandwidth_hz: f64,
     allocation: Allocation,
@@ -77,6 +83,19 @@ impl ChannelModel {
             shape.flops_per_token(s.model.eta_flops)?,
             link::noise_psd_w_per_hz(s.radio.n0_dbm_per_hz, s.radio.noise_figure_db)?,
         )?;
+        let flops = latency.flops_per_token();
+        let weight_bytes = device::expert_weight_bytes(s);
+        let mut compute = Vec::with_capacity(s.devices.len());
+        for (i, d) in s.devices.iter().enumerate() {
+            compute.push(
+                device::resolve(d, i, s.model.compute_model)
+                    .map_err(|_| Error::OutOfRange("device compute"))?,
+            );
+        }
+        let compute_flops_per_s = compute
+            .iter()
+            .map(|c| flops / c.expert_time_s(1, flops, weight_bytes))
+            .collect();
         let c = &s.channel;
         let path_loss = match c.path_loss {
             PathLoss::FreeSpace => PathLossModel::FreeSpace,
@@ -94,7 +113,9 @@ impl ChannelModel {
             shares: s.devices.iter().map(|d| d.bandwidth_share).collect(),
             bs_power_w: s.radio.bs_tx_power_w,
             device_power_w: s.devices.iter().map(|d| d.tx_power_w).collect(),
-            compute_flops_per_s: s.devices.iter().map(|d| d.compute_tflops * 1e12).collect(),
+            compute_flops_per_s,
+            compute,
+            weight_bytes,
             latency,
             total_bandwidth_hz: s.radio.total_bandwidth_hz,
             allocation: s.radio.allocation,
@@ -135,6 +156,12 @@ impl ChannelModel {
     /// The core latency model (payload \[bit\], FLOPs, N0 \[W/Hz\]).
     pub fn latency_model(&self) -> &LatencyModel<f64> {
         &self.latency
+    }
+
+    /// Seconds device `q` computes `tokens` tokens of one expert (the
+    /// compute model's; no link terms).
+    pub fn compute_time_s(&self, q: usize, tokens: u32) -> f64 {
+        self.compute[q].expert_time_s(tokens, self.latency.flops_per_token(), self.weight_bytes)
     }
 
     /// Mean path loss \[dB\] of device `q` in LOS (no shadowing).

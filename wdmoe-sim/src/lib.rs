@@ -10,6 +10,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`scenario`] | base station, devices, radio, channel, router, policies; TOML in and out, validation |
+//! | [`device`] | device compute: the roofline model (peak FLOP/s, memory bandwidth, memory) or the paper's `F / C_q`; presets with sources |
 //! | [`channel`] | path loss (paper / 3GPP UMa / UMi), shadowing, Rayleigh / Rician fading, block or AR(1), outages |
 //! | [`router`] | where router logits come from: synthetic Mixtral-like, recorded trace, (live hook) |
 //! | [`trace`] | the `.npy` router-trace reader |
@@ -44,6 +45,7 @@
 #![deny(missing_docs)]
 
 pub mod channel;
+pub mod device;
 pub mod layer;
 pub mod output;
 pub mod policy;

@@ -63,6 +63,19 @@ pub fn interval_note(r: &RunReport) -> String {
     }
 }
 
+/// The device model of a run, in words.
+pub fn device_note(r: &RunReport) -> String {
+    match r.scenario.model.compute_model {
+        crate::device::ComputeModel::Roofline => format!(
+            "devices: roofline, expert time for n tokens = max(n·FLOPs / peak, {:.0} MB of weights / memory bandwidth) + link terms",
+            crate::device::expert_weight_bytes(&r.scenario) / 1e6
+        ),
+        crate::device::ComputeModel::Paper => {
+            "devices: the paper's eq. (6), expert time = n·FLOPs / C_q (no weight reading) + link terms".to_string()
+        }
+    }
+}
+
 /// The text table. `title` is printed above it, when given.
 pub fn table(r: &RunReport, title: Option<&str>) -> String {
     let mut s = String::new();
@@ -89,8 +102,11 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
         "drop rate",
         "kept weight",
         "fallbacks",
-        "paper reduction",
     ]);
+    let paper = r.paper_comparable;
+    if paper {
+        head.push("paper reduction");
+    }
     let rows: Vec<Vec<String>> = r
         .rows
         .iter()
@@ -116,8 +132,10 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
                 format!("{:.1} %", 100.0 * x.drop_rate),
                 format!("{:.3}", x.kept_weight),
                 x.fallbacks.to_string(),
-                paper_cell(x).to_string(),
             ]);
+            if paper {
+                v.push(paper_cell(x).to_string());
+            }
             v
         })
         .collect();
@@ -150,11 +168,20 @@ pub fn table(r: &RunReport, title: Option<&str>) -> String {
     for row in &rows {
         line(row, &mut s);
     }
+    let _ = writeln!(s, "{}", interval_note(r));
     let _ = writeln!(
         s,
         "links below the SNR floor: {:.3} % of device-slots (unreachable for that token)",
         100.0 * r.link_outage_rate
     );
+    let _ = writeln!(s, "{}", device_note(r));
+    if !r.memory_shortfalls.is_empty() {
+        let _ = writeln!(
+            s,
+            "WARNING: devices that cannot hold their experts (streaming them from storage is not modelled): {}",
+            r.memory_shortfalls.join("; ")
+        );
+    }
     if r.suppressed_outages > 0 {
         let _ = writeln!(
             s,
@@ -199,7 +226,11 @@ pub fn csv(r: &RunReport) -> String {
             x.fallbacks,
             x.mean_prefill_s,
             x.mean_decode_s,
-            paper_cell(x)
+            if r.paper_comparable {
+                paper_cell(x)
+            } else {
+                ""
+            }
         );
     }
     s
@@ -330,7 +361,11 @@ pub fn svg(r: &RunReport) -> String {
     }
     // The paper's reductions as markers: θ = 0.2 (mean of 7 benchmarks) and
     // θ = 0.3 (PIQA, 1.65× faster).
-    if let Some(base) = rows.first().map(|x| x.mean_s) {
+    if let Some(base) = rows
+        .first()
+        .map(|x| x.mean_s)
+        .filter(|_| r.paper_comparable)
+    {
         for (theta, pct) in [
             (0.2, PAPER_MEAN_REDUCTION_THETA_02_PCT),
             (0.3, 100.0 * (1.0 - 1.0 / 1.65)),
@@ -369,15 +404,17 @@ pub fn svg(r: &RunReport) -> String {
         tx = l + 316.0,
         ty = ly
     );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="black" stroke-dasharray="5,3" stroke-width="2"/><text x="{tx}" y="{ty}">paper (θ=0.2: mean, θ=0.3: PIQA)</text>"#,
-        x1 = l + 395.0,
-        x2 = l + 415.0,
-        y = ly - 4.0,
-        tx = l + 421.0,
-        ty = ly
-    );
+    if r.paper_comparable {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="black" stroke-dasharray="5,3" stroke-width="2"/><text x="{tx}" y="{ty}">paper (θ=0.2: mean, θ=0.3: PIQA)</text>"#,
+            x1 = l + 395.0,
+            x2 = l + 415.0,
+            y = ly - 4.0,
+            tx = l + 421.0,
+            ty = ly
+        );
+    }
     s.push_str("</svg>\n");
     s
 }

@@ -109,6 +109,12 @@ pub struct ModelConfig {
     pub bits_per_element: f64,
     /// η, FLOPs of the activation per element.
     pub eta_flops: f64,
+    /// Bits per expert weight in the devices' memory (16 for fp16): sets the
+    /// bytes the roofline model reads per expert and the memory check.
+    pub weight_bits: f64,
+    /// How a device's expert time is computed: `roofline` or the paper's
+    /// literal `paper` ([`crate::device`]).
+    pub compute_model: crate::device::ComputeModel,
 }
 
 impl Default for ModelConfig {
@@ -120,6 +126,8 @@ impl Default for ModelConfig {
             top_k: 2,
             bits_per_element: 16.0,
             eta_flops: 4.0,
+            weight_bits: 16.0,
+            compute_model: crate::device::ComputeModel::Roofline,
         }
     }
 }
@@ -198,8 +206,22 @@ pub struct Device {
     /// Uplink transmit power \[W\] (paper: 0.2).
     #[serde(default = "default_device_power")]
     pub tx_power_w: f64,
-    /// Compute rate `C_q` \[TFLOP/s\] (10^12 FLOP/s) sustained on the expert FFN.
-    pub compute_tflops: f64,
+    /// A named device ([`crate::device::PRESETS`]) filling `peak_tflops`,
+    /// `memory_bandwidth_gbps` and `memory_gb`; keys given here override it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preset: String,
+    /// Peak dense fp16 rate \[TFLOP/s\] (10^12 FLOP/s), for the roofline model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_tflops: Option<f64>,
+    /// Memory bandwidth \[GB/s\] (10^9 byte/s), for the roofline model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bandwidth_gbps: Option<f64>,
+    /// Memory \[GB\] (10^9 byte): a run reports a device smaller than its experts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_gb: Option<f64>,
+    /// The paper's `C_q` \[TFLOP/s\] (`model.compute_model = "paper"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_tflops: Option<f64>,
     /// Bandwidth weight for `allocation = "shares"`: the device gets
     /// `total_bandwidth_hz × share / Σ shares` (default 1: the even split).
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -207,16 +229,43 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device at `distance_m` \[m\] with `compute_tflops` \[TFLOP/s\], the
-    /// paper's 0.2 W and an equal bandwidth share.
-    pub fn at(distance_m: f64, compute_tflops: f64) -> Self {
+    /// Device preset `preset` ([`crate::device::PRESETS`]) at `distance_m`
+    /// \[m\], with the paper's 0.2 W and an equal bandwidth share.
+    pub fn at(distance_m: f64, preset: &str) -> Self {
         Self {
-            name: String::new(),
+            name: preset.to_string(),
             distance_m,
             position_m: None,
             tx_power_w: 0.2,
-            compute_tflops,
+            preset: preset.to_string(),
+            peak_tflops: None,
+            memory_bandwidth_gbps: None,
+            memory_gb: None,
+            compute_tflops: None,
             bandwidth_share: 1.0,
+        }
+    }
+
+    /// A roofline device at `distance_m` \[m\] with a peak rate
+    /// \[TFLOP/s\] and a memory bandwidth \[GB/s\].
+    pub fn roofline(distance_m: f64, peak_tflops: f64, memory_bandwidth_gbps: f64) -> Self {
+        Self {
+            name: String::new(),
+            preset: String::new(),
+            peak_tflops: Some(peak_tflops),
+            memory_bandwidth_gbps: Some(memory_bandwidth_gbps),
+            ..Self::at(distance_m, "")
+        }
+    }
+
+    /// A device of the paper's model at `distance_m` \[m\] with `C_q` =
+    /// `compute_tflops` \[TFLOP/s\] (needs `model.compute_model = "paper"`).
+    pub fn paper(distance_m: f64, compute_tflops: f64) -> Self {
+        Self {
+            name: String::new(),
+            preset: String::new(),
+            compute_tflops: Some(compute_tflops),
+            ..Self::at(distance_m, "")
         }
     }
 
@@ -257,49 +306,51 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-/// The default eight devices over a macro cell of 600 m radius (distance
-/// \[m\]; compute `C_q` \[TFLOP/s\] sustained in fp16 on one token's expert):
+/// The default eight devices over a macro cell of 600 m radius, each a
+/// preset of [`crate::device::PRESETS`] (sources there):
 ///
-/// | # | device | memory bandwidth | C_q | distance |
-/// |---|---|---|---|---|
-/// | 0 | laptop, RTX 4070 Laptop-class GPU | 256 GB/s | 0.256 | 50 m |
-/// | 1 | flagship phone (LPDDR5X-9600) | 77 GB/s | 0.077 | 120 m |
-/// | 2 | tablet (Apple M2-class) | 100 GB/s | 0.100 | 190 m |
-/// | 3 | mid-range phone (LPDDR4X) | 34 GB/s | 0.034 | 260 m |
-/// | 4 | edge box (Jetson AGX Orin-class) | 205 GB/s | 0.205 | 330 m |
-/// | 5 | flagship phone | 77 GB/s | 0.077 | 400 m |
-/// | 6 | laptop, integrated GPU (LPDDR5-6400, 128 bit) | 102 GB/s | 0.102 | 500 m |
-/// | 7 | mid-range phone at the cell edge | 34 GB/s | 0.034 | 600 m |
+/// | # | preset | memory bandwidth | peak fp16 | memory | one token through one expert | distance |
+/// |---|---|---|---|---|---|---|
+/// | 0 | `jetson-agx-orin-64gb` (edge box) | 204.8 GB/s | 42.5 TFLOP/s | 64 GB | 1.72 ms | 50 m |
+/// | 1 | `snapdragon-8-gen-3` (flagship phone) | 76.8 GB/s | 5 TFLOP/s | 16 GB | 4.59 ms | 120 m |
+/// | 2 | `apple-m2` (tablet) | 100 GB/s | 3.6 TFLOP/s | 24 GB | 3.52 ms | 190 m |
+/// | 3 | `phone-midrange` | 34.1 GB/s | 2 TFLOP/s | 12 GB | 10.3 ms | 260 m |
+/// | 4 | `jetson-agx-orin-64gb` | 204.8 GB/s | 42.5 TFLOP/s | 64 GB | 1.72 ms | 330 m |
+/// | 5 | `snapdragon-8-gen-3` | 76.8 GB/s | 5 TFLOP/s | 16 GB | 4.59 ms | 400 m |
+/// | 6 | `apple-m2` | 100 GB/s | 3.6 TFLOP/s | 24 GB | 3.52 ms | 500 m |
+/// | 7 | `phone-midrange` at the cell edge | 34.1 GB/s | 2 TFLOP/s | 12 GB | 10.3 ms | 600 m |
 ///
-/// **Compute.** One token through one expert is a batch-1 matrix–vector
-/// product: the expert's `3·m·m_h` = 176 M weights (352 MB in fp16) are read
-/// from memory for `L_comp` ≈ 352 MFLOP (eq. 4), about 1 FLOP per byte, so
-/// the sustained rate is the memory bandwidth × 1 FLOP/byte — a few percent
-/// of the chips' peak fp16 TFLOP/s. An expert then takes 1.4 ms (laptop GPU)
-/// to 10 ms (mid-range phone), while moving its 64 kbit each way over
-/// 12.5 MHz takes 0.3–1 ms: compute heterogeneity is the main source of
-/// latency spread, the radio adds distance and fading. (To model a
-/// compute-bound device — e.g. batched prefill on an NPU — set its
-/// `compute_tflops` to the chip's sustained matrix throughput.)
+/// **Compute** (roofline, [`crate::device`]): one token through one expert
+/// reads its 352 MB of fp16 weights for 352 MFLOP, so every device here is
+/// memory-bound for one token (the time column: weights / bandwidth), while
+/// moving its 64 kbit each way over 12.5 MHz takes 0.3–1 ms: the devices'
+/// memory bandwidths, spread 6× here, are the main source of latency spread;
+/// the radio adds distance and fading. This spread is a choice, and it sets
+/// the result: `wdmoe sensitivity` shows the reduction with identical
+/// devices (α = 0) and with the spread halved and doubled.
+///
+/// **Memory**: each device holds one expert of all 32 layers (11.3 GB in
+/// fp16); all eight have room. Presets that do not (`jetson-orin-nano-8gb`,
+/// `apple-a17-pro`) are reported by every run that uses them.
 ///
 /// **Distances** are spread evenly from near the mast to the edge of a 600 m
-/// macro cell. `wdmoe sensitivity` shows how the gain grows with the cell
-/// radius and with the compute spread.
+/// macro cell; with the paper's link budget the radio is fast at any of
+/// them, so the radius moves the reduction little (see `wdmoe sensitivity`).
 pub fn default_devices() -> Vec<Device> {
     let d = [
-        ("laptop-dgpu", 50.0, 0.256),
-        ("phone-flagship", 120.0, 0.077),
-        ("tablet", 190.0, 0.100),
-        ("phone-midrange", 260.0, 0.034),
-        ("edge-box", 330.0, 0.205),
-        ("phone-flagship", 400.0, 0.077),
-        ("laptop-igpu", 500.0, 0.102),
-        ("phone-midrange", 600.0, 0.034),
+        ("edge-box", 50.0, "jetson-agx-orin-64gb"),
+        ("phone-flagship", 120.0, "snapdragon-8-gen-3"),
+        ("tablet", 190.0, "apple-m2"),
+        ("phone-midrange", 260.0, "phone-midrange"),
+        ("edge-box", 330.0, "jetson-agx-orin-64gb"),
+        ("phone-flagship", 400.0, "snapdragon-8-gen-3"),
+        ("tablet", 500.0, "apple-m2"),
+        ("phone-midrange", 600.0, "phone-midrange"),
     ];
     d.iter()
-        .map(|&(name, distance_m, compute_tflops)| Device {
+        .map(|&(name, distance_m, preset)| Device {
             name: name.to_string(),
-            ..Device::at(distance_m, compute_tflops)
+            ..Device::at(distance_m, preset)
         })
         .collect()
 }
@@ -699,6 +750,7 @@ impl Scenario {
             false,
         )?;
         check_range("model.eta_flops", m.eta_flops, 0.0, 1e3, false)?;
+        check_range("model.weight_bits", m.weight_bits, 1.0, 64.0, false)?;
         let n = self.devices.len();
         if n == 0 {
             return Err(err("devices", "at least one device is needed"));
@@ -783,14 +835,17 @@ impl Scenario {
                 false,
             )?;
             check_positive(&format!("devices[{i}].bandwidth_share"), d.bandwidth_share)?;
-            check_positive(&format!("devices[{i}].compute_tflops"), d.compute_tflops)?;
-            check_range(
-                &format!("devices[{i}].compute_tflops"),
-                d.compute_tflops,
-                1e-9,
-                1e6,
-                false,
-            )?;
+            for (key, v, lo, hi) in [
+                ("peak_tflops", d.peak_tflops, 1e-9, 1e6),
+                ("memory_bandwidth_gbps", d.memory_bandwidth_gbps, 1e-6, 1e7),
+                ("memory_gb", d.memory_gb, 1e-6, 1e9),
+                ("compute_tflops", d.compute_tflops, 1e-9, 1e6),
+            ] {
+                if let Some(v) = v {
+                    check_range(&format!("devices[{i}].{key}"), v, lo, hi, false)?;
+                }
+            }
+            crate::device::resolve(d, i, m.compute_model)?;
         }
         if m.top_k == 0 || m.top_k > n {
             return Err(err(

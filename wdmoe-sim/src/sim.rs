@@ -18,6 +18,7 @@
 //! in both modes.
 
 use crate::channel::ChannelModel;
+use crate::device::ComputeModel;
 use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, Wdmoe, WeightOnly};
 use crate::rng::{self, Stream};
 use crate::router::{Router, RouterSummary, SyntheticRouter, TraceRouter};
@@ -104,15 +105,17 @@ pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError
     Ok(out)
 }
 
-/// `s` with its devices' compute rates spread by exponent `alpha` around
-/// their geometric mean `g`: `C_q ← g · (C_q / g)^alpha` (0: identical
-/// devices, 1: unchanged, 2: the log-spread doubled). For sensitivity studies.
+/// `s` with its devices' speeds spread by exponent `alpha` around their
+/// geometric mean `g`: each device's speed `v_q` (memory bandwidth under the
+/// roofline model, `C_q` under the paper's) becomes `g · (v_q / g)^alpha`,
+/// its peak rate scaled by the same factor (0: identical devices, 1:
+/// unchanged, 2: the log-spread doubled). For sensitivity studies.
 ///
 /// ```
 /// use wdmoe_sim::{scenario::Scenario, sim::scale_compute_spread};
 /// let s = scale_compute_spread(&Scenario::paper(), 0.0).unwrap();
-/// let c0 = s.devices[0].compute_tflops;
-/// assert!(s.devices.iter().all(|d| (d.compute_tflops - c0).abs() < 1e-12));
+/// let b0 = s.devices[0].memory_bandwidth_gbps.unwrap();
+/// assert!(s.devices.iter().all(|d| (d.memory_bandwidth_gbps.unwrap() - b0).abs() < 1e-9));
 /// ```
 pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, ScenarioError> {
     if !(alpha.is_finite() && alpha >= 0.0) {
@@ -121,14 +124,58 @@ pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, Scenar
             reason: format!("must be finite and >= 0 (got {alpha})"),
         });
     }
+    s.validate()?;
+    let model = s.model.compute_model;
+    let figures: Vec<crate::device::DeviceCompute> = s
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| crate::device::resolve(d, i, model))
+        .collect::<Result<_, _>>()?;
+    let speed = |c: &crate::device::DeviceCompute| c.bandwidth_bytes_per_s.unwrap_or(c.flops_per_s);
     let n = s.devices.len().max(1) as f64;
-    let g = (s.devices.iter().map(|d| d.compute_tflops.ln()).sum::<f64>() / n).exp();
+    let g = (figures.iter().map(|c| speed(c).ln()).sum::<f64>() / n).exp();
     let mut out = s.clone();
-    for d in &mut out.devices {
-        d.compute_tflops = g * (d.compute_tflops / g).powf(alpha);
+    for (d, c) in out.devices.iter_mut().zip(&figures) {
+        let v = speed(c);
+        let f = g * (v / g).powf(alpha) / v;
+        match c.bandwidth_bytes_per_s {
+            Some(b) => {
+                d.peak_tflops = Some(c.flops_per_s * f / 1e12);
+                d.memory_bandwidth_gbps = Some(b * f / 1e9);
+            }
+            None => {
+                if d.compute_tflops.is_some() {
+                    d.compute_tflops = Some(c.flops_per_s * f / 1e12);
+                } else {
+                    d.peak_tflops = Some(c.flops_per_s * f / 1e12);
+                }
+            }
+        }
     }
     out.validate()?;
     Ok(out)
+}
+
+/// Whether `s` is the paper's setup: [`Scenario::paper`] up to the seed,
+/// the number of prompts and replications and the prompt length, with
+/// sequential accounting (eq. 8) and no decode tokens.
+///
+/// ```
+/// use wdmoe_sim::{scenario::Scenario, sim::is_paper_setup};
+/// let mut s = Scenario::paper();
+/// s.prompts = 7;
+/// assert!(is_paper_setup(&s));
+/// s.radio.noise_figure_db = 0.0;
+/// assert!(!is_paper_setup(&s));
+/// ```
+pub fn is_paper_setup(s: &Scenario) -> bool {
+    let mut p = Scenario::paper();
+    p.seed = s.seed;
+    p.prompts = s.prompts;
+    p.replications = s.replications;
+    p.prompt_tokens = s.prompt_tokens;
+    p == *s
 }
 
 /// Half-width of the normal-approximation 95 % confidence interval of the
@@ -264,6 +311,13 @@ pub struct RunReport {
     /// What the ± intervals cover: `replications` (t interval over the
     /// replications) or `prompts` (one replication: per-prompt noise only).
     pub interval: String,
+    /// The run is the paper's setup (the default scenario with sequential
+    /// accounting and no decode; only seed, prompts, prompt tokens and
+    /// replications may differ), so the paper's reported reductions may be
+    /// shown beside it.
+    pub paper_comparable: bool,
+    /// Devices that cannot hold their experts: `"#q name: M GB < N GB"`.
+    pub memory_shortfalls: Vec<String>,
     /// Prefill tokens per prompt.
     pub prompt_tokens: u32,
     /// Decode tokens per prompt.
@@ -633,7 +687,7 @@ impl Simulation {
                 let mut sum = 0.0;
                 for l in 0..layers {
                     let base = (pi * layers + l) * n;
-                    sum += latency::batched_layer_latency_s(&counts[base..base + n], &prefill_lat)?;
+                    sum += self.batched_layer_s(&counts[base..base + n], &prefill_lat)?;
                 }
                 sum
             } else {
@@ -650,6 +704,28 @@ impl Simulation {
             },
             steps,
         ))
+    }
+
+    /// One layer of a batched prefill \[s\]: device `q` gets `counts[q]`
+    /// tokens in one transmission and works on them in one pass; the slowest
+    /// device sets the layer. Paper model: `max_q n_q · t_q` (wdmoe-core's
+    /// [`latency::batched_layer_latency_s`]); roofline: `max_q n_q · link_q +
+    /// compute_q(n_q)`, the weights read once per layer
+    /// ([`crate::device::DeviceCompute::expert_time_s`]), where `link_q` is
+    /// the per-token link part of eq. (6).
+    fn batched_layer_s(&self, counts: &[u32], lat: &[f64]) -> Result<f64, SimError> {
+        if self.scenario.model.compute_model == ComputeModel::Paper {
+            return Ok(latency::batched_layer_latency_s(counts, lat)?);
+        }
+        let mut worst = 0.0_f64;
+        for (q, (&n, &t)) in counts.iter().zip(lat).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let link = (t - self.channel.compute_time_s(q, 1)).max(0.0);
+            worst = worst.max(n as f64 * link + self.channel.compute_time_s(q, n));
+        }
+        Ok(worst)
     }
 
     /// Runs every prompt of every replication (in parallel with rayon;
@@ -760,6 +836,16 @@ impl Simulation {
             prompts: if by_rep { per_rep } else { total },
             replications: if by_rep { replications } else { 1 },
             interval: if by_rep { "replications" } else { "prompts" }.to_string(),
+            paper_comparable: is_paper_setup(s),
+            memory_shortfalls: crate::device::memory_shortfalls(s)
+                .into_iter()
+                .map(|(q, name, gb)| {
+                    format!(
+                        "#{q} {name}: {gb} GB < {:.1} GB",
+                        crate::device::experts_bytes(s) / 1e9
+                    )
+                })
+                .collect(),
             prompt_tokens: s.prompt_tokens,
             decode_tokens: s.decode_tokens,
             accounting: s.accounting,

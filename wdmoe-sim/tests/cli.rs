@@ -162,7 +162,18 @@ fn sweep_bad_files_name_the_key() {
             "[[devices]]\ndistance_m = -5.0\ncompute_tflops = 1.0\n",
             "devices[0].distance_m",
         ),
-        ("[[devices]]\ndistance_m = 5.0\n", "compute_tflops"),
+        (
+            "[[devices]]\ndistance_m = 5.0\n",
+            "devices[0].peak_tflops: missing",
+        ),
+        (
+            "[[devices]]\ndistance_m = 5.0\ncompute_tflops = 1.0\n",
+            "devices[0].compute_tflops: is the paper model's C_q",
+        ),
+        (
+            "[[devices]]\ndistance_m = 5.0\npreset = \"a41\"\n",
+            "devices[0].preset: unknown preset \"a41\"",
+        ),
         ("[model]\ntop_k = 9\n", "model.top_k"),
         ("[policies]\nthetas = [0.0, 0.7]\n", "policies.thetas[1]"),
         ("prompts = \"many\"\n", "prompts"),

@@ -34,6 +34,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             let mut s = Scenario::paper();
             s.seed = seed;
             s.prompts = 1;
+            s.replications = 1;
             s.prompt_tokens = tokens;
             s.decode_tokens = decode;
             s.model.layers = layers;
@@ -42,7 +43,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 .iter()
                 .map(|&(d, c, p)| Device {
                     tx_power_w: p,
-                    ..Device::at(d, c)
+                    // Roofline: peak 1–300 TFLOP/s, bandwidth 10–3,000 GB/s.
+                    ..Device::roofline(d, 10.0 * c, 100.0 * c)
                 })
                 .collect();
             s.channel.path_loss = [PathLoss::FreeSpace, PathLoss::Uma, PathLoss::Umi][pl];
