@@ -35,7 +35,8 @@ enum Cmd {
     },
     /// Scenario files.
     Scenario {
-        /// Print the default scenario (the paper's setup) as TOML.
+        /// Print the default scenario (the paper's setup) as TOML, every key
+        /// with its unit and the reason for its value.
         #[arg(long)]
         print_default: bool,
         /// Check a scenario file and print it with every default filled in.
@@ -178,7 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Simulation::new(s.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
                 out.write_str(&s.to_toml_string())?;
             } else if print_default {
-                out.write_str(&wdmoe_sim::scenario::default_file())?;
+                out.write_str(wdmoe_sim::scenario::DEFAULT_FILE)?;
             } else {
                 return Err("nothing to do: pass --print-default or --check FILE".into());
             }

@@ -633,18 +633,10 @@ fn check_range(key: &str, v: f64, lo: f64, hi: f64, hi_open: bool) -> Result<(),
     Ok(())
 }
 
-/// `wdmoe scenario --print-default`: the default scenario as TOML.
-pub fn default_file() -> String {
-    format!(
-        "# wdmoe scenario: the paper's setup (WDMoE §IV-A) with this project's documented defaults.\n\
-         # Every key is optional; a missing key keeps the value shown here. Units are in the names.\n\
-         # path_loss: free_space | uma | umi; fading: rayleigh | rician | none; time_model: block | ar1\n\
-         # allocation: even | min_max; accounting: sequential | batched; router kind: synthetic | trace\n\
-         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\
-         # radio.min_snr_db = -inf disables the SNR floor (the paper's literal Shannon model)\n\n{}",
-        Scenario::default().to_toml_string()
-    )
-}
+/// `wdmoe scenario --print-default`: the default scenario as TOML, every
+/// key with its unit and the reason for its value. It parses to
+/// [`Scenario::default`] (a test checks it, and that every key is in it).
+pub const DEFAULT_FILE: &str = include_str!("default_scenario.toml");
 
 impl Scenario {
     /// The paper's setup with this crate's documented defaults; the same as

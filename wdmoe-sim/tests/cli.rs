@@ -332,3 +332,54 @@ fn sensitivity_prints_radii() {
         "{so}"
     );
 }
+
+#[test]
+fn print_default_documents_every_key() {
+    let out = wdmoe(&["scenario", "--print-default"]);
+    assert!(out.status.success());
+    let file = text(&out.stdout);
+    assert_eq!(file, wdmoe_sim::scenario::DEFAULT_FILE);
+    let s = wdmoe_sim::scenario::Scenario::from_toml_str(&file).unwrap();
+    assert_eq!(s, wdmoe_sim::scenario::Scenario::default());
+    // Every key the default serialises, and the optional ones it omits,
+    // appear with a comment on their line or in the device key list.
+    let serialised = s.to_toml_string();
+    let mut keys: Vec<String> = serialised
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_string()))
+        .collect();
+    keys.extend(
+        [
+            "position_m",
+            "bandwidth_share",
+            "peak_tflops",
+            "memory_bandwidth_gbps",
+            "memory_gb",
+            "compute_tflops",
+            "start_token",
+        ]
+        .map(String::from),
+    );
+    keys.sort();
+    keys.dedup();
+    for k in &keys {
+        let documented = file.lines().any(|l| {
+            let l = l.trim_start();
+            (l.starts_with(&format!("{k} ")) && l.contains('#'))
+                || (l.starts_with("#") && l.contains(&format!(" {k} ")))
+        });
+        assert!(documented, "key {k} is not documented in --print-default");
+    }
+    // Units and reasons.
+    for want in [
+        "[Hz]",
+        "[dB]",
+        "[m]",
+        "[W]",
+        "choice:",
+        "paper",
+        "sensitivity",
+    ] {
+        assert!(file.contains(want), "{want}");
+    }
+}
