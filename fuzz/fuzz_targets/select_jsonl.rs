@@ -1,6 +1,6 @@
 //! The `wdmoe select` line protocol (`wdmoe_sim::select_cli`) on any bytes:
 //! `process_line` never panics and answers one line of JSON — a decision
-//! that satisfies SPEC.md's invariants and equals wdmoe-core's policy on the
+//! that satisfies docs/SPEC.md's invariants and equals wdmoe-core's policy on the
 //! same request, or `{"error":"…"}`; `run` over many lines answers every
 //! line (blank lines with an error) and counts the failures.
 #![no_main]

@@ -52,9 +52,10 @@ enum Cmd {
         /// Cell radii in metres (distance of the farthest device).
         #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 600.0, 1000.0, 1500.0])]
         radii_m: Vec<f64>,
-        /// Compute spreads α: `C_q ← g·(C_q/g)^α` around the geometric mean g
-        /// (0: identical devices, 1: the scenario's).
-        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 1.5])]
+        /// Device spreads α: each device's speed v (memory bandwidth, or C_q
+        /// under the paper model) becomes g·(v/g)^α around the geometric mean
+        /// g (0: identical devices, 1: the scenario's, 2: the spread squared).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 1.5, 2.0])]
         compute_spreads: Vec<f64>,
         /// Start from this scenario file instead of the paper's setup.
         #[arg(long)]

@@ -13,22 +13,24 @@
 //!
 //! | parameter | default | reason |
 //! |---|---|---|
-//! | `n0_dbm_per_hz` | −174 dBm/Hz | thermal noise at 290 K (SPEC.md) |
+//! | `n0_dbm_per_hz` | −174 dBm/Hz | thermal noise at 290 K (docs/SPEC.md) |
 //! | `noise_figure_db` | 7 dB | a typical handset receiver (3GPP UE noise figure 7–9 dB); the paper's formula has none, set 0 to match it literally |
 //! | `min_snr_db` | −7 dB | an SNR floor: below the lowest 5G NR CQI (QPSK, code rate 78/1024, usable down to about −6.7 dB) a link carries nothing and its device is unreachable for that token; without it the paper's Rayleigh + Shannon model gives plain top-k an infinite mean latency (see [`crate::channel`]); `-inf` restores the literal model |
-//! | `bits_per_element` ε | 16 | fp16 hidden states (SPEC.md) |
-//! | `eta_flops` η | 4 | FLOPs of SiLU per element (SPEC.md) |
-//! | device distances | 50 m … 600 m, see [`default_devices`] | a macro cell of 600 m radius, devices spread evenly from the mast to the edge; with the paper's link budget the SNR is high at short range, so the gain comes from the spread of latencies (SPEC.md): `wdmoe sensitivity` prints how it depends on the radius and on the compute spread |
-//! | device compute `C_q` | 0.034 … 0.256 TFLOP/s fp16 sustained, see [`default_devices`] | phones, tablets, a Jetson and laptops; one token through one expert is memory-bound, so `C_q` ≈ memory bandwidth × 1 FLOP/byte |
-//! | prompts × tokens | 200 × 128 | long enough for stable percentiles, fast enough for a laptop |
-//! | fading time | redrawn every token (`coherence_tokens = 1`), held over the token's layers | the paper's reading (SPEC.md); a token through 32 layers takes ~0.25 s, longer than a pedestrian's coherence time at 3.5 GHz (Doppler ≈ 10 Hz) |
+//! | `bits_per_element` ε | 16 | fp16 hidden states (docs/SPEC.md) |
+//! | `eta_flops` η | 4 | FLOPs of SiLU per element (docs/SPEC.md) |
+//! | devices | two each of four presets (Jetson AGX Orin, Snapdragon 8 Gen 3 phone, Apple M2, mid-range phone) at 50 m … 600 m, see [`default_devices`] | real device classes over a 600 m macro cell; their memory bandwidths differ 6×, and that spread, not the radio, sets WDMoE's reduction: `wdmoe sensitivity` shows it against the spread and the radius |
+//! | device model | roofline (`model.compute_model`), see [`crate::device`] | one token through one expert is memory-bound on every device; a batch reads the weights once; the paper's literal `F / C_q` is selectable |
+//! | `bs_tx_power_w` | 10 W per device link | the paper's 10 W read as each link's power; 1.25 models a base station splitting 10 W over 8 links |
+//! | replications × prompts × tokens | 10 × 100 × 128 | t intervals over every random draw, a few seconds on a laptop |
+//! | fading time | redrawn every token (`coherence_tokens = 1`), held over the token's layers | the paper's reading (docs/SPEC.md); a token through 32 layers takes ~0.26 s, longer than a pedestrian's coherence time at 3.5 GHz (~44 ms at 3 km/h, Doppler ≈ 10 Hz) |
 //! | `ar1_rho` | 0.9 | AR(1) option: a nearly static device (Jakes correlation `J0(2π f_D τ)` = 0.9 for `f_D·τ` ≈ 0.1) |
 //! | `rician_k_db` | 9 dB | Rician option: the mean K-factor of 3GPP TR 38.901 UMa/UMi in LOS |
 //! | `bs_height_m`, `ut_height_m` | 25 m, 1.5 m | 3GPP UMa defaults (set `bs_height_m = 10` for UMi) and a handheld device |
 //! | outages | none | the fault model is opt-in: `[[channel.outages]]` or `[channel.random_outages]` |
 //! | synthetic router | spread 1.3, layer bias 0.3, stickiness 0.3 | a median `w2/w1` near 0.5 and a mean top-1 weight (of the top-2) near 0.67; the distribution is printed with every run, see [`crate::router`] |
 //!
-//! The full default file is printed by `wdmoe scenario --print-default`.
+//! The full default file, every key with its unit and reason, is
+//! [`DEFAULT_FILE`], printed by `wdmoe scenario --print-default`.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -70,7 +72,7 @@ fn err(key: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
     }
 }
 
-/// How the prompt latency is accounted (SPEC.md).
+/// How the prompt latency is accounted (docs/SPEC.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Accounting {
@@ -88,7 +90,7 @@ impl fmt::Display for Accounting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Accounting::Sequential => "sequential (eq. 8)",
-            Accounting::Batched => "batched prefill (SPEC.md)",
+            Accounting::Batched => "batched prefill (docs/SPEC.md)",
         })
     }
 }

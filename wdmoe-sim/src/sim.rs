@@ -9,7 +9,7 @@
 //! accumulated:
 //!
 //! * **sequential** (eq. 8): prompt latency = Σ tokens Σ layers token latency;
-//! * **batched prefill** (SPEC.md): the prefill is one channel slot, and
+//! * **batched prefill** (docs/SPEC.md): the prefill is one channel slot, and
 //!   per layer the devices work in parallel on all the tokens routed to them
 //!   ([`wdmoe_core::latency::batched_layer_latency_s`]); the prompt latency
 //!   is Σ layers of that, plus the decode tokens one after another.
