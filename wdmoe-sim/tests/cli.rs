@@ -75,7 +75,7 @@ fn reproduce_prints_the_table_and_writes_files() {
     assert_eq!(json["rows"].as_array().unwrap().len(), 7);
     let svg = std::fs::read_to_string(d.join("fig3.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains("θ = 0.2"));
+    assert!(svg.contains("WDMoE threshold θ") && svg.contains("mean prompt latency [s]"));
 }
 
 #[test]

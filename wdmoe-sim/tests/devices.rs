@@ -129,7 +129,7 @@ fn paper_numbers_only_beside_the_papers_setup() {
     let r = Simulation::new(s.clone()).unwrap().run(&|| {}).unwrap();
     assert!(r.paper_comparable);
     assert!(report::table(&r, None).contains("paper reduction"));
-    assert!(report::svg(&r).contains("paper (θ=0.2"));
+    assert!(report::svg(&r).contains("paper's reported latency"));
     for change in [
         |s: &mut Scenario| s.accounting = Accounting::Batched,
         |s: &mut Scenario| s.radio.noise_figure_db = 0.0,
@@ -141,7 +141,7 @@ fn paper_numbers_only_beside_the_papers_setup() {
         let r = Simulation::new(t).unwrap().run(&|| {}).unwrap();
         assert!(!r.paper_comparable);
         assert!(!report::table(&r, None).contains("paper reduction"));
-        assert!(!report::svg(&r).contains("paper (θ=0.2"));
+        assert!(!report::svg(&r).contains("paper's reported latency"));
         assert!(!report::csv(&r).contains("16.2–37.5"));
     }
 }
@@ -197,4 +197,33 @@ fn replications_redraw_every_draw_and_set_the_interval() {
         "{} vs {want}",
         row.reduction_ci95_pct
     );
+}
+
+#[test]
+fn plot_has_axis_titles_interval_bars_and_baselines_at_any_theta_count() {
+    let mut s = Scenario::paper();
+    s.prompts = 2;
+    s.prompt_tokens = 2;
+    s.model.layers = 2;
+    s.replications = 3;
+    s.policies.thetas = (0..50).map(|i| i as f64 * 0.01).collect();
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    let svg = report::svg(&r);
+    for want in [
+        "WDMoE threshold θ",
+        "mean prompt latency [s]",
+        "router weight kept",
+        "95 % interval (3 replications)",
+        "weight-only β=0.25",
+        "channel-only",
+    ] {
+        assert!(svg.contains(want), "missing {want}");
+    }
+    // One interval bar and one point per θ; no per-point labels with 50 θ
+    // (they would overlap); x ticks are numbers, not one per θ.
+    assert_eq!(svg.matches("<circle").count(), 50 + 1); // + the legend's
+    assert_eq!(svg.matches("stroke=\"#1b4f72\"").count(), 50);
+    assert!(!svg.contains(" ± "));
+    assert!(svg.matches("text-anchor=\"middle\">0.1</text>").count() == 1);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
