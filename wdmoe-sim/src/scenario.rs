@@ -939,6 +939,18 @@ impl Scenario {
                 ),
             ));
         }
+        let cells = rows * m.layers as u64 * n as u64;
+        if self.accounting == Accounting::Batched && cells > 1 << 24 {
+            return Err(err(
+                "model.layers",
+                format!(
+                    "with batched accounting, policies × model.layers × devices must be <= {} \
+                     (got {rows} × {} × {n}): each worker counts tokens per policy, layer and device",
+                    1 << 24,
+                    m.layers
+                ),
+            ));
+        }
         self.check_derived()
     }
 

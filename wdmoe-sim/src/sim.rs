@@ -405,10 +405,10 @@ pub struct Simulation {
     scenario: Scenario,
     channel: ChannelModel,
     router: Box<dyn Router>,
-    /// Routers of replications 1.. (a synthetic router's layer structure is
-    /// redrawn per replication); empty when the router has no random draw
-    /// of its own (a trace, a caller-supplied router).
-    replica_routers: Vec<Box<dyn Router>>,
+    /// Whether replications 1.. redraw the router (a synthetic router's
+    /// layer structure); false when the router has no random draw of its
+    /// own (a trace, a caller-supplied router).
+    synthetic_replicas: bool,
     policies: Vec<Box<dyn SelectionPolicy>>,
 }
 
@@ -440,35 +440,28 @@ impl Simulation {
     /// ```
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
-        let synthetic = |seed: u64| -> Box<dyn Router> {
-            Box::new(SyntheticRouter::new(
-                scenario.model.layers as usize,
-                scenario.n_experts(),
-                scenario.router.spread,
-                scenario.router.layer_bias_std,
-                scenario.router.stickiness,
-                seed,
-            ))
-        };
-        let (router, replicas): (Box<dyn Router>, Vec<Box<dyn Router>>) = match scenario.router.kind
-        {
-            RouterKind::Synthetic => (
-                synthetic(scenario.seed),
-                (1..scenario.replications as u64)
-                    .map(|r| synthetic(rng::replication_seed(scenario.seed, r)))
-                    .collect(),
-            ),
+        let router: Box<dyn Router> = match scenario.router.kind {
+            RouterKind::Synthetic => Self::synthetic_router(&scenario, scenario.seed),
             RouterKind::Trace => {
                 let t = Trace::from_path(std::path::Path::new(&scenario.router.trace_path))?;
-                (
-                    Box::new(TraceRouter::new(t, scenario.total_tokens() as u64)),
-                    Vec::new(),
-                )
+                Box::new(TraceRouter::new(t, scenario.total_tokens() as u64))
             }
         };
+        let synthetic = scenario.router.kind == RouterKind::Synthetic;
         let mut sim = Self::with_router(scenario, router)?;
-        sim.replica_routers = replicas;
+        sim.synthetic_replicas = synthetic;
         Ok(sim)
+    }
+
+    fn synthetic_router(s: &Scenario, seed: u64) -> Box<dyn Router> {
+        Box::new(SyntheticRouter::new(
+            s.model.layers as usize,
+            s.n_experts(),
+            s.router.spread,
+            s.router.layer_bias_std,
+            s.router.stickiness,
+            seed,
+        ))
     }
 
     /// Like [`Simulation::new`] with a caller-supplied router (e.g. a live
@@ -512,20 +505,17 @@ impl Simulation {
             scenario,
             channel,
             router,
-            replica_routers: Vec::new(),
+            synthetic_replicas: false,
             policies,
         })
     }
 
-    /// The router of replication `r`.
-    fn router_of(&self, r: u64) -> &dyn Router {
-        match r.checked_sub(1) {
-            Some(i) => self
-                .replica_routers
-                .get(i as usize)
-                .map_or(self.router.as_ref(), |b| b.as_ref()),
-            None => self.router.as_ref(),
-        }
+    /// The router of replication `r` when it differs from replication 0's
+    /// (built on demand: one replication's router is alive at a time).
+    fn replica_router(&self, r: u64) -> Option<Box<dyn Router>> {
+        (r > 0 && self.synthetic_replicas).then(|| {
+            Self::synthetic_router(&self.scenario, rng::replication_seed(self.scenario.seed, r))
+        })
     }
 
     /// Prompts over all replications (`prompts × replications`).
@@ -567,7 +557,7 @@ impl Simulation {
         prompt: u64,
         record_tokens: bool,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(0, prompt, record_tokens, u64::MAX)
+        self.simulate(self.router.as_ref(), 0, prompt, record_tokens, u64::MAX)
             .map(|(o, _)| o)
     }
 
@@ -578,13 +568,16 @@ impl Simulation {
         replication: u64,
         prompt: u64,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(replication, prompt, false, u64::MAX)
+        let own = self.replica_router(replication);
+        let router = own.as_deref().unwrap_or(self.router.as_ref());
+        self.simulate(router, replication, prompt, false, u64::MAX)
             .map(|(o, _)| o)
     }
 
     /// Core loop; stops after `max_token_layers` token-layer steps.
     fn simulate(
         &self,
+        router: &dyn Router,
         replication: u64,
         prompt: u64,
         record_tokens: bool,
@@ -600,9 +593,7 @@ impl Simulation {
         let mut chan = self
             .channel
             .realise(rng::stream(seed, prompt, Stream::Channel))?;
-        let mut router = self
-            .router_of(replication)
-            .start_prompt(prompt, rng::stream(seed, prompt, Stream::Router));
+        let mut router = router.start_prompt(prompt, rng::stream(seed, prompt, Stream::Router));
         let mut logits = vec![0.0; layers * n];
         let mut lat = vec![0.0; n];
         let mut stats = vec![PolicyPromptStats::default(); np];
@@ -738,13 +729,17 @@ impl Simulation {
         let s = &self.scenario;
         let mut acc = Accumulator::new(self.policies.len());
         for rep in 0..s.replications as u64 {
+            let own = self.replica_router(rep);
+            let router = own.as_deref().unwrap_or(self.router.as_ref());
             let mut start = 0u64;
             while start < s.prompts as u64 {
                 let end = (start + CHUNK).min(s.prompts as u64);
                 let outcomes: Vec<PromptOutcome> = (start..end)
                     .into_par_iter()
                     .map(|p| {
-                        let r = self.simulate(rep, p, false, u64::MAX).map(|(o, _)| o);
+                        let r = self
+                            .simulate(router, rep, p, false, u64::MAX)
+                            .map(|(o, _)| o);
                         progress();
                         r
                     })
@@ -875,7 +870,8 @@ impl Simulation {
         let mut checksum = 0.0;
         let mut prompt = 0u64;
         while done < token_layers {
-            let (o, steps) = self.simulate(0, prompt, false, token_layers - done)?;
+            let (o, steps) =
+                self.simulate(self.router.as_ref(), 0, prompt, false, token_layers - done)?;
             done += steps;
             checksum += o.policies.iter().map(|p| p.latency_s).sum::<f64>();
             prompt += 1;
