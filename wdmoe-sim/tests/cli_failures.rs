@@ -84,7 +84,9 @@ fn full_disk_on_stdout_is_an_error_not_a_panic() {
 /// Runs `wdmoe ARGS | true` in bash: the reader is gone before wdmoe
 /// writes; returns wdmoe's exit status and its stderr.
 fn into_closed_pipe(args: &str, stdin: &str) -> (i32, String) {
-    let d = tmpdir("pipe");
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let d = tmpdir(&format!("pipe{}", CALLS.fetch_add(1, Ordering::Relaxed)));
     let err = d.join("stderr");
     let script = format!("\"$0\" {args} 2>\"$1\" | true; exit ${{PIPESTATUS[0]}}",);
     let mut child = Command::new("bash")
@@ -350,4 +352,50 @@ fn select_help_documents_the_protocol() {
     ] {
         assert!(h.contains(want), "missing {want:?} in\n{h}");
     }
+}
+
+#[test]
+fn closed_pipe_loses_no_output_file() {
+    let d = tmpdir("pipefiles");
+    let o = d.join("out");
+    let (code, err) = into_closed_pipe(
+        &format!(
+            "reproduce --prompts 2 --tokens 2 --replications 2 -q --out {}",
+            o.display()
+        ),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    for f in ["reproduce.csv", "reproduce.json", "reproduce.svg"] {
+        assert!(o.join(f).metadata().unwrap().len() > 0, "{f}");
+    }
+}
+
+#[test]
+fn select_answers_an_interactive_client_line_by_line() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin())
+        .arg("select")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Each answer arrives while stdin is still open (the output is
+    // buffered, but flushed whenever no complete request is waiting).
+    for k in 1..=2 {
+        writeln!(
+            stdin,
+            r#"{{"logits":[1,0,2],"latency_s":[1,1,1],"k":{k},"theta":0}}"#
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["experts"].as_array().unwrap().len(), k, "{line}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
