@@ -399,3 +399,27 @@ fn select_answers_an_interactive_client_line_by_line() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn oversized_trace_is_refused_before_it_is_read() {
+    let d = tmpdir("trace");
+    let npy = d.join("huge.npy");
+    // A sparse 4 GiB file: refused from its size, never read into memory.
+    std::fs::File::create(&npy)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let toml = d.join("s.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[router]\nkind = \"trace\"\ntrace_path = \"{}\"\n",
+            npy.display()
+        ),
+    )
+    .unwrap();
+    let out = wdmoe(&["scenario", "--check", toml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("larger than the limit of"), "{err}");
+}
