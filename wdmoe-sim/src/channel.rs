@@ -17,7 +17,9 @@
 //!   `h = √(K/(K+1))·e^{jφ} + √(1/(K+1))·s`, `s ~ CN(0, 1)`, `|h|²` the
 //!   fading power (Rayleigh: K = 0, so `|h|² ~ Exp(1)`; none: `|h|² = 1`).
 //!   The scattered part `s` is redrawn every `coherence_tokens` slots (block
-//!   fading), or evolves as `s ← ρ^Δ s + √(1−ρ^{2Δ}) w` over Δ slots (AR(1)).
+//!   fading), or evolves as `s ← ρ^Δ s + √(1−ρ^{2Δ}) w` over Δ slots (AR(1));
+//!   within a slot it may also move on ([`ChannelRealisation::refade`],
+//!   every `fading_layers` layers of a token).
 //! * **SNR floor**: a link whose SNR `P·g²/(N0·B)` is below `radio.min_snr_db`
 //!   carries nothing (below the lowest modulation and coding scheme): the
 //!   device is unreachable for that slot. Without a floor (`-inf`, the
@@ -251,6 +253,7 @@ impl ChannelModel {
             scatter: vec![(0.0, 0.0); 2 * n],
             outage_until: vec![0; n],
             time: None,
+            evolved: 0.0,
             suppressed: 0,
             link_outages: 0,
             links: Vec::with_capacity(n),
@@ -274,6 +277,9 @@ pub struct ChannelRealisation<'a> {
     /// Random outage of device q lasts while slot < outage_until\[q\].
     outage_until: Vec<u32>,
     time: Option<u32>,
+    /// Fraction of a slot the AR(1) fading already evolved within the
+    /// current slot ([`ChannelRealisation::refade`]).
+    evolved: f64,
     suppressed: u64,
     link_outages: u64,
     links: Vec<DeviceLink<f64>>,
@@ -345,7 +351,14 @@ impl ChannelRealisation<'_> {
                     }
                 }
                 TimeModel::Ar1 => {
-                    let r = m.rho.powi(steps.min(i32::MAX as u32) as i32);
+                    // The part of the slot already evolved by refade() is
+                    // not applied twice.
+                    let r = if self.evolved == 0.0 {
+                        m.rho.powi(steps.min(i32::MAX as u32) as i32)
+                    } else {
+                        m.rho.powf((steps as f64 - self.evolved).max(0.0))
+                    };
+                    self.evolved = 0.0;
                     let w = (1.0 - r * r).max(0.0).sqrt();
                     let s = std::f64::consts::FRAC_1_SQRT_2;
                     for i in 0..self.scatter.len() {
@@ -390,11 +403,44 @@ impl ChannelRealisation<'_> {
     /// Writes the latency \[s\] of every device at `slot` into `latency_s`
     /// (`+∞` for a device in outage). Slots must not decrease between calls.
     pub fn latency_at(&mut self, slot: u32, latency_s: &mut [f64]) -> Result<(), Error> {
+        if latency_s.len() != self.model.n {
+            return Err(Error::LengthMismatch);
+        }
+        self.advance(slot);
+        self.fill(slot, latency_s)
+    }
+
+    /// Within slot `slot` (after [`ChannelRealisation::latency_at`] for it),
+    /// moves the small-scale fading on by `fraction` of a slot — block
+    /// fading: a fresh draw; AR(1): `ρ^fraction` — keeping the large-scale
+    /// state and the outages, and writes the new latencies. The next slot's
+    /// AR(1) step covers only the rest of the slot. For fading that changes
+    /// within a token (`channel.fading_layers`).
+    pub fn refade(&mut self, slot: u32, fraction: f64, latency_s: &mut [f64]) -> Result<(), Error> {
         let m = self.model;
         if latency_s.len() != m.n {
             return Err(Error::LengthMismatch);
         }
-        self.advance(slot);
+        match m.time_model {
+            TimeModel::Block => self.draw_scatter_all(),
+            TimeModel::Ar1 => {
+                let r = m.rho.powf(fraction.max(0.0));
+                let w = (1.0 - r * r).max(0.0).sqrt();
+                let s = std::f64::consts::FRAC_1_SQRT_2;
+                for i in 0..self.scatter.len() {
+                    let (x, y) = rng::normal_pair(&mut self.rng);
+                    let (a, b) = self.scatter[i];
+                    self.scatter[i] = (r * a + w * x * s, r * b + w * y * s);
+                }
+                self.evolved += fraction.max(0.0);
+            }
+        }
+        self.fill(slot, latency_s)
+    }
+
+    /// Latencies of slot `slot` from the current state.
+    fn fill(&mut self, slot: u32, latency_s: &mut [f64]) -> Result<(), Error> {
+        let m = self.model;
         self.links.clear();
         self.reach.clear();
         let mut left: Vec<u32> = (0..m.n).map(|q| self.outage_left(q, slot)).collect();

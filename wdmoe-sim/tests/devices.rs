@@ -227,3 +227,31 @@ fn plot_has_axis_titles_interval_bars_and_baselines_at_any_theta_count() {
     assert!(svg.matches("text-anchor=\"middle\">0.1</text>").count() == 1);
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
+
+#[test]
+fn fading_moves_within_a_token_every_fading_layers() {
+    use wdmoe_sim::channel::ChannelModel;
+    use wdmoe_sim::rng::{self, Stream};
+    let s = Scenario::paper();
+    assert_eq!(s.channel.fading_layers, 5);
+    let ch = ChannelModel::new(&s).unwrap();
+    let mut r = ch.realise(rng::stream(1, 0, Stream::Channel)).unwrap();
+    let (mut a, mut b) = (vec![0.0; 8], vec![0.0; 8]);
+    r.latency_at(0, &mut a).unwrap();
+    r.refade(0, 5.0 / 32.0, &mut b).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x != y), "{a:?} {b:?}");
+    // Without fading nothing moves.
+    let mut s = Scenario::paper();
+    s.channel.fading = Fading::None;
+    let ch = ChannelModel::new(&s).unwrap();
+    let mut r = ch.realise(rng::stream(1, 0, Stream::Channel)).unwrap();
+    r.latency_at(0, &mut a).unwrap();
+    r.refade(0, 5.0 / 32.0, &mut b).unwrap();
+    assert_eq!(a, b);
+    // Redraws within a token contradict a coherence of several tokens.
+    let mut s = Scenario::paper();
+    s.channel.coherence_tokens = 4;
+    assert_eq!(s.validate().unwrap_err().key, "channel.fading_layers");
+    s.channel.fading_layers = 0;
+    s.validate().unwrap();
+}

@@ -52,6 +52,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             s.channel.fading = [Fading::Rayleigh, Fading::Rician, Fading::None][fad];
             s.channel.time_model = [TimeModel::Block, TimeModel::Ar1][tm];
             s.channel.coherence_tokens = coh;
+            // Fading that moves within a token, where it does not contradict
+            // a coherence of several tokens.
+            s.channel.fading_layers = if coh > 1 { 0 } else { (seed % 3) as u32 };
             s.channel.ar1_rho = rho;
             s.channel.outages = outages
                 .into_iter()

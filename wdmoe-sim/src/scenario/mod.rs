@@ -22,7 +22,7 @@
 //! | device model | roofline (`model.compute_model`), see [`crate::device`] | one token through one expert is memory-bound on every device; a batch reads the weights once; the paper's literal `F / C_q` is selectable |
 //! | `bs_tx_power_w` | 10 W per device link | the paper's 10 W read as each link's power; 1.25 models a base station splitting 10 W over 8 links |
 //! | replications × prompts × tokens | 10 × 100 × 128 | t intervals over every random draw, a few seconds on a laptop |
-//! | fading time | redrawn every token (`coherence_tokens = 1`), held over the token's layers | the paper's reading (docs/SPEC.md); a token through 32 layers takes ~0.26 s, longer than a pedestrian's coherence time at 3.5 GHz (~44 ms at 3 km/h), so tokens see independent draws, while within a token the draw is held ~6× that time (not modelled finer; fading off moves the θ = 0.2 reduction by 0.1 point) |
+//! | fading time | redrawn every token (`coherence_tokens = 1`) and every 5 layers within a token (`fading_layers = 5`) | at ~8 ms per layer, 5 layers are ~41 ms, a pedestrian's coherence time at 3.5 GHz (~44 ms at 3 km/h, Doppler ≈ 10 Hz); one draw per token (~0.26 s, the paper's reading, `fading_layers = 0`) would hold it 6× too long |
 //! | `ar1_rho` | 0.9 | AR(1) option: a nearly static device (Jakes correlation `J0(2π f_D τ)` = 0.9 for `f_D·τ` ≈ 0.1) |
 //! | `rician_k_db` | 9 dB | Rician option: the mean K-factor of 3GPP TR 38.901 UMa/UMi in LOS |
 //! | `bs_height_m`, `ut_height_m` | 25 m, 1.5 m | 3GPP UMa defaults (set `bs_height_m = 10` for UMi) and a handheld device |
@@ -40,7 +40,9 @@ mod radio;
 mod router;
 mod toml_keys;
 
-pub use channel::{ChannelConfig, Fading, Outage, PathLoss, RandomOutages, TimeModel};
+pub use channel::{
+    ChannelConfig, Fading, Outage, PathLoss, RandomOutages, TimeModel, DEFAULT_FADING_LAYERS,
+};
 pub use devices::{default_devices, Device};
 pub use model::ModelConfig;
 pub use policies::PoliciesConfig;

@@ -315,6 +315,8 @@ impl Simulation {
         let k = s.model.top_k;
         let np = self.policies.len();
         let batched = s.accounting == Accounting::Batched;
+        let fading_layers = s.channel.fading_layers as usize;
+        let fading_fraction = fading_layers as f64 / layers as f64;
         let mut chan = self
             .channel
             .realise(rng::stream(seed, prompt, Stream::Channel))?;
@@ -354,6 +356,13 @@ impl Simulation {
                     break 'tokens;
                 }
                 steps += 1;
+                // The fading moves on within the token (not within a
+                // batched prefill, which sees one channel draw).
+                if fading_layers > 0 && l > 0 && l % fading_layers == 0 && !(batched && prefill) {
+                    chan.refade(slot, fading_fraction, &mut lat)?;
+                    slots += 1;
+                    all_up = lat.iter().all(|t| t.is_finite());
+                }
                 // The reachable top-k, shared by the policies; the plain top-k
                 // (for the kept weight) is the same unless a device is down.
                 policy::reachable_top_k(k, z, &lat, &mut base)?;
