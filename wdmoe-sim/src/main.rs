@@ -255,8 +255,14 @@ fn run_sim(sim: &Simulation, a: &SimArgs, progress: &Progress) -> Result<RunRepo
             .build()
         {
             Ok(pool) => pool.install(go),
-            // No pool of that size (e.g. a thread limit): run on the global one.
-            Err(_) => go(),
+            // No pool of that size (e.g. a thread limit): run on the global
+            // one, and say so (results do not depend on the thread count).
+            Err(e) => {
+                output::note(&format!(
+                    "note: cannot start {t} threads ({e}); using the default pool"
+                ));
+                go()
+            }
         },
         None => go(),
     }
