@@ -258,6 +258,7 @@ impl ChannelModel {
             link_outages: 0,
             links: Vec::with_capacity(n),
             reach: Vec::with_capacity(n),
+            left: Vec::with_capacity(n),
             bw: device_bw,
         };
         r.draw_scatter_all();
@@ -284,6 +285,8 @@ pub struct ChannelRealisation<'a> {
     link_outages: u64,
     links: Vec<DeviceLink<f64>>,
     reach: Vec<usize>,
+    /// Remaining outage per device (a reused buffer).
+    left: Vec<u32>,
     /// Bandwidth of each device for this prompt [Hz].
     bw: Vec<f64>,
 }
@@ -443,7 +446,9 @@ impl ChannelRealisation<'_> {
         let m = self.model;
         self.links.clear();
         self.reach.clear();
-        let mut left: Vec<u32> = (0..m.n).map(|q| self.outage_left(q, slot)).collect();
+        let mut left = std::mem::take(&mut self.left);
+        left.clear();
+        left.extend((0..m.n).map(|q| self.outage_left(q, slot)));
         if left.iter().all(|&l| l > 0) {
             // Keep the device whose outage ends first up (ties: lowest index).
             let mut best = 0;
@@ -513,6 +518,7 @@ impl ChannelRealisation<'_> {
                 self.suppressed += 1;
             }
         }
+        self.left = left;
         Ok(())
     }
 }
