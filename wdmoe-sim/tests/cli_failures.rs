@@ -422,4 +422,5 @@ fn oversized_trace_is_refused_before_it_is_read() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("larger than the limit of"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
 }
