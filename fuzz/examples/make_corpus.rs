@@ -673,7 +673,7 @@ fn scenario_seeds() {
         (
             "devices_positions",
             format!(
-                "{small}[[devices]]\nname = \"a\"\ndistance_m = 10.0\nposition_m = [3.0, 4.0]\ntx_power_w = 0.1\ncompute_tflops = 1.0\nbandwidth_share = 0.5\n[[devices]]\nname = \"b\"\ndistance_m = 1000.0\ntx_power_w = 0.2\ncompute_tflops = 0.01\n[model]\ntop_k = 1\n"
+                "{small}[[devices]]\nname = \"a\"\ndistance_m = 10.0\nposition_m = [3.0, 4.0]\ntx_power_w = 0.1\ncompute_tflops = 1.0\nbandwidth_share = 0.5\n[[devices]]\nname = \"b\"\ndistance_m = 1000.0\ntx_power_w = 0.2\ncompute_tflops = 0.01\n[model]\ntop_k = 1\ncompute_model = \"paper\"\n"
             ),
         ),
         (

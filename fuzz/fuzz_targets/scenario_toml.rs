@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut small = s.clone();
     small.prompts = 1;
+    small.replications = 1;
     small.prompt_tokens = small.prompt_tokens.min(2);
     small.decode_tokens = small.decode_tokens.min(1);
     small.model.layers = small.model.layers.min(2);

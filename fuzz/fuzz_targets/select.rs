@@ -1,4 +1,4 @@
-//! The selection policy (SPEC.md, "The selection policy, exactly") on any
+//! The selection policy (docs/SPEC.md, "The selection policy, exactly") on any
 //! input: every success satisfies the spec's invariants, every failure is an
 //! `Error` value, and a valid input never fails.
 #![no_main]

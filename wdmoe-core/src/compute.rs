@@ -55,7 +55,7 @@ impl ExpertShape {
 
     /// Equation (4): FLOPs per token of one expert,
     /// `L_comp = 4·m·m_h + 2·m_h·m + η·m_h + m_h`, where `eta_flops` (η) is the
-    /// cost of the activation per element (the project's default is 4, SPEC.md).
+    /// cost of the activation per element (the project's default is 4, docs/SPEC.md).
     ///
     /// ```
     /// use wdmoe_core::compute::ExpertShape;

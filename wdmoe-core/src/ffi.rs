@@ -540,7 +540,7 @@ macro_rules! export {
         $sequential:ident, $batched:ident,
         $even:ident, $min_max:ident
     ) => {
-        /// Algorithm 1 (SPEC.md) on `n` experts: `logits` and `latency_s` \[s\]
+        /// Algorithm 1 (docs/SPEC.md) on `n` experts: `logits` and `latency_s` \[s\]
         /// (`+inf` = unreachable) of length `n ≤ 256`, top-`k`, threshold
         /// `theta` ∈ [0, 0.5], at most `max_drops` drops; result in `*out`.
         ///

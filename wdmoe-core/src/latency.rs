@@ -1,5 +1,5 @@
 //! Latency model: per expert, equation (6); per token, equation (7); per
-//! prompt, equation (8); and the batched-prefill accounting of SPEC.md.
+//! prompt, equation (8); and the batched-prefill accounting of docs/SPEC.md.
 //!
 //! All latencies are in seconds. `+∞` means "never": an unreachable device.
 
@@ -295,7 +295,7 @@ fn non_negative_or_inf<F: Float>(t: F) -> Result<F, Error> {
     }
 }
 
-/// Batched prefill accounting of one layer (SPEC.md): every token routed to a
+/// Batched prefill accounting of one layer (docs/SPEC.md): every token routed to a
 /// device travels in one transmission, devices work in parallel, and the layer
 /// takes as long as the slowest device: `max_q n_q · t_q` \[s\], with `n_q`
 /// = `tokens_per_expert[q]` and `t_q` = `latency_per_token_s[q]` (eq. 6).

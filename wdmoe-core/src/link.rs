@@ -68,7 +68,7 @@ pub fn w_to_dbm<F: Float>(w: F) -> Result<F, Error> {
     Ok(linear_to_db(w)? + F::from_f64(30.0))
 }
 
-/// The paper's path loss (the 3GPP free-space form, SPEC.md):
+/// The paper's path loss (the 3GPP free-space form, docs/SPEC.md):
 /// `PL \[dB\] = 32.4 + 20·log10(f_ghz) + 20·log10(distance_m)`.
 ///
 /// ```

@@ -1,5 +1,5 @@
 //! The WDMoE expert-selection policy: weight-to-latency ratio (eq. 9), κ
-//! (eq. 10) and Algorithm 1, exactly as SPEC.md defines it; plus plain top-k
+//! (eq. 10) and Algorithm 1, exactly as docs/SPEC.md defines it; plus plain top-k
 //! routing (Mixtral) on the same inputs for comparison.
 //!
 //! Capacities are const generics: a [`Selection<F, N>`] holds at most `N`
@@ -295,7 +295,7 @@ fn check_latency<F: Float>(t: F) -> Result<F, Error> {
     }
 }
 
-/// Algorithm 1, the WDMoE selection policy, exactly as SPEC.md defines it.
+/// Algorithm 1, the WDMoE selection policy, exactly as docs/SPEC.md defines it.
 ///
 /// `logits`: router logits of all `n` experts (finite); `latency_s`: each
 /// expert's latency for this token \[s\] (eq. 6), `> 0`, `+∞` for an

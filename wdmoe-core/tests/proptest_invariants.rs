@@ -9,7 +9,7 @@
 //! also keeps softmax probabilities far from underflow (e^-40 ≈ 4e-18 is a
 //! normal `f32`), which the θ = 0 property needs: a probability that
 //! underflows to 0 has WLR 0 and is dropped even at θ = 0 (κ = 0 ≤ θ), which
-//! is SPEC.md's rule, not a bug. The no-panic property uses arbitrary bit
+//! is docs/SPEC.md's rule, not a bug. The no-panic property uses arbitrary bit
 //! patterns instead (NaN, ±inf, subnormals, huge values).
 
 use proptest::prelude::*;

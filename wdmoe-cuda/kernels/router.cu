@@ -149,7 +149,7 @@ extern "C" __global__ void f32_to_f16(const float* __restrict__ in, __half* __re
 // policy per token + the expert plan, in one kernel, so that the host can
 // launch the whole step at once (the slot kernels of ffn_decode.cu read the
 // plan). The policy is a line-by-line port of wdmoe-core's `select` for
-// f64 (SPEC.md, Algorithm 1): the host runs wdmoe-core on the same logits
+// f64 (docs/SPEC.md, Algorithm 1): the host runs wdmoe-core on the same logits
 // while the experts run and compares (wdmoe-sim's GpuLayer), re-running the
 // experts with its own plan on any difference, so wdmoe-core stays the
 // authority. Arithmetic: f64 as on the host, exp bit-identical to the

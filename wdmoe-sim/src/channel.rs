@@ -17,7 +17,9 @@
 //!   `h = √(K/(K+1))·e^{jφ} + √(1/(K+1))·s`, `s ~ CN(0, 1)`, `|h|²` the
 //!   fading power (Rayleigh: K = 0, so `|h|² ~ Exp(1)`; none: `|h|² = 1`).
 //!   The scattered part `s` is redrawn every `coherence_tokens` slots (block
-//!   fading), or evolves as `s ← ρ^Δ s + √(1−ρ^{2Δ}) w` over Δ slots (AR(1)).
+//!   fading), or evolves as `s ← ρ^Δ s + √(1−ρ^{2Δ}) w` over Δ slots (AR(1));
+//!   within a slot it may also move on ([`ChannelRealisation::refade`],
+//!   every `fading_layers` layers of a token).
 //! * **SNR floor**: a link whose SNR `P·g²/(N0·B)` is below `radio.min_snr_db`
 //!   carries nothing (below the lowest modulation and coding scheme): the
 //!   device is unreachable for that slot. Without a floor (`-inf`, the
@@ -33,6 +35,7 @@
 //! `j` is slot `j`; with batched prefill the whole prefill is slot 0 and decode
 //! token `j` keeps slot `j`.
 
+use crate::device::{self, DeviceCompute};
 use crate::rng::{self, Rng};
 use crate::scenario::{Allocation, Fading, PathLoss, Scenario, TimeModel};
 use wdmoe_core::bandwidth;
@@ -53,7 +56,12 @@ pub struct ChannelModel {
     shares: Vec<f64>,
     bs_power_w: f64,
     device_power_w: Vec<f64>,
+    /// Per device: the rate \[FLOP/s\] that gives one token's expert time
+    /// under the compute model (`F / t(1)`), the form eq. (6) takes.
     compute_flops_per_s: Vec<f64>,
+    /// Per device: the compute model's figures, for batches of tokens.
+    compute: Vec<DeviceCompute>,
+    weight_bytes: f64,
     latency: LatencyModel<f64>,
     total_bandwidth_hz: f64,
     allocation: Allocation,
@@ -77,6 +85,19 @@ impl ChannelModel {
             shape.flops_per_token(s.model.eta_flops)?,
             link::noise_psd_w_per_hz(s.radio.n0_dbm_per_hz, s.radio.noise_figure_db)?,
         )?;
+        let flops = latency.flops_per_token();
+        let weight_bytes = device::expert_weight_bytes(s);
+        let mut compute = Vec::with_capacity(s.devices.len());
+        for (i, d) in s.devices.iter().enumerate() {
+            compute.push(
+                device::resolve(d, i, s.model.compute_model)
+                    .map_err(|_| Error::OutOfRange("device compute"))?,
+            );
+        }
+        let compute_flops_per_s = compute
+            .iter()
+            .map(|c| flops / c.expert_time_s(1, flops, weight_bytes))
+            .collect();
         let c = &s.channel;
         let path_loss = match c.path_loss {
             PathLoss::FreeSpace => PathLossModel::FreeSpace,
@@ -94,7 +115,9 @@ impl ChannelModel {
             shares: s.devices.iter().map(|d| d.bandwidth_share).collect(),
             bs_power_w: s.radio.bs_tx_power_w,
             device_power_w: s.devices.iter().map(|d| d.tx_power_w).collect(),
-            compute_flops_per_s: s.devices.iter().map(|d| d.compute_tflops * 1e12).collect(),
+            compute_flops_per_s,
+            compute,
+            weight_bytes,
             latency,
             total_bandwidth_hz: s.radio.total_bandwidth_hz,
             allocation: s.radio.allocation,
@@ -135,6 +158,12 @@ impl ChannelModel {
     /// The core latency model (payload \[bit\], FLOPs, N0 \[W/Hz\]).
     pub fn latency_model(&self) -> &LatencyModel<f64> {
         &self.latency
+    }
+
+    /// Seconds device `q` computes `tokens` tokens of one expert (the
+    /// compute model's; no link terms).
+    pub fn compute_time_s(&self, q: usize, tokens: u32) -> f64 {
+        self.compute[q].expert_time_s(tokens, self.latency.flops_per_token(), self.weight_bytes)
     }
 
     /// Mean path loss \[dB\] of device `q` in LOS (no shadowing).
@@ -224,10 +253,12 @@ impl ChannelModel {
             scatter: vec![(0.0, 0.0); 2 * n],
             outage_until: vec![0; n],
             time: None,
+            evolved: 0.0,
             suppressed: 0,
             link_outages: 0,
             links: Vec::with_capacity(n),
             reach: Vec::with_capacity(n),
+            left: Vec::with_capacity(n),
             bw: device_bw,
         };
         r.draw_scatter_all();
@@ -247,10 +278,15 @@ pub struct ChannelRealisation<'a> {
     /// Random outage of device q lasts while slot < outage_until\[q\].
     outage_until: Vec<u32>,
     time: Option<u32>,
+    /// Fraction of a slot the AR(1) fading already evolved within the
+    /// current slot ([`ChannelRealisation::refade`]).
+    evolved: f64,
     suppressed: u64,
     link_outages: u64,
     links: Vec<DeviceLink<f64>>,
     reach: Vec<usize>,
+    /// Remaining outage per device (a reused buffer).
+    left: Vec<u32>,
     /// Bandwidth of each device for this prompt [Hz].
     bw: Vec<f64>,
 }
@@ -325,7 +361,14 @@ impl ChannelRealisation<'_> {
                     }
                 }
                 TimeModel::Ar1 => {
-                    let r = m.rho.powi(steps.min(i32::MAX as u32) as i32);
+                    // The part of the slot already evolved by refade() is
+                    // not applied twice.
+                    let r = if self.evolved == 0.0 {
+                        m.rho.powi(steps.min(i32::MAX as u32) as i32)
+                    } else {
+                        m.rho.powf((steps as f64 - self.evolved).max(0.0))
+                    };
+                    self.evolved = 0.0;
                     let w = (1.0 - r * r).max(0.0).sqrt();
                     let s = std::f64::consts::FRAC_1_SQRT_2;
                     for i in 0..self.scatter.len() {
@@ -370,14 +413,49 @@ impl ChannelRealisation<'_> {
     /// Writes the latency \[s\] of every device at `slot` into `latency_s`
     /// (`+∞` for a device in outage). Slots must not decrease between calls.
     pub fn latency_at(&mut self, slot: u32, latency_s: &mut [f64]) -> Result<(), Error> {
+        if latency_s.len() != self.model.n {
+            return Err(Error::LengthMismatch);
+        }
+        self.advance(slot);
+        self.fill(slot, latency_s)
+    }
+
+    /// Within slot `slot` (after [`ChannelRealisation::latency_at`] for it),
+    /// moves the small-scale fading on by `fraction` of a slot — block
+    /// fading: a fresh draw; AR(1): `ρ^fraction` — keeping the large-scale
+    /// state and the outages, and writes the new latencies. The next slot's
+    /// AR(1) step covers only the rest of the slot. For fading that changes
+    /// within a token (`channel.fading_layers`).
+    pub fn refade(&mut self, slot: u32, fraction: f64, latency_s: &mut [f64]) -> Result<(), Error> {
         let m = self.model;
         if latency_s.len() != m.n {
             return Err(Error::LengthMismatch);
         }
-        self.advance(slot);
+        match m.time_model {
+            TimeModel::Block => self.draw_scatter_all(),
+            TimeModel::Ar1 => {
+                let r = m.rho.powf(fraction.max(0.0));
+                let w = (1.0 - r * r).max(0.0).sqrt();
+                let s = std::f64::consts::FRAC_1_SQRT_2;
+                for i in 0..self.scatter.len() {
+                    let (x, y) = rng::normal_pair(&mut self.rng);
+                    let (a, b) = self.scatter[i];
+                    self.scatter[i] = (r * a + w * x * s, r * b + w * y * s);
+                }
+                self.evolved += fraction.max(0.0);
+            }
+        }
+        self.fill(slot, latency_s)
+    }
+
+    /// Latencies of slot `slot` from the current state.
+    fn fill(&mut self, slot: u32, latency_s: &mut [f64]) -> Result<(), Error> {
+        let m = self.model;
         self.links.clear();
         self.reach.clear();
-        let mut left: Vec<u32> = (0..m.n).map(|q| self.outage_left(q, slot)).collect();
+        let mut left = std::mem::take(&mut self.left);
+        left.clear();
+        left.extend((0..m.n).map(|q| self.outage_left(q, slot)));
         if left.iter().all(|&l| l > 0) {
             // Keep the device whose outage ends first up (ties: lowest index).
             let mut best = 0;
@@ -447,6 +525,7 @@ impl ChannelRealisation<'_> {
                 self.suppressed += 1;
             }
         }
+        self.left = left;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`scenario`] | base station, devices, radio, channel, router, policies; TOML in and out, validation |
+//! | [`device`] | device compute: the roofline model (peak FLOP/s, memory bandwidth, memory) or the paper's `F / C_q`; presets with sources |
 //! | [`channel`] | path loss (paper / 3GPP UMa / UMi), shadowing, Rayleigh / Rician fading, block or AR(1), outages |
 //! | [`router`] | where router logits come from: synthetic Mixtral-like, recorded trace, (live hook) |
 //! | [`trace`] | the `.npy` router-trace reader |
@@ -19,6 +20,8 @@
 //! | [`frontier`] | the exact selector, the latency–kept-weight frontier, joint bandwidth allocation |
 //! | [`frontier_cli`] | `wdmoe frontier` |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
+//! | [`sensitivity`] | `wdmoe sensitivity`: the reduction against cell radius and compute spread |
+//! | [`output`] | CLI plumbing: stdout that never panics, atomic output files checked before the run, bounded input |
 //! | [`model`] | a Mixtral model on the CPU: HF checkpoints, decoder, WDMoE routing, generation |
 //! | [`generate_cli`] | `wdmoe generate` |
 //! | [`rng`] | seeded, injected random streams |
@@ -46,11 +49,13 @@
 #![deny(missing_docs)]
 
 pub mod channel;
-pub mod generate_cli;
+pub mod device;
 pub mod frontier;
 pub mod frontier_cli;
+pub mod generate_cli;
 pub mod layer;
 pub mod model;
+pub mod output;
 pub mod policy;
 pub mod progress;
 pub mod report;
@@ -58,6 +63,7 @@ pub mod rng;
 pub mod router;
 pub mod scenario;
 pub mod select_cli;
+pub mod sensitivity;
 pub mod sim;
 pub mod stats;
 pub mod trace;

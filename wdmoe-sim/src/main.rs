@@ -3,9 +3,10 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use wdmoe_sim::output::{self, CliError, OutputFiles, Stdout};
 use wdmoe_sim::progress::Progress;
-use wdmoe_sim::scenario::{Accounting, Scenario};
-use wdmoe_sim::sim::{RunReport, Simulation};
+use wdmoe_sim::scenario::{Accounting, Scenario, MAX_FILE_BYTES};
+use wdmoe_sim::sim::{RunReport, SimError, Simulation};
 use wdmoe_sim::{report, select_cli};
 
 #[derive(Parser)]
@@ -34,14 +35,16 @@ enum Cmd {
     },
     /// Scenario files.
     Scenario {
-        /// Print the default scenario (the paper's setup) as TOML.
+        /// Print the default scenario (the paper's setup) as TOML, every key
+        /// with its unit and the reason for its value.
         #[arg(long)]
         print_default: bool,
         /// Check a scenario file and print it with every default filled in.
         #[arg(long)]
         check: Option<PathBuf>,
     },
-    /// The selection policy over JSON lines on stdin (one decision per line).
+    /// The selection policy over JSON lines on stdin (one answer line per input line).
+    #[command(long_about = select_cli::HELP)]
     Select,
     /// Text from a Mixtral checkpoint (CPU), WDMoE choosing the experts.
     Generate(wdmoe_sim::generate_cli::GenerateArgs),
@@ -55,15 +58,18 @@ enum Cmd {
         /// Cell radii in metres (distance of the farthest device).
         #[arg(long, value_delimiter = ',', default_values_t = [150.0, 300.0, 600.0, 1000.0, 1500.0])]
         radii_m: Vec<f64>,
-        /// Compute spreads α: `C_q ← g·(C_q/g)^α` around the geometric mean g
-        /// (0: identical devices, 1: the scenario's).
-        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 1.5])]
+        /// Device spreads α: each device's speed v (memory bandwidth, or C_q
+        /// under the paper model) becomes g·(v/g)^α around the geometric mean
+        /// g (0: identical devices, 1: the scenario's, 2: the spread squared).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.5, 1.0, 1.5, 2.0])]
         compute_spreads: Vec<f64>,
         /// Start from this scenario file instead of the paper's setup.
         #[arg(long)]
         scenario: Option<PathBuf>,
         #[command(flatten)]
-        run: RunArgs,
+        sim: SimArgs,
+        #[command(flatten)]
+        out: SensitivityOut,
     },
 }
 
@@ -73,14 +79,22 @@ enum AccountingArg {
     Batched,
 }
 
+/// The most worker threads `--threads` accepts.
+const MAX_THREADS: u64 = 1024;
+
 #[derive(Args)]
-struct RunArgs {
+struct SimArgs {
     /// Seed of every random stream (default: the scenario's, 1).
     #[arg(long)]
     seed: Option<u64>,
-    /// Monte-Carlo prompts (default: the scenario's, 200).
+    /// Monte-Carlo prompts per replication (default: the scenario's, 100).
     #[arg(long)]
     prompts: Option<usize>,
+    /// Independent replications of every random draw (router layer
+    /// structure, channel, fading, outages); the ± intervals are over them
+    /// (default: the scenario's, 10; 1 gives per-prompt intervals only).
+    #[arg(long)]
+    replications: Option<usize>,
     /// Prefill tokens per prompt (default: the scenario's, 128).
     #[arg(long)]
     tokens: Option<u32>,
@@ -93,38 +107,56 @@ struct RunArgs {
     /// WDMoE drops per token (the paper: 1).
     #[arg(long)]
     max_drops: Option<usize>,
-    /// Worker threads (default: all cores); results do not depend on it.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Write the table as CSV.
-    #[arg(long)]
-    csv: Option<PathBuf>,
-    /// Write the report as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Write the latency / kept-weight plot as SVG.
-    #[arg(long)]
-    svg: Option<PathBuf>,
-    /// Write CSV, JSON and SVG into this folder (NAME.csv, NAME.json, NAME.svg).
-    #[arg(long)]
-    out: Option<PathBuf>,
+    /// Worker threads, 1..=1024 (default: all cores); results do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_THREADS))]
+    threads: Option<u64>,
     /// No progress bar and no "wrote FILE" lines on stderr.
     #[arg(long, short)]
     quiet: bool,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Write the table as CSV (checked before the run, written atomically).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the report as JSON (checked before the run, written atomically).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency / kept-weight plot as SVG (checked before the run, written atomically).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write CSV, JSON and SVG into this folder (NAME.csv, NAME.json, NAME.svg).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
+#[derive(Args)]
+struct SensitivityOut {
+    /// Write the study as CSV (one line per variant and θ).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the study as JSON (every run's report).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write sensitivity.csv and sensitivity.json into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::finish(run(cli))
+}
+
+fn read_scenario(path: &Path) -> Result<Scenario, CliError> {
+    let text = output::read_bounded(path, MAX_FILE_BYTES)?;
+    Ok(Scenario::from_toml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Reproduce(args) => {
             let s = Scenario::paper();
@@ -137,10 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sweep { scenario, run } => {
-            let text = std::fs::read_to_string(&scenario)
-                .map_err(|e| format!("cannot read {}: {e}", scenario.display()))?;
-            let s = Scenario::from_toml_str(&text)
-                .map_err(|e| format!("{}: {e}", scenario.display()))?;
+            let s = read_scenario(&scenario)?;
             let title = format!("WDMoE sweep: {}", scenario.display());
             simulate(s, &run, "sweep", &title)?;
             Ok(ExitCode::SUCCESS)
@@ -149,48 +178,53 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print_default,
             check,
         } => {
+            let mut out = Stdout::new();
             if let Some(path) = check {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let s = Scenario::from_toml_str(&text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                print!("{}", s.to_toml_string());
-                Ok(ExitCode::SUCCESS)
+                let s = read_scenario(&path)?;
+                // Everything `sweep` builds before its run (channel, router,
+                // the trace file), so a checked file runs.
+                Simulation::new(s.clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+                out.write_str(&s.to_toml_string())?;
             } else if print_default {
-                print!("{}", default_file());
-                Ok(ExitCode::SUCCESS)
+                out.write_str(wdmoe_sim::scenario::DEFAULT_FILE)?;
             } else {
-                Err("nothing to do: pass --print-default or --check FILE".into())
+                return Err("nothing to do: pass --print-default or --check FILE".into());
             }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Sensitivity {
             radii_m,
             compute_spreads,
             scenario,
-            run,
+            sim,
+            out,
         } => {
             let base = match scenario {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                    Scenario::from_toml_str(&text)
-                        .map_err(|e| format!("{}: {e}", path.display()))?
-                }
+                Some(path) => read_scenario(&path)?,
                 None => Scenario::paper(),
             };
-            sensitivity(base, &radii_m, &compute_spreads, &run)?;
+            sensitivity(base, &radii_m, &compute_spreads, &sim, &out)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Generate(a) => {
             wdmoe_sim::generate_cli::run(&a, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Frontier(a) => wdmoe_sim::frontier_cli::run(&a).map(|()| ExitCode::SUCCESS),
+        Cmd::Frontier(a) => {
+            wdmoe_sim::frontier_cli::run(&a)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Select => {
+            let mut out = Stdout::new();
             let stdin = std::io::stdin();
-            let stdout = std::io::stdout();
-            let failed =
-                select_cli::run(stdin.lock(), stdout.lock()).map_err(|e| format!("select: {e}"))?;
+            let failed = select_cli::run(stdin.lock(), out.writer()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    CliError::BrokenPipe
+                } else {
+                    CliError::Msg(format!("select: {e}"))
+                }
+            })?;
             Ok(if failed > 0 {
                 ExitCode::from(1)
             } else {
@@ -200,32 +234,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-fn default_file() -> String {
-    format!(
-        "# wdmoe scenario: the paper's setup (WDMoE §IV-A) with this project's documented defaults.\n\
-         # Every key is optional; a missing key keeps the value shown here. Units are in the names.\n\
-         # path_loss: free_space | uma | umi; fading: rayleigh | rician | none; time_model: block | ar1\n\
-         # allocation: even | min_max; accounting: sequential | batched; router kind: synthetic | trace\n\
-         # Scheduled outages: [[channel.outages]] device = 3, start_token = 10, tokens = 20\n\
-         # radio.min_snr_db = -inf disables the SNR floor (the paper's literal Shannon model)\n\n{}",
-        Scenario::default().to_toml_string()
-    )
-}
-
-fn write_file(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn apply(s: &mut Scenario, a: &RunArgs) {
+fn apply(s: &mut Scenario, a: &SimArgs) {
     if let Some(v) = a.seed {
         s.seed = v;
     }
     if let Some(v) = a.prompts {
         s.prompts = v;
+    }
+    if let Some(v) = a.replications {
+        s.replications = v;
     }
     if let Some(v) = a.tokens {
         s.prompt_tokens = v;
@@ -244,131 +261,99 @@ fn apply(s: &mut Scenario, a: &RunArgs) {
     }
 }
 
-fn run_sim(sim: &Simulation, a: &RunArgs, progress: &Progress) -> Result<RunReport, String> {
+fn run_sim(sim: &Simulation, a: &SimArgs, progress: &Progress) -> Result<RunReport, SimError> {
     let go = || sim.run(&|| progress.tick());
     match a.threads {
-        Some(t) => rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+        Some(t) => match rayon::ThreadPoolBuilder::new()
+            .num_threads(t as usize)
             .build()
-            .map_err(|e| format!("thread pool: {e}"))?
-            .install(go),
+        {
+            Ok(pool) => pool.install(go),
+            // No pool of that size (e.g. a thread limit): run on the global
+            // one, and say so (results do not depend on the thread count).
+            Err(e) => {
+                output::note(&format!(
+                    "note: cannot start {t} threads ({e}); using the default pool"
+                ));
+                go()
+            }
+        },
         None => go(),
     }
-    .map_err(|e| e.to_string())
 }
 
 fn sensitivity(
     base: Scenario,
     radii_m: &[f64],
     spreads: &[f64],
-    a: &RunArgs,
-) -> Result<(), String> {
-    let mut radius = Vec::new();
-    for &r in radii_m {
-        let s = wdmoe_sim::sim::scale_cell(&base, r).map_err(|e| e.to_string())?;
-        radius.push((format!("{r} m"), s));
+    a: &SimArgs,
+    o: &SensitivityOut,
+) -> Result<(), CliError> {
+    let mut base = base;
+    apply(&mut base, a);
+    base.validate().map_err(|e| e.to_string())?;
+    let mut files = OutputFiles::default();
+    let mut kinds = Vec::new();
+    if let Some(dir) = &o.out {
+        kinds.push((files.add(&dir.join("sensitivity.csv"))?, "csv"));
+        kinds.push((files.add(&dir.join("sensitivity.json"))?, "json"));
     }
-    let mut compute = Vec::new();
-    for &alpha in spreads {
-        let s = wdmoe_sim::sim::scale_compute_spread(&base, alpha).map_err(|e| e.to_string())?;
-        compute.push((format!("α = {alpha}"), s));
+    if let Some(p) = &o.csv {
+        kinds.push((files.add(p)?, "csv"));
     }
-    let t1 = sensitivity_table("cell radius (farthest device)", radius, a)?;
-    let t2 = sensitivity_table("compute spread α: C_q ← g·(C_q/g)^α", compute, a)?;
-    print!("{t1}\n{t2}");
-    println!("device latency: eq. (6) per token and layer, no fading, fastest … slowest device; reductions of the mean prompt latency vs plain top-k (θ = 0)");
-    Ok(())
-}
-
-fn sensitivity_table(
-    what: &str,
-    variants: Vec<(String, Scenario)>,
-    a: &RunArgs,
-) -> Result<String, String> {
-    let mut rows = Vec::new();
-    for (label, mut s) in variants {
-        apply(&mut s, a);
-        s.policies.weight_only_betas.clear();
-        s.policies.channel_only = false;
-        let sim = Simulation::new(s).map_err(|e| e.to_string())?;
-        let progress = Progress::new(&label, sim.scenario().prompts, !a.quiet);
-        let report = run_sim(&sim, a, &progress)?;
+    if let Some(p) = &o.json {
+        kinds.push((files.add(p)?, "json"));
+    }
+    let study = wdmoe_sim::sensitivity::study(&base, radii_m, spreads, &mut |label, sim| {
+        let progress = Progress::new(label, sim.total_prompts(), !a.quiet);
+        let r = run_sim(sim, a, &progress);
         progress.finish();
-        let ch = sim.channel();
-        let lat: Vec<f64> = (0..sim.scenario().n_experts())
-            .map(|q| ch.nominal_latency_s(q))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let lo = lat.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = lat.iter().cloned().fold(0.0, f64::max);
-        rows.push((label, lo, hi, report));
+        r
+    })
+    .map_err(|e| e.to_string())?;
+    for (i, kind) in kinds {
+        let text = match kind {
+            "csv" => wdmoe_sim::sensitivity::csv(&study),
+            _ => wdmoe_sim::sensitivity::json(&study),
+        };
+        files.set_contents(i, text.into_bytes());
     }
-    let mut out = String::new();
-    let Some((_, _, _, first)) = rows.first() else {
-        return Ok(out);
-    };
-    out.push_str(&format!(
-        "WDMoE latency reduction vs {what} | {} | {} prompts × {} tokens | seed {}\n",
-        first.accounting, first.prompts, first.prompt_tokens, first.seed
-    ));
-    let thetas: Vec<String> = first
-        .rows
-        .iter()
-        .skip(1)
-        .map(|x| format!("{:>8}", format!("θ={}", x.parameter.unwrap_or(0.0))))
-        .collect();
-    out.push_str(&format!(
-        "{:>10}  {:>20}  {:>12}  {}\n",
-        "",
-        "device latency ms",
-        "top-k mean s",
-        thetas.join("  ")
-    ));
-    for (label, lo, hi, rep) in &rows {
-        let red: Vec<String> = rep
-            .rows
-            .iter()
-            .skip(1)
-            .map(|x| format!("{:>6.1} %", x.reduction_pct))
-            .collect();
-        out.push_str(&format!(
-            "{:>10}  {:>20}  {:>12.3}  {}\n",
-            label,
-            format!("{:.2} … {:.2}", lo * 1e3, hi * 1e3),
-            rep.rows[0].mean_s,
-            red.join("  ")
-        ));
-    }
-    Ok(out)
+    files.commit(!a.quiet)?;
+    let mut out = Stdout::new();
+    out.write_str(&wdmoe_sim::sensitivity::table(&study))?;
+    out.flush()
 }
 
-fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<RunReport, String> {
-    apply(&mut s, a);
+fn simulate(mut s: Scenario, a: &RunArgs, name: &str, title: &str) -> Result<(), CliError> {
+    apply(&mut s, &a.sim);
     let sim = Simulation::new(s).map_err(|e| e.to_string())?;
-    let progress = Progress::new(name, sim.scenario().prompts, !a.quiet);
-    let report = run_sim(&sim, a, &progress)?;
-    progress.finish();
-    print!("{}", report::table(&report, Some(title)));
-    let mut outputs: Vec<(PathBuf, String)> = Vec::new();
+    // Every output path is checked before the run.
+    let mut files = OutputFiles::default();
+    let mut kinds = Vec::new();
     if let Some(dir) = &a.out {
-        outputs.push((dir.join(format!("{name}.csv")), report::csv(&report)));
-        outputs.push((dir.join(format!("{name}.json")), report::json(&report)));
-        outputs.push((dir.join(format!("{name}.svg")), report::svg(&report)));
-    }
-    if let Some(p) = &a.csv {
-        outputs.push((p.clone(), report::csv(&report)));
-    }
-    if let Some(p) = &a.json {
-        outputs.push((p.clone(), report::json(&report)));
-    }
-    if let Some(p) = &a.svg {
-        outputs.push((p.clone(), report::svg(&report)));
-    }
-    for (p, text) in &outputs {
-        write_file(p, text)?;
-        if !a.quiet {
-            eprintln!("wrote {}", p.display());
+        for ext in ["csv", "json", "svg"] {
+            kinds.push((files.add(&dir.join(format!("{name}.{ext}")))?, ext));
         }
     }
-    Ok(report)
+    for (p, ext) in [(&a.csv, "csv"), (&a.json, "json"), (&a.svg, "svg")] {
+        if let Some(p) = p {
+            kinds.push((files.add(p)?, ext));
+        }
+    }
+    let progress = Progress::new(name, sim.total_prompts(), !a.sim.quiet);
+    let report = run_sim(&sim, &a.sim, &progress).map_err(|e| e.to_string())?;
+    progress.finish();
+    for (i, ext) in kinds {
+        let text = match ext {
+            "csv" => report::csv(&report),
+            "json" => report::json(&report),
+            _ => report::svg(&report),
+        };
+        files.set_contents(i, text.into_bytes());
+    }
+    // Files first: a closed stdout must not lose them.
+    files.commit(!a.sim.quiet)?;
+    let mut out = Stdout::new();
+    out.write_str(&report::table(&report, Some(title)))?;
+    out.flush()
 }

@@ -107,3 +107,23 @@ pub fn normal(rng: &mut Rng) -> f64 {
 pub fn bernoulli(rng: &mut Rng, p: f64) -> bool {
     uniform(rng) < p
 }
+
+/// The seed of replication `r` of a run seeded with `seed`: `seed` itself
+/// for replication 0, an independent-looking seed for each other `r`, so
+/// every random draw (router layer structure, channel, placement) is redrawn.
+///
+/// ```
+/// use wdmoe_sim::rng::replication_seed;
+/// assert_eq!(replication_seed(7, 0), 7);
+/// assert_ne!(replication_seed(7, 1), replication_seed(7, 2));
+/// assert_ne!(replication_seed(7, 1), replication_seed(8, 1));
+/// ```
+pub fn replication_seed(seed: u64, r: u64) -> u64 {
+    if r == 0 {
+        return seed;
+    }
+    let mut s = seed ^ 0x5245_504C_4943_4154; // "REPLICAT"
+    let a = splitmix64(&mut s);
+    let mut m = a ^ r.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    splitmix64(&mut m)
+}

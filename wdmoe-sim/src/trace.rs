@@ -42,8 +42,13 @@ fn bad<T>(msg: impl Into<String>) -> Result<T, TraceError> {
     Err(TraceError(msg.into()))
 }
 
-/// Largest number of logits a trace may hold (2^31, 16 GiB as `f64`).
-pub const MAX_TRACE_VALUES: usize = 1 << 31;
+/// Largest number of logits a trace may hold (2^27, 1 GiB as `f64`: a
+/// million tokens of Mixtral's 32 layers × 8 experts is 2^28 bytes as `f4`).
+pub const MAX_TRACE_VALUES: usize = 1 << 27;
+
+/// Largest `.npy` file read \[bytes\]: the values as `f8` plus 1 MiB of
+/// header, checked before the file is read.
+pub const MAX_TRACE_FILE_BYTES: u64 = (MAX_TRACE_VALUES as u64) * 8 + (1 << 20);
 
 /// Router logits of shape `\[tokens, layers, experts\]`, stored as `f64`.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,9 +188,28 @@ impl Trace {
     }
 
     /// Reads a `.npy` file.
+    /// A file larger than [`MAX_TRACE_FILE_BYTES`] is refused before it is
+    /// read.
     pub fn from_path(path: &std::path::Path) -> Result<Self, TraceError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| TraceError(format!("cannot read {}: {e}", path.display())))?;
+        use std::io::Read;
+        let cannot = |e: std::io::Error| TraceError(format!("cannot read {}: {e}", path.display()));
+        let f = std::fs::File::open(path).map_err(cannot)?;
+        let too_big = || {
+            TraceError(format!(
+                "{}: larger than the limit of {MAX_TRACE_FILE_BYTES} bytes ({MAX_TRACE_VALUES} values)",
+                path.display()
+            ))
+        };
+        if f.metadata().is_ok_and(|m| m.len() > MAX_TRACE_FILE_BYTES) {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        f.take(MAX_TRACE_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > MAX_TRACE_FILE_BYTES {
+            return Err(too_big());
+        }
         Self::from_bytes(&bytes)
     }
 

@@ -75,7 +75,7 @@ fn reproduce_prints_the_table_and_writes_files() {
     assert_eq!(json["rows"].as_array().unwrap().len(), 7);
     let svg = std::fs::read_to_string(d.join("fig3.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains("θ = 0.2"));
+    assert!(svg.contains("WDMoE threshold θ") && svg.contains("mean prompt latency [s]"));
 }
 
 #[test]
@@ -162,7 +162,18 @@ fn sweep_bad_files_name_the_key() {
             "[[devices]]\ndistance_m = -5.0\ncompute_tflops = 1.0\n",
             "devices[0].distance_m",
         ),
-        ("[[devices]]\ndistance_m = 5.0\n", "compute_tflops"),
+        (
+            "[[devices]]\ndistance_m = 5.0\n",
+            "devices[0].peak_tflops: missing",
+        ),
+        (
+            "[[devices]]\ndistance_m = 5.0\ncompute_tflops = 1.0\n",
+            "devices[0].compute_tflops: is the paper model's C_q",
+        ),
+        (
+            "[[devices]]\ndistance_m = 5.0\npreset = \"a41\"\n",
+            "devices[0].preset: unknown preset \"a41\"",
+        ),
         ("[model]\ntop_k = 9\n", "model.top_k"),
         ("[policies]\nthetas = [0.0, 0.7]\n", "policies.thetas[1]"),
         ("prompts = \"many\"\n", "prompts"),
@@ -237,8 +248,9 @@ fn select_answers_every_line() {
     );
     let out = wdmoe_stdin(&["select"], input);
     assert_eq!(out.status.code(), Some(1));
+    // One answer per input line, the blank line included (issue 11).
     let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
     let v: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -246,17 +258,30 @@ fn select_answers_every_line() {
     assert_eq!(v[0]["experts"], serde_json::json!([0]));
     assert_eq!(v[0]["dropped"], serde_json::json!([1]));
     assert_eq!(v[0]["fallback"], false);
-    assert!(v[1]["error"].is_string());
+    assert!(v[1]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 2: not valid JSON"));
     assert!(v[2]["error"]
         .as_str()
         .unwrap()
-        .contains("no expert is reachable"));
-    assert_eq!(v[3]["experts"], serde_json::json!([0]));
-    assert_eq!(v[3]["dropped"], serde_json::json!([1]));
-    assert_eq!(v[3]["fallback"], true);
-    assert_eq!(v[3]["kappa"], serde_json::Value::Null);
-    assert!(v[4]["error"].as_str().unwrap().contains("1"));
-    assert!(v[5]["error"].as_str().unwrap().contains("theta"));
+        .starts_with("line 3: blank line"));
+    assert!(v[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("line 4: field `latency_s`: no expert is reachable"));
+    assert_eq!(v[4]["experts"], serde_json::json!([0]));
+    assert_eq!(v[4]["dropped"], serde_json::json!([1]));
+    assert_eq!(v[4]["fallback"], true);
+    assert_eq!(v[4]["kappa"], serde_json::Value::Null);
+    assert!(v[5]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 6: field `latency_s`: 1 entries"));
+    assert!(v[6]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("line 7: field `theta`"));
 }
 
 #[test]
@@ -306,4 +331,55 @@ fn sensitivity_prints_radii() {
         so.contains("200") && so.contains("800") && so.contains("θ=0.2"),
         "{so}"
     );
+}
+
+#[test]
+fn print_default_documents_every_key() {
+    let out = wdmoe(&["scenario", "--print-default"]);
+    assert!(out.status.success());
+    let file = text(&out.stdout);
+    assert_eq!(file, wdmoe_sim::scenario::DEFAULT_FILE);
+    let s = wdmoe_sim::scenario::Scenario::from_toml_str(&file).unwrap();
+    assert_eq!(s, wdmoe_sim::scenario::Scenario::default());
+    // Every key the default serialises, and the optional ones it omits,
+    // appear with a comment on their line or in the device key list.
+    let serialised = s.to_toml_string();
+    let mut keys: Vec<String> = serialised
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim().to_string()))
+        .collect();
+    keys.extend(
+        [
+            "position_m",
+            "bandwidth_share",
+            "peak_tflops",
+            "memory_bandwidth_gbps",
+            "memory_gb",
+            "compute_tflops",
+            "start_token",
+        ]
+        .map(String::from),
+    );
+    keys.sort();
+    keys.dedup();
+    for k in &keys {
+        let documented = file.lines().any(|l| {
+            let l = l.trim_start();
+            (l.starts_with(&format!("{k} ")) && l.contains('#'))
+                || (l.starts_with("#") && l.contains(&format!(" {k} ")))
+        });
+        assert!(documented, "key {k} is not documented in --print-default");
+    }
+    // Units and reasons.
+    for want in [
+        "[Hz]",
+        "[dB]",
+        "[m]",
+        "[W]",
+        "choice:",
+        "paper",
+        "sensitivity",
+    ] {
+        assert!(file.contains(want), "{want}");
+    }
 }

@@ -34,6 +34,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             let mut s = Scenario::paper();
             s.seed = seed;
             s.prompts = 1;
+            s.replications = 1;
             s.prompt_tokens = tokens;
             s.decode_tokens = decode;
             s.model.layers = layers;
@@ -42,7 +43,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 .iter()
                 .map(|&(d, c, p)| Device {
                     tx_power_w: p,
-                    ..Device::at(d, c)
+                    // Roofline: peak 1–300 TFLOP/s, bandwidth 10–3,000 GB/s.
+                    ..Device::roofline(d, 10.0 * c, 100.0 * c)
                 })
                 .collect();
             s.channel.path_loss = [PathLoss::FreeSpace, PathLoss::Uma, PathLoss::Umi][pl];
@@ -50,6 +52,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             s.channel.fading = [Fading::Rayleigh, Fading::Rician, Fading::None][fad];
             s.channel.time_model = [TimeModel::Block, TimeModel::Ar1][tm];
             s.channel.coherence_tokens = coh;
+            // Fading that moves within a token, where it does not contradict
+            // a coherence of several tokens.
+            s.channel.fading_layers = if coh > 1 { 0 } else { (seed % 3) as u32 };
             s.channel.ar1_rho = rho;
             s.channel.outages = outages
                 .into_iter()

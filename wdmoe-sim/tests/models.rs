@@ -25,7 +25,11 @@ fn channel_without_fading_matches_the_core_by_hand() {
     let mut r = ch.realise(rng::stream(1, 0, Stream::Channel)).unwrap();
     let mut lat = vec![0.0; 8];
     r.latency_at(0, &mut lat).unwrap();
-    // Device 3: 260 m, 0.2 W, 0.034 TFLOP/s, 12.5 MHz, N0 = -174 dBm/Hz + 7 dB.
+    // Device 3: 260 m, 0.2 W, 12.5 MHz, N0 = -174 dBm/Hz + 7 dB, the
+    // phone-midrange preset under the roofline model: one token reads the
+    // expert's 352,321,536 bytes at 34.1 GB/s (10.33 ms), more than its
+    // 352,393,216 FLOP at 2 TFLOP/s (0.18 ms).
+    let compute_s = 352_321_536.0 / 34.1e9;
     let shape = ExpertShape::MIXTRAL_8X7B;
     let model = LatencyModel::new(
         shape.payload_bits(16.0).unwrap(),
@@ -35,12 +39,12 @@ fn channel_without_fading_matches_the_core_by_hand() {
     .unwrap();
     let g2 =
         link::channel_power_gain(link::free_space_path_loss_db(3.5, 260.0).unwrap(), 1.0).unwrap();
-    let dev = DeviceLink::new(10.0, g2, 0.2, g2, 0.034e12).unwrap();
+    let dev = DeviceLink::new(10.0, g2, 0.2, g2, 352_393_216.0 / compute_s).unwrap();
     let want = model.expert_latency_s(&dev, 12.5e6).unwrap();
     assert!((lat[3] / want - 1.0).abs() < 1e-12);
     assert_eq!(ch.nominal_latency_s(3).unwrap(), lat[3]);
-    // Compute alone is 352,393,216 / 0.034e12 = 10.36 ms of it.
-    assert!(want > 352_393_216.0 / 0.034e12 && want < 0.0115);
+    // Compute alone is 10.33 ms of it.
+    assert!(want > compute_s && want < 0.0115);
     // Without fading the latency never changes.
     r.latency_at(5, &mut lat).unwrap();
     assert!((lat[3] / want - 1.0).abs() < 1e-12);
@@ -351,8 +355,8 @@ mod no_panic {
 fn positions_and_bandwidth_shares() {
     let s = Scenario::from_toml_str(
         "[radio]\nallocation = \"shares\"\n\
-         [[devices]]\nposition_m = [30.0, 40.0]\ncompute_tflops = 0.1\nbandwidth_share = 3.0\n\
-         [[devices]]\ndistance_m = 50.0\ncompute_tflops = 0.1\n",
+         [[devices]]\nposition_m = [30.0, 40.0]\npreset = \"a40\"\nbandwidth_share = 3.0\n\
+         [[devices]]\ndistance_m = 50.0\npreset = \"a40\"\n",
     )
     .unwrap();
     assert_eq!(s.devices[0].distance_2d_m(), 50.0);
@@ -365,18 +369,18 @@ fn positions_and_bandwidth_shares() {
     r.latency_at(0, &mut lat).unwrap();
     // Same distance and compute; 75 MHz beats 25 MHz.
     assert!(lat[0] < lat[1]);
-    let both = "[[devices]]\ndistance_m = 5.0\nposition_m = [3.0, 4.0]\ncompute_tflops = 1.0\n";
+    let both = "[[devices]]\ndistance_m = 5.0\nposition_m = [3.0, 4.0]\npreset = \"a40\"\n";
     assert_eq!(
         Scenario::from_toml_str(both).unwrap_err().key,
         "devices[0].position_m"
     );
-    let neither = "[[devices]]\ncompute_tflops = 1.0\n";
+    let neither = "[[devices]]\npreset = \"a40\"\n";
     let e = Scenario::from_toml_str(neither).unwrap_err();
     assert!(
         e.key == "devices[0].distance_m" && e.reason.contains("position_m"),
         "{e}"
     );
-    let zero_power = "[[devices]]\ndistance_m = 5.0\ntx_power_w = 0.0\ncompute_tflops = 1.0\n";
+    let zero_power = "[[devices]]\ndistance_m = 5.0\ntx_power_w = 0.0\npreset = \"a40\"\n";
     assert_eq!(
         Scenario::from_toml_str(zero_power).unwrap_err().key,
         "devices[0].tx_power_w"

@@ -9,7 +9,7 @@
 //! accumulated:
 //!
 //! * **sequential** (eq. 8): prompt latency = Σ tokens Σ layers token latency;
-//! * **batched prefill** (SPEC.md): the prefill is one channel slot, and
+//! * **batched prefill** (docs/SPEC.md): the prefill is one channel slot, and
 //!   per layer the devices work in parallel on all the tokens routed to them
 //!   ([`wdmoe_core::latency::batched_layer_latency_s`]); the prompt latency
 //!   is Σ layers of that, plus the decode tokens one after another.
@@ -18,15 +18,22 @@
 //! in both modes.
 
 use crate::channel::ChannelModel;
+use crate::device::ComputeModel;
 use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, Wdmoe, WeightOnly};
 use crate::rng::{self, Stream};
 use crate::router::{Router, RouterSummary, SyntheticRouter, TraceRouter};
 use crate::scenario::{Accounting, RouterKind, Scenario, ScenarioError};
-use crate::stats;
+
+mod aggregate;
+mod variants;
+
 use crate::trace::{Trace, TraceError};
+use aggregate::Accumulator;
+pub use aggregate::{PolicyRow, RunReport};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt;
+pub use variants::{is_paper_setup, scale_cell, scale_compute_spread};
 use wdmoe_core::latency;
 
 /// Why a simulation could not be built or run.
@@ -68,81 +75,6 @@ impl From<wdmoe_core::Error> for SimError {
     }
 }
 
-/// `s` with its device distances scaled by one factor so that the farthest
-/// device sits at `radius_m` \[m\] (the spread of the cell, for sensitivity
-/// studies).
-///
-/// ```
-/// use wdmoe_sim::{scenario::Scenario, sim::scale_cell};
-/// let s = scale_cell(&Scenario::paper(), 300.0).unwrap();
-/// assert_eq!(s.devices.last().unwrap().distance_m, 300.0);
-/// assert_eq!(s.devices[0].distance_m, 25.0);
-/// ```
-pub fn scale_cell(s: &Scenario, radius_m: f64) -> Result<Scenario, ScenarioError> {
-    let far = s
-        .devices
-        .iter()
-        .map(|d| d.distance_2d_m())
-        .fold(0.0, f64::max);
-    if !(radius_m.is_finite() && radius_m > 0.0) {
-        return Err(ScenarioError {
-            key: "radius_m".into(),
-            reason: format!("must be finite and > 0 (got {radius_m})"),
-        });
-    }
-    let mut out = s.clone();
-    if far > 0.0 {
-        for d in &mut out.devices {
-            d.distance_m *= radius_m / far;
-            if let Some(p) = &mut d.position_m {
-                p[0] *= radius_m / far;
-                p[1] *= radius_m / far;
-            }
-        }
-    }
-    out.validate()?;
-    Ok(out)
-}
-
-/// `s` with its devices' compute rates spread by exponent `alpha` around
-/// their geometric mean `g`: `C_q ← g · (C_q / g)^alpha` (0: identical
-/// devices, 1: unchanged, 2: the log-spread doubled). For sensitivity studies.
-///
-/// ```
-/// use wdmoe_sim::{scenario::Scenario, sim::scale_compute_spread};
-/// let s = scale_compute_spread(&Scenario::paper(), 0.0).unwrap();
-/// let c0 = s.devices[0].compute_tflops;
-/// assert!(s.devices.iter().all(|d| (d.compute_tflops - c0).abs() < 1e-12));
-/// ```
-pub fn scale_compute_spread(s: &Scenario, alpha: f64) -> Result<Scenario, ScenarioError> {
-    if !(alpha.is_finite() && alpha >= 0.0) {
-        return Err(ScenarioError {
-            key: "alpha".into(),
-            reason: format!("must be finite and >= 0 (got {alpha})"),
-        });
-    }
-    let n = s.devices.len().max(1) as f64;
-    let g = (s.devices.iter().map(|d| d.compute_tflops.ln()).sum::<f64>() / n).exp();
-    let mut out = s.clone();
-    for d in &mut out.devices {
-        d.compute_tflops = g * (d.compute_tflops / g).powf(alpha);
-    }
-    out.validate()?;
-    Ok(out)
-}
-
-/// Half-width of the normal-approximation 95 % confidence interval of the
-/// mean of `v`: `1.96 · sd / √n` (0 for fewer than two values).
-fn ci95(v: &[f64]) -> f64 {
-    let n = v.len();
-    if n < 2 {
-        return 0.0;
-    }
-    let m = stats::mean(v);
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64;
-    1.96 * (var / n as f64).sqrt()
-}
-
 /// One policy's totals over one prompt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PolicyPromptStats {
@@ -182,72 +114,6 @@ pub struct PromptOutcome {
     pub device_slots: u64,
 }
 
-/// One row of a run's table: a policy's statistics over all prompts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PolicyRow {
-    /// Label, e.g. `WDMoE θ=0.2`.
-    pub name: String,
-    /// `wdmoe`, `weight_only` or `channel_only`.
-    pub family: String,
-    /// θ or β.
-    pub parameter: Option<f64>,
-    /// Mean prompt latency \[s\].
-    pub mean_s: f64,
-    /// Median prompt latency \[s\].
-    pub p50_s: f64,
-    /// 95th percentile \[s\].
-    pub p95_s: f64,
-    /// 99th percentile \[s\].
-    pub p99_s: f64,
-    /// Reduction of the mean latency against the first row \[%\].
-    pub reduction_pct: f64,
-    /// Half-width of the 95 % confidence interval of `reduction_pct` \[%\]
-    /// (normal approximation on the per-prompt differences to the first
-    /// row, which share the draws; 0 for the first row or one prompt).
-    pub reduction_ci95_pct: f64,
-    /// Half-width of the 95 % confidence interval of `mean_s` \[s\].
-    pub mean_ci95_s: f64,
-    /// Mean serving experts per token and layer.
-    pub experts_per_token: f64,
-    /// Fraction of top-k expert slots not served (dropped or unreachable).
-    pub drop_rate: f64,
-    /// Mean fraction of the plain top-k router weight kept.
-    pub kept_weight: f64,
-    /// Decisions that fell back to a non-top-k expert.
-    pub fallbacks: u64,
-    /// Mean prefill latency \[s\].
-    pub mean_prefill_s: f64,
-    /// Mean decode latency \[s\].
-    pub mean_decode_s: f64,
-}
-
-/// A run's results.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunReport {
-    /// Run seed.
-    pub seed: u64,
-    /// Prompts simulated.
-    pub prompts: usize,
-    /// Prefill tokens per prompt.
-    pub prompt_tokens: u32,
-    /// Decode tokens per prompt.
-    pub decode_tokens: u32,
-    /// Accounting used for every latency of the table.
-    pub accounting: Accounting,
-    /// Router description.
-    pub router: String,
-    /// The w2/w1 distribution the router implies (what the run assumes).
-    pub router_summary: RouterSummary,
-    /// One row per policy; the first is the reduction baseline.
-    pub rows: Vec<PolicyRow>,
-    /// The full scenario that produced the report (for reproducibility).
-    pub scenario: Scenario,
-    /// Slots where the fault model or the SNR floor kept a device up.
-    pub suppressed_outages: u64,
-    /// Fraction of device-slots whose link was below the SNR floor.
-    pub link_outage_rate: f64,
-}
-
 /// What [`Simulation::run_decisions`] did, for throughput benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThroughputSample {
@@ -264,6 +130,10 @@ pub struct Simulation {
     scenario: Scenario,
     channel: ChannelModel,
     router: Box<dyn Router>,
+    /// Whether replications 1.. redraw the router (a synthetic router's
+    /// layer structure); false when the router has no random draw of its
+    /// own (a trace, a caller-supplied router).
+    synthetic_replicas: bool,
     policies: Vec<Box<dyn SelectionPolicy>>,
 }
 
@@ -296,20 +166,27 @@ impl Simulation {
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
         let router: Box<dyn Router> = match scenario.router.kind {
-            RouterKind::Synthetic => Box::new(SyntheticRouter::new(
-                scenario.model.layers as usize,
-                scenario.n_experts(),
-                scenario.router.spread,
-                scenario.router.layer_bias_std,
-                scenario.router.stickiness,
-                scenario.seed,
-            )),
+            RouterKind::Synthetic => Self::synthetic_router(&scenario, scenario.seed),
             RouterKind::Trace => {
                 let t = Trace::from_path(std::path::Path::new(&scenario.router.trace_path))?;
                 Box::new(TraceRouter::new(t, scenario.total_tokens() as u64))
             }
         };
-        Self::with_router(scenario, router)
+        let synthetic = scenario.router.kind == RouterKind::Synthetic;
+        let mut sim = Self::with_router(scenario, router)?;
+        sim.synthetic_replicas = synthetic;
+        Ok(sim)
+    }
+
+    fn synthetic_router(s: &Scenario, seed: u64) -> Box<dyn Router> {
+        Box::new(SyntheticRouter::new(
+            s.model.layers as usize,
+            s.n_experts(),
+            s.router.spread,
+            s.router.layer_bias_std,
+            s.router.stickiness,
+            seed,
+        ))
     }
 
     /// Like [`Simulation::new`] with a caller-supplied router (e.g. a live
@@ -353,8 +230,22 @@ impl Simulation {
             scenario,
             channel,
             router,
+            synthetic_replicas: false,
             policies,
         })
+    }
+
+    /// The router of replication `r` when it differs from replication 0's
+    /// (built on demand: one replication's router is alive at a time).
+    fn replica_router(&self, r: u64) -> Option<Box<dyn Router>> {
+        (r > 0 && self.synthetic_replicas).then(|| {
+            Self::synthetic_router(&self.scenario, rng::replication_seed(self.scenario.seed, r))
+        })
+    }
+
+    /// Prompts over all replications (`prompts × replications`).
+    pub fn total_prompts(&self) -> usize {
+        self.scenario.prompts * self.scenario.replications
     }
 
     /// The scenario.
@@ -391,29 +282,45 @@ impl Simulation {
         prompt: u64,
         record_tokens: bool,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(prompt, record_tokens, u64::MAX)
+        self.simulate(self.router.as_ref(), 0, prompt, record_tokens, u64::MAX)
+            .map(|(o, _)| o)
+    }
+
+    /// Like [`Simulation::simulate_prompt`] in replication `replication`
+    /// (its seed is [`rng::replication_seed`]`(seed, replication)`).
+    pub fn simulate_replication_prompt(
+        &self,
+        replication: u64,
+        prompt: u64,
+    ) -> Result<PromptOutcome, SimError> {
+        let own = self.replica_router(replication);
+        let router = own.as_deref().unwrap_or(self.router.as_ref());
+        self.simulate(router, replication, prompt, false, u64::MAX)
             .map(|(o, _)| o)
     }
 
     /// Core loop; stops after `max_token_layers` token-layer steps.
     fn simulate(
         &self,
+        router: &dyn Router,
+        replication: u64,
         prompt: u64,
         record_tokens: bool,
         max_token_layers: u64,
     ) -> Result<(PromptOutcome, u64), SimError> {
         let s = &self.scenario;
+        let seed = rng::replication_seed(s.seed, replication);
         let n = s.n_experts();
         let layers = s.model.layers as usize;
         let k = s.model.top_k;
         let np = self.policies.len();
         let batched = s.accounting == Accounting::Batched;
+        let fading_layers = s.channel.fading_layers as usize;
+        let fading_fraction = fading_layers as f64 / layers as f64;
         let mut chan = self
             .channel
-            .realise(rng::stream(s.seed, prompt, Stream::Channel))?;
-        let mut router = self
-            .router
-            .start_prompt(prompt, rng::stream(s.seed, prompt, Stream::Router));
+            .realise(rng::stream(seed, prompt, Stream::Channel))?;
+        let mut router = router.start_prompt(prompt, rng::stream(seed, prompt, Stream::Router));
         let mut logits = vec![0.0; layers * n];
         let mut lat = vec![0.0; n];
         let mut stats = vec![PolicyPromptStats::default(); np];
@@ -449,6 +356,13 @@ impl Simulation {
                     break 'tokens;
                 }
                 steps += 1;
+                // The fading moves on within the token (not within a
+                // batched prefill, which sees one channel draw).
+                if fading_layers > 0 && l > 0 && l % fading_layers == 0 && !(batched && prefill) {
+                    chan.refade(slot, fading_fraction, &mut lat)?;
+                    slots += 1;
+                    all_up = lat.iter().all(|t| t.is_finite());
+                }
                 // The reachable top-k, shared by the policies; the plain top-k
                 // (for the kept weight) is the same unless a device is down.
                 policy::reachable_top_k(k, z, &lat, &mut base)?;
@@ -498,7 +412,7 @@ impl Simulation {
                 let mut sum = 0.0;
                 for l in 0..layers {
                     let base = (pi * layers + l) * n;
-                    sum += latency::batched_layer_latency_s(&counts[base..base + n], &prefill_lat)?;
+                    sum += self.batched_layer_s(&counts[base..base + n], &prefill_lat)?;
                 }
                 sum
             } else {
@@ -517,86 +431,60 @@ impl Simulation {
         ))
     }
 
-    /// Runs every prompt (in parallel with rayon; results are identical on
-    /// any thread count) and aggregates the table. `progress` is called
-    /// once per finished prompt, from any thread.
-    pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<RunReport, SimError> {
-        let outcomes: Vec<PromptOutcome> = (0..self.scenario.prompts as u64)
-            .into_par_iter()
-            .map(|p| {
-                let r = self.simulate_prompt(p, false);
-                progress();
-                r
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(self.aggregate(&outcomes))
+    /// One layer of a batched prefill \[s\]: device `q` gets `counts[q]`
+    /// tokens in one transmission and works on them in one pass; the slowest
+    /// device sets the layer. Paper model: `max_q n_q · t_q` (wdmoe-core's
+    /// [`latency::batched_layer_latency_s`]); roofline: `max_q n_q · link_q +
+    /// compute_q(n_q)`, the weights read once per layer
+    /// ([`crate::device::DeviceCompute::expert_time_s`]), where `link_q` is
+    /// the per-token link part of eq. (6).
+    fn batched_layer_s(&self, counts: &[u32], lat: &[f64]) -> Result<f64, SimError> {
+        if self.scenario.model.compute_model == ComputeModel::Paper {
+            return Ok(latency::batched_layer_latency_s(counts, lat)?);
+        }
+        let mut worst = 0.0_f64;
+        for (q, (&n, &t)) in counts.iter().zip(lat).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let link = (t - self.channel.compute_time_s(q, 1)).max(0.0);
+            worst = worst.max(n as f64 * link + self.channel.compute_time_s(q, n));
+        }
+        Ok(worst)
     }
 
-    /// Aggregates per-prompt outcomes (in prompt order) into a table.
-    pub fn aggregate(&self, outcomes: &[PromptOutcome]) -> RunReport {
+    /// Runs every prompt of every replication (in parallel with rayon;
+    /// results are identical on any thread count) and aggregates the table.
+    /// `progress` is called once per finished prompt, from any thread.
+    /// Memory: each prompt's latency per policy (8 bytes) is kept; the rest
+    /// is summed as chunks of prompts finish.
+    pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<RunReport, SimError> {
+        const CHUNK: u64 = 1024;
         let s = &self.scenario;
-        let k = s.model.top_k as f64;
-        let mut rows: Vec<PolicyRow> = Vec::with_capacity(self.policies.len());
-        for (pi, pol) in self.policies.iter().enumerate() {
-            let mut lat: Vec<f64> = outcomes.iter().map(|o| o.policies[pi].latency_s).collect();
-            let mean_s = stats::mean(&lat);
-            lat.sort_by(f64::total_cmp);
-            let sum = |f: &dyn Fn(&PolicyPromptStats) -> f64| -> f64 {
-                outcomes.iter().map(|o| f(&o.policies[pi])).sum()
-            };
-            let decisions = sum(&|x| x.decisions as f64).max(1.0);
-            let prompts = outcomes.len().max(1) as f64;
-            rows.push(PolicyRow {
-                name: pol.name(),
-                family: pol.family().to_string(),
-                parameter: pol.parameter(),
-                mean_s,
-                p50_s: stats::percentile_sorted(&lat, 50.0),
-                p95_s: stats::percentile_sorted(&lat, 95.0),
-                p99_s: stats::percentile_sorted(&lat, 99.0),
-                reduction_pct: 0.0,
-                reduction_ci95_pct: 0.0,
-                mean_ci95_s: ci95(&lat),
-                experts_per_token: sum(&|x| x.experts as f64) / decisions,
-                drop_rate: sum(&|x| x.dropped as f64) / (k * decisions),
-                kept_weight: sum(&|x| x.kept_weight) / decisions,
-                fallbacks: outcomes.iter().map(|o| o.policies[pi].fallbacks).sum(),
-                mean_prefill_s: sum(&|x| x.prefill_s) / prompts,
-                mean_decode_s: sum(&|x| x.decode_s) / prompts,
-            });
-        }
-        if let Some(base) = rows.first().map(|r| r.mean_s) {
-            for (pi, r) in rows.iter_mut().enumerate() {
-                r.reduction_pct = if base > 0.0 {
-                    100.0 * (1.0 - r.mean_s / base)
-                } else {
-                    0.0
-                };
-                let diffs: Vec<f64> = outcomes
-                    .iter()
-                    .map(|o| o.policies[0].latency_s - o.policies[pi].latency_s)
-                    .collect();
-                r.reduction_ci95_pct = if base > 0.0 {
-                    100.0 * ci95(&diffs) / base
-                } else {
-                    0.0
-                };
+        let mut acc = Accumulator::new(self.policies.len());
+        for rep in 0..s.replications as u64 {
+            let own = self.replica_router(rep);
+            let router = own.as_deref().unwrap_or(self.router.as_ref());
+            let mut start = 0u64;
+            while start < s.prompts as u64 {
+                let end = (start + CHUNK).min(s.prompts as u64);
+                let outcomes: Vec<PromptOutcome> = (start..end)
+                    .into_par_iter()
+                    .map(|p| {
+                        let r = self
+                            .simulate(router, rep, p, false, u64::MAX)
+                            .map(|(o, _)| o);
+                        progress();
+                        r
+                    })
+                    .collect::<Result<_, _>>()?;
+                for o in &outcomes {
+                    acc.add(o);
+                }
+                start = end;
             }
         }
-        RunReport {
-            seed: s.seed,
-            prompts: outcomes.len(),
-            prompt_tokens: s.prompt_tokens,
-            decode_tokens: s.decode_tokens,
-            accounting: s.accounting,
-            router: self.router.describe(),
-            router_summary: self.router_summary(),
-            rows,
-            scenario: s.clone(),
-            suppressed_outages: outcomes.iter().map(|o| o.suppressed_outages).sum(),
-            link_outage_rate: outcomes.iter().map(|o| o.link_outages).sum::<u64>() as f64
-                / outcomes.iter().map(|o| o.device_slots).sum::<u64>().max(1) as f64,
-        }
+        Ok(self.report(&acc, s.replications.max(1)))
     }
 
     /// Throughput helper for benchmarks: simulates `token_layers` token-layer
@@ -616,7 +504,8 @@ impl Simulation {
         let mut checksum = 0.0;
         let mut prompt = 0u64;
         while done < token_layers {
-            let (o, steps) = self.simulate(prompt, false, token_layers - done)?;
+            let (o, steps) =
+                self.simulate(self.router.as_ref(), 0, prompt, false, token_layers - done)?;
             done += steps;
             checksum += o.policies.iter().map(|p| p.latency_s).sum::<f64>();
             prompt += 1;
