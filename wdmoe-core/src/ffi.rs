@@ -63,8 +63,10 @@ pub const WDMOE_ERR_OUT_OF_RANGE: c_int = -14;
 /// [`Error::Infeasible`].
 pub const WDMOE_ERR_INFEASIBLE: c_int = -15;
 
-/// The status code of an [`Error`] (exhaustive: a new variant needs a code).
+/// The status code of an [`Error`] (exhaustive: a new variant needs a code);
+/// records the parameter it names for [`wdmoe_last_error_param`].
 pub(crate) fn status_of(e: Error) -> c_int {
+    last_param::set(crate::error::param_id(&e));
     match e {
         Error::NaN(_) => WDMOE_ERR_NAN,
         Error::NotPositive(_) => WDMOE_ERR_NOT_POSITIVE,
@@ -81,6 +83,65 @@ pub(crate) fn status_of(e: Error) -> c_int {
         Error::Infeasible => WDMOE_ERR_INFEASIBLE,
     }
 }
+
+/// The parameter named by the last error an entry point returned: an index
+/// into [`crate::error::PARAMS`] plus one, 0 for none. Per thread in the
+/// crate's own unit tests (which run in parallel), global otherwise.
+mod last_param {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    #[cfg(not(test))]
+    static LAST_PARAM: AtomicU32 = AtomicU32::new(0);
+    #[cfg(test)]
+    std::thread_local!(static LAST_PARAM: AtomicU32 = const { AtomicU32::new(0) });
+    pub(super) fn set(v: u32) {
+        #[cfg(not(test))]
+        LAST_PARAM.store(v, Ordering::Relaxed);
+        #[cfg(test)]
+        LAST_PARAM.with(|p| p.store(v, Ordering::Relaxed));
+    }
+    pub(super) fn get() -> u32 {
+        #[cfg(not(test))]
+        return LAST_PARAM.load(Ordering::Relaxed);
+        #[cfg(test)]
+        LAST_PARAM.with(|p| p.load(Ordering::Relaxed))
+    }
+}
+
+/// The name of the parameter (with its unit) that the most recent failing
+/// call rejected, e.g. `"distance_2d_m"`; `""` when that error named none
+/// (a null pointer, `k` out of range, ...). Static and NUL-terminated. One
+/// word of global state, for diagnostics: with several threads calling,
+/// it is whichever call failed last.
+#[no_mangle]
+pub extern "C" fn wdmoe_last_error_param() -> *const c_char {
+    let i = last_param::get() as usize;
+    match i.checked_sub(1).and_then(|i| crate::error::PARAMS.get(i)) {
+        Some(&(_, c)) => c.as_ptr(),
+        None => c"".as_ptr(),
+    }
+}
+
+/// The crate version, e.g. `"0.1.0"` (static, NUL-terminated).
+#[no_mangle]
+pub extern "C" fn wdmoe_version() -> *const c_char {
+    const V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    match CStr::from_bytes_with_nul(V.as_bytes()) {
+        Ok(c) => c.as_ptr(),
+        Err(_) => c"".as_ptr(),
+    }
+}
+
+/// The C ABI's version, [`WDMOE_ABI_VERSION`]: it changes whenever a
+/// signature, a struct layout or a status code changes.
+#[no_mangle]
+pub extern "C" fn wdmoe_abi_version() -> u32 {
+    WDMOE_ABI_VERSION
+}
+
+/// The ABI version of this library (the header's `WDMOE_ABI_VERSION`).
+/// 2: caller-sized `wdmoe_select_into_*`, `wdmoe_last_error_param`, version
+/// queries; selection outputs no longer zero the unused entries.
+pub const WDMOE_ABI_VERSION: u32 = 2;
 
 /// A static, NUL-terminated description of a status code (never null;
 /// unknown codes give `"unknown status code"`).
@@ -134,6 +195,23 @@ pub struct SelectionC<F> {
     pub fallback: u8,
 }
 
+/// The caller-sized selection's scalar results (`wdmoe_select_into_*`):
+/// `wdmoe_selection_info_f32` / `_f64` in the header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SelectionInfoC<F> {
+    /// Valid entries of the experts and weights arrays (≥ 1).
+    pub n_experts: u16,
+    /// Valid entries of the dropped array.
+    pub n_dropped: u16,
+    /// κ of the first drop test (eq. 10); NaN when `has_kappa` is 0.
+    pub kappa: F,
+    /// 1 when a drop test ran, else 0.
+    pub has_kappa: u8,
+    /// 1 when every top-k device was unreachable, else 0.
+    pub fallback: u8,
+}
+
 /// The system constants of the latency model (`wdmoe_latency_model_*`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +244,8 @@ pub struct DeviceLinkC<F> {
 // either side fails to compile.
 const _: () = assert!(core::mem::size_of::<SelectionC<f32>>() == 3088);
 const _: () = assert!(core::mem::size_of::<SelectionC<f64>>() == 4120);
+const _: () = assert!(core::mem::size_of::<SelectionInfoC<f32>>() == 12);
+const _: () = assert!(core::mem::size_of::<SelectionInfoC<f64>>() == 24);
 const _: () = assert!(core::mem::size_of::<DeviceLinkC<f32>>() == 20);
 const _: () = assert!(core::mem::size_of::<DeviceLinkC<f64>>() == 40);
 const _: () = assert!(core::mem::size_of::<LatencyModelC<f32>>() == 12);
@@ -228,47 +308,77 @@ unsafe fn scalar<F>(out: *mut F, r: Result<F, Error>) -> c_int {
     }))
 }
 
-/// Writes `s` into `*out` in place (no 3–4 KiB temporary on the stack,
-/// which matters on firmware stacks): zeroes the struct, then fills it.
+/// Runs `f` with working memory for `n ≤ 256` experts: router
+/// probabilities and three index/weight arrays, on the stack, in the
+/// smallest of three capacities that holds `n` (8, 32, 256). Each capacity
+/// is its own non-inlined frame, so a call with 8 experts uses a frame of 8
+/// (about 100 bytes in `f32`), not of 256.
+fn with_scratch<F: Float, R>(n: usize, f: impl FnOnce(Scratch<'_, F>) -> R) -> R {
+    #[inline(never)]
+    fn tier<F: Float, R, const N: usize>(f: impl FnOnce(Scratch<'_, F>) -> R) -> R {
+        let mut p = [F::ZERO; N];
+        let mut e = [0u16; N];
+        let mut w = [F::ZERO; N];
+        let mut d = [0u16; N];
+        f((&mut p, &mut e, &mut w, &mut d))
+    }
+    if n <= 8 {
+        tier::<F, R, 8>(f)
+    } else if n <= 32 {
+        tier::<F, R, 32>(f)
+    } else {
+        tier::<F, R, WDMOE_MAX_EXPERTS>(f)
+    }
+}
+
+/// Probabilities, experts, weights, dropped.
+type Scratch<'a, F> = (&'a mut [F], &'a mut [u16], &'a mut [F], &'a mut [u16]);
+
+/// An input array as a slice, after the pointer and length checks.
 ///
 /// # Safety
-/// A non-null, aligned `out` points to one writable `SelectionC<F>` that no
-/// live reference aliases (the callers copied their inputs already).
+/// A non-null, aligned `ptr` points to `n` readable `T` that nothing writes
+/// while the slice lives.
+unsafe fn input<'a, T>(ptr: *const T, n: usize) -> Result<&'a [T], c_int> {
+    check_ptr(ptr)?;
+    if n > WDMOE_MAX_EXPERTS {
+        return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
+    }
+    // SAFETY: checked non-null and aligned; `n` readable elements by contract.
+    Ok(unsafe { core::slice::from_raw_parts(ptr, n) })
+}
+
+/// Writes a selection into `*out`, field by field: only the valid entries of
+/// the arrays (nothing is zeroed; entries past `n_experts` / `n_dropped` are
+/// left as they were).
+///
+/// # Safety
+/// A non-null, aligned `out` points to one writable `SelectionC<F>`; no live
+/// reference aliases it.
 unsafe fn write_selection<F: Float>(
     out: *mut SelectionC<F>,
-    s: &select::Selection<F, WDMOE_MAX_EXPERTS>,
-) -> Status {
-    check_ptr(out)?;
-    // SAFETY: checked non-null and aligned, writable by contract. All-zero
-    // bytes are a valid `SelectionC` (integers and floats only), so the
-    // reference points to an initialised value; nothing else refers to it.
-    let c = unsafe {
-        out.write_bytes(0, 1);
-        &mut *out
-    };
-    c.n_experts = s.experts().len() as u32;
-    c.n_dropped = s.dropped().len() as u32;
-    for ((e, w), (&q, &x)) in c
-        .experts
-        .iter_mut()
-        .zip(c.weights.iter_mut())
-        .zip(s.experts().iter().zip(s.weights()))
-    {
-        *e = q as u32;
-        *w = x;
-    }
-    for (d, &q) in c.dropped.iter_mut().zip(s.dropped()) {
-        *d = q as u32;
-    }
-    match s.kappa() {
-        Some(k) => {
-            c.kappa = k;
-            c.has_kappa = 1;
+    info: &select::SelectionInfo<F>,
+    (e, w, d): (&[u16], &[F], &[u16]),
+) {
+    // SAFETY: `out` is valid for writes by contract; raw field pointers
+    // avoid creating a reference to the (possibly uninitialised) struct.
+    unsafe {
+        (&raw mut (*out).n_experts).write(info.n_experts as u32);
+        (&raw mut (*out).n_dropped).write(info.n_dropped as u32);
+        let experts = (&raw mut (*out).experts).cast::<u32>();
+        let weights = (&raw mut (*out).weights).cast::<F>();
+        for (i, (&q, &x)) in e.iter().zip(w).take(info.n_experts).enumerate() {
+            experts.add(i).write(u32::from(q));
+            weights.add(i).write(x);
         }
-        None => c.kappa = F::from_f64(f64::NAN),
+        let dropped = (&raw mut (*out).dropped).cast::<u32>();
+        for (i, &q) in d.iter().take(info.n_dropped).enumerate() {
+            dropped.add(i).write(u32::from(q));
+        }
+        (&raw mut (*out).kappa).write(info.kappa.unwrap_or(F::from_f64(f64::NAN)));
+        (&raw mut (*out).has_kappa).write(u8::from(info.kappa.is_some()));
+        (&raw mut (*out).fallback).write(u8::from(info.fallback));
     }
-    c.fallback = u8::from(s.fallback());
-    Ok(())
 }
 
 /// # Safety
@@ -284,17 +394,16 @@ unsafe fn select_impl<F: Float>(
     out: *mut SelectionC<F>,
 ) -> Status {
     check_ptr(out)?;
-    let mut z = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract.
-    unsafe {
-        copy_in(logits, n, &mut z)?;
-        copy_in(latency_s, n, &mut t)?;
-    }
+    // SAFETY: forwarded contract; read-only until `select_into` returns,
+    // before `out` (which may overlap them) is written.
+    let (z, t) = unsafe { (input(logits, n)?, input(latency_s, n)?) };
     let policy = Policy::new(k, theta, max_drops).map_err(status_of)?;
-    let s = select::select::<F, WDMOE_MAX_EXPERTS>(&policy, &z[..n], &t[..n]).map_err(status_of)?;
-    // SAFETY: forwarded contract.
-    unsafe { write_selection(out, &s) }
+    with_scratch(n, |(p, e, w, d)| {
+        let info = select::select_into(&policy, z, t, p, e, w, d).map_err(status_of)?;
+        // SAFETY: forwarded contract; the input slices are dead.
+        unsafe { write_selection(out, &info, (e, w, d)) };
+        Ok(())
+    })
 }
 
 /// # Safety
@@ -306,12 +415,64 @@ unsafe fn top_k_impl<F: Float>(
     out: *mut SelectionC<F>,
 ) -> Status {
     check_ptr(out)?;
-    let mut z = [F::ZERO; WDMOE_MAX_EXPERTS];
+    // SAFETY: forwarded contract (as in `select_impl`).
+    let z = unsafe { input(logits, n)? };
+    with_scratch(n, |(p, e, w, d)| {
+        let info = select::top_k_into(z, k, p, e, w, d).map_err(status_of)?;
+        // SAFETY: forwarded contract; the input slice is dead.
+        unsafe { write_selection(out, &info, (e, w, d)) };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `logits`, `latency_s` and `scratch_probs` point to `n` elements,
+/// `out_experts`, `out_weights` and `out_dropped` to `min(k, n)` writable
+/// elements, `out_info` to one; the written ones overlap nothing else.
+#[allow(clippy::too_many_arguments)]
+unsafe fn select_into_impl<F: Float>(
+    logits: *const F,
+    latency_s: *const F,
+    n: u16,
+    k: u16,
+    theta: F,
+    max_drops: u16,
+    scratch_probs: *mut F,
+    out_experts: *mut u16,
+    out_weights: *mut F,
+    out_dropped: *mut u16,
+    out_info: *mut SelectionInfoC<F>,
+) -> Status {
+    let (n, k) = (usize::from(n), usize::from(k));
+    let m = k.min(n);
+    for p in [logits, latency_s, scratch_probs.cast_const(), out_weights.cast_const()] {
+        check_ptr(p)?;
+    }
+    check_ptr(out_experts)?;
+    check_ptr(out_dropped)?;
+    check_ptr(out_info)?;
+    // SAFETY: checked non-null and aligned; lengths and exclusivity by contract.
+    let (z, t, p, e, w, d) = unsafe {
+        (
+            core::slice::from_raw_parts(logits, n),
+            core::slice::from_raw_parts(latency_s, n),
+            core::slice::from_raw_parts_mut(scratch_probs, n),
+            core::slice::from_raw_parts_mut(out_experts, m),
+            core::slice::from_raw_parts_mut(out_weights, m),
+            core::slice::from_raw_parts_mut(out_dropped, m),
+        )
+    };
+    let policy = Policy::new(k, theta, usize::from(max_drops)).map_err(status_of)?;
+    let info = select::select_into(&policy, z, t, p, e, w, d).map_err(status_of)?;
+    let c = SelectionInfoC {
+        n_experts: info.n_experts as u16,
+        n_dropped: info.n_dropped as u16,
+        kappa: info.kappa.unwrap_or(F::from_f64(f64::NAN)),
+        has_kappa: u8::from(info.kappa.is_some()),
+        fallback: u8::from(info.fallback),
+    };
     // SAFETY: forwarded contract.
-    unsafe { copy_in(logits, n, &mut z)? };
-    let s = select::top_k::<F, WDMOE_MAX_EXPERTS>(&z[..n], k).map_err(status_of)?;
-    // SAFETY: forwarded contract.
-    unsafe { write_selection(out, &s) }
+    unsafe { put(out_info, c) }
 }
 
 /// # Safety
@@ -488,32 +649,45 @@ unsafe fn min_max_impl<F: Float>(
     check_ptr(out_bandwidth_hz)?;
     check_ptr(out_max_latency_s)?;
     check_ptr(model)?;
-    let zero = DeviceLinkC {
-        tx_power_down_w: F::ZERO,
-        gain_down: F::ZERO,
-        tx_power_up_w: F::ZERO,
-        gain_up: F::ZERO,
-        compute_flops_per_s: F::ONE,
-    };
-    let mut raw = [zero; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract; `model` checked above and copied.
-    let m = unsafe {
-        copy_in(devices, n, &mut raw)?;
-        model.read()
-    };
-    let m = model_of(&m)?;
-    let placeholder = device_of(&zero)?;
-    let mut devs = [placeholder; WDMOE_MAX_EXPERTS];
-    for (d, r) in devs.iter_mut().zip(&raw[..n]) {
-        *d = device_of(r)?;
+    // SAFETY: forwarded contract; read (and converted) before any write.
+    let raw = unsafe { input(devices, n)? };
+    // SAFETY: checked above; copied.
+    let m = model_of(&unsafe { model.read() })?;
+    /// Working memory for `N ≥ n` devices in its own frame (8, 32 or 256).
+    #[inline(never)]
+    fn tier<F: Float, const N: usize>(
+        m: &LatencyModel<F>,
+        raw: &[DeviceLinkC<F>],
+        total: F,
+        out_b: *mut F,
+        out_t: *mut F,
+    ) -> Status {
+        let n = raw.len();
+        let zero = DeviceLink::new(F::ZERO, F::ZERO, F::ZERO, F::ZERO, F::ONE).map_err(status_of)?;
+        let mut devs = [zero; N];
+        let mut b = [F::ZERO; N];
+        let (devs, b) = match (devs.get_mut(..n), b.get_mut(..n)) {
+            (Some(d), Some(b)) => (d, b),
+            _ => return Err(WDMOE_ERR_CAPACITY_EXCEEDED),
+        };
+        for (d, r) in devs.iter_mut().zip(raw) {
+            *d = device_of(r)?;
+        }
+        let worst = bandwidth::min_max(m, devs, total, b).map_err(status_of)?;
+        // SAFETY: checked non-null and aligned by the caller; `n` writable
+        // elements by contract; `b` is ours; the input slice is dead.
+        unsafe {
+            core::ptr::copy_nonoverlapping(b.as_ptr(), out_b, n);
+            put(out_t, worst)
+        }
     }
-    let mut b = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let worst =
-        bandwidth::min_max(&m, &devs[..n], total_bandwidth_hz, &mut b[..n]).map_err(status_of)?;
-    // SAFETY: checked non-null and aligned; writable by contract; `b` is ours.
-    unsafe {
-        core::ptr::copy_nonoverlapping(b.as_ptr(), out_bandwidth_hz, n);
-        put(out_max_latency_s, worst)
+    let total = total_bandwidth_hz;
+    if n <= 8 {
+        tier::<F, 8>(&m, raw, total, out_bandwidth_hz, out_max_latency_s)
+    } else if n <= 32 {
+        tier::<F, 32>(&m, raw, total, out_bandwidth_hz, out_max_latency_s)
+    } else {
+        tier::<F, WDMOE_MAX_EXPERTS>(&m, raw, total, out_bandwidth_hz, out_max_latency_s)
     }
 }
 
@@ -531,7 +705,7 @@ fn umi<F: Float>(bs_height_m: F, ut_height_m: F) -> Result<UmiStreetCanyon<F>, E
 macro_rules! export {
     (
         $F:ty;
-        $select:ident, $top_k:ident, $kappa:ident, $wlr:ident,
+        $select:ident, $select_into:ident, $top_k:ident, $kappa:ident, $wlr:ident,
         $db_to_linear:ident, $linear_to_db:ident, $dbm_to_w:ident, $w_to_dbm:ident,
         $fspl:ident, $uma_pl:ident, $umi_pl:ident, $uma_los:ident, $umi_los:ident,
         $gain:ident, $n0:ident, $noise:ident, $rate:ident,
@@ -559,6 +733,39 @@ macro_rules! export {
         ) -> c_int {
             // SAFETY: forwarded contract.
             done(unsafe { select_impl(logits, latency_s, n, k, theta, max_drops, out) })
+        }
+
+        /// Algorithm 1 on caller-sized memory, for firmware: `n ≤ 65535`
+        /// experts, `scratch_probs` (n floats, receives the router
+        /// probabilities), results in `out_experts`, `out_weights`,
+        /// `out_dropped` (min(k, n) entries each) and `*out_info`. Nothing
+        /// is written on an error.
+        ///
+        /// # Safety
+        /// `logits`, `latency_s`, `scratch_probs` point to `n` floats, the
+        /// three output arrays to `min(k, n)` elements, `out_info` to one
+        /// struct; the written memory overlaps nothing else.
+        #[no_mangle]
+        pub unsafe extern "C" fn $select_into(
+            logits: *const $F,
+            latency_s: *const $F,
+            n: u16,
+            k: u16,
+            theta: $F,
+            max_drops: u16,
+            scratch_probs: *mut $F,
+            out_experts: *mut u16,
+            out_weights: *mut $F,
+            out_dropped: *mut u16,
+            out_info: *mut SelectionInfoC<$F>,
+        ) -> c_int {
+            // SAFETY: forwarded contract.
+            done(unsafe {
+                select_into_impl(
+                    logits, latency_s, n, k, theta, max_drops, scratch_probs, out_experts,
+                    out_weights, out_dropped, out_info,
+                )
+            })
         }
 
         /// Plain top-k routing (Mixtral) on `n ≤ 256` logits; result in `*out`.
@@ -961,7 +1168,7 @@ macro_rules! export {
 
 export!(
     f32;
-    wdmoe_select_f32, wdmoe_top_k_f32, wdmoe_kappa_f32, wdmoe_wlr_per_s_f32,
+    wdmoe_select_f32, wdmoe_select_into_f32, wdmoe_top_k_f32, wdmoe_kappa_f32, wdmoe_wlr_per_s_f32,
     wdmoe_db_to_linear_f32, wdmoe_linear_to_db_f32, wdmoe_dbm_to_w_f32, wdmoe_w_to_dbm_f32,
     wdmoe_free_space_path_loss_db_f32, wdmoe_uma_path_loss_db_f32, wdmoe_umi_path_loss_db_f32,
     wdmoe_uma_los_probability_f32, wdmoe_umi_los_probability_f32,
@@ -975,7 +1182,7 @@ export!(
 
 export!(
     f64;
-    wdmoe_select_f64, wdmoe_top_k_f64, wdmoe_kappa_f64, wdmoe_wlr_per_s_f64,
+    wdmoe_select_f64, wdmoe_select_into_f64, wdmoe_top_k_f64, wdmoe_kappa_f64, wdmoe_wlr_per_s_f64,
     wdmoe_db_to_linear_f64, wdmoe_linear_to_db_f64, wdmoe_dbm_to_w_f64, wdmoe_w_to_dbm_f64,
     wdmoe_free_space_path_loss_db_f64, wdmoe_uma_path_loss_db_f64, wdmoe_umi_path_loss_db_f64,
     wdmoe_uma_los_probability_f64, wdmoe_umi_los_probability_f64,
@@ -1155,6 +1362,74 @@ mod tests {
         assert_eq!(c.dropped[0] as usize, s.dropped()[0]);
         assert_eq!((c.has_kappa, Some(c.kappa)), (1, s.kappa()));
         assert_eq!(c.fallback, 0);
+    }
+
+    #[test]
+    fn select_into_matches_the_rust_api_and_reports_the_bad_parameter() {
+        let z = [0.5_f32, 1.0, -2.0, 0.0];
+        let t = [0.010_f32, 0.100, 0.010, 0.010];
+        let (mut p, mut e, mut w, mut d) = ([0.0_f32; 4], [9_u16; 2], [9.0_f32; 2], [9_u16; 2]);
+        let mut info = core::mem::MaybeUninit::<SelectionInfoC<f32>>::uninit();
+        let code = unsafe {
+            wdmoe_select_into_f32(
+                z.as_ptr(),
+                t.as_ptr(),
+                4,
+                2,
+                0.2,
+                1,
+                p.as_mut_ptr(),
+                e.as_mut_ptr(),
+                w.as_mut_ptr(),
+                d.as_mut_ptr(),
+                info.as_mut_ptr(),
+            )
+        };
+        assert_eq!(code, WDMOE_OK);
+        let info = unsafe { info.assume_init() };
+        let s = select::select::<f32, 4>(&Policy::new(2, 0.2, 1).unwrap(), &z, &t).unwrap();
+        assert_eq!((info.n_experts, info.n_dropped), (1, 1));
+        assert_eq!((e[0] as usize, d[0] as usize), (s.experts()[0], s.dropped()[0]));
+        assert_eq!((w[0], Some(info.kappa)), (s.weights()[0], s.kappa()));
+        // A NaN theta: the status says NaN, the parameter is theta; nothing written.
+        let (e0, w0) = (e, w);
+        let mut info2 = core::mem::MaybeUninit::<SelectionInfoC<f32>>::uninit();
+        let code = unsafe {
+            wdmoe_select_into_f32(
+                z.as_ptr(),
+                t.as_ptr(),
+                4,
+                2,
+                f32::NAN,
+                1,
+                p.as_mut_ptr(),
+                e.as_mut_ptr(),
+                w.as_mut_ptr(),
+                d.as_mut_ptr(),
+                info2.as_mut_ptr(),
+            )
+        };
+        assert_eq!(code, WDMOE_ERR_NAN);
+        assert_eq!((e, w), (e0, w0));
+        let param = unsafe { CStr::from_ptr(wdmoe_last_error_param()) };
+        assert_eq!(param.to_str(), Ok("theta"));
+        // A 3GPP range error names the frequency; a k error names nothing.
+        let mut x = 0.0_f32;
+        let code = unsafe { wdmoe_uma_path_loss_db_f32(25.0, 1.5, 200.0, 100.0, 1, &mut x) };
+        assert_eq!(code, WDMOE_ERR_OUT_OF_RANGE);
+        let param = unsafe { CStr::from_ptr(wdmoe_last_error_param()) };
+        assert_eq!(param.to_str(), Ok("frequency_ghz"));
+        let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::uninit();
+        let code = unsafe { wdmoe_select_f32(z.as_ptr(), t.as_ptr(), 4, 0, 0.2, 1, out.as_mut_ptr()) };
+        assert_eq!(code, WDMOE_ERR_K_OUT_OF_RANGE);
+        assert_eq!(unsafe { CStr::from_ptr(wdmoe_last_error_param()) }.to_bytes(), b"");
+    }
+
+    #[test]
+    fn version_queries() {
+        let v = unsafe { CStr::from_ptr(wdmoe_version()) };
+        assert_eq!(v.to_str(), Ok(env!("CARGO_PKG_VERSION")));
+        assert_eq!(wdmoe_abi_version(), WDMOE_ABI_VERSION);
     }
 
     fn lat() -> impl Strategy<Value = f64> {
