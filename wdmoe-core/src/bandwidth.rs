@@ -140,12 +140,13 @@ pub fn min_max<F: Float>(
         if it == 0 {
             even_worst = worst;
         }
-        if !(den < F::ZERO) || !den.is_finite() {
+        if den.is_nan() || den >= F::ZERO || !den.is_finite() {
             break; // no device's latency depends on its bandwidth
         }
         let target = num / den;
         let gap = worst - target;
-        if !(gap > tol * worst) || (gap >= last_gap && gap <= F::from_f64(1e-3) * worst) {
+        let converged = gap.is_nan() || gap <= tol * worst;
+        if converged || (gap >= last_gap && gap <= F::from_f64(1e-3) * worst) {
             break; // converged, or (close to it) rounding noise stops the progress
         }
         last_gap = gap;
@@ -159,7 +160,7 @@ pub fn min_max<F: Float>(
             }
             used += *b;
         }
-        if !(used > F::ZERO) || !used.is_finite() {
+        if used.is_nan() || used <= F::ZERO || !used.is_finite() {
             break;
         }
         scale = total / used;
@@ -176,7 +177,7 @@ pub fn min_max<F: Float>(
         *b = *b * fix;
         worst = worst.max_of(model.expert_latency_s(dev, *b)?);
     }
-    if !(worst <= even_worst) {
+    if worst.is_nan() || worst > even_worst {
         // Never worse than the even split (a safety net; not reached in tests).
         out.iter_mut().for_each(|b| *b = share);
         return Ok(even_worst);

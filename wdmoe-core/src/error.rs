@@ -171,10 +171,9 @@ impl Error {
             | Error::OutOfRange(s) => s,
             _ => return None,
         };
-        Some(match s.find(" (") {
-            Some(i) => s.get(..i).unwrap_or(s),
-            None => s,
-        })
+        // Byte search, not `str::find`: no panic path in the C entry points.
+        let cut = s.as_bytes().windows(2).position(|w| w == b" (");
+        Some(cut.and_then(|i| s.get(..i)).unwrap_or(s))
     }
 }
 

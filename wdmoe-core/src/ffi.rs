@@ -20,6 +20,7 @@
 //! says.
 
 use core::ffi::{c_char, c_int, CStr};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::compute::ExpertShape;
 use crate::latency::{DeviceLink, LatencyModel};
@@ -1194,15 +1195,44 @@ export!(
     wdmoe_even_split_bandwidth_hz_f64, wdmoe_min_max_bandwidth_hz_f64
 );
 
-/// The optional panic handler of the static library (see the crate docs,
-/// "C ABI"): only compiled with `--cfg wdmoe_staticlib`, which the staticlib
-/// build passes to this crate alone, so the rlib that Rust users and tests
-/// link never defines one. No entry point can panic (that is a tested
-/// property); should one ever, the firmware halts here rather than unwinding
-/// into C.
+/// The firmware's panic hook (`wdmoe_set_panic_hook`): a function pointer,
+/// 0 when none is set.
+static PANIC_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the function the static library's panic handler calls, for
+/// firmware that wants to log and reset rather than halt; null clears it.
+/// No entry point has a reachable panic call site (checked on the built
+/// object's call graph by wdmoe-core/firmware/run.sh), so this is a safety
+/// net. The hook runs in the panicking context; if it returns, the library
+/// spins forever.
+#[no_mangle]
+pub extern "C" fn wdmoe_set_panic_hook(hook: Option<extern "C" fn()>) {
+    PANIC_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// The hook set by [`wdmoe_set_panic_hook`], if any.
+#[allow(dead_code)] // used by the static library's panic handler only
+fn panic_hook() -> Option<extern "C" fn()> {
+    let p = PANIC_HOOK.load(Ordering::Acquire);
+    if p == 0 {
+        return None;
+    }
+    // SAFETY: `p` was stored from an `extern "C" fn()` by
+    // `wdmoe_set_panic_hook`; function pointers round-trip through usize.
+    Some(unsafe { core::mem::transmute::<usize, extern "C" fn()>(p) })
+}
+
+/// The panic handler of the static library (see the crate docs, "C ABI"):
+/// only compiled with `--cfg wdmoe_staticlib`, which the staticlib build
+/// passes to this crate alone, so the rlib that Rust users and tests link
+/// never defines one. Calls the firmware's hook, then halts here rather
+/// than unwinding into C.
 #[cfg(all(wdmoe_staticlib, not(test)))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    if let Some(hook) = panic_hook() {
+        hook();
+    }
     loop {
         core::hint::spin_loop();
     }
@@ -1423,6 +1453,16 @@ mod tests {
         let code = unsafe { wdmoe_select_f32(z.as_ptr(), t.as_ptr(), 4, 0, 0.2, 1, out.as_mut_ptr()) };
         assert_eq!(code, WDMOE_ERR_K_OUT_OF_RANGE);
         assert_eq!(unsafe { CStr::from_ptr(wdmoe_last_error_param()) }.to_bytes(), b"");
+    }
+
+    #[test]
+    fn panic_hook_round_trips() {
+        extern "C" fn hook() {}
+        wdmoe_set_panic_hook(Some(hook));
+        let want = hook as extern "C" fn() as usize;
+        assert_eq!(panic_hook().map(|f| f as usize), Some(want));
+        wdmoe_set_panic_hook(None);
+        assert!(panic_hook().is_none());
     }
 
     #[test]

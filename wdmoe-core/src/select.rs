@@ -79,10 +79,13 @@ macro_rules! const_policy {
                 if k == 0 {
                     return Err(Error::KOutOfRange);
                 }
-                if theta.is_nan() {
+                // `is_nan` is const only from Rust 1.83 (the MSRV is 1.82).
+                #[allow(clippy::eq_op)]
+                let nan = theta != theta;
+                if nan {
                     return Err(Error::NaN("theta"));
                 }
-                if !(theta >= 0.0 && theta <= 0.5) {
+                if theta < 0.0 || theta > 0.5 {
                     return Err(Error::ThetaOutOfRange);
                 }
                 Ok(Self {
@@ -301,13 +304,16 @@ pub struct SelectionInfo<F> {
     pub fallback: bool,
 }
 
+/// Experts, weights, dropped.
+type Outputs<'a, F, I> = (&'a mut [I], &'a mut [F], &'a mut [I]);
+
 /// Output slices of the slice-based API, each checked to hold ≥ `k`.
 fn outputs<'a, F, I>(
     k: usize,
     experts: &'a mut [I],
     weights: &'a mut [F],
     dropped: &'a mut [I],
-) -> Result<(&'a mut [I], &'a mut [F], &'a mut [I]), Error> {
+) -> Result<Outputs<'a, F, I>, Error> {
     match (
         experts.get_mut(..k),
         weights.get_mut(..k),
@@ -602,8 +608,11 @@ pub fn select_into<F: Float, I: ExpertIndex>(
         kappa.get_or_insert(k);
         if k <= policy.theta {
             // Remove entry `worst`, keeping the order.
-            if let Some(tail) = s.get_mut(worst..len) {
-                tail.rotate_left(1);
+            for i in worst + 1..len {
+                let q = at(s, i);
+                if let Some(slot) = s.get_mut(i - 1) {
+                    *slot = q;
+                }
             }
             len -= 1;
         } else {
