@@ -6,7 +6,10 @@
 #  2. clippy with every feature and target, and warning-free rustdoc;
 #  3. the C example: static library + include/wdmoe.h + cc, run with asserts;
 #  4. the no_std proof: the bare-metal smoke binary, symbol check, run;
-#  5. Miri over the unsafe FFI code, where the miri component is installed.
+#  5. Miri over the unsafe FFI code, where the miri component is installed;
+#  6. the firmware targets (.ci/firmware.sh): Cortex-M4F and RV32IMAC builds
+#     of the hygienic static library and of a bare-metal harness run on QEMU,
+#     with instruction / stack budgets (installs QEMU with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -41,3 +44,6 @@ if cargo +nightly miri --version >/dev/null 2>&1; then
 else
   echo "SKIP: cargo +nightly miri not available (rustup +nightly component add miri rust-src)"
 fi
+
+step "firmware: Cortex-M4F and RV32IMAC on QEMU (.ci/firmware.sh)"
+bash .ci/firmware.sh

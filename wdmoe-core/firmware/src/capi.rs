@@ -20,6 +20,7 @@ pub struct SelectionF32 {
     fallback: u8,
 }
 
+#[cfg(not(feature = "legacy"))]
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 pub struct SelectionInfoF32 {
@@ -58,6 +59,7 @@ extern "C" {
         max_drops: usize,
         out: *mut SelectionF32,
     ) -> i32;
+    #[cfg(not(feature = "legacy"))]
     fn wdmoe_select_into_f32(
         logits: *const f32,
         latency_s: *const f32,
@@ -94,6 +96,7 @@ extern "C" {
         bandwidth_hz: f32,
         out_s: *mut f32,
     ) -> i32;
+    #[cfg(not(feature = "legacy"))]
     fn wdmoe_abi_version() -> u32;
 }
 
@@ -102,6 +105,7 @@ static mut SELECTION: MaybeUninit<SelectionF32> = MaybeUninit::uninit();
 
 pub fn run(h: &mut Harness) {
     // SAFETY: a plain function of the library.
+    #[cfg(not(feature = "legacy"))]
     h.check(unsafe { wdmoe_abi_version() } == 2, "c abi version 2");
 
     let out = &raw mut SELECTION;
@@ -127,6 +131,15 @@ pub fn run(h: &mut Harness) {
         "c select: experts [1], dropped [4]",
     );
 
+    #[cfg(not(feature = "legacy"))]
+    select_into(h);
+
+    link_and_bandwidth(h);
+}
+
+#[cfg(not(feature = "legacy"))]
+fn select_into(h: &mut Harness) {
+    let mut st = -1;
     let (mut p, mut e, mut w, mut d) = ([0.0_f32; 8], [0u16; 2], [0.0_f32; 2], [0u16; 2]);
     let mut info = SelectionInfoF32::default();
     h.measure("c", "select_into", 8, &mut || {
@@ -151,6 +164,10 @@ pub fn run(h: &mut Harness) {
         st == 0 && info.n_experts == 1 && e[0] == 1 && info.n_dropped == 1 && d[0] == 4,
         "c select_into: experts [1], dropped [4]",
     );
+}
+
+fn link_and_bandwidth(h: &mut Harness) {
+    let mut st = -1;
 
     // Link budget of 8 devices through the C ABI.
     let m = model();

@@ -12,10 +12,20 @@ use wdmoe_core::select::{self, Policy};
 use crate::Harness;
 
 /// The policy as firmware holds it: validated at compile time.
+#[cfg(not(feature = "legacy"))]
 pub static POLICY: Policy<f32> = match Policy::<f32>::const_new(2, 0.2, 1) {
     Ok(p) => p,
     Err(_) => panic!("bad policy"),
 };
+
+/// The policy (the legacy API has no `const fn`: built per call there).
+#[inline(always)]
+fn policy() -> Policy<f32> {
+    #[cfg(not(feature = "legacy"))]
+    return POLICY;
+    #[cfg(feature = "legacy")]
+    Policy::new(2, 0.2, 1).unwrap_or_else(|_| panic!("policy"))
+}
 
 /// Router logits of 8 experts: 1 and 4 have the top weights.
 pub const LOGITS: [f32; 8] = [0.1, 2.0, -0.3, 0.4, 1.9, -1.0, 0.0, 0.2];
@@ -80,8 +90,9 @@ pub fn rust(h: &mut Harness) {
     // select::<f32, 8>
     let mut experts = [0usize; 2];
     let mut n_exp = 0;
+    let policy = policy();
     h.measure("rust", "select", 8, &mut || {
-        match select::select::<f32, 8>(&POLICY, black_box(&LOGITS), black_box(&LATENCY_S)) {
+        match select::select::<f32, 8>(&policy, black_box(&LOGITS), black_box(&LATENCY_S)) {
             Ok(s) => {
                 n_exp = s.experts().len();
                 experts[0] = s.experts()[0];
@@ -93,6 +104,14 @@ pub fn rust(h: &mut Harness) {
     h.check(n_exp == 1 && experts == [1, 4], "rust select: experts [1], dropped [4]");
 
     // select_into, caller memory, u16 indices
+    #[cfg(not(feature = "legacy"))]
+    select_into(h);
+
+    link_and_bandwidth(h);
+}
+
+#[cfg(not(feature = "legacy"))]
+fn select_into(h: &mut Harness) {
     let (mut p, mut e, mut w, mut d) = ([0.0_f32; 8], [0u16; 2], [0.0_f32; 2], [0u16; 2]);
     let mut info = None;
     h.measure("rust", "select_into", 8, &mut || {
@@ -111,7 +130,9 @@ pub fn rust(h: &mut Harness) {
         info.is_some_and(|i| i.n_experts == 1 && i.n_dropped == 1) && e[0] == 1 && d[0] == 4 && w[0] == 1.0,
         "rust select_into: experts [1], dropped [4], weight 1",
     );
+}
 
+fn link_and_bandwidth(h: &mut Harness) {
     // Link budget of 8 devices (UMa NLOS)
     let m = model();
     let uma = Uma::new(25.0_f32, 1.5).unwrap_or_else(|_| panic!());
