@@ -257,7 +257,12 @@ type Status = Result<(), c_int>;
 fn done(r: Status) -> c_int {
     match r {
         Ok(()) => WDMOE_OK,
-        Err(code) => code,
+        Err(code) => {
+            if code == WDMOE_ERR_NULL_POINTER || code == WDMOE_ERR_MISALIGNED_POINTER {
+                last_param::set(0); // names no parameter (`status_of` sets the others)
+            }
+            code
+        }
     }
 }
 
