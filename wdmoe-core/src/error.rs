@@ -204,8 +204,14 @@ mod tests {
             include_str!("select.rs"),
         ];
         let ctors = [
-            "positive(", "non_negative(", "finite(", "NaN(", "NotPositive(", "Negative(",
-            "NotFinite(", "OutOfRange(",
+            "positive(",
+            "non_negative(",
+            "finite(",
+            "NaN(",
+            "NotPositive(",
+            "Negative(",
+            "NotFinite(",
+            "OutOfRange(",
         ];
         let mut found = 0;
         for src in sources {

@@ -144,32 +144,89 @@ pub extern "C" fn wdmoe_abi_version() -> u32 {
 /// queries; selection outputs no longer zero the unused entries.
 pub const WDMOE_ABI_VERSION: u32 = 2;
 
+/// Every status code with its name in include/wdmoe.h and its message: the
+/// one source of [`wdmoe_status_message`]. Tests check it against the
+/// header's enum, against [`status_of`] and against `Error`'s `Display`
+/// (the message is the `Display` text with "an input" as the parameter).
+pub(crate) const STATUSES: &[(c_int, &str, &CStr)] = &[
+    (WDMOE_OK, "WDMOE_OK", c"ok"),
+    (
+        WDMOE_ERR_NULL_POINTER,
+        "WDMOE_ERR_NULL_POINTER",
+        c"a required pointer is null",
+    ),
+    (
+        WDMOE_ERR_MISALIGNED_POINTER,
+        "WDMOE_ERR_MISALIGNED_POINTER",
+        c"a pointer is not aligned for its element type",
+    ),
+    (WDMOE_ERR_NAN, "WDMOE_ERR_NAN", c"an input is NaN"),
+    (
+        WDMOE_ERR_NOT_POSITIVE,
+        "WDMOE_ERR_NOT_POSITIVE",
+        c"an input must be finite and > 0",
+    ),
+    (
+        WDMOE_ERR_NEGATIVE,
+        "WDMOE_ERR_NEGATIVE",
+        c"an input must be finite and >= 0",
+    ),
+    (
+        WDMOE_ERR_NOT_FINITE,
+        "WDMOE_ERR_NOT_FINITE",
+        c"an input must be finite",
+    ),
+    (
+        WDMOE_ERR_LATENCY_NOT_POSITIVE,
+        "WDMOE_ERR_LATENCY_NOT_POSITIVE",
+        c"latency_s entries must be > 0 seconds (or +inf for an unreachable device)",
+    ),
+    (
+        WDMOE_ERR_K_OUT_OF_RANGE,
+        "WDMOE_ERR_K_OUT_OF_RANGE",
+        c"k must satisfy 1 <= k <= number of experts",
+    ),
+    (
+        WDMOE_ERR_THETA_OUT_OF_RANGE,
+        "WDMOE_ERR_THETA_OUT_OF_RANGE",
+        c"theta must satisfy 0 <= theta <= 0.5",
+    ),
+    (
+        WDMOE_ERR_CAPACITY_EXCEEDED,
+        "WDMOE_ERR_CAPACITY_EXCEEDED",
+        c"more experts than the capacity (256, or the buffers given)",
+    ),
+    (
+        WDMOE_ERR_LENGTH_MISMATCH,
+        "WDMOE_ERR_LENGTH_MISMATCH",
+        c"input lengths differ",
+    ),
+    (WDMOE_ERR_EMPTY, "WDMOE_ERR_EMPTY", c"input is empty"),
+    (
+        WDMOE_ERR_NO_REACHABLE_EXPERT,
+        "WDMOE_ERR_NO_REACHABLE_EXPERT",
+        c"no expert is reachable (every latency is +inf)",
+    ),
+    (
+        WDMOE_ERR_OUT_OF_RANGE,
+        "WDMOE_ERR_OUT_OF_RANGE",
+        c"an input is outside the model's valid range",
+    ),
+    (
+        WDMOE_ERR_INFEASIBLE,
+        "WDMOE_ERR_INFEASIBLE",
+        c"no bandwidth allocation gives every device a finite latency",
+    ),
+];
+
 /// A static, NUL-terminated description of a status code (never null;
 /// unknown codes give `"unknown status code"`).
 #[no_mangle]
 pub extern "C" fn wdmoe_status_message(status: c_int) -> *const c_char {
-    let s: &'static CStr = match status {
-        WDMOE_OK => c"ok",
-        WDMOE_ERR_NULL_POINTER => c"a required pointer is null",
-        WDMOE_ERR_MISALIGNED_POINTER => c"a pointer is not aligned for its element type",
-        WDMOE_ERR_NAN => c"an input is NaN",
-        WDMOE_ERR_NOT_POSITIVE => c"an input must be finite and > 0",
-        WDMOE_ERR_NEGATIVE => c"an input must be finite and >= 0",
-        WDMOE_ERR_NOT_FINITE => c"an input must be finite",
-        WDMOE_ERR_LATENCY_NOT_POSITIVE => {
-            c"latency_s entries must be > 0 seconds (or +inf for an unreachable device)"
-        }
-        WDMOE_ERR_K_OUT_OF_RANGE => c"k must satisfy 1 <= k <= number of experts",
-        WDMOE_ERR_THETA_OUT_OF_RANGE => c"theta must satisfy 0 <= theta <= 0.5",
-        WDMOE_ERR_CAPACITY_EXCEEDED => c"more experts than the capacity (256)",
-        WDMOE_ERR_LENGTH_MISMATCH => c"input lengths differ",
-        WDMOE_ERR_EMPTY => c"input is empty",
-        WDMOE_ERR_NO_REACHABLE_EXPERT => c"no expert is reachable (every latency is +inf)",
-        WDMOE_ERR_OUT_OF_RANGE => c"an input is outside the model's valid range",
-        WDMOE_ERR_INFEASIBLE => c"no bandwidth allocation gives every device a finite latency",
-        _ => c"unknown status code",
-    };
-    s.as_ptr()
+    match STATUSES.iter().find(|&&(code, _, _)| code == status) {
+        Some(&(_, _, msg)) => msg.as_ptr(),
+        None => c"unknown status code".as_ptr(),
+    }
 }
 
 /// The result of `wdmoe_select_*` / `wdmoe_top_k_*`: `wdmoe_selection_f32`
@@ -451,7 +508,12 @@ unsafe fn select_into_impl<F: Float>(
 ) -> Status {
     let (n, k) = (usize::from(n), usize::from(k));
     let m = k.min(n);
-    for p in [logits, latency_s, scratch_probs.cast_const(), out_weights.cast_const()] {
+    for p in [
+        logits,
+        latency_s,
+        scratch_probs.cast_const(),
+        out_weights.cast_const(),
+    ] {
         check_ptr(p)?;
     }
     check_ptr(out_experts)?;
@@ -669,7 +731,8 @@ unsafe fn min_max_impl<F: Float>(
         out_t: *mut F,
     ) -> Status {
         let n = raw.len();
-        let zero = DeviceLink::new(F::ZERO, F::ZERO, F::ZERO, F::ZERO, F::ONE).map_err(status_of)?;
+        let zero =
+            DeviceLink::new(F::ZERO, F::ZERO, F::ZERO, F::ZERO, F::ONE).map_err(status_of)?;
         let mut devs = [zero; N];
         let mut b = [F::ZERO; N];
         let (devs, b) = match (devs.get_mut(..n), b.get_mut(..n)) {
@@ -768,8 +831,17 @@ macro_rules! export {
             // SAFETY: forwarded contract.
             done(unsafe {
                 select_into_impl(
-                    logits, latency_s, n, k, theta, max_drops, scratch_probs, out_experts,
-                    out_weights, out_dropped, out_info,
+                    logits,
+                    latency_s,
+                    n,
+                    k,
+                    theta,
+                    max_drops,
+                    scratch_probs,
+                    out_experts,
+                    out_weights,
+                    out_dropped,
+                    out_info,
                 )
             })
         }
@@ -1278,6 +1350,53 @@ mod tests {
         assert_eq!(codes.len(), errors.len() + 2);
     }
 
+    /// The header's enum, [`STATUSES`], [`status_of`] and `Error`'s
+    /// `Display` tell the same story.
+    #[test]
+    fn status_codes_and_messages_have_one_source() {
+        let header = include_str!("../include/wdmoe.h");
+        for &(code, name, msg) in STATUSES {
+            let decl = std::format!("{name} = {code}");
+            assert!(header.contains(&decl), "wdmoe.h lacks `{decl}`");
+            let got = unsafe { CStr::from_ptr(wdmoe_status_message(code)) };
+            assert_eq!(got, msg);
+        }
+        let enum_lines = header
+            .lines()
+            .filter(|l| l.trim_start().starts_with("WDMOE_"))
+            .count();
+        assert_eq!(enum_lines, STATUSES.len(), "wdmoe.h's enum has other codes");
+        let p = "an input";
+        let errors = [
+            Error::NaN(p),
+            Error::NotPositive(p),
+            Error::Negative(p),
+            Error::NotFinite(p),
+            Error::LatencyNotPositive,
+            Error::KOutOfRange,
+            Error::ThetaOutOfRange,
+            Error::CapacityExceeded,
+            Error::LengthMismatch,
+            Error::Empty,
+            Error::NoReachableExpert,
+            Error::OutOfRange(p),
+            Error::Infeasible,
+        ];
+        for e in errors {
+            let code = status_of(e);
+            let (_, _, msg) = STATUSES.iter().find(|s| s.0 == code).unwrap();
+            let display = std::format!("{e}");
+            let want = match e {
+                // Rust names the const generic N; C the number.
+                Error::CapacityExceeded => {
+                    display.replace("capacity N", "capacity (256, or the buffers given)")
+                }
+                _ => display,
+            };
+            assert_eq!(msg.to_str().unwrap(), want, "{e:?}");
+        }
+    }
+
     #[test]
     fn bad_lengths_and_pointers_are_refused_before_any_read() {
         // A dangling (but aligned, non-null) pointer with an absurd length:
@@ -1424,7 +1543,10 @@ mod tests {
         let info = unsafe { info.assume_init() };
         let s = select::select::<f32, 4>(&Policy::new(2, 0.2, 1).unwrap(), &z, &t).unwrap();
         assert_eq!((info.n_experts, info.n_dropped), (1, 1));
-        assert_eq!((e[0] as usize, d[0] as usize), (s.experts()[0], s.dropped()[0]));
+        assert_eq!(
+            (e[0] as usize, d[0] as usize),
+            (s.experts()[0], s.dropped()[0])
+        );
         assert_eq!((w[0], Some(info.kappa)), (s.weights()[0], s.kappa()));
         // A NaN theta: the status says NaN, the parameter is theta; nothing written.
         let (e0, w0) = (e, w);
@@ -1455,9 +1577,13 @@ mod tests {
         let param = unsafe { CStr::from_ptr(wdmoe_last_error_param()) };
         assert_eq!(param.to_str(), Ok("frequency_ghz"));
         let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::uninit();
-        let code = unsafe { wdmoe_select_f32(z.as_ptr(), t.as_ptr(), 4, 0, 0.2, 1, out.as_mut_ptr()) };
+        let code =
+            unsafe { wdmoe_select_f32(z.as_ptr(), t.as_ptr(), 4, 0, 0.2, 1, out.as_mut_ptr()) };
         assert_eq!(code, WDMOE_ERR_K_OUT_OF_RANGE);
-        assert_eq!(unsafe { CStr::from_ptr(wdmoe_last_error_param()) }.to_bytes(), b"");
+        assert_eq!(
+            unsafe { CStr::from_ptr(wdmoe_last_error_param()) }.to_bytes(),
+            b""
+        );
     }
 
     #[test]

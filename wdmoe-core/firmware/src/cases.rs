@@ -91,17 +91,22 @@ pub fn rust(h: &mut Harness) {
     let mut experts = [0usize; 2];
     let mut n_exp = 0;
     let policy = policy();
-    h.measure("rust", "select", 8, &mut || {
-        match select::select::<f32, 8>(&policy, black_box(&LOGITS), black_box(&LATENCY_S)) {
-            Ok(s) => {
-                n_exp = s.experts().len();
-                experts[0] = s.experts()[0];
-                experts[1] = s.dropped().first().copied().unwrap_or(99);
-            }
-            Err(_) => n_exp = 0,
+    h.measure("rust", "select", 8, &mut || match select::select::<f32, 8>(
+        &policy,
+        black_box(&LOGITS),
+        black_box(&LATENCY_S),
+    ) {
+        Ok(s) => {
+            n_exp = s.experts().len();
+            experts[0] = s.experts()[0];
+            experts[1] = s.dropped().first().copied().unwrap_or(99);
         }
+        Err(_) => n_exp = 0,
     });
-    h.check(n_exp == 1 && experts == [1, 4], "rust select: experts [1], dropped [4]");
+    h.check(
+        n_exp == 1 && experts == [1, 4],
+        "rust select: experts [1], dropped [4]",
+    );
 
     // select_into, caller memory, u16 indices
     #[cfg(not(feature = "legacy"))]
@@ -127,7 +132,10 @@ fn select_into(h: &mut Harness) {
         .ok();
     });
     h.check(
-        info.is_some_and(|i| i.n_experts == 1 && i.n_dropped == 1) && e[0] == 1 && d[0] == 4 && w[0] == 1.0,
+        info.is_some_and(|i| i.n_experts == 1 && i.n_dropped == 1)
+            && e[0] == 1
+            && d[0] == 4
+            && w[0] == 1.0,
         "rust select_into: experts [1], dropped [4], weight 1",
     );
 }

@@ -72,7 +72,6 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::print(format_args!($($t)*)) };
 }
 
-
 /// The measurement state: instructions per counter tick, and failures.
 pub struct Harness {
     per_tick: u32,
