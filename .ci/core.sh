@@ -24,8 +24,9 @@ cargo clippy -p wdmoe-core --all-targets --all-features -- -D warnings
 step "rustdoc, warnings denied"
 RUSTDOCFLAGS="-D warnings" cargo doc -p wdmoe-core --no-deps --features capi
 
-step "format of the smoke crate (outside the workspace)"
+step "format of the smoke and firmware crates (outside the workspace)"
 cargo fmt --manifest-path wdmoe-core/tests/no_std_smoke/Cargo.toml --check
+cargo fmt --manifest-path wdmoe-core/firmware/Cargo.toml --check
 
 step "C example: static library, cc, run"
 bash wdmoe-core/examples/c/build_and_run.sh

@@ -507,8 +507,12 @@ fn run_select<F: Capi>(u: &mut Unstructured<'_>, inp: &SelectInput) -> arbitrary
         let rust = Policy::new(inp.k, theta, inp.max_drops)
             .and_then(|p| select::select::<F, 512>(&p, &z, &t));
         let m = inp.k.min(n);
-        let (mut p, mut e, mut w, mut d) =
-            (vec![F::ZERO; n], vec![7u16; m], vec![F::ZERO; m], vec![7u16; m]);
+        let (mut p, mut e, mut w, mut d) = (
+            vec![F::ZERO; n],
+            vec![7u16; m],
+            vec![F::ZERO; m],
+            vec![7u16; m],
+        );
         let mut info = Buf::<SelectionInfoC<F>>::poisoned(1, fo);
         let e0 = e.clone();
         // SAFETY: n floats in and scratch, min(k, n) outputs, one info.
@@ -520,7 +524,12 @@ fn run_select<F: Capi>(u: &mut Unstructured<'_>, inp: &SelectInput) -> arbitrary
                 k16,
                 theta,
                 md16,
-                (p.as_mut_ptr(), e.as_mut_ptr(), w.as_mut_ptr(), d.as_mut_ptr()),
+                (
+                    p.as_mut_ptr(),
+                    e.as_mut_ptr(),
+                    w.as_mut_ptr(),
+                    d.as_mut_ptr(),
+                ),
                 info.ptr(),
             )
         };
