@@ -333,21 +333,6 @@ fn check_ptr<T>(ptr: *const T) -> Status {
     }
 }
 
-/// Copies `n ≤ N` elements from `ptr` into the front of `buf`.
-///
-/// # Safety
-/// A non-null, aligned `ptr` points to `n` readable `T`.
-unsafe fn copy_in<T: Copy, const N: usize>(ptr: *const T, n: usize, buf: &mut [T; N]) -> Status {
-    check_ptr(ptr)?;
-    if n > N {
-        return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
-    }
-    // SAFETY: checked non-null and aligned; n readable elements by contract;
-    // `buf` is our own stack array, so the regions cannot overlap.
-    unsafe { core::ptr::copy_nonoverlapping(ptr, buf.as_mut_ptr(), n) };
-    Ok(())
-}
-
 /// Writes `v` to `out`, checked.
 ///
 /// # Safety
@@ -543,6 +528,23 @@ unsafe fn select_into_impl<F: Float>(
     unsafe { put(out_info, c) }
 }
 
+/// Runs `f` with a stack buffer of `n ≤ 256` elements, in the smallest of
+/// the capacities 8, 32, 256 that holds it (each its own frame).
+fn with_buf<T: Copy + Default, R>(n: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    #[inline(never)]
+    fn tier<T: Copy + Default, R, const N: usize>(n: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+        let mut b = [T::default(); N];
+        f(b.get_mut(..n).unwrap_or_default())
+    }
+    if n <= 8 {
+        tier::<T, R, 8>(n, f)
+    } else if n <= 32 {
+        tier::<T, R, 32>(n, f)
+    } else {
+        tier::<T, R, WDMOE_MAX_EXPERTS>(n, f)
+    }
+}
+
 /// # Safety
 /// `weights` and `latency_s` point to `n` readable `F`, `out` to one `F`.
 unsafe fn kappa_impl<F: Float>(
@@ -552,14 +554,9 @@ unsafe fn kappa_impl<F: Float>(
     out: *mut F,
 ) -> Status {
     check_ptr(out)?;
-    let mut w = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract.
-    unsafe {
-        copy_in(weights, n, &mut w)?;
-        copy_in(latency_s, n, &mut t)?;
-    }
-    let k = select::kappa(&w[..n], &t[..n]).map_err(status_of)?;
+    // SAFETY: forwarded contract; the slices die before `out` is written.
+    let (w, t) = unsafe { (input(weights, n)?, input(latency_s, n)?) };
+    let k = select::kappa(w, t).map_err(status_of)?;
     // SAFETY: forwarded contract.
     unsafe { put(out, k) }
 }
@@ -573,19 +570,18 @@ unsafe fn wlr_impl<F: Float>(
     out_wlr: *mut F,
 ) -> Status {
     check_ptr(out_wlr)?;
-    let mut w = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let mut r = [F::ZERO; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract.
-    unsafe {
-        copy_in(weights, n, &mut w)?;
-        copy_in(latency_s, n, &mut t)?;
-    }
-    select::wlr(&w[..n], &t[..n], &mut r[..n]).map_err(status_of)?;
-    // SAFETY: checked non-null and aligned; `n` writable elements by
-    // contract; `r` is our own stack array.
-    unsafe { core::ptr::copy_nonoverlapping(r.as_ptr(), out_wlr, n) };
-    Ok(())
+    with_buf(n, |r: &mut [F]| {
+        {
+            // SAFETY: forwarded contract; the input slices end here, before
+            // `out_wlr` (which may overlap them) is written.
+            let (w, t) = unsafe { (input(weights, n)?, input(latency_s, n)?) };
+            select::wlr(w, t, r).map_err(status_of)?;
+        }
+        // SAFETY: checked non-null and aligned; `n` writable elements by
+        // contract; `r` is our own stack buffer.
+        unsafe { core::ptr::copy_nonoverlapping(r.as_ptr(), out_wlr, r.len()) };
+        Ok(())
+    })
 }
 
 /// # Safety
@@ -599,19 +595,15 @@ unsafe fn token_latency_impl<F: Float>(
     out: *mut F,
 ) -> Status {
     check_ptr(out)?;
-    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
-    let mut e32 = [0u32; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract.
-    unsafe {
-        copy_in(latency_s, n, &mut t)?;
-        copy_in(experts, n_experts, &mut e32)?;
-    }
-    let mut e = [0usize; WDMOE_MAX_EXPERTS];
-    for (d, &s) in e.iter_mut().zip(&e32[..n_experts]) {
-        // An index that does not fit `usize` is out of range anyway.
-        *d = usize::try_from(s).unwrap_or(usize::MAX);
-    }
-    let v = latency::token_latency_s(&t[..n], &e[..n_experts]).map_err(status_of)?;
+    // SAFETY: forwarded contract; the slices die before `out` is written.
+    let (t, e32) = unsafe { (input(latency_s, n)?, input(experts, n_experts)?) };
+    let v = with_buf(n_experts, |e: &mut [usize]| {
+        for (d, &s) in e.iter_mut().zip(e32) {
+            // An index that does not fit `usize` is out of range anyway.
+            *d = usize::try_from(s).unwrap_or(usize::MAX);
+        }
+        latency::token_latency_s(t, e).map_err(status_of)
+    })?;
     // SAFETY: forwarded contract.
     unsafe { put(out, v) }
 }
@@ -626,14 +618,9 @@ unsafe fn batched_impl<F: Float>(
     out: *mut F,
 ) -> Status {
     check_ptr(out)?;
-    let mut c = [0u32; WDMOE_MAX_EXPERTS];
-    let mut t = [F::ZERO; WDMOE_MAX_EXPERTS];
-    // SAFETY: forwarded contract.
-    unsafe {
-        copy_in(tokens_per_expert, n, &mut c)?;
-        copy_in(latency_per_token_s, n, &mut t)?;
-    }
-    let v = latency::batched_layer_latency_s(&c[..n], &t[..n]).map_err(status_of)?;
+    // SAFETY: forwarded contract; the slices die before `out` is written.
+    let (c, t) = unsafe { (input(tokens_per_expert, n)?, input(latency_per_token_s, n)?) };
+    let v = latency::batched_layer_latency_s(c, t).map_err(status_of)?;
     // SAFETY: forwarded contract.
     unsafe { put(out, v) }
 }
@@ -696,11 +683,10 @@ unsafe fn even_split_impl<F: Float>(total: F, out_bandwidth_hz: *mut F, n: usize
     if n > WDMOE_MAX_EXPERTS {
         return Err(WDMOE_ERR_CAPACITY_EXCEEDED);
     }
-    let mut b = [F::ZERO; WDMOE_MAX_EXPERTS];
-    bandwidth::even_split(total, &mut b[..n]).map_err(status_of)?;
-    // SAFETY: checked non-null and aligned; `n` writable elements by contract.
-    unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), out_bandwidth_hz, n) };
-    Ok(())
+    // SAFETY: checked non-null and aligned; `n` writable elements by
+    // contract. `even_split` validates everything before it writes.
+    let out = unsafe { core::slice::from_raw_parts_mut(out_bandwidth_hz, n) };
+    bandwidth::even_split(total, out).map_err(status_of)
 }
 
 /// # Safety
