@@ -186,8 +186,8 @@ mod former {
         let mut top = Vec::new();
         for _ in 0..k {
             let mut best: Option<usize> = None;
-            for q in 0..n {
-                if taken[q] {
+            for (q, &is_taken) in taken.iter().enumerate() {
+                if is_taken {
                     continue;
                 }
                 best = match best {
