@@ -195,6 +195,7 @@ mod tests {
     /// Every parameter name passed to an error in the sources is in
     /// [`PARAMS`], with the same text in its C string.
     #[test]
+    #[cfg_attr(miri, ignore)] // string scanning only, no unsafe code
     fn params_table_covers_every_name_in_the_sources() {
         let sources = [
             include_str!("bandwidth.rs"),
@@ -222,8 +223,8 @@ mod tests {
                     let Some(q) = rest.find('"') else { continue };
                     let lit = &rest[q + 1..];
                     let name = &lit[..lit.find('"').unwrap()];
-                    let e = Error::OutOfRange(std::boxed::Box::leak(name.into()));
-                    let key = e.param().unwrap();
+                    // `Error::param`'s rule: the text up to any " (" remark.
+                    let key = name.split(" (").next().unwrap();
                     assert!(
                         PARAMS.iter().any(|&(k, c)| k == key && c.to_str() == Ok(k)),
                         "{name:?} is not in error::PARAMS"

@@ -20,7 +20,7 @@
 //! says.
 
 use core::ffi::{c_char, c_int, CStr};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::compute::ExpertShape;
 use crate::latency::{DeviceLink, LatencyModel};
@@ -1260,7 +1260,7 @@ export!(
 
 /// The firmware's panic hook (`wdmoe_set_panic_hook`): a function pointer,
 /// 0 when none is set.
-static PANIC_HOOK: AtomicUsize = AtomicUsize::new(0);
+static PANIC_HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Sets the function the static library's panic handler calls, for
 /// firmware that wants to log and reset rather than halt; null clears it.
@@ -1270,19 +1270,20 @@ static PANIC_HOOK: AtomicUsize = AtomicUsize::new(0);
 /// spins forever.
 #[no_mangle]
 pub extern "C" fn wdmoe_set_panic_hook(hook: Option<extern "C" fn()>) {
-    PANIC_HOOK.store(hook.map_or(0, |f| f as usize), Ordering::Release);
+    let p = hook.map_or(core::ptr::null_mut(), |f| f as *mut ());
+    PANIC_HOOK.store(p, Ordering::Release);
 }
 
 /// The hook set by [`wdmoe_set_panic_hook`], if any.
 #[allow(dead_code)] // used by the static library's panic handler only
 fn panic_hook() -> Option<extern "C" fn()> {
     let p = PANIC_HOOK.load(Ordering::Acquire);
-    if p == 0 {
+    if p.is_null() {
         return None;
     }
-    // SAFETY: `p` was stored from an `extern "C" fn()` by
-    // `wdmoe_set_panic_hook`; function pointers round-trip through usize.
-    Some(unsafe { core::mem::transmute::<usize, extern "C" fn()>(p) })
+    // SAFETY: a non-null `p` was stored from an `extern "C" fn()` by
+    // `wdmoe_set_panic_hook` (function and data pointers have one size here).
+    Some(unsafe { core::mem::transmute::<*mut (), extern "C" fn()>(p) })
 }
 
 /// The panic handler of the static library (see the crate docs, "C ABI"):
@@ -1388,7 +1389,7 @@ mod tests {
         // A dangling (but aligned, non-null) pointer with an absurd length:
         // the length check must come first, so nothing is dereferenced.
         let dangling = core::ptr::NonNull::<f64>::dangling().as_ptr();
-        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::zeroed();
         let code = unsafe {
             wdmoe_select_f64(dangling, dangling, usize::MAX, 2, 0.2, 1, out.as_mut_ptr())
         };
@@ -1488,7 +1489,7 @@ mod tests {
     fn selection_matches_the_rust_api() {
         let z = [0.5_f64, 1.0, -2.0, 0.0];
         let t = [0.010_f64, 0.100, 0.010, 0.010];
-        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+        let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::zeroed();
         let code =
             unsafe { wdmoe_select_f64(z.as_ptr(), t.as_ptr(), 4, 2, 0.2, 1, out.as_mut_ptr()) };
         assert_eq!(code, WDMOE_OK);
@@ -1562,7 +1563,7 @@ mod tests {
         assert_eq!(code, WDMOE_ERR_OUT_OF_RANGE);
         let param = unsafe { CStr::from_ptr(wdmoe_last_error_param()) };
         assert_eq!(param.to_str(), Ok("frequency_ghz"));
-        let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::uninit();
+        let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::zeroed();
         let code =
             unsafe { wdmoe_select_f32(z.as_ptr(), t.as_ptr(), 4, 0, 0.2, 1, out.as_mut_ptr()) };
         assert_eq!(code, WDMOE_ERR_K_OUT_OF_RANGE);
@@ -1574,10 +1575,14 @@ mod tests {
 
     #[test]
     fn panic_hook_round_trips() {
-        extern "C" fn hook() {}
+        use core::sync::atomic::AtomicBool;
+        static CALLED: AtomicBool = AtomicBool::new(false);
+        extern "C" fn hook() {
+            CALLED.store(true, Ordering::SeqCst);
+        }
         wdmoe_set_panic_hook(Some(hook));
-        let want = hook as extern "C" fn() as usize;
-        assert_eq!(panic_hook().map(|f| f as usize), Some(want));
+        panic_hook().expect("a hook is set")();
+        assert!(CALLED.load(Ordering::SeqCst));
         wdmoe_set_panic_hook(None);
         assert!(panic_hook().is_none());
     }
@@ -1616,7 +1621,7 @@ mod tests {
             let n = z.len();
             if n > WDMOE_MAX_EXPERTS {
                 // Refused before anything is read, whatever else is wrong.
-                let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+                let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::zeroed();
                 let code = unsafe {
                     wdmoe_select_f64(z.as_ptr(), t.as_ptr(), n, k, theta, max_drops, out.as_mut_ptr())
                 };
@@ -1625,7 +1630,7 @@ mod tests {
             }
             let rust = Policy::new(k, theta, max_drops)
                 .and_then(|p| select::select::<f64, WDMOE_MAX_EXPERTS>(&p, &z, &t));
-            let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::uninit();
+            let mut out = core::mem::MaybeUninit::<SelectionC<f64>>::zeroed();
             let code = unsafe {
                 wdmoe_select_f64(z.as_ptr(), t.as_ptr(), n, k, theta, max_drops, out.as_mut_ptr())
             };
@@ -1653,7 +1658,7 @@ mod tests {
             let t32: std::vec::Vec<f32> = t.iter().map(|&x| x as f32).collect();
             let rust = Policy::new(k, theta as f32, max_drops)
                 .and_then(|p| select::select::<f32, WDMOE_MAX_EXPERTS>(&p, &z32, &t32));
-            let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::uninit();
+            let mut out = core::mem::MaybeUninit::<SelectionC<f32>>::zeroed();
             let code = unsafe {
                 wdmoe_select_f32(z32.as_ptr(), t32.as_ptr(), n, k, theta as f32, max_drops, out.as_mut_ptr())
             };

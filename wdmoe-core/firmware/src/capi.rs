@@ -101,7 +101,7 @@ extern "C" {
 }
 
 /// The selection struct, in static memory as firmware keeps it (3 KiB).
-static mut SELECTION: MaybeUninit<SelectionF32> = MaybeUninit::uninit();
+static mut SELECTION: MaybeUninit<SelectionF32> = MaybeUninit::zeroed();
 
 pub fn run(h: &mut Harness) {
     // SAFETY: a plain function of the library.
