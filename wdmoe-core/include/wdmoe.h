@@ -48,15 +48,17 @@
  *    (-icount, stack painting), f32, release build, n = 8 experts, k = 2:
  *
  *      function                      Cortex-M4F (thumbv7em)   RV32IMAC (soft float)
- *      wdmoe_select_f32                1,856 instr,  540 B    14,433 instr,  524 B
- *      wdmoe_select_into_f32           1,778 instr,  324 B    14,334 instr,  348 B
- *      wdmoe_min_max_bandwidth_hz_f32 57,021 instr,  696 B   600,249 instr,  688 B
+ *      wdmoe_select_f32                1,860 instr,  540 B    14,436 instr,  524 B
+ *      wdmoe_select_into_f32           1,778 instr,  324 B    14,333 instr,  348 B
+ *      wdmoe_min_max_bandwidth_hz_f32 57,023 instr,  696 B   600,251 instr,  688 B
  *        (8 devices)
- *      uma path loss + gain + device  13,506 instr,  376 B   156,542 instr,  368 B
+ *      uma path loss + gain + device  13,498 instr,  376 B   156,526 instr,  368 B
  *        latency, 8 devices
  *
- *    With n up to 32 the select arrays take about 0.5 KiB more (f32), up to
- *    256 about 3 KiB more (f64: 4 KiB). Code: select_into + the latency
+ *    Larger n (computed from the array sizes): the select arrays take 12
+ *    bytes per expert of capacity in f32 (20 in f64), i.e. about 0.3 KiB
+ *    more for n <= 32 and 3 KiB more (f64: 5 KiB) for n <= 256; min-max 24
+ *    bytes per device of capacity (f64: 48), 6 KiB for n <= 256. Code: select_into + the latency
  *    model, f32, opt-level s: 4.7 KiB of flash on Cortex-M4F, 8.8 KiB on
  *    RV32IMAC (startup code included). The other functions need little
  *    stack.
