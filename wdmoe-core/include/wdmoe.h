@@ -2,7 +2,7 @@
  * wdmoe.h — C ABI of wdmoe-core, the WDMoE expert-selection policy and its
  * wireless link / latency models (no heap, no panics, no global state).
  *
- * Hand-written to match wdmoe-core/src/ffi.rs (cargo feature `capi`); the
+ * Hand-written to match wdmoe-core/src/ffi/ (cargo feature `capi`); the
  * struct sizes are asserted on both sides.
  *
  * Build the static library (from the workspace root), for the host or a
@@ -199,7 +199,7 @@ typedef struct wdmoe_device_link_f64 {
 } wdmoe_device_link_f64;
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
-/* The Rust side asserts the same sizes (src/ffi.rs). */
+/* The Rust side asserts the same sizes (src/ffi/mod.rs). */
 _Static_assert(sizeof(wdmoe_selection_f32) == 3088, "wdmoe_selection_f32 layout");
 _Static_assert(sizeof(wdmoe_selection_f64) == 4120, "wdmoe_selection_f64 layout");
 _Static_assert(sizeof(wdmoe_selection_info_f32) == 12, "wdmoe_selection_info_f32 layout");
