@@ -85,6 +85,54 @@ fn status_codes_and_messages_have_one_source() {
     }
 }
 
+/// The fuzz oracle (fuzz/fuzz_targets/capi.rs) maps every `Error` variant
+/// to the code `status_of` gives it (read at run time: the fuzz crate is
+/// not part of this package).
+#[test]
+#[cfg_attr(miri, ignore)] // reads a file
+fn fuzz_oracle_codes_match() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/fuzz_targets/capi.rs");
+    let Ok(src) = std::fs::read_to_string(path) else {
+        std::println!("skipped: {path} not found (not a workspace checkout)");
+        return;
+    };
+    let p = "x";
+    let errors = [
+        ("NaN", Error::NaN(p)),
+        ("NotPositive", Error::NotPositive(p)),
+        ("Negative", Error::Negative(p)),
+        ("NotFinite", Error::NotFinite(p)),
+        ("LatencyNotPositive", Error::LatencyNotPositive),
+        ("KOutOfRange", Error::KOutOfRange),
+        ("ThetaOutOfRange", Error::ThetaOutOfRange),
+        ("CapacityExceeded", Error::CapacityExceeded),
+        ("LengthMismatch", Error::LengthMismatch),
+        ("Empty", Error::Empty),
+        ("NoReachableExpert", Error::NoReachableExpert),
+        ("OutOfRange", Error::OutOfRange(p)),
+        ("Infeasible", Error::Infeasible),
+    ];
+    for (name, e) in errors {
+        let arm = [
+            std::format!("Error::{name}(_) => "),
+            std::format!("Error::{name} => "),
+        ];
+        let line = src
+            .lines()
+            .map(str::trim)
+            .find(|l| arm.iter().any(|a| l.starts_with(a.as_str())))
+            .unwrap_or_else(|| panic!("the fuzz oracle has no arm for Error::{name}"));
+        let code: c_int = line
+            .rsplit("=> ")
+            .next()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap();
+        assert_eq!(code, status_of(e), "fuzz oracle: {line}");
+    }
+}
+
 #[test]
 fn bad_lengths_and_pointers_are_refused_before_any_read() {
     // A dangling (but aligned, non-null) pointer with an absurd length:
