@@ -6,7 +6,10 @@
 #  2. clippy with every feature and target, and warning-free rustdoc;
 #  3. the C example: static library + include/wdmoe.h + cc, run with asserts;
 #  4. the no_std proof: the bare-metal smoke binary, symbol check, run;
-#  5. Miri over the unsafe FFI code, where the miri component is installed.
+#  5. Miri over the unsafe FFI code, where the miri component is installed;
+#  6. the firmware targets (.ci/firmware.sh): Cortex-M4F and RV32IMAC builds
+#     of the hygienic static library and of a bare-metal harness run on QEMU,
+#     with instruction / stack budgets (installs QEMU with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -21,8 +24,9 @@ cargo clippy -p wdmoe-core --all-targets --all-features -- -D warnings
 step "rustdoc, warnings denied"
 RUSTDOCFLAGS="-D warnings" cargo doc -p wdmoe-core --no-deps --features capi
 
-step "format of the smoke crate (outside the workspace)"
+step "format of the smoke and firmware crates (outside the workspace)"
 cargo fmt --manifest-path wdmoe-core/tests/no_std_smoke/Cargo.toml --check
+cargo fmt --manifest-path wdmoe-core/firmware/Cargo.toml --check
 
 step "C example: static library, cc, run"
 bash wdmoe-core/examples/c/build_and_run.sh
@@ -41,3 +45,6 @@ if cargo +nightly miri --version >/dev/null 2>&1; then
 else
   echo "SKIP: cargo +nightly miri not available (rustup +nightly component add miri rust-src)"
 fi
+
+step "firmware: Cortex-M4F and RV32IMAC on QEMU (.ci/firmware.sh)"
+bash .ci/firmware.sh

@@ -61,6 +61,19 @@ struct SelectionC<F> {
     fallback: u8,
 }
 const _: () = assert!(size_of::<SelectionC<f32>>() == 3088);
+
+/// `wdmoe_selection_info_f32` / `_f64` of the header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SelectionInfoC<F> {
+    n_experts: u16,
+    n_dropped: u16,
+    kappa: F,
+    has_kappa: u8,
+    fallback: u8,
+}
+const _: () = assert!(size_of::<SelectionInfoC<f32>>() == 12);
+const _: () = assert!(size_of::<SelectionInfoC<f64>>() == 24);
 const _: () = assert!(size_of::<SelectionC<f64>>() == 4120);
 
 #[repr(C)]
@@ -82,7 +95,7 @@ struct DeviceLinkC<F> {
 }
 
 macro_rules! decls {
-    ($F:ty, $select:ident, $top_k:ident, $kappa:ident, $wlr:ident, $db:ident, $uma_pl:ident,
+    ($F:ty, $select:ident, $select_into:ident, $top_k:ident, $kappa:ident, $wlr:ident, $db:ident, $uma_pl:ident,
      $uma_los:ident, $rate:ident, $dev_lat:ident, $token:ident, $seq:ident, $batched:ident,
      $even:ident, $min_max:ident) => {
         extern "C" {
@@ -94,6 +107,19 @@ macro_rules! decls {
                 theta: $F,
                 max_drops: usize,
                 out: *mut SelectionC<$F>,
+            ) -> i32;
+            fn $select_into(
+                logits: *const $F,
+                latency_s: *const $F,
+                n: u16,
+                k: u16,
+                theta: $F,
+                max_drops: u16,
+                scratch_probs: *mut $F,
+                out_experts: *mut u16,
+                out_weights: *mut $F,
+                out_dropped: *mut u16,
+                out_info: *mut SelectionInfoC<$F>,
             ) -> i32;
             fn $top_k(logits: *const $F, n: usize, k: usize, out: *mut SelectionC<$F>) -> i32;
             fn $kappa(w: *const $F, t: *const $F, n: usize, out: *mut $F) -> i32;
@@ -132,6 +158,18 @@ macro_rules! decls {
                 o: *mut SelectionC<Self>,
             ) -> i32 {
                 unsafe { $select(z, t, n, k, th, md, o) }
+            }
+            unsafe fn select_into(
+                z: *const Self,
+                t: *const Self,
+                n: u16,
+                k: u16,
+                th: Self,
+                md: u16,
+                bufs: (*mut Self, *mut u16, *mut Self, *mut u16),
+                o: *mut SelectionInfoC<Self>,
+            ) -> i32 {
+                unsafe { $select_into(z, t, n, k, th, md, bufs.0, bufs.1, bufs.2, bufs.3, o) }
             }
             unsafe fn top_k(z: *const Self, n: usize, k: usize, o: *mut SelectionC<Self>) -> i32 {
                 unsafe { $top_k(z, n, k, o) }
@@ -213,6 +251,17 @@ trait Capi: FuzzFloat {
         md: usize,
         o: *mut SelectionC<Self>,
     ) -> i32;
+    /// Buffers: probabilities (n), experts, weights, dropped (min(k, n) each).
+    unsafe fn select_into(
+        z: *const Self,
+        t: *const Self,
+        n: u16,
+        k: u16,
+        th: Self,
+        md: u16,
+        bufs: (*mut Self, *mut u16, *mut Self, *mut u16),
+        o: *mut SelectionInfoC<Self>,
+    ) -> i32;
     unsafe fn top_k(z: *const Self, n: usize, k: usize, o: *mut SelectionC<Self>) -> i32;
     unsafe fn kappa(w: *const Self, t: *const Self, n: usize, o: *mut Self) -> i32;
     unsafe fn wlr(w: *const Self, t: *const Self, n: usize, o: *mut Self) -> i32;
@@ -249,6 +298,7 @@ trait Capi: FuzzFloat {
 decls!(
     f32,
     wdmoe_select_f32,
+    wdmoe_select_into_f32,
     wdmoe_top_k_f32,
     wdmoe_kappa_f32,
     wdmoe_wlr_per_s_f32,
@@ -266,6 +316,7 @@ decls!(
 decls!(
     f64,
     wdmoe_select_f64,
+    wdmoe_select_into_f64,
     wdmoe_top_k_f64,
     wdmoe_kappa_f64,
     wdmoe_wlr_per_s_f64,
@@ -448,6 +499,57 @@ fn run_select<F: Capi>(u: &mut Unstructured<'_>, inp: &SelectInput) -> arbitrary
             st == OK || bo.untouched(),
             "select wrote its output on error {st}"
         ),
+    }
+
+    // The caller-sized form: the same decision in the caller's buffers
+    // (n ≤ 320 here, so compared with the Rust API at capacity 512).
+    if let (Ok(k16), Ok(md16)) = (u16::try_from(inp.k), u16::try_from(inp.max_drops)) {
+        let rust = Policy::new(inp.k, theta, inp.max_drops)
+            .and_then(|p| select::select::<F, 512>(&p, &z, &t));
+        let m = inp.k.min(n);
+        let (mut p, mut e, mut w, mut d) = (
+            vec![F::ZERO; n],
+            vec![7u16; m],
+            vec![F::ZERO; m],
+            vec![7u16; m],
+        );
+        let mut info = Buf::<SelectionInfoC<F>>::poisoned(1, fo);
+        let e0 = e.clone();
+        // SAFETY: n floats in and scratch, min(k, n) outputs, one info.
+        let st = unsafe {
+            F::select_into(
+                z.as_ptr(),
+                t.as_ptr(),
+                n as u16,
+                k16,
+                theta,
+                md16,
+                (
+                    p.as_mut_ptr(),
+                    e.as_mut_ptr(),
+                    w.as_mut_ptr(),
+                    d.as_mut_ptr(),
+                ),
+                info.ptr(),
+            )
+        };
+        check_status("select_into", st, &[fo], &rust);
+        match (&rust, st) {
+            (Ok(s), OK) => {
+                let i = info.store[0];
+                let (ne, nd) = (i.n_experts as usize, i.n_dropped as usize);
+                let got: Vec<usize> = e[..ne].iter().map(|&q| q as usize).collect();
+                assert_eq!(&got[..], s.experts(), "select_into experts");
+                let got: Vec<usize> = d[..nd].iter().map(|&q| q as usize).collect();
+                assert_eq!(&got[..], s.dropped(), "select_into dropped");
+                assert!(w[..ne].iter().zip(s.weights()).all(|(&a, &b)| same(a, b)));
+                assert_eq!(i.fallback, u8::from(s.fallback()));
+            }
+            _ => assert!(
+                st == OK || (info.untouched() && e == e0),
+                "select_into wrote its output on error {st}"
+            ),
+        }
     }
 
     let rust = select::top_k::<F, MAX>(&z, inp.k);

@@ -2,25 +2,32 @@
  * wdmoe.h — C ABI of wdmoe-core, the WDMoE expert-selection policy and its
  * wireless link / latency models (no heap, no panics, no global state).
  *
- * Hand-written to match wdmoe-core/src/ffi.rs (cargo feature `capi`); the
+ * Hand-written to match wdmoe-core/src/ffi/ (cargo feature `capi`); the
  * struct sizes are asserted on both sides.
  *
- * Build the static library (from the workspace root; see
- * wdmoe-core/examples/c/build_and_run.sh):
+ * Build the static library (from the workspace root), for the host or a
+ * firmware target, then link it like any C library:
  *
- *   CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_LTO=fat \
- *   cargo rustc -p wdmoe-core --release --features capi --crate-type staticlib \
- *       -- --cfg wdmoe_staticlib
- *   cc -std=c11 -I wdmoe-core/include app.c target/release/libwdmoe_core.a -lm
+ *   lib=$(wdmoe-core/staticlib.sh [thumbv7em-none-eabihf|riscv32imac-unknown-none-elf|...])
+ *   cc -std=c11 -I wdmoe-core/include app.c "$lib" -lm
  *
- * (`--cfg wdmoe_staticlib` adds the no_std crate's panic handler, which
- * spins; no entry point panics. Without LTO, link with -Wl,--gc-sections.)
+ * The archive is one object whose only global symbols are the wdmoe_*
+ * functions below: its own memcpy / memset / expf / ... (from Rust's
+ * compiler_builtins and libm) are local, so they never replace the
+ * firmware's C library, whatever the link order (checked by
+ * examples/c/build_and_run.sh and, per target, by staticlib.sh with nm).
+ * No entry point has a reachable panic call site (checked on the object's
+ * call graph by wdmoe-core/firmware/run.sh); the panic handler, a safety
+ * net, calls the hook of wdmoe_set_panic_hook() and then spins.
  *
  * Conventions (every function):
  *  - The return value is a status code: WDMOE_OK (0) or a negative
  *    wdmoe_status; wdmoe_status_message() describes it.
  *  - Results go to caller-provided out-pointers and are written only on
- *    success; on error every output is left untouched.
+ *    success; on error every output is left untouched. Of the selection
+ *    structs' arrays only the valid entries (n_experts, n_dropped) are
+ *    written; the rest keep whatever they held.
+ *  - On an error, wdmoe_last_error_param() names the rejected parameter.
  *  - Arrays are a pointer plus an element count. Expert / device arrays hold
  *    at most WDMOE_MAX_EXPERTS elements (WDMOE_ERR_CAPACITY_EXCEEDED beyond).
  *  - Null or misaligned pointers are errors (WDMOE_ERR_NULL_POINTER,
@@ -34,11 +41,27 @@
  *    linear channel power gains g^2.
  *  - Each function exists for float (_f32, firmware) and double (_f64,
  *    simulation); both compute the same formulas.
- *  - Stack use: no heap, so the selection entry points keep their working
- *    arrays (256 experts) on the stack: a thread running wdmoe_select_f64
- *    needs a 32 KiB stack, wdmoe_select_f32 28 KiB (measured on x86_64,
- *    release build, thread stacks in 4 KiB steps; less where size_t is 32
- *    bits). The other functions need little.
+ *  - Stack and time (no heap; working memory sized by n: the selection and
+ *    min-max entry points use stack arrays of capacity 8, 32 or 256, the
+ *    smallest that holds n; wdmoe_select_into_* uses only the caller's
+ *    buffers). Measured by wdmoe-core/firmware/run.sh under QEMU
+ *    (-icount, stack painting), f32, release build, n = 8 experts, k = 2:
+ *
+ *      function                      Cortex-M4F (thumbv7em)   RV32IMAC (soft float)
+ *      wdmoe_select_f32                1,860 instr,  540 B    14,436 instr,  524 B
+ *      wdmoe_select_into_f32           1,778 instr,  324 B    14,333 instr,  348 B
+ *      wdmoe_min_max_bandwidth_hz_f32 57,023 instr,  696 B   600,251 instr,  688 B
+ *        (8 devices)
+ *      uma path loss + gain + device  13,498 instr,  376 B   156,526 instr,  368 B
+ *        latency, 8 devices
+ *
+ *    Larger n (computed from the array sizes): the select arrays take 12
+ *    bytes per expert of capacity in f32 (20 in f64), i.e. about 0.3 KiB
+ *    more for n <= 32 and 3 KiB more (f64: 5 KiB) for n <= 256; min-max 24
+ *    bytes per device of capacity (f64: 48), 6 KiB for n <= 256. Code: select_into + the latency
+ *    model, f32, opt-level s: 4.7 KiB of flash on Cortex-M4F, 8.8 KiB on
+ *    RV32IMAC (startup code included). The other functions need little
+ *    stack.
  *  - Thread safety: every function is reentrant.
  */
 #ifndef WDMOE_H
@@ -51,8 +74,13 @@
 extern "C" {
 #endif
 
-/* Most experts (and devices) one call handles. */
+/* Most experts (and devices) one call handles (wdmoe_select_into_*: 65535). */
 #define WDMOE_MAX_EXPERTS 256
+
+/* The ABI version of this header; wdmoe_abi_version() returns the
+ * library's. 2: caller-sized wdmoe_select_into_*, wdmoe_last_error_param,
+ * version queries, panic hook; selection arrays no longer zeroed. */
+#define WDMOE_ABI_VERSION 2u
 
 /* Status codes. Each wdmoe-core Error variant has its own code. */
 typedef enum wdmoe_status {
@@ -77,6 +105,23 @@ typedef enum wdmoe_status {
 
 /* A static, NUL-terminated description of a status code; never NULL. */
 const char *wdmoe_status_message(int status);
+
+/* The parameter that the most recent failing call rejected, e.g.
+ * "distance_2d_m" or "theta"; "" when its error names none (a null
+ * pointer, k out of range, ...). Static, NUL-terminated, never NULL. One
+ * word of global state, for diagnostics: with several threads calling,
+ * it is whichever call failed last. */
+const char *wdmoe_last_error_param(void);
+
+/* The library's version ("0.1.0") and C ABI version (WDMOE_ABI_VERSION of
+ * the header it was built with: compare them at start-up). */
+const char *wdmoe_version(void);
+uint32_t wdmoe_abi_version(void);
+
+/* A function the library's panic handler calls before it halts (spins);
+ * NULL clears it. No entry point can reach a panic: a safety net, e.g. to
+ * log and reset. Only the static library (staticlib.sh) has the handler. */
+void wdmoe_set_panic_hook(void (*hook)(void));
 
 /* ------------------------------------------------------------------------ */
 /* Types                                                                    */
@@ -104,6 +149,23 @@ typedef struct wdmoe_selection_f64 {
     uint8_t has_kappa;
     uint8_t fallback;
 } wdmoe_selection_f64;
+
+/* The scalar results of wdmoe_select_into_* (the arrays are the caller's). */
+typedef struct wdmoe_selection_info_f32 {
+    uint16_t n_experts; /* valid entries of out_experts / out_weights, >= 1 */
+    uint16_t n_dropped; /* valid entries of out_dropped */
+    float kappa;        /* kappa of the first drop test; NaN if has_kappa == 0 */
+    uint8_t has_kappa;  /* 1 when a drop test ran */
+    uint8_t fallback;   /* 1 when every top-k device was unreachable */
+} wdmoe_selection_info_f32;
+
+typedef struct wdmoe_selection_info_f64 {
+    uint16_t n_experts;
+    uint16_t n_dropped;
+    double kappa;
+    uint8_t has_kappa;
+    uint8_t fallback;
+} wdmoe_selection_info_f64;
 
 /* System constants of the latency model (eq. 4-6). */
 typedef struct wdmoe_latency_model_f32 {
@@ -137,9 +199,11 @@ typedef struct wdmoe_device_link_f64 {
 } wdmoe_device_link_f64;
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
-/* The Rust side asserts the same sizes (src/ffi.rs). */
+/* The Rust side asserts the same sizes (src/ffi/mod.rs). */
 _Static_assert(sizeof(wdmoe_selection_f32) == 3088, "wdmoe_selection_f32 layout");
 _Static_assert(sizeof(wdmoe_selection_f64) == 4120, "wdmoe_selection_f64 layout");
+_Static_assert(sizeof(wdmoe_selection_info_f32) == 12, "wdmoe_selection_info_f32 layout");
+_Static_assert(sizeof(wdmoe_selection_info_f64) == 24, "wdmoe_selection_info_f64 layout");
 _Static_assert(sizeof(wdmoe_latency_model_f32) == 12, "wdmoe_latency_model_f32 layout");
 _Static_assert(sizeof(wdmoe_latency_model_f64) == 24, "wdmoe_latency_model_f64 layout");
 _Static_assert(sizeof(wdmoe_device_link_f32) == 20, "wdmoe_device_link_f32 layout");
@@ -161,6 +225,22 @@ int wdmoe_select_f32(const float *logits, const float *latency_s, size_t n, size
                      float theta, size_t max_drops, wdmoe_selection_f32 *out);
 int wdmoe_select_f64(const double *logits, const double *latency_s, size_t n, size_t k,
                      double theta, size_t max_drops, wdmoe_selection_f64 *out);
+
+/* Algorithm 1 on caller-sized memory, for firmware: the same decision as
+ * wdmoe_select_*, for n <= 65535 experts, with no working memory of its
+ * own. scratch_probs: n floats (receives the router probabilities);
+ * out_experts, out_weights, out_dropped: min(k, n) entries each (every
+ * serving or dropped expert is one of the top k); *out_info: the counts,
+ * kappa and flags. Nothing is written on an error. The written buffers
+ * must not overlap each other or the inputs. */
+int wdmoe_select_into_f32(const float *logits, const float *latency_s, uint16_t n, uint16_t k,
+                          float theta, uint16_t max_drops, float *scratch_probs,
+                          uint16_t *out_experts, float *out_weights, uint16_t *out_dropped,
+                          wdmoe_selection_info_f32 *out_info);
+int wdmoe_select_into_f64(const double *logits, const double *latency_s, uint16_t n, uint16_t k,
+                          double theta, uint16_t max_drops, double *scratch_probs,
+                          uint16_t *out_experts, double *out_weights, uint16_t *out_dropped,
+                          wdmoe_selection_info_f64 *out_info);
 
 /* Plain top-k routing (Mixtral): k experts of largest softmax probability,
  * weights renormalised over them; out->has_kappa = 0, n_dropped = 0. */
@@ -310,7 +390,10 @@ int wdmoe_even_split_bandwidth_hz_f64(double total_bandwidth_hz, double *out_ban
 /* Min-max allocation of total_bandwidth_hz (> 0) among n devices: writes
  * each device's bandwidth [Hz] (summing to the total) and the largest
  * latency [s], which is never above the even split's. A device with zero
- * power or gain: WDMOE_ERR_INFEASIBLE. */
+ * power or gain: WDMOE_ERR_INFEASIBLE. Newton's method with a convergence
+ * exit (at most 40 iterations, typically 3-8; about 7,000 instructions per
+ * device on a Cortex-M4F); agrees with an exhaustive bisection to 1e-12
+ * (double) and 5e-5 (float) relative. */
 int wdmoe_min_max_bandwidth_hz_f32(const wdmoe_latency_model_f32 *model,
                                    const wdmoe_device_link_f32 *devices, size_t n,
                                    float total_bandwidth_hz, float *out_bandwidth_hz,

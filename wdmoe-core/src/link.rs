@@ -225,23 +225,25 @@ fn check_f_d<F: Float>(f_ghz: F, d2d_m: F) -> Result<(F, F), Error> {
 }
 
 /// Coefficients of the 3GPP TR 38.901 dual-slope LOS and the NLOS path-loss
-/// formulas, which UMa and UMi share in form (Table 7.4.1-1).
-struct DualSlope {
-    los_a: f64,
-    los_b1: f64,
-    los_b2: f64,
-    los_bp: f64,
-    nlos_a: f64,
-    nlos_b: f64,
-    nlos_f: f64,
-    nlos_h: f64,
+/// formulas, which UMa and UMi share in form (Table 7.4.1-1). The table is
+/// in the float type itself: built from literals at the call site, so the
+/// `f32` build holds `f32` constants and converts nothing at run time.
+struct DualSlope<F> {
+    los_a: F,
+    los_b1: F,
+    los_b2: F,
+    los_bp: F,
+    nlos_a: F,
+    nlos_b: F,
+    nlos_f: F,
+    nlos_h: F,
 }
 
-impl DualSlope {
+impl<F: Float> DualSlope<F> {
     /// LOS: `a + b1·log10(d3D) + 20·log10(fc)` up to the breakpoint, then
     /// `a + b2·log10(d3D) + 20·log10(fc) − bp·log10(d'BP² + Δh²)`; NLOS: the
     /// larger of LOS and `a' + b'·log10(d3D) + f'·log10(fc) − h'·(hUT − 1.5)`.
-    fn path_loss_db<F: Float>(
+    fn path_loss_db(
         &self,
         h_bs_m: F,
         h_ut_m: F,
@@ -256,16 +258,16 @@ impl DualSlope {
         let log_f = f.log10();
         let dbp = breakpoint_m(h_bs_m, h_ut_m, f);
         let pl_los = if d2d <= dbp {
-            c(self.los_a) + c(self.los_b1) * log_d3d + c(20.0) * log_f
+            self.los_a + self.los_b1 * log_d3d + c(20.0) * log_f
         } else {
-            c(self.los_a) + c(self.los_b2) * log_d3d + c(20.0) * log_f
-                - c(self.los_bp) * c(2.0) * log10_hypot(dbp, dh)
+            self.los_a + self.los_b2 * log_d3d + c(20.0) * log_f
+                - self.los_bp * c(2.0) * log10_hypot(dbp, dh)
         };
         if los {
             return Ok(pl_los);
         }
-        let pl_nlos = c(self.nlos_a) + c(self.nlos_b) * log_d3d + c(self.nlos_f) * log_f
-            - c(self.nlos_h) * (h_ut_m - c(1.5));
+        let pl_nlos = self.nlos_a + self.nlos_b * log_d3d + self.nlos_f * log_f
+            - self.nlos_h * (h_ut_m - c(1.5));
         Ok(pl_los.max_of(pl_nlos))
     }
 }
@@ -336,15 +338,16 @@ impl<F: Float> Uma<F> {
         // Table 7.4.1-1: PL1 = 28 + 22·log10(d3D) + 20·log10(fc),
         // PL2 = 28 + 40·log10(d3D) + 20·log10(fc) − 9·log10(d'BP² + (hBS − hUT)²),
         // PL'NLOS = 13.54 + 39.08·log10(d3D) + 20·log10(fc) − 0.6·(hUT − 1.5).
+        let c = F::from_f64;
         let coeffs = DualSlope {
-            los_a: 28.0,
-            los_b1: 22.0,
-            los_b2: 40.0,
-            los_bp: 9.0,
-            nlos_a: 13.54,
-            nlos_b: 39.08,
-            nlos_f: 20.0,
-            nlos_h: 0.6,
+            los_a: c(28.0),
+            los_b1: c(22.0),
+            los_b2: c(40.0),
+            los_bp: c(9.0),
+            nlos_a: c(13.54),
+            nlos_b: c(39.08),
+            nlos_f: c(20.0),
+            nlos_h: c(0.6),
         };
         coeffs.path_loss_db(self.bs_height_m, self.ut_height_m, f_ghz, d2d_m, los)
     }
@@ -413,15 +416,16 @@ impl<F: Float> UmiStreetCanyon<F> {
         // Table 7.4.1-1: PL1 = 32.4 + 21·log10(d3D) + 20·log10(fc),
         // PL2 = 32.4 + 40·log10(d3D) + 20·log10(fc) − 9.5·log10(d'BP² + (hBS − hUT)²),
         // PL'NLOS = 22.4 + 35.3·log10(d3D) + 21.3·log10(fc) − 0.3·(hUT − 1.5).
+        let c = F::from_f64;
         let coeffs = DualSlope {
-            los_a: 32.4,
-            los_b1: 21.0,
-            los_b2: 40.0,
-            los_bp: 9.5,
-            nlos_a: 22.4,
-            nlos_b: 35.3,
-            nlos_f: 21.3,
-            nlos_h: 0.3,
+            los_a: c(32.4),
+            los_b1: c(21.0),
+            los_b2: c(40.0),
+            los_bp: c(9.5),
+            nlos_a: c(22.4),
+            nlos_b: c(35.3),
+            nlos_f: c(21.3),
+            nlos_h: c(0.3),
         };
         coeffs.path_loss_db(self.bs_height_m, self.ut_height_m, f_ghz, d2d_m, los)
     }

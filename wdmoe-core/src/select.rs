@@ -61,6 +61,45 @@ impl<F: Float> Policy<F> {
     }
 }
 
+macro_rules! const_policy {
+    ($t:ty) => {
+        impl Policy<$t> {
+            /// [`Policy::new`] as a `const fn`, for a policy in a `static`
+            /// (firmware: validated at compile time, no start-up code):
+            ///
+            /// ```
+            /// use wdmoe_core::select::Policy;
+            #[doc = concat!("static POLICY: Policy<", stringify!($t), "> = match Policy::<", stringify!($t), ">::const_new(2, 0.2, 1) {")]
+            ///     Ok(p) => p,
+            ///     Err(_) => panic!("bad policy"), // a compile-time error
+            /// };
+            /// assert_eq!(POLICY.k(), 2);
+            /// ```
+            pub const fn const_new(k: usize, theta: $t, max_drops: usize) -> Result<Self, Error> {
+                if k == 0 {
+                    return Err(Error::KOutOfRange);
+                }
+                // `is_nan` is const only from Rust 1.83 (the MSRV is 1.82).
+                #[allow(clippy::eq_op)]
+                let nan = theta != theta;
+                if nan {
+                    return Err(Error::NaN("theta"));
+                }
+                if theta < 0.0 || theta > 0.5 {
+                    return Err(Error::ThetaOutOfRange);
+                }
+                Ok(Self {
+                    k,
+                    theta,
+                    max_drops,
+                })
+            }
+        }
+    };
+}
+const_policy!(f32);
+const_policy!(f64);
+
 /// Result of one routing decision for one token in one layer.
 ///
 /// Invariants (checked by property tests): at least one expert; experts are
@@ -76,6 +115,25 @@ pub struct Selection<F, const N: usize> {
 }
 
 impl<F: Float, const N: usize> Selection<F, N> {
+    /// The owned selection from [`select_into`]'s output.
+    fn from_parts<I: ExpertIndex>(info: &SelectionInfo<F>, e: &[I], w: &[F], d: &[I]) -> Self {
+        let mut out = Self {
+            experts: Vec::new(),
+            weights: Vec::new(),
+            kappa: info.kappa,
+            dropped: Vec::new(),
+            fallback: info.fallback,
+        };
+        for (&q, &x) in e.iter().zip(w).take(info.n_experts) {
+            // Cannot fail: n_experts ≤ k ≤ n ≤ N.
+            let _ = out.experts.push(q.to_usize());
+            let _ = out.weights.push(x);
+        }
+        for &q in d.iter().take(info.n_dropped) {
+            let _ = out.dropped.push(q.to_usize());
+        }
+        out
+    }
     /// The experts that serve the token, in descending router probability.
     pub fn experts(&self) -> &[usize] {
         &self.experts
@@ -105,9 +163,19 @@ impl<F: Float, const N: usize> Selection<F, N> {
     }
 }
 
+/// `p[q]` without a panic path (the callers only pass `q < p.len()`; an
+/// out-of-range index reads 0, which no caller relies on).
+#[inline(always)]
+fn at<T: Copy + Default>(p: &[T], q: usize) -> T {
+    match p.get(q) {
+        Some(&v) => v,
+        None => T::default(),
+    }
+}
+
 /// Numerically stable softmax of `logits` into `out` (same length).
 fn softmax<F: Float>(logits: &[F], out: &mut [F]) {
-    let mut max = logits[0];
+    let mut max = at(logits, 0);
     for &z in logits {
         max = max.max_of(z);
     }
@@ -125,39 +193,38 @@ fn softmax<F: Float>(logits: &[F], out: &mut [F]) {
 /// `true` when expert `a` ranks before `b` by router probability (ties: lower index first).
 #[inline]
 fn ranks_before<F: Float>(p: &[F], a: usize, b: usize) -> bool {
-    p[a] > p[b] || (p[a] == p[b] && a < b)
+    let (pa, pb) = (at(p, a), at(p, b));
+    pa > pb || (pa == pb && a < b)
 }
 
-/// The `k` experts of largest probability, in rank order. O(n·k), no heap.
-fn top_k_indices<F: Float, const N: usize>(p: &[F], k: usize) -> Vec<usize, N> {
-    let mut taken = [false; N];
-    let mut out = Vec::new();
-    for _ in 0..k {
+/// The `out.len()` experts of largest probability, in rank order, into
+/// `out`. O(n·k), no scratch: the j-th is the best of those ranking after
+/// the (j−1)-th (the order is strict and total).
+fn top_k_indices<F: Float, I: ExpertIndex>(p: &[F], out: &mut [I]) {
+    let mut prev: Option<usize> = None;
+    for o in out.iter_mut() {
         let mut best: Option<usize> = None;
-        for (q, &is_taken) in taken.iter().enumerate().take(p.len()) {
-            if is_taken {
+        for q in 0..p.len() {
+            if prev.is_some_and(|r| !ranks_before(p, r, q)) {
                 continue;
             }
-            best = match best {
-                Some(b) if !ranks_before(p, q, b) => Some(b),
-                _ => Some(q),
-            };
+            if best.is_none_or(|b| ranks_before(p, q, b)) {
+                best = Some(q);
+            }
         }
-        if let Some(b) = best {
-            taken[b] = true;
-            // Cannot fail: k ≤ n ≤ N is checked by the callers.
-            let _ = out.push(b);
-        }
+        let b = best.unwrap_or(0);
+        *o = I::from_usize(b);
+        prev = Some(b);
     }
-    out
 }
 
-fn check_logits<F: Float, const N: usize>(logits: &[F], k: usize) -> Result<(), Error> {
+/// Checks the logits against a capacity `cap` and `k`.
+fn check_logits<F: Float>(logits: &[F], k: usize, cap: usize) -> Result<(), Error> {
     let n = logits.len();
     if n == 0 {
         return Err(Error::Empty);
     }
-    if n > N {
+    if n > cap {
         return Err(Error::CapacityExceeded);
     }
     if k == 0 || k > n {
@@ -169,22 +236,128 @@ fn check_logits<F: Float, const N: usize>(logits: &[F], k: usize) -> Result<(), 
     Ok(())
 }
 
-fn renormalised<F: Float, const N: usize>(p: &[F], experts: &[usize]) -> Vec<F, N> {
+/// Renormalised probabilities of `experts` into `w` (same length).
+fn renormalise<F: Float, I: ExpertIndex>(p: &[F], experts: &[I], w: &mut [F]) {
     let mut sum = F::ZERO;
     for &q in experts {
-        sum += p[q];
+        sum += at(p, q.to_usize());
     }
-    let mut w = Vec::new();
-    for &q in experts {
+    for (v, &q) in w.iter_mut().zip(experts) {
         // sum == 0 only when every survivor's probability underflowed: share equally.
-        let v = if sum > F::ZERO {
-            p[q] / sum
+        *v = if sum > F::ZERO {
+            at(p, q.to_usize()) / sum
         } else {
             F::ONE / F::from_u32(experts.len() as u32)
         };
-        let _ = w.push(v);
     }
-    w
+}
+
+/// The index type of the slice-based API's expert arrays ([`select_into`],
+/// [`top_k_into`]): `u8`, `u16`, `u32` or `usize`. Sealed.
+pub trait ExpertIndex: sealed::Sealed + Copy + Default + PartialEq + core::fmt::Debug {
+    /// Most experts the type can number (indices `0..MAX_EXPERTS`).
+    const MAX_EXPERTS: usize;
+    /// From an index `< MAX_EXPERTS` (checked by the callers).
+    fn from_usize(q: usize) -> Self;
+    /// To `usize`.
+    fn to_usize(self) -> usize;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! expert_index {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl ExpertIndex for $t {
+            const MAX_EXPERTS: usize = if (<$t>::MAX as u128) < usize::MAX as u128 {
+                <$t>::MAX as usize + 1
+            } else {
+                usize::MAX
+            };
+            #[inline(always)]
+            fn from_usize(q: usize) -> Self {
+                q as $t
+            }
+            #[inline(always)]
+            fn to_usize(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+expert_index!(u8, u16, u32, usize);
+
+/// What [`select_into`] / [`top_k_into`] wrote besides the arrays: how many
+/// experts serve and how many were dropped, κ, the fallback flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectionInfo<F> {
+    /// Valid entries of `experts` and `weights` (≥ 1).
+    pub n_experts: usize,
+    /// Valid entries of `dropped`.
+    pub n_dropped: usize,
+    /// κ of the first drop test (eq. 10); `None` when no test ran.
+    pub kappa: Option<F>,
+    /// `true` when every top-k device was unreachable and the best reachable
+    /// expert serves instead.
+    pub fallback: bool,
+}
+
+/// Experts, weights, dropped.
+type Outputs<'a, F, I> = (&'a mut [I], &'a mut [F], &'a mut [I]);
+
+/// Output slices of the slice-based API, each checked to hold ≥ `k`.
+fn outputs<'a, F, I>(
+    k: usize,
+    experts: &'a mut [I],
+    weights: &'a mut [F],
+    dropped: &'a mut [I],
+) -> Result<Outputs<'a, F, I>, Error> {
+    match (
+        experts.get_mut(..k),
+        weights.get_mut(..k),
+        dropped.get_mut(..k),
+    ) {
+        (Some(e), Some(w), Some(d)) => Ok((e, w, d)),
+        _ => Err(Error::CapacityExceeded),
+    }
+}
+
+/// Plain top-k routing on caller memory, the slice-based form of [`top_k`]:
+/// `probs` (≥ n entries) receives the router probabilities; `experts`,
+/// `weights` (≥ k entries each) the result; `dropped` (≥ k) is scratch here
+/// (nothing is dropped). Too short a slice, or more experts than `I`
+/// numbers, is [`Error::CapacityExceeded`].
+///
+/// ```
+/// use wdmoe_core::select::top_k_into;
+/// let (mut p, mut e, mut w, mut d) = ([0.0_f32; 4], [0_u16; 2], [0.0_f32; 2], [0_u16; 2]);
+/// let info = top_k_into(&[0.0, 2.0, 1.0, -1.0], 2, &mut p, &mut e, &mut w, &mut d).unwrap();
+/// assert_eq!((info.n_experts, e), (2, [1, 2]));
+/// ```
+pub fn top_k_into<F: Float, I: ExpertIndex>(
+    logits: &[F],
+    k: usize,
+    probs: &mut [F],
+    experts: &mut [I],
+    weights: &mut [F],
+    dropped: &mut [I],
+) -> Result<SelectionInfo<F>, Error> {
+    check_logits(logits, k, probs.len().min(I::MAX_EXPERTS))?;
+    let (experts, weights, _) = outputs(k, experts, weights, dropped)?;
+    let p = probs
+        .get_mut(..logits.len())
+        .ok_or(Error::CapacityExceeded)?;
+    softmax(logits, p);
+    top_k_indices(p, experts);
+    renormalise(p, experts, weights);
+    Ok(SelectionInfo {
+        n_experts: k,
+        n_dropped: 0,
+        kappa: None,
+        fallback: false,
+    })
 }
 
 /// Plain top-k routing (Mixtral): the `k` experts of largest router
@@ -198,19 +371,13 @@ fn renormalised<F: Float, const N: usize>(p: &[F], experts: &[usize]) -> Vec<F, 
 /// assert!((s.weights()[0] - 0.7310585786300049).abs() < 1e-15);
 /// ```
 pub fn top_k<F: Float, const N: usize>(logits: &[F], k: usize) -> Result<Selection<F, N>, Error> {
-    check_logits::<F, N>(logits, k)?;
-    let n = logits.len();
+    check_logits(logits, k, N)?;
     let mut p = [F::ZERO; N];
-    softmax(logits, &mut p[..n]);
-    let experts = top_k_indices::<F, N>(&p[..n], k);
-    let weights = renormalised(&p[..n], &experts);
-    Ok(Selection {
-        experts,
-        weights,
-        kappa: None,
-        dropped: Vec::new(),
-        fallback: false,
-    })
+    let mut e = [0usize; N];
+    let mut w = [F::ZERO; N];
+    let mut d = [0usize; N];
+    let info = top_k_into(logits, k, &mut p, &mut e, &mut w, &mut d)?;
+    Ok(Selection::from_parts(&info, &e, &w, &d))
 }
 
 /// Equation (9): weight-to-latency ratio `w_q / t_q` of every expert, into
@@ -327,35 +494,86 @@ pub fn select<F: Float, const N: usize>(
     logits: &[F],
     latency_s: &[F],
 ) -> Result<Selection<F, N>, Error> {
-    check_logits::<F, N>(logits, policy.k)?;
+    check_logits(logits, policy.k, N)?;
+    let mut p = [F::ZERO; N];
+    let mut e = [0usize; N];
+    let mut w = [F::ZERO; N];
+    let mut d = [0usize; N];
+    let info = select_into(policy, logits, latency_s, &mut p, &mut e, &mut w, &mut d)?;
+    Ok(Selection::from_parts(&info, &e, &w, &d))
+}
+
+/// Algorithm 1 on caller memory, the slice-based form of [`select`] (which
+/// wraps it; the C ABI calls it directly): `probs` (≥ n entries) receives the
+/// router probabilities; `experts`, `weights` and `dropped` (≥ k entries
+/// each: every output expert is one of the top k) the result, of the
+/// lengths in the returned [`SelectionInfo`]. Working memory beyond the
+/// slices: a few scalars. On an error nothing is written. Too short a slice, or more experts than `I`
+/// numbers, is [`Error::CapacityExceeded`]; every other error is
+/// [`select`]'s.
+///
+/// ```
+/// use wdmoe_core::select::{select_into, Policy};
+/// let policy = Policy::new(2, 0.2_f32, 1).unwrap();
+/// let (mut p, mut e, mut w, mut d) = ([0.0_f32; 4], [0_u16; 2], [0.0_f32; 2], [0_u16; 2]);
+/// let info = select_into(&policy, &[0.5, 1.0, -2.0, 0.0], &[0.010, 0.100, 0.010, 0.010],
+///                        &mut p, &mut e, &mut w, &mut d).unwrap();
+/// assert_eq!((info.n_experts, e[0], w[0]), (1, 0, 1.0));
+/// assert_eq!((info.n_dropped, d[0]), (1, 1));
+/// ```
+pub fn select_into<F: Float, I: ExpertIndex>(
+    policy: &Policy<F>,
+    logits: &[F],
+    latency_s: &[F],
+    probs: &mut [F],
+    experts: &mut [I],
+    weights: &mut [F],
+    dropped: &mut [I],
+) -> Result<SelectionInfo<F>, Error> {
+    let k = policy.k;
+    check_logits(logits, k, probs.len().min(I::MAX_EXPERTS))?;
     let n = logits.len();
     if latency_s.len() != n {
         return Err(Error::LengthMismatch);
     }
+    let mut reachable = false;
     for &t in latency_s {
-        check_latency(t)?;
+        reachable |= check_latency(t)?.is_finite();
     }
-    let mut p = [F::ZERO; N];
-    let p = &mut p[..n];
+    if !reachable {
+        // Checked here so that nothing is written on any error.
+        return Err(Error::NoReachableExpert);
+    }
+    let (s, weights, top) = outputs(k, experts, weights, dropped)?;
+    let p = probs.get_mut(..n).ok_or(Error::CapacityExceeded)?;
     softmax(logits, p);
-    let top = top_k_indices::<F, N>(p, policy.k);
+    let p = &*p;
+    // `top` (the caller's `dropped`) holds the top-k until step 5.
+    top_k_indices(p, top);
 
     // Step 3: unreachable experts leave S; fall back if none is left.
-    let mut s: Vec<usize, N> = Vec::new();
-    for &q in &top {
-        if latency_s[q].is_finite() {
-            let _ = s.push(q);
+    let mut len = 0usize;
+    for &q in top.iter() {
+        if at(latency_s, q.to_usize()).is_finite() {
+            if let Some(slot) = s.get_mut(len) {
+                *slot = q;
+            }
+            len += 1;
         }
     }
     let mut fallback = false;
-    if s.is_empty() {
+    if len == 0 {
         let mut best: Option<usize> = None;
         for (q, t) in latency_s.iter().enumerate() {
             if t.is_finite() && best.is_none_or(|b| ranks_before(p, q, b)) {
                 best = Some(q);
             }
         }
-        let _ = s.push(best.ok_or(Error::NoReachableExpert)?);
+        let b = best.ok_or(Error::NoReachableExpert)?;
+        if let Some(slot) = s.get_mut(0) {
+            *slot = I::from_usize(b);
+        }
+        len = 1;
         fallback = true;
     }
 
@@ -364,46 +582,61 @@ pub fn select<F: Float, const N: usize>(
     let mut kappa = None;
     let mut p_max = F::ZERO;
     let mut t_min = F::INFINITY;
-    for &q in &s {
-        p_max = p_max.max_of(p[q]);
-        t_min = t_min.min_of(latency_s[q]);
+    for &q in s.iter().take(len) {
+        p_max = p_max.max_of(at(p, q.to_usize()));
+        t_min = t_min.min_of(at(latency_s, q.to_usize()));
     }
     for _ in 0..policy.max_drops {
-        if s.len() <= 1 {
+        if len <= 1 {
             break;
         }
         let (mut lo, mut hi, mut worst) = (F::INFINITY, F::ZERO, 0usize);
-        for (i, &q) in s.iter().enumerate() {
-            let r = scaled_wlr(p[q], p_max, latency_s[q], t_min);
+        let mut w = 0usize; // expert index of `worst`
+        for (i, &q) in s.iter().take(len).enumerate() {
+            let q = q.to_usize();
+            let (pq, pw) = (at(p, q), at(p, w));
+            let r = scaled_wlr(pq, p_max, at(latency_s, q), t_min);
             hi = hi.max_of(r);
-            let w = s[worst];
             // Lowest WLR; ties: lower p, then higher index.
-            if i == 0 || r < lo || (r == lo && (p[q] < p[w] || (p[q] == p[w] && q > w))) {
+            if i == 0 || r < lo || (r == lo && (pq < pw || (pq == pw && q > w))) {
                 lo = r;
                 worst = i;
+                w = q;
             }
         }
         let k = kappa_of(lo, hi);
         kappa.get_or_insert(k);
         if k <= policy.theta {
-            s.remove(worst);
+            // Remove entry `worst`, keeping the order.
+            for i in worst + 1..len {
+                let q = at(s, i);
+                if let Some(slot) = s.get_mut(i - 1) {
+                    *slot = q;
+                }
+            }
+            len -= 1;
         } else {
             break;
         }
     }
+    let s = s.get(..len).unwrap_or(&[]);
 
-    let mut dropped = Vec::new();
-    for &q in &top {
+    // Step 5: dropped = top-k \ S, in top-k order (compacted in place).
+    let mut n_dropped = 0usize;
+    for j in 0..top.len() {
+        let q = at(top, j);
         if !s.contains(&q) {
-            let _ = dropped.push(q);
+            if let Some(slot) = top.get_mut(n_dropped) {
+                *slot = q;
+            }
+            n_dropped += 1;
         }
     }
-    let weights = renormalised(p, &s);
-    Ok(Selection {
-        experts: s,
-        weights,
+    renormalise(p, s, weights);
+    Ok(SelectionInfo {
+        n_experts: len,
+        n_dropped,
         kappa,
-        dropped,
         fallback,
     })
 }

@@ -6,12 +6,12 @@
 #   wdmoe-core/examples/c/build_and_run.sh        # from anywhere
 #   CC=clang CARGO_TARGET_DIR=/tmp/t ./build_and_run.sh
 #
-# The static library is a `no_std` crate: it needs a panic handler, which
-# `--cfg wdmoe_staticlib` (given to wdmoe-core only, by `cargo rustc`) adds;
-# the rlib that `cargo test` and Rust users link never has one. The whole
-# build uses panic = "abort" (nothing can unwind into C) and fat LTO, which
-# also drops the precompiled `core`'s references to `rust_eh_personality`, so
-# the archive links with a plain C linker (no --gc-sections needed).
+# The static library comes from ../../staticlib.sh: a `no_std` crate built
+# with its panic handler (`--cfg wdmoe_staticlib`, given to wdmoe-core only;
+# the rlib that `cargo test` and Rust users link never has one), panic =
+# "abort" and fat LTO, then reduced to one object whose only global symbols
+# are the wdmoe_* entry points, so it links with a plain C linker and
+# cannot replace the C library's memcpy / expf / ... (checked below).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -20,13 +20,8 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 out="$target_dir/c-example"
 mkdir -p "$out"
 
-CARGO_PROFILE_RELEASE_PANIC=abort \
-CARGO_PROFILE_RELEASE_LTO=fat \
-CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-CARGO_PROFILE_RELEASE_DEBUG=0 \
-  cargo rustc -p wdmoe-core --release --features capi --crate-type staticlib \
-  --target-dir "$target_dir" -- --cfg wdmoe_staticlib
-lib="$target_dir/release/libwdmoe_core.a"
+# The archive with only the wdmoe_* symbols global (see ../../staticlib.sh).
+lib="$(CARGO_TARGET_DIR="$target_dir" bash "$root/wdmoe-core/staticlib.sh")"
 test -f "$lib"
 
 "${CC:-cc}" -std=c11 -O2 -Wall -Wextra -Werror -pedantic \
@@ -35,6 +30,18 @@ test -f "$lib"
 
 # The panic handler spins (firmware style); a timeout turns a hang into a failure.
 timeout 60 "$out/wdmoe_c_example"
+
+# Symbol hygiene: the library linked before a stand-in C library; memcpy,
+# expf and sqrtf must come from the stand-in.
+rm -f "$out/libstandin.a"
+for m in 1 2 3; do
+  "${CC:-cc}" -std=c11 -O2 -Wall -Wextra -Werror -fno-builtin -DMEMBER=$m \
+    -c "$here/standin_libc.c" -o "$out/standin_libc_$m.o"
+  ar rcs "$out/libstandin.a" "$out/standin_libc_$m.o"
+done
+"${CC:-cc}" -std=c11 -O2 -Wall -Wextra -Werror -fno-builtin -I "$root/wdmoe-core/include" \
+  "$here/symbols_main.c" "$lib" "$out/libstandin.a" -lm -o "$out/wdmoe_symbols"
+timeout 60 "$out/wdmoe_symbols"
 
 # The same program under AddressSanitizer and UndefinedBehaviorSanitizer, when
 # the C toolchain has them (skipped otherwise): catches out-of-bounds writes

@@ -47,12 +47,14 @@ static const char *precision;
 int main(void) {
     precision = "f32";
     test_selection_f32();
+    test_select_into_f32();
     test_link_f32();
     test_latency_f32();
     test_bandwidth_f32();
 
     precision = "f64";
     test_selection_f64();
+    test_select_into_f64();
     test_link_f64();
     test_latency_f64();
     test_bandwidth_f64();
@@ -64,6 +66,19 @@ int main(void) {
     for (int code = WDMOE_ERR_INFEASIBLE; code <= WDMOE_OK; code++) {
         CHECK(strcmp(wdmoe_status_message(code), "unknown status code") != 0);
     }
+
+    precision = "diagnostics";
+    /* The bad parameter's name, and the version queries. */
+    float pl = 0;
+    CHECK(wdmoe_uma_path_loss_db_f32(25, 1.5f, 200, 100, 1, &pl) == WDMOE_ERR_OUT_OF_RANGE);
+    CHECK(strcmp(wdmoe_last_error_param(), "frequency_ghz") == 0);
+    CHECK(wdmoe_free_space_path_loss_db_f32(3.5f, -1, &pl) == WDMOE_ERR_NOT_POSITIVE);
+    CHECK(strcmp(wdmoe_last_error_param(), "distance_m") == 0);
+    CHECK(wdmoe_kappa_f32(NULL, NULL, 2, &pl) == WDMOE_ERR_NULL_POINTER);
+    CHECK(strcmp(wdmoe_last_error_param(), "") == 0);
+    CHECK(wdmoe_abi_version() == WDMOE_ABI_VERSION);
+    CHECK(strlen(wdmoe_version()) >= 5 && strchr(wdmoe_version(), '.') != NULL);
+    wdmoe_set_panic_hook(NULL);
 
     printf("wdmoe C ABI: %d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;

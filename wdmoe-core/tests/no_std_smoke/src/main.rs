@@ -9,7 +9,9 @@
 //!   number, so check.sh also *runs* it;
 //! - bare metal (`thumbv7em-none-eabihf`, built when that target is
 //!   installed): `_start`, which spins forever after the checks (no OS to
-//!   return to); there the proof is that it links.
+//!   return to); there the proof is that it links. It has no vector table
+//!   and is not meant to run: the bare-metal program that runs, on QEMU
+//!   for Cortex-M4F and RV32IMAC, is `wdmoe-core/firmware` (FIRMWARE.md).
 //!
 //! Inputs go through `black_box`, so the optimiser cannot fold the policy
 //! away: the linked binary really contains `select`, `top_k` and the models.
