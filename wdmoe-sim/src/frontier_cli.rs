@@ -107,7 +107,7 @@ pub fn run(a: &FrontierArgs) -> Result<(), String> {
         joint: (!a.no_joint).then_some(Allocation::MinMaxSelected),
         ..FrontierConfig::default()
     };
-    let progress = Progress::new("frontier", sim.scenario().prompts, !a.quiet);
+    let progress = Progress::new("frontier", sim.total_prompts(), !a.quiet);
     let go = || frontier::run(&sim, &cfg, &|| progress.tick());
     let r = match a.threads {
         Some(t) => rayon::ThreadPoolBuilder::new()

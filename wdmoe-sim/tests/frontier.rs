@@ -188,9 +188,17 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
 
+/// The frontier's re-run of each policy equals `Simulation::run` on a
+/// scenario where the fading moves within a token (12 layers, every 5), over
+/// two replications (the second redraws the router's layer structure).
 #[test]
 fn same_draws_as_the_simulator() {
-    let (sim, r) = run(small(5), &FrontierConfig::default());
+    let mut s = small(5);
+    s.model.layers = 12;
+    s.channel.fading_layers = 5;
+    s.replications = 2;
+    let (sim, r) = run(s, &FrontierConfig::default());
+    assert_eq!((r.prompts, r.replications), (3, 2));
     let table = sim.run(&|| {}).unwrap();
     assert_eq!(table.rows.len(), r.policies.len());
     for (row, p) in table.rows.iter().zip(&r.policies) {
@@ -210,6 +218,44 @@ fn same_draws_as_the_simulator() {
                 p.name
             );
         }
+    }
+    // The fading moving within a token changes the numbers (the check above
+    // would not see a frontier that held it).
+    let mut held = small(5);
+    held.model.layers = 12;
+    held.channel.fading_layers = 0;
+    held.replications = 2;
+    let (_, h) = run(held, &FrontierConfig::default());
+    assert!(rel(h.policies[0].mean_s, r.policies[0].mean_s) > 1e-6);
+}
+
+/// With batched accounting the frontier accounts sequentially on the
+/// simulator's batched draws (the prefill is one channel slot): each
+/// policy's mean is the run's sequential prefill plus decode.
+#[test]
+fn batched_scenario_uses_the_simulators_draws() {
+    let mut s = small(6);
+    s.accounting = wdmoe_sim::scenario::Accounting::Batched;
+    s.decode_tokens = 2;
+    s.model.layers = 12;
+    s.replications = 2;
+    let (sim, r) = run(s, &FrontierConfig::default());
+    let total = (r.prompts * r.replications) as f64;
+    for (i, p) in r.policies.iter().enumerate() {
+        let mut sum = 0.0;
+        for rep in 0..2 {
+            for prompt in 0..3 {
+                let o = sim.simulate_replication_prompt(rep, prompt).unwrap();
+                sum += o.policies[i].sequential_prefill_s + o.policies[i].decode_s;
+            }
+        }
+        assert!(
+            rel(p.mean_s, sum / total) < 1e-12,
+            "{}: {} vs {}",
+            p.name,
+            p.mean_s,
+            sum / total
+        );
     }
 }
 
@@ -429,8 +475,10 @@ fn bounded_joint_search_for_many_experts() {
         assert_eq!(p.violations, 0, "{}", p.name);
         assert!(p.frontier_bound_s <= p.mean_s * (1.0 + 1e-12));
     }
-    // At most C(4,1)+C(4,2) = 10 subsets per decision are solved, cached per slot.
-    assert!(r.min_max_solves > 0 && r.min_max_solves <= 2 * 2 * 2 * 10);
+    // At most C(4,1)+C(4,2) = 10 subsets per decision are solved, cached per
+    // slot; every replication's prompts × 2 tokens × 2 layers are decisions.
+    let decisions = (r.replications * 2 * 2 * 2) as u64;
+    assert!(r.min_max_solves > 0 && r.min_max_solves <= decisions * 10);
 }
 
 #[test]
@@ -455,6 +503,7 @@ fn value_stability() {
     let mut s = Scenario::paper();
     s.seed = 42;
     s.prompts = 4;
+    s.replications = 2;
     s.prompt_tokens = 6;
     s.model.layers = 8;
     let (_, r) = run(s, &FrontierConfig::default());
@@ -484,58 +533,58 @@ fn value_stability() {
         }
     }
     let want: &[(&str, f64)] = &[
-        ("lambda_scale_s", 5.9426539084377955e-3),
-        ("frontier_even[0].mean_s", 9.987552944958755e-2),
-        ("frontier_even[0].kept", 2.1971866264110881e-1),
-        ("frontier_joint[0].mean_s", 7.149563166669612e-2),
-        ("frontier_even[16].mean_s", 2.8136638784544393e-1),
-        ("frontier_even[16].kept", 9.395162448402424e-1),
-        ("frontier_joint[16].mean_s", 2.4658973607711396e-1),
-        ("frontier_even[32].mean_s", 3.9394122949198296e-1),
+        ("lambda_scale_s", 5.98887294179612e-3),
+        ("frontier_even[0].mean_s", 1.16490796650393e-1),
+        ("frontier_even[0].kept", 2.0011563124351353e-1),
+        ("frontier_joint[0].mean_s", 8.800634588142076e-2),
+        ("frontier_even[16].mean_s", 2.9188106708595923e-1),
+        ("frontier_even[16].kept", 9.506867779969329e-1),
+        ("frontier_joint[16].mean_s", 2.517270655287902e-1),
+        ("frontier_even[32].mean_s", 3.9391772636359207e-1),
         ("frontier_even[32].kept", 1e0),
-        ("frontier_joint[32].mean_s", 3.503424121720856e-1),
-        ("WDMoE θ=0 (top-k).mean_s", 3.9394122949198296e-1),
+        ("frontier_joint[32].mean_s", 3.508643133150305e-1),
+        ("WDMoE θ=0 (top-k).mean_s", 3.9391772636359207e-1),
         ("WDMoE θ=0 (top-k).kept", 1e0),
-        ("WDMoE θ=0 (top-k).matched_s", 3.9394122949198296e-1),
-        ("WDMoE θ=0 (top-k).frontier_s", 3.9394122949198296e-1),
-        ("WDMoE θ=0 (top-k).joint_s", 3.503424121720856e-1),
-        ("WDMoE θ=0 (top-k).joint_frontier_s", 3.503424121720856e-1),
-        ("WDMoE θ=0.1.mean_s", 3.6096500566432e-1),
-        ("WDMoE θ=0.1.kept", 9.85956641571564e-1),
-        ("WDMoE θ=0.1.matched_s", 3.6096500566432e-1),
-        ("WDMoE θ=0.1.frontier_s", 3.3441117699809964e-1),
-        ("WDMoE θ=0.1.joint_s", 3.1894218392275775e-1),
-        ("WDMoE θ=0.1.joint_frontier_s", 2.9191046968517115e-1),
-        ("WDMoE θ=0.2.mean_s", 3.142012815771139e-1),
-        ("WDMoE θ=0.2.kept", 9.273286224454975e-1),
-        ("WDMoE θ=0.2.matched_s", 3.142012815771139e-1),
-        ("WDMoE θ=0.2.frontier_s", 2.7184459238121145e-1),
-        ("WDMoE θ=0.2.joint_s", 2.7290785039747745e-1),
-        ("WDMoE θ=0.2.joint_frontier_s", 2.3125631720716178e-1),
-        ("WDMoE θ=0.3.mean_s", 2.5824895889407895e-1),
-        ("WDMoE θ=0.3.kept", 8.063771235075327e-1),
-        ("WDMoE θ=0.3.matched_s", 2.5781961212012594e-1),
-        ("WDMoE θ=0.3.frontier_s", 2.0336727330121626e-1),
-        ("WDMoE θ=0.3.joint_s", 2.190958916310642e-1),
-        ("WDMoE θ=0.3.joint_frontier_s", 1.6529454752601783e-1),
-        ("weight-only β=0.25.mean_s", 3.7318962005728185e-1),
-        ("weight-only β=0.25.kept", 9.783476639655158e-1),
-        ("weight-only β=0.25.matched_s", 3.7318962005728185e-1),
-        ("weight-only β=0.25.frontier_s", 3.224342398907627e-1),
-        ("weight-only β=0.25.joint_s", 3.304334249005842e-1),
-        ("weight-only β=0.25.joint_frontier_s", 2.8017227349753593e-1),
-        ("weight-only β=0.5.mean_s", 3.4239170960798504e-1),
-        ("weight-only β=0.5.kept", 9.048713293015848e-1),
-        ("weight-only β=0.5.matched_s", 3.4239170960798504e-1),
-        ("weight-only β=0.5.frontier_s", 2.557794237316008e-1),
-        ("weight-only β=0.5.joint_s", 3.00190179018804e-1),
-        ("weight-only β=0.5.joint_frontier_s", 2.1620977415303744e-1),
-        ("channel-only.mean_s", 1.867594932765061e-1),
-        ("channel-only.kept", 5.146891275081843e-1),
-        ("channel-only.matched_s", 1.753121492000211e-1),
-        ("channel-only.frontier_s", 1.3428582207305526e-1),
-        ("channel-only.joint_s", 1.4880132882331093e-1),
-        ("channel-only.joint_frontier_s", 9.996576825846046e-2),
+        ("WDMoE θ=0 (top-k).matched_s", 3.9391772636359207e-1),
+        ("WDMoE θ=0 (top-k).frontier_s", 3.9391772636359207e-1),
+        ("WDMoE θ=0 (top-k).joint_s", 3.508643133150305e-1),
+        ("WDMoE θ=0 (top-k).joint_frontier_s", 3.508643133150305e-1),
+        ("WDMoE θ=0.1.mean_s", 3.63668455478322e-1),
+        ("WDMoE θ=0.1.kept", 9.865499968405337e-1),
+        ("WDMoE θ=0.1.matched_s", 3.63668455478322e-1),
+        ("WDMoE θ=0.1.frontier_s", 3.3379824574732253e-1),
+        ("WDMoE θ=0.1.joint_s", 3.214929291968074e-1),
+        ("WDMoE θ=0.1.joint_frontier_s", 2.9177280814974e-1),
+        ("WDMoE θ=0.2.mean_s", 3.2358255231477706e-1),
+        ("WDMoE θ=0.2.kept", 9.356355087137135e-1),
+        ("WDMoE θ=0.2.matched_s", 3.2358255231477706e-1),
+        ("WDMoE θ=0.2.frontier_s", 2.8008671755786513e-1),
+        ("WDMoE θ=0.2.joint_s", 2.8214276361897117e-1),
+        ("WDMoE θ=0.2.joint_frontier_s", 2.3886321823083084e-1),
+        ("WDMoE θ=0.3.mean_s", 2.7667389321456554e-1),
+        ("WDMoE θ=0.3.kept", 8.359207815571539e-1),
+        ("WDMoE θ=0.3.matched_s", 2.757465933517073e-1),
+        ("WDMoE θ=0.3.frontier_s", 2.2272931320091e-1),
+        ("WDMoE θ=0.3.joint_s", 2.3667327620414144e-1),
+        ("WDMoE θ=0.3.joint_frontier_s", 1.8291290327062457e-1),
+        ("weight-only β=0.25.mean_s", 3.710909454636074e-1),
+        ("weight-only β=0.25.kept", 9.770481821003084e-1),
+        ("weight-only β=0.25.matched_s", 3.710909454636074e-1),
+        ("weight-only β=0.25.frontier_s", 3.200987349407606e-1),
+        ("weight-only β=0.25.joint_s", 3.2859064362206536e-1),
+        ("weight-only β=0.25.joint_frontier_s", 2.7815711782834224e-1),
+        ("weight-only β=0.5.mean_s", 3.4522342702834774e-1),
+        ("weight-only β=0.5.kept", 9.007452196671903e-1),
+        ("weight-only β=0.5.matched_s", 3.4522342702834774e-1),
+        ("weight-only β=0.5.frontier_s", 2.5648750191841835e-1),
+        ("weight-only β=0.5.joint_s", 3.031084551072199e-1),
+        ("weight-only β=0.5.joint_frontier_s", 2.1618373573073127e-1),
+        ("channel-only.mean_s", 1.963917744188129e-1),
+        ("channel-only.kept", 5.128593697812944e-1),
+        ("channel-only.matched_s", 1.867653333867682e-1),
+        ("channel-only.frontier_s", 1.4447873619971316e-1),
+        ("channel-only.joint_s", 1.581341493445912e-1),
+        ("channel-only.joint_frontier_s", 1.0875733558762837e-1),
     ];
     assert_eq!(got.len(), want.len(), "locked values missing: print them");
     for ((k, v), (wk, wv)) in got.iter().zip(want) {

@@ -143,7 +143,7 @@ pub(super) fn finish(
     t: &PromptAcc,
 ) -> FrontierReport {
     let s = sim.scenario();
-    let prompts = s.prompts.max(1) as f64;
+    let prompts = sim.total_prompts().max(1) as f64;
     let decisions = t.decisions.max(1) as f64;
     let curve = |accs: &[Acc], params: &[f64]| -> Vec<CurvePoint> {
         accs.iter()
@@ -203,6 +203,7 @@ pub(super) fn finish(
     FrontierReport {
         seed: s.seed,
         prompts: s.prompts,
+        replications: s.replications,
         tokens: s.total_tokens(),
         layers: s.model.layers,
         experts: s.n_experts(),

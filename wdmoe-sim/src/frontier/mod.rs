@@ -1,8 +1,16 @@
 //! How far is WDMoE from optimal? The exact selection frontier and joint
 //! bandwidth allocation as references, on the *same* channel and router
-//! draws as the simulator's policies ([`crate::sim`]: prompt `p` draws from
-//! the run seed and `p` alone, so every number here is on the tokens the
-//! `run` table is on).
+//! draws as the simulator's policies: every prompt of every replication,
+//! visited and drawn by the simulator itself ([`Simulation::fold_prompts`],
+//! [`crate::sim::PromptDraws`]: channel slot per token, the fading's moves
+//! within a token every `channel.fading_layers` layers, the compute model's
+//! per-token expert time in eq. 6, each replication's seed and router), so
+//! every number here is on the tokens the `run` table is on, and a policy's
+//! `mean_s` here is its `run` mean (sequential accounting).
+//!
+//! **Replications**: all of them, like [`Simulation::run`]; means are over
+//! `prompts × replications` prompts, so they cover every random draw (the
+//! synthetic router's layer structure included), not one replication's.
 //!
 //! Per token and layer, the exact selector ([`exact`]) builds the staircase
 //! of non-dominated expert subsets (at most `k` experts, latency eq. 7 vs
@@ -26,8 +34,10 @@
 //!   the policy kept *on that token*: the same kept weight token by token.
 //!
 //! Latency is accounted sequentially (eq. 8: prompt = Σ tokens Σ layers of
-//! the token latency), whatever the scenario's `accounting`; the channel slot
-//! of token `j` is `j`.
+//! the token latency), whatever the scenario's `accounting`. The draws are
+//! still the scenario's: with batched accounting the whole prefill sees one
+//! channel slot, so a policy's `mean_s` here is the run's sequential sum on
+//! those draws (`sequential_prefill_s + decode_s`), not its batched latency.
 //!
 //! **Joint bandwidth** ([`joint_bw`]): with [`Allocation::MinMaxSelected`]
 //! the whole band is shared by the selected devices only, min–max
@@ -57,13 +67,11 @@ pub use aggregate::{frontier_at, frontier_bound};
 pub use joint_bw::Allocation;
 
 use crate::policy::{self, Decision};
-use crate::rng::{self, Stream};
 use crate::scenario::Scenario;
-use crate::sim::{SimError, Simulation};
+use crate::sim::{PromptDraws, SimError, Simulation};
 use aggregate::{finish, PromptAcc};
 use exact::{Candidate, Staircase};
 use joint_bw::JointAllocator;
-use rayon::prelude::*;
 use serde::Serialize;
 use wdmoe_core::latency;
 
@@ -200,8 +208,10 @@ pub struct PolicyPoint {
 pub struct FrontierReport {
     /// Run seed.
     pub seed: u64,
-    /// Prompts simulated.
+    /// Prompts simulated per replication.
     pub prompts: usize,
+    /// Replications (means are over `prompts × replications` prompts).
+    pub replications: usize,
     /// Tokens per prompt (prefill + decode, accounted sequentially).
     pub tokens: u32,
     /// Layers.
@@ -269,18 +279,12 @@ pub fn run(
         .map(|q| sim.channel().nominal_latency_s(q))
         .sum::<Result<f64, _>>()?
         / n as f64;
-    let per: Vec<PromptAcc> = (0..s.prompts as u64)
-        .into_par_iter()
-        .map(|p| {
-            let r = simulate_prompt(sim, cfg, lambda_scale_s, p);
-            progress();
-            r
-        })
-        .collect::<Result<_, _>>()?;
     let mut total = PromptAcc::new(cfg, sim.policies().len());
-    for p in &per {
-        total.merge(p);
-    }
+    sim.fold_prompts(
+        &|_, _, draws| simulate_prompt(sim, cfg, lambda_scale_s, draws),
+        &mut |p| total.merge(&p),
+        progress,
+    )?;
     Ok(finish(sim, cfg, lambda_scale_s, &total))
 }
 
@@ -288,7 +292,7 @@ fn simulate_prompt(
     sim: &Simulation,
     cfg: &FrontierConfig,
     lambda_scale_s: f64,
-    prompt: u64,
+    mut draws: PromptDraws<'_>,
 ) -> Result<PromptAcc, SimError> {
     let s = sim.scenario();
     let n = s.n_experts();
@@ -296,12 +300,6 @@ fn simulate_prompt(
     let layers = s.model.layers as usize;
     let pols = sim.policies();
     let mut acc = PromptAcc::new(cfg, pols.len());
-    let mut chan = sim
-        .channel()
-        .realise(rng::stream(s.seed, prompt, Stream::Channel))?;
-    let mut router = sim
-        .router()
-        .start_prompt(prompt, rng::stream(s.seed, prompt, Stream::Router));
     let model = sim.channel().latency_model();
     let mut alloc = cfg
         .joint
@@ -317,23 +315,28 @@ fn simulate_prompt(
             }
         })
         .collect();
-    let mut logits = vec![0.0; layers * n];
-    let mut lat = vec![0.0; n];
     let mut base = Decision::default();
     let mut dec = Decision::default();
     let mut cands: Vec<Candidate> = Vec::with_capacity(n);
     let mut weight_of = vec![0.0; n];
     let mut even = Staircase::default();
     let mut joint = Staircase::default();
-    for j in 0..s.total_tokens() {
-        chan.latency_at(j, &mut lat)?;
-        if let Some(a) = alloc.as_mut() {
-            a.set_slot(&lat, chan.links())?;
-        }
-        router.next_token(&mut logits);
-        for z in logits.chunks_exact(n) {
+    while draws.next_token()?.is_some() {
+        // A new token may be a new slot (the allocator keeps its cache when
+        // nothing changed, e.g. within a batched prefill).
+        let mut fresh = true;
+        for l in 0..layers {
+            // The channel moves with the token and within it, as the
+            // simulator's does (one schedule: `sim::ChannelSchedule`).
+            fresh |= draws.layer(l)?;
+            let (z, chan) = (draws.logits(l), draws.channel());
+            let lat = chan.latency_s();
+            if let Some(a) = alloc.as_mut().filter(|_| fresh) {
+                a.set_slot(lat, chan.links())?;
+            }
+            fresh = false;
             acc.decisions += 1;
-            policy::reachable_top_k(k, z, &lat, &mut base)?;
+            policy::reachable_top_k(k, z, lat, &mut base)?;
             // Every expert by router rank, with its probability.
             let (rank, prob) = policy::top_k_dyn(z, n)?;
             let w_top: f64 = prob[..k].iter().sum();
@@ -384,14 +387,14 @@ fn simulate_prompt(
                 }
             }
             for (pa, pol) in acc.policies.iter_mut().zip(pols) {
-                pol.decide_from_base(z, &lat, &base, &mut dec)?;
+                pol.decide_from_base(z, lat, &base, &mut dec)?;
                 // The policies' sets lie within the reachable top-k, hence within
                 // the k ≥ k heaviest reachable; checked, not assumed.
                 let within = dec
                     .experts
                     .iter()
                     .all(|q| cands[..m].iter().any(|c| c.expert == *q));
-                let t = latency::token_latency_s(&lat, &dec.experts)?;
+                let t = latency::token_latency_s(lat, &dec.experts)?;
                 let kept: f64 = dec.experts.iter().map(|&q| weight_of[q]).sum();
                 pa.even.add(t, kept, dec.experts.len(), true);
                 if let Some((st, _)) = even.min_latency(kept) {

@@ -51,8 +51,8 @@ pub fn table(r: &FrontierReport, title: Option<&str>) -> String {
     }
     let _ = writeln!(
         s,
-        "latency accounting: sequential (eq. 8) | {} prompts × {} tokens × {} layers | {} experts, top-{} | seed {}",
-        r.prompts, r.tokens, r.layers, r.experts, r.k, r.seed
+        "latency accounting: sequential (eq. 8) | {} replications × {} prompts × {} tokens × {} layers | {} experts, top-{} | seed {}",
+        r.replications, r.prompts, r.tokens, r.layers, r.experts, r.k, r.seed
     );
     let _ = writeln!(s, "{}", r.router);
     let _ = writeln!(
@@ -301,8 +301,9 @@ pub fn svg(r: &FrontierReport) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="42" text-anchor="middle" fill="#555">sequential | {} prompts × {} tokens × {} layers | {} experts, top-{} | seed {}</text>"##,
+        r##"<text x="{}" y="42" text-anchor="middle" fill="#555">sequential | {} replications × {} prompts × {} tokens × {} layers | {} experts, top-{} | seed {}</text>"##,
         w / 2.0,
+        r.replications,
         r.prompts,
         r.tokens,
         r.layers,

@@ -20,16 +20,18 @@
 use crate::channel::ChannelModel;
 use crate::device::ComputeModel;
 use crate::policy::{self, ChannelOnly, Decision, SelectionPolicy, Wdmoe, WeightOnly};
-use crate::rng::{self, Stream};
+use crate::rng;
 use crate::router::{Router, RouterSummary, SyntheticRouter, TraceRouter};
 use crate::scenario::{Accounting, RouterKind, Scenario, ScenarioError};
 
 mod aggregate;
+mod draws;
 mod variants;
 
 use crate::trace::{Trace, TraceError};
 use aggregate::Accumulator;
 pub use aggregate::{PolicyRow, RunReport};
+pub use draws::{ChannelSchedule, PromptDraws, Replication, TokenChannel};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt;
@@ -274,6 +276,12 @@ impl Simulation {
         RouterSummary::compute(self.router.as_ref(), 16, tokens, self.scenario.seed)
     }
 
+    /// Replication `r` of this simulation: its seed and router, and the
+    /// draws of each of its prompts ([`Replication::prompt`]).
+    pub fn replication(&self, r: u64) -> Replication<'_> {
+        Replication::new(self, r)
+    }
+
     /// Simulates prompt `prompt` (its streams derive from the run seed and
     /// `prompt` alone). With `record_tokens`, each policy's per-token
     /// latency is kept.
@@ -282,8 +290,9 @@ impl Simulation {
         prompt: u64,
         record_tokens: bool,
     ) -> Result<PromptOutcome, SimError> {
-        self.simulate(self.router.as_ref(), 0, prompt, record_tokens, u64::MAX)
-            .map(|(o, _)| o)
+        let rep = self.replication(0);
+        let (o, _) = self.simulate(rep.prompt(prompt)?, record_tokens, u64::MAX)?;
+        Ok(o)
     }
 
     /// Like [`Simulation::simulate_prompt`] in replication `replication`
@@ -293,36 +302,57 @@ impl Simulation {
         replication: u64,
         prompt: u64,
     ) -> Result<PromptOutcome, SimError> {
-        let own = self.replica_router(replication);
-        let router = own.as_deref().unwrap_or(self.router.as_ref());
-        self.simulate(router, replication, prompt, false, u64::MAX)
-            .map(|(o, _)| o)
+        let rep = self.replication(replication);
+        let (o, _) = self.simulate(rep.prompt(prompt)?, false, u64::MAX)?;
+        Ok(o)
+    }
+
+    /// Every prompt of every replication, the way [`Simulation::run`] visits
+    /// them: `each(replication, prompt, draws)` on rayon's threads, in chunks
+    /// of prompts, and `merge` of the results in (replication, prompt) order
+    /// on this thread (results identical on any thread count; memory bounded
+    /// by a chunk). `progress` is called once per finished prompt.
+    pub fn fold_prompts<T: Send>(
+        &self,
+        each: &(dyn Fn(&Replication<'_>, u64, PromptDraws<'_>) -> Result<T, SimError> + Sync),
+        merge: &mut dyn FnMut(T),
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<(), SimError> {
+        const CHUNK: u64 = 1024;
+        let s = &self.scenario;
+        for r in 0..s.replications as u64 {
+            let rep = self.replication(r);
+            let mut start = 0u64;
+            while start < s.prompts as u64 {
+                let end = (start + CHUNK).min(s.prompts as u64);
+                let outcomes: Vec<T> = (start..end)
+                    .into_par_iter()
+                    .map(|p| {
+                        let out = rep.prompt(p).and_then(|d| each(&rep, p, d));
+                        progress();
+                        out
+                    })
+                    .collect::<Result<_, _>>()?;
+                outcomes.into_iter().for_each(&mut *merge);
+                start = end;
+            }
+        }
+        Ok(())
     }
 
     /// Core loop; stops after `max_token_layers` token-layer steps.
     fn simulate(
         &self,
-        router: &dyn Router,
-        replication: u64,
-        prompt: u64,
+        mut draws: PromptDraws<'_>,
         record_tokens: bool,
         max_token_layers: u64,
     ) -> Result<(PromptOutcome, u64), SimError> {
         let s = &self.scenario;
-        let seed = rng::replication_seed(s.seed, replication);
         let n = s.n_experts();
         let layers = s.model.layers as usize;
         let k = s.model.top_k;
         let np = self.policies.len();
         let batched = s.accounting == Accounting::Batched;
-        let fading_layers = s.channel.fading_layers as usize;
-        let fading_fraction = fading_layers as f64 / layers as f64;
-        let mut chan = self
-            .channel
-            .realise(rng::stream(seed, prompt, Stream::Channel))?;
-        let mut router = router.start_prompt(prompt, rng::stream(seed, prompt, Stream::Router));
-        let mut logits = vec![0.0; layers * n];
-        let mut lat = vec![0.0; n];
         let mut stats = vec![PolicyPromptStats::default(); np];
         // Batched prefill: tokens per (policy, layer, expert).
         let mut counts = if batched {
@@ -334,47 +364,34 @@ impl Simulation {
         let mut dec = Decision::default();
         let mut base = Decision::default();
         let (mut ref_e, mut ref_w) = (Vec::new(), Vec::new());
-        let mut all_up = true;
         let mut steps = 0u64;
-        let mut slots = 0u64;
         let mut token_sum = vec![0.0; np];
-        'tokens: for j in 0..s.total_tokens() {
+        'tokens: while let Some(j) = draws.next_token()? {
             let prefill = j < s.prompt_tokens;
-            let slot = if batched && prefill { 0 } else { j };
-            if j == 0 || slot != 0 {
-                chan.latency_at(slot, &mut lat)?;
-                slots += 1;
-                all_up = lat.iter().all(|t| t.is_finite());
-                if j == 0 {
-                    prefill_lat.copy_from_slice(&lat);
-                }
+            if j == 0 {
+                prefill_lat.copy_from_slice(draws.channel().latency_s());
             }
-            router.next_token(&mut logits);
             token_sum.iter_mut().for_each(|t| *t = 0.0);
-            for (l, z) in logits.chunks_exact(n).enumerate() {
+            for l in 0..layers {
                 if steps >= max_token_layers {
                     break 'tokens;
                 }
                 steps += 1;
-                // The fading moves on within the token (not within a
-                // batched prefill, which sees one channel draw).
-                if fading_layers > 0 && l > 0 && l % fading_layers == 0 && !(batched && prefill) {
-                    chan.refade(slot, fading_fraction, &mut lat)?;
-                    slots += 1;
-                    all_up = lat.iter().all(|t| t.is_finite());
-                }
+                draws.layer(l)?;
+                let z = draws.logits(l);
+                let lat = draws.channel().latency_s();
                 // The reachable top-k, shared by the policies; the plain top-k
                 // (for the kept weight) is the same unless a device is down.
-                policy::reachable_top_k(k, z, &lat, &mut base)?;
-                if all_up {
+                policy::reachable_top_k(k, z, lat, &mut base)?;
+                if draws.channel().all_up() {
                     ref_e.clone_from(&base.experts);
                     ref_w.clone_from(&base.weights);
                 } else {
                     (ref_e, ref_w) = policy::top_k_dyn(z, k)?;
                 }
                 for (pi, pol) in self.policies.iter().enumerate() {
-                    pol.decide_from_base(z, &lat, &base, &mut dec)?;
-                    let t = latency::token_latency_s(&lat, &dec.experts)?;
+                    pol.decide_from_base(z, lat, &base, &mut dec)?;
+                    let t = latency::token_latency_s(lat, &dec.experts)?;
                     let st = &mut stats[pi];
                     token_sum[pi] += t;
                     if prefill {
@@ -420,12 +437,13 @@ impl Simulation {
             };
             st.latency_s = st.prefill_s + st.decode_s;
         }
+        let chan = draws.channel();
         Ok((
             PromptOutcome {
                 policies: stats,
                 suppressed_outages: chan.suppressed_outages(),
                 link_outages: chan.link_outages(),
-                device_slots: slots * n as u64,
+                device_slots: chan.channel_draws() * n as u64,
             },
             steps,
         ))
@@ -459,32 +477,13 @@ impl Simulation {
     /// Memory: each prompt's latency per policy (8 bytes) is kept; the rest
     /// is summed as chunks of prompts finish.
     pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<RunReport, SimError> {
-        const CHUNK: u64 = 1024;
-        let s = &self.scenario;
         let mut acc = Accumulator::new(self.policies.len());
-        for rep in 0..s.replications as u64 {
-            let own = self.replica_router(rep);
-            let router = own.as_deref().unwrap_or(self.router.as_ref());
-            let mut start = 0u64;
-            while start < s.prompts as u64 {
-                let end = (start + CHUNK).min(s.prompts as u64);
-                let outcomes: Vec<PromptOutcome> = (start..end)
-                    .into_par_iter()
-                    .map(|p| {
-                        let r = self
-                            .simulate(router, rep, p, false, u64::MAX)
-                            .map(|(o, _)| o);
-                        progress();
-                        r
-                    })
-                    .collect::<Result<_, _>>()?;
-                for o in &outcomes {
-                    acc.add(o);
-                }
-                start = end;
-            }
-        }
-        Ok(self.report(&acc, s.replications.max(1)))
+        self.fold_prompts(
+            &|_, _, d| self.simulate(d, false, u64::MAX).map(|(o, _)| o),
+            &mut |o| acc.add(&o),
+            progress,
+        )?;
+        Ok(self.report(&acc, self.scenario.replications.max(1)))
     }
 
     /// Throughput helper for benchmarks: simulates `token_layers` token-layer
@@ -503,9 +502,10 @@ impl Simulation {
         let mut done = 0u64;
         let mut checksum = 0.0;
         let mut prompt = 0u64;
+        let rep = self.replication(0);
         while done < token_layers {
-            let (o, steps) =
-                self.simulate(self.router.as_ref(), 0, prompt, false, token_layers - done)?;
+            let draws = rep.prompt(prompt)?;
+            let (o, steps) = self.simulate(draws, false, token_layers - done)?;
             done += steps;
             checksum += o.policies.iter().map(|p| p.latency_s).sum::<f64>();
             prompt += 1;
