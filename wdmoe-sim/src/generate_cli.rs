@@ -2,7 +2,7 @@
 //! policy choosing the experts of every token and layer, with the simulated
 //! wireless latency of WDMoE and of plain top-k beside the host compute time.
 
-use std::io::Write;
+use std::fmt::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -12,7 +12,9 @@ use crate::model::{
     generate, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
     MoeConfig, Sampler, ScenarioLatency,
 };
-use crate::scenario::Scenario;
+use crate::output::{self, CliError, OutputFiles, Stdout};
+use crate::scenario::{Scenario, MAX_FILE_BYTES};
+use crate::sim::ChannelSchedule;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,22 +94,39 @@ struct JsonOut<'a> {
     summary: &'a GenerationSummary,
 }
 
-fn e(err: ModelError) -> String {
-    err.to_string()
+fn e(err: ModelError) -> CliError {
+    CliError::Msg(err.to_string())
 }
 
-/// Runs `wdmoe generate`, writing the text (streamed) and the summary, or
-/// the JSON object, to `out`.
-pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
+/// Runs `wdmoe generate`, writing the text (streamed, flushed per token)
+/// and the summary, or the JSON object, to `out`.
+///
+/// The `--dump-logits` path is checked before the model is loaded and the
+/// file written atomically ([`OutputFiles`]). If stdout fails while the text
+/// streams, generation still finishes so the dump is written; then a closed
+/// pipe ends quietly ([`CliError::BrokenPipe`]) and any other failure (a
+/// full disk) is an error.
+pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
     if a.device == Device::Cuda {
         return Err(if cfg!(feature = "cuda") {
             "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
-                .into()
         } else {
             "--device cuda: wdmoe was not built with cuda (cargo feature `cuda`); use --device cpu"
-                .into()
-        });
+        }
+        .into());
     }
+    let mut files = OutputFiles::default();
+    let dump = match &a.dump_logits {
+        Some(p) => Some(files.add(p)?),
+        None => None,
+    };
+    let scenario = match &a.scenario {
+        Some(p) => {
+            let text = output::read_bounded(p, MAX_FILE_BYTES)?;
+            Scenario::from_toml_str(&text).map_err(|err| format!("{}: {err}", p.display()))?
+        }
+        None => Scenario::default(),
+    };
     let model = Model::load(&a.model).map_err(e)?;
     let c = model.config().clone();
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
@@ -126,14 +145,6 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
     };
     let k = a.k.unwrap_or(c.num_experts_per_tok);
     let moe = MoeConfig::wdmoe(k, a.theta, a.max_drops).map_err(e)?;
-    let scenario = match &a.scenario {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|err| format!("cannot read {}: {err}", p.display()))?;
-            Scenario::from_toml_str(&text).map_err(|err| format!("{}: {err}", p.display()))?
-        }
-        None => Scenario::default(),
-    };
     let seed = a.seed.unwrap_or(scenario.seed);
     let channel;
     let (mut latency, source): (Box<dyn ExpertLatency>, String) = match &a.latency_s {
@@ -143,7 +154,8 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
                     "--latency-s has {} values, the model has {} experts per layer",
                     l.len(),
                     c.num_local_experts
-                ));
+                )
+                .into());
             }
             (
                 Box::new(FixedLatency::new(l.clone()).map_err(e)?),
@@ -156,8 +168,15 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
                 .scenario
                 .as_ref()
                 .map_or("the default scenario".into(), |p| p.display().to_string());
+            // The simulator's schedule for this model and prompt: a slot per
+            // token (a batched prefill: one), the fading moving every
+            // `channel.fading_layers` of the model's layers.
+            let prompt_tokens = u32::try_from(prompt.len())
+                .map_err(|_| format!("the prompt has {} tokens", prompt.len()))?;
+            let schedule =
+                ChannelSchedule::for_prompt(&scenario, c.num_hidden_layers, prompt_tokens);
             (
-                Box::new(ScenarioLatency::new(&channel, seed, 0).map_err(e)?),
+                Box::new(ScenarioLatency::new(&channel, schedule, seed, 0).map_err(e)?),
                 format!("{name}, channel seed {seed}"),
             )
         }
@@ -204,8 +223,12 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
                 }
             ),
         };
-        if let Err(err) = write!(out, "{piece}").and_then(|_| out.flush()) {
-            io_err.get_or_insert(err);
+        // After a failure nothing more is written (the generation goes on
+        // for the --dump-logits file).
+        if io_err.is_none() {
+            if let Err(err) = out.write_str(&piece).and_then(|_| out.flush()) {
+                io_err = Some(err);
+            }
         }
         Ok(())
     };
@@ -219,15 +242,20 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
         &mut on_token,
     )
     .map_err(e)?;
-    if let Some(err) = io_err {
-        return Err(format!("writing the output: {err}"));
+    // Files first: a closed stdout must not lose them.
+    if let (Some(i), Some(l)) = (dump, &g.prompt_logits) {
+        files.set_contents(
+            i,
+            crate::trace::npy_bytes_f32(&[prompt.len(), c.vocab_size], l),
+        );
     }
-    if let (Some(p), Some(l)) = (&a.dump_logits, &g.prompt_logits) {
-        let bytes = crate::trace::npy_bytes_f32(&[prompt.len(), c.vocab_size], l);
-        std::fs::write(p, bytes).map_err(|err| format!("cannot write {}: {err}", p.display()))?;
+    files.commit(false)?;
+    if let Some(err) = io_err {
+        return Err(err);
     }
     let s = &g.summary;
-    let w = |r: std::io::Result<()>| r.map_err(|err| format!("writing the output: {err}"));
+    let mut report = String::new();
+    let w = |r: std::fmt::Result| r.map_err(|err| CliError::Msg(err.to_string()));
     if a.json {
         let text = match tok {
             Some(t) => Some(t.decode(&g.generated_ids).map_err(e)?),
@@ -244,12 +272,12 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
             latency_source: &source,
             summary: s,
         };
-        let text = serde_json::to_string(&j).map_err(|err| err.to_string())?;
-        w(writeln!(out, "{text}"))?;
+        let json = serde_json::to_string(&j).map_err(|err| err.to_string())?;
+        w(writeln!(report, "{json}"))?;
     } else {
-        w(writeln!(out))?;
+        w(writeln!(report))?;
         w(writeln!(
-            out,
+            report,
             "--\n{} prompt + {} generated tokens{} | k = {k}, θ = {}, max drops {} | latencies: {source}",
             s.prompt_tokens,
             s.generated_tokens,
@@ -258,20 +286,21 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
             a.max_drops,
         ))?;
         w(writeln!(
-            out,
+            report,
             "CPU: prefill {:.3} s ({:.1} tokens/s), decode {:.3} s ({:.2} tokens/s)",
             s.prefill_s, s.prefill_tokens_per_s, s.decode_s, s.decode_tokens_per_s
         ))?;
         w(writeln!(
-            out,
+            report,
             "experts per token {:.3}, kept router weight {:.3}, decisions with a drop {} of {}",
             s.experts_per_token, s.kept_weight, s.drops, s.decisions
         ))?;
         w(writeln!(
-            out,
+            report,
             "simulated expert latency (eq. 7-8, sequential): WDMoE {:.4} s vs top-{k} {:.4} s ({:.1} % less)",
             s.wdmoe_latency_s, s.top_k_latency_s, s.latency_reduction_pct
         ))?;
     }
-    Ok(())
+    out.write_str(&report)?;
+    out.flush()
 }

@@ -208,7 +208,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Generate(a) => {
-            wdmoe_sim::generate_cli::run(&a, &mut std::io::stdout().lock())?;
+            wdmoe_sim::generate_cli::run(&a, &mut Stdout::new())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Frontier(a) => {

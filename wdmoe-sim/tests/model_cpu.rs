@@ -475,3 +475,96 @@ fn tokenizer_round_trip_and_vocab_mismatch() {
     std::fs::write(d.join("tokenizer.json"), "{").unwrap();
     assert!(load_err(&d).contains("tokenizer.json: tokenizer"));
 }
+
+// ------------------------------------------- scenario latency = simulator's
+
+/// A router with the same logits at every token and layer: experts 3 and 5
+/// are its top-2.
+struct Fixed {
+    layers: usize,
+}
+
+struct FixedStream;
+
+impl wdmoe_sim::router::RouterStream for FixedStream {
+    fn next_token(&mut self, out: &mut [f64]) {
+        for (i, z) in out.iter_mut().enumerate() {
+            *z = match i % 8 {
+                3 => 2.0,
+                5 => 1.5,
+                _ => 0.0,
+            };
+        }
+    }
+}
+
+impl wdmoe_sim::router::Router for Fixed {
+    fn n_layers(&self) -> usize {
+        self.layers
+    }
+    fn n_experts(&self) -> usize {
+        8
+    }
+    fn describe(&self) -> String {
+        "fixed".into()
+    }
+    fn start_prompt(
+        &self,
+        _: u64,
+        _: wdmoe_sim::rng::Rng,
+    ) -> Box<dyn wdmoe_sim::router::RouterStream + '_> {
+        Box::new(FixedStream)
+    }
+}
+
+/// `wdmoe generate`'s latencies ([`wdmoe_sim::model::ScenarioLatency`]) are
+/// what the simulator charges: on a scenario where the fading moves within
+/// a token (12 layers, every 5) under the roofline device model, top-k on
+/// experts {3, 5} costs, token by token, Σ over layers of the slower of the
+/// two, exactly the simulator's per-token latency of its θ = 0 policy.
+#[test]
+fn scenario_latency_is_what_the_simulator_charges() {
+    use wdmoe_sim::model::ScenarioLatency;
+    use wdmoe_sim::scenario::Scenario;
+    use wdmoe_sim::sim::{ChannelSchedule, Simulation};
+    let layers = 12;
+    let mut s = Scenario::paper();
+    s.seed = 9;
+    s.prompts = 1;
+    s.prompt_tokens = 3;
+    s.model.layers = layers as u32;
+    s.channel.fading_layers = 5;
+    s.radio.min_snr_db = f64::NEG_INFINITY; // every device reachable
+    let sim = Simulation::with_router(s.clone(), Box::new(Fixed { layers })).unwrap();
+    let o = sim.simulate_prompt(0, true).unwrap();
+    let want = &o.policies[0].token_latency_s; // WDMoE θ=0 (top-k)
+    assert_eq!(want.len(), 3);
+    let schedule = ChannelSchedule::for_prompt(&s, layers, s.prompt_tokens);
+    let mut lat = ScenarioLatency::new(sim.channel(), schedule, s.seed, 0).unwrap();
+    let mut row = vec![0.0; 8];
+    let mut first_layers = Vec::new();
+    // Layers asked out of order (as a prefill does: every position's layer 0
+    // first) see the same draws.
+    for l in [7, 0] {
+        lat.latency_s(2, l, &mut row).unwrap();
+        first_layers.push(row.clone());
+    }
+    for (j, &w) in want.iter().enumerate() {
+        let mut got = 0.0;
+        for l in 0..layers {
+            lat.latency_s(j, l, &mut row).unwrap();
+            got += row[3].max(row[5]);
+        }
+        assert!(
+            (got - w).abs() <= 1e-12 * w,
+            "token {j}: {got} vs the simulator's {w}"
+        );
+    }
+    // The fading moved within the token (layers 0 and 7 differ), so a
+    // per-token draw would have failed the comparison above.
+    assert_ne!(first_layers[0], first_layers[1]);
+    lat.latency_s(2, 7, &mut row).unwrap();
+    assert_eq!(row, first_layers[0]);
+    // A layer past the schedule is an error, not a panic.
+    assert!(lat.latency_s(0, layers, &mut row).is_err());
+}

@@ -6,9 +6,10 @@
 use wdmoe_core::select::Policy;
 
 use super::ModelError;
-use crate::channel::{ChannelModel, ChannelRealisation};
+use crate::channel::ChannelModel;
 use crate::layer::{cpu, MoeWeights, TokenSelection};
 use crate::scenario::Scenario;
+use crate::sim::{ChannelSchedule, TokenChannel};
 
 /// How the MoE layers route: the WDMoE policy (k, θ, max drops). θ = 0 is
 /// plain top-k (Mixtral's routing) whenever every expert is reachable.
@@ -86,32 +87,41 @@ impl ExpertLatency for FixedLatency {
 }
 
 /// Latencies of a simulated wireless deployment: the scenario's channel
-/// (expert q on device q), one channel slot per token position, the same
-/// for every layer of a token (as in the simulator's sequential accounting);
-/// eq. (6) through [`ChannelModel`]. Every position's latencies are drawn
-/// once, in order, and kept, so layers and re-runs of a position see the same.
+/// (expert q on device q) exactly as the simulator charges it: the same
+/// realisation (seed, sequence = prompt index), one channel slot per token
+/// position (a batched prefill: one slot), and the fading moving on every
+/// `channel.fading_layers` layers within a token
+/// ([`crate::sim::TokenChannel`], the simulator's own stepping); eq. (6)
+/// with the scenario's compute model. Every position's latencies (all its
+/// layers) are drawn once, in order, and kept, so layers and re-runs of a
+/// position see the same.
 #[derive(Debug)]
 pub struct ScenarioLatency<'a> {
-    chan: ChannelRealisation<'a>,
+    chan: TokenChannel<'a>,
     n: usize,
-    /// `[position][device]`, positions `0..len/n` drawn so far.
+    layers: usize,
+    /// `[position][layer][device]`, positions `0..len/(layers·n)` drawn so far.
     drawn: Vec<f64>,
 }
 
 impl<'a> ScenarioLatency<'a> {
-    /// The channel of `channel`'s scenario drawn for sequence `sequence`
-    /// of a run seeded with `seed` (stream [`crate::rng::Stream::Channel`]).
-    pub fn new(channel: &'a ChannelModel, seed: u64, sequence: u64) -> Result<Self, ModelError> {
-        let chan = channel
-            .realise(crate::rng::stream(
-                seed,
-                sequence,
-                crate::rng::Stream::Channel,
-            ))
+    /// The channel of `channel`'s scenario drawn for sequence `sequence` of
+    /// a run seeded with `seed` (the simulator's prompt `sequence` of
+    /// replication 0), stepped through `schedule` (see
+    /// [`ChannelSchedule::for_prompt`]: the model's layers, the prompt length).
+    pub fn new(
+        channel: &'a ChannelModel,
+        schedule: ChannelSchedule,
+        seed: u64,
+        sequence: u64,
+    ) -> Result<Self, ModelError> {
+        let layers = schedule.layers();
+        let chan = TokenChannel::for_prompt(channel, schedule, seed, sequence)
             .map_err(|e| ModelError::Latency(format!("channel: {e:?}")))?;
         Ok(ScenarioLatency {
             chan,
             n: channel.n_devices(),
+            layers,
             drawn: Vec::new(),
         })
     }
@@ -129,24 +139,37 @@ impl<'a> ScenarioLatency<'a> {
 }
 
 impl ExpertLatency for ScenarioLatency<'_> {
-    fn latency_s(&mut self, position: usize, _: usize, out: &mut [f64]) -> Result<(), ModelError> {
-        let n = self.n;
+    fn latency_s(
+        &mut self,
+        position: usize,
+        layer: usize,
+        out: &mut [f64],
+    ) -> Result<(), ModelError> {
+        let (n, layers) = (self.n, self.layers);
         if out.len() != n {
             return Err(ModelError::Latency(format!(
                 "{n} devices for {} experts",
                 out.len()
             )));
         }
-        let mut row = vec![0.0; n];
-        while self.drawn.len() <= position * n {
-            let slot = u32::try_from(self.drawn.len() / n)
-                .map_err(|_| ModelError::Latency(format!("position {position} is too large")))?;
-            self.chan
-                .latency_at(slot, &mut row)
-                .map_err(|e| ModelError::Latency(format!("channel: {e:?}")))?;
-            self.drawn.extend_from_slice(&row);
+        if layer >= layers {
+            return Err(ModelError::Latency(format!(
+                "layer {layer} of a {layers}-layer schedule"
+            )));
         }
-        out.copy_from_slice(&self.drawn[position * n..(position + 1) * n]);
+        let per = layers * n;
+        let err = |e: wdmoe_core::Error| ModelError::Latency(format!("channel: {e:?}"));
+        while self.drawn.len() <= position * per {
+            let token = u32::try_from(self.drawn.len() / per)
+                .map_err(|_| ModelError::Latency(format!("position {position} is too large")))?;
+            self.chan.token(token).map_err(err)?;
+            for l in 0..layers {
+                self.chan.layer(l).map_err(err)?;
+                self.drawn.extend_from_slice(self.chan.latency_s());
+            }
+        }
+        let at = position * per + layer * n;
+        out.copy_from_slice(&self.drawn[at..at + n]);
         Ok(())
     }
 }

@@ -12,7 +12,7 @@
 //! by `fading_layers / layers` of a slot (not within a batched prefill).
 
 use super::{SimError, Simulation};
-use crate::channel::ChannelRealisation;
+use crate::channel::{ChannelModel, ChannelRealisation};
 use crate::rng::{self, Stream};
 use crate::router::{Router, RouterStream};
 use crate::scenario::{Accounting, Scenario};
@@ -32,11 +32,18 @@ impl ChannelSchedule {
     /// The schedule of scenario `s` (its layers, `channel.fading_layers`,
     /// accounting and prefill length).
     pub fn of(s: &Scenario) -> Self {
+        Self::for_prompt(s, s.model.layers as usize, s.prompt_tokens)
+    }
+
+    /// The schedule the simulator would use for scenario `s` with `layers`
+    /// layers per token and a prefill of `prompt_tokens` tokens (a model
+    /// whose shape is not the scenario's, e.g. `wdmoe generate`'s).
+    pub fn for_prompt(s: &Scenario, layers: usize, prompt_tokens: u32) -> Self {
         Self {
-            layers: s.model.layers as usize,
+            layers,
             fading_layers: s.channel.fading_layers as usize,
             batched_prefill: if s.accounting == Accounting::Batched {
-                s.prompt_tokens
+                prompt_tokens
             } else {
                 0
             },
@@ -91,17 +98,25 @@ pub struct TokenChannel<'a> {
 }
 
 impl<'a> TokenChannel<'a> {
-    /// Steps `chan` (a fresh realisation) through `schedule`.
-    pub fn new(chan: ChannelRealisation<'a>, schedule: ChannelSchedule, n: usize) -> Self {
-        Self {
+    /// The channel of prompt `prompt` in a run (replication) seeded with
+    /// `seed`: `channel` realised from the prompt's channel stream
+    /// ([`Stream::Channel`]), stepped through `schedule`.
+    pub fn for_prompt(
+        channel: &'a ChannelModel,
+        schedule: ChannelSchedule,
+        seed: u64,
+        prompt: u64,
+    ) -> Result<Self, Error> {
+        let chan = channel.realise(rng::stream(seed, prompt, Stream::Channel))?;
+        Ok(Self {
             chan,
             schedule,
-            lat: vec![f64::INFINITY; n],
+            lat: vec![f64::INFINITY; channel.n_devices()],
             token: 0,
             started: false,
             slots: 0,
             all_up: true,
-        }
+        })
     }
 
     /// The schedule.
@@ -209,13 +224,14 @@ impl<'s> Replication<'s> {
     /// The draws of prompt `prompt` of this replication.
     pub fn prompt(&self, prompt: u64) -> Result<PromptDraws<'_>, SimError> {
         let s = self.sim.scenario();
-        let chan = self
-            .sim
-            .channel()
-            .realise(rng::stream(self.seed, prompt, Stream::Channel))?;
         let n = s.n_experts();
         Ok(PromptDraws {
-            channel: TokenChannel::new(chan, ChannelSchedule::of(s), n),
+            channel: TokenChannel::for_prompt(
+                self.sim.channel(),
+                ChannelSchedule::of(s),
+                self.seed,
+                prompt,
+            )?,
             router: self
                 .router()
                 .start_prompt(prompt, rng::stream(self.seed, prompt, Stream::Router)),
