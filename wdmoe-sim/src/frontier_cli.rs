@@ -2,10 +2,11 @@
 //! allocation against WDMoE's θ sweep and the baselines ([`crate::frontier`]).
 
 use crate::frontier::{self, report, Allocation, FrontierConfig};
+use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::progress::Progress;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, MAX_FILE_BYTES};
 use crate::sim::Simulation;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Prompts of the default (paper) scenario in `wdmoe frontier`: the joint
 /// pass solves a min–max allocation per subset and slot, so the default run
@@ -26,9 +27,13 @@ pub struct FrontierArgs {
     /// Seed of every random stream (default: the scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Monte-Carlo prompts.
+    /// Monte-Carlo prompts per replication.
     #[arg(long)]
     pub prompts: Option<usize>,
+    /// Independent replications of every random draw (default: the
+    /// scenario's); the means are over prompts × replications, as in `run`.
+    #[arg(long)]
+    pub replications: Option<usize>,
     /// Prefill tokens per prompt (decode tokens, if any, follow; all are
     /// accounted sequentially).
     #[arg(long)]
@@ -40,28 +45,19 @@ pub struct FrontierArgs {
     /// Skip the joint bandwidth pass (even split only).
     #[arg(long)]
     pub no_joint: bool,
-    /// Worker threads (default: all cores); results do not depend on it.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Worker threads, 1..=1024 (default: all cores); results do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
     /// No progress bar and no "wrote FILE" lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// The scenario `a` asks for.
-pub fn scenario(a: &FrontierArgs) -> Result<Scenario, String> {
+pub fn scenario(a: &FrontierArgs) -> Result<Scenario, CliError> {
     let mut s = match &a.scenario {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = output::read_bounded(path, MAX_FILE_BYTES)?;
             Scenario::from_toml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
         None => {
@@ -77,6 +73,9 @@ pub fn scenario(a: &FrontierArgs) -> Result<Scenario, String> {
     if let Some(v) = a.prompts {
         s.prompts = v;
     }
+    if let Some(v) = a.replications {
+        s.replications = v;
+    }
     if let Some(v) = a.tokens {
         s.prompt_tokens = v;
     }
@@ -84,8 +83,10 @@ pub fn scenario(a: &FrontierArgs) -> Result<Scenario, String> {
     Ok(s)
 }
 
-/// Runs `wdmoe frontier`: prints the table, writes the files.
-pub fn run(a: &FrontierArgs) -> Result<(), String> {
+/// Runs `wdmoe frontier`: checks the output paths, runs, writes the files
+/// (atomically, all or none), then prints the table (buffered; a closed
+/// pipe ends quietly, after the files are written).
+pub fn run(a: &FrontierArgs) -> Result<(), CliError> {
     let s = scenario(a)?;
     let title = match &a.scenario {
         Some(p) => format!("WDMoE frontier: {}", p.display()),
@@ -96,10 +97,19 @@ pub fn run(a: &FrontierArgs) -> Result<(), String> {
         return Err(format!(
             "--k-prime: must be in [k, 63] = [{k}, 63] (got {})",
             a.k_prime
-        ));
+        )
+        .into());
+    }
+    // Every output path is checked before the run.
+    let mut files = OutputFiles::default();
+    let mut kinds = Vec::new();
+    if let Some(dir) = &a.out {
+        for name in ["frontier.csv", "frontier.json", "frontier.svg"] {
+            kinds.push((files.add(&dir.join(name))?, name));
+        }
     }
     if s.accounting == crate::scenario::Accounting::Batched && !a.quiet {
-        eprintln!("note: the frontier accounts latency sequentially (eq. 8); the scenario's batched accounting is not used");
+        output::note("note: the frontier accounts latency sequentially (eq. 8) on the scenario's draws (the batched prefill's one channel slot); the batched accounting itself is not used");
     }
     let sim = Simulation::new(s).map_err(|e| e.to_string())?;
     let cfg = FrontierConfig {
@@ -111,7 +121,7 @@ pub fn run(a: &FrontierArgs) -> Result<(), String> {
     let go = || frontier::run(&sim, &cfg, &|| progress.tick());
     let r = match a.threads {
         Some(t) => rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+            .num_threads(t as usize)
             .build()
             .map_err(|e| format!("thread pool: {e}"))?
             .install(go),
@@ -119,19 +129,17 @@ pub fn run(a: &FrontierArgs) -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     progress.finish();
-    print!("{}", report::table(&r, Some(&title)));
-    if let Some(dir) = &a.out {
-        for (name, text) in [
-            ("frontier.csv", report::csv(&r)),
-            ("frontier.json", report::json(&r)),
-            ("frontier.svg", report::svg(&r)),
-        ] {
-            let p = dir.join(name);
-            write_file(&p, &text)?;
-            if !a.quiet {
-                eprintln!("wrote {}", p.display());
-            }
-        }
+    for (i, name) in kinds {
+        let text = match name {
+            "frontier.csv" => report::csv(&r),
+            "frontier.json" => report::json(&r),
+            _ => report::svg(&r),
+        };
+        files.set_contents(i, text.into_bytes());
     }
-    Ok(())
+    // Files first: a closed stdout must not lose them.
+    files.commit(!a.quiet)?;
+    let mut out = Stdout::new();
+    out.write_str(&report::table(&r, Some(&title)))?;
+    out.flush()
 }
