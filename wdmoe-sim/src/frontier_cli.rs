@@ -8,9 +8,10 @@ use crate::scenario::{Scenario, MAX_FILE_BYTES};
 use crate::sim::Simulation;
 use std::path::PathBuf;
 
-/// Prompts of the default (paper) scenario in `wdmoe frontier`: the joint
-/// pass solves a min–max allocation per subset and slot, so the default run
-/// is smaller than `reproduce`'s 200 × 128.
+/// Prompts per replication of the default (paper) scenario in `wdmoe
+/// frontier` (with its 10 replications, 320 prompts): the joint pass solves
+/// a min–max allocation per subset and channel draw, so the default run is
+/// smaller than `reproduce`'s.
 pub const DEFAULT_PROMPTS: usize = 32;
 /// Tokens per prompt of the default scenario in `wdmoe frontier`.
 pub const DEFAULT_TOKENS: u32 = 32;
@@ -18,7 +19,8 @@ pub const DEFAULT_TOKENS: u32 = 32;
 /// Arguments of `wdmoe frontier`.
 #[derive(Debug, clap::Args)]
 pub struct FrontierArgs {
-    /// Scenario file (default: the paper's setup with 32 prompts × 32 tokens).
+    /// Scenario file (default: the paper's setup with 32 prompts × 32 tokens
+    /// per replication).
     #[arg(long)]
     pub scenario: Option<PathBuf>,
     /// Write frontier.csv, frontier.json and frontier.svg into this folder.
