@@ -2,13 +2,12 @@
 //! activations, fp32 accumulation, on the memory-bound path (any token count;
 //! fastest for 1-16 tokens, larger counts run in chunks of 16).
 
-use std::ffi::c_void;
-
 use cust::function::{BlockSize, GridSize};
 use cust::memory::{DeviceBuffer, DeviceSlice};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
+use crate::launch::{kernel_params, Shape};
 use crate::plan::{DevicePlan, TokList};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 
@@ -404,37 +403,31 @@ fn pack(
 ) -> Result<()> {
     let nmat = if b.is_some() { 2 } else { 1 };
     debug_assert_eq!(dst.len(), nmat * rows * cols);
-    let mut pr = i32::from(pair);
-    let mut km = i32::from(k_major);
-    let mut pa = addr(a);
-    let mut pb = b.map(addr).unwrap_or(0);
-    let mut pd = addr(dst);
-    check_align("pack_tiles", "dst", pd, 16)?;
-    let (mut r, mut c) = (rows as i32, cols as i32);
+    kernel_params! {
+        struct PackTiles { a: u64, b: u64, dst: u64, rows: i32, cols: i32, pair: i32, k_major: i32 }
+    }
+    let params = PackTiles {
+        a: addr(a),
+        b: b.map(addr).unwrap_or(0),
+        dst: addr(dst),
+        rows: rows as i32,
+        cols: cols as i32,
+        pair: i32::from(pair),
+        k_major: i32::from(k_major),
+    };
+    check_align("pack_tiles", "dst", params.dst, 16)?;
     let chunks = (nmat * rows * cols / 8) as u64;
     let grid = gpu.grid_1d(chunks, 16);
-    let args = [
-        &mut pa as *mut _ as *mut c_void,
-        &mut pb as *mut _ as *mut c_void,
-        &mut pd as *mut _ as *mut c_void,
-        &mut r as *mut _ as *mut c_void,
-        &mut c as *mut _ as *mut c_void,
-        &mut pr as *mut _ as *mut c_void,
-        &mut km as *mut _ as *mut c_void,
-    ];
-    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int, int, int). a
-    // (and b) hold rows*cols elements, dst holds nmat*rows*cols (checked by
-    // callers), rows and cols are multiples of 16 (32 for rows with pair),
-    // dst is 16-byte aligned (checked).
+    // SAFETY: pack_tiles(const half*, const half*, uint4*, int, int, int,
+    // int) = PackTiles. a (and b) hold rows*cols elements, dst holds
+    // nmat*rows*cols (checked by callers), rows and cols are multiples of 16
+    // (32 for rows with pair), dst is 16-byte aligned (checked).
     unsafe {
         gpu.launch(
             &gpu.ffn,
             "pack_tiles",
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            false,
+            Shape::new(grid, 256),
+            params,
             || format!("rows={rows} cols={cols} nmat={nmat}"),
         )
     }
@@ -501,6 +494,48 @@ struct Gemv {
     k: usize,
     n: usize,
     dest: Dest,
+}
+
+kernel_params! {
+    /// Parameters of the `gemv_*` kernels (kernels/ffn_decode.cu).
+    struct GemvParams {
+        w: u64,
+        x: u64,
+        ldx: i32,
+        toks: TokList,
+        t: i32,
+        k_tiles: i32,
+        rt_stride: i64,
+        kt_stride: i64,
+        splits: i32,
+        partial: u64,
+        counters: u64,
+        out: u64,
+        ldo: i32,
+        out_acc: u64,
+        n_rows: i32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of the `slot_*` kernels (kernels/ffn_decode.cu).
+    struct SlotParams {
+        plan: u64,
+        slot: i32,
+        seq: u32,
+        x: u64,
+        ldx: i32,
+        k_tiles: i32,
+        rt_stride: i64,
+        kt_stride: i64,
+        splits: i32,
+        partial: u64,
+        counters: u64,
+        out: u64,
+        ldo: i32,
+        out_acc: u64,
+        n_rows: i32,
+    }
 }
 
 impl Gemv {
@@ -629,41 +664,32 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
     let (name, _) = kernel_names(g.kind, g.t, cfg.unroll);
     debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
     let geo = geometry(g.kind, g.t, g.k_major, g.k, g.n, cfg);
-    let (mut out, mut ldo, mut acc) = match g.dest {
+    let (out, ldo, acc) = match g.dest {
         Dest::Plain { out, ldo } => (out, ldo, 0u64),
         Dest::Combine { acc, ldo } => (0u64, ldo, acc),
     };
-    let mut w = g.w;
-    let mut x = g.x;
-    let mut ldx = g.ldx;
-    let mut toks = g.toks;
-    let mut t = g.t as i32;
-    let (mut kt, mut rt_stride, mut kt_stride, mut sp) =
-        (geo.k_tiles, geo.rt_stride, geo.kt_stride, geo.splits);
-    let mut partial = addr(&ws.partial);
-    let mut counters = addr(&ws.counters);
-    let mut n_rows = g.n as i32;
-    let args = [
-        &mut w as *mut _ as *mut c_void,
-        &mut x as *mut _ as *mut c_void,
-        &mut ldx as *mut _ as *mut c_void,
-        &mut toks as *mut _ as *mut c_void,
-        &mut t as *mut _ as *mut c_void,
-        &mut kt as *mut _ as *mut c_void,
-        &mut rt_stride as *mut _ as *mut c_void,
-        &mut kt_stride as *mut _ as *mut c_void,
-        &mut sp as *mut _ as *mut c_void,
-        &mut partial as *mut _ as *mut c_void,
-        &mut counters as *mut _ as *mut c_void,
-        &mut out as *mut _ as *mut c_void,
-        &mut ldo as *mut _ as *mut c_void,
-        &mut acc as *mut _ as *mut c_void,
-        &mut n_rows as *mut _ as *mut c_void,
-    ];
-    // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int ldx,
-    // TokList toks (by value, same #[repr(C)] layout), int T, int k_tiles,
-    // long long rt_stride, long long kt_stride, int splits, float* partial, unsigned* counters, half* out, int ldo,
-    // float* out_acc, int n_rows), matching `args` in order and size.
+    let params = GemvParams {
+        w: g.w,
+        x: g.x,
+        ldx: g.ldx,
+        toks: g.toks,
+        t: g.t as i32,
+        k_tiles: geo.k_tiles,
+        rt_stride: geo.rt_stride,
+        kt_stride: geo.kt_stride,
+        splits: geo.splits,
+        partial: addr(&ws.partial),
+        counters: addr(&ws.counters),
+        out,
+        ldo,
+        out_acc: acc,
+        n_rows: g.n as i32,
+    };
+    // SAFETY: the gemv_* kernels take (const uint4* w, const half* x, int
+    // ldx, TokList toks (by value, same #[repr(C)] layout), int T, int
+    // k_tiles, long long rt_stride, long long kt_stride, int splits, float*
+    // partial, unsigned* counters, half* out, int ldo, float* out_acc, int
+    // n_rows) = GemvParams.
     // Callers checked: w holds (n/16)(k/16) packed 16x16 tiles (x2 if
     // gated; pair: (n/32)(k/16) x 2, n % 32 == 0);
     // x has T rows (or rows toks.idx, validated < its row count)
@@ -678,11 +704,8 @@ fn launch_gemv(gpu: &Gpu, ws: &mut FfnWorkspace, g: Gemv, cfg: &KernelConfig) ->
         gpu.launch(
             &gpu.ffn,
             name,
-            geo.grid,
-            geo.block,
-            geo.shared,
-            &args,
-            true,
+            Shape::new(geo.grid, geo.block).shared(geo.shared).pdl(true),
+            params,
             || format!("T={} k={} n={} cfg={cfg:?}", g.t, g.k, g.n),
         )
     }
@@ -1100,42 +1123,32 @@ pub fn ffn_decode_slot(
             kernel_names(kind, n_tokens, kcfg.unroll).1
         };
         let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
-        let (mut out, mut ldo, mut acc) = match dest {
+        let (out, ldo, out_acc) = match dest {
             Dest::Plain { out, ldo } => (out, ldo, 0u64),
             Dest::Combine { acc, ldo } => (0u64, ldo, acc),
         };
-        let mut pplan = addr(&plan.slots);
-        let mut s = slot as i32;
-        let mut seq = plan.seq;
-        let mut xp = xin;
-        let mut ldx = ldx as i32;
-        let (mut kt, mut rt_stride, mut kt_stride, mut sp) =
-            (geo.k_tiles, geo.rt_stride, geo.kt_stride, geo.splits);
-        let mut partial = addr(&ws.partial);
-        let mut counters = addr(&ws.counters);
-        let mut n_rows = n as i32;
-        let args = [
-            &mut pplan as *mut _ as *mut c_void,
-            &mut s as *mut _ as *mut c_void,
-            &mut seq as *mut _ as *mut c_void,
-            &mut xp as *mut _ as *mut c_void,
-            &mut ldx as *mut _ as *mut c_void,
-            &mut kt as *mut _ as *mut c_void,
-            &mut rt_stride as *mut _ as *mut c_void,
-            &mut kt_stride as *mut _ as *mut c_void,
-            &mut sp as *mut _ as *mut c_void,
-            &mut partial as *mut _ as *mut c_void,
-            &mut counters as *mut _ as *mut c_void,
-            &mut out as *mut _ as *mut c_void,
-            &mut ldo as *mut _ as *mut c_void,
-            &mut acc as *mut _ as *mut c_void,
-            &mut n_rows as *mut _ as *mut c_void,
-        ];
+        let params = SlotParams {
+            plan: addr(&plan.slots),
+            slot: slot as i32,
+            seq: plan.seq,
+            x: xin,
+            ldx: ldx as i32,
+            k_tiles: geo.k_tiles,
+            rt_stride: geo.rt_stride,
+            kt_stride: geo.kt_stride,
+            splits: geo.splits,
+            partial: addr(&ws.partial),
+            counters: addr(&ws.counters),
+            out,
+            ldo,
+            out_acc,
+            n_rows: n as i32,
+        };
         // SAFETY: the slot_* kernels take (const Slot* plan, int slot,
         // unsigned seq, const half* x, int ldx, int k_tiles, long long
         // rt_stride, long long kt_stride, int splits, float* partial,
-        // unsigned* counters, half* out, int ldo, float* out_acc, int n_rows),
-        // matching `args` in order and size. plan.slots holds MAX_SLOTS
+        // unsigned* counters, half* out, int ldo, float* out_acc, int n_rows)
+        // = SlotParams. plan.slots holds MAX_SLOTS
         // slots and the ready-flag word after them, and slot < n_slots; a used slot (written only by
         // router_policy) holds the addresses of one of `experts` (checked to
         // be the plan's, all of this geometry: same_packing), at most 16
@@ -1150,11 +1163,8 @@ pub fn ffn_decode_slot(
             gpu.launch(
                 &gpu.ffn,
                 name,
-                geo.grid,
-                geo.block,
-                geo.shared,
-                &args,
-                true,
+                Shape::new(geo.grid, geo.block).shared(geo.shared).pdl(true),
+                params,
                 || format!("slot {slot} k={k} n={n} n_tokens={n_tokens} cfg={kcfg:?}"),
             )?;
         }

@@ -29,6 +29,8 @@
 
 pub mod error;
 pub mod ffn;
+mod launch;
+pub mod moe;
 pub mod plan;
 pub mod prefill;
 pub mod ptx;

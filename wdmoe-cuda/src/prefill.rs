@@ -20,7 +20,8 @@ use cust::memory::{DeviceBuffer, DeviceSlice};
 use cust::module::Module;
 use half::f16;
 
-use crate::error::{check_align, shape, CudaCtx, Error, Result};
+use crate::error::{check_align, check_cu, shape, CudaCtx, Error, Result};
+use crate::launch::{kernel_params, Shape};
 use crate::runtime::{addr, DeviceInfo, Gpu};
 use crate::sys;
 
@@ -106,15 +107,11 @@ pub(crate) fn raise_smem_limits(module: &Module) -> Result<()> {
                 bytes as i32,
             )
         };
-        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Unsupported {
-                op: "Gpu::new",
-                detail: format!(
-                    "{name}: {bytes} bytes of shared memory refused (cuFuncSetAttribute returned {})",
-                    rc as u32
-                ),
-            });
-        }
+        check_cu(
+            rc,
+            || format!("Gpu::new: cuFuncSetAttribute({name})"),
+            || format!("{bytes} bytes of dynamic shared memory"),
+        )?;
     }
     Ok(())
 }
@@ -407,29 +404,28 @@ impl PrefillWeights {
 }
 
 fn interleave8(gpu: &Gpu, w1: u64, w3: u64, dst: u64, m_h: usize, cols: usize) -> Result<()> {
-    let (mut a, mut b, mut d) = (w1, w3, dst);
-    let (mut r, mut c) = (m_h as i32, cols as i32);
+    kernel_params! {
+        struct Interleave8 { w1: u64, w3: u64, dst: u64, m_h: i32, cols: i32 }
+    }
+    let params = Interleave8 {
+        w1,
+        w3,
+        dst,
+        m_h: m_h as i32,
+        cols: cols as i32,
+    };
     let chunks = (2 * m_h * cols / 8) as u64;
     let grid = gpu.grid_1d(chunks, 16);
-    let args = [
-        &mut a as *mut _ as *mut c_void,
-        &mut b as *mut _ as *mut c_void,
-        &mut d as *mut _ as *mut c_void,
-        &mut r as *mut _ as *mut c_void,
-        &mut c as *mut _ as *mut c_void,
-    ];
-    // SAFETY: interleave8(const half*, const half*, half*, int, int): w1 and
+    // SAFETY: interleave8(const half*, const half*, half*, int, int) =
+    // Interleave8: w1 and
     // w3 hold m_h*cols elements, dst 2*m_h*cols (checked by the caller), all
     // 16-byte aligned, m_h and cols multiples of 16.
     unsafe {
         gpu.launch(
             &gpu.prefill,
             "interleave8",
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            false,
+            Shape::new(grid, 256),
+            params,
             || format!("m_h={m_h} cols={cols}"),
         )
     }
@@ -477,6 +473,16 @@ impl PrefillWorkspace {
     /// Most rows per call.
     pub fn max_rows(&self) -> usize {
         self.max_rows
+    }
+}
+
+kernel_params! {
+    /// The grouped GEMM kernels' parameters: two tensor maps and the
+    /// [`GemmParams`], by value.
+    struct GemmLaunch {
+        a: sys::CUtensorMap,
+        b: sys::CUtensorMap,
+        p: GemmParams,
     }
 }
 
@@ -532,15 +538,11 @@ fn tensor_map(
             sys::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
     };
-    if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-        return Err(Error::Unsupported {
-            op,
-            detail: format!(
-                "cuTensorMapEncodeTiled returned {} for a {rows}x{cols} fp16 tensor at {ptr:#x}, box {}x{box_rows}",
-                rc as u32, BK
-            ),
-        });
-    }
+    check_cu(
+        rc,
+        || format!("{op}: cuTensorMapEncodeTiled"),
+        || format!("{rows}x{cols} fp16 tensor at {ptr:#x}, box {BK}x{box_rows}"),
+    )?;
     Ok(map)
 }
 
@@ -607,8 +609,8 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     if tiles == 0 {
         return Ok(());
     }
-    let mut ta = tensor_map(op, g.a, rows, g.k, g.cfg.bm)?;
-    let mut tb = tensor_map(op, g.b, groups * g.n, g.k, g.cfg.bn)?;
+    let ta = tensor_map(op, g.a, rows, g.k, g.cfg.bm)?;
+    let tb = tensor_map(op, g.b, groups * g.n, g.k, g.cfg.bn)?;
     let grid = tiles.min(gpu.info().sm_count as usize) as u32;
     // check() above guarantees the instantiation exists.
     let (name, stages) = kernel(g.mode, g.cfg.bm, g.cfg.bn).ok_or_else(|| Error::Unsupported {
@@ -616,13 +618,9 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
         detail: format!("no kernel for {:?}", g.cfg),
     })?;
     let threads = 128 * (g.cfg.bm / 64 + 1);
-    let args = [
-        &mut ta as *mut _ as *mut c_void,
-        &mut tb as *mut _ as *mut c_void,
-        &mut p as *mut _ as *mut c_void,
-    ];
+    let params = GemmLaunch { a: ta, b: tb, p };
     let (k, n, cfg, mode) = (g.k, g.n, g.cfg, g.mode);
-    // SAFETY: NAME(TensorMap, TensorMap, GemmParams) by value, layouts
+    // SAFETY: NAME(TensorMap, TensorMap, GemmParams) by value = GemmLaunch, layouts
     // mirrored (sys::CUtensorMap, GemmParams). The tensor maps cover A
     // [rows][k] and B [groups*n][k], buffers the callers checked to hold that
     // many elements; the kernel reads only through them (out-of-range boxes
@@ -637,11 +635,10 @@ fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
         gpu.launch(
             &gpu.prefill,
             name,
-            grid.into(),
-            threads.into(),
-            smem_bytes(cfg.bm, cfg.bn, stages),
-            &args,
-            true,
+            Shape::new(grid, threads)
+                .shared(smem_bytes(cfg.bm, cfg.bn, stages))
+                .pdl(true),
+            params,
             || format!("{mode:?} rows={rows} n={n} k={k} groups={groups} {cfg:?}"),
         )
     }
@@ -656,31 +653,29 @@ fn splitk_reduce(
     n: usize,
     out: u64,
 ) -> Result<()> {
-    let (mut w, mut s, mut st, mut r, mut nn, mut o) =
-        (ws, splits as i32, stride as i64, rows as i64, n as i32, out);
+    kernel_params! {
+        struct SplitkReduce { ws: u64, splits: i32, stride: i64, rows: i64, n: i32, out: u64 }
+    }
+    let params = SplitkReduce {
+        ws,
+        splits: splits as i32,
+        stride: stride as i64,
+        rows: rows as i64,
+        n: n as i32,
+        out,
+    };
     let work = (rows * n / 4) as u64;
     let grid = gpu.grid_1d(work, 8);
-    let args = [
-        &mut w as *mut _ as *mut c_void,
-        &mut s as *mut _ as *mut c_void,
-        &mut st as *mut _ as *mut c_void,
-        &mut r as *mut _ as *mut c_void,
-        &mut nn as *mut _ as *mut c_void,
-        &mut o as *mut _ as *mut c_void,
-    ];
     // SAFETY: splitk_reduce(const float*, int, long long, long long, int,
-    // half*) (griddepcontrol.wait before any access, for PDL): ws holds splits slices of stride >= rows*n floats, out rows*n
+    // half*) = SplitkReduce (griddepcontrol.wait before any access, for PDL): ws holds splits slices of stride >= rows*n floats, out rows*n
     // halves (callers' checks), n % 4 == 0, both 16/8-byte aligned (device
     // allocations and row offsets of multiples of 16 elements).
     unsafe {
         gpu.launch(
             &gpu.prefill,
             "splitk_reduce",
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            true,
+            Shape::new(grid, 256).pdl(true),
+            params,
             || format!("splits={splits} rows={rows} n={n}"),
         )
     }
@@ -922,36 +917,28 @@ pub fn gather_rows(
     if rows == 0 {
         return Ok(());
     }
-    let (mut a, mut i, mut o, mut r, mut mm, mut xr) = (
-        addr(x),
-        addr(idx),
-        addr(xs),
-        rows as i32,
-        m as i32,
-        (x.len() / m) as i64,
-    );
+    kernel_params! {
+        struct GatherRows { x: u64, idx: u64, xs: u64, rows: i32, m: i32, x_rows: i64 }
+    }
+    let params = GatherRows {
+        x: addr(x),
+        idx: addr(idx),
+        xs: addr(xs),
+        rows: rows as i32,
+        m: m as i32,
+        x_rows: (x.len() / m) as i64,
+    };
     let grid = gpu.grid_1d((rows * m / 8) as u64, 8);
-    let args = [
-        &mut a as *mut _ as *mut c_void,
-        &mut i as *mut _ as *mut c_void,
-        &mut o as *mut _ as *mut c_void,
-        &mut r as *mut _ as *mut c_void,
-        &mut mm as *mut _ as *mut c_void,
-        &mut xr as *mut _ as *mut c_void,
-    ];
     // SAFETY: gather_rows(const half*, const int*, half*, int, int, long
-    // long): idx holds rows entries; the kernel reads x only at indices in
+    // long) = GatherRows: idx holds rows entries; the kernel reads x only at indices in
     // [0, x_rows) with x_rows = x.len() / m; xs holds rows*m (checked);
     // 16-byte aligned (checked), m % 8 == 0.
     unsafe {
         gpu.launch(
             &gpu.prefill,
             "gather_rows",
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            false,
+            Shape::new(grid, 256),
+            params,
             || format!("rows={rows} m={m}"),
         )
     }
@@ -1045,43 +1032,29 @@ fn combine(
     if tokens == 0 {
         return Ok(());
     }
-    let (mut y, mut yr, mut s, mut ww, mut k, mut t, mut mm, mut o) = (
-        addr(ys),
-        (ys.len() / m) as i64,
-        addr(slot),
-        addr(w),
-        topk as i32,
-        tokens as i32,
-        m as i32,
+    kernel_params! {
+        struct CombineRows { ys: u64, ys_rows: i64, slot: u64, w: u64, topk: i32, tokens: i32, m: i32, out: u64 }
+    }
+    let params = CombineRows {
+        ys: addr(ys),
+        ys_rows: (ys.len() / m) as i64,
+        slot: addr(slot),
+        w: addr(w),
+        topk: topk as i32,
+        tokens: tokens as i32,
+        m: m as i32,
         out,
-    );
+    };
     let grid = gpu.grid_1d((tokens * m / 8) as u64, 8);
-    let args = [
-        &mut y as *mut _ as *mut c_void,
-        &mut yr as *mut _ as *mut c_void,
-        &mut s as *mut _ as *mut c_void,
-        &mut ww as *mut _ as *mut c_void,
-        &mut k as *mut _ as *mut c_void,
-        &mut t as *mut _ as *mut c_void,
-        &mut mm as *mut _ as *mut c_void,
-        &mut o as *mut _ as *mut c_void,
-    ];
     // SAFETY: combine_rows[_f32](const half*, long long, const int*, const
-    // float*, int, int, int, half*|float*): slot and w hold tokens*topk
+    // float*, int, int, int, half*|float*) = CombineRows: slot and w hold tokens*topk
     // entries, out tokens*m of the kernel's output type (checked); the kernel
     // reads ys only at slots in [0, ys_rows) with ys_rows = ys.len() / m;
     // 16-byte aligned (checked).
     unsafe {
-        gpu.launch(
-            &gpu.prefill,
-            op,
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            false,
-            || format!("tokens={tokens} topk={topk} m={m}"),
-        )
+        gpu.launch(&gpu.prefill, op, Shape::new(grid, 256), params, || {
+            format!("tokens={tokens} topk={topk} m={m}")
+        })
     }
 }
 

@@ -20,12 +20,11 @@ use wdmoe_core::select::Policy;
 use wdmoe_cuda::cust::event::Event;
 use wdmoe_cuda::cust::memory::CopyDestination;
 use wdmoe_cuda::cust::memory::LockedBuffer;
+use wdmoe_cuda::moe::{run_host_plan, same_plan, GroupedPrefill};
 use wdmoe_cuda::{
-    combine_rows_f32, elapsed_ms, f16, ffn_decode_combine, ffn_decode_slot, ffn_grouped,
-    gate_up_prefetch_ranges, gather_rows, prefers_prefill, DecodeConfig, DeviceBuffer, DevicePlan,
-    DeviceSlice, Error as CudaError, ExpertWeights, FfnWorkspace, Gpu, PlanPolicy, PlanReport,
-    PrefetchTable, PrefillWeights, PrefillWorkspace, Router, RoutingPlan, MAX_PLAN_TOKENS,
-    PREFILL_MIN_TOKENS,
+    elapsed_ms, f16, ffn_decode_slot, gate_up_prefetch_ranges, prefers_prefill, DecodeConfig,
+    DeviceBuffer, DevicePlan, Error as CudaError, ExpertWeights, FfnWorkspace, Gpu, PlanPolicy,
+    PrefetchTable, PrefillWeights, Router, RoutingPlan, MAX_PLAN_TOKENS, PREFILL_MIN_TOKENS,
 };
 
 use super::{
@@ -34,7 +33,7 @@ use super::{
 
 impl From<CudaError> for LayerError {
     fn from(e: CudaError) -> Self {
-        LayerError::Gpu(e.to_string())
+        LayerError::Gpu(e)
     }
 }
 
@@ -52,7 +51,7 @@ pub struct GpuLayer {
     logits_host: LockedBuffer<f32>,
     prefetch: PrefetchTable,
     events: Vec<Event>,
-    prefill: Option<Grouped>,
+    prefill: Option<GroupedPrefill>,
     use_prefill: bool,
     expert_timing: bool,
     device: DevicePlan,
@@ -66,68 +65,6 @@ pub struct GpuLayer {
     gpu: Gpu,
 }
 
-/// The grouped prefill path: all experts stacked in the prefill layout, and
-/// buffers for the token rows in expert order (grown on demand).
-struct Grouped {
-    w: PrefillWeights,
-    ws: Option<PrefillWorkspace>,
-    xs: DeviceBuffer<f16>,
-    ys: DeviceBuffer<f16>,
-    idx: DeviceBuffer<i32>,
-    slot: DeviceBuffer<i32>,
-    wts: DeviceBuffer<f32>,
-    rows: usize,
-}
-
-impl Grouped {
-    fn new(gpu: &Gpu, w: PrefillWeights) -> Result<Grouped, LayerError> {
-        Ok(Grouped {
-            ws: None,
-            xs: gpu.alloc(1)?,
-            ys: gpu.alloc(1)?,
-            idx: gpu.alloc(1)?,
-            slot: gpu.alloc(1)?,
-            wts: gpu.alloc(1)?,
-            rows: 0,
-            w,
-        })
-    }
-
-    /// Buffers for `rows` token rows and `tokens * e` slots.
-    fn reserve(
-        &mut self,
-        gpu: &Gpu,
-        rows: usize,
-        tokens: usize,
-        e: usize,
-    ) -> Result<(), LayerError> {
-        let (m, m_h) = (self.w.m(), self.w.m_h());
-        if rows > self.rows {
-            self.ws = None; // free before allocating the larger one
-            self.xs = gpu.alloc(rows * m)?;
-            self.ys = gpu.alloc(rows * m)?;
-            self.idx = gpu.alloc(rows)?;
-            self.ws = Some(PrefillWorkspace::new(gpu, m, m_h, rows)?);
-            self.rows = rows;
-        }
-        if self.slot.len() < tokens * e {
-            self.slot = gpu.alloc(tokens * e)?;
-            self.wts = gpu.alloc(tokens * e)?;
-        }
-        Ok(())
-    }
-}
-
-fn upload<T: wdmoe_cuda::cust::memory::DeviceCopy>(
-    dst: &DeviceSlice<T>,
-    src: &[T],
-    what: &str,
-) -> Result<(), LayerError> {
-    dst.index(..src.len())
-        .copy_from(src)
-        .map_err(|e| LayerError::Gpu(format!("cuMemcpyHtoD of {what}: {e:?}")))
-}
-
 impl std::fmt::Debug for GpuLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuLayer")
@@ -137,66 +74,6 @@ impl std::fmt::Debug for GpuLayer {
             .field("cfg", &self.cfg)
             .finish()
     }
-}
-
-/// Whether the device's plan is wdmoe-core's: the same experts in the same
-/// (expert) order, the same tokens, bit-identical fp32 weights (the device
-/// port computes the same f64 bits as wdmoe-core, see kernels/router.cu).
-fn same_plan(report: &PlanReport, groups: &[Vec<(usize, f32)>]) -> bool {
-    if report.failed_token.is_some() {
-        return false;
-    }
-    let mut slots = report.slots.iter();
-    for (q, g) in groups.iter().enumerate() {
-        if g.is_empty() {
-            continue;
-        }
-        let Some(s) = slots.next() else {
-            return false;
-        };
-        if s.expert != q || s.tokens.len() != g.len() {
-            return false;
-        }
-        for (&(ta, wa), &(tb, wb)) in s.tokens.iter().zip(g) {
-            if ta != tb || wa.to_bits() != wb.to_bits() {
-                return false;
-            }
-        }
-    }
-    slots.next().is_none()
-}
-
-/// The decode experts on a host-built plan: for each expert with tokens its
-/// two kernels (tokens by value, the combine into `acc`), between events
-/// `events[2 + 2q]` and `events[3 + 2q]` when given; returns the experts
-/// that ran between events.
-#[allow(clippy::too_many_arguments)]
-fn run_host_plan(
-    gpu: &Gpu,
-    experts: &[ExpertWeights],
-    x: &DeviceSlice<f16>,
-    plan: &RoutingPlan,
-    groups: &[Vec<(usize, f32)>],
-    acc: &mut DeviceSlice<f32>,
-    ws: &mut FfnWorkspace,
-    cfg: &DecodeConfig,
-    events: Option<&[Event]>,
-) -> Result<Vec<usize>, LayerError> {
-    let mut ran = Vec::new();
-    for (q, group) in groups.iter().enumerate() {
-        if group.is_empty() {
-            continue;
-        }
-        if let Some(ev) = events {
-            gpu.record_on(&ev[2 + 2 * q])?;
-        }
-        ffn_decode_combine(gpu, &experts[q], x, plan, q, acc, ws, cfg)?;
-        if let Some(ev) = events {
-            gpu.record_on(&ev[3 + 2 * q])?;
-            ran.push(q);
-        }
-    }
-    Ok(ran)
 }
 
 /// Per-expert accounting from the groups and the measured times.
@@ -306,7 +183,7 @@ impl GpuLayer {
     ) -> Result<GpuLayer, LayerError> {
         let e = experts.len();
         let max_tokens = max_tokens.max(1);
-        let prefill = prefill.map(|w| Grouped::new(&gpu, w)).transpose()?;
+        let prefill = prefill.map(|w| GroupedPrefill::new(&gpu, w)).transpose()?;
         Ok(GpuLayer {
             device: DevicePlan::new(&gpu, &experts)?,
             device_policy_tokens: 1,
@@ -320,8 +197,9 @@ impl GpuLayer {
             acc: gpu.alloc(max_tokens * m)?,
             plan: RoutingPlan::default(),
             prefetch: PrefetchTable::new(&gpu, &experts, 0)?,
-            logits_host: LockedBuffer::new(&0.0f32, max_tokens * e)
-                .map_err(|err| LayerError::Gpu(format!("cuMemAllocHost: {err:?}")))?,
+            logits_host: LockedBuffer::new(&0.0f32, max_tokens * e).map_err(|err| {
+                CudaError::cuda("cuMemAllocHost", format!("{} floats", max_tokens * e), err)
+            })?,
             events: (0..2 + 2 * e)
                 .map(|_| gpu.event())
                 .collect::<Result<_, _>>()?,
@@ -453,12 +331,10 @@ impl GpuLayer {
                 self.m
             )));
         }
-        use wdmoe_cuda::cust::memory::CopyDestination;
         let h = to_f16(x);
-        self.x
-            .index(..h.len())
-            .copy_from(&h[..])
-            .map_err(|e| LayerError::Gpu(format!("cuMemcpyHtoD of x: {e:?}")))
+        self.x.index(..h.len()).copy_from(&h[..]).map_err(|e| {
+            CudaError::cuda("cuMemcpyHtoD", format!("x: {} values", h.len()), e).into()
+        })
     }
 
     /// Fills the input buffer with random fp16 values in [-1, 1) (benchmarks).
@@ -512,41 +388,17 @@ impl GpuLayer {
         let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
         let grouped_path = self.uses_prefill(n_tokens);
         if grouped_path {
-            let g = self
-                .prefill
-                .as_mut()
-                .ok_or_else(|| LayerError::Gpu("no prefill weights".into()))?;
-            let counts: Vec<usize> = groups.iter().map(Vec::len).collect();
-            let rows: usize = counts.iter().sum();
-            g.reserve(gpu, rows.max(1), n_tokens, e)?;
-            // Rows in expert order; slot[t][j]: the row of token t's j-th
-            // expert (-1: none), weight in wts.
-            let mut idx = Vec::with_capacity(rows);
-            let mut slot = vec![-1i32; n_tokens * e];
-            let mut wts = vec![0f32; n_tokens * e];
-            let mut used = vec![0usize; n_tokens];
-            for group in &groups {
-                for &(t, w) in group {
-                    let j = t * e + used[t];
-                    slot[j] = idx.len() as i32;
-                    wts[j] = w;
-                    used[t] += 1;
-                    idx.push(t as i32);
-                }
-            }
-            upload(&g.idx, &idx, "row indices")?;
-            upload(&g.slot, &slot, "slots")?;
-            upload(&g.wts, &wts, "combine weights")?;
-            gpu.record_on(&ev[2])?;
-            if rows > 0 {
-                gather_rows(gpu, &self.x, &g.idx.index(..rows), m, &mut g.xs)?;
-                let ws =
-                    g.ws.as_mut()
-                        .ok_or_else(|| LayerError::Gpu("prefill workspace missing".into()))?;
-                ffn_grouped(gpu, &g.w, &g.xs, &counts, &mut g.ys, ws, None)?;
-            }
-            gpu.record_on(&ev[3])?;
-            combine_rows_f32(gpu, &g.ys, &g.slot, &g.wts, e, n_tokens, m, &mut acc)?;
+            let g = self.prefill.as_mut().ok_or_else(|| {
+                LayerError::Shape("grouped prefill path without prefill weights".into())
+            })?;
+            g.step(
+                gpu,
+                &self.x,
+                n_tokens,
+                &groups,
+                &mut acc,
+                Some((&ev[2], &ev[3])),
+            )?;
         } else {
             self.plan.set(n_tokens, &groups)?;
         }
@@ -606,13 +458,12 @@ impl GpuLayer {
         latency_s: &[f64],
     ) -> Result<LayerOutput, LayerError> {
         let (m, e) = (self.m, self.experts.len());
-        let k = if self.skew_device_policy {
-            1
+        let pol = if self.skew_device_policy {
+            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
         } else {
-            policy.k()
-        };
-        let pol = PlanPolicy::new(k.min(e), policy.theta(), policy.max_drops())?
-            .with_profile(self.profile_router);
+            PlanPolicy::from(*policy)
+        }
+        .with_profile(self.profile_router);
         let gpu = &self.gpu;
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
@@ -665,8 +516,13 @@ impl GpuLayer {
             // The device plan is not wdmoe-core's: run the experts again
             // with wdmoe-core's plan (the step's time includes both).
             self.mismatches += 1;
-            acc.set_zero()
-                .map_err(|err| LayerError::Gpu(format!("cuMemset of the accumulator: {err:?}")))?;
+            acc.set_zero().map_err(|err| {
+                CudaError::cuda(
+                    "cuMemsetD32",
+                    format!("accumulator of {n_tokens} x {m}"),
+                    err,
+                )
+            })?;
             self.plan.set(n_tokens, &groups)?;
             let ran = run_host_plan(
                 gpu,
@@ -730,42 +586,6 @@ impl GpuLayer {
 mod tests {
     use super::super::cpu;
     use super::*;
-
-    #[test]
-    fn same_plan_requires_identical_experts_tokens_and_weight_bits() {
-        use wdmoe_cuda::PlannedSlot;
-        let groups = vec![vec![(0, 0.6f32)], vec![], vec![(0, 0.4f32), (1, 1.0)]];
-        let slot = |expert, tokens: &[(usize, f32)]| PlannedSlot {
-            expert,
-            tokens: tokens.to_vec(),
-        };
-        let good = PlanReport {
-            failed_token: None,
-            slots: vec![slot(0, &[(0, 0.6)]), slot(2, &[(0, 0.4), (1, 1.0)])],
-        };
-        assert!(same_plan(&good, &groups));
-        let mut r = good.clone();
-        r.slots[1].expert = 1;
-        assert!(!same_plan(&r, &groups));
-        let mut r = good.clone();
-        r.slots[1].tokens[1].0 = 2;
-        assert!(!same_plan(&r, &groups));
-        let mut r = good.clone();
-        r.slots[0].tokens[0].1 = f32::from_bits(0.6f32.to_bits() + 1);
-        assert!(!same_plan(&r, &groups), "one ulp is a difference");
-        let mut r = good.clone();
-        r.slots.push(slot(3, &[(1, 0.5)]));
-        assert!(!same_plan(&r, &groups));
-        let mut r = good.clone();
-        r.slots.pop();
-        assert!(!same_plan(&r, &groups));
-        let failed = PlanReport {
-            failed_token: Some(0),
-            slots: Vec::new(),
-        };
-        assert!(!same_plan(&failed, &groups));
-        assert!(!same_plan(&failed, &[vec![], vec![]]));
-    }
 
     fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
