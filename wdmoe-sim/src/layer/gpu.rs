@@ -1,79 +1,33 @@
-//! The MoE layer step on a CUDA GPU (feature `cuda`): router GEMV + softmax
-//! on the GPU, then the WDMoE policy of wdmoe-core per token, either
-//! * on the GPU (device-planned decode, 1 token by default, see
-//!   [`GpuLayer::set_device_policy_tokens`]): the router kernel runs a
-//!   bit-identical port of wdmoe-core's `select` and writes the expert
-//!   plan; the slot kernels read it; the host checks the plan against
-//!   wdmoe-core after the step (and re-runs the experts on a difference); or
-//! * on the host, from the logits copied there; then either
-//! * decode (up to [`PREFILL_MIN_TOKENS`] tokens, or no sm_90a): per expert
-//!   the fused decode kernels of wdmoe-cuda, tokens passed by value, the
-//!   weighted combine in the W2 kernel's epilogue (fp32 accumulator); or
-//! * prefill (more tokens, compute capability 9.0): the token rows gathered
-//!   in expert order, all experts' FFNs in one grouped tensor-core launch per
-//!   GEMM ([`ffn_grouped`]), and a weighted combine back to token order:
-//!   all 8 devices' experts simulated on one card.
+//! The MoE layer step on a CUDA GPU (feature `cuda`): a thin caller of
+//! wdmoe-cuda's [`MoeLayer`], which owns the GPU step (router, wdmoe-core's
+//! policy on the host or its port on the device, the check and re-run,
+//! decode or grouped prefill kernels, combine). Here: the f32 weights of
+//! [`MoeWeights`] converted to fp16, and the step's result as the
+//! [`LayerOutput`] the CPU layer ([`super::cpu::forward`]) returns.
 //!
 //! Timed with CUDA events.
 
 use wdmoe_core::select::Policy;
-use wdmoe_cuda::cust::event::Event;
-use wdmoe_cuda::cust::memory::CopyDestination;
-use wdmoe_cuda::cust::memory::LockedBuffer;
-use wdmoe_cuda::moe::{run_host_plan, same_plan, GroupedPrefill};
-use wdmoe_cuda::{
-    elapsed_ms, f16, ffn_decode_slot, gate_up_prefetch_ranges, prefers_prefill, DecodeConfig,
-    DeviceBuffer, DevicePlan, Error as CudaError, ExpertWeights, FfnWorkspace, Gpu, PlanPolicy,
-    PrefetchTable, PrefillWeights, Router, RoutingPlan, MAX_PLAN_TOKENS, PREFILL_MIN_TOKENS,
-};
+use wdmoe_cuda::moe::{MoeLayer, MoeStep};
+use wdmoe_cuda::{f16, DecodeConfig, Error as CudaError, Gpu};
 
-use super::{
-    check_latencies, route, ExpertStats, LayerError, LayerOutput, MoeWeights, MAX_EXPERTS,
-};
+use super::{check_latencies, ExpertStats, LayerError, LayerOutput, MoeWeights, MAX_EXPERTS};
 
 impl From<CudaError> for LayerError {
     fn from(e: CudaError) -> Self {
-        LayerError::Gpu(e)
+        match e {
+            // The policy's own errors stay policy errors (as on the CPU).
+            CudaError::Policy(p) => LayerError::Policy(p),
+            e => LayerError::Gpu(e),
+        }
     }
 }
 
-/// A MoE layer resident on one GPU: router, packed fp16 experts, buffers for
-/// up to `max_tokens` tokens per step.
+/// A MoE layer resident on one GPU: wdmoe-cuda's [`MoeLayer`] (router,
+/// packed fp16 experts, buffers for up to `max_tokens` tokens per step).
+#[derive(Debug)]
 pub struct GpuLayer {
-    router: Router,
-    experts: Vec<ExpertWeights>,
-    ws: FfnWorkspace,
-    cfg: DecodeConfig,
-    x: DeviceBuffer<f16>,
-    probs: DeviceBuffer<f32>,
-    acc: DeviceBuffer<f32>,
-    plan: RoutingPlan,
-    logits_host: LockedBuffer<f32>,
-    prefetch: PrefetchTable,
-    events: Vec<Event>,
-    prefill: Option<GroupedPrefill>,
-    use_prefill: bool,
-    expert_timing: bool,
-    device: DevicePlan,
-    device_policy_tokens: usize,
-    mismatches: u64,
-    skew_device_policy: bool,
-    profile_router: bool,
-    m: usize,
-    m_h: usize,
-    max_tokens: usize,
-    gpu: Gpu,
-}
-
-impl std::fmt::Debug for GpuLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuLayer")
-            .field("m", &self.m)
-            .field("m_h", &self.m_h)
-            .field("experts", &self.experts.len())
-            .field("cfg", &self.cfg)
-            .finish()
-    }
+    inner: MoeLayer,
 }
 
 /// Per-expert accounting from the groups and the measured times.
@@ -99,36 +53,27 @@ impl GpuLayer {
     /// m and m_h must be multiples of 16.
     pub fn new(gpu: Gpu, w: &MoeWeights, max_tokens: usize) -> Result<GpuLayer, LayerError> {
         w.validate()?;
-        let router = Router::from_host(&gpu, &to_f16(&w.router), w.n_experts(), w.m)?;
-        let mut experts = Vec::with_capacity(w.n_experts());
-        let mut raw = Vec::new();
-        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
-        for e in &w.experts {
-            let (a, b, c) = (
-                gpu.upload(&to_f16(&e.w1))?,
-                gpu.upload(&to_f16(&e.w3))?,
-                gpu.upload(&to_f16(&e.w2))?,
-            );
-            experts.push(ExpertWeights::pack(&gpu, &a, &b, &c, w.m, w.m_h)?);
-            if grouped {
-                raw.push((a, b, c));
-            } else {
-                gpu.sync()?;
-            }
-        }
-        let prefill = if grouped {
-            let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
-            let p = PrefillWeights::pack(&gpu, &refs, w.m, w.m_h)?;
-            gpu.sync()?;
-            Some(p)
-        } else {
-            None
-        };
-        Self::assemble(gpu, router, experts, prefill, w.m, w.m_h, max_tokens)
+        let inner = MoeLayer::build(
+            gpu,
+            &to_f16(&w.router),
+            w.n_experts(),
+            w.m,
+            w.m_h,
+            max_tokens,
+            |gpu, q| {
+                let e = &w.experts[q];
+                Ok((
+                    gpu.upload(&to_f16(&e.w1))?,
+                    gpu.upload(&to_f16(&e.w3))?,
+                    gpu.upload(&to_f16(&e.w2))?,
+                ))
+            },
+        )?;
+        Ok(GpuLayer { inner })
     }
 
     /// A layer of random fp16 weights generated on the GPU (uniform, scaled
-    /// by 1/sqrt(fan-in)), for benchmarks at full Mixtral size.
+    /// by 1.7/sqrt(fan-in)), for benchmarks at full Mixtral size.
     pub fn random(
         gpu: Gpu,
         m: usize,
@@ -140,430 +85,155 @@ impl GpuLayer {
         if n_experts == 0 || n_experts > MAX_EXPERTS {
             return Err(LayerError::Shape(format!("n_experts={n_experts}")));
         }
-        let s_m = 1.7 / (m as f32).sqrt();
-        let s_h = 1.7 / (m_h as f32).sqrt();
-        let mut g = gpu.alloc::<f16>(n_experts * m)?;
-        gpu.fill_uniform(&mut g, seed, s_m)?;
-        let router = Router::from_host(&gpu, &gpu.download(&g)?, n_experts, m)?;
-        let mut experts = Vec::with_capacity(n_experts);
-        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
-        let mut raw = Vec::new();
-        for q in 0..n_experts as u64 {
-            let mut w1 = gpu.alloc::<f16>(m * m_h)?;
-            let mut w3 = gpu.alloc::<f16>(m * m_h)?;
-            let mut w2 = gpu.alloc::<f16>(m * m_h)?;
-            gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
-            gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
-            gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
-            experts.push(ExpertWeights::pack(&gpu, &w1, &w3, &w2, m, m_h)?);
-            gpu.sync()?;
-            if grouped {
-                raw.push((w1, w3, w2));
-            }
-        }
-        let prefill = if grouped {
-            let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
-            let p = PrefillWeights::pack(&gpu, &refs, m, m_h)?;
-            gpu.sync()?;
-            Some(p)
-        } else {
-            None
-        };
-        Self::assemble(gpu, router, experts, prefill, m, m_h, max_tokens)
+        let inner = MoeLayer::random(gpu, m, m_h, n_experts, max_tokens, seed)?;
+        Ok(GpuLayer { inner })
     }
 
-    fn assemble(
-        gpu: Gpu,
-        router: Router,
-        experts: Vec<ExpertWeights>,
-        prefill: Option<PrefillWeights>,
-        m: usize,
-        m_h: usize,
-        max_tokens: usize,
-    ) -> Result<GpuLayer, LayerError> {
-        let e = experts.len();
-        let max_tokens = max_tokens.max(1);
-        let prefill = prefill.map(|w| GroupedPrefill::new(&gpu, w)).transpose()?;
-        Ok(GpuLayer {
-            device: DevicePlan::new(&gpu, &experts)?,
-            device_policy_tokens: 1,
-            mismatches: 0,
-            skew_device_policy: false,
-            profile_router: false,
-            ws: FfnWorkspace::new(&gpu, m, m_h)?,
-            cfg: DecodeConfig::auto(gpu.info(), m, m_h),
-            x: gpu.alloc(max_tokens * m)?,
-            probs: gpu.alloc(max_tokens * e)?,
-            acc: gpu.alloc(max_tokens * m)?,
-            plan: RoutingPlan::default(),
-            prefetch: PrefetchTable::new(&gpu, &experts, 0)?,
-            logits_host: LockedBuffer::new(&0.0f32, max_tokens * e).map_err(|err| {
-                CudaError::cuda("cuMemAllocHost", format!("{} floats", max_tokens * e), err)
-            })?,
-            events: (0..2 + 2 * e)
-                .map(|_| gpu.event())
-                .collect::<Result<_, _>>()?,
-            router,
-            experts,
-            prefill,
-            use_prefill: true,
-            expert_timing: true,
-            m,
-            m_h,
-            max_tokens,
-            gpu,
-        })
+    /// The wdmoe-cuda layer (every setting of the GPU step: device policy
+    /// tokens, prefill, expert timing, prefetch, launch shapes).
+    pub fn moe(&self) -> &MoeLayer {
+        &self.inner
     }
 
-    /// Whether steps of more than [`PREFILL_MIN_TOKENS`] tokens use the
-    /// grouped prefill kernels (default true; they exist only on compute
-    /// capability 9.0 and for layers built with `max_tokens` above that).
-    /// false forces the decode kernels (comparisons, tests).
+    /// The wdmoe-cuda layer, mutable (its settings).
+    pub fn moe_mut(&mut self) -> &mut MoeLayer {
+        &mut self.inner
+    }
+
+    /// See [`MoeLayer::set_prefill`].
     pub fn set_prefill(&mut self, on: bool) {
-        self.use_prefill = on;
+        self.inner.set_prefill(on);
     }
 
-    /// Per-expert CUDA events around each expert's kernels on the decode
-    /// path (default true). They cost ~5 µs per step on an H200 (they break
-    /// the programmatic-dependent-launch overlap between one expert's down
-    /// kernel and the next expert's gate/up); with false, `ExpertStats::time_s`
-    /// stays 0 on that path and the step time is what a deployment sees.
+    /// See [`MoeLayer::set_expert_timing`].
     pub fn set_expert_timing(&mut self, on: bool) {
-        self.expert_timing = on;
+        self.inner.set_expert_timing(on);
     }
 
-    /// Steps of 1..=`max_tokens` tokens (at most 16, off the prefill path)
-    /// run the selection policy on the GPU; default 1 (single-token decode,
-    /// where it saves the host round trip: H200 1-token step 181.7-185.7 µs
-    /// vs 186.3-193.2 with the host policy; at 4-16 tokens the slots launched
-    /// for experts that get no token cost as much as it saves, see
-    /// BENCHMARKS.md); 0 turns it off. The router kernel then also runs a
-    /// port of wdmoe-core's `select` (bit-identical f64 arithmetic) and
-    /// writes the expert plan, and every kernel of the step is enqueued at
-    /// once (no host round trip between router and experts). After the step
-    /// the host runs wdmoe-core on the same logits; if its plan differs in
-    /// any expert, token or weight bit, the experts are run again with
-    /// wdmoe-core's plan (counted by [`GpuLayer::device_policy_mismatches`]),
-    /// so results always follow wdmoe-core. Otherwise the policy runs on the
-    /// host between router and experts (one synchronisation per step).
+    /// See [`MoeLayer::set_device_policy_tokens`].
     pub fn set_device_policy_tokens(&mut self, max_tokens: usize) {
-        self.device_policy_tokens = max_tokens.min(MAX_PLAN_TOKENS);
+        self.inner.set_device_policy_tokens(max_tokens);
     }
 
     /// Steps whose device plan differed from wdmoe-core's and were re-run.
     pub fn device_policy_mismatches(&self) -> u64 {
-        self.mismatches
+        self.inner.device_policy_mismatches()
     }
 
-    /// Test hook: the device policy uses top-1 instead of the policy's k,
-    /// so that its plan differs from wdmoe-core's (exercises the re-run).
+    /// Test hook: see [`MoeLayer::skew_device_policy`].
     #[doc(hidden)]
     pub fn skew_device_policy(&mut self, on: bool) {
-        self.skew_device_policy = on;
+        self.inner.skew_device_policy(on);
     }
 
-    /// Profiling: device-planned 1-token steps record the router kernel's
-    /// phase times ([`GpuLayer::device_plan_stamps_ns`]).
+    /// Profiling: see [`MoeLayer::set_profile_router`].
     #[doc(hidden)]
     pub fn set_profile_router(&mut self, on: bool) {
-        self.profile_router = on;
+        self.inner.set_profile_router(on);
     }
 
-    /// Profiling stamps of the last device-planned 1-token step (see
-    /// wdmoe-cuda `DevicePlan::stamps_ns`).
+    /// Profiling stamps of the last device-planned 1-token step.
     #[doc(hidden)]
     pub fn device_plan_stamps_ns(&self) -> Result<[u64; 7], LayerError> {
-        Ok(self.device.stamps_ns(&self.gpu)?)
+        Ok(self.inner.device_plan_stamps_ns()?)
     }
 
-    /// Whether a step of `n_tokens` tokens (with these latencies) takes the
-    /// device-planned path (see [`GpuLayer::set_device_policy_tokens`]).
+    /// See [`MoeLayer::uses_device_policy`].
     pub fn uses_device_policy(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
-        n_tokens <= self.device_policy_tokens
-            && !self.uses_prefill(n_tokens)
-            && latency_s.iter().all(|t| *t > 0.0)
+        self.inner.uses_device_policy(n_tokens, latency_s)
     }
 
-    /// Whether a step of `n_tokens` tokens takes the grouped prefill path.
+    /// See [`MoeLayer::uses_prefill`].
     pub fn uses_prefill(&self, n_tokens: usize) -> bool {
-        self.use_prefill && self.prefill.is_some() && prefers_prefill(&self.gpu, n_tokens)
+        self.inner.uses_prefill(n_tokens)
     }
 
     /// The GPU.
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        self.inner.gpu()
     }
 
     /// Launch shapes of the expert kernels.
     pub fn config(&self) -> DecodeConfig {
-        self.cfg
+        self.inner.config()
     }
 
     /// Sets the launch shapes of the expert kernels.
     pub fn set_config(&mut self, cfg: DecodeConfig) {
-        self.cfg = cfg;
+        self.inner.set_config(cfg);
     }
 
-    /// Speculative L2 prefetch (off by default, 0). Host policy: while the
-    /// host runs the policy, the router kernel's extra blocks prefetch the
-    /// first `bytes` of each of token 0's two highest-logit experts (k-major
-    /// packing: the tiles their gate/up kernels read first) into L2. Device
-    /// policy: while the router kernel runs the policy, it prefetches
-    /// `bytes` of token 0's lowest-index top-k candidate (the expert of
-    /// plan slot 0 unless the policy drops it), split over the starts of the
-    /// gate/up kernel's warp k ranges. Never changes results.
+    /// See [`MoeLayer::set_prefetch_bytes`].
     pub fn set_prefetch_bytes(&mut self, bytes: usize) {
-        self.prefetch.set_bytes(bytes);
+        self.inner.set_prefetch_bytes(bytes);
     }
 
     /// Bytes of one expert's weights.
     pub fn expert_bytes(&self) -> usize {
-        self.experts.first().map_or(0, |e| e.bytes())
+        self.inner.expert_bytes()
     }
 
     /// Copies `x` (`[n_tokens][m]`, converted to fp16) into the input buffer.
     pub fn set_input(&mut self, x: &[f32], n_tokens: usize) -> Result<(), LayerError> {
-        if n_tokens == 0 || n_tokens > self.max_tokens || x.len() != n_tokens * self.m {
+        let m = self.inner.m();
+        if n_tokens == 0 || n_tokens > self.inner.max_tokens() || x.len() != n_tokens * m {
             return Err(LayerError::Shape(format!(
-                "x has {} values for {n_tokens} tokens (1..={}) of m={}",
+                "x has {} values for {n_tokens} tokens (1..={}) of m={m}",
                 x.len(),
-                self.max_tokens,
-                self.m
+                self.inner.max_tokens(),
             )));
         }
-        let h = to_f16(x);
-        self.x.index(..h.len()).copy_from(&h[..]).map_err(|e| {
-            CudaError::cuda("cuMemcpyHtoD", format!("x: {} values", h.len()), e).into()
-        })
+        Ok(self.inner.set_input(&to_f16(x), n_tokens)?)
     }
 
     /// Fills the input buffer with random fp16 values in [-1, 1) (benchmarks).
     pub fn set_random_input(&mut self, seed: u64) -> Result<(), LayerError> {
-        Ok(self.gpu.fill_uniform(&mut self.x, seed, 1.0)?)
+        Ok(self.inner.set_random_input(seed)?)
     }
 
-    /// One layer step on the tokens in the input buffer; the output stays on
-    /// the GPU (see [`GpuLayer::output`]). `out` of the result is empty.
-    ///
-    /// GPU timeline: router (+ zeroing the accumulator) writing the logits
-    /// into page-locked host memory (the one synchronisation) → policy and
-    /// grouping on the host → per expert with tokens: gate/up and down
-    /// kernels (programmatic dependent launch), tokens and weights passed by
-    /// value, the combine in the down kernel's epilogue. `time_s` spans all
-    /// of it, host part included.
+    /// One layer step on the tokens in the input buffer ([`MoeLayer::step`]);
+    /// the output stays on the GPU (see [`GpuLayer::output`]). `out` of the
+    /// result is empty; `time_s` spans router to combine, host part included.
     pub fn step(
         &mut self,
         n_tokens: usize,
         policy: &Policy<f64>,
         latency_s: &[f64],
     ) -> Result<LayerOutput, LayerError> {
-        let (m, e) = (self.m, self.experts.len());
-        if n_tokens == 0 || n_tokens > self.max_tokens {
+        if n_tokens == 0 || n_tokens > self.inner.max_tokens() {
             return Err(LayerError::Shape(format!(
                 "n_tokens={n_tokens} (1..={})",
-                self.max_tokens
+                self.inner.max_tokens()
             )));
         }
-        check_latencies(latency_s, n_tokens, e)?;
-        if self.uses_device_policy(n_tokens, latency_s) {
-            return self.step_device_planned(n_tokens, policy, latency_s);
-        }
-        let gpu = &self.gpu;
-        let ev = &self.events;
-        gpu.record_on(&ev[0])?;
-        let mut acc = self.acc.index(..n_tokens * m);
-        // Router + softmax, zeroing the accumulator, logits written straight
-        // into page-locked host memory; waits for them (the one sync).
-        self.router.route_to_host(
-            gpu,
-            &self.x,
-            n_tokens,
-            &mut self.logits_host,
-            &mut self.probs,
-            Some((&mut acc, m)),
-            Some(&self.prefetch),
-        )?;
-        let ne = n_tokens * e;
-        let logits: Vec<f64> = self.logits_host[..ne].iter().map(|&v| v as f64).collect();
-        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        let grouped_path = self.uses_prefill(n_tokens);
-        if grouped_path {
-            let g = self.prefill.as_mut().ok_or_else(|| {
-                LayerError::Shape("grouped prefill path without prefill weights".into())
-            })?;
-            g.step(
-                gpu,
-                &self.x,
-                n_tokens,
-                &groups,
-                &mut acc,
-                Some((&ev[2], &ev[3])),
-            )?;
-        } else {
-            self.plan.set(n_tokens, &groups)?;
-        }
-        let ran = if grouped_path {
-            Vec::new()
-        } else {
-            run_host_plan(
-                gpu,
-                &self.experts,
-                &self.x,
-                &self.plan,
-                &groups,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-                self.expert_timing.then_some(&ev[..]),
-            )?
-        };
-        gpu.record_on(&ev[1])?;
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let mut experts = stats(&groups, m, self.m_h, &vec![0.0; e]);
-        for q in ran {
-            experts[q].time_s = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
-        }
-        if grouped_path {
-            // One launch per GEMM for all experts: its time (gather
-            // included) shared out in proportion to the experts' tokens.
-            let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
-            let rows: usize = experts.iter().map(|s| s.tokens).sum();
-            for s in experts.iter_mut() {
-                s.time_s = total * s.tokens as f64 / rows.max(1) as f64;
-            }
-        }
-        let probs = gpu
-            .download(&self.probs.index(..ne))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        Ok(LayerOutput {
-            out: Vec::new(),
+        check_latencies(latency_s, n_tokens, self.inner.experts())?;
+        let MoeStep {
             probs,
-            selections,
-            token_latency_s,
-            experts,
+            routing,
+            expert_time_s,
             time_s,
-        })
-    }
-
-    /// The decode step with the policy on the GPU ([`GpuLayer::set_device_policy_tokens`]):
-    /// router + policy + plan in one kernel, then for each of the
-    /// `min(experts, tokens · k)` plan slots the two slot kernels, all
-    /// enqueued at once; then wdmoe-core checks the plan.
-    fn step_device_planned(
-        &mut self,
-        n_tokens: usize,
-        policy: &Policy<f64>,
-        latency_s: &[f64],
-    ) -> Result<LayerOutput, LayerError> {
-        let (m, e) = (self.m, self.experts.len());
-        let pol = if self.skew_device_policy {
-            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
-        } else {
-            PlanPolicy::from(*policy)
-        }
-        .with_profile(self.profile_router);
-        let gpu = &self.gpu;
-        let ev = &self.events;
-        gpu.record_on(&ev[0])?;
-        let mut acc = self.acc.index(..n_tokens * m);
-        let prefetch =
-            gate_up_prefetch_ranges(&self.experts[0], &self.cfg, n_tokens, self.prefetch.bytes());
-        self.router.route_plan(
-            gpu,
-            &self.x,
-            n_tokens,
-            &mut self.probs,
-            (&mut acc, m),
-            &mut self.device,
-            &pol,
-            latency_s,
-            &prefetch,
-        )?;
-        let n_slots = self.device.n_slots();
-        for s in 0..n_slots {
-            if self.expert_timing {
-                gpu.record_on(&ev[2 + 2 * s])?;
-            }
-            ffn_decode_slot(
-                gpu,
-                &self.experts,
-                &self.device,
-                s,
-                &self.x,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-            )?;
-            if self.expert_timing {
-                gpu.record_on(&ev[3 + 2 * s])?;
-            }
-        }
-        gpu.record_on(&ev[1])?;
-        // wdmoe-core on the same logits (report() and logits() synchronise).
-        let report = self.device.report(gpu)?;
-        let logits: Vec<f64> = self.device.logits(gpu)?.iter().map(|&v| v as f64).collect();
-        let (selections, token_latency_s, groups) = route(&logits, n_tokens, e, policy, latency_s)?;
-        let mut times = vec![0.0f64; e];
-        if same_plan(&report, &groups) {
-            if self.expert_timing {
-                for (s, slot) in report.slots.iter().enumerate() {
-                    times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
-                }
-            }
-        } else {
-            // The device plan is not wdmoe-core's: run the experts again
-            // with wdmoe-core's plan (the step's time includes both).
-            self.mismatches += 1;
-            acc.set_zero().map_err(|err| {
-                CudaError::cuda(
-                    "cuMemsetD32",
-                    format!("accumulator of {n_tokens} x {m}"),
-                    err,
-                )
-            })?;
-            self.plan.set(n_tokens, &groups)?;
-            let ran = run_host_plan(
-                gpu,
-                &self.experts,
-                &self.x,
-                &self.plan,
-                &groups,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-                self.expert_timing.then_some(&ev[..]),
-            )?;
-            gpu.record_on(&ev[1])?;
-            gpu.sync()?;
-            for q in ran {
-                times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
-            }
-        }
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let experts = stats(&groups, m, self.m_h, &times);
-        let probs = gpu
-            .download(&self.probs.index(..n_tokens * e))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        } = self.inner.step(n_tokens, policy, latency_s)?;
         Ok(LayerOutput {
             out: Vec::new(),
             probs,
-            selections,
-            token_latency_s,
-            experts,
+            experts: stats(
+                &routing.groups,
+                self.inner.m(),
+                self.inner.m_h(),
+                &expert_time_s,
+            ),
+            selections: routing.selections,
+            token_latency_s: routing.token_latency_s,
             time_s,
         })
     }
 
     /// The fp32 output of the last step, `[n_tokens][m]`.
     pub fn output(&self, n_tokens: usize) -> Result<Vec<f32>, LayerError> {
-        if n_tokens > self.max_tokens {
+        if n_tokens > self.inner.max_tokens() {
             return Err(LayerError::Shape(format!("n_tokens={n_tokens}")));
         }
-        Ok(self.gpu.download(&self.acc.index(..n_tokens * self.m))?)
+        Ok(self.inner.output(n_tokens)?)
     }
 
     /// [`GpuLayer::set_input`], [`GpuLayer::step`] and [`GpuLayer::output`]:
@@ -586,6 +256,7 @@ impl GpuLayer {
 mod tests {
     use super::super::cpu;
     use super::*;
+    use wdmoe_cuda::PlanPolicy;
 
     fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         assert!(a.iter().all(|v| v.is_finite()), "non-finite GPU output");
