@@ -57,15 +57,16 @@ struct Func(CUfunction);
 unsafe impl Send for Func {}
 
 /// Function handles looked up once per (module, kernel name) and kept for
-/// the life of the [`Gpu`] (no `cuModuleGetFunction` per launch).
+/// the life of the [`Gpu`] (no `cuModuleGetFunction` per launch). Keyed by
+/// the module's place in the Gpu (not its address: a Gpu may move).
 #[derive(Default)]
 pub(crate) struct Kernels {
-    map: Mutex<HashMap<(usize, &'static str), Func>>,
+    map: Mutex<HashMap<(u8, &'static str), Func>>,
 }
 
 impl Kernels {
-    fn get(&self, module: &Module, name: &'static str) -> Result<CUfunction> {
-        let key = (module as *const Module as usize, name);
+    fn get(&self, slot: u8, module: &Module, name: &'static str) -> Result<CUfunction> {
+        let key = (slot, name);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(&key) {
             return Ok(f.0);
@@ -137,7 +138,19 @@ impl Gpu {
         mut params: P,
         detail: impl FnOnce() -> String,
     ) -> Result<()> {
-        let f = self.kernels.get(module, name)?;
+        let slot = if std::ptr::eq(module, &self.ffn) {
+            0
+        } else if std::ptr::eq(module, &self.router) {
+            1
+        } else if std::ptr::eq(module, &self.prefill) {
+            2
+        } else {
+            return Err(crate::error::shape(
+                "Gpu::launch",
+                format!("{name}: a module this Gpu did not load"),
+            ));
+        };
+        let f = self.kernels.get(slot, module, name)?;
         let ptrs = params.arg_ptrs();
         let args = ptrs.as_ref().as_ptr() as *mut *mut c_void;
         let Shape {
