@@ -11,8 +11,9 @@
 #     block and naive loop at 1, 16, 512, 4096 tokens), then the layer-step
 #     timings (gpu_layer_mixtral_step_timing: 1..16 tokens;
 #     gpu_layer_prefill_step_timing: 512, 4096 tokens);
-#  5. compute-sanitizer memcheck on the layer tests (device policy, GPU vs
-#     CPU layer).
+#  5. compute-sanitizer memcheck on the layer tests (device vs host policy,
+#     GPU vs CPU layer).
+# Worst case (every step at its timeout) 410 s.
 # Logs under $OUT (or ./gpu-out): moe.log (everything), gpu_tests.log,
 # sim_tests.log, torch.json, timing.log, memcheck.log.
 #   bash .device/moe.sh
@@ -39,8 +40,8 @@ step "layer-step timings: 1-16 tokens (decode, host and device policy), 512 and 
 timeout 60 ./sim_tests --include-ignored --test-threads 1 --nocapture step_timing > "$out/timing.log" 2>&1
 echo "exit $?"
 grep -E "LAYER|stamps|test result|panicked" "$out/timing.log"
-step "compute-sanitizer memcheck: layer tests (device policy, GPU vs CPU layer)"
-timeout 100 compute-sanitizer --tool memcheck --leak-check no ./sim_tests --include-ignored --test-threads 1 device_policy gpu_layer_matches_cpu_layer > "$out/memcheck.log" 2>&1
+step "compute-sanitizer memcheck: layer tests (device vs host policy, GPU vs CPU layer)"
+timeout 90 compute-sanitizer --tool memcheck --leak-check no ./sim_tests --include-ignored --test-threads 1 gpu_layer_device_policy_matches_host_policy gpu_layer_matches_cpu_layer > "$out/memcheck.log" 2>&1
 echo "exit $?"
 grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
 step "done"
