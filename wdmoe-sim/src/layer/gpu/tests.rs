@@ -401,3 +401,27 @@ fn gpu_layer_prefill_step_timing() {
         );
     }
 }
+
+/// No GPU needed: wdmoe-cuda's errors stay typed in LayerError (the policy's
+/// as LayerError::Policy, the rest as LayerError::Gpu with it as source()).
+#[test]
+fn gpu_errors_stay_typed() {
+    use std::error::Error as _;
+    let core = wdmoe_core::select::Policy::<f64>::new(0, 0.2, 1).unwrap_err();
+    assert_eq!(
+        LayerError::from(CudaError::Policy(core)),
+        LayerError::Policy(core)
+    );
+    let e = PlanPolicy::new(2, 0.7, 1).unwrap_err();
+    assert!(matches!(LayerError::from(e), LayerError::Policy(_)));
+    let cuda = CudaError::cuda(
+        "cuMemAlloc",
+        "1 GiB",
+        wdmoe_cuda::cust::error::CudaError::OutOfMemory,
+    );
+    let l = LayerError::from(cuda.clone());
+    assert_eq!(l, LayerError::Gpu(cuda));
+    assert!(l.to_string().contains("code 2"), "{l}");
+    let src = l.source().expect("the wdmoe-cuda error");
+    assert!(src.source().is_some(), "the driver's CudaError below it");
+}
