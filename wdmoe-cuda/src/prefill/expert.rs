@@ -81,7 +81,7 @@ impl ExpertFfn {
     /// y = W2 (silu(W1 x) * (W3 x)) for `tokens` rows of x into `out`, on
     /// the faster path for that count. Returns whether the prefill kernels
     /// ran. More tokens than the `max_tokens` given to [`ExpertFfn::new`] is
-    /// an [`Error::Shape`] (as for the workspaces), never a silent slow path.
+    /// an [`crate::Error::Shape`] (as for the workspaces), never a silent slow path.
     pub fn forward(
         &mut self,
         gpu: &Gpu,

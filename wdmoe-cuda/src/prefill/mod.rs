@@ -12,7 +12,7 @@
 //! given.
 //!
 //! Needs compute capability 9.0 (the sm_90a cubin); elsewhere the calls
-//! return [`Error::Unsupported`] (use [`crate::ffn_decode`]).
+//! return [`crate::Error::Unsupported`] (use [`crate::ffn_decode`]).
 
 mod config;
 mod expert;

@@ -331,12 +331,15 @@ fn gpu_layer_mixtral_step_timing() {
         layer.set_device_policy_tokens(if device { 16 } else { 0 });
         let mut tot = Vec::new();
         let mut exp = Vec::new();
+        let mut selected = 0usize;
         for _ in 0..33 {
             let r = layer.step(n, &policy, &lat).unwrap();
             let served: usize = r.experts.iter().map(|e| e.tokens).sum();
             assert_eq!(served, 2 * n);
             tot.push(r.time_s);
             exp.push(r.experts.iter().map(|e| e.time_s).sum::<f64>());
+            // Same input every step: the same experts every step.
+            selected = r.experts.iter().filter(|e| e.tokens > 0).count();
         }
         let out = layer.output(n).unwrap();
         assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
@@ -344,11 +347,12 @@ fn gpu_layer_mixtral_step_timing() {
         exp.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let (t, e) = (tot[16], exp[16]);
         println!(
-            "LAYER N={n} prefetch {pf_mb} MB/expert, expert events {timing}, device policy {device}: step {:.1} us, experts {:.1} us, rest (router, round trip, launch gaps) {:.1} us, 2-expert weight bytes {}",
+            "LAYER N={n} prefetch {pf_mb} MB/expert, expert events {timing}, device policy {device}: step {:.1} us, experts {:.1} us, rest (router, round trip, launch gaps) {:.1} us, 2-expert weight bytes {}, selected experts {selected} ({} weight bytes)",
             t * 1e6,
             e * 1e6,
             (t - e) * 1e6,
-            2 * layer.expert_bytes()
+            2 * layer.expert_bytes(),
+            selected * layer.expert_bytes()
         );
     }
     assert_eq!(layer.device_policy_mismatches(), 0);
