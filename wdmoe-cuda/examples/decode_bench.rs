@@ -58,10 +58,8 @@ fn main() -> Result<()> {
     let copy_ms = time(&gpu, 10, |_| {
         // SAFETY: a and b are distinct device buffers of n elements that
         // outlive the copy (we synchronise on the end event before dropping).
-        unsafe { b.async_copy_from(&a, gpu.stream()) }.map_err(|error| wdmoe_cuda::Error::Cuda {
-            op: "cuMemcpyDtoDAsync".into(),
-            detail: format!("{n} x f16"),
-            error,
+        unsafe { b.async_copy_from(&a, gpu.stream()) }.map_err(|error| {
+            wdmoe_cuda::Error::cuda("cuMemcpyDtoDAsync", format!("{n} x f16"), error)
         })
     })?;
     // Read-only ceiling: stream the 1 GiB buffer once with 16-byte loads.

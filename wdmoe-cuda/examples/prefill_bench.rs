@@ -370,9 +370,5 @@ fn main() -> Result<()> {
 }
 
 fn ce<T>(r: std::result::Result<T, wdmoe_cuda::cust::error::CudaError>) -> Result<T> {
-    r.map_err(|error| wdmoe_cuda::Error::Cuda {
-        op: "copy".into(),
-        detail: String::new(),
-        error,
-    })
+    r.map_err(|error| wdmoe_cuda::Error::cuda("copy", "", error))
 }

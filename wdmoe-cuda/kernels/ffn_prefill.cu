@@ -32,6 +32,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "common.cuh"
+
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WDMOE_SM90A 1
 #endif
@@ -66,18 +68,6 @@ enum { MODE_SWIGLU = 0, MODE_STORE = 1, MODE_PARTIAL = 2 };
 namespace {
 
 constexpr int BK = 64;   // k per stage: 64 fp16 = one 128-byte swizzle row
-
-// Programmatic dependent launch (sm_90; no-ops without the launch attribute).
-__device__ __forceinline__ void griddep_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void griddep_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "moe_plan.cuh"
 
 // sl[0..e) = the logits of token `tok` (dynamic shared memory: e logits,
@@ -193,13 +194,6 @@ __device__ __forceinline__ unsigned long long globaltimer() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
     return t;
-}
-
-// Programmatic dependent launch (sm_90): let the next kernel start launching.
-__device__ __forceinline__ void griddep_launch_dependents_r() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
 }
 
 // The plan's ready flag (the word after the slots) := seq, after the
@@ -599,7 +593,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         publish_plan(plan, seq, lane);
         if (pa.profile && lane == 0) st[6] = globaltimer();
-        griddep_launch_dependents_r();  // see below
+        griddep_launch_dependents();  // see below
         emit();
         if (lane < ns) put(report->slot + at);
         if (lane == 0) {
@@ -719,7 +713,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     if (lane == 0) if (pa.profile) st[6] = globaltimer();
     // The plan is published: the slot kernels may launch (they acquire the
     // flag before reading it).
-    griddep_launch_dependents_r();
+    griddep_launch_dependents();
     emit();
     int* hrep = reinterpret_cast<int*>(report->slot);
     for (int i = lane; i < words; i += 32) hrep[i] = src[i];

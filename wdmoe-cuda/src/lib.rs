@@ -13,10 +13,14 @@
 //! 3. the safe API here: [`Gpu`], [`ExpertWeights`], [`ffn_decode`],
 //!    [`ffn_decode_combine`], [`Router`]; for prefill (tensor cores, sm_90a)
 //!    [`PrefillWeights`], [`ffn_prefill`], [`ffn_grouped`] and [`ExpertFfn`]
-//!    (picks the decode or prefill kernels by token count). Each kernel
-//!    launch (and each raw driver call cust lacks) is the only `unsafe` in
-//!    its function, with a `// SAFETY:` comment; shapes, alignment and
-//!    device presence are checked before launching.
+//!    (picks the decode or prefill kernels by token count); the whole MoE
+//!    layer step in [`moe::MoeLayer`] (takes wdmoe-core's `Policy`). Each
+//!    kernel launch (and each raw driver call cust lacks) is the only
+//!    `unsafe` in its function, with a `// SAFETY:` comment; shapes,
+//!    alignment and device presence are checked before launching. Launches
+//!    are typed: each kernel's parameters are one `#[repr(C)]` struct
+//!    (`kernel_params!`), passed by value through the one launch function,
+//!    function handles looked up once.
 //!
 //! Kernels live in `kernels/*.cu`, compiled by build.rs with nvcc to an
 //! sm_90a cubin (loaded on compute capability 9.0) and compute_80 PTX (other
@@ -29,6 +33,8 @@
 
 pub mod error;
 pub mod ffn;
+mod launch;
+pub mod moe;
 pub mod plan;
 pub mod prefill;
 pub mod ptx;

@@ -11,10 +11,13 @@
 //! wdmoe-sim's `GpuLayer` does, re-running the experts with its own plan on
 //! any difference).
 
+use cust::event::Event;
 use cust::memory::{DeviceBuffer, LockedBuffer};
+use wdmoe_core::select::Policy;
 
-use crate::error::{shape, Error, Result};
+use crate::error::{shape, CudaCtx, Error, Result};
 use crate::ffn::ExpertWeights;
+use crate::launch::{kernel_params, Shape};
 use crate::runtime::Gpu;
 
 /// Most experts (and so plan slots) of a device-planned step (`WDMOE_MAX_SLOTS`).
@@ -55,35 +58,51 @@ pub(crate) struct PolicyArgs {
     pub(crate) pf_len: [i64; MAX_PREFETCH_RANGES],
 }
 
+// The #[repr(C)] mirrors match the CUDA structs (kernels/moe_plan.cuh,
+// router.cu) byte for byte: checked at compile time.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<TokList>() == 136);
+    assert!(offset_of!(TokList, idx) == 8);
+    assert!(offset_of!(TokList, w) == 8 + 4 * crate::ffn::MAX_DECODE_TOKENS);
+    assert!(SLOT_WORDS * 4 == 8 + 8 + 4 + 4 + 136);
+    assert!(offset_of!(PolicyArgs, theta) == 8);
+    assert!(offset_of!(PolicyArgs, lat) == 16);
+    assert!(offset_of!(PolicyArgs, n_pf) == 16 + 8 * MAX_SLOTS);
+    assert!(offset_of!(PolicyArgs, pf_off) == 24 + 8 * MAX_SLOTS);
+    assert!(offset_of!(PolicyArgs, pf_len) == 24 + 8 * MAX_SLOTS + 64);
+    assert!(size_of::<PolicyArgs>() == 24 + 8 * MAX_SLOTS + 128);
+};
+
 /// Most byte ranges of [`crate::Router::route_plan`]'s speculative prefetch.
 pub const MAX_PREFETCH_RANGES: usize = 8;
 
-/// The policy parameters of [`crate::Router::route_plan`]: wdmoe-core's
-/// `Policy` (k, θ, max drops), validated as wdmoe-core validates it.
+/// The policy of [`crate::Router::route_plan`]: wdmoe-core's
+/// [`Policy`] (k, θ, max drops; validated by wdmoe-core, nowhere else) and
+/// a profiling flag. k above the layer's experts takes them all, as
+/// wdmoe-core's `select` does.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanPolicy {
-    k: usize,
-    theta: f64,
-    max_drops: usize,
+    policy: Policy<f64>,
     profile: bool,
 }
 
-impl PlanPolicy {
-    /// Top-`k` candidates (1..=[`MAX_SLOTS`]), drop threshold `theta` on κ
-    /// (in [0, 0.5]), at most `max_drops` drops per token.
-    pub fn new(k: usize, theta: f64, max_drops: usize) -> Result<PlanPolicy> {
-        if k == 0 || k > MAX_SLOTS || !(0.0..=0.5).contains(&theta) {
-            return Err(Error::Unsupported {
-                op: "PlanPolicy::new",
-                detail: format!("k={k} (1..={MAX_SLOTS}), theta={theta} (0..=0.5)"),
-            });
-        }
-        Ok(PlanPolicy {
-            k,
-            theta,
-            max_drops,
+impl From<Policy<f64>> for PlanPolicy {
+    fn from(policy: Policy<f64>) -> PlanPolicy {
+        PlanPolicy {
+            policy,
             profile: false,
-        })
+        }
+    }
+}
+
+impl PlanPolicy {
+    /// `Policy::new(k, theta, max_drops)` of wdmoe-core ([`Error::Policy`]
+    /// where it rejects them).
+    pub fn new(k: usize, theta: f64, max_drops: usize) -> Result<PlanPolicy> {
+        Ok(Policy::new(k, theta, max_drops)
+            .map_err(Error::Policy)?
+            .into())
     }
 
     /// Profiling: the router kernel records %globaltimer stamps of its
@@ -96,14 +115,21 @@ impl PlanPolicy {
 
     /// Top-k.
     pub fn k(&self) -> usize {
-        self.k
+        self.policy.k()
     }
 
-    pub(crate) fn args(&self) -> PolicyArgs {
+    /// The wdmoe-core policy.
+    pub fn policy(&self) -> &Policy<f64> {
+        &self.policy
+    }
+
+    /// The kernel's by-value arguments for a layer of `experts` experts
+    /// (k capped there).
+    pub(crate) fn args(&self, experts: usize) -> PolicyArgs {
         PolicyArgs {
-            k: self.k as i32,
-            max_drops: self.max_drops.min(i32::MAX as usize) as i32,
-            theta: self.theta,
+            k: self.policy.k().min(experts).min(MAX_SLOTS) as i32,
+            max_drops: self.policy.max_drops().min(i32::MAX as usize) as i32,
+            theta: self.policy.theta(),
             lat: [0.0; MAX_SLOTS],
             n_pf: 0,
             profile: i32::from(self.profile),
@@ -144,6 +170,9 @@ pub struct DevicePlan {
     pub(crate) counter: DeviceBuffer<u32>,
     pub(crate) report: LockedBuffer<u32>,
     pub(crate) lat: LockedBuffer<f64>,
+    /// Recorded after the last router_policy that reads `lat`.
+    lat_read: Event,
+    lat_pending: bool,
     pub(crate) logits: LockedBuffer<f32>,
     pub(crate) seq: u32,
     pub(crate) n_slots: usize,
@@ -164,11 +193,7 @@ impl std::fmt::Debug for DevicePlan {
 }
 
 fn locked<T: cust::memory::DeviceCopy>(v: T, n: usize) -> Result<LockedBuffer<T>> {
-    LockedBuffer::new(&v, n).map_err(|error| Error::Cuda {
-        op: "cuMemAllocHost".into(),
-        detail: format!("{n} elements"),
-        error,
-    })
+    LockedBuffer::new(&v, n).ctx("cuMemAllocHost", || format!("{n} elements"))
 }
 
 impl DevicePlan {
@@ -202,6 +227,8 @@ impl DevicePlan {
             counter: gpu.alloc(1)?,
             report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS + 16)?,
             lat: locked(0f64, MAX_PLAN_TOKENS * MAX_SLOTS)?,
+            lat_read: gpu.event()?,
+            lat_pending: false,
             logits: locked(0f32, MAX_PLAN_TOKENS * MAX_SLOTS)?,
             seq: 0,
             n_slots: 0,
@@ -215,6 +242,26 @@ impl DevicePlan {
     /// Number of experts.
     pub fn experts(&self) -> usize {
         self.addrs.len()
+    }
+
+    /// Waits until no queued kernel reads the page-locked latency table
+    /// (the router_policy that last did has run), so that it may be
+    /// overwritten.
+    pub(crate) fn wait_lat_free(&mut self) -> Result<()> {
+        if self.lat_pending {
+            self.lat_read
+                .synchronize()
+                .ctx("cuEventSynchronize", || "DevicePlan latency table".into())?;
+            self.lat_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Marks the latency table as read by the kernel just launched on `gpu`.
+    pub(crate) fn lat_read_recorded(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.record_on(&self.lat_read)?;
+        self.lat_pending = true;
+        Ok(())
     }
 
     /// Slots the last plan was built with (`min(experts, tokens · k)`).
@@ -357,36 +404,29 @@ pub fn policy_probe(
     let d_lat = gpu.upload(latency_s)?;
     let out = gpu.alloc::<i32>(cases * (1 + MAX_SLOTS))?;
     let wout = gpu.alloc::<f64>(cases * MAX_SLOTS)?;
-    let mut pl = crate::runtime::addr(&d_logits);
-    let mut pt = crate::runtime::addr(&d_lat);
-    let mut ei = e as i32;
-    let mut n = cases as i32;
-    let mut pa = policy.args();
-    let mut po = crate::runtime::addr(&out);
-    let mut pw = crate::runtime::addr(&wout);
-    let args = [
-        &mut pl as *mut _ as *mut std::ffi::c_void,
-        &mut pt as *mut _ as *mut std::ffi::c_void,
-        &mut ei as *mut _ as *mut std::ffi::c_void,
-        &mut n as *mut _ as *mut std::ffi::c_void,
-        &mut pa as *mut _ as *mut std::ffi::c_void,
-        &mut po as *mut _ as *mut std::ffi::c_void,
-        &mut pw as *mut _ as *mut std::ffi::c_void,
-    ];
+    kernel_params! {
+        struct PolicyProbe { logits: u64, lat: u64, e: i32, n: i32, pa: PolicyArgs, out: u64, wout: u64 }
+    }
+    let params = PolicyProbe {
+        logits: crate::runtime::addr(&d_logits),
+        lat: crate::runtime::addr(&d_lat),
+        e: e as i32,
+        n: cases as i32,
+        pa: policy.args(e),
+        out: crate::runtime::addr(&out),
+        wout: crate::runtime::addr(&wout),
+    };
     // SAFETY: policy_probe(const float* logits, const double* lat, int e,
     // int n, PolicyArgs pa (by value, #[repr(C)]), int* out, double* wout)
-    // matches `args`; logits and lat hold n x e values, out n x (1 +
+    // = PolicyProbe; logits and lat hold n x e values, out n x (1 +
     // MAX_SLOTS) ints, wout n x MAX_SLOTS doubles (allocated above); e <=
     // MAX_SLOTS; one warp (block of 32) per case.
     unsafe {
         gpu.launch(
             &gpu.router,
             "policy_probe",
-            (cases as u32).into(),
-            32.into(),
-            0,
-            &args,
-            false,
+            Shape::new(cases as u32, 32),
+            params,
             || format!("cases={cases} e={e}"),
         )?;
     }
@@ -410,26 +450,24 @@ mod tests {
     use std::mem::{offset_of, size_of};
 
     #[test]
-    fn plan_policy_is_validated() {
+    fn plan_policy_is_validated_by_wdmoe_core() {
         assert!(PlanPolicy::new(2, 0.2, 1).is_ok());
-        assert!(PlanPolicy::new(MAX_SLOTS, 0.5, 0).is_ok());
-        for (k, theta) in [
-            (0, 0.2),
-            (MAX_SLOTS + 1, 0.2),
-            (2, -0.1),
-            (2, 0.51),
-            (2, f64::NAN),
-        ] {
-            assert!(
-                matches!(PlanPolicy::new(k, theta, 1), Err(Error::Unsupported { .. })),
+        assert!(PlanPolicy::new(MAX_SLOTS + 1, 0.5, 0).is_ok());
+        for (k, theta) in [(0, 0.2), (2, -0.1), (2, 0.51), (2, f64::NAN)] {
+            let core = Policy::new(k, theta, 1).unwrap_err();
+            assert_eq!(
+                PlanPolicy::new(k, theta, 1),
+                Err(Error::Policy(core)),
                 "k={k} theta={theta}"
             );
         }
-        let a = PlanPolicy::new(3, 0.25, usize::MAX).unwrap().args();
+        let a = PlanPolicy::new(3, 0.25, usize::MAX).unwrap().args(8);
         assert_eq!(
             (a.k, a.max_drops, a.theta, a.n_pf, a.profile),
             (3, i32::MAX, 0.25, 0, 0)
         );
+        // k above the experts takes them all.
+        assert_eq!(PlanPolicy::new(100, 0.2, 1).unwrap().args(8).k, 8);
     }
 
     /// The #[repr(C)] mirrors match the CUDA structs (kernels/router.cu,

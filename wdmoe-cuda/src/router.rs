@@ -1,13 +1,12 @@
 //! The MoE router (gating network) on the GPU: logits = x G^T and the
 //! softmax over experts, per token.
 
-use std::ffi::c_void;
-
 use cust::memory::{DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 
 use crate::error::{check_align, shape, Error, Result};
-use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_PREFETCH_RANGES};
+use crate::launch::{kernel_params, Shape};
+use crate::plan::{DevicePlan, PlanPolicy, PolicyArgs, MAX_PLAN_TOKENS, MAX_PREFETCH_RANGES};
 use crate::runtime::{addr, Gpu};
 
 /// Addresses for the router's speculative L2 prefetch: expert q's packed
@@ -55,6 +54,47 @@ impl PrefetchTable {
     /// Sets the bytes prefetched, clamped to the smallest expert's gate/up weights.
     pub fn set_bytes(&mut self, bytes: usize) {
         self.bytes = bytes.min(self.max);
+    }
+}
+
+kernel_params! {
+    /// Parameters of `router_softmax` (kernels/router.cu).
+    struct RouterSoftmax {
+        x: u64,
+        g: u64,
+        m: i32,
+        e: i32,
+        logits: u64,
+        probs: u64,
+        zero: u64,
+        zero_cols: i32,
+        tokens: i32,
+        pf_bases: u64,
+        pf_bytes: i64,
+    }
+}
+
+kernel_params! {
+    /// Parameters of `router_policy` (kernels/router.cu).
+    struct RouterPolicy {
+        x: u64,
+        g: u64,
+        m: i32,
+        e: i32,
+        logits_host: u64,
+        probs: u64,
+        zero: u64,
+        zero_cols: i32,
+        tokens: i32,
+        pa: PolicyArgs,
+        lat_host: u64,
+        wtab: u64,
+        plan: u64,
+        n_slots: i32,
+        sel: u64,
+        counter: u64,
+        report: u64,
+        seq: u32,
     }
 }
 
@@ -198,14 +238,10 @@ impl Router {
                 detail: "device without unified addressing".into(),
             });
         }
-        if e != plan.experts() || policy.k() > e {
+        if e != plan.experts() {
             return Err(shape(
                 OP,
-                format!(
-                    "router of {e} experts, plan of {}, k={}",
-                    plan.experts(),
-                    policy.k()
-                ),
+                format!("router of {e} experts, plan of {}", plan.experts()),
             ));
         }
         let (z, cols) = zero;
@@ -243,7 +279,7 @@ impl Router {
             ));
         }
         check_align(OP, "x", addr(x), 16)?;
-        let mut pa = policy.args();
+        let mut pa = policy.args(e);
         let w13_bytes = plan.w13_bytes as u64;
         for &(off, len) in prefetch.iter().take(MAX_PREFETCH_RANGES) {
             let off = off / 16 * 16;
@@ -258,49 +294,38 @@ impl Router {
         if latency_s.len() == e {
             pa.lat[..e].copy_from_slice(latency_s);
         } else {
+            // The page-locked table is read by the kernel while it runs: a
+            // router_policy still queued from an earlier call may not have
+            // read it yet, so wait for that one (an event recorded after it)
+            // before overwriting it.
+            plan.wait_lat_free()?;
             plan.lat[..latency_s.len()].copy_from_slice(latency_s);
             lat_host = plan.lat.as_ptr() as u64;
         }
-        let n_slots = e.min(tokens * policy.k());
+        let n_slots = e.min(tokens * pa.k as usize);
         plan.seq = plan.seq.wrapping_add(1).max(1);
         plan.n_slots = n_slots;
         plan.tokens = tokens;
-        let mut px = addr(x);
-        let mut pg = addr(&self.g);
-        let mut mi = m as i32;
-        let mut ei = e as i32;
-        let mut pl = plan.logits.as_mut_ptr() as u64;
-        let mut pp = addr(probs);
-        let mut pz = addr(z);
-        let mut zc = cols as i32;
-        let mut ntok = tokens as i32;
-        let mut pwt = addr(&plan.wtab);
-        let mut pslots = addr(&plan.slots);
-        let mut ns = n_slots as i32;
-        let mut psel = addr(&plan.sel);
-        let mut pcnt = addr(&plan.counter);
-        let mut prep = plan.report.as_mut_ptr() as u64;
-        let mut seq = plan.seq;
-        let args = [
-            &mut px as *mut _ as *mut c_void,
-            &mut pg as *mut _ as *mut c_void,
-            &mut mi as *mut _ as *mut c_void,
-            &mut ei as *mut _ as *mut c_void,
-            &mut pl as *mut _ as *mut c_void,
-            &mut pp as *mut _ as *mut c_void,
-            &mut pz as *mut _ as *mut c_void,
-            &mut zc as *mut _ as *mut c_void,
-            &mut ntok as *mut _ as *mut c_void,
-            &mut pa as *mut _ as *mut c_void,
-            &mut lat_host as *mut _ as *mut c_void,
-            &mut pwt as *mut _ as *mut c_void,
-            &mut pslots as *mut _ as *mut c_void,
-            &mut ns as *mut _ as *mut c_void,
-            &mut psel as *mut _ as *mut c_void,
-            &mut pcnt as *mut _ as *mut c_void,
-            &mut prep as *mut _ as *mut c_void,
-            &mut seq as *mut _ as *mut c_void,
-        ];
+        let params = RouterPolicy {
+            x: addr(x),
+            g: addr(&self.g),
+            m: m as i32,
+            e: e as i32,
+            logits_host: plan.logits.as_mut_ptr() as u64,
+            probs: addr(probs),
+            zero: addr(z),
+            zero_cols: cols as i32,
+            tokens: tokens as i32,
+            pa,
+            lat_host,
+            wtab: addr(&plan.wtab),
+            plan: addr(&plan.slots),
+            n_slots: n_slots as i32,
+            sel: addr(&plan.sel),
+            counter: addr(&plan.counter),
+            report: plan.report.as_mut_ptr() as u64,
+            seq: plan.seq,
+        };
         let (warps, smem) = self.block_shape();
         // SAFETY: (prefetch ranges lie inside every expert's packed W1|W3,
         // clamped above; a bulk L2 prefetch never faults anyway)
@@ -313,7 +338,8 @@ impl Router {
         // and zero are checked above; logits_host (tokens x e floats),
         // lat_host (null or tokens x e doubles), report (4 + MAX_SLOTS x
         // SLOT_WORDS words) are page-locked buffers owned by `plan` (UVA),
-        // which synchronises before it frees them; wtab holds 2e addresses,
+        // which synchronises before it frees them (and lat_host is not
+        // written again before this kernel has run: lat_read); wtab holds 2e addresses,
         // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, sel MAX_PLAN_TOKENS rows >=
         // tokens, counter one word that is 0 between launches (reset by the
         // last block); e <= MAX_SLOTS; dynamic shared memory as
@@ -322,14 +348,15 @@ impl Router {
             gpu.launch(
                 &gpu.router,
                 "router_policy",
-                (tokens as u32).into(),
-                (warps * 32).into(),
-                smem,
-                &args,
-                false,
+                Shape::new(tokens as u32, warps * 32).shared(smem),
+                params,
                 || format!("tokens={tokens} m={m} experts={e} slots={n_slots}"),
-            )
+            )?;
         }
+        if lat_host != 0 {
+            plan.lat_read_recorded(gpu)?;
+        }
+        Ok(())
     }
 
     /// Warps per block and dynamic shared memory of the router kernels: 4
@@ -359,7 +386,7 @@ impl Router {
         prefetch: Option<&PrefetchTable>,
     ) -> Result<()> {
         const OP: &str = "Router::route";
-        let (mut pf, mut pf_bytes, pf_blocks) = match prefetch {
+        let (pf, pf_bytes, pf_blocks) = match prefetch {
             Some(t) if t.bytes >= 128 => {
                 if t.table.len() < self.experts {
                     return Err(shape(
@@ -375,8 +402,7 @@ impl Router {
             }
             _ => (0u64, 0i64, 0u32),
         };
-        let mut ntok = tokens as i32;
-        let (mut pz, mut zc) = match zero {
+        let (pz, zc) = match zero {
             Some((z, cols)) => {
                 if z.len() < tokens * cols || cols > i32::MAX as usize {
                     return Err(shape(
@@ -410,29 +436,23 @@ impl Router {
             return Err(shape(OP, format!("tokens={tokens}")));
         }
         check_align(OP, "x", addr(x), 16)?;
-        let mut px = addr(x);
-        let mut pg = addr(&self.g);
-        let mut mi = m as i32;
-        let mut ei = e as i32;
-        let mut pl = logits_ptr;
-        let mut pp = addr(probs);
-        let args = [
-            &mut px as *mut _ as *mut c_void,
-            &mut pg as *mut _ as *mut c_void,
-            &mut mi as *mut _ as *mut c_void,
-            &mut ei as *mut _ as *mut c_void,
-            &mut pl as *mut _ as *mut c_void,
-            &mut pp as *mut _ as *mut c_void,
-            &mut pz as *mut _ as *mut c_void,
-            &mut zc as *mut _ as *mut c_void,
-            &mut ntok as *mut _ as *mut c_void,
-            &mut pf as *mut _ as *mut c_void,
-            &mut pf_bytes as *mut _ as *mut c_void,
-        ];
+        let params = RouterSoftmax {
+            x: addr(x),
+            g: addr(&self.g),
+            m: m as i32,
+            e: e as i32,
+            logits: logits_ptr,
+            probs: addr(probs),
+            zero: pz,
+            zero_cols: zc,
+            tokens: tokens as i32,
+            pf_bases: pf,
+            pf_bytes,
+        };
         let (warps, smem) = self.block_shape();
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
-        // float* logits, float* probs, float* zero, int zero_cols) matches
-        // `args` (+ int tokens, const unsigned long long* pf_bases, long long
+        // float* logits, float* probs, float* zero, int zero_cols, int
+        // tokens, ... = RouterSoftmax: const unsigned long long* pf_bases, long long
         // pf_bytes: a PrefetchTable whose every entry addresses >= bytes of
         // device memory, by its contract); logits is device memory or page-locked host memory (UVA)
         // of logits_len >= tokens x e floats that outlives the kernel; zero is null or holds tokens x zero_cols floats (checked); x holds tokens x m and G
@@ -443,11 +463,8 @@ impl Router {
             gpu.launch(
                 &gpu.router,
                 "router_softmax",
-                (tokens as u32 + pf_blocks).into(),
-                (warps * 32).into(),
-                smem,
-                &args,
-                false,
+                Shape::new(tokens as u32 + pf_blocks, warps * 32).shared(smem),
+                params,
                 || format!("tokens={tokens} m={m} experts={e}"),
             )
         }
@@ -468,26 +485,23 @@ pub fn f32_to_f16(
             format!("n={n}, in {}, out {}", input.len(), out.len()),
         ));
     }
-    let mut pi = addr(input);
-    let mut po = addr(out);
-    let mut nn = n as i64;
+    kernel_params! {
+        struct F32ToF16 { input: u64, out: u64, n: i64 }
+    }
+    let params = F32ToF16 {
+        input: addr(input),
+        out: addr(out),
+        n: n as i64,
+    };
     let grid = gpu.grid_1d(n as u64, 8);
-    let args = [
-        &mut pi as *mut _ as *mut c_void,
-        &mut po as *mut _ as *mut c_void,
-        &mut nn as *mut _ as *mut c_void,
-    ];
-    // SAFETY: f32_to_f16(const float*, half*, long long) matches `args`;
+    // SAFETY: f32_to_f16(const float*, half*, long long) = F32ToF16;
     // both buffers hold at least n elements (checked).
     unsafe {
         gpu.launch(
             &gpu.router,
             "f32_to_f16",
-            grid.into(),
-            256.into(),
-            0,
-            &args,
-            false,
+            Shape::new(grid, 256),
+            params,
             || format!("n={n}"),
         )
     }

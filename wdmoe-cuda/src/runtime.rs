@@ -1,20 +1,18 @@
 //! Safe layer: a CUDA context on one device, its stream, the loaded kernel
 //! modules, and small helpers (events, fills, copies).
 
-use std::ffi::c_void;
-
 use cust::context::Context;
 use cust::device::{Device, DeviceAttribute};
 use cust::event::{Event, EventFlags};
-use cust::function::{BlockSize, GridSize};
 use cust::memory::{DeviceBuffer, DeviceCopy, DeviceSlice};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
 use cust::CudaFlags;
 use half::f16;
 
-use crate::error::{CudaCtx, CudaError, Error, Result};
-use crate::{ptx, sys};
+use crate::error::{CudaCtx, Error, Result};
+use crate::launch::{kernel_params, Kernels, Shape};
+use crate::ptx;
 
 /// Static facts about the device, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +40,7 @@ pub struct Gpu {
     pub(crate) ffn: Module,
     pub(crate) router: Module,
     pub(crate) prefill: Module,
+    pub(crate) kernels: Kernels,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
     _ctx: Context,
@@ -131,6 +130,7 @@ impl Gpu {
             ffn,
             router,
             prefill,
+            kernels: Kernels::default(),
             info,
             _ctx: ctx,
         })
@@ -214,84 +214,6 @@ impl Gpu {
         Ok(e)
     }
 
-    /// Raw launch helper: the one place a kernel is launched. `args` are
-    /// pointers to the kernel's parameters, in order. With `pdl` (on a GPU of
-    /// compute capability >= 9.0) the launch allows programmatic dependent
-    /// launch: the kernel may start while the previous kernel of the stream
-    /// finishes, and must call `griddepcontrol.wait` before touching memory
-    /// that kernel reads or writes.
-    ///
-    /// # Safety
-    /// The kernel `name` in `module` must take exactly the parameters `args`
-    /// points to (same count, types and order), every device pointer among
-    /// them must be valid for all the accesses the kernel makes for these
-    /// sizes, buffers it writes must not be read or freed by the host before
-    /// the stream is synchronised, and with `pdl` the kernel must honour the
-    /// wait described above.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn launch(
-        &self,
-        module: &Module,
-        name: &'static str,
-        grid: GridSize,
-        block: BlockSize,
-        shared: u32,
-        args: &[*mut c_void],
-        pdl: bool,
-        detail: impl FnOnce() -> String,
-    ) -> Result<()> {
-        let f = module
-            .get_function(name)
-            .ctx(name, || "cuModuleGetFunction".into())?;
-        let op = || format!("launch {name}");
-        if !(pdl && self.info.cc.0 >= 9) {
-            // SAFETY: forwarded from this function's contract.
-            return unsafe { self.stream.launch(&f, grid, block, shared, args) }.map_err(|error| {
-                Error::Cuda {
-                    op: op(),
-                    detail: detail(),
-                    error,
-                }
-            });
-        }
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: [0; 64],
-        };
-        attr.value[0] = 1; // int programmaticStreamSerializationAllowed = 1 (little endian)
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: grid.x,
-            gridDimY: grid.y,
-            gridDimZ: grid.z,
-            blockDimX: block.x,
-            blockDimY: block.y,
-            blockDimZ: block.z,
-            sharedMemBytes: shared,
-            hStream: self.stream.as_inner(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        // SAFETY: cfg and attr outlive the call and follow cuda.h's layouts
-        // (sys::tests); kernel and arguments as in this function's contract.
-        let rc = unsafe {
-            sys::cuLaunchKernelEx(
-                &cfg,
-                f.to_raw(),
-                args.as_ptr() as *mut _,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Cuda {
-                op: op(),
-                detail: format!("{} (cuLaunchKernelEx returned {})", detail(), rc as u32),
-                error: CudaError::UnknownError,
-            });
-        }
-        Ok(())
-    }
-
     fn grid_for(&self, n: u64) -> u32 {
         self.grid_1d(n, 32)
     }
@@ -307,28 +229,26 @@ impl Gpu {
     /// Fills `dst` with pseudo-random fp16 values uniform in `[-scale, scale)`
     /// drawn from `seed` (a hash per element; reproducible).
     pub fn fill_uniform(&self, dst: &mut DeviceSlice<f16>, seed: u64, scale: f32) -> Result<()> {
-        let mut p = dst.as_device_ptr().as_raw();
-        let mut n = dst.len() as i64;
-        let mut seed = seed;
-        let mut scale = scale;
+        kernel_params! {
+            struct FillUniform { p: u64, n: i64, seed: u64, scale: f32 }
+        }
+        let n = dst.len() as i64;
+        let params = FillUniform {
+            p: dst.as_device_ptr().as_raw(),
+            n,
+            seed,
+            scale,
+        };
         let grid = self.grid_for(n as u64);
-        let args = [
-            &mut p as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut seed as *mut _ as *mut c_void,
-            &mut scale as *mut _ as *mut c_void,
-        ];
-        // SAFETY: fill_uniform_f16(half*, long long, unsigned long long, float);
-        // it writes exactly n elements of dst, which owns n elements.
+        // SAFETY: fill_uniform_f16(half*, long long, unsigned long long, float)
+        // = FillUniform; it writes exactly n elements of dst, which owns n
+        // elements.
         unsafe {
             self.launch(
                 &self.ffn,
                 "fill_uniform_f16",
-                grid.into(),
-                256.into(),
-                0,
-                &args,
-                false,
+                Shape::new(grid, 256),
+                params,
                 || format!("n={n}"),
             )
         }
@@ -337,28 +257,22 @@ impl Gpu {
     /// Fills a 16-bit buffer with `bits` (0x7E00 = fp16 NaN: poison).
     pub fn fill_u16<T: DeviceCopy>(&self, dst: &mut DeviceSlice<T>, bits: u16) -> Result<()> {
         let bytes = dst.len() * std::mem::size_of::<T>();
-        let mut p = dst.as_device_ptr().as_raw();
-        let mut n = (bytes / 2) as i64;
-        let mut b = bits;
+        kernel_params! {
+            struct FillU16 { p: u64, n: i64, bits: u16 }
+        }
+        let n = (bytes / 2) as i64;
+        let params = FillU16 {
+            p: dst.as_device_ptr().as_raw(),
+            n,
+            bits,
+        };
         let grid = self.grid_for(n as u64);
-        let args = [
-            &mut p as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut b as *mut _ as *mut c_void,
-        ];
-        // SAFETY: fill_u16(unsigned short*, long long, unsigned short); writes
-        // n = bytes/2 16-bit words inside dst.
+        // SAFETY: fill_u16(unsigned short*, long long, unsigned short) =
+        // FillU16; writes n = bytes/2 16-bit words inside dst.
         unsafe {
-            self.launch(
-                &self.ffn,
-                "fill_u16",
-                grid.into(),
-                256.into(),
-                0,
-                &args,
-                false,
-                || format!("n={n}"),
-            )
+            self.launch(&self.ffn, "fill_u16", Shape::new(grid, 256), params, || {
+                format!("n={n}")
+            })
         }
     }
 }
@@ -393,26 +307,24 @@ impl Gpu {
                 ),
             });
         }
-        let mut p = addr(buf);
-        let mut n16 = (buf.len() / 8) as i64;
-        let mut o = addr(scratch);
-        let args = [
-            &mut p as *mut _ as *mut c_void,
-            &mut n16 as *mut _ as *mut c_void,
-            &mut o as *mut _ as *mut c_void,
-        ];
-        // SAFETY: read_probe(const uint4*, long long, float*) matches `args`;
+        kernel_params! {
+            struct ReadProbe { p: u64, n16: i64, out: u64 }
+        }
+        let n16 = (buf.len() / 8) as i64;
+        let params = ReadProbe {
+            p: addr(buf),
+            n16,
+            out: addr(scratch),
+        };
+        // SAFETY: read_probe(const uint4*, long long, float*) = ReadProbe;
         // it reads n16 16-byte words of buf (aligned, checked) and writes at
         // most one float per block into scratch (>= blocks floats, checked).
         unsafe {
             self.launch(
                 &self.ffn,
                 "read_probe",
-                blocks.into(),
-                512.into(),
-                0,
-                &args,
-                false,
+                Shape::new(blocks, 512),
+                params,
                 || format!("n16={n16}"),
             )
         }

@@ -84,6 +84,21 @@ extern "C" {
     ) -> CUresult;
 }
 
+// Layouts of the hand-declared structs as cuda.h (CUDA 13.0, 64-bit)
+// lays them out: checked at compile time.
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<CUlaunchAttribute>() == 72);
+    assert!(offset_of!(CUlaunchAttribute, value) == 8);
+    assert!(size_of::<CUlaunchConfig>() == 56);
+    assert!(offset_of!(CUlaunchConfig, sharedMemBytes) == 24);
+    assert!(offset_of!(CUlaunchConfig, hStream) == 32);
+    assert!(offset_of!(CUlaunchConfig, attrs) == 40);
+    assert!(offset_of!(CUlaunchConfig, numAttrs) == 48);
+    assert!(size_of::<CUtensorMap>() == 128);
+    assert!(align_of::<CUtensorMap>() == 64);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

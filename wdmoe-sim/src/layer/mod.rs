@@ -156,15 +156,18 @@ pub struct LayerOutput {
     pub time_s: f64,
 }
 
-/// Errors of the layer executor.
+/// Errors of the layer executor (more variants may come: `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum LayerError {
     /// Sizes that do not fit together.
     Shape(String),
     /// The selection policy rejected an input (NaN logits, bad latencies, …).
     Policy(wdmoe_core::Error),
-    /// A GPU error (feature `cuda`).
-    Gpu(String),
+    /// A GPU error (feature `cuda`), as wdmoe-cuda typed it (driver code,
+    /// operation, shapes); also its [`std::error::Error::source`].
+    #[cfg(feature = "cuda")]
+    Gpu(wdmoe_cuda::Error),
 }
 
 impl fmt::Display for LayerError {
@@ -172,12 +175,21 @@ impl fmt::Display for LayerError {
         match self {
             LayerError::Shape(s) => write!(f, "layer shape error: {s}"),
             LayerError::Policy(e) => write!(f, "selection policy error: {e:?}"),
-            LayerError::Gpu(s) => write!(f, "GPU error: {s}"),
+            #[cfg(feature = "cuda")]
+            LayerError::Gpu(e) => write!(f, "GPU error: {e}"),
         }
     }
 }
 
-impl std::error::Error for LayerError {}
+impl std::error::Error for LayerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "cuda")]
+            LayerError::Gpu(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Latency of expert `q` for token `t`: `latency_s` holds either one value per
 /// expert (all tokens) or `[n_tokens][n_experts]`.

@@ -1,0 +1,22 @@
+// Device helpers that more than one kernel file uses (included by
+// ffn_decode.cu, ffn_prefill.cu and router.cu; one copy per translation
+// unit, internal linkage).
+#pragma once
+
+namespace {
+
+// Programmatic dependent launch (sm_90): let the next kernel in the stream
+// start launching, and wait for the previous one (no-ops without the launch
+// attribute, and compiled out for the compute_80 PTX).
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+}  // namespace

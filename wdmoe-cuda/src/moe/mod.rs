@@ -1,0 +1,611 @@
+//! The GPU MoE step, owned here: [`MoeLayer`] holds a layer's router,
+//! packed experts (decode and, on compute capability 9.0, grouped prefill
+//! layouts) and buffers, takes wdmoe-core's [`Policy`] per step, and owns
+//! the choice of path, the grouping and encodings ([`encode`]), the check of
+//! a device-built plan against wdmoe-core and the re-run. wdmoe-sim's
+//! `layer::gpu::GpuLayer` is a thin caller (f32 weights and accounting).
+//!
+//! A step (router GEMV + softmax on the GPU, then wdmoe-core's policy per
+//! token) runs one of:
+//! * device-planned decode (up to [`MoeLayer::set_device_policy_tokens`]
+//!   tokens, 1 by default): the router kernel runs a bit-identical port of
+//!   wdmoe-core's `select` and writes the expert plan; the slot kernels read
+//!   it; the host checks the plan against wdmoe-core after the step and
+//!   re-runs the experts with wdmoe-core's plan on any difference;
+//! * host policy, decode (up to [`PREFILL_MIN_TOKENS`] tokens, or no
+//!   sm_90a): the logits copied to the host (the one synchronisation), the
+//!   policy there, then per expert the fused decode kernels, tokens passed
+//!   by value, the weighted combine in the W2 kernel's epilogue (fp32
+//!   accumulator) ([`host`]);
+//! * host policy, grouped prefill (more tokens, compute capability 9.0):
+//!   the token rows gathered in expert order, all experts' FFNs in one
+//!   grouped tensor-core launch per GEMM, a weighted combine back to token
+//!   order ([`grouped`]).
+//!
+//! Timed with CUDA events.
+
+use cust::event::Event;
+use cust::memory::{CopyDestination, DeviceBuffer, LockedBuffer};
+use half::f16;
+use wdmoe_core::select::Policy;
+
+use crate::error::{shape, Error, Result};
+use crate::ffn::{
+    ffn_decode_slot, gate_up_prefetch_ranges, DecodeConfig, ExpertWeights, FfnWorkspace,
+    RoutingPlan,
+};
+use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_SLOTS};
+use crate::prefill::{prefers_prefill, PrefillWeights, PREFILL_MIN_TOKENS};
+use crate::router::{PrefetchTable, Router};
+use crate::runtime::{elapsed_ms, Gpu};
+
+pub mod encode;
+pub mod grouped;
+pub mod host;
+
+pub use encode::{
+    latencies_for, route_tokens, same_plan, Groups, Routing, RowTables, TokenSelection,
+};
+pub use grouped::GroupedPrefill;
+pub use host::run_host_plan;
+
+/// Most experts of a [`MoeLayer`].
+pub const MAX_EXPERTS: usize = MAX_SLOTS;
+
+/// What one [`MoeLayer::step`] computed (the output stays on the GPU:
+/// [`MoeLayer::output`]).
+#[derive(Debug, Clone)]
+pub struct MoeStep {
+    /// Router probabilities `[tokens][experts]` (fp32 softmax, widened).
+    pub probs: Vec<f64>,
+    /// wdmoe-core's routing on the step's logits (what ran).
+    pub routing: Routing,
+    /// Per expert, the time of its FFN in seconds (CUDA events; 0 when it
+    /// served no token or expert timing is off; on the grouped path one
+    /// launch for all, shared out in proportion to tokens).
+    pub expert_time_s: Vec<f64>,
+    /// The whole step, router to combine, in seconds (CUDA events; the
+    /// host policy and a re-run included).
+    pub time_s: f64,
+}
+
+/// A MoE layer resident on one GPU: router, packed fp16 experts, buffers for
+/// up to `max_tokens` tokens per step.
+pub struct MoeLayer {
+    router: Router,
+    experts: Vec<ExpertWeights>,
+    ws: FfnWorkspace,
+    cfg: DecodeConfig,
+    x: DeviceBuffer<f16>,
+    probs: DeviceBuffer<f32>,
+    acc: DeviceBuffer<f32>,
+    plan: RoutingPlan,
+    logits_host: LockedBuffer<f32>,
+    prefetch: PrefetchTable,
+    events: Vec<Event>,
+    prefill: Option<GroupedPrefill>,
+    use_prefill: bool,
+    expert_timing: bool,
+    device: DevicePlan,
+    device_policy_tokens: usize,
+    mismatches: u64,
+    skew_device_policy: bool,
+    profile_router: bool,
+    m: usize,
+    m_h: usize,
+    max_tokens: usize,
+    gpu: Gpu,
+}
+
+impl std::fmt::Debug for MoeLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MoeLayer")
+            .field("m", &self.m)
+            .field("m_h", &self.m_h)
+            .field("experts", &self.experts.len())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// One expert's W1, W3 (`[m_h][m]`) and W2 (`[m][m_h]`) on the device.
+pub type RawExpert = (DeviceBuffer<f16>, DeviceBuffer<f16>, DeviceBuffer<f16>);
+
+impl MoeLayer {
+    /// A layer of `n_experts` experts of `m` x `m_h` (multiples of 16):
+    /// router G (`[n_experts][m]` fp16, host), and `expert(gpu, q)` giving
+    /// expert q's raw weights on the device (packed here, then freed unless
+    /// the grouped prefill layout needs them); steps of up to `max_tokens`.
+    pub fn build(
+        gpu: Gpu,
+        router_g: &[f16],
+        n_experts: usize,
+        m: usize,
+        m_h: usize,
+        max_tokens: usize,
+        mut expert: impl FnMut(&Gpu, usize) -> Result<RawExpert>,
+    ) -> Result<MoeLayer> {
+        if n_experts == 0 || n_experts > MAX_EXPERTS {
+            return Err(shape(
+                "MoeLayer::build",
+                format!("n_experts={n_experts} (1..={MAX_EXPERTS})"),
+            ));
+        }
+        let router = Router::from_host(&gpu, router_g, n_experts, m)?;
+        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
+        let mut experts = Vec::with_capacity(n_experts);
+        let mut raw = Vec::new();
+        for q in 0..n_experts {
+            let (w1, w3, w2) = expert(&gpu, q)?;
+            experts.push(ExpertWeights::pack(&gpu, &w1, &w3, &w2, m, m_h)?);
+            gpu.sync()?;
+            if grouped {
+                raw.push((w1, w3, w2));
+            }
+        }
+        let prefill = if grouped {
+            let refs: Vec<_> = raw.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+            let p = PrefillWeights::pack(&gpu, &refs, m, m_h)?;
+            gpu.sync()?;
+            Some(p)
+        } else {
+            None
+        };
+        drop(raw);
+        Self::assemble(gpu, router, experts, prefill, m, m_h, max_tokens)
+    }
+
+    /// A layer of random fp16 weights generated on the GPU (uniform, scaled
+    /// by 1.7/sqrt(fan-in)), for benchmarks at full Mixtral size.
+    pub fn random(
+        gpu: Gpu,
+        m: usize,
+        m_h: usize,
+        n_experts: usize,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Result<MoeLayer> {
+        if n_experts == 0 || n_experts > MAX_EXPERTS {
+            return Err(shape(
+                "MoeLayer::random",
+                format!("n_experts={n_experts} (1..={MAX_EXPERTS})"),
+            ));
+        }
+        let s_m = 1.7 / (m as f32).sqrt();
+        let s_h = 1.7 / (m_h as f32).sqrt();
+        let mut g = gpu.alloc::<f16>(n_experts * m)?;
+        gpu.fill_uniform(&mut g, seed, s_m)?;
+        let g = gpu.download(&g)?;
+        Self::build(gpu, &g, n_experts, m, m_h, max_tokens, |gpu, q| {
+            let q = q as u64;
+            let mut w1 = gpu.alloc::<f16>(m * m_h)?;
+            let mut w3 = gpu.alloc::<f16>(m * m_h)?;
+            let mut w2 = gpu.alloc::<f16>(m * m_h)?;
+            gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
+            gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
+            gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
+            Ok((w1, w3, w2))
+        })
+    }
+
+    fn assemble(
+        gpu: Gpu,
+        router: Router,
+        experts: Vec<ExpertWeights>,
+        prefill: Option<PrefillWeights>,
+        m: usize,
+        m_h: usize,
+        max_tokens: usize,
+    ) -> Result<MoeLayer> {
+        let e = experts.len();
+        let max_tokens = max_tokens.max(1);
+        let prefill = prefill.map(|w| GroupedPrefill::new(&gpu, w)).transpose()?;
+        Ok(MoeLayer {
+            device: DevicePlan::new(&gpu, &experts)?,
+            device_policy_tokens: 1,
+            mismatches: 0,
+            skew_device_policy: false,
+            profile_router: false,
+            ws: FfnWorkspace::new(&gpu, m, m_h)?,
+            cfg: DecodeConfig::auto(gpu.info(), m, m_h),
+            x: gpu.alloc(max_tokens * m)?,
+            probs: gpu.alloc(max_tokens * e)?,
+            acc: gpu.alloc(max_tokens * m)?,
+            plan: RoutingPlan::default(),
+            prefetch: PrefetchTable::new(&gpu, &experts, 0)?,
+            logits_host: LockedBuffer::new(&0.0f32, max_tokens * e).map_err(|err| {
+                Error::cuda("cuMemAllocHost", format!("{} floats", max_tokens * e), err)
+            })?,
+            events: (0..2 + 2 * e).map(|_| gpu.event()).collect::<Result<_>>()?,
+            router,
+            experts,
+            prefill,
+            use_prefill: true,
+            expert_timing: true,
+            m,
+            m_h,
+            max_tokens,
+            gpu,
+        })
+    }
+
+    /// Whether steps of more than [`PREFILL_MIN_TOKENS`] tokens use the
+    /// grouped prefill kernels (default true; they exist only on compute
+    /// capability 9.0 and for layers built with `max_tokens` above that).
+    /// false forces the decode kernels (comparisons, tests).
+    pub fn set_prefill(&mut self, on: bool) {
+        self.use_prefill = on;
+    }
+
+    /// Per-expert CUDA events around each expert's kernels on the decode
+    /// path (default true). They cost ~5 µs per step on an H200 (they break
+    /// the programmatic-dependent-launch overlap between one expert's down
+    /// kernel and the next expert's gate/up); with false, `ExpertStats::time_s`
+    /// stays 0 on that path and the step time is what a deployment sees.
+    pub fn set_expert_timing(&mut self, on: bool) {
+        self.expert_timing = on;
+    }
+
+    /// Steps of 1..=`max_tokens` tokens (at most 16, off the prefill path)
+    /// run the selection policy on the GPU; default 1 (single-token decode,
+    /// where it saves the host round trip: H200 1-token step 181.7-185.7 µs
+    /// vs 186.3-193.2 with the host policy; at 4-16 tokens the slots launched
+    /// for experts that get no token cost as much as it saves, see
+    /// BENCHMARKS.md); 0 turns it off. The router kernel then also runs a
+    /// port of wdmoe-core's `select` (bit-identical f64 arithmetic) and
+    /// writes the expert plan, and every kernel of the step is enqueued at
+    /// once (no host round trip between router and experts). After the step
+    /// the host runs wdmoe-core on the same logits; if its plan differs in
+    /// any expert, token or weight bit, the experts are run again with
+    /// wdmoe-core's plan (counted by [`MoeLayer::device_policy_mismatches`]),
+    /// so results always follow wdmoe-core. Otherwise the policy runs on the
+    /// host between router and experts (one synchronisation per step).
+    pub fn set_device_policy_tokens(&mut self, max_tokens: usize) {
+        self.device_policy_tokens = max_tokens.min(MAX_PLAN_TOKENS);
+    }
+
+    /// Steps whose device plan differed from wdmoe-core's and were re-run.
+    pub fn device_policy_mismatches(&self) -> u64 {
+        self.mismatches
+    }
+
+    /// Test hook: the device policy uses top-1 instead of the policy's k,
+    /// so that its plan differs from wdmoe-core's (exercises the re-run).
+    #[doc(hidden)]
+    pub fn skew_device_policy(&mut self, on: bool) {
+        self.skew_device_policy = on;
+    }
+
+    /// Profiling: device-planned 1-token steps record the router kernel's
+    /// phase times ([`MoeLayer::device_plan_stamps_ns`]).
+    #[doc(hidden)]
+    pub fn set_profile_router(&mut self, on: bool) {
+        self.profile_router = on;
+    }
+
+    /// Profiling stamps of the last device-planned 1-token step (see
+    /// wdmoe-cuda `DevicePlan::stamps_ns`).
+    #[doc(hidden)]
+    pub fn device_plan_stamps_ns(&self) -> Result<[u64; 7]> {
+        self.device.stamps_ns(&self.gpu)
+    }
+
+    /// Whether a step of `n_tokens` tokens (with these latencies) takes the
+    /// device-planned path (see [`MoeLayer::set_device_policy_tokens`]).
+    pub fn uses_device_policy(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
+        n_tokens <= self.device_policy_tokens
+            && !self.uses_prefill(n_tokens)
+            && latency_s.iter().all(|t| *t > 0.0)
+    }
+
+    /// Whether a step of `n_tokens` tokens takes the grouped prefill path.
+    pub fn uses_prefill(&self, n_tokens: usize) -> bool {
+        self.use_prefill && self.prefill.is_some() && prefers_prefill(&self.gpu, n_tokens)
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Launch shapes of the expert kernels.
+    pub fn config(&self) -> DecodeConfig {
+        self.cfg
+    }
+
+    /// Sets the launch shapes of the expert kernels.
+    pub fn set_config(&mut self, cfg: DecodeConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Speculative L2 prefetch (off by default, 0). Host policy: while the
+    /// host runs the policy, the router kernel's extra blocks prefetch the
+    /// first `bytes` of each of token 0's two highest-logit experts (k-major
+    /// packing: the tiles their gate/up kernels read first) into L2. Device
+    /// policy: while the router kernel runs the policy, it prefetches
+    /// `bytes` of token 0's lowest-index top-k candidate (the expert of
+    /// plan slot 0 unless the policy drops it), split over the starts of the
+    /// gate/up kernel's warp k ranges. Never changes results.
+    pub fn set_prefetch_bytes(&mut self, bytes: usize) {
+        self.prefetch.set_bytes(bytes);
+    }
+
+    /// Bytes of one expert's weights.
+    pub fn expert_bytes(&self) -> usize {
+        self.experts.first().map_or(0, |e| e.bytes())
+    }
+
+    /// Copies `x` (`[n_tokens][m]` fp16) into the input buffer.
+    pub fn set_input(&mut self, x: &[f16], n_tokens: usize) -> Result<()> {
+        if n_tokens == 0 || n_tokens > self.max_tokens || x.len() != n_tokens * self.m {
+            return Err(shape(
+                "MoeLayer::set_input",
+                format!(
+                    "x has {} values for {n_tokens} tokens (1..={}) of m={}",
+                    x.len(),
+                    self.max_tokens,
+                    self.m
+                ),
+            ));
+        }
+        self.x
+            .index(..x.len())
+            .copy_from(x)
+            .map_err(|e| Error::cuda("cuMemcpyHtoD", format!("x: {} values", x.len()), e))
+    }
+
+    /// Fills the input buffer with random fp16 values in [-1, 1) (benchmarks).
+    pub fn set_random_input(&mut self, seed: u64) -> Result<()> {
+        self.gpu.fill_uniform(&mut self.x, seed, 1.0)
+    }
+
+    /// Hidden size m.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Expert hidden size m_h.
+    pub fn m_h(&self) -> usize {
+        self.m_h
+    }
+
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// Most tokens per step.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// One layer step on the tokens in the input buffer; the output stays on
+    /// the GPU (see [`MoeLayer::output`]). `out` of the result is empty.
+    ///
+    /// GPU timeline: router (+ zeroing the accumulator) writing the logits
+    /// into page-locked host memory (the one synchronisation) → policy and
+    /// grouping on the host → per expert with tokens: gate/up and down
+    /// kernels (programmatic dependent launch), tokens and weights passed by
+    /// value, the combine in the down kernel's epilogue. `time_s` spans all
+    /// of it, host part included.
+    pub fn step(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
+        if n_tokens == 0 || n_tokens > self.max_tokens {
+            return Err(shape(
+                "MoeLayer::step",
+                format!("n_tokens={n_tokens} (1..={})", self.max_tokens),
+            ));
+        }
+        if latency_s.len() != e && latency_s.len() != n_tokens * e {
+            return Err(shape(
+                "MoeLayer::step",
+                format!(
+                    "latency_s has {} values: expected {e} (per expert) or {n_tokens} x {e}",
+                    latency_s.len()
+                ),
+            ));
+        }
+        if self.uses_device_policy(n_tokens, latency_s) {
+            return self.step_device_planned(n_tokens, policy, latency_s);
+        }
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        gpu.record_on(&ev[0])?;
+        let mut acc = self.acc.index(..n_tokens * m);
+        // Router + softmax, zeroing the accumulator, logits written straight
+        // into page-locked host memory; waits for them (the one sync).
+        self.router.route_to_host(
+            gpu,
+            &self.x,
+            n_tokens,
+            &mut self.logits_host,
+            &mut self.probs,
+            Some((&mut acc, m)),
+            Some(&self.prefetch),
+        )?;
+        let ne = n_tokens * e;
+        let routing = route_tokens(&self.logits_host[..ne], n_tokens, e, policy, latency_s)?;
+        let groups = &routing.groups;
+        let grouped_path = self.uses_prefill(n_tokens);
+        if grouped_path {
+            let g = self.prefill.as_mut().ok_or_else(|| {
+                shape(
+                    "MoeLayer::step",
+                    "grouped prefill path without prefill weights".into(),
+                )
+            })?;
+            g.step(
+                gpu,
+                &self.x,
+                n_tokens,
+                groups,
+                &mut acc,
+                Some((&ev[2], &ev[3])),
+            )?;
+        } else {
+            self.plan.set(n_tokens, groups)?;
+        }
+        let ran = if grouped_path {
+            Vec::new()
+        } else {
+            run_host_plan(
+                gpu,
+                &self.experts,
+                &self.x,
+                &self.plan,
+                groups,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+                self.expert_timing.then_some(&ev[..]),
+            )?
+        };
+        gpu.record_on(&ev[1])?;
+        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        let mut expert_time_s = vec![0.0; e];
+        for q in ran {
+            expert_time_s[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
+        }
+        if grouped_path {
+            // One launch per GEMM for all experts: its time (gather
+            // included) shared out in proportion to the experts' tokens.
+            let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
+            let rows: usize = groups.iter().map(Vec::len).sum();
+            for (t, g) in expert_time_s.iter_mut().zip(groups) {
+                *t = total * g.len() as f64 / rows.max(1) as f64;
+            }
+        }
+        let probs = gpu
+            .download(&self.probs.index(..ne))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        Ok(MoeStep {
+            probs,
+            routing,
+            expert_time_s,
+            time_s,
+        })
+    }
+
+    /// The decode step with the policy on the GPU ([`MoeLayer::set_device_policy_tokens`]):
+    /// router + policy + plan in one kernel, then for each of the
+    /// `min(experts, tokens · k)` plan slots the two slot kernels, all
+    /// enqueued at once; then wdmoe-core checks the plan.
+    fn step_device_planned(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
+        let pol = if self.skew_device_policy {
+            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
+        } else {
+            PlanPolicy::from(*policy)
+        }
+        .with_profile(self.profile_router);
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        gpu.record_on(&ev[0])?;
+        let mut acc = self.acc.index(..n_tokens * m);
+        let prefetch =
+            gate_up_prefetch_ranges(&self.experts[0], &self.cfg, n_tokens, self.prefetch.bytes());
+        self.router.route_plan(
+            gpu,
+            &self.x,
+            n_tokens,
+            &mut self.probs,
+            (&mut acc, m),
+            &mut self.device,
+            &pol,
+            latency_s,
+            &prefetch,
+        )?;
+        let n_slots = self.device.n_slots();
+        for s in 0..n_slots {
+            if self.expert_timing {
+                gpu.record_on(&ev[2 + 2 * s])?;
+            }
+            ffn_decode_slot(
+                gpu,
+                &self.experts,
+                &self.device,
+                s,
+                &self.x,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+            )?;
+            if self.expert_timing {
+                gpu.record_on(&ev[3 + 2 * s])?;
+            }
+        }
+        gpu.record_on(&ev[1])?;
+        // wdmoe-core on the same logits (report() and logits() synchronise).
+        let report = self.device.report(gpu)?;
+        let routing = route_tokens(self.device.logits(gpu)?, n_tokens, e, policy, latency_s)?;
+        let groups = &routing.groups;
+        let mut times = vec![0.0f64; e];
+        if same_plan(&report, groups) {
+            if self.expert_timing {
+                for (s, slot) in report.slots.iter().enumerate() {
+                    times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
+                }
+            }
+        } else {
+            // The device plan is not wdmoe-core's: run the experts again
+            // with wdmoe-core's plan (the step's time includes both).
+            self.mismatches += 1;
+            acc.set_zero().map_err(|err| {
+                Error::cuda(
+                    "cuMemsetD32",
+                    format!("accumulator of {n_tokens} x {m}"),
+                    err,
+                )
+            })?;
+            self.plan.set(n_tokens, groups)?;
+            let ran = run_host_plan(
+                gpu,
+                &self.experts,
+                &self.x,
+                &self.plan,
+                groups,
+                &mut acc,
+                &mut self.ws,
+                &self.cfg,
+                self.expert_timing.then_some(&ev[..]),
+            )?;
+            gpu.record_on(&ev[1])?;
+            gpu.sync()?;
+            for q in ran {
+                times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
+            }
+        }
+        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        let probs = gpu
+            .download(&self.probs.index(..n_tokens * e))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        Ok(MoeStep {
+            probs,
+            routing,
+            expert_time_s: times,
+            time_s,
+        })
+    }
+
+    /// The fp32 output of the last step, `[n_tokens][m]`.
+    pub fn output(&self, n_tokens: usize) -> Result<Vec<f32>> {
+        if n_tokens > self.max_tokens {
+            return Err(shape("MoeLayer::output", format!("n_tokens={n_tokens}")));
+        }
+        self.gpu.download(&self.acc.index(..n_tokens * self.m))
+    }
+}
