@@ -9,10 +9,11 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::model::{
-    generate, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
+    generate_with, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
     MoeConfig, Sampler, ScenarioLatency,
 };
 use crate::scenario::Scenario;
+use crate::trace::TraceRecorder;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +77,10 @@ pub struct GenerateArgs {
     /// Write the logits of every prompt position, float32 [prompt_len, vocab], as .npy.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
+    /// Write the router logits of every token run (prompt, then generated),
+    /// float32 [tokens, layers, experts] .npy (`wdmoe sweep`'s trace format).
+    #[arg(long)]
+    pub record_trace: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -92,14 +97,9 @@ struct JsonOut<'a> {
     summary: &'a GenerationSummary,
 }
 
-fn e(err: ModelError) -> String {
-    err.to_string()
-}
-
-/// Runs `wdmoe generate`, writing the text (streamed) and the summary, or
-/// the JSON object, to `out`.
-pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
-    if a.device == Device::Cuda {
+/// `Ok` for the CPU; for `--device cuda`, an error saying why it cannot run.
+pub fn check_device(device: Device) -> Result<(), String> {
+    if device == Device::Cuda {
         return Err(if cfg!(feature = "cuda") {
             "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
                 .into()
@@ -108,6 +108,17 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
                 .into()
         });
     }
+    Ok(())
+}
+
+fn e(err: ModelError) -> String {
+    err.to_string()
+}
+
+/// Runs `wdmoe generate`, writing the text (streamed) and the summary, or
+/// the JSON object, to `out`.
+pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
+    check_device(a.device)?;
     let model = Model::load(&a.model).map_err(e)?;
     let c = model.config().clone();
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
@@ -209,7 +220,15 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
         }
         Ok(())
     };
-    let g = generate(
+    let mut recorder = match &a.record_trace {
+        Some(_) => Some(
+            TraceRecorder::new(c.num_hidden_layers, c.num_local_experts)
+                .map_err(|err| err.to_string())?,
+        ),
+        None => None,
+    };
+    let mut record_err = None;
+    let g = generate_with(
         &model,
         &prompt,
         &moe,
@@ -217,8 +236,23 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
         &mut sampler,
         &settings,
         &mut on_token,
+        &mut |out| {
+            if let Some(r) = &mut recorder {
+                let per_layer: Vec<&[f64]> =
+                    out.routing.iter().map(|l| l.router_logits.as_slice()).collect();
+                if let Err(err) = r.push_tokens(&per_layer) {
+                    record_err.get_or_insert(err);
+                }
+            }
+        },
     )
     .map_err(e)?;
+    if let Some(err) = record_err {
+        return Err(err.to_string());
+    }
+    if let (Some(p), Some(r)) = (&a.record_trace, &recorder) {
+        r.write(p).map_err(|err| err.to_string())?;
+    }
     if let Some(err) = io_err {
         return Err(format!("writing the output: {err}"));
     }

@@ -12,13 +12,16 @@
 //! | [`scenario`] | base station, devices, radio, channel, router, policies; TOML in and out, validation |
 //! | [`channel`] | path loss (paper / 3GPP UMa / UMi), shadowing, Rayleigh / Rician fading, block or AR(1), outages |
 //! | [`router`] | where router logits come from: synthetic Mixtral-like, recorded trace, (live hook) |
-//! | [`trace`] | the `.npy` router-trace reader |
+//! | [`trace`] | the `.npy` router-trace reader and recorder |
 //! | [`policy`] | WDMoE θ, weight-only β, channel-only — one trait |
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
 //! | [`select_cli`] | the `wdmoe select` line protocol |
 //! | [`model`] | a Mixtral model on the CPU: HF checkpoints, decoder, WDMoE routing, generation |
 //! | [`generate_cli`] | `wdmoe generate` |
+//! | [`eval`] | perplexity and multiple-choice accuracy per θ, with routing and simulated latency |
+//! | [`eval_cli`] | `wdmoe eval perplexity`, `wdmoe eval choice` |
+//! | [`router_stats`] | trained vs synthetic router statistics (`wdmoe router-stats`) |
 //! | [`rng`] | seeded, injected random streams |
 //!
 //! Randomness is always seeded: prompt `p` of a run with seed `s` draws from
@@ -44,6 +47,8 @@
 #![deny(missing_docs)]
 
 pub mod channel;
+pub mod eval;
+pub mod eval_cli;
 pub mod generate_cli;
 pub mod layer;
 pub mod model;
@@ -52,6 +57,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod router;
+pub mod router_stats;
 pub mod scenario;
 pub mod select_cli;
 pub mod sim;

@@ -45,6 +45,10 @@ enum Cmd {
     Select,
     /// Text from a Mixtral checkpoint (CPU), WDMoE choosing the experts.
     Generate(wdmoe_sim::generate_cli::GenerateArgs),
+    /// Accuracy per θ: perplexity or multiple-choice accuracy of a checkpoint (CPU).
+    Eval(wdmoe_sim::eval_cli::EvalArgs),
+    /// Router statistics of a recorded trace next to the synthetic router's.
+    RouterStats(wdmoe_sim::router_stats::RouterStatsArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// scales the cell radius and the devices' compute spread.
     Sensitivity {
@@ -179,6 +183,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Generate(a) => {
             wdmoe_sim::generate_cli::run(&a, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Eval(a) => {
+            wdmoe_sim::eval_cli::run(&a, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RouterStats(a) => {
+            wdmoe_sim::router_stats::run(&a, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Select => {
