@@ -17,6 +17,9 @@ use crate::progress::Progress;
 use crate::scenario::Scenario;
 use crate::trace::TraceRecorder;
 
+/// Default perplexity window \[tokens\] (the tiny model's card).
+pub const DEFAULT_WINDOW: usize = 256;
+
 /// `wdmoe eval`.
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -43,9 +46,10 @@ pub struct PerplexityArgs {
     /// Whitespace-separated token ids, scored as given (no bos added).
     #[arg(long)]
     pub ids: Option<PathBuf>,
-    /// Window length in tokens (each window scores window − 1 tokens).
-    #[arg(long, default_value_t = 256)]
-    pub window: usize,
+    /// Window length in tokens (each window scores window − 1 tokens);
+    /// default 256, or the model's max_position_embeddings when smaller.
+    #[arg(long)]
+    pub window: Option<usize>,
     /// At most this many windows (the first ones).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -296,10 +300,13 @@ fn run_perplexity(a: &PerplexityArgs, out: &mut dyn Write) -> Result<(), String>
         }
         (None, None) => return Err("give --text or --ids".into()),
     };
+    let window = a
+        .window
+        .unwrap_or(DEFAULT_WINDOW.min(s.model.config().max_position_embeddings));
     if let Some(n) = a.limit {
-        ids.truncate(n.saturating_mul(a.window));
+        ids.truncate(n.saturating_mul(window));
     }
-    perplexity::check_window(&s.model, &ids, a.window)?;
+    perplexity::check_window(&s.model, &ids, window)?;
     let v = s.model.config().vocab_size;
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
         return Err(format!(
@@ -308,11 +315,11 @@ fn run_perplexity(a: &PerplexityArgs, out: &mut dyn Write) -> Result<(), String>
             i + 1
         ));
     }
-    let n = perplexity::n_windows(ids.len(), a.window);
+    let n = perplexity::n_windows(ids.len(), window);
     per_theta(c, &s, "perplexity", &data, out, &mut |moe, lat, totals| {
         let label = format!("perplexity θ={}", moe.policy.theta());
         let progress = Progress::new(&label, n, !c.quiet);
-        let r = perplexity::perplexity(&s.model, &ids, a.window, moe, lat, totals, &progress);
+        let r = perplexity::perplexity(&s.model, &ids, window, moe, lat, totals, &progress);
         progress.finish();
         r
     })

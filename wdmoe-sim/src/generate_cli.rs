@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::model::{
-    generate_with, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
-    MoeConfig, Sampler, ScenarioLatency,
+    generate_with, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model,
+    ModelError, MoeConfig, Sampler, ScenarioLatency,
 };
 use crate::scenario::Scenario;
 use crate::trace::TraceRecorder;
@@ -238,8 +238,11 @@ pub fn run(a: &GenerateArgs, out: &mut dyn Write) -> Result<(), String> {
         &mut on_token,
         &mut |out| {
             if let Some(r) = &mut recorder {
-                let per_layer: Vec<&[f64]> =
-                    out.routing.iter().map(|l| l.router_logits.as_slice()).collect();
+                let per_layer: Vec<&[f64]> = out
+                    .routing
+                    .iter()
+                    .map(|l| l.router_logits.as_slice())
+                    .collect();
                 if let Err(err) = r.push_tokens(&per_layer) {
                     record_err.get_or_insert(err);
                 }

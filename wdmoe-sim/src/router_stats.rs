@@ -148,9 +148,15 @@ impl RouterStats {
 pub fn table(cols: &[(&str, &RouterStats)]) -> String {
     type Cell = fn(&RouterStats) -> String;
     let rows: [(&str, Cell); 12] = [
-        ("w2/w1 p10", |s| format!("{:.3}", s.summary.ratio_quantiles[0])),
-        ("w2/w1 p50", |s| format!("{:.3}", s.summary.ratio_quantiles[2])),
-        ("w2/w1 p90", |s| format!("{:.3}", s.summary.ratio_quantiles[4])),
+        ("w2/w1 p10", |s| {
+            format!("{:.3}", s.summary.ratio_quantiles[0])
+        }),
+        ("w2/w1 p50", |s| {
+            format!("{:.3}", s.summary.ratio_quantiles[2])
+        }),
+        ("w2/w1 p90", |s| {
+            format!("{:.3}", s.summary.ratio_quantiles[4])
+        }),
         ("mean top-1 weight (of top-2)", |s| {
             format!("{:.3}", s.summary.mean_w1)
         }),
@@ -163,7 +169,9 @@ pub fn table(cols: &[(&str, &RouterStats)]) -> String {
         ("drops at equal latency θ=0.3", |s| {
             format!("{:.1} %", 100.0 * s.summary.below_threshold[2])
         }),
-        ("softmax entropy / ln E", |s| format!("{:.3}", s.entropy_frac)),
+        ("softmax entropy / ln E", |s| {
+            format!("{:.3}", s.entropy_frac)
+        }),
         ("corr. of logits, layer l vs l+1", |s| {
             format!("{:.3}", s.layer_corr)
         }),
@@ -254,7 +262,11 @@ pub fn run(a: &RouterStatsArgs, out: &mut dyn std::io::Write) -> Result<(), Stri
             a.trace.display(),
             syn.source
         ))?;
-        w(write!(out, "{}", table(&[("trace", &rec), ("synthetic", &syn)])))?;
+        w(write!(
+            out,
+            "{}",
+            table(&[("trace", &rec), ("synthetic", &syn)])
+        ))?;
     }
     Ok(())
 }

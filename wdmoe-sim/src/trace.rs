@@ -369,7 +369,9 @@ impl TraceRecorder {
     /// An empty recording for `layers × experts` logits per token.
     pub fn new(layers: usize, experts: usize) -> Result<Self, TraceError> {
         if layers == 0 || experts == 0 {
-            return bad(format!("a recording of {layers} layers × {experts} experts"));
+            return bad(format!(
+                "a recording of {layers} layers × {experts} experts"
+            ));
         }
         Ok(Self {
             layers,
@@ -390,10 +392,7 @@ impl TraceRecorder {
             ));
         }
         let n = per_layer[0].as_ref().len() / e;
-        if let Some(l) = per_layer
-            .iter()
-            .position(|z| z.as_ref().len() != n * e)
-        {
+        if let Some(l) = per_layer.iter().position(|z| z.as_ref().len() != n * e) {
             return bad(format!(
                 "layer {l} has {} logits, expected {n} tokens × {e} experts",
                 per_layer[l].as_ref().len()
@@ -440,8 +439,11 @@ mod tests {
     fn recorder_round_trip() {
         let mut r = TraceRecorder::new(2, 3).unwrap();
         // Two tokens at layer 0 and 1, token-major in the file.
-        r.push_tokens(&[vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]])
-            .unwrap();
+        r.push_tokens(&[
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0],
+        ])
+        .unwrap();
         r.push_tokens(&[vec![-1.0, -2.0, -3.0], vec![-4.0, -5.0, -6.0]])
             .unwrap();
         assert_eq!(r.tokens(), 3);
@@ -450,7 +452,11 @@ mod tests {
         assert_eq!(t.logits(0, 1), &[6.0, 7.0, 8.0]);
         assert_eq!(t.logits(1, 0), &[3.0, 4.0, 5.0]);
         assert_eq!(t.logits(2, 1), &[-4.0, -5.0, -6.0]);
-        assert!(r.push_tokens(&[vec![0.0; 3]]).unwrap_err().0.contains("layers"));
+        assert!(r
+            .push_tokens(&[vec![0.0; 3]])
+            .unwrap_err()
+            .0
+            .contains("layers"));
         assert!(r
             .push_tokens(&[vec![0.0; 3], vec![0.0; 4]])
             .unwrap_err()

@@ -85,10 +85,15 @@ pub fn parse_items(text: &str, path: &Path, model: &Model) -> Result<Vec<ChoiceI
             }
         };
         if context.is_empty() {
-            return Err(format!("{at}: the context has no token (and the config no bos_token_id)"));
+            return Err(format!(
+                "{at}: the context has no token (and the config no bos_token_id)"
+            ));
         }
         if choices.len() < 2 {
-            return Err(format!("{at}: {} choice(s); at least 2 are needed", choices.len()));
+            return Err(format!(
+                "{at}: {} choice(s); at least 2 are needed",
+                choices.len()
+            ));
         }
         if let Some(c) = choices.iter().position(Vec::is_empty) {
             return Err(format!("{at}: choice {c} has no token"));
@@ -96,10 +101,22 @@ pub fn parse_items(text: &str, path: &Path, model: &Model) -> Result<Vec<ChoiceI
         let label = usize::try_from(raw.label)
             .ok()
             .filter(|&l| l < choices.len())
-            .ok_or_else(|| format!("{at}: label {} is not a choice index (0..{})", raw.label, choices.len()))?;
+            .ok_or_else(|| {
+                format!(
+                    "{at}: label {} is not a choice index (0..{})",
+                    raw.label,
+                    choices.len()
+                )
+            })?;
         let v = model.config().vocab_size;
-        if let Some(&id) = context.iter().chain(choices.iter().flatten()).find(|&&id| id as usize >= v) {
-            return Err(format!("{at}: token id {id} is outside the vocabulary ({v})"));
+        if let Some(&id) = context
+            .iter()
+            .chain(choices.iter().flatten())
+            .find(|&&id| id as usize >= v)
+        {
+            return Err(format!(
+                "{at}: token id {id} is outside the vocabulary ({v})"
+            ));
         }
         items.push(ChoiceItem {
             context,

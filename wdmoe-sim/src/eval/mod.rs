@@ -149,7 +149,18 @@ pub fn wilson_95(hits: usize, n: usize) -> (f64, f64) {
     let d = 1.0 + z * z / n;
     let c = (p + z * z / (2.0 * n)) / d;
     let h = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / d;
-    ((c - h).max(0.0), (c + h).min(1.0))
+    // The ends are exact at 0 and n hits (no rounding past p).
+    let lo = if hits == 0 {
+        0.0
+    } else {
+        (c - h).clamp(0.0, p)
+    };
+    let hi = if hits as f64 >= n {
+        1.0
+    } else {
+        (c + h).clamp(p, 1.0)
+    };
+    (lo, hi)
 }
 
 #[cfg(test)]

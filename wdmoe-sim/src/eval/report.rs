@@ -238,7 +238,12 @@ pub fn svg<R: EvalRow>(r: &EvalReport<R>) -> String {
         .iter()
         .map(|x| {
             let (_, v, ci) = x.metric();
-            (x.routing().wdmoe_latency_s_per_token * 1e3, v, ci, x.theta())
+            (
+                x.routing().wdmoe_latency_s_per_token * 1e3,
+                v,
+                ci,
+                x.theta(),
+            )
         })
         .collect();
     let top_k = r
