@@ -173,8 +173,8 @@ fn windows_split_the_stream_and_score_n_minus_one_each() {
         let out = model
             .forward(w, &mut cache, &moe, &mut l, Logits::All)
             .unwrap();
-        for i in 1..w.len() {
-            nll -= log_softmax_at(&out.logits[(i - 1) * v..i * v], w[i]);
+        for (i, &next) in w.iter().enumerate().skip(1) {
+            nll -= log_softmax_at(&out.logits[(i - 1) * v..i * v], next);
         }
     }
     let r4 = run(4);

@@ -233,7 +233,9 @@ pub fn svg<R: EvalRow>(r: &EvalReport<R>) -> String {
     let (l, rt, t, b) = (80.0, 40.0, 60.0, 70.0);
     let (pw, ph) = (w - l - rt, h - t - b);
     let name = r.rows.first().map_or("metric", |x| x.metric().0);
-    let pts: Vec<(f64, f64, Option<(f64, f64)>, f64)> = r
+    // (latency ms, metric, its interval, θ) per row.
+    type Point = (f64, f64, Option<(f64, f64)>, f64);
+    let pts: Vec<Point> = r
         .rows
         .iter()
         .map(|x| {
