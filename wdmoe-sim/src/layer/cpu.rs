@@ -33,54 +33,64 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Work (multiply-adds) above which one token's FFN is split over threads.
-const PAR_MACS: usize = 1 << 18;
+/// Work (multiply-adds) above which a product runs in parallel.
+const PAR_MACS: usize = 1 << 16;
 
-fn ffn_token(e: &ExpertF32, m: usize, m_h: usize, x: &[f32], y: &mut [f32], h: &mut [f32]) {
+/// Least output rows per parallel block of [`matmul_t`]: a block's rows
+/// stay in cache while every token passes over them.
+const BLOCK_ROWS: usize = 16;
+
+/// Least multiply-adds per parallel block (amortises the task overhead).
+const BLOCK_MACS: usize = 1 << 15;
+
+/// `y = x Wᵀ`: `x` is `[n][d_in]`, `w` is `[d_out][d_in]` (PyTorch's
+/// `nn.Linear` layout), returns `[n][d_out]`. Large products run in
+/// parallel over blocks of output rows, each block serving every token (so
+/// the weights are read once per call, not once per token); every value is
+/// one [`dot`], so the result does not depend on the thread count.
+pub fn matmul_t(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
     use rayon::prelude::*;
-    let hj = |j: usize| {
-        let row = j * m..(j + 1) * m;
-        silu(dot(&e.w1[row.clone()], x)) * dot(&e.w3[row], x)
-    };
-    let yi = |i: usize, h: &[f32]| dot(&e.w2[i * m_h..(i + 1) * m_h], h);
-    if m * m_h >= PAR_MACS {
-        h.par_iter_mut()
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(j, v)| *v = hj(j));
-        let h: &[f32] = h;
-        y.par_iter_mut()
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(i, v)| *v = yi(i, h));
-    } else {
-        h.iter_mut().enumerate().for_each(|(j, v)| *v = hj(j));
-        y.iter_mut().enumerate().for_each(|(i, v)| *v = yi(i, h));
+    let mut y = vec![0.0f32; n * d_out];
+    if n * d_in * d_out < PAR_MACS {
+        for (yt, xt) in y.chunks_exact_mut(d_out).zip(x.chunks_exact(d_in)) {
+            for (o, v) in yt.iter_mut().enumerate() {
+                *v = dot(&w[o * d_in..(o + 1) * d_in], xt);
+            }
+        }
+        return y;
     }
+    let rows_per_block = BLOCK_ROWS.max(BLOCK_MACS.div_ceil(n * d_in));
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(rows_per_block * d_in)
+        .map(|wb| {
+            let rows = wb.len() / d_in;
+            let mut out = vec![0.0f32; n * rows];
+            for (ot, xt) in out.chunks_exact_mut(rows).zip(x.chunks_exact(d_in)) {
+                for (r, v) in ot.iter_mut().enumerate() {
+                    *v = dot(&wb[r * d_in..(r + 1) * d_in], xt);
+                }
+            }
+            out
+        })
+        .collect();
+    for (bi, out) in blocks.iter().enumerate() {
+        let o0 = bi * rows_per_block;
+        let rows = out.len() / n.max(1);
+        for (t, ot) in out.chunks_exact(rows).enumerate() {
+            y[t * d_out + o0..t * d_out + o0 + rows].copy_from_slice(ot);
+        }
+    }
+    y
 }
 
 /// One expert's FFN on `rows.len() / m` tokens: `y = W2 (silu(W1 x) ⊙ W3 x)`,
-/// f32, `rows`: `[t][m]` → returns `[t][m]`. Large steps run in parallel
-/// (over tokens, or over the rows of W1/W3 and W2 for a single token); the
-/// result does not depend on the thread count.
+/// f32, `rows`: `[t][m]` → returns `[t][m]` (products by [`matmul_t`]).
 pub fn expert_ffn(e: &ExpertF32, m: usize, m_h: usize, rows: &[f32]) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut out = vec![0.0; rows.len()];
     let n = rows.len() / m;
-    if n >= 2 && n * m * m_h >= PAR_MACS {
-        out.par_chunks_exact_mut(m)
-            .zip(rows.par_chunks_exact(m))
-            .for_each_init(
-                || vec![0.0f32; m_h],
-                |h, (y, x)| ffn_token(e, m, m_h, x, y, h),
-            );
-    } else {
-        let mut h = vec![0.0f32; m_h];
-        for (x, y) in rows.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
-            ffn_token(e, m, m_h, x, y, &mut h);
-        }
-    }
-    out
+    let g = matmul_t(rows, n, &e.w1, m, m_h);
+    let mut h = matmul_t(rows, n, &e.w3, m, m_h);
+    h.iter_mut().zip(&g).for_each(|(u, &g)| *u *= silu(g));
+    matmul_t(&h, n, &e.w2, m_h, m)
 }
 
 /// Router logits `[n_tokens][n_experts]` = x Gᵀ (f32 products, f64 result).
@@ -286,6 +296,32 @@ mod tests {
         assert!(served >= n && served <= 2 * n);
         let flops: f64 = out.experts.iter().map(|e| e.flops).sum();
         assert_eq!(flops, (served * 6 * 24 * 40) as f64);
+    }
+
+    #[test]
+    fn blocked_parallel_product_equals_row_by_row() {
+        // 3 x 300 x 101 multiply-adds: the parallel path, with a last block
+        // of 101 % 16 = 5 rows.
+        let (n, d_in, d_out) = (3, 300, 101);
+        let x: Vec<f32> = (0..n * d_in)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let w: Vec<f32> = (0..d_in * d_out)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        assert!(n * d_in * d_out >= PAR_MACS);
+        let y = matmul_t(&x, n, &w, d_in, d_out);
+        for t in 0..n {
+            for o in 0..d_out {
+                let want = dot(&w[o * d_in..(o + 1) * d_in], &x[t * d_in..(t + 1) * d_in]);
+                assert_eq!(y[t * d_out + o], want);
+            }
+        }
+        // Small products (serial path) agree too, and a hand value.
+        assert_eq!(
+            matmul_t(&[1.0, 2.0], 1, &[1.0, 0.0, 0.5, -1.0, 3.0, 3.0], 2, 3),
+            [1.0, -1.5, 9.0]
+        );
     }
 
     #[test]

@@ -7,38 +7,14 @@ use rayon::prelude::*;
 
 use crate::layer::cpu::dot;
 
-/// Multiply-adds above which a linear layer runs in parallel.
+/// Multiply-adds above which attention runs in parallel.
 const PAR_MACS: usize = 1 << 16;
 
 /// `y = x Wᵀ`: `x` is `[n][d_in]`, `w` is `[d_out][d_in]` (PyTorch's
-/// `nn.Linear` layout), returns `[n][d_out]`. Parallel over output rows
-/// (one token) or tokens (several) when the work pays for it.
+/// `nn.Linear` layout), returns `[n][d_out]`; the layer executor's
+/// [`crate::layer::cpu::matmul_t`] (parallel over blocks of output rows).
 pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; n * d_out];
-    let big = n * d_in * d_out >= PAR_MACS;
-    if big && n >= 4 {
-        y.par_chunks_exact_mut(d_out)
-            .zip(x.par_chunks_exact(d_in))
-            .for_each(|(yt, xt)| {
-                for (o, v) in yt.iter_mut().enumerate() {
-                    *v = dot(&w[o * d_in..(o + 1) * d_in], xt);
-                }
-            });
-    } else if big {
-        for (yt, xt) in y.chunks_exact_mut(d_out).zip(x.chunks_exact(d_in)) {
-            yt.par_iter_mut()
-                .enumerate()
-                .with_min_len(64)
-                .for_each(|(o, v)| *v = dot(&w[o * d_in..(o + 1) * d_in], xt));
-        }
-    } else {
-        for (yt, xt) in y.chunks_exact_mut(d_out).zip(x.chunks_exact(d_in)) {
-            for (o, v) in yt.iter_mut().enumerate() {
-                *v = dot(&w[o * d_in..(o + 1) * d_in], xt);
-            }
-        }
-    }
-    y
+    crate::layer::cpu::matmul_t(x, n, w, d_in, d_out)
 }
 
 /// RMSNorm of every row of `x` (`[n][d]`): `w ⊙ x / sqrt(mean(x²) + ε)`.
