@@ -219,6 +219,13 @@ pub fn json<R: EvalRow>(r: &EvalReport<R>) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// The last component of a path (for the plot's subtitle).
+fn base(p: &str) -> String {
+    std::path::Path::new(p)
+        .file_name()
+        .map_or(p.to_string(), |f| f.to_string_lossy().into_owned())
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -280,10 +287,10 @@ pub fn svg<R: EvalRow>(r: &EvalReport<R>) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="42" text-anchor="middle" fill="#555">{} | {} | k = {} | {}</text>"##,
+        r##"<text x="{}" y="42" text-anchor="middle" fill="#555" font-size="11">{} | {} | k = {} | {}</text>"##,
         w / 2.0,
-        esc(&r.model),
-        esc(&r.data),
+        esc(&base(&r.model)),
+        esc(&base(&r.data)),
         r.k,
         esc(&r.latency_source)
     );
@@ -325,7 +332,7 @@ pub fn svg<R: EvalRow>(r: &EvalReport<R>) -> String {
     if top_k > 0.0 {
         let _ = writeln!(
             s,
-            r##"<line x1="{x}" x2="{x}" y1="{t}" y2="{y}" stroke="#888" stroke-dasharray="5 4"/><text x="{tx}" y="{ty}" fill="#555">plain top-{k}</text>"##,
+            r##"<line x1="{x}" x2="{x}" y1="{t}" y2="{y}" stroke="#888" stroke-dasharray="5 4"/><text x="{tx}" y="{ty}" fill="#555" text-anchor="end">plain top-{k}</text>"##,
             x = px(top_k),
             y = t + ph,
             tx = px(top_k) - 4.0,
