@@ -399,9 +399,12 @@ fn text_choices_follow_the_protocol_and_equal_full_forward_passes() {
 /// of 141) with HF at top-2; and the trained model's picks on the
 /// hand-written sample. About 30 s in a release
 /// build, many minutes in a debug one:
-/// `cargo test --release -p wdmoe-sim --test eval -- --ignored`.
+/// `cargo test --release -p wdmoe-sim --test eval` (ignored in debug builds).
 #[test]
-#[ignore = "a full pass over 141 items of the trained model; run in release (see the doc comment)"]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "a full pass over 141 items of the trained model: runs in release builds (see the doc comment)"
+)]
 fn tiny_model_choice_accuracy_equals_the_model_card() {
     let model = Model::load(&tiny_model_dir()).unwrap();
     let sample = eval_fixture("choice-sample.jsonl");
