@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use crate::eval::choice::{self, ChoiceItem};
+use crate::eval::choice::{self, ChoiceItem, Continuation};
 use crate::eval::perplexity;
 use crate::eval::report::{self, EvalReport, EvalRow};
 use crate::eval::{LatencySource, RoutingTotals};
@@ -40,7 +40,7 @@ pub enum EvalTask {
 /// Flags of `wdmoe eval perplexity`.
 #[derive(Debug, Clone, Args)]
 pub struct PerplexityArgs {
-    /// Text file, tokenised as [bos] + encode(text) (needs tokenizer.json).
+    /// Text file, tokenised as [bos] + encode(text), no other special token (needs tokenizer.json).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     pub text: Option<PathBuf>,
     /// Whitespace-separated token ids, scored as given (no bos added).
@@ -68,6 +68,11 @@ pub struct ChoiceArgs {
     /// At most this many items (the first ones).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// How a text choice is tokenised: on its own (the tiny model's card;
+    /// byte-level BPE) or split off encode(context + choice)
+    /// (lm-evaluation-harness; SentencePiece tokenizers such as Mixtral's).
+    #[arg(long, value_enum, default_value_t = Continuation::Separate)]
+    pub continuation: Continuation,
     /// Settings shared with `eval perplexity`.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -293,7 +298,7 @@ fn run_perplexity(a: &PerplexityArgs, out: &mut dyn Write) -> Result<(), String>
             })?;
             let mut ids: Vec<u32> = s.model.config().bos_token_id.into_iter().collect();
             ids.extend(
-                tok.encode(&text)
+                tok.encode_plain(&text)
                     .map_err(|e| format!("{}: {e}", p.display()))?,
             );
             (ids, p.clone())
@@ -330,8 +335,9 @@ pub fn load_items(
     model: &Model,
     path: &Path,
     limit: Option<usize>,
+    split: Continuation,
 ) -> Result<Vec<ChoiceItem>, String> {
-    let mut items = choice::parse_items(&read(path)?, path, model)?;
+    let mut items = choice::parse_items(&read(path)?, path, model, split)?;
     if let Some(n) = limit {
         items.truncate(n.max(1));
     }
@@ -341,7 +347,7 @@ pub fn load_items(
 fn run_choice(a: &ChoiceArgs, out: &mut dyn Write) -> Result<(), String> {
     let c = &a.common;
     let s = setup(c)?;
-    let items = load_items(&s.model, &a.tasks, a.limit)?;
+    let items = load_items(&s.model, &a.tasks, a.limit, a.continuation)?;
     per_theta(c, &s, "choice", &a.tasks, out, &mut |moe, lat, totals| {
         let label = format!("choice θ={}", moe.policy.theta());
         let progress = Progress::new(&label, items.len(), !c.quiet);

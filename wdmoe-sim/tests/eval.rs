@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use wdmoe_sim::eval::choice::{self, ChoiceItem};
+use wdmoe_sim::eval::choice::{self, ChoiceItem, Continuation};
 use wdmoe_sim::eval::perplexity::perplexity;
 use wdmoe_sim::eval::{log_softmax_at, LatencySource, RoutingTotals};
 use wdmoe_sim::model::{FixedLatency, Logits, Model, MoeConfig};
 use wdmoe_sim::progress::Progress;
+
+const SEP: Continuation = Continuation::Separate;
 
 #[derive(Deserialize)]
 struct Cases {
@@ -222,7 +224,7 @@ fn choice_log_likelihoods_equal_hf_on_the_id_sample() {
     let model = Model::load(&fixture("gqa")).unwrap();
     let path = eval_fixture("choice-gqa-ids.jsonl");
     let items =
-        choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model).unwrap();
+        choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model, SEP).unwrap();
     assert_eq!(items.len(), 3);
     assert_eq!(items[1].lengths, vec![1, 2, 3]);
     for c in cases("gqa") {
@@ -275,7 +277,7 @@ fn choice_log_likelihoods_equal_hf_on_the_id_sample() {
 fn choice_parse_errors_name_the_line() {
     let model = Model::load(&fixture("gqa")).unwrap();
     let p = Path::new("t.jsonl");
-    let err = |text: &str| choice::parse_items(text, p, &model).unwrap_err();
+    let err = |text: &str| choice::parse_items(text, p, &model, SEP).unwrap_err();
     let ok = r#"{"context_ids": [1], "choices_ids": [[2], [3]], "label": 1}"#;
     assert!(err(&format!(
         "{ok}\n{{\"context_ids\": [1], \"choices_ids\": [[2], [3]], \"label\": 2}}"
@@ -305,13 +307,13 @@ fn choice_parse_errors_name_the_line() {
     );
     assert!(err("not json").starts_with("t.jsonl:1:"));
     assert!(err("\n\n").contains("no item"));
-    assert_eq!(choice::parse_items(ok, p, &model).unwrap().len(), 1);
+    assert_eq!(choice::parse_items(ok, p, &model, SEP).unwrap().len(), 1);
 }
 
 /// A random model with the tiny model's vocabulary, BOS id and tokenizer
 /// (fast in a debug build): the text protocol, not the trained weights.
-fn random_model_with_tiny_tokenizer() -> Model {
-    let dir = std::env::temp_dir().join(format!("wdmoe-eval-tok-{}", std::process::id()));
+fn random_model_with_tiny_tokenizer(tag: &str) -> Model {
+    let dir = std::env::temp_dir().join(format!("wdmoe-eval-tok-{}-{tag}", std::process::id()));
     let mut cfg = wdmoe_sim::model::synth::tiny_config();
     cfg["vocab_size"] = 4096.into();
     cfg["bos_token_id"] = 1.into();
@@ -326,10 +328,10 @@ fn random_model_with_tiny_tokenizer() -> Model {
 
 #[test]
 fn text_choices_follow_the_protocol_and_equal_full_forward_passes() {
-    let model = random_model_with_tiny_tokenizer();
+    let model = random_model_with_tiny_tokenizer("separate");
     let path = eval_fixture("choice-sample.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
-    let items = choice::parse_items(&text, &path, &model).unwrap();
+    let items = choice::parse_items(&text, &path, &model, SEP).unwrap();
     let tok = model.tokenizer().unwrap();
     let v = model.config().vocab_size;
     let e = model.config().num_local_experts;
@@ -395,6 +397,46 @@ fn text_choices_follow_the_protocol_and_equal_full_forward_passes() {
     assert_eq!(row.acc_norm, hits[1] as f64 / 3.0);
 }
 
+#[test]
+fn joint_continuations_split_the_whole_encoding() {
+    let model = random_model_with_tiny_tokenizer("joint");
+    let tok = model.tokenizer().unwrap();
+    let path = eval_fixture("choice-sample.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let joint = choice::parse_items(&text, &path, &model, Continuation::Joint).unwrap();
+    for (line, item) in text.lines().zip(&joint) {
+        let raw: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ctx = raw["context"].as_str().unwrap();
+        for (ci, ch) in raw["choices"].as_array().unwrap().iter().enumerate() {
+            // [bos] + context tokens + continuation = [bos] + encode(context + choice).
+            let mut whole = vec![1u32];
+            whole.extend(
+                tok.encode(&format!("{ctx}{}", ch.as_str().unwrap()))
+                    .unwrap(),
+            );
+            let got: Vec<u32> = item
+                .context
+                .iter()
+                .chain(&item.choices[ci])
+                .copied()
+                .collect();
+            assert_eq!(got, whole);
+        }
+    }
+    // Trailing whitespace of the context moves to the choice.
+    let line = r#"{"context": "To install a package, run ", "choices": ["pip install.", "the dishwasher."], "label": 0}"#;
+    let it = &choice::parse_items(line, &path, &model, Continuation::Joint).unwrap()[0];
+    let mut ctx = vec![1u32];
+    ctx.extend(tok.encode("To install a package, run").unwrap());
+    assert_eq!(it.context, ctx);
+    assert_eq!(it.choices[0], tok.encode(" pip install.").unwrap());
+    assert_eq!(it.lengths, vec![12, 15]);
+    // Separate tokenisation keeps the space in the context.
+    let sep = &choice::parse_items(line, &path, &model, SEP).unwrap()[0];
+    assert_eq!(sep.choices[0], tok.encode("pip install.").unwrap());
+    assert_ne!(sep.context, it.context);
+}
+
 /// The model card's figures: acc 0.348 (49 of 141) and acc_norm 0.326 (46
 /// of 141) with HF at top-2; and the trained model's picks on the
 /// hand-written sample. About 30 s in a release
@@ -408,8 +450,13 @@ fn text_choices_follow_the_protocol_and_equal_full_forward_passes() {
 fn tiny_model_choice_accuracy_equals_the_model_card() {
     let model = Model::load(&tiny_model_dir()).unwrap();
     let sample = eval_fixture("choice-sample.jsonl");
-    let items =
-        choice::parse_items(&std::fs::read_to_string(&sample).unwrap(), &sample, &model).unwrap();
+    let items = choice::parse_items(
+        &std::fs::read_to_string(&sample).unwrap(),
+        &sample,
+        &model,
+        SEP,
+    )
+    .unwrap();
     let (row, scores) = choice::evaluate(
         &model,
         &items,
@@ -427,7 +474,7 @@ fn tiny_model_choice_accuracy_equals_the_model_card() {
     assert_eq!((row.acc, row.acc_norm), (2.0 / 3.0, 1.0));
     let path = tiny_model_dir().join("heldout-choice.jsonl");
     let items =
-        choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model).unwrap();
+        choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model, SEP).unwrap();
     assert_eq!(items.len(), 141);
     let (row, _) = choice::evaluate(
         &model,

@@ -9,9 +9,20 @@
 //!
 //! # Scoring
 //! Text items: context tokens = `[bos] + encode(context)` (`bos_token_id`
-//! of config.json, when it has one), each choice's continuation =
-//! `encode(choice)`, tokenised on its own (so a choice carries its own
-//! leading space, `" Paris"`). Id items: the ids as given. The
+//! of config.json, when it has one; `encode` never adds special tokens
+//! itself, so a tokenizer that would add its own BOS does not add a
+//! second), and each choice's continuation either
+//! * [`Continuation::Separate`] (default): `encode(choice)`, tokenised on
+//!   its own (a choice carries its own leading space, `" Paris"`): the
+//!   protocol of the tiny model's card (`models/train`), right for
+//!   byte-level BPE tokenizers; or
+//! * [`Continuation::Joint`]: lm-evaluation-harness's split, for
+//!   SentencePiece tokenizers such as Mixtral's that add a word-start
+//!   marker to whatever they encode: trailing whitespace of the context
+//!   moves to the choice, then the continuation is `encode(context +
+//!   choice)` past the first `len(encode(context))` tokens.
+//!
+//! Id items: the ids as given. The
 //! log-likelihood of a choice is the sum over its continuation tokens of
 //! the log-softmax (f64) of the model's logits at the position before each;
 //! `acc` picks the choice with the largest sum, `acc_norm` the largest sum
@@ -26,6 +37,17 @@ use serde::{Deserialize, Serialize};
 use super::{log_softmax_at, wilson_95, LatencySource, RoutingRow, RoutingTotals};
 use crate::model::{ExpertLatency, Logits, Model, MoeConfig};
 use crate::progress::Progress;
+
+/// How a text choice is tokenised (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// `encode(choice)` on its own.
+    #[default]
+    Separate,
+    /// `encode(context + choice)` past the context's tokens (lm-evaluation-harness).
+    Joint,
+}
 
 /// One item, tokenised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +72,14 @@ struct RawItem {
 }
 
 /// Parses a JSONL task file's text (`path` names it in errors: `FILE:LINE:`).
-/// Text items need `model`'s tokenizer.
-pub fn parse_items(text: &str, path: &Path, model: &Model) -> Result<Vec<ChoiceItem>, String> {
+/// Text items need `model`'s tokenizer; `split` says how their choices are
+/// tokenised.
+pub fn parse_items(
+    text: &str,
+    path: &Path,
+    model: &Model,
+    split: Continuation,
+) -> Result<Vec<ChoiceItem>, String> {
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -67,11 +95,29 @@ pub fn parse_items(text: &str, path: &Path, model: &Model) -> Result<Vec<ChoiceI
                         model.dir().join("tokenizer.json").display()
                     )
                 })?;
-                let enc = |s: &str| tok.encode(s).map_err(|e| format!("{at}: {e}"));
+                let enc = |s: &str| tok.encode_plain(s).map_err(|e| format!("{at}: {e}"));
                 let mut context: Vec<u32> = model.config().bos_token_id.into_iter().collect();
-                context.extend(enc(&ctx)?);
                 let lengths = ch.iter().map(|c| c.len()).collect();
-                let choices = ch.iter().map(|c| enc(c)).collect::<Result<Vec<_>, _>>()?;
+                let choices = match split {
+                    Continuation::Separate => {
+                        context.extend(enc(&ctx)?);
+                        ch.iter().map(|c| enc(c)).collect::<Result<Vec<_>, _>>()?
+                    }
+                    Continuation::Joint => {
+                        let trimmed = ctx.trim_end();
+                        let moved = &ctx[trimmed.len()..];
+                        let ctx_ids = enc(trimmed)?;
+                        let conts = ch
+                            .iter()
+                            .map(|c| {
+                                let whole = enc(&format!("{trimmed}{moved}{c}"))?;
+                                Ok(whole[ctx_ids.len().min(whole.len())..].to_vec())
+                            })
+                            .collect::<Result<Vec<_>, String>>()?;
+                        context.extend(ctx_ids);
+                        conts
+                    }
+                };
                 (context, choices, lengths)
             }
             (None, None, Some(ctx), Some(ch)) => {

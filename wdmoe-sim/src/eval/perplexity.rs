@@ -2,7 +2,7 @@
 //!
 //! # Protocol
 //! The stream (for text: `[bos] + encode(text)`, the BOS once at the start
-//! as documents were trained, `encode` adding what the tokenizer adds; for
+//! as documents were trained, `encode` adding no special token; for
 //! `--ids`: the ids exactly as given) is cut into non-overlapping windows of
 //! `window` tokens, the last one possibly shorter. Each window is run on its
 //! own (an empty KV cache, no context from the previous window) and scores
