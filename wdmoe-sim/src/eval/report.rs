@@ -371,3 +371,61 @@ pub fn svg<R: EvalRow>(r: &EvalReport<R>) -> String {
     s.push_str("</svg>\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(theta: f64, ppl: f64, lat_s: f64) -> PerplexityRow {
+        PerplexityRow {
+            theta,
+            perplexity: ppl,
+            nll_per_token: ppl.ln(),
+            tokens_scored: 10,
+            windows: 1,
+            routing: RoutingRow {
+                tokens_processed: 11,
+                experts_per_token: 2.0 - theta,
+                kept_weight: 1.0 - theta / 2.0,
+                drop_rate: theta,
+                wdmoe_latency_s_per_token: lat_s,
+                top_k_latency_s_per_token: 0.02,
+                latency_reduction_pct: 100.0 * (1.0 - lat_s / 0.02),
+                compute_s: 0.5,
+            },
+        }
+    }
+
+    fn report(rows: Vec<PerplexityRow>) -> EvalReport<PerplexityRow> {
+        EvalReport {
+            task: "perplexity".into(),
+            model: "dir/m".into(),
+            data: "a<b>.txt".into(),
+            k: 2,
+            max_drops: 1,
+            latency_source: "fixed".into(),
+            seed: 1,
+            rows,
+        }
+    }
+
+    #[test]
+    fn table_csv_json_svg() {
+        let r = report(vec![row(0.0, 10.0, 0.02), row(0.2, 11.0, 0.015)]);
+        let t = table(&r);
+        assert!(t.contains("11.000") && t.contains("25.0"), "{t}");
+        let c = csv(&r);
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].split(',').count(), lines[0].split(',').count());
+        assert!(lines[2].starts_with("0.2,11,"), "{c}");
+        let j: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(j["rows"][1]["latency_reduction_pct"], 25.0);
+        let s = svg(&r);
+        assert!(s.contains("θ=0.2") && s.contains("a&lt;b&gt;.txt") && s.ends_with("</svg>\n"));
+        // An empty report still renders (no NaN coordinates).
+        let e = svg(&report(Vec::new()));
+        assert!(!e.contains("NaN") && e.ends_with("</svg>\n"));
+        assert_eq!(csv(&report(Vec::new())).lines().count(), 1);
+    }
+}
