@@ -9,12 +9,13 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::model::{
-    generate, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model, ModelError,
-    MoeConfig, Sampler, ScenarioLatency,
+    generate_with, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model,
+    ModelError, MoeConfig, Sampler, ScenarioLatency,
 };
 use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::scenario::{Scenario, MAX_FILE_BYTES};
 use crate::sim::ChannelSchedule;
+use crate::trace::TraceRecorder;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +79,10 @@ pub struct GenerateArgs {
     /// Write the logits of every prompt position, float32 [prompt_len, vocab], as .npy.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
+    /// Write the router logits of every token run (prompt, then generated),
+    /// float32 [tokens, layers, experts] .npy (`wdmoe sweep`'s trace format).
+    #[arg(long)]
+    pub record_trace: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +99,20 @@ struct JsonOut<'a> {
     summary: &'a GenerationSummary,
 }
 
+/// `Ok` for the CPU; for `--device cuda`, an error saying why it cannot run.
+pub fn check_device(device: Device) -> Result<(), String> {
+    if device == Device::Cuda {
+        return Err(if cfg!(feature = "cuda") {
+            "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
+                .into()
+        } else {
+            "--device cuda: wdmoe was not built with cuda (cargo feature `cuda`); use --device cpu"
+                .into()
+        });
+    }
+    Ok(())
+}
+
 fn e(err: ModelError) -> CliError {
     CliError::Msg(err.to_string())
 }
@@ -107,16 +126,13 @@ fn e(err: ModelError) -> CliError {
 /// pipe ends quietly ([`CliError::BrokenPipe`]) and any other failure (a
 /// full disk) is an error.
 pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
-    if a.device == Device::Cuda {
-        return Err(if cfg!(feature = "cuda") {
-            "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
-        } else {
-            "--device cuda: wdmoe was not built with cuda (cargo feature `cuda`); use --device cpu"
-        }
-        .into());
-    }
+    check_device(a.device)?;
     let mut files = OutputFiles::default();
     let dump = match &a.dump_logits {
+        Some(p) => Some(files.add(p)?),
+        None => None,
+    };
+    let trace_file = match &a.record_trace {
         Some(p) => Some(files.add(p)?),
         None => None,
     };
@@ -232,7 +248,15 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         }
         Ok(())
     };
-    let g = generate(
+    let mut recorder = match &a.record_trace {
+        Some(_) => Some(
+            TraceRecorder::new(c.num_hidden_layers, c.num_local_experts)
+                .map_err(|err| err.to_string())?,
+        ),
+        None => None,
+    };
+    let mut record_err = None;
+    let g = generate_with(
         &model,
         &prompt,
         &moe,
@@ -240,14 +264,32 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         &mut sampler,
         &settings,
         &mut on_token,
+        &mut |out| {
+            if let Some(r) = &mut recorder {
+                let per_layer: Vec<&[f64]> = out
+                    .routing
+                    .iter()
+                    .map(|l| l.router_logits.as_slice())
+                    .collect();
+                if let Err(err) = r.push_tokens(&per_layer) {
+                    record_err.get_or_insert(err);
+                }
+            }
+        },
     )
     .map_err(e)?;
+    if let Some(err) = record_err {
+        return Err(err.to_string().into());
+    }
     // Files first: a closed stdout must not lose them.
     if let (Some(i), Some(l)) = (dump, &g.prompt_logits) {
         files.set_contents(
             i,
             crate::trace::npy_bytes_f32(&[prompt.len(), c.vocab_size], l),
         );
+    }
+    if let (Some(i), Some(r)) = (trace_file, &recorder) {
+        files.set_contents(i, r.to_npy_bytes().map_err(|err| err.to_string())?);
     }
     files.commit(false)?;
     if let Some(err) = io_err {

@@ -13,7 +13,7 @@
 //! | [`device`] | device compute: the roofline model (peak FLOP/s, memory bandwidth, memory) or the paper's `F / C_q`; presets with sources |
 //! | [`channel`] | path loss (paper / 3GPP UMa / UMi), shadowing, Rayleigh / Rician fading, block or AR(1), outages |
 //! | [`router`] | where router logits come from: synthetic Mixtral-like, recorded trace, (live hook) |
-//! | [`trace`] | the `.npy` router-trace reader |
+//! | [`trace`] | the `.npy` router-trace reader and recorder |
 //! | [`policy`] | WDMoE θ, weight-only β, channel-only — one trait |
 //! | [`sim`] | the Monte-Carlo engine and the latency accounting (sequential eq. 8, batched prefill, decode) |
 //! | [`report`] | tables, CSV, JSON, SVG |
@@ -24,6 +24,9 @@
 //! | [`output`] | CLI plumbing: stdout that never panics, atomic output files checked before the run, bounded input |
 //! | [`model`] | a Mixtral model on the CPU: HF checkpoints, decoder, WDMoE routing, generation |
 //! | [`generate_cli`] | `wdmoe generate` |
+//! | [`eval`] | perplexity and multiple-choice accuracy per θ, with routing and simulated latency |
+//! | [`eval_cli`] | `wdmoe eval perplexity`, `wdmoe eval choice` |
+//! | [`router_stats`] | trained vs synthetic router statistics (`wdmoe router-stats`) |
 //! | [`rng`] | seeded, injected random streams |
 //!
 //! Randomness is always seeded: prompt `p` of a run with seed `s` draws from
@@ -50,6 +53,8 @@
 
 pub mod channel;
 pub mod device;
+pub mod eval;
+pub mod eval_cli;
 pub mod frontier;
 pub mod frontier_cli;
 pub mod generate_cli;
@@ -61,6 +66,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod router;
+pub mod router_stats;
 pub mod scenario;
 pub mod select_cli;
 pub mod sensitivity;

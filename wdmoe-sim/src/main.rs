@@ -52,6 +52,10 @@ enum Cmd {
     /// latency–kept-weight frontier and joint bandwidth allocation, on the
     /// same draws as WDMoE's θ sweep and the baselines.
     Frontier(wdmoe_sim::frontier_cli::FrontierArgs),
+    /// Accuracy per θ: perplexity or multiple-choice accuracy of a checkpoint (CPU).
+    Eval(wdmoe_sim::eval_cli::EvalArgs),
+    /// Router statistics of a recorded trace next to the synthetic router's.
+    RouterStats(wdmoe_sim::router_stats::RouterStatsArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
     /// scales the cell radius and the devices' compute spread.
     Sensitivity {
@@ -213,6 +217,14 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Cmd::Frontier(a) => {
             wdmoe_sim::frontier_cli::run(&a)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Eval(a) => {
+            wdmoe_sim::eval_cli::run(&a, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::RouterStats(a) => {
+            wdmoe_sim::router_stats::run(&a, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Select => {

@@ -378,9 +378,117 @@ pub fn npy_bytes_f64(shape: &[usize], values: &[f64]) -> Vec<u8> {
     npy_bytes("<f8", shape, &data)
 }
 
+/// Collects router logits token by token and writes them in the format
+/// [`Trace::from_bytes`] reads (`<f4`, shape `[tokens, layers, experts]`):
+/// `wdmoe generate` and `wdmoe eval` record real traces with it
+/// (`--record-trace F.npy`) for `wdmoe sweep`'s trace router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceRecorder {
+    layers: usize,
+    experts: usize,
+    data: Vec<f32>,
+}
+
+impl TraceRecorder {
+    /// An empty recording for `layers × experts` logits per token.
+    pub fn new(layers: usize, experts: usize) -> Result<Self, TraceError> {
+        if layers == 0 || experts == 0 {
+            return bad(format!(
+                "a recording of {layers} layers × {experts} experts"
+            ));
+        }
+        Ok(Self {
+            layers,
+            experts,
+            data: Vec::new(),
+        })
+    }
+
+    /// Appends the logits of `n` tokens: `per_layer[l]` holds layer `l`'s
+    /// logits, `[n][experts]`.
+    pub fn push_tokens<L: AsRef<[f64]>>(&mut self, per_layer: &[L]) -> Result<(), TraceError> {
+        let e = self.experts;
+        if per_layer.len() != self.layers {
+            return bad(format!(
+                "{} layers of logits recorded into a trace of {} layers",
+                per_layer.len(),
+                self.layers
+            ));
+        }
+        let n = per_layer[0].as_ref().len() / e;
+        if let Some(l) = per_layer.iter().position(|z| z.as_ref().len() != n * e) {
+            return bad(format!(
+                "layer {l} has {} logits, expected {n} tokens × {e} experts",
+                per_layer[l].as_ref().len()
+            ));
+        }
+        for t in 0..n {
+            for z in per_layer {
+                self.data
+                    .extend(z.as_ref()[t * e..(t + 1) * e].iter().map(|&v| v as f32));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens recorded so far.
+    pub fn tokens(&self) -> usize {
+        self.data.len() / (self.layers * self.experts)
+    }
+
+    /// The recording as `.npy` bytes; an error when it holds no token.
+    pub fn to_npy_bytes(&self) -> Result<Vec<u8>, TraceError> {
+        if self.tokens() == 0 {
+            return bad("no token was recorded");
+        }
+        Ok(npy_bytes_f32(
+            &[self.tokens(), self.layers, self.experts],
+            &self.data,
+        ))
+    }
+
+    /// Writes the recording to `path`.
+    pub fn write(&self, path: &std::path::Path) -> Result<(), TraceError> {
+        let bytes = self.to_npy_bytes()?;
+        std::fs::write(path, bytes)
+            .map_err(|e| TraceError(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorder_round_trip() {
+        let mut r = TraceRecorder::new(2, 3).unwrap();
+        // Two tokens at layer 0 and 1, token-major in the file.
+        r.push_tokens(&[
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+            vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0],
+        ])
+        .unwrap();
+        r.push_tokens(&[vec![-1.0, -2.0, -3.0], vec![-4.0, -5.0, -6.0]])
+            .unwrap();
+        assert_eq!(r.tokens(), 3);
+        let t = Trace::from_bytes(&r.to_npy_bytes().unwrap()).unwrap();
+        assert_eq!((t.tokens(), t.layers(), t.experts()), (3, 2, 3));
+        assert_eq!(t.logits(0, 1), &[6.0, 7.0, 8.0]);
+        assert_eq!(t.logits(1, 0), &[3.0, 4.0, 5.0]);
+        assert_eq!(t.logits(2, 1), &[-4.0, -5.0, -6.0]);
+        assert!(r
+            .push_tokens(&[vec![0.0; 3]])
+            .unwrap_err()
+            .0
+            .contains("layers"));
+        assert!(r
+            .push_tokens(&[vec![0.0; 3], vec![0.0; 4]])
+            .unwrap_err()
+            .0
+            .contains("layer 1"));
+        assert!(TraceRecorder::new(2, 3).unwrap().to_npy_bytes().is_err());
+        assert!(TraceRecorder::new(0, 3).is_err());
+    }
 
     #[test]
     fn round_trip_f64_and_errors() {

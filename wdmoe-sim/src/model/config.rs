@@ -45,6 +45,8 @@ pub struct MixtralConfig {
     pub tie_word_embeddings: bool,
     /// End-of-sequence token ids (`eos_token_id`, a number or a list; may be empty).
     pub eos_token_ids: Vec<u32>,
+    /// Beginning-of-sequence token id (`bos_token_id`), when the config has one.
+    pub bos_token_id: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +76,7 @@ struct Raw {
     tie_word_embeddings: Option<bool>,
     hidden_act: Option<String>,
     eos_token_id: Option<serde_json::Value>,
+    bos_token_id: Option<u64>,
 }
 
 fn need(v: Option<usize>, key: &str) -> Result<usize, ModelError> {
@@ -222,6 +225,13 @@ impl MixtralConfig {
             num_local_experts,
             num_experts_per_tok: k,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            bos_token_id: match raw.bos_token_id {
+                None => None,
+                Some(b) => Some(
+                    u32::try_from(b)
+                        .map_err(|_| bad("bos_token_id", format!("{b}: not a token id")))?,
+                ),
+            },
             eos_token_ids: match raw.eos_token_id {
                 None | Some(serde_json::Value::Null) => Vec::new(),
                 Some(v) => {

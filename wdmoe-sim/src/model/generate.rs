@@ -101,6 +101,32 @@ pub fn generate(
     settings: &GenerateSettings,
     on_token: &mut dyn FnMut(u32) -> Result<(), ModelError>,
 ) -> Result<Generation, ModelError> {
+    generate_with(
+        model,
+        prompt,
+        moe,
+        latency,
+        sampler,
+        settings,
+        on_token,
+        &mut |_| {},
+    )
+}
+
+/// [`generate`], with `on_forward` seeing every forward call's output (the
+/// prompt's, then one per generated token but the last), e.g. to record the
+/// router logits.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_with(
+    model: &Model,
+    prompt: &[u32],
+    moe: &MoeConfig,
+    latency: &mut dyn ExpertLatency,
+    sampler: &mut Sampler,
+    settings: &GenerateSettings,
+    on_token: &mut dyn FnMut(u32) -> Result<(), ModelError>,
+    on_forward: &mut dyn FnMut(&ForwardOutput),
+) -> Result<Generation, ModelError> {
     let positions = prompt
         .len()
         .saturating_add(settings.max_new_tokens.saturating_sub(1));
@@ -125,6 +151,7 @@ pub fn generate(
     let out = model.forward(prompt, &mut cache, moe, latency, which)?;
     summary.prefill_s = t0.elapsed().as_secs_f64();
     summary.add(&out);
+    on_forward(&out);
     let v = model.config().vocab_size;
     let last = out.logits[out.logits.len() - v..].to_vec();
     let prompt_logits = settings.keep_prompt_logits.then_some(out.logits);
@@ -144,6 +171,7 @@ pub fn generate(
         }
         let out = model.forward(&[id], &mut cache, moe, latency, Logits::Last)?;
         summary.add(&out);
+        on_forward(&out);
         next = out.logits;
     }
     summary.decode_s = t1.elapsed().as_secs_f64();

@@ -49,7 +49,7 @@ pub use checkpoint::{Checkpoint, StoredDtype};
 pub use config::MixtralConfig;
 pub use decoder::KvCache;
 pub use error::ModelError;
-pub use generate::{generate, GenerateSettings, Generation, GenerationSummary};
+pub use generate::{generate, generate_with, GenerateSettings, Generation, GenerationSummary};
 pub use moe::{ExpertLatency, FixedLatency, LayerRouting, MoeConfig, ScenarioLatency};
 pub use sample::Sampler;
 pub use tokenizer::Tokenizer;

@@ -85,6 +85,26 @@ impl Tokenizer {
         }
     }
 
+    /// Token ids of `text` without the special tokens the tokenizer's
+    /// post-processor would add (no BOS): for scoring, where the caller
+    /// places the BOS itself.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        #[cfg(feature = "tokenizer")]
+        {
+            Ok(self
+                .inner
+                .encode(text, false)
+                .map_err(|e| self.err(e))?
+                .get_ids()
+                .to_vec())
+        }
+        #[cfg(not(feature = "tokenizer"))]
+        {
+            let _ = text;
+            Err(self.err("built without the `tokenizer` feature"))
+        }
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         #[cfg(feature = "tokenizer")]
