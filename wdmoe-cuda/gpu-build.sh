@@ -51,11 +51,8 @@ for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:pre
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
 done
-base=""
-for p in ../shared/gpu/torch_baseline.py /work/shared/gpu/torch_baseline.py; do
-  [ -f "$p" ] && base=$p && break
-done
-if [ -n "$base" ]; then cp "$base" "$dev/torch_baseline.py"; else msg "warning: torch_baseline.py not found"; fi
+# The PyTorch baselines every GPU figure is a ratio against (kept in the repo).
+cp wdmoe-cuda/baseline/torch_baseline.py wdmoe-cuda/baseline/mixtral_model_baseline.py "$dev/"
 cp wdmoe-cuda/run-gpu.sh "$dev/run.sh"
 cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
 cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
