@@ -15,7 +15,6 @@ use crate::generate_cli::{check_device, Device};
 use crate::model::{FixedLatency, Model, MoeConfig, ScenarioLatency};
 use crate::progress::Progress;
 use crate::scenario::Scenario;
-use crate::sim::ChannelSchedule;
 use crate::trace::TraceRecorder;
 
 /// Default perplexity window \[tokens\] (the tiny model's card).
@@ -211,16 +210,12 @@ fn per_theta<R: EvalRow>(
                 .as_ref()
                 .map_or("the default scenario".into(), |p| p.display().to_string());
             (
-                LatencySource::Channel {
-                    model: &channel,
-                    // Eval accounts sequentially (eq. 8): no batched prefill.
-                    schedule: ChannelSchedule::for_prompt(
-                        &s.scenario,
-                        s.model.config().num_hidden_layers,
-                        0,
-                    ),
-                    seed: s.seed,
-                },
+                LatencySource::channel(
+                    &channel,
+                    &s.scenario,
+                    s.model.config().num_hidden_layers,
+                    s.seed,
+                ),
                 format!("{name}, drawn per token from seed {}", s.seed),
             )
         }

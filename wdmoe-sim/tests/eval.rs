@@ -2,6 +2,8 @@
 //! Face's logits on the fixtures (top-2 and the WDMoE-patched block), the
 //! choice scorer on hand-written samples, reports, determinism, errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -492,4 +494,54 @@ fn tiny_model_choice_accuracy_equals_the_model_card() {
         "acc_norm {}",
         row.acc_norm
     );
+}
+
+/// Eval's channel latencies ([`LatencySource::channel`], what `wdmoe eval`
+/// uses) are what the simulator charges, sequentially: on a scenario whose
+/// fading moves within a token (12 layers, every 5) and whose accounting is
+/// batched, sequence 1's positions cost, over the layers, the slower of
+/// experts {3, 5}, exactly the simulator's per-token θ = 0 latency of
+/// prompt 1 with the same seed under sequential accounting.
+#[test]
+fn eval_channel_latency_is_what_the_simulator_charges() {
+    use wdmoe_sim::model::ScenarioLatency;
+    use wdmoe_sim::scenario::{Accounting, Scenario};
+    use wdmoe_sim::sim::Simulation;
+    let layers = 12;
+    let mut s = Scenario::paper();
+    s.seed = 4;
+    s.prompts = 2;
+    s.prompt_tokens = 3;
+    s.model.layers = layers as u32;
+    s.channel.fading_layers = 5;
+    s.radio.min_snr_db = f64::NEG_INFINITY; // every device reachable
+    s.accounting = Accounting::Sequential;
+    let sim = Simulation::with_router(s.clone(), Box::new(common::Fixed { layers })).unwrap();
+    let o = sim.simulate_prompt(1, true).unwrap();
+    let want = &o.policies[0].token_latency_s; // WDMoE θ=0 (top-k)
+    assert!(want.len() >= 3, "{} tokens", want.len());
+    // Eval ignores a batched accounting (a scoring pass has no prefill).
+    let mut batched = s.clone();
+    batched.accounting = Accounting::Batched;
+    let channel = ScenarioLatency::channel_for(&batched, 8).unwrap();
+    let source = LatencySource::channel(&channel, &batched, layers, s.seed);
+    let mut lat = source.for_sequence(1).unwrap();
+    let mut row = vec![0.0; 8];
+    for (j, &w) in want.iter().enumerate() {
+        let mut got = 0.0;
+        for l in 0..layers {
+            lat.latency_s(j, l, &mut row).unwrap();
+            got += row[3].max(row[5]);
+        }
+        assert!(
+            (got - w).abs() <= 1e-12 * w,
+            "position {j}: {got} vs the simulator's {w}"
+        );
+    }
+    // Another sequence is another prompt's channel.
+    let mut other = source.for_sequence(0).unwrap();
+    let mut row0 = vec![0.0; 8];
+    other.latency_s(0, 0, &mut row0).unwrap();
+    lat.latency_s(0, 0, &mut row).unwrap();
+    assert_ne!(row, row0);
 }

@@ -2,7 +2,11 @@
 //! written in the hub layout): loader layouts and dtypes, the properties of
 //! the decoder and the policy, and every error path.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::Fixed;
 
 use wdmoe_sim::model::checkpoint::{write_safetensors, TensorToWrite};
 use wdmoe_sim::model::synth::{self, Layout};
@@ -477,45 +481,6 @@ fn tokenizer_round_trip_and_vocab_mismatch() {
 }
 
 // ------------------------------------------- scenario latency = simulator's
-
-/// A router with the same logits at every token and layer: experts 3 and 5
-/// are its top-2.
-struct Fixed {
-    layers: usize,
-}
-
-struct FixedStream;
-
-impl wdmoe_sim::router::RouterStream for FixedStream {
-    fn next_token(&mut self, out: &mut [f64]) {
-        for (i, z) in out.iter_mut().enumerate() {
-            *z = match i % 8 {
-                3 => 2.0,
-                5 => 1.5,
-                _ => 0.0,
-            };
-        }
-    }
-}
-
-impl wdmoe_sim::router::Router for Fixed {
-    fn n_layers(&self) -> usize {
-        self.layers
-    }
-    fn n_experts(&self) -> usize {
-        8
-    }
-    fn describe(&self) -> String {
-        "fixed".into()
-    }
-    fn start_prompt(
-        &self,
-        _: u64,
-        _: wdmoe_sim::rng::Rng,
-    ) -> Box<dyn wdmoe_sim::router::RouterStream + '_> {
-        Box::new(FixedStream)
-    }
-}
 
 /// `wdmoe generate`'s latencies ([`wdmoe_sim::model::ScenarioLatency`]) are
 /// what the simulator charges: on a scenario where the fading moves within

@@ -20,6 +20,7 @@ use crate::channel::ChannelModel;
 use crate::model::{
     ExpertLatency, FixedLatency, ForwardOutput, GenerationSummary, ModelError, ScenarioLatency,
 };
+use crate::scenario::Scenario;
 use crate::sim::ChannelSchedule;
 use crate::trace::TraceRecorder;
 
@@ -44,7 +45,22 @@ pub enum LatencySource<'a> {
     },
 }
 
-impl LatencySource<'_> {
+impl<'a> LatencySource<'a> {
+    /// `scenario`'s channel (`model`, built by
+    /// [`ScenarioLatency::channel_for`]) for a model of `layers` layers,
+    /// accounted sequentially (eq. 8: every scored token is its own channel
+    /// slot, whatever the scenario's `accounting`; there is no batched
+    /// prefill in a scoring pass), with the fading moving every
+    /// `channel.fading_layers` layers as the simulator moves it. Sequence
+    /// `s` sees the simulator's prompt `s` of a run seeded with `seed`.
+    pub fn channel(model: &'a ChannelModel, scenario: &Scenario, layers: usize, seed: u64) -> Self {
+        LatencySource::Channel {
+            model,
+            schedule: ChannelSchedule::for_prompt(scenario, layers, 0),
+            seed,
+        }
+    }
+
     /// The latencies of sequence `sequence` (window or item index).
     pub fn for_sequence(&self, sequence: u64) -> Result<Box<dyn ExpertLatency + '_>, ModelError> {
         Ok(match self {
