@@ -1,8 +1,15 @@
 //! `wdmoe eval perplexity` and `wdmoe eval choice`: the accuracy of a
 //! Mixtral checkpoint for each θ, with the routing and the simulated
 //! wireless latency of the same run (see [`crate::eval`]).
+//!
+//! Output goes through [`crate::output`]: the table (or JSON) is buffered on
+//! stdout; the `--out` files and the `--record-trace` file are checked
+//! before the model is loaded and written atomically, all or none, before
+//! the table is printed, so a closed pipe (a quiet exit) loses no file and a
+//! full disk is an error (exit 2). Input files are bounded before they are
+//! read: a scenario [`MAX_FILE_BYTES`], a `--text`, `--ids` or `--tasks`
+//! file [`MAX_DATA_BYTES`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -13,12 +20,21 @@ use crate::eval::report::{self, EvalReport, EvalRow};
 use crate::eval::{LatencySource, RoutingTotals};
 use crate::generate_cli::{check_device, Device};
 use crate::model::{FixedLatency, Model, MoeConfig, ScenarioLatency};
+use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::progress::Progress;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, MAX_FILE_BYTES};
 use crate::trace::TraceRecorder;
 
 /// Default perplexity window \[tokens\] (the tiny model's card).
 pub const DEFAULT_WINDOW: usize = 256;
+
+/// The largest `--text`, `--ids` or `--tasks` file read \[bytes\]: 16 MiB,
+/// about 4 million tokens of English text (or ~3 million token ids), far
+/// more than a CPU evaluation gets through in a session (the tiny model
+/// scores the 60 kB held-out text, ~14k tokens, in about a minute per θ),
+/// while its tokens take well under a GiB. Larger sets: split the file or
+/// use `--limit` on a cut of it.
+pub const MAX_DATA_BYTES: u64 = 16 << 20;
 
 /// `wdmoe eval`.
 #[derive(Debug, Clone, Args)]
@@ -120,20 +136,21 @@ pub struct CommonArgs {
     pub quiet: bool,
 }
 
-/// Reads a scenario file, or the default scenario (the paper's setup).
+/// Reads a scenario file (at most [`MAX_FILE_BYTES`]), or the default
+/// scenario (the paper's setup).
 pub fn load_scenario(path: Option<&Path>) -> Result<Scenario, String> {
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|err| format!("cannot read {}: {err}", p.display()))?;
+            let text = output::read_bounded(p, MAX_FILE_BYTES).map_err(|e| e.to_string())?;
             Scenario::from_toml_str(&text).map_err(|err| format!("{}: {err}", p.display()))
         }
         None => Ok(Scenario::default()),
     }
 }
 
+/// Reads a `--text`, `--ids` or `--tasks` file (at most [`MAX_DATA_BYTES`]).
 fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    output::read_bounded(path, MAX_DATA_BYTES).map_err(|e| e.to_string())
 }
 
 /// Parses whitespace-separated token ids (`path` names the file in errors).
@@ -158,13 +175,41 @@ struct Setup {
     k: usize,
     seed: u64,
     scenario: Scenario,
+    files: Files,
 }
 
-fn setup(c: &CommonArgs) -> Result<Setup, String> {
+/// The output files, registered (paths checked) before any work.
+struct Files {
+    set: OutputFiles,
+    /// Indices of eval-TASK.csv, .json, .svg.
+    out: Option<[usize; 3]>,
+    trace: Option<usize>,
+}
+
+impl Files {
+    fn check(c: &CommonArgs, task: &str) -> Result<Self, CliError> {
+        let mut set = OutputFiles::default();
+        let out = match &c.out {
+            Some(dir) => {
+                let mut add = |ext: &str| set.add(&dir.join(format!("eval-{task}.{ext}")));
+                Some([add("csv")?, add("json")?, add("svg")?])
+            }
+            None => None,
+        };
+        let trace = match &c.record_trace {
+            Some(p) => Some(set.add(p)?),
+            None => None,
+        };
+        Ok(Self { set, out, trace })
+    }
+}
+
+fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
     check_device(c.device)?;
     if c.theta.is_empty() {
         return Err("--theta: give at least one θ".into());
     }
+    let files = Files::check(c, task)?;
     let scenario = load_scenario(c.scenario.as_deref())?;
     let model = Model::load(&c.model).map_err(|e| e.to_string())?;
     let k = c.k.unwrap_or(model.config().num_experts_per_tok);
@@ -177,19 +222,26 @@ fn setup(c: &CommonArgs) -> Result<Setup, String> {
         k,
         seed,
         scenario,
+        files,
     })
 }
 
 /// Runs one evaluation per θ; `each` runs θ's evaluation with its totals
-/// (the first θ's recording the trace when asked).
+/// (the first θ's recording the trace when asked). Writes the files, then
+/// the table or JSON on `out`.
 fn per_theta<R: EvalRow>(
     c: &CommonArgs,
-    s: &Setup,
+    s: Setup,
     task: &str,
     data: &Path,
-    out: &mut dyn Write,
-    each: &mut dyn FnMut(&MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String>,
-) -> Result<(), String> {
+    out: &mut Stdout,
+    each: &mut dyn FnMut(
+        &Model,
+        &MoeConfig,
+        &LatencySource<'_>,
+        &mut RoutingTotals,
+    ) -> Result<R, String>,
+) -> Result<(), CliError> {
     let e = s.model.config().num_local_experts;
     let channel;
     let (latency, source) = match &c.latency_s {
@@ -198,7 +250,8 @@ fn per_theta<R: EvalRow>(
                 return Err(format!(
                     "--latency-s has {} values, the model has {e} experts per layer",
                     l.len()
-                ));
+                )
+                .into());
             }
             let f = FixedLatency::new(l.clone()).map_err(|e| e.to_string())?;
             (LatencySource::Fixed(f), "fixed --latency-s".to_string())
@@ -235,7 +288,7 @@ fn per_theta<R: EvalRow>(
             _ => None,
         };
         let mut totals = RoutingTotals::new(rec);
-        rows.push(each(&moe, &latency, &mut totals)?);
+        rows.push(each(&s.model, &moe, &latency, &mut totals)?);
         if i == 0 {
             trace = totals.recorder.take();
         }
@@ -250,44 +303,38 @@ fn per_theta<R: EvalRow>(
         seed: s.seed,
         rows,
     };
-    let w = |r: std::io::Result<()>| r.map_err(|err| format!("writing the output: {err}"));
+    let mut files = s.files;
+    if let Some([csv, json, svg]) = files.out {
+        files.set.set_contents(csv, report::csv(&rep).into_bytes());
+        files
+            .set
+            .set_contents(json, report::json(&rep).into_bytes());
+        files.set.set_contents(svg, report::svg(&rep).into_bytes());
+    }
+    let mut trace_note = None;
+    if let (Some(i), Some(t)) = (files.trace, &trace) {
+        files
+            .set
+            .set_contents(i, t.to_npy_bytes().map_err(|e| e.to_string())?);
+        trace_note = Some(format!("({} tokens at θ = {})", t.tokens(), c.theta[0]));
+    }
+    // Files first: a closed stdout must not lose them.
+    files.set.commit(!c.quiet)?;
+    if let (Some(n), false) = (trace_note, c.quiet) {
+        output::note(&format!("the trace holds the router logits {n}"));
+    }
     if c.json {
         let text = serde_json::to_string(&rep).map_err(|e| e.to_string())?;
-        w(writeln!(out, "{text}"))?;
+        out.line(&text)?;
     } else {
-        w(write!(out, "{}", report::table(&rep)))?;
+        out.write_str(&report::table(&rep))?;
     }
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
-    if let Some(dir) = &c.out {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        files.push((dir.join(format!("eval-{task}.csv")), report::csv(&rep)));
-        files.push((dir.join(format!("eval-{task}.json")), report::json(&rep)));
-        files.push((dir.join(format!("eval-{task}.svg")), report::svg(&rep)));
-    }
-    for (p, text) in &files {
-        std::fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-        if !c.quiet {
-            eprintln!("wrote {}", p.display());
-        }
-    }
-    if let (Some(p), Some(t)) = (&c.record_trace, trace) {
-        t.write(p).map_err(|e| e.to_string())?;
-        if !c.quiet {
-            eprintln!(
-                "wrote {} ({} tokens at θ = {})",
-                p.display(),
-                t.tokens(),
-                c.theta[0]
-            );
-        }
-    }
-    Ok(())
+    out.flush()
 }
 
-fn run_perplexity(a: &PerplexityArgs, out: &mut dyn Write) -> Result<(), String> {
+fn run_perplexity(a: &PerplexityArgs, out: &mut Stdout) -> Result<(), CliError> {
     let c = &a.common;
-    let s = setup(c)?;
+    let s = setup(c, "perplexity")?;
     let (mut ids, data) = match (&a.ids, &a.text) {
         (Some(p), _) => (parse_ids(&read(p)?, p)?, p.clone()),
         (None, Some(p)) => {
@@ -320,16 +367,24 @@ fn run_perplexity(a: &PerplexityArgs, out: &mut dyn Write) -> Result<(), String>
             "{}: token {} is id {id}, outside the vocabulary ({v})",
             data.display(),
             i + 1
-        ));
+        )
+        .into());
     }
     let n = perplexity::n_windows(ids.len(), window);
-    per_theta(c, &s, "perplexity", &data, out, &mut |moe, lat, totals| {
-        let label = format!("perplexity θ={}", moe.policy.theta());
-        let progress = Progress::new(&label, n, !c.quiet);
-        let r = perplexity::perplexity(&s.model, &ids, window, moe, lat, totals, &progress);
-        progress.finish();
-        r
-    })
+    per_theta(
+        c,
+        s,
+        "perplexity",
+        &data,
+        out,
+        &mut |model, moe, lat, totals| {
+            let label = format!("perplexity θ={}", moe.policy.theta());
+            let progress = Progress::new(&label, n, !c.quiet);
+            let r = perplexity::perplexity(model, &ids, window, moe, lat, totals, &progress);
+            progress.finish();
+            r
+        },
+    )
 }
 
 /// Reads and tokenises a choice task file, keeping the first `limit` items.
@@ -346,21 +401,29 @@ pub fn load_items(
     Ok(items)
 }
 
-fn run_choice(a: &ChoiceArgs, out: &mut dyn Write) -> Result<(), String> {
+fn run_choice(a: &ChoiceArgs, out: &mut Stdout) -> Result<(), CliError> {
     let c = &a.common;
-    let s = setup(c)?;
+    let s = setup(c, "choice")?;
     let items = load_items(&s.model, &a.tasks, a.limit, a.continuation)?;
-    per_theta(c, &s, "choice", &a.tasks, out, &mut |moe, lat, totals| {
-        let label = format!("choice θ={}", moe.policy.theta());
-        let progress = Progress::new(&label, items.len(), !c.quiet);
-        let r = choice::evaluate(&s.model, &items, moe, lat, totals, &progress);
-        progress.finish();
-        r.map(|(row, _)| row)
-    })
+    per_theta(
+        c,
+        s,
+        "choice",
+        &a.tasks,
+        out,
+        &mut |model, moe, lat, totals| {
+            let label = format!("choice θ={}", moe.policy.theta());
+            let progress = Progress::new(&label, items.len(), !c.quiet);
+            let r = choice::evaluate(model, &items, moe, lat, totals, &progress);
+            progress.finish();
+            r.map(|(row, _)| row)
+        },
+    )
 }
 
-/// Runs `wdmoe eval`, writing the table or the JSON object to `out`.
-pub fn run(a: &EvalArgs, out: &mut dyn Write) -> Result<(), String> {
+/// Runs `wdmoe eval`, writing the table or the JSON object to `out` (see
+/// the module doc for the files and the errors).
+pub fn run(a: &EvalArgs, out: &mut Stdout) -> Result<(), CliError> {
     match &a.task {
         EvalTask::Perplexity(p) => run_perplexity(p, out),
         EvalTask::Choice(ch) => run_choice(ch, out),

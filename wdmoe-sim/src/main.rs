@@ -220,11 +220,11 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Eval(a) => {
-            wdmoe_sim::eval_cli::run(&a, &mut std::io::stdout().lock())?;
+            wdmoe_sim::eval_cli::run(&a, &mut Stdout::new())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::RouterStats(a) => {
-            wdmoe_sim::router_stats::run(&a, &mut std::io::stdout().lock())?;
+            wdmoe_sim::router_stats::run(&a, &mut Stdout::new())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Select => {

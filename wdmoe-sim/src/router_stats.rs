@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 
+use crate::output::{CliError, Stdout};
 use crate::rng::{self, Stream};
 use crate::router::{Router, RouterSummary};
 
@@ -226,8 +227,12 @@ pub struct RouterStatsArgs {
 }
 
 /// Runs `wdmoe router-stats`: the trace against the scenario's synthetic
-/// router with the trace's layers and experts, over as many tokens.
-pub fn run(a: &RouterStatsArgs, out: &mut dyn std::io::Write) -> Result<(), String> {
+/// router with the trace's layers and experts, over as many tokens. The
+/// trace is bounded ([`crate::trace::MAX_TRACE_FILE_BYTES`]), the scenario
+/// too ([`crate::scenario::MAX_FILE_BYTES`]); the table is buffered on
+/// `out` ([`crate::output`]: a closed pipe ends quietly, a full disk is an
+/// error).
+pub fn run(a: &RouterStatsArgs, out: &mut Stdout) -> Result<(), CliError> {
     let trace = crate::trace::Trace::from_path(&a.trace).map_err(|e| e.to_string())?;
     let scenario = crate::eval_cli::load_scenario(a.scenario.as_deref())?;
     let seed = a.seed.unwrap_or(scenario.seed);
@@ -250,25 +255,19 @@ pub fn run(a: &RouterStatsArgs, out: &mut dyn std::io::Write) -> Result<(), Stri
         seed,
     );
     let syn = RouterStats::compute(&synth, prompts, t, seed);
-    let w = |r: std::io::Result<()>| r.map_err(|e| format!("writing the output: {e}"));
     if a.json {
         let j = serde_json::json!({ "trace": rec, "synthetic": syn });
-        w(writeln!(out, "{j}"))?;
+        out.line(&j.to_string())?;
     } else {
-        w(writeln!(
-            out,
+        out.line(&format!(
             "router statistics over {prompts} prompts × {t} tokens, {layers} layers × {experts} experts\n\
              trace: {} | synthetic: {}",
             a.trace.display(),
             syn.source
         ))?;
-        w(write!(
-            out,
-            "{}",
-            table(&[("trace", &rec), ("synthetic", &syn)])
-        ))?;
+        out.write_str(&table(&[("trace", &rec), ("synthetic", &syn)]))?;
     }
-    Ok(())
+    out.flush()
 }
 
 #[cfg(test)]
