@@ -226,6 +226,10 @@ fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
     })
 }
 
+/// One θ's evaluation: the model, θ's policy, the latencies, the totals.
+type EachTheta<'a, R> =
+    dyn FnMut(&Model, &MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String> + 'a;
+
 /// Runs one evaluation per θ; `each` runs θ's evaluation with its totals
 /// (the first θ's recording the trace when asked). Writes the files, then
 /// the table or JSON on `out`.
@@ -235,12 +239,7 @@ fn per_theta<R: EvalRow>(
     task: &str,
     data: &Path,
     out: &mut Stdout,
-    each: &mut dyn FnMut(
-        &Model,
-        &MoeConfig,
-        &LatencySource<'_>,
-        &mut RoutingTotals,
-    ) -> Result<R, String>,
+    each: &mut EachTheta<'_, R>,
 ) -> Result<(), CliError> {
     let e = s.model.config().num_local_experts;
     let channel;
