@@ -56,10 +56,10 @@ pub enum EvalTask {
 /// Flags of `wdmoe eval perplexity`.
 #[derive(Debug, Clone, Args)]
 pub struct PerplexityArgs {
-    /// Text file, tokenised as [bos] + encode(text), no other special token (needs tokenizer.json).
+    /// Text file (at most 16 MiB), tokenised as [bos] + encode(text), no other special token (needs tokenizer.json).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     pub text: Option<PathBuf>,
-    /// Whitespace-separated token ids, scored as given (no bos added).
+    /// File of whitespace-separated token ids (at most 16 MiB), scored as given (no bos added).
     #[arg(long)]
     pub ids: Option<PathBuf>,
     /// Window length in tokens (each window scores window − 1 tokens);
@@ -77,7 +77,7 @@ pub struct PerplexityArgs {
 /// Flags of `wdmoe eval choice`.
 #[derive(Debug, Clone, Args)]
 pub struct ChoiceArgs {
-    /// Task file, JSON Lines: {"context": str, "choices": [str, …], "label": int}
+    /// Task file (at most 16 MiB), JSON Lines: {"context": str, "choices": [str, …], "label": int}
     /// (or context_ids / choices_ids for a model without a tokenizer).
     #[arg(long)]
     pub tasks: PathBuf,
