@@ -4,7 +4,7 @@
 use crate::frontier::{self, report, Allocation, FrontierConfig};
 use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::progress::Progress;
-use crate::scenario::{Scenario, MAX_FILE_BYTES};
+use crate::scenario::{RunOverrides, Scenario, MAX_FILE_BYTES};
 use crate::sim::Simulation;
 use std::path::PathBuf;
 
@@ -69,18 +69,12 @@ pub fn scenario(a: &FrontierArgs) -> Result<Scenario, CliError> {
             s
         }
     };
-    if let Some(v) = a.seed {
-        s.seed = v;
-    }
-    if let Some(v) = a.prompts {
-        s.prompts = v;
-    }
-    if let Some(v) = a.replications {
-        s.replications = v;
-    }
-    if let Some(v) = a.tokens {
-        s.prompt_tokens = v;
-    }
+    s.apply_run_overrides(RunOverrides {
+        seed: a.seed,
+        prompts: a.prompts,
+        replications: a.replications,
+        prompt_tokens: a.tokens,
+    });
     s.validate().map_err(|e| format!("scenario: {e}"))?;
     Ok(s)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use wdmoe_sim::output::{self, CliError, OutputFiles, Stdout};
 use wdmoe_sim::progress::Progress;
-use wdmoe_sim::scenario::{Accounting, Scenario, MAX_FILE_BYTES};
+use wdmoe_sim::scenario::{Accounting, RunOverrides, Scenario, MAX_FILE_BYTES};
 use wdmoe_sim::sim::{RunReport, SimError, Simulation};
 use wdmoe_sim::{report, select_cli};
 
@@ -247,18 +247,12 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
 }
 
 fn apply(s: &mut Scenario, a: &SimArgs) {
-    if let Some(v) = a.seed {
-        s.seed = v;
-    }
-    if let Some(v) = a.prompts {
-        s.prompts = v;
-    }
-    if let Some(v) = a.replications {
-        s.replications = v;
-    }
-    if let Some(v) = a.tokens {
-        s.prompt_tokens = v;
-    }
+    s.apply_run_overrides(RunOverrides {
+        seed: a.seed,
+        prompts: a.prompts,
+        replications: a.replications,
+        prompt_tokens: a.tokens,
+    });
     if let Some(v) = a.decode_tokens {
         s.decode_tokens = v;
     }

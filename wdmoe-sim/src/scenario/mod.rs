@@ -214,7 +214,37 @@ pub(crate) fn check_range(
 /// [`Scenario::default`] (a test checks it, and that every key is in it).
 pub const DEFAULT_FILE: &str = include_str!("../default_scenario.toml");
 
+/// Command-line overrides of a scenario's run size (each `None` keeps the
+/// scenario's value); one place for every subcommand that runs scenarios.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunOverrides {
+    /// [`Scenario::seed`].
+    pub seed: Option<u64>,
+    /// [`Scenario::prompts`].
+    pub prompts: Option<usize>,
+    /// [`Scenario::replications`].
+    pub replications: Option<usize>,
+    /// [`Scenario::prompt_tokens`].
+    pub prompt_tokens: Option<u32>,
+}
+
 impl Scenario {
+    /// Applies `o` (not validated: call [`Scenario::validate`] after).
+    pub fn apply_run_overrides(&mut self, o: RunOverrides) {
+        if let Some(v) = o.seed {
+            self.seed = v;
+        }
+        if let Some(v) = o.prompts {
+            self.prompts = v;
+        }
+        if let Some(v) = o.replications {
+            self.replications = v;
+        }
+        if let Some(v) = o.prompt_tokens {
+            self.prompt_tokens = v;
+        }
+    }
+
     /// The paper's setup with this crate's documented defaults; the same as
     /// [`Scenario::default`].
     pub fn paper() -> Self {
