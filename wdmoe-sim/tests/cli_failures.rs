@@ -3,27 +3,11 @@
 //! scenarios `--check` passes but `sweep` could not run. Each class has a
 //! regression test here; none may panic (exit 101) or lose work.
 
+mod common;
+
+use common::cli::{bin, into_closed_pipe, text, tmpdir, to_dev_full, wdmoe};
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_wdmoe")
-}
-
-fn wdmoe(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run wdmoe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("wdmoe-fail-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::process::{Command, Stdio};
 
 /// A small, fast run.
 const SMALL: [&str; 7] = [
@@ -35,23 +19,6 @@ const SMALL: [&str; 7] = [
     "2",
     "-q",
 ];
-
-/// Runs `wdmoe ARGS > /dev/full`.
-fn to_dev_full(args: &[&str], stdin: &str) -> Output {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(full))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn full_disk_on_stdout_is_an_error_not_a_panic() {
@@ -70,7 +37,7 @@ fn full_disk_on_stdout_is_an_error_not_a_panic() {
         ),
     ];
     for (args, stdin) in cases {
-        let out = to_dev_full(&args, &stdin);
+        let out = to_dev_full(&args, Some(&stdin));
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -79,28 +46,6 @@ fn full_disk_on_stdout_is_an_error_not_a_panic() {
         );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
-}
-
-/// Runs `wdmoe ARGS | true` in bash: the reader is gone before wdmoe
-/// writes; returns wdmoe's exit status and its stderr.
-fn into_closed_pipe(args: &str, stdin: &str) -> (i32, String) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let d = tmpdir(&format!("pipe{}", CALLS.fetch_add(1, Ordering::Relaxed)));
-    let err = d.join("stderr");
-    let script = format!("\"$0\" {args} 2>\"$1\" | true; exit ${{PIPESTATUS[0]}}",);
-    let mut child = Command::new("bash")
-        .args(["-c", &script, bin(), err.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let status = child.wait().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(err).unwrap_or_default(),
-    )
 }
 
 #[test]
@@ -117,7 +62,8 @@ fn closed_pipe_ends_quietly() {
             "",
         ),
     ] {
-        let (code, err) = into_closed_pipe(args, stdin);
+        let argv: Vec<&str> = args.split_whitespace().collect();
+        let (code, err) = into_closed_pipe(&argv, stdin);
         assert_eq!(code, 0, "{args}: {err}");
         assert_eq!(err, "", "{args}");
     }
@@ -359,10 +305,12 @@ fn closed_pipe_loses_no_output_file() {
     let d = tmpdir("pipefiles");
     let o = d.join("out");
     let (code, err) = into_closed_pipe(
-        &format!(
-            "reproduce --prompts 2 --tokens 2 --replications 2 -q --out {}",
-            o.display()
-        ),
+        &[
+            &["reproduce"][..],
+            &SMALL[..],
+            &["--out", o.to_str().unwrap()],
+        ]
+        .concat(),
         "",
     );
     assert_eq!(code, 0, "{err}");

@@ -5,24 +5,10 @@
 //! before the model is loaded and never half-written, input files are
 //! bounded. Runs on the 2-layer GQA fixture with `--limit`, so it is fast.
 
-use std::io::Write;
+mod common;
+
+use common::cli::{into_closed_pipe, text, tmpdir, to_dev_full, wdmoe};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_wdmoe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wdmoe-fail-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn manifest(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -104,47 +90,6 @@ fn router_stats_args(d: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
-fn run(args: &[String]) -> Output {
-    Command::new(bin()).args(args).output().expect("run wdmoe")
-}
-
-/// Runs `wdmoe ARGS > /dev/full`.
-fn to_dev_full(args: &[String]) -> Output {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(full))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
-}
-
-/// Runs `wdmoe ARGS | true` in bash; returns wdmoe's exit status and stderr.
-fn into_closed_pipe(d: &Path, args: &[String]) -> (i32, String) {
-    let err = d.join("stderr");
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    let script = format!(
-        "\"$0\" {} 2>\"$1\" | true; exit ${{PIPESTATUS[0]}}",
-        quoted.join(" ")
-    );
-    let mut child = Command::new("bash")
-        .args(["-c", &script, bin(), err.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(b"");
-    let status = child.wait().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(err).unwrap_or_default(),
-    )
-}
-
 fn eval_files(dir: &Path, task: &str) -> Vec<PathBuf> {
     ["csv", "json", "svg"]
         .iter()
@@ -176,7 +121,7 @@ fn full_disk_on_stdout_is_an_error_not_a_panic() {
         (router_stats_args(&d, &[]), vec![]),
         (router_stats_args(&d, &["--json"]), vec![]),
     ] {
-        let out = to_dev_full(&args);
+        let out = to_dev_full(&args, None);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -210,7 +155,7 @@ fn closed_pipe_ends_quietly_and_loses_no_file() {
         ),
         (router_stats_args(&d, &[]), vec![]),
     ] {
-        let (code, err) = into_closed_pipe(&d, &args);
+        let (code, err) = into_closed_pipe(&args, "");
         assert_eq!(code, 0, "{args:?}: {err}");
         assert_eq!(err, "", "{args:?}");
         for f in files {
@@ -234,18 +179,18 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     let mut args = perplexity_args(&d, &["--out", inside_file.to_str().unwrap()]);
     let m = args.iter().position(|a| a == "--model").unwrap();
     args[m + 1] = d.join("no-such-model").to_str().unwrap().to_string();
-    let out = run(&args);
+    let out = wdmoe(&args);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("cannot create folder"), "{err}");
     assert!(!err.contains("no-such-model"), "{err}");
     assert!(out.stdout.is_empty());
     // --record-trace names a folder; then /dev/full (a clean error).
-    let out = run(&choice_args(&["--record-trace", d.to_str().unwrap()]));
+    let out = wdmoe(&choice_args(&["--record-trace", d.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("it is a folder"));
     assert!(out.stdout.is_empty());
-    let out = run(&choice_args(&["--record-trace", "/dev/full"]));
+    let out = wdmoe(&choice_args(&["--record-trace", "/dev/full"]));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -263,7 +208,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
         "--record-trace",
         trace.to_str().unwrap(),
     ];
-    let out = run(&perplexity_args(&d, &files));
+    let out = wdmoe(&perplexity_args(&d, &files));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("it is a folder"));
     assert!(!o.join("eval-perplexity.csv").exists());
@@ -274,7 +219,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     // left behind, the table on stdout.
     std::fs::remove_dir_all(o.join("eval-perplexity.svg")).unwrap();
     for _ in 0..2 {
-        let out = run(&perplexity_args(&d, &files));
+        let out = wdmoe(&perplexity_args(&d, &files));
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert!(text(&out.stdout).contains("perplexity"));
     }
@@ -345,7 +290,7 @@ fn input_files_are_bounded() {
         ),
     ];
     for (args, limit) in cases {
-        let out = run(&args);
+        let out = wdmoe(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = text(&out.stderr);
         assert!(

@@ -4,28 +4,10 @@
 //! loses no output file, output paths are checked before the work and never
 //! half-written, input files are bounded.
 
-use std::io::Write;
+mod common;
+
+use common::cli::{into_closed_pipe, text, tmpdir, to_dev_full, wdmoe};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_wdmoe")
-}
-
-fn wdmoe(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run wdmoe")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wdmoe-fail2-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn model() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -73,48 +55,6 @@ fn frontier_args(extra: &[&str]) -> Vec<String> {
     v
 }
 
-fn run(args: &[String]) -> Output {
-    Command::new(bin()).args(args).output().expect("run wdmoe")
-}
-
-/// Runs `wdmoe ARGS > /dev/full`.
-fn to_dev_full(args: &[String]) -> Output {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(full))
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
-}
-
-/// Runs `wdmoe ARGS | true` in bash; returns wdmoe's exit status and stderr.
-fn into_closed_pipe(name: &str, args: &[String]) -> (i32, String) {
-    let d = tmpdir(&format!("pipe-{name}"));
-    let err = d.join("stderr");
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    let script = format!(
-        "\"$0\" {} 2>\"$1\" | true; exit ${{PIPESTATUS[0]}}",
-        quoted.join(" ")
-    );
-    let mut child = Command::new("bash")
-        .args(["-c", &script, bin(), err.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(b"");
-    let status = child.wait().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(err).unwrap_or_default(),
-    )
-}
-
 #[test]
 fn full_disk_on_stdout_is_an_error_not_a_panic() {
     let d = tmpdir("full");
@@ -131,7 +71,7 @@ fn full_disk_on_stdout_is_an_error_not_a_panic() {
             out_dir.join("frontier.csv"),
         ),
     ] {
-        let out = to_dev_full(&args);
+        let out = to_dev_full(&args, None);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -166,7 +106,7 @@ fn closed_pipe_ends_quietly_and_loses_no_file() {
                 .collect(),
         ),
     ] {
-        let (code, err) = into_closed_pipe(name, &args);
+        let (code, err) = into_closed_pipe(&args, "");
         assert_eq!(code, 0, "{name}: {err}");
         assert_eq!(err, "", "{name}");
         for f in files {
@@ -186,7 +126,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     let bad = d.join("file").join("logits.npy");
     // generate: the dump's folder is a file: an error before anything is
     // generated (nothing on stdout).
-    let out = run(&generate_args(&["--dump-logits", bad.to_str().unwrap()]));
+    let out = wdmoe(&generate_args(&["--dump-logits", bad.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -195,11 +135,11 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     );
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
     // A folder as the dump file.
-    let out = run(&generate_args(&["--dump-logits", d.to_str().unwrap()]));
+    let out = wdmoe(&generate_args(&["--dump-logits", d.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("it is a folder"));
     // A full disk for the dump: a clean error.
-    let out = run(&generate_args(&["--dump-logits", "/dev/full"]));
+    let out = wdmoe(&generate_args(&["--dump-logits", "/dev/full"]));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -207,7 +147,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
         "{err}"
     );
     // frontier: --out inside a file: no files, no table.
-    let out = run(&frontier_args(&[
+    let out = wdmoe(&frontier_args(&[
         "--out",
         d.join("file").join("dir").to_str().unwrap(),
     ]));
@@ -217,7 +157,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     // frontier: one of the three names is taken by a folder: nothing written.
     let o = d.join("out");
     std::fs::create_dir_all(o.join("frontier.svg")).unwrap();
-    let out = run(&frontier_args(&["--out", o.to_str().unwrap()]));
+    let out = wdmoe(&frontier_args(&["--out", o.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("it is a folder"));
     assert!(!o.join("frontier.csv").exists() && !o.join("frontier.json").exists());
@@ -225,7 +165,7 @@ fn output_paths_are_checked_before_the_work_and_never_half_written() {
     // Success twice: exactly the three files, no temporary left behind.
     std::fs::remove_dir_all(o.join("frontier.svg")).unwrap();
     for _ in 0..2 {
-        let out = run(&frontier_args(&["--out", o.to_str().unwrap()]));
+        let out = wdmoe(&frontier_args(&["--out", o.to_str().unwrap()]));
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     let mut names: Vec<String> = std::fs::read_dir(&o)
@@ -246,7 +186,7 @@ fn scenario_files_are_bounded() {
         generate_args(&["--scenario", big.to_str().unwrap()]),
         frontier_args(&["--scenario", big.to_str().unwrap()]),
     ] {
-        let out = run(&args);
+        let out = wdmoe(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = text(&out.stderr);
         assert!(err.contains("limit of 1048576 bytes"), "{args:?}: {err}");

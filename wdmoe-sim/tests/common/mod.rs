@@ -1,4 +1,8 @@
-//! Helpers shared by integration tests.
+//! Helpers shared by integration tests. Each test binary uses only part
+//! of them, hence the module-wide `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod cli;
 
 /// A router with the same logits at every token and layer: experts 3 and 5
 /// are its top-2.
