@@ -6,7 +6,7 @@ use wdmoe_core::select::Policy;
 
 use super::{
     check_latencies, route, softmax_rows, ExpertF32, ExpertStats, LayerError, LayerOutput,
-    MoeWeights,
+    MoeWeights, WeightView,
 };
 
 fn silu(g: f32) -> f32 {
@@ -43,33 +43,60 @@ const BLOCK_ROWS: usize = 16;
 /// Least multiply-adds per parallel block (amortises the task overhead).
 const BLOCK_MACS: usize = 1 << 15;
 
+thread_local! {
+    /// Per-thread f32 copy of the f16/bf16 row block [`matmul_t`] is
+    /// working on (grows to the largest block, then is reused).
+    static ROW_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `y = x Wᵀ`: `x` is `[n][d_in]`, `w` is `[d_out][d_in]` (PyTorch's
 /// `nn.Linear` layout), returns `[n][d_out]`. Large products run in
 /// parallel over blocks of output rows, each block serving every token (so
 /// the weights are read once per call, not once per token); every value is
 /// one [`dot`], so the result does not depend on the thread count.
-pub fn matmul_t(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+///
+/// `w` is f32 values or a [`WeightView`] of f16/bf16 values (e.g. in a
+/// checkpoint's memory map): each block of rows is converted to f32 into a
+/// per-thread buffer just before its products (the conversion is exact, so
+/// the result equals the product with the whole matrix converted first).
+pub fn matmul_t<'w>(
+    x: &[f32],
+    n: usize,
+    w: impl Into<WeightView<'w>>,
+    d_in: usize,
+    d_out: usize,
+) -> Vec<f32> {
     use rayon::prelude::*;
+    let w = w.into();
     let mut y = vec![0.0f32; n * d_out];
     if n * d_in * d_out < PAR_MACS {
-        for (yt, xt) in y.chunks_exact_mut(d_out).zip(x.chunks_exact(d_in)) {
-            for (o, v) in yt.iter_mut().enumerate() {
-                *v = dot(&w[o * d_in..(o + 1) * d_in], xt);
+        // Small: under PAR_MACS values, converted at once.
+        ROW_BUF.with_borrow_mut(|buf| {
+            let w = w.rows(0, d_out, d_in, buf);
+            for (yt, xt) in y.chunks_exact_mut(d_out).zip(x.chunks_exact(d_in)) {
+                for (o, v) in yt.iter_mut().enumerate() {
+                    *v = dot(&w[o * d_in..(o + 1) * d_in], xt);
+                }
             }
-        }
+        });
         return y;
     }
     let rows_per_block = BLOCK_ROWS.max(BLOCK_MACS.div_ceil(n * d_in));
-    let blocks: Vec<Vec<f32>> = w
-        .par_chunks(rows_per_block * d_in)
-        .map(|wb| {
-            let rows = wb.len() / d_in;
+    let blocks: Vec<Vec<f32>> = (0..d_out.div_ceil(rows_per_block))
+        .into_par_iter()
+        .map(|b| {
+            let r0 = b * rows_per_block;
+            let r1 = (r0 + rows_per_block).min(d_out);
+            let rows = r1 - r0;
             let mut out = vec![0.0f32; n * rows];
-            for (ot, xt) in out.chunks_exact_mut(rows).zip(x.chunks_exact(d_in)) {
-                for (r, v) in ot.iter_mut().enumerate() {
-                    *v = dot(&wb[r * d_in..(r + 1) * d_in], xt);
+            ROW_BUF.with_borrow_mut(|buf| {
+                let wb = w.rows(r0, r1, d_in, buf);
+                for (ot, xt) in out.chunks_exact_mut(rows).zip(x.chunks_exact(d_in)) {
+                    for (r, v) in ot.iter_mut().enumerate() {
+                        *v = dot(&wb[r * d_in..(r + 1) * d_in], xt);
+                    }
                 }
-            }
+            });
             out
         })
         .collect();
@@ -205,9 +232,9 @@ mod tests {
     fn tiny() -> MoeWeights {
         let experts = (0..3)
             .map(|q| ExpertF32 {
-                w1: vec![1.0, 0.0],
-                w3: vec![0.0, 1.0],
-                w2: vec![(q + 1) as f32, -((q + 1) as f32)],
+                w1: vec![1.0, 0.0].into(),
+                w3: vec![0.0, 1.0].into(),
+                w2: vec![(q + 1) as f32, -((q + 1) as f32)].into(),
             })
             .collect();
         // Router: logits = [x0, 0, -x0] for x = [x0, x1].
@@ -348,7 +375,7 @@ mod tests {
             Err(LayerError::Policy(_))
         ));
         let mut bad = tiny();
-        bad.experts[1].w2.pop();
+        bad.experts[1].w2 = vec![1.0].into();
         assert!(matches!(
             forward(&bad, &[1.0, 2.0], 1, &policy(0.2), &[0.01; 3]),
             Err(LayerError::Shape(_))

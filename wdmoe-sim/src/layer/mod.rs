@@ -29,6 +29,9 @@ use wdmoe_core::select::Selection;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod weights;
+
+pub use weights::{HalfDtype, WeightMatrix, WeightView};
 
 /// Most experts a layer may have (capacity of a [`Selection`]).
 pub const MAX_EXPERTS: usize = 64;
@@ -36,15 +39,17 @@ pub const MAX_EXPERTS: usize = 64;
 /// One token's routing decision.
 pub type TokenSelection = Selection<f64, MAX_EXPERTS>;
 
-/// Weights of one expert, row-major f32: `w1`, `w3`: `[m_h][m]`, `w2`: `[m][m_h]`.
+/// Weights of one expert, row-major, computed in f32: `w1`, `w3`:
+/// `[m_h][m]`, `w2`: `[m][m_h]`; each owned f32 or f16/bf16 in a
+/// checkpoint's memory map ([`WeightMatrix`], converted per product).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpertF32 {
     /// Gate projection W1, `[m_h][m]`.
-    pub w1: Vec<f32>,
+    pub w1: WeightMatrix,
     /// Up projection W3, `[m_h][m]`.
-    pub w3: Vec<f32>,
+    pub w3: WeightMatrix,
     /// Down projection W2, `[m][m_h]`.
-    pub w2: Vec<f32>,
+    pub w2: WeightMatrix,
 }
 
 /// A whole MoE layer: router G (`[n_experts][m]`) and the experts.
@@ -84,9 +89,9 @@ impl MoeWeights {
         let router = mat(n_experts * m, s_m);
         let experts = (0..n_experts)
             .map(|_| ExpertF32 {
-                w1: mat(m_h * m, s_m),
-                w3: mat(m_h * m, s_m),
-                w2: mat(m * m_h, s_h),
+                w1: mat(m_h * m, s_m).into(),
+                w3: mat(m_h * m, s_m).into(),
+                w2: mat(m * m_h, s_h).into(),
             })
             .collect();
         MoeWeights {

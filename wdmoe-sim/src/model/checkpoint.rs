@@ -1,16 +1,20 @@
 //! Safetensors checkpoints in the Hugging Face hub layout: `model.safetensors`
 //! or `model.safetensors.index.json` with shards, memory-mapped (nothing is
-//! read whole; a tensor's bytes are touched only when it is converted).
+//! read whole). [`Checkpoint::weight`] leaves f16/bf16 tensors in the map
+//! (converted to f32 per product, see [`WeightMatrix`]); f32 tensors and
+//! [`Checkpoint::tensor_f32`] are converted to owned f32 vectors.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 use serde::Deserialize;
 
 use super::ModelError;
+use crate::layer::{HalfDtype, WeightMatrix};
 
 /// Storage type of a tensor in a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +47,7 @@ impl StoredDtype {
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -89,7 +93,7 @@ fn open_shard(path: &Path) -> Result<Shard, ModelError> {
     })?;
     Ok(Shard {
         path: path.to_owned(),
-        mmap,
+        mmap: Arc::new(mmap),
         data_start: 8 + n,
         metadata,
     })
@@ -185,9 +189,13 @@ impl Checkpoint {
             .sum()
     }
 
-    /// Tensor `name` converted to f32 (row-major), after checking that its
-    /// shape is `shape` and its dtype F32, F16 or BF16.
-    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    /// Shard and metadata of tensor `name`, after checking its shape and
+    /// that its bytes lie in the file; returns them with the byte range.
+    fn locate(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(&Shard, &TensorInfo, std::ops::Range<usize>), ModelError> {
         let Some(&s) = self.where_is.get(name) else {
             return Err(ModelError::MissingTensor {
                 name: name.into(),
@@ -210,7 +218,43 @@ impl Checkpoint {
             });
         }
         let (a, b) = info.data_offsets;
-        let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
+        let range = shard.data_start + a..shard.data_start + b;
+        if range.end > shard.mmap.len() || a > b {
+            return Err(ModelError::Safetensors {
+                path: shard.path.clone(),
+                message: format!(
+                    "tensor `{name}`: bytes {range:?} lie outside the file ({} bytes)",
+                    shard.mmap.len()
+                ),
+            });
+        }
+        Ok((shard, info, range))
+    }
+
+    /// Tensor `name` as a product weight, after checking that its shape is
+    /// `shape` and its dtype F32, F16 or BF16: f16/bf16 values stay in the
+    /// memory map (no RAM of their own), f32 values are copied to RAM.
+    pub fn weight(&self, name: &str, shape: &[usize]) -> Result<WeightMatrix, ModelError> {
+        let (shard, info, range) = self.locate(name, shape)?;
+        let dtype = match info.dtype {
+            Dtype::F16 => HalfDtype::F16,
+            Dtype::BF16 => HalfDtype::Bf16,
+            _ => return self.tensor_f32(name, shape).map(WeightMatrix::from),
+        };
+        let len = range.len() / 2;
+        WeightMatrix::mapped(Arc::clone(&shard.mmap), range.start, len, dtype).ok_or_else(|| {
+            ModelError::Safetensors {
+                path: shard.path.clone(),
+                message: format!("tensor `{name}` does not fit in the file"),
+            }
+        })
+    }
+
+    /// Tensor `name` converted to f32 (row-major), after checking that its
+    /// shape is `shape` and its dtype F32, F16 or BF16.
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (shard, info, range) = self.locate(name, shape)?;
+        let bytes = &shard.mmap[range];
         Ok(match info.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -291,4 +335,42 @@ pub fn write_safetensors(path: &Path, tensors: &[TensorToWrite]) -> Result<(), M
         message: e.to_string(),
     })?;
     std::fs::write(path, data).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::synth::{self, Layout};
+    use super::super::Model;
+    use super::*;
+
+    #[test]
+    fn half_matrices_stay_mapped_and_f32_ones_are_owned() {
+        for dtype in [StoredDtype::Bf16, StoredDtype::F16, StoredDtype::F32] {
+            let dir = std::env::temp_dir().join(format!("wdmoe-ck-mapped-{dtype:?}"));
+            let layout = Layout { dtype, shards: 2 };
+            synth::write_checkpoint(&dir, &synth::tiny_config(), layout, 4).unwrap();
+            let model = Model::load(&dir).unwrap();
+            let l = model.layer(1).unwrap();
+            let mats = [
+                &l.q,
+                &l.k,
+                &l.v,
+                &l.o,
+                &l.moe.experts[3].w1,
+                &l.moe.experts[0].w2,
+            ];
+            let half = dtype != StoredDtype::F32;
+            assert!(mats.iter().all(|w| w.is_mapped() == half), "{dtype:?}");
+            let owned: usize = mats.iter().map(|w| w.owned_bytes()).sum();
+            assert_eq!(owned == 0, half, "{dtype:?}: {owned} bytes owned");
+            // The mapped values are the stored ones.
+            let ck = Checkpoint::open(&dir).unwrap();
+            let (shape, _) = ck.info("model.layers.1.self_attn.q_proj.weight").unwrap();
+            let shape = shape.to_vec();
+            let want = ck
+                .tensor_f32("model.layers.1.self_attn.q_proj.weight", &shape)
+                .unwrap();
+            assert_eq!(l.q.to_f32_vec(), want);
+        }
+    }
 }

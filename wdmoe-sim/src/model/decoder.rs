@@ -6,14 +6,22 @@
 use rayon::prelude::*;
 
 use crate::layer::cpu::dot;
+use crate::layer::WeightView;
 
 /// Multiply-adds above which attention runs in parallel.
 const PAR_MACS: usize = 1 << 16;
 
 /// `y = x Wᵀ`: `x` is `[n][d_in]`, `w` is `[d_out][d_in]` (PyTorch's
 /// `nn.Linear` layout), returns `[n][d_out]`; the layer executor's
-/// [`crate::layer::cpu::matmul_t`] (parallel over blocks of output rows).
-pub fn linear(x: &[f32], n: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f32> {
+/// [`crate::layer::cpu::matmul_t`] (parallel over blocks of output rows;
+/// f16/bf16 weights converted per block).
+pub fn linear<'w>(
+    x: &[f32],
+    n: usize,
+    w: impl Into<WeightView<'w>>,
+    d_in: usize,
+    d_out: usize,
+) -> Vec<f32> {
     crate::layer::cpu::matmul_t(x, n, w, d_in, d_out)
 }
 

@@ -13,8 +13,13 @@
 //! | [`generate`] | the generation loop and its summary (tokens/s, experts per token, simulated latency) |
 //! | [`synth`] | deterministic random checkpoints in the hub layout (tests, benches) |
 //!
-//! Weights are converted to f32 once, at load (4 bytes per parameter in
-//! RAM); the safetensors files are memory-mapped, never read whole.
+//! The safetensors files are memory-mapped, never read whole. The matrices
+//! stored as f16/bf16 (every large one: embedding, attention, experts,
+//! lm_head) stay in the map and are converted to f32 block by block inside
+//! each product ([`crate::layer::WeightMatrix`]); the RAM they take is the
+//! page cache of the pages in use, which the kernel may drop. Norms, the
+//! routers and f32-stored tensors are owned f32 vectors. Everything is
+//! computed in f32.
 //!
 //! ```
 //! use wdmoe_sim::model::{synth, FixedLatency, Logits, Model, MoeConfig};
@@ -54,10 +59,11 @@ pub use moe::{ExpertLatency, FixedLatency, LayerRouting, MoeConfig, ScenarioLate
 pub use sample::Sampler;
 pub use tokenizer::Tokenizer;
 
-use crate::layer::{ExpertF32, MoeWeights};
+use crate::layer::{ExpertF32, MoeWeights, WeightMatrix};
 use decoder::{attention, linear, rms_norm, AttnShape, Rope};
 
-/// Weights of one decoder layer, f32.
+/// Weights of one decoder layer (norms owned f32; matrices owned f32 or
+/// mapped f16/bf16).
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     /// `input_layernorm.weight`, `[m]`.
@@ -65,13 +71,13 @@ pub struct DecoderLayer {
     /// `post_attention_layernorm.weight`, `[m]`.
     pub post_norm: Vec<f32>,
     /// `self_attn.q_proj.weight`, `[heads·head_dim][m]`.
-    pub q: Vec<f32>,
+    pub q: WeightMatrix,
     /// `self_attn.k_proj.weight`, `[kv_heads·head_dim][m]`.
-    pub k: Vec<f32>,
+    pub k: WeightMatrix,
     /// `self_attn.v_proj.weight`, `[kv_heads·head_dim][m]`.
-    pub v: Vec<f32>,
+    pub v: WeightMatrix,
     /// `self_attn.o_proj.weight`, `[m][heads·head_dim]`.
-    pub o: Vec<f32>,
+    pub o: WeightMatrix,
     /// Router and experts (`block_sparse_moe.gate`, `experts.E.{w1,w2,w3}`).
     pub moe: MoeWeights,
 }
@@ -102,10 +108,10 @@ pub struct ForwardOutput {
 pub struct Model {
     config: MixtralConfig,
     dir: PathBuf,
-    embed: Vec<f32>,
+    embed: WeightMatrix,
     layers: Vec<DecoderLayer>,
     norm: Vec<f32>,
-    lm_head: Option<Vec<f32>>,
+    lm_head: Option<WeightMatrix>,
     rope: Rope,
     tokenizer: Option<Tokenizer>,
 }
@@ -128,23 +134,24 @@ fn load_layer(ck: &Checkpoint, c: &MixtralConfig, l: usize) -> Result<DecoderLay
     let kvw = c.num_key_value_heads * c.head_dim;
     let p = format!("model.layers.{l}");
     let t = |name: &str, shape: &[usize]| ck.tensor_f32(&format!("{p}.{name}"), shape);
+    let wm = |name: &str, shape: &[usize]| ck.weight(&format!("{p}.{name}"), shape);
     let experts = (0..e)
         .map(|q| {
             let x = format!("block_sparse_moe.experts.{q}");
             Ok(ExpertF32 {
-                w1: t(&format!("{x}.w1.weight"), &[f, m])?,
-                w3: t(&format!("{x}.w3.weight"), &[f, m])?,
-                w2: t(&format!("{x}.w2.weight"), &[m, f])?,
+                w1: wm(&format!("{x}.w1.weight"), &[f, m])?,
+                w3: wm(&format!("{x}.w3.weight"), &[f, m])?,
+                w2: wm(&format!("{x}.w2.weight"), &[m, f])?,
             })
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
     Ok(DecoderLayer {
         input_norm: t("input_layernorm.weight", &[m])?,
         post_norm: t("post_attention_layernorm.weight", &[m])?,
-        q: t("self_attn.q_proj.weight", &[qw, m])?,
-        k: t("self_attn.k_proj.weight", &[kvw, m])?,
-        v: t("self_attn.v_proj.weight", &[kvw, m])?,
-        o: t("self_attn.o_proj.weight", &[m, qw])?,
+        q: wm("self_attn.q_proj.weight", &[qw, m])?,
+        k: wm("self_attn.k_proj.weight", &[kvw, m])?,
+        v: wm("self_attn.v_proj.weight", &[kvw, m])?,
+        o: wm("self_attn.o_proj.weight", &[m, qw])?,
         moe: MoeWeights {
             m,
             m_h: f,
@@ -169,15 +176,16 @@ impl Model {
         Ok(model)
     }
 
-    /// Builds the model from `config` and an open checkpoint (weights
-    /// converted to f32, layers in parallel); `dir` names it in messages.
+    /// Builds the model from `config` and an open checkpoint (f16/bf16
+    /// matrices left in its memory map, the rest converted to f32; layers
+    /// in parallel); `dir` names it in messages.
     pub fn from_checkpoint(
         config: MixtralConfig,
         ck: &Checkpoint,
         dir: &Path,
     ) -> Result<Self, ModelError> {
         let (v, m) = (config.vocab_size, config.hidden_size);
-        let embed = ck.tensor_f32("model.embed_tokens.weight", &[v, m])?;
+        let embed = ck.weight("model.embed_tokens.weight", &[v, m])?;
         let layers = (0..config.num_hidden_layers)
             .into_par_iter()
             .map(|l| load_layer(ck, &config, l))
@@ -186,7 +194,7 @@ impl Model {
         let lm_head = if config.tie_word_embeddings && !ck.contains("lm_head.weight") {
             None
         } else {
-            Some(ck.tensor_f32("lm_head.weight", &[v, m])?)
+            Some(ck.weight("lm_head.weight", &[v, m])?)
         };
         Ok(Model {
             rope: Rope::new(config.head_dim, config.rope_theta),
@@ -308,9 +316,10 @@ impl Model {
             window: c.sliding_window,
         };
         let mut h: Vec<f32> = Vec::with_capacity(n * m);
+        let (embed, mut buf) = (self.embed.view(), Vec::new());
         for &id in tokens {
             let id = id as usize;
-            h.extend_from_slice(&self.embed[id * m..(id + 1) * m]);
+            h.extend_from_slice(embed.rows(id, id + 1, m, &mut buf));
         }
         let mut routing = Vec::with_capacity(self.layers.len());
         for (l, w) in self.layers.iter().enumerate() {
@@ -343,7 +352,7 @@ impl Model {
             Logits::Last => &h[(n - 1) * m..],
         };
         let x = rms_norm(rows, &self.norm, c.rms_norm_eps);
-        let head = self.lm_head.as_deref().unwrap_or(&self.embed);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let logits = linear(&x, x.len() / m, head, m, v);
         if logits.iter().any(|z| !z.is_finite()) {
             return Err(ModelError::NonFinite {

@@ -11,7 +11,9 @@ use wdmoe_core::select::Policy;
 use wdmoe_cuda::moe::{MoeLayer, MoeStep};
 use wdmoe_cuda::{f16, DecodeConfig, Error as CudaError, Gpu};
 
-use super::{check_latencies, ExpertStats, LayerError, LayerOutput, MoeWeights, MAX_EXPERTS};
+use super::{
+    check_latencies, ExpertStats, LayerError, LayerOutput, MoeWeights, WeightMatrix, MAX_EXPERTS,
+};
 
 impl From<CudaError> for LayerError {
     fn from(e: CudaError) -> Self {
@@ -48,6 +50,11 @@ fn to_f16(v: &[f32]) -> Vec<f16> {
     v.iter().map(|&x| f16::from_f32(x)).collect()
 }
 
+/// An expert matrix in fp16 (read from the memory map when mapped).
+fn weight_f16(w: &WeightMatrix) -> Vec<f16> {
+    w.iter().map(|&x| f16::from_f32(x)).collect()
+}
+
 impl GpuLayer {
     /// Uploads `w` (converted to fp16) to `gpu`; steps of up to `max_tokens`.
     /// m and m_h must be multiples of 16.
@@ -63,9 +70,9 @@ impl GpuLayer {
             |gpu, q| {
                 let e = &w.experts[q];
                 Ok((
-                    gpu.upload(&to_f16(&e.w1))?,
-                    gpu.upload(&to_f16(&e.w3))?,
-                    gpu.upload(&to_f16(&e.w2))?,
+                    gpu.upload(&weight_f16(&e.w1))?,
+                    gpu.upload(&weight_f16(&e.w3))?,
+                    gpu.upload(&weight_f16(&e.w2))?,
                 ))
             },
         )?;

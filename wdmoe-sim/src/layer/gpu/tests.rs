@@ -35,12 +35,19 @@ fn gpu_layer_matches_cpu_layer() {
         // Round the weights to fp16 so both sides use the same values.
         let r = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
         r(&mut w.router);
+        let rm = |v: &WeightMatrix| -> WeightMatrix {
+            let mut v = v.to_f32_vec();
+            r(&mut v);
+            v.into()
+        };
         for q in &mut w.experts {
-            r(&mut q.w1);
-            r(&mut q.w3);
-            r(&mut q.w2);
+            q.w1 = rm(&q.w1);
+            q.w3 = rm(&q.w3);
+            q.w2 = rm(&q.w2);
         }
-        let mut x: Vec<f32> = MoeWeights::random(m, 1, 1, seed ^ 99).experts[0].w1.clone();
+        let mut x: Vec<f32> = MoeWeights::random(m, 1, 1, seed ^ 99).experts[0]
+            .w1
+            .to_f32_vec();
         x.resize(n * m, 0.3);
         x.iter_mut()
             .enumerate()
