@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use common::hf::{cases, fixture_dir as fixture, moe_for, read_npy_2d};
 use wdmoe_sim::eval::choice::{self, ChoiceItem, Continuation};
 use wdmoe_sim::eval::perplexity::perplexity;
 use wdmoe_sim::eval::{log_softmax_at, LatencySource, RoutingTotals};
@@ -14,28 +14,6 @@ use wdmoe_sim::model::{FixedLatency, Logits, Model, MoeConfig};
 use wdmoe_sim::progress::Progress;
 
 const SEP: Continuation = Continuation::Separate;
-
-#[derive(Deserialize)]
-struct Cases {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    prompt_ids: Vec<u32>,
-    k: usize,
-    theta: f64,
-    max_drops: Option<usize>,
-    latency_s: Option<Vec<f64>>,
-    logits_npy: String,
-}
-
-fn fixture(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(model)
-}
 
 fn eval_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,50 +23,6 @@ fn eval_fixture(name: &str) -> PathBuf {
 
 fn tiny_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/wdmoe-tiny-mixtral")
-}
-
-fn cases(model: &str) -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture(model).join("cases.json")).unwrap();
-    serde_json::from_str::<Cases>(&text).unwrap().cases
-}
-
-/// A little-endian float32 C-order 2-D `.npy`: (rows, cols, values).
-fn read_npy_2d(path: &Path) -> (usize, usize, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let (hlen, start) = if b[6] == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{header}");
-    let shape = header.split("'shape': (").nth(1).unwrap();
-    let shape: Vec<usize> = shape[..shape.find(')').unwrap()]
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    assert_eq!(shape.len(), 2);
-    let data: Vec<f32> = b[start + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(data.len(), shape[0] * shape[1]);
-    (shape[0], shape[1], data)
-}
-
-fn moe_for(c: &Case, n_experts: usize) -> (MoeConfig, FixedLatency) {
-    match &c.latency_s {
-        None => (
-            MoeConfig::top_k(c.k).unwrap(),
-            FixedLatency::uniform(n_experts),
-        ),
-        Some(l) => (
-            MoeConfig::wdmoe(c.k, c.theta, c.max_drops.unwrap_or(usize::MAX)).unwrap(),
-            FixedLatency::new(l.clone()).unwrap(),
-        ),
-    }
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -101,7 +35,7 @@ fn perplexity_equals_hf_on_every_fixture_and_case() {
     for model_name in ["gqa", "tied-bf16", "f16"] {
         let model = Model::load(&fixture(model_name)).unwrap();
         let e = model.config().num_local_experts;
-        for c in cases(model_name) {
+        for c in cases(model_name).cases {
             let (n, v, hf) = read_npy_2d(&fixture(model_name).join(&c.logits_npy));
             let ids = &c.prompt_ids;
             assert_eq!((n, v), (ids.len(), model.config().vocab_size));
@@ -150,7 +84,7 @@ fn perplexity_equals_hf_on_every_fixture_and_case() {
 #[test]
 fn windows_split_the_stream_and_score_n_minus_one_each() {
     let model = Model::load(&fixture("gqa")).unwrap();
-    let c = &cases("gqa")[0];
+    let c = &cases("gqa").cases[0];
     let (moe, lat) = moe_for(c, 8);
     let run = |w: usize| {
         perplexity(
@@ -229,7 +163,7 @@ fn choice_log_likelihoods_equal_hf_on_the_id_sample() {
         choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model, SEP).unwrap();
     assert_eq!(items.len(), 3);
     assert_eq!(items[1].lengths, vec![1, 2, 3]);
-    for c in cases("gqa") {
+    for c in cases("gqa").cases {
         let (_, v, hf) = read_npy_2d(&fixture("gqa").join(&c.logits_npy));
         let (moe, lat) = moe_for(&c, 8);
         let mut totals = RoutingTotals::default();

@@ -5,86 +5,15 @@
 //! policy. The CPU model must give the same logits (1e-4 relative to the
 //! largest |logit|) and the same greedy tokens.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use serde::Deserialize;
-use wdmoe_sim::model::{
-    generate, FixedLatency, GenerateSettings, Logits, Model, MoeConfig, Sampler,
-};
+use common::hf::{cases, fixture_dir, moe_for, read_npy_f32};
 
-#[derive(Deserialize)]
-struct Cases {
-    transformers_version: String,
-    model: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    prompt_ids: Vec<u32>,
-    k: usize,
-    theta: f64,
-    max_drops: Option<usize>,
-    latency_s: Option<Vec<f64>>,
-    logits_npy: String,
-    greedy_new_ids: Vec<u32>,
-    max_new_tokens: usize,
-}
-
-fn dir(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(model)
-}
-
-/// A little-endian float32 C-order `.npy` of any shape: (shape, values).
-fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let (hlen, start) = if b[6] == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
-    assert!(header.contains("'descr': '<f4'"), "{header}");
-    assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_txt = header.split("'shape': (").nth(1).unwrap();
-    let shape_txt = &shape_txt[..shape_txt.find(')').unwrap()];
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let data: Vec<f32> = b[start + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(data.len(), shape.iter().product::<usize>());
-    (shape, data)
-}
-
-fn moe_for(case: &Case, n_experts: usize) -> (MoeConfig, FixedLatency) {
-    match &case.latency_s {
-        None => {
-            assert_eq!(case.theta, 0.0);
-            (
-                MoeConfig::top_k(case.k).unwrap(),
-                FixedLatency::uniform(n_experts),
-            )
-        }
-        Some(lat) => (
-            MoeConfig::wdmoe(case.k, case.theta, case.max_drops.unwrap_or(usize::MAX)).unwrap(),
-            FixedLatency::new(lat.clone()).unwrap(),
-        ),
-    }
-}
+use wdmoe_sim::model::{generate, GenerateSettings, Logits, Model, Sampler};
 
 fn check_model(name: &str) {
-    let d = dir(name);
-    let cases: Cases =
-        serde_json::from_str(&std::fs::read_to_string(d.join("cases.json")).unwrap()).unwrap();
+    let d = fixture_dir(name);
+    let cases = cases(name);
     assert_eq!(cases.model, name);
     assert!(cases.transformers_version.starts_with('5'));
     assert_eq!(cases.cases.len(), 2);
@@ -152,7 +81,7 @@ fn gqa_f32_matches_hf() {
 
 #[test]
 fn tied_bf16_sharded_sliding_window_matches_hf() {
-    let m = Model::load(&dir("tied-bf16")).unwrap();
+    let m = Model::load(&fixture_dir("tied-bf16")).unwrap();
     assert!(m.tied_embeddings());
     assert!(m.config().sliding_window.is_some_and(|w| w < 23));
     check_model("tied-bf16");

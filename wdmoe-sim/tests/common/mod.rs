@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod hf;
 
 /// A router with the same logits at every token and layer: experts 3 and 5
 /// are its top-2.
