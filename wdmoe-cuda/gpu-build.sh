@@ -43,10 +43,14 @@ decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe 
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
 kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
+cuda_lib=$(build test --release --no-run -p wdmoe-cuda --lib | exe wdmoe_cuda)
+gpu_model=$(build test --release --no-run -p wdmoe-sim --features cuda --test gpu_model | exe gpu_model)
+wdmoe=$(build build --release -p wdmoe-sim --features cuda --bin wdmoe | exe wdmoe)
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
+for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
+  "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
@@ -58,6 +62,7 @@ cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
 cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
 cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
+cp wdmoe-cuda/run-gpu-model.sh "$dev/model.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.
 cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
@@ -72,6 +77,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/prefill.sh    # prefill: baseline 16-8192 tokens, prefill_bench, tests, SASS, ncu
     bash .device/layer.sh      # MoE layer step: device policy tests, timing, memcheck
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
+    bash .device/model.sh      # issue 14: the whole model: kernel and model tests, HF baseline, decode/prefill at full size
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

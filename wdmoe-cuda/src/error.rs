@@ -62,6 +62,19 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// A model weight could not be read or does not fit (its checkpoint
+    /// tensor name and why).
+    Weights {
+        /// Hugging Face tensor name.
+        name: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The model's output holds a NaN or an infinity.
+    NonFinite {
+        /// Where.
+        what: String,
+    },
 }
 
 impl Error {
@@ -98,6 +111,8 @@ impl fmt::Display for Error {
             ),
             Error::Unsupported { op, detail } => write!(f, "{op} unsupported: {detail}"),
             Error::Policy(e) => write!(f, "selection policy: {e}"),
+            Error::Weights { name, detail } => write!(f, "weight {name}: {detail}"),
+            Error::NonFinite { what } => write!(f, "non-finite values in {what}"),
         }
     }
 }

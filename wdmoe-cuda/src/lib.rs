@@ -34,6 +34,7 @@
 pub mod error;
 pub mod ffn;
 mod launch;
+pub mod model;
 pub mod moe;
 pub mod plan;
 pub mod prefill;

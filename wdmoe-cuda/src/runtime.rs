@@ -40,6 +40,7 @@ pub struct Gpu {
     pub(crate) ffn: Module,
     pub(crate) router: Module,
     pub(crate) prefill: Module,
+    pub(crate) model: Module,
     pub(crate) kernels: Kernels,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
@@ -121,6 +122,7 @@ impl Gpu {
             ptx::FFN_PREFILL_PTX,
             "ffn_prefill",
         )?;
+        let model = load(info.cubin, ptx::MODEL_CUBIN, ptx::MODEL_PTX, "model")?;
         if info.cubin {
             crate::prefill::raise_smem_limits(&prefill)?;
         }
@@ -130,6 +132,7 @@ impl Gpu {
             ffn,
             router,
             prefill,
+            model,
             kernels: Kernels::default(),
             info,
             _ctx: ctx,

@@ -19,7 +19,7 @@ use crate::eval::perplexity;
 use crate::eval::report::{self, EvalReport, EvalRow};
 use crate::eval::{LatencySource, RoutingTotals};
 use crate::generate_cli::{check_device, Device};
-use crate::model::{FixedLatency, Model, MoeConfig, ScenarioLatency};
+use crate::model::{Backend, CpuBackend, FixedLatency, Model, MoeConfig, ScenarioLatency};
 use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::progress::Progress;
 use crate::scenario::{Scenario, MAX_FILE_BYTES};
@@ -172,6 +172,10 @@ pub fn parse_ids(text: &str, path: &Path) -> Result<Vec<u32>, String> {
 
 struct Setup {
     model: Model,
+    /// The whole model on the GPU (`--device cuda`); the CPU `model` then
+    /// only gives the tokenizer and the config.
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::model::gpu::GpuBackend>,
     k: usize,
     seed: u64,
     scenario: Scenario,
@@ -212,6 +216,11 @@ fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
     let files = Files::check(c, task)?;
     let scenario = load_scenario(c.scenario.as_deref())?;
     let model = Model::load(&c.model).map_err(|e| e.to_string())?;
+    #[cfg(feature = "cuda")]
+    let gpu = match c.device {
+        Device::Cuda => Some(crate::generate_cli::load_gpu(&c.model, c.quiet)?),
+        Device::Cpu => None,
+    };
     let k = c.k.unwrap_or(model.config().num_experts_per_tok);
     for &t in &c.theta {
         MoeConfig::wdmoe(k, t, c.max_drops).map_err(|e| format!("--theta {t}: {e}"))?;
@@ -219,6 +228,8 @@ fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
     let seed = c.seed.unwrap_or(scenario.seed);
     Ok(Setup {
         model,
+        #[cfg(feature = "cuda")]
+        gpu,
         k,
         seed,
         scenario,
@@ -228,14 +239,15 @@ fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
 
 /// One θ's evaluation: the model, θ's policy, the latencies, the totals.
 type EachTheta<'a, R> =
-    dyn FnMut(&Model, &MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String> + 'a;
+    dyn FnMut(&mut dyn Backend, &MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String>
+        + 'a;
 
 /// Runs one evaluation per θ; `each` runs θ's evaluation with its totals
 /// (the first θ's recording the trace when asked). Writes the files, then
 /// the table or JSON on `out`.
 fn per_theta<R: EvalRow>(
     c: &CommonArgs,
-    s: Setup,
+    #[allow(unused_mut)] mut s: Setup,
     task: &str,
     data: &Path,
     out: &mut Stdout,
@@ -274,6 +286,14 @@ fn per_theta<R: EvalRow>(
     };
     let mut rows = Vec::new();
     let mut trace = None;
+    let mut cpu = CpuBackend::new(&s.model);
+    #[cfg(feature = "cuda")]
+    let backend: &mut dyn Backend = match s.gpu.as_mut() {
+        Some(g) => g,
+        None => &mut cpu,
+    };
+    #[cfg(not(feature = "cuda"))]
+    let backend: &mut dyn Backend = &mut cpu;
     for (i, &theta) in c.theta.iter().enumerate() {
         let moe = MoeConfig::wdmoe(s.k, theta, c.max_drops).map_err(|e| e.to_string())?;
         let rec = match (&c.record_trace, i) {
@@ -287,7 +307,7 @@ fn per_theta<R: EvalRow>(
             _ => None,
         };
         let mut totals = RoutingTotals::new(rec);
-        rows.push(each(&s.model, &moe, &latency, &mut totals)?);
+        rows.push(each(backend, &moe, &latency, &mut totals)?);
         if i == 0 {
             trace = totals.recorder.take();
         }
@@ -359,7 +379,7 @@ fn run_perplexity(a: &PerplexityArgs, out: &mut Stdout) -> Result<(), CliError> 
     if let Some(n) = a.limit {
         ids.truncate(n.saturating_mul(window));
     }
-    perplexity::check_window(&s.model, &ids, window)?;
+    perplexity::check_window(s.model.config(), &ids, window)?;
     let v = s.model.config().vocab_size;
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
         return Err(format!(

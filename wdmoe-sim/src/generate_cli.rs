@@ -1,6 +1,10 @@
-//! `wdmoe generate`: text from a Mixtral checkpoint on the CPU, the WDMoE
-//! policy choosing the experts of every token and layer, with the simulated
-//! wireless latency of WDMoE and of plain top-k beside the host compute time.
+//! `wdmoe generate`: text from a Mixtral checkpoint on the CPU (f32
+//! reference) or the GPU (`--device cuda`, feature `cuda`: the whole model
+//! in fp16), the WDMoE policy choosing the experts of every token and
+//! layer, with the simulated wireless latency of WDMoE and of plain top-k
+//! beside the measured compute time. `--random-weights` runs a model of a
+//! checkpoint's (or Mixtral-8x7B's) shape with random weights generated on
+//! the GPU: the benchmark without a 93 GB download.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -9,8 +13,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::model::{
-    generate_with, ExpertLatency, FixedLatency, GenerateSettings, GenerationSummary, Model,
-    ModelError, MoeConfig, Sampler, ScenarioLatency,
+    generate_on, Backend, CpuBackend, ExpertLatency, FixedLatency, GenerateSettings,
+    GenerationSummary, MixtralConfig, Model, ModelError, MoeConfig, Sampler, ScenarioLatency,
 };
 use crate::output::{self, CliError, OutputFiles, Stdout};
 use crate::scenario::{Scenario, MAX_FILE_BYTES};
@@ -22,7 +26,7 @@ use crate::trace::TraceRecorder;
 pub enum Device {
     /// The f32 CPU reference.
     Cpu,
-    /// A CUDA GPU (not available yet for whole models).
+    /// The whole model in fp16 on CUDA GPU 0 (feature `cuda`).
     Cuda,
 }
 
@@ -30,19 +34,26 @@ pub enum Device {
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
     /// Checkpoint directory in the Hugging Face layout (config.json,
-    /// model.safetensors or model.safetensors.index.json, tokenizer.json).
+    /// model.safetensors or model.safetensors.index.json, tokenizer.json);
+    /// with --random-weights also the name `mixtral-8x7b`.
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (needs the checkpoint's tokenizer.json).
-    #[arg(
-        long,
-        conflicts_with = "prompt_ids",
-        required_unless_present = "prompt_ids"
-    )]
+    #[arg(long, conflicts_with_all = ["prompt_ids", "random_prompt"], required_unless_present_any = ["prompt_ids", "random_prompt"])]
     pub prompt: Option<String>,
     /// Prompt as token ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "random_prompt")]
     pub prompt_ids: Option<Vec<u32>>,
+    /// A prompt of this many random token ids (drawn from --seed; benchmarks).
+    #[arg(long)]
+    pub random_prompt: Option<usize>,
+    /// Random fp16 weights generated on the GPU instead of the checkpoint's
+    /// (needs --device cuda; only the config is read; benchmarks).
+    #[arg(long)]
+    pub random_weights: bool,
+    /// KV-cache positions held on the GPU (default: prompt + new tokens).
+    #[arg(long)]
+    pub max_seq: Option<usize>,
     /// Tokens to generate (generation also stops at the config's eos_token_id).
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
@@ -96,21 +107,71 @@ struct JsonOut<'a> {
     theta: f64,
     max_drops: usize,
     latency_source: &'a str,
+    device: &'a str,
+    /// Bytes a decode step reads at least (`--device cuda`): attention,
+    /// routers, the experts actually selected (mean per token and layer)
+    /// and lm_head, in fp16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_floor_bytes_per_token: Option<f64>,
     summary: &'a GenerationSummary,
 }
 
-/// `Ok` for the CPU; for `--device cuda`, an error saying why it cannot run.
+/// `Ok` where the device can run: always the CPU; `--device cuda` when
+/// wdmoe was built with the `cuda` feature (else an error saying so).
 pub fn check_device(device: Device) -> Result<(), String> {
-    if device == Device::Cuda {
-        return Err(if cfg!(feature = "cuda") {
-            "--device cuda: the whole-model GPU path is not implemented yet; use --device cpu"
-                .into()
-        } else {
+    if device == Device::Cuda && !cfg!(feature = "cuda") {
+        return Err(
             "--device cuda: wdmoe was not built with cuda (cargo feature `cuda`); use --device cpu"
-                .into()
-        });
+                .into(),
+        );
     }
     Ok(())
+}
+
+/// Mixtral-8x7B's config.json (the `--random-weights --model mixtral-8x7b`
+/// shape).
+const MIXTRAL_8X7B: &str = r#"{"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+ "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+ "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 32768,
+ "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "num_local_experts": 8, "num_experts_per_tok": 2,
+ "tie_word_embeddings": false, "sliding_window": null, "bos_token_id": 1, "eos_token_id": 2}"#;
+
+/// The config of a `--random-weights` run: `mixtral-8x7b`, or a checkpoint
+/// directory's config.json.
+pub fn random_weights_config(model: &std::path::Path) -> Result<MixtralConfig, ModelError> {
+    if model.as_os_str() == "mixtral-8x7b" {
+        MixtralConfig::from_json_str(MIXTRAL_8X7B, model)
+    } else {
+        MixtralConfig::from_file(&model.join("config.json"))
+    }
+}
+
+/// Loads the checkpoint in `dir` onto GPU 0 (progress on stderr unless
+/// `quiet`), with a KV cache for the config's max_position_embeddings (at
+/// most 4,096 positions) or `max_seq`.
+#[cfg(feature = "cuda")]
+pub fn load_gpu(dir: &std::path::Path, quiet: bool) -> Result<crate::model::gpu::GpuBackend, String> {
+    load_gpu_with(dir, quiet, None)
+}
+
+#[cfg(feature = "cuda")]
+fn load_gpu_with(
+    dir: &std::path::Path,
+    quiet: bool,
+    max_seq: Option<usize>,
+) -> Result<crate::model::gpu::GpuBackend, String> {
+    use crate::model::gpu::{progress_to_stderr, GpuBackend};
+    let mut quiet_cb = |_: usize, _: usize| {};
+    let mut loud = progress_to_stderr("loading weights onto the GPU");
+    let cb: &mut dyn FnMut(usize, usize) = if quiet { &mut quiet_cb } else { &mut loud };
+    GpuBackend::load(
+        dir,
+        0,
+        max_seq.unwrap_or(4096),
+        wdmoe_cuda::model::ExpertLayout::Auto,
+        cb,
+    )
+    .map_err(|err| format!("{}: {err}", dir.display()))
 }
 
 fn e(err: ModelError) -> CliError {
@@ -143,12 +204,22 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         }
         None => Scenario::default(),
     };
-    let model = Model::load(&a.model).map_err(e)?;
-    let c = model.config().clone();
-    let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => model
-            .tokenizer()
+    if a.random_weights && a.device != Device::Cuda {
+        return Err("--random-weights needs --device cuda (the weights are generated on the GPU)".into());
+    }
+    let cpu_model = if a.random_weights {
+        None
+    } else {
+        Some(Model::load(&a.model).map_err(e)?)
+    };
+    let c = match &cpu_model {
+        Some(m) => m.config().clone(),
+        None => random_weights_config(&a.model).map_err(e)?,
+    };
+    let tok = cpu_model.as_ref().and_then(|m| m.tokenizer());
+    let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt, a.random_prompt) {
+        (Some(ids), _, _) => ids.clone(),
+        (None, Some(text), _) => tok
             .ok_or_else(|| {
                 format!(
                     "--prompt needs {}; give --prompt-ids instead",
@@ -157,8 +228,35 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
             })?
             .encode(text)
             .map_err(e)?,
-        (None, None) => return Err("give --prompt or --prompt-ids".into()),
+        (None, None, Some(n)) => random_ids(n, c.vocab_size, a.seed.unwrap_or(scenario.seed))?,
+        (None, None, None) => return Err("give --prompt, --prompt-ids or --random-prompt".into()),
     };
+    #[cfg(feature = "cuda")]
+    let max_seq = a
+        .max_seq
+        .unwrap_or(prompt.len() + a.max_new_tokens.max(1));
+    let mut cpu_backend = cpu_model.as_ref().map(CpuBackend::new);
+    #[cfg(feature = "cuda")]
+    let mut gpu_backend = match a.device {
+        Device::Cuda if a.random_weights => {
+            let mut progress = crate::model::gpu::progress_to_stderr("random weights on the GPU");
+            let seed = a.seed.unwrap_or(scenario.seed);
+            Some(
+                crate::model::gpu::GpuBackend::random(c.clone(), 0, max_seq, seed, &mut progress)
+                    .map_err(e)?,
+            )
+        }
+        Device::Cuda => Some(load_gpu_with(&a.model, a.json, Some(max_seq))?),
+        Device::Cpu => None,
+    };
+    #[cfg(feature = "cuda")]
+    let backend: &mut dyn Backend = match (gpu_backend.as_mut(), cpu_backend.as_mut()) {
+        (Some(g), _) => g,
+        (None, Some(cpu)) => cpu,
+        (None, None) => return Err("no model to run".into()),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let backend: &mut dyn Backend = cpu_backend.as_mut().ok_or("no model to run")?;
     let k = a.k.unwrap_or(c.num_experts_per_tok);
     let moe = MoeConfig::wdmoe(k, a.theta, a.max_drops).map_err(e)?;
     let seed = a.seed.unwrap_or(scenario.seed);
@@ -203,7 +301,6 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         stop_tokens: c.eos_token_ids.clone(),
         keep_prompt_logits: a.dump_logits.is_some(),
     };
-    let tok = model.tokenizer();
     let stream = !a.json;
     // Streaming decodes prompt + generated tokens and prints what the text
     // gained past the prompt's (so a word's leading space survives), holding
@@ -256,8 +353,9 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         None => None,
     };
     let mut record_err = None;
-    let g = generate_with(
-        &model,
+    let device_name = backend.device_name();
+    let g = generate_on(
+        backend,
         &prompt,
         &moe,
         latency.as_mut(),
@@ -296,6 +394,13 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         return Err(err);
     }
     let s = &g.summary;
+    #[cfg(feature = "cuda")]
+    let floor_bytes = (a.device == Device::Cuda).then(|| {
+        crate::model::gpu::shape_of(&c, c.tie_word_embeddings)
+            .decode_floor_bytes(s.decode_experts_per_token)
+    });
+    #[cfg(not(feature = "cuda"))]
+    let floor_bytes: Option<f64> = None;
     let mut report = String::new();
     let w = |r: std::fmt::Result| r.map_err(|err| CliError::Msg(err.to_string()));
     if a.json {
@@ -312,6 +417,8 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
             theta: a.theta,
             max_drops: a.max_drops,
             latency_source: &source,
+            device: &device_name,
+            decode_floor_bytes_per_token: floor_bytes,
             summary: s,
         };
         let json = serde_json::to_string(&j).map_err(|err| err.to_string())?;
@@ -329,9 +436,21 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         ))?;
         w(writeln!(
             report,
-            "CPU: prefill {:.3} s ({:.1} tokens/s), decode {:.3} s ({:.2} tokens/s)",
-            s.prefill_s, s.prefill_tokens_per_s, s.decode_s, s.decode_tokens_per_s
+            "{device_name}: prefill {:.3} s ({:.1} tokens/s), decode {:.3} s ({:.2} tokens/s = {:.3} ms/token)",
+            s.prefill_s,
+            s.prefill_tokens_per_s,
+            s.decode_s,
+            s.decode_tokens_per_s,
+            1e3 / s.decode_tokens_per_s.max(1e-12)
         ))?;
+        if let Some(b) = floor_bytes {
+            w(writeln!(
+                report,
+                "decode reads at least {:.3} GB per token in fp16 ({:.3} experts per token and layer)",
+                b / 1e9,
+                s.decode_experts_per_token
+            ))?;
+        }
         w(writeln!(
             report,
             "experts per token {:.3}, kept router weight {:.3}, decisions with a drop {} of {}",
@@ -346,3 +465,16 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
     out.write_str(&report)?;
     out.flush()
 }
+
+/// `n` token ids uniform in `0..vocab`, from `seed` (a `--random-prompt`).
+fn random_ids(n: usize, vocab: usize, seed: u64) -> Result<Vec<u32>, String> {
+    use rand_core::{RngCore, SeedableRng};
+    if n == 0 {
+        return Err("--random-prompt must be at least 1".into());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Ok((0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect())
+}
+

@@ -24,8 +24,10 @@
 //!
 //! Timed with CUDA events.
 
+use std::sync::Arc;
+
 use cust::event::Event;
-use cust::memory::{CopyDestination, DeviceBuffer, LockedBuffer};
+use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 use wdmoe_core::select::Policy;
 
@@ -56,6 +58,8 @@ pub const MAX_EXPERTS: usize = MAX_SLOTS;
 /// [`MoeLayer::output`]).
 #[derive(Debug, Clone)]
 pub struct MoeStep {
+    /// Router logits `[tokens][experts]` (fp32, as the policy saw them).
+    pub logits: Vec<f32>,
     /// Router probabilities `[tokens][experts]` (fp32 softmax, widened).
     pub probs: Vec<f64>,
     /// wdmoe-core's routing on the step's logits (what ran).
@@ -67,6 +71,9 @@ pub struct MoeStep {
     /// The whole step, router to combine, in seconds (CUDA events; the
     /// host policy and a re-run included).
     pub time_s: f64,
+    /// The device plan differed from wdmoe-core's and the experts ran again
+    /// with wdmoe-core's plan ([`MoeLayer::complete`]).
+    pub rerun: bool,
 }
 
 /// A MoE layer resident on one GPU: router, packed fp16 experts, buffers for
@@ -94,7 +101,11 @@ pub struct MoeLayer {
     m: usize,
     m_h: usize,
     max_tokens: usize,
-    gpu: Gpu,
+    /// A device-planned step enqueued by [`MoeLayer::enqueue`] and not yet
+    /// checked: its token count.
+    pending: Option<usize>,
+    probs_to_host: bool,
+    gpu: Arc<Gpu>,
 }
 
 impl std::fmt::Debug for MoeLayer {
@@ -117,7 +128,7 @@ impl MoeLayer {
     /// expert q's raw weights on the device (packed here, then freed unless
     /// the grouped prefill layout needs them); steps of up to `max_tokens`.
     pub fn build(
-        gpu: Gpu,
+        gpu: impl Into<Arc<Gpu>>,
         router_g: &[f16],
         n_experts: usize,
         m: usize,
@@ -131,6 +142,7 @@ impl MoeLayer {
                 format!("n_experts={n_experts} (1..={MAX_EXPERTS})"),
             ));
         }
+        let gpu: Arc<Gpu> = gpu.into();
         let router = Router::from_host(&gpu, router_g, n_experts, m)?;
         let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
         let mut experts = Vec::with_capacity(n_experts);
@@ -158,7 +170,7 @@ impl MoeLayer {
     /// A layer of random fp16 weights generated on the GPU (uniform, scaled
     /// by 1.7/sqrt(fan-in)), for benchmarks at full Mixtral size.
     pub fn random(
-        gpu: Gpu,
+        gpu: impl Into<Arc<Gpu>>,
         m: usize,
         m_h: usize,
         n_experts: usize,
@@ -171,6 +183,7 @@ impl MoeLayer {
                 format!("n_experts={n_experts} (1..={MAX_EXPERTS})"),
             ));
         }
+        let gpu: Arc<Gpu> = gpu.into();
         let s_m = 1.7 / (m as f32).sqrt();
         let s_h = 1.7 / (m_h as f32).sqrt();
         let mut g = gpu.alloc::<f16>(n_experts * m)?;
@@ -189,7 +202,7 @@ impl MoeLayer {
     }
 
     fn assemble(
-        gpu: Gpu,
+        gpu: Arc<Gpu>,
         router: Router,
         experts: Vec<ExpertWeights>,
         prefill: Option<PrefillWeights>,
@@ -225,6 +238,8 @@ impl MoeLayer {
             m,
             m_h,
             max_tokens,
+            pending: None,
+            probs_to_host: true,
             gpu,
         })
     }
@@ -262,6 +277,13 @@ impl MoeLayer {
     /// host between router and experts (one synchronisation per step).
     pub fn set_device_policy_tokens(&mut self, max_tokens: usize) {
         self.device_policy_tokens = max_tokens.min(MAX_PLAN_TOKENS);
+    }
+
+    /// Whether [`MoeStep::probs`] is filled (default true; a copy from the
+    /// GPU per step: the whole-model decode turns it off, its steps report
+    /// the logits).
+    pub fn set_probs_to_host(&mut self, on: bool) {
+        self.probs_to_host = on;
     }
 
     /// Steps whose device plan differed from wdmoe-core's and were re-run.
@@ -394,7 +416,20 @@ impl MoeLayer {
         policy: &Policy<f64>,
         latency_s: &[f64],
     ) -> Result<MoeStep> {
-        let (m, e) = (self.m, self.experts.len());
+        match self.enqueue(n_tokens, policy, latency_s)? {
+            Some(done) => Ok(done),
+            None => self.complete(policy, latency_s),
+        }
+    }
+
+    fn check_step(&self, n_tokens: usize, latency_s: &[f64]) -> Result<()> {
+        let e = self.experts.len();
+        if self.pending.is_some() {
+            return Err(shape(
+                "MoeLayer::step",
+                "a device-planned step is still pending: call complete() first".into(),
+            ));
+        }
         if n_tokens == 0 || n_tokens > self.max_tokens {
             return Err(shape(
                 "MoeLayer::step",
@@ -410,9 +445,64 @@ impl MoeLayer {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Enqueues a step without waiting for the GPU where the policy runs on
+    /// the device ([`MoeLayer::uses_device_policy`]): returns `None`, and
+    /// [`MoeLayer::complete`] (same policy and latencies) must follow before
+    /// the next step; kernels later enqueued on the stream may read
+    /// [`MoeLayer::output_dev`] in between. Otherwise runs the whole step
+    /// (host policy, one synchronisation) and returns it.
+    pub fn enqueue(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<Option<MoeStep>> {
+        self.check_step(n_tokens, latency_s)?;
         if self.uses_device_policy(n_tokens, latency_s) {
-            return self.step_device_planned(n_tokens, policy, latency_s);
+            self.enqueue_device_planned(n_tokens, policy, latency_s)?;
+            self.pending = Some(n_tokens);
+            return Ok(None);
         }
+        self.step_host(n_tokens, policy, latency_s).map(Some)
+    }
+
+    /// Finishes a step enqueued by [`MoeLayer::enqueue`] (synchronises):
+    /// wdmoe-core's policy on the step's logits, compared with the device
+    /// plan; on any difference the experts run again with wdmoe-core's plan
+    /// and [`MoeStep::rerun`] is set (the output is then wdmoe-core's, but
+    /// kernels enqueued after the step read the first one).
+    pub fn complete(&mut self, policy: &Policy<f64>, latency_s: &[f64]) -> Result<MoeStep> {
+        let n_tokens = self.pending.take().ok_or_else(|| {
+            shape(
+                "MoeLayer::complete",
+                "no device-planned step is pending".into(),
+            )
+        })?;
+        self.complete_device_planned(n_tokens, policy, latency_s)
+    }
+
+    /// The input buffer, `[max_tokens][m]` fp16 (kernels of the caller may
+    /// write the step's input here on the same stream).
+    pub fn input_dev_mut(&mut self) -> &mut DeviceSlice<f16> {
+        &mut self.x
+    }
+
+    /// The output of the last step on the device, `[max_tokens][m]` fp32
+    /// (rows `0..n_tokens` valid after the step's kernels).
+    pub fn output_dev(&self) -> &DeviceSlice<f32> {
+        &self.acc
+    }
+
+    fn step_host(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
         let gpu = &self.gpu;
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
@@ -486,10 +576,12 @@ impl MoeLayer {
             .map(|&v| v as f64)
             .collect();
         Ok(MoeStep {
+            logits: self.logits_host[..ne].to_vec(),
             probs,
             routing,
             expert_time_s,
             time_s,
+            rerun: false,
         })
     }
 
@@ -497,13 +589,13 @@ impl MoeLayer {
     /// router + policy + plan in one kernel, then for each of the
     /// `min(experts, tokens · k)` plan slots the two slot kernels, all
     /// enqueued at once; then wdmoe-core checks the plan.
-    fn step_device_planned(
+    fn enqueue_device_planned(
         &mut self,
         n_tokens: usize,
         policy: &Policy<f64>,
         latency_s: &[f64],
-    ) -> Result<MoeStep> {
-        let (m, e) = (self.m, self.experts.len());
+    ) -> Result<()> {
+        let m = self.m;
         let pol = if self.skew_device_policy {
             PlanPolicy::new(1, policy.theta(), policy.max_drops())?
         } else {
@@ -547,12 +639,28 @@ impl MoeLayer {
             }
         }
         gpu.record_on(&ev[1])?;
+        Ok(())
+    }
+
+    /// The second half of a device-planned step: wdmoe-core checks the plan.
+    fn complete_device_planned(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        let mut acc = self.acc.index(..n_tokens * m);
         // wdmoe-core on the same logits (report() and logits() synchronise).
         let report = self.device.report(gpu)?;
-        let routing = route_tokens(self.device.logits(gpu)?, n_tokens, e, policy, latency_s)?;
+        let logits = self.device.logits(gpu)?.to_vec();
+        let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
         let groups = &routing.groups;
         let mut times = vec![0.0f64; e];
-        if same_plan(&report, groups) {
+        let rerun = !same_plan(&report, groups);
+        if !rerun {
             if self.expert_timing {
                 for (s, slot) in report.slots.iter().enumerate() {
                     times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
@@ -588,16 +696,21 @@ impl MoeLayer {
             }
         }
         let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let probs = gpu
-            .download(&self.probs.index(..n_tokens * e))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        let probs = if self.probs_to_host {
+            gpu.download(&self.probs.index(..n_tokens * e))?
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(MoeStep {
+            logits,
             probs,
             routing,
             expert_time_s: times,
             time_s,
+            rerun,
         })
     }
 

@@ -35,7 +35,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{log_softmax_at, wilson_95, LatencySource, RoutingRow, RoutingTotals};
-use crate::model::{ExpertLatency, Logits, Model, MoeConfig};
+use crate::model::{Backend, ExpertLatency, Logits, Model, MoeConfig};
 use crate::progress::Progress;
 
 /// How a text choice is tokenised (see the module docs).
@@ -201,23 +201,24 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
 /// Scores one item (see the module docs) under `moe` with the latencies
 /// `latency` (the same for every choice's positions).
 pub fn score_item(
-    model: &Model,
+    model: &mut dyn Backend,
     item: &ChoiceItem,
     moe: &MoeConfig,
     latency: &mut dyn ExpertLatency,
     totals: &mut RoutingTotals,
 ) -> Result<ItemScore, String> {
     let v = model.config().vocab_size;
-    let mut cache = model.new_cache();
+    model.truncate(0);
     let ctx = model
-        .forward(&item.context, &mut cache, moe, latency, Logits::Last)
+        .forward(&item.context, moe, latency, Logits::Last)
         .map_err(|e| e.to_string())?;
+    let base = model.cached();
     totals.add(&ctx)?;
     let mut lls = Vec::with_capacity(item.choices.len());
     for cont in &item.choices {
-        let mut c = cache.clone();
+        model.truncate(base);
         let out = model
-            .forward(cont, &mut c, moe, latency, Logits::All)
+            .forward(cont, moe, latency, Logits::All)
             .map_err(|e| e.to_string())?;
         totals.add(&out)?;
         let mut ll = log_softmax_at(&ctx.logits, cont[0]);
@@ -264,7 +265,7 @@ pub struct ChoiceRow {
 /// Scores every item under `moe`; item `i` draws its latencies as sequence
 /// `i` of `latency`. Returns the row and the per-item scores.
 pub fn evaluate(
-    model: &Model,
+    model: &mut dyn Backend,
     items: &[ChoiceItem],
     moe: &MoeConfig,
     latency: &LatencySource<'_>,

@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 use super::{log_softmax_at, LatencySource, RoutingRow, RoutingTotals};
-use crate::model::{Logits, Model, MoeConfig};
+use crate::model::{Backend, Logits, MixtralConfig, MoeConfig};
 use crate::progress::Progress;
 
 /// One θ's perplexity and routing.
@@ -43,13 +43,13 @@ pub fn windows(ids: &[u32], window: usize) -> impl Iterator<Item = &[u32]> {
 }
 
 /// Checks a window size against the model and the stream.
-pub fn check_window(model: &Model, ids: &[u32], window: usize) -> Result<(), String> {
+pub fn check_window(config: &MixtralConfig, ids: &[u32], window: usize) -> Result<(), String> {
     if window < 2 {
         return Err(format!(
             "--window {window}: a window needs at least 2 tokens to score one"
         ));
     }
-    let max = model.config().max_position_embeddings;
+    let max = config.max_position_embeddings;
     if window > max {
         return Err(format!(
             "--window {window} exceeds the model's max_position_embeddings = {max}"
@@ -68,7 +68,7 @@ pub fn check_window(model: &Model, ids: &[u32], window: usize) -> Result<(), Str
 /// `totals` accumulates the routing (and records the router logits when it
 /// has a recorder); `progress` ticks once per window.
 pub fn perplexity(
-    model: &Model,
+    model: &mut dyn Backend,
     ids: &[u32],
     window: usize,
     moe: &MoeConfig,
@@ -76,16 +76,16 @@ pub fn perplexity(
     totals: &mut RoutingTotals,
     progress: &Progress,
 ) -> Result<PerplexityRow, String> {
-    check_window(model, ids, window)?;
+    check_window(model.config(), ids, window)?;
     let v = model.config().vocab_size;
     let mut nll = 0.0f64;
     let mut scored = 0u64;
     let mut n_windows = 0;
     for (s, w) in windows(ids, window).enumerate() {
         let mut lat = latency.for_sequence(s as u64).map_err(|e| e.to_string())?;
-        let mut cache = model.new_cache();
+        model.truncate(0);
         let out = model
-            .forward(w, &mut cache, moe, lat.as_mut(), Logits::All)
+            .forward(w, moe, lat.as_mut(), Logits::All)
             .map_err(|e| format!("window {s} (tokens {}..): {e}", s * window))?;
         totals.add(&out)?;
         for (i, &next) in w.iter().enumerate().skip(1) {

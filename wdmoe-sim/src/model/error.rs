@@ -114,6 +114,9 @@ pub enum ModelError {
         /// Where they appeared.
         what: String,
     },
+    /// The whole model on the GPU failed (wdmoe-cuda's error, code kept).
+    #[cfg(feature = "cuda")]
+    Gpu(wdmoe_cuda::Error),
 }
 
 impl fmt::Display for ModelError {
@@ -171,6 +174,8 @@ impl fmt::Display for ModelError {
             Settings(s) => write!(f, "invalid settings: {s}"),
             Latency(s) => write!(f, "latency simulation: {s}"),
             NonFinite { what } => write!(f, "non-finite values in {what}"),
+            #[cfg(feature = "cuda")]
+            Gpu(e) => write!(f, "GPU: {e}"),
         }
     }
 }
@@ -180,6 +185,8 @@ impl std::error::Error for ModelError {
         match self {
             ModelError::Io { source, .. } => Some(source),
             ModelError::Layer { source, .. } => Some(source),
+            #[cfg(feature = "cuda")]
+            ModelError::Gpu(e) => Some(e),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::backend::{Backend, CpuBackend};
 use super::{ExpertLatency, ForwardOutput, Logits, Model, ModelError, MoeConfig, Sampler};
 
 /// Settings of one generation.
@@ -38,6 +39,9 @@ pub struct GenerationSummary {
     pub decode_tokens_per_s: f64,
     /// Mean experts serving a token in a layer.
     pub experts_per_token: f64,
+    /// The same over the one-token decode steps only (what a decode step
+    /// reads: the weight-read floor of `wdmoe generate --device cuda`).
+    pub decode_experts_per_token: f64,
     /// Mean router weight kept (of plain top-k's renormalised weights).
     pub kept_weight: f64,
     /// Token-layer decisions in which the policy dropped an expert.
@@ -127,17 +131,43 @@ pub fn generate_with(
     on_token: &mut dyn FnMut(u32) -> Result<(), ModelError>,
     on_forward: &mut dyn FnMut(&ForwardOutput),
 ) -> Result<Generation, ModelError> {
+    generate_on(
+        &mut CpuBackend::new(model),
+        prompt,
+        moe,
+        latency,
+        sampler,
+        settings,
+        on_token,
+        on_forward,
+    )
+}
+
+/// [`generate_with`] on any [`Backend`] (the CPU reference or the GPU),
+/// from an empty cache. Greedy decoding asks the backend for the argmax
+/// ([`Backend::forward_greedy`]: on the GPU no logits leave the device).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_on(
+    backend: &mut dyn Backend,
+    prompt: &[u32],
+    moe: &MoeConfig,
+    latency: &mut dyn ExpertLatency,
+    sampler: &mut Sampler,
+    settings: &GenerateSettings,
+    on_token: &mut dyn FnMut(u32) -> Result<(), ModelError>,
+    on_forward: &mut dyn FnMut(&ForwardOutput),
+) -> Result<Generation, ModelError> {
     let positions = prompt
         .len()
         .saturating_add(settings.max_new_tokens.saturating_sub(1));
-    let max_positions = model.config().max_position_embeddings;
+    let max_positions = backend.config().max_position_embeddings;
     if positions > max_positions {
         return Err(ModelError::TooLong {
             positions,
             max_positions,
         });
     }
-    let mut cache = model.new_cache();
+    backend.truncate(0);
     let mut summary = GenerationSummary {
         prompt_tokens: prompt.len(),
         ..Default::default()
@@ -148,18 +178,18 @@ pub fn generate_with(
         Logits::Last
     };
     let t0 = Instant::now();
-    let out = model.forward(prompt, &mut cache, moe, latency, which)?;
+    let out = backend.forward(prompt, moe, latency, which)?;
     summary.prefill_s = t0.elapsed().as_secs_f64();
     summary.add(&out);
     on_forward(&out);
-    let v = model.config().vocab_size;
-    let last = out.logits[out.logits.len() - v..].to_vec();
+    let v = backend.config().vocab_size;
+    let mut id = sampler.next_token(&out.logits[out.logits.len() - v..]);
     let prompt_logits = settings.keep_prompt_logits.then_some(out.logits);
+    let greedy = matches!(sampler, Sampler::Greedy);
     let mut generated = Vec::new();
-    let mut next = last;
+    let (mut dec_experts, mut dec_decisions) = (0usize, 0usize);
     let t1 = Instant::now();
     while generated.len() < settings.max_new_tokens {
-        let id = sampler.next_token(&next);
         generated.push(id);
         on_token(id)?;
         if settings.stop_tokens.contains(&id) {
@@ -169,12 +199,24 @@ pub fn generate_with(
         if generated.len() == settings.max_new_tokens {
             break;
         }
-        let out = model.forward(&[id], &mut cache, moe, latency, Logits::Last)?;
+        let out = if greedy {
+            let (next, out) = backend.forward_greedy(id, moe, latency)?;
+            id = next;
+            out
+        } else {
+            let out = backend.forward(&[id], moe, latency, Logits::Last)?;
+            id = sampler.next_token(&out.logits);
+            out
+        };
         summary.add(&out);
+        for r in &out.routing {
+            dec_experts += r.selections.iter().map(|s| s.experts().len()).sum::<usize>();
+            dec_decisions += r.selections.len();
+        }
         on_forward(&out);
-        next = out.logits;
     }
     summary.decode_s = t1.elapsed().as_secs_f64();
+    summary.decode_experts_per_token = dec_experts as f64 / dec_decisions.max(1) as f64;
     summary.generated_tokens = generated.len();
     summary.prefill_tokens_per_s = prompt.len() as f64 / summary.prefill_s.max(1e-12);
     summary.decode_tokens_per_s = if generated.len() > 1 {

@@ -11,6 +11,7 @@
 //! | [`moe`] | the MoE block over [`crate::layer::cpu`], expert latencies (fixed or a scenario's channel), routing record |
 //! | [`sample`] | greedy, temperature and top-p sampling, seeded |
 //! | [`generate`] | the generation loop and its summary (tokens/s, experts per token, simulated latency) |
+//! | [`backend`] | where the model runs: [`CpuBackend`] (this f32 reference) or, with feature `cuda`, `gpu::GpuBackend` (wdmoe-cuda's whole-model fp16 path) |
 //! | [`synth`] | deterministic random checkpoints in the hub layout (tests, benches) |
 //!
 //! The safetensors files are memory-mapped, never read whole. The matrices
@@ -40,11 +41,14 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 mod error;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod moe;
 pub mod sample;
 pub mod synth;
@@ -54,7 +58,10 @@ pub use checkpoint::{Checkpoint, StoredDtype};
 pub use config::MixtralConfig;
 pub use decoder::KvCache;
 pub use error::ModelError;
-pub use generate::{generate, generate_with, GenerateSettings, Generation, GenerationSummary};
+pub use backend::{Backend, CpuBackend};
+pub use generate::{
+    generate, generate_on, generate_with, GenerateSettings, Generation, GenerationSummary,
+};
 pub use moe::{ExpertLatency, FixedLatency, LayerRouting, MoeConfig, ScenarioLatency};
 pub use sample::Sampler;
 pub use tokenizer::Tokenizer;

@@ -215,16 +215,42 @@ pub(crate) fn moe_block(
     }
     let logits = cpu::router_logits(w, x, n);
     let out = cpu::forward_from_logits(w, x, n, &logits, &cfg.policy, &lat).map_err(err)?;
-    let p = &cfg.policy;
-    let base = Policy::new(p.k(), 0.0, 0).map_err(|e| err(crate::layer::LayerError::Policy(e)))?;
+    let routing = layer_routing(
+        layer,
+        &cfg.policy,
+        logits,
+        lat,
+        out.selections,
+        out.token_latency_s,
+        t0.elapsed().as_secs_f64(),
+    )?;
+    Ok((out.out, routing))
+}
+
+/// The routing record of one layer from what its step decided (`logits`
+/// and `latency_s` `[n][experts]`, one selection and eq. (7) latency per
+/// token): adds the kept router weight and plain top-k's latency per token.
+/// Shared by the CPU block and the GPU model.
+pub(crate) fn layer_routing(
+    layer: usize,
+    policy: &Policy<f64>,
+    logits: Vec<f64>,
+    latency_s: Vec<f64>,
+    selections: Vec<TokenSelection>,
+    token_latency_s: Vec<f64>,
+    compute_s: f64,
+) -> Result<LayerRouting, ModelError> {
+    let n = selections.len();
+    let e = if n == 0 { 0 } else { logits.len() / n };
+    let err = |source| ModelError::Layer { layer, source };
+    let pol = |e| err(crate::layer::LayerError::Policy(e));
+    let base = Policy::new(policy.k(), 0.0, 0).map_err(pol)?;
     let mut kept_weight = Vec::with_capacity(n);
     let mut top_k_latency_s = Vec::with_capacity(n);
-    for t in 0..n {
+    for (t, sel) in selections.iter().enumerate() {
         let z = &logits[t * e..(t + 1) * e];
-        let l = &lat[t * e..(t + 1) * e];
-        let plain: TokenSelection = wdmoe_core::select::top_k(z, p.k())
-            .map_err(|e| err(crate::layer::LayerError::Policy(e)))?;
-        let sel = &out.selections[t];
+        let l = &latency_s[t * e..(t + 1) * e];
+        let plain: TokenSelection = wdmoe_core::select::top_k(z, policy.k()).map_err(pol)?;
         let kept: f64 = plain
             .experts()
             .iter()
@@ -233,22 +259,16 @@ pub(crate) fn moe_block(
             .map(|(_, w)| w)
             .sum();
         kept_weight.push(kept);
-        let reach: TokenSelection = wdmoe_core::select::select(&base, z, l)
-            .map_err(|e| err(crate::layer::LayerError::Policy(e)))?;
-        top_k_latency_s.push(
-            reach
-                .token_latency_s(l)
-                .map_err(|e| err(crate::layer::LayerError::Policy(e)))?,
-        );
+        let reach: TokenSelection = wdmoe_core::select::select(&base, z, l).map_err(pol)?;
+        top_k_latency_s.push(reach.token_latency_s(l).map_err(pol)?);
     }
-    let routing = LayerRouting {
+    Ok(LayerRouting {
         router_logits: logits,
-        latency_s: lat,
-        selections: out.selections,
+        latency_s,
+        selections,
         kept_weight,
-        token_latency_s: out.token_latency_s,
+        token_latency_s,
         top_k_latency_s,
-        compute_s: t0.elapsed().as_secs_f64(),
-    };
-    Ok((out.out, routing))
+        compute_s,
+    })
 }

@@ -29,11 +29,17 @@ pub struct Case {
     pub max_new_tokens: usize,
 }
 
+/// wdmoe-sim's directory: `WDMOE_SIM_DIR` when set (test binaries run on
+/// another machine, e.g. the GPU one), else where it was built.
+pub fn sim_dir() -> PathBuf {
+    std::env::var_os("WDMOE_SIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
+}
+
 /// The directory of fixture model `model`.
 pub fn fixture_dir(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(model)
+    sim_dir().join("tests/fixtures/hf").join(model)
 }
 
 /// `cases.json` of fixture model `model`.

@@ -219,6 +219,7 @@ impl GpuLayer {
             routing,
             expert_time_s,
             time_s,
+            ..
         } = self.inner.step(n_tokens, policy, latency_s)?;
         Ok(LayerOutput {
             out: Vec::new(),

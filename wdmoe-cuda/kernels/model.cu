@@ -1,0 +1,356 @@
+// The dense parts of the Mixtral decoder on the GPU (wdmoe_cuda::model):
+// embedding rows, residual add + RMSNorm, the fp16 GEMV of the attention
+// projections and lm_head, rotary embedding with the KV-cache write, and
+// attention over the fp16 KV cache (split-KV "flash decoding" with grouped
+// query heads sharing each key/value tile). The MoE step is wdmoe_cuda::moe.
+//
+// Conventions: the residual stream is fp32 [T][d]; matrix inputs are fp16;
+// every accumulation is fp32. Shapes and alignment are checked on the host
+// (src/model/kernels.rs) before each launch.
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common.cuh"
+
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+}  // namespace
+
+// resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token.
+extern "C" __global__ void embed_rows(const __half* __restrict__ table, const int* __restrict__ tokens, int d,
+                                      float* __restrict__ resid) {
+    const long long row = tokens[blockIdx.x];
+    const __half* src = table + row * d;
+    float* dst = resid + (long long)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __half2float(src[i]);
+}
+
+// Per row t (one block each): if `add` is not null, resid[t] += add[t]
+// (written back); then out[t] = w ⊙ resid[t] / sqrt(mean(resid[t]²) + eps)
+// in fp16 — Hugging Face's MixtralRMSNorm in fp32, rounded once.
+// `out_stride` is the row pitch of out (elements).
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
+                                                              const float* __restrict__ w, float eps, int d,
+                                                              __half* __restrict__ out, int out_stride) {
+    __shared__ float red[8];
+    float* r = resid + (long long)blockIdx.x * d;
+    const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+        float v = r[i];
+        if (a) {
+            v += a[i];
+            r[i] = v;
+        }
+        ss = fmaf(v, v, ss);
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    const float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
+    __half* o = out + (long long)blockIdx.x * out_stride;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = __float2half_rn(w[i] * (r[i] * inv));
+}
+
+// y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:
+// W [N][K] fp16 row-major (PyTorch's Linear layout), x [T][K] fp16, y fp32
+// with row pitch ldy. One warp per output row, 16-byte loads, 4 in flight
+// per lane; K % 8 == 0, W and x 16-byte aligned.
+template <int NT>
+__device__ __forceinline__ void gemv_body(const __half* __restrict__ W, const __half* __restrict__ x, int K, int N,
+                                          int T, float* __restrict__ y, int ldy, int accumulate) {
+    const int lane = threadIdx.x & 31;
+    const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const uint4* wr = reinterpret_cast<const uint4*>(W + (long long)n * K);
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    const int kc = K / 8;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.f;
+    constexpr int B = 4;
+    for (int c0 = lane; c0 < kc; c0 += B * 32) {
+        uint4 wv[B];
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const int c = c0 + b * 32;
+            wv[b] = c < kc ? __ldg(wr + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const int c = c0 + b * 32;
+            if (c >= kc) break;
+            const __half2* wh = reinterpret_cast<const __half2*>(&wv[b]);
+            float2 wf[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) wf[j] = __half22float2(wh[j]);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t < T) {
+                    const uint4 xv = __ldg(xr + (long long)t * kc + c);
+                    const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const float2 xf = __half22float2(xh[j]);
+                        acc[t] = fmaf(wf[j].x, xf.x, acc[t]);
+                        acc[t] = fmaf(wf[j].y, xf.y, acc[t]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t < T) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                float* dst = y + (long long)t * ldy + n;
+                *dst = accumulate ? *dst + v : v;
+            }
+        }
+    }
+}
+
+#define WDMOE_GEMV(NT)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) gemv_f16_t##NT(const __half* __restrict__ W,             \
+                                                                     const __half* __restrict__ x, int K, int N, \
+                                                                     int T, float* __restrict__ y, int ldy,      \
+                                                                     int accumulate) {                           \
+        gemv_body<NT>(W, x, K, N, T, y, ldy, accumulate);                                                       \
+    }
+WDMOE_GEMV(1)
+WDMOE_GEMV(2)
+WDMOE_GEMV(4)
+WDMOE_GEMV(8)
+WDMOE_GEMV(16)
+
+// Rotary embedding and the KV-cache write for T new tokens at positions
+// start..start+T. qkv: [T][(H + 2 KVH) hd] fp32 (q heads, then k, then v);
+// rope: [positions][hd/2] (cos, sin) pairs, fp32, computed on the host as
+// the CPU model does; q_out: [T][H hd] fp32 (rotated); k_cache/v_cache of
+// this layer: [KVH][max_seq][hd] fp16. Rotate-half layout: dimension i of
+// the first half pairs with i + hd/2. One block per token.
+extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const float2* __restrict__ rope, int start, int H,
+                                   int KVH, int hd, int max_seq, float* __restrict__ q_out,
+                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
+    const int t = blockIdx.x, pos = start + t, half = hd / 2;
+    const float* row = qkv + (long long)t * (H + 2 * KVH) * hd;
+    const float2* cs = rope + (long long)pos * half;
+    // q: H heads x half pairs
+    for (int i = threadIdx.x; i < H * half; i += blockDim.x) {
+        const int h = i / half, j = i % half;
+        const float x1 = row[h * hd + j], x2 = row[h * hd + j + half];
+        const float2 c = cs[j];
+        float* q = q_out + (long long)t * H * hd + h * hd;
+        q[j] = x1 * c.x - x2 * c.y;
+        q[j + half] = x2 * c.x + x1 * c.y;
+    }
+    const float* kr = row + H * hd;
+    const float* vr = kr + KVH * hd;
+    for (int i = threadIdx.x; i < KVH * half; i += blockDim.x) {
+        const int h = i / half, j = i % half;
+        const float x1 = kr[h * hd + j], x2 = kr[h * hd + j + half];
+        const float2 c = cs[j];
+        __half* k = k_cache + ((long long)h * max_seq + pos) * hd;
+        k[j] = __float2half_rn(x1 * c.x - x2 * c.y);
+        k[j + half] = __float2half_rn(x2 * c.x + x1 * c.y);
+    }
+    for (int i = threadIdx.x; i < KVH * hd; i += blockDim.x) {
+        const int h = i / hd, j = i % hd;
+        v_cache[((long long)h * max_seq + pos) * hd + j] = __float2half_rn(vr[h * hd + j]);
+    }
+}
+
+// Attention of T queries at positions start..start+T over the cached keys
+// (causal; with window > 0 only the last `window` positions). Grid
+// (KVH, T, splits); block: one warp per query head of the group (G = H/KVH
+// warps), so each key/value tile is loaded once for the G heads that share
+// it. Split s takes keys [lo + s·split_len, lo + (s+1)·split_len) of the
+// token's range [lo, pos]; with one split the kernel writes the output
+// (fp16, [T][H hd]); with more it writes (max, sum, acc[hd]) partials
+// that attn_combine merges. Online softmax in fp32; hd even, hd <= 256.
+constexpr int ATT_TILE = 32;
+constexpr int ATT_MAX_HD = 256;
+
+struct AttnParams {
+    const float* q;         // [T][H][hd] fp32 (rotated)
+    const __half* k_cache;  // [KVH][max_seq][hd]
+    const __half* v_cache;  // [KVH][max_seq][hd]
+    float* part;            // [T][H][splits][hd + 2] (splits > 1)
+    __half* out;            // [T][H hd] (splits == 1)
+    int T, start, H, KVH, hd, max_seq, window, split_len;
+    float scale;
+};
+
+extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+    const int splits = gridDim.z;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int kpitch = hd + 2;  // halfs; (hd+2)/2 odd when hd % 4 == 0: lanes hit distinct banks
+    float* qs = reinterpret_cast<float*>(smem_raw);                      // [G][hd]
+    __half* ks = reinterpret_cast<__half*>(qs + G * hd);                 // [TILE][hd+2]
+    __half* vs = ks + ATT_TILE * kpitch;                                 // [TILE][hd]
+    const int h = kvh * G + w;
+    const int pos = p.start + t;
+    const int lo = p.window > 0 ? max(0, pos + 1 - p.window) : 0;
+    const int a = lo + s * p.split_len;
+    const int b = min(pos + 1, lo + (s + 1) * p.split_len);
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
+        qs[i] = p.q[((long long)t * p.H + kvh * G) * hd + i];
+    constexpr int MAXD = ATT_MAX_HD / 32;
+    float acc[MAXD];
+#pragma unroll
+    for (int i = 0; i < MAXD; ++i) acc[i] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * hd;
+    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * hd;
+    for (int t0 = a; t0 < b; t0 += ATT_TILE) {
+        const int nk = min(ATT_TILE, b - t0);
+        __syncthreads();
+        for (int i = threadIdx.x; i < nk * (hd / 2); i += blockDim.x) {
+            const int j = i / (hd / 2), d2 = i % (hd / 2);
+            const __half2 kv = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
+            const __half2 vv = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+            reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv;
+            reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv;
+        }
+        __syncthreads();
+        float sc = -INFINITY;
+        if (lane < nk) {
+            const float* qh = qs + w * hd;
+            const __half2* kr = reinterpret_cast<const __half2*>(ks + lane * kpitch);
+            float dot = 0.f;
+            for (int d2 = 0; d2 < hd / 2; ++d2) {
+                const float2 kf = __half22float2(kr[d2]);
+                dot = fmaf(qh[2 * d2], kf.x, dot);
+                dot = fmaf(qh[2 * d2 + 1], kf.y, dot);
+            }
+            sc = dot * p.scale;
+        }
+        const float mn = fmaxf(m, warp_max(sc));  // finite: the tile has a key
+        const float pr = lane < nk ? __expf(sc - mn) : 0.f;
+        const float corr = __expf(m - mn);        // 0 on the first tile (m = -inf)
+        l = l * corr + warp_sum(pr);
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) acc[i] *= corr;
+        for (int j = 0; j < nk; ++j) {
+            const float pj = __shfl_sync(0xffffffffu, pr, j);
+            const __half* vr = vs + j * hd;
+#pragma unroll
+            for (int i = 0; i < MAXD; ++i) {
+                const int d = lane + 32 * i;
+                if (d < hd) acc[i] = fmaf(pj, __half2float(vr[d]), acc[i]);
+            }
+        }
+        m = mn;
+    }
+    if (splits == 1) {
+        const float inv = 1.0f / l;
+        __half* o = p.out + ((long long)t * p.H + h) * hd;
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) o[d] = __float2half_rn(acc[i] * inv);
+        }
+    } else {
+        float* pp = p.part + (((long long)t * p.H + h) * splits + s) * (hd + 2);
+        if (lane == 0) {
+            pp[0] = m;
+            pp[1] = l;
+        }
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) pp[2 + d] = acc[i];
+        }
+    }
+}
+
+// Merges the split partials of attn_fwd: grid (H, T), out [T][H hd] fp16.
+extern "C" __global__ void attn_combine(const float* __restrict__ part, int splits, int H, int hd,
+                                        __half* __restrict__ out) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const float* pp = part + ((long long)t * H + h) * splits * (hd + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pp[s * (hd + 2)]);
+    float l = 0.f;
+    for (int s = 0; s < splits; ++s) {
+        const float ms = pp[s * (hd + 2)];
+        if (ms != -INFINITY) l += __expf(ms - mx) * pp[s * (hd + 2) + 1];
+    }
+    const float inv = 1.0f / l;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < splits; ++s) {
+            const float ms = pp[s * (hd + 2)];
+            if (ms != -INFINITY) v = fmaf(__expf(ms - mx), pp[s * (hd + 2) + 2 + d], v);
+        }
+        out[((long long)t * H + h) * hd + d] = __float2half_rn(v * inv);
+    }
+}
+
+// Row-wise argmax of logits [T][V] fp32 (lowest index on ties; a NaN row
+// gives -1). One block per row.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __restrict__ logits, int V,
+                                                               int* __restrict__ out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    __shared__ int nan_seen;
+    if (threadIdx.x == 0) nan_seen = 0;
+    __syncthreads();
+    const float* r = logits + (long long)blockIdx.x * V;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = r[i];
+        if (v != v) nan_seen = 1;
+        if (v > best || (v == best && i < idx)) {
+            best = v;
+            idx = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) {
+        bv[w] = best;
+        bi[w] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float b = bv[0];
+        int bidx = bi[0];
+        for (int i = 1; i < (int)(blockDim.x >> 5); ++i)
+            if (bv[i] > b || (bv[i] == b && bi[i] < bidx)) {
+                b = bv[i];
+                bidx = bi[i];
+            }
+        out[blockIdx.x] = (nan_seen || bidx == 0x7fffffff) ? -1 : bidx;
+    }
+}

@@ -1,0 +1,721 @@
+//! The whole Mixtral decoder on one GPU, fp16 weights, fp32 residual
+//! stream: embedding, RMSNorm, the fused q|k|v and the o projections (fp16
+//! GEMV, fp32 accumulation), RoPE and an fp16 KV cache, attention
+//! (split-KV for one query, GQA heads sharing each key tile), the MoE step
+//! of [`crate::moe::MoeLayer`] with wdmoe-core's policy (on the device for
+//! single-token steps: router, policy and experts enqueued without a host
+//! round trip, checked against wdmoe-core after the token), the final norm,
+//! lm_head and an on-device argmax.
+//!
+//! Weights come from a [`WeightSource`] (the caller's checkpoint reader,
+//! Hugging Face tensor names) or are generated on the GPU
+//! ([`GpuModel::random`], benchmarks at full size).
+//!
+//! Experts are held in the decode kernels' packing, and in the grouped
+//! prefill layout too when both fit ([`ExpertLayout`]): a Mixtral-8x7B
+//! (90 GB of experts) fits an H200 once, not twice, so at full size prompts
+//! run through the decode kernels in chunks of
+//! [`crate::PREFILL_MIN_TOKENS`] tokens.
+//!
+//! One step's host work: token ids up, the kernels enqueued (about 11 per
+//! layer), one synchronisation at the end, wdmoe-core's check of every
+//! device plan, the logits (or the argmax) down. A device plan that differs
+//! from wdmoe-core's makes the whole chunk run again with the host policy
+//! (counted in [`ForwardOut::reruns`]), so outputs always follow wdmoe-core.
+
+use std::sync::Arc;
+
+use cust::memory::{CopyDestination, DeviceBuffer};
+use half::f16;
+use wdmoe_core::select::Policy;
+
+use crate::error::{shape, Error, Result};
+use crate::moe::{MoeLayer, MoeStep, TokenSelection};
+use crate::prefill::PREFILL_MIN_TOKENS;
+use crate::runtime::{elapsed_ms, Gpu};
+
+pub(crate) mod kernels;
+#[cfg(test)]
+mod tests;
+mod weights;
+
+use kernels::{attn_part_len, attn_splits, AttnDims};
+pub use kernels::{ATTN_MAX_HEAD_DIM, GEMV_MAX_TOKENS};
+pub use weights::{ModelShape, WeightSource};
+
+/// Which expert layouts the model keeps on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpertLayout {
+    /// Both when they fit in 85 % of the free memory (and the GPU runs the
+    /// sm_90a prefill kernels), else the decode packing only.
+    #[default]
+    Auto,
+    /// The decode packing only: prompts run in chunks of
+    /// [`PREFILL_MIN_TOKENS`] tokens.
+    DecodeOnly,
+    /// Both: prompt chunks of up to [`ModelOptions::prefill_chunk`] tokens
+    /// run on the grouped tensor-core kernels.
+    Both,
+}
+
+/// Capacities of a [`GpuModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Positions the KV cache holds (prompt + generated tokens).
+    pub max_seq: usize,
+    /// Expert layouts.
+    pub layout: ExpertLayout,
+    /// Tokens per forward chunk when the prefill layout is held.
+    pub prefill_chunk: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            max_seq: 4096,
+            layout: ExpertLayout::Auto,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// Which outputs a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Logits of every new position, `[n][vocab]`.
+    AllLogits,
+    /// Logits of the last position, `[1][vocab]`.
+    LastLogits,
+    /// Only the argmax of the last position's logits (computed on the GPU;
+    /// lowest index on ties), no logits copied to the host.
+    LastArgmax,
+}
+
+/// The routing of one layer over a forward call's tokens.
+#[derive(Debug, Clone)]
+pub struct LayerRoute {
+    /// Router logits `[n][experts]` (fp32, as the policy saw them).
+    pub logits: Vec<f32>,
+    /// wdmoe-core's decision per token.
+    pub selections: Vec<TokenSelection>,
+    /// Eq. (7) per token under the given latencies \[s\].
+    pub token_latency_s: Vec<f64>,
+    /// GPU time of the layer's MoE steps (router to combine) \[s\].
+    pub moe_time_s: f64,
+}
+
+/// What [`GpuModel::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOut {
+    /// Logits (`[rows][vocab]`; empty for [`Output::LastArgmax`]).
+    pub logits: Vec<f32>,
+    /// The last position's argmax ([`Output::LastArgmax`]).
+    pub argmax: Option<u32>,
+    /// Position of the first new token.
+    pub start: usize,
+    /// Per layer, the routing of the new tokens.
+    pub layers: Vec<LayerRoute>,
+    /// GPU time of the call (CUDA events, first chunk's embedding to the
+    /// last chunk's output) \[s\].
+    pub gpu_time_s: f64,
+    /// Chunks run again because a device plan differed from wdmoe-core's.
+    pub reruns: usize,
+}
+
+struct Layer {
+    attn_norm: DeviceBuffer<f32>,
+    moe_norm: DeviceBuffer<f32>,
+    wqkv: DeviceBuffer<f16>,
+    wo: DeviceBuffer<f16>,
+    moe: MoeLayer,
+    k_cache: DeviceBuffer<f16>,
+    v_cache: DeviceBuffer<f16>,
+}
+
+/// A Mixtral model resident on one GPU with its KV cache.
+pub struct GpuModel {
+    shape: ModelShape,
+    dims: AttnDims,
+    layers: Vec<Layer>,
+    embed: DeviceBuffer<f16>,
+    lm_head: Option<DeviceBuffer<f16>>,
+    final_norm: DeviceBuffer<f32>,
+    rope: DeviceBuffer<f32>,
+    chunk: usize,
+    len: usize,
+    device_policy: bool,
+    tokens: DeviceBuffer<i32>,
+    resid: DeviceBuffer<f32>,
+    h: DeviceBuffer<f16>,
+    qkv: DeviceBuffer<f32>,
+    q: DeviceBuffer<f32>,
+    attn: DeviceBuffer<f16>,
+    part: DeviceBuffer<f32>,
+    logits: DeviceBuffer<f32>,
+    argmax: DeviceBuffer<i32>,
+    events: [cust::event::Event; 2],
+    gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("shape", &self.shape)
+            .field("chunk", &self.chunk)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+fn layer_name(l: usize, rest: &str) -> String {
+    format!("model.layers.{l}.{rest}")
+}
+
+/// Whether both expert layouts are kept.
+fn both_layouts(gpu: &Gpu, shape: &ModelShape, opts: &ModelOptions) -> Result<bool> {
+    if !gpu.info().cubin {
+        return Ok(false);
+    }
+    Ok(match opts.layout {
+        ExpertLayout::DecodeOnly => false,
+        ExpertLayout::Both => true,
+        ExpertLayout::Auto => {
+            let (free, _) = cust::memory::mem_get_info()
+                .map_err(|e| Error::cuda("cuMemGetInfo", String::new(), e))?;
+            let experts = shape.layers * shape.experts * shape.expert_bytes();
+            ((shape.weight_bytes() + experts) as f64) < 0.85 * free as f64
+        }
+    })
+}
+
+impl GpuModel {
+    /// Loads a model of `shape` from `src` onto `gpu`. `progress(done,
+    /// total)` is called with bytes after every tensor.
+    pub fn load(
+        gpu: impl Into<Arc<Gpu>>,
+        shape: ModelShape,
+        src: &mut dyn WeightSource,
+        opts: ModelOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
+        let gpu: Arc<Gpu> = gpu.into();
+        shape.check()?;
+        let (m, mh, e) = (shape.hidden, shape.intermediate, shape.experts);
+        let hd_all = shape.heads * shape.head_dim;
+        let kvw = shape.kv_heads * shape.head_dim;
+        let total = shape.weight_bytes();
+        let mut done = 0usize;
+        let mut tick = |bytes: usize, progress: &mut dyn FnMut(usize, usize)| {
+            done += bytes;
+            progress(done, total);
+        };
+        let chunk = Self::chunk_for(&gpu, &shape, &opts)?;
+        let embed = weights::read_f16(src, "model.embed_tokens.weight", shape.vocab * m)?;
+        let embed = gpu.upload(&embed)?;
+        tick(shape.vocab * m * 2, progress);
+        let mut layers = Vec::with_capacity(shape.layers);
+        for l in 0..shape.layers {
+            let attn_norm =
+                weights::read_f32(src, &layer_name(l, "input_layernorm.weight"), m)?;
+            let moe_norm =
+                weights::read_f32(src, &layer_name(l, "post_attention_layernorm.weight"), m)?;
+            let mut wqkv =
+                weights::read_f16(src, &layer_name(l, "self_attn.q_proj.weight"), hd_all * m)?;
+            for p in ["k_proj", "v_proj"] {
+                let w =
+                    weights::read_f16(src, &layer_name(l, &format!("self_attn.{p}.weight")), kvw * m)?;
+                wqkv.extend_from_slice(&w);
+            }
+            let wo = weights::read_f16(src, &layer_name(l, "self_attn.o_proj.weight"), m * hd_all)?;
+            let g = weights::read_f16(src, &layer_name(l, "block_sparse_moe.gate.weight"), e * m)?;
+            tick(shape.attn_bytes() + e * m * 2, progress);
+            let moe = MoeLayer::build(gpu.clone(), &g, e, m, mh, chunk, |gpu, q| {
+                let mut one = |w: &str, len: usize| -> Result<DeviceBuffer<f16>> {
+                    let name = layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
+                    gpu.upload(&weights::read_f16(src, &name, len)?)
+                };
+                let raw = (one("w1", mh * m)?, one("w3", mh * m)?, one("w2", m * mh)?);
+                tick(shape.expert_bytes(), progress);
+                Ok(raw)
+            })?;
+            layers.push(Self::layer(
+                &gpu,
+                &shape,
+                &opts,
+                gpu.upload(&attn_norm)?,
+                gpu.upload(&moe_norm)?,
+                gpu.upload(&wqkv)?,
+                gpu.upload(&wo)?,
+                moe,
+            )?);
+        }
+        let final_norm = gpu.upload(&weights::read_f32(src, "model.norm.weight", m)?)?;
+        let lm_head = if shape.tied {
+            None
+        } else {
+            let w = weights::read_f16(src, "lm_head.weight", shape.vocab * m)?;
+            tick(shape.vocab * m * 2, progress);
+            Some(gpu.upload(&w)?)
+        };
+        Self::assemble(gpu, shape, opts, chunk, layers, embed, lm_head, final_norm)
+    }
+
+    /// A model of `shape` with random fp16 weights generated on the GPU
+    /// (uniform, scaled by 1.7/sqrt(fan-in); norms 1), for benchmarks.
+    pub fn random(
+        gpu: impl Into<Arc<Gpu>>,
+        shape: ModelShape,
+        opts: ModelOptions,
+        seed: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
+        let gpu: Arc<Gpu> = gpu.into();
+        shape.check()?;
+        let (m, mh, e) = (shape.hidden, shape.intermediate, shape.experts);
+        let hd_all = shape.heads * shape.head_dim;
+        let chunk = Self::chunk_for(&gpu, &shape, &opts)?;
+        let total = shape.weight_bytes();
+        let mut done = 0;
+        let rand = |n: usize, seed: u64, fan_in: usize| -> Result<DeviceBuffer<f16>> {
+            let mut b = gpu.alloc::<f16>(n)?;
+            gpu.fill_uniform(&mut b, seed, 1.7 / (fan_in as f32).sqrt())?;
+            Ok(b)
+        };
+        let ones = vec![1.0f32; m];
+        let embed = rand(shape.vocab * m, seed ^ 0xE111, 1)?;
+        let mut layers = Vec::with_capacity(shape.layers);
+        for l in 0..shape.layers {
+            let s = seed.wrapping_add((l as u64 + 1) << 20);
+            let wqkv = rand(shape.qkv_width() * m, s ^ 1, m)?;
+            let wo = rand(m * hd_all, s ^ 2, hd_all)?;
+            let moe = MoeLayer::random(gpu.clone(), m, mh, e, chunk, s ^ 3)?;
+            let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);
+            layers.push(Self::layer(&gpu, &shape, &opts, n1, n2, wqkv, wo, moe)?);
+            done += shape.attn_bytes() + e * (shape.expert_bytes() + m * 2);
+            progress(done, total);
+        }
+        let lm_head = if shape.tied {
+            None
+        } else {
+            Some(rand(shape.vocab * m, seed ^ 0x1111, m)?)
+        };
+        let final_norm = gpu.upload(&ones)?;
+        progress(total, total);
+        Self::assemble(gpu, shape, opts, chunk, layers, embed, lm_head, final_norm)
+    }
+
+    fn chunk_for(gpu: &Gpu, shape: &ModelShape, opts: &ModelOptions) -> Result<usize> {
+        if opts.max_seq == 0 || opts.prefill_chunk == 0 {
+            return Err(shape_err(format!(
+                "max_seq={} and prefill_chunk={} must be positive",
+                opts.max_seq, opts.prefill_chunk
+            )));
+        }
+        Ok(if both_layouts(gpu, shape, opts)? {
+            opts.prefill_chunk.max(PREFILL_MIN_TOKENS + 1)
+        } else {
+            PREFILL_MIN_TOKENS
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        gpu: &Gpu,
+        shape: &ModelShape,
+        opts: &ModelOptions,
+        attn_norm: DeviceBuffer<f32>,
+        moe_norm: DeviceBuffer<f32>,
+        wqkv: DeviceBuffer<f16>,
+        wo: DeviceBuffer<f16>,
+        mut moe: MoeLayer,
+    ) -> Result<Layer> {
+        let cache = shape.kv_heads * opts.max_seq * shape.head_dim;
+        // The whole-model step: no per-expert events (they break the
+        // overlap of one expert's kernels with the next), no probabilities
+        // copied back (the logits are).
+        moe.set_expert_timing(false);
+        moe.set_probs_to_host(false);
+        Ok(Layer {
+            attn_norm,
+            moe_norm,
+            wqkv,
+            wo,
+            moe,
+            k_cache: gpu.alloc(cache)?,
+            v_cache: gpu.alloc(cache)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        gpu: Arc<Gpu>,
+        shape: ModelShape,
+        opts: ModelOptions,
+        chunk: usize,
+        layers: Vec<Layer>,
+        embed: DeviceBuffer<f16>,
+        lm_head: Option<DeviceBuffer<f16>>,
+        final_norm: DeviceBuffer<f32>,
+    ) -> Result<GpuModel> {
+        let dims = AttnDims {
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            max_seq: opts.max_seq,
+            window: shape.window.unwrap_or(0),
+        };
+        dims.check("GpuModel")?;
+        let m = shape.hidden;
+        let hd_all = shape.heads * shape.head_dim;
+        let rope = weights::rope_table(shape.head_dim, shape.rope_theta, opts.max_seq);
+        let part = attn_part_len(1, shape.heads, shape.head_dim, attn_splits(1, opts.max_seq));
+        Ok(GpuModel {
+            tokens: gpu.alloc(chunk)?,
+            resid: gpu.alloc(chunk * m)?,
+            h: gpu.alloc(chunk * m)?,
+            qkv: gpu.alloc(chunk * shape.qkv_width())?,
+            q: gpu.alloc(chunk * hd_all)?,
+            attn: gpu.alloc(chunk * hd_all)?,
+            part: gpu.alloc(part)?,
+            logits: gpu.alloc(chunk * shape.vocab)?,
+            argmax: gpu.alloc(chunk)?,
+            rope: gpu.upload(&rope)?,
+            events: [gpu.event()?, gpu.event()?],
+            shape,
+            dims,
+            layers,
+            embed,
+            lm_head,
+            final_norm,
+            chunk,
+            len: 0,
+            device_policy: true,
+            gpu,
+        })
+    }
+
+    /// The model's dimensions.
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Positions in the KV cache (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the KV cache can hold.
+    pub fn max_seq(&self) -> usize {
+        self.dims.max_seq
+    }
+
+    /// Tokens per forward chunk (the MoE layers' capacity).
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Whether the experts are also held in the grouped prefill layout.
+    pub fn has_prefill_layout(&self) -> bool {
+        self.chunk > PREFILL_MIN_TOKENS
+    }
+
+    /// Forgets positions `n..` (the cache keeps `0..n`).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    /// Single-token steps run the policy on the device (default true); with
+    /// false every step runs it on the host (one synchronisation per
+    /// layer; for comparisons).
+    pub fn set_device_policy(&mut self, on: bool) {
+        self.device_policy = on;
+        for l in &mut self.layers {
+            l.moe.set_device_policy_tokens(usize::from(on));
+        }
+    }
+
+    /// Test hook: every layer's device policy uses top-1, so its plans
+    /// differ from wdmoe-core's (exercises the re-run of a chunk).
+    #[doc(hidden)]
+    pub fn skew_device_policy(&mut self, on: bool) {
+        for l in &mut self.layers {
+            l.moe.skew_device_policy(on);
+        }
+    }
+
+    /// Runs `tokens` at positions `len..len+n`: `latency_s` holds the
+    /// experts' latencies for every token and layer, `[n][layers][experts]`
+    /// seconds (> 0, `+∞`: unreachable), and `policy` selects per token
+    /// and layer. Errors leave the cache as it was.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<ForwardOut> {
+        const OP: &str = "GpuModel::forward";
+        let (n, layers, e) = (tokens.len(), self.shape.layers, self.shape.experts);
+        let start = self.len;
+        if n == 0 || start + n > self.dims.max_seq {
+            return Err(shape(
+                OP,
+                format!(
+                    "{n} tokens at position {start}: the cache holds {} positions",
+                    self.dims.max_seq
+                ),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.shape.vocab) {
+            return Err(shape(
+                OP,
+                format!("token id {bad} >= vocabulary {}", self.shape.vocab),
+            ));
+        }
+        if latency_s.len() != n * layers * e {
+            return Err(shape(
+                OP,
+                format!(
+                    "latency_s has {} values, expected {n} x {layers} x {e}",
+                    latency_s.len()
+                ),
+            ));
+        }
+        let mut routes: Vec<LayerRoute> = (0..layers)
+            .map(|_| LayerRoute {
+                logits: Vec::with_capacity(n * e),
+                selections: Vec::with_capacity(n),
+                token_latency_s: Vec::with_capacity(n),
+                moe_time_s: 0.0,
+            })
+            .collect();
+        let mut logits = Vec::new();
+        let mut argmax = None;
+        let mut reruns = 0;
+        let mut gpu_time_s = 0.0;
+        for c0 in (0..n).step_by(self.chunk) {
+            let c1 = (c0 + self.chunk).min(n);
+            let last = c1 == n;
+            let rows = match out {
+                Output::AllLogits => Some(0..c1 - c0),
+                Output::LastLogits | Output::LastArgmax if last => Some(c1 - c0 - 1..c1 - c0),
+                _ => None,
+            };
+            let lat = &latency_s[c0 * layers * e..c1 * layers * e];
+            let mut steps = self.run_chunk(&tokens[c0..c1], start + c0, rows.clone(), policy, lat)?;
+            if steps.iter().any(|s| s.rerun) {
+                // A device plan was not wdmoe-core's: the layers after it
+                // read its output; run the chunk again on the host policy.
+                reruns += 1;
+                let on = self.device_policy;
+                self.set_device_policy(false);
+                let r = self.run_chunk(&tokens[c0..c1], start + c0, rows.clone(), policy, lat);
+                self.set_device_policy(on);
+                steps = r?;
+            }
+            gpu_time_s += elapsed_ms(&self.events[0], &self.events[1])? as f64 * 1e-3;
+            for (r, s) in routes.iter_mut().zip(steps) {
+                r.logits.extend_from_slice(&s.logits);
+                r.selections.extend(s.routing.selections);
+                r.token_latency_s.extend(s.routing.token_latency_s);
+                r.moe_time_s += s.time_s;
+            }
+            if let Some(rows) = rows {
+                let v = self.shape.vocab;
+                if out == Output::LastArgmax {
+                    let a = self.gpu.download(&self.argmax.index(..1))?[0];
+                    if a < 0 {
+                        return Err(Error::NonFinite {
+                            what: format!("the logits at position {}", start + c1 - 1),
+                        });
+                    }
+                    argmax = Some(a as u32);
+                } else {
+                    let got = self.gpu.download(&self.logits.index(..rows.len() * v))?;
+                    if got.iter().any(|z| !z.is_finite()) {
+                        return Err(Error::NonFinite {
+                            what: format!("the logits at positions {}..{}", start + c0, start + c1),
+                        });
+                    }
+                    logits.extend_from_slice(&got);
+                }
+            }
+        }
+        self.len = start + n;
+        Ok(ForwardOut {
+            logits,
+            argmax,
+            start,
+            layers: routes,
+            gpu_time_s,
+            reruns,
+        })
+    }
+
+    /// One chunk of at most `self.chunk` tokens through every layer; the
+    /// MoE steps completed (checked) at the end. `rows`: the chunk rows
+    /// whose logits (or argmax) are computed.
+    fn run_chunk(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        rows: Option<std::ops::Range<usize>>,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<Vec<MoeStep>> {
+        let n = tokens.len();
+        let (m, e, layers) = (self.shape.hidden, self.shape.experts, self.shape.layers);
+        let hd_all = self.shape.heads * self.shape.head_dim;
+        let qkvw = self.shape.qkv_width();
+        let eps = self.shape.rms_eps as f32;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        self.tokens
+            .index(..n)
+            .copy_from(&ids[..])
+            .map_err(|err| Error::cuda("cuMemcpyHtoD", format!("{n} token ids"), err))?;
+        let gpu = self.gpu.clone();
+        gpu.record_on(&self.events[0])?;
+        kernels::embed_rows(&gpu, &self.embed, &self.tokens, n, m, &mut self.resid)?;
+        let mut done: Vec<Option<MoeStep>> = Vec::with_capacity(layers);
+        let mut lat = vec![0.0f64; n * e];
+        for l in 0..layers {
+            let (before, rest) = self.layers.split_at_mut(l);
+            let layer = &mut rest[0];
+            let add = before.last().map(|p| p.moe.output_dev());
+            kernels::add_rmsnorm(
+                &gpu,
+                &mut self.resid,
+                add,
+                &layer.attn_norm,
+                eps,
+                n,
+                m,
+                &mut self.h,
+                m,
+            )?;
+            kernels::gemv(
+                &gpu,
+                &layer.wqkv,
+                &self.h,
+                m,
+                qkvw,
+                n,
+                &mut self.qkv,
+                qkvw,
+                false,
+            )?;
+            kernels::rope_kv(
+                &gpu,
+                &self.dims,
+                &self.qkv,
+                &self.rope,
+                start,
+                n,
+                &mut self.q,
+                &mut layer.k_cache,
+                &mut layer.v_cache,
+            )?;
+            kernels::attention(
+                &gpu,
+                &self.dims,
+                &self.q,
+                &layer.k_cache,
+                &layer.v_cache,
+                start,
+                n,
+                &mut self.part,
+                &mut self.attn,
+            )?;
+            kernels::gemv(
+                &gpu,
+                &layer.wo,
+                &self.attn,
+                hd_all,
+                m,
+                n,
+                &mut self.resid,
+                m,
+                true,
+            )?;
+            kernels::add_rmsnorm(
+                &gpu,
+                &mut self.resid,
+                None,
+                &layer.moe_norm,
+                eps,
+                n,
+                m,
+                layer.moe.input_dev_mut(),
+                m,
+            )?;
+            for t in 0..n {
+                let at = (t * layers + l) * e;
+                lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
+            }
+            done.push(layer.moe.enqueue(n, policy, &lat)?);
+        }
+        let last = &self.layers[layers - 1];
+        kernels::add_rmsnorm(
+            &gpu,
+            &mut self.resid,
+            Some(last.moe.output_dev()),
+            &self.final_norm,
+            eps,
+            n,
+            m,
+            &mut self.h,
+            m,
+        )?;
+        if let Some(rows) = rows {
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            let x = self.h.index(rows.start * m..rows.end * m);
+            let v = self.shape.vocab;
+            kernels::gemv(&gpu, head, &x, m, v, rows.len(), &mut self.logits, v, false)?;
+            if rows.len() == 1 {
+                kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax)?;
+            }
+        }
+        gpu.record_on(&self.events[1])?;
+        // One synchronisation, then wdmoe-core checks every device plan.
+        let mut steps = Vec::with_capacity(layers);
+        let mut first_err = None;
+        for (l, d) in done.into_iter().enumerate() {
+            let s = match d {
+                Some(s) => Ok(s),
+                None => {
+                    for t in 0..n {
+                        let at = (t * layers + l) * e;
+                        lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
+                    }
+                    self.layers[l].moe.complete(policy, &lat)
+                }
+            };
+            // Complete every pending layer even after an error, so that
+            // none stays pending.
+            match s {
+                Ok(s) => steps.push(s),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(steps),
+        }
+    }
+}
+
+fn shape_err(detail: String) -> Error {
+    shape("GpuModel", detail)
+}

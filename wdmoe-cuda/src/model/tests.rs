@@ -1,0 +1,296 @@
+//! The model kernels against CPU references (f64) on fresh random inputs.
+//! GPU tests: run with `--include-ignored` on a GPU machine.
+
+use half::f16;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use super::kernels::{self, AttnDims};
+use crate::runtime::Gpu;
+
+/// Fresh inputs every run; the seed is printed to reproduce a failure.
+fn rng() -> SmallRng {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("seed {seed}");
+    SmallRng::seed_from_u64(seed)
+}
+
+fn halves(r: &mut SmallRng, n: usize, scale: f32) -> Vec<f16> {
+    (0..n)
+        .map(|_| f16::from_f32(r.gen_range(-scale..scale)))
+        .collect()
+}
+
+/// max |a − b| (NaN in `a` fails).
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            assert!(x.is_finite(), "non-finite GPU value {x}");
+            (x as f64 - y).abs()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemv_matches_f64_reference_for_every_token_count() {
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    let (k, n) = (1000, 77);
+    let w = halves(&mut r, n * k, 1.0);
+    let wd = gpu.upload(&w).unwrap();
+    for t in [1usize, 2, 3, 5, 8, 16, 21] {
+        let x = halves(&mut r, t * k, 1.0);
+        let xd = gpu.upload(&x).unwrap();
+        let ldy = n + 3;
+        let init: Vec<f32> = (0..t * ldy).map(|_| r.gen_range(-1.0..1.0)).collect();
+        for accumulate in [false, true] {
+            let mut y = gpu.upload(&init).unwrap();
+            kernels::gemv(&gpu, &wd, &xd, k, n, t, &mut y, ldy, accumulate).unwrap();
+            let got = gpu.download(&y).unwrap();
+            let mut want: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+            for ti in 0..t {
+                for ni in 0..n {
+                    let s: f64 = (0..k)
+                        .map(|j| w[ni * k + j].to_f64() * x[ti * k + j].to_f64())
+                        .sum();
+                    let o = &mut want[ti * ldy + ni];
+                    *o = if accumulate { *o + s } else { s };
+                }
+            }
+            // Padding columns untouched.
+            for ti in 0..t {
+                for ni in n..ldy {
+                    want[ti * ldy + ni] = init[ti * ldy + ni] as f64;
+                }
+            }
+            let d = max_diff(&got, &want);
+            // fp32 accumulation of 1000 products of magnitude <= 1.
+            assert!(d < 2e-4, "T={t} accumulate={accumulate}: max diff {d}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn add_rmsnorm_and_embedding_match_reference() {
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    let (n, d, vocab) = (5, 264, 50);
+    let table = halves(&mut r, vocab * d, 2.0);
+    let ids: Vec<i32> = (0..n).map(|_| r.gen_range(0..vocab as i32)).collect();
+    let add: Vec<f32> = (0..n * d).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let w: Vec<f32> = (0..d).map(|_| r.gen_range(0.5..1.5)).collect();
+    let mut resid = gpu.alloc::<f32>(n * d).unwrap();
+    kernels::embed_rows(
+        &gpu,
+        &gpu.upload(&table).unwrap(),
+        &gpu.upload(&ids).unwrap(),
+        n,
+        d,
+        &mut resid,
+    )
+    .unwrap();
+    let mut out = gpu.alloc::<f16>(n * (d + 8)).unwrap();
+    let eps = 1e-5f32;
+    kernels::add_rmsnorm(
+        &gpu,
+        &mut resid,
+        Some(&gpu.upload(&add).unwrap()),
+        &gpu.upload(&w).unwrap(),
+        eps,
+        n,
+        d,
+        &mut out,
+        d + 8,
+    )
+    .unwrap();
+    let res = gpu.download(&resid).unwrap();
+    let o = gpu.download(&out).unwrap();
+    for t in 0..n {
+        let row: Vec<f64> = (0..d)
+            .map(|i| table[ids[t] as usize * d + i].to_f64() + add[t * d + i] as f64)
+            .collect();
+        assert!(max_diff(&res[t * d..(t + 1) * d], &row) < 1e-6);
+        let ms = row.iter().map(|v| v * v).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        let want: Vec<f64> = (0..d).map(|i| w[i] as f64 * row[i] * inv).collect();
+        let got: Vec<f32> = o[t * (d + 8)..t * (d + 8) + d]
+            .iter()
+            .map(|h| h.to_f32())
+            .collect();
+        // One fp16 rounding of values below ~8: 2^-11 relative.
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(1.0))
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-3, "row {t}: {worst}");
+    }
+}
+
+fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: usize) {
+    let (h, kvh, hd, ms) = (dims.heads, dims.kv_heads, dims.head_dim, dims.max_seq);
+    let qkvw = dims.qkv_width();
+    let qkv: Vec<f32> = (0..t * qkvw).map(|_| r.gen_range(-1.0..1.0)).collect();
+    // Cache: random history before `start`.
+    let kc = halves(r, kvh * ms * hd, 1.0);
+    let vc = halves(r, kvh * ms * hd, 1.0);
+    let mut kd = gpu.upload(&kc).unwrap();
+    let mut vd = gpu.upload(&vc).unwrap();
+    let theta = 10000.0;
+    let rope = super::weights::rope_table(hd, theta, ms);
+    let mut q = gpu.alloc::<f32>(t * h * hd).unwrap();
+    kernels::rope_kv(
+        gpu,
+        &dims,
+        &gpu.upload(&qkv).unwrap(),
+        &gpu.upload(&rope).unwrap(),
+        start,
+        t,
+        &mut q,
+        &mut kd,
+        &mut vd,
+    )
+    .unwrap();
+    let keys = match dims.window {
+        0 => start + t,
+        w => (start + t).min(w),
+    };
+    let splits = kernels::attn_splits(t, keys);
+    let mut part = gpu
+        .alloc::<f32>(kernels::attn_part_len(t, h, hd, splits))
+        .unwrap();
+    let mut out = gpu.alloc::<f16>(t * h * hd).unwrap();
+    kernels::attention(gpu, &dims, &q, &kd, &vd, start, t, &mut part, &mut out).unwrap();
+    let qg = gpu.download(&q).unwrap();
+    let kg = gpu.download(&kd).unwrap();
+    let vg = gpu.download(&vd).unwrap();
+    let og = gpu.download(&out).unwrap();
+    // RoPE of q against the f64 rotation of the same table.
+    let half = hd / 2;
+    for ti in 0..t {
+        let pos = start + ti;
+        for hh in 0..h {
+            for j in 0..half {
+                let (c, s) = (rope[(pos * half + j) * 2] as f64, rope[(pos * half + j) * 2 + 1] as f64);
+                let x1 = qkv[ti * qkvw + hh * hd + j] as f64;
+                let x2 = qkv[ti * qkvw + hh * hd + j + half] as f64;
+                let g1 = qg[ti * h * hd + hh * hd + j] as f64;
+                let g2 = qg[ti * h * hd + hh * hd + j + half] as f64;
+                assert!((g1 - (x1 * c - x2 * s)).abs() < 1e-5);
+                assert!((g2 - (x2 * c + x1 * s)).abs() < 1e-5);
+            }
+        }
+        // The new v rows are in the cache.
+        for kh in 0..kvh {
+            for j in 0..hd {
+                let want = f16::from_f32(qkv[ti * qkvw + (h + kvh) * hd + kh * hd + j]);
+                assert_eq!(vg[(kh * ms + pos) * hd + j], want);
+            }
+        }
+    }
+    // Attention in f64 over the cache the GPU holds.
+    let scale = (hd as f64).powf(-0.5);
+    let mut worst = 0.0f64;
+    for ti in 0..t {
+        let pos = start + ti;
+        let lo = if dims.window > 0 { (pos + 1).saturating_sub(dims.window) } else { 0 };
+        for hh in 0..h {
+            let kh = hh / (h / kvh);
+            let qrow = &qg[ti * h * hd + hh * hd..ti * h * hd + (hh + 1) * hd];
+            let sc: Vec<f64> = (lo..=pos)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| qrow[d] as f64 * kg[(kh * ms + j) * hd + d].to_f64())
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let ex: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+            let sum: f64 = ex.iter().sum();
+            for d in 0..hd {
+                let want: f64 = (lo..=pos)
+                    .zip(&ex)
+                    .map(|(j, p)| p / sum * vg[(kh * ms + j) * hd + d].to_f64())
+                    .sum();
+                let got = og[ti * h * hd + hh * hd + d].to_f64();
+                assert!(got.is_finite());
+                worst = worst.max((got - want).abs());
+            }
+        }
+    }
+    // Outputs are below 1 in magnitude: fp16 rounding (2^-11) plus fast exp.
+    assert!(
+        worst < 2e-3,
+        "{dims:?} start={start} t={t} splits={splits}: max diff {worst}"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_matches_f64_reference_decode_prefill_window() {
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    for (heads, kv_heads, head_dim) in [(8, 2, 64), (8, 2, 8), (32, 8, 128), (6, 6, 34)] {
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim,
+            max_seq: 300,
+            window: 0,
+        };
+        attention_case(&gpu, &mut r, dims, 0, 1);
+        attention_case(&gpu, &mut r, dims, 0, 19);
+        attention_case(&gpu, &mut r, dims, 150, 7);
+        attention_case(&gpu, &mut r, dims, 299, 1); // splits > 1
+        attention_case(&gpu, &mut r, dims, 63, 1);
+        attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 200, 1);
+        attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 100, 9);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn argmax_takes_the_lowest_index_on_ties_and_flags_nan() {
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    let v = 32000;
+    let mut rows: Vec<f32> = (0..3 * v).map(|_| r.gen_range(-5.0..5.0)).collect();
+    rows[123] = 9.0;
+    rows[31000] = 9.0; // tie in row 0: 123 wins
+    rows[v + 31999] = 10.0;
+    rows[2 * v + 7] = f32::NAN;
+    let mut out = gpu.alloc::<i32>(3).unwrap();
+    kernels::argmax_rows(&gpu, &gpu.upload(&rows).unwrap(), 3, v, &mut out).unwrap();
+    assert_eq!(gpu.download(&out).unwrap(), vec![123, 31999, -1]);
+}
+
+#[test]
+fn attention_shapes_are_checked_before_launch() {
+    let ok = AttnDims {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_seq: 4096,
+        window: 0,
+    };
+    assert!(ok.check("t").is_ok());
+    for bad in [
+        AttnDims { kv_heads: 3, ..ok },
+        AttnDims { head_dim: 127, ..ok },
+        AttnDims { head_dim: 512, ..ok },
+        AttnDims { heads: 32 * 17, kv_heads: 1, ..ok },
+        AttnDims { max_seq: 0, ..ok },
+    ] {
+        assert!(bad.check("t").is_err(), "{bad:?}");
+    }
+    assert_eq!(kernels::attn_splits(1, 1), 1);
+    assert_eq!(kernels::attn_splits(1, 65), 2);
+    assert_eq!(kernels::attn_splits(1, 100_000), 32);
+    assert_eq!(kernels::attn_splits(7, 100_000), 1);
+}
