@@ -144,6 +144,8 @@ impl Gpu {
             1
         } else if std::ptr::eq(module, &self.prefill) {
             2
+        } else if std::ptr::eq(module, &self.moe_route) {
+            3
         } else {
             return Err(crate::error::shape(
                 "Gpu::launch",

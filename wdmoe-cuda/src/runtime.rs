@@ -40,6 +40,7 @@ pub struct Gpu {
     pub(crate) ffn: Module,
     pub(crate) router: Module,
     pub(crate) prefill: Module,
+    pub(crate) moe_route: Module,
     pub(crate) kernels: Kernels,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
@@ -121,6 +122,12 @@ impl Gpu {
             ptx::FFN_PREFILL_PTX,
             "ffn_prefill",
         )?;
+        let moe_route = load(
+            info.cubin,
+            ptx::MOE_ROUTE_CUBIN,
+            ptx::MOE_ROUTE_PTX,
+            "moe_route",
+        )?;
         if info.cubin {
             crate::prefill::raise_smem_limits(&prefill)?;
         }
@@ -130,6 +137,7 @@ impl Gpu {
             ffn,
             router,
             prefill,
+            moe_route,
             kernels: Kernels::default(),
             info,
             _ctx: ctx,

@@ -20,7 +20,12 @@
 //! * host policy, grouped prefill (more tokens, compute capability 9.0):
 //!   the token rows gathered in expert order, all experts' FFNs in one
 //!   grouped tensor-core launch per GEMM, a weighted combine back to token
-//!   order ([`grouped`]).
+//!   order ([`grouped`]);
+//! * device-routed grouped prefill ([`MoeLayer::set_device_routing`]):
+//!   the policy on the GPU for every token, the per-expert token lists by a
+//!   counting sort on the GPU, the grouped GEMMs reading the group sizes
+//!   from device memory; no host round trip inside the step; wdmoe-core
+//!   checks the selections after it ([`device_route`]).
 //!
 //! Timed with CUDA events.
 
@@ -39,6 +44,8 @@ use crate::prefill::{prefers_prefill, PrefillWeights, PREFILL_MIN_TOKENS};
 use crate::router::{PrefetchTable, Router};
 use crate::runtime::{elapsed_ms, Gpu};
 
+pub mod device_route;
+mod device_step;
 pub mod encode;
 pub mod grouped;
 pub mod host;
@@ -46,6 +53,7 @@ pub mod host;
 pub use encode::{
     latencies_for, route_tokens, same_plan, Groups, Routing, RowTables, TokenSelection,
 };
+pub use device_step::DeviceRouting;
 pub use grouped::GroupedPrefill;
 pub use host::run_host_plan;
 
@@ -91,6 +99,7 @@ pub struct MoeLayer {
     mismatches: u64,
     skew_device_policy: bool,
     profile_router: bool,
+    route: DeviceRouting,
     m: usize,
     m_h: usize,
     max_tokens: usize,
@@ -206,6 +215,7 @@ impl MoeLayer {
             mismatches: 0,
             skew_device_policy: false,
             profile_router: false,
+            route: DeviceRouting::default(),
             ws: FfnWorkspace::new(&gpu, m, m_h)?,
             cfg: DecodeConfig::auto(gpu.info(), m, m_h),
             x: gpu.alloc(max_tokens * m)?,
@@ -412,6 +422,9 @@ impl MoeLayer {
         }
         if self.uses_device_policy(n_tokens, latency_s) {
             return self.step_device_planned(n_tokens, policy, latency_s);
+        }
+        if self.uses_device_routing(n_tokens, latency_s) {
+            return self.step_device_routed(n_tokens, policy, latency_s);
         }
         let gpu = &self.gpu;
         let ev = &self.events;
