@@ -361,23 +361,18 @@ impl Router {
 
     /// Warps per block and dynamic shared memory of the router kernels: 4
     /// warps per expert up to 32 (the 1-token dot products are
-    /// latency-bound); e logits + e x S partial sums.
-    fn block_shape(&self) -> (u32, u32) {
+    /// latency-bound); e logits + e x S partial sums. Every router kernel
+    /// uses this shape: the fp32 sums of the logits depend on it, so the
+    /// same shape gives the same logits bit for bit.
+    pub(crate) fn block_shape(&self) -> (u32, u32) {
         let warps = (self.experts as u32 * 4).clamp(1, 32);
-        (warps, self.logits_smem(warps))
-    }
-
-    /// Dynamic shared memory of `router_logits` (kernels/router_logits.cuh)
-    /// for blocks of `warps` warps: e logits + e x S partial sums, S = warps
-    /// per expert (at least 1).
-    pub(crate) fn logits_smem(&self, warps: u32) -> u32 {
         let e = self.experts;
         let per_expert = if warps as usize >= e {
             warps as usize / e
         } else {
             1
         };
-        (e * (per_expert + 1) * 4) as u32
+        (warps, (e * (per_expert + 1) * 4) as u32)
     }
 
     /// The gate weights G (`[experts][m]` fp16) and m.

@@ -25,10 +25,6 @@ use crate::runtime::{addr, Gpu};
 /// Tokens per tile of the counting sort (`ROUTE_TILE` in moe_route.cu).
 pub const ROUTE_TILE: usize = 256;
 
-/// Warps per block of `route_select` (the router's dot products at prefill
-/// sizes are throughput-bound: 8 warps per token block).
-const SELECT_WARPS: u32 = 8;
-
 /// Ints per token of a `sel` row for top-`k`: count, `k` experts, `k` fp32
 /// weight bits.
 pub fn sel_width(k: usize) -> usize {
@@ -103,7 +99,9 @@ pub(crate) fn route_select(
         sel: addr(sel),
         sw: sw as i32,
     };
-    let smem = router.logits_smem(SELECT_WARPS);
+    // The router's own block shape: the same fp32 logits, bit for bit, as
+    // the host-routed step's router (so wdmoe-core sees the same inputs).
+    let (warps, smem) = router.block_shape();
     // SAFETY: route_select(const half* x, const half* g, int m, int e, int
     // tokens, PolicyArgs pa (by value, #[repr(C)] mirror), const double* lat,
     // float* logits, float* probs, int* sel, int sw) = RouteSelect. x holds
@@ -116,7 +114,7 @@ pub(crate) fn route_select(
         gpu.launch(
             &gpu.moe_route,
             "route_select",
-            Shape::new(tokens as u32, SELECT_WARPS * 32).shared(smem),
+            Shape::new(tokens as u32, warps * 32).shared(smem),
             params,
             || format!("tokens={tokens} m={m} experts={e} k={k}"),
         )
@@ -491,7 +489,9 @@ mod tests {
         assert_eq!(selection_mismatch(&sel, sw, &r.selections, 4), None);
         // Experts of a token in another order: still the same groups.
         let mut swapped = sel.clone();
-        let two = (0..5).find(|&t| sel[t * sw] == 2).expect("a token with 2 experts");
+        let two = (0..5)
+            .find(|&t| sel[t * sw] == 2)
+            .expect("a token with 2 experts");
         swapped.swap(two * sw + 1, two * sw + 2);
         swapped.swap(two * sw + 1 + k, two * sw + 2 + k);
         assert_eq!(selection_mismatch(&swapped, sw, &r.selections, 4), None);
@@ -532,7 +532,10 @@ mod tests {
             RowTables::new(5, &r.groups).unwrap()
         );
         let rows: usize = g.iter().map(Vec::len).sum();
-        assert!(rows > 5 && rows < 10, "some tokens dropped one expert: {rows}");
+        assert!(
+            rows > 5 && rows < 10,
+            "some tokens dropped one expert: {rows}"
+        );
         let mut bad = sel.clone();
         bad[2 * sw + 1] = 9;
         let err = groups_from_sel(&bad, sw, 5, 4).unwrap_err();

@@ -80,6 +80,7 @@ impl GroupedPrefill {
     /// order, both GEMMs reading the row offsets on the device, the combine
     /// into `acc` (`[tokens][m]` fp32, overwritten). `between`: events
     /// before the gather and after the FFNs.
+    #[allow(clippy::too_many_arguments)]
     fn step_device(
         &mut self,
         gpu: &Gpu,

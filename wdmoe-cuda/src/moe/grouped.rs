@@ -64,7 +64,13 @@ impl GroupedPrefill {
     }
 
     /// Buffers for `rows` token rows and `tokens * e` slots.
-    pub(super) fn reserve(&mut self, gpu: &Gpu, rows: usize, tokens: usize, e: usize) -> Result<()> {
+    pub(super) fn reserve(
+        &mut self,
+        gpu: &Gpu,
+        rows: usize,
+        tokens: usize,
+        e: usize,
+    ) -> Result<()> {
         let (m, m_h) = (self.w.m(), self.w.m_h());
         if rows > self.rows {
             self.ws = None; // free before allocating the larger one

@@ -50,10 +50,10 @@ pub mod encode;
 pub mod grouped;
 pub mod host;
 
+pub use device_step::DeviceRouting;
 pub use encode::{
     latencies_for, route_tokens, same_plan, Groups, Routing, RowTables, TokenSelection,
 };
-pub use device_step::DeviceRouting;
 pub use grouped::GroupedPrefill;
 pub use host::run_host_plan;
 
