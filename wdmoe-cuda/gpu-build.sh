@@ -39,6 +39,7 @@ build() { cargo "$@" --message-format=json-render-diagnostics; }
 
 msg "building wdmoe-cuda tests + decode_bench, wdmoe-sim (cuda) lib tests, benches (cuda) ..."
 gpu_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu | exe gpu)
+gpu_route_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_route | exe gpu_route)
 decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
@@ -46,7 +47,7 @@ kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels 
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
+for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"

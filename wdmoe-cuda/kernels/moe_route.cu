@@ -96,9 +96,9 @@ extern "C" __global__ void route_select(const __half* __restrict__ x, const __ha
     const int k = (sw - 1) / 2;
     const int ns = s_sel[0] < k ? s_sel[0] : k;
     if (lane == 0) out[0] = ns;
-    if (lane < ns) {
-        out[1 + lane] = s_sel[1 + lane];
-        out[1 + k + lane] = s_sel[1 + WDMOE_MAX_SLOTS + lane];
+    for (int i = lane; i < ns; i += 32) {
+        out[1 + i] = s_sel[1 + i];
+        out[1 + k + i] = s_sel[1 + WDMOE_MAX_SLOTS + i];
     }
 }
 
