@@ -76,9 +76,13 @@ impl Rows<'_> {
         }
     }
 
-    /// Rows per group for the launch-shape model: the counts (host), or the
-    /// most rows spread evenly over the groups (device: the counts are not
-    /// known on the host).
+    /// Rows per group for the launch-shape model: the counts (host), or
+    /// (device: the counts are not known on the host) the most rows spread
+    /// evenly over the groups, each raised by two standard deviations of a
+    /// Poisson count (`mean + 2 sqrt(mean)`): the real counts straddle the
+    /// mean, and a tile shape chosen for exactly the mean (e.g. 128 rows
+    /// per expert at 512 tokens, top-2, 8 experts) would give the experts
+    /// just above it a second, nearly empty m-tile.
     pub(crate) fn model_counts(&self) -> Vec<usize> {
         match *self {
             Rows::Host(c) => c.to_vec(),
@@ -86,9 +90,9 @@ impl Rows<'_> {
                 groups, max_rows, ..
             } => {
                 let g = groups.max(1);
-                (0..g)
-                    .map(|i| max_rows / g + usize::from(i < max_rows % g))
-                    .collect()
+                let mean = max_rows as f64 / g as f64;
+                let c = (mean + 2.0 * mean.sqrt()).ceil() as usize;
+                vec![c.min(max_rows); g]
             }
         }
     }

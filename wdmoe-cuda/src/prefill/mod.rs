@@ -567,6 +567,41 @@ mod tests {
         assert!((1..=MAX_SPLITS).contains(&d.splits));
     }
 
+    /// Device row offsets: the shape model sees the mean count plus two
+    /// standard deviations per group, so that 512 tokens, top-2, 8 experts
+    /// (counts around 128) get the 192-row tiles the host counts pick.
+    #[test]
+    fn device_rows_model_counts_above_the_mean() {
+        let r = Rows::Device {
+            offsets: 0,
+            groups: 8,
+            max_rows: 1024,
+        };
+        assert_eq!((r.groups(), r.rows()), (8, 1024));
+        let c = r.model_counts();
+        assert_eq!(c, vec![151; 8]); // 128 + 2 sqrt(128) = 150.6
+        assert!(tall_tiles_pay(&c));
+        assert!(tall_tiles_pay(&[120, 136, 126, 135, 120, 135, 130, 122]));
+        let big = Rows::Device {
+            offsets: 0,
+            groups: 8,
+            max_rows: 8192,
+        }
+        .model_counts();
+        assert_eq!(big, vec![1088; 8]);
+        assert!(!tall_tiles_pay(&big));
+        let one = Rows::Device {
+            offsets: 0,
+            groups: 4,
+            max_rows: 1,
+        }
+        .model_counts();
+        assert_eq!(one, vec![1; 4], "never above the rows");
+        let host = [3usize, 0, 5];
+        assert_eq!(Rows::Host(&host).model_counts(), host.to_vec());
+        assert_eq!(Rows::Host(&host).rows(), 8);
+    }
+
     /// 192-row tiles only for grouped launches of small groups straddling
     /// 128 rows (the measured case); never for single experts or large groups.
     #[test]
