@@ -1,10 +1,11 @@
 // Device-side routing of the grouped (prefill) MoE step, any token count: no
 // host round trip between the router and the combine.
 //
-//   route_select  one block per token: the router logits (router_logits.cuh),
-//                 then warp 0 runs wdmoe-core's softmax and `select` (the
-//                 port in policy.cuh, shared with router.cu's decode plan)
-//                 and writes the token's choice to `sel`;
+//   (router.cu's router_softmax first: the logits and probabilities, the
+//   same kernel and so the same bits as the host-routed step's router)
+//   route_policy  one warp per token: wdmoe-core's softmax and `select`
+//                 (the port in policy.cuh, shared with router.cu's decode
+//                 plan) on the logits; the token's choice to `sel`;
 //   route_count   per tile of ROUTE_TILE tokens, how many rows each expert
 //                 gets (a histogram);
 //   route_scan    one block: exclusive scans of the tile counts, per expert
@@ -29,7 +30,6 @@
 #include "common.cuh"
 #include "moe_plan.cuh"
 #include "policy.cuh"
-#include "router_logits.cuh"
 
 // Tokens per tile of the counting sort (one thread per token: the block size
 // of route_count and route_scatter).
@@ -62,36 +62,27 @@ __device__ __forceinline__ unsigned lanemask_lt() {
 
 }  // namespace
 
-// One block per token (blockDim a multiple of 32, dynamic shared memory as
-// router_logits needs): logits[tok] (fp32, device) and probs[tok] (the f64
-// softmax rounded to fp32, as router_policy writes them), then the policy by
-// warp 0 with latencies lat[tok * e + q] (device memory) or pa.lat[q] when
-// lat is null; the choice to sel[tok * sw ..]: count, then pa.k experts, then
-// pa.k fp32 weight bits (sw = 1 + 2 pa.k; count 0: the policy failed for this
-// token, see token_policy). e <= WDMOE_MAX_SLOTS.
-extern "C" __global__ void route_select(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
-                                        int tokens, const PolicyArgs pa, const double* __restrict__ lat,
-                                        float* __restrict__ logits, float* __restrict__ probs, int* __restrict__ sel,
-                                        int sw) {
-    extern __shared__ float sl[];
+// One block of 32 threads per token (one warp: select_warp's scratch is
+// per block): the token's logits (logits[tok], fp32, written by the router
+// kernel, router.cu's router_softmax, just before) and latencies
+// (lat[tok * e + q] in device memory, or pa.lat[q] when lat is null), then
+// wdmoe-core's softmax and `select` (token_policy); the choice to
+// sel[tok * sw ..]: count, then pa.k experts, then pa.k fp32 weight bits
+// (sw = 1 + 2 pa.k; count 0: the policy failed for this token, see
+// token_policy). e <= WDMOE_MAX_SLOTS.
+extern "C" __global__ void route_policy(const float* __restrict__ logits, int e, int tokens, const PolicyArgs pa,
+                                        const double* __restrict__ lat, int* __restrict__ sel, int sw) {
+    __shared__ float sl[WDMOE_MAX_SLOTS];
     __shared__ double s_p[WDMOE_MAX_SLOTS], s_lat[WDMOE_MAX_SLOTS], s_w[WDMOE_MAX_SLOTS], s_total;
     __shared__ int s_top[WDMOE_MAX_SLOTS], s_s[WDMOE_MAX_SLOTS], s_sel[1 + 2 * WDMOE_MAX_SLOTS];
-    const int tok = blockIdx.x;
-    if (tok >= tokens || e < 1 || e > WDMOE_MAX_SLOTS) return;  // uniform per block
-    const int me = (int)threadIdx.x;
-    // The latencies are cold: issue their loads before the logits.
-    double lat_r = 0.0;
-    if (me < e) lat_r = lat ? lat[(size_t)tok * e + me] : pa.lat[me];
-    router_logits(x, g, m, e, tok, sl);
-    if (me < e) s_lat[me] = lat_r;
-    __syncthreads();
-    if (threadIdx.x >= 32) return;
-    const int lane = (int)threadIdx.x;
-    token_policy(sl, e, pa, s_lat, lane, s_p, &s_total, s_top, s_s, s_w, s_sel, nullptr);
+    const int tok = blockIdx.x, lane = threadIdx.x;
+    if (tok >= tokens || e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != 32) return;  // uniform per block
     for (int q = lane; q < e; q += 32) {
-        logits[(size_t)tok * e + q] = sl[q];
-        probs[(size_t)tok * e + q] = (float)s_p[q];
+        sl[q] = logits[(size_t)tok * e + q];
+        s_lat[q] = lat ? lat[(size_t)tok * e + q] : pa.lat[q];
     }
+    __syncwarp();
+    token_policy(sl, e, pa, s_lat, lane, s_p, &s_total, s_top, s_s, s_w, s_sel, nullptr);
     int* out = sel + (size_t)tok * sw;
     const int k = (sw - 1) / 2;
     const int ns = s_sel[0] < k ? s_sel[0] : k;

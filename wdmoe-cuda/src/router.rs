@@ -361,23 +361,16 @@ impl Router {
 
     /// Warps per block and dynamic shared memory of the router kernels: 4
     /// warps per expert up to 32 (the 1-token dot products are
-    /// latency-bound); e logits + e x S partial sums. Every router kernel
-    /// uses this shape: the fp32 sums of the logits depend on it, so the
-    /// same shape gives the same logits bit for bit.
-    pub(crate) fn block_shape(&self) -> (u32, u32) {
-        let warps = (self.experts as u32 * 4).clamp(1, 32);
+    /// latency-bound); e logits + e x S partial sums.
+    fn block_shape(&self) -> (u32, u32) {
         let e = self.experts;
+        let warps = (e as u32 * 4).clamp(1, 32);
         let per_expert = if warps as usize >= e {
             warps as usize / e
         } else {
             1
         };
         (warps, (e * (per_expert + 1) * 4) as u32)
-    }
-
-    /// The gate weights G (`[experts][m]` fp16) and m.
-    pub(crate) fn weights(&self) -> (&DeviceSlice<f16>, usize) {
-        (&self.g, self.m)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,7 +7,7 @@
 //! entry, so the grouped GEMMs (reading the row offsets on the device,
 //! [`crate::prefill::ffn_grouped_device`]) and the combine run unchanged.
 //!
-//! The host side here: the launches ([`route_select`], [`counting_sort`],
+//! The host side here: the launches (`route_select`, [`counting_sort`],
 //! [`gather_sorted`]), the device tables ([`SortTables`]), and what the
 //! check against wdmoe-core needs ([`selection_mismatch`],
 //! [`groups_from_sel`]). The step itself is in `device_step.rs`.
@@ -32,17 +32,18 @@ pub fn sel_width(k: usize) -> usize {
 }
 
 kernel_params! {
-    struct RouteSelect {
-        x: u64, g: u64, m: i32, e: i32, tokens: i32, pa: PolicyArgs, lat: u64,
-        logits: u64, probs: u64, sel: u64, sw: i32,
+    struct RoutePolicy {
+        logits: u64, e: i32, tokens: i32, pa: PolicyArgs, lat: u64, sel: u64, sw: i32,
     }
 }
 
 /// Router + wdmoe-core's policy (the device port) for `tokens` rows of `x`:
-/// `logits` and `probs` (`[tokens][experts]` fp32; probs the f64 softmax
-/// rounded), and per token a `sel` row of [`sel_width`]`(pa.k)` ints.
-/// `lat`: per-token latencies (`[tokens][experts]` f64 on the device) or
-/// None for `pa.lat`. Asynchronous.
+/// the router kernel of the host-routed step (`Router::route`: the same
+/// logits bit for bit, and the same fp32 softmax) into `logits` and `probs`
+/// (`[tokens][experts]`), then one warp per token runs the policy and writes
+/// its `sel` row of [`sel_width`]`(pa.k)` ints. `lat`: per-token latencies
+/// (`[tokens][experts]` f64 on the device) or None for `pa.lat`.
+/// Asynchronous.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn route_select(
     gpu: &Gpu,
@@ -57,7 +58,6 @@ pub(crate) fn route_select(
 ) -> Result<()> {
     const OP: &str = "route_select";
     let e = router.experts();
-    let (g, m) = router.weights();
     let k = pa.k.max(0) as usize;
     let sw = sel_width(k);
     if tokens == 0
@@ -66,57 +66,43 @@ pub(crate) fn route_select(
         || e > MAX_SLOTS
         || k == 0
         || k > e
-        || m % 8 != 0
-        || x.len() < tokens * m
         || logits.len() < tokens * e
-        || probs.len() < tokens * e
         || sel.len() < tokens * sw
         || lat.is_some_and(|l| l.len() < tokens * e)
     {
         return Err(shape(
             OP,
             format!(
-                "tokens={tokens} e={e} k={k} m={m}: x {}, logits {}, probs {}, sel {}, lat {:?}",
-                x.len(),
+                "tokens={tokens} e={e} k={k}: logits {}, sel {}, lat {:?}",
                 logits.len(),
-                probs.len(),
                 sel.len(),
                 lat.map(|l| l.len())
             ),
         ));
     }
-    check_align(OP, "x", addr(x), 16)?;
-    let params = RouteSelect {
-        x: addr(x),
-        g: addr(g),
-        m: m as i32,
+    router.route(gpu, x, tokens, logits, probs)?;
+    let params = RoutePolicy {
+        logits: addr(logits),
         e: e as i32,
         tokens: tokens as i32,
         pa: *pa,
         lat: lat.map_or(0, addr),
-        logits: addr(logits),
-        probs: addr(probs),
         sel: addr(sel),
         sw: sw as i32,
     };
-    // The router's own block shape: the same fp32 logits, bit for bit, as
-    // the host-routed step's router (so wdmoe-core sees the same inputs).
-    let (warps, smem) = router.block_shape();
-    // SAFETY: route_select(const half* x, const half* g, int m, int e, int
-    // tokens, PolicyArgs pa (by value, #[repr(C)] mirror), const double* lat,
-    // float* logits, float* probs, int* sel, int sw) = RouteSelect. x holds
-    // tokens x m fp16 (16-byte aligned, m % 8 == 0), G e x m (the router's,
-    // 16-byte aligned rows); logits/probs tokens x e floats, sel tokens x sw
-    // ints, lat null or tokens x e doubles (checked above); block `tok`
-    // touches only row `tok` of each; e <= WDMOE_MAX_SLOTS, 1 <= k <= e;
-    // dynamic shared memory as router_logits needs for this block size.
+    // SAFETY: route_policy(const float* logits, int e, int tokens,
+    // PolicyArgs pa (by value, #[repr(C)] mirror), const double* lat, int*
+    // sel, int sw) = RoutePolicy. logits holds tokens x e floats, sel tokens
+    // x sw ints, lat null or tokens x e doubles (checked above); block `tok`
+    // touches only row `tok` of each; blockDim 32 as the kernel requires; e
+    // <= WDMOE_MAX_SLOTS, 1 <= k <= e.
     unsafe {
         gpu.launch(
             &gpu.moe_route,
-            "route_select",
-            Shape::new(tokens as u32, warps * 32).shared(smem),
+            "route_policy",
+            Shape::new(tokens as u32, 32u32),
             params,
-            || format!("tokens={tokens} m={m} experts={e} k={k}"),
+            || format!("tokens={tokens} experts={e} k={k}"),
         )
     }
 }

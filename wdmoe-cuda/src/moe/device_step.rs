@@ -126,9 +126,10 @@ impl GroupedPrefill {
 
 impl MoeLayer {
     /// Steps on the grouped prefill path ([`MoeLayer::uses_prefill`]) route
-    /// on the device (default false): the router kernel also runs the port
-    /// of wdmoe-core's `select` per token (kernels/policy.cuh, the one the
-    /// decode plan uses), a counting sort on the GPU builds the per-expert
+    /// on the device (default false): after the router kernel (the
+    /// host-routed step's, so the same logits and probabilities bit for
+    /// bit) one warp per token runs the port of wdmoe-core's `select`
+    /// (kernels/policy.cuh, the one the decode plan uses), a counting sort on the GPU builds the per-expert
     /// token lists and the row tables, the rows are gathered in expert
     /// order, the two grouped GEMMs read the per-expert row offsets from
     /// device memory (launched for the worst case, tiles past the real rows
