@@ -246,6 +246,7 @@ impl MoeLayer {
         self.route.steps += 1;
         let every = self.route.check_every;
         let check = every > 0 && (self.route.steps - 1) % every == 0;
+        gpu.sync()?; // the step's GPU work done: what follows is the check's cost
         let t0 = Instant::now();
         let sel = gpu.download(&b.sel.index(..n_tokens * sw))?;
         let (routing, rerun) = if check {
