@@ -3,7 +3,7 @@
 //! the GPU (the port shared with the decode plan, kernels/policy.cuh), the
 //! per-expert token lists by a stable counting sort (histogram per tile of
 //! tokens, exclusive scans, scatter), the rows gathered in expert order.
-//! The tables it builds are the host's [`RowTables`] encoding entry for
+//! The tables it builds are the host's [`super::RowTables`] encoding entry for
 //! entry, so the grouped GEMMs (reading the row offsets on the device,
 //! [`crate::prefill::ffn_grouped_device`]) and the combine run unchanged.
 //!
