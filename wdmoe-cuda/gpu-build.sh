@@ -59,6 +59,7 @@ cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
 cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
 cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
+cp wdmoe-cuda/run-gpu-route.sh "$dev/route.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.
 cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
@@ -73,6 +74,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/prefill.sh    # prefill: baseline 16-8192 tokens, prefill_bench, tests, SASS, ncu
     bash .device/layer.sh      # MoE layer step: device policy tests, timing, memcheck
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
+    bash .device/route.sh      # issue 13, device routing at prefill sizes: its tests, regressions, timings 512/4096, memcheck
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU
