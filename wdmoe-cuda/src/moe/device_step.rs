@@ -25,7 +25,7 @@ use crate::runtime::{elapsed_ms, Gpu};
 
 /// Settings, counters and device buffers of device routing (one per layer).
 #[derive(Debug)]
-pub struct DeviceRouting {
+pub(crate) struct DeviceRouting {
     on: bool,
     check_every: u64,
     steps: u64,

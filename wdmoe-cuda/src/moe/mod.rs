@@ -50,7 +50,7 @@ pub mod encode;
 pub mod grouped;
 pub mod host;
 
-pub use device_step::DeviceRouting;
+use device_step::DeviceRouting;
 pub use encode::{
     latencies_for, route_tokens, same_plan, Groups, Routing, RowTables, TokenSelection,
 };
