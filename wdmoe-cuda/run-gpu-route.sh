@@ -10,8 +10,8 @@
 #  3. regression: the wdmoe-cuda GPU tests (router_policy now calls the
 #     shared token_policy; the grouped GEMM's schedule moved to shared memory);
 #  4. wdmoe-sim tests: the policy port vs wdmoe-core (policy.cuh), GPU vs
-#     CPU layer (with the device-routed step
-#     above 16 tokens), device vs host policy (decode);
+#     CPU layer (with the device-routed step above 16 tokens), device vs
+#     host policy (decode);
 #  5. in one call: torch_baseline.py (HF block at 512 and 4096 tokens), then
 #     gpu_layer_prefill_step_timing (host- and device-routed at 512, 4096);
 #  6. compute-sanitizer memcheck on the sort and the forced re-run.
@@ -34,8 +34,8 @@ step "regression: wdmoe-cuda GPU tests"
 timeout 100 ./gpu_tests --include-ignored --test-threads 1 --nocapture > "$out/gpu_tests.log" 2>&1
 echo "exit $?"
 grep -E "^test |test result|panicked|FAILED" "$out/gpu_tests.log"
-step "wdmoe-sim layer tests (GPU vs CPU layer incl. device-routed, device vs host policy)"
-timeout 120 ./sim_tests --include-ignored --test-threads 1 --nocapture gpu_layer_matches_cpu_layer gpu_layer_device_policy_matches_host_policy device_policy_port_matches_wdmoe_core > "$out/sim_tests.log" 2>timeout 90 ./sim_tests --include-ignored --test-threads 1 --nocapture gpu_layer_matches_cpu_layer gpu_layer_device_policy_matches_host_policy > "$out/sim_tests.log" 2>&11
+step "wdmoe-sim tests (policy port vs wdmoe-core, GPU vs CPU layer incl. device-routed, device vs host policy)"
+timeout 120 ./sim_tests --include-ignored --test-threads 1 --nocapture gpu_layer_matches_cpu_layer gpu_layer_device_policy_matches_host_policy device_policy_port_matches_wdmoe_core > "$out/sim_tests.log" 2>&1
 echo "exit $?"
 grep -E "^test |device-routed vs host-routed|mismatch|test result|panicked|FAILED" "$out/sim_tests.log"
 step "PyTorch baseline (HF block, 512 and 4096 tokens), then the layer step at 512 and 4096 (host- and device-routed)"
