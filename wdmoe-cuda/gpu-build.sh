@@ -39,6 +39,7 @@ build() { cargo "$@" --message-format=json-render-diagnostics; }
 
 msg "building wdmoe-cuda tests + decode_bench, wdmoe-sim (cuda) lib tests, benches (cuda) ..."
 gpu_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu | exe gpu)
+gpu_route_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_route | exe gpu_route)
 decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
@@ -49,7 +50,7 @@ wdmoe=$(build build --release -p wdmoe-sim --features cuda --bin wdmoe | exe wdm
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
+for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
   "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
@@ -63,6 +64,7 @@ cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
 cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
 cp wdmoe-cuda/run-gpu-model.sh "$dev/model.sh"
+cp wdmoe-cuda/run-gpu-route.sh "$dev/route.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.
 cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
@@ -78,6 +80,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/layer.sh      # MoE layer step: device policy tests, timing, memcheck
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
     bash .device/model.sh      # issue 14: the whole model: kernel and model tests, HF baseline, decode/prefill at full size
+    bash .device/route.sh      # issue 13, device routing at prefill sizes: its tests, regressions, timings 512/4096, memcheck
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

@@ -61,6 +61,16 @@ struct GemmParams {
     long long split_stride;  // elements between split slices of the partials
     int row_start[MAX_GROUPS + 1];   // prefix sums of rows per group
     int tile_start[MAX_GROUPS + 1];  // prefix sums of tiles per group
+    // Device-side schedule (device-routed MoE step): when not null, the
+    // groups' row prefix sums are read from here (groups + 1 ints, written
+    // by the previous kernel: read after griddepcontrol.wait), clamped to
+    // [0, max_rows] and made non-decreasing, and the tile prefix sums are
+    // computed from them; row_start, tile_start and total_tiles above are
+    // then unused (the host launches for the worst case; blocks with no
+    // tile exit).
+    const int* dev_rows;
+    int max_rows;  // rows the A tensor map and the output hold
+    int pad_;
 };
 
 enum { MODE_SWIGLU = 0, MODE_STORE = 1, MODE_PARTIAL = 2 };
@@ -263,11 +273,12 @@ struct Tile {
 };
 
 template <int BM>
-__device__ __forceinline__ Tile map_tile(const GemmParams& p, int t, int kblocks, int bn) {
+__device__ __forceinline__ Tile map_tile(const GemmParams& p, const int* row_start, const int* tile_start, int t,
+                                         int kblocks, int bn) {
     int g = 0;
-    while (g + 1 < p.groups && t >= p.tile_start[g + 1]) ++g;
-    int local = t - p.tile_start[g];
-    int rows = p.row_start[g + 1] - p.row_start[g];
+    while (g + 1 < p.groups && t >= tile_start[g + 1]) ++g;
+    int local = t - tile_start[g];
+    int rows = row_start[g + 1] - row_start[g];
     int mt = (rows + BM - 1) / BM;
     // Split slowest; inside a split, blocks of group_m m-tiles x all n-tiles
     // (m fastest inside a block), so that the A rows of a block and the B
@@ -313,14 +324,38 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
     const uint32_t bar_empty = bar_full + STAGES * 8;
     const int wg = threadIdx.x / 128;
     const int tid = threadIdx.x % 128;
+    // The schedule (row and tile prefix sums per group) in shared memory:
+    // from the parameters, or computed from the device's row offsets.
+    __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
+    if (p.dev_rows) griddep_wait();  // written by the previous kernel
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
             mbar_init(bar_empty + 8 * s, 4 * NC);  // NC consumer warpgroups x 4 warps
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
+        if (p.dev_rows) {
+            int prev = 0, tiles = 0;
+            s_row[0] = 0;
+            s_tile[0] = 0;
+            for (int g = 1; g <= groups; ++g) {
+                int r = p.dev_rows[g];
+                r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
+                tiles += (r - prev + BM - 1) / BM * p.n_tiles * p.splits;
+                s_row[g] = r;
+                s_tile[g] = tiles;
+                prev = r;
+            }
+        } else {
+            for (int g = 0; g <= groups; ++g) {
+                s_row[g] = p.row_start[g];
+                s_tile[g] = p.tile_start[g];
+            }
+        }
     }
     __syncthreads();
+    const int total_tiles = s_tile[p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups)];
     // Launched with programmatic dependent launch: let the next kernel's
     // blocks get ready as ours retire; all global memory this grid touches
     // is read (TMA) or written (epilogue) only after the producer thread's
@@ -334,9 +369,9 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             griddep_wait();
             int stage = 0;
             uint32_t phase = 0;
-            for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
-                const Tile tl = map_tile<BM>(p, t, kblocks, BN);
-                const int a_row = p.row_start[tl.group] + tl.row0;
+            for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+                const Tile tl = map_tile<BM>(p, s_row, s_tile, t, kblocks, BN);
+                const int a_row = s_row[tl.group] + tl.row0;
                 const int b_row = tl.group * p.n + tl.col0;
                 for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
                     mbar_wait(bar_empty + 8 * stage, phase ^ 1);
@@ -359,8 +394,8 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
         float d[BN / 2];
         int stage = 0;
         uint32_t phase = 0;
-        for (int t = blockIdx.x; t < p.total_tiles; t += gridDim.x) {
-            const Tile tl = map_tile<BM>(p, t, kblocks, BN);
+        for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+            const Tile tl = map_tile<BM>(p, s_row, s_tile, t, kblocks, BN);
             if (tl.row0 + c * 64 >= tl.rows) {
                 // All 64 rows of this consumer lie past the group's end (few
                 // tokens): no wgmma, no epilogue; just pass the stages on.
@@ -403,7 +438,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             // 8-column block j, rows r and r+8, columns 8j + 2q + {0,1}.
             const int r = tl.row0 + c * 64 + warp * 16 + lane / 4;  // row within the group
             const int q2 = (lane % 4) * 2;
-            const long long grow = p.row_start[tl.group];
+            const long long grow = s_row[tl.group];
 #pragma unroll
             for (int half_ = 0; half_ < 2; ++half_) {
                 const int row = r + 8 * half_;

@@ -146,6 +146,8 @@ impl Gpu {
             2
         } else if std::ptr::eq(module, &self.model) {
             3
+        } else if std::ptr::eq(module, &self.moe_route) {
+            4
         } else {
             return Err(crate::error::shape(
                 "Gpu::launch",

@@ -41,6 +41,7 @@ pub struct Gpu {
     pub(crate) router: Module,
     pub(crate) prefill: Module,
     pub(crate) model: Module,
+    pub(crate) moe_route: Module,
     pub(crate) kernels: Kernels,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
@@ -123,6 +124,12 @@ impl Gpu {
             "ffn_prefill",
         )?;
         let model = load(info.cubin, ptx::MODEL_CUBIN, ptx::MODEL_PTX, "model")?;
+        let moe_route = load(
+            info.cubin,
+            ptx::MOE_ROUTE_CUBIN,
+            ptx::MOE_ROUTE_PTX,
+            "moe_route",
+        )?;
         if info.cubin {
             crate::prefill::raise_smem_limits(&prefill)?;
         }
@@ -133,6 +140,7 @@ impl Gpu {
             router,
             prefill,
             model,
+            moe_route,
             kernels: Kernels::default(),
             info,
             _ctx: ctx,

@@ -113,6 +113,10 @@ struct JsonOut<'a> {
     /// and lm_head, in fp16.
     #[serde(skip_serializing_if = "Option::is_none")]
     decode_floor_bytes_per_token: Option<f64>,
+    /// GPU memory in use after the run and the card's total, bytes
+    /// (`--device cuda`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_memory_bytes: Option<(usize, usize)>,
     summary: &'a GenerationSummary,
 }
 
@@ -401,6 +405,13 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
     });
     #[cfg(not(feature = "cuda"))]
     let floor_bytes: Option<f64> = None;
+    #[cfg(feature = "cuda")]
+    let gpu_mem = match &gpu_backend {
+        Some(g) => Some(g.model().memory_used_bytes().map_err(|err| err.to_string())?),
+        None => None,
+    };
+    #[cfg(not(feature = "cuda"))]
+    let gpu_mem: Option<(usize, usize)> = None;
     let mut report = String::new();
     let w = |r: std::fmt::Result| r.map_err(|err| CliError::Msg(err.to_string()));
     if a.json {
@@ -419,6 +430,7 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
             latency_source: &source,
             device: &device_name,
             decode_floor_bytes_per_token: floor_bytes,
+            gpu_memory_bytes: gpu_mem,
             summary: s,
         };
         let json = serde_json::to_string(&j).map_err(|err| err.to_string())?;
@@ -443,6 +455,14 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
             s.decode_tokens_per_s,
             1e3 / s.decode_tokens_per_s.max(1e-12)
         ))?;
+        if let Some((used, total)) = gpu_mem {
+            w(writeln!(
+                report,
+                "GPU memory in use: {:.2} of {:.2} GB (weights, KV cache, buffers)",
+                used as f64 / 1e9,
+                total as f64 / 1e9,
+            ))?;
+        }
         if let Some(b) = floor_bytes {
             w(writeln!(
                 report,

@@ -41,7 +41,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn gpu(dir: &std::path::Path, layout: ExpertLayout) -> GpuBackend {
-    GpuBackend::load(dir, 0, 128, layout, &mut |_, _| {}).unwrap()
+    gpu_seq(dir, layout, 128)
+}
+
+fn gpu_seq(dir: &std::path::Path, layout: ExpertLayout, max_seq: usize) -> GpuBackend {
+    GpuBackend::load(dir, 0, max_seq, layout, &mut |_, _| {}).unwrap()
 }
 
 const LAYOUTS: [ExpertLayout; 2] = [ExpertLayout::DecodeOnly, ExpertLayout::Both];
@@ -283,7 +287,7 @@ fn gpu_perplexity_of_the_trained_model_matches_cpu() {
     let ids = tok.encode(&text[..4000]).unwrap();
     let ids = &ids[..ids.len().min(256)];
     let v = model.config().vocab_size;
-    let mut g = gpu(&d, ExpertLayout::Auto);
+    let mut g = gpu_seq(&d, ExpertLayout::Auto, 512);
     for theta in [0.0, 0.2] {
         let moe = MoeConfig::wdmoe(2, theta, 1).unwrap();
         let mut lat =

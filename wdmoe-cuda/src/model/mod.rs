@@ -424,6 +424,14 @@ impl GpuModel {
         self.chunk
     }
 
+    /// Device memory in use on the GPU (all of this context's allocations
+    /// and the driver's, `total − free` of `cuMemGetInfo`) and its total, bytes.
+    pub fn memory_used_bytes(&self) -> Result<(usize, usize)> {
+        let (free, total) = cust::memory::mem_get_info()
+            .map_err(|e| Error::cuda("cuMemGetInfo", String::new(), e))?;
+        Ok((total - free, total))
+    }
+
     /// Whether the experts are also held in the grouped prefill layout.
     pub fn has_prefill_layout(&self) -> bool {
         self.chunk > PREFILL_MIN_TOKENS

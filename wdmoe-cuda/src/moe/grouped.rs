@@ -16,10 +16,10 @@ use crate::runtime::Gpu;
 /// The grouped prefill path of a layer: all experts stacked in the prefill
 /// layout, and buffers for the token rows in expert order (grown on demand).
 pub struct GroupedPrefill {
-    w: PrefillWeights,
-    ws: Option<PrefillWorkspace>,
-    xs: DeviceBuffer<f16>,
-    ys: DeviceBuffer<f16>,
+    pub(super) w: PrefillWeights,
+    pub(super) ws: Option<PrefillWorkspace>,
+    pub(super) xs: DeviceBuffer<f16>,
+    pub(super) ys: DeviceBuffer<f16>,
     idx: DeviceBuffer<i32>,
     slot: DeviceBuffer<i32>,
     wts: DeviceBuffer<f32>,
@@ -64,7 +64,13 @@ impl GroupedPrefill {
     }
 
     /// Buffers for `rows` token rows and `tokens * e` slots.
-    fn reserve(&mut self, gpu: &Gpu, rows: usize, tokens: usize, e: usize) -> Result<()> {
+    pub(super) fn reserve(
+        &mut self,
+        gpu: &Gpu,
+        rows: usize,
+        tokens: usize,
+        e: usize,
+    ) -> Result<()> {
         let (m, m_h) = (self.w.m(), self.w.m_h());
         if rows > self.rows {
             self.ws = None; // free before allocating the larger one

@@ -20,7 +20,12 @@
 //! * host policy, grouped prefill (more tokens, compute capability 9.0):
 //!   the token rows gathered in expert order, all experts' FFNs in one
 //!   grouped tensor-core launch per GEMM, a weighted combine back to token
-//!   order ([`grouped`]).
+//!   order ([`grouped`]);
+//! * device-routed grouped prefill ([`MoeLayer::set_device_routing`]):
+//!   the policy on the GPU for every token, the per-expert token lists by a
+//!   counting sort on the GPU, the grouped GEMMs reading the group sizes
+//!   from device memory; no host round trip inside the step; wdmoe-core
+//!   checks the selections after it ([`device_route`]).
 //!
 //! Timed with CUDA events.
 
@@ -41,10 +46,13 @@ use crate::prefill::{prefers_prefill, PrefillWeights, PREFILL_MIN_TOKENS};
 use crate::router::{PrefetchTable, Router};
 use crate::runtime::{elapsed_ms, Gpu};
 
+pub mod device_route;
+mod device_step;
 pub mod encode;
 pub mod grouped;
 pub mod host;
 
+use device_step::DeviceRouting;
 pub use encode::{
     latencies_for, route_tokens, same_plan, Groups, Routing, RowTables, TokenSelection,
 };
@@ -71,8 +79,10 @@ pub struct MoeStep {
     /// The whole step, router to combine, in seconds (CUDA events; the
     /// host policy and a re-run included).
     pub time_s: f64,
-    /// The device plan differed from wdmoe-core's and the experts ran again
-    /// with wdmoe-core's plan ([`MoeLayer::complete`]).
+    /// The step's output was replaced after kernels enqueued behind it may
+    /// have read the first one: a device-planned step whose plan differed
+    /// from wdmoe-core's, re-run by [`MoeLayer::complete`] (synchronous
+    /// paths re-run before returning and leave this false).
     pub rerun: bool,
 }
 
@@ -98,6 +108,7 @@ pub struct MoeLayer {
     mismatches: u64,
     skew_device_policy: bool,
     profile_router: bool,
+    route: DeviceRouting,
     m: usize,
     m_h: usize,
     max_tokens: usize,
@@ -219,6 +230,7 @@ impl MoeLayer {
             mismatches: 0,
             skew_device_policy: false,
             profile_router: false,
+            route: DeviceRouting::default(),
             ws: FfnWorkspace::new(&gpu, m, m_h)?,
             cfg: DecodeConfig::auto(gpu.info(), m, m_h),
             x: gpu.alloc(max_tokens * m)?,
@@ -465,6 +477,9 @@ impl MoeLayer {
             self.enqueue_device_planned(n_tokens, policy, latency_s)?;
             self.pending = Some(n_tokens);
             return Ok(None);
+        }
+        if self.uses_device_routing(n_tokens, latency_s) {
+            return self.step_device_routed(n_tokens, policy, latency_s).map(Some);
         }
         self.step_host(n_tokens, policy, latency_s).map(Some)
     }

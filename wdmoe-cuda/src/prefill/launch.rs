@@ -36,6 +36,66 @@ pub(crate) struct GemmParams {
     pub(crate) split_stride: i64,
     pub(crate) row_start: [i32; MAX_GROUPS + 1],
     pub(crate) tile_start: [i32; MAX_GROUPS + 1],
+    pub(crate) dev_rows: u64,
+    pub(crate) max_rows: i32,
+    pub(crate) pad_: i32,
+}
+
+/// The rows of each group of a grouped GEMM: known on the host, or row
+/// offsets in device memory (written by an earlier kernel of the stream, e.g.
+/// the device-routed MoE step's counting sort).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Rows<'a> {
+    /// Rows per group.
+    Host(&'a [usize]),
+    /// `offsets` (device address) holds `groups + 1` non-decreasing row
+    /// offsets (the kernel clamps them to `[0, max_rows]`); A and the
+    /// output hold `max_rows` rows.
+    Device {
+        offsets: u64,
+        groups: usize,
+        max_rows: usize,
+    },
+}
+
+impl Rows<'_> {
+    /// Groups.
+    pub(crate) fn groups(&self) -> usize {
+        match *self {
+            Rows::Host(c) => c.len(),
+            Rows::Device { groups, .. } => groups,
+        }
+    }
+
+    /// Rows of A and of the output: all rows (host), the most rows
+    /// (device).
+    pub(crate) fn rows(&self) -> usize {
+        match *self {
+            Rows::Host(c) => c.iter().sum(),
+            Rows::Device { max_rows, .. } => max_rows,
+        }
+    }
+
+    /// Rows per group for the launch-shape model: the counts (host), or
+    /// (device: the counts are not known on the host) the most rows spread
+    /// evenly over the groups, each raised by two standard deviations of a
+    /// Poisson count (`mean + 2 sqrt(mean)`): the real counts straddle the
+    /// mean, and a tile shape chosen for exactly the mean (e.g. 128 rows
+    /// per expert at 512 tokens, top-2, 8 experts) would give the experts
+    /// just above it a second, nearly empty m-tile.
+    pub(crate) fn model_counts(&self) -> Vec<usize> {
+        match *self {
+            Rows::Host(c) => c.to_vec(),
+            Rows::Device {
+                groups, max_rows, ..
+            } => {
+                let g = groups.max(1);
+                let mean = max_rows as f64 / g as f64;
+                let c = (mean + 2.0 * mean.sqrt()).ceil() as usize;
+                vec![c.min(max_rows); g]
+            }
+        }
+    }
 }
 
 /// A 2-D fp16 tensor map over `rows` x `cols` (row-major) with boxes of
@@ -102,7 +162,7 @@ pub(crate) struct Gemm<'a> {
     pub(crate) k: usize,
     pub(crate) b: u64,
     pub(crate) n: usize,
-    pub(crate) counts: &'a [usize],
+    pub(crate) rows: Rows<'a>,
     pub(crate) out: u64,
     pub(crate) ldo: usize,
     pub(crate) split_stride: usize,
@@ -111,8 +171,14 @@ pub(crate) struct Gemm<'a> {
 
 pub(crate) fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()> {
     g.cfg.check(op, g.mode, g.k)?;
-    let rows: usize = g.counts.iter().sum();
-    let groups = g.counts.len();
+    let rows = g.rows.rows();
+    let groups = g.rows.groups();
+    if groups == 0 || groups > MAX_GROUPS || rows > i32::MAX as usize {
+        return Err(shape(
+            op,
+            format!("{groups} groups (1..={MAX_GROUPS}), {rows} rows"),
+        ));
+    }
     let bn = g.cfg.bn as usize;
     let n_tiles = g.n.div_ceil(bn);
     let mut p = GemmParams {
@@ -128,17 +194,40 @@ pub(crate) fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()
         split_stride: g.split_stride as i64,
         row_start: [0; MAX_GROUPS + 1],
         tile_start: [0; MAX_GROUPS + 1],
+        dev_rows: 0,
+        max_rows: rows as i32,
+        pad_: 0,
     };
-    let mut tiles = 0usize;
-    for (i, &c) in g.counts.iter().enumerate() {
-        p.row_start[i + 1] = p.row_start[i] + c as i32;
-        tiles += c.div_ceil(g.cfg.bm as usize) * n_tiles * g.cfg.splits as usize;
-        if tiles > i32::MAX as usize {
-            return Err(shape(op, format!("{tiles} tiles overflow")));
+    let per_m_tile = n_tiles * g.cfg.splits as usize;
+    let tiles = match g.rows {
+        Rows::Host(counts) => {
+            let mut tiles = 0usize;
+            for (i, &c) in counts.iter().enumerate() {
+                p.row_start[i + 1] = p.row_start[i] + c as i32;
+                tiles += c.div_ceil(g.cfg.bm as usize) * per_m_tile;
+                if tiles > i32::MAX as usize {
+                    return Err(shape(op, format!("{tiles} tiles overflow")));
+                }
+                p.tile_start[i + 1] = tiles as i32;
+            }
+            p.total_tiles = tiles as i32;
+            tiles
         }
-        p.tile_start[i + 1] = tiles as i32;
-    }
-    p.total_tiles = tiles as i32;
+        Rows::Device { offsets, .. } => {
+            // The worst case over all splits of `rows` into the groups:
+            // each group adds at most one partial m-tile.
+            p.dev_rows = offsets;
+            let tiles = (rows.div_ceil(g.cfg.bm as usize) + groups) * per_m_tile;
+            if tiles > i32::MAX as usize {
+                return Err(shape(op, format!("{tiles} tiles overflow")));
+            }
+            if rows == 0 {
+                0
+            } else {
+                tiles
+            }
+        }
+    };
     if tiles == 0 {
         return Ok(());
     }
@@ -157,7 +246,9 @@ pub(crate) fn launch_gemm(gpu: &Gpu, op: &'static str, g: Gemm<'_>) -> Result<()
     // mirrored (sys::CUtensorMap, GemmParams). The tensor maps cover A
     // [rows][k] and B [groups*n][k], buffers the callers checked to hold that
     // many elements; the kernel reads only through them (out-of-range boxes
-    // are zero-filled) and writes out rows < row_start[groups] (with row
+    // are zero-filled) and writes out rows < row_start[groups] <= rows (a
+    // device schedule, dev_rows: groups + 1 ints the caller keeps alive,
+    // is clamped to [0, max_rows = rows] by the kernel) (with row
     // stride ldo, columns < n or n/2 for swiglu, plus split slices
     // split_stride apart), which the callers sized. Shared memory was raised
     // to smem_bytes at module load (KERNELS); threads = 128 x (consumer

@@ -42,18 +42,18 @@ pub(crate) fn ffn_groups(
     b13: u64,
     b2: u64,
     x: u64,
-    counts: &[usize],
+    counts: Rows<'_>,
     out: u64,
     ws: &mut PrefillWorkspace,
     cfg: Option<&PrefillConfig>,
 ) -> Result<()> {
-    let rows: usize = counts.iter().sum();
+    let rows = counts.rows();
     if rows == 0 {
         return Ok(());
     }
     let cfg = match cfg {
         Some(c) => *c,
-        None => PrefillConfig::auto(gpu.info(), counts, m, m_h, ws),
+        None => PrefillConfig::auto(gpu.info(), &counts.model_counts(), m, m_h, ws),
     };
     if cfg.down.splits > 1 && cfg.down.splits as usize * rows * m > ws.partial.len() {
         return Err(shape(
@@ -75,7 +75,7 @@ pub(crate) fn ffn_groups(
             k: m,
             b: b13,
             n: 2 * m_h,
-            counts,
+            rows: counts,
             out: h,
             ldo: m_h,
             split_stride: 0,
@@ -92,7 +92,7 @@ pub(crate) fn ffn_groups(
                 k: m_h,
                 b: b2,
                 n: m,
-                counts,
+                rows: counts,
                 out,
                 ldo: m,
                 split_stride: 0,
@@ -110,7 +110,7 @@ pub(crate) fn ffn_groups(
                 k: m_h,
                 b: b2,
                 n: m,
-                counts,
+                rows: counts,
                 out: part,
                 ldo: m,
                 split_stride: rows * m,
@@ -195,7 +195,7 @@ pub fn ffn_prefill(
         b13,
         b2,
         addr(x),
-        &[tokens],
+        Rows::Host(&[tokens]),
         addr(out),
         ws,
         cfg,
@@ -234,7 +234,59 @@ pub fn ffn_grouped(
         addr(&w.w13),
         addr(&w.w2),
         addr(x),
-        counts,
+        Rows::Host(counts),
+        addr(out),
+        ws,
+        cfg,
+    )
+}
+
+/// [`ffn_grouped`] with the groups' rows in device memory: `offsets` holds
+/// `experts + 1` row offsets (expert q's rows are `offsets[q]..offsets[q+1]`
+/// of `x`, in expert order), written by an earlier kernel of the stream (the
+/// device-routed MoE step's counting sort); the host knows only that there
+/// are at most `max_rows`. Both GEMMs read the offsets on the device and
+/// are launched for the worst case (blocks with no tile exit); the launch
+/// shapes are chosen for `max_rows` spread evenly over the experts unless
+/// `cfg` is given. `out` gets `max_rows` rows (past the device's row count:
+/// unspecified).
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_grouped_device(
+    gpu: &Gpu,
+    w: &PrefillWeights,
+    x: &DeviceSlice<f16>,
+    offsets: &DeviceSlice<i32>,
+    max_rows: usize,
+    out: &mut DeviceSlice<f16>,
+    ws: &mut PrefillWorkspace,
+    cfg: Option<&PrefillConfig>,
+) -> Result<()> {
+    const OP: &str = "ffn_grouped_device";
+    require_sm90a(gpu, OP)?;
+    if offsets.len() < w.experts + 1 {
+        return Err(shape(
+            OP,
+            format!(
+                "{} row offsets for {} experts (need experts + 1)",
+                offsets.len(),
+                w.experts
+            ),
+        ));
+    }
+    check_io(OP, w, ws, x, out, max_rows)?;
+    ffn_groups(
+        gpu,
+        OP,
+        w.m,
+        w.m_h,
+        addr(&w.w13),
+        addr(&w.w2),
+        addr(x),
+        Rows::Device {
+            offsets: addr(offsets),
+            groups: w.experts,
+            max_rows,
+        },
         addr(out),
         ws,
         cfg,
@@ -438,7 +490,9 @@ mod tests {
             offset_of!(GemmParams, tile_start),
             48 + 4 * (MAX_GROUPS + 1)
         );
-        assert_eq!(size_of::<GemmParams>(), 568);
+        assert_eq!(offset_of!(GemmParams, dev_rows), 568);
+        assert_eq!(offset_of!(GemmParams, max_rows), 576);
+        assert_eq!(size_of::<GemmParams>(), 584);
     }
 
     /// Shared memory fits the 227 KB a Hopper block may take, and every
@@ -511,6 +565,41 @@ mod tests {
         // Grouped counts with empty groups.
         let d = GemmConfig::auto(&info, &[0, 130, 0, 7], m, m_h, MAX_SPLITS);
         assert!((1..=MAX_SPLITS).contains(&d.splits));
+    }
+
+    /// Device row offsets: the shape model sees the mean count plus two
+    /// standard deviations per group, so that 512 tokens, top-2, 8 experts
+    /// (counts around 128) get the 192-row tiles the host counts pick.
+    #[test]
+    fn device_rows_model_counts_above_the_mean() {
+        let r = Rows::Device {
+            offsets: 0,
+            groups: 8,
+            max_rows: 1024,
+        };
+        assert_eq!((r.groups(), r.rows()), (8, 1024));
+        let c = r.model_counts();
+        assert_eq!(c, vec![151; 8]); // 128 + 2 sqrt(128) = 150.6
+        assert!(tall_tiles_pay(&c));
+        assert!(tall_tiles_pay(&[120, 136, 126, 135, 120, 135, 130, 122]));
+        let big = Rows::Device {
+            offsets: 0,
+            groups: 8,
+            max_rows: 8192,
+        }
+        .model_counts();
+        assert_eq!(big, vec![1088; 8]);
+        assert!(!tall_tiles_pay(&big));
+        let one = Rows::Device {
+            offsets: 0,
+            groups: 4,
+            max_rows: 1,
+        }
+        .model_counts();
+        assert_eq!(one, vec![1; 4], "never above the rows");
+        let host = [3usize, 0, 5];
+        assert_eq!(Rows::Host(&host).model_counts(), host.to_vec());
+        assert_eq!(Rows::Host(&host).rows(), 8);
     }
 
     /// 192-row tiles only for grouped launches of small groups straddling

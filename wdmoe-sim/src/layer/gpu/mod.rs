@@ -122,6 +122,13 @@ impl GpuLayer {
         self.inner.set_device_policy_tokens(max_tokens);
     }
 
+    /// See [`MoeLayer::set_device_routing`] (grouped prefill steps routed on
+    /// the GPU; steps not checked against wdmoe-core, see
+    /// [`MoeLayer::set_route_check_every`], return no `selections`).
+    pub fn set_device_routing(&mut self, on: bool) {
+        self.inner.set_device_routing(on);
+    }
+
     /// Steps whose device plan differed from wdmoe-core's and were re-run.
     pub fn device_policy_mismatches(&self) -> u64 {
         self.inner.device_policy_mismatches()

@@ -81,6 +81,21 @@ fn gpu_layer_matches_cpu_layer() {
                 .map(|s| s.experts().len())
                 .sum::<usize>()
         );
+        if layer.uses_prefill(n) {
+            // The same step routed on the device (checked by wdmoe-core):
+            // the same selections and the same output as the host-routed
+            // step, within the fp16 bound.
+            layer.set_device_routing(true);
+            let dev = layer.forward(&x, n, &policy, &lat).unwrap();
+            layer.set_device_routing(false);
+            assert_eq!(layer.device_policy_mismatches(), 0);
+            assert_eq!(dev.selections, got.selections);
+            let err = rel_err(&dev.out, &got.out);
+            eprintln!(
+                "m={m} m_h={m_h} e={e} n={n}: device-routed vs host-routed rel err {err:.2e}"
+            );
+            assert!(err <= 2e-3, "device-routed rel err {err}");
+        }
     }
 }
 
@@ -376,7 +391,11 @@ fn gpu_layer_mixtral_step_timing() {
 }
 
 /// Timing of the grouped prefill path at Mixtral size: 512 and 4096
-/// tokens, top-2 (policy θ = 0), host policy included; medians of 5.
+/// tokens, top-2 (policy θ = 0), host-routed (router, logits to the host,
+/// wdmoe-core's policy there, tables uploaded) and device-routed (router,
+/// policy, counting sort, gather, GEMMs on device row offsets, combine, all
+/// enqueued at once; wdmoe-core's check after the step, its host time
+/// printed apart); medians of 7, the two variants alternated.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_layer_prefill_step_timing() {
@@ -392,25 +411,50 @@ fn gpu_layer_prefill_step_timing() {
     let lat = [0.01f64; 8];
     for n in [512usize, 4096] {
         assert!(layer.uses_prefill(n));
-        let mut tot = Vec::new();
-        let mut exp = Vec::new();
+        let mut tot = [Vec::new(), Vec::new()];
+        let mut exp = [Vec::new(), Vec::new()];
+        let mut check = Vec::new();
+        let mut outs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..7 {
-            let r = layer.step(n, &policy, &lat).unwrap();
-            assert_eq!(r.experts.iter().map(|e| e.tokens).sum::<usize>(), 2 * n);
-            tot.push(r.time_s);
-            exp.push(r.experts.iter().map(|e| e.time_s).sum::<f64>());
+            for (v, device) in [false, true].into_iter().enumerate() {
+                layer.set_device_routing(device);
+                let r = layer.step(n, &policy, &lat).unwrap();
+                assert_eq!(r.experts.iter().map(|e| e.tokens).sum::<usize>(), 2 * n);
+                tot[v].push(r.time_s);
+                exp[v].push(r.experts.iter().map(|e| e.time_s).sum::<f64>());
+                if device {
+                    check.push(layer.moe().last_route_check_s());
+                }
+                outs[v] = layer.output(n).unwrap();
+            }
         }
-        let out = layer.output(n).unwrap();
-        assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
-        tot.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        exp.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(layer.device_policy_mismatches(), 0);
+        for out in &outs {
+            assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let (th, eh) = (med(&mut tot[0]), med(&mut exp[0]));
+        let (td, ed) = (med(&mut tot[1]), med(&mut exp[1]));
+        let c = med(&mut check);
         println!(
-            "LAYER-PREFILL N={n}: step {:.1} us, gather + grouped FFN {:.1} us, rest (router, host policy, uploads, combine) {:.1} us",
-            tot[3] * 1e6,
-            exp[3] * 1e6,
-            (tot[3] - exp[3]) * 1e6
+            "LAYER-PREFILL N={n} host-routed: step {:.1} us, gather + grouped FFN {:.1} us, rest (router, host policy, uploads, combine) {:.1} us",
+            th * 1e6,
+            eh * 1e6,
+            (th - eh) * 1e6
+        );
+        println!(
+            "LAYER-PREFILL N={n} device-routed: step {:.1} us, gather + grouped FFN {:.1} us, rest (router + policy, counting sort, combine) {:.1} us; check vs wdmoe-core after the step (host) {:.1} us; {:.3}x the host-routed step",
+            td * 1e6,
+            ed * 1e6,
+            (td - ed) * 1e6,
+            c * 1e6,
+            th / td
         );
     }
+    layer.set_device_routing(false);
 }
 
 /// No GPU needed: wdmoe-cuda's errors stay typed in LayerError (the policy's

@@ -1,0 +1,214 @@
+// Device-side routing of the grouped (prefill) MoE step, any token count: no
+// host round trip between the router and the combine.
+//
+//   (router.cu's router_softmax first: the logits and probabilities, the
+//   same kernel and so the same bits as the host-routed step's router)
+//   route_policy  one warp per token: wdmoe-core's softmax and `select`
+//                 (the port in policy.cuh, shared with router.cu's decode
+//                 plan) on the logits; the token's choice to `sel`;
+//   route_count   per tile of ROUTE_TILE tokens, how many rows each expert
+//                 gets (a histogram);
+//   route_scan    one block: exclusive scans of the tile counts, per expert
+//                 over tiles and over experts (row offsets of each expert and
+//                 of each tile's first row of it);
+//   route_scatter per token and chosen expert its row in expert order
+//                 (tokens in token order within an expert: a stable counting
+//                 sort), the row -> token table and the combine tables;
+//   route_gather  the token rows of x in that order, up to the device's row
+//                 count.
+// The grouped GEMMs (ffn_prefill.cu) then read the row offsets from device
+// memory, and combine_rows_f32 the combine tables. The encoding is the one
+// the host builds from wdmoe-core's groups (RowTables in src/moe/encode.rs):
+// for the same selections the tables are equal entry for entry.
+//
+// (The counting sort follows the idea of vLLM's moe_align_block_size:
+// histogram, scan, scatter; written for this layout, not copied.)
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common.cuh"
+#include "moe_plan.cuh"
+#include "policy.cuh"
+
+// Tokens per tile of the counting sort (one thread per token: the block size
+// of route_count and route_scatter).
+#define ROUTE_TILE 256
+
+namespace {
+
+// The experts token t chose, as a bit mask (experts outside [0, e) ignored),
+// from its `sel` row (count, k experts, k weight bits); 0 past `tokens`.
+__device__ __forceinline__ unsigned long long chosen_mask(const int* __restrict__ sel, int sw, int k, int t,
+                                                          int tokens, int e) {
+    unsigned long long mask = 0ull;
+    if (t < tokens) {
+        const int* row = sel + (size_t)t * sw;
+        int ns = row[0];
+        ns = ns < 0 ? 0 : (ns > k ? k : ns);
+        for (int i = 0; i < ns; ++i) {
+            const int q = row[1 + i];
+            if (q >= 0 && q < e) mask |= 1ull << q;
+        }
+    }
+    return mask;
+}
+
+__device__ __forceinline__ unsigned lanemask_lt() {
+    unsigned m;
+    asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+    return m;
+}
+
+}  // namespace
+
+// One block of 32 threads per token (one warp: select_warp's scratch is
+// per block): the token's logits (logits[tok], fp32, written by the router
+// kernel, router.cu's router_softmax, just before) and latencies
+// (lat[tok * e + q] in device memory, or pa.lat[q] when lat is null), then
+// wdmoe-core's softmax and `select` (token_policy); the choice to
+// sel[tok * sw ..]: count, then pa.k experts, then pa.k fp32 weight bits
+// (sw = 1 + 2 pa.k; count 0: the policy failed for this token, see
+// token_policy). e <= WDMOE_MAX_SLOTS.
+extern "C" __global__ void route_policy(const float* __restrict__ logits, int e, int tokens, const PolicyArgs pa,
+                                        const double* __restrict__ lat, int* __restrict__ sel, int sw) {
+    __shared__ float sl[WDMOE_MAX_SLOTS];
+    __shared__ double s_p[WDMOE_MAX_SLOTS], s_lat[WDMOE_MAX_SLOTS], s_w[WDMOE_MAX_SLOTS], s_total;
+    __shared__ int s_top[WDMOE_MAX_SLOTS], s_s[WDMOE_MAX_SLOTS], s_sel[1 + 2 * WDMOE_MAX_SLOTS];
+    const int tok = blockIdx.x, lane = threadIdx.x;
+    if (tok >= tokens || e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != 32) return;  // uniform per block
+    for (int q = lane; q < e; q += 32) {
+        sl[q] = logits[(size_t)tok * e + q];
+        s_lat[q] = lat ? lat[(size_t)tok * e + q] : pa.lat[q];
+    }
+    __syncwarp();
+    token_policy(sl, e, pa, s_lat, lane, s_p, &s_total, s_top, s_s, s_w, s_sel, nullptr);
+    int* out = sel + (size_t)tok * sw;
+    const int k = (sw - 1) / 2;
+    const int ns = s_sel[0] < k ? s_sel[0] : k;
+    if (lane == 0) out[0] = ns;
+    for (int i = lane; i < ns; i += 32) {
+        out[1 + i] = s_sel[1 + i];
+        out[1 + k + i] = s_sel[1 + WDMOE_MAX_SLOTS + i];
+    }
+}
+
+// Histogram: counts[b * e + q] = tokens of tile b (tokens b * ROUTE_TILE ..)
+// that chose expert q. Block b = tile b, blockDim = ROUTE_TILE.
+extern "C" __global__ void route_count(const int* __restrict__ sel, int sw, int tokens, int e,
+                                       int* __restrict__ counts) {
+    __shared__ int s_cnt[WDMOE_MAX_SLOTS];
+    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
+    const int t = blockIdx.x * ROUTE_TILE + threadIdx.x, lane = threadIdx.x & 31;
+    for (int q = threadIdx.x; q < e; q += blockDim.x) s_cnt[q] = 0;
+    __syncthreads();
+    const unsigned long long mask = chosen_mask(sel, sw, (sw - 1) / 2, t, tokens, e);
+    for (int q = 0; q < e; ++q) {
+        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+        if (lane == 0 && b) atomicAdd(&s_cnt[q], __popc(b));
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < e; q += blockDim.x) counts[(size_t)blockIdx.x * e + q] = s_cnt[q];
+}
+
+// One block of at least e threads: base[b * e + q] = the row of tile b's
+// first token of expert q (rows in expert order, tokens in order within an
+// expert); offsets[q] = expert q's first row (exclusive scan over experts),
+// offsets[e] = all rows. tiles = the number of route_count blocks.
+extern "C" __global__ void route_scan(const int* __restrict__ counts, int tiles, int e, int* __restrict__ base,
+                                      int* __restrict__ offsets) {
+    __shared__ int s_total[WDMOE_MAX_SLOTS], s_off[WDMOE_MAX_SLOTS + 1];
+    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
+    const int q = threadIdx.x;
+    if (q < e) {
+        int run = 0;
+        for (int b = 0; b < tiles; ++b) {
+            base[(size_t)b * e + q] = run;
+            run += counts[(size_t)b * e + q];
+        }
+        s_total[q] = run;
+    }
+    __syncthreads();
+    if (q == 0) {
+        int run = 0;
+        for (int i = 0; i < e; ++i) {
+            s_off[i] = run;
+            run += s_total[i];
+        }
+        s_off[e] = run;
+    }
+    __syncthreads();
+    if (q < e) {
+        for (int b = 0; b < tiles; ++b) base[(size_t)b * e + q] += s_off[q];
+    }
+    for (int i = q; i <= e; i += blockDim.x) offsets[i] = s_off[i];
+}
+
+// Scatter (same grid as route_count, blockDim = ROUTE_TILE): for token t and
+// each expert q it chose, its row r = base[tile][q] + the tokens before t
+// in the tile that chose q: idx[r] = t; and for the j-th of t's experts in
+// expert order, slot[t * e + j] = r, w[t * e + j] = its weight; the rest of
+// t's e entries -1 and 0 (the host's RowTables encoding). rows_cap: entries
+// of idx (rows >= rows_cap are never written).
+extern "C" __global__ void route_scatter(const int* __restrict__ sel, int sw, int tokens, int e,
+                                         const int* __restrict__ base, int* __restrict__ idx, int rows_cap,
+                                         int* __restrict__ slot, float* __restrict__ w) {
+    __shared__ int s_warp[ROUTE_TILE / 32][WDMOE_MAX_SLOTS];
+    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
+    const int t = blockIdx.x * ROUTE_TILE + threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = (sw - 1) / 2;
+    const unsigned long long mask = chosen_mask(sel, sw, k, t, tokens, e);
+    for (int q = 0; q < e; ++q) {
+        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+        if (lane == 0) s_warp[warp][q] = __popc(b);
+    }
+    __syncthreads();
+    const int* row = sel + (size_t)t * sw;
+    int j = 0;
+    for (int q = 0; q < e; ++q) {
+        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+        if (!((mask >> q) & 1ull)) continue;
+        int r = base[(size_t)blockIdx.x * e + q] + __popc(b & lanemask_lt());
+        for (int v = 0; v < warp; ++v) r += s_warp[v][q];
+        // Its weight: the entry of the row naming q (among the row's count).
+        const int ns = row[0] < k ? row[0] : k;
+        float wt = 0.f;
+        for (int i = 0; i < ns; ++i)
+            if (row[1 + i] == q) {
+                wt = __int_as_float(row[1 + k + i]);
+                break;
+            }
+        if (r >= 0 && r < rows_cap) {
+            idx[r] = t;
+            slot[(size_t)t * e + j] = r;
+        } else {
+            slot[(size_t)t * e + j] = -1;  // cannot happen: rows <= tokens x k <= rows_cap
+        }
+        w[(size_t)t * e + j] = wt;
+        ++j;
+    }
+    if (t < tokens)
+        for (; j < e; ++j) {
+            slot[(size_t)t * e + j] = -1;
+            w[(size_t)t * e + j] = 0.f;
+        }
+}
+
+// xs[r] = x[idx[r]] for the rows r < min(offsets[e], rows_cap) (rows of m
+// fp16, m % 8 == 0; an index outside [0, x_rows) gives zeros): the token rows
+// in expert order, as many as the device's counting sort produced.
+extern "C" __global__ void route_gather(const __half* __restrict__ x, const int* __restrict__ idx,
+                                        const int* __restrict__ offsets, int e, __half* __restrict__ xs,
+                                        int rows_cap, int m, long long x_rows) {
+    int rows = offsets[e];
+    rows = rows < 0 ? 0 : (rows > rows_cap ? rows_cap : rows);
+    const long long per = m / 8, total = (long long)rows * per;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / per, c = i % per;
+        const long long src = idx[r];
+        reinterpret_cast<uint4*>(xs)[i] = (src >= 0 && src < x_rows)
+                                              ? reinterpret_cast<const uint4*>(x + src * m)[c]
+                                              : make_uint4(0, 0, 0, 0);
+    }
+}

@@ -1,0 +1,363 @@
+//! The device-routed grouped step of a [`MoeLayer`]
+//! ([`MoeLayer::set_device_routing`]): router, policy, counting sort,
+//! gather, grouped GEMMs and combine all enqueued at once, no host round
+//! trip inside the step; then the check against wdmoe-core (every
+//! [`MoeLayer::set_route_check_every`]-th step) and, on a difference, the
+//! step again with wdmoe-core's plan (the host-routed grouped step).
+
+use std::time::Instant;
+
+use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
+use half::f16;
+use wdmoe_core::select::Policy;
+
+use super::device_route::{
+    counting_sort, gather_sorted, groups_from_sel, route_select, sel_width, selection_mismatch,
+    SortTables,
+};
+use super::encode::{route_tokens, Groups, Routing};
+use super::grouped::GroupedPrefill;
+use super::{MoeLayer, MoeStep};
+use crate::error::{shape, CudaCtx, Result};
+use crate::plan::PlanPolicy;
+use crate::prefill::{combine_rows_f32, ffn_grouped_device};
+use crate::runtime::{elapsed_ms, Gpu};
+
+/// Settings, counters and device buffers of device routing (one per layer).
+#[derive(Debug)]
+pub(crate) struct DeviceRouting {
+    on: bool,
+    check_every: u64,
+    steps: u64,
+    last_check_s: f64,
+    bufs: Option<RouteBuffers>,
+}
+
+impl Default for DeviceRouting {
+    fn default() -> Self {
+        DeviceRouting {
+            on: false,
+            check_every: 1,
+            steps: 0,
+            last_check_s: 0.0,
+            bufs: None,
+        }
+    }
+}
+
+/// Buffers for steps of up to `tokens` tokens (allocated on the first
+/// device-routed step, for the layer's most tokens).
+struct RouteBuffers {
+    lat: DeviceBuffer<f64>,
+    logits: DeviceBuffer<f32>,
+    sel: DeviceBuffer<i32>,
+    tables: SortTables,
+}
+
+impl std::fmt::Debug for RouteBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteBuffers")
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+impl RouteBuffers {
+    fn new(gpu: &Gpu, tokens: usize, e: usize) -> Result<RouteBuffers> {
+        Ok(RouteBuffers {
+            lat: gpu.alloc(tokens * e)?,
+            logits: gpu.alloc(tokens * e)?,
+            sel: gpu.alloc(tokens * sel_width(e))?,
+            // k <= e: at most tokens x e rows.
+            tables: SortTables::new(gpu, tokens, e, tokens * e)?,
+        })
+    }
+}
+
+impl GroupedPrefill {
+    /// The grouped step on the device's tables `t` (for `tokens` tokens, at
+    /// most `rows_cap` rows): the rows gathered in the device's expert
+    /// order, both GEMMs reading the row offsets on the device, the combine
+    /// into `acc` (`[tokens][m]` fp32, overwritten). `between`: events
+    /// before the gather and after the FFNs.
+    #[allow(clippy::too_many_arguments)]
+    fn step_device(
+        &mut self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        t: &SortTables,
+        rows_cap: usize,
+        acc: &mut DeviceSlice<f32>,
+        between: (&cust::event::Event, &cust::event::Event),
+    ) -> Result<()> {
+        let (m, e) = (self.w.m(), self.w.experts());
+        if t.experts() != e || tokens > t.tokens() {
+            return Err(shape(
+                "GroupedPrefill::step_device",
+                format!(
+                    "tables of {} experts / {} tokens for {e} experts, {tokens} tokens",
+                    t.experts(),
+                    t.tokens()
+                ),
+            ));
+        }
+        self.reserve(gpu, rows_cap.max(1), tokens, e)?;
+        gpu.record_on(between.0)?;
+        gather_sorted(gpu, x, tokens, t, rows_cap, m, &mut self.xs)?;
+        let ws = self
+            .ws
+            .as_mut()
+            .ok_or_else(|| shape("GroupedPrefill::step_device", "no workspace".into()))?;
+        ffn_grouped_device(
+            gpu,
+            &self.w,
+            &self.xs,
+            &t.offsets,
+            rows_cap,
+            &mut self.ys,
+            ws,
+            None,
+        )?;
+        gpu.record_on(between.1)?;
+        combine_rows_f32(gpu, &self.ys, &t.slot, &t.wts, e, tokens, m, acc)
+    }
+}
+
+impl MoeLayer {
+    /// Steps on the grouped prefill path ([`MoeLayer::uses_prefill`]) route
+    /// on the device (default false): after the router kernel (the
+    /// host-routed step's, so the same logits and probabilities bit for
+    /// bit) one warp per token runs the port of wdmoe-core's `select`
+    /// (kernels/policy.cuh, the one the decode plan uses), a counting sort on the GPU builds the per-expert
+    /// token lists and the row tables, the rows are gathered in expert
+    /// order, the two grouped GEMMs read the per-expert row offsets from
+    /// device memory (launched for the worst case, tiles past the real rows
+    /// exit), and the combine follows; all enqueued at once, no host round
+    /// trip inside the step. After the step the host checks the device's
+    /// selections against wdmoe-core on the downloaded logits
+    /// ([`MoeLayer::set_route_check_every`]); on any difference (an expert,
+    /// a token, one bit of a weight) the step runs again with wdmoe-core's
+    /// plan on the host-routed grouped path (counted by
+    /// [`MoeLayer::device_policy_mismatches`]), so results follow
+    /// wdmoe-core. Needs positive latencies (else the host path runs, which
+    /// reports them).
+    pub fn set_device_routing(&mut self, on: bool) {
+        self.route.on = on;
+    }
+
+    /// Check every `n`-th device-routed step against wdmoe-core (default 1:
+    /// every step; 0: never). The check downloads the logits and the
+    /// selections (`tokens x (experts + 1 + 2k)` 32-bit words; 4,096 tokens,
+    /// 8 experts, top-2: 208 KB) and runs wdmoe-core's policy on the host
+    /// for every token (in parallel from 256 tokens): host time after the
+    /// step's GPU work, not inside it ([`MoeLayer::last_route_check_s`]; the
+    /// step's `time_s` excludes it unless the step is re-run). On steps not
+    /// checked the selections are downloaded alone and
+    /// `MoeStep::routing` holds the device's groups and token latencies
+    /// with `selections` empty (wdmoe-core did not run).
+    pub fn set_route_check_every(&mut self, n: u64) {
+        self.route.check_every = n;
+    }
+
+    /// Host seconds of the last device-routed step's check (download,
+    /// wdmoe-core's policy, comparison); 0 when it was not checked.
+    pub fn last_route_check_s(&self) -> f64 {
+        self.route.last_check_s
+    }
+
+    /// Whether a step of `n_tokens` tokens with these latencies takes the
+    /// device-routed grouped path ([`MoeLayer::set_device_routing`]).
+    pub fn uses_device_routing(&self, n_tokens: usize, latency_s: &[f64]) -> bool {
+        self.route.on
+            && self.uses_prefill(n_tokens)
+            && latency_s.iter().all(|t| *t > 0.0)
+            && self.experts.len() <= crate::plan::MAX_SLOTS
+    }
+
+    /// The device-routed grouped step (see [`MoeLayer::set_device_routing`]);
+    /// `n_tokens` and `latency_s` validated by the caller.
+    pub(super) fn step_device_routed(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
+        let pol = if self.skew_device_policy {
+            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
+        } else {
+            PlanPolicy::from(*policy)
+        };
+        let mut pa = pol.args(e);
+        let k = pa.k as usize;
+        let sw = sel_width(k);
+        let rows_cap = n_tokens * k;
+        if self.route.bufs.is_none() {
+            self.route.bufs = Some(RouteBuffers::new(&self.gpu, self.max_tokens, e)?);
+        }
+        let (Some(b), Some(g)) = (self.route.bufs.as_mut(), self.prefill.as_mut()) else {
+            return Err(shape(
+                "MoeLayer::step_device_routed",
+                "grouped prefill path without prefill weights".into(),
+            ));
+        };
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        gpu.record_on(&ev[0])?;
+        let per_token = latency_s.len() != e;
+        if per_token {
+            // A synchronous copy (pageable memory): it waits for earlier
+            // work of the stream, so no queued kernel still reads the buffer.
+            b.lat
+                .index(..latency_s.len())
+                .copy_from(latency_s)
+                .ctx("cuMemcpyHtoD", || {
+                    format!("latencies: {} values", latency_s.len())
+                })?;
+        } else {
+            pa.lat[..e].copy_from_slice(latency_s);
+        }
+        let ne = n_tokens * e;
+        route_select(
+            gpu,
+            &self.router,
+            &self.x,
+            n_tokens,
+            &pa,
+            per_token.then(|| &*b.lat),
+            &mut b.logits,
+            &mut self.probs,
+            &mut b.sel,
+        )?;
+        counting_sort(gpu, &b.sel, sw, n_tokens, &mut b.tables)?;
+        let mut acc = self.acc.index(..n_tokens * m);
+        g.step_device(
+            gpu,
+            &self.x,
+            n_tokens,
+            &b.tables,
+            rows_cap,
+            &mut acc,
+            (&ev[2], &ev[3]),
+        )?;
+        gpu.record_on(&ev[1])?;
+        // After the step: the device's selections, and wdmoe-core's check.
+        self.route.steps += 1;
+        let every = self.route.check_every;
+        let check = every > 0 && (self.route.steps - 1) % every == 0;
+        gpu.sync()?; // the step's GPU work done: what follows is the check's cost
+        let t0 = Instant::now();
+        let sel = gpu.download(&b.sel.index(..n_tokens * sw))?;
+        let logits = gpu.download(&b.logits.index(..ne))?;
+        let (routing, rerun) = if check {
+            let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
+            let bad = selection_mismatch(&sel, sw, &routing.selections, e);
+            (routing, bad.is_some())
+        } else {
+            (device_routing(&sel, sw, n_tokens, e, latency_s)?, false)
+        };
+        self.route.last_check_s = if check {
+            t0.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        if rerun {
+            // The device's plan is not wdmoe-core's: the step again with
+            // wdmoe-core's plan (its time includes both).
+            self.mismatches += 1;
+            g.step(
+                gpu,
+                &self.x,
+                n_tokens,
+                &routing.groups,
+                &mut acc,
+                Some((&ev[2], &ev[3])),
+            )?;
+            gpu.record_on(&ev[1])?;
+        }
+        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        // One launch per GEMM for all experts: its time (gather included)
+        // shared out in proportion to the experts' tokens.
+        let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
+        let rows: usize = routing.groups.iter().map(Vec::len).sum();
+        let expert_time_s = routing
+            .groups
+            .iter()
+            .map(|g| total * g.len() as f64 / rows.max(1) as f64)
+            .collect();
+        let probs = if self.probs_to_host {
+            gpu.download(&self.probs.index(..ne))?
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(MoeStep {
+            logits,
+            probs,
+            routing,
+            expert_time_s,
+            time_s,
+            // Re-run (if at all) before returning: nothing read the first output.
+            rerun: false,
+        })
+    }
+}
+
+/// The routing of an unchecked step from the device's selections: groups
+/// and token latencies (eq. 7 through wdmoe-core), no wdmoe-core
+/// selections.
+fn device_routing(
+    sel: &[i32],
+    sw: usize,
+    tokens: usize,
+    e: usize,
+    latency_s: &[f64],
+) -> Result<Routing> {
+    let groups: Groups = groups_from_sel(sel, sw, tokens, e)?;
+    let mut experts: Vec<Vec<usize>> = vec![Vec::new(); tokens];
+    for (q, g) in groups.iter().enumerate() {
+        for &(t, _) in g {
+            experts[t].push(q);
+        }
+    }
+    let token_latency_s = experts
+        .iter()
+        .enumerate()
+        .map(|(t, s)| {
+            wdmoe_core::latency::token_latency_s(super::latencies_for(latency_s, t, e), s)
+                .map_err(crate::error::Error::Policy)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(Routing {
+        selections: Vec::new(),
+        token_latency_s,
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchecked_routing_takes_the_device_groups_and_eq7_latencies() {
+        // 2 tokens, 3 experts, top-2 rows: token 0 -> experts 2 and 0,
+        // token 1 -> expert 1 alone.
+        let w = |x: f32| x.to_bits() as i32;
+        let sel = [2, 2, 0, w(0.7), w(0.3), 1, 1, -7, w(1.0), 0];
+        let lat = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06];
+        let r = device_routing(&sel, 5, 2, 3, &lat).unwrap();
+        assert!(r.selections.is_empty());
+        assert_eq!(
+            r.groups,
+            vec![vec![(0, 0.3)], vec![(1, 1.0)], vec![(0, 0.7)]]
+        );
+        // Eq. 7: the slowest selected expert of each token (token 1 reads
+        // the second row of the latencies).
+        assert_eq!(r.token_latency_s, vec![0.03, 0.05]);
+        assert!(device_routing(&sel, 5, 3, 3, &lat).is_err(), "short rows");
+    }
+}
