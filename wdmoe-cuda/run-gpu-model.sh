@@ -62,6 +62,24 @@ else
   gen --random-prompt 128 --max-new-tokens 64 --theta 0.2
   step "prefill 2,048 tokens (experts in the decode packing only at full size)"
   gen --random-prompt 2048 --max-new-tokens 2 --theta 0 --latency-s 1,1,1,1,1,1,1,1
+  # Half depth (16 layers): both expert layouts fit, so prompts take the
+  # grouped tensor-core path; HF at the same depth and prompt.
+  m16=$(mktemp -d)
+  cat > "$m16/config.json" <<'JSON'
+{"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096,
+ "intermediate_size": 14336, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+ "head_dim": 128, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+ "num_local_experts": 8, "num_experts_per_tok": 2, "tie_word_embeddings": false, "sliding_window": null,
+ "bos_token_id": 1, "eos_token_id": 2}
+JSON
+  step "16 layers: HF prefill 2,048 tokens"
+  timeout 120 python3 mixtral_model_baseline.py --layers 16 --prompt 2048 --new 2 --json "$out/hf_16l_2048.json"
+  step "16 layers: ours prefill 2,048 tokens (grouped tensor-core experts, one chunk)"
+  timeout 100 ./wdmoe generate --device cuda --random-weights --model "$m16" --random-prompt 2048 \
+    --max-new-tokens 2 --theta 0 --latency-s 1,1,1,1,1,1,1,1 --prefill-chunk 2048; echo "exit $?"
+  step "16 layers: ours prefill 128 tokens, decode (grouped prefill layout held)"
+  timeout 100 ./wdmoe generate --device cuda --random-weights --model "$m16" --random-prompt 128 \
+    --max-new-tokens 32 --theta 0 --latency-s 1,1,1,1,1,1,1,1; echo "exit $?"
   step "layer step 512/4,096 tokens: torch_baseline.py, then host- vs device-routed (issue 13)"
   timeout 60 python3 torch_baseline.py --tokens 1 --layer-tokens 512,4096 --json "$out/torch.json"
   timeout 60 ./sim_tests --include-ignored --test-threads 1 --nocapture gpu_layer_prefill_step_timing > "$out/timing.log" 2>&1

@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// KV-cache positions held on the GPU (default: prompt + new tokens).
     #[arg(long)]
     pub max_seq: Option<usize>,
+    /// Most prompt tokens per GPU forward chunk (--device cuda).
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
     /// Tokens to generate (generation also stops at the config's eos_token_id).
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
@@ -155,7 +158,7 @@ pub fn random_weights_config(model: &std::path::Path) -> Result<MixtralConfig, M
 /// most 4,096 positions) or `max_seq`.
 #[cfg(feature = "cuda")]
 pub fn load_gpu(dir: &std::path::Path, quiet: bool) -> Result<crate::model::gpu::GpuBackend, String> {
-    load_gpu_with(dir, quiet, None)
+    load_gpu_with(dir, quiet, None, 512)
 }
 
 #[cfg(feature = "cuda")]
@@ -163,18 +166,18 @@ fn load_gpu_with(
     dir: &std::path::Path,
     quiet: bool,
     max_seq: Option<usize>,
+    prefill_chunk: usize,
 ) -> Result<crate::model::gpu::GpuBackend, String> {
     use crate::model::gpu::{progress_to_stderr, GpuBackend};
     let mut quiet_cb = |_: usize, _: usize| {};
     let mut loud = progress_to_stderr("loading weights onto the GPU");
     let cb: &mut dyn FnMut(usize, usize) = if quiet { &mut quiet_cb } else { &mut loud };
-    GpuBackend::load(
-        dir,
-        0,
-        max_seq.unwrap_or(4096),
-        wdmoe_cuda::model::ExpertLayout::Auto,
-        cb,
-    )
+    let opts = wdmoe_cuda::model::ModelOptions {
+        max_seq: max_seq.unwrap_or(4096),
+        prefill_chunk,
+        ..Default::default()
+    };
+    GpuBackend::load(dir, 0, opts, cb)
     .map_err(|err| format!("{}: {err}", dir.display()))
 }
 
@@ -245,12 +248,17 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         Device::Cuda if a.random_weights => {
             let mut progress = crate::model::gpu::progress_to_stderr("random weights on the GPU");
             let seed = a.seed.unwrap_or(scenario.seed);
+            let opts = wdmoe_cuda::model::ModelOptions {
+                max_seq,
+                prefill_chunk: a.prefill_chunk,
+                ..Default::default()
+            };
             Some(
-                crate::model::gpu::GpuBackend::random(c.clone(), 0, max_seq, seed, &mut progress)
+                crate::model::gpu::GpuBackend::random(c.clone(), 0, opts, seed, &mut progress)
                     .map_err(e)?,
             )
         }
-        Device::Cuda => Some(load_gpu_with(&a.model, a.json, Some(max_seq))?),
+        Device::Cuda => Some(load_gpu_with(&a.model, a.json, Some(max_seq), a.prefill_chunk)?),
         Device::Cpu => None,
     };
     #[cfg(feature = "cuda")]

@@ -6,24 +6,26 @@
 //!
 //! Tolerance: the GPU computes in fp16 (weights, activations into every
 //! product, KV cache) with fp32 accumulation and an fp32 residual stream;
-//! the reference is f32 throughout. Logits must agree within 2 % of the
+//! the reference is f32 throughout. Logits must agree within 0.5 % of the
 //! largest |logit| ([`TOL`]); greedy tokens must agree while the CPU's
-//! margin between its best and second-best logit is above 4 × the observed
-//! logit error (below it, rounding may legitimately pick the other one).
+//! margin between its best and second-best logit is above 4 × the prompt
+//! logits' observed error (below it, rounding may legitimately pick the
+//! other one).
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use common::hf::{cases, fixture_dir, moe_for, read_npy_f32};
-use wdmoe_cuda::model::ExpertLayout;
+use wdmoe_cuda::model::{ExpertLayout, ModelOptions};
 use wdmoe_sim::model::gpu::GpuBackend;
 use wdmoe_sim::model::{
     generate_on, Backend, CpuBackend, ExpertLatency, FixedLatency, GenerateSettings, Logits, Model,
     MoeConfig, Sampler,
 };
 
-/// Largest |Δlogit| allowed, relative to the largest |logit|.
-const TOL: f32 = 2e-2;
+/// Largest |Δlogit| allowed, relative to the largest |logit| (observed on
+/// an H200: 0.8e-3 to 1.9e-3).
+const TOL: f32 = 5e-3;
 
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |a, x| a.max(x.abs()))
@@ -45,7 +47,16 @@ fn gpu(dir: &std::path::Path, layout: ExpertLayout) -> GpuBackend {
 }
 
 fn gpu_seq(dir: &std::path::Path, layout: ExpertLayout, max_seq: usize) -> GpuBackend {
-    GpuBackend::load(dir, 0, max_seq, layout, &mut |_, _| {}).unwrap()
+    gpu_opts(dir, layout, max_seq, 512)
+}
+
+fn gpu_opts(dir: &std::path::Path, layout: ExpertLayout, max_seq: usize, chunk: usize) -> GpuBackend {
+    let opts = ModelOptions {
+        max_seq,
+        layout,
+        prefill_chunk: chunk,
+    };
+    GpuBackend::load(dir, 0, opts, &mut |_, _| {}).unwrap()
 }
 
 const LAYOUTS: [ExpertLayout; 2] = [ExpertLayout::DecodeOnly, ExpertLayout::Both];
@@ -161,14 +172,15 @@ fn gpu_greedy_tokens_match_cpu_and_hf_while_margins_allow() {
             assert_eq!(want, case.greedy_new_ids, "{ctx}: CPU vs HF");
             let (got, _) = greedy(&mut g, &case.prompt_ids, &moe, &mut lat, n);
             // The logit error of this prompt bounds what rounding can flip.
-            let mut cpu = CpuBackend::new(&model);
-            let scale = {
-                let out = cpu
-                    .forward(&case.prompt_ids, &moe, &mut lat, Logits::Last)
-                    .unwrap();
-                max_abs(&out.logits)
-            };
-            let limit = 4.0 * TOL * scale;
+            let cpu_out = CpuBackend::new(&model)
+                .forward(&case.prompt_ids, &moe, &mut lat, Logits::All)
+                .unwrap();
+            g.truncate(0);
+            let gpu_out = g
+                .forward(&case.prompt_ids, &moe, &mut lat, Logits::All)
+                .unwrap();
+            let abs_err = rel_err(&gpu_out.logits, &cpu_out.logits) * max_abs(&cpu_out.logits);
+            let limit = 4.0 * abs_err;
             let safe = margins.iter().take_while(|&&m| m > limit).count();
             let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
             eprintln!(
@@ -224,21 +236,27 @@ fn gpu_odd_lengths_and_chunk_edges_match_cpu() {
     let c = model.config().clone();
     let moe = MoeConfig::wdmoe(2, 0.2, 1).unwrap();
     let mut lat = FixedLatency::new(vec![0.01, 0.02, 0.05, 0.01, 0.5, 0.03, 0.02, 0.2]).unwrap();
-    let mut g = gpu(&d, ExpertLayout::DecodeOnly);
-    assert_eq!(g.model().chunk(), 16);
-    for n in [1usize, 15, 16, 17, 33, 47] {
-        let ids: Vec<u32> = (0..n)
-            .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)
-            .collect();
-        let want = CpuBackend::new(&model)
-            .forward(&ids, &moe, &mut lat, Logits::All)
-            .unwrap();
-        g.truncate(0);
-        let got = g.forward(&ids, &moe, &mut lat, Logits::All).unwrap();
-        let err = rel_err(&got.logits, &want.logits);
-        eprintln!("f16 fixture, {n} tokens: rel err {err:.2e}");
-        assert!(err <= TOL, "{n} tokens: {err}");
+    // Chunks of 16 on the decode kernels; chunks of 20 on the grouped
+    // prefill kernels (17..=20 tokens) and the decode kernels (the rest).
+    for (layout, chunk) in [(ExpertLayout::DecodeOnly, 16), (ExpertLayout::Both, 20)] {
+        let mut g = gpu_opts(&d, layout, 128, chunk);
+        assert_eq!(g.model().chunk(), chunk);
+        assert_eq!(g.model().has_prefill_layout(), layout == ExpertLayout::Both);
+        for n in [1usize, 15, 16, 17, 20, 33, 47] {
+            let ids: Vec<u32> = (0..n)
+                .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)
+                .collect();
+            let want = CpuBackend::new(&model)
+                .forward(&ids, &moe, &mut lat, Logits::All)
+                .unwrap();
+            g.truncate(0);
+            let got = g.forward(&ids, &moe, &mut lat, Logits::All).unwrap();
+            let err = rel_err(&got.logits, &want.logits);
+            eprintln!("f16 fixture, {layout:?} chunk {chunk}, {n} tokens: rel err {err:.2e}");
+            assert!(err <= TOL, "{n} tokens: {err}");
+        }
     }
+    let mut g = gpu(&d, ExpertLayout::DecodeOnly);
     // Past the cache: an error, and the cache is unchanged.
     g.truncate(0);
     let too_long = vec![1u32; 129];
@@ -309,7 +327,8 @@ fn gpu_perplexity_of_the_trained_model_matches_cpu() {
         let got = g.forward(ids, &moe, &mut lat, Logits::All).unwrap();
         let (pc, pg) = (nll(&want.logits).exp(), nll(&got.logits).exp());
         eprintln!("trained tiny model, θ = {theta}: perplexity CPU {pc:.4}, GPU {pg:.4}");
-        assert!((pg / pc - 1.0).abs() < 0.01, "θ = {theta}: {pg} vs {pc}");
+        // Observed on an H200: 7e-5 relative.
+        assert!((pg / pc - 1.0).abs() < 1e-3, "θ = {theta}: {pg} vs {pc}");
     }
 }
 
@@ -320,7 +339,11 @@ fn gpu_random_weights_are_reproducible_and_finite() {
     let moe = MoeConfig::top_k(2).unwrap();
     let mut lat = FixedLatency::uniform(c.num_local_experts);
     let mut run = || {
-        let mut g = GpuBackend::random(c.clone(), 0, 64, 7, &mut |_, _| {}).unwrap();
+        let opts = ModelOptions {
+            max_seq: 64,
+            ..Default::default()
+        };
+        let mut g = GpuBackend::random(c.clone(), 0, opts, 7, &mut |_, _| {}).unwrap();
         g.forward(&[3, 1, 4, 1, 5], &moe, &mut lat, Logits::All)
             .unwrap()
             .logits

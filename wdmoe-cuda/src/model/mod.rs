@@ -14,8 +14,7 @@
 //! Experts are held in the decode kernels' packing, and in the grouped
 //! prefill layout too when both fit ([`ExpertLayout`]): a Mixtral-8x7B
 //! (90 GB of experts) fits an H200 once, not twice, so at full size prompts
-//! run through the decode kernels in chunks of
-//! [`crate::PREFILL_MIN_TOKENS`] tokens.
+//! run through the decode kernels, each expert's tokens in passes of 16.
 //!
 //! One step's host work: token ids up, the kernels enqueued (about 11 per
 //! layer), one synchronisation at the end, wdmoe-core's check of every
@@ -50,11 +49,11 @@ pub enum ExpertLayout {
     /// sm_90a prefill kernels), else the decode packing only.
     #[default]
     Auto,
-    /// The decode packing only: prompts run in chunks of
-    /// [`PREFILL_MIN_TOKENS`] tokens.
+    /// The decode packing only: prompt chunks run the decode kernels, each
+    /// expert's tokens in passes of 16 (every pass reads its weights).
     DecodeOnly,
-    /// Both: prompt chunks of up to [`ModelOptions::prefill_chunk`] tokens
-    /// run on the grouped tensor-core kernels.
+    /// Both: prompt chunks of more than [`PREFILL_MIN_TOKENS`] tokens run
+    /// on the grouped tensor-core kernels (each expert read once).
     Both,
 }
 
@@ -65,7 +64,7 @@ pub struct ModelOptions {
     pub max_seq: usize,
     /// Expert layouts.
     pub layout: ExpertLayout,
-    /// Tokens per forward chunk when the prefill layout is held.
+    /// Most tokens per forward chunk (prompts run in chunks of this size).
     pub prefill_chunk: usize,
 }
 
@@ -142,6 +141,7 @@ pub struct GpuModel {
     final_norm: DeviceBuffer<f32>,
     rope: DeviceBuffer<f32>,
     chunk: usize,
+    both: bool,
     len: usize,
     device_policy: bool,
     tokens: DeviceBuffer<i32>,
@@ -209,7 +209,7 @@ impl GpuModel {
             done += bytes;
             progress(done, total);
         };
-        let chunk = Self::chunk_for(&gpu, &shape, &opts)?;
+        let (chunk, both) = Self::chunk_for(&gpu, &shape, &opts)?;
         let embed = weights::read_f16(src, "model.embed_tokens.weight", shape.vocab * m)?;
         let embed = gpu.upload(&embed)?;
         tick(shape.vocab * m * 2, progress);
@@ -229,7 +229,8 @@ impl GpuModel {
             let wo = weights::read_f16(src, &layer_name(l, "self_attn.o_proj.weight"), m * hd_all)?;
             let g = weights::read_f16(src, &layer_name(l, "block_sparse_moe.gate.weight"), e * m)?;
             tick(shape.attn_bytes() + e * m * 2, progress);
-            let moe = MoeLayer::build(gpu.clone(), &g, e, m, mh, chunk, |gpu, q| {
+            let build = MoeLayer::build_with;
+            let moe = build(gpu.clone(), &g, e, m, mh, chunk, Some(both), |gpu: &Gpu, q| {
                 let mut one = |w: &str, len: usize| -> Result<DeviceBuffer<f16>> {
                     let name = layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
                     gpu.upload(&weights::read_f16(src, &name, len)?)
@@ -257,7 +258,7 @@ impl GpuModel {
             tick(shape.vocab * m * 2, progress);
             Some(gpu.upload(&w)?)
         };
-        Self::assemble(gpu, shape, opts, chunk, layers, embed, lm_head, final_norm)
+        Self::assemble(gpu, shape, opts, (chunk, both), layers, embed, lm_head, final_norm)
     }
 
     /// A model of `shape` with random fp16 weights generated on the GPU
@@ -273,7 +274,7 @@ impl GpuModel {
         shape.check()?;
         let (m, mh, e) = (shape.hidden, shape.intermediate, shape.experts);
         let hd_all = shape.heads * shape.head_dim;
-        let chunk = Self::chunk_for(&gpu, &shape, &opts)?;
+        let (chunk, both) = Self::chunk_for(&gpu, &shape, &opts)?;
         let total = shape.weight_bytes();
         let mut done = 0;
         let rand = |n: usize, seed: u64, fan_in: usize| -> Result<DeviceBuffer<f16>> {
@@ -288,7 +289,7 @@ impl GpuModel {
             let s = seed.wrapping_add((l as u64 + 1) << 20);
             let wqkv = rand(shape.qkv_width() * m, s ^ 1, m)?;
             let wo = rand(m * hd_all, s ^ 2, hd_all)?;
-            let moe = MoeLayer::random(gpu.clone(), m, mh, e, chunk, s ^ 3)?;
+            let moe = MoeLayer::random_with(gpu.clone(), m, mh, e, chunk, Some(both), s ^ 3)?;
             let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);
             layers.push(Self::layer(&gpu, &shape, &opts, n1, n2, wqkv, wo, moe)?);
             done += shape.attn_bytes() + e * (shape.expert_bytes() + m * 2);
@@ -301,21 +302,18 @@ impl GpuModel {
         };
         let final_norm = gpu.upload(&ones)?;
         progress(total, total);
-        Self::assemble(gpu, shape, opts, chunk, layers, embed, lm_head, final_norm)
+        Self::assemble(gpu, shape, opts, (chunk, both), layers, embed, lm_head, final_norm)
     }
 
-    fn chunk_for(gpu: &Gpu, shape: &ModelShape, opts: &ModelOptions) -> Result<usize> {
+    /// Tokens per chunk and whether both expert layouts are held.
+    fn chunk_for(gpu: &Gpu, shape: &ModelShape, opts: &ModelOptions) -> Result<(usize, bool)> {
         if opts.max_seq == 0 || opts.prefill_chunk == 0 {
             return Err(shape_err(format!(
                 "max_seq={} and prefill_chunk={} must be positive",
                 opts.max_seq, opts.prefill_chunk
             )));
         }
-        Ok(if both_layouts(gpu, shape, opts)? {
-            opts.prefill_chunk.max(PREFILL_MIN_TOKENS + 1)
-        } else {
-            PREFILL_MIN_TOKENS
-        })
+        Ok((opts.prefill_chunk, both_layouts(gpu, shape, opts)?))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -351,7 +349,7 @@ impl GpuModel {
         gpu: Arc<Gpu>,
         shape: ModelShape,
         opts: ModelOptions,
-        chunk: usize,
+        (chunk, both): (usize, bool),
         layers: Vec<Layer>,
         embed: DeviceBuffer<f16>,
         lm_head: Option<DeviceBuffer<f16>>,
@@ -388,6 +386,7 @@ impl GpuModel {
             lm_head,
             final_norm,
             chunk,
+            both,
             len: 0,
             device_policy: true,
             gpu,
@@ -434,7 +433,7 @@ impl GpuModel {
 
     /// Whether the experts are also held in the grouped prefill layout.
     pub fn has_prefill_layout(&self) -> bool {
-        self.chunk > PREFILL_MIN_TOKENS
+        self.both && self.chunk > PREFILL_MIN_TOKENS
     }
 
     /// Forgets positions `n..` (the cache keeps `0..n`).

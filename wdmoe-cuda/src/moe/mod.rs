@@ -145,6 +145,26 @@ impl MoeLayer {
         m: usize,
         m_h: usize,
         max_tokens: usize,
+        expert: impl FnMut(&Gpu, usize) -> Result<RawExpert>,
+    ) -> Result<MoeLayer> {
+        Self::build_with(gpu, router_g, n_experts, m, m_h, max_tokens, None, expert)
+    }
+
+    /// [`MoeLayer::build`], choosing the layouts: `grouped_prefill` `Some(false)`
+    /// keeps only the decode packing even for `max_tokens` above
+    /// [`PREFILL_MIN_TOKENS`] (larger steps then run the decode kernels in
+    /// passes of 16 tokens per expert: for a model whose experts fit the GPU
+    /// once, not twice); `Some(true)` asks for the grouped layout too (on
+    /// compute capability 9.0); `None` decides as `build` does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_with(
+        gpu: impl Into<Arc<Gpu>>,
+        router_g: &[f16],
+        n_experts: usize,
+        m: usize,
+        m_h: usize,
+        max_tokens: usize,
+        grouped_prefill: Option<bool>,
         mut expert: impl FnMut(&Gpu, usize) -> Result<RawExpert>,
     ) -> Result<MoeLayer> {
         if n_experts == 0 || n_experts > MAX_EXPERTS {
@@ -155,7 +175,9 @@ impl MoeLayer {
         }
         let gpu: Arc<Gpu> = gpu.into();
         let router = Router::from_host(&gpu, router_g, n_experts, m)?;
-        let grouped = gpu.info().cubin && max_tokens > PREFILL_MIN_TOKENS;
+        let grouped = gpu.info().cubin
+            && grouped_prefill.unwrap_or(max_tokens > PREFILL_MIN_TOKENS)
+            && max_tokens > PREFILL_MIN_TOKENS;
         let mut experts = Vec::with_capacity(n_experts);
         let mut raw = Vec::new();
         for q in 0..n_experts {
@@ -188,6 +210,19 @@ impl MoeLayer {
         max_tokens: usize,
         seed: u64,
     ) -> Result<MoeLayer> {
+        Self::random_with(gpu, m, m_h, n_experts, max_tokens, None, seed)
+    }
+
+    /// [`MoeLayer::random`] choosing the layouts as [`MoeLayer::build_with`].
+    pub fn random_with(
+        gpu: impl Into<Arc<Gpu>>,
+        m: usize,
+        m_h: usize,
+        n_experts: usize,
+        max_tokens: usize,
+        grouped_prefill: Option<bool>,
+        seed: u64,
+    ) -> Result<MoeLayer> {
         if n_experts == 0 || n_experts > MAX_EXPERTS {
             return Err(shape(
                 "MoeLayer::random",
@@ -200,7 +235,8 @@ impl MoeLayer {
         let mut g = gpu.alloc::<f16>(n_experts * m)?;
         gpu.fill_uniform(&mut g, seed, s_m)?;
         let g = gpu.download(&g)?;
-        Self::build(gpu, &g, n_experts, m, m_h, max_tokens, |gpu, q| {
+        let b = Self::build_with;
+        b(gpu, &g, n_experts, m, m_h, max_tokens, grouped_prefill, |gpu: &Gpu, q| {
             let q = q as u64;
             let mut w1 = gpu.alloc::<f16>(m * m_h)?;
             let mut w3 = gpu.alloc::<f16>(m * m_h)?;

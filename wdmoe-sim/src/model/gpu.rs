@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use wdmoe_cuda::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output, WeightSource};
+use wdmoe_cuda::model::{GpuModel, ModelOptions, ModelShape, Output, WeightSource};
 use wdmoe_cuda::{f16, Gpu};
 
 use super::backend::Backend;
@@ -110,12 +110,12 @@ pub fn progress_to_stderr(label: &str) -> impl FnMut(usize, usize) + '_ {
 
 impl GpuBackend {
     /// Loads the checkpoint in `dir` (config.json + safetensors) onto GPU
-    /// `ordinal`, with a KV cache of `max_seq` positions.
+    /// `ordinal`; the KV cache holds `opts.max_seq` positions (at most the
+    /// config's max_position_embeddings).
     pub fn load(
         dir: &Path,
         ordinal: u32,
-        max_seq: usize,
-        layout: ExpertLayout,
+        opts: ModelOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let config = MixtralConfig::from_file(&dir.join("config.json"))?;
@@ -124,9 +124,8 @@ impl GpuBackend {
         let shape = shape_of(&config, tied);
         let gpu = Gpu::new(ordinal)?;
         let opts = ModelOptions {
-            max_seq: max_seq.min(config.max_position_embeddings),
-            layout,
-            ..ModelOptions::default()
+            max_seq: opts.max_seq.min(config.max_position_embeddings),
+            ..opts
         };
         let mut src = CheckpointSource { ck: &ck };
         let model = GpuModel::load(gpu, shape, &mut src, opts, progress)?;
@@ -138,16 +137,15 @@ impl GpuBackend {
     pub fn random(
         config: MixtralConfig,
         ordinal: u32,
-        max_seq: usize,
+        opts: ModelOptions,
         seed: u64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let shape = shape_of(&config, config.tie_word_embeddings);
         let gpu = Gpu::new(ordinal)?;
         let opts = ModelOptions {
-            max_seq: max_seq.min(config.max_position_embeddings),
-            layout: ExpertLayout::Auto,
-            ..ModelOptions::default()
+            max_seq: opts.max_seq.min(config.max_position_embeddings),
+            ..opts
         };
         let model = GpuModel::random(gpu, shape, opts, seed, progress)?;
         Ok(GpuBackend { model, config })
