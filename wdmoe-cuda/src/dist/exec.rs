@@ -347,8 +347,8 @@ impl DistMoe {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut words = Vec::with_capacity(world * HEADER_WORDS);
-        for r in 0..world {
-            words.extend_from_slice(&plan.header(r, seq, layer, holds[r]).encode());
+        for (r, &h) in holds.iter().enumerate() {
+            words.extend_from_slice(&plan.header(r, seq, layer, h).encode());
         }
         let rows = plan.tables.rows();
         let gpu_ref = gpu;

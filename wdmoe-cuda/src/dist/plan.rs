@@ -174,17 +174,18 @@ impl StepPlan {
         let order = placement.send_order();
         let permuted: Vec<Vec<(usize, f32)>> = order.iter().map(|&q| groups[q].clone()).collect();
         let tables = RowTables::new(n_tokens, &permuted)?;
-        let mut blocks = vec![(0usize, 0usize); placement.world()];
         let mut row = 0;
-        for r in 0..placement.world() {
-            let rows: usize = placement
-                .experts_on(r)
-                .iter()
-                .map(|&q| groups[q].len())
-                .sum();
-            blocks[r] = (row, rows);
-            row += rows;
-        }
+        let blocks = (0..placement.world())
+            .map(|r| {
+                let rows: usize = placement
+                    .experts_on(r)
+                    .iter()
+                    .map(|&q| groups[q].len())
+                    .sum();
+                row += rows;
+                (row - rows, rows)
+            })
+            .collect();
         Ok(StepPlan {
             tables,
             blocks,
