@@ -21,8 +21,11 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_PATH:-}" ]; then
   fi
   export PATH="$PATH:$sp/nvidia/cu13/bin"
 fi
-[ -f "$stub/lib64/libcuda.so" ] || bash wdmoe-cuda/stub/make-stub.sh "$stub"
+[ -f "$stub/lib64/libcuda.so" ] && [ -f "$stub/lib64/libnccl.so.2" ] || bash wdmoe-cuda/stub/make-stub.sh "$stub"
 export CUDA_LIBRARY_PATH="$stub"
+# The dist binaries (feature nccl) link the stub libnccl.so.2 here; on the
+# GPU machine run-gpu-dist.sh puts the real one on LD_LIBRARY_PATH.
+export NCCL_LIBRARY_PATH=${NCCL_LIBRARY_PATH:-$stub/lib64}
 
 msg() { printf '%s\n' "$*" >&2; }
 exe() { # cargo JSON messages on stdin -> path of the executable whose target name is $1
@@ -43,10 +46,15 @@ decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe 
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
 kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
+msg "building the NCCL binaries (issue 18): tests/dist.rs, dist_bench, wdmoe with feature dist ..."
+dist_tests=$(build test --release --no-run -p wdmoe-cuda --features nccl --test dist | exe dist)
+dist_bench=$(build build --release -p wdmoe-cuda --features nccl --example dist_bench | exe dist_bench)
+wdmoe=$(build build --release -p wdmoe-sim --features dist --bin wdmoe | exe wdmoe)
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels"; do
+for f in "$gpu_tests:gpu_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
+  "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
@@ -58,6 +66,7 @@ cp wdmoe-cuda/run-gpu-quick.sh "$dev/quick.sh"
 cp wdmoe-cuda/run-gpu-prefill.sh "$dev/prefill.sh"
 cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
+cp wdmoe-cuda/run-gpu-dist.sh "$dev/dist.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.
 cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
@@ -72,6 +81,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/prefill.sh    # prefill: baseline 16-8192 tokens, prefill_bench, tests, SASS, ncu
     bash .device/layer.sh      # MoE layer step: device policy tests, timing, memcheck
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
+    bash .device/dist.sh       # issue 18, >= 2 GPUs (nvidia-h200-x2): NCCL tests, dist_bench, wdmoe dist (< 5 min)
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

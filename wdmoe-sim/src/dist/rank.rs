@@ -115,6 +115,12 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
     let done = watchdog(rank, "NCCL setup (ncclCommInitRank)", limit);
     let comm = Comm::init_rank(&gpu, world, rank, &id).map_err(|e| e.to_string())?;
     done.store(true, Ordering::Release);
+    // Test hook (run-gpu-dist.sh): this rank dies right after joining, to
+    // show that the others stop with a message instead of hanging.
+    if std::env::var("WDMOE_DIST_TEST_DIE").ok().as_deref() == Some(&rank.to_string()) {
+        eprintln!("rank {rank}: exiting on purpose (WDMOE_DIST_TEST_DIE)");
+        std::process::exit(7);
+    }
     let max_tokens = 1;
     let local = LocalExperts::load(
         &gpu,
