@@ -7,7 +7,7 @@
 //! in travel order (`gather_rows`) → group: a fixed-size header to every
 //! device rank → group: each device rank's rows (none for a rank with no
 //! rows: a dropped expert sends nothing) → the BS's own experts
-//! (`ExpertFfn`) → group: the output rows back from every rank with rows →
+//! (`ExpertFfn`, between the holds of their emulated links) → group: the output rows back from every rank with rows →
 //! the weighted combine into `acc` (`combine_rows_f32`, fp32, overwritten).
 //!
 //! A device rank loops: receive a header (bounded wait), then its rows, a
@@ -203,7 +203,8 @@ pub struct DistStep {
     pub time_s: f64,
     /// Rows sent to each rank (index 0: the BS's own experts).
     pub rows: Vec<usize>,
-    /// Per rank, the emulated (downlink, uplink) airtime held \[s\].
+    /// Per rank, the emulated (downlink, uplink) airtime held \[s\] (the
+    /// BS's own experts' links held on the BS's stream).
     pub hold_s: Vec<(f64, f64)>,
 }
 
@@ -231,6 +232,7 @@ pub struct DistMoe {
     slot: DeviceBuffer<i32>,
     wts: DeviceBuffer<f32>,
     headers: DeviceBuffer<u32>,
+    held: DeviceBuffer<u64>,
     events: [Event; 2],
     seq: u32,
     timeout: Duration,
@@ -280,6 +282,7 @@ impl DistMoe {
             slot: gpu.alloc(max_tokens * e)?,
             wts: gpu.alloc(max_tokens * e)?,
             headers: gpu.alloc(placement.world() * HEADER_WORDS)?,
+            held: gpu.alloc(2)?,
             events: [gpu.event()?, gpu.event()?],
             seq: 0,
             timeout: crate::nccl::timeout_from_env(),
@@ -386,7 +389,9 @@ impl DistMoe {
             let (off, n) = blocks[BS_RANK];
             let xs_bs = self.xs.index(off * m..(off + n) * m);
             let mut ys_bs = self.ys.index(off * m..(off + n) * m);
+            hold_ns(gpu, holds[BS_RANK].0, &mut self.held.index(0..1))?;
             self.local.run(gpu, layer, &segs, &xs_bs, &mut ys_bs)?;
+            hold_ns(gpu, holds[BS_RANK].1, &mut self.held.index(1..2))?;
         }
         let ys = &mut self.ys;
         self.comm.group(|c| {

@@ -1,8 +1,8 @@
 //! Which rank hosts which expert (the same experts of every layer), validated.
 //!
 //! Rank 0 is the base station (BS: attention, router, policy, combine); ranks
-//! `1..world` are devices. The BS may host experts too (they then have no
-//! wireless link). Spec text (`--placement`): `RANK:EXPERTS;RANK:EXPERTS…`
+//! `1..world` are devices. The BS may host experts too (their emulated
+//! links are then held on the BS's stream, see `plan::holds_ns`). Spec text (`--placement`): `RANK:EXPERTS;RANK:EXPERTS…`
 //! with EXPERTS a comma list of ids and ranges, e.g. `1:0-3;2:4-7`; or
 //! `spread` (experts round-robin over the device ranks) or `spread-bs` (over
 //! all ranks, the BS included).

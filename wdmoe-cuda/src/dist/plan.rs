@@ -7,7 +7,7 @@
 
 use wdmoe_core::latency::expert_latency_s;
 
-use super::placement::{Placement, BS_RANK};
+use super::placement::Placement;
 use crate::error::{Error, Result};
 use crate::moe::encode::RowTables;
 use crate::moe::MAX_EXPERTS;
@@ -226,11 +226,12 @@ pub fn airtime_s(bits: f64, rate_bps: f64) -> Result<f64> {
 }
 
 /// Per rank, the (downlink, uplink) hold in nanoseconds for a step with
-/// per-expert row `counts`: each expert q on a device rank is device q of
-/// the scenario, with link `rates[q]`, carrying `payload_bits` per row
-/// (eq. 5) one way and back; links work in parallel, so a rank holds for
-/// its slowest served expert in each direction. The BS rank holds 0 (no
-/// wireless link). A served expert over a link of rate 0 is an error.
+/// per-expert row `counts`: expert q is device q of the scenario wherever it
+/// runs (an expert on the BS rank too: the BS then holds on its own
+/// stream), with link `rates[q]`, carrying `payload_bits` per row (eq. 5)
+/// one way and back; links work in parallel, so a rank holds for its
+/// slowest served expert in each direction. A served expert over a link of
+/// rate 0 is an error.
 pub fn holds_ns(
     placement: &Placement,
     counts: &[u32],
@@ -251,7 +252,7 @@ pub fn holds_ns(
     let mut out = vec![(0u64, 0u64); placement.world()];
     for q in 0..n {
         let r = placement.rank_of(q);
-        if counts[q] == 0 || r == BS_RANK {
+        if counts[q] == 0 {
             continue;
         }
         let bits = payload_bits * counts[q] as f64;
@@ -387,7 +388,8 @@ mod tests {
         // rows) down 2621.44 µs, up 6553.6 µs: the slower of each.
         assert_eq!(h[1], (2_621_440, 6_553_600));
         assert_eq!(h[2], (0, 0), "expert 2 serves nothing");
-        assert_eq!(h[0], (0, 0), "the BS has no link");
+        // The BS's expert 3: 4 rows at 1 bit/s each way.
+        assert_eq!(h[0], (262_144_000_000_000, 262_144_000_000_000));
         let e = holds_ns(&p, &[0, 0, 1, 0], &rates, 65_536.0).unwrap_err();
         assert!(e.to_string().contains("rate 0"), "{e}");
         assert!(holds_ns(&p, &[0, 0, 1], &rates, 65_536.0).is_err());
