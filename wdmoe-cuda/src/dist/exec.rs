@@ -1,18 +1,17 @@
 //! The expert-parallel MoE step over NCCL (feature `nccl`): [`DistMoe`] on
-//! the base station, [`DeviceRank`] on every other rank, the experts of a
-//! rank in [`LocalExperts`].
+//! the base station, the experts of a rank in [`LocalExperts`], the
+//! GPU-side airtime hold ([`hold_ns`]).
 //!
 //! One BS step (all on the BS's stream, one host wait at the end):
 //! plan on the host ([`StepPlan`]) → tables uploaded, the token rows gathered
 //! in travel order (`gather_rows`) → group: a fixed-size header to every
 //! device rank → group: each device rank's rows (none for a rank with no
 //! rows: a dropped expert sends nothing) → the BS's own experts
-//! (`ExpertFfn`, between the holds of their emulated links) → group: the output rows back from every rank with rows →
-//! the weighted combine into `acc` (`combine_rows_f32`, fp32, overwritten).
+//! (`ExpertFfn`, between the holds of their emulated links) → group: the
+//! output rows back from every rank with rows → the weighted combine into
+//! `acc` (`combine_rows_f32`, fp32, overwritten).
 //!
-//! A device rank loops: receive a header (bounded wait), then its rows, a
-//! GPU-side hold of the emulated downlink airtime, its experts in turn, a
-//! hold of the uplink airtime, and the output rows back.
+//! The device side is in `device.rs` ([`super::DeviceRank`]).
 
 use std::time::Duration;
 
@@ -155,7 +154,7 @@ impl LocalExperts {
 
     /// Runs this rank's experts of `layer` over `segments` (from
     /// [`rank_segments`]): rows `off..off+rows` of `xs` into the same rows of `ys`.
-    fn run(
+    pub(super) fn run(
         &mut self,
         gpu: &Gpu,
         layer: usize,
@@ -467,135 +466,5 @@ impl MoeExecutor for DistMoe {
     ) -> Result<()> {
         self.step_timed(gpu, layer, x, n_tokens, groups, None, acc)
             .map(|_| ())
-    }
-}
-
-/// What a device rank served until told to stop.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServeStats {
-    /// Steps received.
-    pub steps: u64,
-    /// Rows computed.
-    pub rows: u64,
-}
-
-/// A device rank (1..world): serves its experts' rows until the BS sends stop.
-pub struct DeviceRank {
-    comm: Comm,
-    placement: Placement,
-    local: LocalExperts,
-    header: DeviceBuffer<u32>,
-    xs: DeviceBuffer<f16>,
-    ys: DeviceBuffer<f16>,
-    held: DeviceBuffer<u64>,
-    idle_timeout: Duration,
-}
-
-impl std::fmt::Debug for DeviceRank {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceRank")
-            .field("comm", &self.comm)
-            .field("local", &self.local)
-            .finish()
-    }
-}
-
-impl DeviceRank {
-    /// The device side of `comm` (rank ≥ 1) with its experts (`LocalExperts::load`
-    /// with this rank), steps of up to `max_tokens` tokens.
-    pub fn new(
-        gpu: &Gpu,
-        comm: Comm,
-        placement: Placement,
-        local: LocalExperts,
-        max_tokens: usize,
-    ) -> Result<DeviceRank> {
-        if comm.rank() == BS_RANK || comm.world() != placement.world() {
-            return Err(Error::Dist {
-                op: "DeviceRank::new",
-                detail: format!(
-                    "communicator rank {} of {}, placement of {} ranks (devices are ranks 1..)",
-                    comm.rank(),
-                    comm.world(),
-                    placement.world()
-                ),
-            });
-        }
-        let rows = max_tokens.max(1) * placement.experts_on(comm.rank()).len().max(1);
-        let m = local.m();
-        Ok(DeviceRank {
-            header: gpu.alloc(HEADER_WORDS)?,
-            xs: gpu.alloc(rows * m)?,
-            ys: gpu.alloc(rows * m)?,
-            held: gpu.alloc(2)?,
-            idle_timeout: crate::nccl::timeout_from_env(),
-            comm,
-            placement,
-            local,
-        })
-    }
-
-    /// The longest wait for the BS's next header (default
-    /// `WDMOE_DIST_TIMEOUT_S` or 120 s); past it the communicator is
-    /// aborted and [`DeviceRank::serve`] fails with [`Error::Timeout`].
-    pub fn set_timeout(&mut self, t: Duration) {
-        self.idle_timeout = t;
-    }
-
-    /// Serves steps until a stop header. Errors (a malformed header, a
-    /// timeout, an NCCL error) abort the communicator.
-    pub fn serve(&mut self, gpu: &Gpu) -> Result<ServeStats> {
-        let r = self.serve_inner(gpu);
-        if r.is_err() {
-            self.comm.abort();
-        }
-        r
-    }
-
-    fn serve_inner(&mut self, gpu: &Gpu) -> Result<ServeStats> {
-        let rank = self.comm.rank();
-        let m = self.local.m();
-        let mut stats = ServeStats::default();
-        loop {
-            let header = &mut self.header;
-            self.comm.group(|c| c.recv(gpu, header, BS_RANK))?;
-            self.comm
-                .wait(gpu, "the next header from the BS", self.idle_timeout)?;
-            let words = gpu.download(&self.header)?;
-            let h = Header::decode(&words, &self.placement, rank)?;
-            if h.cmd == Command::Stop {
-                return Ok(stats);
-            }
-            stats.steps += 1;
-            let rows = h.rows as usize;
-            if rows == 0 {
-                continue;
-            }
-            if rows * m > self.xs.len() {
-                return Err(Error::Dist {
-                    op: "DeviceRank::serve",
-                    detail: format!(
-                        "{rows} rows, buffers hold {} (max_tokens too small on this rank)",
-                        self.xs.len() / m
-                    ),
-                });
-            }
-            let xs = &mut self.xs;
-            self.comm.group(|c| {
-                let mut dst = xs.index(..rows * m);
-                c.recv(gpu, &mut dst, BS_RANK)
-            })?;
-            hold_ns(gpu, h.hold_down_ns, &mut self.held.index(0..1))?;
-            let segs = rank_segments(&self.placement, rank, &h.counts);
-            let xs_v = self.xs.index(..rows * m);
-            let mut ys_v = self.ys.index(..rows * m);
-            self.local
-                .run(gpu, h.layer as usize, &segs, &xs_v, &mut ys_v)?;
-            hold_ns(gpu, h.hold_up_ns, &mut self.held.index(1..2))?;
-            let ys = &self.ys;
-            self.comm
-                .group(|c| c.send(gpu, &ys.index(..rows * m), BS_RANK))?;
-            stats.rows += rows as u64;
-        }
     }
 }

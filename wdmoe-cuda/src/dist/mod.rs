@@ -18,12 +18,15 @@ pub mod placement;
 pub mod plan;
 
 #[cfg(feature = "nccl")]
+mod device;
+#[cfg(feature = "nccl")]
 mod exec;
 
 #[cfg(feature = "nccl")]
+pub use device::{DeviceRank, ServeStats};
+#[cfg(feature = "nccl")]
 pub use exec::{
-    hold_ns, layer_seed, random_source, DeviceRank, DistMoe, DistStep, ExpertSource, Links,
-    LocalExperts, ServeStats,
+    hold_ns, layer_seed, random_source, DistMoe, DistStep, ExpertSource, Links, LocalExperts,
 };
 pub use placement::{Placement, PlacementError, BS_RANK};
 pub use plan::{airtime_s, holds_ns, rank_segments, Command, Header, LinkRates, StepPlan};
