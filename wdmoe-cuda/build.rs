@@ -3,6 +3,8 @@
 //! any other GPU of compute capability >= 8.0), written to OUT_DIR and embedded
 //! by `src/ptx.rs`.
 //!
+//! With feature `nccl` it links `libnccl.so.2` ([`link_nccl`]).
+//!
 //! nvcc is found via `NVCC`, `CUDA_PATH`/`CUDA_ROOT`/`CUDA_HOME` (`bin/nvcc`),
 //! `PATH`, `/usr/local/cuda/bin`, then the pip wheels (`nvidia/cu13/bin/nvcc`
 //! in python3's site-packages). See the panic message for how to install it.
@@ -82,7 +84,50 @@ fn nvcc(nvcc: &Path, args: &[&str], src: &Path, out: &Path) {
     }
 }
 
+/// Feature `nccl`: links `libnccl.so.2` by its file name (the pip wheels and
+/// the GPU image ship no unversioned `libnccl.so`) from `NCCL_LIBRARY_PATH`
+/// (a folder holding it), else from python3's `nvidia.nccl` wheel
+/// (`nvidia/nccl/lib`). The run-time loader finds the library through
+/// `LD_LIBRARY_PATH` (wdmoe-cuda/run-gpu-dist.sh sets it).
+fn link_nccl() {
+    println!("cargo:rerun-if-env-changed=NCCL_LIBRARY_PATH");
+    let dir = match env::var("NCCL_LIBRARY_PATH") {
+        Ok(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))",
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+            match out {
+                Some(d) if !d.is_empty() => PathBuf::from(d),
+                _ => panic!(
+                    "feature `nccl`: libnccl.so.2 not found. Set NCCL_LIBRARY_PATH to a folder \
+                     holding libnccl.so.2 (pip install nvidia-nccl-cu13 gives one), or, on a \
+                     machine with no NCCL, to the stub: bash wdmoe-cuda/stub/make-stub.sh DIR and \
+                     NCCL_LIBRARY_PATH=DIR/lib64"
+                ),
+            }
+        }
+    };
+    if !dir.join("libnccl.so.2").is_file() {
+        panic!(
+            "feature `nccl`: no libnccl.so.2 in {} (NCCL_LIBRARY_PATH)",
+            dir.display()
+        );
+    }
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libnccl.so.2");
+}
+
 fn main() {
+    if env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        link_nccl();
+    }
     for var in ["NVCC", "CUDA_PATH", "CUDA_ROOT", "CUDA_HOME", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }

@@ -21,8 +21,11 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -z "${CUDA_PATH:-}" ]; then
   fi
   export PATH="$PATH:$sp/nvidia/cu13/bin"
 fi
-[ -f "$stub/lib64/libcuda.so" ] || bash wdmoe-cuda/stub/make-stub.sh "$stub"
+[ -f "$stub/lib64/libcuda.so" ] && [ -f "$stub/lib64/libnccl.so.2" ] || bash wdmoe-cuda/stub/make-stub.sh "$stub"
 export CUDA_LIBRARY_PATH="$stub"
+# The dist binaries (feature nccl) link the stub libnccl.so.2 here; on the
+# GPU machine run-gpu-dist.sh puts the real one on LD_LIBRARY_PATH.
+export NCCL_LIBRARY_PATH=${NCCL_LIBRARY_PATH:-$stub/lib64}
 
 msg() { printf '%s\n' "$*" >&2; }
 exe() { # cargo JSON messages on stdin -> path of the executable whose target name is $1
@@ -46,12 +49,16 @@ sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | e
 kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
 cuda_lib=$(build test --release --no-run -p wdmoe-cuda --lib | exe wdmoe_cuda)
 gpu_model=$(build test --release --no-run -p wdmoe-sim --features cuda --test gpu_model | exe gpu_model)
-wdmoe=$(build build --release -p wdmoe-sim --features cuda --bin wdmoe | exe wdmoe)
+msg "building the NCCL binaries (issue 18): tests/dist.rs, dist_bench, wdmoe with feature dist (cuda + nccl) ..."
+dist_tests=$(build test --release --no-run -p wdmoe-cuda --features nccl --test dist | exe dist)
+dist_bench=$(build build --release -p wdmoe-cuda --features nccl --example dist_bench | exe dist_bench)
+# One wdmoe binary for both: --device cuda and `wdmoe dist` (links libnccl.so.2).
+wdmoe=$(build build --release -p wdmoe-sim --features dist --bin wdmoe | exe wdmoe)
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
 for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
-  "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$wdmoe:wdmoe"; do
+  "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
@@ -65,6 +72,7 @@ cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
 cp wdmoe-cuda/run-gpu-model.sh "$dev/model.sh"
 cp wdmoe-cuda/run-gpu-route.sh "$dev/route.sh"
+cp wdmoe-cuda/run-gpu-dist.sh "$dev/dist.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.
 cubin=$(ls -t "$CARGO_TARGET_DIR"/release/build/wdmoe-cuda-*/out/ffn_prefill.sm_90a.cubin 2>/dev/null | head -1 || true)
@@ -81,6 +89,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
     bash .device/model.sh      # issue 14: the whole model: kernel and model tests, HF baseline, decode/prefill at full size
     bash .device/route.sh      # issue 13, device routing at prefill sizes: its tests, regressions, timings 512/4096, memcheck
+    bash .device/dist.sh       # issue 18, >= 2 GPUs (nvidia-h200-x2): NCCL tests, dist_bench, wdmoe dist (< 5 min)
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

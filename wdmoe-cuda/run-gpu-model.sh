@@ -26,6 +26,9 @@ out=${OUT:-$PWD/../gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 for f in *.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+# wdmoe is built with feature dist (links libnccl.so.2): PyTorch's wheel has it.
+nccl=${NCCL_LIBRARY_PATH:-$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null)}
+export LD_LIBRARY_PATH="$nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 chmod +x ./* 2>/dev/null
 exec > >(tee "$out/model-$mode.log") 2>&1
 step() { printf '\n=== %s (%s) ===\n' "$1" "$(date -u +%H:%M:%S)"; }

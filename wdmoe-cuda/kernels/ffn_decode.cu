@@ -661,3 +661,16 @@ extern "C" __global__ void read_probe(const uint4* __restrict__ p, long long n16
     }
     if (acc == 0x12345678u) out[blockIdx.x] = (float)acc;  // practically never; keeps the loads
 }
+
+// Emulated link airtime (wdmoe-cuda dist): one thread spins on the GPU's
+// nanosecond clock (%globaltimer) until `ns` have passed since it started, so
+// the hold is part of the stream's timeline (events around it measure it).
+// Writes the nanoseconds actually held to *held (for the report).
+extern "C" __global__ void hold_ns(unsigned long long ns, unsigned long long* __restrict__ held) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+    *held = t - t0;
+}

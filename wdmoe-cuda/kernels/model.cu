@@ -31,6 +31,8 @@ __device__ __forceinline__ float warp_max(float v) {
 // resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token.
 extern "C" __global__ void embed_rows(const __half* __restrict__ table, const int* __restrict__ tokens, int d,
                                       float* __restrict__ resid) {
+    griddep_wait();
+    griddep_launch_dependents();
     const long long row = tokens[blockIdx.x];
     const __half* src = table + row * d;
     float* dst = resid + (long long)blockIdx.x * d;
@@ -41,10 +43,12 @@ extern "C" __global__ void embed_rows(const __half* __restrict__ table, const in
 // (written back); then out[t] = w ⊙ resid[t] / sqrt(mean(resid[t]²) + eps)
 // in fp16 — Hugging Face's MixtralRMSNorm in fp32, rounded once.
 // `out_stride` is the row pitch of out (elements).
-extern "C" __global__ void __launch_bounds__(256) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
-                                                              const float* __restrict__ w, float eps, int d,
-                                                              __half* __restrict__ out, int out_stride) {
-    __shared__ float red[8];
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
+                                                               const float* __restrict__ w, float eps, int d,
+                                                               __half* __restrict__ out, int out_stride) {
+    __shared__ float red[32];
+    griddep_wait();
+    griddep_launch_dependents();
     float* r = resid + (long long)blockIdx.x * d;
     const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
     float ss = 0.f;
@@ -72,27 +76,41 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm(float* __restrict_
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:
 // W [N][K] fp16 row-major (PyTorch's Linear layout), x [T][K] fp16, y fp32
-// with row pitch ldy. One warp per output row, 16-byte loads, 4 in flight
+// with row pitch ldy. One warp per output row, 16-byte loads, 8 in flight
 // per lane; K % 8 == 0, W and x 16-byte aligned.
 template <int NT>
 __device__ __forceinline__ void gemv_body(const __half* __restrict__ W, const __half* __restrict__ x, int K, int N,
                                           int T, float* __restrict__ y, int ldy, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (n >= N) return;
+    if (n >= N) {
+        griddep_wait();
+        return;
+    }
     const uint4* wr = reinterpret_cast<const uint4*>(W + (long long)n * K);
     const uint4* xr = reinterpret_cast<const uint4*>(x);
     const int kc = K / 8;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
-    constexpr int B = 4;
-    for (int c0 = lane; c0 < kc; c0 += B * 32) {
-        uint4 wv[B];
+    // The weights never depend on earlier kernels: the first batch is
+    // loaded before waiting for them (programmatic dependent launch).
+    constexpr int B = 8;
+    uint4 wv[B];
 #pragma unroll
-        for (int b = 0; b < B; ++b) {
-            const int c = c0 + b * 32;
-            wv[b] = c < kc ? __ldg(wr + c) : make_uint4(0u, 0u, 0u, 0u);
+    for (int b = 0; b < B; ++b) {
+        const int c = lane + b * 32;
+        wv[b] = c < kc ? __ldg(wr + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    griddep_wait();
+    griddep_launch_dependents();
+    for (int c0 = lane; c0 < kc; c0 += B * 32) {
+        if (c0 != lane) {
+#pragma unroll
+            for (int b = 0; b < B; ++b) {
+                const int c = c0 + b * 32;
+                wv[b] = c < kc ? __ldg(wr + c) : make_uint4(0u, 0u, 0u, 0u);
+            }
         }
 #pragma unroll
         for (int b = 0; b < B; ++b) {
@@ -151,6 +169,8 @@ WDMOE_GEMV(16)
 extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const float2* __restrict__ rope, int start, int H,
                                    int KVH, int hd, int max_seq, float* __restrict__ q_out,
                                    __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
+    griddep_wait();
+    griddep_launch_dependents();
     const int t = blockIdx.x, pos = start + t, half = hd / 2;
     const float* row = qkv + (long long)t * (H + 2 * KVH) * hd;
     const float2* cs = rope + (long long)pos * half;
@@ -202,6 +222,8 @@ struct AttnParams {
 
 extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
+    griddep_wait();
+    griddep_launch_dependents();
     const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int splits = gridDim.z;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -288,6 +310,8 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
 // Merges the split partials of attn_fwd: grid (H, T), out [T][H hd] fp16.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, int splits, int H, int hd,
                                         __half* __restrict__ out) {
+    griddep_wait();
+    griddep_launch_dependents();
     const int h = blockIdx.x, t = blockIdx.y;
     const float* pp = part + ((long long)t * H + h) * splits * (hd + 2);
     float mx = -INFINITY;
@@ -315,6 +339,8 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __re
     __shared__ float bv[32];
     __shared__ int bi[32];
     __shared__ int nan_seen;
+    griddep_wait();
+    griddep_launch_dependents();
     if (threadIdx.x == 0) nan_seen = 0;
     __syncthreads();
     const float* r = logits + (long long)blockIdx.x * V;

@@ -75,6 +75,33 @@ pub enum Error {
         /// Where.
         what: String,
     },
+    /// An NCCL call failed (feature `nccl`; `crate::nccl`).
+    Nccl {
+        /// The NCCL call (`"ncclSend"`).
+        op: String,
+        /// Arguments of the call (peer, count, rank).
+        detail: String,
+        /// NCCL's `ncclResult_t`, as returned.
+        code: u32,
+        /// `ncclGetErrorString` of the code.
+        message: String,
+    },
+    /// A wait for GPU work or a peer gave up (a peer that died or hangs);
+    /// the communicator, if any, was aborted.
+    Timeout {
+        /// What was waited for.
+        op: String,
+        /// Seconds waited.
+        waited_s: f64,
+    },
+    /// The distributed protocol or its configuration (a placement that leaves
+    /// an expert nowhere, a malformed header from a peer).
+    Dist {
+        /// The operation.
+        op: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -113,6 +140,16 @@ impl fmt::Display for Error {
             Error::Policy(e) => write!(f, "selection policy: {e}"),
             Error::Weights { name, detail } => write!(f, "weight {name}: {detail}"),
             Error::NonFinite { what } => write!(f, "non-finite values in {what}"),
+            Error::Nccl {
+                op,
+                detail,
+                code,
+                message,
+            } => write!(f, "NCCL error {code} ({message}) in {op} [{detail}]"),
+            Error::Timeout { op, waited_s } => {
+                write!(f, "timed out after {waited_s:.1} s waiting for {op}")
+            }
+            Error::Dist { op, detail } => write!(f, "{op}: {detail}"),
         }
     }
 }

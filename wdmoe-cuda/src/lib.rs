@@ -26,16 +26,22 @@
 //! sm_90a cubin (loaded on compute capability 9.0) and compute_80 PTX (other
 //! GPUs >= sm_80), and embedded ([`ptx`]).
 //!
+//! Feature `nccl`: NCCL point-to-point calls ([`nccl`]) and the
+//! expert-parallel executor of [`dist`] (experts on several GPUs).
+//!
 //! Building needs nvcc and a libcuda to link; on a machine with no GPU, see
 //! `stub/make-stub.sh` and `.ci/cuda.sh`. GPU tests are `#[ignore]`d and run
 //! with `--include-ignored` on a GPU machine (`wdmoe-cuda/gpu-build.sh`).
 #![warn(missing_docs)]
 
+pub mod dist;
 pub mod error;
 pub mod ffn;
 mod launch;
 pub mod model;
 pub mod moe;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod plan;
 pub mod prefill;
 pub mod ptx;

@@ -297,6 +297,12 @@ impl ChannelRealisation<'_> {
         &self.pl_db
     }
 
+    /// Bandwidth \[Hz\] of each device in this prompt (the even split, the
+    /// shares, or the min–max allocation on the large-scale channel).
+    pub fn bandwidth_hz(&self) -> &[f64] {
+        &self.bw
+    }
+
     /// How many times the fault model or the SNR floor kept a device up so
     /// that at least one device stayed reachable.
     pub fn suppressed_outages(&self) -> u64 {

@@ -463,6 +463,13 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
             s.decode_tokens_per_s,
             1e3 / s.decode_tokens_per_s.max(1e-12)
         ))?;
+        if s.decode_device_s > 0.0 && s.generated_tokens > 1 {
+            w(writeln!(
+                report,
+                "GPU time per decode step {:.3} ms (CUDA events; the rest of the wall time is the host's)",
+                1e3 * s.decode_device_s / (s.generated_tokens - 1) as f64
+            ))?;
+        }
         if let Some((used, total)) = gpu_mem {
             w(writeln!(
                 report,

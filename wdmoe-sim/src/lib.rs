@@ -28,6 +28,7 @@
 //! | [`eval_cli`] | `wdmoe eval perplexity`, `wdmoe eval choice` |
 //! | [`router_stats`] | trained vs synthetic router statistics (`wdmoe router-stats`) |
 //! | [`rng`] | seeded, injected random streams |
+//! | [`dist`] | `wdmoe dist`: experts on several GPUs through NCCL (feature `dist`), links emulated, measured against the model |
 //!
 //! Randomness is always seeded: prompt `p` of a run with seed `s` draws from
 //! streams derived from `(s, p)` alone, so results are the same on any
@@ -53,6 +54,7 @@
 
 pub mod channel;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod eval_cli;
 pub mod frontier;

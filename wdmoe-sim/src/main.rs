@@ -54,6 +54,10 @@ enum Cmd {
     Frontier(wdmoe_sim::frontier_cli::FrontierArgs),
     /// Accuracy per θ: perplexity or multiple-choice accuracy of a checkpoint (CPU).
     Eval(wdmoe_sim::eval_cli::EvalArgs),
+    /// Experts on several GPUs through NCCL, the wireless links emulated,
+    /// latency measured against the model (feature `dist`; one command
+    /// starts all ranks).
+    Dist(wdmoe_sim::dist::DistArgs),
     /// Router statistics of a recorded trace next to the synthetic router's.
     RouterStats(wdmoe_sim::router_stats::RouterStatsArgs),
     /// How WDMoE's latency gain depends on the spread of device latencies:
@@ -221,6 +225,10 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Cmd::Eval(a) => {
             wdmoe_sim::eval_cli::run(&a, &mut Stdout::new())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dist(a) => {
+            wdmoe_sim::dist::run(&a)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::RouterStats(a) => {

@@ -1,5 +1,9 @@
 //! Launches of `kernels/model.cu`: each checks shapes and alignment, then
 //! launches with a typed parameter struct (the launch is the only `unsafe`).
+//! Every launch allows programmatic dependent launch: each kernel waits
+//! (`griddepcontrol.wait`) before touching memory an earlier kernel of the
+//! stream reads or writes; only the GEMV loads its first weights before
+//! waiting (no kernel writes weights).
 
 use cust::memory::DeviceSlice;
 use half::f16;
@@ -60,7 +64,7 @@ pub(crate) fn embed_rows(
         gpu.launch(
             &gpu.model,
             "embed_rows",
-            Shape::new(n as u32, 256),
+            Shape::new(n as u32, 256).pdl(true),
             p,
             || format!("n={n} d={d}"),
         )
@@ -111,7 +115,7 @@ pub(crate) fn add_rmsnorm(
         gpu.launch(
             &gpu.model,
             "add_rmsnorm",
-            Shape::new(n as u32, 256),
+            Shape::new(n as u32, if d >= 4096 { 1024 } else { 256 }).pdl(true),
             p,
             || format!("n={n} d={d}"),
         )
@@ -178,7 +182,7 @@ pub(crate) fn gemv(
             gpu.launch(
                 &gpu.model,
                 name,
-                Shape::new(grid, warps * 32),
+                Shape::new(grid, warps * 32).pdl(true),
                 p,
                 || format!("K={k} N={n} T={tt}"),
             )?;
@@ -303,7 +307,7 @@ pub(crate) fn rope_kv(
         gpu.launch(
             &gpu.model,
             "rope_kv",
-            Shape::new(t as u32, 128),
+            Shape::new(t as u32, 128).pdl(true),
             p,
             || format!("t={t} start={start}"),
         )
@@ -423,7 +427,7 @@ pub(crate) fn attention(
         gpu.launch(
             &gpu.model,
             "attn_fwd",
-            Shape::new(grid, (g * 32) as u32).shared(smem),
+            Shape::new(grid, (g * 32) as u32).shared(smem).pdl(true),
             p,
             || format!("t={t} start={start} splits={splits}"),
         )?;
@@ -446,7 +450,7 @@ pub(crate) fn attention(
             gpu.launch(
                 &gpu.model,
                 "attn_combine",
-                Shape::new((h as u32, t as u32), 128),
+                Shape::new((h as u32, t as u32), 128).pdl(true),
                 p,
                 || format!("t={t} splits={splits}"),
             )?;
@@ -481,7 +485,7 @@ pub(crate) fn argmax_rows(
         gpu.launch(
             &gpu.model,
             "argmax_rows",
-            Shape::new(t as u32, 1024),
+            Shape::new(t as u32, 1024).pdl(true),
             p,
             || format!("t={t} vocab={vocab}"),
         )

@@ -133,6 +133,23 @@ impl std::fmt::Debug for MoeLayer {
 /// One expert's W1, W3 (`[m_h][m]`) and W2 (`[m][m_h]`) on the device.
 pub type RawExpert = (DeviceBuffer<f16>, DeviceBuffer<f16>, DeviceBuffer<f16>);
 
+/// Expert `q`'s random raw weights as [`MoeLayer::random`] with `seed` makes
+/// them (uniform, scaled by 1.7/sqrt(fan-in), generated on the GPU): the one
+/// definition, so that experts built elsewhere (e.g. on another rank by
+/// `crate::dist`) are the same bits.
+pub fn random_expert(gpu: &Gpu, m: usize, m_h: usize, q: usize, seed: u64) -> Result<RawExpert> {
+    let s_m = 1.7 / (m as f32).sqrt();
+    let s_h = 1.7 / (m_h as f32).sqrt();
+    let q = q as u64;
+    let mut w1 = gpu.alloc::<f16>(m * m_h)?;
+    let mut w3 = gpu.alloc::<f16>(m * m_h)?;
+    let mut w2 = gpu.alloc::<f16>(m * m_h)?;
+    gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
+    gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
+    gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
+    Ok((w1, w3, w2))
+}
+
 impl MoeLayer {
     /// A layer of `n_experts` experts of `m` x `m_h` (multiples of 16):
     /// router G (`[n_experts][m]` fp16, host), and `expert(gpu, q)` giving
@@ -231,20 +248,12 @@ impl MoeLayer {
         }
         let gpu: Arc<Gpu> = gpu.into();
         let s_m = 1.7 / (m as f32).sqrt();
-        let s_h = 1.7 / (m_h as f32).sqrt();
         let mut g = gpu.alloc::<f16>(n_experts * m)?;
         gpu.fill_uniform(&mut g, seed, s_m)?;
         let g = gpu.download(&g)?;
         let b = Self::build_with;
         b(gpu, &g, n_experts, m, m_h, max_tokens, grouped_prefill, |gpu: &Gpu, q| {
-            let q = q as u64;
-            let mut w1 = gpu.alloc::<f16>(m * m_h)?;
-            let mut w3 = gpu.alloc::<f16>(m * m_h)?;
-            let mut w2 = gpu.alloc::<f16>(m * m_h)?;
-            gpu.fill_uniform(&mut w1, seed ^ (3 * q + 1) << 8, s_m)?;
-            gpu.fill_uniform(&mut w3, seed ^ (3 * q + 2) << 8, s_m)?;
-            gpu.fill_uniform(&mut w2, seed ^ (3 * q + 3) << 8, s_h)?;
-            Ok((w1, w3, w2))
+            random_expert(gpu, m, m_h, q, seed)
         })
     }
 

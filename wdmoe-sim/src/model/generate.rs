@@ -33,6 +33,9 @@ pub struct GenerationSummary {
     pub prefill_s: f64,
     /// Host time of the one-token steps \[s\].
     pub decode_s: f64,
+    /// GPU time of the one-token steps (CUDA events, first kernel to last;
+    /// 0 on the CPU) \[s\].
+    pub decode_device_s: f64,
     /// Prompt tokens per second of host time.
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second of host time (first token from the prefill excluded).
@@ -209,6 +212,7 @@ pub fn generate_on(
             out
         };
         summary.add(&out);
+        summary.decode_device_s += out.device_s;
         for r in &out.routing {
             dec_experts += r.selections.iter().map(|s| s.experts().len()).sum::<usize>();
             dec_decisions += r.selections.len();

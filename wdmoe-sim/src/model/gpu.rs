@@ -190,6 +190,7 @@ impl GpuBackend {
             }
         }
         let r = self.model.forward(tokens, out, &moe.policy, &lat)?;
+        let gpu_time_s = r.gpu_time_s;
         let mut routing = Vec::with_capacity(layers);
         for (l, lr) in r.layers.into_iter().enumerate() {
             let mut layer_lat = Vec::with_capacity(n * e);
@@ -214,6 +215,7 @@ impl GpuBackend {
                 start_position: start,
                 routing,
                 compute_s: t0.elapsed().as_secs_f64(),
+                device_s: gpu_time_s,
             },
         ))
     }

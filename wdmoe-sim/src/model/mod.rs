@@ -109,6 +109,8 @@ pub struct ForwardOutput {
     pub routing: Vec<LayerRouting>,
     /// Measured host time of the whole call \[s\].
     pub compute_s: f64,
+    /// Measured GPU time of the call (CUDA events; 0 on the CPU) \[s\].
+    pub device_s: f64,
 }
 
 /// A Mixtral model: config, f32 weights, optional tokenizer.
@@ -371,6 +373,7 @@ impl Model {
             start_position: start,
             routing,
             compute_s: t0.elapsed().as_secs_f64(),
+            device_s: 0.0,
         })
     }
 }

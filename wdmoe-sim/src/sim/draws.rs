@@ -171,6 +171,12 @@ impl<'a> TokenChannel<'a> {
         self.chan.links()
     }
 
+    /// Each device's bandwidth \[Hz\] in this prompt (see
+    /// [`ChannelRealisation::bandwidth_hz`]).
+    pub fn bandwidth_hz(&self) -> &[f64] {
+        self.chan.bandwidth_hz()
+    }
+
     /// Channel draws so far (slots plus within-token updates).
     pub fn channel_draws(&self) -> u64 {
         self.slots

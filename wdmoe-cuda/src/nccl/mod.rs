@@ -1,0 +1,425 @@
+//! NCCL point-to-point communication (feature `nccl`): the raw calls in
+//! [`sys`] (declared by hand like the driver calls of [`crate::sys`]), and a
+//! safe [`Comm`] whose errors keep NCCL's `ncclResult_t`
+//! ([`crate::Error::Nccl`]).
+//!
+//! One communicator per process and GPU (rank); every call enqueues on the
+//! [`Gpu`]'s stream, so transfers are ordered with the kernels around them.
+//! Waiting is never unbounded: [`Comm::wait`] polls the stream and NCCL's
+//! asynchronous error, and on its deadline aborts the communicator
+//! (`ncclCommAbort`, which also ends the transfers in flight) and returns
+//! [`crate::Error::Timeout`], so a rank whose peer died stops with a message.
+//!
+//! Linking: build.rs links `libnccl.so.2` from `NCCL_LIBRARY_PATH` (a folder
+//! holding it), else from python3's `nvidia.nccl` wheel (`nvidia/nccl/lib`);
+//! without NCCL (CI) point `NCCL_LIBRARY_PATH` at the stub folder of
+//! `stub/make-stub.sh`. At run time the loader must find the real
+//! `libnccl.so.2` (`LD_LIBRARY_PATH`; `run-gpu-dist.sh` sets it).
+
+pub mod sys;
+
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+use cust::memory::{DeviceCopy, DeviceSlice};
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::runtime::Gpu;
+
+/// The NCCL element type of a Rust element type.
+pub trait NcclType: DeviceCopy {
+    /// `ncclDataType_t`.
+    const NCCL: sys::ncclDataType_t;
+}
+impl NcclType for f16 {
+    const NCCL: sys::ncclDataType_t = sys::NCCL_FLOAT16;
+}
+impl NcclType for f32 {
+    const NCCL: sys::ncclDataType_t = sys::NCCL_FLOAT32;
+}
+impl NcclType for u32 {
+    const NCCL: sys::ncclDataType_t = sys::NCCL_UINT32;
+}
+impl NcclType for i32 {
+    const NCCL: sys::ncclDataType_t = sys::NCCL_INT32;
+}
+
+/// NCCL's text for a result code.
+pub fn error_string(code: sys::ncclResult_t) -> String {
+    // SAFETY: ncclGetErrorString returns a pointer to a static
+    // NUL-terminated string for every code (or null, checked).
+    let p = unsafe { sys::ncclGetErrorString(code) };
+    if p.is_null() {
+        return format!("ncclResult_t {code}");
+    }
+    // SAFETY: non-null, static and NUL-terminated (above).
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// A raw NCCL result as this crate's error, keeping its code.
+pub(crate) fn check(
+    code: sys::ncclResult_t,
+    op: &str,
+    detail: impl FnOnce() -> String,
+) -> Result<()> {
+    if code == sys::NCCL_SUCCESS {
+        return Ok(());
+    }
+    Err(Error::Nccl {
+        op: op.to_string(),
+        detail: detail(),
+        code,
+        message: error_string(code),
+    })
+}
+
+/// The NCCL library's version (`ncclGetVersion`, e.g. 22703 for 2.27.3).
+pub fn version() -> Result<i32> {
+    let mut v = 0;
+    // SAFETY: writes one int.
+    let rc = unsafe { sys::ncclGetVersion(&mut v) };
+    check(rc, "ncclGetVersion", String::new)?;
+    Ok(v)
+}
+
+/// The id every rank of a communicator starts from (`ncclGetUniqueId` on one
+/// rank, handed to the others, e.g. as [`UniqueId::to_hex`] in a file).
+#[derive(Clone, Copy)]
+pub struct UniqueId(sys::ncclUniqueId);
+
+impl std::fmt::Debug for UniqueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UniqueId(..)")
+    }
+}
+
+impl UniqueId {
+    /// A new id (`ncclGetUniqueId`; also starts NCCL's bootstrap listener in
+    /// this process, which must live until every rank has joined).
+    pub fn new() -> Result<UniqueId> {
+        let mut id = sys::ncclUniqueId {
+            internal: [0; sys::NCCL_UNIQUE_ID_BYTES],
+        };
+        // SAFETY: writes the 128-byte struct.
+        let rc = unsafe { sys::ncclGetUniqueId(&mut id) };
+        check(rc, "ncclGetUniqueId", String::new)?;
+        Ok(UniqueId(id))
+    }
+
+    /// The 128 bytes as 256 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0
+            .internal
+            .iter()
+            .map(|&b| format!("{:02x}", b as u8))
+            .collect()
+    }
+
+    /// Parses [`UniqueId::to_hex`] (surrounding whitespace allowed).
+    pub fn from_hex(text: &str) -> Result<UniqueId> {
+        let t = text.trim();
+        let bad = || Error::Dist {
+            op: "UniqueId::from_hex",
+            detail: format!(
+                "expected {} hex digits, got {} characters",
+                2 * sys::NCCL_UNIQUE_ID_BYTES,
+                t.len()
+            ),
+        };
+        if t.len() != 2 * sys::NCCL_UNIQUE_ID_BYTES || !t.is_ascii() {
+            return Err(bad());
+        }
+        let mut id = sys::ncclUniqueId {
+            internal: [0; sys::NCCL_UNIQUE_ID_BYTES],
+        };
+        for (i, b) in id.internal.iter_mut().enumerate() {
+            let v = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+            *b = v as std::ffi::c_char;
+        }
+        Ok(UniqueId(id))
+    }
+}
+
+/// One rank's NCCL communicator, bound to the GPU it was created on.
+/// Dropping it destroys it (`ncclCommDestroy`), or aborts it
+/// (`ncclCommAbort`) after an error or timeout, so a drop never waits on a
+/// dead peer.
+pub struct Comm {
+    raw: sys::ncclComm_t,
+    rank: usize,
+    world: usize,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Comm")
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl Comm {
+    /// Joins communicator `id` as rank `rank` of `world` on `gpu` (whose
+    /// context is current on this thread: the thread that made the Gpu).
+    /// Blocks until every rank has joined; a launcher bounds that wait (see
+    /// wdmoe-sim's `dist` module).
+    pub fn init_rank(gpu: &Gpu, world: usize, rank: usize, id: &UniqueId) -> Result<Comm> {
+        let _ = gpu;
+        if world == 0 || rank >= world || world > i32::MAX as usize {
+            return Err(Error::Dist {
+                op: "Comm::init_rank",
+                detail: format!("rank {rank} of world {world}"),
+            });
+        }
+        let mut raw: sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: writes one communicator handle; the id is passed by value.
+        let rc = unsafe { sys::ncclCommInitRank(&mut raw, world as i32, id.0, rank as i32) };
+        check(rc, "ncclCommInitRank", || format!("rank {rank} of {world}"))?;
+        Ok(Comm {
+            raw,
+            rank,
+            world,
+            failed: false,
+        })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Ranks in all.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    fn peer(&self, op: &'static str, peer: usize) -> Result<i32> {
+        if peer >= self.world || peer == self.rank {
+            return Err(Error::Dist {
+                op,
+                detail: format!("peer {peer} (rank {} of {})", self.rank, self.world),
+            });
+        }
+        Ok(peer as i32)
+    }
+
+    fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    /// Runs `f` (sends and receives) between `ncclGroupStart` and
+    /// `ncclGroupEnd`: NCCL launches them together, so transfers to and from
+    /// several peers proceed at once and cannot deadlock on their order. The
+    /// group is always ended, also when `f` fails.
+    pub fn group<R>(&mut self, f: impl FnOnce(&mut Comm) -> Result<R>) -> Result<R> {
+        // SAFETY: no arguments.
+        let rc = unsafe { sys::ncclGroupStart() };
+        let r = check(rc, "ncclGroupStart", String::new);
+        let r = self.fail(r);
+        r?;
+        let out = f(self);
+        // SAFETY: no arguments; closes the group opened above.
+        let rc = unsafe { sys::ncclGroupEnd() };
+        let end = check(rc, "ncclGroupEnd", || format!("rank {}", self.rank));
+        let end = self.fail(end);
+        let out = self.fail(out)?;
+        end?;
+        Ok(out)
+    }
+
+    /// Enqueues a send of `buf` to `peer` on `gpu`'s stream (the peer posts
+    /// a receive of the same length).
+    pub fn send<T: NcclType>(
+        &mut self,
+        gpu: &Gpu,
+        buf: &DeviceSlice<T>,
+        peer: usize,
+    ) -> Result<()> {
+        let p = self.peer("Comm::send", peer)?;
+        // SAFETY: buf is a live device allocation of buf.len() elements of
+        // T (NCCL's type T::NCCL), read by the transfer in stream order;
+        // the caller keeps it alive until the stream passes it (every
+        // caller in this crate waits for the stream before freeing).
+        let rc = unsafe {
+            sys::ncclSend(
+                buf.as_device_ptr().as_raw() as *const std::ffi::c_void,
+                buf.len(),
+                T::NCCL,
+                p,
+                self.raw,
+                gpu.stream().as_inner(),
+            )
+        };
+        let r = check(rc, "ncclSend", || {
+            format!(
+                "{} elements to rank {peer} from rank {}",
+                buf.len(),
+                self.rank
+            )
+        });
+        self.fail(r)
+    }
+
+    /// Enqueues a receive into `buf` from `peer` on `gpu`'s stream.
+    pub fn recv<T: NcclType>(
+        &mut self,
+        gpu: &Gpu,
+        buf: &mut DeviceSlice<T>,
+        peer: usize,
+    ) -> Result<()> {
+        let p = self.peer("Comm::recv", peer)?;
+        // SAFETY: buf is a live device allocation of buf.len() elements,
+        // written by the transfer in stream order (as for send).
+        let rc = unsafe {
+            sys::ncclRecv(
+                buf.as_device_ptr().as_raw() as *mut std::ffi::c_void,
+                buf.len(),
+                T::NCCL,
+                p,
+                self.raw,
+                gpu.stream().as_inner(),
+            )
+        };
+        let r = check(rc, "ncclRecv", || {
+            format!(
+                "{} elements from rank {peer} to rank {}",
+                buf.len(),
+                self.rank
+            )
+        });
+        self.fail(r)
+    }
+
+    /// NCCL's asynchronous error of this communicator (a peer's failure,
+    /// a network error), as an error.
+    pub fn async_error(&mut self) -> Result<()> {
+        let mut e = sys::NCCL_SUCCESS;
+        // SAFETY: writes one ncclResult_t.
+        let rc = unsafe { sys::ncclCommGetAsyncError(self.raw, &mut e) };
+        let r = check(rc, "ncclCommGetAsyncError", String::new)
+            .and_then(|()| check(e, "NCCL (asynchronous)", || format!("rank {}", self.rank)));
+        self.fail(r)
+    }
+
+    /// Waits until `gpu`'s stream has finished everything enqueued, polling
+    /// it and NCCL's asynchronous error; after `timeout` it aborts the
+    /// communicator and returns [`Error::Timeout`]. Spins for the first
+    /// 200 µs (decode steps), then sleeps 50 µs between polls.
+    pub fn wait(&mut self, gpu: &Gpu, op: &str, timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            // SAFETY: queries the Gpu's live stream.
+            let rc = unsafe { cust::sys::cuStreamQuery(gpu.stream().as_inner()) };
+            if rc == cust::sys::cudaError_enum::CUDA_SUCCESS {
+                return Ok(());
+            }
+            if rc != cust::sys::cudaError_enum::CUDA_ERROR_NOT_READY {
+                self.failed = true;
+                crate::error::check_cu(rc, || "cuStreamQuery".into(), || op.to_string())?;
+            }
+            self.async_error()?;
+            let waited = t0.elapsed();
+            if waited >= timeout {
+                self.abort();
+                return Err(Error::Timeout {
+                    op: format!("{op} (rank {} of {})", self.rank, self.world),
+                    waited_s: waited.as_secs_f64(),
+                });
+            }
+            if waited > Duration::from_micros(200) {
+                std::thread::sleep(Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Aborts the communicator (`ncclCommAbort`): transfers in flight end,
+    /// later calls fail. Idempotent.
+    pub fn abort(&mut self) {
+        if !self.raw.is_null() {
+            // SAFETY: a live communicator, not used after (raw set to null).
+            unsafe { sys::ncclCommAbort(self.raw) };
+            self.raw = std::ptr::null_mut();
+        }
+        self.failed = true;
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        if self.raw.is_null() {
+            return;
+        }
+        // SAFETY: a live communicator, dropped once; abort rather than
+        // destroy after a failure (destroy may wait on a dead peer).
+        unsafe {
+            if self.failed {
+                sys::ncclCommAbort(self.raw);
+            } else {
+                sys::ncclCommDestroy(self.raw);
+            }
+        }
+        self.raw = std::ptr::null_mut();
+    }
+}
+
+/// The deadline of [`Comm::wait`] from `WDMOE_DIST_TIMEOUT_S` (seconds,
+/// default 120).
+pub fn timeout_from_env() -> Duration {
+    std::env::var("WDMOE_DIST_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map_or(Duration::from_secs(120), Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_id_hex_round_trips_and_rejects_bad_text() {
+        let mut raw = sys::ncclUniqueId {
+            internal: [0; sys::NCCL_UNIQUE_ID_BYTES],
+        };
+        for (i, b) in raw.internal.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8 as std::ffi::c_char;
+        }
+        let id = UniqueId(raw);
+        let hex = id.to_hex();
+        assert_eq!(hex.len(), 256);
+        assert_eq!(&hex[..4], "030a");
+        let back = UniqueId::from_hex(&format!("  {hex}\n")).unwrap();
+        assert_eq!(back.to_hex(), hex);
+        assert!(matches!(
+            UniqueId::from_hex(&hex[..254]),
+            Err(Error::Dist { .. })
+        ));
+        let mut bad = hex.clone();
+        bad.replace_range(10..11, "g");
+        assert!(UniqueId::from_hex(&bad).is_err());
+    }
+
+    #[test]
+    fn the_stub_library_fails_with_a_typed_error() {
+        // Against the stub (CI) every call returns ncclSystemError; against
+        // a real NCCL this creates an id. Either way: no panic, and a
+        // failure keeps NCCL's code.
+        match UniqueId::new() {
+            Ok(_) => {}
+            Err(Error::Nccl { code, op, .. }) => {
+                assert_eq!(op, "ncclGetUniqueId");
+                assert_ne!(code, sys::NCCL_SUCCESS);
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+}

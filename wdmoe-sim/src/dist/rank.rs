@@ -1,0 +1,257 @@
+//! One rank of `wdmoe dist` (feature `dist`): GPU, NCCL id exchange,
+//! communicator (setup bounded by a watchdog), experts, then the base
+//! station's driver (rank 0) or a device's serve loop.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wdmoe_core::select::Policy;
+use wdmoe_cuda::dist::{
+    random_source, DeviceRank, DistMoe, LinkRates, Links, LocalExperts, Placement,
+};
+use wdmoe_cuda::moe::route_tokens;
+use wdmoe_cuda::nccl::{Comm, UniqueId};
+use wdmoe_cuda::{f16, Gpu};
+
+use super::report::{DistReport, LayerRecord};
+use super::DistArgs;
+use crate::output;
+use crate::scenario::{Accounting, Scenario, MAX_FILE_BYTES};
+use crate::sim::Simulation;
+
+/// CUDA devices visible to this process.
+pub fn visible_gpus() -> Result<usize, String> {
+    use wdmoe_cuda::cust;
+    cust::init(cust::CudaFlags::empty())
+        .and_then(|()| cust::device::Device::num_devices())
+        .map(|n| n as usize)
+        .map_err(|e| format!("no usable CUDA driver ({e:?}): a distributed run needs GPUs"))
+}
+
+/// The scenario of the run: the file's or the paper's, with the run's
+/// layers, tokens (sequential, eq. 8), shape and seed.
+pub fn scenario_of(a: &DistArgs) -> Result<Scenario, String> {
+    let mut s = match &a.scenario {
+        Some(p) => {
+            let text = output::read_bounded(p, MAX_FILE_BYTES).map_err(|e| e.to_string())?;
+            Scenario::from_toml_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => Scenario::paper(),
+    };
+    let u32_of =
+        |v: usize, what: &str| u32::try_from(v).map_err(|_| format!("--{what} {v} is too large"));
+    s.model.layers = u32_of(a.layers, "layers")?;
+    s.model.hidden = u32_of(a.m, "m")?;
+    s.model.ffn_hidden = u32_of(a.m_h, "m-h")?;
+    s.prompt_tokens = a.tokens;
+    s.decode_tokens = 0;
+    s.accounting = Accounting::Sequential;
+    s.seed = a.seed;
+    Ok(s)
+}
+
+/// Exits the process if `done` is not set within `limit` (NCCL setup blocks
+/// with no timeout of its own when a peer never joins).
+fn watchdog(rank: usize, what: &'static str, limit: Duration) -> Arc<AtomicBool> {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if flag.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !flag.load(Ordering::Acquire) {
+            eprintln!(
+                "rank {rank}: {what} did not finish in {:.0} s (did another rank fail?); exiting",
+                limit.as_secs_f64()
+            );
+            std::process::exit(3);
+        }
+    });
+    done
+}
+
+/// The NCCL id: rank 0 makes it and writes it (temporary name, then
+/// rename); the others wait for the file.
+fn exchange_id(rank: usize, id_file: &Path, limit: Duration) -> Result<UniqueId, String> {
+    if rank == 0 {
+        let id = UniqueId::new().map_err(|e| e.to_string())?;
+        let tmp = id_file.with_extension("tmp");
+        std::fs::write(&tmp, id.to_hex())
+            .and_then(|()| std::fs::rename(&tmp, id_file))
+            .map_err(|e| format!("writing the NCCL id to {}: {e}", id_file.display()))?;
+        return Ok(id);
+    }
+    let t0 = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(id_file) {
+            return UniqueId::from_hex(&text).map_err(|e| e.to_string());
+        }
+        if t0.elapsed() > limit {
+            return Err(format!(
+                "no NCCL id from rank 0 in {} after {:.0} s",
+                id_file.display(),
+                limit.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One rank, start to end.
+pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(), String> {
+    let limit = Duration::from_secs_f64(a.timeout_s);
+    let scenario = scenario_of(a)?;
+    let n_experts = scenario.n_experts();
+    let placement = Placement::parse(&a.placement, n_experts, world)
+        .map_err(|e| format!("--placement: {e}"))?;
+    let gpu = Gpu::new(rank as u32).map_err(|e| format!("GPU {rank}: {e}"))?;
+    let id = exchange_id(rank, id_file, limit)?;
+    let done = watchdog(rank, "NCCL setup (ncclCommInitRank)", limit);
+    let comm = Comm::init_rank(&gpu, world, rank, &id).map_err(|e| e.to_string())?;
+    done.store(true, Ordering::Release);
+    // Test hook (run-gpu-dist.sh): this rank dies right after joining, to
+    // show that the others stop with a message instead of hanging.
+    if std::env::var("WDMOE_DIST_TEST_DIE").ok().as_deref() == Some(&rank.to_string()) {
+        eprintln!("rank {rank}: exiting on purpose (WDMOE_DIST_TEST_DIE)");
+        std::process::exit(7);
+    }
+    let max_tokens = 1;
+    let local = LocalExperts::load(
+        &gpu,
+        &placement,
+        rank,
+        a.layers,
+        a.m,
+        a.m_h,
+        max_tokens,
+        &mut random_source(a.m, a.m_h, a.seed),
+    )
+    .map_err(|e| format!("loading experts: {e}"))?;
+    eprintln!(
+        "rank {rank}: {} on GPU {rank}, experts {:?} of {} layers",
+        gpu.info().name,
+        placement.experts_on(rank),
+        a.layers
+    );
+    if rank != 0 {
+        let mut dev =
+            DeviceRank::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
+        dev.set_timeout(limit);
+        let stats = dev.serve(&gpu).map_err(|e| e.to_string())?;
+        eprintln!(
+            "rank {rank}: served {} steps, {} rows",
+            stats.steps, stats.rows
+        );
+        return Ok(());
+    }
+    let mut dist =
+        DistMoe::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
+    dist.set_timeout(limit);
+    let r = base_station(a, &gpu, &mut dist, scenario, world);
+    match r {
+        Ok(report) => {
+            dist.stop(&gpu).map_err(|e| e.to_string())?;
+            print!("{}", report.table());
+            if let Some(p) = &a.json {
+                output::write_atomic(p, report.json().as_bytes()).map_err(|e| e.to_string())?;
+            }
+            if let Some(p) = &a.csv {
+                output::write_atomic(p, report.csv().as_bytes()).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            dist.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Rank 0's driver: the scenario's draws token by token and layer by layer,
+/// routed with wdmoe-core's policy, every layer's MoE through `dist`.
+fn base_station(
+    a: &DistArgs,
+    gpu: &Gpu,
+    dist: &mut DistMoe,
+    scenario: Scenario,
+    world: usize,
+) -> Result<DistReport, String> {
+    let e_str = |e: wdmoe_cuda::Error| e.to_string();
+    let sim = Simulation::new(scenario).map_err(|e| e.to_string())?;
+    let n = sim.scenario().n_experts();
+    let policy = Policy::new(a.k, a.theta, a.max_drops).map_err(|e| format!("policy: {e}"))?;
+    let model = *sim.channel().latency_model();
+    let mut x = gpu.alloc::<f16>(a.m).map_err(e_str)?;
+    let mut acc = gpu.alloc::<f32>(a.m).map_err(e_str)?;
+    // Warm-up (not recorded): every expert of every layer once, so NCCL's
+    // connections and the kernels are set up before anything is timed.
+    let all: Vec<Vec<(usize, f32)>> = (0..n).map(|_| vec![(0, 1.0 / n as f32)]).collect();
+    gpu.fill_uniform(&mut x, a.seed, 1.0).map_err(e_str)?;
+    for l in 0..a.layers {
+        dist.step_timed(gpu, l, &x, 1, &all, None, &mut acc)
+            .map_err(e_str)?;
+    }
+    let rep = sim.replication(0);
+    let mut draws = rep.prompt(0).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    let mut rates = vec![
+        LinkRates {
+            down_bps: 0.0,
+            up_bps: 0.0
+        };
+        n
+    ];
+    while let Some(j) = draws.next_token().map_err(|e| e.to_string())? {
+        for l in 0..a.layers {
+            draws.layer(l).map_err(|e| e.to_string())?;
+            let logits: Vec<f32> = draws.logits(l).iter().map(|&v| v as f32).collect();
+            let ch = draws.channel();
+            let routing = route_tokens(&logits, 1, n, &policy, ch.latency_s()).map_err(e_str)?;
+            rates.iter_mut().for_each(|r| {
+                *r = LinkRates {
+                    down_bps: 0.0,
+                    up_bps: 0.0,
+                }
+            });
+            for (q, dev) in ch.links() {
+                let (d, u) = model
+                    .rates_bps(dev, ch.bandwidth_hz()[q])
+                    .map_err(|e| format!("link of device {q}: {e}"))?;
+                rates[q] = LinkRates {
+                    down_bps: d,
+                    up_bps: u,
+                };
+            }
+            let links = (!a.no_links).then_some(Links {
+                rates: &rates,
+                payload_bits: model.payload_bits(),
+            });
+            let seed = a.seed ^ ((j as u64) << 32 | l as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            gpu.fill_uniform(&mut x, seed, 1.0).map_err(e_str)?;
+            let st = dist
+                .step_timed(gpu, l, &x, 1, &routing.groups, links, &mut acc)
+                .map_err(e_str)?;
+            records.push(LayerRecord {
+                token: j,
+                layer: l,
+                experts: routing.selections[0].experts().len(),
+                modeled_s: routing.token_latency_s[0],
+                airtime_s: st.hold_s.iter().map(|h| h.0 + h.1).fold(0.0, f64::max),
+                measured_s: st.time_s,
+            });
+        }
+    }
+    Ok(DistReport {
+        machine: format!("{world} x {}", gpu.info().name),
+        placement: dist.placement().spec(),
+        shape: (a.m, a.m_h),
+        links: !a.no_links,
+        layers: records,
+    })
+}
