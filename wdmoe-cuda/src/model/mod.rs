@@ -28,15 +28,19 @@ use cust::memory::{CopyDestination, DeviceBuffer};
 use half::f16;
 use wdmoe_core::select::Policy;
 
+use crate::dist::MoeExecutor;
 use crate::error::{shape, Error, Result};
 use crate::moe::{MoeLayer, MoeStep, TokenSelection};
 use crate::prefill::PREFILL_MIN_TOKENS;
 use crate::runtime::{elapsed_ms, Gpu};
 
 pub(crate) mod kernels;
+mod remote;
 #[cfg(test)]
 mod tests;
 mod weights;
+
+use remote::{LayerMoe, RemoteRouter};
 
 use kernels::{attn_part_len, attn_splits, AttnDims};
 pub use kernels::{ATTN_MAX_HEAD_DIM, GEMV_MAX_TOKENS};
@@ -126,7 +130,7 @@ struct Layer {
     moe_norm: DeviceBuffer<f32>,
     wqkv: DeviceBuffer<f16>,
     wo: DeviceBuffer<f16>,
-    moe: MoeLayer,
+    moe: LayerMoe,
     k_cache: DeviceBuffer<f16>,
     v_cache: DeviceBuffer<f16>,
 }
@@ -165,6 +169,13 @@ impl std::fmt::Debug for GpuModel {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// The seed of layer `layer`'s router and experts in [`GpuModel::random`]
+/// (`moe::random_expert(gpu, m, m_h, q, moe_seed(seed, layer))` is expert
+/// q), so that another GPU can hold the same experts.
+pub fn moe_seed(seed: u64, layer: usize) -> u64 {
+    seed.wrapping_add((layer as u64 + 1) << 20) ^ 3
 }
 
 fn layer_name(l: usize, rest: &str) -> String {
@@ -247,7 +258,7 @@ impl GpuModel {
                 gpu.upload(&moe_norm)?,
                 gpu.upload(&wqkv)?,
                 gpu.upload(&wo)?,
-                moe,
+                LayerMoe::Local(moe),
             )?);
         }
         let final_norm = gpu.upload(&weights::read_f32(src, "model.norm.weight", m)?)?;
@@ -270,7 +281,32 @@ impl GpuModel {
         seed: u64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<GpuModel> {
-        let gpu: Arc<Gpu> = gpu.into();
+        Self::random_inner(gpu.into(), shape, opts, seed, false, progress)
+    }
+
+    /// [`GpuModel::random`] without the experts: each layer keeps its
+    /// router here and runs its experts through the executor given to
+    /// [`GpuModel::forward_remote`] (the base station of a distributed run;
+    /// expert `q` of layer `l` is `moe::random_expert(gpu, m, m_h, q,
+    /// moe_seed(seed, l))` there, the same weights as [`GpuModel::random`]).
+    pub fn random_remote(
+        gpu: impl Into<Arc<Gpu>>,
+        shape: ModelShape,
+        opts: ModelOptions,
+        seed: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
+        Self::random_inner(gpu.into(), shape, opts, seed, true, progress)
+    }
+
+    fn random_inner(
+        gpu: Arc<Gpu>,
+        shape: ModelShape,
+        opts: ModelOptions,
+        seed: u64,
+        remote: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
         shape.check()?;
         let (m, mh, e) = (shape.hidden, shape.intermediate, shape.experts);
         let hd_all = shape.heads * shape.head_dim;
@@ -289,7 +325,15 @@ impl GpuModel {
             let s = seed.wrapping_add((l as u64 + 1) << 20);
             let wqkv = rand(shape.qkv_width() * m, s ^ 1, m)?;
             let wo = rand(m * hd_all, s ^ 2, hd_all)?;
-            let moe = MoeLayer::random_with(gpu.clone(), m, mh, e, chunk, Some(both), s ^ 3)?;
+            let moe = if remote {
+                // The router exactly as MoeLayer::random_with makes it.
+                let gb = rand(e * m, moe_seed(seed, l), m)?;
+                let g = gpu.download(&gb)?;
+                LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
+            } else {
+                let r = MoeLayer::random_with;
+                LayerMoe::Local(r(gpu.clone(), m, mh, e, chunk, Some(both), moe_seed(seed, l))?)
+            };
             let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);
             layers.push(Self::layer(&gpu, &shape, &opts, n1, n2, wqkv, wo, moe)?);
             done += shape.attn_bytes() + e * (shape.expert_bytes() + m * 2);
@@ -325,14 +369,16 @@ impl GpuModel {
         moe_norm: DeviceBuffer<f32>,
         wqkv: DeviceBuffer<f16>,
         wo: DeviceBuffer<f16>,
-        mut moe: MoeLayer,
+        mut moe: LayerMoe,
     ) -> Result<Layer> {
         let cache = shape.kv_heads * opts.max_seq * shape.head_dim;
         // The whole-model step: no per-expert events (they break the
         // overlap of one expert's kernels with the next), no probabilities
         // copied back (the logits are).
-        moe.set_expert_timing(false);
-        moe.set_probs_to_host(false);
+        if let Some(moe) = moe.local_mut() {
+            moe.set_expert_timing(false);
+            moe.set_probs_to_host(false);
+        }
         Ok(Layer {
             attn_norm,
             moe_norm,
@@ -447,7 +493,9 @@ impl GpuModel {
     pub fn set_device_policy(&mut self, on: bool) {
         self.device_policy = on;
         for l in &mut self.layers {
-            l.moe.set_device_policy_tokens(usize::from(on));
+            if let Some(moe) = l.moe.local_mut() {
+                moe.set_device_policy_tokens(usize::from(on));
+            }
         }
     }
 
@@ -456,7 +504,9 @@ impl GpuModel {
     #[doc(hidden)]
     pub fn skew_device_policy(&mut self, on: bool) {
         for l in &mut self.layers {
-            l.moe.skew_device_policy(on);
+            if let Some(moe) = l.moe.local_mut() {
+                moe.skew_device_policy(on);
+            }
         }
     }
 
@@ -470,6 +520,32 @@ impl GpuModel {
         out: Output,
         policy: &Policy<f64>,
         latency_s: &[f64],
+    ) -> Result<ForwardOut> {
+        self.forward_inner(tokens, out, policy, latency_s, None)
+    }
+
+    /// [`GpuModel::forward`] for a model of [`GpuModel::random_remote`]:
+    /// every layer's experts run through `exec` (e.g. `dist::DistMoe`: the
+    /// rows of each selected token sent to its expert's GPU); the router
+    /// and wdmoe-core's policy run here, on the host, per layer.
+    pub fn forward_remote(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+        exec: &mut dyn MoeExecutor,
+    ) -> Result<ForwardOut> {
+        self.forward_inner(tokens, out, policy, latency_s, Some(exec))
+    }
+
+    fn forward_inner(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+        mut exec: Option<&mut dyn MoeExecutor>,
     ) -> Result<ForwardOut> {
         const OP: &str = "GpuModel::forward";
         let (n, layers, e) = (tokens.len(), self.shape.layers, self.shape.experts);
@@ -519,14 +595,28 @@ impl GpuModel {
                 _ => None,
             };
             let lat = &latency_s[c0 * layers * e..c1 * layers * e];
-            let mut steps = self.run_chunk(&tokens[c0..c1], start + c0, rows.clone(), policy, lat)?;
+            let mut steps = self.run_chunk(
+                &tokens[c0..c1],
+                start + c0,
+                rows.clone(),
+                policy,
+                lat,
+                reborrow(&mut exec),
+            )?;
             if steps.iter().any(|s| s.rerun) {
                 // A device plan was not wdmoe-core's: the layers after it
                 // read its output; run the chunk again on the host policy.
                 reruns += 1;
                 let on = self.device_policy;
                 self.set_device_policy(false);
-                let r = self.run_chunk(&tokens[c0..c1], start + c0, rows.clone(), policy, lat);
+                let r = self.run_chunk(
+                    &tokens[c0..c1],
+                    start + c0,
+                    rows.clone(),
+                    policy,
+                    lat,
+                    reborrow(&mut exec),
+                );
                 self.set_device_policy(on);
                 steps = r?;
             }
@@ -579,6 +669,7 @@ impl GpuModel {
         rows: Option<std::ops::Range<usize>>,
         policy: &Policy<f64>,
         latency_s: &[f64],
+        mut exec: Option<&mut dyn MoeExecutor>,
     ) -> Result<Vec<MoeStep>> {
         let n = tokens.len();
         let (m, e, layers) = (self.shape.hidden, self.shape.experts, self.shape.layers);
@@ -669,7 +760,7 @@ impl GpuModel {
                 let at = (t * layers + l) * e;
                 lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
             }
-            done.push(layer.moe.enqueue(n, policy, &lat)?);
+            done.push(layer.moe.enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?);
         }
         let last = &self.layers[layers - 1];
         kernels::add_rmsnorm(
@@ -720,6 +811,14 @@ impl GpuModel {
             Some(err) => Err(err),
             None => Ok(steps),
         }
+    }
+}
+
+/// A shorter-lived borrow of an optional executor (for each call in a loop).
+fn reborrow<'s>(e: &'s mut Option<&mut dyn MoeExecutor>) -> Option<&'s mut dyn MoeExecutor> {
+    match e {
+        Some(x) => Some(&mut **x),
+        None => None,
     }
 }
 

@@ -18,6 +18,8 @@
 
 pub mod launch;
 #[cfg(feature = "dist")]
+mod model;
+#[cfg(feature = "dist")]
 mod rank;
 pub mod report;
 
@@ -34,6 +36,23 @@ pub struct DistArgs {
     /// GPUs (= ranks, one process each): rank 0 is the base station, 1.. devices.
     #[arg(long)]
     pub gpus: usize,
+    /// Run a whole Mixtral (random fp16 weights of this config's shape:
+    /// `mixtral-8x7b` or a checkpoint directory's config.json): rank 0 holds
+    /// embeddings, attention, routers and lm_head and decodes greedily,
+    /// every layer's experts on their ranks. Without it, rank 0 drives the
+    /// MoE layers alone on the scenario's synthetic router.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// With --model: prompt tokens (random ids from --seed).
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    /// With --model: tokens to generate.
+    #[arg(long, default_value_t = 16)]
+    pub new_tokens: usize,
+    /// With --model: rank 0 also runs the same model with every expert on
+    /// its own GPU and compares (needs the room for all experts there).
+    #[arg(long)]
+    pub check_single_gpu: bool,
     /// Which rank hosts which expert: `RANK:EXPERTS;…` (e.g. `1:0-3;2:4-7`),
     /// `spread` (round-robin over the device ranks) or `spread-bs` (the BS too).
     #[arg(long, default_value = "spread")]

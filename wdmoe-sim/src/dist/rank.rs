@@ -121,23 +121,35 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
         eprintln!("rank {rank}: exiting on purpose (WDMOE_DIST_TEST_DIE)");
         std::process::exit(7);
     }
-    let max_tokens = 1;
-    let local = LocalExperts::load(
-        &gpu,
-        &placement,
-        rank,
-        a.layers,
-        a.m,
-        a.m_h,
-        max_tokens,
-        &mut random_source(a.m, a.m_h, a.seed),
-    )
-    .map_err(|e| format!("loading experts: {e}"))?;
+    let model_shape = match a.model {
+        Some(_) => Some(super::model::shape(a)?),
+        None => None,
+    };
+    let (max_tokens, local) = match &model_shape {
+        Some(s) => (
+            super::model::CHUNK,
+            super::model::experts(&gpu, &placement, rank, s, a.seed)?,
+        ),
+        None => (
+            1,
+            LocalExperts::load(
+                &gpu,
+                &placement,
+                rank,
+                a.layers,
+                a.m,
+                a.m_h,
+                1,
+                &mut random_source(a.m, a.m_h, a.seed),
+            )
+            .map_err(|e| format!("loading experts: {e}"))?,
+        ),
+    };
     eprintln!(
         "rank {rank}: {} on GPU {rank}, experts {:?} of {} layers",
         gpu.info().name,
         placement.experts_on(rank),
-        a.layers
+        model_shape.map_or(a.layers, |s| s.layers)
     );
     if rank != 0 {
         let mut dev =
@@ -153,6 +165,21 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
     let mut dist =
         DistMoe::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
     dist.set_timeout(limit);
+    if let Some(s) = model_shape {
+        let gpu = Arc::new(gpu);
+        let r = super::model::base_station(a, gpu.clone(), &mut dist, s, world);
+        return match r {
+            Ok(text) => {
+                dist.stop(&gpu).map_err(|e| e.to_string())?;
+                print!("{text}");
+                Ok(())
+            }
+            Err(e) => {
+                dist.abort();
+                Err(e)
+            }
+        };
+    }
     let r = base_station(a, &gpu, &mut dist, scenario, world);
     match r {
         Ok(report) => {
