@@ -76,8 +76,8 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:
 // W [N][K] fp16 row-major (PyTorch's Linear layout), x [T][K] fp16, y fp32
-// with row pitch ldy. One warp per output row, 16-byte loads, 8 in flight
-// per lane; K % 8 == 0, W and x 16-byte aligned.
+// with row pitch ldy. One warp per output row, 16-byte loads, 16 (NT <= 2)
+// or 8 in flight per lane; K % 8 == 0, W and x 16-byte aligned.
 template <int NT>
 __device__ __forceinline__ void gemv_body(const __half* __restrict__ W, const __half* __restrict__ x, int K, int N,
                                           int T, float* __restrict__ y, int ldy, int accumulate) {
@@ -94,8 +94,10 @@ __device__ __forceinline__ void gemv_body(const __half* __restrict__ W, const __
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t] = 0.f;
     // The weights never depend on earlier kernels: the first batch is
-    // loaded before waiting for them (programmatic dependent launch).
-    constexpr int B = 8;
+    // loaded before waiting for them (programmatic dependent launch). With
+    // few tokens a whole 4096-wide row is one batch per lane (16 loads in
+    // flight): one DRAM round trip per warp.
+    constexpr int B = NT <= 2 ? 16 : 8;
     uint4 wv[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) {
@@ -171,31 +173,28 @@ extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const float2* 
                                    __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
     griddep_wait();
     griddep_launch_dependents();
-    const int t = blockIdx.x, pos = start + t, half = hd / 2;
-    const float* row = qkv + (long long)t * (H + 2 * KVH) * hd;
+    // Block (t, head): heads 0..H are q, H..H+KVH are k, the rest v; thread
+    // j < hd/2 takes the pair (j, j + hd/2).
+    const int t = blockIdx.x, head = blockIdx.y, pos = start + t, half = hd / 2;
+    const float* row = qkv + ((long long)t * (H + 2 * KVH) + head) * hd;
     const float2* cs = rope + (long long)pos * half;
-    // q: H heads x half pairs
-    for (int i = threadIdx.x; i < H * half; i += blockDim.x) {
-        const int h = i / half, j = i % half;
-        const float x1 = row[h * hd + j], x2 = row[h * hd + j + half];
-        const float2 c = cs[j];
-        float* q = q_out + (long long)t * H * hd + h * hd;
-        q[j] = x1 * c.x - x2 * c.y;
-        q[j + half] = x2 * c.x + x1 * c.y;
-    }
-    const float* kr = row + H * hd;
-    const float* vr = kr + KVH * hd;
-    for (int i = threadIdx.x; i < KVH * half; i += blockDim.x) {
-        const int h = i / half, j = i % half;
-        const float x1 = kr[h * hd + j], x2 = kr[h * hd + j + half];
-        const float2 c = cs[j];
-        __half* k = k_cache + ((long long)h * max_seq + pos) * hd;
-        k[j] = __float2half_rn(x1 * c.x - x2 * c.y);
-        k[j + half] = __float2half_rn(x2 * c.x + x1 * c.y);
-    }
-    for (int i = threadIdx.x; i < KVH * hd; i += blockDim.x) {
-        const int h = i / hd, j = i % hd;
-        v_cache[((long long)h * max_seq + pos) * hd + j] = __float2half_rn(vr[h * hd + j]);
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        const float x1 = row[j], x2 = row[j + half];
+        if (head < H) {
+            const float2 c = cs[j];
+            float* q = q_out + ((long long)t * H + head) * hd;
+            q[j] = x1 * c.x - x2 * c.y;
+            q[j + half] = x2 * c.x + x1 * c.y;
+        } else if (head < H + KVH) {
+            const float2 c = cs[j];
+            __half* k = k_cache + ((long long)(head - H) * max_seq + pos) * hd;
+            k[j] = __float2half_rn(x1 * c.x - x2 * c.y);
+            k[j + half] = __float2half_rn(x2 * c.x + x1 * c.y);
+        } else {
+            __half* v = v_cache + ((long long)(head - H - KVH) * max_seq + pos) * hd;
+            v[j] = __float2half_rn(x1);
+            v[j + half] = __float2half_rn(x2);
+        }
     }
 }
 

@@ -299,15 +299,20 @@ pub(crate) fn rope_kv(
         v_cache: addr(v_cache),
     };
     // SAFETY: rope_kv(const float*, const float2*, int, int, int, int, int,
-    // float*, half*, half*) = RopeKv; block i < t reads qkv row i (t x
-    // qkv_width, checked) and rope row start+i < max_seq (max_seq x hd/2
-    // float2, checked, 8-byte aligned), writes q_out row i (checked) and
-    // cache position start+i < max_seq of each kv head (checked).
+    // float*, half*, half*) = RopeKv; block (i, head), i < t, head < H +
+    // 2 KVH, reads head `head` of qkv row i (t x qkv_width, checked) and
+    // rope row start+i < max_seq (max_seq x hd/2 float2, checked, 8-byte
+    // aligned), writes q_out row i (checked) or cache position start+i <
+    // max_seq of one kv head (checked).
     unsafe {
         gpu.launch(
             &gpu.model,
             "rope_kv",
-            Shape::new(t as u32, 128).pdl(true),
+            Shape::new(
+                (t as u32, (dims.heads + 2 * dims.kv_heads) as u32),
+                (hd / 2).clamp(32, 128) as u32,
+            )
+            .pdl(true),
             p,
             || format!("t={t} start={start}"),
         )
