@@ -238,9 +238,8 @@ fn setup(c: &CommonArgs, task: &str) -> Result<Setup, CliError> {
 }
 
 /// One θ's evaluation: the model, θ's policy, the latencies, the totals.
-type EachTheta<'a, R> =
-    dyn FnMut(&mut dyn Backend, &MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String>
-        + 'a;
+type EachTheta<'a, R> = dyn FnMut(&mut dyn Backend, &MoeConfig, &LatencySource<'_>, &mut RoutingTotals) -> Result<R, String>
+    + 'a;
 
 /// Runs one evaluation per θ; `each` runs θ's evaluation with its totals
 /// (the first θ's recording the trace when asked). Writes the files, then

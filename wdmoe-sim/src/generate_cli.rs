@@ -157,7 +157,10 @@ pub fn random_weights_config(model: &std::path::Path) -> Result<MixtralConfig, M
 /// `quiet`), with a KV cache for the config's max_position_embeddings (at
 /// most 4,096 positions) or `max_seq`.
 #[cfg(feature = "cuda")]
-pub fn load_gpu(dir: &std::path::Path, quiet: bool) -> Result<crate::model::gpu::GpuBackend, String> {
+pub fn load_gpu(
+    dir: &std::path::Path,
+    quiet: bool,
+) -> Result<crate::model::gpu::GpuBackend, String> {
     load_gpu_with(dir, quiet, None, 512)
 }
 
@@ -177,8 +180,7 @@ fn load_gpu_with(
         prefill_chunk,
         ..Default::default()
     };
-    GpuBackend::load(dir, 0, opts, cb)
-    .map_err(|err| format!("{}: {err}", dir.display()))
+    GpuBackend::load(dir, 0, opts, cb).map_err(|err| format!("{}: {err}", dir.display()))
 }
 
 fn e(err: ModelError) -> CliError {
@@ -212,7 +214,9 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         None => Scenario::default(),
     };
     if a.random_weights && a.device != Device::Cuda {
-        return Err("--random-weights needs --device cuda (the weights are generated on the GPU)".into());
+        return Err(
+            "--random-weights needs --device cuda (the weights are generated on the GPU)".into(),
+        );
     }
     let cpu_model = if a.random_weights {
         None
@@ -239,9 +243,7 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
         (None, None, None) => return Err("give --prompt, --prompt-ids or --random-prompt".into()),
     };
     #[cfg(feature = "cuda")]
-    let max_seq = a
-        .max_seq
-        .unwrap_or(prompt.len() + a.max_new_tokens.max(1));
+    let max_seq = a.max_seq.unwrap_or(prompt.len() + a.max_new_tokens.max(1));
     let mut cpu_backend = cpu_model.as_ref().map(CpuBackend::new);
     #[cfg(feature = "cuda")]
     let mut gpu_backend = match a.device {
@@ -258,7 +260,12 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
                     .map_err(e)?,
             )
         }
-        Device::Cuda => Some(load_gpu_with(&a.model, a.json, Some(max_seq), a.prefill_chunk)?),
+        Device::Cuda => Some(load_gpu_with(
+            &a.model,
+            a.json,
+            Some(max_seq),
+            a.prefill_chunk,
+        )?),
         Device::Cpu => None,
     };
     #[cfg(feature = "cuda")]
@@ -415,7 +422,11 @@ pub fn run(a: &GenerateArgs, out: &mut Stdout) -> Result<(), CliError> {
     let floor_bytes: Option<f64> = None;
     #[cfg(feature = "cuda")]
     let gpu_mem = match &gpu_backend {
-        Some(g) => Some(g.model().memory_used_bytes().map_err(|err| err.to_string())?),
+        Some(g) => Some(
+            g.model()
+                .memory_used_bytes()
+                .map_err(|err| err.to_string())?,
+        ),
         None => None,
     };
     #[cfg(not(feature = "cuda"))]
@@ -512,4 +523,3 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Result<Vec<u32>, String> {
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect())
 }
-

@@ -10,7 +10,7 @@ use common::hf::{cases, fixture_dir as fixture, moe_for, read_npy_2d};
 use wdmoe_sim::eval::choice::{self, ChoiceItem, Continuation};
 use wdmoe_sim::eval::perplexity::perplexity;
 use wdmoe_sim::eval::{log_softmax_at, LatencySource, RoutingTotals};
-use wdmoe_sim::model::{FixedLatency, Logits, Model, MoeConfig};
+use wdmoe_sim::model::{CpuBackend, FixedLatency, Logits, Model, MoeConfig};
 use wdmoe_sim::progress::Progress;
 
 const SEP: Continuation = Continuation::Separate;
@@ -49,7 +49,7 @@ fn perplexity_equals_hf_on_every_fixture_and_case() {
             for window in [n, 64] {
                 let mut totals = RoutingTotals::default();
                 let row = perplexity(
-                    &model,
+                    &mut CpuBackend::new(&model),
                     ids,
                     window,
                     &moe,
@@ -88,7 +88,7 @@ fn windows_split_the_stream_and_score_n_minus_one_each() {
     let (moe, lat) = moe_for(c, 8);
     let run = |w: usize| {
         perplexity(
-            &model,
+            &mut CpuBackend::new(&model),
             &c.prompt_ids,
             w,
             &moe,
@@ -119,7 +119,7 @@ fn windows_split_the_stream_and_score_n_minus_one_each() {
     assert_eq!(r4.tokens_scored, 9);
     assert!(rel(r4.perplexity, (nll / 9.0).exp()) < 1e-9);
     assert!(perplexity(
-        &model,
+        &mut CpuBackend::new(&model),
         &c.prompt_ids,
         1,
         &moe,
@@ -168,7 +168,7 @@ fn choice_log_likelihoods_equal_hf_on_the_id_sample() {
         let (moe, lat) = moe_for(&c, 8);
         let mut totals = RoutingTotals::default();
         let (row, scores) = choice::evaluate(
-            &model,
+            &mut CpuBackend::new(&model),
             &items,
             &moe,
             &LatencySource::Fixed(lat),
@@ -274,7 +274,7 @@ fn text_choices_follow_the_protocol_and_equal_full_forward_passes() {
     let moe = MoeConfig::wdmoe(2, 0.2, 1).unwrap();
     let lat = FixedLatency::new((1..=e).map(|q| q as f64 * 0.01).collect()).unwrap();
     let (row, scores) = choice::evaluate(
-        &model,
+        &mut CpuBackend::new(&model),
         &items,
         &moe,
         &LatencySource::Fixed(lat.clone()),
@@ -394,7 +394,7 @@ fn tiny_model_choice_accuracy_equals_the_model_card() {
     )
     .unwrap();
     let (row, scores) = choice::evaluate(
-        &model,
+        &mut CpuBackend::new(&model),
         &items,
         &MoeConfig::top_k(2).unwrap(),
         &LatencySource::Fixed(FixedLatency::uniform(8)),
@@ -413,7 +413,7 @@ fn tiny_model_choice_accuracy_equals_the_model_card() {
         choice::parse_items(&std::fs::read_to_string(&path).unwrap(), &path, &model, SEP).unwrap();
     assert_eq!(items.len(), 141);
     let (row, _) = choice::evaluate(
-        &model,
+        &mut CpuBackend::new(&model),
         &items,
         &MoeConfig::top_k(2).unwrap(),
         &LatencySource::Fixed(FixedLatency::uniform(8)),

@@ -50,7 +50,12 @@ fn gpu_seq(dir: &std::path::Path, layout: ExpertLayout, max_seq: usize) -> GpuBa
     gpu_opts(dir, layout, max_seq, 512)
 }
 
-fn gpu_opts(dir: &std::path::Path, layout: ExpertLayout, max_seq: usize, chunk: usize) -> GpuBackend {
+fn gpu_opts(
+    dir: &std::path::Path,
+    layout: ExpertLayout,
+    max_seq: usize,
+    chunk: usize,
+) -> GpuBackend {
     let opts = ModelOptions {
         max_seq,
         layout,
@@ -96,7 +101,10 @@ fn gpu_prompt_logits_match_cpu_and_hf_on_every_fixture() {
                         all += 1;
                     }
                 }
-                assert_eq!(all, case.prompt_ids.len() * model.config().num_hidden_layers);
+                assert_eq!(
+                    all,
+                    case.prompt_ids.len() * model.config().num_hidden_layers
+                );
                 assert!(
                     same * 100 >= all * 95,
                     "{ctx}: {same} of {all} selections equal"

@@ -226,30 +226,42 @@ impl GpuModel {
         tick(shape.vocab * m * 2, progress);
         let mut layers = Vec::with_capacity(shape.layers);
         for l in 0..shape.layers {
-            let attn_norm =
-                weights::read_f32(src, &layer_name(l, "input_layernorm.weight"), m)?;
+            let attn_norm = weights::read_f32(src, &layer_name(l, "input_layernorm.weight"), m)?;
             let moe_norm =
                 weights::read_f32(src, &layer_name(l, "post_attention_layernorm.weight"), m)?;
             let mut wqkv =
                 weights::read_f16(src, &layer_name(l, "self_attn.q_proj.weight"), hd_all * m)?;
             for p in ["k_proj", "v_proj"] {
-                let w =
-                    weights::read_f16(src, &layer_name(l, &format!("self_attn.{p}.weight")), kvw * m)?;
+                let w = weights::read_f16(
+                    src,
+                    &layer_name(l, &format!("self_attn.{p}.weight")),
+                    kvw * m,
+                )?;
                 wqkv.extend_from_slice(&w);
             }
             let wo = weights::read_f16(src, &layer_name(l, "self_attn.o_proj.weight"), m * hd_all)?;
             let g = weights::read_f16(src, &layer_name(l, "block_sparse_moe.gate.weight"), e * m)?;
             tick(shape.attn_bytes() + e * m * 2, progress);
             let build = MoeLayer::build_with;
-            let moe = build(gpu.clone(), &g, e, m, mh, chunk, Some(both), |gpu: &Gpu, q| {
-                let mut one = |w: &str, len: usize| -> Result<DeviceBuffer<f16>> {
-                    let name = layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
-                    gpu.upload(&weights::read_f16(src, &name, len)?)
-                };
-                let raw = (one("w1", mh * m)?, one("w3", mh * m)?, one("w2", m * mh)?);
-                tick(shape.expert_bytes(), progress);
-                Ok(raw)
-            })?;
+            let moe = build(
+                gpu.clone(),
+                &g,
+                e,
+                m,
+                mh,
+                chunk,
+                Some(both),
+                |gpu: &Gpu, q| {
+                    let mut one = |w: &str, len: usize| -> Result<DeviceBuffer<f16>> {
+                        let name =
+                            layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
+                        gpu.upload(&weights::read_f16(src, &name, len)?)
+                    };
+                    let raw = (one("w1", mh * m)?, one("w3", mh * m)?, one("w2", m * mh)?);
+                    tick(shape.expert_bytes(), progress);
+                    Ok(raw)
+                },
+            )?;
             layers.push(Self::layer(
                 &gpu,
                 &shape,
@@ -269,7 +281,16 @@ impl GpuModel {
             tick(shape.vocab * m * 2, progress);
             Some(gpu.upload(&w)?)
         };
-        Self::assemble(gpu, shape, opts, (chunk, both), layers, embed, lm_head, final_norm)
+        Self::assemble(
+            gpu,
+            shape,
+            opts,
+            (chunk, both),
+            layers,
+            embed,
+            lm_head,
+            final_norm,
+        )
     }
 
     /// A model of `shape` with random fp16 weights generated on the GPU
@@ -332,7 +353,15 @@ impl GpuModel {
                 LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
             } else {
                 let r = MoeLayer::random_with;
-                LayerMoe::Local(r(gpu.clone(), m, mh, e, chunk, Some(both), moe_seed(seed, l))?)
+                LayerMoe::Local(r(
+                    gpu.clone(),
+                    m,
+                    mh,
+                    e,
+                    chunk,
+                    Some(both),
+                    moe_seed(seed, l),
+                )?)
             };
             let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);
             layers.push(Self::layer(&gpu, &shape, &opts, n1, n2, wqkv, wo, moe)?);
@@ -346,7 +375,16 @@ impl GpuModel {
         };
         let final_norm = gpu.upload(&ones)?;
         progress(total, total);
-        Self::assemble(gpu, shape, opts, (chunk, both), layers, embed, lm_head, final_norm)
+        Self::assemble(
+            gpu,
+            shape,
+            opts,
+            (chunk, both),
+            layers,
+            embed,
+            lm_head,
+            final_norm,
+        )
     }
 
     /// Tokens per chunk and whether both expert layouts are held.
@@ -760,7 +798,11 @@ impl GpuModel {
                 let at = (t * layers + l) * e;
                 lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
             }
-            done.push(layer.moe.enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?);
+            done.push(
+                layer
+                    .moe
+                    .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?,
+            );
         }
         let last = &self.layers[layers - 1];
         kernels::add_rmsnorm(

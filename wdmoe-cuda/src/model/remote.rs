@@ -39,7 +39,11 @@ impl RemoteRouter {
             acc: gpu.alloc(max_tokens * m)?,
             probs: gpu.alloc(max_tokens * experts)?,
             logits: LockedBuffer::new(&0.0f32, max_tokens * experts).map_err(|e| {
-                Error::cuda("cuMemAllocHost", format!("{} floats", max_tokens * experts), e)
+                Error::cuda(
+                    "cuMemAllocHost",
+                    format!("{} floats", max_tokens * experts),
+                    e,
+                )
             })?,
             events: [gpu.event()?, gpu.event()?],
             experts,

@@ -176,7 +176,10 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         let pos = start + ti;
         for hh in 0..h {
             for j in 0..half {
-                let (c, s) = (rope[(pos * half + j) * 2] as f64, rope[(pos * half + j) * 2 + 1] as f64);
+                let (c, s) = (
+                    rope[(pos * half + j) * 2] as f64,
+                    rope[(pos * half + j) * 2 + 1] as f64,
+                );
                 let x1 = qkv[ti * qkvw + hh * hd + j] as f64;
                 let x2 = qkv[ti * qkvw + hh * hd + j + half] as f64;
                 let g1 = qg[ti * h * hd + hh * hd + j] as f64;
@@ -198,7 +201,11 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
     let mut worst = 0.0f64;
     for ti in 0..t {
         let pos = start + ti;
-        let lo = if dims.window > 0 { (pos + 1).saturating_sub(dims.window) } else { 0 };
+        let lo = if dims.window > 0 {
+            (pos + 1).saturating_sub(dims.window)
+        } else {
+            0
+        };
         for hh in 0..h {
             let kh = hh / (h / kvh);
             let qrow = &qg[ti * h * hd + hh * hd..ti * h * hd + (hh + 1) * hd];
@@ -282,9 +289,19 @@ fn attention_shapes_are_checked_before_launch() {
     assert!(ok.check("t").is_ok());
     for bad in [
         AttnDims { kv_heads: 3, ..ok },
-        AttnDims { head_dim: 127, ..ok },
-        AttnDims { head_dim: 512, ..ok },
-        AttnDims { heads: 32 * 17, kv_heads: 1, ..ok },
+        AttnDims {
+            head_dim: 127,
+            ..ok
+        },
+        AttnDims {
+            head_dim: 512,
+            ..ok
+        },
+        AttnDims {
+            heads: 32 * 17,
+            kv_heads: 1,
+            ..ok
+        },
         AttnDims { max_seq: 0, ..ok },
     ] {
         assert!(bad.check("t").is_err(), "{bad:?}");

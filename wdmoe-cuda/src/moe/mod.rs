@@ -252,9 +252,16 @@ impl MoeLayer {
         gpu.fill_uniform(&mut g, seed, s_m)?;
         let g = gpu.download(&g)?;
         let b = Self::build_with;
-        b(gpu, &g, n_experts, m, m_h, max_tokens, grouped_prefill, |gpu: &Gpu, q| {
-            random_expert(gpu, m, m_h, q, seed)
-        })
+        b(
+            gpu,
+            &g,
+            n_experts,
+            m,
+            m_h,
+            max_tokens,
+            grouped_prefill,
+            |gpu: &Gpu, q| random_expert(gpu, m, m_h, q, seed),
+        )
     }
 
     fn assemble(
@@ -524,7 +531,9 @@ impl MoeLayer {
             return Ok(None);
         }
         if self.uses_device_routing(n_tokens, latency_s) {
-            return self.step_device_routed(n_tokens, policy, latency_s).map(Some);
+            return self
+                .step_device_routed(n_tokens, policy, latency_s)
+                .map(Some);
         }
         self.step_host(n_tokens, policy, latency_s).map(Some)
     }

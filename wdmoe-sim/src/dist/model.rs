@@ -39,7 +39,8 @@ pub(super) fn experts(
     seed: u64,
 ) -> Result<LocalExperts, String> {
     let (m, mh) = (s.hidden, s.intermediate);
-    let mut source = |gpu: &Gpu, l: usize, q: usize| random_expert(gpu, m, mh, q, moe_seed(seed, l));
+    let mut source =
+        |gpu: &Gpu, l: usize, q: usize| random_expert(gpu, m, mh, q, moe_seed(seed, l));
     LocalExperts::load(gpu, placement, rank, s.layers, m, mh, CHUNK, &mut source)
         .map_err(|e| format!("loading experts: {e}"))
 }
@@ -68,7 +69,13 @@ fn greedy(
     mut step: impl FnMut(&[u32], Output, &[f64]) -> Result<wdmoe_cuda::model::ForwardOut, String>,
 ) -> Result<Run, String> {
     let per = lat.len();
-    let rep = |n: usize| lat.iter().copied().cycle().take(n * per).collect::<Vec<_>>();
+    let rep = |n: usize| {
+        lat.iter()
+            .copied()
+            .cycle()
+            .take(n * per)
+            .collect::<Vec<_>>()
+    };
     let first = step(prompt, Output::LastLogits, &rep(prompt.len()))?;
     let mut id = crate::model::sample::argmax(&first.logits);
     let mut ids = vec![id];
@@ -104,8 +111,14 @@ pub(super) fn base_station(
     let prompt: Vec<u32> = (0..a.prompt_tokens)
         .map(|i| ((i as u64 * 7919 + a.seed) % s.vocab as u64) as u32)
         .collect();
-    let mut bs = GpuModel::random_remote(gpu.clone(), s, opts(a, ExpertLayout::DecodeOnly), a.seed, &mut |_, _| {})
-        .map_err(err)?;
+    let mut bs = GpuModel::random_remote(
+        gpu.clone(),
+        s,
+        opts(a, ExpertLayout::DecodeOnly),
+        a.seed,
+        &mut |_, _| {},
+    )
+    .map_err(err)?;
     let dist_run = greedy(a, &prompt, &lat, |t, o, l| {
         bs.forward_remote(t, o, &policy, l, dist).map_err(err)
     })?;
@@ -127,11 +140,22 @@ pub(super) fn base_station(
     );
     if a.check_single_gpu {
         drop(bs);
-        let mut one = GpuModel::random(gpu.clone(), s, opts(a, ExpertLayout::DecodeOnly), a.seed, &mut |_, _| {})
-            .map_err(err)?;
+        let mut one = GpuModel::random(
+            gpu.clone(),
+            s,
+            opts(a, ExpertLayout::DecodeOnly),
+            a.seed,
+            &mut |_, _| {},
+        )
+        .map_err(err)?;
         one.set_device_policy(false);
-        let one_run = greedy(a, &prompt, &lat, |t, o, l| one.forward(t, o, &policy, l).map_err(err))?;
-        let scale = one_run.prompt_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let one_run = greedy(a, &prompt, &lat, |t, o, l| {
+            one.forward(t, o, &policy, l).map_err(err)
+        })?;
+        let scale = one_run
+            .prompt_logits
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()));
         let diff = dist_run
             .prompt_logits
             .iter()
@@ -152,7 +176,9 @@ pub(super) fn base_station(
             one_run.ids.len(),
         ));
         if !diff.is_finite() || diff > 1e-2 * scale {
-            return Err(format!("{rep}the distributed model differs from the single-GPU one"));
+            return Err(format!(
+                "{rep}the distributed model differs from the single-GPU one"
+            ));
         }
     }
     Ok(rep)

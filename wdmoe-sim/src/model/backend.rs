@@ -3,7 +3,9 @@
 //! KV cache) or, with the `cuda` feature, the whole model on a GPU
 //! ([`super::gpu::GpuBackend`]).
 
-use super::{ExpertLatency, ForwardOutput, KvCache, Logits, MixtralConfig, Model, ModelError, MoeConfig};
+use super::{
+    ExpertLatency, ForwardOutput, KvCache, Logits, MixtralConfig, Model, ModelError, MoeConfig,
+};
 
 /// A model with its KV cache, ready to run tokens.
 pub trait Backend {
@@ -80,7 +82,8 @@ impl Backend for CpuBackend<'_> {
         latency: &mut dyn ExpertLatency,
         which: Logits,
     ) -> Result<ForwardOutput, ModelError> {
-        self.model.forward(tokens, &mut self.cache, moe, latency, which)
+        self.model
+            .forward(tokens, &mut self.cache, moe, latency, which)
     }
 
     fn device_name(&self) -> String {

@@ -214,7 +214,11 @@ pub fn generate_on(
         summary.add(&out);
         summary.decode_device_s += out.device_s;
         for r in &out.routing {
-            dec_experts += r.selections.iter().map(|s| s.experts().len()).sum::<usize>();
+            dec_experts += r
+                .selections
+                .iter()
+                .map(|s| s.experts().len())
+                .sum::<usize>();
             dec_decisions += r.selections.len();
         }
         on_forward(&out);

@@ -55,7 +55,9 @@ impl CheckpointSource<'_> {
             .ok_or_else(|| "not in the checkpoint".to_string())?;
         let n: usize = shape.iter().product();
         if n != len {
-            return Err(format!("shape {shape:?} ({n} values), expected {len} values"));
+            return Err(format!(
+                "shape {shape:?} ({n} values), expected {len} values"
+            ));
         }
         Ok(shape.to_vec())
     }

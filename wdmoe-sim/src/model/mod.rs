@@ -54,11 +54,11 @@ pub mod sample;
 pub mod synth;
 pub mod tokenizer;
 
+pub use backend::{Backend, CpuBackend};
 pub use checkpoint::{Checkpoint, StoredDtype};
 pub use config::MixtralConfig;
 pub use decoder::KvCache;
 pub use error::ModelError;
-pub use backend::{Backend, CpuBackend};
 pub use generate::{
     generate, generate_on, generate_with, GenerateSettings, Generation, GenerationSummary,
 };

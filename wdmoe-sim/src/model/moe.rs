@@ -241,7 +241,7 @@ pub(crate) fn layer_routing(
     compute_s: f64,
 ) -> Result<LayerRouting, ModelError> {
     let n = selections.len();
-    let e = if n == 0 { 0 } else { logits.len() / n };
+    let e = logits.len().checked_div(n).unwrap_or(0);
     let err = |source| ModelError::Layer { layer, source };
     let pol = |e| err(crate::layer::LayerError::Policy(e));
     let base = Policy::new(policy.k(), 0.0, 0).map_err(pol)?;
