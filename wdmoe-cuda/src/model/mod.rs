@@ -270,7 +270,7 @@ impl GpuModel {
                 gpu.upload(&moe_norm)?,
                 gpu.upload(&wqkv)?,
                 gpu.upload(&wo)?,
-                LayerMoe::Local(moe),
+                LayerMoe::Local(Box::new(moe)),
             )?);
         }
         let final_norm = gpu.upload(&weights::read_f32(src, "model.norm.weight", m)?)?;
@@ -353,15 +353,8 @@ impl GpuModel {
                 LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
             } else {
                 let r = MoeLayer::random_with;
-                LayerMoe::Local(r(
-                    gpu.clone(),
-                    m,
-                    mh,
-                    e,
-                    chunk,
-                    Some(both),
-                    moe_seed(seed, l),
-                )?)
+                let moe = r(gpu.clone(), m, mh, e, chunk, Some(both), moe_seed(seed, l))?;
+                LayerMoe::Local(Box::new(moe))
             };
             let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);
             layers.push(Self::layer(&gpu, &shape, &opts, n1, n2, wqkv, wo, moe)?);

@@ -54,7 +54,7 @@ impl RemoteRouter {
 /// Where a layer's experts run.
 pub(crate) enum LayerMoe {
     /// On this GPU: wdmoe-cuda's MoE step.
-    Local(MoeLayer),
+    Local(Box<MoeLayer>),
     /// On other GPUs, through a [`MoeExecutor`] passed to the forward call.
     Remote(RemoteRouter),
 }

@@ -83,9 +83,9 @@ impl ModelShape {
         if self.experts == 0 || self.experts > crate::moe::MAX_EXPERTS {
             return Err(bad(format!("experts={} (1..=64)", self.experts)));
         }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0)
-            || !(self.rope_theta.is_finite() && self.rope_theta > 1.0)
-        {
+        let eps_ok = self.rms_eps.is_finite() && self.rms_eps > 0.0;
+        let theta_ok = self.rope_theta.is_finite() && self.rope_theta > 1.0;
+        if !eps_ok || !theta_ok {
             return Err(bad(format!(
                 "rms_eps={} (> 0), rope_theta={} (> 1)",
                 self.rms_eps, self.rope_theta

@@ -165,26 +165,31 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
     let mut dist =
         DistMoe::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
     dist.set_timeout(limit);
-    if let Some(s) = model_shape {
-        let gpu = Arc::new(gpu);
-        let r = super::model::base_station(a, gpu.clone(), &mut dist, s, world);
-        return match r {
-            Ok(text) => {
-                dist.stop(&gpu).map_err(|e| e.to_string())?;
-                print!("{text}");
-                Ok(())
-            }
-            Err(e) => {
-                dist.abort();
-                Err(e)
-            }
-        };
+    match model_shape {
+        Some(s) => {
+            let gpu = Arc::new(gpu);
+            let r = super::model::base_station(a, gpu.clone(), &mut dist, s, world);
+            finish(a, &gpu, &mut dist, r)
+        }
+        None => {
+            let r = base_station(a, &gpu, &mut dist, scenario, world).map(|r| (r, String::new()));
+            finish(a, &gpu, &mut dist, r)
+        }
     }
-    let r = base_station(a, &gpu, &mut dist, scenario, world);
+}
+
+/// Rank 0's end: stop the device ranks, print and write the report; on an
+/// error abort the communicator.
+fn finish(
+    a: &DistArgs,
+    gpu: &Gpu,
+    dist: &mut DistMoe,
+    r: Result<(DistReport, String), String>,
+) -> Result<(), String> {
     match r {
-        Ok(report) => {
-            dist.stop(&gpu).map_err(|e| e.to_string())?;
-            print!("{}", report.table());
+        Ok((report, text)) => {
+            dist.stop(gpu).map_err(|e| e.to_string())?;
+            print!("{text}{}", report.table());
             if let Some(p) = &a.json {
                 output::write_atomic(p, report.json().as_bytes()).map_err(|e| e.to_string())?;
             }
@@ -198,6 +203,31 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
             Err(e)
         }
     }
+}
+
+/// Per expert (device q) the downlink and uplink rates of its link on
+/// channel `ch` (eq. 2–3); experts without a link get 0.
+pub(super) fn link_rates(
+    model: &wdmoe_core::latency::LatencyModel<f64>,
+    ch: &crate::sim::TokenChannel,
+    rates: &mut [LinkRates],
+) -> Result<(), String> {
+    rates.iter_mut().for_each(|r| {
+        *r = LinkRates {
+            down_bps: 0.0,
+            up_bps: 0.0,
+        }
+    });
+    for (q, dev) in ch.links() {
+        let (d, u) = model
+            .rates_bps(dev, ch.bandwidth_hz()[q])
+            .map_err(|e| format!("link of device {q}: {e}"))?;
+        rates[q] = LinkRates {
+            down_bps: d,
+            up_bps: u,
+        };
+    }
+    Ok(())
 }
 
 /// Rank 0's driver: the scenario's draws token by token and layer by layer,
@@ -240,21 +270,7 @@ fn base_station(
             let logits: Vec<f32> = draws.logits(l).iter().map(|&v| v as f32).collect();
             let ch = draws.channel();
             let routing = route_tokens(&logits, 1, n, &policy, ch.latency_s()).map_err(e_str)?;
-            rates.iter_mut().for_each(|r| {
-                *r = LinkRates {
-                    down_bps: 0.0,
-                    up_bps: 0.0,
-                }
-            });
-            for (q, dev) in ch.links() {
-                let (d, u) = model
-                    .rates_bps(dev, ch.bandwidth_hz()[q])
-                    .map_err(|e| format!("link of device {q}: {e}"))?;
-                rates[q] = LinkRates {
-                    down_bps: d,
-                    up_bps: u,
-                };
-            }
+            link_rates(&model, ch, &mut rates)?;
             let links = (!a.no_links).then_some(Links {
                 rates: &rates,
                 payload_bits: model.payload_bits(),

@@ -98,7 +98,7 @@ pub struct GpuBackend {
 pub fn progress_to_stderr(label: &str) -> impl FnMut(usize, usize) + '_ {
     let mut last = 0usize;
     move |done, total| {
-        let pct = if total == 0 { 100 } else { done * 100 / total };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         if pct >= last + 5 || (done == total && last < 100) {
             last = pct;
             eprintln!(
