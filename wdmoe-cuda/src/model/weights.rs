@@ -136,34 +136,28 @@ pub trait WeightSource {
     fn tensor_f32(&mut self, name: &str, len: usize) -> std::result::Result<Vec<f32>, String>;
 }
 
-/// Reads one tensor, naming it in the error.
-pub(crate) fn read_f16(src: &mut dyn WeightSource, name: &str, len: usize) -> Result<Vec<f16>> {
-    let v = src.tensor_f16(name, len).map_err(|detail| Error::Weights {
+/// A tensor the source returned, checked: its error or a wrong length
+/// becomes [`Error::Weights`] naming it.
+fn checked<T>(name: &str, len: usize, got: std::result::Result<Vec<T>, String>) -> Result<Vec<T>> {
+    let weights = |detail| Error::Weights {
         name: name.to_string(),
         detail,
-    })?;
+    };
+    let v = got.map_err(weights)?;
     if v.len() != len {
-        return Err(Error::Weights {
-            name: name.to_string(),
-            detail: format!("{} values, expected {len}", v.len()),
-        });
+        return Err(weights(format!("{} values, expected {len}", v.len())));
     }
     Ok(v)
 }
 
-/// [`read_f16`] for fp32 tensors.
+/// Reads one fp16 tensor, naming it in the error.
+pub(crate) fn read_f16(src: &mut dyn WeightSource, name: &str, len: usize) -> Result<Vec<f16>> {
+    checked(name, len, src.tensor_f16(name, len))
+}
+
+/// Reads one fp32 tensor (norm weights), naming it in the error.
 pub(crate) fn read_f32(src: &mut dyn WeightSource, name: &str, len: usize) -> Result<Vec<f32>> {
-    let v = src.tensor_f32(name, len).map_err(|detail| Error::Weights {
-        name: name.to_string(),
-        detail,
-    })?;
-    if v.len() != len {
-        return Err(Error::Weights {
-            name: name.to_string(),
-            detail: format!("{} values, expected {len}", v.len()),
-        });
-    }
-    Ok(v)
+    checked(name, len, src.tensor_f32(name, len))
 }
 
 /// The RoPE table `[positions][head_dim/2]` of (cos, sin) pairs, computed

@@ -287,14 +287,7 @@ impl MoeLayer {
             .iter()
             .map(|g| total * g.len() as f64 / rows.max(1) as f64)
             .collect();
-        let probs = if self.probs_to_host {
-            gpu.download(&self.probs.index(..ne))?
-                .iter()
-                .map(|&v| v as f64)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let probs = self.probs_host(ne)?;
         Ok(MoeStep {
             logits,
             probs,

@@ -350,6 +350,20 @@ impl MoeLayer {
         self.probs_to_host = on;
     }
 
+    /// The first `n` router probabilities, widened ([`MoeStep::probs`]; empty
+    /// when they are not copied back, [`MoeLayer::set_probs_to_host`]).
+    pub(crate) fn probs_host(&self, n: usize) -> Result<Vec<f64>> {
+        if !self.probs_to_host {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .gpu
+            .download(&self.probs.index(..n))?
+            .iter()
+            .map(|&v| v as f64)
+            .collect())
+    }
+
     /// Steps whose device plan differed from wdmoe-core's and were re-run.
     pub fn device_policy_mismatches(&self) -> u64 {
         self.mismatches
@@ -639,11 +653,7 @@ impl MoeLayer {
                 *t = total * g.len() as f64 / rows.max(1) as f64;
             }
         }
-        let probs = gpu
-            .download(&self.probs.index(..ne))?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
+        let probs = self.probs_host(ne)?;
         Ok(MoeStep {
             logits: self.logits_host[..ne].to_vec(),
             probs,
@@ -765,14 +775,7 @@ impl MoeLayer {
             }
         }
         let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let probs = if self.probs_to_host {
-            gpu.download(&self.probs.index(..n_tokens * e))?
-                .iter()
-                .map(|&v| v as f64)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let probs = self.probs_host(n_tokens * e)?;
         Ok(MoeStep {
             logits,
             probs,

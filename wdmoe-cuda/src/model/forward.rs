@@ -1,0 +1,330 @@
+//! Running tokens through the model: [`GpuModel::forward`] (and
+//! `forward_remote`) split a call into chunks, and `run_chunk` enqueues one
+//! chunk through every layer, then completes (checks) the MoE steps.
+
+use cust::memory::CopyDestination;
+use wdmoe_core::select::Policy;
+
+use super::kernels;
+use super::{ForwardOut, GpuModel, LayerRoute, Output};
+use crate::dist::MoeExecutor;
+use crate::error::{shape, Error, Result};
+use crate::moe::MoeStep;
+use crate::runtime::elapsed_ms;
+
+impl GpuModel {
+    /// Runs `tokens` at positions `len..len+n`: `latency_s` holds the
+    /// experts' latencies for every token and layer, `[n][layers][experts]`
+    /// seconds (> 0, `+∞`: unreachable), and `policy` selects per token
+    /// and layer. Errors leave the cache as it was.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<ForwardOut> {
+        self.forward_inner(tokens, out, policy, latency_s, None)
+    }
+
+    /// [`GpuModel::forward`] for a model of [`GpuModel::random_remote`]:
+    /// every layer's experts run through `exec` (e.g. `dist::DistMoe`: the
+    /// rows of each selected token sent to its expert's GPU); the router
+    /// and wdmoe-core's policy run here, on the host, per layer.
+    pub fn forward_remote(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+        exec: &mut dyn MoeExecutor,
+    ) -> Result<ForwardOut> {
+        self.forward_inner(tokens, out, policy, latency_s, Some(exec))
+    }
+
+    fn forward_inner(
+        &mut self,
+        tokens: &[u32],
+        out: Output,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+        mut exec: Option<&mut dyn MoeExecutor>,
+    ) -> Result<ForwardOut> {
+        const OP: &str = "GpuModel::forward";
+        let (n, layers, e) = (tokens.len(), self.shape.layers, self.shape.experts);
+        let start = self.len;
+        if n == 0 || start + n > self.dims.max_seq {
+            return Err(shape(
+                OP,
+                format!(
+                    "{n} tokens at position {start}: the cache holds {} positions",
+                    self.dims.max_seq
+                ),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.shape.vocab) {
+            return Err(shape(
+                OP,
+                format!("token id {bad} >= vocabulary {}", self.shape.vocab),
+            ));
+        }
+        if latency_s.len() != n * layers * e {
+            return Err(shape(
+                OP,
+                format!(
+                    "latency_s has {} values, expected {n} x {layers} x {e}",
+                    latency_s.len()
+                ),
+            ));
+        }
+        let mut routes: Vec<LayerRoute> = (0..layers)
+            .map(|_| LayerRoute {
+                logits: Vec::with_capacity(n * e),
+                selections: Vec::with_capacity(n),
+                token_latency_s: Vec::with_capacity(n),
+                moe_time_s: 0.0,
+            })
+            .collect();
+        let mut logits = Vec::new();
+        let mut argmax = None;
+        let mut reruns = 0;
+        let mut gpu_time_s = 0.0;
+        for c0 in (0..n).step_by(self.chunk) {
+            let c1 = (c0 + self.chunk).min(n);
+            let last = c1 == n;
+            let rows = match out {
+                Output::AllLogits => Some(0..c1 - c0),
+                Output::LastLogits | Output::LastArgmax if last => Some(c1 - c0 - 1..c1 - c0),
+                _ => None,
+            };
+            let lat = &latency_s[c0 * layers * e..c1 * layers * e];
+            let mut steps = self.run_chunk(
+                &tokens[c0..c1],
+                start + c0,
+                rows.clone(),
+                policy,
+                lat,
+                reborrow(&mut exec),
+            )?;
+            if steps.iter().any(|s| s.rerun) {
+                // A device plan was not wdmoe-core's: the layers after it
+                // read its output; run the chunk again on the host policy.
+                reruns += 1;
+                let on = self.device_policy;
+                self.set_device_policy(false);
+                let r = self.run_chunk(
+                    &tokens[c0..c1],
+                    start + c0,
+                    rows.clone(),
+                    policy,
+                    lat,
+                    reborrow(&mut exec),
+                );
+                self.set_device_policy(on);
+                steps = r?;
+            }
+            gpu_time_s += elapsed_ms(&self.events[0], &self.events[1])? as f64 * 1e-3;
+            for (r, s) in routes.iter_mut().zip(steps) {
+                r.logits.extend_from_slice(&s.logits);
+                r.selections.extend(s.routing.selections);
+                r.token_latency_s.extend(s.routing.token_latency_s);
+                r.moe_time_s += s.time_s;
+            }
+            if let Some(rows) = rows {
+                let v = self.shape.vocab;
+                if out == Output::LastArgmax {
+                    let a = self.gpu.download(&self.argmax.index(..1))?[0];
+                    if a < 0 {
+                        return Err(Error::NonFinite {
+                            what: format!("the logits at position {}", start + c1 - 1),
+                        });
+                    }
+                    argmax = Some(a as u32);
+                } else {
+                    let got = self.gpu.download(&self.logits.index(..rows.len() * v))?;
+                    if got.iter().any(|z| !z.is_finite()) {
+                        return Err(Error::NonFinite {
+                            what: format!("the logits at positions {}..{}", start + c0, start + c1),
+                        });
+                    }
+                    logits.extend_from_slice(&got);
+                }
+            }
+        }
+        self.len = start + n;
+        Ok(ForwardOut {
+            logits,
+            argmax,
+            start,
+            layers: routes,
+            gpu_time_s,
+            reruns,
+        })
+    }
+
+    /// One chunk of at most `self.chunk` tokens through every layer; the
+    /// MoE steps completed (checked) at the end. `rows`: the chunk rows
+    /// whose logits (or argmax) are computed.
+    fn run_chunk(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        rows: Option<std::ops::Range<usize>>,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+        mut exec: Option<&mut dyn MoeExecutor>,
+    ) -> Result<Vec<MoeStep>> {
+        let n = tokens.len();
+        let (m, e, layers) = (self.shape.hidden, self.shape.experts, self.shape.layers);
+        let hd_all = self.shape.heads * self.shape.head_dim;
+        let qkvw = self.shape.qkv_width();
+        let eps = self.shape.rms_eps as f32;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        self.tokens
+            .index(..n)
+            .copy_from(&ids[..])
+            .map_err(|err| Error::cuda("cuMemcpyHtoD", format!("{n} token ids"), err))?;
+        let gpu = self.gpu.clone();
+        gpu.record_on(&self.events[0])?;
+        kernels::embed_rows(&gpu, &self.embed, &self.tokens, n, m, &mut self.resid)?;
+        let mut done: Vec<Option<MoeStep>> = Vec::with_capacity(layers);
+        let mut lat = vec![0.0f64; n * e];
+        for l in 0..layers {
+            let (before, rest) = self.layers.split_at_mut(l);
+            let layer = &mut rest[0];
+            let add = before.last().map(|p| p.moe.output_dev());
+            kernels::add_rmsnorm(
+                &gpu,
+                &mut self.resid,
+                add,
+                &layer.attn_norm,
+                eps,
+                n,
+                m,
+                &mut self.h,
+                m,
+            )?;
+            kernels::gemv(
+                &gpu,
+                &layer.wqkv,
+                &self.h,
+                m,
+                qkvw,
+                n,
+                &mut self.qkv,
+                qkvw,
+                false,
+            )?;
+            kernels::rope_kv(
+                &gpu,
+                &self.dims,
+                &self.qkv,
+                &self.rope,
+                start,
+                n,
+                &mut self.q,
+                &mut layer.k_cache,
+                &mut layer.v_cache,
+            )?;
+            kernels::attention(
+                &gpu,
+                &self.dims,
+                &self.q,
+                &layer.k_cache,
+                &layer.v_cache,
+                start,
+                n,
+                &mut self.part,
+                &mut self.attn,
+            )?;
+            kernels::gemv(
+                &gpu,
+                &layer.wo,
+                &self.attn,
+                hd_all,
+                m,
+                n,
+                &mut self.resid,
+                m,
+                true,
+            )?;
+            kernels::add_rmsnorm(
+                &gpu,
+                &mut self.resid,
+                None,
+                &layer.moe_norm,
+                eps,
+                n,
+                m,
+                layer.moe.input_dev_mut(),
+                m,
+            )?;
+            for t in 0..n {
+                let at = (t * layers + l) * e;
+                lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
+            }
+            done.push(
+                layer
+                    .moe
+                    .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?,
+            );
+        }
+        let last = &self.layers[layers - 1];
+        kernels::add_rmsnorm(
+            &gpu,
+            &mut self.resid,
+            Some(last.moe.output_dev()),
+            &self.final_norm,
+            eps,
+            n,
+            m,
+            &mut self.h,
+            m,
+        )?;
+        if let Some(rows) = rows {
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            let x = self.h.index(rows.start * m..rows.end * m);
+            let v = self.shape.vocab;
+            kernels::gemv(&gpu, head, &x, m, v, rows.len(), &mut self.logits, v, false)?;
+            if rows.len() == 1 {
+                kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax)?;
+            }
+        }
+        gpu.record_on(&self.events[1])?;
+        // One synchronisation, then wdmoe-core checks every device plan.
+        let mut steps = Vec::with_capacity(layers);
+        let mut first_err = None;
+        for (l, d) in done.into_iter().enumerate() {
+            let s = match d {
+                Some(s) => Ok(s),
+                None => {
+                    for t in 0..n {
+                        let at = (t * layers + l) * e;
+                        lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
+                    }
+                    self.layers[l].moe.complete(policy, &lat)
+                }
+            };
+            // Complete every pending layer even after an error, so that
+            // none stays pending.
+            match s {
+                Ok(s) => steps.push(s),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(steps),
+        }
+    }
+}
+
+/// A shorter-lived borrow of an optional executor (for each call in a loop).
+fn reborrow<'s>(e: &'s mut Option<&mut dyn MoeExecutor>) -> Option<&'s mut dyn MoeExecutor> {
+    match e {
+        Some(x) => Some(&mut **x),
+        None => None,
+    }
+}
