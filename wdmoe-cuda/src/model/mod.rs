@@ -177,6 +177,24 @@ pub fn moe_seed(seed: u64, layer: usize) -> u64 {
     seed.wrapping_add((layer as u64 + 1) << 20) ^ 3
 }
 
+/// Expert `q` of layer `l` from `src` (W1, W3 `[m_h][m]`, W2 `[m][m_h]`,
+/// by their Hugging Face names) on `gpu`: what [`GpuModel::load`] reads,
+/// and what a distributed run's ranks read for the experts they host.
+pub fn read_expert(
+    gpu: &Gpu,
+    src: &mut dyn WeightSource,
+    l: usize,
+    q: usize,
+    m: usize,
+    m_h: usize,
+) -> Result<crate::moe::RawExpert> {
+    let mut one = |w: &str| -> Result<DeviceBuffer<f16>> {
+        let name = layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
+        gpu.upload(&weights::read_f16(src, &name, m * m_h)?)
+    };
+    Ok((one("w1")?, one("w3")?, one("w2")?))
+}
+
 fn layer_name(l: usize, rest: &str) -> String {
     format!("model.layers.{l}.{rest}")
 }
@@ -208,7 +226,31 @@ impl GpuModel {
         opts: ModelOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<GpuModel> {
-        let gpu: Arc<Gpu> = gpu.into();
+        Self::load_inner(gpu.into(), shape, src, opts, false, progress)
+    }
+
+    /// [`GpuModel::load`] without the experts (the base station of a
+    /// distributed run: routers here, experts through the executor given
+    /// to [`GpuModel::forward_remote`]; the ranks read theirs with
+    /// [`read_expert`]).
+    pub fn load_remote(
+        gpu: impl Into<Arc<Gpu>>,
+        shape: ModelShape,
+        src: &mut dyn WeightSource,
+        opts: ModelOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
+        Self::load_inner(gpu.into(), shape, src, opts, true, progress)
+    }
+
+    fn load_inner(
+        gpu: Arc<Gpu>,
+        shape: ModelShape,
+        src: &mut dyn WeightSource,
+        opts: ModelOptions,
+        remote: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GpuModel> {
         shape.check()?;
         let (m, mh, e) = (shape.hidden, shape.intermediate, shape.experts);
         let hd_all = shape.heads * shape.head_dim;
@@ -241,26 +283,26 @@ impl GpuModel {
             let wo = weights::read_f16(src, &layer_name(l, "self_attn.o_proj.weight"), m * hd_all)?;
             let g = weights::read_f16(src, &layer_name(l, "block_sparse_moe.gate.weight"), e * m)?;
             tick(shape.attn_bytes() + e * m * 2, progress);
-            let build = MoeLayer::build_with;
-            let moe = build(
-                gpu.clone(),
-                &g,
-                e,
-                m,
-                mh,
-                chunk,
-                Some(both),
-                |gpu: &Gpu, q| {
-                    let mut one = |w: &str, len: usize| -> Result<DeviceBuffer<f16>> {
-                        let name =
-                            layer_name(l, &format!("block_sparse_moe.experts.{q}.{w}.weight"));
-                        gpu.upload(&weights::read_f16(src, &name, len)?)
-                    };
-                    let raw = (one("w1", mh * m)?, one("w3", mh * m)?, one("w2", m * mh)?);
-                    tick(shape.expert_bytes(), progress);
-                    Ok(raw)
-                },
-            )?;
+            let moe = if remote {
+                LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
+            } else {
+                let build = MoeLayer::build_with;
+                let moe = build(
+                    gpu.clone(),
+                    &g,
+                    e,
+                    m,
+                    mh,
+                    chunk,
+                    Some(both),
+                    |gpu: &Gpu, q| {
+                        let raw = read_expert(gpu, src, l, q, m, mh)?;
+                        tick(shape.expert_bytes(), progress);
+                        Ok(raw)
+                    },
+                )?;
+                LayerMoe::Local(Box::new(moe))
+            };
             layers.push(Self::layer(
                 &gpu,
                 &shape,
@@ -269,7 +311,7 @@ impl GpuModel {
                 gpu.upload(&moe_norm)?,
                 gpu.upload(&wqkv)?,
                 gpu.upload(&wo)?,
-                LayerMoe::Local(Box::new(moe)),
+                moe,
             )?);
         }
         let final_norm = gpu.upload(&weights::read_f32(src, "model.norm.weight", m)?)?;

@@ -53,6 +53,10 @@ pub struct DistArgs {
     /// its own GPU and compares (needs the room for all experts there).
     #[arg(long)]
     pub check_single_gpu: bool,
+    /// With --model DIR: the checkpoint's weights (safetensors, each rank
+    /// reading what it holds) instead of random ones.
+    #[arg(long)]
+    pub checkpoint: bool,
     /// Which rank hosts which expert: `RANK:EXPERTS;…` (e.g. `1:0-3;2:4-7`),
     /// `spread` (round-robin over the device ranks) or `spread-bs` (the BS too).
     #[arg(long, default_value = "spread")]

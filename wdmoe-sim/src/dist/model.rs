@@ -16,7 +16,7 @@ use wdmoe_core::select::Policy;
 use wdmoe_cuda::cust::memory::DeviceSlice;
 use wdmoe_cuda::dist::{DistMoe, LinkRates, Links, LocalExperts, MoeExecutor, Placement};
 use wdmoe_cuda::model::{
-    moe_seed, ExpertLayout, ForwardOut, GpuModel, ModelOptions, ModelShape, Output,
+    moe_seed, read_expert, ExpertLayout, ForwardOut, GpuModel, ModelOptions, ModelShape, Output,
 };
 use wdmoe_cuda::moe::random_expert;
 use wdmoe_cuda::{f16, Gpu};
@@ -25,34 +25,75 @@ use super::rank::{link_rates, scenario_of};
 use super::report::{DistReport, LayerRecord};
 use super::DistArgs;
 use crate::generate_cli::random_weights_config;
-use crate::model::gpu::shape_of;
+use crate::model::gpu::{shape_of, CheckpointSource};
+use crate::model::Checkpoint;
 use crate::sim::Simulation;
 
 /// Tokens per step of the distributed model (prompt chunks).
 pub(super) const CHUNK: usize = 16;
 
-/// The model's shape from `--model`.
+/// The model's shape from `--model` (with `--checkpoint`, lm_head is tied
+/// when the checkpoint has none, as the CPU model reads it).
 pub(super) fn shape(a: &DistArgs) -> Result<ModelShape, String> {
     let path = a.model.as_deref().ok_or("--model is not set")?;
     let c = random_weights_config(path).map_err(|e| format!("--model: {e}"))?;
-    let s = shape_of(&c, c.tie_word_embeddings);
+    let tied = if a.checkpoint {
+        c.tie_word_embeddings && !checkpoint(a)?.contains("lm_head.weight")
+    } else {
+        c.tie_word_embeddings
+    };
+    let s = shape_of(&c, tied);
     s.check().map_err(|e| format!("--model: {e}"))?;
     Ok(s)
 }
 
-/// `rank`'s experts of every layer: the model's random experts.
-pub(super) fn experts(
+/// The `--model` directory's checkpoint (memory-mapped).
+fn checkpoint(a: &DistArgs) -> Result<Checkpoint, String> {
+    let path = a.model.as_deref().ok_or("--model is not set")?;
+    Checkpoint::open(path).map_err(|e| format!("--checkpoint: {e}"))
+}
+
+/// `rank`'s experts of every layer: the checkpoint's (`ck`) or the
+/// model's random experts.
+fn experts(
     gpu: &Gpu,
     placement: &Placement,
     rank: usize,
     s: &ModelShape,
     seed: u64,
+    ck: Option<&Checkpoint>,
 ) -> Result<LocalExperts, String> {
     let (m, mh) = (s.hidden, s.intermediate);
-    let mut source =
-        |gpu: &Gpu, l: usize, q: usize| random_expert(gpu, m, mh, q, moe_seed(seed, l));
-    LocalExperts::load(gpu, placement, rank, s.layers, m, mh, CHUNK, &mut source)
-        .map_err(|e| format!("loading experts: {e}"))
+    let r = match ck {
+        Some(ck) => {
+            let mut src = CheckpointSource::new(ck);
+            let mut source =
+                |gpu: &Gpu, l: usize, q: usize| read_expert(gpu, &mut src, l, q, m, mh);
+            LocalExperts::load(gpu, placement, rank, s.layers, m, mh, CHUNK, &mut source)
+        }
+        None => {
+            let mut source =
+                |gpu: &Gpu, l: usize, q: usize| random_expert(gpu, m, mh, q, moe_seed(seed, l));
+            LocalExperts::load(gpu, placement, rank, s.layers, m, mh, CHUNK, &mut source)
+        }
+    };
+    r.map_err(|e| format!("loading experts: {e}"))
+}
+
+/// `rank`'s experts: the checkpoint's (`--checkpoint`) or the random ones.
+pub(super) fn rank_experts(
+    a: &DistArgs,
+    gpu: &Gpu,
+    placement: &Placement,
+    rank: usize,
+    s: &ModelShape,
+) -> Result<LocalExperts, String> {
+    let ck = if a.checkpoint {
+        Some(checkpoint(a)?)
+    } else {
+        None
+    };
+    experts(gpu, placement, rank, s, a.seed, ck.as_ref())
 }
 
 fn opts(a: &DistArgs, layout: ExpertLayout) -> ModelOptions {
@@ -206,13 +247,22 @@ pub(super) fn base_station(
     // The prompt's draw, then one per generated token.
     let (mut draws, payload_bits) = token_draws(a, &s)?;
     draws.truncate(a.new_tokens.max(1));
-    let mut bs = GpuModel::random_remote(
-        gpu.clone(),
-        s,
-        opts(a, ExpertLayout::DecodeOnly),
-        a.seed,
-        &mut |_, _| {},
-    )
+    let ck = if a.checkpoint {
+        Some(checkpoint(a)?)
+    } else {
+        None
+    };
+    let o = opts(a, ExpertLayout::DecodeOnly);
+    let mut bs = match &ck {
+        Some(ck) => GpuModel::load_remote(
+            gpu.clone(),
+            s,
+            &mut CheckpointSource::new(ck),
+            o,
+            &mut |_, _| {},
+        ),
+        None => GpuModel::random_remote(gpu.clone(), s, o, a.seed, &mut |_, _| {}),
+    }
     .map_err(err)?;
     let mut linked = Linked {
         dist,
@@ -268,13 +318,16 @@ pub(super) fn base_station(
     );
     if a.check_single_gpu {
         drop(bs);
-        let mut one = GpuModel::random(
-            gpu.clone(),
-            s,
-            opts(a, ExpertLayout::DecodeOnly),
-            a.seed,
-            &mut |_, _| {},
-        )
+        let mut one = match &ck {
+            Some(ck) => GpuModel::load(
+                gpu.clone(),
+                s,
+                &mut CheckpointSource::new(ck),
+                o,
+                &mut |_, _| {},
+            ),
+            None => GpuModel::random(gpu.clone(), s, o, a.seed, &mut |_, _| {}),
+        }
         .map_err(err)?;
         one.set_device_policy(false);
         let one_run = greedy(&prompt, &draws, |_, t, o, l| {

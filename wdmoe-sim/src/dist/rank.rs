@@ -128,7 +128,7 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
     let (max_tokens, local) = match &model_shape {
         Some(s) => (
             super::model::CHUNK,
-            super::model::experts(&gpu, &placement, rank, s, a.seed)?,
+            super::model::rank_experts(a, &gpu, &placement, rank, s)?,
         ),
         None => (
             1,

@@ -43,8 +43,15 @@ pub fn shape_of(c: &MixtralConfig, tied: bool) -> ModelShape {
 
 /// A checkpoint as wdmoe-cuda's weight source: tensors by name, converted
 /// to fp16 (values beyond fp16's range are an error, not an infinity).
-struct CheckpointSource<'a> {
+pub struct CheckpointSource<'a> {
     ck: &'a Checkpoint,
+}
+
+impl<'a> CheckpointSource<'a> {
+    /// Reads from `ck` (memory-mapped).
+    pub fn new(ck: &'a Checkpoint) -> Self {
+        CheckpointSource { ck }
+    }
 }
 
 impl CheckpointSource<'_> {
@@ -129,7 +136,7 @@ impl GpuBackend {
             max_seq: opts.max_seq.min(config.max_position_embeddings),
             ..opts
         };
-        let mut src = CheckpointSource { ck: &ck };
+        let mut src = CheckpointSource::new(&ck);
         let model = GpuModel::load(gpu, shape, &mut src, opts, progress)?;
         Ok(GpuBackend { model, config })
     }
