@@ -195,9 +195,13 @@ impl Model {
     ) -> Result<Self, ModelError> {
         let (v, m) = (config.vocab_size, config.hidden_size);
         let embed = ck.weight("model.embed_tokens.weight", &[v, m])?;
+        // In parallel, but the error reported is the lowest layer's (a
+        // parallel `collect::<Result<…>>` returns whichever failed first).
         let layers = (0..config.num_hidden_layers)
             .into_par_iter()
             .map(|l| load_layer(ck, &config, l))
+            .collect::<Vec<_>>()
+            .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         let norm = ck.tensor_f32("model.norm.weight", &[m])?;
         let lm_head = if config.tie_word_embeddings && !ck.contains("lm_head.weight") {
