@@ -388,9 +388,7 @@ impl GpuModel {
             let wqkv = rand(shape.qkv_width() * m, s ^ 1, m)?;
             let wo = rand(m * hd_all, s ^ 2, hd_all)?;
             let moe = if remote {
-                // The router exactly as MoeLayer::random_with makes it.
-                let gb = rand(e * m, moe_seed(seed, l), m)?;
-                let g = gpu.download(&gb)?;
+                let g = crate::moe::random_router(&gpu, e, m, moe_seed(seed, l))?;
                 LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
             } else {
                 let r = MoeLayer::random_with;

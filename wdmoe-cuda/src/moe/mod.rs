@@ -150,6 +150,15 @@ pub fn random_expert(gpu: &Gpu, m: usize, m_h: usize, q: usize, seed: u64) -> Re
     Ok((w1, w3, w2))
 }
 
+/// The random router G (`[n_experts][m]` fp16, on the host) of
+/// [`MoeLayer::random`] with `seed` (uniform, scaled by 1.7/sqrt(m)), so a
+/// model holding only the routers makes the same ones.
+pub fn random_router(gpu: &Gpu, n_experts: usize, m: usize, seed: u64) -> Result<Vec<f16>> {
+    let mut g = gpu.alloc::<f16>(n_experts * m)?;
+    gpu.fill_uniform(&mut g, seed, 1.7 / (m as f32).sqrt())?;
+    gpu.download(&g)
+}
+
 impl MoeLayer {
     /// A layer of `n_experts` experts of `m` x `m_h` (multiples of 16):
     /// router G (`[n_experts][m]` fp16, host), and `expert(gpu, q)` giving
@@ -247,10 +256,7 @@ impl MoeLayer {
             ));
         }
         let gpu: Arc<Gpu> = gpu.into();
-        let s_m = 1.7 / (m as f32).sqrt();
-        let mut g = gpu.alloc::<f16>(n_experts * m)?;
-        gpu.fill_uniform(&mut g, seed, s_m)?;
-        let g = gpu.download(&g)?;
+        let g = random_router(&gpu, n_experts, m, seed)?;
         let b = Self::build_with;
         b(
             gpu,
