@@ -43,6 +43,7 @@ build() { cargo "$@" --message-format=json-render-diagnostics; }
 msg "building wdmoe-cuda tests + decode_bench, wdmoe-sim (cuda) lib tests, benches (cuda) ..."
 gpu_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu | exe gpu)
 gpu_route_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_route | exe gpu_route)
+gpu_packed_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_packed | exe gpu_packed)
 decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
@@ -57,7 +58,7 @@ wdmoe=$(build build --release -p wdmoe-sim --features dist --bin wdmoe | exe wdm
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
+for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$gpu_packed_tests:gpu_packed_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
   "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
@@ -72,6 +73,7 @@ cp wdmoe-cuda/run-gpu-layer.sh "$dev/layer.sh"
 cp wdmoe-cuda/run-gpu-moe.sh "$dev/moe.sh"
 cp wdmoe-cuda/run-gpu-model.sh "$dev/model.sh"
 cp wdmoe-cuda/run-gpu-route.sh "$dev/route.sh"
+cp wdmoe-cuda/run-gpu-packed.sh "$dev/packed.sh"
 cp wdmoe-cuda/run-gpu-dist.sh "$dev/dist.sh"
 # The prefill cubin itself (embedded with include_bytes, so cuobjdump cannot
 # find it inside the binaries): for the SASS check.

@@ -34,17 +34,9 @@
 
 #include "common.cuh"
 
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WDMOE_SM90A 1
-#endif
+#include "hopper.cuh"
 
 #define MAX_GROUPS 64
-
-// CUtensorMap (cuda.h): 128 opaque bytes, built on the host by
-// cuTensorMapEncodeTiled, passed by value as a __grid_constant__ parameter.
-struct alignas(64) TensorMap {
-    unsigned long long opaque[16];
-};
 
 // Problem description, passed by value (kernel parameter space).
 struct GemmParams {
@@ -79,58 +71,7 @@ namespace {
 
 constexpr int BK = 64;   // k per stage: 64 fp16 = one 128-byte swizzle row
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 #ifdef WDMOE_SM90A
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-// 2-D bulk tensor copy global -> shared, completing on `bar` (transaction bytes).
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const TensorMap* map, int c0, int c1, uint32_t bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
-            dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-        : "memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-template <int R>
-__device__ __forceinline__ void setmaxnreg_inc() {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
-}
-template <int R>
-__device__ __forceinline__ void setmaxnreg_dec() {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
-}
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups
-// 1024 bytes apart (stride byte offset), leading byte offset unused (1).
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-           ((uint64_t)1 << 62);
-}
 
 // Generated (one operand per accumulator register).
 // wgmma m64n256k16, fp32 += fp16 x fp16, A and B K-major in shared memory
@@ -505,6 +446,9 @@ GEMM_KERNEL(gemm_partial_n128, 128, 6, MODE_PARTIAL, 2)
 GEMM_KERNEL(gemm_swiglu_n192_m192, 192, 4, MODE_SWIGLU, 3)
 GEMM_KERNEL(gemm_store_n192_m192, 192, 4, MODE_STORE, 3)
 GEMM_KERNEL(gemm_partial_n192_m192, 192, 4, MODE_PARTIAL, 3)
+
+// The packed-weights GEMM (the decode layout at prefill sizes).
+#include "gemm_packed.cuh"
 
 // out[r][c] = sum_s ws[s][r][c] (fp32 partials of split-K) as fp16; 4 columns
 // per thread (n % 4 == 0).

@@ -61,9 +61,9 @@ pub use half::f16;
 pub use plan::policy_probe;
 pub use plan::{DevicePlan, PlanPolicy, PlanReport, PlannedSlot, MAX_PLAN_TOKENS, MAX_SLOTS};
 pub use prefill::{
-    combine_rows, combine_rows_f32, ffn_grouped, ffn_grouped_device, ffn_prefill, gather_rows,
-    prefers_prefill, ExpertFfn, GemmConfig, PrefillConfig, PrefillWeights, PrefillWorkspace,
-    PREFILL_MIN_TOKENS,
+    combine_rows, combine_rows_f32, ffn_grouped, ffn_grouped_device, ffn_packed_grouped,
+    ffn_prefill, gather_rows, prefers_prefill, ExpertFfn, GemmConfig, PrefillConfig,
+    PrefillWeights, PrefillWorkspace, PREFILL_MIN_TOKENS,
 };
 pub use router::{f32_to_f16, PrefetchTable, Router};
 pub use runtime::{elapsed_ms, DeviceInfo, Gpu};

@@ -7,8 +7,9 @@
 //! h rounded to fp16 once, the output rounded to fp16: relative error
 //! ‖out − ref‖/‖ref‖ ≤ 2e-3 (about 4x the fp16 unit roundoff 4.9e-4).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
+use common::*;
 use wdmoe_cuda::{
     combine_rows, ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_grouped, ffn_prefill,
     gather_rows, DecodeConfig, DevicePlan, DownLayout, Error, ExpertFfn, ExpertWeights,
@@ -16,131 +17,6 @@ use wdmoe_cuda::{
     PrefillWorkspace, Router, RoutingPlan,
 };
 use wdmoe_cuda::{f16, DeviceBuffer};
-
-const BOUND: f64 = 2e-3;
-const NAN16: u16 = 0x7E00;
-
-fn seed() -> u64 {
-    let s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("seed {s:#x}");
-    s
-}
-
-fn gpu() -> Gpu {
-    Gpu::new(0).expect("these tests need a CUDA GPU (run with --include-ignored only there)")
-}
-
-fn rand_dev(gpu: &Gpu, n: usize, seed: u64, scale: f32) -> DeviceBuffer<f16> {
-    let mut b = gpu.alloc::<f16>(n).unwrap();
-    gpu.fill_uniform(&mut b, seed, scale).unwrap();
-    b
-}
-
-fn host(gpu: &Gpu, b: &DeviceBuffer<f16>) -> Vec<f64> {
-    gpu.download(b)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f64())
-        .collect()
-}
-
-/// Row-major `[rows][k]` times `[t][k]` -> `[t][rows]`, f64, threaded over rows.
-fn matmul_t(w: &[f64], x: &[f64], rows: usize, k: usize, t: usize) -> Vec<f64> {
-    let threads = std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .min(32);
-    let chunk = rows.div_ceil(threads);
-    let mut out_rows = vec![0.0; rows * t]; // [rows][t]
-    std::thread::scope(|s| {
-        for (ci, part) in out_rows.chunks_mut(chunk * t).enumerate() {
-            s.spawn(move || {
-                for (ri, o) in part.chunks_mut(t).enumerate() {
-                    let r = ci * chunk + ri;
-                    let wr = &w[r * k..(r + 1) * k];
-                    for (tt, ov) in o.iter_mut().enumerate() {
-                        let xr = &x[tt * k..(tt + 1) * k];
-                        *ov = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
-                    }
-                }
-            });
-        }
-    });
-    let mut out = vec![0.0; rows * t];
-    for r in 0..rows {
-        for tt in 0..t {
-            out[tt * rows + r] = out_rows[r * t + tt];
-        }
-    }
-    out
-}
-
-fn silu(g: f64) -> f64 {
-    g / (1.0 + (-g).exp())
-}
-
-/// Reference expert FFN in f64: [t][m] -> [t][m].
-fn ffn_ref(
-    w1: &[f64],
-    w3: &[f64],
-    w2: &[f64],
-    x: &[f64],
-    m: usize,
-    m_h: usize,
-    t: usize,
-) -> Vec<f64> {
-    let g = matmul_t(w1, x, m_h, m, t);
-    let u = matmul_t(w3, x, m_h, m, t);
-    let h: Vec<f64> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
-    matmul_t(w2, &h, m, m_h, t)
-}
-
-fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    assert!(
-        out.iter().all(|v| v.is_finite()),
-        "non-finite output (unwritten or NaN)"
-    );
-    let num: f64 = out
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum();
-    let den: f64 = reference.iter().map(|b| b * b).sum();
-    assert!(den > 0.0, "reference is all zeros");
-    let e = (num / den).sqrt();
-    assert!(e.is_finite(), "NaN error");
-    e
-}
-
-struct Expert {
-    w: ExpertWeights,
-    w1: Vec<f64>,
-    w3: Vec<f64>,
-    w2: Vec<f64>,
-}
-
-fn expert(gpu: &Gpu, m: usize, m_h: usize, seed: u64) -> Expert {
-    expert_opts(gpu, m, m_h, seed, wdmoe_cuda::ffn::K_MAJOR_DEFAULT)
-}
-
-fn expert_opts(gpu: &Gpu, m: usize, m_h: usize, seed: u64, k_major: bool) -> Expert {
-    let s1 = 1.7 / (m as f32).sqrt();
-    let s2 = 1.7 / (m_h as f32).sqrt();
-    let d1 = rand_dev(gpu, m * m_h, seed ^ 1, s1);
-    let d3 = rand_dev(gpu, m * m_h, seed ^ 3, s1);
-    let d2 = rand_dev(gpu, m * m_h, seed ^ 2, s2);
-    let layout = DownLayout::default_for(m);
-    let w = ExpertWeights::pack_opts(gpu, &d1, &d3, &d2, m, m_h, layout, k_major).unwrap();
-    Expert {
-        w,
-        w1: host(gpu, &d1),
-        w3: host(gpu, &d3),
-        w2: host(gpu, &d2),
-    }
-}
 
 fn check_ffn(gpu: &Gpu, e: &Expert, t: usize, cfg: &DecodeConfig, seed: u64) -> f64 {
     let (m, m_h) = (e.w.m(), e.w.m_h());
@@ -467,13 +343,6 @@ fn check_prefill(
         err <= BOUND,
         "rel err {err:.3e} > {BOUND} (m={m} m_h={m_h} T={t} {used:?})"
     );
-}
-
-fn sm90(gpu: &Gpu) -> bool {
-    if !gpu.info().cubin {
-        eprintln!("skipping: prefill kernels need compute capability 9.0");
-    }
-    gpu.info().cubin
 }
 
 #[test]

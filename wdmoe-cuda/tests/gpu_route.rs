@@ -8,8 +8,9 @@
 //! CUDA GPU, the grouped path compute capability 9.0); run with
 //! `--include-ignored` on a GPU machine (see wdmoe-cuda/gpu-build.sh).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
+use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wdmoe_core::select::Policy;
@@ -19,48 +20,6 @@ use wdmoe_cuda::{
     f16, ffn_grouped, ffn_grouped_device, DeviceBuffer, Gpu, PrefillConfig, PrefillWeights,
     PrefillWorkspace,
 };
-
-/// ‖a − b‖/‖b‖ bound of the fp16 kernels (tests/gpu.rs).
-const BOUND: f64 = 2e-3;
-const NAN16: u16 = 0x7E00;
-
-fn seed() -> u64 {
-    let s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("seed {s:#x}");
-    s
-}
-
-fn gpu() -> Gpu {
-    Gpu::new(0).expect("these tests need a CUDA GPU (run with --include-ignored only there)")
-}
-
-fn sm90(gpu: &Gpu) -> bool {
-    if !gpu.info().cubin {
-        eprintln!("skipping: the grouped prefill path needs compute capability 9.0");
-    }
-    gpu.info().cubin
-}
-
-fn rel_err(out: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    assert!(
-        out.iter().all(|v| v.is_finite()),
-        "non-finite output (unwritten or NaN)"
-    );
-    let num: f64 = out
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum();
-    let den: f64 = reference.iter().map(|b| b * b).sum();
-    assert!(den > 0.0, "reference is all zeros");
-    let e = (num / den).sqrt();
-    assert!(e.is_finite(), "NaN error");
-    e
-}
 
 fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

@@ -19,8 +19,9 @@ use super::encode::{route_tokens, Groups, Routing};
 use super::grouped::GroupedPrefill;
 use super::{MoeLayer, MoeStep};
 use crate::error::{shape, CudaCtx, Result};
+use crate::ffn::ExpertWeights;
 use crate::plan::PlanPolicy;
-use crate::prefill::{combine_rows_f32, ffn_grouped_device};
+use crate::prefill::{combine_rows_f32, Rows};
 use crate::runtime::{elapsed_ms, Gpu};
 
 /// Settings, counters and device buffers of device routing (one per layer).
@@ -84,6 +85,7 @@ impl GroupedPrefill {
     fn step_device(
         &mut self,
         gpu: &Gpu,
+        experts: &[ExpertWeights],
         x: &DeviceSlice<f16>,
         tokens: usize,
         t: &SortTables,
@@ -91,7 +93,7 @@ impl GroupedPrefill {
         acc: &mut DeviceSlice<f32>,
         between: (&cust::event::Event, &cust::event::Event),
     ) -> Result<()> {
-        let (m, e) = (self.w.m(), self.w.experts());
+        let (m, e) = (self.m(), self.experts());
         if t.experts() != e || tokens > t.tokens() {
             return Err(shape(
                 "GroupedPrefill::step_device",
@@ -105,19 +107,21 @@ impl GroupedPrefill {
         self.reserve(gpu, rows_cap.max(1), tokens, e)?;
         gpu.record_on(between.0)?;
         gather_sorted(gpu, x, tokens, t, rows_cap, m, &mut self.xs)?;
-        let ws = self
-            .ws
-            .as_mut()
-            .ok_or_else(|| shape("GroupedPrefill::step_device", "no workspace".into()))?;
-        ffn_grouped_device(
+        if t.offsets.len() < e + 1 {
+            return Err(shape(
+                "GroupedPrefill::step_device",
+                format!("{} row offsets for {e} experts", t.offsets.len()),
+            ));
+        }
+        // The tables' offsets are written by counting_sort on this stream.
+        self.ffn(
             gpu,
-            &self.w,
-            &self.xs,
-            &t.offsets,
-            rows_cap,
-            &mut self.ys,
-            ws,
-            None,
+            experts,
+            Rows::Device {
+                offsets: crate::runtime::addr(&t.offsets),
+                groups: e,
+                max_rows: rows_cap,
+            },
         )?;
         gpu.record_on(between.1)?;
         combine_rows_f32(gpu, &self.ys, &t.slot, &t.wts, e, tokens, m, acc)
@@ -235,6 +239,7 @@ impl MoeLayer {
         let mut acc = self.acc.index(..n_tokens * m);
         g.step_device(
             gpu,
+            &self.experts,
             &self.x,
             n_tokens,
             &b.tables,
@@ -269,6 +274,7 @@ impl MoeLayer {
             self.mismatches += 1;
             g.step(
                 gpu,
+                &self.experts,
                 &self.x,
                 n_tokens,
                 &routing.groups,

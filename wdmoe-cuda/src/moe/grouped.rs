@@ -1,6 +1,9 @@
 //! The grouped prefill path of a layer (compute capability 9.0): the
 //! token rows gathered in expert order, all experts' FFNs in one grouped
 //! tensor-core launch per GEMM, the weighted combine back to token order.
+//! The FFNs read either the stacked prefill layout ([`PrefillWeights`],
+//! where both layouts fit) or the experts' decode packing
+//! ([`crate::prefill::ffn_packed`]: one copy of the weights).
 
 use cust::event::Event;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
@@ -8,16 +11,23 @@ use half::f16;
 
 use super::encode::RowTables;
 use crate::error::{shape, CudaCtx, Result};
+use crate::ffn::ExpertWeights;
 use crate::prefill::{
-    combine_rows_f32, ffn_grouped, gather_rows, PrefillWeights, PrefillWorkspace,
+    combine_rows_f32, ffn_groups, ffn_packed, gather_rows, PrefillWeights, PrefillWorkspace, Rows,
 };
 use crate::runtime::Gpu;
 
-/// The grouped prefill path of a layer: all experts stacked in the prefill
-/// layout, and buffers for the token rows in expert order (grown on demand).
+/// The grouped prefill path of a layer: the experts stacked in the prefill
+/// layout (or none: the FFNs then read the decode packing), and buffers for
+/// the token rows in expert order (grown on demand).
 pub struct GroupedPrefill {
-    pub(super) w: PrefillWeights,
+    pub(super) w: Option<PrefillWeights>,
     pub(super) ws: Option<PrefillWorkspace>,
+    /// The intermediate h of the packed path, `[rows][m_h]`.
+    h: DeviceBuffer<f16>,
+    m: usize,
+    m_h: usize,
+    experts: usize,
     pub(super) xs: DeviceBuffer<f16>,
     pub(super) ys: DeviceBuffer<f16>,
     idx: DeviceBuffer<i32>,
@@ -29,7 +39,8 @@ pub struct GroupedPrefill {
 impl std::fmt::Debug for GroupedPrefill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupedPrefill")
-            .field("experts", &self.w.experts())
+            .field("experts", &self.experts)
+            .field("stacked", &self.w.is_some())
             .field("rows", &self.rows)
             .finish()
     }
@@ -49,10 +60,32 @@ fn upload_into<T: cust::memory::DeviceCopy>(
 }
 
 impl GroupedPrefill {
-    /// The path for `w` (buffers allocated on the first step).
+    /// The path on the stacked layout `w` (buffers allocated on the first
+    /// step).
     pub fn new(gpu: &Gpu, w: PrefillWeights) -> Result<GroupedPrefill> {
+        let (m, m_h, e) = (w.m(), w.m_h(), w.experts());
+        Self::with(gpu, Some(w), m, m_h, e)
+    }
+
+    /// The path on the decode packing of `experts` experts of `m` x `m_h`
+    /// (the caller passes them to each step).
+    pub fn packed(gpu: &Gpu, m: usize, m_h: usize, experts: usize) -> Result<GroupedPrefill> {
+        Self::with(gpu, None, m, m_h, experts)
+    }
+
+    fn with(
+        gpu: &Gpu,
+        w: Option<PrefillWeights>,
+        m: usize,
+        m_h: usize,
+        experts: usize,
+    ) -> Result<GroupedPrefill> {
         Ok(GroupedPrefill {
             ws: None,
+            h: gpu.alloc(1)?,
+            m,
+            m_h,
+            experts,
             xs: gpu.alloc(1)?,
             ys: gpu.alloc(1)?,
             idx: gpu.alloc(1)?,
@@ -63,6 +96,16 @@ impl GroupedPrefill {
         })
     }
 
+    /// Model width.
+    pub(super) fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Experts (groups).
+    pub(super) fn experts(&self) -> usize {
+        self.experts
+    }
+
     /// Buffers for `rows` token rows and `tokens * e` slots.
     pub(super) fn reserve(
         &mut self,
@@ -71,13 +114,19 @@ impl GroupedPrefill {
         tokens: usize,
         e: usize,
     ) -> Result<()> {
-        let (m, m_h) = (self.w.m(), self.w.m_h());
+        let (m, m_h) = (self.m, self.m_h);
         if rows > self.rows {
-            self.ws = None; // free before allocating the larger one
+            // Free before allocating the larger ones.
+            self.ws = None;
+            self.h = gpu.alloc(1)?;
             self.xs = gpu.alloc(rows * m)?;
             self.ys = gpu.alloc(rows * m)?;
             self.idx = gpu.alloc(rows)?;
-            self.ws = Some(PrefillWorkspace::new(gpu, m, m_h, rows)?);
+            if self.w.is_some() {
+                self.ws = Some(PrefillWorkspace::new(gpu, m, m_h, rows)?);
+            } else {
+                self.h = gpu.alloc(rows * m_h)?;
+            }
             self.rows = rows;
         }
         if self.slot.len() < tokens * e {
@@ -92,9 +141,11 @@ impl GroupedPrefill {
     /// grouped launch per GEMM, the weighted combine into `acc`
     /// (`[tokens][m]` fp32, added to). `between`: events recorded before the
     /// gather and after the FFNs.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         gpu: &Gpu,
+        experts: &[ExpertWeights],
         x: &DeviceSlice<f16>,
         tokens: usize,
         groups: &[Vec<(usize, f32)>],
@@ -102,13 +153,13 @@ impl GroupedPrefill {
         between: Option<(&Event, &Event)>,
     ) -> Result<()> {
         let e = groups.len();
-        if e != self.w.experts() {
+        if e != self.experts {
             return Err(shape(
                 "GroupedPrefill::step",
-                format!("{e} groups for {} experts", self.w.experts()),
+                format!("{e} groups for {} experts", self.experts),
             ));
         }
-        let m = self.w.m();
+        let m = self.m;
         let tables = RowTables::new(tokens, groups)?;
         let rows = tables.rows();
         self.reserve(gpu, rows.max(1), tokens, e)?;
@@ -120,23 +171,54 @@ impl GroupedPrefill {
         }
         if rows > 0 {
             gather_rows(gpu, x, &self.idx.index(..rows), m, &mut self.xs)?;
-            let ws = self
-                .ws
-                .as_mut()
-                .ok_or_else(|| shape("GroupedPrefill::step", "no workspace".into()))?;
-            ffn_grouped(
-                gpu,
-                &self.w,
-                &self.xs,
-                &tables.counts,
-                &mut self.ys,
-                ws,
-                None,
-            )?;
+            self.ffn(gpu, experts, Rows::Host(&tables.counts))?;
         }
         if let Some((_, b)) = between {
             gpu.record_on(b)?;
         }
         combine_rows_f32(gpu, &self.ys, &self.slot, &self.wts, e, tokens, m, acc)
+    }
+
+    /// Both GEMMs of every expert on the gathered rows (`xs` -> `ys`), on
+    /// the stacked layout or the decode packing of `experts`.
+    pub(super) fn ffn(
+        &mut self,
+        gpu: &Gpu,
+        experts: &[ExpertWeights],
+        rows: Rows<'_>,
+    ) -> Result<()> {
+        const OP: &str = "GroupedPrefill::ffn";
+        if rows.rows() > self.rows {
+            return Err(shape(
+                OP,
+                format!("{} rows, buffers hold {}", rows.rows(), self.rows),
+            ));
+        }
+        match &self.w {
+            Some(w) => {
+                let ws = self
+                    .ws
+                    .as_mut()
+                    .ok_or_else(|| shape(OP, "no workspace".into()))?;
+                crate::prefill::check_io(OP, w, ws, &self.xs, &self.ys, rows.rows())?;
+                ffn_groups(
+                    gpu,
+                    OP,
+                    w.m(),
+                    w.m_h(),
+                    crate::runtime::addr(&w.w13),
+                    crate::runtime::addr(&w.w2),
+                    crate::runtime::addr(&self.xs),
+                    rows,
+                    crate::runtime::addr(&self.ys),
+                    ws,
+                    None,
+                )
+            }
+            None => {
+                let refs: Vec<&ExpertWeights> = experts.iter().collect();
+                ffn_packed(gpu, &refs, &self.xs, rows, &mut self.h, &mut self.ys)
+            }
+        }
     }
 }

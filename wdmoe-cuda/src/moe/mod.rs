@@ -20,7 +20,9 @@
 //! * host policy, grouped prefill (more tokens, compute capability 9.0):
 //!   the token rows gathered in expert order, all experts' FFNs in one
 //!   grouped tensor-core launch per GEMM, a weighted combine back to token
-//!   order ([`grouped`]);
+//!   order ([`grouped`]); the GEMMs read the stacked prefill layout where
+//!   the layer holds it, else the decode packing itself
+//!   ([`crate::prefill::ffn_packed_grouped`]: one copy of the weights);
 //! * device-routed grouped prefill ([`MoeLayer::set_device_routing`]):
 //!   the policy on the GPU for every token, the per-expert token lists by a
 //!   counting sort on the GPU, the grouped GEMMs reading the group sizes
@@ -42,7 +44,7 @@ use crate::ffn::{
     RoutingPlan,
 };
 use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_SLOTS};
-use crate::prefill::{prefers_prefill, PrefillWeights, PREFILL_MIN_TOKENS};
+use crate::prefill::{packed_supported, prefers_prefill, PrefillWeights, PREFILL_MIN_TOKENS};
 use crate::router::{PrefetchTable, Router};
 use crate::runtime::{elapsed_ms, Gpu};
 
@@ -178,10 +180,12 @@ impl MoeLayer {
 
     /// [`MoeLayer::build`], choosing the layouts: `grouped_prefill` `Some(false)`
     /// keeps only the decode packing even for `max_tokens` above
-    /// [`PREFILL_MIN_TOKENS`] (larger steps then run the decode kernels in
-    /// passes of 16 tokens per expert: for a model whose experts fit the GPU
-    /// once, not twice); `Some(true)` asks for the grouped layout too (on
-    /// compute capability 9.0); `None` decides as `build` does.
+    /// [`PREFILL_MIN_TOKENS`] (for a model whose experts fit the GPU once,
+    /// not twice): larger steps then run the grouped tensor-core GEMM on the
+    /// decode packing (`kernels/gemm_packed.cuh`; compute capability 9.0, m
+    /// and m_h multiples of 64), else the decode kernels in passes of 16
+    /// tokens per expert; `Some(true)` asks for the stacked prefill layout
+    /// too (on compute capability 9.0); `None` decides as `build` does.
     #[allow(clippy::too_many_arguments)]
     pub fn build_with(
         gpu: impl Into<Arc<Gpu>>,
@@ -281,7 +285,15 @@ impl MoeLayer {
     ) -> Result<MoeLayer> {
         let e = experts.len();
         let max_tokens = max_tokens.max(1);
-        let prefill = prefill.map(|w| GroupedPrefill::new(&gpu, w)).transpose()?;
+        // The grouped path: on the stacked layout when held, else (compute
+        // capability 9.0, m and m_h multiples of 64) on the decode packing.
+        let prefill = match prefill {
+            Some(w) => Some(GroupedPrefill::new(&gpu, w)?),
+            None if max_tokens > PREFILL_MIN_TOKENS && packed_supported(&gpu, m, m_h) => {
+                Some(GroupedPrefill::packed(&gpu, m, m_h, e)?)
+            }
+            None => None,
+        };
         Ok(MoeLayer {
             device: DevicePlan::new(&gpu, &experts)?,
             device_policy_tokens: 1,
@@ -620,6 +632,7 @@ impl MoeLayer {
             })?;
             g.step(
                 gpu,
+                &self.experts,
                 &self.x,
                 n_tokens,
                 groups,

@@ -75,8 +75,13 @@ pub(crate) fn smem_bytes(bm: u32, bn: u32, stages: usize) -> u32 {
 /// the default 48 KB needs `cuFuncSetAttribute`). Called once by
 /// [`Gpu::new`] on compute capability 9.0.
 pub(crate) fn raise_smem_limits(module: &Module) -> Result<()> {
-    for &(_, bm, bn, name, st) in &KERNELS {
-        let bytes = smem_bytes(bm, bn, st);
+    let grouped = KERNELS
+        .iter()
+        .map(|&(_, bm, bn, name, st)| (name, smem_bytes(bm, bn, st)));
+    let packed = PACKED_KERNELS
+        .iter()
+        .map(|&(kind, bn, name, st)| (name, packed_smem_bytes(kind, bn, st)));
+    for (name, bytes) in grouped.chain(packed) {
         let f = module
             .get_function(name)
             .ctx(name, || "cuModuleGetFunction".into())?;

@@ -17,11 +17,14 @@
 mod config;
 mod expert;
 mod launch;
+mod packed;
 mod weights;
 
 pub use config::*;
 pub use expert::*;
 pub(crate) use launch::*;
+pub use packed::ffn_packed_grouped;
+pub(crate) use packed::*;
 pub use weights::*;
 
 use cust::memory::DeviceSlice;

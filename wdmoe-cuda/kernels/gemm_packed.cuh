@@ -1,0 +1,334 @@
+// The packed-weights grouped GEMM (sm_90a): the expert FFN at prefill sizes
+// straight from the decode packing (`pack_tiles` in ffn_decode.cu: 16x16
+// tiles in mma A-fragment order), so that a model whose experts fit the GPU
+// once (Mixtral 8x7B on one H200) need not hold a second, prefill layout.
+// Included by ffn_prefill.cu (its module).
+//
+// "Swapped" GEMM: out[token][row] = sum_k W[row][k] x[token][k], with the
+// weights as the wgmma A operand taken from registers (each warp's 16 rows x
+// 16 k are exactly one packed tile: 512 contiguous bytes, 16 per lane) and
+// the tokens as the B operand (N = BN tokens, K-major, 128-byte swizzle,
+// loaded by TMA as the grouped GEMM loads its A). One block: 128 rows of W
+// (two consumer warpgroups of 64) by BN tokens of one group (expert); a
+// producer thread streams, per stage of 64 k, the tokens' box (TMA) and the
+// block's weight tiles (1-D bulk copies of whole packed runs) into shared
+// memory, where each warp reads its fragments (ld.shared, 16 bytes per lane,
+// conflict-free) into registers double-buffered across stages (a wgmma
+// group stays in flight while the next stage's fragments load).
+//
+// Tiles run token tile fastest, so the blocks that read the same weights
+// (an expert with more than BN tokens) run at the same time and share them
+// in L2: the weights come from DRAM about once per step at any token count.
+//
+// KIND: PK_GATED (W1|W3 tiles interleaved: two accumulators, epilogue
+// h = silu(g) * u), PK_PLAIN (one 16-row tile per unit) or PK_PAIRS (32-row
+// units of two 16-row tiles, the decode W2 layout); the last two store fp16.
+
+#pragma once
+
+enum { PK_GATED = 0, PK_PLAIN = 1, PK_PAIRS = 2 };
+
+// Problem description, passed by value (kernel parameter space).
+struct PackedParams {
+    unsigned long long w[MAX_GROUPS];  // per group: its packed matrix (16-byte aligned)
+    long long unit_stride;  // uint4 between row units at one k tile
+    long long kt_stride;    // uint4 between k tiles of one unit
+    void* out;              // fp16 [max_rows][ldo]: out[token row][feature]
+    const int* dev_rows;    // groups + 1 row offsets on the device, or null
+    int k;                  // reduction length, k % 64 == 0
+    int n_rows;             // rows of W (output features), % 16 == 0
+    int groups;             // 1..MAX_GROUPS
+    int ldo;                // output row stride, elements
+    int max_rows;           // token rows the tensor map and the output hold
+    int kmajor;             // 1: the units of one k tile are contiguous
+    int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
+    int pad_;
+};
+
+namespace {
+
+#ifdef WDMOE_SM90A
+// Generated (one operand per accumulator register).
+// wgmma m64n32k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
+// m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_ra_n32(float (&d)[16], const uint4& a, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
+}
+
+// wgmma m64n64k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
+// m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_ra_n64(float (&d)[32], const uint4& a, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
+}
+
+// wgmma m64n128k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
+// m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_ra_n128(float (&d)[64], const uint4& a, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
+}
+
+template <int BN>
+struct RegAcc;
+template <>
+struct RegAcc<32> {
+    __device__ static void mma(float (&d)[16], const uint4& a, uint64_t b, int s) { wgmma_ra_n32(d, a, b, s); }
+};
+template <>
+struct RegAcc<64> {
+    __device__ static void mma(float (&d)[32], const uint4& a, uint64_t b, int s) { wgmma_ra_n64(d, a, b, s); }
+};
+template <>
+struct RegAcc<128> {
+    __device__ static void mma(float (&d)[64], const uint4& a, uint64_t b, int s) { wgmma_ra_n128(d, a, b, s); }
+};
+
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
+#endif  // WDMOE_SM90A
+
+}  // namespace
+
+template <int BN, int STAGES, int KIND>
+__device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const PackedParams& p) {
+#ifdef WDMOE_SM90A
+    constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
+    constexpr int UB = KIND == PK_PAIRS ? 4 : 8;      // units per block (128 rows)
+    constexpr int NM = KIND == PK_GATED ? 2 : 1;      // fragments per warp and k16
+    constexpr int TILE = 512;                         // bytes of one packed 16x16 tile
+    constexpr int X_BYTES = BN * BK * 2;
+    constexpr int W_BYTES = (BK / 16) * UB * NMAT * TILE;
+    constexpr int STAGE_BYTES = X_BYTES + W_BYTES;
+    static_assert(X_BYTES % 1024 == 0, "token boxes must keep the 1024-byte swizzle alignment");
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    const uint32_t sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const uint32_t bar_full = sbase + STAGES * STAGE_BYTES;
+    const uint32_t bar_empty = bar_full + STAGES * 8;
+    const int wg = threadIdx.x / 128;
+    const int tid = threadIdx.x % 128;
+    const int units = KIND == PK_PAIRS ? p.n_rows / 32 : p.n_rows / 16;
+    const int row_blocks = (units + UB - 1) / UB;
+    const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
+    __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
+    if (p.dev_rows) griddep_wait();  // the offsets come from the previous kernel
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(bar_full + 8 * s, 1);
+            mbar_init(bar_empty + 8 * s, 8);  // 2 consumer warpgroups x 4 warps
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        int prev = 0, tiles = 0;
+        s_row[0] = 0;
+        s_tile[0] = 0;
+        for (int g = 1; g <= groups; ++g) {
+            int r = p.dev_rows ? p.dev_rows[g] : p.row_start[g];
+            r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
+            tiles += (r - prev + BN - 1) / BN * row_blocks;
+            s_row[g] = r;
+            s_tile[g] = tiles;
+            prev = r;
+        }
+    }
+    __syncthreads();
+    const int total_tiles = s_tile[groups];
+    griddep_launch_dependents();
+    const int kblocks = p.k / BK;
+    // tile t -> (group, row block, token tile), token tile fastest.
+    auto map = [&](int t, int& g, int& rb, int& tt) {
+        g = 0;
+        while (g + 1 < groups && t >= s_tile[g + 1]) ++g;
+        const int local = t - s_tile[g];
+        const int ntt = (s_row[g + 1] - s_row[g] + BN - 1) / BN;
+        rb = local / ntt;
+        tt = local - rb * ntt;
+    };
+
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (tid == 0) {
+            griddep_wait();
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+                int g, rb, tt;
+                map(t, g, rb, tt);
+                const int xrow = s_row[g] + tt * BN;
+                const int u0 = rb * UB;
+                const int ub = units - u0 < UB ? units - u0 : UB;
+                const uint4* w = reinterpret_cast<const uint4*>(p.w[g]);
+                for (int kb = 0; kb < kblocks; ++kb) {
+                    mbar_wait(bar_empty + 8 * stage, phase ^ 1);
+                    const uint32_t full = bar_full + 8 * stage;
+                    const uint32_t sx = sbase + stage * STAGE_BYTES;
+                    const uint32_t sw = sx + X_BYTES;
+                    mbar_expect_tx(full, X_BYTES + (BK / 16) * ub * NMAT * TILE);
+                    tma_load_2d(sx, &tx, kb * BK, xrow, full);
+                    if (p.kmajor) {
+                        // One run per k tile: the block's units, contiguous.
+                        for (int kk = 0; kk < BK / 16; ++kk)
+                            bulk_load(sw + kk * UB * NMAT * TILE,
+                                      w + (long long)(kb * 4 + kk) * p.kt_stride + (long long)u0 * p.unit_stride,
+                                      ub * NMAT * TILE, full);
+                    } else {
+                        // One run per unit: its 4 k tiles, contiguous.
+                        for (int u = 0; u < ub; ++u)
+                            bulk_load(sw + u * (BK / 16) * NMAT * TILE,
+                                      w + (long long)(u0 + u) * p.unit_stride + (long long)(kb * 4) * p.kt_stride,
+                                      (BK / 16) * NMAT * TILE, full);
+                    }
+                    if (++stage == STAGES) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+            }
+        }
+    } else {
+        setmaxnreg_inc<232>();
+        const int c = wg - 1;  // rows c*64 .. c*64+63 of the block
+        const int warp = tid / 32, lane = tid % 32;
+        const int t16 = c * 4 + warp;  // this warp's 16-row tile in the block
+        // Byte offset of fragment (kk, matrix m) of this warp in a stage's weights.
+        const int unit = KIND == PK_PAIRS ? t16 >> 1 : t16;
+        auto frag_off = [&](int kk, int m) {
+            const int mat = KIND == PK_PAIRS ? (t16 & 1) : m;
+            const int run = p.kmajor ? (kk * UB + unit) : (unit * (BK / 16) + kk);
+            return (run * NMAT + mat) * TILE + lane * 16;
+        };
+        float d0[BN / 2], d1[NM == 2 ? BN / 2 : 1];
+        uint4 a0[BK / 16][NM], a1[BK / 16][NM];
+        int stage = 0;
+        uint32_t phase = 0;
+        for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+            int g, rb, tt;
+            map(t, g, rb, tt);
+            if (rb * 128 + c * 64 >= p.n_rows) {
+                // All 64 rows of this warpgroup lie past the end of W.
+                for (int kb = 0; kb < kblocks; ++kb) {
+                    mbar_wait(bar_full + 8 * stage, phase);
+                    __syncwarp();
+                    if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
+                    if (++stage == STAGES) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+                continue;
+            }
+            int prev = -1;
+            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
+                mbar_wait(bar_full + 8 * stage, phase);
+                const uint32_t sx = sbase + stage * STAGE_BYTES;
+                const uint32_t sw = sx + X_BYTES;
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; ++kk)
+#pragma unroll
+                    for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
+                wgmma_fence();
+                const uint64_t db = smem_desc(sx);
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; ++kk) {
+                    const int acc = (kb > 0 || kk > 0) ? 1 : 0;
+                    // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
+                    RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
+                    if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
+                }
+                wgmma_commit();
+                wgmma_wait<1>();  // the previous stage's group (and its fragments) is done
+                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                prev = stage;
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            };
+            int kb = 0;
+            for (; kb + 1 < kblocks; kb += 2) {
+                run_stage(a0, kb);
+                run_stage(a1, kb + 1);
+            }
+            if (kb < kblocks) run_stage(a0, kb);
+            wgmma_wait<0>();
+            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+
+            // Epilogue from the accumulators: per 8-token block j, rows
+            // r, r+8 (features) by tokens 8j + 2q + {0,1}.
+            const int rows_g = s_row[g + 1] - s_row[g];
+            const int r = rb * 128 + t16 * 16 + lane / 4;
+            const int q2 = (lane % 4) * 2;
+            __half* out = reinterpret_cast<__half*>(p.out);
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = tt * BN + 8 * j + q2 + e;  // token within the group
+                    if (col >= rows_g) continue;
+                    const long long orow = (long long)(s_row[g] + col) * p.ldo;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int row = r + 8 * h;
+                        if (row >= p.n_rows) continue;
+                        const float v = d0[4 * j + 2 * h + e];
+                        float o;
+                        if constexpr (NM == 2) {
+                            const float u = d1[4 * j + 2 * h + e];
+                            o = v / (1.0f + __expf(-v)) * u;
+                        } else {
+                            o = v;
+                        }
+                        out[orow + row] = __float2half_rn(o);
+                    }
+                }
+            }
+        }
+    }
+#else
+    __trap();  // sm_90a only; the host never launches these elsewhere
+#endif
+}
+
+// Shared memory: 1024 bytes of alignment slack + the stages + 2 mbarriers
+// per stage (the host mirrors it: prefill::packed::smem_bytes).
+#define PACKED_KERNEL(NAME, BN, STAGES, KIND)                                                               \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
+        NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ PackedParams p) {               \
+        gemm_packed_body<BN, STAGES, KIND>(tx, p);                                                          \
+    }
+
+PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED)
+PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED)
+PACKED_KERNEL(packed_plain_n128, 128, 6, PK_PLAIN)
+PACKED_KERNEL(packed_plain_n64, 64, 8, PK_PLAIN)
+PACKED_KERNEL(packed_plain_n32, 32, 8, PK_PLAIN)
+PACKED_KERNEL(packed_pairs_n128, 128, 6, PK_PAIRS)
+PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS)
+PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS)

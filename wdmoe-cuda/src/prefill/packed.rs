@@ -1,0 +1,349 @@
+//! The expert FFN at prefill sizes on the decode packing
+//! (kernels/gemm_packed.cuh): a grouped tensor-core GEMM that reads each
+//! expert's [`ExpertWeights`] as they are (16x16 tiles in mma A-fragment
+//! order) instead of a second, prefill layout. For a model whose experts fit
+//! the GPU once (Mixtral 8x7B on one H200) this is the prefill path; the
+//! stacked prefill layout ([`PrefillWeights`], [`ffn_grouped`]) stays the
+//! faster choice where both layouts fit.
+//!
+//! Two launches per step, as [`ffn_grouped`]: gate/up (h = silu(W1 x) ·
+//! W3 x, `[rows][m_h]`), then down (`[rows][m]`). Rows are the tokens of
+//! every group (expert) in group order, counts on the host or row offsets on
+//! the device ([`Rows`]).
+
+use cust::memory::DeviceSlice;
+use half::f16;
+
+use super::*;
+use crate::error::{check_align, shape, Error, Result};
+use crate::ffn::ExpertWeights;
+use crate::launch::{kernel_params, Shape};
+use crate::runtime::{addr, Gpu};
+use crate::sys;
+
+/// Mirror of `PackedParams` in kernels/gemm_packed.cuh (same field order
+/// and C layout; size asserted below).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct PackedParams {
+    w: [u64; MAX_GROUPS],
+    unit_stride: i64,
+    kt_stride: i64,
+    out: u64,
+    dev_rows: u64,
+    k: i32,
+    n_rows: i32,
+    groups: i32,
+    ldo: i32,
+    max_rows: i32,
+    kmajor: i32,
+    row_start: [i32; MAX_GROUPS + 1],
+    pad_: i32,
+}
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 832);
+
+kernel_params! {
+    /// The packed GEMM kernels' parameters: the tokens' tensor map and the
+    /// [`PackedParams`], by value.
+    pub(crate) struct PackedLaunch {
+        x: sys::CUtensorMap,
+        p: PackedParams,
+    }
+}
+
+/// Which packed matrix a launch multiplies (the kernel's `KIND`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PackedKind {
+    /// W1|W3 tiles interleaved; epilogue silu(g)·u.
+    Gated,
+    /// W2 in 16-row tiles.
+    Plain,
+    /// W2 in 32-row units of two 16-row tiles.
+    Pairs,
+}
+
+impl PackedKind {
+    /// Packed 16x16 tiles per unit and k tile.
+    fn nmat(self) -> usize {
+        if self == PackedKind::Plain {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Rows of W per unit.
+    fn unit_rows(self) -> usize {
+        if self == PackedKind::Pairs {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// Units per block (128 rows).
+    fn units_per_block(self) -> usize {
+        128 / self.unit_rows()
+    }
+}
+
+/// The instantiations of kernels/gemm_packed.cuh: (kind, tokens per tile,
+/// kernel, shared-memory stages).
+pub(crate) const PACKED_KERNELS: [(PackedKind, u32, &str, usize); 8] = [
+    (PackedKind::Gated, 64, "packed_gated_n64", 5),
+    (PackedKind::Gated, 32, "packed_gated_n32", 5),
+    (PackedKind::Plain, 128, "packed_plain_n128", 6),
+    (PackedKind::Plain, 64, "packed_plain_n64", 8),
+    (PackedKind::Plain, 32, "packed_plain_n32", 8),
+    (PackedKind::Pairs, 128, "packed_pairs_n128", 6),
+    (PackedKind::Pairs, 64, "packed_pairs_n64", 8),
+    (PackedKind::Pairs, 32, "packed_pairs_n32", 8),
+];
+
+/// Dynamic shared memory of a packed instantiation (mirrors the kernel:
+/// 1024 bytes of alignment slack, per stage the tokens' box and the block's
+/// weight tiles, two mbarriers per stage).
+pub(crate) fn packed_smem_bytes(kind: PackedKind, bn: u32, stages: usize) -> u32 {
+    let x = bn as usize * BK * 2;
+    let w = (BK / 16) * kind.units_per_block() * kind.nmat() * 512;
+    (1024 + stages * (x + w) + stages * 16) as u32
+}
+
+/// Tokens per tile for groups of about `rows_per_group` rows: the smallest
+/// instantiation that holds them (fewer wasted tensor-core columns), else
+/// the widest of the kind.
+fn pick_bn(kind: PackedKind, rows_per_group: usize) -> (u32, &'static str, usize) {
+    let mut fits = PACKED_KERNELS
+        .iter()
+        .filter(|k| k.0 == kind)
+        .map(|k| (k.1, k.2, k.3))
+        .collect::<Vec<_>>();
+    fits.sort_by_key(|k| k.0);
+    fits.iter()
+        .copied()
+        .find(|k| k.0 as usize >= rows_per_group)
+        .unwrap_or(*fits.last().expect("every kind has instantiations"))
+}
+
+/// Whether [`ffn_packed`] takes experts of `m` x `m_h` on this GPU:
+/// compute capability 9.0, both reduction lengths multiples of 64.
+pub(crate) fn packed_supported(gpu: &Gpu, m: usize, m_h: usize) -> bool {
+    gpu.info().cubin && m % BK == 0 && m_h % BK == 0 && m > 0 && m_h > 0
+}
+
+struct PackedGemm<'a> {
+    kind: PackedKind,
+    w: &'a [u64],
+    unit_stride: i64,
+    kt_stride: i64,
+    kmajor: bool,
+    x: u64,
+    k: usize,
+    n_rows: usize,
+    rows: Rows<'a>,
+    out: u64,
+}
+
+fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
+    let max_rows = g.rows.rows();
+    let groups = g.rows.groups();
+    if max_rows == 0 {
+        return Ok(());
+    }
+    let model = g.rows.model_counts();
+    let per_group = model.iter().copied().max().unwrap_or(1);
+    let (bn, name, stages) = pick_bn(g.kind, per_group);
+    let units = g.n_rows / g.kind.unit_rows();
+    let row_blocks = units.div_ceil(g.kind.units_per_block());
+    let mut p = PackedParams {
+        w: [0; MAX_GROUPS],
+        unit_stride: g.unit_stride,
+        kt_stride: g.kt_stride,
+        out: g.out,
+        dev_rows: 0,
+        k: g.k as i32,
+        n_rows: g.n_rows as i32,
+        groups: groups as i32,
+        ldo: g.n_rows as i32,
+        max_rows: max_rows as i32,
+        kmajor: i32::from(g.kmajor),
+        row_start: [0; MAX_GROUPS + 1],
+        pad_: 0,
+    };
+    p.w[..groups].copy_from_slice(g.w);
+    let token_tiles = match g.rows {
+        Rows::Host(counts) => {
+            let mut tiles = 0;
+            for (i, &c) in counts.iter().enumerate() {
+                p.row_start[i + 1] = p.row_start[i] + c as i32;
+                tiles += c.div_ceil(bn as usize);
+            }
+            tiles
+        }
+        Rows::Device { offsets, .. } => {
+            p.dev_rows = offsets;
+            // Worst case: each group adds at most one partial token tile.
+            max_rows.div_ceil(bn as usize) + groups
+        }
+    };
+    let tiles = token_tiles * row_blocks;
+    if tiles == 0 {
+        return Ok(());
+    }
+    if tiles > i32::MAX as usize {
+        return Err(shape(op, format!("{tiles} tiles overflow")));
+    }
+    let tx = tensor_map(op, g.x, max_rows, g.k, bn)?;
+    let grid = tiles.min(gpu.info().sm_count as usize) as u32;
+    let params = PackedLaunch { x: tx, p };
+    let (kind, k, n) = (g.kind, g.k, g.n_rows);
+    // SAFETY: NAME(TensorMap, PackedParams) by value = PackedLaunch, layouts
+    // mirrored (sys::CUtensorMap; PackedParams, size asserted). The tensor
+    // map covers the token rows [max_rows][k] the caller checked; the kernel
+    // reads weights only through the groups' w pointers, whole packed runs of
+    // the matrices ffn_packed validated (n_rows x k fp16 each, strides from
+    // their packing), and writes out rows < the clamped row offsets <=
+    // max_rows, columns < n_rows = ldo (callers sized out). Shared memory was
+    // raised to packed_smem_bytes at module load; 384 threads as the launch
+    // bounds. PDL: the producer executes griddepcontrol.wait before its first
+    // copy, and every global write comes after data those copies delivered.
+    unsafe {
+        gpu.launch(
+            &gpu.prefill,
+            name,
+            Shape::new(grid, 384)
+                .shared(packed_smem_bytes(kind, bn, stages))
+                .pdl(true),
+            params,
+            || format!("{kind:?} rows={max_rows} n_rows={n} k={k} groups={groups} bn={bn}"),
+        )
+    }
+}
+
+/// [`ffn_grouped`] on the decode packing: y = W2 (silu(W1 x) · W3 x) for
+/// the rows of `x` (`[rows][m]` fp16, `counts[g]` rows of group g in group
+/// order) through expert `experts[g]`, on tensor cores (compute capability
+/// 9.0; m and m_h multiples of 64, else [`Error::Unsupported`]). `h`
+/// (`[rows][m_h]` fp16) holds the intermediate; `out` gets `[rows][m]`.
+pub fn ffn_packed_grouped(
+    gpu: &Gpu,
+    experts: &[&ExpertWeights],
+    x: &DeviceSlice<f16>,
+    counts: &[usize],
+    h: &mut DeviceSlice<f16>,
+    out: &mut DeviceSlice<f16>,
+) -> Result<()> {
+    ffn_packed(gpu, experts, x, Rows::Host(counts), h, out)
+}
+
+/// y = W2 (silu(W1 x) · W3 x) for rows of `x` (`[rows][m]` fp16, the tokens
+/// of group g in rows `offsets[g]..offsets[g+1]`) through group g's expert
+/// `experts[g]` in the decode packing, on tensor cores; `h`
+/// (`[rows][m_h]`) is the intermediate, `out` gets `[rows][m]`. `rows`:
+/// counts per group ([`Rows::Host`]) or row offsets written on the device.
+pub(crate) fn ffn_packed(
+    gpu: &Gpu,
+    experts: &[&ExpertWeights],
+    x: &DeviceSlice<f16>,
+    rows: Rows<'_>,
+    h: &mut DeviceSlice<f16>,
+    out: &mut DeviceSlice<f16>,
+) -> Result<()> {
+    const OP: &str = "ffn_packed";
+    let Some(first) = experts.first() else {
+        return Err(shape(OP, "no experts".into()));
+    };
+    let (m, m_h) = (first.m, first.m_h);
+    if !packed_supported(gpu, m, m_h) {
+        return Err(Error::Unsupported {
+            op: OP,
+            detail: format!(
+                "needs compute capability 9.0 and m, m_h multiples of {BK} (m={m}, m_h={m_h}, cc {}.{})",
+                gpu.info().cc.0,
+                gpu.info().cc.1
+            ),
+        });
+    }
+    if experts.len() != rows.groups() || experts.len() > MAX_GROUPS {
+        return Err(shape(
+            OP,
+            format!(
+                "{} experts for {} groups (1..={MAX_GROUPS})",
+                experts.len(),
+                rows.groups()
+            ),
+        ));
+    }
+    if let Some(bad) = experts.iter().find(|e| !e.same_packing(first)) {
+        return Err(shape(
+            OP,
+            format!("experts of different layouts: {first:?} and {bad:?}"),
+        ));
+    }
+    let n = rows.rows();
+    if x.len() < n * m || h.len() < n * m_h || out.len() < n * m {
+        return Err(shape(
+            OP,
+            format!(
+                "{n} rows: x has {}, h {}, out {} elements (need x{m}, x{m_h}, x{m})",
+                x.len(),
+                h.len(),
+                out.len()
+            ),
+        ));
+    }
+    for (name, a) in [("x", addr(x)), ("h", addr(h)), ("out", addr(out))] {
+        check_align(OP, name, a, 16)?;
+    }
+    let kmajor = first.k_major;
+    // Strides in uint4 (16-byte) units, as the decode kernels take them.
+    let strides = |units: usize, k_tiles: usize, nmat: usize| -> (i64, i64) {
+        let t = (nmat * 32) as i64;
+        if kmajor {
+            (t, units as i64 * t)
+        } else {
+            (k_tiles as i64 * t, t)
+        }
+    };
+    let w13: Vec<u64> = experts.iter().map(|e| addr(&e.w13)).collect();
+    let w2: Vec<u64> = experts.iter().map(|e| addr(&e.w2)).collect();
+    let (us, ks) = strides(m_h / 16, m / 16, 2);
+    launch_packed(
+        gpu,
+        OP,
+        PackedGemm {
+            kind: PackedKind::Gated,
+            w: &w13,
+            unit_stride: us,
+            kt_stride: ks,
+            kmajor,
+            x: addr(x),
+            k: m,
+            n_rows: m_h,
+            rows,
+            out: addr(h),
+        },
+    )?;
+    let kind = if first.down_pairs {
+        PackedKind::Pairs
+    } else {
+        PackedKind::Plain
+    };
+    let (us, ks) = strides(m / kind.unit_rows(), m_h / 16, kind.nmat());
+    launch_packed(
+        gpu,
+        OP,
+        PackedGemm {
+            kind,
+            w: &w2,
+            unit_stride: us,
+            kt_stride: ks,
+            kmajor,
+            x: addr(h),
+            k: m_h,
+            n_rows: m,
+            rows,
+            out: addr(out),
+        },
+    )
+}

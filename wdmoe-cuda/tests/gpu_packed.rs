@@ -1,0 +1,314 @@
+//! GPU tests of the packed-weights grouped GEMM (kernels/gemm_packed.cuh,
+//! `ffn_packed_grouped`): the expert FFN at prefill sizes on tensor cores,
+//! reading the experts' decode packing. Against the f64 reference on fresh
+//! random inputs (seed printed), outputs poisoned with NaN; every token-tile
+//! width (32, 64, 128), both W2 layouts and both tile orders, row counts
+//! that leave partial token tiles, partial row blocks and empty groups; the
+//! MoE layer on that path (host- and device-routed) against the decode
+//! kernels; and a timing at Mixtral size. Ignored by default (CUDA GPU of
+//! compute capability 9.0); run with `--include-ignored` on a GPU machine
+//! (see wdmoe-cuda/gpu-build.sh).
+//!
+//! Bound: that of tests/gpu.rs ([`BOUND`]).
+
+mod common;
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use wdmoe_core::select::Policy;
+use wdmoe_cuda::moe::MoeLayer;
+use wdmoe_cuda::{
+    elapsed_ms, f16, ffn_grouped, ffn_packed_grouped, DownLayout, Error, ExpertWeights, Gpu,
+    PrefillWeights, PrefillWorkspace,
+};
+
+/// Experts of `m` x `m_h` in the decode packing with the given W2 layout and
+/// tile order, with their f64 copies.
+fn experts(
+    gpu: &Gpu,
+    n: usize,
+    m: usize,
+    m_h: usize,
+    layout: DownLayout,
+    k_major: bool,
+    seed: u64,
+) -> Vec<Expert> {
+    let s1 = 1.7 / (m as f32).sqrt();
+    let s2 = 1.7 / (m_h as f32).sqrt();
+    (0..n as u64)
+        .map(|q| {
+            let sd = seed ^ (q << 8);
+            let d1 = rand_dev(gpu, m * m_h, sd ^ 1, s1);
+            let d3 = rand_dev(gpu, m * m_h, sd ^ 3, s1);
+            let d2 = rand_dev(gpu, m * m_h, sd ^ 2, s2);
+            let w = ExpertWeights::pack_opts(gpu, &d1, &d3, &d2, m, m_h, layout, k_major).unwrap();
+            Expert {
+                w,
+                w1: host(gpu, &d1),
+                w3: host(gpu, &d3),
+                w2: host(gpu, &d2),
+            }
+        })
+        .collect()
+}
+
+/// One grouped launch on `counts` rows per expert; every group's output
+/// against the reference; returns the largest relative error.
+fn check_packed(gpu: &Gpu, ex: &[Expert], counts: &[usize], seed: u64) -> f64 {
+    let (m, m_h) = (ex[0].w.m(), ex[0].w.m_h());
+    let rows: usize = counts.iter().sum();
+    let x = rand_dev(gpu, rows * m, seed, 1.0);
+    let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+    let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+    gpu.fill_u16(&mut h, NAN16).unwrap();
+    gpu.fill_u16(&mut out, NAN16).unwrap();
+    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    ffn_packed_grouped(gpu, &refs, &x, counts, &mut h, &mut out).unwrap();
+    let xh = host(gpu, &x);
+    let got = host(gpu, &out);
+    let mut worst = 0.0f64;
+    let mut r0 = 0;
+    for (q, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let e = &ex[q];
+        let want = ffn_ref(&e.w1, &e.w3, &e.w2, &xh[r0 * m..(r0 + c) * m], m, m_h, c);
+        let err = rel_err(&got[r0 * m..(r0 + c) * m], &want);
+        eprintln!("  expert {q}: {c} rows, rel err {err:.2e}");
+        assert!(err <= BOUND, "expert {q} ({c} rows): rel err {err:.3e}");
+        worst = worst.max(err);
+        r0 += c;
+    }
+    worst
+}
+
+/// Small shapes: every token-tile width (the launch picks 32, 64 or 128 by
+/// the largest group), partial token tiles, row counts that are not
+/// multiples of the 128-row block (m_h = 192; m = 192 with 32-row W2 units),
+/// empty groups, both W2 layouts and both tile orders.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_ffn_matches_reference() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let cases: [(usize, usize, DownLayout, bool, &[usize]); 6] = [
+        (256, 512, DownLayout::Pairs32, true, &[0, 1, 33, 70]),
+        (128, 192, DownLayout::Tiles16, false, &[5, 17]),
+        (192, 256, DownLayout::Pairs32, false, &[130, 2, 64]),
+        (64, 128, DownLayout::Tiles16, true, &[40]),
+        (256, 320, DownLayout::Tiles16, true, &[200, 0, 129]),
+        (128, 256, DownLayout::Pairs32, true, &[3, 0, 0, 31]),
+    ];
+    for (i, &(m, m_h, layout, k_major, counts)) in cases.iter().enumerate() {
+        eprintln!("m={m} m_h={m_h} {layout:?} k_major={k_major} counts {counts:?}");
+        let ex = experts(
+            &gpu,
+            counts.len(),
+            m,
+            m_h,
+            layout,
+            k_major,
+            s ^ (i as u64 * 977),
+        );
+        check_packed(&gpu, &ex, counts, s ^ 0xabc ^ i as u64);
+    }
+}
+
+/// Mixtral's expert shape (4096 x 14336, 32-row W2 units, k-major tiles as
+/// `ExpertWeights::pack` makes them), two experts of 40 and 100 rows.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_ffn_mixtral_size() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let ex = experts(&gpu, 2, 4096, 14336, DownLayout::Pairs32, true, s);
+    let err = check_packed(&gpu, &ex, &[40, 100], s ^ 7);
+    eprintln!("Mixtral size: worst rel err {err:.2e}");
+}
+
+/// Bad inputs are errors, never launches: m not a multiple of 64, experts of
+/// different packings, buffers too small, more experts than groups.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_bad_inputs_are_errors() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let odd = experts(&gpu, 1, 48, 128, DownLayout::Tiles16, true, s);
+    let x = rand_dev(&gpu, 4 * 256, s, 1.0);
+    let mut h = gpu.alloc::<f16>(4 * 512).unwrap();
+    let mut out = gpu.alloc::<f16>(4 * 256).unwrap();
+    let r = ffn_packed_grouped(&gpu, &[&odd[0].w], &x, &[4], &mut h, &mut out);
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    let a = experts(&gpu, 1, 256, 512, DownLayout::Pairs32, true, s ^ 1);
+    let b = experts(&gpu, 1, 256, 512, DownLayout::Tiles16, true, s ^ 2);
+    let r = ffn_packed_grouped(&gpu, &[&a[0].w, &b[0].w], &x, &[2, 2], &mut h, &mut out);
+    assert!(r.is_err(), "mixed packings: {r:?}");
+    let r = ffn_packed_grouped(&gpu, &[&a[0].w], &x, &[5], &mut h, &mut out);
+    assert!(r.is_err(), "5 rows in buffers of 4: {r:?}");
+    let r = ffn_packed_grouped(&gpu, &[&a[0].w], &x, &[2, 2], &mut h, &mut out);
+    assert!(r.is_err(), "2 groups, 1 expert: {r:?}");
+    // The same call with valid sizes runs.
+    ffn_packed_grouped(&gpu, &[&a[0].w], &x, &[4], &mut h, &mut out).unwrap();
+    gpu.sync().unwrap();
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A layer holding only the decode packing (`Some(false)`): steps above 16
+/// tokens take the grouped path on the packed weights, host- and
+/// device-routed, top-2 and WDMoE θ = 0.5 (dropped experts), and equal the
+/// decode kernels' step (`set_prefill(false)`) within the fp16 bound.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_layer_on_the_packing_equals_the_decode_kernels() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let mut rng = SmallRng::seed_from_u64(s);
+    let e = 8;
+    let mut l = MoeLayer::random_with(gpu, 256, 512, e, 300, Some(false), s).unwrap();
+    l.set_random_input(s ^ 0x5eed).unwrap();
+    for (policy, name) in [
+        (Policy::new(2, 0.0, 1).unwrap(), "top-2"),
+        (Policy::new(2, 0.5, 1).unwrap(), "theta 0.5"),
+    ] {
+        for n in [17usize, 100, 300] {
+            let lat: Vec<f64> = (0..n * e).map(|_| rng.gen_range(0.005..0.05)).collect();
+            l.set_prefill(false);
+            assert!(!l.uses_prefill(n));
+            let dec = l.step(n, &policy, &lat).unwrap();
+            let out_dec = widen(&l.output(n).unwrap());
+            l.set_prefill(true);
+            assert!(
+                l.uses_prefill(n),
+                "{n} tokens must take the packed grouped path"
+            );
+            for device in [false, true] {
+                l.set_device_routing(device);
+                assert_eq!(l.uses_device_routing(n, &lat), device);
+                let st = l.step(n, &policy, &lat).unwrap();
+                assert_eq!(st.routing.groups, dec.routing.groups, "{name} at {n}");
+                let err = rel_err(&widen(&l.output(n).unwrap()), &out_dec);
+                let rows: usize = st.routing.groups.iter().map(Vec::len).sum();
+                eprintln!(
+                    "{name} at {n} tokens ({rows} rows), device-routed {device}: rel err {err:.2e}, step {:.1} us (decode kernels {:.1} us)",
+                    st.time_s * 1e6,
+                    dec.time_s * 1e6
+                );
+                assert!(err <= BOUND, "{name} at {n}, device {device}: {err:.3e}");
+            }
+        }
+    }
+    assert_eq!(l.device_policy_mismatches(), 0);
+}
+
+/// Timing at Mixtral size (8 experts of 4096 x 14336, top-2, tokens spread
+/// evenly): the packed grouped FFN against the stacked-layout grouped FFN
+/// (`ffn_grouped`) on the same rows, and against the time to read the eight
+/// experts once at the copy rate of this call. Medians of 10 after 3
+/// warm-ups; prints PACKED lines; asserts only that both are finite.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_ffn_timing_mixtral() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let (m, m_h, e) = (4096usize, 14336usize, 8usize);
+    let s = 0x9a11;
+    let dev: Vec<_> = (0..e as u64)
+        .map(|q| {
+            let sd = s ^ (q << 8);
+            (
+                rand_dev(&gpu, m * m_h, sd ^ 1, 0.03),
+                rand_dev(&gpu, m * m_h, sd ^ 3, 0.03),
+                rand_dev(&gpu, m * m_h, sd ^ 2, 0.015),
+            )
+        })
+        .collect();
+    let packed: Vec<ExpertWeights> = dev
+        .iter()
+        .map(|(a, b, c)| ExpertWeights::pack(&gpu, a, b, c, m, m_h).unwrap())
+        .collect();
+    let refs: Vec<_> = dev.iter().map(|(a, b, c)| (&**a, &**b, &**c)).collect();
+    let stacked = PrefillWeights::pack(&gpu, &refs, m, m_h).unwrap();
+    drop(refs);
+    drop(dev);
+    let wrefs: Vec<&ExpertWeights> = packed.iter().collect();
+    // Copy rate of this call: a read probe over the stacked weights.
+    let mut scratch = gpu.alloc::<f32>(1 << 16).unwrap();
+    let probe = gpu.alloc::<f16>(1 << 30).unwrap();
+    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
+    let mut probe_ms = Vec::new();
+    for _ in 0..5 {
+        gpu.record_on(&a).unwrap();
+        gpu.read_probe(&probe, &mut scratch).unwrap();
+        gpu.record_on(&b).unwrap();
+        gpu.sync().unwrap();
+        probe_ms.push(elapsed_ms(&a, &b).unwrap() as f64);
+    }
+    probe_ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let rate = (2usize << 30) as f64 / (probe_ms[2] * 1e-3);
+    drop(probe);
+    let floor_s = (e * 3 * m * m_h * 2) as f64 / rate;
+    println!(
+        "PACKED read rate {:.2} TB/s; 8 experts read once: {:.1} us",
+        rate / 1e12,
+        floor_s * 1e6
+    );
+    for tokens in [64usize, 128, 512, 2048] {
+        let per = 2 * tokens / e;
+        let counts = vec![per; e];
+        let rows = per * e;
+        let x = rand_dev(&gpu, rows * m, 5, 1.0);
+        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+        let mut ws = PrefillWorkspace::new(&gpu, m, m_h, rows).unwrap();
+        let time = |f: &mut dyn FnMut()| {
+            let mut v = Vec::new();
+            for i in 0..13 {
+                gpu.record_on(&a).unwrap();
+                f();
+                gpu.record_on(&b).unwrap();
+                gpu.sync().unwrap();
+                if i >= 3 {
+                    v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
+                }
+            }
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            v[v.len() / 2]
+        };
+        let tp =
+            time(&mut || ffn_packed_grouped(&gpu, &wrefs, &x, &counts, &mut h, &mut out).unwrap());
+        let tg = time(&mut || {
+            ffn_grouped(&gpu, &stacked, &x, &counts, &mut out, &mut ws, None).unwrap()
+        });
+        let flops = (rows * 3 * m * m_h * 2) as f64;
+        let got = host(&gpu, &out);
+        assert!(got.iter().all(|v| v.is_finite()));
+        println!(
+            "PACKED tokens={tokens} rows={rows} ({per}/expert): packed {:.1} us ({:.2}x the read floor, {:.0} TFLOP/s), stacked grouped {:.1} us ({:.0} TFLOP/s), packed/stacked {:.2}",
+            tp * 1e6,
+            tp / floor_s,
+            flops / tp / 1e12,
+            tg * 1e6,
+            flops / tg / 1e12,
+            tp / tg
+        );
+    }
+}
