@@ -46,6 +46,7 @@ gpu_route_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_route |
 gpu_packed_tests=$(build test --release --no-run -p wdmoe-cuda --test gpu_packed | exe gpu_packed)
 decode_bench=$(build build --release -p wdmoe-cuda --example decode_bench | exe decode_bench)
 prefill_bench=$(build build --release -p wdmoe-cuda --example prefill_bench | exe prefill_bench)
+model_bench=$(build build --release -p wdmoe-cuda --example model_bench | exe model_bench)
 sim_tests=$(build test --release --no-run -p wdmoe-sim --features cuda --lib | exe wdmoe_sim)
 kernels=$(build bench --no-run -p wdmoe-benches --features cuda --bench kernels | exe kernels)
 cuda_lib=$(build test --release --no-run -p wdmoe-cuda --lib | exe wdmoe_cuda)
@@ -58,7 +59,7 @@ wdmoe=$(build build --release -p wdmoe-sim --features dist --bin wdmoe | exe wdm
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
-for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$gpu_packed_tests:gpu_packed_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
+for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$gpu_packed_tests:gpu_packed_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$model_bench:model_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
   "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }

@@ -22,18 +22,22 @@
 //
 // KIND: PK_GATED (W1|W3 tiles interleaved: two accumulators, epilogue
 // h = silu(g) * u), PK_PLAIN (one 16-row tile per unit) or PK_PAIRS (32-row
-// units of two 16-row tiles, the decode W2 layout); the last two store fp16.
+// units of two 16-row tiles, the decode W2 layout). OUT: PO_H16 (fp16
+// store: h, or the expert outputs), PO_F32 (fp32 store) or PO_F32_ADD (fp32
+// out += result: a residual), the last two for the model's attention
+// projections (PK_PLAIN).
 
 #pragma once
 
 enum { PK_GATED = 0, PK_PLAIN = 1, PK_PAIRS = 2 };
+enum { PO_H16 = 0, PO_F32 = 1, PO_F32_ADD = 2 };
 
 // Problem description, passed by value (kernel parameter space).
 struct PackedParams {
     unsigned long long w[MAX_GROUPS];  // per group: its packed matrix (16-byte aligned)
     long long unit_stride;  // uint4 between row units at one k tile
     long long kt_stride;    // uint4 between k tiles of one unit
-    void* out;              // fp16 [max_rows][ldo]: out[token row][feature]
+    void* out;              // [max_rows][ldo] (fp16 or fp32, OUT): out[token row][feature]
     const int* dev_rows;    // groups + 1 row offsets on the device, or null
     int k;                  // reduction length, k % 64 == 0
     int n_rows;             // rows of W (output features), % 16 == 0
@@ -118,7 +122,7 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
 
 }  // namespace
 
-template <int BN, int STAGES, int KIND>
+template <int BN, int STAGES, int KIND, int OUT>
 __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const PackedParams& p) {
 #ifdef WDMOE_SM90A
     constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
@@ -285,7 +289,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             const int rows_g = s_row[g + 1] - s_row[g];
             const int r = rb * 128 + t16 * 16 + lane / 4;
             const int q2 = (lane % 4) * 2;
-            __half* out = reinterpret_cast<__half*>(p.out);
+
 #pragma unroll
             for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
@@ -305,7 +309,13 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                         } else {
                             o = v;
                         }
-                        out[orow + row] = __float2half_rn(o);
+                        if constexpr (OUT == PO_H16) {
+                            reinterpret_cast<__half*>(p.out)[orow + row] = __float2half_rn(o);
+                        } else if constexpr (OUT == PO_F32) {
+                            reinterpret_cast<float*>(p.out)[orow + row] = o;
+                        } else {
+                            reinterpret_cast<float*>(p.out)[orow + row] += o;
+                        }
                     }
                 }
             }
@@ -318,17 +328,25 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
 
 // Shared memory: 1024 bytes of alignment slack + the stages + 2 mbarriers
 // per stage (the host mirrors it: prefill::packed::smem_bytes).
-#define PACKED_KERNEL(NAME, BN, STAGES, KIND)                                                               \
+#define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT)                                                          \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
         NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ PackedParams p) {               \
-        gemm_packed_body<BN, STAGES, KIND>(tx, p);                                                          \
+        gemm_packed_body<BN, STAGES, KIND, OUT>(tx, p);                                                     \
     }
 
-PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED)
-PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED)
-PACKED_KERNEL(packed_plain_n128, 128, 6, PK_PLAIN)
-PACKED_KERNEL(packed_plain_n64, 64, 8, PK_PLAIN)
-PACKED_KERNEL(packed_plain_n32, 32, 8, PK_PLAIN)
-PACKED_KERNEL(packed_pairs_n128, 128, 6, PK_PAIRS)
-PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS)
-PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS)
+PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_plain_n128, 128, 6, PK_PLAIN, PO_H16)
+PACKED_KERNEL(packed_plain_n64, 64, 8, PK_PLAIN, PO_H16)
+PACKED_KERNEL(packed_plain_n32, 32, 8, PK_PLAIN, PO_H16)
+PACKED_KERNEL(packed_pairs_n128, 128, 6, PK_PAIRS, PO_H16)
+PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS, PO_H16)
+PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS, PO_H16)
+// The model's attention projections: q|k|v stored as fp32, o added into the
+// fp32 residual.
+PACKED_KERNEL(packed_f32_n128, 128, 6, PK_PLAIN, PO_F32)
+PACKED_KERNEL(packed_f32_n64, 64, 8, PK_PLAIN, PO_F32)
+PACKED_KERNEL(packed_f32_n32, 32, 8, PK_PLAIN, PO_F32)
+PACKED_KERNEL(packed_f32add_n128, 128, 6, PK_PLAIN, PO_F32_ADD)
+PACKED_KERNEL(packed_f32add_n64, 64, 8, PK_PLAIN, PO_F32_ADD)
+PACKED_KERNEL(packed_f32add_n32, 32, 8, PK_PLAIN, PO_F32_ADD)

@@ -306,6 +306,9 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     }
 }
 
+// Prefill attention on tensor cores (attn_prefill_h64, attn_prefill_h128).
+#include "attn_prefill.cuh"
+
 // Merges the split partials of attn_fwd: grid (H, T), out [T][H hd] fp16.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, int splits, int H, int hd,
                                         __half* __restrict__ out) {

@@ -204,9 +204,10 @@ impl GpuModel {
                 &mut self.h,
                 m,
             )?;
-            kernels::gemv(
+            kernels::project(
                 &gpu,
                 &layer.wqkv,
+                layer.wqkv_p.as_ref(),
                 &self.h,
                 m,
                 qkvw,
@@ -237,9 +238,10 @@ impl GpuModel {
                 &mut self.part,
                 &mut self.attn,
             )?;
-            kernels::gemv(
+            kernels::project(
                 &gpu,
                 &layer.wo,
+                layer.wo_p.as_ref(),
                 &self.attn,
                 hd_all,
                 m,

@@ -191,6 +191,31 @@ pub(crate) fn gemv(
     Ok(())
 }
 
+/// A projection `y (+)= W x` of `t` token rows: the GEMV kernels (W
+/// row-major) up to [`GEMV_MAX_TOKENS`] tokens, the packed tensor-core GEMM
+/// ([`crate::prefill::gemm_packed_f32`], W's decode packing) above, where
+/// the layer holds it; arguments as [`gemv`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn project(
+    gpu: &Gpu,
+    w: &DeviceSlice<f16>,
+    packed: Option<&crate::prefill::PackedMatrix>,
+    x: &DeviceSlice<f16>,
+    k: usize,
+    n: usize,
+    t: usize,
+    y: &mut DeviceSlice<f32>,
+    ldy: usize,
+    accumulate: bool,
+) -> Result<()> {
+    match packed {
+        Some(p) if t > GEMV_MAX_TOKENS && (p.rows(), p.cols()) == (n, k) => {
+            crate::prefill::gemm_packed_f32(gpu, p, x, t, y, ldy, accumulate)
+        }
+        _ => gemv(gpu, w, x, k, n, t, y, ldy, accumulate),
+    }
+}
+
 /// The attention shape of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AttnDims {
@@ -356,6 +381,22 @@ pub(crate) fn attn_splits(t: usize, keys: usize) -> usize {
     }
 }
 
+/// Queries from which prefill attention runs on tensor cores.
+pub(crate) const ATTN_TC_MIN_TOKENS: usize = 16;
+
+/// The tensor-core prefill kernel for `t` queries of head size `hd`, if
+/// one applies (t >= [`ATTN_TC_MIN_TOKENS`], hd 64 or 128).
+fn prefill_attention_kernel(t: usize, hd: usize) -> Option<&'static str> {
+    if t < ATTN_TC_MIN_TOKENS {
+        return None;
+    }
+    match hd {
+        64 => Some("attn_prefill_h64"),
+        128 => Some("attn_prefill_h128"),
+        _ => None,
+    }
+}
+
 /// Elements of the split workspace for `t` queries of `heads` heads.
 pub(crate) fn attn_part_len(t: usize, heads: usize, head_dim: usize, splits: usize) -> usize {
     if splits <= 1 {
@@ -420,6 +461,23 @@ pub(crate) fn attention(
             scale: (hd as f32).powf(-0.5),
         },
     };
+    if let Some(name) = prefill_attention_kernel(t, hd) {
+        // SAFETY: attn_prefill_hHD(AttnParams) takes the struct by value
+        // (layout as for attn_fwd above); HD = hd (the kernel's compile-time
+        // head size); block (qt, head) reads q rows qt·64.. < t (t x H hd,
+        // checked), cache positions <= start+t-1 < max_seq of kv head
+        // head / (H / KVH) (checked), and writes out rows < t (checked);
+        // static shared memory only (35 KiB at hd 128).
+        return unsafe {
+            gpu.launch(
+                &gpu.model,
+                name,
+                Shape::new(((t as u32).div_ceil(64), h as u32), 128).pdl(true),
+                p,
+                || format!("t={t} start={start} tensor cores"),
+            )
+        };
+    }
     let grid = (dims.kv_heads as u32, t as u32, splits as u32);
     // SAFETY: attn_fwd(AttnParams) takes the struct by value, laid out as
     // AttnParams (5 pointers, 8 ints, 1 float, #[repr(C)]); block (kvh, i,

@@ -29,7 +29,7 @@ use half::f16;
 
 use crate::error::{shape, Error, Result};
 use crate::moe::{MoeLayer, TokenSelection};
-use crate::prefill::PREFILL_MIN_TOKENS;
+use crate::prefill::{PackedMatrix, PREFILL_MIN_TOKENS};
 use crate::runtime::Gpu;
 
 mod forward;
@@ -129,6 +129,12 @@ struct Layer {
     moe_norm: DeviceBuffer<f32>,
     wqkv: DeviceBuffer<f16>,
     wo: DeviceBuffer<f16>,
+    /// q|k|v and o in the decode packing, for the tensor-core GEMM of
+    /// prefill chunks (held where compute capability 9.0 and the shapes
+    /// allow it and chunks exceed the GEMV's tokens: 2 x 42 MB per layer at
+    /// Mixtral size).
+    wqkv_p: Option<PackedMatrix>,
+    wo_p: Option<PackedMatrix>,
     moe: LayerMoe,
     k_cache: DeviceBuffer<f16>,
     v_cache: DeviceBuffer<f16>,
@@ -449,11 +455,29 @@ impl GpuModel {
             moe.set_expert_timing(false);
             moe.set_probs_to_host(false);
         }
+        let (m, hd_all, qkvw) = (
+            shape.hidden,
+            shape.heads * shape.head_dim,
+            shape.qkv_width(),
+        );
+        let packed = opts.prefill_chunk > kernels::GEMV_MAX_TOKENS
+            && PackedMatrix::supported(gpu, qkvw, m)
+            && PackedMatrix::supported(gpu, m, hd_all);
+        let (wqkv_p, wo_p) = if packed {
+            let a = PackedMatrix::pack(gpu, &wqkv, qkvw, m)?;
+            let b = PackedMatrix::pack(gpu, &wo, m, hd_all)?;
+            gpu.sync()?;
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
         Ok(Layer {
             attn_norm,
             moe_norm,
             wqkv,
             wo,
+            wqkv_p,
+            wo_p,
             moe,
             k_cache: gpu.alloc(cache)?,
             v_cache: gpu.alloc(cache)?,
@@ -557,14 +581,18 @@ impl GpuModel {
         self.len = self.len.min(n);
     }
 
-    /// Single-token steps run the policy on the device (default true); with
-    /// false every step runs it on the host (one synchronisation per
-    /// layer; for comparisons).
+    /// The policy runs on the device (default true): single-token steps
+    /// plan on the device, grouped prefill steps route on the device
+    /// ([`MoeLayer::set_device_routing`]), both checked against wdmoe-core
+    /// after the chunk; with false every step runs it on the host (one
+    /// synchronisation per layer; comparisons, and the re-run of a chunk
+    /// whose device choice differed).
     pub fn set_device_policy(&mut self, on: bool) {
         self.device_policy = on;
         for l in &mut self.layers {
             if let Some(moe) = l.moe.local_mut() {
                 moe.set_device_policy_tokens(usize::from(on));
+                moe.set_device_routing(on);
             }
         }
     }

@@ -258,6 +258,12 @@ fn attention_matches_f64_reference_decode_prefill_window() {
         attention_case(&gpu, &mut r, dims, 63, 1);
         attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 200, 1);
         attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 100, 9);
+        // Tensor-core prefill (hd 64 and 128): partial query tiles, a
+        // history before the chunk, the window cutting the key range.
+        attention_case(&gpu, &mut r, dims, 0, 64);
+        attention_case(&gpu, &mut r, dims, 37, 130);
+        attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 150, 100);
+        attention_case(&gpu, &mut r, AttnDims { window: 70, ..dims }, 0, 200);
     }
 }
 
@@ -310,4 +316,72 @@ fn attention_shapes_are_checked_before_launch() {
     assert_eq!(kernels::attn_splits(1, 65), 2);
     assert_eq!(kernels::attn_splits(1, 100_000), 32);
     assert_eq!(kernels::attn_splits(7, 100_000), 1);
+}
+
+/// Prefill at Mixtral width (2 layers, a 2,048-token vocabulary, random
+/// weights, experts in the decode packing only): one 100-token chunk (the
+/// packed tensor-core GEMMs for q|k|v, o and the experts) against chunks of
+/// 16 (the GEMV and decode kernels). Tokens whose experts are the same in
+/// both (fp16 rounding moves near-ties of the router) must agree within
+/// 5e-3 of the largest |logit|; at least 90 of the 100 must have the same
+/// choices.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_on_the_packing_equals_the_gemv_path() {
+    use super::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packed GEMM needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let seed = r.gen::<u64>();
+    let shape = ModelShape {
+        layers: 2,
+        vocab: 2048,
+        ..ModelShape::mixtral_8x7b()
+    };
+    let run = |chunk: usize, tokens: &[u32]| {
+        let opts = ModelOptions {
+            max_seq: 256,
+            layout: ExpertLayout::DecodeOnly,
+            prefill_chunk: chunk,
+        };
+        let mut m = GpuModel::random(gpu.clone(), shape, opts, seed, &mut |_, _| {}).unwrap();
+        let e = shape.experts;
+        let lat = vec![0.01; tokens.len() * shape.layers * e];
+        let policy = Policy::new(2, 0.0, 1).unwrap();
+        m.forward(tokens, Output::AllLogits, &policy, &lat).unwrap()
+    };
+    let tokens: Vec<u32> = (0..100).map(|_| r.gen_range(0..2048)).collect();
+    let big = run(128, &tokens);
+    let small = run(16, &tokens);
+    let v = shape.vocab;
+    let scale = small.logits.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64;
+    assert!(scale > 0.0 && big.logits.iter().all(|x| x.is_finite()));
+    let mut same = 0;
+    let mut worst = 0f64;
+    for t in 0..tokens.len() {
+        let agree = (0..shape.layers).all(|l| {
+            big.layers[l].selections[t].experts() == small.layers[l].selections[t].experts()
+        });
+        if !agree {
+            continue;
+        }
+        same += 1;
+        let a = &big.logits[t * v..(t + 1) * v];
+        let b: Vec<f64> = small.logits[t * v..(t + 1) * v]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        worst = worst.max(max_diff(a, &b) / scale);
+    }
+    eprintln!(
+        "packed prefill vs GEMV path: {same}/100 tokens with equal choices, worst {worst:.2e} of the largest |logit|; GPU {:.2} ms vs {:.2} ms",
+        big.gpu_time_s * 1e3,
+        small.gpu_time_s * 1e3
+    );
+    assert!(same >= 90, "{same} of 100 tokens kept their experts");
+    assert!(worst <= 5e-3, "{worst:.3e}");
 }

@@ -180,14 +180,16 @@ impl MoeLayer {
             && self.experts.len() <= crate::plan::MAX_SLOTS
     }
 
-    /// The device-routed grouped step (see [`MoeLayer::set_device_routing`]);
-    /// `n_tokens` and `latency_s` validated by the caller.
-    pub(super) fn step_device_routed(
+    /// Enqueues the device-routed grouped step (see
+    /// [`MoeLayer::set_device_routing`]) without waiting for the GPU;
+    /// [`MoeLayer::complete_device_routed`] checks it. `n_tokens` and
+    /// `latency_s` validated by the caller.
+    pub(super) fn enqueue_device_routed(
         &mut self,
         n_tokens: usize,
         policy: &Policy<f64>,
         latency_s: &[f64],
-    ) -> Result<MoeStep> {
+    ) -> Result<()> {
         let (m, e) = (self.m, self.experts.len());
         let pol = if self.skew_device_policy {
             PlanPolicy::new(1, policy.theta(), policy.max_drops())?
@@ -203,7 +205,7 @@ impl MoeLayer {
         }
         let (Some(b), Some(g)) = (self.route.bufs.as_mut(), self.prefill.as_mut()) else {
             return Err(shape(
-                "MoeLayer::step_device_routed",
+                "MoeLayer::enqueue_device_routed",
                 "grouped prefill path without prefill weights".into(),
             ));
         };
@@ -223,7 +225,6 @@ impl MoeLayer {
         } else {
             pa.lat[..e].copy_from_slice(latency_s);
         }
-        let ne = n_tokens * e;
         route_select(
             gpu,
             &self.router,
@@ -247,7 +248,39 @@ impl MoeLayer {
             &mut acc,
             (&ev[2], &ev[3]),
         )?;
-        gpu.record_on(&ev[1])?;
+        gpu.record_on(&ev[1])
+    }
+
+    /// Finishes a step of [`MoeLayer::enqueue_device_routed`] (synchronises):
+    /// the device's selections downloaded and (every
+    /// [`MoeLayer::set_route_check_every`] steps) checked against
+    /// wdmoe-core's policy on the step's logits; on a difference the experts
+    /// run again on wdmoe-core's plan and [`MoeStep::rerun`] is set (kernels
+    /// enqueued after the step read the first output).
+    pub(super) fn complete_device_routed(
+        &mut self,
+        n_tokens: usize,
+        policy: &Policy<f64>,
+        latency_s: &[f64],
+    ) -> Result<MoeStep> {
+        let (m, e) = (self.m, self.experts.len());
+        // The selection width the enqueued step used.
+        let pol = if self.skew_device_policy {
+            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
+        } else {
+            PlanPolicy::from(*policy)
+        };
+        let sw = sel_width(pol.args(e).k as usize);
+        let ne = n_tokens * e;
+        let (Some(b), Some(g)) = (self.route.bufs.as_mut(), self.prefill.as_mut()) else {
+            return Err(shape(
+                "MoeLayer::complete_device_routed",
+                "no device-routed step was enqueued".into(),
+            ));
+        };
+        let gpu = &self.gpu;
+        let ev = &self.events;
+        let mut acc = self.acc.index(..n_tokens * m);
         // After the step: the device's selections, and wdmoe-core's check.
         self.route.steps += 1;
         let every = self.route.check_every;
@@ -300,8 +333,7 @@ impl MoeLayer {
             routing,
             expert_time_s,
             time_s,
-            // Re-run (if at all) before returning: nothing read the first output.
-            rerun: false,
+            rerun,
         })
     }
 }

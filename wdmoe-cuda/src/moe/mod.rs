@@ -88,6 +88,15 @@ pub struct MoeStep {
     pub rerun: bool,
 }
 
+/// A step enqueued without waiting for the GPU, to be completed (checked).
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    /// Device-planned decode step of this many tokens.
+    Planned(usize),
+    /// Device-routed grouped step of this many tokens.
+    Routed(usize),
+}
+
 /// A MoE layer resident on one GPU: router, packed fp16 experts, buffers for
 /// up to `max_tokens` tokens per step.
 pub struct MoeLayer {
@@ -116,7 +125,7 @@ pub struct MoeLayer {
     max_tokens: usize,
     /// A device-planned step enqueued by [`MoeLayer::enqueue`] and not yet
     /// checked: its token count.
-    pending: Option<usize>,
+    pending: Option<Pending>,
     probs_to_host: bool,
     gpu: Arc<Gpu>,
 }
@@ -523,7 +532,8 @@ impl MoeLayer {
         if self.pending.is_some() {
             return Err(shape(
                 "MoeLayer::step",
-                "a device-planned step is still pending: call complete() first".into(),
+                "a device-planned or device-routed step is still pending: call complete() first"
+                    .into(),
             ));
         }
         if n_tokens == 0 || n_tokens > self.max_tokens {
@@ -545,7 +555,8 @@ impl MoeLayer {
     }
 
     /// Enqueues a step without waiting for the GPU where the policy runs on
-    /// the device ([`MoeLayer::uses_device_policy`]): returns `None`, and
+    /// the device ([`MoeLayer::uses_device_policy`] or
+    /// [`MoeLayer::uses_device_routing`]): returns `None`, and
     /// [`MoeLayer::complete`] (same policy and latencies) must follow before
     /// the next step; kernels later enqueued on the stream may read
     /// [`MoeLayer::output_dev`] in between. Otherwise runs the whole step
@@ -559,13 +570,13 @@ impl MoeLayer {
         self.check_step(n_tokens, latency_s)?;
         if self.uses_device_policy(n_tokens, latency_s) {
             self.enqueue_device_planned(n_tokens, policy, latency_s)?;
-            self.pending = Some(n_tokens);
+            self.pending = Some(Pending::Planned(n_tokens));
             return Ok(None);
         }
         if self.uses_device_routing(n_tokens, latency_s) {
-            return self
-                .step_device_routed(n_tokens, policy, latency_s)
-                .map(Some);
+            self.enqueue_device_routed(n_tokens, policy, latency_s)?;
+            self.pending = Some(Pending::Routed(n_tokens));
+            return Ok(None);
         }
         self.step_host(n_tokens, policy, latency_s).map(Some)
     }
@@ -576,13 +587,14 @@ impl MoeLayer {
     /// and [`MoeStep::rerun`] is set (the output is then wdmoe-core's, but
     /// kernels enqueued after the step read the first one).
     pub fn complete(&mut self, policy: &Policy<f64>, latency_s: &[f64]) -> Result<MoeStep> {
-        let n_tokens = self.pending.take().ok_or_else(|| {
-            shape(
+        match self.pending.take() {
+            Some(Pending::Planned(n)) => self.complete_device_planned(n, policy, latency_s),
+            Some(Pending::Routed(n)) => self.complete_device_routed(n, policy, latency_s),
+            None => Err(shape(
                 "MoeLayer::complete",
-                "no device-planned step is pending".into(),
-            )
-        })?;
-        self.complete_device_planned(n_tokens, policy, latency_s)
+                "no device-planned or device-routed step is pending".into(),
+            )),
+        }
     }
 
     /// The input buffer, `[max_tokens][m]` fp16 (kernels of the caller may

@@ -11,7 +11,7 @@
 //! every group (expert) in group order, counts on the host or row offsets on
 //! the device ([`Rows`]).
 
-use cust::memory::DeviceSlice;
+use cust::memory::{DeviceBuffer, DeviceSlice};
 use half::f16;
 
 use super::*;
@@ -87,17 +87,64 @@ impl PackedKind {
     }
 }
 
-/// The instantiations of kernels/gemm_packed.cuh: (kind, tokens per tile,
-/// kernel, shared-memory stages).
-pub(crate) const PACKED_KERNELS: [(PackedKind, u32, &str, usize); 8] = [
-    (PackedKind::Gated, 64, "packed_gated_n64", 5),
-    (PackedKind::Gated, 32, "packed_gated_n32", 5),
-    (PackedKind::Plain, 128, "packed_plain_n128", 6),
-    (PackedKind::Plain, 64, "packed_plain_n64", 8),
-    (PackedKind::Plain, 32, "packed_plain_n32", 8),
-    (PackedKind::Pairs, 128, "packed_pairs_n128", 6),
-    (PackedKind::Pairs, 64, "packed_pairs_n64", 8),
-    (PackedKind::Pairs, 32, "packed_pairs_n32", 8),
+/// What the epilogue writes (the kernel's `OUT`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PackedOut {
+    /// fp16 store.
+    H16,
+    /// fp32 store.
+    F32,
+    /// fp32 `out += result`.
+    F32Add,
+}
+
+/// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
+/// per tile, kernel, shared-memory stages).
+pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 14] = [
+    (PackedKind::Gated, PackedOut::H16, 64, "packed_gated_n64", 5),
+    (PackedKind::Gated, PackedOut::H16, 32, "packed_gated_n32", 5),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        128,
+        "packed_plain_n128",
+        6,
+    ),
+    (PackedKind::Plain, PackedOut::H16, 64, "packed_plain_n64", 8),
+    (PackedKind::Plain, PackedOut::H16, 32, "packed_plain_n32", 8),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        128,
+        "packed_pairs_n128",
+        6,
+    ),
+    (PackedKind::Pairs, PackedOut::H16, 64, "packed_pairs_n64", 8),
+    (PackedKind::Pairs, PackedOut::H16, 32, "packed_pairs_n32", 8),
+    (PackedKind::Plain, PackedOut::F32, 128, "packed_f32_n128", 6),
+    (PackedKind::Plain, PackedOut::F32, 64, "packed_f32_n64", 8),
+    (PackedKind::Plain, PackedOut::F32, 32, "packed_f32_n32", 8),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        128,
+        "packed_f32add_n128",
+        6,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        64,
+        "packed_f32add_n64",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        32,
+        "packed_f32add_n32",
+        8,
+    ),
 ];
 
 /// Dynamic shared memory of a packed instantiation (mirrors the kernel:
@@ -109,20 +156,49 @@ pub(crate) fn packed_smem_bytes(kind: PackedKind, bn: u32, stages: usize) -> u32
     (1024 + stages * (x + w) + stages * 16) as u32
 }
 
-/// Tokens per tile for groups of about `rows_per_group` rows: the smallest
-/// instantiation that holds them (fewer wasted tensor-core columns), else
-/// the widest of the kind.
-fn pick_bn(kind: PackedKind, rows_per_group: usize) -> (u32, &'static str, usize) {
-    let mut fits = PACKED_KERNELS
+/// The instantiations of one kind and output, narrowest first.
+fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, usize)> {
+    let mut v: Vec<_> = PACKED_KERNELS
         .iter()
-        .filter(|k| k.0 == kind)
-        .map(|k| (k.1, k.2, k.3))
-        .collect::<Vec<_>>();
-    fits.sort_by_key(|k| k.0);
-    fits.iter()
-        .copied()
-        .find(|k| k.0 as usize >= rows_per_group)
-        .unwrap_or(*fits.last().expect("every kind has instantiations"))
+        .filter(|k| k.0 == kind && k.1 == out)
+        .map(|k| (k.2, k.3, k.4))
+        .collect();
+    v.sort_by_key(|k| k.0);
+    v
+}
+
+/// Tokens per tile: for several groups of about `rows_per_group` rows, the
+/// narrowest instantiation that holds them (fewer wasted tensor-core
+/// columns), else the widest; for one group, the widest that still gives
+/// two waves of tiles over the SMs (the blocks on one row block share its
+/// weights in L2), else the narrowest.
+fn pick_bn(
+    kind: PackedKind,
+    out: PackedOut,
+    groups: usize,
+    rows_per_group: usize,
+    row_blocks: usize,
+    sms: usize,
+) -> Result<(u32, &'static str, usize)> {
+    let v = instantiations(kind, out);
+    let (Some(&narrow), Some(&wide)) = (v.first(), v.last()) else {
+        return Err(Error::Unsupported {
+            op: "ffn_packed",
+            detail: format!("no packed kernel for {kind:?} with {out:?} output"),
+        });
+    };
+    Ok(if groups > 1 {
+        v.iter()
+            .copied()
+            .find(|k| k.0 as usize >= rows_per_group)
+            .unwrap_or(wide)
+    } else {
+        v.iter()
+            .rev()
+            .copied()
+            .find(|k| rows_per_group.div_ceil(k.0 as usize) * row_blocks >= 2 * sms)
+            .unwrap_or(narrow)
+    })
 }
 
 /// Whether [`ffn_packed`] takes experts of `m` x `m_h` on this GPU:
@@ -133,6 +209,8 @@ pub(crate) fn packed_supported(gpu: &Gpu, m: usize, m_h: usize) -> bool {
 
 struct PackedGemm<'a> {
     kind: PackedKind,
+    out_kind: PackedOut,
+    ldo: usize,
     w: &'a [u64],
     unit_stride: i64,
     kt_stride: i64,
@@ -152,9 +230,10 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
     }
     let model = g.rows.model_counts();
     let per_group = model.iter().copied().max().unwrap_or(1);
-    let (bn, name, stages) = pick_bn(g.kind, per_group);
     let units = g.n_rows / g.kind.unit_rows();
     let row_blocks = units.div_ceil(g.kind.units_per_block());
+    let sms = gpu.info().sm_count as usize;
+    let (bn, name, stages) = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?;
     let mut p = PackedParams {
         w: [0; MAX_GROUPS],
         unit_stride: g.unit_stride,
@@ -164,7 +243,7 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         k: g.k as i32,
         n_rows: g.n_rows as i32,
         groups: groups as i32,
-        ldo: g.n_rows as i32,
+        ldo: g.ldo as i32,
         max_rows: max_rows as i32,
         kmajor: i32::from(g.kmajor),
         row_start: [0; MAX_GROUPS + 1],
@@ -203,7 +282,8 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
     // reads weights only through the groups' w pointers, whole packed runs of
     // the matrices ffn_packed validated (n_rows x k fp16 each, strides from
     // their packing), and writes out rows < the clamped row offsets <=
-    // max_rows, columns < n_rows = ldo (callers sized out). Shared memory was
+    // max_rows, columns < n_rows <= ldo (callers sized out for max_rows x
+    // ldo elements of the output type). Shared memory was
     // raised to packed_smem_bytes at module load; 384 threads as the launch
     // bounds. PDL: the producer executes griddepcontrol.wait before its first
     // copy, and every global write comes after data those copies delivered.
@@ -313,6 +393,8 @@ pub(crate) fn ffn_packed(
         OP,
         PackedGemm {
             kind: PackedKind::Gated,
+            out_kind: PackedOut::H16,
+            ldo: m_h,
             w: &w13,
             unit_stride: us,
             kt_stride: ks,
@@ -335,6 +417,8 @@ pub(crate) fn ffn_packed(
         OP,
         PackedGemm {
             kind,
+            out_kind: PackedOut::H16,
+            ldo: m,
             w: &w2,
             unit_stride: us,
             kt_stride: ks,
@@ -344,6 +428,116 @@ pub(crate) fn ffn_packed(
             n_rows: m,
             rows,
             out: addr(out),
+        },
+    )
+}
+
+/// One row-major fp16 matrix `[rows][cols]` in the decode packing (16x16
+/// tiles in mma A-fragment order, k-major: `pack_tiles`), multiplied at
+/// prefill sizes by [`gemm_packed_f32`] (the model's attention projections).
+pub struct PackedMatrix {
+    buf: DeviceBuffer<f16>,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl PackedMatrix {
+    /// Whether a `[rows][cols]` matrix can be packed and multiplied here:
+    /// compute capability 9.0, rows a multiple of 16, cols of 64.
+    pub fn supported(gpu: &Gpu, rows: usize, cols: usize) -> bool {
+        gpu.info().cubin && rows > 0 && cols > 0 && rows % 16 == 0 && cols % BK == 0
+    }
+
+    /// Packs `w` (`[rows][cols]` row-major fp16 on the device) into a new
+    /// buffer (`w` stays as it is).
+    pub fn pack(gpu: &Gpu, w: &DeviceSlice<f16>, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        const OP: &str = "PackedMatrix::pack";
+        if !Self::supported(gpu, rows, cols) {
+            return Err(Error::Unsupported {
+                op: OP,
+                detail: format!(
+                    "{rows} x {cols}: needs compute capability 9.0, rows % 16 == 0, cols % {BK} == 0"
+                ),
+            });
+        }
+        if w.len() != rows * cols {
+            return Err(shape(
+                OP,
+                format!("w has {} elements, expected {rows} x {cols}", w.len()),
+            ));
+        }
+        check_align(OP, "w", addr(w), 16)?;
+        let mut buf = gpu.alloc::<f16>(rows * cols)?;
+        crate::ffn::pack(gpu, w, None, &mut buf, rows, cols, false, true)?;
+        Ok(PackedMatrix { buf, rows, cols })
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (the reduction length).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// `y[i][r] (+)= Σ_k W[r][k] · x[i][k]` for `t` token rows of `x` (`[t][k]`
+/// fp16), on tensor cores: fp32 `y` with row stride `ldy` (≥ rows of W),
+/// stored or (with `accumulate`) added to.
+pub(crate) fn gemm_packed_f32(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    x: &DeviceSlice<f16>,
+    t: usize,
+    y: &mut DeviceSlice<f32>,
+    ldy: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "gemm_packed_f32";
+    let (n, k) = (w.rows, w.cols);
+    if t == 0 || ldy < n || x.len() < t * k || y.len() < (t - 1) * ldy + n {
+        return Err(shape(
+            OP,
+            format!(
+                "T={t}, W {n} x {k}, ldy={ldy}: x has {}, y {} elements",
+                x.len(),
+                y.len()
+            ),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    let counts = [t];
+    launch_packed(
+        gpu,
+        OP,
+        PackedGemm {
+            kind: PackedKind::Plain,
+            out_kind: if accumulate {
+                PackedOut::F32Add
+            } else {
+                PackedOut::F32
+            },
+            ldo: ldy,
+            w: &[addr(&w.buf)],
+            unit_stride: 32,
+            kt_stride: (n / 16 * 32) as i64,
+            kmajor: true,
+            x: addr(x),
+            k,
+            n_rows: n,
+            rows: Rows::Host(&counts),
+            out: addr(y),
         },
     )
 }

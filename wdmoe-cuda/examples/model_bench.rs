@@ -1,0 +1,195 @@
+//! Times the whole model on one GPU (`GpuModel`, random fp16 weights at
+//! Mixtral 8x7B's shapes or fewer layers): prefill of each prompt length
+//! (one warm-up, then the median of `--iters` runs, wall and GPU time) and
+//! greedy decode (ms per token), against two floors measured in the same
+//! call: the weight bytes read once at the read rate of a 2 GiB probe, and
+//! the FLOPs (projections, causal attention, the experts the tokens select,
+//! the router, lm_head of the last position). Run beside
+//! mixtral_model_baseline.py in the same call (wdmoe-cuda/run-gpu-model.sh
+//! bench); HF and cuBLAS figures come from there.
+//!
+//!   model_bench [--layers 32] [--prompts 128,2048] [--iters 3] [--decode 32]
+//!               [--chunk 2048] [--json PATH]
+
+use std::time::Instant;
+
+use wdmoe_core::select::Policy;
+use wdmoe_cuda::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+use wdmoe_cuda::{elapsed_ms, f16, Gpu, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let num = |k: &str, d: usize| get(k).map_or(d, |v| v.parse().expect("a number"));
+    let prompts: Vec<usize> = get("--prompts")
+        .unwrap_or_else(|| "128,2048".into())
+        .split(',')
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    let iters = num("--iters", 3).max(1);
+    let decode = num("--decode", 32);
+    let shape = ModelShape {
+        layers: num("--layers", 32),
+        ..ModelShape::mixtral_8x7b()
+    };
+    let longest = prompts.iter().copied().max().unwrap_or(1);
+    let opts = ModelOptions {
+        max_seq: longest + decode + 1,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: num("--chunk", longest),
+    };
+    let gpu = std::sync::Arc::new(Gpu::new(0)?);
+    // Read rate of this call: a 2 GiB probe, median of 5.
+    let rate = {
+        let buf = gpu.alloc::<f16>(1 << 30)?;
+        let mut scratch = gpu.alloc::<f32>(1 << 16)?;
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            let s = gpu.record()?;
+            gpu.read_probe(&buf, &mut scratch)?;
+            let e = gpu.record()?;
+            v.push(elapsed_ms(&s, &e)? as f64);
+        }
+        v.sort_by(f64::total_cmp);
+        (2usize << 30) as f64 / (v[3] * 1e-3)
+    };
+    let t0 = Instant::now();
+    let mut model = GpuModel::random(gpu.clone(), shape, opts, 7, &mut |_, _| {})?;
+    eprintln!(
+        "{}: {} layers built in {:.1} s; read rate {:.2} TB/s; {:.1} GB in use",
+        gpu.info().name,
+        shape.layers,
+        t0.elapsed().as_secs_f64(),
+        rate / 1e12,
+        model.memory_used_bytes()?.0 as f64 / 1e9
+    );
+    let e = shape.experts;
+    let policy = Policy::new(2, 0.0, 1).expect("top-2");
+    let (m, mh, l) = (
+        shape.hidden as f64,
+        shape.intermediate as f64,
+        shape.layers as f64,
+    );
+    let hd = (shape.heads * shape.head_dim) as f64;
+    let mut rows = Vec::new();
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    for &t in &prompts {
+        let tokens: Vec<u32> = (0..t)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % shape.vocab as u64) as u32
+            })
+            .collect();
+        let lat = vec![1.0; t * shape.layers * e];
+        let mut wall = Vec::new();
+        let mut dev = Vec::new();
+        let mut experts_read = 0.0;
+        for i in 0..=iters {
+            model.truncate(0);
+            let s = Instant::now();
+            let out = model.forward(&tokens, Output::LastArgmax, &policy, &lat)?;
+            if i > 0 {
+                wall.push(s.elapsed().as_secs_f64());
+                dev.push(out.gpu_time_s);
+            }
+            // Experts with at least one token, per layer (read once each).
+            experts_read = out
+                .layers
+                .iter()
+                .map(|r| {
+                    let mut used = vec![false; e];
+                    for sel in &r.selections {
+                        for &q in sel.experts() {
+                            used[q] = true;
+                        }
+                    }
+                    used.iter().filter(|&&u| u).count() as f64
+                })
+                .sum::<f64>()
+                / l;
+        }
+        wall.sort_by(f64::total_cmp);
+        dev.sort_by(f64::total_cmp);
+        let (w, d) = (wall[wall.len() / 2], dev[dev.len() / 2]);
+        let tf = t as f64;
+        let flops = l
+            * (2.0 * tf * (shape.qkv_width() as f64 * m + m * hd)
+                + 2.0 * hd * tf * tf
+                + 2.0 * tf * 2.0 * 3.0 * m * mh
+                + 2.0 * tf * m * e as f64)
+            + 2.0 * m * shape.vocab as f64;
+        let bytes = shape.decode_floor_bytes(experts_read);
+        let floor = bytes / rate;
+        println!(
+            "MODEL prefill {t} tokens: wall {:.2} ms, GPU {:.2} ms; read floor {:.2} ms ({:.2} experts/layer read) -> GPU {:.2}x the floor; {:.0} TFLOP/s",
+            w * 1e3,
+            d * 1e3,
+            floor * 1e3,
+            experts_read,
+            d / floor,
+            flops / d / 1e12
+        );
+        rows.push(format!(
+            "{{\"prompt\":{t},\"wall_ms\":{:.3},\"gpu_ms\":{:.3},\"floor_ms\":{:.3},\"tflops\":{:.1}}}",
+            w * 1e3,
+            d * 1e3,
+            floor * 1e3,
+            flops / d / 1e12
+        ));
+    }
+    if decode > 1 {
+        model.truncate(0);
+        let lat = vec![1.0; shape.layers * e];
+        let prompt = [1u32, 2, 3, 4];
+        let plat = vec![1.0; prompt.len() * shape.layers * e];
+        let out = model.forward(&prompt, Output::LastArgmax, &policy, &plat)?;
+        let mut id = out.argmax.unwrap_or(0);
+        let (mut wall, mut dev) = (0.0, 0.0);
+        for i in 0..decode {
+            let s = Instant::now();
+            let out = model.forward(&[id], Output::LastArgmax, &policy, &lat)?;
+            if i > 0 {
+                wall += s.elapsed().as_secs_f64();
+                dev += out.gpu_time_s;
+            }
+            id = out.argmax.unwrap_or(0);
+        }
+        let n = (decode - 1) as f64;
+        let floor = shape.decode_floor_bytes(2.0) / rate;
+        println!(
+            "MODEL decode: {:.3} ms/token wall, {:.3} ms GPU; floor {:.3} ms -> GPU {:.2}x, wall {:.2}x",
+            wall / n * 1e3,
+            dev / n * 1e3,
+            floor * 1e3,
+            dev / n / floor,
+            wall / n / floor
+        );
+        rows.push(format!(
+            "{{\"decode_wall_ms\":{:.4},\"decode_gpu_ms\":{:.4},\"decode_floor_ms\":{:.4}}}",
+            wall / n * 1e3,
+            dev / n * 1e3,
+            floor * 1e3
+        ));
+    }
+    if let Some(p) = get("--json") {
+        let j = format!(
+            "{{\"device\":\"{}\",\"layers\":{},\"read_TBps\":{:.3},\"rows\":[{}]}}\n",
+            gpu.info().name,
+            shape.layers,
+            rate / 1e12,
+            rows.join(",")
+        );
+        std::fs::write(&p, j).map_err(|err| wdmoe_cuda::Error::Unsupported {
+            op: "model_bench",
+            detail: format!("writing {p}: {err}"),
+        })?;
+    }
+    Ok(())
+}
