@@ -2,6 +2,13 @@
 //! (a build without the `dist` feature, bad rank environment, bad timeout).
 //! The launcher's failure handling is tested in `dist::launch` (children
 //! that fail, hang or cannot start); the 2-GPU run in wdmoe-cuda/tests/dist.rs.
+//!
+//! With feature `dist`, [`on_two_gpus`] (ignored: 2 CUDA GPUs) runs the whole
+//! `wdmoe dist` with one rank stalled by the test hook
+//! `WDMOE_DIST_TEST_STALL` and checks that the run stops by itself: exit
+//! code 2, the peer's timeout message, in under 20 s. On the GPU machine:
+//! `WDMOE_BIN=.device/wdmoe .device/dist_cli_tests --ignored --test-threads 1`
+//! (`WDMOE_BIN`: the wdmoe binary to run, default Cargo's).
 
 mod common;
 use common::cli::{bin, text, wdmoe};
@@ -53,4 +60,111 @@ fn a_rank_with_an_inconsistent_environment_fails_clearly() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[cfg(feature = "dist")]
+mod on_two_gpus {
+    use super::common::cli::{bin, text};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// `--timeout-s` of the runs.
+    const TIMEOUT_S: f64 = 5.0;
+    /// The bound on a whole failed run: setup (GPU contexts, NCCL, experts:
+    /// a few s), the peer's timeout (5 s), the launcher's grace
+    /// (min(timeout, 10 s) = 5 s).
+    const BOUND: Duration = Duration::from_secs(20);
+
+    /// How a run ended: exit code, stderr, seconds.
+    struct Run {
+        code: Option<i32>,
+        stderr: String,
+        secs: f64,
+    }
+
+    /// `wdmoe dist --gpus 2 --layers 1 --tokens 2 --timeout-s 5` with rank
+    /// `stall` stalled after setup; killed (and the test failed) at 60 s.
+    fn run_with_stalled(stall: usize) -> Run {
+        let program = std::env::var_os("WDMOE_BIN").unwrap_or_else(|| bin().into());
+        let log = std::env::temp_dir().join(format!(
+            "wdmoe-dist-stall-{stall}-{}.log",
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let timeout = TIMEOUT_S.to_string();
+        let t0 = Instant::now();
+        let mut child = Command::new(&program)
+            .args(["dist", "--gpus", "2", "--layers", "1", "--tokens", "2"])
+            .args(["--timeout-s", timeout.as_str()])
+            .env("WDMOE_DIST_TEST_STALL", stall.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.to_string_lossy()));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("wdmoe dist with rank {stall} stalled: still running after 60 s (a hang)\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let stderr = text(&std::fs::read(&log).unwrap());
+        let _ = std::fs::remove_file(&log);
+        eprintln!("--- rank {stall} stalled: {status} after {secs:.1} s\n{stderr}");
+        Run {
+            code: status.code(),
+            stderr,
+            secs,
+        }
+    }
+
+    fn check(r: &Run, expected: &[&str]) {
+        assert_eq!(r.code, Some(2), "{}", r.stderr);
+        for e in expected {
+            assert!(r.stderr.contains(e), "missing {e:?} in:\n{}", r.stderr);
+        }
+        assert!(
+            r.secs < BOUND.as_secs_f64(),
+            "took {:.1} s (bound {BOUND:?})",
+            r.secs
+        );
+    }
+
+    #[test]
+    #[ignore = "needs 2 CUDA GPUs"]
+    fn a_stalled_bs_makes_the_device_rank_time_out_and_the_run_exit_2() {
+        let r = run_with_stalled(0);
+        check(
+            &r,
+            &[
+                "rank 0: stalling on purpose (WDMOE_DIST_TEST_STALL)",
+                "rank 1: timed out after 5.0 s waiting for the next header from the BS \
+                 (rank 1 of 2; communicator aborted)",
+                "wdmoe dist: rank 1 failed with exit code 2",
+                "rank 0: stopped by the launcher",
+            ],
+        );
+    }
+
+    #[test]
+    #[ignore = "needs 2 CUDA GPUs"]
+    fn a_stalled_device_rank_makes_the_bs_time_out_and_the_run_exit_2() {
+        let r = run_with_stalled(1);
+        check(
+            &r,
+            &[
+                "rank 1: stalling on purpose (WDMOE_DIST_TEST_STALL)",
+                "rank 0: timed out after 5.0 s waiting for the MoE step's transfers \
+                 (rank 0 of 2; communicator aborted)",
+                "wdmoe dist: rank 0 failed with exit code 2",
+                "rank 1: stopped by the launcher",
+            ],
+        );
+    }
 }
