@@ -228,9 +228,15 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
 
 /// Whether test hook `var` (see the module docs) names `rank`.
 fn test_hook(var: &str, rank: usize) -> bool {
-    std::env::var(var)
-        .ok()
-        .is_some_and(|v| v.trim() == rank.to_string())
+    names_rank(std::env::var(var).ok().as_deref(), rank)
+}
+
+/// Whether a test hook's value names `rank` (a rank number, surrounding
+/// whitespace allowed; anything else names no rank).
+fn names_rank(value: Option<&str>, rank: usize) -> bool {
+    value
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|r| r == rank)
 }
 
 /// Test hook `WDMOE_DIST_TEST_STALL` (module docs): if it names `rank`,
@@ -388,4 +394,19 @@ fn base_station(
         links: !a.no_links,
         layers: records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_hook_names_one_rank_or_none() {
+        assert!(names_rank(Some("0"), 0));
+        assert!(names_rank(Some(" 1\n"), 1));
+        assert!(!names_rank(Some("1"), 0));
+        assert!(!names_rank(Some("01x"), 1));
+        assert!(!names_rank(Some(""), 0));
+        assert!(!names_rank(None, 0));
+    }
 }
