@@ -19,8 +19,9 @@
 //!   first receive was also its first contact with a peer that stalled
 //!   (alive, sending nothing) therefore hung there forever, before any
 //!   deadline could apply: the 2-GPU test of a silent base station hung so.
-//!   After `connect`, a group call only enqueues on the stream (a peer that
-//!   died makes it fail: its sockets close).
+//!   After `connect`, a group call only enqueues on the stream; a peer that
+//!   died or stalls is then seen by the wait (NCCL's asynchronous error, or
+//!   the deadline).
 //! * Every wait on transfers is [`Comm::wait`]: it polls the stream
 //!   (`cuStreamQuery`) and NCCL's asynchronous error, never synchronizes,
 //!   and at its deadline aborts the communicator and returns
@@ -246,7 +247,12 @@ impl Comm {
             Ok(())
         })?;
         let what = format!("the connection handshake with ranks {peers:?}");
-        self.wait(gpu, &what, timeout)?;
+        if let Err(e) = self.wait(gpu, &what, timeout) {
+            // Aborted: the buffers are left to the process exit rather than
+            // freed (a free waits for the device, see `Comm::abort`).
+            std::mem::forget((hello, got));
+            return Err(e);
+        }
         let words = gpu.download(&got)?;
         for (i, &p) in peers.iter().enumerate() {
             let w = &words[2 * i..2 * i + 2];
