@@ -84,7 +84,16 @@ fn device_thread(
             Ok(mut dev) => {
                 let t0 = Instant::now();
                 let r = dev.serve(&gpu);
+                let failed = r.is_err();
                 let _ = tx.send((r, t0.elapsed().as_secs_f64()));
+                if failed {
+                    // As `wdmoe dist`'s ranks do after a failure: the GPU
+                    // state is left to the process exit. Here also because
+                    // NCCL frees an aborted rank's resources only when the
+                    // last communicator of this process goes (the BS's,
+                    // later): this GPU's context must outlive that.
+                    std::mem::forget((dev, gpu));
+                }
             }
             Err(e) => {
                 let _ = tx.send((Err(e), 0.0));
