@@ -124,16 +124,64 @@ mod on_two_gpus {
         }
     }
 
-    fn check(r: &Run, expected: &[&str]) {
+    /// Exit code 2 within [`BOUND`], every `expected` line part in stderr,
+    /// and the peer `rank`'s timeout: `rank R: timed out after S s waiting
+    /// for WHAT`, with S in [5, 6).
+    fn check(r: &Run, rank: usize, what: &str, expected: &[&str]) {
         assert_eq!(r.code, Some(2), "{}", r.stderr);
         for e in expected {
             assert!(r.stderr.contains(e), "missing {e:?} in:\n{}", r.stderr);
         }
+        let head = format!("rank {rank}: timed out after ");
+        let line = r
+            .stderr
+            .lines()
+            .find_map(|l| l.split_once(&head).map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no {head:?} in:\n{}", r.stderr));
+        let (secs, rest) = line.split_once(" s waiting for ").unwrap_or(("", line));
+        let waited: f64 = secs.parse().unwrap_or(f64::NAN);
+        assert!(
+            (TIMEOUT_S..TIMEOUT_S + 1.0).contains(&waited),
+            "waited {secs:?} s: {line}"
+        );
+        assert_eq!(rest, what, "{line}");
         assert!(
             r.secs < BOUND.as_secs_f64(),
             "took {:.1} s (bound {BOUND:?})",
             r.secs
         );
+    }
+
+    /// The checks of the GPU runs below, on the stderr of such a run (so
+    /// that a slip in them cannot cost a GPU run).
+    #[test]
+    fn the_checks_read_the_timeout_line() {
+        let stderr = "rank 0: stalling on purpose (WDMOE_DIST_TEST_STALL): alive, sending nothing, for up to 50 s\n\
+            error: rank 1: timed out after 5.0 s waiting for the next header from the BS (rank 1 of 2; communicator aborted)\n\
+            wdmoe dist: rank 1 failed with exit code 2; stopping the other ranks (they get 5 s)\n\
+            error: distributed run failed: rank 1 failed with exit code 2\n  rank 0: stopped by the launcher\n";
+        let run = |code, secs, stderr: &str| Run {
+            code,
+            stderr: stderr.to_string(),
+            secs,
+        };
+        let what = "the next header from the BS (rank 1 of 2; communicator aborted)";
+        let parts = ["rank 0: stopped by the launcher"];
+        check(&run(Some(2), 13.0, stderr), 1, what, &parts);
+        let fails = |r: Run, rank: usize| {
+            std::panic::catch_unwind(|| check(&r, rank, what, &parts)).is_err()
+        };
+        assert!(fails(run(Some(1), 13.0, stderr), 1), "exit code");
+        assert!(fails(run(Some(2), 25.0, stderr), 1), "too slow");
+        assert!(fails(run(Some(2), 13.0, stderr), 0), "another rank");
+        assert!(fails(
+            run(Some(2), 13.0, &stderr.replace("5.0 s", "7.5 s")),
+            1
+        ));
+        assert!(fails(
+            run(Some(2), 13.0, &stderr.replace("rank 0: stopped", "")),
+            1
+        ));
     }
 
     #[test]
@@ -142,10 +190,10 @@ mod on_two_gpus {
         let r = run_with_stalled(0);
         check(
             &r,
+            1,
+            "the next header from the BS (rank 1 of 2; communicator aborted)",
             &[
                 "rank 0: stalling on purpose (WDMOE_DIST_TEST_STALL)",
-                "rank 1: timed out after 5.0 s waiting for the next header from the BS \
-                 (rank 1 of 2; communicator aborted)",
                 "wdmoe dist: rank 1 failed with exit code 2",
                 "rank 0: stopped by the launcher",
             ],
@@ -158,10 +206,10 @@ mod on_two_gpus {
         let r = run_with_stalled(1);
         check(
             &r,
+            0,
+            "the MoE step's transfers (rank 0 of 2; communicator aborted)",
             &[
                 "rank 1: stalling on purpose (WDMOE_DIST_TEST_STALL)",
-                "rank 0: timed out after 5.0 s waiting for the MoE step's transfers \
-                 (rank 0 of 2; communicator aborted)",
                 "wdmoe dist: rank 0 failed with exit code 2",
                 "rank 1: stopped by the launcher",
             ],
