@@ -18,7 +18,9 @@
 //!   over NCCL's bootstrap sockets, with no timeout of its own). A rank whose
 //!   first receive was also its first contact with a peer that stalled
 //!   (alive, sending nothing) therefore hung there forever, before any
-//!   deadline could apply: the 2-GPU test of a silent base station hung so.
+//!   deadline could apply: by NCCL's source (2.28, `transport.cc`: the
+//!   setup's `bootstrapRecv`) the cause of the hang of the 2-GPU test of a
+//!   silent base station in run W3.
 //!   After `connect`, a group call only enqueues on the stream; a peer that
 //!   died or stalls is then seen by the wait (NCCL's asynchronous error, or
 //!   the deadline).
