@@ -54,4 +54,6 @@ LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p
 LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-sim --features cuda --lib layer::gpu
 LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-cuda --features nccl --lib
 LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-sim --features dist --lib dist
+# `wdmoe dist` built with NCCL: its errors without a GPU, and the checks of the stalled-rank runs.
+LD_LIBRARY_PATH="$stub/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test -p wdmoe-sim --features dist --test dist_cli
 say "done"

@@ -56,11 +56,13 @@ dist_tests=$(build test --release --no-run -p wdmoe-cuda --features nccl --test 
 dist_bench=$(build build --release -p wdmoe-cuda --features nccl --example dist_bench | exe dist_bench)
 # One wdmoe binary for both: --device cuda and `wdmoe dist` (links libnccl.so.2).
 wdmoe=$(build build --release -p wdmoe-sim --features dist --bin wdmoe | exe wdmoe)
+# The stalled-rank runs of `wdmoe dist` with assertions (run with WDMOE_BIN=.device/wdmoe).
+dist_cli=$(build test --release --no-run -p wdmoe-sim --features dist --test dist_cli | exe dist_cli)
 
 dev=${DEVICE_DIR:-$root/.device}
 rm -rf "$dev" && mkdir -p "$dev"
 for f in "$gpu_tests:gpu_tests" "$gpu_route_tests:gpu_route_tests" "$gpu_packed_tests:gpu_packed_tests" "$decode_bench:decode_bench" "$prefill_bench:prefill_bench" "$model_bench:model_bench" "$sim_tests:sim_tests" "$kernels:kernels" \
-  "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe"; do
+  "$cuda_lib:cuda_lib_tests" "$gpu_model:gpu_model" "$dist_tests:dist_tests" "$dist_bench:dist_bench" "$wdmoe:wdmoe" "$dist_cli:dist_cli_tests"; do
   src=${f%%:*} dst=${f##*:}
   [ -x "$src" ] || { msg "missing binary for $dst"; exit 1; }
   objcopy --strip-debug "$src" "$dev/$dst"
@@ -92,7 +94,7 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
     bash .device/model.sh      # issue 14: the whole model: kernel and model tests, HF baseline, decode/prefill at full size
     bash .device/route.sh      # issue 13, device routing at prefill sizes: its tests, regressions, timings 512/4096, memcheck
-    bash .device/dist.sh       # issue 18, >= 2 GPUs (nvidia-h200-x2): NCCL tests, dist_bench, wdmoe dist (< 5 min)
+    bash .device/dist.sh       # issue 18, >= 2 GPUs (nvidia-h200-x2): NCCL tests, dist_bench, wdmoe dist, failure runs (~3 min)
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
 decode_bench (copy rate, launch-shape sweep, expert FFN 1-16 tokens), the GPU

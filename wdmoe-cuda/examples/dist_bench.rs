@@ -89,6 +89,7 @@ fn main() -> Result<()> {
         let gpu = Gpu::new(1)?;
         let id = UniqueId::from_hex(&id_rx.recv().expect("id"))?;
         let mut comm = Comm::init_rank(&gpu, 2, 1, &id)?;
+        comm.connect(&gpu, &[0], Duration::from_secs(60))?;
         p2p_sweep(&gpu, &mut comm, iters)?;
         let local = LocalExperts::load(
             &gpu,
@@ -111,6 +112,7 @@ fn main() -> Result<()> {
     let id = UniqueId::new()?;
     id_tx.send(id.to_hex()).expect("device thread");
     let mut comm = Comm::init_rank(&gpu, 2, 0, &id)?;
+    comm.connect(&gpu, &[1], Duration::from_secs(60))?;
     let p2p = p2p_sweep(&gpu, &mut comm, iters)?;
     println!("\nNCCL send/recv GPU 0 -> GPU 1 (median of {iters}):");
     println!("{:>12} {:>10} {:>10}", "bytes", "µs", "GB/s");

@@ -1,6 +1,9 @@
 //! GPU tests of the expert-parallel MoE step (feature `nccl`, 2 CUDA GPUs):
 //! two ranks as two threads of this process (one GPU and one NCCL
 //! communicator each; `wdmoe dist` runs the same code as two processes).
+//! No test waits on the other rank's thread unboundedly (`recv_timeout`);
+//! the failure runs of whole processes (a rank that dies or stalls) are in
+//! wdmoe-sim's tests/dist_cli.rs and run-gpu-dist.sh.
 //!
 //! Reference: the single-GPU `MoeLayer` with the same random weights and
 //! input. The distributed step rounds each expert's output row to fp16
@@ -12,14 +15,14 @@
 #![cfg(feature = "nccl")]
 
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wdmoe_core::select::Policy;
 use wdmoe_cuda::dist::{
     layer_seed, random_source, DeviceRank, DistMoe, LinkRates, Links, LocalExperts, Placement,
 };
 use wdmoe_cuda::moe::MoeLayer;
-use wdmoe_cuda::nccl::{Comm, UniqueId};
+use wdmoe_cuda::nccl::{Comm, UniqueId, ABORT_WAIT};
 use wdmoe_cuda::{f16, Error, Gpu};
 
 const M: usize = 512;
@@ -40,31 +43,74 @@ fn gpu(ordinal: u32) -> Gpu {
     Gpu::new(ordinal).expect("these tests need 2 CUDA GPUs (run with --include-ignored only there)")
 }
 
-/// Rank 1 on GPU 1 in a thread: joins, loads its experts, serves until stop.
+/// How the device rank's thread ended: `serve`'s result (or a setup error),
+/// and the seconds `serve` took.
+type Served = (Result<wdmoe_cuda::dist::ServeStats, Error>, f64);
+
+/// The longest a test waits for a setup step or the other rank's thread.
+const SETUP: Duration = Duration::from_secs(60);
+
+/// Rank 1 on GPU 1 in a thread: joins, connects to the BS, loads its
+/// experts, serves until stop (idle `timeout`); sends how it ended (before
+/// dropping anything).
 fn device_thread(
     placement: Placement,
     seed: u64,
     id_rx: mpsc::Receiver<String>,
     timeout: Duration,
-) -> std::thread::JoinHandle<Result<wdmoe_cuda::dist::ServeStats, Error>> {
+) -> mpsc::Receiver<Served> {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let gpu = gpu(1);
-        let id = UniqueId::from_hex(&id_rx.recv().expect("id from rank 0"))?;
-        let comm = Comm::init_rank(&gpu, 2, 1, &id)?;
-        let local = LocalExperts::load(
-            &gpu,
-            &placement,
-            1,
-            1,
-            M,
-            M_H,
-            MAX_TOKENS,
-            &mut random_source(M, M_H, seed),
-        )?;
-        let mut dev = DeviceRank::new(&gpu, comm, placement, local, MAX_TOKENS)?;
-        dev.set_timeout(timeout);
-        dev.serve(&gpu)
-    })
+        let setup = || -> Result<DeviceRank, Error> {
+            let id = UniqueId::from_hex(&id_rx.recv().expect("id from rank 0"))?;
+            let mut comm = Comm::init_rank(&gpu, 2, 1, &id)?;
+            comm.connect(&gpu, &[0], SETUP)?;
+            let local = LocalExperts::load(
+                &gpu,
+                &placement,
+                1,
+                1,
+                M,
+                M_H,
+                MAX_TOKENS,
+                &mut random_source(M, M_H, seed),
+            )?;
+            let mut dev = DeviceRank::new(&gpu, comm, placement, local, MAX_TOKENS)?;
+            dev.set_timeout(timeout);
+            Ok(dev)
+        };
+        match setup() {
+            Ok(mut dev) => {
+                let t0 = Instant::now();
+                let r = dev.serve(&gpu);
+                let failed = r.is_err();
+                let _ = tx.send((r, t0.elapsed().as_secs_f64()));
+                if failed {
+                    // As `wdmoe dist`'s ranks do after a failure: the GPU
+                    // state is left to the process exit. Here also because
+                    // NCCL frees an aborted rank's resources only when the
+                    // last communicator of this process goes (the BS's,
+                    // later): this GPU's context must outlive that.
+                    std::mem::forget((dev, gpu));
+                }
+            }
+            Err(e) => {
+                let _ = tx.send((Err(e), 0.0));
+            }
+        }
+    });
+    rx
+}
+
+/// Rank 0 on `g0`: makes the id, hands it to the device thread, joins and
+/// connects to rank 1.
+fn bs_comm(g0: &Gpu, id_tx: mpsc::Sender<String>) -> Comm {
+    let id = UniqueId::new().unwrap();
+    id_tx.send(id.to_hex()).unwrap();
+    let mut comm = Comm::init_rank(g0, 2, 0, &id).unwrap();
+    comm.connect(g0, &[1], SETUP).unwrap();
+    comm
 }
 
 fn rand_x(n: usize, seed: u64) -> Vec<f16> {
@@ -116,9 +162,7 @@ fn matches_single_gpu(spec: &str) {
     let (id_tx, id_rx) = mpsc::channel();
     let dev = device_thread(placement.clone(), s, id_rx, Duration::from_secs(60));
     let g0 = gpu(0);
-    let id = UniqueId::new().unwrap();
-    id_tx.send(id.to_hex()).unwrap();
-    let comm = Comm::init_rank(&g0, 2, 0, &id).unwrap();
+    let comm = bs_comm(&g0, id_tx);
     let local = LocalExperts::load(
         &g0,
         &placement,
@@ -199,7 +243,10 @@ fn matches_single_gpu(spec: &str) {
         st.time_s
     );
     dist.stop(gpu).unwrap();
-    let stats = dev.join().unwrap().unwrap();
+    let (served, _) = dev
+        .recv_timeout(SETUP)
+        .expect("the device rank ends after stop");
+    let stats = served.unwrap();
     assert_eq!(stats.steps, 7, "6 compared steps and the link step");
 }
 
@@ -215,24 +262,53 @@ fn dist_layer_matches_single_gpu_experts_shared_with_the_bs() {
     matches_single_gpu("0:0,2,4,6;1:1,3,5,7");
 }
 
+/// The BS joins and connects, then stalls (alive, sending nothing): the
+/// device rank's wait for the next header must end at its 2 s deadline with
+/// a timeout naming it and what it waited for, the communicator aborted
+/// within `ABORT_WAIT`. (Before `Comm::connect` existed this hung: the
+/// device rank's first receive opened NCCL's connection to the BS inside
+/// `ncclGroupEnd`, which blocks on the host until the BS takes part.)
 #[test]
 #[ignore = "needs 2 CUDA GPUs"]
 fn a_device_rank_whose_bs_never_sends_times_out_and_aborts() {
+    const IDLE: Duration = Duration::from_secs(2);
     let placement = Placement::parse("1:0-7", E, 2).unwrap();
     let (id_tx, id_rx) = mpsc::channel();
-    let dev = device_thread(placement, 1, id_rx, Duration::from_secs(2));
+    let dev = device_thread(placement, 1, id_rx, IDLE);
     let g0 = gpu(0);
-    let id = UniqueId::new().unwrap();
-    id_tx.send(id.to_hex()).unwrap();
-    let comm = Comm::init_rank(&g0, 2, 0, &id).unwrap();
-    let t0 = std::time::Instant::now();
-    let r = dev.join().unwrap();
+    let mut comm = bs_comm(&g0, id_tx);
+    let bound = IDLE + ABORT_WAIT + SETUP;
+    let (r, serve_s) = dev
+        .recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("the device rank did not return within {bound:?}: a hang"));
+    eprintln!("device rank: {r:?} after {serve_s:.2} s of serve");
+    match &r {
+        Err(Error::Timeout { op, waited_s }) => {
+            assert!(
+                op.contains("the next header from the BS") && op.contains("rank 1 of 2"),
+                "{op}"
+            );
+            assert!(
+                op.contains("communicator aborted") && !op.contains("still running"),
+                "the abort must finish within {ABORT_WAIT:?}: {op}"
+            );
+            assert!((2.0..2.5).contains(waited_s), "waited {waited_s} s");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        serve_s >= 2.0 && serve_s < 2.0 + ABORT_WAIT.as_secs_f64(),
+        "serve took {serve_s} s"
+    );
+    // The BS's communicator: its peer aborted; abort it too (bounded).
+    let t0 = Instant::now();
+    let finished = comm.abort();
     eprintln!(
-        "device rank: {r:?} after {:.1} s",
+        "BS abort: finished {finished} after {:.2} s",
         t0.elapsed().as_secs_f64()
     );
-    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-    // The BS's communicator: its peer aborted; abort it too (no hang).
-    let mut comm = comm;
-    comm.abort();
+    assert!(
+        finished,
+        "the BS's abort did not finish within {ABORT_WAIT:?}"
+    );
 }

@@ -57,6 +57,10 @@ enum Cmd {
     /// Experts on several GPUs through NCCL, the wireless links emulated,
     /// latency measured against the model (feature `dist`; one command
     /// starts all ranks).
+    ///
+    /// A rank that dies or stalls ends the run with a message naming it and
+    /// exit code 2, never a hang: its peers time out after --timeout-s, and
+    /// the launcher stops the rest.
     Dist(wdmoe_sim::dist::DistArgs),
     /// Router statistics of a recorded trace next to the synthetic router's.
     RouterStats(wdmoe_sim::router_stats::RouterStatsArgs),

@@ -1,7 +1,9 @@
 //! The device side of the expert-parallel MoE step (feature `nccl`): a rank
 //! `1..world` loops: receive a header (bounded wait), then its rows, a
 //! GPU-side hold of the emulated downlink airtime, its experts in turn, a
-//! hold of the uplink airtime, and the output rows back.
+//! hold of the uplink airtime, and the output rows back. Every wait is
+//! bounded (`Comm::wait`); the rank needs a communicator connected to the BS
+//! at setup (`Comm::connect`, see `crate::nccl`).
 
 use std::time::Duration;
 
@@ -46,8 +48,9 @@ impl std::fmt::Debug for DeviceRank {
 }
 
 impl DeviceRank {
-    /// The device side of `comm` (rank ≥ 1) with its experts (`LocalExperts::load`
-    /// with this rank), steps of up to `max_tokens` tokens.
+    /// The device side of `comm` (rank ≥ 1, connected to the BS by
+    /// [`Comm::connect`]) with its experts (`LocalExperts::load` with this
+    /// rank), steps of up to `max_tokens` tokens.
     pub fn new(
         gpu: &Gpu,
         comm: Comm,
@@ -63,6 +66,16 @@ impl DeviceRank {
                     comm.rank(),
                     comm.world(),
                     placement.world()
+                ),
+            });
+        }
+        if !comm.is_connected(BS_RANK) {
+            return Err(Error::Dist {
+                op: "DeviceRank::new",
+                detail: format!(
+                    "rank {} is not connected to the BS: call Comm::connect(gpu, &[0], ..) at setup \
+                     (else a BS that stalls before its first step hangs this rank)",
+                    comm.rank()
                 ),
             });
         }
@@ -88,7 +101,10 @@ impl DeviceRank {
     }
 
     /// Serves steps until a stop header. Errors (a malformed header, a
-    /// timeout, an NCCL error) abort the communicator.
+    /// timeout, an NCCL error) abort the communicator. A BS that stalls
+    /// (alive, sending nothing) ends it with [`Error::Timeout`] "the next
+    /// header from the BS (rank r of w; …)" after the timeout; one that
+    /// dies, with NCCL's error or the same timeout.
     pub fn serve(&mut self, gpu: &Gpu) -> Result<ServeStats> {
         let r = self.serve_inner(gpu);
         if r.is_err() {

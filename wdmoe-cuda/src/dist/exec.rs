@@ -249,7 +249,8 @@ impl std::fmt::Debug for DistMoe {
 }
 
 impl DistMoe {
-    /// The BS side: `comm` of rank 0, the placement every rank shares, the
+    /// The BS side: `comm` of rank 0 (connected to every device rank by
+    /// [`Comm::connect`]), the placement every rank shares, the
     /// BS's own experts (`LocalExperts::load` with rank 0; none if it hosts
     /// none), steps of up to `max_tokens` tokens of hidden size m.
     pub fn new(
@@ -267,6 +268,15 @@ impl DistMoe {
                     comm.rank(),
                     comm.world(),
                     placement.world()
+                ),
+            });
+        }
+        if let Some(r) = (1..comm.world()).find(|&r| !comm.is_connected(r)) {
+            return Err(Error::Dist {
+                op: "DistMoe::new",
+                detail: format!(
+                    "the BS is not connected to rank {r}: call Comm::connect(gpu, &[1..world], ..) \
+                     at setup (else a device rank that stalls hangs the BS's first step)"
                 ),
             });
         }
@@ -448,9 +458,10 @@ impl DistMoe {
     }
 
     /// Aborts the communicator (after an error elsewhere on the BS, so that
-    /// the device ranks see it and stop).
-    pub fn abort(&mut self) {
-        self.comm.abort();
+    /// the device ranks see it and stop); bounded, see [`Comm::abort`]
+    /// (whether it finished).
+    pub fn abort(&mut self) -> bool {
+        self.comm.abort()
     }
 }
 

@@ -5,10 +5,40 @@
 //!
 //! One communicator per process and GPU (rank); every call enqueues on the
 //! [`Gpu`]'s stream, so transfers are ordered with the kernels around them.
-//! Waiting is never unbounded: [`Comm::wait`] polls the stream and NCCL's
-//! asynchronous error, and on its deadline aborts the communicator
-//! (`ncclCommAbort`, which also ends the transfers in flight) and returns
-//! [`crate::Error::Timeout`], so a rank whose peer died stops with a message.
+//!
+//! # A peer that dies or stalls: no wait is unbounded
+//!
+//! * Setup ([`Comm::init_rank`], then [`Comm::connect`]) blocks on the host
+//!   until every peer has made the same call; the caller bounds it from
+//!   outside (wdmoe-sim's `dist` rank exits its process after `--timeout-s`).
+//! * [`Comm::connect`] makes NCCL open its point-to-point connections to
+//!   the given peers (both directions) at setup. NCCL opens them lazily, at
+//!   the first send or receive to a peer, inside `ncclGroupEnd`, which then
+//!   blocks on the host until the peer makes a matching call (an exchange
+//!   over NCCL's bootstrap sockets, with no timeout of its own). A rank whose
+//!   first receive was also its first contact with a peer that stalled
+//!   (alive, sending nothing) therefore hung there forever, before any
+//!   deadline could apply: by NCCL's source (2.28, `transport.cc`: the
+//!   setup's `bootstrapRecv`) the cause of the hang of the 2-GPU test of a
+//!   silent base station in run W3.
+//!   After `connect`, a group call only enqueues on the stream; a peer that
+//!   died or stalls is then seen by the wait (NCCL's asynchronous error, or
+//!   the deadline).
+//! * Every wait on transfers is [`Comm::wait`]: it polls the stream
+//!   (`cuStreamQuery`) and NCCL's asynchronous error, never synchronizes,
+//!   and at its deadline aborts the communicator and returns
+//!   [`crate::Error::Timeout`] naming the rank and what it waited for.
+//! * [`Comm::abort`] (`ncclCommAbort`) raises NCCL's abort flag, which ends
+//!   the transfer kernels still waiting on the peer, and frees the
+//!   communicator; it runs on a helper thread and is waited for at most
+//!   [`ABORT_WAIT`], so an abort that itself hung could not hold the rank.
+//!
+//! The communicators are blocking ones (`ncclCommInitRank`). NCCL's
+//! non-blocking mode (`ncclConfig_t::blocking = 0`) would also bound the
+//! lazy connection, but from NCCL 2.23 on (2.28 on the H200 machine) it
+//! runs every group call on a new host thread, and the next call must wait
+//! (poll) until that thread is done: a cost at each of the three groups of
+//! every layer's step, on the decode path, that `connect` avoids.
 //!
 //! Linking: build.rs links `libnccl.so.2` from `NCCL_LIBRARY_PATH` (a folder
 //! holding it), else from python3's `nvidia.nccl` wheel (`nvidia/nccl/lib`);
@@ -16,6 +46,7 @@
 //! `stub/make-stub.sh`. At run time the loader must find the real
 //! `libnccl.so.2` (`LD_LIBRARY_PATH`; `run-gpu-dist.sh` sets it).
 
+mod abort;
 pub mod sys;
 
 use std::ffi::CStr;
@@ -26,6 +57,8 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::runtime::Gpu;
+use abort::abort_bounded;
+pub use abort::ABORT_WAIT;
 
 /// The NCCL element type of a Rust element type.
 pub trait NcclType: DeviceCopy {
@@ -150,6 +183,8 @@ pub struct Comm {
     rank: usize,
     world: usize,
     failed: bool,
+    /// Per rank: connected by [`Comm::connect`].
+    connected: Vec<bool>,
 }
 
 impl std::fmt::Debug for Comm {
@@ -158,6 +193,7 @@ impl std::fmt::Debug for Comm {
             .field("rank", &self.rank)
             .field("world", &self.world)
             .field("failed", &self.failed)
+            .field("connected", &self.connected)
             .finish()
     }
 }
@@ -184,7 +220,65 @@ impl Comm {
             rank,
             world,
             failed: false,
+            connected: vec![false; world],
         })
+    }
+
+    /// Opens NCCL's point-to-point connections to `peers`, both ways, with
+    /// a handshake: this rank sends `[HELLO, rank]` to every peer and checks
+    /// that every peer sent it `[HELLO, peer]`. Every peer must call it with
+    /// this rank among its peers (the BS with every device rank, a device
+    /// rank with the BS). Blocks on the host until they do (bound it from
+    /// outside, as the setup); the transfer itself is waited for with
+    /// [`Comm::wait`] and `timeout`. Afterwards a group call with these
+    /// peers never blocks the host on them (see the module docs).
+    pub fn connect(&mut self, gpu: &Gpu, peers: &[usize], timeout: Duration) -> Result<()> {
+        const OP: &str = "Comm::connect";
+        check_peers(self.rank, self.world, peers)?;
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let hello = gpu.upload(&[HELLO, self.rank as u32])?;
+        let mut got = gpu.alloc::<u32>(2 * peers.len())?;
+        gpu.fill_u16(&mut got, 0xFFFF)?;
+        self.group(|c| {
+            for (i, &p) in peers.iter().enumerate() {
+                c.send(gpu, &hello, p)?;
+                c.recv(gpu, &mut got.index(2 * i..2 * i + 2), p)?;
+            }
+            Ok(())
+        })?;
+        let what = format!("the connection handshake with ranks {peers:?}");
+        if let Err(e) = self.wait(gpu, &what, timeout) {
+            // Aborted: the buffers are left to the process exit rather than
+            // freed (a free waits for the device, see `Comm::abort`).
+            std::mem::forget((hello, got));
+            return Err(e);
+        }
+        let words = gpu.download(&got)?;
+        for (i, &p) in peers.iter().enumerate() {
+            let w = &words[2 * i..2 * i + 2];
+            if w != [HELLO, p as u32] {
+                self.failed = true;
+                return Err(Error::Dist {
+                    op: OP,
+                    detail: format!(
+                        "rank {} got {w:08x?} from rank {p}, expected [{HELLO:08x}, {p:08x}] \
+                         (a peer of another run, or ranks that disagree on the world)",
+                        self.rank
+                    ),
+                });
+            }
+        }
+        for &p in peers {
+            self.connected[p] = true;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Comm::connect`] connected this rank to `peer`.
+    pub fn is_connected(&self, peer: usize) -> bool {
+        self.connected.get(peer).copied().unwrap_or(false)
     }
 
     /// This rank.
@@ -309,9 +403,10 @@ impl Comm {
     }
 
     /// Waits until `gpu`'s stream has finished everything enqueued, polling
-    /// it and NCCL's asynchronous error; after `timeout` it aborts the
-    /// communicator and returns [`Error::Timeout`]. Spins for the first
-    /// 200 µs (decode steps), then sleeps 50 µs between polls.
+    /// it and NCCL's asynchronous error (never a blocking synchronize);
+    /// after `timeout` it aborts the communicator ([`Comm::abort`], bounded)
+    /// and returns [`Error::Timeout`] naming `op` and this rank. Spins for
+    /// the first 200 µs (decode steps), then sleeps 50 µs between polls.
     pub fn wait(&mut self, gpu: &Gpu, op: &str, timeout: Duration) -> Result<()> {
         let t0 = Instant::now();
         loop {
@@ -327,9 +422,18 @@ impl Comm {
             self.async_error()?;
             let waited = t0.elapsed();
             if waited >= timeout {
-                self.abort();
+                let aborted = self.abort();
                 return Err(Error::Timeout {
-                    op: format!("{op} (rank {} of {})", self.rank, self.world),
+                    op: format!(
+                        "{op} (rank {} of {}; communicator aborted{})",
+                        self.rank,
+                        self.world,
+                        if aborted {
+                            ""
+                        } else {
+                            ", the abort still running"
+                        }
+                    ),
                     waited_s: waited.as_secs_f64(),
                 });
             }
@@ -341,16 +445,47 @@ impl Comm {
         }
     }
 
-    /// Aborts the communicator (`ncclCommAbort`): transfers in flight end,
-    /// later calls fail. Idempotent.
-    pub fn abort(&mut self) {
-        if !self.raw.is_null() {
-            // SAFETY: a live communicator, not used after (raw set to null).
-            unsafe { sys::ncclCommAbort(self.raw) };
-            self.raw = std::ptr::null_mut();
-        }
+    /// Aborts the communicator (`ncclCommAbort`): transfers in flight end
+    /// (NCCL's kernels see its abort flag), later calls fail. Idempotent.
+    ///
+    /// Never blocks for long: the abort runs on a helper thread (with this
+    /// thread's CUDA context current) and is waited for at most
+    /// [`ABORT_WAIT`]. Returns whether it finished in that time; if not, the
+    /// helper thread keeps the communicator (abandoned: the process is
+    /// expected to exit, which ends it), and this rank goes on to report
+    /// its error.
+    pub fn abort(&mut self) -> bool {
         self.failed = true;
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        if raw.is_null() {
+            return true;
+        }
+        abort_bounded(raw, ABORT_WAIT)
     }
+}
+
+/// The first word of [`Comm::connect`]'s handshake (ASCII "WDMo").
+const HELLO: u32 = 0x5744_4d6f;
+
+/// Checks the peers of [`Comm::connect`] for rank `rank` of `world`: in
+/// range, not `rank` itself, none twice.
+fn check_peers(rank: usize, world: usize, peers: &[usize]) -> Result<()> {
+    let mut seen = vec![false; world];
+    for &p in peers {
+        if p >= world || p == rank {
+            return Err(Error::Dist {
+                op: "Comm::connect",
+                detail: format!("peer {p} (rank {rank} of {world})"),
+            });
+        }
+        if std::mem::replace(&mut seen[p], true) {
+            return Err(Error::Dist {
+                op: "Comm::connect",
+                detail: format!("peer {p} listed twice"),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Comm {
@@ -358,15 +493,14 @@ impl Drop for Comm {
         if self.raw.is_null() {
             return;
         }
-        // SAFETY: a live communicator, dropped once; abort rather than
-        // destroy after a failure (destroy may wait on a dead peer).
-        unsafe {
-            if self.failed {
-                sys::ncclCommAbort(self.raw);
-            } else {
-                sys::ncclCommDestroy(self.raw);
-            }
+        // Abort rather than destroy after a failure (destroy may wait on a
+        // dead or stalled peer); the abort is bounded (Comm::abort).
+        if self.failed {
+            let _ = self.abort();
+            return;
         }
+        // SAFETY: a live communicator after no failure, destroyed once.
+        unsafe { sys::ncclCommDestroy(self.raw) };
         self.raw = std::ptr::null_mut();
     }
 }
@@ -406,6 +540,29 @@ mod tests {
         let mut bad = hex.clone();
         bad.replace_range(10..11, "g");
         assert!(UniqueId::from_hex(&bad).is_err());
+    }
+
+    #[test]
+    fn connect_checks_its_peers() {
+        assert!(check_peers(0, 3, &[1, 2]).is_ok());
+        assert!(check_peers(2, 3, &[0]).is_ok());
+        assert!(check_peers(1, 2, &[]).is_ok());
+        let msg = |r: Result<()>| match r {
+            Err(Error::Dist { op, detail }) => format!("{op}: {detail}"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            msg(check_peers(1, 2, &[1])),
+            "Comm::connect: peer 1 (rank 1 of 2)"
+        );
+        assert_eq!(
+            msg(check_peers(0, 2, &[2])),
+            "Comm::connect: peer 2 (rank 0 of 2)"
+        );
+        assert_eq!(
+            msg(check_peers(0, 3, &[2, 1, 2])),
+            "Comm::connect: peer 2 listed twice"
+        );
     }
 
     #[test]

@@ -15,6 +15,15 @@
 //!
 //! Needs the `dist` feature (wdmoe-cuda with NCCL); without it `wdmoe dist`
 //! says so. The launcher itself ([`launch`]) and the report need no GPU.
+//!
+//! Failures end the run with exit code 2 and a message, never a hang: too
+//! many GPUs or a placement that leaves an expert nowhere (checked before
+//! any rank starts); a rank that dies (the launcher stops the others after
+//! a grace of min(`--timeout-s`, 10 s)); a rank that stalls, alive but
+//! silent (its peers time out after `--timeout-s`, each naming the rank
+//! and what it waited for, then the launcher stops the stalled one). The
+//! ranks' side of this is in `rank` (feature `dist`), with the test hooks
+//! `WDMOE_DIST_TEST_DIE` / `WDMOE_DIST_TEST_STALL` that show it on GPUs.
 
 pub mod launch;
 #[cfg(feature = "dist")]
@@ -91,7 +100,13 @@ pub struct DistArgs {
     /// Do not emulate the links (no airtime holds).
     #[arg(long)]
     pub no_links: bool,
-    /// Longest wait for a peer, in seconds (then the rank aborts NCCL and exits).
+    /// Longest wait for a peer, in seconds: the setup (NCCL and the
+    /// connection to every peer), and every step's transfers, also a device
+    /// rank's wait for the BS's first step (while the BS loads its part of
+    /// the model). Past it the rank aborts NCCL, names what it waited for,
+    /// and exits 2; the launcher then stops the other ranks (after
+    /// min(this, 10 s)) and exits 2. A rank that dies or stalls (alive,
+    /// silent) thus ends the run with a message, never a hang.
     #[arg(long, default_value_t = 120.0)]
     pub timeout_s: f64,
     /// Write the report as JSON.

@@ -1,6 +1,33 @@
 //! One rank of `wdmoe dist` (feature `dist`): GPU, NCCL id exchange,
-//! communicator (setup bounded by a watchdog), experts, then the base
-//! station's driver (rank 0) or a device's serve loop.
+//! communicator and its connection to every peer (setup bounded by a
+//! watchdog), experts, then the base station's driver (rank 0) or a
+//! device's serve loop.
+//!
+//! # When a peer fails
+//!
+//! Every wait of a rank is bounded by `--timeout-s`: setup by the watchdog
+//! (the process exits with code 3), every transfer by `Comm::wait`, which
+//! then aborts NCCL (bounded too, `wdmoe_cuda::nccl`). A rank that times
+//! out returns an error naming itself and what it waited for, e.g. `rank 1:
+//! timed out after 5.0 s waiting for the next header from the BS (rank 1 of
+//! 2; communicator aborted)`, and exits with code 2, leaving its GPU state
+//! to the process exit ([`leave_to_exit`]). The launcher (`launch`) then
+//! stops the other ranks. So a peer that dies ends the run at once or
+//! within `--timeout-s`, and one that stalls (alive, silent) within
+//! `--timeout-s` plus the launcher's grace (`min(--timeout-s, 10 s)`).
+//!
+//! # Test hooks (never set in normal runs)
+//!
+//! Two environment variables make a rank fail on purpose, to show the
+//! above on real GPUs (`wdmoe-cuda/run-gpu-dist.sh`, step "failures";
+//! `wdmoe-sim/tests/dist_cli.rs`). Each names one rank; unset, or naming
+//! another rank, they do nothing.
+//!
+//! * `WDMOE_DIST_TEST_DIE=r`: rank r exits (code 7) right after
+//!   `ncclCommInitRank`, before the connection handshake;
+//! * `WDMOE_DIST_TEST_STALL=r`: rank r completes setup (connected, experts
+//!   loaded) and then stalls instead of stepping or serving: alive, sending
+//!   nothing ([`stall_hook`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,17 +137,31 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
     let n_experts = scenario.n_experts();
     let placement = Placement::parse(&a.placement, n_experts, world)
         .map_err(|e| format!("--placement: {e}"))?;
-    let gpu = Gpu::new(rank as u32).map_err(|e| format!("GPU {rank}: {e}"))?;
+    // An Arc (the whole model's BS shares it), made first so that it is
+    // dropped last.
+    let gpu = Arc::new(Gpu::new(rank as u32).map_err(|e| format!("GPU {rank}: {e}"))?);
     let id = exchange_id(rank, id_file, limit)?;
-    let done = watchdog(rank, "NCCL setup (ncclCommInitRank)", limit);
-    let comm = Comm::init_rank(&gpu, world, rank, &id).map_err(|e| e.to_string())?;
-    done.store(true, Ordering::Release);
-    // Test hook (run-gpu-dist.sh): this rank dies right after joining, to
-    // show that the others stop with a message instead of hanging.
-    if std::env::var("WDMOE_DIST_TEST_DIE").ok().as_deref() == Some(&rank.to_string()) {
+    let done = watchdog(
+        rank,
+        "NCCL setup (ncclCommInitRank, then the connection to every peer)",
+        limit,
+    );
+    let mut comm = Comm::init_rank(&gpu, world, rank, &id).map_err(|e| e.to_string())?;
+    if test_hook("WDMOE_DIST_TEST_DIE", rank) {
         eprintln!("rank {rank}: exiting on purpose (WDMOE_DIST_TEST_DIE)");
         std::process::exit(7);
     }
+    // The BS talks with every device rank, a device rank with the BS only.
+    // Connecting now (NCCL would at the first transfer, blocking the host
+    // there until the peer takes part) keeps every later wait bounded.
+    let peers: Vec<usize> = if rank == 0 {
+        (1..world).collect()
+    } else {
+        vec![0]
+    };
+    comm.connect(&gpu, &peers, limit)
+        .map_err(|e| format!("connecting to ranks {peers:?}: {e}"))?;
+    done.store(true, Ordering::Release);
     let model_shape = match a.model {
         Some(_) => Some(super::model::shape(a)?),
         None => None,
@@ -155,27 +196,83 @@ pub fn main(a: &DistArgs, rank: usize, world: usize, id_file: &Path) -> Result<(
         let mut dev =
             DeviceRank::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
         dev.set_timeout(limit);
-        let stats = dev.serve(&gpu).map_err(|e| e.to_string())?;
-        eprintln!(
-            "rank {rank}: served {} steps, {} rows",
-            stats.steps, stats.rows
-        );
-        return Ok(());
+        stall_hook(rank, limit);
+        return match dev.serve(&gpu) {
+            Ok(stats) => {
+                eprintln!(
+                    "rank {rank}: served {} steps, {} rows",
+                    stats.steps, stats.rows
+                );
+                Ok(())
+            }
+            Err(e) => {
+                leave_to_exit((dev, gpu));
+                Err(e.to_string())
+            }
+        };
     }
     let mut dist =
         DistMoe::new(&gpu, comm, placement, local, max_tokens).map_err(|e| e.to_string())?;
     dist.set_timeout(limit);
-    match model_shape {
-        Some(s) => {
-            let gpu = Arc::new(gpu);
-            let r = super::model::base_station(a, gpu.clone(), &mut dist, s, world);
-            finish(a, &gpu, &mut dist, r)
-        }
-        None => {
-            let r = base_station(a, &gpu, &mut dist, scenario, world).map(|r| (r, String::new()));
-            finish(a, &gpu, &mut dist, r)
-        }
+    stall_hook(rank, limit);
+    let r = match model_shape {
+        Some(s) => super::model::base_station(a, gpu.clone(), &mut dist, s, world),
+        None => base_station(a, &gpu, &mut dist, scenario, world).map(|r| (r, String::new())),
+    };
+    let r = finish(a, &gpu, &mut dist, r);
+    if r.is_err() {
+        leave_to_exit((dist, gpu));
     }
+    r
+}
+
+/// Whether test hook `var` (see the module docs) names `rank`.
+fn test_hook(var: &str, rank: usize) -> bool {
+    names_rank(std::env::var(var).ok().as_deref(), rank)
+}
+
+/// Whether a test hook's value names `rank` (a rank number, surrounding
+/// whitespace allowed; anything else names no rank).
+fn names_rank(value: Option<&str>, rank: usize) -> bool {
+    value
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|r| r == rank)
+}
+
+/// Test hook `WDMOE_DIST_TEST_STALL` (module docs): if it names `rank`,
+/// stalls instead of returning: alive, its communicator connected, sending
+/// and receiving nothing, as a hung or overloaded peer would. Its peers
+/// time out after `limit` and exit; the launcher then kills this process.
+/// Should nothing stop it, it exits by itself (code 9) after 4 × `limit` +
+/// 30 s: longer than a peer's timeout plus the launcher's grace, so the
+/// peers' timeout is what the run shows, and a stalled rank never lingers.
+fn stall_hook(rank: usize, limit: Duration) {
+    if !test_hook("WDMOE_DIST_TEST_STALL", rank) {
+        return;
+    }
+    let max = limit
+        .saturating_mul(4)
+        .saturating_add(Duration::from_secs(30));
+    eprintln!(
+        "rank {rank}: stalling on purpose (WDMOE_DIST_TEST_STALL): alive, sending nothing, \
+         for up to {:.0} s",
+        max.as_secs_f64()
+    );
+    std::thread::sleep(max);
+    eprintln!("rank {rank}: was not stopped while stalled (WDMOE_DIST_TEST_STALL); exiting");
+    std::process::exit(9);
+}
+
+/// After a failed step: the rank's GPU state (communicator, buffers, the
+/// context) is left to the process exit, which follows the error message,
+/// instead of being dropped here. The communicator is aborted already (its
+/// kernels end); but should an abort not have finished in time
+/// (`wdmoe_cuda::nccl::ABORT_WAIT`), freeing device memory or destroying
+/// the context would wait for a transfer kernel that never ends (both
+/// synchronize with the device), and the rank would hang before it could
+/// report. The driver frees everything when the process exits.
+fn leave_to_exit<T>(state: T) {
+    std::mem::forget(state);
 }
 
 /// Rank 0's end: stop the device ranks, print and write the report; on an
@@ -297,4 +394,19 @@ fn base_station(
         links: !a.no_links,
         layers: records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_hook_names_one_rank_or_none() {
+        assert!(names_rank(Some("0"), 0));
+        assert!(names_rank(Some(" 1\n"), 1));
+        assert!(!names_rank(Some("1"), 0));
+        assert!(!names_rank(Some("01x"), 1));
+        assert!(!names_rank(Some(""), 0));
+        assert!(!names_rank(None, 0));
+    }
 }
