@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
+use cust::event::Event;
+use cust::memory::{AsyncCopyDestination, DeviceBuffer, DeviceSlice, LockedBuffer};
 use half::f16;
 use wdmoe_core::select::Policy;
 
@@ -18,7 +19,7 @@ use super::device_route::{
 use super::encode::{route_tokens, Groups, Routing};
 use super::grouped::GroupedPrefill;
 use super::{MoeLayer, MoeStep};
-use crate::error::{shape, CudaCtx, Result};
+use crate::error::{shape, CudaCtx, Error, Result};
 use crate::ffn::ExpertWeights;
 use crate::plan::PlanPolicy;
 use crate::prefill::{combine_rows_f32, Rows};
@@ -47,12 +48,19 @@ impl Default for DeviceRouting {
 }
 
 /// Buffers for steps of up to `tokens` tokens (allocated on the first
-/// device-routed step, for the layer's most tokens).
+/// device-routed step, for the layer's most tokens), with page-locked host
+/// copies: the latencies go up and the selections and logits come down by
+/// copies enqueued with the step, so that enqueuing never waits for the
+/// GPU and the check waits only for this step (`done`), not the stream.
 struct RouteBuffers {
     lat: DeviceBuffer<f64>,
     logits: DeviceBuffer<f32>,
     sel: DeviceBuffer<i32>,
     tables: SortTables,
+    lat_host: LockedBuffer<f64>,
+    logits_host: LockedBuffer<f32>,
+    sel_host: LockedBuffer<i32>,
+    done: Event,
 }
 
 impl std::fmt::Debug for RouteBuffers {
@@ -65,12 +73,21 @@ impl std::fmt::Debug for RouteBuffers {
 
 impl RouteBuffers {
     fn new(gpu: &Gpu, tokens: usize, e: usize) -> Result<RouteBuffers> {
+        let locked = |what: &str, n: usize| {
+            let what = what.to_string();
+            move |err| Error::cuda("cuMemAllocHost", format!("{what}: {n} values"), err)
+        };
+        let (ne, ns) = (tokens * e, tokens * sel_width(e));
         Ok(RouteBuffers {
-            lat: gpu.alloc(tokens * e)?,
-            logits: gpu.alloc(tokens * e)?,
-            sel: gpu.alloc(tokens * sel_width(e))?,
+            lat: gpu.alloc(ne)?,
+            logits: gpu.alloc(ne)?,
+            sel: gpu.alloc(ns)?,
             // k <= e: at most tokens x e rows.
-            tables: SortTables::new(gpu, tokens, e, tokens * e)?,
+            tables: SortTables::new(gpu, tokens, e, ne)?,
+            lat_host: LockedBuffer::new(&0.0, ne.max(1)).map_err(locked("latencies", ne))?,
+            logits_host: LockedBuffer::new(&0.0, ne.max(1)).map_err(locked("logits", ne))?,
+            sel_host: LockedBuffer::new(&0, ns.max(1)).map_err(locked("selections", ns))?,
+            done: gpu.event()?,
         })
     }
 }
@@ -214,14 +231,20 @@ impl MoeLayer {
         gpu.record_on(&ev[0])?;
         let per_token = latency_s.len() != e;
         if per_token {
-            // A synchronous copy (pageable memory): it waits for earlier
-            // work of the stream, so no queued kernel still reads the buffer.
-            b.lat
-                .index(..latency_s.len())
-                .copy_from(latency_s)
-                .ctx("cuMemcpyHtoD", || {
-                    format!("latencies: {} values", latency_s.len())
-                })?;
+            // Staged in page-locked memory and copied on the stream: the
+            // previous step of this layer was completed (its `done` event
+            // waited for), so neither buffer is still in use.
+            let n = latency_s.len();
+            b.lat_host[..n].copy_from_slice(latency_s);
+            // SAFETY: lat_host is page-locked and stays untouched until this
+            // step's `done` event (recorded after the copy) has been waited
+            // for in complete_device_routed; both sides hold n values.
+            unsafe {
+                b.lat
+                    .index(..n)
+                    .async_copy_from(&b.lat_host[..n], gpu.stream())
+                    .ctx("cuMemcpyHtoDAsync", || format!("latencies: {n} values"))?;
+            }
         } else {
             pa.lat[..e].copy_from_slice(latency_s);
         }
@@ -248,7 +271,25 @@ impl MoeLayer {
             &mut acc,
             (&ev[2], &ev[3]),
         )?;
-        gpu.record_on(&ev[1])
+        gpu.record_on(&ev[1])?;
+        // The device's selections and logits for the check, copied down on
+        // the stream; `done` marks the step and the copies complete.
+        let ns = n_tokens * sw;
+        let ne = n_tokens * e;
+        // SAFETY: the host buffers are page-locked, hold ns / ne values
+        // (sized for the most tokens) and are read only after `done` has
+        // been waited for (complete_device_routed).
+        unsafe {
+            b.sel
+                .index(..ns)
+                .async_copy_to(&mut b.sel_host[..ns], gpu.stream())
+                .ctx("cuMemcpyDtoHAsync", || format!("selections: {ns} values"))?;
+            b.logits
+                .index(..ne)
+                .async_copy_to(&mut b.logits_host[..ne], gpu.stream())
+                .ctx("cuMemcpyDtoHAsync", || format!("logits: {ne} values"))?;
+        }
+        gpu.record_on(&b.done)
     }
 
     /// Finishes a step of [`MoeLayer::enqueue_device_routed`] (synchronises):
@@ -285,10 +326,14 @@ impl MoeLayer {
         self.route.steps += 1;
         let every = self.route.check_every;
         let check = every > 0 && (self.route.steps - 1) % every == 0;
-        gpu.sync()?; // the step's GPU work done: what follows is the check's cost
+        // This step's GPU work and copies done (later work of the stream
+        // may still run): what follows is the check's cost.
+        b.done
+            .synchronize()
+            .ctx("cuEventSynchronize", || "device-routed step".into())?;
         let t0 = Instant::now();
-        let sel = gpu.download(&b.sel.index(..n_tokens * sw))?;
-        let logits = gpu.download(&b.logits.index(..ne))?;
+        let sel = b.sel_host[..n_tokens * sw].to_vec();
+        let logits = b.logits_host[..ne].to_vec();
         let (routing, rerun) = if check {
             let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
             let bad = selection_mismatch(&sel, sw, &routing.selections, e);
