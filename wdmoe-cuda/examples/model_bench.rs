@@ -91,6 +91,7 @@ fn main() -> Result<()> {
         let mut wall = Vec::new();
         let mut dev = Vec::new();
         let mut experts_read = 0.0;
+        let mut check = Vec::new();
         for i in 0..=iters {
             model.truncate(0);
             let s = Instant::now();
@@ -98,6 +99,7 @@ fn main() -> Result<()> {
             if i > 0 {
                 wall.push(s.elapsed().as_secs_f64());
                 dev.push(out.gpu_time_s);
+                check.push(out.route_check_s);
             }
             // Experts with at least one token, per layer (read once each).
             experts_read = out
@@ -117,7 +119,12 @@ fn main() -> Result<()> {
         }
         wall.sort_by(f64::total_cmp);
         dev.sort_by(f64::total_cmp);
-        let (w, d) = (wall[wall.len() / 2], dev[dev.len() / 2]);
+        check.sort_by(f64::total_cmp);
+        let (w, d, c) = (
+            wall[wall.len() / 2],
+            dev[dev.len() / 2],
+            check[check.len() / 2],
+        );
         let tf = t as f64;
         let flops = l
             * (2.0 * tf * (shape.qkv_width() as f64 * m + m * hd)
@@ -128,9 +135,10 @@ fn main() -> Result<()> {
         let bytes = shape.decode_floor_bytes(experts_read);
         let floor = bytes / rate;
         println!(
-            "MODEL prefill {t} tokens: wall {:.2} ms, GPU {:.2} ms; read floor {:.2} ms ({:.2} experts/layer read) -> GPU {:.2}x the floor; {:.0} TFLOP/s",
+            "MODEL prefill {t} tokens: wall {:.2} ms, GPU {:.2} ms, host checks {:.2} ms; read floor {:.2} ms ({:.2} experts/layer read) -> GPU {:.2}x the floor; {:.0} TFLOP/s",
             w * 1e3,
             d * 1e3,
+            c * 1e3,
             floor * 1e3,
             experts_read,
             d / floor,

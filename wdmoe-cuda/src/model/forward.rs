@@ -89,6 +89,7 @@ impl GpuModel {
         let mut argmax = None;
         let mut reruns = 0;
         let mut gpu_time_s = 0.0;
+        let mut route_check_s = 0.0;
         for c0 in (0..n).step_by(self.chunk) {
             let c1 = (c0 + self.chunk).min(n);
             let last = c1 == n;
@@ -124,6 +125,12 @@ impl GpuModel {
                 steps = r?;
             }
             gpu_time_s += elapsed_ms(&self.events[0], &self.events[1])? as f64 * 1e-3;
+            route_check_s += self
+                .layers
+                .iter_mut()
+                .filter_map(|l| l.moe.local_mut())
+                .map(|m| m.last_route_check_s())
+                .sum::<f64>();
             for (r, s) in routes.iter_mut().zip(steps) {
                 r.logits.extend_from_slice(&s.logits);
                 r.selections.extend(s.routing.selections);
@@ -159,6 +166,7 @@ impl GpuModel {
             layers: routes,
             gpu_time_s,
             reruns,
+            route_check_s,
         })
     }
 
@@ -187,7 +195,10 @@ impl GpuModel {
         let gpu = self.gpu.clone();
         gpu.record_on(&self.events[0])?;
         kernels::embed_rows(&gpu, &self.embed, &self.tokens, n, m, &mut self.resid)?;
-        let mut done: Vec<Option<MoeStep>> = Vec::with_capacity(layers);
+        // Each layer's step, once completed (a device-planned or
+        // device-routed step is completed after enqueuing: see below).
+        let mut done: Vec<Option<Result<MoeStep>>> = Vec::with_capacity(layers);
+        let mut lat_back = vec![0.0f64; n * e];
         let mut lat = vec![0.0f64; n * e];
         for l in 0..layers {
             let (before, rest) = self.layers.split_at_mut(l);
@@ -261,15 +272,23 @@ impl GpuModel {
                 layer.moe.input_dev_mut(),
                 m,
             )?;
-            for t in 0..n {
-                let at = (t * layers + l) * e;
-                lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
-            }
+            layer_latencies(latency_s, n, layers, e, l, &mut lat);
             done.push(
                 layer
                     .moe
-                    .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?,
+                    .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?
+                    .map(Ok),
             );
+            // The device-routed step CHECK_LAG layers back is checked now,
+            // while the GPU runs the layers queued after it: the host's
+            // checks keep pace with the GPU instead of all waiting for the
+            // end of the chunk (and the host never runs far ahead of it).
+            if let Some(b) = l.checked_sub(CHECK_LAG) {
+                if done[b].is_none() && self.layers[b].moe.pending_routed() {
+                    layer_latencies(latency_s, n, layers, e, b, &mut lat_back);
+                    done[b] = Some(self.layers[b].moe.complete(policy, &lat_back));
+                }
+            }
         }
         let last = &self.layers[layers - 1];
         kernels::add_rmsnorm(
@@ -298,12 +317,9 @@ impl GpuModel {
         let mut first_err = None;
         for (l, d) in done.into_iter().enumerate() {
             let s = match d {
-                Some(s) => Ok(s),
+                Some(s) => s,
                 None => {
-                    for t in 0..n {
-                        let at = (t * layers + l) * e;
-                        lat[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
-                    }
+                    layer_latencies(latency_s, n, layers, e, l, &mut lat);
                     self.layers[l].moe.complete(policy, &lat)
                 }
             };
@@ -320,6 +336,24 @@ impl GpuModel {
             Some(err) => Err(err),
             None => Ok(steps),
         }
+    }
+}
+
+/// Layers between a device-routed step's enqueue and its check.
+const CHECK_LAG: usize = 2;
+
+/// Layer `l`'s latencies, `[n][e]`, out of the call's `[n][layers][e]`.
+fn layer_latencies(
+    latency_s: &[f64],
+    n: usize,
+    layers: usize,
+    e: usize,
+    l: usize,
+    out: &mut [f64],
+) {
+    for t in 0..n {
+        let at = (t * layers + l) * e;
+        out[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
     }
 }
 

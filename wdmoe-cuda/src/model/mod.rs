@@ -122,6 +122,11 @@ pub struct ForwardOut {
     pub gpu_time_s: f64,
     /// Chunks run again because a device plan differed from wdmoe-core's.
     pub reruns: usize,
+    /// Host seconds spent checking the device-routed (prefill) steps
+    /// against wdmoe-core, summed over layers and chunks: each layer's
+    /// check overlaps the GPU work of the layers after it, so this bounds
+    /// the call's wall time from below once it exceeds the GPU time.
+    pub route_check_s: f64,
 }
 
 struct Layer {

@@ -125,6 +125,15 @@ impl LayerMoe {
         }
     }
 
+    /// Whether a device-routed step is pending (its completion waits only
+    /// for that step, not for the stream).
+    pub(crate) fn pending_routed(&self) -> bool {
+        match self {
+            LayerMoe::Local(l) => l.pending_routed(),
+            LayerMoe::Remote(_) => false,
+        }
+    }
+
     /// Finishes a step that [`LayerMoe::enqueue`] left pending (local only).
     pub(crate) fn complete(&mut self, policy: &Policy<f64>, latency_s: &[f64]) -> Result<MoeStep> {
         match self {

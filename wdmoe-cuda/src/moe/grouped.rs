@@ -28,6 +28,8 @@ pub struct GroupedPrefill {
     m: usize,
     m_h: usize,
     experts: usize,
+    /// With the stacked layout held: run the packed GEMM instead.
+    pub(super) prefer_packed: bool,
     pub(super) xs: DeviceBuffer<f16>,
     pub(super) ys: DeviceBuffer<f16>,
     idx: DeviceBuffer<i32>,
@@ -86,6 +88,7 @@ impl GroupedPrefill {
             m,
             m_h,
             experts,
+            prefer_packed: false,
             xs: gpu.alloc(1)?,
             ys: gpu.alloc(1)?,
             idx: gpu.alloc(1)?,
@@ -195,7 +198,7 @@ impl GroupedPrefill {
             ));
         }
         match &self.w {
-            Some(w) => {
+            Some(w) if !self.prefer_packed => {
                 let ws = self
                     .ws
                     .as_mut()
@@ -215,7 +218,12 @@ impl GroupedPrefill {
                     None,
                 )
             }
-            None => {
+            _ => {
+                // The packed path's intermediate (a layer holding the
+                // stacked layout allocates it on its first packed step).
+                if self.h.len() < self.rows * self.m_h {
+                    self.h = gpu.alloc(self.rows * self.m_h)?;
+                }
                 let refs: Vec<&ExpertWeights> = experts.iter().collect();
                 ffn_packed(gpu, &refs, &self.xs, rows, &mut self.h, &mut self.ys)
             }

@@ -343,6 +343,16 @@ impl MoeLayer {
         self.use_prefill = on;
     }
 
+    /// Grouped steps of a layer that holds the stacked prefill layout run
+    /// the packed-weights GEMM on the decode packing instead (default
+    /// false; a layer without the stacked layout always does). For
+    /// comparisons of the two kernels on the same steps.
+    pub fn set_prefer_packed_prefill(&mut self, on: bool) {
+        if let Some(g) = self.prefill.as_mut() {
+            g.prefer_packed = on;
+        }
+    }
+
     /// Per-expert CUDA events around each expert's kernels on the decode
     /// path (default true). They cost ~5 µs per step on an H200 (they break
     /// the programmatic-dependent-launch overlap between one expert's down
@@ -595,6 +605,13 @@ impl MoeLayer {
                 "no device-planned or device-routed step is pending".into(),
             )),
         }
+    }
+
+    /// Whether the pending step is device-routed: its [`MoeLayer::complete`]
+    /// waits for that step only (an event), not for the stream, so it may
+    /// run while later work is queued.
+    pub fn pending_routed(&self) -> bool {
+        matches!(self.pending, Some(Pending::Routed(_)))
     }
 
     /// The input buffer, `[max_tokens][m]` fp16 (kernels of the caller may

@@ -415,7 +415,13 @@ fn gpu_layer_prefill_step_timing() {
         let mut exp = [Vec::new(), Vec::new()];
         let mut check = Vec::new();
         let mut outs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+        let mut packed = Vec::new();
         for _ in 0..7 {
+            // The device-routed step on the decode packing (the packed GEMM).
+            layer.set_device_routing(true);
+            layer.moe_mut().set_prefer_packed_prefill(true);
+            packed.push(layer.step(n, &policy, &lat).unwrap().time_s);
+            layer.moe_mut().set_prefer_packed_prefill(false);
             for (v, device) in [false, true].into_iter().enumerate() {
                 layer.set_device_routing(device);
                 let r = layer.step(n, &policy, &lat).unwrap();
@@ -439,6 +445,12 @@ fn gpu_layer_prefill_step_timing() {
         let (th, eh) = (med(&mut tot[0]), med(&mut exp[0]));
         let (td, ed) = (med(&mut tot[1]), med(&mut exp[1]));
         let c = med(&mut check);
+        let tp = med(&mut packed);
+        println!(
+            "LAYER-PREFILL N={n} device-routed on the decode packing (packed GEMM): step {:.1} us ({:.3}x the stacked-layout step)",
+            tp * 1e6,
+            td / tp
+        );
         println!(
             "LAYER-PREFILL N={n} host-routed: step {:.1} us, gather + grouped FFN {:.1} us, rest (router, host policy, uploads, combine) {:.1} us",
             th * 1e6,
