@@ -92,6 +92,7 @@ fn main() -> Result<()> {
         let mut dev = Vec::new();
         let mut experts_read = 0.0;
         let mut check = Vec::new();
+        let mut enq = Vec::new();
         for i in 0..=iters {
             model.truncate(0);
             let s = Instant::now();
@@ -100,6 +101,7 @@ fn main() -> Result<()> {
                 wall.push(s.elapsed().as_secs_f64());
                 dev.push(out.gpu_time_s);
                 check.push(out.route_check_s);
+                enq.push(out.enqueue_s);
             }
             // Experts with at least one token, per layer (read once each).
             experts_read = out
@@ -120,6 +122,8 @@ fn main() -> Result<()> {
         wall.sort_by(f64::total_cmp);
         dev.sort_by(f64::total_cmp);
         check.sort_by(f64::total_cmp);
+        enq.sort_by(f64::total_cmp);
+        let q = enq[enq.len() / 2];
         let (w, d, c) = (
             wall[wall.len() / 2],
             dev[dev.len() / 2],
@@ -135,10 +139,11 @@ fn main() -> Result<()> {
         let bytes = shape.decode_floor_bytes(experts_read);
         let floor = bytes / rate;
         println!(
-            "MODEL prefill {t} tokens: wall {:.2} ms, GPU {:.2} ms, host checks {:.2} ms; read floor {:.2} ms ({:.2} experts/layer read) -> GPU {:.2}x the floor; {:.0} TFLOP/s",
+            "MODEL prefill {t} tokens: wall {:.2} ms, GPU {:.2} ms, host: checks {:.2} ms, enqueue {:.2} ms; read floor {:.2} ms ({:.2} experts/layer read) -> GPU {:.2}x the floor; {:.0} TFLOP/s",
             w * 1e3,
             d * 1e3,
             c * 1e3,
+            q * 1e3,
             floor * 1e3,
             experts_read,
             d / floor,

@@ -5,12 +5,13 @@
 //
 // Grid (ceil(T / 64), H); block 4 warps, each 16 query rows of one head.
 // The block walks the keys its 64 queries see (causal, and with window > 0
-// only the last `window` positions of each query) in tiles of 64: K staged
-// in shared memory as rows, V transposed (so both mma B operands are 32-bit
-// shared loads, conflict-free with the padded pitches); S = Q K^T with Q's
-// A fragments held in registers for the whole block, the mask, the online
-// softmax of each row in fp32 (quad shuffles), P rounded to fp16 as the A
-// operand of O += P V. Output [T][H hd] fp16, like attn_fwd.
+// only the last `window` positions of each query) in tiles of 32, K and V
+// rows double-buffered in shared memory by cp.async (the next tile loads
+// while this one computes); the mma B operands come by ldmatrix (plain for
+// K, transposed for V; padded pitches, no bank conflicts); S = Q K^T with
+// Q's A fragments held in registers for the whole block, the mask, the
+// online softmax of each row in fp32 (quad shuffles), P rounded to fp16 as
+// the A operand of O += P V. Output [T][H hd] fp16, like attn_fwd.
 #pragma once
 
 namespace {
@@ -28,15 +29,43 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
 
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy global -> shared; src_bytes 0 zero-fills.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Four 8x8 fp16 matrices from shared memory (lanes 8i..8i+7 give matrix
+// i's row addresses), as mma fragments; _trans transposes each.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
 }  // namespace
 
 template <int HD>
 __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
-    constexpr int BQ = 64, BKV = 64;
-    constexpr int KP = HD + 8;    // K row pitch (halfs): conflict-free B loads
-    constexpr int VP = BKV + 8;   // transposed V row pitch (halfs)
-    __shared__ __align__(16) __half ks[BKV][KP];
-    __shared__ __align__(16) __half vt[HD][VP];
+    constexpr int BQ = 64, BKV = 32;
+    constexpr int KP = HD + 8;  // row pitch (halfs): conflict-free ldmatrix rows
+    // Two stages of K and V rows (cp.async double buffer).
+    __shared__ __align__(128) __half ks[2][BKV][KP];
+    __shared__ __align__(128) __half vs[2][BKV][KP];
     griddep_wait();
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -77,39 +106,47 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
     const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
     const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
-    for (int kt0 = first; kt0 <= last; kt0 += BKV) {
-        const int nk = min(BKV, last + 1 - kt0);
-        __syncthreads();  // the previous tile's readers are done
-        // K rows (16 bytes per thread along a row: coalesced); keys past
-        // the block's range are zero.
-        for (int i = threadIdx.x; i < BKV * (HD / 8); i += blockDim.x) {
-            const int j = i / (HD / 8), c = (i % (HD / 8)) * 8;
-            uint4 kv = make_uint4(0, 0, 0, 0);
-            if (j < nk) kv = *reinterpret_cast<const uint4*>(kc + (long long)(kt0 + j) * HD + c);
-            *reinterpret_cast<uint4*>(&ks[j][c]) = kv;
+    const int tiles = (last - first) / BKV + 1;
+    // Stage tile `i` into buffer `b`: 16 bytes per cp.async, keys past
+    // `last` zero-filled (src-size 0, the address kept in bounds).
+    auto stage = [&](int i, int b) {
+        const int kt0 = first + i * BKV;
+        for (int c = threadIdx.x; c < BKV * (HD / 8); c += blockDim.x) {
+            const int j = c / (HD / 8), d = (c % (HD / 8)) * 8;
+            const int key = kt0 + j;
+            const int ok = key <= last ? 16 : 0;
+            const long long off = (long long)(ok ? key : first) * HD + d;
+            cp_async16(&ks[b][j][d], kc + off, ok);
+            cp_async16(&vs[b][j][d], vc + off, ok);
         }
-        // V transposed: key fastest across threads, so that a warp's 2-byte
-        // stores fill one row of vt (no bank conflicts).
-        for (int i = threadIdx.x; i < BKV * (HD / 8); i += blockDim.x) {
-            const int j = i % BKV, c = (i / BKV) * 8;
-            uint4 vv = make_uint4(0, 0, 0, 0);
-            if (j < nk) vv = *reinterpret_cast<const uint4*>(vc + (long long)(kt0 + j) * HD + c);
-            const __half* vh = reinterpret_cast<const __half*>(&vv);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) vt[c + e][j] = vh[e];
+        cp_async_commit();
+    };
+    stage(0, 0);
+    for (int i = 0; i < tiles; ++i) {
+        const int b = i & 1;
+        const int kt0 = first + i * BKV;
+        if (i + 1 < tiles) {
+            stage(i + 1, b ^ 1);  // the buffer tile i-1 used: freed by the barrier below
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
-        // S = Q K^T for this warp's 16 rows x 64 keys.
+        // S = Q K^T for this warp's 16 rows x 32 keys: B fragments of two
+        // 8-key n-tiles per ldmatrix.x4 (K rows are the mma's B columns).
         float s[BKV / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BKV / 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const __half* kr = &ks[nt * 8 + g4][c2];
+        for (int nt = 0; nt < BKV / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int np = 0; np < BKV / 16; ++np) {
+            const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+            const int colo = ((lane >> 3) & 1) * 8;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr + kk * 16);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + kk * 16 + 8);
-                mma_16816(s[nt], qa[kk], b0, b1);
+                uint32_t r[4];
+                ldmatrix_x4(r, &ks[b][row][kk * 16 + colo]);
+                mma_16816(s[2 * np], qa[kk], r[0], r[1]);
+                mma_16816(s[2 * np + 1], qa[kk], r[2], r[3]);
             }
         }
         // Scale and mask: key position kpos is seen by the row at position
@@ -163,17 +200,21 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
             o[dt][2] *= corr1;
             o[dt][3] *= corr1;
         }
-        // O += P V: B[k = key][n = d] from the transposed V rows.
+        // O += P V: B[k = key][n = d] by ldmatrix.trans of V's rows, two
+        // 8-column n-tiles per x4.
 #pragma unroll
         for (int kc2 = 0; kc2 < BKV / 16; ++kc2) {
+            const int row = kc2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+            const int colo = (lane >> 4) * 8;
 #pragma unroll
-            for (int dt = 0; dt < HD / 8; ++dt) {
-                const __half* vr = &vt[dt * 8 + g4][kc2 * 16 + c2];
-                const uint32_t v0 = *reinterpret_cast<const uint32_t*>(vr);
-                const uint32_t v1 = *reinterpret_cast<const uint32_t*>(vr + 8);
-                mma_16816(o[dt], pa[kc2], v0, v1);
+            for (int dp = 0; dp < HD / 16; ++dp) {
+                uint32_t r[4];
+                ldmatrix_x4_trans(r, &vs[b][row][dp * 16 + colo]);
+                mma_16816(o[2 * dp], pa[kc2], r[0], r[1]);
+                mma_16816(o[2 * dp + 1], pa[kc2], r[2], r[3]);
             }
         }
+        __syncthreads();  // buffer b is refilled by the next iteration's stage
     }
     const float i0 = 1.0f / l0, i1 = 1.0f / l1;
 #pragma unroll

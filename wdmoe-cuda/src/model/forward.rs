@@ -90,6 +90,7 @@ impl GpuModel {
         let mut reruns = 0;
         let mut gpu_time_s = 0.0;
         let mut route_check_s = 0.0;
+        self.enqueue_s = 0.0;
         for c0 in (0..n).step_by(self.chunk) {
             let c1 = (c0 + self.chunk).min(n);
             let last = c1 == n;
@@ -167,6 +168,7 @@ impl GpuModel {
             gpu_time_s,
             reruns,
             route_check_s,
+            enqueue_s: self.enqueue_s,
         })
     }
 
@@ -200,7 +202,9 @@ impl GpuModel {
         let mut done: Vec<Option<Result<MoeStep>>> = Vec::with_capacity(layers);
         let mut lat_back = vec![0.0f64; n * e];
         let mut lat = vec![0.0f64; n * e];
+        let mut enqueue_s = 0.0;
         for l in 0..layers {
+            let t_layer = std::time::Instant::now();
             let (before, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
             let add = before.last().map(|p| p.moe.output_dev());
@@ -279,11 +283,12 @@ impl GpuModel {
                     .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?
                     .map(Ok),
             );
-            // The device-routed step CHECK_LAG layers back is checked now,
+            enqueue_s += t_layer.elapsed().as_secs_f64();
+            // The device-routed step check_lag() layers back is checked now,
             // while the GPU runs the layers queued after it: the host's
             // checks keep pace with the GPU instead of all waiting for the
             // end of the chunk (and the host never runs far ahead of it).
-            if let Some(b) = l.checked_sub(CHECK_LAG) {
+            if let Some(b) = l.checked_sub(check_lag()) {
                 if done[b].is_none() && self.layers[b].moe.pending_routed() {
                     layer_latencies(latency_s, n, layers, e, b, &mut lat_back);
                     done[b] = Some(self.layers[b].moe.complete(policy, &lat_back));
@@ -312,6 +317,7 @@ impl GpuModel {
             }
         }
         gpu.record_on(&self.events[1])?;
+        self.enqueue_s += enqueue_s;
         // One synchronisation, then wdmoe-core checks every device plan.
         let mut steps = Vec::with_capacity(layers);
         let mut first_err = None;
@@ -339,8 +345,17 @@ impl GpuModel {
     }
 }
 
-/// Layers between a device-routed step's enqueue and its check.
-const CHECK_LAG: usize = 2;
+/// Layers between a device-routed step's enqueue and its check (default
+/// 2; `WDMOE_CHECK_LAG`, read once, overrides it: tuning).
+fn check_lag() -> usize {
+    static LAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LAG.get_or_init(|| {
+        std::env::var("WDMOE_CHECK_LAG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2)
+    })
+}
 
 /// Layer `l`'s latencies, `[n][e]`, out of the call's `[n][layers][e]`.
 fn layer_latencies(

@@ -127,6 +127,9 @@ pub struct ForwardOut {
     /// check overlaps the GPU work of the layers after it, so this bounds
     /// the call's wall time from below once it exceeds the GPU time.
     pub route_check_s: f64,
+    /// Host seconds spent enqueuing the layers' work (the lagged checks
+    /// excluded).
+    pub enqueue_s: f64,
 }
 
 struct Layer {
@@ -158,6 +161,8 @@ pub struct GpuModel {
     both: bool,
     len: usize,
     device_policy: bool,
+    /// Host seconds of the current call's enqueuing (ForwardOut::enqueue_s).
+    enqueue_s: f64,
     tokens: DeviceBuffer<i32>,
     resid: DeviceBuffer<f32>,
     h: DeviceBuffer<f16>,
@@ -534,6 +539,7 @@ impl GpuModel {
             both,
             len: 0,
             device_policy: true,
+            enqueue_s: 0.0,
             gpu,
         })
     }
