@@ -167,8 +167,10 @@ WDMOE_GEMV(16)
 // rope: [positions][hd/2] (cos, sin) pairs, fp32, computed on the host as
 // the CPU model does; q_out: [T][H hd] fp32 (rotated); k_cache/v_cache of
 // this layer: [KVH][max_seq][hd] fp16. Rotate-half layout: dimension i of
-// the first half pairs with i + hd/2. One block per token.
-extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const float2* __restrict__ rope, int start, int H,
+// the first half pairs with i + hd/2. One block per token. qkv is consumed:
+// each value is set to 0 once read, so that the next layer's q|k|v
+// projection may accumulate into the buffer (the decode GEMV kernels add).
+extern "C" __global__ void rope_kv(float* __restrict__ qkv, const float2* __restrict__ rope, int start, int H,
                                    int KVH, int hd, int max_seq, float* __restrict__ q_out,
                                    __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
     griddep_wait();
@@ -176,10 +178,12 @@ extern "C" __global__ void rope_kv(const float* __restrict__ qkv, const float2* 
     // Block (t, head): heads 0..H are q, H..H+KVH are k, the rest v; thread
     // j < hd/2 takes the pair (j, j + hd/2).
     const int t = blockIdx.x, head = blockIdx.y, pos = start + t, half = hd / 2;
-    const float* row = qkv + ((long long)t * (H + 2 * KVH) + head) * hd;
+    float* row = qkv + ((long long)t * (H + 2 * KVH) + head) * hd;
     const float2* cs = rope + (long long)pos * half;
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
         const float x1 = row[j], x2 = row[j + half];
+        row[j] = 0.f;
+        row[j + half] = 0.f;
         if (head < H) {
             const float2 c = cs[j];
             float* q = q_out + ((long long)t * H + head) * hd;

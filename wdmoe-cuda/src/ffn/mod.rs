@@ -482,6 +482,73 @@ pub fn ffn_decode_slot(
     Ok(())
 }
 
+/// `y[i][r] += Σ_k W[r][k] · x[i][k]` for `t` ≤ [`MAX_DECODE_TOKENS`]
+/// rows of `x` (`[t][k]` fp16, 16-byte aligned) through the decode GEMV
+/// kernels on a [`PackedMatrix`] (the model's attention projections at
+/// decode): fp32 `y` with row stride `ldy` ≥ rows of W, added to (the
+/// kernels' combine epilogue without scatter or weights). `ws` any
+/// workspace for matrices of at least W's rows; `cfg` a launch shape
+/// ([`DecodeConfig::auto_layout`] with [`DownLayout::Tiles16`] gives
+/// W's: its `down` and `down_wide`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_packed_acc(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    x: &DeviceSlice<f16>,
+    t: usize,
+    y: &mut DeviceSlice<f32>,
+    ldy: usize,
+    ws: &mut FfnWorkspace,
+    cfg: &KernelConfig,
+) -> Result<()> {
+    const OP: &str = "gemv_packed_acc";
+    cfg.check(OP)?;
+    let (n, k) = (w.rows, w.cols);
+    if t == 0 || t > MAX_DECODE_TOKENS || ldy < n {
+        return Err(shape(
+            OP,
+            format!("T={t} (1..={MAX_DECODE_TOKENS}), ldy={ldy} >= {n}"),
+        ));
+    }
+    if x.len() < t * k || y.len() < (t - 1) * ldy + n {
+        return Err(shape(
+            OP,
+            format!(
+                "W {n} x {k}, T={t}: x has {}, y {} elements",
+                x.len(),
+                y.len()
+            ),
+        ));
+    }
+    if n / 16 > ws.counters.len() {
+        return Err(shape(
+            OP,
+            format!(
+                "W has {n} rows, the workspace holds {} row tiles",
+                ws.counters.len()
+            ),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "y", addr(y), 4)?;
+    let g = Gemv {
+        w: addr(&w.buf),
+        k_major: true,
+        kind: Kind::Plain,
+        x: addr(x),
+        ldx: k as i32,
+        toks: TokList::default(),
+        t,
+        k,
+        n,
+        dest: Dest::Combine {
+            acc: addr(y),
+            ldo: ldy as i32,
+        },
+    };
+    launch_gemv(gpu, ws, g, cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

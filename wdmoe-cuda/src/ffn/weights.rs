@@ -258,6 +258,68 @@ pub(crate) fn pack(
     }
 }
 
+/// One row-major fp16 matrix `[rows][cols]` in the decode packing (16x16
+/// tiles in mma A-fragment order, k-major: `pack_tiles`): the model's
+/// attention projections, multiplied by the decode GEMV kernels up to 16
+/// tokens ([`gemv_packed_acc`]) and by the packed tensor-core GEMM above
+/// (`prefill::gemm_packed_f32`). cols a multiple of 64 (the GEMM's k step).
+pub struct PackedMatrix {
+    pub(crate) buf: DeviceBuffer<f16>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl PackedMatrix {
+    /// Whether a `[rows][cols]` matrix can be packed and multiplied here:
+    /// compute capability 9.0, rows a multiple of 16, cols of 64.
+    pub fn supported(gpu: &Gpu, rows: usize, cols: usize) -> bool {
+        gpu.info().cubin && rows > 0 && cols > 0 && rows % 16 == 0 && cols % 64 == 0
+    }
+
+    /// Packs `w` (`[rows][cols]` row-major fp16 on the device) into a new
+    /// buffer (`w` stays as it is).
+    pub fn pack(gpu: &Gpu, w: &DeviceSlice<f16>, rows: usize, cols: usize) -> Result<PackedMatrix> {
+        const OP: &str = "PackedMatrix::pack";
+        if !Self::supported(gpu, rows, cols) {
+            return Err(Error::Unsupported {
+                op: OP,
+                detail: format!(
+                    "{rows} x {cols}: needs compute capability 9.0, rows % 16 == 0, cols % 64 == 0"
+                ),
+            });
+        }
+        if w.len() != rows * cols {
+            return Err(shape(
+                OP,
+                format!("w has {} elements, expected {rows} x {cols}", w.len()),
+            ));
+        }
+        check_align(OP, "w", addr(w), 16)?;
+        let mut buf = gpu.alloc::<f16>(rows * cols)?;
+        pack(gpu, w, None, &mut buf, rows, cols, false, true)?;
+        Ok(PackedMatrix { buf, rows, cols })
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (the reduction length).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
 /// Scratch memory of the decode kernels: the `[16][m_h]` intermediate, split-K
 /// partial sums and per-tile arrival counters (kept at zero between launches).
 pub struct FfnWorkspace {

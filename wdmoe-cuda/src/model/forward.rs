@@ -219,22 +219,32 @@ impl GpuModel {
                 &mut self.h,
                 m,
             )?;
+            // q|k|v accumulate into a zero buffer (rope_kv leaves it so).
+            if self.qkv_dirty {
+                gpu.fill_u16(&mut self.qkv, 0)?;
+            }
+            self.qkv_dirty = true;
             kernels::project(
                 &gpu,
                 &layer.wqkv,
-                layer.wqkv_p.as_ref(),
+                packed(
+                    layer.wqkv_p.as_ref(),
+                    &mut self.proj_ws,
+                    &self.qkv_cfg,
+                    self.packed_decode,
+                ),
                 &self.h,
                 m,
                 qkvw,
                 n,
                 &mut self.qkv,
                 qkvw,
-                false,
+                true,
             )?;
             kernels::rope_kv(
                 &gpu,
                 &self.dims,
-                &self.qkv,
+                &mut self.qkv,
                 &self.rope,
                 start,
                 n,
@@ -253,10 +263,16 @@ impl GpuModel {
                 &mut self.part,
                 &mut self.attn,
             )?;
+            self.qkv_dirty = false;
             kernels::project(
                 &gpu,
                 &layer.wo,
-                layer.wo_p.as_ref(),
+                packed(
+                    layer.wo_p.as_ref(),
+                    &mut self.proj_ws,
+                    &self.o_cfg,
+                    self.packed_decode,
+                ),
                 &self.attn,
                 hd_all,
                 m,
@@ -370,6 +386,21 @@ fn layer_latencies(
         let at = (t * layers + l) * e;
         out[t * e..(t + 1) * e].copy_from_slice(&latency_s[at..at + e]);
     }
+}
+
+/// A layer's packed projection with the model's decode GEMV state.
+fn packed<'a>(
+    w: Option<&'a crate::ffn::PackedMatrix>,
+    ws: &'a mut Option<crate::ffn::FfnWorkspace>,
+    cfg: &'a crate::ffn::DecodeConfig,
+    decode: bool,
+) -> Option<kernels::Packed<'a>> {
+    Some(kernels::Packed {
+        w: w?,
+        ws: ws.as_mut()?,
+        cfg,
+        decode,
+    })
 }
 
 /// A shorter-lived borrow of an optional executor (for each call in a loop).

@@ -191,15 +191,16 @@ pub(crate) fn gemv(
     Ok(())
 }
 
-/// A projection `y (+)= W x` of `t` token rows: the GEMV kernels (W
-/// row-major) up to [`GEMV_MAX_TOKENS`] tokens, the packed tensor-core GEMM
-/// ([`crate::prefill::gemm_packed_f32`], W's decode packing) above, where
-/// the layer holds it; arguments as [`gemv`].
+/// A projection `y (+)= W x` of `t` token rows; where the layer holds W's
+/// decode packing: above [`GEMV_MAX_TOKENS`] tokens the packed tensor-core
+/// GEMM ([`crate::prefill::gemm_packed_f32`]), at most that many the decode
+/// GEMV kernels when accumulating ([`crate::ffn::gemv_packed_acc`]); else
+/// the row-major GEMV kernels. Arguments as [`gemv`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn project(
     gpu: &Gpu,
     w: &DeviceSlice<f16>,
-    packed: Option<&crate::prefill::PackedMatrix>,
+    packed: Option<Packed<'_>>,
     x: &DeviceSlice<f16>,
     k: usize,
     n: usize,
@@ -209,11 +210,28 @@ pub(crate) fn project(
     accumulate: bool,
 ) -> Result<()> {
     match packed {
-        Some(p) if t > GEMV_MAX_TOKENS && (p.rows(), p.cols()) == (n, k) => {
-            crate::prefill::gemm_packed_f32(gpu, p, x, t, y, ldy, accumulate)
+        Some(p) if (p.w.rows(), p.w.cols()) == (n, k) => {
+            if t > GEMV_MAX_TOKENS {
+                crate::prefill::gemm_packed_f32(gpu, p.w, x, t, y, ldy, accumulate)
+            } else if accumulate && p.decode {
+                let cfg = if t > 8 { &p.cfg.down_wide } else { &p.cfg.down };
+                crate::ffn::gemv_packed_acc(gpu, p.w, x, t, y, ldy, p.ws, cfg)
+            } else {
+                gemv(gpu, w, x, k, n, t, y, ldy, accumulate)
+            }
         }
         _ => gemv(gpu, w, x, k, n, t, y, ldy, accumulate),
     }
+}
+
+/// A projection's decode packing with what its kernels need: the decode
+/// GEMV's launch shapes and workspace, and whether decode steps use it
+/// (else the row-major GEMV).
+pub(crate) struct Packed<'a> {
+    pub(crate) w: &'a crate::ffn::PackedMatrix,
+    pub(crate) ws: &'a mut crate::ffn::FfnWorkspace,
+    pub(crate) cfg: &'a crate::ffn::DecodeConfig,
+    pub(crate) decode: bool,
 }
 
 /// The attention shape of one layer.
@@ -272,12 +290,13 @@ impl AttnDims {
 }
 
 /// RoPE on q and k of `t` tokens at `start..start+t`, q written to `q_out`
-/// (fp32), k and v into this layer's cache.
+/// (fp32), k and v into this layer's cache; the `t` rows of `qkv` are left
+/// zero (consumed), ready for the next projection to accumulate into.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_kv(
     gpu: &Gpu,
     dims: &AttnDims,
-    qkv: &DeviceSlice<f32>,
+    qkv: &mut DeviceSlice<f32>,
     rope: &DeviceSlice<f32>,
     start: usize,
     t: usize,
@@ -325,7 +344,8 @@ pub(crate) fn rope_kv(
     };
     // SAFETY: rope_kv(const float*, const float2*, int, int, int, int, int,
     // float*, half*, half*) = RopeKv; block (i, head), i < t, head < H +
-    // 2 KVH, reads head `head` of qkv row i (t x qkv_width, checked) and
+    // 2 KVH, reads (then zeroes) head `head` of qkv row i (t x qkv_width,
+    // checked) and
     // rope row start+i < max_seq (max_seq x hd/2 float2, checked, 8-byte
     // aligned), writes q_out row i (checked) or cache position start+i <
     // max_seq of one kv head (checked).

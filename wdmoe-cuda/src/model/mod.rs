@@ -28,8 +28,9 @@ use cust::memory::DeviceBuffer;
 use half::f16;
 
 use crate::error::{shape, Error, Result};
+use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, PackedMatrix};
 use crate::moe::{MoeLayer, TokenSelection};
-use crate::prefill::{PackedMatrix, PREFILL_MIN_TOKENS};
+use crate::prefill::PREFILL_MIN_TOKENS;
 use crate::runtime::Gpu;
 
 mod forward;
@@ -163,6 +164,17 @@ pub struct GpuModel {
     device_policy: bool,
     /// Host seconds of the current call's enqueuing (ForwardOut::enqueue_s).
     enqueue_s: f64,
+    /// Decode launch shapes of the q|k|v and o projections' packing.
+    qkv_cfg: DecodeConfig,
+    o_cfg: DecodeConfig,
+    /// The decode GEMV workspace of the projections (where packed).
+    proj_ws: Option<FfnWorkspace>,
+    /// Decode steps run the projections on their packing (default; see
+    /// [`packed_decode_default`]).
+    packed_decode: bool,
+    /// `qkv` may hold values (a call failed between the q|k|v projection,
+    /// which accumulates, and rope_kv, which leaves it zero).
+    qkv_dirty: bool,
     tokens: DeviceBuffer<i32>,
     resid: DeviceBuffer<f32>,
     h: DeviceBuffer<f16>,
@@ -517,7 +529,25 @@ impl GpuModel {
         let hd_all = shape.heads * shape.head_dim;
         let rope = weights::rope_table(shape.head_dim, shape.rope_theta, opts.max_seq);
         let part = attn_part_len(1, shape.heads, shape.head_dim, attn_splits(1, opts.max_seq));
+        // The decode GEMV kernels on the projections' packing: launch
+        // shapes (16-row tiles, as a Tiles16 W2 of `rows` x `k`) and one
+        // workspace for both.
+        let qkvw = shape.qkv_width();
+        let any_packed = layers.iter().any(|l| l.wqkv_p.is_some());
+        let proj = |rows: usize, k: usize| {
+            crate::ffn::DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16)
+        };
+        let proj_ws = if any_packed {
+            Some(FfnWorkspace::new(&gpu, m.max(hd_all), qkvw.max(m))?)
+        } else {
+            None
+        };
         Ok(GpuModel {
+            qkv_cfg: proj(qkvw, m),
+            o_cfg: proj(m, hd_all),
+            proj_ws,
+            packed_decode: packed_decode_default(),
+            qkv_dirty: false,
             tokens: gpu.alloc(chunk)?,
             resid: gpu.alloc(chunk * m)?,
             h: gpu.alloc(chunk * m)?,
@@ -618,6 +648,14 @@ impl GpuModel {
             }
         }
     }
+}
+
+/// Whether decode steps run the attention projections through the decode
+/// GEMV kernels on their packing (default) or the row-major GEMV
+/// (`WDMOE_DECODE_PROJ=gemv`, read once: comparisons).
+fn packed_decode_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WDMOE_DECODE_PROJ").map_or(true, |v| v != "gemv"))
 }
 
 fn shape_err(detail: String) -> Error {

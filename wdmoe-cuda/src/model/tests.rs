@@ -144,10 +144,11 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
     let theta = 10000.0;
     let rope = super::weights::rope_table(hd, theta, ms);
     let mut q = gpu.alloc::<f32>(t * h * hd).unwrap();
+    let mut qkv_d = gpu.upload(&qkv).unwrap();
     kernels::rope_kv(
         gpu,
         &dims,
-        &gpu.upload(&qkv).unwrap(),
+        &mut qkv_d,
         &gpu.upload(&rope).unwrap(),
         start,
         t,
@@ -166,6 +167,8 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         .unwrap();
     let mut out = gpu.alloc::<f16>(t * h * hd).unwrap();
     kernels::attention(gpu, &dims, &q, &kd, &vd, start, t, &mut part, &mut out).unwrap();
+    // rope_kv consumes q|k|v: the rows are left zero.
+    assert!(gpu.download(&qkv_d).unwrap().iter().all(|&v| v == 0.0));
     let qg = gpu.download(&q).unwrap();
     let kg = gpu.download(&kd).unwrap();
     let vg = gpu.download(&vd).unwrap();

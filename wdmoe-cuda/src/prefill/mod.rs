@@ -23,8 +23,8 @@ mod weights;
 pub use config::*;
 pub use expert::*;
 pub(crate) use launch::*;
+pub use packed::ffn_packed_grouped;
 pub(crate) use packed::*;
-pub use packed::{ffn_packed_grouped, PackedMatrix};
 pub use weights::*;
 
 use cust::memory::DeviceSlice;

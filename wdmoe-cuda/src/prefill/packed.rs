@@ -11,12 +11,12 @@
 //! every group (expert) in group order, counts on the host or row offsets on
 //! the device ([`Rows`]).
 
-use cust::memory::{DeviceBuffer, DeviceSlice};
+use cust::memory::DeviceSlice;
 use half::f16;
 
 use super::*;
 use crate::error::{check_align, shape, Error, Result};
-use crate::ffn::ExpertWeights;
+use crate::ffn::{ExpertWeights, PackedMatrix};
 use crate::launch::{kernel_params, Shape};
 use crate::runtime::{addr, Gpu};
 use crate::sys;
@@ -430,66 +430,6 @@ pub(crate) fn ffn_packed(
             out: addr(out),
         },
     )
-}
-
-/// One row-major fp16 matrix `[rows][cols]` in the decode packing (16x16
-/// tiles in mma A-fragment order, k-major: `pack_tiles`), multiplied at
-/// prefill sizes by [`gemm_packed_f32`] (the model's attention projections).
-pub struct PackedMatrix {
-    buf: DeviceBuffer<f16>,
-    rows: usize,
-    cols: usize,
-}
-
-impl std::fmt::Debug for PackedMatrix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedMatrix")
-            .field("rows", &self.rows)
-            .field("cols", &self.cols)
-            .finish()
-    }
-}
-
-impl PackedMatrix {
-    /// Whether a `[rows][cols]` matrix can be packed and multiplied here:
-    /// compute capability 9.0, rows a multiple of 16, cols of 64.
-    pub fn supported(gpu: &Gpu, rows: usize, cols: usize) -> bool {
-        gpu.info().cubin && rows > 0 && cols > 0 && rows % 16 == 0 && cols % BK == 0
-    }
-
-    /// Packs `w` (`[rows][cols]` row-major fp16 on the device) into a new
-    /// buffer (`w` stays as it is).
-    pub fn pack(gpu: &Gpu, w: &DeviceSlice<f16>, rows: usize, cols: usize) -> Result<PackedMatrix> {
-        const OP: &str = "PackedMatrix::pack";
-        if !Self::supported(gpu, rows, cols) {
-            return Err(Error::Unsupported {
-                op: OP,
-                detail: format!(
-                    "{rows} x {cols}: needs compute capability 9.0, rows % 16 == 0, cols % {BK} == 0"
-                ),
-            });
-        }
-        if w.len() != rows * cols {
-            return Err(shape(
-                OP,
-                format!("w has {} elements, expected {rows} x {cols}", w.len()),
-            ));
-        }
-        check_align(OP, "w", addr(w), 16)?;
-        let mut buf = gpu.alloc::<f16>(rows * cols)?;
-        crate::ffn::pack(gpu, w, None, &mut buf, rows, cols, false, true)?;
-        Ok(PackedMatrix { buf, rows, cols })
-    }
-
-    /// Rows (output features).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns (the reduction length).
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
 }
 
 /// `y[i][r] (+)= Σ_k W[r][k] · x[i][k]` for `t` token rows of `x` (`[t][k]`
