@@ -46,7 +46,7 @@ struct PackedParams {
     int max_rows;           // token rows the tensor map and the output hold
     int kmajor;             // 1: the units of one k tile are contiguous
     int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
-    int pad_;
+    int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
 };
 
 namespace {
@@ -142,6 +142,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     const int units = KIND == PK_PAIRS ? p.n_rows / 32 : p.n_rows / 16;
     const int row_blocks = (units + UB - 1) / UB;
     const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
+    const int splits = (OUT == PO_F32_ADD && p.splits > 1) ? p.splits : 1;
     __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
     if (p.dev_rows) griddep_wait();  // the offsets come from the previous kernel
     if (threadIdx.x == 0) {
@@ -156,7 +157,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
         for (int g = 1; g <= groups; ++g) {
             int r = p.dev_rows ? p.dev_rows[g] : p.row_start[g];
             r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
-            tiles += (r - prev + BN - 1) / BN * row_blocks;
+            tiles += (r - prev + BN - 1) / BN * row_blocks * splits;
             s_row[g] = r;
             s_tile[g] = tiles;
             prev = r;
@@ -166,14 +167,20 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     const int total_tiles = s_tile[groups];
     griddep_launch_dependents();
     const int kblocks = p.k / BK;
-    // tile t -> (group, row block, token tile), token tile fastest.
-    auto map = [&](int t, int& g, int& rb, int& tt) {
+    // tile t -> (group, row block, k slice, token tile), token tile fastest
+    // (then the slice), so that the blocks reading the same weights run
+    // together; slice sp covers k blocks kb0..kb1.
+    auto map = [&](int t, int& g, int& rb, int& tt, int& kb0, int& kb1) {
         g = 0;
         while (g + 1 < groups && t >= s_tile[g + 1]) ++g;
         const int local = t - s_tile[g];
         const int ntt = (s_row[g + 1] - s_row[g] + BN - 1) / BN;
-        rb = local / ntt;
-        tt = local - rb * ntt;
+        tt = local % ntt;
+        const int rest = local / ntt;
+        const int sp = rest % splits;
+        rb = rest / splits;
+        kb0 = (int)((long long)kblocks * sp / splits);
+        kb1 = (int)((long long)kblocks * (sp + 1) / splits);
     };
 
     if (wg == 0) {
@@ -183,13 +190,13 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-                int g, rb, tt;
-                map(t, g, rb, tt);
+                int g, rb, tt, kb0, kb1;
+                map(t, g, rb, tt, kb0, kb1);
                 const int xrow = s_row[g] + tt * BN;
                 const int u0 = rb * UB;
                 const int ub = units - u0 < UB ? units - u0 : UB;
                 const uint4* w = reinterpret_cast<const uint4*>(p.w[g]);
-                for (int kb = 0; kb < kblocks; ++kb) {
+                for (int kb = kb0; kb < kb1; ++kb) {
                     mbar_wait(bar_empty + 8 * stage, phase ^ 1);
                     const uint32_t full = bar_full + 8 * stage;
                     const uint32_t sx = sbase + stage * STAGE_BYTES;
@@ -233,11 +240,11 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
         int stage = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-            int g, rb, tt;
-            map(t, g, rb, tt);
+            int g, rb, tt, kb0, kb1;
+            map(t, g, rb, tt, kb0, kb1);
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
-                for (int kb = 0; kb < kblocks; ++kb) {
+                for (int kb = kb0; kb < kb1; ++kb) {
                     mbar_wait(bar_full + 8 * stage, phase);
                     __syncwarp();
                     if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
@@ -261,7 +268,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                 const uint64_t db = smem_desc(sx);
 #pragma unroll
                 for (int kk = 0; kk < BK / 16; ++kk) {
-                    const int acc = (kb > 0 || kk > 0) ? 1 : 0;
+                    const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
                     // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
                     RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
                     if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
@@ -275,12 +282,12 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                     phase ^= 1;
                 }
             };
-            int kb = 0;
-            for (; kb + 1 < kblocks; kb += 2) {
+            int kb = kb0;
+            for (; kb + 1 < kb1; kb += 2) {
                 run_stage(a0, kb);
                 run_stage(a1, kb + 1);
             }
-            if (kb < kblocks) run_stage(a0, kb);
+            if (kb < kb1) run_stage(a0, kb);
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
 
@@ -314,7 +321,8 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                         } else if constexpr (OUT == PO_F32) {
                             reinterpret_cast<float*>(p.out)[orow + row] = o;
                         } else {
-                            reinterpret_cast<float*>(p.out)[orow + row] += o;
+                            // k slices of one output add up here.
+                            atomicAdd(reinterpret_cast<float*>(p.out) + orow + row, o);
                         }
                     }
                 }

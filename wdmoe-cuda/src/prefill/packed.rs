@@ -38,7 +38,7 @@ pub(crate) struct PackedParams {
     max_rows: i32,
     kmajor: i32,
     row_start: [i32; MAX_GROUPS + 1],
-    pad_: i32,
+    splits: i32,
 }
 const _: () = assert!(std::mem::size_of::<PackedParams>() == 832);
 
@@ -247,7 +247,7 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         max_rows: max_rows as i32,
         kmajor: i32::from(g.kmajor),
         row_start: [0; MAX_GROUPS + 1],
-        pad_: 0,
+        splits: 1,
     };
     p.w[..groups].copy_from_slice(g.w);
     let token_tiles = match g.rows {
@@ -265,7 +265,17 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
             max_rows.div_ceil(bn as usize) + groups
         }
     };
-    let tiles = token_tiles * row_blocks;
+    // Slices of k for the residual-add launches whose tiles alone would
+    // leave SMs idle (few tokens: the projections of short chunks): about 3
+    // waves of tiles, each slice at least 8 k blocks; their partial sums
+    // meet in the output by atomic adds.
+    if g.out_kind == PackedOut::F32Add {
+        let kblocks = g.k / BK;
+        let base = (token_tiles * row_blocks).max(1);
+        let want = (3 * sms).div_ceil(base);
+        p.splits = want.clamp(1, (kblocks / 8).max(1)) as i32;
+    }
+    let tiles = token_tiles * row_blocks * p.splits as usize;
     if tiles == 0 {
         return Ok(());
     }
