@@ -1,26 +1,34 @@
 //! The whole Mixtral decoder on one GPU, fp16 weights, fp32 residual
-//! stream: embedding, RMSNorm, the fused q|k|v and the o projections (fp16
-//! GEMV, fp32 accumulation), RoPE and an fp16 KV cache, attention
-//! (split-KV for one query, GQA heads sharing each key tile), the MoE step
-//! of [`crate::moe::MoeLayer`] with wdmoe-core's policy (on the device for
-//! single-token steps: router, policy and experts enqueued without a host
-//! round trip, checked against wdmoe-core after the token), the final norm,
-//! lm_head and an on-device argmax.
+//! stream: embedding, RMSNorm, the fused q|k|v and the o projections,
+//! RoPE and an fp16 KV cache, attention (split-KV for one query, GQA heads
+//! sharing each key tile; flash attention on tensor cores for prompt
+//! chunks), the MoE step of [`crate::moe::MoeLayer`] with wdmoe-core's
+//! policy on the device (router, policy and experts enqueued without a host
+//! round trip, checked against wdmoe-core), the final norm, lm_head and an
+//! on-device argmax.
 //!
 //! Weights come from a [`WeightSource`] (the caller's checkpoint reader,
 //! Hugging Face tensor names) or are generated on the GPU
 //! ([`GpuModel::random`], benchmarks at full size).
 //!
-//! Experts are held in the decode kernels' packing, and in the grouped
-//! prefill layout too when both fit ([`ExpertLayout`]): a Mixtral-8x7B
-//! (90 GB of experts) fits an H200 once, not twice, so at full size prompts
-//! run through the decode kernels, each expert's tokens in passes of 16.
+//! Experts are held in the decode kernels' packing, and in the stacked
+//! prefill layout too when both fit ([`ExpertLayout`]). Prompt chunks of
+//! more than 16 tokens run on tensor cores either way: on the stacked
+//! layout, or (a Mixtral-8x7B's 90 GB of experts fit an H200 once) through
+//! the packed-weights GEMM that reads the decode packing
+//! (`kernels/gemm_packed.cuh`). The attention projections are held row-major
+//! and, where the shapes allow it (compute capability 9.0, multiples of 16
+//! and 64), in the decode packing too (84 MB per layer at Mixtral size):
+//! decode runs them through the decode GEMV kernels, prompts through the
+//! packed GEMM.
 //!
 //! One step's host work: token ids up, the kernels enqueued (about 11 per
-//! layer), one synchronisation at the end, wdmoe-core's check of every
-//! device plan, the logits (or the argmax) down. A device plan that differs
-//! from wdmoe-core's makes the whole chunk run again with the host policy
-//! (counted in [`ForwardOut::reruns`]), so outputs always follow wdmoe-core.
+//! layer), wdmoe-core's check of every device choice (a prompt chunk's
+//! layers each checked two layers after their enqueue, overlapping the GPU;
+//! a decode step's after it), the logits (or the argmax) down. A device
+//! choice that differs from wdmoe-core's makes the whole chunk run again
+//! with the host policy (counted in [`ForwardOut::reruns`]), so outputs
+//! always follow wdmoe-core.
 
 use std::sync::Arc;
 
@@ -53,11 +61,15 @@ pub enum ExpertLayout {
     /// sm_90a prefill kernels), else the decode packing only.
     #[default]
     Auto,
-    /// The decode packing only: prompt chunks run the decode kernels, each
-    /// expert's tokens in passes of 16 (every pass reads its weights).
+    /// The decode packing only: prompt chunks of more than
+    /// [`PREFILL_MIN_TOKENS`] tokens run the packed-weights tensor-core
+    /// GEMM on it (compute capability 9.0, hidden and intermediate sizes
+    /// multiples of 64; else the decode kernels in passes of 16 tokens per
+    /// expert).
     DecodeOnly,
     /// Both: prompt chunks of more than [`PREFILL_MIN_TOKENS`] tokens run
-    /// on the grouped tensor-core kernels (each expert read once).
+    /// on the grouped tensor-core kernels over the stacked layout (each
+    /// expert read once).
     Both,
 }
 
