@@ -261,7 +261,7 @@ pub(crate) fn pack(
 /// One row-major fp16 matrix `[rows][cols]` in the decode packing (16x16
 /// tiles in mma A-fragment order, k-major: `pack_tiles`): the model's
 /// attention projections, multiplied by the decode GEMV kernels up to 16
-/// tokens ([`gemv_packed_acc`]) and by the packed tensor-core GEMM above
+/// tokens (`ffn::gemv_packed_acc`) and by the packed tensor-core GEMM above
 /// (`prefill::gemm_packed_f32`). cols a multiple of 64 (the GEMM's k step).
 pub struct PackedMatrix {
     pub(crate) buf: DeviceBuffer<f16>,

@@ -3,7 +3,7 @@
 //! tensor-core launch per GEMM, the weighted combine back to token order.
 //! The FFNs read either the stacked prefill layout ([`PrefillWeights`],
 //! where both layouts fit) or the experts' decode packing
-//! ([`crate::prefill::ffn_packed`]: one copy of the weights).
+//! ([`crate::prefill::ffn_packed_grouped`]: one copy of the weights).
 
 use cust::event::Event;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
