@@ -340,15 +340,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             if (tl.row0 + c * 64 >= tl.rows) {
                 // All 64 rows of this consumer lie past the group's end (few
                 // tokens): no wgmma, no epilogue; just pass the stages on.
-                for (int kb = tl.kb0; kb < tl.kb1; ++kb) {
-                    mbar_wait(bar_full + 8 * stage, phase);
-                    __syncwarp();
-                    if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
-                }
+                pass_stages<STAGES>(tl.kb1 - tl.kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
             int prev = -1;

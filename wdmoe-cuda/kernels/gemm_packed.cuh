@@ -244,15 +244,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             map(t, g, rb, tt, kb0, kb1);
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
-                for (int kb = kb0; kb < kb1; ++kb) {
-                    mbar_wait(bar_full + 8 * stage, phase);
-                    __syncwarp();
-                    if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
-                }
+                pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
             int prev = -1;

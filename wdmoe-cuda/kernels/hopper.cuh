@@ -78,6 +78,22 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
            ((uint64_t)1 << 62);
 }
+// A consumer warp with nothing to compute for `n` stages of a tile still
+// releases each one once its data arrived (the producer refills it): the
+// stage ring's (stage, phase) advance as if it had consumed them.
+template <int STAGES>
+__device__ __forceinline__ void pass_stages(int n, uint32_t bar_full, uint32_t bar_empty, int& stage,
+                                            uint32_t& phase, int lane) {
+    for (int i = 0; i < n; ++i) {
+        mbar_wait(bar_full + 8 * stage, phase);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
+        if (++stage == STAGES) {
+            stage = 0;
+            phase ^= 1;
+        }
+    }
+}
 #endif  // WDMOE_SM90A
 
 }  // namespace
