@@ -80,7 +80,7 @@ impl GpuModel {
         let mut routes: Vec<LayerRoute> = (0..layers)
             .map(|_| LayerRoute {
                 logits: Vec::with_capacity(n * e),
-                selections: Vec::with_capacity(n),
+                selections: Vec::new(),
                 token_latency_s: Vec::with_capacity(n),
                 moe_time_s: 0.0,
             })
@@ -134,7 +134,13 @@ impl GpuModel {
                 .sum::<f64>();
             for (r, s) in routes.iter_mut().zip(steps) {
                 r.logits.extend_from_slice(&s.logits);
-                r.selections.extend(s.routing.selections);
+                // A selection is about 1.5 KB: the first chunk's are moved,
+                // not copied.
+                if r.selections.is_empty() {
+                    r.selections = s.routing.selections;
+                } else {
+                    r.selections.extend(s.routing.selections);
+                }
                 r.token_latency_s.extend(s.routing.token_latency_s);
                 r.moe_time_s += s.time_s;
             }

@@ -42,7 +42,7 @@ pub fn latencies_for(latency_s: &[f64], t: usize, e: usize) -> &[f64] {
 /// wdmoe-core's `select` for every token of `logits` (`[tokens][e]`) with
 /// `latency_s` (per expert, or `[tokens][e]`), and the per-expert groups.
 /// Large steps (>= 256 tokens) run the tokens in parallel; the result does
-/// not depend on it.
+/// not depend on it. At most [`MAX_SLOTS`] experts.
 pub fn route_tokens(
     logits: &[f32],
     tokens: usize,
@@ -51,10 +51,13 @@ pub fn route_tokens(
     latency_s: &[f64],
 ) -> Result<Routing> {
     const OP: &str = "route_tokens";
-    if e == 0 || logits.len() < tokens * e {
+    if e == 0 || e > MAX_SLOTS || logits.len() < tokens * e {
         return Err(shape(
             OP,
-            format!("{} logits for {tokens} x {e}", logits.len()),
+            format!(
+                "{} logits for {tokens} x {e} (1..={MAX_SLOTS} experts)",
+                logits.len()
+            ),
         ));
     }
     if latency_s.len() != e && latency_s.len() != tokens * e {
@@ -66,34 +69,49 @@ pub fn route_tokens(
             ),
         ));
     }
-    let one = |t: usize| -> Result<(TokenSelection, f64)> {
-        let lat = latencies_for(latency_s, t, e);
-        let row: Vec<f64> = logits[t * e..(t + 1) * e]
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let sel: TokenSelection = select(policy, &row, lat).map_err(Error::Policy)?;
-        let l = sel.token_latency_s(lat).map_err(Error::Policy)?;
-        Ok((sel, l))
-    };
-    let per: Vec<Result<(TokenSelection, f64)>> = if tokens >= 256 {
-        (0..tokens).into_par_iter().map(one).collect()
-    } else {
-        (0..tokens).map(one).collect()
-    };
-    let mut r = Routing {
-        selections: Vec::with_capacity(tokens),
-        token_latency_s: Vec::with_capacity(tokens),
-        groups: vec![Vec::new(); e],
-    };
-    for (t, res) in per.into_iter().enumerate() {
-        let (sel, l) = res?;
-        for (&q, &w) in sel.experts().iter().zip(sel.weights()) {
-            r.groups[q].push((t, w as f32));
+    // A TokenSelection holds fixed-capacity arrays for up to 64 experts
+    // (about 1.5 KB): each is written once, in place, by the parallel
+    // collect, and moved with its Vec afterwards, never copied one by one.
+    let one = |t: usize| -> Result<TokenSelection> {
+        let mut row = [0.0f64; MAX_SLOTS];
+        for (r, &v) in row.iter_mut().zip(&logits[t * e..(t + 1) * e]) {
+            *r = v as f64;
         }
-        r.token_latency_s.push(l);
-        r.selections.push(sel);
+        select(policy, &row[..e], latencies_for(latency_s, t, e)).map_err(Error::Policy)
+    };
+    let latency = |(t, sel): (usize, &TokenSelection)| -> Result<f64> {
+        sel.token_latency_s(latencies_for(latency_s, t, e))
+            .map_err(Error::Policy)
+    };
+    let (selections, token_latency_s) = if tokens >= 256 {
+        let s: Vec<TokenSelection> = (0..tokens)
+            .into_par_iter()
+            .with_min_len(64)
+            .map(one)
+            .collect::<Result<_>>()?;
+        let l: Vec<f64> = s
+            .par_iter()
+            .enumerate()
+            .with_min_len(64)
+            .map(latency)
+            .collect::<Result<_>>()?;
+        (s, l)
+    } else {
+        let s: Vec<TokenSelection> = (0..tokens).map(one).collect::<Result<_>>()?;
+        let l: Vec<f64> = s.iter().enumerate().map(latency).collect::<Result<_>>()?;
+        (s, l)
+    };
+    let mut groups: Groups = vec![Vec::new(); e];
+    for (t, sel) in selections.iter().enumerate() {
+        for (&q, &w) in sel.experts().iter().zip(sel.weights()) {
+            groups[q].push((t, w as f32));
+        }
     }
+    let r = Routing {
+        selections,
+        token_latency_s,
+        groups,
+    };
     Ok(r)
 }
 
