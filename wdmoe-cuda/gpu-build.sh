@@ -94,6 +94,8 @@ Built into .device/ (ignored by git). On the GPU machine, from the repo root
     bash .device/moe.sh        # issue 13: all GPU tests, baseline + layer timings 1-4096, memcheck (< 7 min)
     bash .device/model.sh      # issue 14: the whole model: kernel and model tests, HF baseline, decode/prefill at full size
     bash .device/route.sh      # issue 13, device routing at prefill sizes: its tests, regressions, timings 512/4096, memcheck
+    bash .device/packed.sh     # the packed-weights GEMM: its tests, memcheck, timing at Mixtral size
+    bash wdmoe-cuda/run-gpu-profile.sh 2048  # ncu: each kernel of a 2,048-token prefill (2 layers)
     bash .device/dist.sh       # issue 18, >= 2 GPUs (nvidia-h200-x2): NCCL tests, dist_bench, wdmoe dist, failure runs (~3 min)
 
 It runs, in one go: nvidia-smi, the PyTorch baseline (torch_baseline.py),
