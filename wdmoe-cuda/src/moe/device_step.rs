@@ -21,7 +21,6 @@ use super::grouped::GroupedPrefill;
 use super::{MoeLayer, MoeStep};
 use crate::error::{shape, CudaCtx, Error, Result};
 use crate::ffn::ExpertWeights;
-use crate::plan::PlanPolicy;
 use crate::prefill::{combine_rows_f32, Rows};
 use crate::runtime::{elapsed_ms, Gpu};
 
@@ -208,12 +207,7 @@ impl MoeLayer {
         latency_s: &[f64],
     ) -> Result<()> {
         let (m, e) = (self.m, self.experts.len());
-        let pol = if self.skew_device_policy {
-            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
-        } else {
-            PlanPolicy::from(*policy)
-        };
-        let mut pa = pol.args(e);
+        let mut pa = self.plan_policy(policy)?.args(e);
         let k = pa.k as usize;
         let sw = sel_width(k);
         let rows_cap = n_tokens * k;
@@ -306,12 +300,7 @@ impl MoeLayer {
     ) -> Result<MoeStep> {
         let (m, e) = (self.m, self.experts.len());
         // The selection width the enqueued step used.
-        let pol = if self.skew_device_policy {
-            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
-        } else {
-            PlanPolicy::from(*policy)
-        };
-        let sw = sel_width(pol.args(e).k as usize);
+        let sw = sel_width(self.plan_policy(policy)?.args(e).k as usize);
         let ne = n_tokens * e;
         let (Some(b), Some(g)) = (self.route.bufs.as_mut(), self.prefill.as_mut()) else {
             return Err(shape(

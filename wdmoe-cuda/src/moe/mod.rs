@@ -416,6 +416,16 @@ impl MoeLayer {
         }
     }
 
+    /// The policy the device runs for `policy`: wdmoe-core's, or top-1 under
+    /// [`MoeLayer::skew_device_policy`] (so that it differs).
+    pub(crate) fn plan_policy(&self, policy: &Policy<f64>) -> Result<PlanPolicy> {
+        if self.skew_device_policy {
+            PlanPolicy::new(1, policy.theta(), policy.max_drops())
+        } else {
+            Ok(PlanPolicy::from(*policy))
+        }
+    }
+
     /// Whether the pending step is device-routed: its [`MoeLayer::complete`]
     /// waits for that step only (an event), not for the stream, so it may
     /// run while later work is queued.
@@ -532,12 +542,7 @@ impl MoeLayer {
         latency_s: &[f64],
     ) -> Result<()> {
         let m = self.m;
-        let pol = if self.skew_device_policy {
-            PlanPolicy::new(1, policy.theta(), policy.max_drops())?
-        } else {
-            PlanPolicy::from(*policy)
-        }
-        .with_profile(self.profile_router);
+        let pol = self.plan_policy(policy)?.with_profile(self.profile_router);
         let gpu = &self.gpu;
         let ev = &self.events;
         gpu.record_on(&ev[0])?;
