@@ -90,7 +90,7 @@ impl GpuModel {
         let mut reruns = 0;
         let mut gpu_time_s = 0.0;
         let mut route_check_s = 0.0;
-        self.enqueue_s = 0.0;
+        let mut enqueue_s = 0.0;
         for c0 in (0..n).step_by(self.chunk) {
             let c1 = (c0 + self.chunk).min(n);
             let last = c1 == n;
@@ -100,7 +100,7 @@ impl GpuModel {
                 _ => None,
             };
             let lat = &latency_s[c0 * layers * e..c1 * layers * e];
-            let mut steps = self.run_chunk(
+            let (mut steps, mut enq) = self.run_chunk(
                 &tokens[c0..c1],
                 start + c0,
                 rows.clone(),
@@ -123,8 +123,11 @@ impl GpuModel {
                     reborrow(&mut exec),
                 );
                 self.set_device_policy(on);
-                steps = r?;
+                let (again, e) = r?;
+                steps = again;
+                enq += e;
             }
+            enqueue_s += enq;
             gpu_time_s += elapsed_ms(&self.events[0], &self.events[1])? as f64 * 1e-3;
             route_check_s += self
                 .layers
@@ -174,13 +177,13 @@ impl GpuModel {
             gpu_time_s,
             reruns,
             route_check_s,
-            enqueue_s: self.enqueue_s,
+            enqueue_s,
         })
     }
 
-    /// One chunk of at most `self.chunk` tokens through every layer; the
-    /// MoE steps completed (checked) at the end. `rows`: the chunk rows
-    /// whose logits (or argmax) are computed.
+    /// One chunk of at most `self.chunk` tokens through every layer: the
+    /// MoE steps completed (checked) and the host seconds spent enqueuing.
+    /// `rows`: the chunk rows whose logits (or argmax) are computed.
     fn run_chunk(
         &mut self,
         tokens: &[u32],
@@ -189,7 +192,7 @@ impl GpuModel {
         policy: &Policy<f64>,
         latency_s: &[f64],
         mut exec: Option<&mut dyn MoeExecutor>,
-    ) -> Result<Vec<MoeStep>> {
+    ) -> Result<(Vec<MoeStep>, f64)> {
         let n = tokens.len();
         let (m, e, layers) = (self.shape.hidden, self.shape.experts, self.shape.layers);
         let hd_all = self.shape.heads * self.shape.head_dim;
@@ -306,11 +309,11 @@ impl GpuModel {
                     .map(Ok),
             );
             enqueue_s += t_layer.elapsed().as_secs_f64();
-            // The device-routed step check_lag() layers back is checked now,
+            // The device-routed step CHECK_LAG layers back is checked now,
             // while the GPU runs the layers queued after it: the host's
             // checks keep pace with the GPU instead of all waiting for the
             // end of the chunk (and the host never runs far ahead of it).
-            if let Some(b) = l.checked_sub(check_lag()) {
+            if let Some(b) = l.checked_sub(CHECK_LAG) {
                 if done[b].is_none() && self.layers[b].moe.pending_routed() {
                     layer_latencies(latency_s, n, layers, e, b, &mut lat_back);
                     done[b] = Some(self.layers[b].moe.complete(policy, &lat_back));
@@ -339,7 +342,6 @@ impl GpuModel {
             }
         }
         gpu.record_on(&self.events[1])?;
-        self.enqueue_s += enqueue_s;
         // One synchronisation, then wdmoe-core checks every device plan.
         let mut steps = Vec::with_capacity(layers);
         let mut first_err = None;
@@ -362,22 +364,14 @@ impl GpuModel {
         }
         match first_err {
             Some(err) => Err(err),
-            None => Ok(steps),
+            None => Ok((steps, enqueue_s)),
         }
     }
 }
 
-/// Layers between a device-routed step's enqueue and its check (default
-/// 2; `WDMOE_CHECK_LAG`, read once, overrides it: tuning).
-fn check_lag() -> usize {
-    static LAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LAG.get_or_init(|| {
-        std::env::var("WDMOE_CHECK_LAG")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2)
-    })
-}
+/// Layers between a device-routed step's enqueue and its check (2, 8 and
+/// all layers timed alike on an H200: BENCHMARKS.md run X7).
+const CHECK_LAG: usize = 2;
 
 /// Layer `l`'s latencies, `[n][e]`, out of the call's `[n][layers][e]`.
 fn layer_latencies(

@@ -174,8 +174,6 @@ pub struct GpuModel {
     both: bool,
     len: usize,
     device_policy: bool,
-    /// Host seconds of the current call's enqueuing (ForwardOut::enqueue_s).
-    enqueue_s: f64,
     /// Decode launch shapes of the q|k|v and o projections' packing.
     qkv_cfg: DecodeConfig,
     o_cfg: DecodeConfig,
@@ -581,7 +579,6 @@ impl GpuModel {
             both,
             len: 0,
             device_policy: true,
-            enqueue_s: 0.0,
             gpu,
         })
     }
