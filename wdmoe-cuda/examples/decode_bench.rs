@@ -18,19 +18,14 @@ use wdmoe_cuda::{
 };
 
 mod common;
-use common::time;
+use common::{arg, time};
 
 const M: usize = 4096;
 const MH: usize = 14336;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let get = |k: &str| arg(&args, k);
     let tokens: Vec<usize> = get("--tokens")
         .unwrap_or_else(|| "1,2,4,8,16".into())
         .split(',')

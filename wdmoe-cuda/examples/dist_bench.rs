@@ -17,9 +17,8 @@ use wdmoe_cuda::moe::MoeLayer;
 use wdmoe_cuda::nccl::{self, Comm, UniqueId};
 use wdmoe_cuda::{elapsed_ms, f16, Gpu, Result};
 
-#[allow(dead_code)]
 mod common;
-use common::median;
+use common::{arg, median};
 
 const M: usize = 4096;
 const MH: usize = 14336;
@@ -67,12 +66,7 @@ fn p2p_sweep(gpu: &Gpu, comm: &mut Comm, iters: usize) -> Result<Vec<f32>> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let get = |k: &str| arg(&args, k);
     let tokens: Vec<usize> = get("--tokens")
         .unwrap_or_else(|| "1,16,128,512".into())
         .split(',')

@@ -17,20 +17,14 @@ use wdmoe_core::select::Policy;
 use wdmoe_cuda::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
 use wdmoe_cuda::{elapsed_ms, f16, Gpu, Result};
 
+mod common;
+use common::{arg, arg_list};
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let get = |k: &str| arg(&args, k);
     let num = |k: &str, d: usize| get(k).map_or(d, |v| v.parse().expect("a number"));
-    let prompts: Vec<usize> = get("--prompts")
-        .unwrap_or_else(|| "128,2048".into())
-        .split(',')
-        .map(|s| s.parse().expect("a number"))
-        .collect();
+    let prompts = arg_list(&args, "--prompts", "128,2048");
     let iters = num("--iters", 3).max(1);
     let decode = num("--decode", 32);
     let shape = ModelShape {

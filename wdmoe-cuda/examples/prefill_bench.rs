@@ -19,7 +19,7 @@ use wdmoe_cuda::{
 };
 
 mod common;
-use common::{median, time};
+use common::{arg, arg_list, median, time};
 
 const M: usize = 4096;
 const MH: usize = 14336;
@@ -42,20 +42,8 @@ impl Rng {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let list = |k: &str, d: &str| -> Vec<usize> {
-        get(k)
-            .unwrap_or_else(|| d.into())
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().expect("a number"))
-            .collect()
-    };
+    let get = |k: &str| arg(&args, k);
+    let list = |k: &str, d: &str| arg_list(&args, k, d);
     let tokens = list("--tokens", "16,32,64,128,256,512,1024,4096,8192");
     let layer = list("--layer", "512,4096");
     let iters: usize = get("--iters").map_or(20, |s| s.parse().expect("iters"));

@@ -1,4 +1,6 @@
-//! Timing helpers shared by the examples (CUDA events, medians).
+//! Helpers shared by the examples: timing (CUDA events, medians) and
+//! command-line flags.
+#![allow(dead_code)] // each example uses a part
 
 use wdmoe_cuda::{elapsed_ms, Gpu, Result};
 
@@ -22,4 +24,22 @@ pub fn time<F: FnMut(usize) -> Result<()>>(gpu: &Gpu, iters: usize, mut f: F) ->
         v.push(elapsed_ms(&s, &e)?);
     }
     Ok(median(v))
+}
+
+/// The value after flag `k` on the command line, if any.
+pub fn arg(args: &[String], k: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == k)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The comma-separated numbers after flag `k`, else `default`'s.
+pub fn arg_list(args: &[String], k: &str, default: &str) -> Vec<usize> {
+    arg(args, k)
+        .unwrap_or_else(|| default.into())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("a number"))
+        .collect()
 }
