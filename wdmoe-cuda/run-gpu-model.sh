@@ -2,9 +2,12 @@
 # The whole model on the GPU (issue 14) and the device-routed MoE step
 # (issue 13), on the GPU machine, from the repo root after
 # wdmoe-cuda/gpu-build.sh (copied to .device/model.sh; binaries may be
-# gzipped). Two modes, each under 9 minutes:
+# gzipped). Three modes, each under 9 minutes:
 #   bash .device/model.sh check   # every GPU test + compute-sanitizer
 #   bash .device/model.sh bench   # HF's whole model, then ours, same call
+#   bash .device/model.sh decode  # short (~5 min): the model kernel tests,
+#                                 # our decode and prefill 128 beside HF's,
+#                                 # the whole-model tests
 # check: the model kernels against f64 references (wdmoe-cuda lib tests);
 #   the whole model against the CPU reference and HF (gpu_model); the
 #   device-routed step (gpu_route_tests); the MoE step regressions
@@ -35,7 +38,18 @@ exec > >(tee "$out/model-$mode.log") 2>&1
 step() { printf '\n=== %s (%s) ===\n' "$1" "$(date -u +%H:%M:%S)"; }
 step "device"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu,memory.total --format=csv
-if [ "$mode" = check ]; then
+if [ "$mode" = decode ]; then
+  step "model kernels vs f64 references; packed prefill and lm_head vs the GEMV path"
+  timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed" | head -40
+  step "ours, full size: prefill 128, decode (default, checks after the token, lm_head row-major)"
+  timeout 120 ./model_bench --prompts 128 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
+  step "HF MixtralForCausalLM, full size, random fp16 weights: prefill 128, decode, the floor"
+  timeout 150 python3 mixtral_model_baseline.py --prompt 128 --new 32 --json "$out/hf_model.json"
+  step "whole model vs CPU reference and HF"
+  timeout 150 ./gpu_model --include-ignored --test-threads 1 --nocapture > "$out/gpu_model.log" 2>&1
+  echo "exit $?"
+  grep -E "^test |rel err|greedy|perplexity|test result|panicked" "$out/gpu_model.log"
+elif [ "$mode" = check ]; then
   step "model kernels vs f64 references; packed prefill vs the GEMV path"
   timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed prefill" | head -40
   step "packed-weights grouped GEMM (tests/gpu_packed.rs)"

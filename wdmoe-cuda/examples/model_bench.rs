@@ -1,7 +1,9 @@
 //! Times the whole model on one GPU (`GpuModel`, random fp16 weights at
 //! Mixtral 8x7B's shapes or fewer layers): prefill of each prompt length
 //! (one warm-up, then the median of `--iters` runs, wall and GPU time) and
-//! greedy decode (ms per token), against two floors measured in the same
+//! greedy decode (ms per token; also with the device plans checked after
+//! each token and with lm_head row-major, for comparison), against two
+//! floors measured in the same
 //! call: the weight bytes read once at the read rate of a 2 GiB probe, and
 //! the FLOPs (projections, causal attention, the experts the tokens select,
 //! the router, lm_head of the last position). Run beside
@@ -152,38 +154,53 @@ fn main() -> Result<()> {
         ));
     }
     if decode > 1 {
-        model.truncate(0);
-        let lat = vec![1.0; shape.layers * e];
-        let prompt = [1u32, 2, 3, 4];
-        let plat = vec![1.0; prompt.len() * shape.layers * e];
-        let out = model.forward(&prompt, Output::LastArgmax, &policy, &plat)?;
-        let mut id = out.argmax.unwrap_or(0);
-        let (mut wall, mut dev) = (0.0, 0.0);
-        for i in 0..decode {
-            let s = Instant::now();
-            let out = model.forward(&[id], Output::LastArgmax, &policy, &lat)?;
-            if i > 0 {
-                wall += s.elapsed().as_secs_f64();
-                dev += out.gpu_time_s;
-            }
-            id = out.argmax.unwrap_or(0);
-        }
-        let n = (decode - 1) as f64;
+        // The default, then two comparisons in the same call: each layer's
+        // device plan checked after the whole token instead of two layers
+        // after its enqueue, and lm_head on the row-major GEMV instead of
+        // its decode packing.
+        let variants: [(&str, bool, bool); 3] = [
+            ("default", true, true),
+            ("checks after the token", false, true),
+            ("lm_head row-major", true, false),
+        ];
         let floor = shape.decode_floor_bytes(2.0) / rate;
-        println!(
-            "MODEL decode: {:.3} ms/token wall, {:.3} ms GPU; floor {:.3} ms -> GPU {:.2}x, wall {:.2}x",
-            wall / n * 1e3,
-            dev / n * 1e3,
-            floor * 1e3,
-            dev / n / floor,
-            wall / n / floor
-        );
-        rows.push(format!(
-            "{{\"decode_wall_ms\":{:.4},\"decode_gpu_ms\":{:.4},\"decode_floor_ms\":{:.4}}}",
-            wall / n * 1e3,
-            dev / n * 1e3,
-            floor * 1e3
-        ));
+        for (name, overlap, head) in variants {
+            model.set_overlap_checks(overlap);
+            model.set_packed_head(head);
+            model.truncate(0);
+            let lat = vec![1.0; shape.layers * e];
+            let prompt = [1u32, 2, 3, 4];
+            let plat = vec![1.0; prompt.len() * shape.layers * e];
+            let out = model.forward(&prompt, Output::LastArgmax, &policy, &plat)?;
+            let mut id = out.argmax.unwrap_or(0);
+            let (mut wall, mut dev) = (0.0, 0.0);
+            for i in 0..decode {
+                let s = Instant::now();
+                let out = model.forward(&[id], Output::LastArgmax, &policy, &lat)?;
+                if i > 0 {
+                    wall += s.elapsed().as_secs_f64();
+                    dev += out.gpu_time_s;
+                }
+                id = out.argmax.unwrap_or(0);
+            }
+            let n = (decode - 1) as f64;
+            println!(
+                "MODEL decode ({name}): {:.3} ms/token wall, {:.3} ms GPU; floor {:.3} ms -> GPU {:.2}x, wall {:.2}x",
+                wall / n * 1e3,
+                dev / n * 1e3,
+                floor * 1e3,
+                dev / n / floor,
+                wall / n / floor
+            );
+            rows.push(format!(
+                "{{\"decode\":\"{name}\",\"decode_wall_ms\":{:.4},\"decode_gpu_ms\":{:.4},\"decode_floor_ms\":{:.4}}}",
+                wall / n * 1e3,
+                dev / n * 1e3,
+                floor * 1e3
+            ));
+        }
+        model.set_overlap_checks(true);
+        model.set_packed_head(true);
     }
     if let Some(p) = get("--json") {
         let j = format!(

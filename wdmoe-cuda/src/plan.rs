@@ -310,16 +310,40 @@ impl DevicePlan {
     /// The router logits of the last [`crate::Router::route_plan`],
     /// `[tokens][experts]` (synchronises the stream first).
     pub fn logits(&self, gpu: &Gpu) -> Result<&[f32]> {
-        gpu.sync()?;
-        Ok(&self.logits[..self.tokens * self.addrs.len()])
+        Wait::Stream(gpu).wait()?;
+        Ok(self.logits_now())
+    }
+
+    /// As [`DevicePlan::logits`], after waiting for `done` only: an event
+    /// recorded after the step's router kernel (later work of the stream
+    /// may still run).
+    pub fn logits_after(&self, done: &Event) -> Result<&[f32]> {
+        Wait::Event(done).wait()?;
+        Ok(self.logits_now())
+    }
+
+    fn logits_now(&self) -> &[f32] {
+        &self.logits[..self.tokens * self.addrs.len()]
     }
 
     /// The plan of the last [`crate::Router::route_plan`], read from
     /// page-locked host memory (synchronises the stream first); an error if
     /// there was none.
     pub fn report(&self, gpu: &Gpu) -> Result<PlanReport> {
+        Wait::Stream(gpu).wait()?;
+        self.report_now()
+    }
+
+    /// As [`DevicePlan::report`], after waiting for `done` only: an event
+    /// recorded after the step's router kernel (later work of the stream
+    /// may still run).
+    pub fn report_after(&self, done: &Event) -> Result<PlanReport> {
+        Wait::Event(done).wait()?;
+        self.report_now()
+    }
+
+    fn report_now(&self) -> Result<PlanReport> {
         const OP: &str = "DevicePlan::report";
-        gpu.sync()?;
         let r = &self.report[..];
         if r[0] != self.seq {
             return Err(shape(
@@ -359,6 +383,25 @@ impl DevicePlan {
             failed_token: None,
             slots,
         })
+    }
+}
+
+/// What the page-locked outputs of a step wait for before they are read.
+enum Wait<'a> {
+    /// The whole stream.
+    Stream(&'a Gpu),
+    /// One event recorded after the step.
+    Event(&'a Event),
+}
+
+impl Wait<'_> {
+    fn wait(&self) -> Result<()> {
+        match self {
+            Wait::Stream(gpu) => gpu.sync(),
+            Wait::Event(ev) => ev
+                .synchronize()
+                .ctx("cuEventSynchronize", || "device-planned step".into()),
+        }
     }
 }
 

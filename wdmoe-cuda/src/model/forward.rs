@@ -309,12 +309,14 @@ impl GpuModel {
                     .map(Ok),
             );
             enqueue_s += t_layer.elapsed().as_secs_f64();
-            // The device-routed step CHECK_LAG layers back is checked now,
-            // while the GPU runs the layers queued after it: the host's
-            // checks keep pace with the GPU instead of all waiting for the
-            // end of the chunk (and the host never runs far ahead of it).
-            if let Some(b) = l.checked_sub(CHECK_LAG) {
-                if done[b].is_none() && self.layers[b].moe.pending_routed() {
+            // The device-planned or device-routed step CHECK_LAG layers
+            // back is checked now, while the GPU runs the layers queued
+            // after it: the host's checks keep pace with the GPU instead of
+            // all waiting for the end of the chunk (where a decode token's
+            // 32 checks left the GPU idle), and the host never runs far
+            // ahead of it.
+            if let Some(b) = l.checked_sub(CHECK_LAG).filter(|_| self.overlap_checks) {
+                if done[b].is_none() && self.layers[b].moe.is_pending() {
                     layer_latencies(latency_s, n, layers, e, b, &mut lat_back);
                     done[b] = Some(self.layers[b].moe.complete(policy, &lat_back));
                 }
@@ -335,8 +337,23 @@ impl GpuModel {
         if let Some(rows) = rows {
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
             let x = self.h.index(rows.start * m..rows.end * m);
-            let v = self.shape.vocab;
-            kernels::gemv(&gpu, head, &x, m, v, rows.len(), &mut self.logits, v, false)?;
+            let (v, t) = (self.shape.vocab, rows.len());
+            let packed = self
+                .head_p
+                .as_mut()
+                .filter(|p| p.on)
+                .map(|p| kernels::Packed {
+                    w: &p.w,
+                    ws: &mut p.ws,
+                    cfg: &p.cfg,
+                    decode: self.packed_decode,
+                });
+            // The decode GEMV on the packing accumulates: into zeros.
+            let acc = packed.as_ref().is_some_and(|p| p.decode) && t <= kernels::GEMV_MAX_TOKENS;
+            if acc {
+                gpu.fill_u16(&mut self.logits.index(..t * v), 0)?;
+            }
+            kernels::project(&gpu, head, packed, &x, m, v, t, &mut self.logits, v, acc)?;
             if rows.len() == 1 {
                 kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax)?;
             }
@@ -369,9 +386,10 @@ impl GpuModel {
     }
 }
 
-/// Layers between a device-routed step's enqueue and its check (2, 8 and
-/// all layers timed alike on an H200: BENCHMARKS.md run X7).
-const CHECK_LAG: usize = 2;
+/// Layers between a device-planned or device-routed step's enqueue and
+/// its check (for prefill chunks 2, 8 and all layers timed alike on an
+/// H200: BENCHMARKS.md run X7).
+pub(super) const CHECK_LAG: usize = 2;
 
 /// Layer `l`'s latencies, `[n][e]`, out of the call's `[n][layers][e]`.
 fn layer_latencies(

@@ -125,11 +125,11 @@ impl LayerMoe {
         }
     }
 
-    /// Whether a device-routed step is pending (its completion waits only
+    /// Whether a step is pending (local only; its completion waits only
     /// for that step, not for the stream).
-    pub(crate) fn pending_routed(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         match self {
-            LayerMoe::Local(l) => l.pending_routed(),
+            LayerMoe::Local(l) => l.is_pending(),
             LayerMoe::Remote(_) => false,
         }
     }

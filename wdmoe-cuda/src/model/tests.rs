@@ -388,3 +388,73 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
     assert!(same >= 90, "{same} of 100 tokens kept their experts");
     assert!(worst <= 5e-3, "{worst:.3e}");
 }
+
+/// lm_head on its decode packing (the decode GEMV kernels for chunks of up
+/// to 16 rows, the packed GEMM for longer ones) against the row-major GEMV,
+/// on the same model and tokens (1 layer at Mixtral width, a 4,096-token
+/// vocabulary, random weights): logits within 1e-3 of the largest |logit|
+/// (fp32 sums of fp16 products in another order), every one finite, and the
+/// same greedy token.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn lm_head_on_its_packing_equals_row_major() {
+    use super::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packing needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let shape = ModelShape {
+        layers: 1,
+        vocab: 4096,
+        ..ModelShape::mixtral_8x7b()
+    };
+    let opts = ModelOptions {
+        max_seq: 128,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: 64,
+    };
+    let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    assert!(
+        m.head_p.is_some(),
+        "Mixtral width with 4,096 rows is packable"
+    );
+    let policy = Policy::new(2, 0.0, 1).unwrap();
+    let v = shape.vocab;
+    for n in [1usize, 5, 16, 17, 40] {
+        let tokens: Vec<u32> = (0..n).map(|_| r.gen_range(0..v as u32)).collect();
+        let lat = vec![0.01; n * shape.experts];
+        let mut run = |packed: bool, out: Output| {
+            m.set_packed_head(packed);
+            m.truncate(0);
+            m.forward(&tokens, out, &policy, &lat).unwrap()
+        };
+        let (a, b) = (run(true, Output::AllLogits), run(false, Output::AllLogits));
+        assert_eq!(a.logits.len(), n * v);
+        assert!(
+            a.logits.iter().all(|x| x.is_finite()),
+            "n={n}: a non-finite logit"
+        );
+        let scale = b.logits.iter().fold(0f32, |s, &x| s.max(x.abs())) as f64;
+        let bf: Vec<f64> = b.logits.iter().map(|&x| x as f64).collect();
+        let worst = max_diff(&a.logits, &bf) / scale;
+        eprintln!("lm_head packed vs row-major, {n} rows: {worst:.2e} of the largest |logit|");
+        assert!(scale > 0.0 && worst <= 1e-3, "n={n}: {worst:.3e}");
+        let (ga, gb) = (
+            run(true, Output::LastArgmax),
+            run(false, Output::LastArgmax),
+        );
+        let last = &b.logits[(n - 1) * v..];
+        let top = last.iter().fold(f32::MIN, |s, &x| s.max(x));
+        let second = last
+            .iter()
+            .filter(|&&x| x < top)
+            .fold(f32::MIN, |s, &x| s.max(x));
+        if (top - second) as f64 > 2e-3 * scale {
+            assert_eq!(ga.argmax, gb.argmax, "n={n}");
+        }
+    }
+    m.set_packed_head(true);
+}

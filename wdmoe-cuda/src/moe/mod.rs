@@ -426,11 +426,12 @@ impl MoeLayer {
         }
     }
 
-    /// Whether the pending step is device-routed: its [`MoeLayer::complete`]
-    /// waits for that step only (an event), not for the stream, so it may
-    /// run while later work is queued.
-    pub fn pending_routed(&self) -> bool {
-        matches!(self.pending, Some(Pending::Routed(_)))
+    /// Whether a step is pending (enqueued, not yet completed). Its
+    /// [`MoeLayer::complete`] waits for that step only (an event recorded
+    /// after it), not for the stream, so it may run while later work is
+    /// queued.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The input buffer, `[max_tokens][m]` fp16 (kernels of the caller may
@@ -594,9 +595,11 @@ impl MoeLayer {
         let gpu = &self.gpu;
         let ev = &self.events;
         let mut acc = self.acc.index(..n_tokens * m);
-        // wdmoe-core on the same logits (report() and logits() synchronise).
-        let report = self.device.report(gpu)?;
-        let logits = self.device.logits(gpu)?.to_vec();
+        // wdmoe-core on the same logits, once this step is done (later
+        // layers may still run: the model checks a step while the GPU runs
+        // the layers after it).
+        let report = self.device.report_after(&ev[1])?;
+        let logits = self.device.logits_after(&ev[1])?.to_vec();
         let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
         let groups = &routing.groups;
         let mut times = vec![0.0f64; e];
