@@ -28,50 +28,116 @@ __device__ __forceinline__ float warp_max(float v) {
 
 }  // namespace
 
-// resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token.
+// resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token;
+// each thread issues all its loads (up to BATCH) before its stores, so that
+// a row costs one memory round trip instead of one per element.
 extern "C" __global__ void embed_rows(const __half* __restrict__ table, const int* __restrict__ tokens, int d,
                                       float* __restrict__ resid) {
     griddep_wait();
     griddep_launch_dependents();
+    constexpr int BATCH = 8;
     const long long row = tokens[blockIdx.x];
     const __half* src = table + row * d;
     float* dst = resid + (long long)blockIdx.x * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __half2float(src[i]);
+    for (int i0 = threadIdx.x; i0 < d; i0 += BATCH * blockDim.x) {
+        __half v[BATCH];
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            const int i = i0 + j * blockDim.x;
+            v[j] = i < d ? src[i] : __float2half_rn(0.f);
+        }
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            const int i = i0 + j * blockDim.x;
+            if (i < d) dst[i] = __half2float(v[j]);
+        }
+    }
 }
 
 // Per row t (one block each): if `add` is not null, resid[t] += add[t]
 // (written back); then out[t] = w ⊙ resid[t] / sqrt(mean(resid[t]²) + eps)
 // in fp16 — Hugging Face's MixtralRMSNorm in fp32, rounded once.
 // `out_stride` is the row pitch of out (elements).
+//
+// Rows of up to NORM_REGS x blockDim elements stay in registers: each
+// thread loads its elements of w before waiting for the previous kernel
+// (they never depend on it) and those of resid and add all at once, one
+// memory round trip each, instead of one per element; longer rows loop.
+// Either way each thread sums its squares in the same order (elements
+// threadIdx.x, + blockDim, ...), so the result is the same bits.
+constexpr int NORM_REGS = 8;
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
                                                                const float* __restrict__ w, float eps, int d,
                                                                __half* __restrict__ out, int out_stride) {
     __shared__ float red[32];
+    const int bd = blockDim.x;
+    const bool in_regs = d <= NORM_REGS * bd;
+    float wv[NORM_REGS], v[NORM_REGS];
+    if (in_regs) {
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; ++j) {
+            const int i = threadIdx.x + j * bd;
+            wv[j] = i < d ? w[i] : 0.f;
+        }
+    }
     griddep_wait();
     griddep_launch_dependents();
     float* r = resid + (long long)blockIdx.x * d;
     const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
     float ss = 0.f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float v = r[i];
-        if (a) {
-            v += a[i];
-            r[i] = v;
+    if (in_regs) {
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; ++j) {
+            const int i = threadIdx.x + j * bd;
+            v[j] = i < d ? r[i] : 0.f;
         }
-        ss = fmaf(v, v, ss);
+        if (a) {
+            float av[NORM_REGS];
+#pragma unroll
+            for (int j = 0; j < NORM_REGS; ++j) {
+                const int i = threadIdx.x + j * bd;
+                av[j] = i < d ? a[i] : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < NORM_REGS; ++j) {
+                const int i = threadIdx.x + j * bd;
+                v[j] += av[j];
+                if (i < d) r[i] = v[j];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; ++j)
+            if (threadIdx.x + j * bd < d) ss = fmaf(v[j], v[j], ss);
+    } else {
+        for (int i = threadIdx.x; i < d; i += bd) {
+            float x = r[i];
+            if (a) {
+                x += a[i];
+                r[i] = x;
+            }
+            ss = fmaf(x, x, ss);
+        }
     }
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
     __syncthreads();
     if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) red[0] = v;
+        float x = threadIdx.x < (bd >> 5) ? red[threadIdx.x] : 0.f;
+        x = warp_sum(x);
+        if (threadIdx.x == 0) red[0] = x;
     }
     __syncthreads();
     const float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
     __half* o = out + (long long)blockIdx.x * out_stride;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = __float2half_rn(w[i] * (r[i] * inv));
+    if (in_regs) {
+#pragma unroll
+        for (int j = 0; j < NORM_REGS; ++j) {
+            const int i = threadIdx.x + j * bd;
+            if (i < d) o[i] = __float2half_rn(wv[j] * (v[j] * inv));
+        }
+    } else {
+        for (int i = threadIdx.x; i < d; i += bd) o[i] = __float2half_rn(w[i] * (r[i] * inv));
+    }
 }
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:
@@ -352,12 +418,25 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __re
     const float* r = logits + (long long)blockIdx.x * V;
     float best = -INFINITY;
     int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = r[i];
-        if (v != v) nan_seen = 1;
-        if (v > best || (v == best && i < idx)) {
-            best = v;
-            idx = i;
+    // BATCH loads in flight per thread (a 32,000-entry row: 4 round trips
+    // instead of 32); the result does not depend on the visiting order.
+    constexpr int BATCH = 8;
+    for (int i0 = threadIdx.x; i0 < V; i0 += BATCH * blockDim.x) {
+        float v[BATCH];
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            const int i = i0 + j * blockDim.x;
+            v[j] = i < V ? r[i] : -INFINITY;
+        }
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) {
+            const int i = i0 + j * blockDim.x;
+            if (i >= V) break;
+            if (v[j] != v[j]) nan_seen = 1;
+            if (v[j] > best || (v[j] == best && i < idx)) {
+                best = v[j];
+                idx = i;
+            }
         }
     }
 #pragma unroll

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cust::memory::DeviceBuffer;
 use half::f16;
 
-use super::kernels::{self, attn_part_len, attn_splits, AttnDims};
+use super::kernels::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{
@@ -303,9 +303,9 @@ impl GpuModel {
             shape.heads * shape.head_dim,
             shape.qkv_width(),
         );
-        let packed = opts.prefill_chunk > kernels::GEMV_MAX_TOKENS
-            && PackedMatrix::supported(gpu, qkvw, m)
-            && PackedMatrix::supported(gpu, m, hd_all);
+        // Decode steps use the packing too, whatever the chunk size.
+        let packed =
+            PackedMatrix::supported(gpu, qkvw, m) && PackedMatrix::supported(gpu, m, hd_all);
         let (wqkv_p, wo_p) = if packed {
             let a = PackedMatrix::pack(gpu, &wqkv, qkvw, m)?;
             let b = PackedMatrix::pack(gpu, &wo, m, hd_all)?;

@@ -152,9 +152,9 @@ struct Layer {
     moe_norm: DeviceBuffer<f32>,
     wqkv: DeviceBuffer<f16>,
     wo: DeviceBuffer<f16>,
-    /// q|k|v and o in the decode packing, for the tensor-core GEMM of
-    /// prefill chunks (held where compute capability 9.0 and the shapes
-    /// allow it and chunks exceed the GEMV's tokens: 2 x 42 MB per layer at
+    /// q|k|v and o in the decode packing, for the decode GEMV kernels and
+    /// the tensor-core GEMM of prefill chunks (held where compute
+    /// capability 9.0 and the shapes allow it: 2 x 42 MB per layer at
     /// Mixtral size).
     wqkv_p: Option<PackedMatrix>,
     wo_p: Option<PackedMatrix>,
