@@ -5,9 +5,10 @@
 # gzipped). Three modes, each under 9 minutes:
 #   bash .device/model.sh check   # every GPU test + compute-sanitizer
 #   bash .device/model.sh bench   # HF's whole model, then ours, same call
-#   bash .device/model.sh decode  # short (~5 min): the model kernel tests,
-#                                 # our decode and prefill 128 beside HF's,
-#                                 # the whole-model tests
+#   bash .device/model.sh decode  # short (~4 min): the model kernel tests,
+#                                 # ours (prefill 128 / 2,048, decode,
+#                                 # θ = 0.2) beside HF's and cuBLAS, the
+#                                 # whole-model tests, memcheck, racecheck
 # check: the model kernels against f64 references (wdmoe-cuda lib tests);
 #   the whole model against the CPU reference and HF (gpu_model); the
 #   device-routed step (gpu_route_tests); the MoE step regressions
@@ -41,14 +42,23 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 if [ "$mode" = decode ]; then
   step "model kernels vs f64 references; packed prefill and lm_head vs the GEMV path"
   timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed" | head -40
-  step "ours, full size: prefill 128, decode (default, checks after the token, lm_head row-major)"
-  timeout 120 ./model_bench --prompts 128 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
-  step "HF MixtralForCausalLM, full size, random fp16 weights: prefill 128, decode, the floor"
-  timeout 150 python3 mixtral_model_baseline.py --prompt 128 --new 32 --json "$out/hf_model.json"
+  step "ceilings: copy rate and cuBLAS GEMM (torch_baseline.py)"
+  timeout 60 python3 torch_baseline.py --tokens 1 --layer-tokens 512 --json "$out/torch.json" 2>&1 | grep -Ei "copy|gemm|cublas|TFLOP" | head -8
+  step "ours, full size: prefill 128 and 2,048, decode (default, checks after the token, lm_head row-major)"
+  timeout 120 ./model_bench --prompts 128,2048 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
+  step "wdmoe generate --device cuda --random-weights, full size, θ = 0.2 on the default scenario"
+  timeout 100 ./wdmoe generate --device cuda --random-weights --model mixtral-8x7b --random-prompt 128 --max-new-tokens 64 --theta 0.2; echo "exit $?"
+  step "HF MixtralForCausalLM, full size, random fp16 weights: prefill 128 and 2,048, decode, the floor"
+  timeout 150 python3 mixtral_model_baseline.py --prompt 128 --new 32 --prefill-extra 2048 --json "$out/hf_model.json"
   step "whole model vs CPU reference and HF"
   timeout 150 ./gpu_model --include-ignored --test-threads 1 --nocapture > "$out/gpu_model.log" 2>&1
   echo "exit $?"
   grep -E "^test |rel err|greedy|perplexity|test result|panicked" "$out/gpu_model.log"
+  step "compute-sanitizer memcheck + racecheck (model kernels, whole model)"
+  timeout 100 compute-sanitizer --tool memcheck --leak-check no ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/memcheck.log" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
+  timeout 60 compute-sanitizer --tool racecheck ./cuda_lib_tests --include-ignored --test-threads 1 model::tests::attention model::tests::add_rmsnorm model::tests::argmax > "$out/racecheck.log" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test result|panicked" "$out/racecheck.log" | head
 elif [ "$mode" = check ]; then
   step "model kernels vs f64 references; packed prefill vs the GEMV path"
   timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed prefill" | head -40

@@ -305,8 +305,23 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     const int lo = p.window > 0 ? max(0, pos + 1 - p.window) : 0;
     const int a = lo + s * p.split_len;
     const int b = min(pos + 1, lo + (s + 1) * p.split_len);
-    for (int i = threadIdx.x; i < G * hd; i += blockDim.x)
-        qs[i] = p.q[((long long)t * p.H + kvh * G) * hd + i];
+    // Global loads in batches of ATT_BATCH per thread before their shared
+    // stores: one memory round trip per batch, not per element (the
+    // kernel's latency at short contexts).
+    constexpr int ATT_BATCH = 8;
+    for (int i0 = threadIdx.x; i0 < G * hd; i0 += ATT_BATCH * blockDim.x) {
+        float v[ATT_BATCH];
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            v[u] = i < G * hd ? p.q[((long long)t * p.H + kvh * G) * hd + i] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < G * hd) qs[i] = v[u];
+        }
+    }
     constexpr int MAXD = ATT_MAX_HD / 32;
     float acc[MAXD];
 #pragma unroll
@@ -317,12 +332,26 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     for (int t0 = a; t0 < b; t0 += ATT_TILE) {
         const int nk = min(ATT_TILE, b - t0);
         __syncthreads();
-        for (int i = threadIdx.x; i < nk * (hd / 2); i += blockDim.x) {
-            const int j = i / (hd / 2), d2 = i % (hd / 2);
-            const __half2 kv = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
-            const __half2 vv = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
-            reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv;
-            reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv;
+        for (int i0 = threadIdx.x; i0 < nk * (hd / 2); i0 += ATT_BATCH * blockDim.x) {
+            __half2 kv[ATT_BATCH], vv[ATT_BATCH];
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                if (i < nk * (hd / 2)) {
+                    const int j = i / (hd / 2), d2 = i % (hd / 2);
+                    kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
+                    vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                if (i < nk * (hd / 2)) {
+                    const int j = i / (hd / 2), d2 = i % (hd / 2);
+                    reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
+                    reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
+                }
+            }
         }
         __syncthreads();
         float sc = -INFINITY;

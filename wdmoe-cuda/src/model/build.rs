@@ -15,7 +15,7 @@ use super::{
     packed_decode_default, shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
 };
 use crate::error::{Error, Result};
-use crate::ffn::{DownLayout, FfnWorkspace, PackedMatrix};
+use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, KernelConfig, PackedMatrix};
 use crate::moe::MoeLayer;
 use crate::runtime::Gpu;
 
@@ -355,8 +355,19 @@ impl GpuModel {
         // workspace for both.
         let qkvw = shape.qkv_width();
         let any_packed = layers.iter().any(|l| l.wqkv_p.is_some());
+        // Launch shapes: as a Tiles16 W2 of `rows` x `k`, except that 1-8
+        // tokens run 4 warps per block and no split (at Mixtral size one
+        // wave of 384 or 256 blocks, 4 per SM, against 8 warps per block:
+        // 7.335 against 7.416 ms of GPU time per token on an H200, the best
+        // of 8 shapes tried, BENCHMARKS.md run Y4).
         let proj = |rows: usize, k: usize| {
-            crate::ffn::DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16)
+            let mut c = DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16);
+            let sm = gpu.info().sm_count;
+            c.down = KernelConfig {
+                splits: 1,
+                ..KernelConfig::auto(sm, rows / 16, k / 16, 4, 8, 14)
+            };
+            c
         };
         let proj_ws = if any_packed {
             Some(FfnWorkspace::new(&gpu, m.max(hd_all), qkvw.max(m))?)
