@@ -26,7 +26,7 @@
 //! sm_90a cubin (loaded on compute capability 9.0) and compute_80 PTX (other
 //! GPUs >= sm_80), and embedded ([`ptx`]).
 //!
-//! Feature `nccl`: NCCL point-to-point calls ([`nccl`]) and the
+//! Feature `nccl`: NCCL point-to-point calls (module `nccl`) and the
 //! expert-parallel executor of [`dist`] (experts on several GPUs).
 //!
 //! Building needs nvcc and a libcuda to link; on a machine with no GPU, see

@@ -5,9 +5,9 @@
 //! * [`plan`]: per step, which rows go where, the header each device rank
 //!   receives first (counts, so receives have the right sizes), and the
 //!   emulated link airtimes (eq. 6's link terms through wdmoe-core);
-//! * with feature `nccl`: the executor ([`DistMoe`] on the BS,
-//!   [`DeviceRank`] on devices) and the GPU-side airtime hold
-//!   ([`hold_ns`]).
+//! * with feature `nccl`: the executor (`DistMoe` on the BS,
+//!   `DeviceRank` on devices) and the GPU-side airtime hold
+//!   (`hold_ns`).
 //!
 //! A model plugs the BS side in through [`MoeExecutor`]: per layer, the
 //! normed hidden states on the BS GPU and wdmoe-core's routing in, the

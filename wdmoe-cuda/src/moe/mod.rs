@@ -39,14 +39,11 @@ use half::f16;
 use wdmoe_core::select::Policy;
 
 use crate::error::{shape, Error, Result};
-use crate::ffn::{
-    ffn_decode_slot, gate_up_prefetch_ranges, DecodeConfig, ExpertWeights, FfnWorkspace,
-    RoutingPlan,
-};
+use crate::ffn::{DecodeConfig, ExpertWeights, FfnWorkspace, RoutingPlan};
 use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_SLOTS};
 use crate::prefill::prefers_prefill;
 use crate::router::{PrefetchTable, Router};
-use crate::runtime::{elapsed_ms, Gpu};
+use crate::runtime::Gpu;
 
 mod build;
 pub mod device_route;
@@ -54,6 +51,7 @@ mod device_step;
 pub mod encode;
 pub mod grouped;
 pub mod host;
+mod planned;
 
 pub use build::{random_expert, random_router, RawExpert};
 use device_step::DeviceRouting;
@@ -444,211 +442,6 @@ impl MoeLayer {
     /// (rows `0..n_tokens` valid after the step's kernels).
     pub fn output_dev(&self) -> &DeviceSlice<f32> {
         &self.acc
-    }
-
-    fn step_host(
-        &mut self,
-        n_tokens: usize,
-        policy: &Policy<f64>,
-        latency_s: &[f64],
-    ) -> Result<MoeStep> {
-        let (m, e) = (self.m, self.experts.len());
-        let gpu = &self.gpu;
-        let ev = &self.events;
-        gpu.record_on(&ev[0])?;
-        let mut acc = self.acc.index(..n_tokens * m);
-        // Router + softmax, zeroing the accumulator, logits written straight
-        // into page-locked host memory; waits for them (the one sync).
-        self.router.route_to_host(
-            gpu,
-            &self.x,
-            n_tokens,
-            &mut self.logits_host,
-            &mut self.probs,
-            Some((&mut acc, m)),
-            Some(&self.prefetch),
-        )?;
-        let ne = n_tokens * e;
-        let routing = route_tokens(&self.logits_host[..ne], n_tokens, e, policy, latency_s)?;
-        let groups = &routing.groups;
-        let grouped_path = self.uses_prefill(n_tokens);
-        if grouped_path {
-            let g = self.prefill.as_mut().ok_or_else(|| {
-                shape(
-                    "MoeLayer::step",
-                    "grouped prefill path without prefill weights".into(),
-                )
-            })?;
-            g.step(
-                gpu,
-                &self.experts,
-                &self.x,
-                n_tokens,
-                groups,
-                &mut acc,
-                Some((&ev[2], &ev[3])),
-            )?;
-        } else {
-            self.plan.set(n_tokens, groups)?;
-        }
-        let ran = if grouped_path {
-            Vec::new()
-        } else {
-            run_host_plan(
-                gpu,
-                &self.experts,
-                &self.x,
-                &self.plan,
-                groups,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-                self.expert_timing.then_some(&ev[..]),
-            )?
-        };
-        gpu.record_on(&ev[1])?;
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let mut expert_time_s = vec![0.0; e];
-        for q in ran {
-            expert_time_s[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
-        }
-        if grouped_path {
-            // One launch per GEMM for all experts: its time (gather
-            // included) shared out in proportion to the experts' tokens.
-            let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
-            let rows: usize = groups.iter().map(Vec::len).sum();
-            for (t, g) in expert_time_s.iter_mut().zip(groups) {
-                *t = total * g.len() as f64 / rows.max(1) as f64;
-            }
-        }
-        let probs = self.probs_host(ne)?;
-        Ok(MoeStep {
-            logits: self.logits_host[..ne].to_vec(),
-            probs,
-            routing,
-            expert_time_s,
-            time_s,
-            rerun: false,
-        })
-    }
-
-    /// The decode step with the policy on the GPU ([`MoeLayer::set_device_policy_tokens`]):
-    /// router + policy + plan in one kernel, then for each of the
-    /// `min(experts, tokens · k)` plan slots the two slot kernels, all
-    /// enqueued at once; then wdmoe-core checks the plan.
-    fn enqueue_device_planned(
-        &mut self,
-        n_tokens: usize,
-        policy: &Policy<f64>,
-        latency_s: &[f64],
-    ) -> Result<()> {
-        let m = self.m;
-        let pol = self.plan_policy(policy)?.with_profile(self.profile_router);
-        let gpu = &self.gpu;
-        let ev = &self.events;
-        gpu.record_on(&ev[0])?;
-        let mut acc = self.acc.index(..n_tokens * m);
-        let prefetch =
-            gate_up_prefetch_ranges(&self.experts[0], &self.cfg, n_tokens, self.prefetch.bytes());
-        self.router.route_plan(
-            gpu,
-            &self.x,
-            n_tokens,
-            &mut self.probs,
-            (&mut acc, m),
-            &mut self.device,
-            &pol,
-            latency_s,
-            &prefetch,
-        )?;
-        let n_slots = self.device.n_slots();
-        for s in 0..n_slots {
-            if self.expert_timing {
-                gpu.record_on(&ev[2 + 2 * s])?;
-            }
-            ffn_decode_slot(
-                gpu,
-                &self.experts,
-                &self.device,
-                s,
-                &self.x,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-            )?;
-            if self.expert_timing {
-                gpu.record_on(&ev[3 + 2 * s])?;
-            }
-        }
-        gpu.record_on(&ev[1])?;
-        Ok(())
-    }
-
-    /// The second half of a device-planned step: wdmoe-core checks the plan.
-    fn complete_device_planned(
-        &mut self,
-        n_tokens: usize,
-        policy: &Policy<f64>,
-        latency_s: &[f64],
-    ) -> Result<MoeStep> {
-        let (m, e) = (self.m, self.experts.len());
-        let gpu = &self.gpu;
-        let ev = &self.events;
-        let mut acc = self.acc.index(..n_tokens * m);
-        // wdmoe-core on the same logits, once this step is done (later
-        // layers may still run: the model checks a step while the GPU runs
-        // the layers after it).
-        let report = self.device.report_after(&ev[1])?;
-        let logits = self.device.logits_after(&ev[1])?.to_vec();
-        let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
-        let groups = &routing.groups;
-        let mut times = vec![0.0f64; e];
-        let rerun = !same_plan(&report, groups);
-        if !rerun {
-            if self.expert_timing {
-                for (s, slot) in report.slots.iter().enumerate() {
-                    times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
-                }
-            }
-        } else {
-            // The device plan is not wdmoe-core's: run the experts again
-            // with wdmoe-core's plan (the step's time includes both).
-            self.mismatches += 1;
-            acc.set_zero().map_err(|err| {
-                Error::cuda(
-                    "cuMemsetD32",
-                    format!("accumulator of {n_tokens} x {m}"),
-                    err,
-                )
-            })?;
-            self.plan.set(n_tokens, groups)?;
-            let ran = run_host_plan(
-                gpu,
-                &self.experts,
-                &self.x,
-                &self.plan,
-                groups,
-                &mut acc,
-                &mut self.ws,
-                &self.cfg,
-                self.expert_timing.then_some(&ev[..]),
-            )?;
-            gpu.record_on(&ev[1])?;
-            gpu.sync()?;
-            for q in ran {
-                times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
-            }
-        }
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
-        let probs = self.probs_host(n_tokens * e)?;
-        Ok(MoeStep {
-            logits,
-            probs,
-            routing,
-            expert_time_s: times,
-            time_s,
-            rerun,
-        })
     }
 
     /// The fp32 output of the last step, `[n_tokens][m]`.
