@@ -310,19 +310,14 @@ impl DevicePlan {
     /// The router logits of the last [`crate::Router::route_plan`],
     /// `[tokens][experts]` (synchronises the stream first).
     pub fn logits(&self, gpu: &Gpu) -> Result<&[f32]> {
-        Wait::Stream(gpu).wait()?;
-        Ok(self.logits_now())
+        gpu.sync()?;
+        Ok(self.logits_ready())
     }
 
-    /// As [`DevicePlan::logits`], after waiting for `done` only: an event
-    /// recorded after the step's router kernel (later work of the stream
-    /// may still run).
-    pub fn logits_after(&self, done: &Event) -> Result<&[f32]> {
-        Wait::Event(done).wait()?;
-        Ok(self.logits_now())
-    }
-
-    fn logits_now(&self) -> &[f32] {
+    /// [`DevicePlan::logits`] without a synchronisation: the caller has
+    /// waited for an event recorded after the step's router kernel (later
+    /// work of the stream may still run).
+    pub(crate) fn logits_ready(&self) -> &[f32] {
         &self.logits[..self.tokens * self.addrs.len()]
     }
 
@@ -330,19 +325,14 @@ impl DevicePlan {
     /// page-locked host memory (synchronises the stream first); an error if
     /// there was none.
     pub fn report(&self, gpu: &Gpu) -> Result<PlanReport> {
-        Wait::Stream(gpu).wait()?;
-        self.report_now()
+        gpu.sync()?;
+        self.report_ready()
     }
 
-    /// As [`DevicePlan::report`], after waiting for `done` only: an event
-    /// recorded after the step's router kernel (later work of the stream
-    /// may still run).
-    pub fn report_after(&self, done: &Event) -> Result<PlanReport> {
-        Wait::Event(done).wait()?;
-        self.report_now()
-    }
-
-    fn report_now(&self) -> Result<PlanReport> {
+    /// [`DevicePlan::report`] without a synchronisation, as
+    /// [`DevicePlan::logits_ready`] (an unfinished step is an error: its
+    /// sequence number is not yet in the report).
+    pub(crate) fn report_ready(&self) -> Result<PlanReport> {
         const OP: &str = "DevicePlan::report";
         let r = &self.report[..];
         if r[0] != self.seq {
@@ -383,25 +373,6 @@ impl DevicePlan {
             failed_token: None,
             slots,
         })
-    }
-}
-
-/// What the page-locked outputs of a step wait for before they are read.
-enum Wait<'a> {
-    /// The whole stream.
-    Stream(&'a Gpu),
-    /// One event recorded after the step.
-    Event(&'a Event),
-}
-
-impl Wait<'_> {
-    fn wait(&self) -> Result<()> {
-        match self {
-            Wait::Stream(gpu) => gpu.sync(),
-            Wait::Event(ev) => ev
-                .synchronize()
-                .ctx("cuEventSynchronize", || "device-planned step".into()),
-        }
     }
 }
 

@@ -9,7 +9,7 @@ use wdmoe_core::select::Policy;
 use super::encode::{route_tokens, same_plan};
 use super::host::run_host_plan;
 use super::{MoeLayer, MoeStep};
-use crate::error::{Error, Result};
+use crate::error::{CudaCtx, Error, Result};
 use crate::ffn::{ffn_decode_slot, gate_up_prefetch_ranges};
 use crate::runtime::elapsed_ms;
 
@@ -80,8 +80,11 @@ impl MoeLayer {
         // wdmoe-core on the same logits, once this step is done (later
         // layers may still run: the model checks a step while the GPU runs
         // the layers after it).
-        let report = self.device.report_after(&ev[1])?;
-        let logits = self.device.logits_after(&ev[1])?.to_vec();
+        ev[1]
+            .synchronize()
+            .ctx("cuEventSynchronize", || "device-planned step".into())?;
+        let report = self.device.report_ready()?;
+        let logits = self.device.logits_ready().to_vec();
         let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
         let groups = &routing.groups;
         let mut times = vec![0.0f64; e];
