@@ -339,8 +339,10 @@ mod tests {
 
     #[test]
     fn products_over_mapped_halves_equal_products_over_converted_f32() {
-        // Serial (2 x 40 x 30) and blocked parallel (3 x 300 x 101) paths.
-        for (n, d_in, d_out) in [(2, 40, 30), (3, 300, 101)] {
+        // Serial (2 x 40 x 30) and blocked parallel (3 x 300 x 101) paths;
+        // one token (bf16: straight from the bytes), serial with a tail of
+        // 5 values and parallel.
+        for (n, d_in, d_out) in [(2, 40, 30), (3, 300, 101), (1, 37, 30), (1, 300, 301)] {
             let vals: Vec<f32> = (0..d_in * d_out)
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 37.0)
                 .collect();
