@@ -348,12 +348,7 @@ impl GpuModel {
                     cfg: &p.cfg,
                     decode: self.packed_decode,
                 });
-            // The decode GEMV on the packing accumulates: into zeros.
-            let acc = packed.as_ref().is_some_and(|p| p.decode) && t <= kernels::GEMV_MAX_TOKENS;
-            if acc {
-                gpu.fill_u16(&mut self.logits.index(..t * v), 0)?;
-            }
-            kernels::project(&gpu, head, packed, &x, m, v, t, &mut self.logits, v, acc)?;
+            kernels::project(&gpu, head, packed, &x, m, v, t, &mut self.logits, v, false)?;
             if rows.len() == 1 {
                 kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax)?;
             }
