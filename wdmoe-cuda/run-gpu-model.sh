@@ -6,6 +6,8 @@
 #   bash .device/model.sh check   # every GPU test + compute-sanitizer
 #   bash .device/model.sh bench   # HF's whole model, then ours, same call
 #   bash .device/model.sh decode  # short (~4 min): the model kernel tests,
+#                                 # the device-planned step tests (when
+#                                 # gpu_tests / sim_tests are there),
 #                                 # ours (prefill 128 / 2,048, decode,
 #                                 # θ = 0.2) beside HF's and cuBLAS, the
 #                                 # whole-model tests, memcheck, racecheck
@@ -42,10 +44,23 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 if [ "$mode" = decode ]; then
   step "model kernels vs f64 references; packed prefill and lm_head vs the GEMV path"
   timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed" | head -40
+  if [ -x ./gpu_tests ]; then
+    step "device-planned steps: latency tables polled by report, merged slot launches (tests/gpu.rs)"
+    timeout 60 ./gpu_tests --include-ignored --test-threads 1 --nocapture planned merged_slot 2>&1 | grep -E "^test |test result|panicked|rel err|differ" | head -20
+  fi
+  if [ -x ./sim_tests ]; then
+    step "GPU layer: device policy vs host policy, with and without step events (wdmoe-sim lib)"
+    timeout 60 ./sim_tests --include-ignored --test-threads 1 device_policy 2>&1 | grep -E "^test |test result|panicked" | head -20
+  fi
   step "ceilings: copy rate and cuBLAS GEMM (torch_baseline.py)"
   timeout 60 python3 torch_baseline.py --tokens 1 --layer-tokens 512 --json "$out/torch.json" 2>&1 | grep -Ei "copy|gemm|cublas|TFLOP" | head -8
   step "ours, full size: prefill 128 and 2,048, decode (default, checks after the token, lm_head row-major)"
   timeout 120 ./model_bench --prompts 128,2048 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
+  step "ours, decode with two key tiles per attention split (WDMOE_ATTN_SPLIT_KEYS=64, before Z4)"
+  WDMOE_ATTN_SPLIT_KEYS=64 timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"
+  step "ours again, default (same prompts as the line above); then decode after a 4-token prompt"
+  timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"
+  timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 --decode-prompt 4 2>&1 | grep -E "decode \(default\)"
   step "wdmoe generate --device cuda --random-weights, full size, θ = 0.2 on the default scenario"
   timeout 100 ./wdmoe generate --device cuda --random-weights --model mixtral-8x7b --random-prompt 128 --max-new-tokens 64 --theta 0.2; echo "exit $?"
   step "HF MixtralForCausalLM, full size, random fp16 weights: prefill 128 and 2,048, decode, the floor"

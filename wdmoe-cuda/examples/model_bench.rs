@@ -29,11 +29,19 @@ fn main() -> Result<()> {
     let prompts = arg_list(&args, "--prompts", "128,2048");
     let iters = num("--iters", 3).max(1);
     let decode = num("--decode", 32);
+    // Decode starts after a prompt of this many tokens (128: as the HF
+    // baseline's decode does).
+    let decode_prompt = num("--decode-prompt", 128).max(1);
     let shape = ModelShape {
         layers: num("--layers", 32),
         ..ModelShape::mixtral_8x7b()
     };
-    let longest = prompts.iter().copied().max().unwrap_or(1);
+    let longest = prompts
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(decode_prompt);
     let opts = ModelOptions {
         max_seq: longest + decode + 1,
         layout: ExpertLayout::DecodeOnly,
@@ -154,22 +162,35 @@ fn main() -> Result<()> {
         ));
     }
     if decode > 1 {
-        // The default, then two comparisons in the same call: each layer's
-        // device plan checked after the whole token instead of two layers
-        // after its enqueue, and lm_head on the row-major GEMV instead of
-        // its decode packing.
-        let variants: [(&str, bool, bool); 3] = [
-            ("default", true, true),
-            ("checks after the token", false, true),
-            ("lm_head row-major", true, false),
+        // The default, then comparisons in the same call, each changing one
+        // thing: each layer's device plan checked after the whole token
+        // instead of two layers after its enqueue; lm_head on the row-major
+        // GEMV instead of its decode packing; CUDA events around each MoE
+        // step (as before run Z1); each plan slot in its own two launches.
+        // (name, overlapped checks, packed lm_head, MoE step events, merged slots)
+        let variants: [(&str, bool, bool, bool, bool); 6] = [
+            ("default", true, true, false, true),
+            ("checks after the token", false, true, false, true),
+            ("lm_head row-major", true, false, false, true),
+            ("MoE step events", true, true, true, true),
+            ("slots one by one", true, true, false, false),
+            (
+                "events + slots one by one (before Z1)",
+                true,
+                true,
+                true,
+                false,
+            ),
         ];
         let floor = shape.decode_floor_bytes(2.0) / rate;
-        for (name, overlap, head) in variants {
+        for (name, overlap, head, events, merge) in variants {
             model.set_overlap_checks(overlap);
             model.set_packed_head(head);
+            model.set_moe_timing(events);
+            model.set_merge_slots(merge);
             model.truncate(0);
             let lat = vec![1.0; shape.layers * e];
-            let prompt = [1u32, 2, 3, 4];
+            let prompt: Vec<u32> = (1..=decode_prompt as u32).collect();
             let plat = vec![1.0; prompt.len() * shape.layers * e];
             let out = model.forward(&prompt, Output::LastArgmax, &policy, &plat)?;
             let mut id = out.argmax.unwrap_or(0);
@@ -201,6 +222,8 @@ fn main() -> Result<()> {
         }
         model.set_overlap_checks(true);
         model.set_packed_head(true);
+        model.set_moe_timing(false);
+        model.set_merge_slots(true);
     }
     if let Some(p) = get("--json") {
         let j = format!(

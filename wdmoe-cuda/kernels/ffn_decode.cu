@@ -230,7 +230,8 @@ __device__ __forceinline__ void gemv_tile(
         if (out_acc) {
             int dst = toks.scatter ? toks.idx[tok] : tok;
             float wgt = toks.scatter ? toks.w[tok] : 1.f;
-            out_acc[(size_t)dst * ldo + grow] += wgt * v;
+            // Atomic: the slots of one merged launch add into the same rows.
+            atomicAdd(&out_acc[(size_t)dst * ldo + grow], wgt * v);
         } else {
             out[(size_t)tok * ldo + grow] = __float2half_rn(v);
         }
@@ -423,7 +424,8 @@ __device__ __forceinline__ void gemv_tile_rows(
         if (out_acc) {
             int dst = toks.scatter ? toks.idx[tok] : tok;
             float wgt = toks.scatter ? toks.w[tok] : 1.f;
-            out_acc[(size_t)dst * ldo + grow] += wgt * v;
+            // Atomic: the slots of one merged launch add into the same rows.
+            atomicAdd(&out_acc[(size_t)dst * ldo + grow], wgt * v);
         } else {
             out[(size_t)tok * ldo + grow] = __float2half_rn(v);
         }
@@ -492,10 +494,20 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
 // kernels wait before exiting, so that the completion of every kernel
 // implies that of the one before it (the router's zeroing of the
 // accumulator, read by the down kernels, included).
+//
+// One launch may serve several slots (grid z = slots from `slot` on): slot
+// `slot + z` then has rows z*zrows .. of h (the gate/up kernel's output, the
+// down kernel's input; zrows 0 for a launch of one slot), and the down
+// kernels of all slots add into out_acc atomically.
 #define WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
     __shared__ TokList st;                                                                                  \
     __shared__ unsigned long long sw;                                                                       \
     __shared__ int sT;                                                                                      \
+    slot += (int)blockIdx.z;                                                                                \
+    if (DOWN)                                                                                               \
+        x += (size_t)blockIdx.z * zrows * ldx;                                                              \
+    else                                                                                                    \
+        out += (size_t)blockIdx.z * zrows * ldo;                                                            \
     if (threadIdx.x == 0) {                                                                                 \
         const unsigned* flag = reinterpret_cast<const unsigned*>(plan + WDMOE_MAX_SLOTS);                   \
         int spins = 0;                                                                                      \
@@ -524,7 +536,7 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
     const Slot *__restrict__ plan, int slot, unsigned seq, const __half *__restrict__ x, int ldx,            \
         int k_tiles, long long rt_stride, long long kt_stride, int splits, float *__restrict__ partial,     \
         unsigned *__restrict__ counters, __half *__restrict__ out, int ldo, float *__restrict__ out_acc,    \
-        int n_rows
+        int n_rows, int zrows
 
 #define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN)                                                     \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \

@@ -307,8 +307,36 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     const int b = min(pos + 1, lo + (s + 1) * p.split_len);
     // Global loads in batches of ATT_BATCH per thread before their shared
     // stores: one memory round trip per batch, not per element (the
-    // kernel's latency at short contexts).
-    constexpr int ATT_BATCH = 8;
+    // kernel's latency at short contexts). The first batch of the first
+    // key/value tile is issued before the queries' loads, so that both take
+    // one round trip (a decode split is one tile: hd 128, 4 heads a group).
+    constexpr int ATT_BATCH = 16;
+    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * hd;
+    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * hd;
+    __half2 kv[ATT_BATCH], vv[ATT_BATCH];
+    auto load_kv = [&](int t0, int nk, int i0) {
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < nk * (hd / 2)) {
+                const int j = i / (hd / 2), d2 = i % (hd / 2);
+                kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
+                vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+            }
+        }
+    };
+    auto store_kv = [&](int nk, int i0) {
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < nk * (hd / 2)) {
+                const int j = i / (hd / 2), d2 = i % (hd / 2);
+                reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
+                reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
+            }
+        }
+    };
+    if (a < b) load_kv(a, min(ATT_TILE, b - a), threadIdx.x);
     for (int i0 = threadIdx.x; i0 < G * hd; i0 += ATT_BATCH * blockDim.x) {
         float v[ATT_BATCH];
 #pragma unroll
@@ -327,31 +355,12 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
 #pragma unroll
     for (int i = 0; i < MAXD; ++i) acc[i] = 0.f;
     float m = -INFINITY, l = 0.f;
-    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * hd;
-    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * hd;
     for (int t0 = a; t0 < b; t0 += ATT_TILE) {
         const int nk = min(ATT_TILE, b - t0);
         __syncthreads();
         for (int i0 = threadIdx.x; i0 < nk * (hd / 2); i0 += ATT_BATCH * blockDim.x) {
-            __half2 kv[ATT_BATCH], vv[ATT_BATCH];
-#pragma unroll
-            for (int u = 0; u < ATT_BATCH; ++u) {
-                const int i = i0 + u * blockDim.x;
-                if (i < nk * (hd / 2)) {
-                    const int j = i / (hd / 2), d2 = i % (hd / 2);
-                    kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
-                    vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < ATT_BATCH; ++u) {
-                const int i = i0 + u * blockDim.x;
-                if (i < nk * (hd / 2)) {
-                    const int j = i / (hd / 2), d2 = i % (hd / 2);
-                    reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
-                    reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
-                }
-            }
+            if (t0 != a || i0 != (int)threadIdx.x) load_kv(t0, nk, i0);  // else loaded above
+            store_kv(nk, i0);
         }
         __syncthreads();
         float sc = -INFINITY;

@@ -161,7 +161,8 @@ extern "C" __global__ void f32_to_f16(const float* __restrict__ in, __half* __re
 // policy.cuh, shared with moe_route.cu.
 
 // What router_policy reports to the host (page-locked host memory, written
-// last by the last block; seq is written after everything else).
+// last by the last block; seq is written after everything else, with
+// release semantics at system scope: the host polls it).
 struct PlanReport {
     unsigned seq;
     int err;       // 0, or 1 + the first token whose policy failed (non-finite logits, no reachable expert)
@@ -187,6 +188,15 @@ __device__ __forceinline__ void publish_plan(Slot* plan, unsigned seq, int lane)
     }
 }
 
+// The report's sequence number := seq, after everything the warp (and, for
+// several tokens, every block: they emit before counting in) wrote to the
+// host: the host polls it instead of waiting on an event after the kernel.
+__device__ __forceinline__ void publish_report(PlanReport* report, unsigned seq, int lane) {
+    __threadfence_system();
+    __syncwarp();
+    if (lane == 0) asm volatile("st.release.sys.u32 [%0], %1;" ::"l"(&report->seq), "r"(seq) : "memory");
+}
+
 
 }  // namespace
 
@@ -198,8 +208,9 @@ __device__ __forceinline__ void publish_plan(Slot* plan, unsigned seq, int lane)
 // reset by it) builds the plan: one slot per expert that serves a token, in
 // expert order, tokens in token order, written to plan[0..n_slots) (unused
 // slots get w13 = 0), then lets the slot kernels launch, then copies the
-// plan and the header into `report` (host; read after the stream is
-// synchronised).
+// plan and the header into `report` (host memory; its seq, written last
+// after a system-scope fence, tells the polling host the report and every
+// block's logits are there).
 extern "C" __global__ void router_policy(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
                                          float* __restrict__ logits_host, float* __restrict__ probs,
                                          float* __restrict__ zero, int zero_cols, int tokens, const PolicyArgs pa,
@@ -329,8 +340,8 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
                 st[7] = globaltimer();
                 for (int i = 0; i < 8; ++i) report->stamp[i] = st[i];
             }
-            report->seq = seq;
         }
+        publish_report(report, seq, lane);
         return;
     }
     {
@@ -339,14 +350,14 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         const int ns = my_sel[0];
         for (int i = lane; i < SELW; i += 32)
             if (i == 0 || (i <= ns) || (i > WDMOE_MAX_SLOTS && i <= WDMOE_MAX_SLOTS + ns)) gsel[i] = my_sel[i];
-        __threadfence();
+        // The logits go to the host before this block counts in, so that
+        // the report's seq (written by the last block) follows them all.
+        emit();
+        __threadfence_system();
         __syncwarp();
         unsigned last = 0u;
         if (lane == 0) last = atomicAdd(counter, 1u) == (unsigned)tokens - 1 ? 1u : 0u;
-        if (!__shfl_sync(0xffffffffu, last, 0)) {
-            emit();
-            return;
-        }
+        if (!__shfl_sync(0xffffffffu, last, 0)) return;
         __threadfence();
         for (int t = 0; t < tokens; ++t) {
             const int* src = sel + (size_t)t * SELW;
@@ -439,15 +450,14 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     // The plan is published: the slot kernels may launch (they acquire the
     // flag before reading it).
     griddep_launch_dependents();
-    emit();
     int* hrep = reinterpret_cast<int*>(report->slot);
     for (int i = lane; i < words; i += 32) hrep[i] = src[i];
     if (lane == 0) {
         report->err = s_err;
         report->n_active = n_used;
         if (pa.profile) st[7] = globaltimer();
-        report->seq = seq;
     }
+    publish_report(report, seq, lane);
 }
 
 // Test entry: the device policy for `n` independent cases (one warp each,

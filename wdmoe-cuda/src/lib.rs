@@ -53,9 +53,9 @@ pub use cust;
 pub use cust::memory::{DeviceBuffer, DeviceSlice};
 pub use error::{Error, Result};
 pub use ffn::{
-    ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_stage, gate_up_prefetch_ranges,
-    DecodeConfig, DownLayout, ExpertWeights, FfnWorkspace, KernelConfig, PackedMatrix, RoutingPlan,
-    Stage,
+    ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_decode_slots, ffn_stage,
+    gate_up_prefetch_ranges, slots_merge, DecodeConfig, DownLayout, ExpertWeights, FfnWorkspace,
+    KernelConfig, PackedMatrix, RoutingPlan, Stage,
 };
 pub use half::f16;
 #[doc(hidden)]

@@ -296,9 +296,9 @@ impl Router {
         } else {
             // The page-locked table is read by the kernel while it runs: a
             // router_policy still queued from an earlier call may not have
-            // read it yet, so wait for that one (an event recorded after it)
-            // before overwriting it.
-            plan.wait_lat_free()?;
+            // read it yet, so wait for that one (its report, written after
+            // it read the table) before overwriting it.
+            plan.wait_lat_free(gpu)?;
             plan.lat[..latency_s.len()].copy_from_slice(latency_s);
             lat_host = plan.lat.as_ptr() as u64;
         }
@@ -339,7 +339,7 @@ impl Router {
         // lat_host (null or tokens x e doubles), report (4 + MAX_SLOTS x
         // SLOT_WORDS words) are page-locked buffers owned by `plan` (UVA),
         // which synchronises before it frees them (and lat_host is not
-        // written again before this kernel has run: lat_read); wtab holds 2e addresses,
+        // written again before this kernel has reported: wait_lat_free); wtab holds 2e addresses,
         // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, sel MAX_PLAN_TOKENS rows >=
         // tokens, counter one word that is 0 between launches (reset by the
         // last block); e <= MAX_SLOTS; dynamic shared memory as
@@ -354,7 +354,7 @@ impl Router {
             )?;
         }
         if lat_host != 0 {
-            plan.lat_read_recorded(gpu)?;
+            plan.lat_read_launched();
         }
         Ok(())
     }

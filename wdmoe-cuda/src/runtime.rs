@@ -164,6 +164,19 @@ impl Gpu {
             .ctx("cuStreamSynchronize", String::new)
     }
 
+    /// Whether every launched operation has finished (`cuStreamQuery`,
+    /// without waiting); an asynchronous error of the stream is returned.
+    pub fn stream_idle(&self) -> Result<bool> {
+        // SAFETY: cuStreamQuery only reads the state of this Gpu's live
+        // stream.
+        let rc = unsafe { cust::sys::cuStreamQuery(self.stream.as_inner()) };
+        if rc == cust::sys::cudaError_enum::CUDA_ERROR_NOT_READY {
+            return Ok(false);
+        }
+        crate::error::check_cu(rc, || "cuStreamQuery".into(), String::new)?;
+        Ok(true)
+    }
+
     /// Allocates `n` elements (uninitialised contents are never read by the
     /// kernels before being written; poison them for tests with [`Gpu::fill_u16`]).
     pub fn alloc<T: DeviceCopy + bytemuck::Zeroable>(&self, n: usize) -> Result<DeviceBuffer<T>> {

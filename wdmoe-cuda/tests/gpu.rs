@@ -11,10 +11,10 @@ mod common;
 
 use common::*;
 use wdmoe_cuda::{
-    combine_rows, ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_grouped, ffn_prefill,
-    gather_rows, DecodeConfig, DevicePlan, DownLayout, Error, ExpertFfn, ExpertWeights,
-    FfnWorkspace, GemmConfig, Gpu, KernelConfig, PlanPolicy, PrefillConfig, PrefillWeights,
-    PrefillWorkspace, Router, RoutingPlan,
+    combine_rows, ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_decode_slots, ffn_grouped,
+    ffn_prefill, gather_rows, slots_merge, DecodeConfig, DevicePlan, DownLayout, Error, ExpertFfn,
+    ExpertWeights, FfnWorkspace, GemmConfig, Gpu, KernelConfig, PlanPolicy, PrefillConfig,
+    PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
 };
 use wdmoe_cuda::{f16, DeviceBuffer};
 
@@ -759,4 +759,79 @@ fn two_planned_steps_without_sync_keep_their_own_latencies() {
     let (ea, eb) = (diff(&out_a, &ref_a), diff(&out_b, &ref_b));
     eprintln!("two steps without sync: rel err {ea:.2e} (A), {eb:.2e} (B)");
     assert!(ea < 1e-5 && eb < 1e-5, "A {ea:.2e}, B {eb:.2e}");
+}
+
+/// A device-planned step whose slots share two launches (`ffn_decode_slots`:
+/// grid z = slot, the down kernels adding atomically) gives the bits of the
+/// same step with two launches per slot (each output row gets at most two
+/// additions onto zero, k = 2, which commute exactly), at 1 and 2 tokens;
+/// no NaN.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn merged_slot_launches_equal_one_launch_per_slot() {
+    let gpu = gpu();
+    let s = seed();
+    let (m, m_h, e) = (512, 1024, 8);
+    let experts: Vec<ExpertWeights> = (0..e as u64)
+        .map(|q| expert(&gpu, m, m_h, s ^ (q << 12)).w)
+        .collect();
+    let gdev = rand_dev(&gpu, e * m, s ^ 5, 1.0 / (m as f32).sqrt());
+    let router = Router::from_host(&gpu, &gpu.download(&gdev).unwrap(), e, m).unwrap();
+    let mut plan = DevicePlan::new(&gpu, &experts).unwrap();
+    let mut ws = FfnWorkspace::new(&gpu, m, m_h).unwrap();
+    // Shapes without split-K (those of Mixtral size), which merging needs.
+    let mut cfg = DecodeConfig::auto(gpu.info(), m, m_h);
+    cfg.gate_up.splits = 1;
+    cfg.down.splits = 1;
+    let pol = PlanPolicy::new(2, 0.0, 0).unwrap();
+    for t in [1usize, 2] {
+        let x = rand_dev(&gpu, t * m, s ^ (7 + t as u64), 1.0);
+        let lat = vec![0.01; t * e];
+        let mut probs = gpu.alloc::<f32>(t * e).unwrap();
+        let mut run = |merged: bool| -> Vec<f32> {
+            let mut acc = gpu.alloc::<f32>(t * m).unwrap();
+            router
+                .route_plan(
+                    &gpu,
+                    &x,
+                    t,
+                    &mut probs,
+                    (&mut acc, m),
+                    &mut plan,
+                    &pol,
+                    &lat,
+                    &[],
+                )
+                .unwrap();
+            if merged {
+                assert!(slots_merge(&cfg, t, plan.n_slots()), "T={t}");
+                ffn_decode_slots(&gpu, &experts, &plan, &x, &mut acc, &mut ws, &cfg).unwrap();
+            } else {
+                for q in 0..plan.n_slots() {
+                    ffn_decode_slot(&gpu, &experts, &plan, q, &x, &mut acc, &mut ws, &cfg).unwrap();
+                }
+            }
+            gpu.download(&acc).unwrap()
+        };
+        let (one, merged) = (run(false), run(true));
+        assert!(
+            one.iter().all(|v| v.is_finite()),
+            "T={t}: non-finite output"
+        );
+        assert!(one.iter().any(|&v| v != 0.0), "T={t}: all zero");
+        let diff = one
+            .iter()
+            .zip(&merged)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        eprintln!(
+            "T={t}: {} slots, {diff} of {} values differ",
+            plan.n_slots(),
+            one.len()
+        );
+        assert_eq!(
+            diff, 0,
+            "T={t}: merged launches differ from one launch per slot"
+        );
+    }
 }

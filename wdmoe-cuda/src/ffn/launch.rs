@@ -76,6 +76,7 @@ kernel_params! {
         ldo: i32,
         out_acc: u64,
         n_rows: i32,
+        zrows: i32,
     }
 }
 

@@ -10,6 +10,7 @@ pub use config::*;
 pub(crate) use launch::*;
 pub use weights::*;
 
+use cust::function::GridSize;
 use cust::memory::DeviceSlice;
 use half::f16;
 
@@ -370,6 +371,59 @@ pub fn ffn_decode_slot(
     ws: &mut FfnWorkspace,
     cfg: &DecodeConfig,
 ) -> Result<()> {
+    launch_slots(gpu, experts, plan, slot..slot + 1, x, out_acc, ws, cfg)
+}
+
+/// Every slot of a device-built plan, as [`ffn_decode_slot`] for each, in
+/// two launches (gate/up of all slots, then down of all slots: grid z =
+/// slot) where [`slots_merge`] allows, else two launches per slot. The
+/// slots' down kernels then add into `out_acc` concurrently (atomically:
+/// with more than two slots per token the order of the fp32 additions, and
+/// so the last bits of a sum, may differ between runs).
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_decode_slots(
+    gpu: &Gpu,
+    experts: &[ExpertWeights],
+    plan: &DevicePlan,
+    x: &DeviceSlice<f16>,
+    out_acc: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+) -> Result<()> {
+    if slots_merge(cfg, plan.tokens, plan.n_slots) {
+        return launch_slots(gpu, experts, plan, 0..plan.n_slots, x, out_acc, ws, cfg);
+    }
+    for s in 0..plan.n_slots {
+        launch_slots(gpu, experts, plan, s..s + 1, x, out_acc, ws, cfg)?;
+    }
+    Ok(())
+}
+
+/// Whether the `n_slots` slots of a plan of `n_tokens` tokens can share
+/// their launches ([`ffn_decode_slots`]): every slot's h rows fit the
+/// workspace (`n_tokens · n_slots` ≤ [`MAX_DECODE_TOKENS`]) and neither
+/// kernel splits k (the split-K partial sums are per launch).
+pub fn slots_merge(cfg: &DecodeConfig, n_tokens: usize, n_slots: usize) -> bool {
+    let (dual, g, d) = slot_configs(cfg, n_tokens);
+    n_slots > 1
+        && !dual
+        && n_tokens * n_slots <= MAX_DECODE_TOKENS
+        && g.splits == 1
+        && d.splits == 1
+}
+
+/// The two kernels of slots `slots` (one launch each, grid z = slot).
+#[allow(clippy::too_many_arguments)]
+fn launch_slots(
+    gpu: &Gpu,
+    experts: &[ExpertWeights],
+    plan: &DevicePlan,
+    slots: std::ops::Range<usize>,
+    x: &DeviceSlice<f16>,
+    out_acc: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &DecodeConfig,
+) -> Result<()> {
     const OP: &str = "ffn_decode_slot";
     let n_tokens = plan.tokens;
     plan.check_experts(OP, experts)?;
@@ -377,10 +431,20 @@ pub fn ffn_decode_slot(
     check_weights(OP, w, ws)?;
     cfg.check(OP)?;
     let m = w.m;
-    if slot >= plan.n_slots {
+    if slots.is_empty() || slots.end > plan.n_slots {
         return Err(shape(
             OP,
-            format!("slot {slot} of a plan with {} slots", plan.n_slots),
+            format!("slots {slots:?} of a plan with {} slots", plan.n_slots),
+        ));
+    }
+    let merged = slots.len() > 1;
+    if merged && !slots_merge(cfg, n_tokens, slots.len()) {
+        return Err(shape(
+            OP,
+            format!(
+                "{} slots of {n_tokens} tokens cannot share a launch (cfg {cfg:?})",
+                slots.len()
+            ),
         ));
     }
     if n_tokens == 0
@@ -439,7 +503,7 @@ pub fn ffn_decode_slot(
         };
         let params = SlotParams {
             plan: addr(&plan.slots),
-            slot: slot as i32,
+            slot: slots.start as i32,
             seq: plan.seq,
             x: xin,
             ldx: ldx as i32,
@@ -453,29 +517,33 @@ pub fn ffn_decode_slot(
             ldo,
             out_acc,
             n_rows: n as i32,
+            zrows: if merged { n_tokens as i32 } else { 0 },
         };
+        let grid = GridSize::xyz(geo.grid.x, geo.grid.y, slots.len() as u32);
         // SAFETY: the slot_* kernels take (const Slot* plan, int slot,
         // unsigned seq, const half* x, int ldx, int k_tiles, long long
         // rt_stride, long long kt_stride, int splits, float* partial,
-        // unsigned* counters, half* out, int ldo, float* out_acc, int n_rows)
-        // = SlotParams. plan.slots holds MAX_SLOTS
-        // slots and the ready-flag word after them, and slot < n_slots; a used slot (written only by
+        // unsigned* counters, half* out, int ldo, float* out_acc, int
+        // n_rows, int zrows) = SlotParams. plan.slots holds MAX_SLOTS
+        // slots and the ready-flag word after them, and slots.end <= n_slots
+        // (grid z = slots.len()); a used slot (written only by
         // router_policy) holds the addresses of one of `experts` (checked to
         // be the plan's, all of this geometry: same_packing), at most 16
         // tokens, each < n_tokens (the router's token count, <= the rows of
         // x and out_acc, checked); an unused slot has w13 = 0 and its
         // kernels only wait and exit. x, h and out_acc as in launch_gemv;
         // the workspace (partials, zeroed counters, h of 16 x m_h) is sized
-        // for any KernelConfig; `shared` as launch_gemv's for n_tokens (two
+        // for any KernelConfig (a merged launch: z · zrows + n_tokens <= 16
+        // rows of h and no split-K, checked by slots_merge); `shared` as launch_gemv's for n_tokens (two
         // n-tiles above 8: enough for the dual kernels' larger branch, which
         // take the rows-1 shapes they were compiled for).
         unsafe {
             gpu.launch(
                 &gpu.ffn,
                 name,
-                Shape::new(geo.grid, geo.block).shared(geo.shared).pdl(true),
+                Shape::new(grid, geo.block).shared(geo.shared).pdl(true),
                 params,
-                || format!("slot {slot} k={k} n={n} n_tokens={n_tokens} cfg={kcfg:?}"),
+                || format!("slots {slots:?} k={k} n={n} n_tokens={n_tokens} cfg={kcfg:?}"),
             )?;
         }
     }

@@ -291,11 +291,12 @@ impl GpuModel {
         mut moe: LayerMoe,
     ) -> Result<Layer> {
         let cache = shape.kv_heads * opts.max_seq * shape.head_dim;
-        // The whole-model step: no per-expert events (they break the
-        // overlap of one expert's kernels with the next), no probabilities
+        // The whole-model step: no per-expert or per-step events (they
+        // break the overlap of a kernel with the next), no probabilities
         // copied back (the logits are).
         if let Some(moe) = moe.local_mut() {
             moe.set_expert_timing(false);
+            moe.set_step_timing(false);
             moe.set_probs_to_host(false);
         }
         let (m, hd_all, qkvw) = (

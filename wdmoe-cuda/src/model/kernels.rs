@@ -396,14 +396,29 @@ unsafe impl crate::launch::KernelParams for AttnArg {
 
 /// How many key splits attention uses for `t` queries over up to `keys`
 /// keys: one for several queries (prefill: enough blocks already); for one
-/// query about one split per 64 keys, at most 32 (so that decode at long
-/// contexts fills the GPU).
+/// query one split per [`attn_split_keys`] keys, at most 32 (decode is
+/// latency-bound: each block's key tiles are loaded one after the other,
+/// so short splits shorten the chain; at long contexts 32 splits fill the
+/// GPU).
 pub(crate) fn attn_splits(t: usize, keys: usize) -> usize {
     if t > 1 {
         1
     } else {
-        keys.div_ceil(64).clamp(1, 32)
+        keys.div_ceil(attn_split_keys()).clamp(1, 32)
     }
+}
+
+/// Keys per decode split: 32, one key tile (`WDMOE_ATTN_SPLIT_KEYS=64`,
+/// read once: the earlier two tiles, for comparisons).
+pub(crate) fn attn_split_keys() -> usize {
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEYS.get_or_init(|| {
+        std::env::var("WDMOE_ATTN_SPLIT_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&k: &usize| k >= ATTN_TILE)
+            .unwrap_or(ATTN_TILE)
+    })
 }
 
 /// Queries from which prefill attention runs on tensor cores.

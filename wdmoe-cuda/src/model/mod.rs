@@ -117,7 +117,9 @@ pub struct LayerRoute {
     pub selections: Vec<TokenSelection>,
     /// Eq. (7) per token under the given latencies \[s\].
     pub token_latency_s: Vec<f64>,
-    /// GPU time of the layer's MoE steps (router to combine) \[s\].
+    /// GPU time of the layer's MoE steps (router to combine) \[s\]; the
+    /// device-planned (decode) steps count only with
+    /// [`GpuModel::set_moe_timing`] on (else they add 0).
     pub moe_time_s: f64,
 }
 
@@ -289,6 +291,30 @@ impl GpuModel {
             if let Some(moe) = l.moe.local_mut() {
                 moe.set_device_policy_tokens(usize::from(on));
                 moe.set_device_routing(on);
+            }
+        }
+    }
+
+    /// CUDA events around every device-planned (decode) MoE step, for
+    /// [`LayerRoute::moe_time_s`] (default false: each event between two
+    /// kernels ends their programmatic-dependent-launch overlap, ~5 µs
+    /// per step on an H200, and the checks wait for the router's report in
+    /// host memory instead). Prefill steps are always timed.
+    pub fn set_moe_timing(&mut self, on: bool) {
+        for l in &mut self.layers {
+            if let Some(moe) = l.moe.local_mut() {
+                moe.set_step_timing(on);
+            }
+        }
+    }
+
+    /// Whether device-planned steps run their slots in shared launches
+    /// (default true; see `MoeLayer::set_merge_slots`; comparisons).
+    #[doc(hidden)]
+    pub fn set_merge_slots(&mut self, on: bool) {
+        for l in &mut self.layers {
+            if let Some(moe) = l.moe.local_mut() {
+                moe.set_merge_slots(on);
             }
         }
     }

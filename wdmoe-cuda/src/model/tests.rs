@@ -316,7 +316,12 @@ fn attention_shapes_are_checked_before_launch() {
         assert!(bad.check("t").is_err(), "{bad:?}");
     }
     assert_eq!(kernels::attn_splits(1, 1), 1);
-    assert_eq!(kernels::attn_splits(1, 65), 2);
+    assert_eq!(kernels::attn_splits(1, 32), 1);
+    assert_eq!(
+        kernels::attn_splits(1, 65),
+        65usize.div_ceil(kernels::attn_split_keys())
+    );
+    assert_eq!(kernels::attn_splits(7, 1000), 1);
     assert_eq!(kernels::attn_splits(1, 100_000), 32);
     assert_eq!(kernels::attn_splits(7, 100_000), 1);
 }

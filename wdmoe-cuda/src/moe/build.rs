@@ -202,6 +202,8 @@ impl MoeLayer {
             prefill,
             use_prefill: true,
             expert_timing: true,
+            step_timing: true,
+            merge_slots: true,
             m,
             m_h,
             max_tokens,

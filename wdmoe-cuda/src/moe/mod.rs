@@ -79,7 +79,8 @@ pub struct MoeStep {
     /// launch for all, shared out in proportion to tokens).
     pub expert_time_s: Vec<f64>,
     /// The whole step, router to combine, in seconds (CUDA events; the
-    /// host policy and a re-run included).
+    /// host policy and a re-run included); 0 for a device-planned step
+    /// while step timing is off ([`MoeLayer::set_step_timing`]).
     pub time_s: f64,
     /// The step's output was replaced after kernels enqueued behind it may
     /// have read the first one: a device-planned step whose plan differed
@@ -114,6 +115,8 @@ pub struct MoeLayer {
     prefill: Option<GroupedPrefill>,
     use_prefill: bool,
     expert_timing: bool,
+    step_timing: bool,
+    merge_slots: bool,
     device: DevicePlan,
     device_policy_tokens: usize,
     mismatches: u64,
@@ -167,6 +170,26 @@ impl MoeLayer {
     /// stays 0 on that path and the step time is what a deployment sees.
     pub fn set_expert_timing(&mut self, on: bool) {
         self.expert_timing = on;
+    }
+
+    /// CUDA events around each device-planned step (default true), for
+    /// [`MoeStep::time_s`]. Off, nothing but kernels goes into the stream
+    /// for the step (an event between two kernels ends their programmatic
+    /// dependent launch overlap, ~5 µs each on an H200): `time_s` is then 0
+    /// and [`MoeLayer::complete`] waits for the router kernel's report in
+    /// host memory instead of an event after the step. The other paths
+    /// always time their steps.
+    pub fn set_step_timing(&mut self, on: bool) {
+        self.step_timing = on;
+    }
+
+    /// Whether a device-planned step runs its slots in two launches (gate/up
+    /// of all, down of all) where [`crate::slots_merge`] allows and expert
+    /// timing is off (default true), or two launches per slot (false;
+    /// comparisons).
+    #[doc(hidden)]
+    pub fn set_merge_slots(&mut self, on: bool) {
+        self.merge_slots = on;
     }
 
     /// Steps of 1..=`max_tokens` tokens (at most 16, off the prefill path)

@@ -1,7 +1,7 @@
 //! The device-planned decode step of a [`MoeLayer`]
 //! ([`MoeLayer::set_device_policy_tokens`]): router, policy and plan in one
 //! kernel, the plan's slot kernels enqueued with it (no host round trip
-//! inside the step); then wdmoe-core's check of the plan and, on a
+//! inside the step; all slots in two launches where the shapes allow); then wdmoe-core's check of the plan and, on a
 //! difference, the experts again on wdmoe-core's plan.
 
 use wdmoe_core::select::Policy;
@@ -10,7 +10,7 @@ use super::encode::{route_tokens, same_plan};
 use super::host::run_host_plan;
 use super::{MoeLayer, MoeStep};
 use crate::error::{CudaCtx, Error, Result};
-use crate::ffn::{ffn_decode_slot, gate_up_prefetch_ranges};
+use crate::ffn::{ffn_decode_slot, ffn_decode_slots, gate_up_prefetch_ranges};
 use crate::runtime::elapsed_ms;
 
 impl MoeLayer {
@@ -28,7 +28,9 @@ impl MoeLayer {
         let pol = self.plan_policy(policy)?.with_profile(self.profile_router);
         let gpu = &self.gpu;
         let ev = &self.events;
-        gpu.record_on(&ev[0])?;
+        if self.step_timing {
+            gpu.record_on(&ev[0])?;
+        }
         let mut acc = self.acc.index(..n_tokens * m);
         let prefetch =
             gate_up_prefetch_ranges(&self.experts[0], &self.cfg, n_tokens, self.prefetch.bytes());
@@ -44,25 +46,41 @@ impl MoeLayer {
             &prefetch,
         )?;
         let n_slots = self.device.n_slots();
-        for s in 0..n_slots {
-            if self.expert_timing {
-                gpu.record_on(&ev[2 + 2 * s])?;
-            }
-            ffn_decode_slot(
+        if !self.expert_timing && self.merge_slots {
+            // All slots in two launches where the shapes allow (no
+            // per-expert events to put between them).
+            ffn_decode_slots(
                 gpu,
                 &self.experts,
                 &self.device,
-                s,
                 &self.x,
                 &mut acc,
                 &mut self.ws,
                 &self.cfg,
             )?;
-            if self.expert_timing {
-                gpu.record_on(&ev[3 + 2 * s])?;
+        } else {
+            for s in 0..n_slots {
+                if self.expert_timing {
+                    gpu.record_on(&ev[2 + 2 * s])?;
+                }
+                ffn_decode_slot(
+                    gpu,
+                    &self.experts,
+                    &self.device,
+                    s,
+                    &self.x,
+                    &mut acc,
+                    &mut self.ws,
+                    &self.cfg,
+                )?;
+                if self.expert_timing {
+                    gpu.record_on(&ev[3 + 2 * s])?;
+                }
             }
         }
-        gpu.record_on(&ev[1])?;
+        if self.step_timing {
+            gpu.record_on(&ev[1])?;
+        }
         Ok(())
     }
 
@@ -77,12 +95,16 @@ impl MoeLayer {
         let gpu = &self.gpu;
         let ev = &self.events;
         let mut acc = self.acc.index(..n_tokens * m);
-        // wdmoe-core on the same logits, once this step is done (later
-        // layers may still run: the model checks a step while the GPU runs
-        // the layers after it).
-        ev[1]
-            .synchronize()
-            .ctx("cuEventSynchronize", || "device-planned step".into())?;
+        // wdmoe-core on the same logits, once this step's router has
+        // reported (later kernels may still run: the model checks a step
+        // while the GPU runs the layers after it).
+        if self.step_timing {
+            ev[1]
+                .synchronize()
+                .ctx("cuEventSynchronize", || "device-planned step".into())?;
+        } else {
+            self.device.wait_report(gpu)?;
+        }
         let report = self.device.report_ready()?;
         let logits = self.device.logits_ready().to_vec();
         let routing = route_tokens(&logits, n_tokens, e, policy, latency_s)?;
@@ -90,7 +112,7 @@ impl MoeLayer {
         let mut times = vec![0.0f64; e];
         let rerun = !same_plan(&report, groups);
         if !rerun {
-            if self.expert_timing {
+            if self.expert_timing && self.step_timing {
                 for (s, slot) in report.slots.iter().enumerate() {
                     times[slot.expert] = elapsed_ms(&ev[2 + 2 * s], &ev[3 + 2 * s])? as f64 * 1e-3;
                 }
@@ -124,7 +146,11 @@ impl MoeLayer {
                 times[q] = elapsed_ms(&ev[2 + 2 * q], &ev[3 + 2 * q])? as f64 * 1e-3;
             }
         }
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        let time_s = if self.step_timing {
+            elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3
+        } else {
+            0.0
+        };
         let probs = self.probs_host(n_tokens * e)?;
         Ok(MoeStep {
             logits,

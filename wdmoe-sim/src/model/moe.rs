@@ -192,7 +192,10 @@ pub struct LayerRouting {
     /// Eq. (7) per token had plain top-k served it (θ = 0, same k; only
     /// unreachable experts are left out) \[s\].
     pub top_k_latency_s: Vec<f64>,
-    /// Measured host time of the MoE step (router, policy, experts) \[s\].
+    /// Measured time of the MoE step (router, policy, experts) \[s\]: host
+    /// time on the CPU backend; on the GPU backend the GPU time of the
+    /// layer's timed steps (decode steps are not timed: they add 0, see
+    /// wdmoe-cuda's `GpuModel::set_moe_timing`).
     pub compute_s: f64,
 }
 
