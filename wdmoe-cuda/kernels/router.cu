@@ -15,12 +15,27 @@
 // then e x S partial sums). S warps per expert (S = warps / e, at least 1)
 // each take every S-th 16-byte chunk of the row: with 1 token the dot
 // products are latency-bound, so more warps per expert shorten the kernel.
-// Ends with __syncthreads().
+// Ends with __syncthreads(). With WAIT (a kernel launched with programmatic
+// dependent launch) each lane first prefetches its chunks of G into L1 (G
+// never depends on an earlier kernel: the prefetch overlaps the kernel
+// before, which writes x), then waits for that kernel (griddepcontrol.wait).
+template <bool WAIT>
 __device__ __forceinline__ void router_logits(const __half* __restrict__ x, const __half* __restrict__ g, int m,
                                               int e, int tok, float* sl) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int S = warps >= e ? warps / e : 1;
     float* part = sl + e;
+    if (WAIT) {
+        if (warp < S * ((warps >= e) ? e : warps)) {
+            const int slice = warp % S;
+            for (int q = warp / S; q < e; q += (warps >= e) ? e : warps) {
+                const uint4* gr = reinterpret_cast<const uint4*>(g + (size_t)q * m);
+                for (int c = lane + 32 * slice; c < m / 8; c += 32 * S)
+                    asm volatile("prefetch.global.L1 [%0];" ::"l"(gr + c));
+            }
+        }
+        griddep_wait();
+    }
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
     if (warp < S * ((warps >= e) ? e : warps)) {
         const int slice = warp % S;
@@ -84,7 +99,7 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
     const int tok = pf_block ? 0 : blockIdx.x;
     if (zero && !pf_block)
         for (int i = threadIdx.x; i < zero_cols; i += blockDim.x) zero[(size_t)tok * zero_cols + i] = 0.f;
-    router_logits(x, g, m, e, tok, sl);
+    router_logits<false>(x, g, m, e, tok, sl);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (pf_block) {
         // Token 0's top-2 experts by logit; the prefetch blocks split between
@@ -238,7 +253,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
     if (me < e) lat_r = lat_host ? lat_host[(size_t)tok * e + me] : pa.lat[me];
     if (me < 2 * e) wt_r = wtab[me];
     // (the accumulator row is zeroed by warps 1.. after the logits, off the critical path)
-    router_logits(x, g, m, e, tok, sl);
+    router_logits<true>(x, g, m, e, tok, sl);
     if (me < e) sh_lat[me] = lat_r;
     if (me < 2 * e) s_wtab[me] = wt_r;
     __syncthreads();

@@ -343,12 +343,17 @@ impl Router {
         // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, sel MAX_PLAN_TOKENS rows >=
         // tokens, counter one word that is 0 between launches (reset by the
         // last block); e <= MAX_SLOTS; dynamic shared memory as
-        // router_logits needs for this block size.
+        // router_logits needs for this block size. With PDL the kernel
+        // touches nothing an earlier kernel writes before its
+        // griddepcontrol.wait (in router_logits: G, the latencies and the
+        // weight table only, which no kernel writes).
         unsafe {
             gpu.launch(
                 &gpu.router,
                 "router_policy",
-                Shape::new(tokens as u32, warps * 32).shared(smem),
+                Shape::new(tokens as u32, warps * 32)
+                    .shared(smem)
+                    .pdl(true),
                 params,
                 || format!("tokens={tokens} m={m} experts={e} slots={n_slots}"),
             )?;
