@@ -351,9 +351,7 @@ impl Router {
             gpu.launch(
                 &gpu.router,
                 "router_policy",
-                Shape::new(tokens as u32, warps * 32)
-                    .shared(smem)
-                    .pdl(true),
+                Shape::new(tokens as u32, warps * 32).shared(smem).pdl(true),
                 params,
                 || format!("tokens={tokens} m={m} experts={e} slots={n_slots}"),
             )?;
