@@ -54,7 +54,7 @@ if [ "$mode" = decode ]; then
   fi
   step "ceilings: copy rate and cuBLAS GEMM (torch_baseline.py)"
   timeout 60 python3 torch_baseline.py --tokens 1 --layer-tokens 512 --json "$out/torch.json" 2>&1 | grep -Ei "copy|gemm|cublas|TFLOP" | head -8
-  step "ours, full size: prefill 128 and 2,048, decode (default, checks after the token, lm_head row-major)"
+  step "ours, full size: prefill 128 and 2,048, decode (default; checks after the token; MoE step events; slots one by one)"
   timeout 120 ./model_bench --prompts 128,2048 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
   step "ours, decode with two key tiles per attention split (WDMOE_ATTN_SPLIT_KEYS=64)"
   WDMOE_ATTN_SPLIT_KEYS=64 timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"

@@ -378,12 +378,7 @@ impl GpuModel {
         let head_p = if PackedMatrix::supported(&gpu, shape.vocab, m) {
             let w = PackedMatrix::pack(&gpu, lm_head.as_ref().unwrap_or(&embed), shape.vocab, m)?;
             gpu.sync()?;
-            Some(PackedHead {
-                w,
-                ws: FfnWorkspace::new(&gpu, m, shape.vocab)?,
-                cfg: proj(shape.vocab, m),
-                on: true,
-            })
+            Some(PackedHead { w, on: true })
         } else {
             None
         };

@@ -194,9 +194,9 @@ pub(crate) fn gemv(
 /// A projection `y (+)= W x` of `t` token rows; where the layer holds W's
 /// decode packing: above [`GEMV_MAX_TOKENS`] tokens the packed tensor-core
 /// GEMM ([`crate::prefill::gemm_packed_f32`]), at most that many the decode
-/// GEMV kernels ([`crate::ffn::gemv_packed_acc`], after zeroing `y` when
-/// storing into contiguous rows) where decode steps use the packing; else
-/// the row-major GEMV kernels. Arguments as [`gemv`].
+/// GEMV kernels ([`crate::ffn::gemv_packed_acc`], which add: `accumulate`)
+/// where decode steps use the packing; else the row-major GEMV kernels.
+/// Arguments as [`gemv`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn project(
     gpu: &Gpu,
@@ -214,11 +214,7 @@ pub(crate) fn project(
         Some(p) if (p.w.rows(), p.w.cols()) == (n, k) => {
             if t > GEMV_MAX_TOKENS {
                 crate::prefill::gemm_packed_f32(gpu, p.w, x, t, y, ldy, accumulate)
-            } else if p.decode && (accumulate || ldy == n) {
-                if !accumulate {
-                    // The decode GEMV adds: into zeros (rows contiguous).
-                    gpu.fill_u16(&mut y.index(..t * n), 0)?;
-                }
+            } else if p.decode && accumulate {
                 let cfg = if t > 8 { &p.cfg.down_wide } else { &p.cfg.down };
                 crate::ffn::gemv_packed_acc(gpu, p.w, x, t, y, ldy, p.ws, cfg)
             } else {

@@ -166,13 +166,13 @@ struct Layer {
 }
 
 /// lm_head (or the tied embedding) also in the decode packing, where the
-/// shapes allow it (262 MB at Mixtral size): decode steps run it through
-/// the decode GEMV kernels, the logits of longer chunks through the packed
-/// GEMM, instead of the row-major GEMV.
+/// shapes allow it (262 MB at Mixtral size): the logits of chunks of more
+/// than [`GEMV_MAX_TOKENS`](kernels::GEMV_MAX_TOKENS) rows run through the
+/// packed GEMM instead of the row-major GEMV (a decode token's through the
+/// row-major GEMV, which is faster there than the decode GEMV on the
+/// packing).
 struct PackedHead {
     w: PackedMatrix,
-    ws: FfnWorkspace,
-    cfg: DecodeConfig,
     /// Used (default; [`GpuModel::set_packed_head`]: comparisons).
     on: bool,
 }
@@ -327,8 +327,9 @@ impl GpuModel {
         self.overlap_checks = on;
     }
 
-    /// Whether lm_head runs on its decode packing where it has one
-    /// (default true) or row-major (false; for comparisons).
+    /// Whether chunks of more than 16 rows of logits run lm_head on its
+    /// packing where it has one (default true) or row-major (false; for
+    /// comparisons). Decode rows always run row-major.
     #[doc(hidden)]
     pub fn set_packed_head(&mut self, on: bool) {
         if let Some(h) = &mut self.head_p {

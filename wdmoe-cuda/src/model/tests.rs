@@ -394,12 +394,12 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
     assert!(worst <= 5e-3, "{worst:.3e}");
 }
 
-/// lm_head on its decode packing (the decode GEMV kernels for chunks of up
-/// to 16 rows, the packed GEMM for longer ones) against the row-major GEMV,
-/// on the same model and tokens (1 layer at Mixtral width, a 4,096-token
-/// vocabulary, random weights): logits within 1e-3 of the largest |logit|
-/// (fp32 sums of fp16 products in another order), every one finite, and the
-/// same greedy token.
+/// lm_head on its decode packing (the packed GEMM, for chunks of more than
+/// 16 rows; up to 16 rows run row-major either way) against the row-major
+/// GEMV, on the same model and tokens (1 layer at Mixtral width, a
+/// 4,096-token vocabulary, random weights): logits within 1e-3 of the
+/// largest |logit| (fp32 sums of fp16 products in another order), every
+/// one finite, and the same greedy token.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn lm_head_on_its_packing_equals_row_major() {
@@ -428,7 +428,7 @@ fn lm_head_on_its_packing_equals_row_major() {
     );
     let policy = Policy::new(2, 0.0, 1).unwrap();
     let v = shape.vocab;
-    for n in [1usize, 5, 16, 17, 40] {
+    for n in [1usize, 16, 17, 40, 64] {
         let tokens: Vec<u32> = (0..n).map(|_| r.gen_range(0..v as u32)).collect();
         let lat = vec![0.01; n * shape.experts];
         let mut run = |packed: bool, out: Output| {
