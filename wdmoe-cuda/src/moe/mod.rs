@@ -75,7 +75,8 @@ pub struct MoeStep {
     /// wdmoe-core's routing on the step's logits (what ran).
     pub routing: Routing,
     /// Per expert, the time of its FFN in seconds (CUDA events; 0 when it
-    /// served no token or expert timing is off; on the grouped path one
+    /// served no token, when expert timing is off, or on the device-planned
+    /// path when step timing is off; on the grouped path one
     /// launch for all, shared out in proportion to tokens).
     pub expert_time_s: Vec<f64>,
     /// The whole step, router to combine, in seconds (CUDA events; the
@@ -177,8 +178,8 @@ impl MoeLayer {
     /// for the step (an event between two kernels ends their programmatic
     /// dependent launch overlap, ~5 µs each on an H200): `time_s` is then 0
     /// and [`MoeLayer::complete`] waits for the router kernel's report in
-    /// host memory instead of an event after the step. The other paths
-    /// always time their steps.
+    /// host memory instead of an event after the step (so per-expert times
+    /// are not read either). The other paths always time their steps.
     pub fn set_step_timing(&mut self, on: bool) {
         self.step_timing = on;
     }

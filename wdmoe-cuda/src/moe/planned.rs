@@ -1,8 +1,9 @@
 //! The device-planned decode step of a [`MoeLayer`]
 //! ([`MoeLayer::set_device_policy_tokens`]): router, policy and plan in one
 //! kernel, the plan's slot kernels enqueued with it (no host round trip
-//! inside the step; all slots in two launches where the shapes allow); then wdmoe-core's check of the plan and, on a
-//! difference, the experts again on wdmoe-core's plan.
+//! inside the step; all slots in two launches where the shapes allow);
+//! then wdmoe-core's check of the plan and, on a difference, the experts
+//! again on wdmoe-core's plan.
 
 use wdmoe_core::select::Policy;
 
