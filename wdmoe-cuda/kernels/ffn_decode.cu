@@ -64,13 +64,25 @@ namespace {
 // NMAT = 2 and GATED: W1|W3 of one 16-row tile, epilogue silu(g)*u.
 // NMAT = 2 and !GATED: two consecutive 16-row tiles of one matrix (a 32-row
 // tile; B fragments are loaded once for both). NMAT = 1: one 16-row tile.
-template <int NT, int NMAT, int U, bool GATED>
-__device__ __forceinline__ void gemv_tile(
+//
+// SPEC (the 1-token gate/up slot kernels, slot_gated_spec_*): w is the
+// slot's candidate expert (SpecPlan), streamed before the plan exists. The
+// predecessor (the router, still running its policy) is waited for only
+// after the main loop; x was complete when the kernel launched (the router
+// launches it after its own wait for the kernel that wrote x). Lane 0 of
+// each warp polls the slot's verdict every iteration (a load issued one
+// iteration before it is read, so the loop never waits on it) and the warp
+// stops streaming once it says the slot does not run this candidate.
+// Returns whether the slot is done: its candidate ran (and was written) or
+// the slot is unused; false when the plan put another expert there (the
+// caller then runs that one). Without SPEC it always returns true.
+template <int NT, int NMAT, int U, bool GATED, bool SPEC = false>
+__device__ __forceinline__ bool gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
     const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
-    int n_rows) {
+    int n_rows, const Slot* __restrict__ plan = nullptr, int slot = 0, unsigned seq = 0u) {
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -130,7 +142,12 @@ __device__ __forceinline__ void gemv_tile(
     // Weights do not depend on the previous kernel: start loading them, then
     // wait for it (its outputs: x/h, the workspace, the plan) to complete.
     if (n_full > 0) load_a(a[0], kt);
-    griddep_wait();
+    if (!SPEC) griddep_wait();
+    // SPEC: the slot's verdict (SpecPlan) loaded at one iteration and read
+    // at the next; `stop` once it says the slot does not run this candidate.
+    unsigned spec_verdict = 0u;
+    int spec_state = 0;  // 0: polling, 1: the slot runs the candidate, 2: it does not
+    bool stop = false;
 
     // Per-lane B rows: token n = nt*8 + lane/4; k offset (lane%4)*2.
 #pragma unroll
@@ -143,6 +160,24 @@ __device__ __forceinline__ void gemv_tile(
     if (n_full > 0) {
         int i = 0;
         for (; i + 2 <= n_full; i += 2) {
+            if (SPEC && spec_state == 0) {
+                // Read the verdict the last iteration loaded (long arrived:
+                // an iteration streams several KB per warp), issue the next.
+                if (lane == 0) {
+                    if (i > 0 && spec_verdict == seq) spec_state = 1;  // runs: stop polling
+                    else if (i > 0 && spec_verdict == (seq | WDMOE_SPEC_DROPPED)) spec_state = 2;
+                    else
+                        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
+                                     : "=r"(spec_verdict)
+                                     : "l"(&spec_plan(plan)->verdict[slot])
+                                     : "memory");
+                }
+                spec_state = __shfl_sync(0xffffffffu, spec_state, 0);
+                if (spec_state == 2) {
+                    stop = true;
+                    break;
+                }
+            }
             load_a(a[1], kt + U);  // may read the next group; bounded below
             compute(a[0], kt);
             kt += U;
@@ -155,7 +190,7 @@ __device__ __forceinline__ void gemv_tile(
             kt += U;
         }
     }
-    for (; kt < kw1; ++kt) {
+    for (; !stop && kt < kw1; ++kt) {
         uint4 a1[NMAT];
 #pragma unroll
         for (int m = 0; m < NMAT; ++m) a1[m] = ld_stream(wt + kt * kt_stride + m * 32);
@@ -167,6 +202,13 @@ __device__ __forceinline__ void gemv_tile(
 #pragma unroll
             for (int m = 0; m < NMAT; ++m) mma16816(acc[m][nt], a1[m], b0, b1);
         }
+    }
+
+    if (SPEC) {
+        // The router has finished (its plan is complete): this slot's expert.
+        griddep_wait();
+        const unsigned long long fin = __ldcg(&plan[slot].w13);
+        if (fin != reinterpret_cast<unsigned long long>(w)) return fin == 0ull;
     }
 
     // Reduce the warps' fragments: red[warp][m][nt][c][lane].
@@ -208,7 +250,7 @@ __device__ __forceinline__ void gemv_tile(
             last_flag = (prev == (unsigned)splits - 1) ? 1u : 0u;
         }
         __syncthreads();
-        if (!last_flag) return;
+        if (!last_flag) return true;
         __threadfence();
         for (int i = threadIdx.x; i < NMAT * 256; i += blockDim.x) {
             float v = 0.f;
@@ -236,6 +278,7 @@ __device__ __forceinline__ void gemv_tile(
             out[(size_t)tok * ldo + grow] = __float2half_rn(v);
         }
     }
+    return true;
 }
 
 // gemv_tile generalised to R packed row units per warp (used with R = 2).
@@ -545,6 +588,55 @@ WDMOE_GEMV_R(gemv_pair_r2_nt2_u2, 2, 2, 2, 2, false)
         gemv_tile<NT, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, rt_stride, \
                                       kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);      \
     }
+
+// The 1-token gate/up slot kernels (SpecPlan): thread 0 waits for the
+// slot's candidate (published before the router's policy runs) or for the
+// plan itself, whichever comes first; with a candidate the block streams it
+// at once (gemv_tile's SPEC) and, should the plan put another expert in the
+// slot (never expected: the plan keeps a subset of the candidates in their
+// slots), runs that one as the plain slot kernel does.
+#define WDMOE_GEMV_SLOT_SPEC(NAME, U)                                                                       \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        WDMOE_SLOT_PARAMS) {                                                                                \
+        {                                                                                                   \
+            const int zslot = slot + (int)blockIdx.z;                                                       \
+            __shared__ unsigned long long s_cand;                                                           \
+            if (threadIdx.x == 0) {                                                                         \
+                const SpecPlan* sp = spec_plan(plan);                                                       \
+                const unsigned* flag = reinterpret_cast<const unsigned*>(plan + WDMOE_MAX_SLOTS);           \
+                unsigned long long cand = 0ull;                                                             \
+                for (int spins = 0; spins < (1 << 22); ++spins) {                                           \
+                    if (ld_acquire(&sp->seq) == seq) {                                                      \
+                        cand = __ldcg(&sp->w13[zslot]);                                                     \
+                        break;                                                                              \
+                    }                                                                                       \
+                    if (ld_acquire(flag) == seq) break;                                                     \
+                    __nanosleep(64);                                                                        \
+                }                                                                                           \
+                s_cand = cand;                                                                              \
+            }                                                                                               \
+            __syncthreads();                                                                                \
+            if (s_cand != 0ull) {                                                                           \
+                TokList one;                                                                                \
+                one.gather = 1;                                                                             \
+                one.scatter = 1;                                                                            \
+                one.idx[0] = 0;                                                                             \
+                one.w[0] = 1.f;                                                                             \
+                if (gemv_tile<1, 2, U, true, true>(reinterpret_cast<const uint4*>(s_cand), x, ldx, one, 1,   \
+                                                   k_tiles, rt_stride, kt_stride, splits, partial, counters, \
+                                                   out + (size_t)blockIdx.z * zrows * ldo, ldo, out_acc,     \
+                                                   n_rows, plan, zslot, seq))                               \
+                    return;                                                                                 \
+                __syncthreads();                                                                            \
+            }                                                                                               \
+        }                                                                                                   \
+        WDMOE_SLOT_PROLOGUE(false)                                                                          \
+        gemv_tile<1, 2, U, true>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, rt_stride,    \
+                                 kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);          \
+    }
+
+WDMOE_GEMV_SLOT_SPEC(slot_gated_spec_u4, 4)
+WDMOE_GEMV_SLOT_SPEC(slot_gated_spec_u8, 8)
 
 #define WDMOE_GEMV_R_SLOT(NAME, NT, NMAT, R, U, GATED, DOWN)                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                              \

@@ -25,3 +25,28 @@ struct Slot {
     int T;                   // tokens (1..16)
     TokList toks;            // gather = scatter = 1, idx = token rows, w = combine weights
 };
+
+// A 1-token plan's candidates (router_policy, before its policy runs): the
+// packed W1|W3 of the token's top-k experts by logit in index order, w13[z]
+// for plan slot z (0: none), then seq. The policy keeps a subset of the
+// top-k (wdmoe-core's contract), and the 1-token plan puts a kept expert in
+// the slot of its candidate position (a dropped candidate's slot is
+// unused), so a gate/up kernel can stream its candidate's weights while the
+// policy runs. Lives after the plan's slots, its ready flag and a pad word.
+// verdict[z] (written with the plan, a hint for the streaming kernels):
+// seq when slot z runs its candidate, seq | SPEC_DROPPED when it does not
+// (dropped, or the rare layout where the plan put another expert there).
+struct SpecPlan {
+    unsigned long long w13[WDMOE_MAX_SLOTS];
+    unsigned seq;
+    unsigned pad;
+    unsigned verdict[WDMOE_MAX_SLOTS];
+};
+#define WDMOE_SPEC_DROPPED 0x80000000u
+
+__device__ __forceinline__ SpecPlan* spec_plan(Slot* plan) {
+    return reinterpret_cast<SpecPlan*>(reinterpret_cast<unsigned*>(plan + WDMOE_MAX_SLOTS) + 2);
+}
+__device__ __forceinline__ const SpecPlan* spec_plan(const Slot* plan) {
+    return reinterpret_cast<const SpecPlan*>(reinterpret_cast<const unsigned*>(plan + WDMOE_MAX_SLOTS) + 2);
+}

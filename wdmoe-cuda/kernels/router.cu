@@ -310,13 +310,49 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         }
     };
     constexpr int SELW = 1 + 2 * WDMOE_MAX_SLOTS;
+    const int n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
+    // One token: its top-k experts by logit (ties: lower index first) are
+    // published as the plan's candidates before the policy runs, and the
+    // slot kernels may launch: the gate/up kernels stream their candidate's
+    // weights while the policy decides (SpecPlan, moe_plan.cuh).
+    unsigned long long cmask = 0ull;
+    if (tokens == 1) {
+        for (int q0 = 0; q0 < e; q0 += 32) {
+            const int q = q0 + lane;
+            bool c = false;
+            if (q < e) {
+                const float v = sl[q];
+                int r = 0;
+                for (int j = 0; j < e; ++j) r += (sl[j] > v) || (sl[j] == v && j < q);
+                c = r < pa.k;
+            }
+            cmask |= (unsigned long long)__ballot_sync(0xffffffffu, c) << q0;
+        }
+        SpecPlan* sp = spec_plan(plan);
+        for (int q0 = 0; q0 < e; q0 += 32) {
+            const int q = q0 + lane;
+            if (q < e && (cmask >> q & 1ull)) {
+                const int pos = __popcll(cmask & ((1ull << q) - 1ull));
+                if (pos < n_all) sp->w13[pos] = s_wtab[2 * q];
+            }
+        }
+        for (int i = __popcll(cmask) + lane; i < n_all; i += 32) sp->w13[i] = 0ull;
+        __threadfence();
+        __syncwarp();
+        if (lane == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(&sp->seq), "r"(seq) : "memory");
+        griddep_launch_dependents();
+    }
     token_policy(sl, e, pa, sh_lat, lane, sp_prob, &s_total, sh_top, sh_s, sh_w, my_sel,
                  pa.profile ? &st[2] : nullptr);
     if (pa.profile && lane == 0) st[3] = globaltimer();
-    const int n_all = n_slots < WDMOE_MAX_SLOTS ? n_slots : WDMOE_MAX_SLOTS;
     if (tokens == 1) {
-        // One token: its kept experts, in index order, are the slots. Only
-        // the fields the slot kernels and the report read are written.
+        // One token: its kept experts (a subset of the candidates) go to
+        // their candidates' slots (a dropped candidate's slot is unused);
+        // should a kept expert not be a candidate, the kept experts in index
+        // order are the slots (a candidate's kernel then finds another
+        // expert in its slot and runs that one). The report lists them in
+        // index order either way. Only the fields the slot kernels and the
+        // report read are written.
         const int ns = my_sel[0];
         int at = 0, q = 0;
         float w = 0.f;
@@ -325,6 +361,10 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             for (int j = 0; j < ns; ++j) at += my_sel[1 + j] < q;
             w = __int_as_float(my_sel[1 + WDMOE_MAX_SLOTS + lane]);
         }
+        const bool in_c = __all_sync(0xffffffffu, lane >= ns || (cmask >> q & 1ull));
+        const int at_plan = in_c ? __popcll(cmask & ((1ull << q) - 1ull)) : at;
+        unsigned long long used = 0ull;
+        for (int j = 0; j < ns; ++j) used |= 1ull << __shfl_sync(0xffffffffu, at_plan, j);
         auto put = [&](Slot* o) {
             o->w13 = s_wtab[2 * q];
             o->w2 = s_wtab[2 * q + 1];
@@ -335,11 +375,19 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
             o->toks.idx[0] = 0;
             o->toks.w[0] = w;
         };
-        if (lane < ns) put(plan + at);
-        for (int i = ns + lane; i < n_all; i += 32) {
-            plan[i].w13 = 0ull;
-            plan[i].w2 = 0ull;
-            plan[i].T = 0;
+        if (lane < ns) put(plan + at_plan);
+        for (int i = lane; i < n_all; i += 32)
+            if (!(used >> i & 1ull)) {
+                plan[i].w13 = 0ull;
+                plan[i].w2 = 0ull;
+                plan[i].T = 0;
+            }
+        // Tell each candidate's streaming kernel at once whether its slot
+        // runs it (a hint: they check the plan itself at the end).
+        SpecPlan* spv = spec_plan(plan);
+        for (int i = lane; i < n_all; i += 32) {
+            const unsigned v = in_c && (used >> i & 1ull) ? seq : (seq | WDMOE_SPEC_DROPPED);
+            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(&spv->verdict[i]), "r"(v) : "memory");
         }
         __syncwarp();
         publish_plan(plan, seq, lane);

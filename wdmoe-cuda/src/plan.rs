@@ -38,6 +38,9 @@ pub(crate) struct TokList {
 /// Size of `struct Slot` (moe_plan.cuh) in 32-bit words: w13, w2 (2 each),
 /// expert, T, then a TokList (2 + 16 + 16).
 pub(crate) const SLOT_WORDS: usize = 4 + 2 + 2 + 2 * crate::ffn::MAX_DECODE_TOKENS;
+/// 32-bit words of `struct SpecPlan` (moe_plan.cuh): MAX_SLOTS addresses,
+/// seq, a pad word and MAX_SLOTS verdicts.
+pub(crate) const SPEC_WORDS: usize = 2 * MAX_SLOTS + 2 + MAX_SLOTS;
 /// Words of `struct PlanReport` before its slots.
 const REPORT_HEAD: usize = 4;
 /// Per-token scratch of router_policy: count, experts, fp32 weights.
@@ -219,8 +222,8 @@ impl DevicePlan {
         Ok(DevicePlan {
             wtab: gpu.upload(&flat)?,
             addrs,
-            // + the plan's ready flag (and a pad word)
-            slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS + 2)?,
+            // + the plan's ready flag, a pad word and the 1-token candidates
+            slots: gpu.alloc(MAX_SLOTS * SLOT_WORDS + 2 + SPEC_WORDS)?,
             sel: gpu.alloc(MAX_PLAN_TOKENS * SEL_WORDS)?,
             counter: gpu.alloc(1)?,
             report: locked(0u32, REPORT_HEAD + MAX_SLOTS * SLOT_WORDS + 16)?,

@@ -340,7 +340,9 @@ impl Router {
         // SLOT_WORDS words) are page-locked buffers owned by `plan` (UVA),
         // which synchronises before it frees them (and lat_host is not
         // written again before this kernel has reported: wait_lat_free); wtab holds 2e addresses,
-        // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, sel MAX_PLAN_TOKENS rows >=
+        // plan.slots MAX_SLOTS slots >= n_slots + the ready flag, a pad word
+        // and the SpecPlan (SPEC_WORDS; 1 token: n_slots <= MAX_SLOTS
+        // candidate addresses and seq), sel MAX_PLAN_TOKENS rows >=
         // tokens, counter one word that is 0 between launches (reset by the
         // last block); e <= MAX_SLOTS; dynamic shared memory as
         // router_logits needs for this block size. With PDL the kernel

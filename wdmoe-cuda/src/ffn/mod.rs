@@ -399,6 +399,26 @@ pub fn ffn_decode_slots(
     Ok(())
 }
 
+/// The gate/up slot kernel of 1-token plans that streams the slot's
+/// candidate expert while the router's policy runs (kernels/ffn_decode.cu,
+/// `slot_gated_spec_*`; the router publishes the candidates), for the
+/// plain kernel `name`; `WDMOE_SLOT_SPEC=0` (read once: comparisons) keeps
+/// the kernel that waits for the plan.
+fn spec_gate(kind: Kind, n_tokens: usize, name: &'static str) -> &'static str {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if kind != Kind::Gated
+        || n_tokens != 1
+        || *OFF.get_or_init(|| std::env::var("WDMOE_SLOT_SPEC").is_ok_and(|v| v == "0"))
+    {
+        return name;
+    }
+    match name {
+        "slot_gated_nt1_u4" => "slot_gated_spec_u4",
+        "slot_gated_nt1_u8" => "slot_gated_spec_u8",
+        other => other,
+    }
+}
+
 /// Whether the `n_slots` slots of a plan of `n_tokens` tokens can share
 /// their launches ([`ffn_decode_slots`]): every slot's h rows fit the
 /// workspace (`n_tokens · n_slots` ≤ [`MAX_DECODE_TOKENS`]) and neither
@@ -494,7 +514,7 @@ fn launch_slots(
         let name = if dual {
             dual_name(kind, kcfg.unroll)
         } else {
-            kernel_names(kind, n_tokens, kcfg.unroll).1
+            spec_gate(kind, n_tokens, kernel_names(kind, n_tokens, kcfg.unroll).1)
         };
         let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
         let (out, ldo, out_acc) = match dest {
@@ -525,7 +545,8 @@ fn launch_slots(
         // rt_stride, long long kt_stride, int splits, float* partial,
         // unsigned* counters, half* out, int ldo, float* out_acc, int
         // n_rows, int zrows) = SlotParams. plan.slots holds MAX_SLOTS
-        // slots and the ready-flag word after them, and slots.end <= n_slots
+        // slots, the ready-flag word, a pad word and the SpecPlan
+        // (SPEC_WORDS) after them, and slots.end <= n_slots
         // (grid z = slots.len()); a used slot (written only by
         // router_policy) holds the addresses of one of `experts` (checked to
         // be the plan's, all of this geometry: same_packing), at most 16
