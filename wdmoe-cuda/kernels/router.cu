@@ -392,7 +392,7 @@ extern "C" __global__ void router_policy(const __half* __restrict__ x, const __h
         __syncwarp();
         publish_plan(plan, seq, lane);
         if (pa.profile && lane == 0) st[6] = globaltimer();
-        griddep_launch_dependents();  // see below
+        // (its dependents were let launch with the candidates, above)
         emit();
         if (lane < ns) put(report->slot + at);
         if (lane == 0) {

@@ -8,15 +8,17 @@
 //! ‖out − ref‖/‖ref‖ ≤ 2e-3 (about 4x the fp16 unit roundoff 4.9e-4).
 
 mod common;
+// The device-planned MoE step (router_policy and the slot kernels).
+#[path = "gpu/planned.rs"]
+mod planned;
 
 use common::*;
+use wdmoe_cuda::f16;
 use wdmoe_cuda::{
-    combine_rows, ffn_decode, ffn_decode_combine, ffn_decode_slot, ffn_decode_slots, ffn_grouped,
-    ffn_prefill, gather_rows, slots_merge, DecodeConfig, DevicePlan, DownLayout, Error, ExpertFfn,
-    ExpertWeights, FfnWorkspace, GemmConfig, Gpu, KernelConfig, PlanPolicy, PrefillConfig,
-    PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
+    combine_rows, ffn_decode, ffn_decode_combine, ffn_grouped, ffn_prefill, gather_rows,
+    DecodeConfig, DownLayout, Error, ExpertFfn, ExpertWeights, FfnWorkspace, GemmConfig, Gpu,
+    KernelConfig, PrefillConfig, PrefillWeights, PrefillWorkspace, Router, RoutingPlan,
 };
-use wdmoe_cuda::{f16, DeviceBuffer};
 
 fn check_ffn(gpu: &Gpu, e: &Expert, t: usize, cfg: &DecodeConfig, seed: u64) -> f64 {
     let (m, m_h) = (e.w.m(), e.w.m_h());
@@ -663,175 +665,6 @@ fn gather_and_combine_bounds_check_indices() {
             (o[m + j] - b).abs() <= 1e-3 * (1.0 + b.abs()),
             "token 1 col {j}: {} vs {b}",
             o[m + j]
-        );
-    }
-}
-
-/// One device-planned step: router_policy, then both slot kernels of every
-/// plan slot, all enqueued without waiting.
-#[allow(clippy::too_many_arguments)]
-fn planned_step(
-    gpu: &Gpu,
-    router: &Router,
-    experts: &[ExpertWeights],
-    plan: &mut DevicePlan,
-    x: &DeviceBuffer<f16>,
-    t: usize,
-    probs: &mut DeviceBuffer<f32>,
-    acc: &mut DeviceBuffer<f32>,
-    ws: &mut FfnWorkspace,
-    cfg: &DecodeConfig,
-    latency_s: &[f64],
-) {
-    let m = experts[0].m();
-    let pol = PlanPolicy::new(2, 0.2, 1).unwrap();
-    router
-        .route_plan(gpu, x, t, probs, (acc, m), plan, &pol, latency_s, &[])
-        .unwrap();
-    for s in 0..plan.n_slots() {
-        ffn_decode_slot(gpu, experts, plan, s, x, acc, ws, cfg).unwrap();
-    }
-}
-
-/// Two device-planned steps enqueued back to back without a sync, each with
-/// its own per-token latency table (which router_policy reads from
-/// page-locked host memory while it runs), behind a long kernel so that the
-/// first router_policy is still queued when the second call writes its
-/// table: each step must see its own table (the outputs equal those of the
-/// same steps run one at a time), and the two tables give different outputs.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn two_planned_steps_without_sync_keep_their_own_latencies() {
-    let gpu = gpu();
-    let s = seed();
-    let (m, m_h, e, t) = (512, 1024, 8, 4);
-    let experts: Vec<ExpertWeights> = (0..e as u64)
-        .map(|q| expert(&gpu, m, m_h, s ^ (q << 12)).w)
-        .collect();
-    let gdev = rand_dev(&gpu, e * m, s ^ 5, 1.0 / (m as f32).sqrt());
-    let router = Router::from_host(&gpu, &gpu.download(&gdev).unwrap(), e, m).unwrap();
-    let x = rand_dev(&gpu, t * m, s ^ 6, 1.0);
-    let mut plan = DevicePlan::new(&gpu, &experts).unwrap();
-    let mut ws = FfnWorkspace::new(&gpu, m, m_h).unwrap();
-    let cfg = DecodeConfig::auto(gpu.info(), m, m_h);
-    let mut probs = gpu.alloc::<f32>(t * e).unwrap();
-    // Table A: only experts 0..4 reachable; table B: only 4..8.
-    let table = |lo: usize| -> Vec<f64> {
-        (0..t * e)
-            .map(|i| {
-                let q = i % e;
-                if (lo..lo + e / 2).contains(&q) {
-                    0.01 + 0.001 * (i % 7) as f64
-                } else {
-                    f64::INFINITY
-                }
-            })
-            .collect()
-    };
-    let (lat_a, lat_b) = (table(0), table(e / 2));
-    let mut run_alone = |lat: &[f64]| -> Vec<f32> {
-        let mut acc = gpu.alloc::<f32>(t * m).unwrap();
-        planned_step(
-            &gpu, &router, &experts, &mut plan, &x, t, &mut probs, &mut acc, &mut ws, &cfg, lat,
-        );
-        gpu.download(&acc).unwrap()
-    };
-    let ref_a = run_alone(&lat_a);
-    let ref_b = run_alone(&lat_b);
-    let diff = |a: &[f32], b: &[f32]| -> f64 {
-        let a: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-        let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-        rel_err(&a, &b)
-    };
-    assert!(diff(&ref_a, &ref_b) > 0.1, "tables A and B must differ");
-    // Long kernel first: 512 Mi fp16 fills (1 GiB written).
-    let mut big = gpu.alloc::<f16>(1 << 29).unwrap();
-    let mut acc_a = gpu.alloc::<f32>(t * m).unwrap();
-    let mut acc_b = gpu.alloc::<f32>(t * m).unwrap();
-    gpu.fill_uniform(&mut big, s, 1.0).unwrap();
-    planned_step(
-        &gpu, &router, &experts, &mut plan, &x, t, &mut probs, &mut acc_a, &mut ws, &cfg, &lat_a,
-    );
-    planned_step(
-        &gpu, &router, &experts, &mut plan, &x, t, &mut probs, &mut acc_b, &mut ws, &cfg, &lat_b,
-    );
-    let (out_a, out_b) = (gpu.download(&acc_a).unwrap(), gpu.download(&acc_b).unwrap());
-    let (ea, eb) = (diff(&out_a, &ref_a), diff(&out_b, &ref_b));
-    eprintln!("two steps without sync: rel err {ea:.2e} (A), {eb:.2e} (B)");
-    assert!(ea < 1e-5 && eb < 1e-5, "A {ea:.2e}, B {eb:.2e}");
-}
-
-/// A device-planned step whose slots share two launches (`ffn_decode_slots`:
-/// grid z = slot, the down kernels adding atomically) gives the bits of the
-/// same step with two launches per slot (each output row gets at most two
-/// additions onto zero, k = 2, which commute exactly), at 1 and 2 tokens;
-/// no NaN.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn merged_slot_launches_equal_one_launch_per_slot() {
-    let gpu = gpu();
-    let s = seed();
-    let (m, m_h, e) = (512, 1024, 8);
-    let experts: Vec<ExpertWeights> = (0..e as u64)
-        .map(|q| expert(&gpu, m, m_h, s ^ (q << 12)).w)
-        .collect();
-    let gdev = rand_dev(&gpu, e * m, s ^ 5, 1.0 / (m as f32).sqrt());
-    let router = Router::from_host(&gpu, &gpu.download(&gdev).unwrap(), e, m).unwrap();
-    let mut plan = DevicePlan::new(&gpu, &experts).unwrap();
-    let mut ws = FfnWorkspace::new(&gpu, m, m_h).unwrap();
-    // Shapes without split-K (those of Mixtral size), which merging needs.
-    let mut cfg = DecodeConfig::auto(gpu.info(), m, m_h);
-    cfg.gate_up.splits = 1;
-    cfg.down.splits = 1;
-    let pol = PlanPolicy::new(2, 0.0, 0).unwrap();
-    for t in [1usize, 2] {
-        let x = rand_dev(&gpu, t * m, s ^ (7 + t as u64), 1.0);
-        let lat = vec![0.01; t * e];
-        let mut probs = gpu.alloc::<f32>(t * e).unwrap();
-        let mut run = |merged: bool| -> Vec<f32> {
-            let mut acc = gpu.alloc::<f32>(t * m).unwrap();
-            router
-                .route_plan(
-                    &gpu,
-                    &x,
-                    t,
-                    &mut probs,
-                    (&mut acc, m),
-                    &mut plan,
-                    &pol,
-                    &lat,
-                    &[],
-                )
-                .unwrap();
-            if merged {
-                assert!(slots_merge(&cfg, t, plan.n_slots()), "T={t}");
-                ffn_decode_slots(&gpu, &experts, &plan, &x, &mut acc, &mut ws, &cfg).unwrap();
-            } else {
-                for q in 0..plan.n_slots() {
-                    ffn_decode_slot(&gpu, &experts, &plan, q, &x, &mut acc, &mut ws, &cfg).unwrap();
-                }
-            }
-            gpu.download(&acc).unwrap()
-        };
-        let (one, merged) = (run(false), run(true));
-        assert!(
-            one.iter().all(|v| v.is_finite()),
-            "T={t}: non-finite output"
-        );
-        assert!(one.iter().any(|&v| v != 0.0), "T={t}: all zero");
-        let diff = one
-            .iter()
-            .zip(&merged)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        eprintln!(
-            "T={t}: {} slots, {diff} of {} values differ",
-            plan.n_slots(),
-            one.len()
-        );
-        assert_eq!(
-            diff, 0,
-            "T={t}: merged launches differ from one launch per slot"
         );
     }
 }

@@ -1,6 +1,6 @@
-//! Helpers of the GPU test files (tests/gpu.rs, tests/gpu_route.rs,
-//! tests/gpu_packed.rs): fresh random device inputs, the f64 reference FFN
-//! and the relative-error check that never lets NaN pass.
+//! Helpers of the GPU test files (tests/gpu.rs and its tests/gpu/planned.rs,
+//! tests/gpu_route.rs, tests/gpu_packed.rs): fresh random device inputs, the
+//! f64 reference FFN and the relative-error check that never lets NaN pass.
 #![allow(dead_code)] // each test file uses a part
 
 use std::time::{SystemTime, UNIX_EPOCH};
