@@ -58,6 +58,12 @@ if [ "$mode" = decode ]; then
   timeout 120 ./model_bench --prompts 128,2048 --iters 3 --decode 32 --json "$out/model_bench.json"; echo "exit $?"
   step "ours, decode with the gate/up slot kernels waiting for the plan (WDMOE_SLOT_SPEC=0, before Z13)"
   WDMOE_SLOT_SPEC=0 timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"
+  step "ours, decode with RoPE in its own kernel before attention (WDMOE_FUSED_ROPE=0, before run A1)"
+  WDMOE_FUSED_ROPE=0 timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"
+  step "ours, decode with other launch shapes of the q|k|v and o GEMVs (WDMOE_PROJ_SHAPE=warps,unroll,splits; default 4,8,1)"
+  for s in 8,8,1 2,8,1 4,4,1 8,4,1 4,8,2 8,8,2 2,4,1; do
+    printf '%s: ' "$s"; WDMOE_PROJ_SHAPE=$s timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)|Error|error"
+  done
   step "ours, decode with two key tiles per attention split (WDMOE_ATTN_SPLIT_KEYS=64)"
   WDMOE_ATTN_SPLIT_KEYS=64 timeout 60 ./model_bench --prompts 128 --iters 1 --decode 32 2>&1 | grep -E "decode \(default\)"
   step "ours, decode after a 4-token prompt (the attention's share: against the 128-token prompt above)"

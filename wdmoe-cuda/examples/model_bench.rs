@@ -164,21 +164,23 @@ fn main() -> Result<()> {
         ));
     }
     if decode > 1 {
-        // The default, then comparisons in the same call, each changing one
-        // thing: each layer's device plan checked after the whole token
+        // The default (`decode_greedy`: the next step enqueued before this
+        // one completes), then comparisons in the same call, each changing
+        // one thing: one `forward` call per token (no step ahead, as before
+        // run A2); each layer's device plan checked after the whole token
         // instead of two layers after its enqueue; CUDA events around each
         // MoE step (as before run Z1); each plan slot in its own two
-        // launches; both of the last two.
-        // (name, overlapped checks, MoE step events, merged slots)
-        let variants: [(&str, bool, bool, bool); 5] = [
-            ("default", true, false, true),
-            ("checks after the token", false, false, true),
-            ("MoE step events", true, true, true),
-            ("slots one by one", true, false, false),
-            ("events + slots one by one (before Z1)", true, true, false),
+        // launches.
+        // (name, pipelined, overlapped checks, MoE step events, merged slots)
+        let variants: [(&str, bool, bool, bool, bool); 5] = [
+            ("default", true, true, false, true),
+            ("one forward call per token", false, true, false, true),
+            ("checks after the token", true, false, false, true),
+            ("MoE step events", true, true, true, true),
+            ("slots one by one", true, true, false, false),
         ];
         let floor = shape.decode_floor_bytes(2.0) / rate;
-        for (name, overlap, events, merge) in variants {
+        for (name, pipelined, overlap, events, merge) in variants {
             model.set_overlap_checks(overlap);
             model.set_moe_timing(events);
             model.set_merge_slots(merge);
@@ -189,9 +191,17 @@ fn main() -> Result<()> {
             let out = model.forward(&prompt, Output::LastArgmax, &policy, &plat)?;
             let mut id = out.argmax.unwrap_or(0);
             let (mut wall, mut dev) = (0.0, 0.0);
+            let mut fixed = |_: usize, _: usize, out: &mut [f64]| {
+                out.fill(1.0);
+                Ok(())
+            };
             for i in 0..decode {
                 let s = Instant::now();
-                let out = model.forward(&[id], Output::LastArgmax, &policy, &lat)?;
+                let out = if pipelined {
+                    model.decode_greedy(id, &policy, &mut fixed)?
+                } else {
+                    model.forward(&[id], Output::LastArgmax, &policy, &lat)?
+                };
                 if i > 0 {
                     wall += s.elapsed().as_secs_f64();
                     dev += out.gpu_time_s;

@@ -30,13 +30,17 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token;
 // each thread issues all its loads (up to BATCH) before its stores, so that
-// a row costs one memory round trip instead of one per element.
-extern "C" __global__ void embed_rows(const __half* __restrict__ table, const int* __restrict__ tokens, int d,
-                                      float* __restrict__ resid) {
+// a row costs one memory round trip instead of one per element. A token
+// outside 0..vocab (argmax_rows' -1 for a NaN row, when a pipelined decode
+// step embeds the previous step's argmax on the device) reads row 0: the
+// host reports the NaN and discards the step.
+extern "C" __global__ void embed_rows(const __half* __restrict__ table, const int* __restrict__ tokens, int vocab,
+                                      int d, float* __restrict__ resid) {
     griddep_wait();
     griddep_launch_dependents();
     constexpr int BATCH = 8;
-    const long long row = tokens[blockIdx.x];
+    const int tok = tokens[blockIdx.x];
+    const long long row = tok >= 0 && tok < vocab ? tok : 0;
     const __half* src = table + row * d;
     float* dst = resid + (long long)blockIdx.x * d;
     for (int i0 = threadIdx.x; i0 < d; i0 += BATCH * blockDim.x) {
@@ -289,10 +293,29 @@ struct AttnParams {
     float scale;
 };
 
-extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
+// Decode with RoPE fused in (ROPE, one query: T = 1): q points at the raw
+// q|k|v row of the token ([(H + 2 KVH) hd] fp32, straight from the q|k|v
+// projection) and `rope` at the (cos, sin) table. Each block rotates its
+// group's queries itself; the block whose keys end at the token's position
+// rotates the new key, writes it and the new value into the cache and uses
+// them from registers; the cached keys (earlier positions, written by
+// earlier calls) are loaded before the wait for the previous kernel, so
+// their latency hides behind its tail. The row is consumed as rope_kv
+// consumes it (left zero for the next projection to accumulate into): k
+// and v by the block that reads them, q by that block with one split, else
+// by attn_combine (all splits read it).
+struct AttnRope {
+    const float2* rope;  // [positions][hd/2] (cos, sin)
+    float* qkv;          // the row q points at, writable (zeroed once read)
+};
+
+template <bool ROPE>
+__device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRope& r) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    griddep_wait();
-    griddep_launch_dependents();
+    if (!ROPE) {
+        griddep_wait();
+        griddep_launch_dependents();
+    }
     const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int splits = gridDim.z;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -305,6 +328,10 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     const int lo = p.window > 0 ? max(0, pos + 1 - p.window) : 0;
     const int a = lo + s * p.split_len;
     const int b = min(pos + 1, lo + (s + 1) * p.split_len);
+    // ROPE: keys below `cached` come from the cache; key pos (in this
+    // block's range when b == pos + 1) from the q|k|v row.
+    const int cached = ROPE ? pos : b;
+    const int half = hd / 2;
     // Global loads in batches of ATT_BATCH per thread before their shared
     // stores: one memory round trip per batch, not per element (the
     // kernel's latency at short contexts). The first batch of the first
@@ -320,34 +347,110 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
             const int i = i0 + u * blockDim.x;
             if (i < nk * (hd / 2)) {
                 const int j = i / (hd / 2), d2 = i % (hd / 2);
-                kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
-                vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+                if (!ROPE || t0 + j < cached) {
+                    kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
+                    vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+                }
             }
         }
     };
-    auto store_kv = [&](int nk, int i0) {
+    auto store_kv = [&](int t0, int nk, int i0) {
 #pragma unroll
         for (int u = 0; u < ATT_BATCH; ++u) {
             const int i = i0 + u * blockDim.x;
             if (i < nk * (hd / 2)) {
                 const int j = i / (hd / 2), d2 = i % (hd / 2);
-                reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
-                reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
+                if (!ROPE || t0 + j < cached) {
+                    reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
+                    reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
+                }
             }
         }
     };
     if (a < b) load_kv(a, min(ATT_TILE, b - a), threadIdx.x);
-    for (int i0 = threadIdx.x; i0 < G * hd; i0 += ATT_BATCH * blockDim.x) {
-        float v[ATT_BATCH];
+    // ROPE: the new key and value (thread j < hd/2 takes the pair j, j +
+    // hd/2), rotated and rounded as rope_kv writes them to the cache.
+    const bool has_new = ROPE && a <= pos && pos < b;
+    __half kn1, kn2, vn1, vn2;
+    if (ROPE) {
+        const float2* cs = r.rope + (long long)pos * half;
+        // Each thread's rotation factors, then the previous kernel (the
+        // q|k|v projection) completes.
+        constexpr int QP = ATT_MAX_HD / 64;  // pairs per thread: G hd/2 over G warps
+        float2 c[QP];
 #pragma unroll
-        for (int u = 0; u < ATT_BATCH; ++u) {
-            const int i = i0 + u * blockDim.x;
-            v[u] = i < G * hd ? p.q[((long long)t * p.H + kvh * G) * hd + i] : 0.f;
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) c[u] = cs[i % half];
+        }
+        float2 cn = make_float2(0.f, 0.f);
+        if (has_new && threadIdx.x < half) cn = cs[threadIdx.x];
+        griddep_wait();
+        griddep_launch_dependents();
+        float* row = r.qkv + (long long)t * (p.H + 2 * p.KVH) * hd;
+        float* qrow = row + (long long)kvh * G * hd;
+        float x1[QP], x2[QP];
+#pragma unroll
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) {
+                const int hh = i / half, j = i % half;
+                x1[u] = qrow[hh * hd + j];
+                x2[u] = qrow[hh * hd + j + half];
+            }
+        }
+        float k1 = 0.f, k2 = 0.f, v1 = 0.f, v2 = 0.f;
+        float* krow = row + (long long)(p.H + kvh) * hd;
+        float* vrow = row + (long long)(p.H + p.KVH + kvh) * hd;
+        if (has_new && threadIdx.x < half) {
+            const int j = threadIdx.x;
+            k1 = krow[j];
+            k2 = krow[j + half];
+            v1 = vrow[j];
+            v2 = vrow[j + half];
         }
 #pragma unroll
-        for (int u = 0; u < ATT_BATCH; ++u) {
-            const int i = i0 + u * blockDim.x;
-            if (i < G * hd) qs[i] = v[u];
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) {
+                const int hh = i / half, j = i % half;
+                qs[hh * hd + j] = x1[u] * c[u].x - x2[u] * c[u].y;
+                qs[hh * hd + j + half] = x2[u] * c[u].x + x1[u] * c[u].y;
+                if (splits == 1) {
+                    qrow[hh * hd + j] = 0.f;
+                    qrow[hh * hd + j + half] = 0.f;
+                }
+            }
+        }
+        if (has_new && threadIdx.x < half) {
+            const int j = threadIdx.x;
+            kn1 = __float2half_rn(k1 * cn.x - k2 * cn.y);
+            kn2 = __float2half_rn(k2 * cn.x + k1 * cn.y);
+            vn1 = __float2half_rn(v1);
+            vn2 = __float2half_rn(v2);
+            // The cache's only writer at pos (other blocks read positions < pos).
+            __half* kd = const_cast<__half*>(p.k_cache) + ((long long)kvh * p.max_seq + pos) * hd;
+            __half* vd = const_cast<__half*>(p.v_cache) + ((long long)kvh * p.max_seq + pos) * hd;
+            kd[j] = kn1;
+            kd[j + half] = kn2;
+            vd[j] = vn1;
+            vd[j + half] = vn2;
+            krow[j] = krow[j + half] = 0.f;
+            vrow[j] = vrow[j + half] = 0.f;
+        }
+    } else {
+        for (int i0 = threadIdx.x; i0 < G * hd; i0 += ATT_BATCH * blockDim.x) {
+            float v[ATT_BATCH];
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                v[u] = i < G * hd ? p.q[((long long)t * p.H + kvh * G) * hd + i] : 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                if (i < G * hd) qs[i] = v[u];
+            }
         }
     }
     constexpr int MAXD = ATT_MAX_HD / 32;
@@ -360,7 +463,14 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
         __syncthreads();
         for (int i0 = threadIdx.x; i0 < nk * (hd / 2); i0 += ATT_BATCH * blockDim.x) {
             if (t0 != a || i0 != (int)threadIdx.x) load_kv(t0, nk, i0);  // else loaded above
-            store_kv(nk, i0);
+            store_kv(t0, nk, i0);
+        }
+        if (has_new && pos < t0 + nk && threadIdx.x < half) {
+            const int j = threadIdx.x, row = pos - t0;
+            ks[row * kpitch + j] = kn1;
+            ks[row * kpitch + j + half] = kn2;
+            vs[row * hd + j] = vn1;
+            vs[row * hd + j + half] = vn2;
         }
         __syncthreads();
         float sc = -INFINITY;
@@ -414,15 +524,28 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
+    attn_fwd_body<false>(p, AttnRope{nullptr, nullptr});
+}
+extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope(const AttnParams p, const float2* __restrict__ rope,
+                                                                float* qkv) {
+    attn_fwd_body<true>(p, AttnRope{rope, qkv});
+}
+
 // Prefill attention on tensor cores (attn_prefill_h64, attn_prefill_h128).
 #include "attn_prefill.cuh"
 
 // Merges the split partials of attn_fwd: grid (H, T), out [T][H hd] fp16.
+// zero_q (attn_fwd_rope with several splits, else null): the raw q|k|v
+// rows (row pitch qkv_row floats), whose q heads every split read; block
+// (h, t) leaves head h of row t zero.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, int splits, int H, int hd,
-                                        __half* __restrict__ out) {
+                                        __half* __restrict__ out, float* __restrict__ zero_q, int qkv_row) {
     griddep_wait();
     griddep_launch_dependents();
     const int h = blockIdx.x, t = blockIdx.y;
+    if (zero_q)
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) zero_q[(long long)t * qkv_row + (long long)h * hd + d] = 0.f;
     const float* pp = part + ((long long)t * H + h) * splits * (hd + 2);
     float mx = -INFINITY;
     for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pp[s * (hd + 2)]);
@@ -443,9 +566,11 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part, int spli
 }
 
 // Row-wise argmax of logits [T][V] fp32 (lowest index on ties; a NaN row
-// gives -1). One block per row.
+// gives -1). One block per row. host_out (null or page-locked host memory)
+// gets a copy, which the host reads once an event after the kernel has
+// completed (a pipelined decode step: no copy queued behind the next one).
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __restrict__ logits, int V,
-                                                               int* __restrict__ out) {
+                                                               int* __restrict__ out, int* host_out) {
     __shared__ float bv[32];
     __shared__ int bi[32];
     __shared__ int nan_seen;
@@ -500,6 +625,8 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* __re
                 b = bv[i];
                 bidx = bi[i];
             }
-        out[blockIdx.x] = (nan_seen || bidx == 0x7fffffff) ? -1 : bidx;
+        const int a = (nan_seen || bidx == 0x7fffffff) ? -1 : bidx;
+        out[blockIdx.x] = a;
+        if (host_out) host_out[blockIdx.x] = a;
     }
 }

@@ -12,7 +12,8 @@ use super::kernels::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{
-    packed_decode_default, shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
+    fused_rope_default, packed_decode_default, shape_err, ExpertLayout, GpuModel, Layer,
+    ModelOptions, PackedHead,
 };
 use crate::error::{Error, Result};
 use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, KernelConfig, PackedMatrix};
@@ -361,12 +362,14 @@ impl GpuModel {
         // wave of 384 or 256 blocks, 4 per SM, against 8 warps per block:
         // 7.335 against 7.416 ms of GPU time per token on an H200, the best
         // of 8 shapes tried, BENCHMARKS.md run Y4).
+        let shape_env = proj_shape_env();
         let proj = |rows: usize, k: usize| {
             let mut c = DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16);
             let sm = gpu.info().sm_count;
+            let (warps, unroll, splits) = shape_env.unwrap_or((4, 8, 1));
             c.down = KernelConfig {
-                splits: 1,
-                ..KernelConfig::auto(sm, rows / 16, k / 16, 4, 8, 14)
+                splits,
+                ..KernelConfig::auto(sm, rows / 16, k / 16, warps, unroll, 14)
             };
             c
         };
@@ -389,6 +392,7 @@ impl GpuModel {
             head_p,
             overlap_checks: true,
             packed_decode: packed_decode_default(),
+            fused_rope: fused_rope_default(),
             qkv_dirty: false,
             tokens: gpu.alloc(chunk)?,
             resid: gpu.alloc(chunk * m)?,
@@ -399,8 +403,13 @@ impl GpuModel {
             part: gpu.alloc(part)?,
             logits: gpu.alloc(chunk * shape.vocab)?,
             argmax: gpu.alloc(chunk)?,
+            argmax_host: cust::memory::LockedBuffer::new(&-1i32, 1)
+                .map_err(|e| Error::cuda("cuMemAllocHost", "the argmax", e))?,
+            ahead: None,
+            pipeline: true,
+            ahead_err: None,
             rope: gpu.upload(&rope)?,
-            events: [gpu.event()?, gpu.event()?],
+            events: [[gpu.event()?, gpu.event()?], [gpu.event()?, gpu.event()?]],
             shape,
             dims,
             layers,
@@ -413,5 +422,18 @@ impl GpuModel {
             device_policy: true,
             gpu,
         })
+    }
+}
+
+/// The decode GEMV shape of the attention projections: 4 warps per block,
+/// unroll 8, no split of k (`WDMOE_PROJ_SHAPE=warps,unroll,splits`, e.g.
+/// `8,8,2`, read at load: comparisons; a shape the kernels do not take is
+/// refused at the first launch).
+fn proj_shape_env() -> Option<(u32, u32, u32)> {
+    let v = std::env::var("WDMOE_PROJ_SHAPE").ok()?;
+    let p: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    match p[..] {
+        [w, u, s] => Some((w, u, s)),
+        _ => None,
     }
 }

@@ -51,6 +51,8 @@ impl GpuModel {
         mut exec: Option<&mut dyn MoeExecutor>,
     ) -> Result<ForwardOut> {
         const OP: &str = "GpuModel::forward";
+        // A decode step enqueued ahead (GpuModel::decode_greedy) ends here.
+        self.cancel_ahead()?;
         let (n, layers, e) = (tokens.len(), self.shape.layers, self.shape.experts);
         let start = self.len;
         if n == 0 || start + n > self.dims.max_seq {
@@ -128,7 +130,7 @@ impl GpuModel {
                 enq += e;
             }
             enqueue_s += enq;
-            gpu_time_s += elapsed_ms(&self.events[0], &self.events[1])? as f64 * 1e-3;
+            gpu_time_s += elapsed_ms(&self.events[0][0], &self.events[0][1])? as f64 * 1e-3;
             route_check_s += self
                 .layers
                 .iter_mut()
@@ -136,16 +138,7 @@ impl GpuModel {
                 .map(|m| m.last_route_check_s())
                 .sum::<f64>();
             for (r, s) in routes.iter_mut().zip(steps) {
-                r.logits.extend_from_slice(&s.logits);
-                // A selection is about 1.5 KB: the first chunk's are moved,
-                // not copied.
-                if r.selections.is_empty() {
-                    r.selections = s.routing.selections;
-                } else {
-                    r.selections.extend(s.routing.selections);
-                }
-                r.token_latency_s.extend(s.routing.token_latency_s);
-                r.moe_time_s += s.time_s;
+                add_route(r, s);
             }
             if let Some(rows) = rows {
                 let v = self.shape.vocab;
@@ -184,36 +177,86 @@ impl GpuModel {
     /// One chunk of at most `self.chunk` tokens through every layer: the
     /// MoE steps completed (checked) and the host seconds spent enqueuing.
     /// `rows`: the chunk rows whose logits (or argmax) are computed.
-    fn run_chunk(
+    pub(super) fn run_chunk(
         &mut self,
         tokens: &[u32],
         start: usize,
         rows: Option<std::ops::Range<usize>>,
         policy: &Policy<f64>,
         latency_s: &[f64],
-        mut exec: Option<&mut dyn MoeExecutor>,
+        exec: Option<&mut dyn MoeExecutor>,
     ) -> Result<(Vec<MoeStep>, f64)> {
-        let n = tokens.len();
-        let (m, e, layers) = (self.shape.hidden, self.shape.experts, self.shape.layers);
+        let (n, layers, e) = (tokens.len(), self.shape.layers, self.shape.experts);
+        let mut c = self.chunk_begin(Ids::Host(tokens), start, n, 0)?;
+        let mut lat_of = |l: usize, out: &mut [f64]| {
+            layer_latencies(latency_s, n, layers, e, l, out);
+            Ok(())
+        };
+        let r = self
+            .chunk_layers(&mut c, layers, policy, &mut lat_of, exec)
+            .and_then(|()| self.chunk_tail(&c, rows, false));
+        let enqueue_s = c.enqueue_s;
+        let steps = self.chunk_complete(c, policy);
+        r?;
+        Ok((steps?, enqueue_s))
+    }
+
+    /// Uploads a chunk's token ids (or takes the previous step's argmax on
+    /// the device), records the chunk's first event of pair `ev` and
+    /// enqueues the embedding.
+    pub(super) fn chunk_begin(
+        &mut self,
+        ids: Ids<'_>,
+        start: usize,
+        n: usize,
+        ev: usize,
+    ) -> Result<Chunk> {
+        let m = self.shape.hidden;
+        let gpu = self.gpu.clone();
+        let src = match ids {
+            Ids::Host(tokens) => {
+                let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+                self.tokens
+                    .index(..n)
+                    .copy_from(&ids[..])
+                    .map_err(|err| Error::cuda("cuMemcpyHtoD", format!("{n} token ids"), err))?;
+                &self.tokens
+            }
+            Ids::Argmax => &self.argmax,
+        };
+        gpu.record_on(&self.events[ev][0])?;
+        kernels::embed_rows(&gpu, &self.embed, src, n, m, &mut self.resid)?;
+        Ok(Chunk {
+            start,
+            n,
+            done: Vec::with_capacity(self.shape.layers),
+            lat: Vec::with_capacity(self.shape.layers),
+            ev,
+            enqueue_s: 0.0,
+        })
+    }
+
+    /// Enqueues the chunk's layers up to `upto` (exclusive); `lat_of(l,
+    /// out)` gives layer l's latencies `[n][experts]`. Each device-planned
+    /// or device-routed step [`CHECK_LAG`] layers back is checked as it goes.
+    pub(super) fn chunk_layers(
+        &mut self,
+        c: &mut Chunk,
+        upto: usize,
+        policy: &Policy<f64>,
+        lat_of: &mut dyn FnMut(usize, &mut [f64]) -> Result<()>,
+        mut exec: Option<&mut dyn MoeExecutor>,
+    ) -> Result<()> {
+        let (n, start) = (c.n, c.start);
+        let (m, e) = (self.shape.hidden, self.shape.experts);
         let hd_all = self.shape.heads * self.shape.head_dim;
         let qkvw = self.shape.qkv_width();
         let eps = self.shape.rms_eps as f32;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        self.tokens
-            .index(..n)
-            .copy_from(&ids[..])
-            .map_err(|err| Error::cuda("cuMemcpyHtoD", format!("{n} token ids"), err))?;
         let gpu = self.gpu.clone();
-        gpu.record_on(&self.events[0])?;
-        kernels::embed_rows(&gpu, &self.embed, &self.tokens, n, m, &mut self.resid)?;
-        // Each layer's step, once completed (a device-planned or
-        // device-routed step is completed after enqueuing: see below).
-        let mut done: Vec<Option<Result<MoeStep>>> = Vec::with_capacity(layers);
-        let mut lat_back = vec![0.0f64; n * e];
-        let mut lat = vec![0.0f64; n * e];
-        let mut enqueue_s = 0.0;
-        for l in 0..layers {
+        for l in c.done.len()..upto {
             let t_layer = std::time::Instant::now();
+            let mut lat = vec![0.0f64; n * e];
+            lat_of(l, &mut lat)?;
             let (before, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
             let add = before.last().map(|p| p.moe.output_dev());
@@ -228,7 +271,7 @@ impl GpuModel {
                 &mut self.h,
                 m,
             )?;
-            // q|k|v accumulate into a zero buffer (rope_kv leaves it so).
+            // q|k|v accumulate into a zero buffer (RoPE leaves it so).
             if self.qkv_dirty {
                 gpu.fill_u16(&mut self.qkv, 0)?;
             }
@@ -250,28 +293,42 @@ impl GpuModel {
                 qkvw,
                 true,
             )?;
-            kernels::rope_kv(
-                &gpu,
-                &self.dims,
-                &mut self.qkv,
-                &self.rope,
-                start,
-                n,
-                &mut self.q,
-                &mut layer.k_cache,
-                &mut layer.v_cache,
-            )?;
-            kernels::attention(
-                &gpu,
-                &self.dims,
-                &self.q,
-                &layer.k_cache,
-                &layer.v_cache,
-                start,
-                n,
-                &mut self.part,
-                &mut self.attn,
-            )?;
+            if n == 1 && self.fused_rope {
+                kernels::rope_attention_decode(
+                    &gpu,
+                    &self.dims,
+                    &mut self.qkv,
+                    &self.rope,
+                    start,
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                    &mut self.part,
+                    &mut self.attn,
+                )?;
+            } else {
+                kernels::rope_kv(
+                    &gpu,
+                    &self.dims,
+                    &mut self.qkv,
+                    &self.rope,
+                    start,
+                    n,
+                    &mut self.q,
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                )?;
+                kernels::attention(
+                    &gpu,
+                    &self.dims,
+                    &self.q,
+                    &layer.k_cache,
+                    &layer.v_cache,
+                    start,
+                    n,
+                    &mut self.part,
+                    &mut self.attn,
+                )?;
+            }
             self.qkv_dirty = false;
             kernels::project(
                 &gpu,
@@ -301,14 +358,12 @@ impl GpuModel {
                 layer.moe.input_dev_mut(),
                 m,
             )?;
-            layer_latencies(latency_s, n, layers, e, l, &mut lat);
-            done.push(
-                layer
-                    .moe
-                    .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?
-                    .map(Ok),
-            );
-            enqueue_s += t_layer.elapsed().as_secs_f64();
+            let step = layer
+                .moe
+                .enqueue(&gpu, l, n, policy, &lat, reborrow(&mut exec))?;
+            c.done.push(step.map(Ok));
+            c.lat.push(lat);
+            c.enqueue_s += t_layer.elapsed().as_secs_f64();
             // The device-planned or device-routed step CHECK_LAG layers
             // back is checked now, while the GPU runs the layers queued
             // after it: the host's checks keep pace with the GPU instead of
@@ -316,13 +371,27 @@ impl GpuModel {
             // 32 checks left the GPU idle), and the host never runs far
             // ahead of it.
             if let Some(b) = l.checked_sub(CHECK_LAG).filter(|_| self.overlap_checks) {
-                if done[b].is_none() && self.layers[b].moe.is_pending() {
-                    layer_latencies(latency_s, n, layers, e, b, &mut lat_back);
-                    done[b] = Some(self.layers[b].moe.complete(policy, &lat_back));
+                if c.done[b].is_none() && self.layers[b].moe.is_pending() {
+                    c.done[b] = Some(self.layers[b].moe.complete(policy, &c.lat[b]));
                 }
             }
         }
-        let last = &self.layers[layers - 1];
+        Ok(())
+    }
+
+    /// After the last layer: the final norm, the logits of `rows` (and
+    /// their argmax for one row, also into page-locked host memory with
+    /// `host_argmax`), the chunk's second event.
+    pub(super) fn chunk_tail(
+        &mut self,
+        c: &Chunk,
+        rows: Option<std::ops::Range<usize>>,
+        host_argmax: bool,
+    ) -> Result<()> {
+        let (n, m) = (c.n, self.shape.hidden);
+        let eps = self.shape.rms_eps as f32;
+        let gpu = self.gpu.clone();
+        let last = &self.layers[self.shape.layers - 1];
         kernels::add_rmsnorm(
             &gpu,
             &mut self.resid,
@@ -353,23 +422,28 @@ impl GpuModel {
                 None => kernels::gemv(&gpu, head, &x, m, v, t, &mut self.logits, v, false)?,
             }
             if rows.len() == 1 {
-                kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax)?;
+                let host = host_argmax.then_some(&mut self.argmax_host);
+                kernels::argmax_rows(&gpu, &self.logits, 1, v, &mut self.argmax, host)?;
             }
         }
-        gpu.record_on(&self.events[1])?;
-        // One synchronisation, then wdmoe-core checks every device plan.
-        let mut steps = Vec::with_capacity(layers);
+        gpu.record_on(&self.events[c.ev][1])?;
+        Ok(())
+    }
+
+    /// Completes the chunk's steps not yet checked (each layer's, even after
+    /// an error, so that none stays pending); the first error, if any.
+    pub(super) fn chunk_complete(
+        &mut self,
+        c: Chunk,
+        policy: &Policy<f64>,
+    ) -> Result<Vec<MoeStep>> {
+        let mut steps = Vec::with_capacity(c.done.len());
         let mut first_err = None;
-        for (l, d) in done.into_iter().enumerate() {
+        for (l, d) in c.done.into_iter().enumerate() {
             let s = match d {
                 Some(s) => s,
-                None => {
-                    layer_latencies(latency_s, n, layers, e, l, &mut lat);
-                    self.layers[l].moe.complete(policy, &lat)
-                }
+                None => self.layers[l].moe.complete(policy, &c.lat[l]),
             };
-            // Complete every pending layer even after an error, so that
-            // none stays pending.
             match s {
                 Ok(s) => steps.push(s),
                 Err(err) => {
@@ -379,9 +453,46 @@ impl GpuModel {
         }
         match first_err {
             Some(err) => Err(err),
-            None => Ok((steps, enqueue_s)),
+            None => Ok(steps),
         }
     }
+}
+
+/// Where a chunk's token ids come from.
+#[derive(Clone, Copy)]
+pub(super) enum Ids<'a> {
+    /// Uploaded from the host.
+    Host(&'a [u32]),
+    /// The previous step's argmax, on the device (a pipelined decode step).
+    Argmax,
+}
+
+/// A chunk enqueued through some of its layers.
+pub(super) struct Chunk {
+    pub(super) start: usize,
+    pub(super) n: usize,
+    /// Per enqueued layer, its step once completed (a device-planned or
+    /// device-routed step is completed later: [`GpuModel::chunk_layers`]).
+    done: Vec<Option<Result<MoeStep>>>,
+    /// Per enqueued layer, its latencies `[n][experts]` (for the check).
+    pub(super) lat: Vec<Vec<f64>>,
+    /// The event pair of [`GpuModel`] around the chunk.
+    pub(super) ev: usize,
+    /// Host seconds spent enqueuing (the lagged checks excluded).
+    pub(super) enqueue_s: f64,
+}
+
+/// Appends a chunk's step of one layer to the call's route of that layer.
+pub(super) fn add_route(r: &mut LayerRoute, s: MoeStep) {
+    r.logits.extend_from_slice(&s.logits);
+    // A selection is about 1.5 KB: the first chunk's are moved, not copied.
+    if r.selections.is_empty() {
+        r.selections = s.routing.selections;
+    } else {
+        r.selections.extend(s.routing.selections);
+    }
+    r.token_latency_s.extend(s.routing.token_latency_s);
+    r.moe_time_s += s.time_s;
 }
 
 /// Layers between a device-planned or device-routed step's enqueue and

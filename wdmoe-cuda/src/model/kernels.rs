@@ -48,17 +48,18 @@ pub(crate) fn embed_rows(
     need(OP, "resid", resid.len(), n * d)?;
     need(OP, "table", table.len(), d)?;
     kernel_params! {
-        struct EmbedRows { table: u64, tokens: u64, d: i32, resid: u64 }
+        struct EmbedRows { table: u64, tokens: u64, vocab: i32, d: i32, resid: u64 }
     }
     let p = EmbedRows {
         table: addr(table),
         tokens: addr(tokens),
+        vocab: i32_of(OP, "vocab", table.len() / d)?,
         d: i32_of(OP, "d", d)?,
         resid: addr(resid),
     };
-    // SAFETY: embed_rows(const half*, const int*, int, float*) = EmbedRows;
-    // block t reads tokens[t] (t < n <= tokens.len()), the table row it
-    // names (the caller checked every token < vocab, table = vocab x d) and
+    // SAFETY: embed_rows(const half*, const int*, int, int, float*) =
+    // EmbedRows; block t reads tokens[t] (t < n <= tokens.len()), the
+    // table row it names if below vocab = table.len() / d, else row 0, and
     // writes resid[t][0..d) (n x d <= resid.len(), checked).
     unsafe {
         gpu.launch(
@@ -532,54 +533,183 @@ pub(crate) fn attention(
         )?;
     }
     if splits > 1 {
-        kernel_params! {
-            struct AttnCombine { part: u64, splits: i32, h: i32, hd: i32, out: u64 }
+        attn_combine(gpu, part, splits, h, hd, t, out, None)?;
+    }
+    Ok(())
+}
+
+/// Merges attention's split partials into `out`; `zero_q`: the raw q|k|v
+/// rows whose q heads the splits read, left zero (fused RoPE).
+#[allow(clippy::too_many_arguments)]
+fn attn_combine(
+    gpu: &Gpu,
+    part: &DeviceSlice<f32>,
+    splits: usize,
+    h: usize,
+    hd: usize,
+    t: usize,
+    out: &mut DeviceSlice<f16>,
+    zero_q: Option<(&mut DeviceSlice<f32>, usize)>,
+) -> Result<()> {
+    kernel_params! {
+        struct AttnCombine {
+            part: u64, splits: i32, h: i32, hd: i32, out: u64, zero_q: u64, qkv_row: i32,
         }
-        let p = AttnCombine {
+    }
+    let (zero_q, qkv_row) = match zero_q {
+        Some((q, row)) => (addr(q), row as i32),
+        None => (0, 0),
+    };
+    let p = AttnCombine {
+        part: addr(part),
+        splits: splits as i32,
+        h: h as i32,
+        hd: hd as i32,
+        out: addr(out),
+        zero_q,
+        qkv_row,
+    };
+    // SAFETY: attn_combine(const float*, int, int, int, half*, float*,
+    // int) = AttnCombine; block (head, i) reads the splits partials of (i,
+    // head) inside part, writes out row i and zeroes head `head` of the
+    // q|k|v row i where zero_q is set (the callers checked all three).
+    unsafe {
+        gpu.launch(
+            &gpu.model,
+            "attn_combine",
+            Shape::new((h as u32, t as u32), 128).pdl(true),
+            p,
+            || format!("t={t} splits={splits}"),
+        )
+    }
+}
+
+/// Decode attention with RoPE fused in: one token at position `start`,
+/// straight from its q|k|v projection row `qkv` (`[(H + 2 KVH) hd]` fp32,
+/// unrotated). Rotates q and the new key as [`rope_kv`] does, writes the
+/// new key and value into this layer's cache, and leaves the row zero; the
+/// output and the split partials as [`attention`] (bitwise equal to
+/// `rope_kv` then `attention`: same arithmetic, same order).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_attention_decode(
+    gpu: &Gpu,
+    dims: &AttnDims,
+    qkv: &mut DeviceSlice<f32>,
+    rope: &DeviceSlice<f32>,
+    start: usize,
+    k_cache: &mut DeviceSlice<f16>,
+    v_cache: &mut DeviceSlice<f16>,
+    part: &mut DeviceSlice<f32>,
+    out: &mut DeviceSlice<f16>,
+) -> Result<()> {
+    const OP: &str = "model::rope_attention_decode";
+    dims.check(OP)?;
+    let (h, hd) = (dims.heads, dims.head_dim);
+    if start >= dims.max_seq {
+        return Err(shape(
+            OP,
+            format!("position {start} beyond the cache of {}", dims.max_seq),
+        ));
+    }
+    need(OP, "qkv", qkv.len(), dims.qkv_width())?;
+    need(OP, "rope", rope.len(), dims.max_seq * hd)?;
+    check_align(OP, "rope", addr(rope), 8)?;
+    need(OP, "out", out.len(), h * hd)?;
+    let cache = dims.kv_heads * dims.max_seq * hd;
+    need(OP, "k_cache", k_cache.len(), cache)?;
+    need(OP, "v_cache", v_cache.len(), cache)?;
+    let keys = match dims.window {
+        0 => start + 1,
+        w => (start + 1).min(w),
+    };
+    let splits = attn_splits(1, keys);
+    let split_len = keys.div_ceil(splits);
+    need(OP, "part", part.len(), attn_part_len(1, h, hd, splits))?;
+    kernel_params! {
+        struct AttnRopeArgs {
+            p: AttnParams, rope: u64, qkv: u64,
+        }
+    }
+    let p = AttnRopeArgs {
+        p: AttnParams {
+            q: addr(qkv),
+            k_cache: addr(k_cache),
+            v_cache: addr(v_cache),
             part: addr(part),
-            splits: splits as i32,
-            h: h as i32,
-            hd: hd as i32,
             out: addr(out),
-        };
-        // SAFETY: attn_combine(const float*, int, int, int, half*) =
-        // AttnCombine; block (head, i) reads the splits partials of (i,
-        // head) inside part (checked above) and writes out row i (checked).
-        unsafe {
-            gpu.launch(
-                &gpu.model,
-                "attn_combine",
-                Shape::new((h as u32, t as u32), 128).pdl(true),
-                p,
-                || format!("t={t} splits={splits}"),
-            )?;
-        }
+            t: 1,
+            start: start as i32,
+            h: h as i32,
+            kvh: dims.kv_heads as i32,
+            hd: hd as i32,
+            max_seq: dims.max_seq as i32,
+            window: dims.window as i32,
+            split_len: split_len as i32,
+            scale: (hd as f32).powf(-0.5),
+        },
+        rope: addr(rope),
+        qkv: addr(qkv),
+    };
+    let grid = (dims.kv_heads as u32, 1, splits as u32);
+    // SAFETY: attn_fwd_rope(AttnParams, const float2*, float*) =
+    // AttnRopeArgs (the struct by value, then two pointers); block (kvh, 0, s)
+    // reads the q heads of group kvh and k/v head kvh of the qkv row
+    // (checked), zeroes what it read (the q heads only with one split),
+    // reads rope row start < max_seq (checked, 8-byte aligned), cache
+    // positions < start of head kvh and writes position start (checked);
+    // out or its partials as attention's launch; shared memory as there.
+    unsafe {
+        gpu.launch(
+            &gpu.model,
+            "attn_fwd_rope",
+            Shape::new(grid, (h / dims.kv_heads * 32) as u32)
+                .shared(dims.smem_bytes() as u32)
+                .pdl(true),
+            p,
+            || format!("start={start} splits={splits} fused RoPE"),
+        )?;
+    }
+    if splits > 1 {
+        let row = dims.qkv_width();
+        attn_combine(gpu, part, splits, h, hd, 1, out, Some((qkv, row)))?;
     }
     Ok(())
 }
 
 /// Row-wise argmax of `[t][vocab]` fp32 logits into `out[t]` (-1 for a
-/// row with a NaN).
+/// row with a NaN); `host`: also into page-locked host memory (read it
+/// after an event recorded behind this launch has completed).
 pub(crate) fn argmax_rows(
     gpu: &Gpu,
     logits: &DeviceSlice<f32>,
     t: usize,
     vocab: usize,
     out: &mut DeviceSlice<i32>,
+    host: Option<&mut cust::memory::LockedBuffer<i32>>,
 ) -> Result<()> {
     const OP: &str = "model::argmax_rows";
     need(OP, "logits", logits.len(), t * vocab)?;
     need(OP, "out", out.len(), t)?;
+    let host_out = match host {
+        Some(h) => {
+            need(OP, "host", h.len(), t)?;
+            h.as_mut_ptr() as u64
+        }
+        None => 0,
+    };
     kernel_params! {
-        struct Argmax { logits: u64, vocab: i32, out: u64 }
+        struct Argmax { logits: u64, vocab: i32, out: u64, host_out: u64 }
     }
     let p = Argmax {
         logits: addr(logits),
         vocab: i32_of(OP, "vocab", vocab)?,
         out: addr(out),
+        host_out,
     };
-    // SAFETY: argmax_rows(const float*, int, int*) = Argmax; block i < t
-    // reads logits row i (t x vocab, checked) and writes out[i] (checked).
+    // SAFETY: argmax_rows(const float*, int, int*, int*) = Argmax; block
+    // i < t reads logits row i (t x vocab, checked) and writes out[i] and,
+    // if set, host_out[i] (page-locked memory of t elements, checked: the
+    // host pointer is valid on the device under unified addressing).
     unsafe {
         gpu.launch(
             &gpu.model,

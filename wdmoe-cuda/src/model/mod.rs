@@ -42,6 +42,7 @@ use crate::prefill::PREFILL_MIN_TOKENS;
 use crate::runtime::Gpu;
 
 mod build;
+mod decode;
 mod forward;
 pub(crate) mod kernels;
 mod remote;
@@ -52,6 +53,7 @@ mod weights;
 use remote::LayerMoe;
 
 pub use build::{moe_seed, read_expert};
+pub use decode::LatencyFn;
 use kernels::AttnDims;
 pub use kernels::{ATTN_MAX_HEAD_DIM, GEMV_MAX_TOKENS};
 pub use weights::{ModelShape, WeightSource};
@@ -204,8 +206,11 @@ pub struct GpuModel {
     /// Decode steps run the projections on their packing (default; see
     /// [`packed_decode_default`]).
     packed_decode: bool,
+    /// Decode tokens run RoPE inside the attention kernel (default; see
+    /// [`fused_rope_default`]).
+    fused_rope: bool,
     /// `qkv` may hold values (a call failed between the q|k|v projection,
-    /// which accumulates, and rope_kv, which leaves it zero).
+    /// which accumulates, and RoPE, which leaves it zero).
     qkv_dirty: bool,
     tokens: DeviceBuffer<i32>,
     resid: DeviceBuffer<f32>,
@@ -216,7 +221,17 @@ pub struct GpuModel {
     part: DeviceBuffer<f32>,
     logits: DeviceBuffer<f32>,
     argmax: DeviceBuffer<i32>,
-    events: [cust::event::Event; 2],
+    /// A decode step's argmax, in page-locked memory (written by the GPU).
+    argmax_host: cust::memory::LockedBuffer<i32>,
+    /// The next decode step, enqueued ahead ([`GpuModel::decode_greedy`]).
+    ahead: Option<decode::Ahead>,
+    /// Whether [`GpuModel::decode_greedy`] enqueues the next step ahead.
+    pipeline: bool,
+    /// An error of discarding the step ahead from a setting, for the next call.
+    ahead_err: Option<Error>,
+    /// Two pairs of events around a chunk (a pipelined decode step's pair
+    /// is recorded while the previous step's is still in use).
+    events: [[cust::event::Event; 2]; 2],
     gpu: Arc<Gpu>,
 }
 
@@ -227,6 +242,14 @@ impl std::fmt::Debug for GpuModel {
             .field("chunk", &self.chunk)
             .field("len", &self.len)
             .finish()
+    }
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        // A decode step enqueued ahead may still write page-locked memory
+        // this model frees (its reports, its argmax).
+        let _ = self.gpu.sync();
     }
 }
 
@@ -286,6 +309,7 @@ impl GpuModel {
     /// synchronisation per layer; comparisons, and the re-run of a chunk
     /// whose device choice differed).
     pub fn set_device_policy(&mut self, on: bool) {
+        self.end_ahead();
         self.device_policy = on;
         for l in &mut self.layers {
             if let Some(moe) = l.moe.local_mut() {
@@ -301,6 +325,7 @@ impl GpuModel {
     /// per step on an H200, and the checks wait for the router's report in
     /// host memory instead). Prefill steps are always timed.
     pub fn set_moe_timing(&mut self, on: bool) {
+        self.end_ahead();
         for l in &mut self.layers {
             if let Some(moe) = l.moe.local_mut() {
                 moe.set_step_timing(on);
@@ -312,6 +337,7 @@ impl GpuModel {
     /// (default true; see `MoeLayer::set_merge_slots`; comparisons).
     #[doc(hidden)]
     pub fn set_merge_slots(&mut self, on: bool) {
+        self.end_ahead();
         for l in &mut self.layers {
             if let Some(moe) = l.moe.local_mut() {
                 moe.set_merge_slots(on);
@@ -337,10 +363,20 @@ impl GpuModel {
         }
     }
 
+    /// Whether a decode token (a 1-token chunk) runs RoPE and the KV-cache
+    /// write inside its attention kernel (default true) or in a kernel of
+    /// their own before it (false; for comparisons: the outputs and the
+    /// cache are the same bits).
+    #[doc(hidden)]
+    pub fn set_fused_rope(&mut self, on: bool) {
+        self.fused_rope = on;
+    }
+
     /// Test hook: every layer's device policy uses top-1, so its plans
     /// differ from wdmoe-core's (exercises the re-run of a chunk).
     #[doc(hidden)]
     pub fn skew_device_policy(&mut self, on: bool) {
+        self.end_ahead();
         for l in &mut self.layers {
             if let Some(moe) = l.moe.local_mut() {
                 moe.skew_device_policy(on);
@@ -355,6 +391,13 @@ impl GpuModel {
 fn packed_decode_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("WDMOE_DECODE_PROJ").map_or(true, |v| v != "gemv"))
+}
+
+/// Whether decode tokens fuse RoPE into attention (default) or run it
+/// apart (`WDMOE_FUSED_ROPE=0`, read once: comparisons).
+fn fused_rope_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WDMOE_FUSED_ROPE").map_or(true, |v| v != "0"))
 }
 
 fn shape_err(detail: String) -> Error {

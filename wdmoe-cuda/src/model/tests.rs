@@ -173,6 +173,47 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
     let kg = gpu.download(&kd).unwrap();
     let vg = gpu.download(&vd).unwrap();
     let og = gpu.download(&out).unwrap();
+    if t == 1 {
+        // Decode with RoPE fused into attention: the same bits as rope_kv
+        // then attention (output, cache), and the row left zero.
+        let mut kd2 = gpu.upload(&kc).unwrap();
+        let mut vd2 = gpu.upload(&vc).unwrap();
+        let mut qkv2 = gpu.upload(&qkv).unwrap();
+        let mut part2 = gpu.alloc::<f32>(part.len().max(1)).unwrap();
+        let mut out2 = gpu.upload(&vec![f16::NAN; h * hd]).unwrap();
+        kernels::rope_attention_decode(
+            gpu,
+            &dims,
+            &mut qkv2,
+            &gpu.upload(&rope).unwrap(),
+            start,
+            &mut kd2,
+            &mut vd2,
+            &mut part2,
+            &mut out2,
+        )
+        .unwrap();
+        let o2 = gpu.download(&out2).unwrap();
+        let same = og
+            .iter()
+            .zip(&o2)
+            .filter(|(a, b)| a.to_bits() == b.to_bits())
+            .count();
+        assert_eq!(
+            same,
+            og.len(),
+            "{dims:?} start={start}: fused RoPE output differs"
+        );
+        assert!(
+            gpu.download(&kd2).unwrap() == kg,
+            "{dims:?} start={start}: k cache"
+        );
+        assert!(
+            gpu.download(&vd2).unwrap() == vg,
+            "{dims:?} start={start}: v cache"
+        );
+        assert!(gpu.download(&qkv2).unwrap().iter().all(|&v| v == 0.0));
+    }
     // RoPE of q against the f64 rotation of the same table.
     let half = hd / 2;
     for ti in 0..t {
@@ -282,8 +323,19 @@ fn argmax_takes_the_lowest_index_on_ties_and_flags_nan() {
     rows[v + 31999] = 10.0;
     rows[2 * v + 7] = f32::NAN;
     let mut out = gpu.alloc::<i32>(3).unwrap();
-    kernels::argmax_rows(&gpu, &gpu.upload(&rows).unwrap(), 3, v, &mut out).unwrap();
+    let mut host = cust::memory::LockedBuffer::new(&7i32, 3).unwrap();
+    kernels::argmax_rows(
+        &gpu,
+        &gpu.upload(&rows).unwrap(),
+        3,
+        v,
+        &mut out,
+        Some(&mut host),
+    )
+    .unwrap();
     assert_eq!(gpu.download(&out).unwrap(), vec![123, 31999, -1]);
+    // The page-locked copy (download synchronised the stream).
+    assert_eq!(host.as_slice(), &[123, 31999, -1]);
 }
 
 #[test]
@@ -462,4 +514,127 @@ fn lm_head_on_its_packing_equals_row_major() {
         }
     }
     m.set_packed_head(true);
+}
+
+/// `decode_greedy` (each step's successor enqueued before it completes)
+/// against one `forward` call per token on the same model: the same
+/// tokens and the same router logits (bitwise: the same kernels on the
+/// same inputs), through a step ahead discarded by a non-greedy token, a
+/// truncation, a setting changed between steps, and device plans that
+/// differ from wdmoe-core's (each step re-run on the host policy).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_greedy_pipelined_equals_one_forward_per_token() {
+    use super::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    let mut r = rng();
+    let shape = ModelShape {
+        vocab: 512,
+        hidden: 256,
+        intermediate: 512,
+        layers: 4,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 32,
+        experts: 8,
+        rms_eps: 1e-5,
+        rope_theta: 1e4,
+        window: None,
+        tied: false,
+    };
+    let opts = ModelOptions {
+        max_seq: 64,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: 16,
+    };
+    let mut m = GpuModel::random(gpu, shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let (layers, e, v) = (shape.layers, shape.experts, shape.vocab as u32);
+    let policy = Policy::new(2, 0.2, 1).unwrap();
+    // Latencies that differ per position and layer, so that the policy's
+    // drops depend on them (a step run with another token's latencies
+    // would show).
+    let lat_at = |pos: usize, l: usize, out: &mut [f64]| {
+        for (j, x) in out.iter_mut().enumerate() {
+            *x = 0.01 * (1.0 + ((pos * 7 + l * 3 + j * 5) % 11) as f64);
+        }
+    };
+    let prompt: Vec<u32> = (0..9).map(|_| r.gen_range(0..v)).collect();
+    // Tokens fed at steps 5 and 11 instead of the argmax (the step ahead
+    // is discarded); a truncation back to position 14 after step 8.
+    let forced = [(5usize, 3u32), (11, 100)];
+    let run = |m: &mut GpuModel, pipelined: bool| {
+        m.truncate(0);
+        let n = prompt.len();
+        let mut plat = vec![0.0; n * layers * e];
+        for t in 0..n {
+            for l in 0..layers {
+                lat_at(
+                    t,
+                    l,
+                    &mut plat[(t * layers + l) * e..(t * layers + l + 1) * e],
+                );
+            }
+        }
+        let out = m
+            .forward(&prompt, Output::LastArgmax, &policy, &plat)
+            .unwrap();
+        let mut id = out.argmax.unwrap();
+        let mut ids = Vec::new();
+        let mut logits = Vec::new();
+        for step in 0..16 {
+            if let Some(&(_, t)) = forced.iter().find(|f| f.0 == step) {
+                id = t;
+            }
+            if step == 9 {
+                m.truncate(14);
+            }
+            if step == 13 {
+                m.set_moe_timing(true);
+            }
+            let pos = m.len();
+            let out = if pipelined {
+                m.decode_greedy(id, &policy, &mut |p, l, o| {
+                    lat_at(p, l, o);
+                    Ok(())
+                })
+                .unwrap()
+            } else {
+                let mut lat = vec![0.0; layers * e];
+                for l in 0..layers {
+                    lat_at(pos, l, &mut lat[l * e..(l + 1) * e]);
+                }
+                m.forward(&[id], Output::LastArgmax, &policy, &lat).unwrap()
+            };
+            assert_eq!(out.start, pos);
+            assert!(out.gpu_time_s > 0.0);
+            for lr in &out.layers {
+                logits.extend_from_slice(&lr.logits);
+            }
+            id = out.argmax.unwrap();
+            ids.push(id);
+        }
+        m.set_moe_timing(false);
+        (ids, logits)
+    };
+    let (ids_a, lg_a) = run(&mut m, false);
+    let (ids_b, lg_b) = run(&mut m, true);
+    assert_eq!(ids_a, ids_b);
+    let differ = lg_a
+        .iter()
+        .zip(&lg_b)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    eprintln!(
+        "decode_greedy vs forward: {} tokens equal, {differ} of {} router logits differ",
+        ids_a.len(),
+        lg_a.len()
+    );
+    assert_eq!(lg_a.len(), lg_b.len());
+    assert_eq!(differ, 0);
+    // Device plans that differ from wdmoe-core's: every step re-runs.
+    m.skew_device_policy(true);
+    let (ids_c, _) = run(&mut m, true);
+    m.skew_device_policy(false);
+    assert_eq!(ids_a, ids_c, "re-run steps");
 }

@@ -98,6 +98,9 @@ impl WeightSource for CheckpointSource<'_> {
 pub struct GpuBackend {
     model: GpuModel,
     config: MixtralConfig,
+    /// Latencies `[experts]` of the first layer of the decode step the
+    /// model enqueued ahead (drawn in the call before; its position).
+    ahead_lat: Option<(usize, Vec<f64>)>,
 }
 
 /// Prints a loading progress line to stderr every 5 % (for checkpoints of
@@ -138,7 +141,11 @@ impl GpuBackend {
         };
         let mut src = CheckpointSource::new(&ck);
         let model = GpuModel::load(gpu, shape, &mut src, opts, progress)?;
-        Ok(GpuBackend { model, config })
+        Ok(GpuBackend {
+            model,
+            config,
+            ahead_lat: None,
+        })
     }
 
     /// A model of `config`'s shape with random fp16 weights generated on
@@ -157,7 +164,11 @@ impl GpuBackend {
             ..opts
         };
         let model = GpuModel::random(gpu, shape, opts, seed, progress)?;
-        Ok(GpuBackend { model, config })
+        Ok(GpuBackend {
+            model,
+            config,
+            ahead_lat: None,
+        })
     }
 
     /// The GPU model.
@@ -199,6 +210,23 @@ impl GpuBackend {
             }
         }
         let r = self.model.forward(tokens, out, &moe.policy, &lat)?;
+        let argmax = r.argmax;
+        Ok((argmax, self.output(r, moe, &lat, n, start, t0)?))
+    }
+
+    /// The routing record of a forward call (`lat`: its latencies
+    /// `[n][layers][experts]`).
+    fn output(
+        &self,
+        r: wdmoe_cuda::model::ForwardOut,
+        moe: &MoeConfig,
+        lat: &[f64],
+        n: usize,
+        start: usize,
+        t0: Instant,
+    ) -> Result<ForwardOutput, ModelError> {
+        let c = &self.config;
+        let (layers, e) = (c.num_hidden_layers, c.num_local_experts);
         let gpu_time_s = r.gpu_time_s;
         let mut routing = Vec::with_capacity(layers);
         for (l, lr) in r.layers.into_iter().enumerate() {
@@ -217,16 +245,71 @@ impl GpuBackend {
                 lr.moe_time_s,
             )?);
         }
-        Ok((
-            r.argmax,
-            ForwardOutput {
-                logits: r.logits,
-                start_position: start,
-                routing,
-                compute_s: t0.elapsed().as_secs_f64(),
-                device_s: gpu_time_s,
-            },
-        ))
+        Ok(ForwardOutput {
+            logits: r.logits,
+            start_position: start,
+            routing,
+            compute_s: t0.elapsed().as_secs_f64(),
+            device_s: gpu_time_s,
+        })
+    }
+
+    /// One greedy decode step through [`GpuModel::decode_greedy`] (the
+    /// next step enqueued before this one completes): the latencies of
+    /// the next step's first layer are drawn here, in order after this
+    /// step's (so the draws come in the same order as one call per token).
+    fn decode_greedy(
+        &mut self,
+        token: u32,
+        moe: &MoeConfig,
+        latency: &mut dyn ExpertLatency,
+    ) -> Result<(u32, ForwardOutput), ModelError> {
+        let t0 = Instant::now();
+        let c = &self.config;
+        let (layers, e) = (c.num_hidden_layers, c.num_local_experts);
+        let start = self.model.len();
+        if start + 1 > self.model.max_seq() {
+            return Err(ModelError::TooLong {
+                positions: start + 1,
+                max_positions: self.model.max_seq(),
+            });
+        }
+        let mut lat = vec![f64::NAN; layers * e];
+        if let Some((pos, l0)) = self.ahead_lat.take() {
+            if pos == start {
+                lat[..e].copy_from_slice(&l0);
+            }
+        }
+        let mut next0 = None;
+        let mut failed = None;
+        let r = self
+            .model
+            .decode_greedy(token, &moe.policy, &mut |p, l, out| {
+                if let Err(err) = latency.latency_s(p, l, out) {
+                    let detail = err.to_string();
+                    failed = Some(err);
+                    return Err(wdmoe_cuda::Error::Shape {
+                        op: "ExpertLatency::latency_s",
+                        detail,
+                    });
+                }
+                if p == start {
+                    lat[l * e..(l + 1) * e].copy_from_slice(out);
+                } else {
+                    next0 = Some((p, out.to_vec()));
+                }
+                Ok(())
+            });
+        let r = match (r, failed) {
+            (Ok(r), _) => r,
+            (Err(_), Some(err)) => return Err(err),
+            (Err(err), None) => return Err(err.into()),
+        };
+        self.ahead_lat = next0;
+        let id = r.argmax.ok_or_else(|| ModelError::NonFinite {
+            what: "the argmax of the last logits".into(),
+        })?;
+        Ok((id, self.output(r, moe, &lat, 1, start, t0)?))
     }
 }
 
@@ -263,11 +346,7 @@ impl Backend for GpuBackend {
         moe: &MoeConfig,
         latency: &mut dyn ExpertLatency,
     ) -> Result<(u32, ForwardOutput), ModelError> {
-        let (id, out) = self.run(&[token], moe, latency, Output::LastArgmax)?;
-        let id = id.ok_or_else(|| ModelError::NonFinite {
-            what: "the argmax of the last logits".into(),
-        })?;
-        Ok((id, out))
+        self.decode_greedy(token, moe, latency)
     }
 
     fn device_name(&self) -> String {
