@@ -1,17 +1,44 @@
-// Prefill attention on tensor cores (mma.sync m16n8k16, fp16 in, fp32
-// accumulate; sm_80+): the attention of T >= 16 queries of one chunk over
-// the cache, FlashAttention-2 style. Included by model.cu (after AttnParams
-// and the warp helpers).
+// Prefill attention on tensor cores (fp16 in, fp32 accumulate): the causal
+// attention of T >= 16 queries of one chunk (positions start..start+T-1)
+// over the cache, FlashAttention-2 style. Included by model.cu (after
+// AttnParams and griddep_*). Kernels attn_prefill_h64 / attn_prefill_h128
+// (at the end): on sm_90a the wgmma path (attn_prefill_wg_body), elsewhere
+// (the compute_80 PTX) the mma.sync m16n8k16 path (attn_prefill_body); one
+// launch for both: grid (H, ceil(T / 64)), 128 threads, static shared memory
+// (33 / 34 KiB at hd 128), <= 168 registers (3 blocks a multiprocessor).
 //
-// Grid (ceil(T / 64), H); block 4 warps, each 16 query rows of one head.
-// The block walks the keys its 64 queries see (causal, and with window > 0
-// only the last `window` positions of each query) in tiles of 32, K and V
-// rows double-buffered in shared memory by cp.async (the next tile loads
-// while this one computes); the mma B operands come by ldmatrix (plain for
-// K, transposed for V; padded pitches, no bank conflicts); S = Q K^T with
-// Q's A fragments held in registers for the whole block, the mask, the
-// online softmax of each row in fp32 (quad shuffles), P rounded to fp16 as
-// the A operand of O += P V. Output [T][H hd] fp16, like attn_fwd.
+// Common to both paths:
+// - Block (h, y): head h, query tile qt = gridDim.y - 1 - y of 64 rows, so
+//   the heaviest blocks (causal: most keys) of every head start first and
+//   the light ones fill the tail of the last wave. 4 warps, 16 rows each.
+// - The block walks the keys its queries see ([first, last]: the first
+//   query's window start, or 0, to the last query's position) in tiles of
+//   64 keys, one K and one V buffer in shared memory filled by cp.async
+//   and interleaved (keys past `last` zero-filled, never read):
+//     wait K(i), barrier -> issue V(i) -> S = Q K(i)^T, softmax
+//     wait V(i), barrier -> issue K(i+1) -> O += P V(i)
+//   so that V(i) lands while S is computed and K(i+1) while P V runs (the
+//   other two resident blocks fill the gaps).
+// - Q's A fragments (m16n8k16 layout, each warp's 16 rows) are converted
+//   once from the fp32 queries and held in registers.
+// - Each warp classifies each tile for its 16 rows: all keys visible (no
+//   mask: the interior of the causal triangle) or not (per-element mask:
+//   the diagonal, the window edge, keys past `last`; the mma.sync path also
+//   skips the tile when none is visible).
+// - Online softmax in fp32 on the raw scores (attn_softmax): p =
+//   exp2(s·scale·log2e - m·scale·log2e), one FMA and one ex2 an element;
+//   the row sums stay per thread and are summed over the quad at the end;
+//   O is rescaled only when some row of the warp has a new maximum (corr
+//   exactly 1 otherwise). P is rounded to fp16 as the A operand of O += P V.
+// - O / l goes through shared memory (the tile buffers) to 16-byte
+//   coalesced stores. Output [T][H hd] fp16, like attn_fwd. A row that saw
+//   no key (impossible: every query sees itself) would get 0, not NaN.
+// mma.sync path: K and V tiles [64][HD + 8] halfs (padded pitch: the
+// ldmatrix rows hit distinct banks); K's B fragments by ldmatrix, V's by
+// ldmatrix.trans. wgmma path: see attn_prefill_wg_body below.
+// The template parameters beyond the production ones (PIPE 1: K and V
+// double-buffered in dynamic shared memory; other warp counts and tile
+// sizes) are for bench/attn_prefill_bench.cu.
 #pragma once
 
 namespace {
@@ -44,6 +71,13 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// 2^x on the special-function unit (ex2.approx.ftz: 2^-inf = +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Four 8x8 fp16 matrices from shared memory (lanes 8i..8i+7 give matrix
 // i's row addresses), as mma fragments; _trans transposes each.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -57,24 +91,189 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                  : "r"(smem_addr(p)));
 }
 
+// S = Q K^T of one warp (16 query rows x BKV keys) by mma.sync: B
+// fragments of two 8-key n-tiles per ldmatrix.x4 (K rows are the mma's B
+// columns) from a [BKV][HD + 8] tile.
+template <int HD, int BKV>
+__device__ __forceinline__ void attn_qk_mma(float (&s)[BKV / 8][4], const uint32_t (&qa)[HD / 16][4],
+                                            const __half (*ks)[HD + 8], int lane) {
+#pragma unroll
+    for (int nt = 0; nt < BKV / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+    const int krow = (lane & 7) + ((lane >> 4) << 3);
+    const int kcol = ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < BKV / 16; ++np) {
+            uint32_t r[4];
+            ldmatrix_x4(r, &ks[np * 16 + krow][kk * 16 + kcol]);
+            mma_16816(s[2 * np], qa[kk], r[0], r[1]);
+            mma_16816(s[2 * np + 1], qa[kk], r[2], r[3]);
+        }
+    }
+}
+
+// The softmax step of one warp's tile of scores s (C fragments: rows g4 and
+// g4 + 8, keys kt0 + 8 nt + c2 + {0, 1}): the mask (MASK: key kpos is seen
+// by the row at pos when lo <= kpos <= hi), the online-softmax update of
+// m, l and O, and P (fp16 A fragments) for P V.
+template <int HD, int BKV, bool MASK, bool SKIP_RESCALE>
+__device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
+                                             int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
+                                             float (&o)[HD / 8][4], uint32_t (&pa)[BKV / 16][4]) {
+    if (MASK) {
+#pragma unroll
+        for (int nt = 0; nt < BKV / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int kpos = kt0 + nt * 8 + c2 + e;
+                if (kpos < lo0 || kpos > hi0) s[nt][e] = -INFINITY;
+                if (kpos < lo1 || kpos > hi1) s[nt][2 + e] = -INFINITY;
+            }
+        }
+    }
+    // Row maxima (a tree, for latency) with the running maximum.
+    float t0[BKV / 8], t1[BKV / 8];
+#pragma unroll
+    for (int nt = 0; nt < BKV / 8; ++nt) {
+        t0[nt] = fmaxf(s[nt][0], s[nt][1]);
+        t1[nt] = fmaxf(s[nt][2], s[nt][3]);
+    }
+#pragma unroll
+    for (int w = BKV / 16; w >= 1; w /= 2) {
+#pragma unroll
+        for (int j = 0; j < w; ++j) {
+            t0[j] = fmaxf(t0[j], t0[j + w]);
+            t1[j] = fmaxf(t1[j], t1[j + w]);
+        }
+    }
+    float mx0 = fmaxf(m0, t0[0]), mx1 = fmaxf(m1, t1[0]);
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    // Exponents against the scaled new maximum; a row with no key yet keeps
+    // m = -inf and takes base 0 (p = 0, corr = 0: no NaN). __fmul_rn keeps
+    // m·sl2 rounded the same way in corr as in the base (corr exactly 1
+    // when the maximum holds).
+    const float b0 = mx0 == -INFINITY ? 0.f : __fmul_rn(mx0, sl2);
+    const float b1 = mx1 == -INFINITY ? 0.f : __fmul_rn(mx1, sl2);
+    const float corr0 = fast_exp2(__fmul_rn(m0, sl2) - b0), corr1 = fast_exp2(__fmul_rn(m1, sl2) - b1);
+    m0 = mx0;
+    m1 = mx1;
+#pragma unroll
+    for (int nt = 0; nt < BKV / 8; ++nt) {
+        const float p00 = fast_exp2(fmaf(s[nt][0], sl2, -b0)), p01 = fast_exp2(fmaf(s[nt][1], sl2, -b0));
+        const float p10 = fast_exp2(fmaf(s[nt][2], sl2, -b1)), p11 = fast_exp2(fmaf(s[nt][3], sl2, -b1));
+        t0[nt] = p00 + p01;
+        t1[nt] = p10 + p11;
+        // C fragment of n-tile nt -> A fragment of k chunk nt/2.
+        pa[nt / 2][(nt & 1) * 2 + 0] = pack_half2(p00, p01);
+        pa[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p10, p11);
+    }
+#pragma unroll
+    for (int w = BKV / 16; w >= 1; w /= 2) {
+#pragma unroll
+        for (int j = 0; j < w; ++j) {
+            t0[j] += t0[j + w];
+            t1[j] += t1[j + w];
+        }
+    }
+    l0 = l0 * corr0 + t0[0];
+    l1 = l1 * corr1 + t1[0];
+    // O *= corr, skipped when no row of the warp has a new maximum (then
+    // every corr is exactly 1).
+    if (!SKIP_RESCALE || __any_sync(0xffffffffu, corr0 != 1.f || corr1 != 1.f)) {
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; ++dt) {
+            o[dt][0] *= corr0;
+            o[dt][1] *= corr0;
+            o[dt][2] *= corr1;
+            o[dt][3] *= corr1;
+        }
+    }
+}
+
 }  // namespace
 
-template <int HD>
+// PIPE 0: one K and one V buffer, interleaved (V(i) lands during S(i), K(i+1)
+// during P V(i)); two barriers a tile; static shared memory.
+// PIPE 1: two stages of K and V (tile i+1 lands during all of tile i); one
+// barrier a tile; dynamic shared memory attn_prefill_smem<HD, BKV, 1>().
+template <int HD, int BKV, int PIPE>
+constexpr int attn_prefill_smem() {
+    return (PIPE ? 4 : 2) * BKV * (HD + 8) * 2;
+}
+
+// The mma.sync path (sm_80+), NW warps of 16 query rows (production: NW 4,
+// BKV 64, PIPE 0, SKIP_RESCALE).
+template <int HD, int NW, int BKV, int PIPE, bool SKIP_RESCALE>
 __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
-    constexpr int BQ = 64, BKV = 32;
+    constexpr int BQ = 16 * NW, NT = 32 * NW;
     constexpr int KP = HD + 8;  // row pitch (halfs): conflict-free ldmatrix rows
-    // Two stages of K and V rows (cp.async double buffer).
-    __shared__ __align__(128) __half ks[2][BKV][KP];
-    __shared__ __align__(128) __half vs[2][BKV][KP];
+    static_assert(BQ <= 2 * BKV, "the output staging reuses the first two buffers");
+    static_assert(BKV % 16 == 0 && HD % 16 == 0, "tile shapes");
+    // Buffers of BKV rows: PIPE 0: [0] K, [1] V; PIPE 1: [2s] K, [2s+1] V of stage s.
+    __half(*kv)[BKV][KP];
+    if constexpr (PIPE == 0) {
+        __shared__ __align__(128) __half kv_static[2][BKV][KP];
+        kv = kv_static;
+    } else {
+        extern __shared__ __align__(128) unsigned char attn_smem[];
+        kv = reinterpret_cast<__half(*)[BKV][KP]>(attn_smem);
+    }
     griddep_wait();
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int h = blockIdx.y, G = p.H / p.KVH, kvh = h / G;
-    const int q0 = blockIdx.x * BQ;
+    const int h = blockIdx.x, G = p.H / p.KVH, kvh = h / G;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
     const int g4 = lane >> 2, c2 = (lane & 3) * 2;
-    // This thread's two query rows (chunk index) and their positions.
-    const int r0 = q0 + warp * 16 + g4, r1 = r0 + 8;
-    const int pos0 = p.start + r0, pos1 = p.start + r1;
+    // Keys of the block: from the first query's window start to the last
+    // query's position.
+    const int last = p.start + min(q0 + BQ, p.T) - 1;
+    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
+    const int tiles = (last - first) / BKV + 1;
+    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
+    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+    // Stage BKV rows from key kt0 of `src` into buffer kv[b]: 16 bytes per
+    // cp.async, thread t copying column piece t % (HD / 8) of rows t / (HD /
+    // 8) + RS·it (one base address, constant offsets); in the tile that
+    // holds `last`, keys past it are zero-filled (src-size 0, address in
+    // bounds). The caller commits.
+    constexpr int CPR = HD / 8, RS = NT / CPR;  // pieces a row, rows a pass
+    static_assert(NT % CPR == 0 && BKV % RS == 0, "staging shape");
+    const int srow = threadIdx.x / CPR, scol = (threadIdx.x % CPR) * 8;
+    auto stage = [&](const __half* src, int b, int kt0) {
+        const __half* g = src + (long long)(kt0 + srow) * HD + scol;
+        __half* d = &kv[b][srow][scol];
+        if (kt0 + BKV - 1 <= last) {
+#pragma unroll
+            for (int it = 0; it < BKV / RS; ++it) cp_async16(d + it * RS * KP, g + it * RS * HD, 16);
+        } else {
+#pragma unroll
+            for (int it = 0; it < BKV / RS; ++it) {
+                const bool ok = kt0 + srow + it * RS <= last;
+                cp_async16(d + it * RS * KP, ok ? g + it * RS * HD : src, ok ? 16 : 0);
+            }
+        }
+    };
+    stage(kc, 0, first);
+    if (PIPE) stage(vc, 1, first);
+    cp_async_commit();
+    // This warp's rows (chunk index), this thread's two of them, and the
+    // key range each sees: [lo, hi], hi capped at `last` (rows past T).
+    const int wr0 = q0 + warp * 16;
+    const int r0 = wr0 + g4, r1 = r0 + 8;
+    const int pos0 = p.start + r0, pos1 = pos0 + 8;
+    const int hi0 = min(pos0, last), hi1 = min(pos1, last);
+    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
+    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
+    // The same for the warp's 16 rows together: the keys all of them see
+    // ([w_lo_max, w_hi_min]) and those any of them sees ([w_lo_min, w_hi_max]).
+    const int w_hi_min = min(p.start + wr0, last), w_hi_max = min(p.start + wr0 + 15, last);
+    const int w_lo_min = p.window > 0 ? p.start + wr0 + 1 - p.window : 0;
+    const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    const bool warp_live = wr0 < p.T;
     // Q's A fragments (16 rows x HD) from the fp32 rotated q, rows past T zero.
     uint32_t qa[HD / 16][4];
     {
@@ -98,136 +297,349 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    // Keys of the block: from the first query's window start to the last
-    // query's position.
-    const int last = p.start + min(q0 + BQ, p.T) - 1;
-    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
-    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
-    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
-    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
-    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
-    const int tiles = (last - first) / BKV + 1;
-    // Stage tile `i` into buffer `b`: 16 bytes per cp.async, keys past
-    // `last` zero-filled (src-size 0, the address kept in bounds).
-    auto stage = [&](int i, int b) {
-        const int kt0 = first + i * BKV;
-        for (int c = threadIdx.x; c < BKV * (HD / 8); c += blockDim.x) {
-            const int j = c / (HD / 8), d = (c % (HD / 8)) * 8;
-            const int key = kt0 + j;
-            const int ok = key <= last ? 16 : 0;
-            const long long off = (long long)(ok ? key : first) * HD + d;
-            cp_async16(&ks[b][j][d], kc + off, ok);
-            cp_async16(&vs[b][j][d], vc + off, ok);
-        }
-        cp_async_commit();
-    };
-    stage(0, 0);
+    const float sl2 = p.scale * 1.4426950408889634f;  // scores to log2 units
+    const int vrow = (lane & 7) + (((lane >> 3) & 1) << 3);
+    const int vcol = (lane >> 4) * 8;
     for (int i = 0; i < tiles; ++i) {
-        const int b = i & 1;
-        const int kt0 = first + i * BKV;
-        if (i + 1 < tiles) {
-            stage(i + 1, b ^ 1);  // the buffer tile i-1 used: freed by the barrier below
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        const int kt0 = first + i * BKV, kt1 = kt0 + BKV - 1;
+        const int kb = PIPE ? 2 * (i & 1) : 0, vb = kb + 1;  // this tile's K and V buffers
+        cp_async_wait<0>();
+        // PIPE 0: K(i) in place, every warp done with V(i-1). PIPE 1: K(i)
+        // and V(i) in place, every warp done with tile i-1's buffers.
         __syncthreads();
-        // S = Q K^T for this warp's 16 rows x 32 keys: B fragments of two
-        // 8-key n-tiles per ldmatrix.x4 (K rows are the mma's B columns).
-        float s[BKV / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < BKV / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-        for (int np = 0; np < BKV / 16; ++np) {
-            const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-            const int colo = ((lane >> 3) & 1) * 8;
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) {
-                uint32_t r[4];
-                ldmatrix_x4(r, &ks[b][row][kk * 16 + colo]);
-                mma_16816(s[2 * np], qa[kk], r[0], r[1]);
-                mma_16816(s[2 * np + 1], qa[kk], r[2], r[3]);
+        if (PIPE) {
+            if (i + 1 < tiles) {
+                stage(kc, 2 - kb, kt0 + BKV);
+                stage(vc, 3 - kb, kt0 + BKV);
+                cp_async_commit();
             }
+        } else {
+            stage(vc, 1, kt0);
+            cp_async_commit();
         }
-        // Scale and mask: key position kpos is seen by the row at position
-        // pos when lo <= kpos <= pos.
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < BKV / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int kpos = kt0 + nt * 8 + c2 + e;
-                const bool in = kpos <= last;
-                s[nt][e] = (in && kpos <= pos0 && kpos >= lo0) ? s[nt][e] * p.scale : -INFINITY;
-                s[nt][2 + e] = (in && kpos <= pos1 && kpos >= lo1) ? s[nt][2 + e] * p.scale : -INFINITY;
-                mx0 = fmaxf(mx0, s[nt][e]);
-                mx1 = fmaxf(mx1, s[nt][2 + e]);
-            }
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        // A row with no key yet keeps m = -inf: exponents against 0 then
-        // give p = 0 and no NaN.
-        const float b0 = n0 == -INFINITY ? 0.f : n0, b1 = n1 == -INFINITY ? 0.f : n1;
-        const float corr0 = __expf(m0 - b0), corr1 = __expf(m1 - b1);
-        m0 = n0;
-        m1 = n1;
-        float sum0 = 0.f, sum1 = 0.f;
+        const bool any = warp_live && kt0 <= w_hi_max && kt1 >= w_lo_min;
+        const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
         uint32_t pa[BKV / 16][4];
-#pragma unroll
-        for (int nt = 0; nt < BKV / 8; ++nt) {
-            const float p00 = __expf(s[nt][0] - b0), p01 = __expf(s[nt][1] - b0);
-            const float p10 = __expf(s[nt][2] - b1), p11 = __expf(s[nt][3] - b1);
-            sum0 += p00 + p01;
-            sum1 += p10 + p11;
-            // C fragment of n-tile nt -> A fragment of k chunk nt/2.
-            pa[nt / 2][(nt & 1) * 2 + 0] = pack_half2(p00, p01);
-            pa[nt / 2][(nt & 1) * 2 + 1] = pack_half2(p10, p11);
+        if (any) {
+            float s[BKV / 8][4];
+            attn_qk_mma<HD, BKV>(s, qa, kv[kb], lane);
+            if (all)
+                attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o,
+                                                           pa);
+            else
+                attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o,
+                                                          pa);
         }
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
-        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
-        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
-        l0 = l0 * corr0 + sum0;
-        l1 = l1 * corr1 + sum1;
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; ++dt) {
-            o[dt][0] *= corr0;
-            o[dt][1] *= corr0;
-            o[dt][2] *= corr1;
-            o[dt][3] *= corr1;
-        }
-        // O += P V: B[k = key][n = d] by ldmatrix.trans of V's rows, two
-        // 8-column n-tiles per x4.
-#pragma unroll
-        for (int kc2 = 0; kc2 < BKV / 16; ++kc2) {
-            const int row = kc2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-            const int colo = (lane >> 4) * 8;
-#pragma unroll
-            for (int dp = 0; dp < HD / 16; ++dp) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(r, &vs[b][row][dp * 16 + colo]);
-                mma_16816(o[2 * dp], pa[kc2], r[0], r[1]);
-                mma_16816(o[2 * dp + 1], pa[kc2], r[2], r[3]);
+        if (!PIPE) {
+            cp_async_wait<0>();
+            __syncthreads();  // V(i) in place; every warp is done with K(i)
+            if (i + 1 < tiles) {
+                stage(kc, 0, kt0 + BKV);
+                cp_async_commit();
             }
         }
-        __syncthreads();  // buffer b is refilled by the next iteration's stage
+        if (any) {
+            // O += P V: B[k = key][n = d] by ldmatrix.trans of V's rows, two
+            // 8-column n-tiles per x4.
+#pragma unroll
+            for (int kc2 = 0; kc2 < BKV / 16; ++kc2) {
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; ++dp) {
+                    uint32_t r[4];
+                    ldmatrix_x4_trans(r, &kv[vb][kc2 * 16 + vrow][dp * 16 + vcol]);
+                    mma_16816(o[2 * dp], pa[kc2], r[0], r[1]);
+                    mma_16816(o[2 * dp + 1], pa[kc2], r[2], r[3]);
+                }
+            }
+        }
     }
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    // Row sums over the quad; O / l (0 for a row that saw nothing).
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    // Stage the warp's 16 output rows as fp16 in the (now free) first two
+    // buffers, rows [warp·16, warp·16 + 16) of a [BQ][KP] view, then store
+    // 16-byte pieces of whole rows.
+    __syncthreads();  // every warp is done with the last tile
+    __half(*os)[KP] = kv[0];
 #pragma unroll
     for (int dt = 0; dt < HD / 8; ++dt) {
         const int d = dt * 8 + c2;
-        if (r0 < p.T)
-            *reinterpret_cast<__half2*>(p.out + ((long long)r0 * p.H + h) * HD + d) =
-                __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
-        if (r1 < p.T)
-            *reinterpret_cast<__half2*>(p.out + ((long long)r1 * p.H + h) * HD + d) =
-                __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4][d]) = __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4 + 8][d]) = __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int it = 0; it < HD / 16; ++it) {
+        const int c = lane + it * 32;
+        const int row = c / (HD / 8), d = (c % (HD / 8)) * 8;
+        const int r = wr0 + row;
+        if (r < p.T)
+            *reinterpret_cast<uint4*>(p.out + ((long long)r * p.H + h) * HD + d) =
+                *reinterpret_cast<const uint4*>(&os[warp * 16 + row][d]);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_prefill_h64(const AttnParams p) { attn_prefill_body<64>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_prefill_h128(const AttnParams p) { attn_prefill_body<128>(p); }
+// ---------------------------------------------------------------------------
+// The sm_90a path: the same algorithm with both products on wgmma (one
+// warpgroup = the block's 4 warps, m64 = its 64 query rows, each warp's 16
+// rows as in the mma.sync path, so the fragments and the softmax are the
+// same). K and V tiles live in shared memory in the wgmma 128-byte-swizzle
+// layout: per 64-column half of the head, BKV rows of 128 bytes, 16-byte
+// piece c of row r at piece c ^ (r & 7), each half 1024-byte aligned.
+//   S = Q K^T: m64nBKVk16, A = Q's fragments (registers), B = the K tile,
+//     K-major (descriptor start +32 bytes per 16 columns, +BKV·128 bytes
+//     per half; 8-row groups 1024 bytes apart).
+//   O += P V: m64nHDk16, A = P's fragments (registers), B = the V tile,
+//     MN-major (transposed): 16 keys = two 8-row groups 1024 bytes apart
+//     (stride byte offset), the halves BKV·128 bytes apart (leading byte
+//     offset), descriptor start +2048 bytes per 16 keys.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTN_PREFILL_WGMMA 1
+
+namespace {
+
+__device__ __forceinline__ void attn_wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void attn_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void attn_wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Shared memory written by this thread's (completed) cp.async, visible to
+// the async proxy (wgmma) after the next barrier.
+__device__ __forceinline__ void attn_fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+// Matrix descriptor: 128-byte swizzle; byte offsets encoded >> 4.
+__device__ __forceinline__ uint64_t attn_wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+// wgmma m64nNk16, fp32 += fp16 x fp16: A (64 x 16) from registers (each
+// warp: the m16n8k16 A fragment of its 16 rows), B by descriptor, TB = 1
+// for an MN-major (transposed) B; acc = 0 overwrites the accumulators.
+template <int TB>
+__device__ __forceinline__ void attn_wg_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
+}
+
+template <int TB>
+__device__ __forceinline__ void attn_wg_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
+}
+
+template <int N, int TB>
+__device__ __forceinline__ void attn_wg_mma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
+    if constexpr (N == 64)
+        attn_wg_n64<TB>(d, a, desc, acc);
+    else
+        attn_wg_n128<TB>(d, a, desc, acc);
+}
+
+}  // namespace
+
+template <int HD, int BKV, int PIPE, bool SKIP_RESCALE>
+__device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
+    constexpr int BQ = 64, NT = 128;  // one warpgroup
+    constexpr int HALF = BKV * 128;         // bytes of one 64-column half of a tile
+    constexpr int TILE = (HD / 64) * HALF;  // bytes of one K or V tile
+    constexpr int NBUF = PIPE ? 4 : 2;
+    constexpr int KP = HD + 8;  // pitch (halfs) of the output staging
+    static_assert(HD % 64 == 0 && BKV == 64, "wgmma path shapes");
+    static_assert(BQ * KP * 2 <= NBUF * TILE, "the output staging reuses the tiles");
+    // Buffers (1024-byte aligned by hand): PIPE 0: [0] K, [1] V; PIPE 1:
+    // [2s] K, [2s+1] V of stage s.
+    unsigned char* raw;
+    if constexpr (PIPE == 0) {
+        __shared__ __align__(1024) unsigned char attn_wg_static[2 * TILE + 1024];
+        raw = attn_wg_static;
+    } else {
+        extern __shared__ __align__(128) unsigned char attn_smem[];
+        raw = attn_smem;
+    }
+    const uint32_t raw_u32 = smem_addr(raw);
+    const uint32_t sbase = (raw_u32 + 1023) & ~1023u;
+    unsigned char* sgen = raw + (sbase - raw_u32);
+    griddep_wait();
+    griddep_launch_dependents();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.x, G = p.H / p.KVH, kvh = h / G;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
+    const int g4 = lane >> 2, c2 = (lane & 3) * 2;
+    const int last = p.start + min(q0 + BQ, p.T) - 1;
+    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
+    const int tiles = (last - first) / BKV + 1;
+    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
+    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+    // Staging: thread t copies 16-byte piece t % (HD / 8) of rows t / (HD /
+    // 8) + RS·it into the swizzled layout (RS is a multiple of 8, so the
+    // swizzle row r & 7 is the thread's constant); keys past `last`
+    // zero-filled. The caller commits.
+    constexpr int CPR = HD / 8, RS = NT / CPR;
+    static_assert(RS % 8 == 0 && BKV % RS == 0, "staging shape");
+    const int srow = threadIdx.x / CPR, spiece = threadIdx.x % CPR;
+    const int sdst = (spiece / 8) * HALF + srow * 128 + (((spiece % 8) ^ (srow & 7)) << 4);
+    auto stage = [&](const __half* src, int b, int kt0) {
+        const __half* g = src + (long long)(kt0 + srow) * HD + spiece * 8;
+        unsigned char* d = sgen + b * TILE + sdst;
+        if (kt0 + BKV - 1 <= last) {
+#pragma unroll
+            for (int it = 0; it < BKV / RS; ++it) cp_async16(d + it * RS * 128, g + it * RS * HD, 16);
+        } else {
+#pragma unroll
+            for (int it = 0; it < BKV / RS; ++it) {
+                const bool ok = kt0 + srow + it * RS <= last;
+                cp_async16(d + it * RS * 128, ok ? g + it * RS * HD : src, ok ? 16 : 0);
+            }
+        }
+    };
+    stage(kc, 0, first);
+    if (PIPE) stage(vc, 1, first);
+    cp_async_commit();
+    const int wr0 = q0 + warp * 16;
+    const int r0 = wr0 + g4, r1 = r0 + 8;
+    const int pos0 = p.start + r0, pos1 = pos0 + 8;
+    const int hi0 = min(pos0, last), hi1 = min(pos1, last);
+    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
+    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
+    const int w_hi_min = min(p.start + wr0, last);
+    const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    uint32_t qa[HD / 16][4];
+    {
+        const float* qr0 = p.q + ((long long)r0 * p.H + h) * HD;
+        const float* qr1 = p.q + ((long long)r1 * p.H + h) * HD;
+        const bool v0 = r0 < p.T, v1 = r1 < p.T;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            const int k = kk * 16 + c2;
+            float2 a = v0 ? *reinterpret_cast<const float2*>(qr0 + k) : make_float2(0.f, 0.f);
+            float2 b = v1 ? *reinterpret_cast<const float2*>(qr1 + k) : make_float2(0.f, 0.f);
+            float2 c = v0 ? *reinterpret_cast<const float2*>(qr0 + k + 8) : make_float2(0.f, 0.f);
+            float2 d = v1 ? *reinterpret_cast<const float2*>(qr1 + k + 8) : make_float2(0.f, 0.f);
+            qa[kk][0] = pack_half2(a.x, a.y);
+            qa[kk][1] = pack_half2(b.x, b.y);
+            qa[kk][2] = pack_half2(c.x, c.y);
+            qa[kk][3] = pack_half2(d.x, d.y);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const float sl2 = p.scale * 1.4426950408889634f;
+    for (int i = 0; i < tiles; ++i) {
+        const int kt0 = first + i * BKV, kt1 = kt0 + BKV - 1;
+        const int kb = PIPE ? 2 * (i & 1) : 0, vb = kb + 1;
+        cp_async_wait<0>();
+        attn_fence_async_smem();
+        __syncthreads();  // as in attn_prefill_body (every warp's wgmma on the old buffers has completed)
+        if (PIPE) {
+            if (i + 1 < tiles) {
+                stage(kc, 2 - kb, kt0 + BKV);
+                stage(vc, 3 - kb, kt0 + BKV);
+                cp_async_commit();
+            }
+        } else {
+            stage(vc, 1, kt0);
+            cp_async_commit();
+        }
+        // S = Q K^T for the warpgroup's 64 rows.
+        float s[BKV / 8][4];
+        {
+            const uint64_t dk = attn_wg_desc(sbase + kb * TILE, 16, 1024);
+            attn_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk)
+                attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(s), qa[kk],
+                                    dk + (((kk / 4) * HALF + (kk % 4) * 32) >> 4), kk > 0);
+            attn_wg_commit();
+            attn_wg_wait0();
+        }
+        const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
+        uint32_t pa[BKV / 16][4];
+        if (all)
+            attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o, pa);
+        else
+            attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o, pa);
+        if (!PIPE) {
+            cp_async_wait<0>();
+            attn_fence_async_smem();
+            __syncthreads();  // V(i) in place; every warp's S wgmma (reads of K(i)) has completed
+            if (i + 1 < tiles) {
+                stage(kc, 0, kt0 + BKV);
+                cp_async_commit();
+            }
+        }
+        // O += P V.
+        {
+            const uint64_t dv = attn_wg_desc(sbase + vb * TILE, HALF, 1024);
+            attn_wg_fence();
+#pragma unroll
+            for (int j = 0; j < BKV / 16; ++j)
+                attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
+            attn_wg_commit();
+            attn_wg_wait0();
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    __syncthreads();  // every warp is done with the last tile
+    __half(*os)[KP] = reinterpret_cast<__half(*)[KP]>(sgen);
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) {
+        const int d = dt * 8 + c2;
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4][d]) = __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4 + 8][d]) = __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int it = 0; it < HD / 16; ++it) {
+        const int c = lane + it * 32;
+        const int row = c / (HD / 8), d = (c % (HD / 8)) * 8;
+        const int r = wr0 + row;
+        if (r < p.T)
+            *reinterpret_cast<uint4*>(p.out + ((long long)r * p.H + h) * HD + d) =
+                *reinterpret_cast<const uint4*>(&os[warp * 16 + row][d]);
+    }
+}
+#endif  // sm_90a
+
+// The kernels: the wgmma path where compiled for sm_90a, the mma.sync path
+// otherwise (the compute_80 PTX); the same launch either way: grid (H,
+// ceil(T / ATTN_PREFILL_BQ)), 4 warps, static shared memory, at most 168
+// registers (3 blocks a multiprocessor).
+#define ATTN_PREFILL_NW 4
+#define ATTN_PREFILL_BQ (16 * ATTN_PREFILL_NW)
+extern "C" __global__ void __launch_bounds__(32 * ATTN_PREFILL_NW, 3) attn_prefill_h64(const AttnParams p) {
+#ifdef ATTN_PREFILL_WGMMA
+    attn_prefill_wg_body<64, 64, 0, true>(p);
+#else
+    attn_prefill_body<64, ATTN_PREFILL_NW, 64, 0, true>(p);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(32 * ATTN_PREFILL_NW, 3) attn_prefill_h128(const AttnParams p) {
+#ifdef ATTN_PREFILL_WGMMA
+    attn_prefill_wg_body<128, 64, 0, true>(p);
+#else
+    attn_prefill_body<128, ATTN_PREFILL_NW, 64, 0, true>(p);
+#endif
+}

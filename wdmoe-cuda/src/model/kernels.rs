@@ -501,15 +501,17 @@ pub(crate) fn attention(
     if let Some(name) = prefill_attention_kernel(t, hd) {
         // SAFETY: attn_prefill_hHD(AttnParams) takes the struct by value
         // (layout as for attn_fwd above); HD = hd (the kernel's compile-time
-        // head size); block (qt, head) reads q rows qt·64.. < t (t x H hd,
-        // checked), cache positions <= start+t-1 < max_seq of kv head
-        // head / (H / KVH) (checked), and writes out rows < t (checked);
-        // static shared memory only (35 KiB at hd 128).
+        // head size); block (head, y) takes query tile qt = gridDim.y-1-y
+        // (heaviest first), reads q rows qt·64.. < t (t x H hd, checked),
+        // cache positions <= start+t-1 < max_seq of kv head head / (H / KVH)
+        // (checked), and writes out rows < t (checked); 4 warps (one
+        // warpgroup: the sm_90a path's wgmma needs exactly 128 threads),
+        // static shared memory only (34 KiB at hd 128).
         return unsafe {
             gpu.launch(
                 &gpu.model,
                 name,
-                Shape::new(((t as u32).div_ceil(64), h as u32), 128).pdl(true),
+                Shape::new((h as u32, (t as u32).div_ceil(64)), 128).pdl(true),
                 p,
                 || format!("t={t} start={start} tensor cores"),
             )

@@ -309,6 +309,19 @@ fn attention_matches_f64_reference_decode_prefill_window() {
         attention_case(&gpu, &mut r, AttnDims { window: 40, ..dims }, 150, 100);
         attention_case(&gpu, &mut r, AttnDims { window: 70, ..dims }, 0, 200);
     }
+    // The tensor-core prefill over more query tiles: an odd chunk after a
+    // history with the window cutting key tiles, and a chunk from 0.
+    for (heads, kv_heads, head_dim) in [(8, 2, 64), (32, 8, 128)] {
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim,
+            max_seq: 512,
+            window: 100,
+        };
+        attention_case(&gpu, &mut r, dims, 77, 333);
+        attention_case(&gpu, &mut r, AttnDims { window: 0, ..dims }, 0, 300);
+    }
 }
 
 #[test]
