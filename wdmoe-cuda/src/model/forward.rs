@@ -276,6 +276,10 @@ impl GpuModel {
                 gpu.fill_u16(&mut self.qkv, 0)?;
             }
             self.qkv_dirty = true;
+            // Prompt chunks store their projections (the buffer is zero: a
+            // store is cheaper than the GEMM's atomic adds); decode steps'
+            // GEMV kernels add into it.
+            let prompt = n > kernels::GEMV_MAX_TOKENS;
             kernels::project(
                 &gpu,
                 &layer.wqkv,
@@ -291,7 +295,7 @@ impl GpuModel {
                 n,
                 &mut self.qkv,
                 qkvw,
-                true,
+                !prompt,
             )?;
             if n == 1 && self.fused_rope {
                 kernels::rope_attention_decode(
@@ -330,6 +334,10 @@ impl GpuModel {
                 )?;
             }
             self.qkv_dirty = false;
+            // o: a decode step's GEMV adds into the residual; a prompt
+            // chunk's GEMM stores into the free q buffer, which the norm
+            // adds.
+            let o_out = if prompt { &mut self.q } else { &mut self.resid };
             kernels::project(
                 &gpu,
                 &layer.wo,
@@ -343,14 +351,14 @@ impl GpuModel {
                 hd_all,
                 m,
                 n,
-                &mut self.resid,
+                o_out,
                 m,
-                true,
+                !prompt,
             )?;
             kernels::add_rmsnorm(
                 &gpu,
                 &mut self.resid,
-                None,
+                prompt.then_some(&*self.q),
                 &layer.moe_norm,
                 eps,
                 n,
@@ -427,6 +435,24 @@ impl GpuModel {
             }
         }
         gpu.record_on(&self.events[c.ev][1])?;
+        Ok(())
+    }
+
+    /// Completes (checks) the chunk's steps of layers below `upto` that
+    /// are still pending (with the checks overlapped, those of all but the
+    /// last [`CHECK_LAG`] layers are done already); their errors stay in
+    /// the chunk for [`GpuModel::chunk_complete`].
+    pub(super) fn chunk_check(
+        &mut self,
+        c: &mut Chunk,
+        upto: usize,
+        policy: &Policy<f64>,
+    ) -> Result<()> {
+        for l in 0..upto.min(c.done.len()) {
+            if c.done[l].is_none() && self.layers[l].moe.is_pending() {
+                c.done[l] = Some(self.layers[l].moe.complete(policy, &c.lat[l]));
+            }
+        }
         Ok(())
     }
 

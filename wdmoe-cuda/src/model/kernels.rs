@@ -72,6 +72,9 @@ pub(crate) fn embed_rows(
     }
 }
 
+/// Rows from which [`add_rmsnorm`] runs 256-thread blocks.
+pub(crate) const NORM_ROWS_MIN: usize = 32;
+
 /// Per row: `resid += add` (if given), then `out = w ⊙ rmsnorm(resid)` in
 /// fp16 (row pitch `out_stride`).
 #[allow(clippy::too_many_arguments)]
@@ -108,15 +111,22 @@ pub(crate) fn add_rmsnorm(
         out: addr(out),
         out_stride: i32_of(OP, "out_stride", out_stride)?,
     };
-    // SAFETY: add_rmsnorm(float*, const float*, const float*, float, int,
-    // half*, int) = AddRmsnorm; block t < n touches resid/add rows t
+    // Many rows: 256 threads of 16 elements each (add_rmsnorm_rows); a
+    // few: one block's latency is the cost, 1024 threads of 8 at d = 4096.
+    let (name, threads) = if n >= NORM_ROWS_MIN {
+        ("add_rmsnorm_rows", 256)
+    } else {
+        ("add_rmsnorm", if d >= 4096 { 1024 } else { 256 })
+    };
+    // SAFETY: add_rmsnorm[_rows](float*, const float*, const float*, float,
+    // int, half*, int) = AddRmsnorm; block t < n touches resid/add rows t
     // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked);
     // add is null or n x d.
     unsafe {
         gpu.launch(
             &gpu.model,
-            "add_rmsnorm",
-            Shape::new(n as u32, if d >= 4096 { 1024 } else { 256 }).pdl(true),
+            name,
+            Shape::new(n as u32, threads).pdl(true),
             p,
             || format!("n={n} d={d}"),
         )
@@ -344,20 +354,23 @@ pub(crate) fn rope_kv(
         k_cache: addr(k_cache),
         v_cache: addr(v_cache),
     };
+    // rope_kv's pairs per thread (ROPE_PAIRS in model.cu).
+    const PAIRS: usize = 4;
+    const THREADS: usize = 256;
+    let pairs = (dims.heads + 2 * dims.kv_heads) * hd / 2;
     // SAFETY: rope_kv(const float*, const float2*, int, int, int, int, int,
-    // float*, half*, half*) = RopeKv; block (i, head), i < t, head < H +
-    // 2 KVH, reads (then zeroes) head `head` of qkv row i (t x qkv_width,
-    // checked) and
-    // rope row start+i < max_seq (max_seq x hd/2 float2, checked, 8-byte
-    // aligned), writes q_out row i (checked) or cache position start+i <
-    // max_seq of one kv head (checked).
+    // float*, half*, half*) = RopeKv; block (i, b), i < t, reads (then
+    // zeroes) pairs b·1024.. < (H + 2 KVH) hd/2 of qkv row i (t x
+    // qkv_width, checked) and rope row start+i < max_seq (max_seq x hd/2
+    // float2, checked, 8-byte aligned), writes q_out row i (checked) or
+    // cache position start+i < max_seq of a kv head (checked).
     unsafe {
         gpu.launch(
             &gpu.model,
             "rope_kv",
             Shape::new(
-                (t as u32, (dims.heads + 2 * dims.kv_heads) as u32),
-                (hd / 2).clamp(32, 128) as u32,
+                (t as u32, pairs.div_ceil(PAIRS * THREADS) as u32),
+                THREADS as u32,
             )
             .pdl(true),
             p,

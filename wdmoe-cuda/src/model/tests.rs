@@ -79,14 +79,40 @@ fn gemv_matches_f64_reference_for_every_token_count() {
 fn add_rmsnorm_and_embedding_match_reference() {
     let gpu = Gpu::new(0).unwrap();
     let mut r = rng();
-    let (n, d, vocab) = (5, 264, 50);
+    // A few rows (one 1024-thread block each at d = 4096) and many (256
+    // threads); rows in and beyond the registers of each shape.
+    for (n, d) in [
+        (5, 264),
+        (3, 4096),
+        (kernels::NORM_ROWS_MIN + 3, 4096),
+        (40, 4200),
+    ] {
+        norm_case(&gpu, &mut r, n, d);
+    }
+    // A token id outside the vocabulary (argmax_rows' -1 for a NaN row,
+    // embedded on the device by a pipelined decode step) reads row 0.
+    let (vocab, d) = (7, 40);
     let table = halves(&mut r, vocab * d, 2.0);
+    let mut resid = gpu.alloc::<f32>(2 * d).unwrap();
+    let ids = gpu.upload(&[-1i32, vocab as i32 + 3]).unwrap();
+    kernels::embed_rows(&gpu, &gpu.upload(&table).unwrap(), &ids, 2, d, &mut resid).unwrap();
+    let got = gpu.download(&resid).unwrap();
+    for t in 0..2 {
+        for i in 0..d {
+            assert_eq!(got[t * d + i], table[i].to_f32());
+        }
+    }
+}
+
+fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize) {
+    let vocab = 50;
+    let table = halves(r, vocab * d, 2.0);
     let ids: Vec<i32> = (0..n).map(|_| r.gen_range(0..vocab as i32)).collect();
     let add: Vec<f32> = (0..n * d).map(|_| r.gen_range(-1.0..1.0)).collect();
     let w: Vec<f32> = (0..d).map(|_| r.gen_range(0.5..1.5)).collect();
     let mut resid = gpu.alloc::<f32>(n * d).unwrap();
     kernels::embed_rows(
-        &gpu,
+        gpu,
         &gpu.upload(&table).unwrap(),
         &gpu.upload(&ids).unwrap(),
         n,
@@ -97,7 +123,7 @@ fn add_rmsnorm_and_embedding_match_reference() {
     let mut out = gpu.alloc::<f16>(n * (d + 8)).unwrap();
     let eps = 1e-5f32;
     kernels::add_rmsnorm(
-        &gpu,
+        gpu,
         &mut resid,
         Some(&gpu.upload(&add).unwrap()),
         &gpu.upload(&w).unwrap(),
