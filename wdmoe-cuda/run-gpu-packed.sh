@@ -23,5 +23,7 @@ step "compute-sanitizer memcheck (small cases)"
 if command -v compute-sanitizer >/dev/null; then
   timeout 300 compute-sanitizer --tool memcheck --print-limit 5 ./gpu_packed_tests --include-ignored --test-threads 1 packed_ffn_matches_reference 2>&1 | grep -E "ERROR SUMMARY|test result|Invalid|panicked" | head
 fi
+step "timing per launch and tile width (Mixtral size)"
+timeout 200 ./gpu_packed_tests --include-ignored --test-threads 1 --nocapture packed_stage_timing_mixtral 2>&1 | grep -E "STAGE|test result|panicked"
 step "timing (Mixtral size)"
 timeout 200 ./gpu_packed_tests --include-ignored --test-threads 1 --nocapture packed_ffn_timing_mixtral 2>&1 | grep -E "PACKED|test result|panicked"

@@ -13,8 +13,22 @@
 // producer thread streams, per stage of 64 k, the tokens' box (TMA) and the
 // block's weight tiles (1-D bulk copies of whole packed runs) into shared
 // memory, where each warp reads its fragments (ld.shared, 16 bytes per lane,
-// conflict-free) into registers double-buffered across stages (a wgmma
-// group stays in flight while the next stage's fragments load).
+// conflict-free) into registers double-buffered across wgmma groups (a group
+// stays in flight while the next one's fragments load).
+//
+// Registers: setmaxnreg gives each consumer thread 232 (the producer keeps
+// 40); ptxas allocates the consumer branch against that, not against the 168
+// of the 384-thread launch bound. Accumulators take BN/2 fp32 per matrix: the
+// wide tiles (gated BN = 128: 2 x 64; plain/pairs BN = 256: 128) fit with no
+// spills (ptxas -v: 0 bytes stack; SASS: no LDL/STL, R190 / R205 highest).
+// Gated at BN = 128 issues one wgmma group per half stage (KS = 2 k16 steps,
+// fragments of 2 k16 x 2 matrices per buffer): with whole-stage groups the
+// two buffers (64 registers) do not fit and ptxas serializes the wgmmas
+// (C7512). The wide tiles halve the shared-memory and L2 traffic per flop of
+// the 64 / 128-token ones: at Mixtral size, 512 rows per expert (H200 at
+// its 700 W cap, ~1350 MHz under load), gate/up 485 -> 593 TFLOP/s, down
+// 507 -> 613 (cuBLAS in the same run: 721 / 704); 4096 rows: 484 -> 588,
+// 463 -> 608. At 64 rows per expert the 64-token tiles stay (DRAM-bound).
 //
 // Tiles run token tile fastest, so the blocks that read the same weights
 // (an expert with more than BN tokens) run at the same time and share them
@@ -96,6 +110,26 @@ __device__ __forceinline__ void wgmma_ra_n128(float (&d)[64], const uint4& a, ui
         : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
 }
 
+// wgmma m64n256k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
+// m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_ra_n256(float (&d)[128], const uint4& a, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
+}
+
 template <int BN>
 struct RegAcc;
 template <>
@@ -109,6 +143,10 @@ struct RegAcc<64> {
 template <>
 struct RegAcc<128> {
     __device__ static void mma(float (&d)[64], const uint4& a, uint64_t b, int s) { wgmma_ra_n128(d, a, b, s); }
+};
+template <>
+struct RegAcc<256> {
+    __device__ static void mma(float (&d)[128], const uint4& a, uint64_t b, int s) { wgmma_ra_n256(d, a, b, s); }
 };
 
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
@@ -129,6 +167,10 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     constexpr int UB = KIND == PK_PAIRS ? 4 : 8;      // units per block (128 rows)
     constexpr int NM = KIND == PK_GATED ? 2 : 1;      // fragments per warp and k16
     constexpr int TILE = 512;                         // bytes of one packed 16x16 tile
+    // k16 steps per wgmma group: a whole stage, or half of one where two
+    // accumulators of 128 tokens leave too few registers for two stages of
+    // fragments (ptxas would serialize the wgmmas, C7512).
+    constexpr int KS = (NM == 2 && BN >= 128) ? 2 : BK / 16;
     constexpr int X_BYTES = BN * BK * 2;
     constexpr int W_BYTES = (BK / 16) * UB * NMAT * TILE;
     constexpr int STAGE_BYTES = X_BYTES + W_BYTES;
@@ -248,26 +290,38 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                 continue;
             }
             int prev = -1;
-            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
-                mbar_wait(bar_full + 8 * stage, phase);
-                const uint32_t sx = sbase + stage * STAGE_BYTES;
-                const uint32_t sw = sx + X_BYTES;
+            // One wgmma group per KS k16 steps (both fragment buffers
+            // alternate between groups): a group stays in flight while the
+            // next one's fragments load.
+            auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
 #pragma unroll
-                for (int kk = 0; kk < BK / 16; ++kk)
+                for (int kk = h * KS; kk < h * KS + KS; ++kk)
 #pragma unroll
                     for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
                 wgmma_fence();
                 const uint64_t db = smem_desc(sx);
 #pragma unroll
-                for (int kk = 0; kk < BK / 16; ++kk) {
+                for (int kk = h * KS; kk < h * KS + KS; ++kk) {
                     const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
                     // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
                     RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
                     if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
                 }
                 wgmma_commit();
-                wgmma_wait<1>();  // the previous stage's group (and its fragments) is done
-                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                wgmma_wait<1>();  // the previous group (and its fragments) is done
+                // ... and with it the previous stage's last group.
+                if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+            };
+            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
+                mbar_wait(bar_full + 8 * stage, phase);
+                const uint32_t sx = sbase + stage * STAGE_BYTES;
+                const uint32_t sw = sx + X_BYTES;
+                if constexpr (KS == BK / 16) {
+                    issue(a, sx, sw, kb, 0);
+                } else {
+                    issue(a0, sx, sw, kb, 0);
+                    issue(a1, sx, sw, kb, 1);
+                }
                 prev = stage;
                 if (++stage == STAGES) {
                     stage = 0;
@@ -334,11 +388,14 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
         gemm_packed_body<BN, STAGES, KIND, OUT>(tx, p);                                                     \
     }
 
+PACKED_KERNEL(packed_gated_n128, 128, 4, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_plain_n256, 256, 4, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_plain_n128, 128, 6, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_plain_n64, 64, 8, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_plain_n32, 32, 8, PK_PLAIN, PO_H16)
+PACKED_KERNEL(packed_pairs_n256, 256, 4, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n128, 128, 6, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS, PO_H16)

@@ -56,6 +56,18 @@ fn experts(
 /// One grouped launch on `counts` rows per expert; every group's output
 /// against the reference; returns the largest relative error.
 fn check_packed(gpu: &Gpu, ex: &[Expert], counts: &[usize], seed: u64) -> f64 {
+    check_packed_bn(gpu, ex, counts, seed, None)
+}
+
+/// [`check_packed`] with both launches' tokens per tile forced
+/// (`Gpu::ffn_packed_variant`), or the usual choice (`None`).
+fn check_packed_bn(
+    gpu: &Gpu,
+    ex: &[Expert],
+    counts: &[usize],
+    seed: u64,
+    bn: Option<(u32, u32)>,
+) -> f64 {
     let (m, m_h) = (ex[0].w.m(), ex[0].w.m_h());
     let rows: usize = counts.iter().sum();
     let x = rand_dev(gpu, rows * m, seed, 1.0);
@@ -64,7 +76,12 @@ fn check_packed(gpu: &Gpu, ex: &[Expert], counts: &[usize], seed: u64) -> f64 {
     gpu.fill_u16(&mut h, NAN16).unwrap();
     gpu.fill_u16(&mut out, NAN16).unwrap();
     let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    ffn_packed_grouped(gpu, &refs, &x, counts, &mut h, &mut out).unwrap();
+    match bn {
+        None => ffn_packed_grouped(gpu, &refs, &x, counts, &mut h, &mut out).unwrap(),
+        Some((g, d)) => gpu
+            .ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(g), Some(d))
+            .unwrap(),
+    }
     let xh = host(gpu, &x);
     let got = host(gpu, &out);
     let mut worst = 0.0f64;
@@ -116,6 +133,139 @@ fn packed_ffn_matches_reference() {
             s ^ (i as u64 * 977),
         );
         check_packed(&gpu, &ex, counts, s ^ 0xabc ^ i as u64);
+    }
+}
+
+/// Every instantiation, forced (gate/up 32, 64, 128 tokens per tile; down
+/// 32, 64, 128, 256), on rows that leave partial token tiles of each width,
+/// partial row blocks, an empty group, both W2 layouts and both tile orders.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_every_tile_width_matches_reference() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let cases: [(usize, usize, DownLayout, bool, &[usize]); 3] = [
+        (192, 320, DownLayout::Pairs32, true, &[300, 0, 129, 7]),
+        (256, 192, DownLayout::Tiles16, false, &[257, 33]),
+        (128, 256, DownLayout::Pairs32, false, &[1, 520]),
+    ];
+    for (i, &(m, m_h, layout, k_major, counts)) in cases.iter().enumerate() {
+        let ex = experts(
+            &gpu,
+            counts.len(),
+            m,
+            m_h,
+            layout,
+            k_major,
+            s ^ (i as u64 * 31),
+        );
+        for (g, d) in [
+            (32, 32),
+            (64, 64),
+            (128, 128),
+            (128, 256),
+            (64, 256),
+            (32, 256),
+        ] {
+            eprintln!("m={m} m_h={m_h} {layout:?} k_major={k_major} counts {counts:?} bn {g}/{d}");
+            check_packed_bn(&gpu, &ex, counts, s ^ 0x77 ^ i as u64, Some((g, d)));
+        }
+    }
+}
+
+/// Each launch alone at Mixtral size (8 experts of 4096 x 14336, 32-row W2
+/// units, k-major) at 64, 512 and 4096 rows per expert:
+/// median of 10 after 3 warm-ups, in 4 rounds of alternating order (the
+/// old widths 64 / 128, the wide ones 128 / 256, and the usual choice);
+/// prints STAGE lines (TFLOP/s of that launch).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_stage_timing_mixtral() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let (m, m_h, e) = (4096usize, 14336usize, 8usize);
+    let s = 0x51a9;
+    let packed: Vec<ExpertWeights> = (0..e as u64)
+        .map(|q| {
+            let sd = s ^ (q << 8);
+            let d1 = rand_dev(&gpu, m * m_h, sd ^ 1, 0.03);
+            let d3 = rand_dev(&gpu, m * m_h, sd ^ 3, 0.03);
+            let d2 = rand_dev(&gpu, m * m_h, sd ^ 2, 0.015);
+            ExpertWeights::pack(&gpu, &d1, &d3, &d2, m, m_h).unwrap()
+        })
+        .collect();
+    let wrefs: Vec<&ExpertWeights> = packed.iter().collect();
+    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
+    for per in [64usize, 512, 4096] {
+        let counts = vec![per; e];
+        let rows = per * e;
+        let x = rand_dev(&gpu, rows * m, 5, 1.0);
+        let mut h = rand_dev(&gpu, rows * m_h, 6, 1.0);
+        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+        let flops = (rows * m * m_h * 2) as f64;
+        let mut time = |g: Option<u32>, d: Option<u32>| {
+            let mut v = Vec::new();
+            for i in 0..13 {
+                gpu.record_on(&a).unwrap();
+                gpu.ffn_packed_variant(&wrefs, &x, &counts, &mut h, &mut out, g, d)
+                    .unwrap();
+                gpu.record_on(&b).unwrap();
+                gpu.sync().unwrap();
+                if i >= 3 {
+                    v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
+                }
+            }
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            v[v.len() / 2]
+        };
+        // (launch, tokens per tile; 0 = the usual choice), timed in rounds
+        // of alternating order so that clock drift under load favours none.
+        let variants: [(&str, u32); 6] = [
+            ("gate_up", 64),
+            ("gate_up", 128),
+            ("gate_up", 0),
+            ("down", 128),
+            ("down", 256),
+            ("down", 0),
+        ];
+        let mut got = vec![Vec::new(); variants.len()];
+        for round in 0..4 {
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..variants.len()).collect()
+            } else {
+                (0..variants.len()).rev().collect()
+            };
+            for i in order {
+                let (stage, bn) = variants[i];
+                let t = if stage == "gate_up" {
+                    time(Some(bn), None)
+                } else {
+                    time(None, Some(bn))
+                };
+                got[i].push(t);
+            }
+        }
+        for (i, &(stage, bn)) in variants.iter().enumerate() {
+            let mut v = got[i].clone();
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let f = if stage == "gate_up" {
+                2.0 * flops
+            } else {
+                flops
+            };
+            println!(
+                "STAGE {stage} rows/expert={per} bn={bn}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",
+                v[0] * 1e6,
+                f / v[0] / 1e12,
+                v[v.len() / 2] * 1e6,
+                f / v[v.len() / 2] / 1e12
+            );
+        }
     }
 }
 

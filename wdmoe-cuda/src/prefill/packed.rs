@@ -100,9 +100,23 @@ pub(crate) enum PackedOut {
 
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
 /// per tile, kernel, shared-memory stages).
-pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 14] = [
+pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 17] = [
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        128,
+        "packed_gated_n128",
+        4,
+    ),
     (PackedKind::Gated, PackedOut::H16, 64, "packed_gated_n64", 5),
     (PackedKind::Gated, PackedOut::H16, 32, "packed_gated_n32", 5),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        256,
+        "packed_plain_n256",
+        4,
+    ),
     (
         PackedKind::Plain,
         PackedOut::H16,
@@ -112,6 +126,13 @@ pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 14]
     ),
     (PackedKind::Plain, PackedOut::H16, 64, "packed_plain_n64", 8),
     (PackedKind::Plain, PackedOut::H16, 32, "packed_plain_n32", 8),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        256,
+        "packed_pairs_n256",
+        4,
+    ),
     (
         PackedKind::Pairs,
         PackedOut::H16,
@@ -169,7 +190,9 @@ fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, u
 
 /// Tokens per tile: for several groups of about `rows_per_group` rows, the
 /// narrowest instantiation that holds them (fewer wasted tensor-core
-/// columns), else the widest; for one group, the widest that still gives
+/// columns), else the widest (gated 128, down 256: the least shared-memory
+/// and L2 traffic per flop; at 512 rows per expert on an H200 1.2x the
+/// 64 / 128-token tiles, tests/gpu_packed.rs `packed_stage_timing_mixtral`); for one group, the widest that still gives
 /// two waves of tiles over the SMs (the blocks on one row block share its
 /// weights in L2), else the narrowest.
 fn pick_bn(
@@ -220,6 +243,8 @@ struct PackedGemm<'a> {
     n_rows: usize,
     rows: Rows<'a>,
     out: u64,
+    /// Tokens per tile instead of [`pick_bn`]'s choice (tests and timings).
+    force_bn: Option<u32>,
 }
 
 fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
@@ -233,7 +258,16 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
     let units = g.n_rows / g.kind.unit_rows();
     let row_blocks = units.div_ceil(g.kind.units_per_block());
     let sms = gpu.info().sm_count as usize;
-    let (bn, name, stages) = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?;
+    let (bn, name, stages) = match g.force_bn {
+        Some(want) => instantiations(g.kind, g.out_kind)
+            .into_iter()
+            .find(|k| k.0 == want)
+            .ok_or_else(|| Error::Unsupported {
+                op,
+                detail: format!("no packed {:?} kernel of {want} tokens per tile", g.kind),
+            })?,
+        None => pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?,
+    };
     let mut p = PackedParams {
         w: [0; MAX_GROUPS],
         unit_stride: g.unit_stride,
@@ -326,6 +360,46 @@ pub fn ffn_packed_grouped(
     ffn_packed(gpu, experts, x, Rows::Host(counts), h, out)
 }
 
+/// Which of [`ffn_packed`]'s two launches run, and at what tile width
+/// (`Some(0)`: [`pick_bn`]'s choice; `Some(bn)`: that instantiation; `None`:
+/// skipped).
+#[derive(Clone, Copy)]
+pub(crate) struct PackedStages {
+    gate_up: Option<u32>,
+    down: Option<u32>,
+}
+
+impl PackedStages {
+    const BOTH: Self = Self {
+        gate_up: Some(0),
+        down: Some(0),
+    };
+}
+
+impl Gpu {
+    /// Tests and timings of the packed GEMM only: [`ffn_packed_grouped`]
+    /// with each launch's tokens per tile forced (`Some(0)`: the usual
+    /// choice; `None`: that launch skipped, `h` taken as it is).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn ffn_packed_variant(
+        &self,
+        experts: &[&ExpertWeights],
+        x: &DeviceSlice<f16>,
+        counts: &[usize],
+        h: &mut DeviceSlice<f16>,
+        out: &mut DeviceSlice<f16>,
+        gate_up_bn: Option<u32>,
+        down_bn: Option<u32>,
+    ) -> Result<()> {
+        let st = PackedStages {
+            gate_up: gate_up_bn,
+            down: down_bn,
+        };
+        ffn_packed_stages(self, experts, x, Rows::Host(counts), h, out, st)
+    }
+}
+
 /// y = W2 (silu(W1 x) · W3 x) for rows of `x` (`[rows][m]` fp16, the tokens
 /// of group g in rows `offsets[g]..offsets[g+1]`) through group g's expert
 /// `experts[g]` in the decode packing, on tensor cores; `h`
@@ -338,6 +412,19 @@ pub(crate) fn ffn_packed(
     rows: Rows<'_>,
     h: &mut DeviceSlice<f16>,
     out: &mut DeviceSlice<f16>,
+) -> Result<()> {
+    ffn_packed_stages(gpu, experts, x, rows, h, out, PackedStages::BOTH)
+}
+
+/// [`ffn_packed`] with its launches chosen ([`PackedStages`]).
+fn ffn_packed_stages(
+    gpu: &Gpu,
+    experts: &[&ExpertWeights],
+    x: &DeviceSlice<f16>,
+    rows: Rows<'_>,
+    h: &mut DeviceSlice<f16>,
+    out: &mut DeviceSlice<f16>,
+    stages: PackedStages,
 ) -> Result<()> {
     const OP: &str = "ffn_packed";
     let Some(first) = experts.first() else {
@@ -398,30 +485,37 @@ pub(crate) fn ffn_packed(
     let w13: Vec<u64> = experts.iter().map(|e| addr(&e.w13)).collect();
     let w2: Vec<u64> = experts.iter().map(|e| addr(&e.w2)).collect();
     let (us, ks) = strides(m_h / 16, m / 16, 2);
-    launch_packed(
-        gpu,
-        OP,
-        PackedGemm {
-            kind: PackedKind::Gated,
-            out_kind: PackedOut::H16,
-            ldo: m_h,
-            w: &w13,
-            unit_stride: us,
-            kt_stride: ks,
-            kmajor,
-            x: addr(x),
-            k: m,
-            n_rows: m_h,
-            rows,
-            out: addr(h),
-        },
-    )?;
+    let force = |b: u32| (b > 0).then_some(b);
+    if let Some(bn) = stages.gate_up {
+        launch_packed(
+            gpu,
+            OP,
+            PackedGemm {
+                kind: PackedKind::Gated,
+                out_kind: PackedOut::H16,
+                ldo: m_h,
+                w: &w13,
+                unit_stride: us,
+                kt_stride: ks,
+                kmajor,
+                x: addr(x),
+                k: m,
+                n_rows: m_h,
+                rows,
+                out: addr(h),
+                force_bn: force(bn),
+            },
+        )?;
+    }
     let kind = if first.down_pairs {
         PackedKind::Pairs
     } else {
         PackedKind::Plain
     };
     let (us, ks) = strides(m / kind.unit_rows(), m_h / 16, kind.nmat());
+    let Some(bn) = stages.down else {
+        return Ok(());
+    };
     launch_packed(
         gpu,
         OP,
@@ -438,6 +532,7 @@ pub(crate) fn ffn_packed(
             n_rows: m,
             rows,
             out: addr(out),
+            force_bn: force(bn),
         },
     )
 }
@@ -488,6 +583,7 @@ pub(crate) fn gemm_packed_f32(
             n_rows: n,
             rows: Rows::Host(&counts),
             out: addr(y),
+            force_bn: None,
         },
     )
 }
