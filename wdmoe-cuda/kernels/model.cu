@@ -265,9 +265,10 @@ WDMOE_GEMV(16)
 // rope: [positions][hd/2] (cos, sin) pairs, fp32, computed on the host as
 // the CPU model does; q_out: [T][H hd] fp32 (rotated); k_cache/v_cache of
 // this layer: [KVH][max_seq][hd] fp16. Rotate-half layout: dimension i of
-// the first half pairs with i + hd/2. qkv is consumed: each value is set to
-// 0 once read, so that the next layer's q|k|v projection may accumulate
-// into the buffer (the decode GEMV kernels add).
+// the first half pairs with i + hd/2. With `consume`, qkv is left zero
+// (each value set to 0 once read), so that the next layer's q|k|v
+// projection may accumulate into the buffer (the decode GEMV kernels add);
+// prompt chunks, whose projection stores, skip those writes.
 //
 // Grid (T, ceil(pairs / (ROPE_PAIRS blockDim))): a token's (H + 2 KVH)
 // hd/2 pairs, flattened (head-major), ROPE_PAIRS per thread, all loaded
@@ -277,7 +278,7 @@ WDMOE_GEMV(16)
 constexpr int ROPE_PAIRS = 4;
 extern "C" __global__ void rope_kv(float* __restrict__ qkv, const float2* __restrict__ rope, int start, int H,
                                    int KVH, int hd, int max_seq, float* __restrict__ q_out,
-                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache) {
+                                   __half* __restrict__ k_cache, __half* __restrict__ v_cache, int consume) {
     griddep_wait();
     griddep_launch_dependents();
     const int t = blockIdx.x, pos = start + t, half = hd / 2;
@@ -303,8 +304,10 @@ extern "C" __global__ void rope_kv(float* __restrict__ qkv, const float2* __rest
         if (i >= pairs) break;
         // Heads 0..H are q, H..H+KVH are k, the rest v.
         const int head = i / half, j = i % half;
-        row[head * hd + j] = 0.f;
-        row[head * hd + j + half] = 0.f;
+        if (consume) {
+            row[head * hd + j] = 0.f;
+            row[head * hd + j + half] = 0.f;
+        }
         if (head < H) {
             const float2 y = rope_rotate(x1[u], x2[u], c[u]);
             float* q = q_out + ((long long)t * H + head) * hd;

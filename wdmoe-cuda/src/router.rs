@@ -454,6 +454,39 @@ impl Router {
             pf_bases: pf,
             pf_bytes,
         };
+        if tokens >= ROUTER_ROWS_MIN_TOKENS && pf_blocks == 0 && e <= ROUTER_ROWS_MAX_E {
+            kernel_params! {
+                struct RouterRows {
+                    x: u64, g: u64, m: i32, e: i32, logits: u64, probs: u64,
+                    zero: u64, zero_cols: i32, tokens: i32,
+                }
+            }
+            let p = RouterRows {
+                x: params.x,
+                g: params.g,
+                m: params.m,
+                e: params.e,
+                logits: params.logits,
+                probs: params.probs,
+                zero: params.zero,
+                zero_cols: params.zero_cols,
+                tokens: params.tokens,
+            };
+            // SAFETY: router_softmax_rows(const half*, const half*, int, int,
+            // float*, float*, float*, int, int) = RouterRows; warp t of
+            // block b takes token 8b + t < tokens: x row (tokens x m, m %
+            // 8 == 0, 16-byte aligned, checked), G (e x m, e <= 8), its
+            // logits/probs row and zero row (as router_softmax's, checked).
+            return unsafe {
+                gpu.launch(
+                    &gpu.router,
+                    "router_softmax_rows",
+                    Shape::new((tokens as u32).div_ceil(8), 256),
+                    p,
+                    || format!("tokens={tokens} m={m} experts={e} rows"),
+                )
+            };
+        }
         let (warps, smem) = self.block_shape();
         // SAFETY: router_softmax(const half* x, const half* g, int m, int e,
         // float* logits, float* probs, float* zero, int zero_cols, int
@@ -475,6 +508,12 @@ impl Router {
         }
     }
 }
+
+/// Tokens from which the router runs one warp per token
+/// (`router_softmax_rows`, at most [`ROUTER_ROWS_MAX_E`] experts).
+pub(crate) const ROUTER_ROWS_MIN_TOKENS: usize = 64;
+/// Most experts `router_softmax_rows` takes (ROUTER_ROWS_MAX_E in router.cu).
+pub(crate) const ROUTER_ROWS_MAX_E: usize = 8;
 
 /// `out[i] = fp16(in[i])` for the first `n` elements.
 pub fn f32_to_f16(

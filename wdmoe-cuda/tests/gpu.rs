@@ -150,7 +150,18 @@ fn ffn_decode_combine_accumulates_weighted() {
 fn router_matches_cpu() {
     let gpu = gpu();
     let s = seed();
-    for (m, e, t) in [(4096, 8, 1), (4096, 8, 16), (64, 3, 5), (1024, 33, 7)] {
+    // From 64 tokens with at most 8 experts one warp per token
+    // (router_softmax_rows): 67 and 300 (a partial block of 8), and 33
+    // experts at 70 tokens (one block per token still).
+    for (m, e, t) in [
+        (4096, 8, 1),
+        (4096, 8, 16),
+        (64, 3, 5),
+        (1024, 33, 7),
+        (4096, 8, 67),
+        (1024, 5, 300),
+        (1024, 33, 70),
+    ] {
         let gdev = rand_dev(&gpu, e * m, s ^ 5, 1.0 / (m as f32).sqrt());
         let gh = gpu.download(&gdev).unwrap();
         let router = Router::from_host(&gpu, &gh, e, m).unwrap();

@@ -151,8 +151,12 @@ impl DecodeConfig {
             },
             DownLayout::Pairs32 => DecodeConfig {
                 gate_up,
-                // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size.
-                down: down(32, 8, 8),
+                // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size
+                // (`WDMOE_DOWN_SHAPE=warps,unroll,warps_per_sm`, read once:
+                // comparisons).
+                down: down_shape_env().map_or(down(32, 8, 8), |(w, u, wps)| {
+                    KernelConfig::auto(sm, (m / 32).max(1), m_h / 16, w, u, wps)
+                }),
                 // 9-16 tokens: two row units per warp (one token-fragment
                 // load for two tiles), 4 warps per block for gate/up, 8 for
                 // down, ~14 warps per SM (NOTES.md, v8).
@@ -176,4 +180,19 @@ impl DecodeConfig {
             (&self.gate_up, &self.down)
         }
     }
+}
+
+/// The W2 decode kernel's shape for 1-8 tokens on 32-row tiles from
+/// `WDMOE_DOWN_SHAPE=warps,unroll,warps_per_sm` (comparisons; unset: the
+/// default).
+fn down_shape_env() -> Option<(u32, u32, u32)> {
+    static SHAPE: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
+    *SHAPE.get_or_init(|| {
+        let v = std::env::var("WDMOE_DOWN_SHAPE").ok()?;
+        let p: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        match p[..] {
+            [w, u, s] if (4..=8).contains(&u) => Some((w, u, s)),
+            _ => None,
+        }
+    })
 }

@@ -271,15 +271,15 @@ impl GpuModel {
                 &mut self.h,
                 m,
             )?;
-            // q|k|v accumulate into a zero buffer (RoPE leaves it so).
-            if self.qkv_dirty {
+            // Prompt chunks store their projections (a store is cheaper than
+            // the GEMM's atomic adds, and RoPE then need not zero what it
+            // read); decode steps' GEMV kernels add into a zero buffer
+            // (decode RoPE leaves it so).
+            let prompt = n > kernels::GEMV_MAX_TOKENS;
+            if self.qkv_dirty && !prompt {
                 gpu.fill_u16(&mut self.qkv, 0)?;
             }
             self.qkv_dirty = true;
-            // Prompt chunks store their projections (the buffer is zero: a
-            // store is cheaper than the GEMM's atomic adds); decode steps'
-            // GEMV kernels add into it.
-            let prompt = n > kernels::GEMV_MAX_TOKENS;
             kernels::project(
                 &gpu,
                 &layer.wqkv,
@@ -320,6 +320,7 @@ impl GpuModel {
                     &mut self.q,
                     &mut layer.k_cache,
                     &mut layer.v_cache,
+                    !prompt,
                 )?;
                 kernels::attention(
                     &gpu,
@@ -333,7 +334,7 @@ impl GpuModel {
                     &mut self.attn,
                 )?;
             }
-            self.qkv_dirty = false;
+            self.qkv_dirty = prompt;
             // o: a decode step's GEMV adds into the residual; a prompt
             // chunk's GEMM stores into the free q buffer, which the norm
             // adds.

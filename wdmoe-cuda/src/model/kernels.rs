@@ -302,8 +302,8 @@ impl AttnDims {
 }
 
 /// RoPE on q and k of `t` tokens at `start..start+t`, q written to `q_out`
-/// (fp32), k and v into this layer's cache; the `t` rows of `qkv` are left
-/// zero (consumed), ready for the next projection to accumulate into.
+/// (fp32), k and v into this layer's cache; with `consume` the `t` rows of
+/// `qkv` are left zero, ready for the next projection to accumulate into.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_kv(
     gpu: &Gpu,
@@ -315,6 +315,7 @@ pub(crate) fn rope_kv(
     q_out: &mut DeviceSlice<f32>,
     k_cache: &mut DeviceSlice<f16>,
     v_cache: &mut DeviceSlice<f16>,
+    consume: bool,
 ) -> Result<()> {
     const OP: &str = "model::rope_kv";
     dims.check(OP)?;
@@ -339,7 +340,7 @@ pub(crate) fn rope_kv(
     kernel_params! {
         struct RopeKv {
             qkv: u64, rope: u64, start: i32, h: i32, kvh: i32, hd: i32, max_seq: i32,
-            q_out: u64, k_cache: u64, v_cache: u64,
+            q_out: u64, k_cache: u64, v_cache: u64, consume: i32,
         }
     }
     let p = RopeKv {
@@ -353,14 +354,15 @@ pub(crate) fn rope_kv(
         q_out: addr(q_out),
         k_cache: addr(k_cache),
         v_cache: addr(v_cache),
+        consume: consume as i32,
     };
     // rope_kv's pairs per thread (ROPE_PAIRS in model.cu).
     const PAIRS: usize = 4;
     const THREADS: usize = 256;
     let pairs = (dims.heads + 2 * dims.kv_heads) * hd / 2;
     // SAFETY: rope_kv(const float*, const float2*, int, int, int, int, int,
-    // float*, half*, half*) = RopeKv; block (i, b), i < t, reads (then
-    // zeroes) pairs b·1024.. < (H + 2 KVH) hd/2 of qkv row i (t x
+    // float*, half*, half*, int) = RopeKv; block (i, b), i < t, reads (then,
+    // with consume, zeroes) pairs b·1024.. < (H + 2 KVH) hd/2 of qkv row i (t x
     // qkv_width, checked) and rope row start+i < max_seq (max_seq x hd/2
     // float2, checked, 8-byte aligned), writes q_out row i (checked) or
     // cache position start+i < max_seq of a kv head (checked).

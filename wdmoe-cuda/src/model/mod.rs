@@ -209,8 +209,9 @@ pub struct GpuModel {
     /// Decode tokens run RoPE inside the attention kernel (default; see
     /// [`fused_rope_default`]).
     fused_rope: bool,
-    /// `qkv` may hold values (a call failed between the q|k|v projection,
-    /// which accumulates, and RoPE, which leaves it zero).
+    /// `qkv` may hold values: a prompt chunk's (its projection stores, its
+    /// RoPE leaves them), or a call failed between a decode step's q|k|v
+    /// projection, which accumulates, and its RoPE, which leaves it zero.
     qkv_dirty: bool,
     tokens: DeviceBuffer<i32>,
     resid: DeviceBuffer<f32>,

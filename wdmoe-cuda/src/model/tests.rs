@@ -181,6 +181,7 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         &mut q,
         &mut kd,
         &mut vd,
+        true,
     )
     .unwrap();
     let keys = match dims.window {
