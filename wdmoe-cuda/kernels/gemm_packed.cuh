@@ -30,6 +30,20 @@
 // 507 -> 613 (cuBLAS in the same run: 721 / 704); 4096 rows: 484 -> 588,
 // 463 -> 608. At 64 rows per expert the 64-token tiles stay (DRAM-bound).
 //
+// Epilogue (fp16 out): a thread's accumulators hold 2 tokens x 1 feature per
+// pair, and the output is token-major, so each element used to go out as
+// one 2-byte store with its own address and silu (2 MUFU). Now lanes l and
+// l^4 (neighbouring features) swap halves with one shuffle and each stores
+// 2 features of one token as a half2 (half the stores and address math),
+// and the gated silu of the two tokens shares one reciprocal (3 MUFU per
+// pair, not 4; the epilogue is MUFU-bound). Both wide tiles stay spill-free
+// (SASS: R221 / R208 highest). Same run, old -> new epilogue interleaved
+// (packed_stage_timing_mixtral, best of rounds): 512 rows per expert gate/up
+// 1575 -> 1539 us (611 -> 625 TFLOP/s; medians 596 -> 607), down 741 ->
+// 740 us (649 -> 650); 4096 rows gate/up 12426 -> 12346 us (619 -> 623;
+// medians 605 -> 616), down 6030 -> 6018 us (638 -> 639). The old epilogue
+// stays built (`_e0` kernels) for that comparison only.
+//
 // Tiles run token tile fastest, so the blocks that read the same weights
 // (an expert with more than BN tokens) run at the same time and share them
 // in L2: the weights come from DRAM about once per step at any token count.
@@ -160,7 +174,7 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
 
 }  // namespace
 
-template <int BN, int STAGES, int KIND, int OUT>
+template <int BN, int STAGES, int KIND, int OUT, int EPI>
 __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const PackedParams& p) {
 #ifdef WDMOE_SM90A
     constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
@@ -340,6 +354,49 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.
             const int rows_g = s_row[g + 1] - s_row[g];
+            if constexpr (OUT == PO_H16 && EPI == 1) {
+                // fp16 pairs of features: lanes l and l^4 hold neighbouring
+                // features for the same two tokens; one shuffle swaps
+                // halves so that the even-feature lane holds features
+                // (f, f+1) of token 2q and the odd one those of token
+                // 2q+1, and each stores them as one 4-byte half2 (ldo even).
+                const int fi = lane >> 2;
+                const int odd = fi & 1;
+                const uint32_t sel = odd ? 0x3276u : 0x5410u;
+                const int row = rb * 128 + t16 * 16 + (fi & ~1);  // + 8h
+                const int col0 = tt * BN + (lane % 4) * 2 + odd;   // + 8j, token within the group
+                __half* base = reinterpret_cast<__half*>(p.out) + (long long)(s_row[g] + col0) * p.ldo + row;
+                const long long step = 8LL * p.ldo;
+                const bool ok0 = row < p.n_rows, ok1 = row + 8 < p.n_rows;
+#pragma unroll
+                for (int j = 0; j < BN / 8; ++j) {
+                    uint32_t w[2];
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float o0 = d0[4 * j + 2 * h], o1 = d0[4 * j + 2 * h + 1];
+                        if constexpr (NM == 2) {
+                            // silu(g) u for both tokens with one reciprocal:
+                            // 1/a = b/(ab), 1/b = a/(ab); g >= -40 keeps ab
+                            // finite (silu there is 0 in fp16 anyway).
+                            const float a = 1.0f + __expf(-fmaxf(o0, -40.0f));
+                            const float b = 1.0f + __expf(-fmaxf(o1, -40.0f));
+                            const float rab = __fdividef(1.0f, a * b);
+                            o0 = o0 * (b * rab) * d1[4 * j + 2 * h];
+                            o1 = o1 * (a * rab) * d1[4 * j + 2 * h + 1];
+                        }
+                        const __half2 hv = __floats2half2_rn(o0, o1);
+                        const uint32_t mine = *reinterpret_cast<const uint32_t*>(&hv);
+                        const uint32_t theirs = __shfl_xor_sync(0xffffffffu, mine, 4);
+                        w[h] = __byte_perm(mine, theirs, sel);
+                    }
+                    if (col0 + 8 * j < rows_g) {
+                        uint32_t* o = reinterpret_cast<uint32_t*>(base + j * step);
+                        if (ok0) o[0] = w[0];
+                        if (ok1) o[4] = w[1];
+                    }
+                }
+                continue;
+            }
             const int r = rb * 128 + t16 * 16 + lane / 4;
             const int q2 = (lane % 4) * 2;
 
@@ -382,11 +439,12 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
 
 // Shared memory: 1024 bytes of alignment slack + the stages + 2 mbarriers
 // per stage (the host mirrors it: prefill::packed::smem_bytes).
-#define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT)                                                          \
+#define PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, EPI)                                                   \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
         NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ PackedParams p) {               \
-        gemm_packed_body<BN, STAGES, KIND, OUT>(tx, p);                                                     \
+        gemm_packed_body<BN, STAGES, KIND, OUT, EPI>(tx, p);                                                \
     }
+#define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT) PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, 1)
 
 PACKED_KERNEL(packed_gated_n128, 128, 4, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
@@ -407,3 +465,8 @@ PACKED_KERNEL(packed_f32_n32, 32, 8, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32add_n128, 128, 6, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n64, 64, 8, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n32, 32, 8, PK_PLAIN, PO_F32_ADD)
+// The previous epilogue (one scalar fp16 store per element), kept for
+// timings against it only (tests/gpu_packed.rs, `Gpu::ffn_packed_variant`
+// with PACKED_LEGACY).
+PACKED_KERNEL_E(packed_gated_n128_e0, 128, 4, PK_GATED, PO_H16, 0)
+PACKED_KERNEL_E(packed_pairs_n256_e0, 256, 4, PK_PAIRS, PO_H16, 0)

@@ -99,8 +99,10 @@ pub(crate) enum PackedOut {
 }
 
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
-/// per tile, kernel, shared-memory stages).
-pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 17] = [
+/// per tile, kernel, shared-memory stages). Names ending in
+/// [`LEGACY_SUFFIX`] keep the previous epilogue for timings against it
+/// only: never chosen, reached through [`PACKED_LEGACY`].
+pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 19] = [
     (
         PackedKind::Gated,
         PackedOut::H16,
@@ -166,7 +168,30 @@ pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 17]
         "packed_f32add_n32",
         8,
     ),
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        128,
+        "packed_gated_n128_e0",
+        4,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        256,
+        "packed_pairs_n256_e0",
+        4,
+    ),
 ];
+
+/// Suffix of the instantiations that keep the previous (scalar fp16 store)
+/// epilogue.
+const LEGACY_SUFFIX: &str = "_e0";
+
+/// Added to a forced tile width ([`Gpu::ffn_packed_variant`]): that width's
+/// instantiation with the previous epilogue (timings only; gated 128 and
+/// pairs 256 exist).
+pub(crate) const PACKED_LEGACY: u32 = 0x1000;
 
 /// Dynamic shared memory of a packed instantiation (mirrors the kernel:
 /// 1024 bytes of alignment slack, per stage the tokens' box and the block's
@@ -181,7 +206,7 @@ pub(crate) fn packed_smem_bytes(kind: PackedKind, bn: u32, stages: usize) -> u32
 fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, usize)> {
     let mut v: Vec<_> = PACKED_KERNELS
         .iter()
-        .filter(|k| k.0 == kind && k.1 == out)
+        .filter(|k| k.0 == kind && k.1 == out && !k.3.ends_with(LEGACY_SUFFIX))
         .map(|k| (k.2, k.3, k.4))
         .collect();
     v.sort_by_key(|k| k.0);
@@ -259,6 +284,19 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
     let row_blocks = units.div_ceil(g.kind.units_per_block());
     let sms = gpu.info().sm_count as usize;
     let (bn, name, stages) = match g.force_bn {
+        Some(want) if want & PACKED_LEGACY != 0 => PACKED_KERNELS
+            .iter()
+            .find(|k| {
+                k.0 == g.kind
+                    && k.1 == g.out_kind
+                    && k.2 == want & !PACKED_LEGACY
+                    && k.3.ends_with(LEGACY_SUFFIX)
+            })
+            .map(|k| (k.2, k.3, k.4))
+            .ok_or_else(|| Error::Unsupported {
+                op,
+                detail: format!("no legacy packed {:?} kernel of {want:#x}", g.kind),
+            })?,
         Some(want) => instantiations(g.kind, g.out_kind)
             .into_iter()
             .find(|k| k.0 == want)
@@ -379,7 +417,8 @@ impl PackedStages {
 impl Gpu {
     /// Tests and timings of the packed GEMM only: [`ffn_packed_grouped`]
     /// with each launch's tokens per tile forced (`Some(0)`: the usual
-    /// choice; `None`: that launch skipped, `h` taken as it is).
+    /// choice; `None`: that launch skipped, `h` taken as it is; a width plus
+    /// 0x1000 (`PACKED_LEGACY`): that width with the previous epilogue).
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     pub fn ffn_packed_variant(
