@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cust::memory::DeviceBuffer;
 use half::f16;
 
-use super::kernels::{attn_part_len, attn_splits, AttnDims};
+use super::attention::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{

@@ -5,7 +5,7 @@
 use cust::memory::CopyDestination;
 use wdmoe_core::select::Policy;
 
-use super::kernels;
+use super::{attention, kernels};
 use super::{ForwardOut, GpuModel, LayerRoute, Output};
 use crate::dist::MoeExecutor;
 use crate::error::{shape, Error, Result};
@@ -298,7 +298,7 @@ impl GpuModel {
                 !prompt,
             )?;
             if n == 1 && self.fused_rope {
-                kernels::rope_attention_decode(
+                attention::rope_attention_decode(
                     &gpu,
                     &self.dims,
                     &mut self.qkv,
@@ -310,7 +310,7 @@ impl GpuModel {
                     &mut self.attn,
                 )?;
             } else {
-                kernels::rope_kv(
+                attention::rope_kv(
                     &gpu,
                     &self.dims,
                     &mut self.qkv,
@@ -322,7 +322,7 @@ impl GpuModel {
                     &mut layer.v_cache,
                     !prompt,
                 )?;
-                kernels::attention(
+                attention::attention(
                     &gpu,
                     &self.dims,
                     &self.q,

@@ -41,6 +41,7 @@ use crate::moe::TokenSelection;
 use crate::prefill::PREFILL_MIN_TOKENS;
 use crate::runtime::Gpu;
 
+mod attention;
 mod build;
 mod decode;
 mod forward;
@@ -52,10 +53,11 @@ mod weights;
 
 use remote::LayerMoe;
 
+use attention::AttnDims;
+pub use attention::ATTN_MAX_HEAD_DIM;
 pub use build::{moe_seed, read_expert};
 pub use decode::LatencyFn;
-use kernels::AttnDims;
-pub use kernels::{ATTN_MAX_HEAD_DIM, GEMV_MAX_TOKENS};
+pub use kernels::GEMV_MAX_TOKENS;
 pub use weights::{ModelShape, WeightSource};
 
 /// Which expert layouts the model keeps on the GPU.

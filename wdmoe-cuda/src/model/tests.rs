@@ -4,7 +4,8 @@
 use half::f16;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use super::kernels::{self, AttnDims};
+use super::attention::{self, AttnDims};
+use super::kernels;
 use crate::runtime::Gpu;
 
 /// Fresh inputs every run; the seed is printed to reproduce a failure.
@@ -171,7 +172,7 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
     let rope = super::weights::rope_table(hd, theta, ms);
     let mut q = gpu.alloc::<f32>(t * h * hd).unwrap();
     let mut qkv_d = gpu.upload(&qkv).unwrap();
-    kernels::rope_kv(
+    attention::rope_kv(
         gpu,
         &dims,
         &mut qkv_d,
@@ -188,12 +189,12 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         0 => start + t,
         w => (start + t).min(w),
     };
-    let splits = kernels::attn_splits(t, keys);
+    let splits = attention::attn_splits(t, keys);
     let mut part = gpu
-        .alloc::<f32>(kernels::attn_part_len(t, h, hd, splits))
+        .alloc::<f32>(attention::attn_part_len(t, h, hd, splits))
         .unwrap();
     let mut out = gpu.alloc::<f16>(t * h * hd).unwrap();
-    kernels::attention(gpu, &dims, &q, &kd, &vd, start, t, &mut part, &mut out).unwrap();
+    attention::attention(gpu, &dims, &q, &kd, &vd, start, t, &mut part, &mut out).unwrap();
     // rope_kv consumes q|k|v: the rows are left zero.
     assert!(gpu.download(&qkv_d).unwrap().iter().all(|&v| v == 0.0));
     let qg = gpu.download(&q).unwrap();
@@ -208,7 +209,7 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         let mut qkv2 = gpu.upload(&qkv).unwrap();
         let mut part2 = gpu.alloc::<f32>(part.len().max(1)).unwrap();
         let mut out2 = gpu.upload(&vec![f16::NAN; h * hd]).unwrap();
-        kernels::rope_attention_decode(
+        attention::rope_attention_decode(
             gpu,
             &dims,
             &mut qkv2,
@@ -407,15 +408,15 @@ fn attention_shapes_are_checked_before_launch() {
     ] {
         assert!(bad.check("t").is_err(), "{bad:?}");
     }
-    assert_eq!(kernels::attn_splits(1, 1), 1);
-    assert_eq!(kernels::attn_splits(1, 32), 1);
+    assert_eq!(attention::attn_splits(1, 1), 1);
+    assert_eq!(attention::attn_splits(1, 32), 1);
     assert_eq!(
-        kernels::attn_splits(1, 65),
-        65usize.div_ceil(kernels::attn_split_keys())
+        attention::attn_splits(1, 65),
+        65usize.div_ceil(attention::attn_split_keys())
     );
-    assert_eq!(kernels::attn_splits(7, 1000), 1);
-    assert_eq!(kernels::attn_splits(1, 100_000), 32);
-    assert_eq!(kernels::attn_splits(7, 100_000), 1);
+    assert_eq!(attention::attn_splits(7, 1000), 1);
+    assert_eq!(attention::attn_splits(1, 100_000), 32);
+    assert_eq!(attention::attn_splits(7, 100_000), 1);
 }
 
 /// Prefill at Mixtral width (2 layers, a 2,048-token vocabulary, random

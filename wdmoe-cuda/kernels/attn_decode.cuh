@@ -1,0 +1,299 @@
+// Decode attention over the fp16 KV cache (attn_fwd; attn_fwd_rope with
+// RoPE and the cache write fused in for one token) and the merge of its
+// key splits (attn_combine); AttnParams, which the prefill kernels
+// (attn_prefill.cuh) take too. Included by model.cu (after the warp
+// helpers and rope_rotate).
+#pragma once
+
+// Attention of T queries at positions start..start+T over the cached keys
+// (causal; with window > 0 only the last `window` positions). Grid
+// (KVH, T, splits); block: one warp per query head of the group (G = H/KVH
+// warps), so each key/value tile is loaded once for the G heads that share
+// it. Split s takes keys [lo + s·split_len, lo + (s+1)·split_len) of the
+// token's range [lo, pos]; with one split the kernel writes the output
+// (fp16, [T][H hd]); with more it writes (max, sum, acc[hd]) partials
+// that attn_combine merges. Online softmax in fp32; hd even, hd <= 256.
+constexpr int ATT_TILE = 32;
+constexpr int ATT_MAX_HD = 256;
+
+struct AttnParams {
+    const float* q;         // [T][H][hd] fp32 (rotated)
+    const __half* k_cache;  // [KVH][max_seq][hd]
+    const __half* v_cache;  // [KVH][max_seq][hd]
+    float* part;            // [T][H][splits][hd + 2] (splits > 1)
+    __half* out;            // [T][H hd] (splits == 1)
+    int T, start, H, KVH, hd, max_seq, window, split_len;
+    float scale;
+};
+
+// Decode with RoPE fused in (ROPE, one query: T = 1): q points at the raw
+// q|k|v row of the token ([(H + 2 KVH) hd] fp32, straight from the q|k|v
+// projection) and `rope` at the (cos, sin) table. Each block rotates its
+// group's queries itself; the block whose keys end at the token's position
+// rotates the new key, writes it and the new value into the cache and uses
+// them from registers; the cached keys (earlier positions, written by
+// earlier calls) are loaded before the wait for the previous kernel, so
+// their latency hides behind its tail. The row is consumed as rope_kv
+// consumes it (left zero for the next projection to accumulate into): k
+// and v by the block that reads them, q by that block with one split, else
+// by attn_combine (all splits read it).
+struct AttnRope {
+    const float2* rope;  // [positions][hd/2] (cos, sin)
+    float* qkv;          // the row q points at, writable (zeroed once read)
+};
+
+template <bool ROPE>
+__device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRope& r) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    if (!ROPE) {
+        griddep_wait();
+        griddep_launch_dependents();
+    }
+    const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+    const int splits = gridDim.z;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int kpitch = hd + 2;  // halfs; (hd+2)/2 odd when hd % 4 == 0: lanes hit distinct banks
+    float* qs = reinterpret_cast<float*>(smem_raw);                      // [G][hd]
+    __half* ks = reinterpret_cast<__half*>(qs + G * hd);                 // [TILE][hd+2]
+    __half* vs = ks + ATT_TILE * kpitch;                                 // [TILE][hd]
+    const int h = kvh * G + w;
+    const int pos = p.start + t;
+    const int lo = p.window > 0 ? max(0, pos + 1 - p.window) : 0;
+    const int a = lo + s * p.split_len;
+    const int b = min(pos + 1, lo + (s + 1) * p.split_len);
+    // ROPE: keys below `cached` come from the cache; key pos (in this
+    // block's range when b == pos + 1) from the q|k|v row.
+    const int cached = ROPE ? pos : b;
+    const int half = hd / 2;
+    // Global loads in batches of ATT_BATCH per thread before their shared
+    // stores: one memory round trip per batch, not per element (the
+    // kernel's latency at short contexts). The first batch of the first
+    // key/value tile is issued before the queries' loads, so that both take
+    // one round trip (a decode split is one tile: hd 128, 4 heads a group).
+    constexpr int ATT_BATCH = 16;
+    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * hd;
+    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * hd;
+    __half2 kv[ATT_BATCH], vv[ATT_BATCH];
+    auto load_kv = [&](int t0, int nk, int i0) {
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < nk * (hd / 2)) {
+                const int j = i / (hd / 2), d2 = i % (hd / 2);
+                if (!ROPE || t0 + j < cached) {
+                    kv[u] = reinterpret_cast<const __half2*>(kc + (long long)(t0 + j) * hd)[d2];
+                    vv[u] = reinterpret_cast<const __half2*>(vc + (long long)(t0 + j) * hd)[d2];
+                }
+            }
+        }
+    };
+    auto store_kv = [&](int t0, int nk, int i0) {
+#pragma unroll
+        for (int u = 0; u < ATT_BATCH; ++u) {
+            const int i = i0 + u * blockDim.x;
+            if (i < nk * (hd / 2)) {
+                const int j = i / (hd / 2), d2 = i % (hd / 2);
+                if (!ROPE || t0 + j < cached) {
+                    reinterpret_cast<__half2*>(ks + j * kpitch)[d2] = kv[u];
+                    reinterpret_cast<__half2*>(vs + j * hd)[d2] = vv[u];
+                }
+            }
+        }
+    };
+    if (a < b) load_kv(a, min(ATT_TILE, b - a), threadIdx.x);
+    // ROPE: the new key and value (thread j < hd/2 takes the pair j, j +
+    // hd/2), rotated and rounded as rope_kv writes them to the cache.
+    const bool has_new = ROPE && a <= pos && pos < b;
+    __half kn1, kn2, vn1, vn2;
+    if (ROPE) {
+        const float2* cs = r.rope + (long long)pos * half;
+        // Each thread's rotation factors, then the previous kernel (the
+        // q|k|v projection) completes.
+        constexpr int QP = ATT_MAX_HD / 64;  // pairs per thread: G hd/2 over G warps
+        float2 c[QP];
+#pragma unroll
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) c[u] = cs[i % half];
+        }
+        float2 cn = make_float2(0.f, 0.f);
+        if (has_new && threadIdx.x < half) cn = cs[threadIdx.x];
+        griddep_wait();
+        griddep_launch_dependents();
+        float* row = r.qkv + (long long)t * (p.H + 2 * p.KVH) * hd;
+        float* qrow = row + (long long)kvh * G * hd;
+        float x1[QP], x2[QP];
+#pragma unroll
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) {
+                const int hh = i / half, j = i % half;
+                x1[u] = qrow[hh * hd + j];
+                x2[u] = qrow[hh * hd + j + half];
+            }
+        }
+        float k1 = 0.f, k2 = 0.f, v1 = 0.f, v2 = 0.f;
+        float* krow = row + (long long)(p.H + kvh) * hd;
+        float* vrow = row + (long long)(p.H + p.KVH + kvh) * hd;
+        if (has_new && threadIdx.x < half) {
+            const int j = threadIdx.x;
+            k1 = krow[j];
+            k2 = krow[j + half];
+            v1 = vrow[j];
+            v2 = vrow[j + half];
+        }
+#pragma unroll
+        for (int u = 0; u < QP; ++u) {
+            const int i = threadIdx.x + u * blockDim.x;
+            if (i < G * half) {
+                const int hh = i / half, j = i % half;
+                const float2 y = rope_rotate(x1[u], x2[u], c[u]);
+                qs[hh * hd + j] = y.x;
+                qs[hh * hd + j + half] = y.y;
+                if (splits == 1) {
+                    qrow[hh * hd + j] = 0.f;
+                    qrow[hh * hd + j + half] = 0.f;
+                }
+            }
+        }
+        if (has_new && threadIdx.x < half) {
+            const int j = threadIdx.x;
+            const float2 y = rope_rotate(k1, k2, cn);
+            kn1 = __float2half_rn(y.x);
+            kn2 = __float2half_rn(y.y);
+            vn1 = __float2half_rn(v1);
+            vn2 = __float2half_rn(v2);
+            // The cache's only writer at pos (other blocks read positions < pos).
+            __half* kd = const_cast<__half*>(p.k_cache) + ((long long)kvh * p.max_seq + pos) * hd;
+            __half* vd = const_cast<__half*>(p.v_cache) + ((long long)kvh * p.max_seq + pos) * hd;
+            kd[j] = kn1;
+            kd[j + half] = kn2;
+            vd[j] = vn1;
+            vd[j + half] = vn2;
+            krow[j] = krow[j + half] = 0.f;
+            vrow[j] = vrow[j + half] = 0.f;
+        }
+    } else {
+        for (int i0 = threadIdx.x; i0 < G * hd; i0 += ATT_BATCH * blockDim.x) {
+            float v[ATT_BATCH];
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                v[u] = i < G * hd ? p.q[((long long)t * p.H + kvh * G) * hd + i] : 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < ATT_BATCH; ++u) {
+                const int i = i0 + u * blockDim.x;
+                if (i < G * hd) qs[i] = v[u];
+            }
+        }
+    }
+    constexpr int MAXD = ATT_MAX_HD / 32;
+    float acc[MAXD];
+#pragma unroll
+    for (int i = 0; i < MAXD; ++i) acc[i] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    for (int t0 = a; t0 < b; t0 += ATT_TILE) {
+        const int nk = min(ATT_TILE, b - t0);
+        __syncthreads();
+        for (int i0 = threadIdx.x; i0 < nk * (hd / 2); i0 += ATT_BATCH * blockDim.x) {
+            if (t0 != a || i0 != (int)threadIdx.x) load_kv(t0, nk, i0);  // else loaded above
+            store_kv(t0, nk, i0);
+        }
+        if (has_new && pos < t0 + nk && threadIdx.x < half) {
+            const int j = threadIdx.x, row = pos - t0;
+            ks[row * kpitch + j] = kn1;
+            ks[row * kpitch + j + half] = kn2;
+            vs[row * hd + j] = vn1;
+            vs[row * hd + j + half] = vn2;
+        }
+        __syncthreads();
+        float sc = -INFINITY;
+        if (lane < nk) {
+            const float* qh = qs + w * hd;
+            const __half2* kr = reinterpret_cast<const __half2*>(ks + lane * kpitch);
+            float dot = 0.f;
+            for (int d2 = 0; d2 < hd / 2; ++d2) {
+                const float2 kf = __half22float2(kr[d2]);
+                dot = fmaf(qh[2 * d2], kf.x, dot);
+                dot = fmaf(qh[2 * d2 + 1], kf.y, dot);
+            }
+            sc = dot * p.scale;
+        }
+        const float mn = fmaxf(m, warp_max(sc));  // finite: the tile has a key
+        const float pr = lane < nk ? __expf(sc - mn) : 0.f;
+        const float corr = __expf(m - mn);        // 0 on the first tile (m = -inf)
+        l = l * corr + warp_sum(pr);
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) acc[i] *= corr;
+        for (int j = 0; j < nk; ++j) {
+            const float pj = __shfl_sync(0xffffffffu, pr, j);
+            const __half* vr = vs + j * hd;
+#pragma unroll
+            for (int i = 0; i < MAXD; ++i) {
+                const int d = lane + 32 * i;
+                if (d < hd) acc[i] = fmaf(pj, __half2float(vr[d]), acc[i]);
+            }
+        }
+        m = mn;
+    }
+    if (splits == 1) {
+        const float inv = 1.0f / l;
+        __half* o = p.out + ((long long)t * p.H + h) * hd;
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) o[d] = __float2half_rn(acc[i] * inv);
+        }
+    } else {
+        float* pp = p.part + (((long long)t * p.H + h) * splits + s) * (hd + 2);
+        if (lane == 0) {
+            pp[0] = m;
+            pp[1] = l;
+        }
+#pragma unroll
+        for (int i = 0; i < MAXD; ++i) {
+            const int d = lane + 32 * i;
+            if (d < hd) pp[2 + d] = acc[i];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
+    attn_fwd_body<false>(p, AttnRope{nullptr, nullptr});
+}
+extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope(const AttnParams p, const float2* __restrict__ rope,
+                                                                float* qkv) {
+    attn_fwd_body<true>(p, AttnRope{rope, qkv});
+}
+
+
+// Merges the split partials of attn_fwd: grid (H, T), out [T][H hd] fp16.
+// zero_q (attn_fwd_rope with several splits, else null): the raw q|k|v
+// rows (row pitch qkv_row floats), whose q heads every split read; block
+// (h, t) leaves head h of row t zero.
+extern "C" __global__ void attn_combine(const float* __restrict__ part, int splits, int H, int hd,
+                                        __half* __restrict__ out, float* __restrict__ zero_q, int qkv_row) {
+    griddep_wait();
+    griddep_launch_dependents();
+    const int h = blockIdx.x, t = blockIdx.y;
+    if (zero_q)
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) zero_q[(long long)t * qkv_row + (long long)h * hd + d] = 0.f;
+    const float* pp = part + ((long long)t * H + h) * splits * (hd + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, pp[s * (hd + 2)]);
+    float l = 0.f;
+    for (int s = 0; s < splits; ++s) {
+        const float ms = pp[s * (hd + 2)];
+        if (ms != -INFINITY) l += __expf(ms - mx) * pp[s * (hd + 2) + 1];
+    }
+    const float inv = 1.0f / l;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < splits; ++s) {
+            const float ms = pp[s * (hd + 2)];
+            if (ms != -INFINITY) v = fmaf(__expf(ms - mx), pp[s * (hd + 2) + 2 + d], v);
+        }
+        out[((long long)t * H + h) * hd + d] = __float2half_rn(v * inv);
+    }
+}
