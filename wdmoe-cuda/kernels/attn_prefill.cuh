@@ -194,6 +194,53 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
     }
 }
 
+// Q's A fragments (16 rows x HD) of this thread's rows r0 and r0 + 8 (chunk
+// indices; rows past T zero) from the fp32 rotated q of head h.
+template <int HD>
+__device__ __forceinline__ void attn_load_q(const AttnParams& p, int h, int r0, int r1, int c2,
+                                            uint32_t (&qa)[HD / 16][4]) {
+    const float* qr0 = p.q + ((long long)r0 * p.H + h) * HD;
+    const float* qr1 = p.q + ((long long)r1 * p.H + h) * HD;
+    const bool v0 = r0 < p.T, v1 = r1 < p.T;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        const int k = kk * 16 + c2;
+        float2 a = v0 ? *reinterpret_cast<const float2*>(qr0 + k) : make_float2(0.f, 0.f);
+        float2 b = v1 ? *reinterpret_cast<const float2*>(qr1 + k) : make_float2(0.f, 0.f);
+        float2 c = v0 ? *reinterpret_cast<const float2*>(qr0 + k + 8) : make_float2(0.f, 0.f);
+        float2 d = v1 ? *reinterpret_cast<const float2*>(qr1 + k + 8) : make_float2(0.f, 0.f);
+        qa[kk][0] = pack_half2(a.x, a.y);
+        qa[kk][1] = pack_half2(b.x, b.y);
+        qa[kk][2] = pack_half2(c.x, c.y);
+        qa[kk][3] = pack_half2(d.x, d.y);
+    }
+}
+
+// The warp's 16 output rows (o scaled by 1/l per row) as fp16, staged in
+// shared memory `os` (a [rows][KP] view, free after the last tile), then
+// stored in 16-byte pieces of whole rows: rows wr0.. < T of head h.
+template <int HD, int KP>
+__device__ __forceinline__ void attn_store_out(const AttnParams& p, int h, int warp, int lane, int g4, int c2,
+                                               int wr0, const float (&o)[HD / 8][4], float i0, float i1,
+                                               __half (*os)[KP]) {
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) {
+        const int d = dt * 8 + c2;
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4][d]) = __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
+        *reinterpret_cast<__half2*>(&os[warp * 16 + g4 + 8][d]) = __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int it = 0; it < HD / 16; ++it) {
+        const int c = lane + it * 32;
+        const int row = c / (HD / 8), d = (c % (HD / 8)) * 8;
+        const int r = wr0 + row;
+        if (r < p.T)
+            *reinterpret_cast<uint4*>(p.out + ((long long)r * p.H + h) * HD + d) =
+                *reinterpret_cast<const uint4*>(&os[warp * 16 + row][d]);
+    }
+}
+
 }  // namespace
 
 // PIPE 0: one K and one V buffer, interleaved (V(i) lands during S(i), K(i+1)
@@ -276,23 +323,7 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     const bool warp_live = wr0 < p.T;
     // Q's A fragments (16 rows x HD) from the fp32 rotated q, rows past T zero.
     uint32_t qa[HD / 16][4];
-    {
-        const float* qr0 = p.q + ((long long)r0 * p.H + h) * HD;
-        const float* qr1 = p.q + ((long long)r1 * p.H + h) * HD;
-        const bool v0 = r0 < p.T, v1 = r1 < p.T;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            const int k = kk * 16 + c2;
-            float2 a = v0 ? *reinterpret_cast<const float2*>(qr0 + k) : make_float2(0.f, 0.f);
-            float2 b = v1 ? *reinterpret_cast<const float2*>(qr1 + k) : make_float2(0.f, 0.f);
-            float2 c = v0 ? *reinterpret_cast<const float2*>(qr0 + k + 8) : make_float2(0.f, 0.f);
-            float2 d = v1 ? *reinterpret_cast<const float2*>(qr1 + k + 8) : make_float2(0.f, 0.f);
-            qa[kk][0] = pack_half2(a.x, a.y);
-            qa[kk][1] = pack_half2(b.x, b.y);
-            qa[kk][2] = pack_half2(c.x, c.y);
-            qa[kk][3] = pack_half2(d.x, d.y);
-        }
-    }
+    attn_load_q<HD>(p, h, r0, r1, c2, qa);
     float o[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -364,22 +395,7 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     // 16-byte pieces of whole rows.
     __syncthreads();  // every warp is done with the last tile
     __half(*os)[KP] = kv[0];
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; ++dt) {
-        const int d = dt * 8 + c2;
-        *reinterpret_cast<__half2*>(&os[warp * 16 + g4][d]) = __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
-        *reinterpret_cast<__half2*>(&os[warp * 16 + g4 + 8][d]) = __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
-    }
-    __syncwarp();
-#pragma unroll
-    for (int it = 0; it < HD / 16; ++it) {
-        const int c = lane + it * 32;
-        const int row = c / (HD / 8), d = (c % (HD / 8)) * 8;
-        const int r = wr0 + row;
-        if (r < p.T)
-            *reinterpret_cast<uint4*>(p.out + ((long long)r * p.H + h) * HD + d) =
-                *reinterpret_cast<const uint4*>(&os[warp * 16 + row][d]);
-    }
+    attn_store_out<HD, KP>(p, h, warp, lane, g4, c2, wr0, o, i0, i1, os);
 }
 
 // ---------------------------------------------------------------------------
@@ -521,23 +537,7 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
     const int w_hi_min = min(p.start + wr0, last);
     const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
     uint32_t qa[HD / 16][4];
-    {
-        const float* qr0 = p.q + ((long long)r0 * p.H + h) * HD;
-        const float* qr1 = p.q + ((long long)r1 * p.H + h) * HD;
-        const bool v0 = r0 < p.T, v1 = r1 < p.T;
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            const int k = kk * 16 + c2;
-            float2 a = v0 ? *reinterpret_cast<const float2*>(qr0 + k) : make_float2(0.f, 0.f);
-            float2 b = v1 ? *reinterpret_cast<const float2*>(qr1 + k) : make_float2(0.f, 0.f);
-            float2 c = v0 ? *reinterpret_cast<const float2*>(qr0 + k + 8) : make_float2(0.f, 0.f);
-            float2 d = v1 ? *reinterpret_cast<const float2*>(qr1 + k + 8) : make_float2(0.f, 0.f);
-            qa[kk][0] = pack_half2(a.x, a.y);
-            qa[kk][1] = pack_half2(b.x, b.y);
-            qa[kk][2] = pack_half2(c.x, c.y);
-            qa[kk][3] = pack_half2(d.x, d.y);
-        }
-    }
+    attn_load_q<HD>(p, h, r0, r1, c2, qa);
     float o[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -604,22 +604,7 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
     const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
     __syncthreads();  // every warp is done with the last tile
     __half(*os)[KP] = reinterpret_cast<__half(*)[KP]>(sgen);
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; ++dt) {
-        const int d = dt * 8 + c2;
-        *reinterpret_cast<__half2*>(&os[warp * 16 + g4][d]) = __floats2half2_rn(o[dt][0] * i0, o[dt][1] * i0);
-        *reinterpret_cast<__half2*>(&os[warp * 16 + g4 + 8][d]) = __floats2half2_rn(o[dt][2] * i1, o[dt][3] * i1);
-    }
-    __syncwarp();
-#pragma unroll
-    for (int it = 0; it < HD / 16; ++it) {
-        const int c = lane + it * 32;
-        const int row = c / (HD / 8), d = (c % (HD / 8)) * 8;
-        const int r = wr0 + row;
-        if (r < p.T)
-            *reinterpret_cast<uint4*>(p.out + ((long long)r * p.H + h) * HD + d) =
-                *reinterpret_cast<const uint4*>(&os[warp * 16 + row][d]);
-    }
+    attn_store_out<HD, KP>(p, h, warp, lane, g4, c2, wr0, o, i0, i1, os);
 }
 #endif  // sm_90a
 

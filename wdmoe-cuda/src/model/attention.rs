@@ -39,6 +39,36 @@ impl AttnDims {
         g * self.head_dim * 4 + ATTN_TILE * (self.head_dim + 2) * 2 + ATTN_TILE * self.head_dim * 2
     }
 
+    /// The attention kernels' parameters for `t` queries at `start..`
+    /// (`q`: their address), this layer's cache, the split workspace and
+    /// the output (checked by the caller).
+    fn params(
+        &self,
+        q: u64,
+        (k_cache, v_cache): (&DeviceSlice<f16>, &DeviceSlice<f16>),
+        (part, out): (&DeviceSlice<f32>, &DeviceSlice<f16>),
+        t: usize,
+        start: usize,
+        split_len: usize,
+    ) -> AttnParams {
+        AttnParams {
+            q,
+            k_cache: addr(k_cache),
+            v_cache: addr(v_cache),
+            part: addr(part),
+            out: addr(out),
+            t: t as i32,
+            start: start as i32,
+            h: self.heads as i32,
+            kvh: self.kv_heads as i32,
+            hd: self.head_dim as i32,
+            max_seq: self.max_seq as i32,
+            window: self.window as i32,
+            split_len: split_len as i32,
+            scale: (self.head_dim as f32).powf(-0.5),
+        }
+    }
+
     pub(crate) fn qkv_width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
@@ -269,22 +299,14 @@ pub(crate) fn attention(
     let g = h / dims.kv_heads;
     let smem = dims.smem_bytes() as u32;
     let p = AttnArg {
-        p: AttnParams {
-            q: addr(q),
-            k_cache: addr(k_cache),
-            v_cache: addr(v_cache),
-            part: addr(part),
-            out: addr(out),
-            t: t as i32,
-            start: start as i32,
-            h: h as i32,
-            kvh: dims.kv_heads as i32,
-            hd: hd as i32,
-            max_seq: dims.max_seq as i32,
-            window: dims.window as i32,
-            split_len: split_len as i32,
-            scale: (hd as f32).powf(-0.5),
-        },
+        p: dims.params(
+            addr(q),
+            (k_cache, v_cache),
+            (part, out),
+            t,
+            start,
+            split_len,
+        ),
     };
     if let Some(name) = prefill_attention_kernel(t, hd) {
         // SAFETY: attn_prefill_hHD(AttnParams) takes the struct by value
@@ -421,22 +443,14 @@ pub(crate) fn rope_attention_decode(
         }
     }
     let p = AttnRopeArgs {
-        p: AttnParams {
-            q: addr(qkv),
-            k_cache: addr(k_cache),
-            v_cache: addr(v_cache),
-            part: addr(part),
-            out: addr(out),
-            t: 1,
-            start: start as i32,
-            h: h as i32,
-            kvh: dims.kv_heads as i32,
-            hd: hd as i32,
-            max_seq: dims.max_seq as i32,
-            window: dims.window as i32,
-            split_len: split_len as i32,
-            scale: (hd as f32).powf(-0.5),
-        },
+        p: dims.params(
+            addr(qkv),
+            (k_cache, v_cache),
+            (part, out),
+            1,
+            start,
+            split_len,
+        ),
         rope: addr(rope),
         qkv: addr(qkv),
     };
