@@ -275,16 +275,25 @@ impl GpuBackend {
             });
         }
         let mut lat = vec![f64::NAN; layers * e];
-        if let Some((pos, l0)) = self.ahead_lat.take() {
-            if pos == start {
-                lat[..e].copy_from_slice(&l0);
-            }
-        }
+        // This position's first-layer latencies, drawn in the call before
+        // (for the step the model enqueued ahead): if the model discarded
+        // that step and asks again, they are given again, not drawn again,
+        // so every (position, layer) is drawn once and in order.
+        let drawn0 = self
+            .ahead_lat
+            .take()
+            .filter(|(pos, _)| *pos == start)
+            .map(|(_, l0)| l0);
         let mut next0 = None;
         let mut failed = None;
         let r = self
             .model
             .decode_greedy(token, &moe.policy, &mut |p, l, out| {
+                if let Some(l0) = drawn0.as_ref().filter(|_| (p, l) == (start, 0)) {
+                    out.copy_from_slice(l0);
+                    lat[..e].copy_from_slice(l0);
+                    return Ok(());
+                }
                 if let Err(err) = latency.latency_s(p, l, out) {
                     let detail = err.to_string();
                     failed = Some(err);
@@ -300,12 +309,26 @@ impl GpuBackend {
                 }
                 Ok(())
             });
-        let r = match (r, failed) {
-            (Ok(r), _) => r,
-            (Err(_), Some(err)) => return Err(err),
-            (Err(err), None) => return Err(err.into()),
+        let r = match r {
+            Ok(r) => r,
+            Err(err) => {
+                // The step did not happen: a retry gets the same draw.
+                self.ahead_lat = drawn0.map(|l0| (start, l0));
+                return Err(failed.unwrap_or_else(|| err.into()));
+            }
         };
+        if let Some(l0) = drawn0.filter(|_| lat[0].is_nan()) {
+            // The step ran ahead (its first layer never asked again).
+            lat[..e].copy_from_slice(&l0);
+        }
         self.ahead_lat = next0;
+        if lat.iter().any(|x| x.is_nan()) {
+            return Err(wdmoe_cuda::Error::Shape {
+                op: "GpuBackend::decode_greedy",
+                detail: format!("the latencies of a layer of position {start} were never drawn"),
+            }
+            .into());
+        }
         let id = r.argmax.ok_or_else(|| ModelError::NonFinite {
             what: "the argmax of the last logits".into(),
         })?;
