@@ -151,10 +151,14 @@ impl DecodeConfig {
             },
             DownLayout::Pairs32 => DecodeConfig {
                 gate_up,
-                // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size
-                // (`WDMOE_DOWN_SHAPE=warps,unroll,warps_per_sm`, read once:
-                // comparisons).
-                down: down_shape_env().map_or(down(32, 8, 8), |(w, u, wps)| {
+                // 32-row tiles with ~8 warps per SM: 1 split at Mixtral size;
+                // unroll 4 (8 before run A8: in the whole model's decode
+                // 0.01-0.07 ms per token slower in 5 of 5 in-call pairs on
+                // an H200; every GPU test passes with 4, run A8; the
+                // isolated layer step was not re-timed).
+                // `WDMOE_DOWN_SHAPE=warps,unroll,warps_per_sm`, read once:
+                // comparisons.
+                down: down_shape_env().map_or(down(32, 4, 8), |(w, u, wps)| {
                     KernelConfig::auto(sm, (m / 32).max(1), m_h / 16, w, u, wps)
                 }),
                 // 9-16 tokens: two row units per warp (one token-fragment
