@@ -69,6 +69,18 @@ impl AttnDims {
         }
     }
 
+    /// Key splits of `t` queries at `start..` and the keys per split: the
+    /// token range's keys (the last `window` positions with a window), cut
+    /// as [`attn_splits`] says.
+    pub(crate) fn splits(&self, start: usize, t: usize) -> (usize, usize) {
+        let keys = match self.window {
+            0 => start + t,
+            w => (start + t).min(w),
+        };
+        let splits = attn_splits(t, keys);
+        (splits, keys.div_ceil(splits))
+    }
+
     pub(crate) fn qkv_width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
@@ -289,12 +301,7 @@ pub(crate) fn attention(
     let cache = dims.kv_heads * dims.max_seq * hd;
     need(OP, "k_cache", k_cache.len(), cache)?;
     need(OP, "v_cache", v_cache.len(), cache)?;
-    let keys = match dims.window {
-        0 => start + t,
-        w => (start + t).min(w),
-    };
-    let splits = attn_splits(t, keys);
-    let split_len = keys.div_ceil(splits);
+    let (splits, split_len) = dims.splits(start, t);
     need(OP, "part", part.len(), attn_part_len(t, h, hd, splits))?;
     let g = h / dims.kv_heads;
     let smem = dims.smem_bytes() as u32;
@@ -430,12 +437,7 @@ pub(crate) fn rope_attention_decode(
     let cache = dims.kv_heads * dims.max_seq * hd;
     need(OP, "k_cache", k_cache.len(), cache)?;
     need(OP, "v_cache", v_cache.len(), cache)?;
-    let keys = match dims.window {
-        0 => start + 1,
-        w => (start + 1).min(w),
-    };
-    let splits = attn_splits(1, keys);
-    let split_len = keys.div_ceil(splits);
+    let (splits, split_len) = dims.splits(start, 1);
     need(OP, "part", part.len(), attn_part_len(1, h, hd, splits))?;
     kernel_params! {
         struct AttnRopeArgs {

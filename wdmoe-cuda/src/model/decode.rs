@@ -93,7 +93,9 @@ impl GpuModel {
             .and_then(|()| self.chunk_tail(&c, Some(0..1), true));
         // The next step, behind this one: its first layers' MoE steps may
         // be enqueued once this step's are completed (checked).
-        let r = r.and_then(|()| self.chunk_check(&mut c, AHEAD_LAYERS, policy));
+        if r.is_ok() {
+            self.chunk_check(&mut c, AHEAD_LAYERS, policy);
+        }
         let mut next_err = None;
         if r.is_ok() && self.pipeline && start + 2 <= self.dims.max_seq {
             match self.enqueue_ahead(start + 1, ev ^ 1, policy, latency) {

@@ -380,9 +380,7 @@ impl GpuModel {
             // 32 checks left the GPU idle), and the host never runs far
             // ahead of it.
             if let Some(b) = l.checked_sub(CHECK_LAG).filter(|_| self.overlap_checks) {
-                if c.done[b].is_none() && self.layers[b].moe.is_pending() {
-                    c.done[b] = Some(self.layers[b].moe.complete(policy, &c.lat[b]));
-                }
+                self.check_layer(c, b, policy);
             }
         }
         Ok(())
@@ -443,18 +441,17 @@ impl GpuModel {
     /// are still pending (with the checks overlapped, those of all but the
     /// last [`CHECK_LAG`] layers are done already); their errors stay in
     /// the chunk for [`GpuModel::chunk_complete`].
-    pub(super) fn chunk_check(
-        &mut self,
-        c: &mut Chunk,
-        upto: usize,
-        policy: &Policy<f64>,
-    ) -> Result<()> {
+    pub(super) fn chunk_check(&mut self, c: &mut Chunk, upto: usize, policy: &Policy<f64>) {
         for l in 0..upto.min(c.done.len()) {
-            if c.done[l].is_none() && self.layers[l].moe.is_pending() {
-                c.done[l] = Some(self.layers[l].moe.complete(policy, &c.lat[l]));
-            }
+            self.check_layer(c, l, policy);
         }
-        Ok(())
+    }
+
+    /// Completes layer `l`'s step of the chunk if it is still pending.
+    fn check_layer(&mut self, c: &mut Chunk, l: usize, policy: &Policy<f64>) {
+        if c.done[l].is_none() && self.layers[l].moe.is_pending() {
+            c.done[l] = Some(self.layers[l].moe.complete(policy, &c.lat[l]));
+        }
     }
 
     /// Completes the chunk's steps not yet checked (each layer's, even after

@@ -185,11 +185,7 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         true,
     )
     .unwrap();
-    let keys = match dims.window {
-        0 => start + t,
-        w => (start + t).min(w),
-    };
-    let splits = attention::attn_splits(t, keys);
+    let (splits, _) = dims.splits(start, t);
     let mut part = gpu
         .alloc::<f32>(attention::attn_part_len(t, h, hd, splits))
         .unwrap();
