@@ -19,4 +19,13 @@ __device__ __forceinline__ void griddep_wait() {
 #endif
 }
 
+// A 16-byte read-only load that ptxas keeps where it is written (asm
+// volatile statements keep their order): a batch of them is in flight
+// before the first use, where plain loads could be sunk to their uses.
+__device__ __forceinline__ uint4 ld_nc_v4(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
 }  // namespace

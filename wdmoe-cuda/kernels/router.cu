@@ -183,22 +183,40 @@ extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __ha
     float acc[ROUTER_ROWS_MAX_E];
 #pragma unroll
     for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) acc[q] = 0.f;
-    for (int c = lane; c < nc; c += 32) {
-        const uint4 xv = __ldg(xr + c);
-        const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-        float2 xf[4];
+    // B chunks of 16 bytes per lane and round, every load of a round (x and
+    // the rows of G) issued before the first product: a token costs m / 512
+    // memory round trips (the loop that loaded G one expert at a
+    // time, a `break` among its loads, ran 128 tokens in 51 µs on an H200
+    // under ncu, run B1). The chunks are summed in the same order as before.
+    constexpr int B = 2;
+    for (int c0 = lane; c0 < nc; c0 += 32 * B) {
+        uint4 xv[B], gv[B][ROUTER_ROWS_MAX_E];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) xf[j] = __half22float2(xh[j]);
+        for (int b = 0; b < B; ++b) {
+            // Unconditional loads (clamped in range; a chunk past the row
+            // counts as x = 0, rows q >= e give sums nobody reads): no
+            // branch between them.
+            const int c = c0 + 32 * b, cc = min(c, nc - 1);
+            const uint4 xl = ld_nc_v4(xr + cc);
+            xv[b] = c < nc ? xl : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-        for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) {
-            if (q >= e) break;
-            const uint4 gv = __ldg(g4 + (size_t)q * nc + c);
-            const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+            for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) gv[b][q] = ld_nc_v4(g4 + (size_t)min(q, e - 1) * nc + cc);
+        }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float2 gf = __half22float2(gh[j]);
-                acc[q] = fmaf(xf[j].x, gf.x, acc[q]);
-                acc[q] = fmaf(xf[j].y, gf.y, acc[q]);
+        for (int b = 0; b < B; ++b) {
+            const __half2* xh = reinterpret_cast<const __half2*>(&xv[b]);
+            float2 xf[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) xf[j] = __half22float2(xh[j]);
+#pragma unroll
+            for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) {
+                const __half2* gh = reinterpret_cast<const __half2*>(&gv[b][q]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float2 gf = __half22float2(gh[j]);
+                    acc[q] = fmaf(xf[j].x, gf.x, acc[q]);
+                    acc[q] = fmaf(xf[j].y, gf.y, acc[q]);
+                }
             }
         }
     }

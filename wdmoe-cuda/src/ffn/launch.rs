@@ -58,6 +58,96 @@ kernel_params! {
     }
 }
 
+/// The residual row a fused-norm GEMV normalizes itself (`NormIn` in
+/// kernels/ffn_decode.cu): `x = w ⊙ r / sqrt(mean(r²) + eps)` with
+/// `r = resid + add` (`add` 0: none), `d` elements, summed as
+/// add_rmsnorm's `bd`-thread block sums them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct NormIn {
+    pub(crate) resid: u64,
+    pub(crate) add: u64,
+    pub(crate) w: u64,
+    pub(crate) eps: f32,
+    pub(crate) d: i32,
+    pub(crate) bd: i32,
+}
+
+kernel_params! {
+    /// Parameters of `gemv_plain_norm_nt1_u8`: the gemv_* parameter list
+    /// as one struct (`GemvArgs`), then the row to normalize.
+    pub(crate) struct GemvNormParams {
+        g: GemvParams,
+        nin: NormIn,
+    }
+}
+
+/// Most elements of the row a fused-norm GEMV normalizes (16 per thread of
+/// its 256: NORM_PER_THREAD in the kernel).
+pub(crate) const NORM_MAX_D: usize = 16 * 256;
+
+/// Whether [`launch_gemv_norm`] takes a decode GEMV of this shape and `k`:
+/// one token on the plain 16-row packing, 8 warps, unroll 8, and a row of
+/// at most [`NORM_MAX_D`].
+pub(crate) fn norm_fusable(cfg: &KernelConfig, k: usize) -> bool {
+    cfg.warps == 8 && cfg.unroll == 8 && cfg.rows <= 1 && k <= NORM_MAX_D && k % 16 == 0
+}
+
+/// [`launch_gemv`] of one token (`g.t` = 1, plain packing, `g.x` unused)
+/// whose x each block makes from `nin` (the fused RMSNorm).
+pub(crate) fn launch_gemv_norm(
+    gpu: &Gpu,
+    ws: &mut FfnWorkspace,
+    g: Gemv,
+    nin: NormIn,
+    cfg: &KernelConfig,
+) -> Result<()> {
+    debug_assert!(g.t == 1 && g.kind == Kind::Plain && norm_fusable(cfg, g.k));
+    debug_assert!(nin.d as usize == g.k);
+    let geo = geometry(g.kind, g.t, g.k_major, g.k, g.n, cfg);
+    let Dest::Combine { acc, ldo } = g.dest else {
+        unreachable!("the fused-norm GEMV adds (Dest::Combine)");
+    };
+    let params = GemvNormParams {
+        g: GemvParams {
+            w: g.w,
+            x: 0,
+            ldx: 0,
+            toks: g.toks,
+            t: 1,
+            k_tiles: geo.k_tiles,
+            rt_stride: geo.rt_stride,
+            kt_stride: geo.kt_stride,
+            splits: geo.splits,
+            partial: addr(&ws.partial),
+            counters: addr(&ws.counters),
+            out: 0,
+            ldo,
+            out_acc: acc,
+            n_rows: g.n as i32,
+        },
+        nin,
+    };
+    // The warp-reduction buffer, then the normalized row (k halves).
+    let shared = geo.shared + (g.k * 2) as u32;
+    // SAFETY: gemv_plain_norm_nt1_u8(GemvArgs, NormIn) = GemvNormParams
+    // (GemvArgs mirrors GemvParams field by field, NormIn mirrors NormIn).
+    // As launch_gemv's launch with T = 1 and x unread; the callers checked
+    // W (n/16 x k/16 packed tiles), the destination (n elements), and that
+    // resid, w (and add, unless 0) hold d = k <= NORM_MAX_D floats; 256
+    // threads (cfg.warps 8); `shared` bytes = the reduction buffer plus k
+    // fp16 of the normalized row (<= 8 KB).
+    unsafe {
+        gpu.launch(
+            &gpu.ffn,
+            "gemv_plain_norm_nt1_u8",
+            Shape::new(geo.grid, geo.block).shared(shared).pdl(true),
+            params,
+            || format!("k={} n={} cfg={cfg:?} fused norm", g.k, g.n),
+        )
+    }
+}
+
 kernel_params! {
     /// Parameters of the `slot_*` kernels (kernels/ffn_decode.cu).
     pub(crate) struct SlotParams {

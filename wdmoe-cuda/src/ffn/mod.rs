@@ -269,6 +269,88 @@ pub fn ffn_stage(
     launch_gemv(gpu, ws, g, cfg)
 }
 
+/// [`gemv_packed_acc`] of one token whose x is the RMSNorm of a residual
+/// row, made by every block of the kernel itself (the decode q|k|v
+/// projection: no norm kernel before it): `y[r] += Σ_k W[r][k] · x[k]`,
+/// `x = w ⊙ r / sqrt(mean(r²) + eps)` in fp16, `r = resid + add` (nothing
+/// written back). `bd` is the block size of the model's norm kernel for
+/// this row length (256 or 1024): x is then the same bits as that kernel's
+/// output. Needs [`norm_fusable`] (`cfg`, W's columns).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_packed_norm_acc(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    resid: &DeviceSlice<f32>,
+    add: Option<&DeviceSlice<f32>>,
+    norm_w: &DeviceSlice<f32>,
+    eps: f32,
+    bd: u32,
+    y: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &KernelConfig,
+) -> Result<()> {
+    const OP: &str = "gemv_packed_norm_acc";
+    cfg.check(OP)?;
+    let (n, k) = (w.rows, w.cols);
+    if !norm_fusable(cfg, k) || !(bd == 256 || bd == 1024) {
+        return Err(shape(
+            OP,
+            format!("k={k} (<= {NORM_MAX_D}, % 16 == 0), cfg={cfg:?} (8 warps, unroll 8), bd={bd}"),
+        ));
+    }
+    let short = |have: usize| have < k;
+    if short(resid.len())
+        || short(norm_w.len())
+        || add.is_some_and(|a| short(a.len()))
+        || y.len() < n
+    {
+        return Err(shape(
+            OP,
+            format!(
+                "W {n} x {k}: resid {}, norm weights {}, add {:?}, y {} elements",
+                resid.len(),
+                norm_w.len(),
+                add.map(|a| a.len()),
+                y.len()
+            ),
+        ));
+    }
+    if n / 16 > ws.counters.len() {
+        return Err(shape(
+            OP,
+            format!(
+                "W has {n} rows, the workspace holds {} row tiles",
+                ws.counters.len()
+            ),
+        ));
+    }
+    check_align(OP, "y", addr(y), 4)?;
+    let g = Gemv {
+        w: addr(&w.buf),
+        k_major: true,
+        kind: Kind::Plain,
+        x: 0,
+        ldx: 0,
+        toks: TokList::default(),
+        t: 1,
+        k,
+        n,
+        dest: Dest::Combine {
+            acc: addr(y),
+            ldo: n as i32,
+        },
+    };
+    let nin = NormIn {
+        resid: addr(resid),
+        add: add.map_or(0, addr),
+        w: addr(norm_w),
+        eps,
+        d: k as i32,
+        bd: bd as i32,
+    };
+    launch_gemv_norm(gpu, ws, g, nin, cfg)
+}
+
 /// `y[i][r] += Σ_k W[r][k] · x[i][k]` for `t` ≤ [`MAX_DECODE_TOKENS`]
 /// rows of `x` (`[t][k]` fp16, 16-byte aligned) through the decode GEMV
 /// kernels on a [`PackedMatrix`] (the model's attention projections at

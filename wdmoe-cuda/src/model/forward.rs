@@ -253,6 +253,7 @@ impl GpuModel {
         let qkvw = self.shape.qkv_width();
         let eps = self.shape.rms_eps as f32;
         let gpu = self.gpu.clone();
+        let norm_fused = self.decode_norm_fused();
         for l in c.done.len()..upto {
             let t_layer = std::time::Instant::now();
             let mut lat = vec![0.0f64; n * e];
@@ -260,43 +261,70 @@ impl GpuModel {
             let (before, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
             let add = before.last().map(|p| p.moe.output_dev());
-            kernels::add_rmsnorm(
-                &gpu,
-                &mut self.resid,
-                add,
-                &layer.attn_norm,
-                eps,
-                n,
-                m,
-                &mut self.h,
-                m,
-            )?;
-            // Prompt chunks store their projections (a store is cheaper than
-            // the GEMM's atomic adds, and RoPE then need not zero what it
-            // read); decode steps' GEMV kernels add into a zero buffer
-            // (decode RoPE leaves it so).
-            let prompt = n > kernels::GEMV_MAX_TOKENS;
-            if self.qkv_dirty && !prompt {
+            // Chunks of PROJ_STORE_MIN_TOKENS or more store their
+            // projections (a store is cheaper than the GEMM's atomic adds,
+            // and RoPE then need not zero what it read); shorter ones add
+            // into a zero buffer (RoPE leaves it so): decode steps' GEMV
+            // kernels, and short prompts' GEMMs, whose k slices then fill
+            // the GPU.
+            let store = n >= kernels::PROJ_STORE_MIN_TOKENS;
+            if self.qkv_dirty && !store {
                 gpu.fill_u16(&mut self.qkv, 0)?;
             }
             self.qkv_dirty = true;
-            kernels::project(
-                &gpu,
-                &layer.wqkv,
-                packed(
+            // A decode step's q|k|v GEMV normalizes resid + add itself (no
+            // norm kernel before it); the residual then takes `add` at the
+            // MoE norm instead of here.
+            let fused_norm = n == 1 && norm_fused;
+            if fused_norm {
+                let p = packed(
                     layer.wqkv_p.as_ref(),
                     &mut self.proj_ws,
                     &self.qkv_cfg,
                     self.packed_decode,
-                ),
-                &self.h,
-                m,
-                qkvw,
-                n,
-                &mut self.qkv,
-                qkvw,
-                !prompt,
-            )?;
+                )
+                .ok_or_else(|| shape("GpuModel::forward", "no q|k|v packing".into()))?;
+                kernels::project_normed(
+                    &gpu,
+                    p,
+                    &self.resid,
+                    add,
+                    &layer.attn_norm,
+                    eps,
+                    m,
+                    &mut self.qkv,
+                )?;
+            }
+            if !fused_norm {
+                kernels::add_rmsnorm(
+                    &gpu,
+                    &mut self.resid,
+                    add,
+                    &layer.attn_norm,
+                    eps,
+                    n,
+                    m,
+                    &mut self.h,
+                    m,
+                )?;
+                kernels::project(
+                    &gpu,
+                    &layer.wqkv,
+                    packed(
+                        layer.wqkv_p.as_ref(),
+                        &mut self.proj_ws,
+                        &self.qkv_cfg,
+                        self.packed_decode,
+                    ),
+                    &self.h,
+                    m,
+                    qkvw,
+                    n,
+                    &mut self.qkv,
+                    qkvw,
+                    !store,
+                )?;
+            }
             if n == 1 && self.fused_rope {
                 attention::rope_attention_decode(
                     &gpu,
@@ -320,7 +348,7 @@ impl GpuModel {
                     &mut self.q,
                     &mut layer.k_cache,
                     &mut layer.v_cache,
-                    !prompt,
+                    !store,
                 )?;
                 attention::attention(
                     &gpu,
@@ -334,11 +362,11 @@ impl GpuModel {
                     &mut self.attn,
                 )?;
             }
-            self.qkv_dirty = prompt;
-            // o: a decode step's GEMV adds into the residual; a prompt
-            // chunk's GEMM stores into the free q buffer, which the norm
-            // adds.
-            let o_out = if prompt { &mut self.q } else { &mut self.resid };
+            self.qkv_dirty = store;
+            // o: a decode step's GEMV or a short chunk's GEMM adds into the
+            // residual; a long chunk's GEMM stores into the free q buffer,
+            // which the norm adds.
+            let o_out = if store { &mut self.q } else { &mut self.resid };
             kernels::project(
                 &gpu,
                 &layer.wo,
@@ -354,12 +382,17 @@ impl GpuModel {
                 n,
                 o_out,
                 m,
-                !prompt,
+                !store,
             )?;
+            let moe_add = if fused_norm {
+                add
+            } else {
+                store.then_some(&*self.q)
+            };
             kernels::add_rmsnorm(
                 &gpu,
                 &mut self.resid,
-                prompt.then_some(&*self.q),
+                moe_add,
                 &layer.moe_norm,
                 eps,
                 n,

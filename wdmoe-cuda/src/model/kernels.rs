@@ -16,6 +16,14 @@ use crate::runtime::{addr, Gpu};
 /// Most tokens one GEMV launch multiplies (the kernel's largest template).
 pub const GEMV_MAX_TOKENS: usize = 16;
 
+/// Tokens from which a chunk's attention projections store their output
+/// (the packed GEMM's tiles alone then give the GPU about two waves or
+/// more); shorter chunks add into a zeroed buffer (q|k|v) or the residual
+/// (o), so that the GEMM can split k across the SMs: at 128 tokens the
+/// stored GEMM ran 1.45 waves of 1 MB weight tiles, 44 µs per projection
+/// on an H200 (run B1), where its reads take 12.
+pub(crate) const PROJ_STORE_MIN_TOKENS: usize = 512;
+
 pub(super) fn need(op: &'static str, what: &str, have: usize, want: usize) -> Result<()> {
     if have < want {
         return Err(shape(
@@ -108,13 +116,7 @@ pub(crate) fn add_rmsnorm(
         out: addr(out),
         out_stride: i32_of(OP, "out_stride", out_stride)?,
     };
-    // Many rows: 256 threads of 16 elements each (add_rmsnorm_rows); a
-    // few: one block's latency is the cost, 1024 threads of 8 at d = 4096.
-    let (name, threads) = if n >= NORM_ROWS_MIN {
-        ("add_rmsnorm_rows", 256)
-    } else {
-        ("add_rmsnorm", if d >= 4096 { 1024 } else { 256 })
-    };
+    let (name, threads) = norm_kernel(n, d);
     // SAFETY: add_rmsnorm[_rows](float*, const float*, const float*, float,
     // int, half*, int) = AddRmsnorm; block t < n touches resid/add rows t
     // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked);
@@ -128,6 +130,42 @@ pub(crate) fn add_rmsnorm(
             || format!("n={n} d={d}"),
         )
     }
+}
+
+/// add_rmsnorm's kernel and block size for `n` rows of `d`: many rows, 256
+/// threads of 16 elements each (add_rmsnorm_rows); a few, where one block's
+/// latency is the cost, 1024 threads of 8 at d = 4096.
+pub(super) fn norm_kernel(n: usize, d: usize) -> (&'static str, u32) {
+    if n >= NORM_ROWS_MIN {
+        ("add_rmsnorm_rows", 256)
+    } else {
+        ("add_rmsnorm", if d >= 4096 { 1024 } else { 256 })
+    }
+}
+
+/// One token's `y += W · add_rmsnorm(resid + add)` with the norm made
+/// inside the decode GEMV on W's packing (no kernel of its own, nothing
+/// written back; x the same bits as [`add_rmsnorm`]'s). Needs
+/// [`crate::ffn::norm_fusable`] for the packing's decode shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn project_normed(
+    gpu: &Gpu,
+    p: Packed<'_>,
+    resid: &DeviceSlice<f32>,
+    add: Option<&DeviceSlice<f32>>,
+    norm_w: &DeviceSlice<f32>,
+    eps: f32,
+    d: usize,
+    y: &mut DeviceSlice<f32>,
+) -> Result<()> {
+    if p.w.cols() != d {
+        return Err(shape(
+            "model::project_normed",
+            format!("W has {} columns, the row {d}", p.w.cols()),
+        ));
+    }
+    let (_, bd) = norm_kernel(1, d);
+    crate::ffn::gemv_packed_norm_acc(gpu, p.w, resid, add, norm_w, eps, bd, y, p.ws, &p.cfg.down)
 }
 
 /// `y[t][0..N) (+)= W x[t]` for `t < T` (at most [`GEMV_MAX_TOKENS`] per
