@@ -211,6 +211,9 @@ pub struct GpuModel {
     /// Decode tokens run RoPE inside the attention kernel (default; see
     /// [`fused_rope_default`]).
     fused_rope: bool,
+    /// Decode tokens' attention merges its key splits in a thread-block
+    /// cluster where it can (default; see [`cluster_attention_default`]).
+    cluster_attn: bool,
     /// `qkv` may hold values: a prompt chunk's (its projection stores, its
     /// RoPE leaves them), or a call failed between a decode step's q|k|v
     /// projection, which accumulates, and its RoPE, which leaves it zero.
@@ -375,6 +378,15 @@ impl GpuModel {
         self.fused_rope = on;
     }
 
+    /// Whether a decode token's fused-RoPE attention merges its key splits
+    /// inside the attention kernel, one thread-block cluster per KV head
+    /// (default true; where it can: 2 to 8 splits on the sm_90a cubin), or
+    /// in `attn_combine` after it (false; for comparisons: the same bits).
+    #[doc(hidden)]
+    pub fn set_cluster_attention(&mut self, on: bool) {
+        self.cluster_attn = on;
+    }
+
     /// Test hook: every layer's device policy uses top-1, so its plans
     /// differ from wdmoe-core's (exercises the re-run of a chunk).
     #[doc(hidden)]
@@ -401,6 +413,13 @@ fn packed_decode_default() -> bool {
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("WDMOE_FUSED_ROPE").map_or(true, |v| v != "0"))
+}
+
+/// Whether decode attention merges its splits in a cluster (default) or
+/// in `attn_combine` (`WDMOE_ATTN_CLUSTER=0`, read once: comparisons).
+fn cluster_attention_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WDMOE_ATTN_CLUSTER").map_or(true, |v| v != "0"))
 }
 
 fn shape_err(detail: String) -> Error {
