@@ -12,7 +12,10 @@
 // it. Split s takes keys [lo + s·split_len, lo + (s+1)·split_len) of the
 // token's range [lo, pos]; with one split the kernel writes the output
 // (fp16, [T][H hd]); with more it writes (max, sum, acc[hd]) partials
-// that attn_combine merges. Online softmax in fp32; hd even, hd <= 256.
+// that attn_combine merges, or (attn_fwd_rope_cluster, sm_90) the splits
+// of a KV head are one thread-block cluster that merges them itself, as
+// attn_combine would (attn_cluster_merge). Online softmax in fp32; hd
+// even, hd <= 256.
 constexpr int ATT_TILE = 32;
 constexpr int ATT_MAX_HD = 256;
 
@@ -36,13 +39,130 @@ struct AttnParams {
 // their latency hides behind its tail. The row is consumed as rope_kv
 // consumes it (left zero for the next projection to accumulate into): k
 // and v by the block that reads them, q by that block with one split, else
-// by attn_combine (all splits read it).
+// by attn_combine or the cluster's merge (all splits read it).
 struct AttnRope {
     const float2* rope;  // [positions][hd/2] (cos, sin)
     float* qkv;          // the row q points at, writable (zeroed once read)
 };
 
-template <bool ROPE>
+// Thread-block clusters (sm_90; the compute_80 PTX has none, and never
+// launches attn_fwd_rope_cluster): a shared-memory address of this block
+// mapped into block `rank` of the cluster, a load from such an address, and
+// the two halves of the cluster-wide barrier (arrive with release, wait
+// with acquire: shared-memory accesses before a block's arrive happen
+// before every block's accesses after its wait; all threads of every block
+// take part).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t cluster_map(uint32_t smem, uint32_t rank) {
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ float ld_cluster(uint32_t a) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#endif
+
+// The most splits a cluster merges (8: the portable cluster size).
+constexpr int ATT_CLUSTER_MAX = 8;
+
+// attn_fwd_rope_cluster's merge (T = 1, splits = S, 2 <= S <=
+// ATT_CLUSTER_MAX blocks of one cluster, block rank s = split s): every
+// block leaves its G heads' partials (max, sum, acc[hd]) in its own shared
+// memory `pm` ([G][hd + 2] floats); after a cluster barrier each block
+// computes its share of the G·hd outputs (element e = s·blockDim + tid +
+// k·S·blockDim, at most hd/64 per thread) from the S blocks' partials, read
+// through distributed shared memory, with attn_combine's operations in
+// attn_combine's order (the same bits). It then arrives at the second
+// barrier (it has read its peers' shared memory) before its global stores,
+// so that the arrive's release does not wait for them: the outputs and its
+// share of the group's q heads in the raw q|k|v row, zeroed (every split
+// read them before the first barrier). Waiting on that second barrier
+// keeps the block's shared memory alive until its peers have read it.
+__device__ __forceinline__ void attn_cluster_merge(const AttnParams& p, const AttnRope& r, float* pm, float m,
+                                                   float l, const float* acc) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int MAXD = ATT_MAX_HD / 32;
+    constexpr int MAXE = ATT_MAX_HD / 64;  // G hd outputs over >= 2 blocks of G warps
+    const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, s = blockIdx.z, S = gridDim.z;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float* pw = pm + w * (hd + 2);
+    if (lane == 0) {
+        pw[0] = m;
+        pw[1] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < MAXD; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) pw[2 + d] = acc[i];
+    }
+    cluster_arrive();
+    cluster_wait();
+    const int n = G * hd, e0 = s * blockDim.x + threadIdx.x, stride = S * blockDim.x;
+    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(pm));
+    uint32_t peer[ATT_CLUSTER_MAX];
+#pragma unroll
+    for (int j = 0; j < ATT_CLUSTER_MAX; ++j)
+        if (j < S) peer[j] = cluster_map(base, j);
+    __half res[MAXE];
+#pragma unroll
+    for (int k = 0; k < MAXE; ++k) {
+        const int e = e0 + k * stride;
+        if (e < n) {
+            const int hh = e / hd, d = e % hd;
+            const uint32_t off = hh * (hd + 2) * 4;
+            // The 3 S loads first: one distributed-shared-memory round trip.
+            float ms[ATT_CLUSTER_MAX], ls[ATT_CLUSTER_MAX], as[ATT_CLUSTER_MAX];
+#pragma unroll
+            for (int j = 0; j < ATT_CLUSTER_MAX; ++j)
+                if (j < S) {
+                    ms[j] = ld_cluster(peer[j] + off);
+                    ls[j] = ld_cluster(peer[j] + off + 4);
+                    as[j] = ld_cluster(peer[j] + off + 8 + 4 * d);
+                }
+            // attn_combine's arithmetic, split by split in order.
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < ATT_CLUSTER_MAX; ++j)
+                if (j < S) mx = fmaxf(mx, ms[j]);
+            float lsum = 0.f;
+#pragma unroll
+            for (int j = 0; j < ATT_CLUSTER_MAX; ++j)
+                if (j < S && ms[j] != -INFINITY) lsum += __expf(ms[j] - mx) * ls[j];
+            const float inv = 1.0f / lsum;
+            float v = 0.f;
+#pragma unroll
+            for (int j = 0; j < ATT_CLUSTER_MAX; ++j)
+                if (j < S && ms[j] != -INFINITY) v = fmaf(__expf(ms[j] - mx), as[j], v);
+            res[k] = __float2half_rn(v * inv);
+        }
+    }
+    cluster_arrive();
+    float* qrow = r.qkv + (long long)kvh * G * hd;
+    __half* o = p.out + (long long)kvh * G * hd;
+#pragma unroll
+    for (int k = 0; k < MAXE; ++k) {
+        const int e = e0 + k * stride;
+        if (e < n) {
+            o[e] = res[k];
+            qrow[e] = 0.f;
+        }
+    }
+    cluster_wait();
+#else
+    __trap();
+#endif
+}
+
+template <bool ROPE, bool CLUSTER = false>
 __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRope& r) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     if (!ROPE) {
@@ -237,7 +357,9 @@ __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRop
         }
         m = mn;
     }
-    if (splits == 1) {
+    if (CLUSTER) {
+        attn_cluster_merge(p, r, reinterpret_cast<float*>(vs + ATT_TILE * hd), m, l, acc);
+    } else if (splits == 1) {
         const float inv = 1.0f / l;
         __half* o = p.out + ((long long)t * p.H + h) * hd;
 #pragma unroll
@@ -265,6 +387,14 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd(const AttnParams p) {
 extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope(const AttnParams p, const float2* __restrict__ rope,
                                                                 float* qkv) {
     attn_fwd_body<true>(p, AttnRope{rope, qkv});
+}
+// attn_fwd_rope with its splits merged in a cluster (sm_90; launched with
+// cluster dimensions (1, 1, splits), 2 <= splits <= ATT_CLUSTER_MAX, T = 1,
+// and G (hd + 2) floats more dynamic shared memory for the partials): no
+// attn_combine, and `part` is not used.
+extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope_cluster(const AttnParams p,
+                                                                        const float2* __restrict__ rope, float* qkv) {
+    attn_fwd_body<true, true>(p, AttnRope{rope, qkv});
 }
 
 

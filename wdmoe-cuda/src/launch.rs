@@ -80,14 +80,16 @@ impl Kernels {
     }
 }
 
-/// Where and how to launch: grid, block, dynamic shared memory, and
-/// programmatic dependent launch.
+/// Where and how to launch: grid, block, dynamic shared memory,
+/// programmatic dependent launch, and thread-block clusters.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
     pub(crate) grid: GridSize,
     pub(crate) block: BlockSize,
     pub(crate) shared: u32,
     pub(crate) pdl: bool,
+    /// Blocks per cluster in x, y, z (compute capability >= 9.0).
+    pub(crate) cluster: Option<(u32, u32, u32)>,
 }
 
 impl Shape {
@@ -98,6 +100,7 @@ impl Shape {
             block: block.into(),
             shared: 0,
             pdl: false,
+            cluster: None,
         }
     }
 
@@ -112,6 +115,14 @@ impl Shape {
         self.pdl = on;
         self
     }
+
+    /// In thread-block clusters of `dims` blocks (each a divisor of the
+    /// grid's; at most 8 blocks in all, the portable size). Needs compute
+    /// capability >= 9.0: elsewhere the launch fails (`Unsupported`).
+    pub(crate) fn cluster(mut self, dims: (u32, u32, u32)) -> Shape {
+        self.cluster = Some(dims);
+        self
+    }
 }
 
 impl Gpu {
@@ -121,7 +132,9 @@ impl Gpu {
     /// capability >= 9.0) the launch allows programmatic dependent launch:
     /// the kernel may start while the previous kernel of the stream
     /// finishes, and must call `griddepcontrol.wait` before touching memory
-    /// that kernel reads or writes. Driver errors keep their `CUresult`.
+    /// that kernel reads or writes. With `shape.cluster` the blocks are
+    /// launched in clusters (an error below compute capability 9.0). Driver
+    /// errors keep their `CUresult`.
     ///
     /// # Safety
     /// The kernel `name` in `module` must take exactly the fields of `P`
@@ -162,9 +175,17 @@ impl Gpu {
             block,
             shared,
             pdl,
+            cluster,
         } = shape;
         let op = || format!("launch {name}");
-        if !(pdl && self.info().cc.0 >= 9) {
+        let hopper = self.info().cc.0 >= 9;
+        if cluster.is_some() && !hopper {
+            return Err(crate::error::Error::Unsupported {
+                op: "Gpu::launch",
+                detail: format!("{name}: thread-block clusters need compute capability >= 9.0"),
+            });
+        }
+        if !(pdl && hopper) && cluster.is_none() {
             // SAFETY: forwarded from this function's contract; `params` and
             // `ptrs` outlive the call (the driver copies the values).
             let rc = unsafe {
@@ -184,12 +205,26 @@ impl Gpu {
             };
             return check_cu(rc, op, detail);
         }
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        let none = sys::CUlaunchAttribute {
+            id: 0,
             pad: [0; 4],
             value: [0; 64],
         };
-        attr.value[0] = 1; // int programmaticStreamSerializationAllowed = 1 (little endian)
+        let mut attrs = [none; 2];
+        let mut n = 0;
+        if pdl {
+            attrs[n].id = sys::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value[0] = 1; // int programmaticStreamSerializationAllowed = 1 (little endian)
+            n += 1;
+        }
+        if let Some((x, y, z)) = cluster {
+            // struct { unsigned x, y, z; } clusterDim (little endian).
+            attrs[n].id = sys::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            for (i, v) in [x, y, z].into_iter().enumerate() {
+                attrs[n].value[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            n += 1;
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.x,
             gridDimY: grid.y,
@@ -199,10 +234,10 @@ impl Gpu {
             blockDimZ: block.z,
             sharedMemBytes: shared,
             hStream: self.stream.as_inner(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
-        // SAFETY: cfg and attr outlive the call and follow cuda.h's layouts
+        // SAFETY: cfg and attrs outlive the call and follow cuda.h's layouts
         // (asserted at compile time in sys); kernel and arguments as in
         // this function's contract.
         let rc = unsafe { sys::cuLaunchKernelEx(&cfg, f, args, std::ptr::null_mut()) };

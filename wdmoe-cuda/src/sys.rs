@@ -10,6 +10,10 @@ use cust::sys::{CUfunction, CUresult, CUstream};
 /// `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION` (cuda.h: 6).
 pub const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: u32 = 6;
 
+/// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION` (cuda.h: 4; value: `struct {
+/// unsigned x, y, z; } clusterDim`).
+pub const CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION: u32 = 4;
+
 /// `CUlaunchAttribute`: id, 4 bytes padding, a 64-byte value union.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]

@@ -1,7 +1,8 @@
 //! Attention's launches (`kernels/model.cu`, `kernels/attn_prefill.cuh`):
 //! the shape of one layer's attention, RoPE with the KV-cache write, decode
-//! attention (split-KV, the splits merged by a second kernel; RoPE fused in
-//! for one token), prefill attention on tensor cores. Each launch checks
+//! attention (split-KV, the splits merged by a second kernel, or for one
+//! token with RoPE fused in by the splits themselves in a thread-block
+//! cluster), prefill attention on tensor cores. Each launch checks
 //! shapes first and passes a typed parameter struct (the launch is the
 //! only `unsafe`).
 
@@ -18,6 +19,10 @@ pub const ATTN_MAX_HEAD_DIM: usize = 256;
 
 /// Keys per shared-memory tile of the attention kernel.
 const ATTN_TILE: usize = 32;
+
+/// The most key splits one thread-block cluster merges
+/// (`ATT_CLUSTER_MAX`: the portable cluster size).
+pub(crate) const ATTN_CLUSTER_MAX: usize = 8;
 
 /// The attention shape of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,13 @@ impl AttnDims {
     pub(crate) fn smem_bytes(&self) -> usize {
         let g = self.heads / self.kv_heads.max(1);
         g * self.head_dim * 4 + ATTN_TILE * (self.head_dim + 2) * 2 + ATTN_TILE * self.head_dim * 2
+    }
+
+    /// Dynamic shared memory of `attn_fwd_rope_cluster`: the above and the
+    /// group's partials (max, sum, acc[hd] per head, fp32).
+    fn cluster_smem_bytes(&self) -> usize {
+        let g = self.heads / self.kv_heads.max(1);
+        self.smem_bytes() + g * (self.head_dim + 2) * 4
     }
 
     /// The attention kernels' parameters for `t` queries at `start..`
@@ -403,12 +415,26 @@ fn attn_combine(
     }
 }
 
+/// Whether decode attention's `splits` key splits are merged inside the
+/// attention kernel, in a thread-block cluster per KV head (2 to
+/// [`ATTN_CLUSTER_MAX`] splits, the sm_90a cubin: the compute_80 PTX has no
+/// clusters, and the partials fit the 48 KiB of shared memory), instead of
+/// by `attn_combine`.
+pub(crate) fn decode_cluster(gpu: &Gpu, dims: &AttnDims, splits: usize) -> bool {
+    gpu.info().cubin
+        && (2..=ATTN_CLUSTER_MAX).contains(&splits)
+        && dims.cluster_smem_bytes() <= 48 * 1024
+}
+
 /// Decode attention with RoPE fused in: one token at position `start`,
 /// straight from its q|k|v projection row `qkv` (`[(H + 2 KVH) hd]` fp32,
 /// unrotated). Rotates q and the new key as [`rope_kv`] does, writes the
 /// new key and value into this layer's cache, and leaves the row zero; the
 /// output and the split partials as [`attention`] (bitwise equal to
-/// `rope_kv` then `attention`: same arithmetic, same order).
+/// `rope_kv` then `attention`: same arithmetic, same order). With `cluster`
+/// the splits merge themselves where [`decode_cluster`] says they can (the
+/// same bits as `attn_combine`, which merges them otherwise; `part` then
+/// unused).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_attention_decode(
     gpu: &Gpu,
@@ -420,6 +446,7 @@ pub(crate) fn rope_attention_decode(
     v_cache: &mut DeviceSlice<f16>,
     part: &mut DeviceSlice<f32>,
     out: &mut DeviceSlice<f16>,
+    cluster: bool,
 ) -> Result<()> {
     const OP: &str = "model::rope_attention_decode";
     dims.check(OP)?;
@@ -457,6 +484,29 @@ pub(crate) fn rope_attention_decode(
         qkv: addr(qkv),
     };
     let grid = (dims.kv_heads as u32, 1, splits as u32);
+    let block = (h / dims.kv_heads * 32) as u32;
+    if cluster && decode_cluster(gpu, dims, splits) {
+        // SAFETY: attn_fwd_rope_cluster(AttnParams, const float2*, float*)
+        // = AttnRopeArgs; reads and writes as attn_fwd_rope below, except
+        // that the clusters (1, 1, splits), 2 <= splits <= 8 (checked by
+        // decode_cluster; sm_90a cubin, where clusters exist) write the
+        // output instead of partials (part unused) and zero the q heads of
+        // their group; each block's partials lie in its own dynamic shared
+        // memory (cluster_smem_bytes <= 48 KiB, checked), read by its peers
+        // before any block exits.
+        return unsafe {
+            gpu.launch(
+                &gpu.model,
+                "attn_fwd_rope_cluster",
+                Shape::new(grid, block)
+                    .shared(dims.cluster_smem_bytes() as u32)
+                    .pdl(true)
+                    .cluster((1, 1, splits as u32)),
+                p,
+                || format!("start={start} splits={splits} fused RoPE, cluster"),
+            )
+        };
+    }
     // SAFETY: attn_fwd_rope(AttnParams, const float2*, float*) =
     // AttnRopeArgs (the struct by value, then two pointers); block (kvh, 0, s)
     // reads the q heads of group kvh and k/v head kvh of the qkv row
@@ -468,7 +518,7 @@ pub(crate) fn rope_attention_decode(
         gpu.launch(
             &gpu.model,
             "attn_fwd_rope",
-            Shape::new(grid, (h / dims.kv_heads * 32) as u32)
+            Shape::new(grid, block)
                 .shared(dims.smem_bytes() as u32)
                 .pdl(true),
             p,

@@ -336,6 +336,7 @@ impl GpuModel {
                     &mut layer.v_cache,
                     &mut self.part,
                     &mut self.attn,
+                    self.cluster_attn,
                 )?;
             } else {
                 attention::rope_kv(

@@ -214,6 +214,9 @@ pub struct GpuModel {
     /// Decode tokens make the attention-input norm inside the q|k|v GEMV
     /// (default where its shape allows; see [`fused_norm_default`]).
     fused_norm: bool,
+    /// Decode tokens' attention merges its key splits in a thread-block
+    /// cluster where it can (default; see [`cluster_attention_default`]).
+    cluster_attn: bool,
     /// `qkv` may hold values: a prompt chunk's (its projection stores, its
     /// RoPE leaves them), or a call failed between a decode step's q|k|v
     /// projection, which accumulates, and its RoPE, which leaves it zero.
@@ -403,6 +406,15 @@ impl GpuModel {
             && crate::ffn::norm_fusable(&self.qkv_cfg.down, self.shape.hidden)
     }
 
+    /// Whether a decode token's fused-RoPE attention merges its key splits
+    /// inside the attention kernel, one thread-block cluster per KV head
+    /// (default true; where it can: 2 to 8 splits on the sm_90a cubin), or
+    /// in `attn_combine` after it (false; for comparisons: the same bits).
+    #[doc(hidden)]
+    pub fn set_cluster_attention(&mut self, on: bool) {
+        self.cluster_attn = on;
+    }
+
     /// Test hook: every layer's device policy uses top-1, so its plans
     /// differ from wdmoe-core's (exercises the re-run of a chunk).
     #[doc(hidden)]
@@ -416,27 +428,40 @@ impl GpuModel {
     }
 }
 
+/// A comparison switch read once from the environment: on unless `var`
+/// is `off` (each switch keeps its own cell).
+fn env_switch(cell: &std::sync::OnceLock<bool>, var: &str, off: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != off))
+}
+
 /// Whether decode steps run the attention projections through the decode
 /// GEMV kernels on their packing (default) or the row-major GEMV
-/// (`WDMOE_DECODE_PROJ=gemv`, read once: comparisons).
+/// (`WDMOE_DECODE_PROJ=gemv`: comparisons).
 fn packed_decode_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WDMOE_DECODE_PROJ").map_or(true, |v| v != "gemv"))
+    env_switch(&ON, "WDMOE_DECODE_PROJ", "gemv")
 }
 
 /// Whether decode tokens fuse RoPE into attention (default) or run it
-/// apart (`WDMOE_FUSED_ROPE=0`, read once: comparisons).
+/// apart (`WDMOE_FUSED_ROPE=0`: comparisons).
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WDMOE_FUSED_ROPE").map_or(true, |v| v != "0"))
+    env_switch(&ON, "WDMOE_FUSED_ROPE", "0")
 }
 
 /// Whether decode tokens make the attention-input norm inside the q|k|v
-/// GEMV (default) or in a kernel of its own (`WDMOE_FUSED_NORM=0`, read
-/// once: comparisons).
+/// GEMV (default) or in a kernel of its own (`WDMOE_FUSED_NORM=0`:
+/// comparisons).
 fn fused_norm_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WDMOE_FUSED_NORM").map_or(true, |v| v != "0"))
+    env_switch(&ON, "WDMOE_FUSED_NORM", "0")
+}
+
+/// Whether decode attention merges its splits in a cluster (default) or
+/// in `attn_combine` (`WDMOE_ATTN_CLUSTER=0`: comparisons).
+fn cluster_attention_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_switch(&ON, "WDMOE_ATTN_CLUSTER", "0")
 }
 
 fn shape_err(detail: String) -> Error {

@@ -271,45 +271,31 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
     let vg = gpu.download(&vd).unwrap();
     let og = gpu.download(&out).unwrap();
     if t == 1 {
-        // Decode with RoPE fused into attention: the same bits as rope_kv
-        // then attention (output, cache), and the row left zero.
-        let mut kd2 = gpu.upload(&kc).unwrap();
-        let mut vd2 = gpu.upload(&vc).unwrap();
-        let mut qkv2 = gpu.upload(&qkv).unwrap();
-        let mut part2 = gpu.alloc::<f32>(part.len().max(1)).unwrap();
-        let mut out2 = gpu.upload(&vec![f16::NAN; h * hd]).unwrap();
-        attention::rope_attention_decode(
-            gpu,
-            &dims,
-            &mut qkv2,
-            &gpu.upload(&rope).unwrap(),
-            start,
-            &mut kd2,
-            &mut vd2,
-            &mut part2,
-            &mut out2,
-        )
-        .unwrap();
-        let o2 = gpu.download(&out2).unwrap();
-        let same = og
-            .iter()
-            .zip(&o2)
-            .filter(|(a, b)| a.to_bits() == b.to_bits())
-            .count();
-        assert_eq!(
-            same,
-            og.len(),
-            "{dims:?} start={start}: fused RoPE output differs"
-        );
-        assert!(
-            gpu.download(&kd2).unwrap() == kg,
-            "{dims:?} start={start}: k cache"
-        );
-        assert!(
-            gpu.download(&vd2).unwrap() == vg,
-            "{dims:?} start={start}: v cache"
-        );
-        assert!(gpu.download(&qkv2).unwrap().iter().all(|&v| v == 0.0));
+        // Decode with RoPE fused into attention (its splits merged by
+        // attn_combine, then in a cluster where one applies): the same bits
+        // as rope_kv then attention (output, cache), and the row left zero.
+        for cluster in [false, true] {
+            let d = fused_decode(gpu, &dims, (&qkv, &kc, &vc, &rope), start, cluster);
+            let same = og
+                .iter()
+                .zip(&d.out)
+                .filter(|(a, b)| a.to_bits() == b.to_bits())
+                .count();
+            assert_eq!(
+                same,
+                og.len(),
+                "{dims:?} start={start} cluster={cluster}: fused RoPE output differs"
+            );
+            assert!(
+                d.k == kg,
+                "{dims:?} start={start} cluster={cluster}: k cache"
+            );
+            assert!(
+                d.v == vg,
+                "{dims:?} start={start} cluster={cluster}: v cache"
+            );
+            assert!(d.qkv.iter().all(|&v| v == 0.0));
+        }
     }
     // RoPE of q against the f64 rotation of the same table.
     let half = hd / 2;
@@ -377,6 +363,142 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         worst < 2e-3,
         "{dims:?} start={start} t={t} splits={splits}: max diff {worst}"
     );
+}
+
+/// What one fused-RoPE decode step leaves: the output, the k and v caches,
+/// the q|k|v row.
+struct Decoded {
+    out: Vec<f16>,
+    k: Vec<f16>,
+    v: Vec<f16>,
+    qkv: Vec<f32>,
+}
+
+/// One fused-RoPE decode step at `start` on fresh copies of `(qkv, k
+/// cache, v cache, rope table)`, its splits merged in a cluster (where
+/// `attention::decode_cluster` says one applies) or by attn_combine. The
+/// output starts as NaN.
+fn fused_decode(
+    gpu: &Gpu,
+    dims: &AttnDims,
+    (qkv, kc, vc, rope): (&[f32], &[f16], &[f16], &[f32]),
+    start: usize,
+    cluster: bool,
+) -> Decoded {
+    let (h, hd) = (dims.heads, dims.head_dim);
+    let (splits, _) = dims.splits(start, 1);
+    let mut kd = gpu.upload(kc).unwrap();
+    let mut vd = gpu.upload(vc).unwrap();
+    let mut qkv_d = gpu.upload(qkv).unwrap();
+    let part_len = attention::attn_part_len(1, h, hd, splits).max(1);
+    let mut part = gpu.upload(&vec![f32::NAN; part_len]).unwrap();
+    let mut out = gpu.upload(&vec![f16::NAN; h * hd]).unwrap();
+    attention::rope_attention_decode(
+        gpu,
+        dims,
+        &mut qkv_d,
+        &gpu.upload(rope).unwrap(),
+        start,
+        &mut kd,
+        &mut vd,
+        &mut part,
+        &mut out,
+        cluster,
+    )
+    .unwrap();
+    Decoded {
+        out: gpu.download(&out).unwrap(),
+        k: gpu.download(&kd).unwrap(),
+        v: gpu.download(&vd).unwrap(),
+        qkv: gpu.download(&qkv_d).unwrap(),
+    }
+}
+
+/// Decode attention with its key splits merged in a thread-block cluster
+/// (attn_fwd_rope_cluster) against attn_fwd_rope then attn_combine: the
+/// same bits in the output, both caches and the q|k|v row (left zero), at
+/// contexts of 1 to 8 splits (the cluster path) and of 9 and 10 (beyond a
+/// portable cluster: attn_combine), with and without a window.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_attention_cluster_merge_equals_attn_combine() {
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    let mut clustered = 0;
+    // Mixtral's shape; hd 256 (4 outputs per thread at 2 splits); 16 heads
+    // a group (512 threads); odd sizes; hd 8 (fewer outputs than threads).
+    for (heads, kv_heads, head_dim) in [
+        (32, 8, 128),
+        (8, 2, 256),
+        (16, 1, 64),
+        (6, 6, 34),
+        (8, 2, 8),
+    ] {
+        let ms = 320;
+        let dims = AttnDims {
+            heads,
+            kv_heads,
+            head_dim,
+            max_seq: ms,
+            window: 0,
+        };
+        let (kvh, hd) = (kv_heads, head_dim);
+        let kc = halves(&mut r, kvh * ms * hd, 1.0);
+        let vc = halves(&mut r, kvh * ms * hd, 1.0);
+        let rope = super::weights::rope_table(hd, 10000.0, ms);
+        let cases = [
+            (0, 0),   // 1 split of 1 key (no cluster)
+            (31, 0),  // 1 split of 32
+            (32, 0),  // 2 splits of 17 and 16
+            (64, 0),  // 3
+            (99, 0),  // 4
+            (128, 0), // 5: a 128-token prompt's first decode token
+            (160, 0), // 6
+            (199, 0), // 7
+            (255, 0), // 8, full
+            (230, 0), // 8, last split short
+            (256, 0), // 9: attn_combine
+            (299, 0), // 10: attn_combine
+            (250, 100),
+            (319, 200),
+        ];
+        for (start, window) in cases {
+            let dims = AttnDims { window, ..dims };
+            let qkv: Vec<f32> = (0..dims.qkv_width())
+                .map(|_| r.gen_range(-1.0..1.0))
+                .collect();
+            let (splits, _) = dims.splits(start, 1);
+            let on = attention::decode_cluster(&gpu, &dims, splits);
+            if gpu.info().cubin && (2..=attention::ATTN_CLUSTER_MAX).contains(&splits) {
+                // Every shape here fits a cluster's shared memory.
+                assert!(on, "{dims:?} start={start}: {splits} splits not clustered");
+            } else {
+                assert!(!on, "{dims:?} start={start}: {splits} splits clustered");
+            }
+            clustered += on as usize;
+            let inputs = (&qkv[..], &kc[..], &vc[..], &rope[..]);
+            let old = fused_decode(&gpu, &dims, inputs, start, false);
+            let new = fused_decode(&gpu, &dims, inputs, start, true);
+            let what = format!("{dims:?} start={start} splits={splits} cluster={on}");
+            assert!(old.out.iter().all(|v| v.is_finite()), "{what}: output");
+            let differ = old
+                .out
+                .iter()
+                .zip(&new.out)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{what}: outputs differ");
+            assert!(new.k == old.k, "{what}: k cache");
+            assert!(new.v == old.v, "{what}: v cache");
+            assert!(old.qkv.iter().all(|&v| v == 0.0), "{what}: row (old)");
+            assert!(new.qkv.iter().all(|&v| v.to_bits() == 0), "{what}: row");
+            // The new key and value reached the cache.
+            assert!(new.k != kc && new.v != vc, "{what}: cache unchanged");
+        }
+    }
+    if gpu.info().cubin {
+        assert_eq!(clustered, 5 * 10, "cluster launches");
+    }
 }
 
 #[test]
