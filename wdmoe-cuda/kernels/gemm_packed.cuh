@@ -44,6 +44,21 @@
 // medians 605 -> 616), down 6030 -> 6018 us (638 -> 639). The old epilogue
 // stays built (`_e0` kernels) for that comparison only.
 //
+// The q|k|v projection (PO_F32, one matrix of 6144 x 4096, 2,048 tokens)
+// takes the same wide tile as the FFN down (BN = 256, 4 stages; SASS R205
+// highest, no spills): 615 -> 693 TFLOP/s (167.7 -> 148.7 us, medians of
+// rounds in one call, tests/gpu_packed.rs packed_f32_timing_qkv; cuBLAS
+// F.linear with fp16 out in the same call 530). The pick (pick_bn, one
+// group: the widest tile with two waves) takes it above ~1,280 tokens.
+//
+// Tried and not kept (branch gemm-speed-clusters): 2-block clusters that
+// share the weight stage of two token tiles (or the token box of two row
+// blocks) by multicast. Equal to the single-block kernels within the noise
+// of a 700 W-capped H200 (512 rows per expert: gate/up 692 vs 720 best,
+// down 653 vs 734; 4096 rows: medians 1-5 % better, bests 1-3 % worse).
+// A cluster-scope release (`mbarrier.arrive.release.cluster`) compiles to
+// MEMBAR.ALL.GPU per arrive and cost 35 %; the plain remote arrive does not.
+//
 // Tiles run token tile fastest, so the blocks that read the same weights
 // (an expert with more than BN tokens) run at the same time and share them
 // in L2: the weights come from DRAM about once per step at any token count.
@@ -459,6 +474,7 @@ PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS, PO_H16)
 // The model's attention projections: q|k|v stored as fp32, o added into the
 // fp32 residual.
+PACKED_KERNEL(packed_f32_n256, 256, 4, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n128, 128, 6, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n64, 64, 8, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n32, 32, 8, PK_PLAIN, PO_F32)

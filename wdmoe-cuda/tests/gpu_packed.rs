@@ -20,7 +20,7 @@ use wdmoe_core::select::Policy;
 use wdmoe_cuda::moe::MoeLayer;
 use wdmoe_cuda::{
     elapsed_ms, f16, ffn_grouped, ffn_packed_grouped, DownLayout, Error, ExpertWeights, Gpu,
-    PrefillWeights, PrefillWorkspace,
+    PackedMatrix, PrefillWeights, PrefillWorkspace,
 };
 
 /// Experts of `m` x `m_h` in the decode packing with the given W2 layout and
@@ -475,4 +475,101 @@ fn packed_ffn_timing_mixtral() {
             tp / tg
         );
     }
+}
+
+/// The projection GEMM (`gemm_packed_f32`: fp32 `y = W x` on the decode
+/// packing of one matrix, the model's q|k|v) at every tile width (32, 64,
+/// 128, 256 tokens, and the usual choice) against the f64 reference: rows
+/// that leave a partial row block (320), token counts that leave partial
+/// tiles of each width, an output row stride wider than the rows (the
+/// padding must stay untouched).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_f32_every_tile_width_matches_reference() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let (rows, k, ldy) = (320usize, 192usize, 328usize);
+    let wd = rand_dev(&gpu, rows * k, s ^ 0xf32, 1.7 / (k as f32).sqrt());
+    let w = PackedMatrix::pack(&gpu, &wd, rows, k).unwrap();
+    let wh = host(&gpu, &wd);
+    for t in [1usize, 300, 520] {
+        let x = rand_dev(&gpu, t * k, s ^ t as u64, 1.0);
+        let want = matmul_t(&wh, &host(&gpu, &x), rows, k, t);
+        for bn in [None, Some(32), Some(64), Some(128), Some(256)] {
+            let mut y = gpu.upload(&vec![f32::NAN; t * ldy]).unwrap();
+            gpu.gemm_packed_f32_variant(&w, &x, t, &mut y, ldy, false, bn)
+                .unwrap();
+            let got = gpu.download(&y).unwrap();
+            let mut g = Vec::with_capacity(t * rows);
+            for r in got.chunks(ldy) {
+                g.extend(r[..rows].iter().map(|&v| v as f64));
+                assert!(r[rows..].iter().all(|v| v.is_nan()), "padding written");
+            }
+            let err = rel_err(&g, &want);
+            eprintln!("  f32 T={t} bn={bn:?}: rel err {err:.2e}");
+            assert!(err <= BOUND, "T={t} bn={bn:?}: rel err {err:.3e}");
+        }
+    }
+}
+
+/// The model's q|k|v projection at a 2,048-token prompt (W 6144 x 4096):
+/// 128 against 256 tokens per tile and the usual choice, medians of 10
+/// after 3 warm-ups in 4 rounds of alternating order; prints F32 lines.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_f32_timing_qkv() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let (rows, k, t) = (6144usize, 4096usize, 2048usize);
+    let wd = rand_dev(&gpu, rows * k, 0x9c, 0.03);
+    let w = PackedMatrix::pack(&gpu, &wd, rows, k).unwrap();
+    drop(wd);
+    let x = rand_dev(&gpu, t * k, 3, 1.0);
+    let mut y = gpu.alloc::<f32>(t * rows).unwrap();
+    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
+    let mut time = |bn: Option<u32>| {
+        let mut v = Vec::new();
+        for i in 0..13 {
+            gpu.record_on(&a).unwrap();
+            gpu.gemm_packed_f32_variant(&w, &x, t, &mut y, rows, false, bn)
+                .unwrap();
+            gpu.record_on(&b).unwrap();
+            gpu.sync().unwrap();
+            if i >= 3 {
+                v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
+            }
+        }
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    let variants = [Some(128u32), Some(256), None];
+    let mut got = vec![Vec::new(); variants.len()];
+    for round in 0..4 {
+        for j in 0..variants.len() {
+            let i = if round % 2 == 0 {
+                j
+            } else {
+                variants.len() - 1 - j
+            };
+            got[i].push(time(variants[i]));
+        }
+    }
+    let flops = (2 * t * rows * k) as f64;
+    for (i, bn) in variants.iter().enumerate() {
+        let mut v = got[i].clone();
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        println!(
+            "F32 qkv T={t} W {rows}x{k} bn={bn:?}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",
+            v[0] * 1e6,
+            flops / v[0] / 1e12,
+            v[v.len() / 2] * 1e6,
+            flops / v[v.len() / 2] / 1e12
+        );
+    }
+    assert!(got.iter().flatten().all(|v| v.is_finite() && *v > 0.0));
 }

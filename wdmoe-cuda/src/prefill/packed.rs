@@ -102,7 +102,7 @@ pub(crate) enum PackedOut {
 /// per tile, kernel, shared-memory stages). Names ending in
 /// [`LEGACY_SUFFIX`] keep the previous epilogue for timings against it
 /// only: never chosen, reached through [`PACKED_LEGACY`].
-pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 19] = [
+pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 20] = [
     (
         PackedKind::Gated,
         PackedOut::H16,
@@ -144,6 +144,7 @@ pub(crate) const PACKED_KERNELS: [(PackedKind, PackedOut, u32, &str, usize); 19]
     ),
     (PackedKind::Pairs, PackedOut::H16, 64, "packed_pairs_n64", 8),
     (PackedKind::Pairs, PackedOut::H16, 32, "packed_pairs_n32", 8),
+    (PackedKind::Plain, PackedOut::F32, 256, "packed_f32_n256", 4),
     (PackedKind::Plain, PackedOut::F32, 128, "packed_f32_n128", 6),
     (PackedKind::Plain, PackedOut::F32, 64, "packed_f32_n64", 8),
     (PackedKind::Plain, PackedOut::F32, 32, "packed_f32_n32", 8),
@@ -219,7 +220,8 @@ fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, u
 /// and L2 traffic per flop; at 512 rows per expert on an H200 1.2x the
 /// 64 / 128-token tiles, tests/gpu_packed.rs `packed_stage_timing_mixtral`); for one group, the widest that still gives
 /// two waves of tiles over the SMs (the blocks on one row block share its
-/// weights in L2), else the narrowest.
+/// weights in L2), else the narrowest (the q|k|v projection at 2,048
+/// tokens: 256, 1.13x the 128-token tiles, `packed_f32_timing_qkv`).
 fn pick_bn(
     kind: PackedKind,
     out: PackedOut,
@@ -588,6 +590,41 @@ pub(crate) fn gemm_packed_f32(
     ldy: usize,
     accumulate: bool,
 ) -> Result<()> {
+    gemm_packed_f32_bn(gpu, w, x, t, y, ldy, accumulate, None)
+}
+
+impl Gpu {
+    /// Tests and timings of the packed GEMM only: the projection GEMM
+    /// (`y (+)= W x`, fp32 `y`) with its tokens per tile forced (`None`:
+    /// the usual choice).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_packed_f32_variant(
+        &self,
+        w: &PackedMatrix,
+        x: &DeviceSlice<f16>,
+        t: usize,
+        y: &mut DeviceSlice<f32>,
+        ldy: usize,
+        accumulate: bool,
+        bn: Option<u32>,
+    ) -> Result<()> {
+        gemm_packed_f32_bn(self, w, x, t, y, ldy, accumulate, bn)
+    }
+}
+
+/// [`gemm_packed_f32`] with the tokens per tile forced (`Some`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_packed_f32_bn(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    x: &DeviceSlice<f16>,
+    t: usize,
+    y: &mut DeviceSlice<f32>,
+    ldy: usize,
+    accumulate: bool,
+    force_bn: Option<u32>,
+) -> Result<()> {
     const OP: &str = "gemm_packed_f32";
     let (n, k) = (w.rows, w.cols);
     if t == 0 || ldy < n || x.len() < t * k || y.len() < (t - 1) * ldy + n {
@@ -622,7 +659,7 @@ pub(crate) fn gemm_packed_f32(
             n_rows: n,
             rows: Rows::Host(&counts),
             out: addr(y),
-            force_bn: None,
+            force_bn,
         },
     )
 }
