@@ -61,99 +61,6 @@ constexpr int MAX_WARPS = 8;
 
 namespace {
 
-// The RMSNorm of one token's residual row, computed by every block of a
-// GEMV that multiplies it (gemv_plain_norm_*: the decode q|k|v projection),
-// instead of by add_rmsnorm (model.cu) in a kernel of its own before it: a
-// kernel boundary fewer on a decode step's critical path. x = w ⊙ r /
-// sqrt(mean(r²) + eps) in fp16, r = resid + add (add may be null; nothing
-// is written back: the caller adds `add` into the residual later).
-// The sum of squares reproduces add_rmsnorm's order exactly for its block
-// size `bd` (1024 or 256 threads; this block has 256): thread t here plays
-// add_rmsnorm's threads t, t + 256, ... (element t + 256 k belongs to its
-// thread t + 256 (k mod bd/256), in order), the warp sums are the same xor
-// trees over the same lanes, and the final sum is over the same 32 slots.
-// So x is the same bits as add_rmsnorm's output.
-struct NormIn {
-    const float* resid;  // [d] fp32
-    const float* add;    // [d] fp32 or null
-    const float* w;      // [d] fp32 norm weights
-    float eps;
-    int d;   // the row length, the GEMV's k; d <= NORM_PER_THREAD * 256
-    int bd;  // add_rmsnorm's block size to reproduce: 256 or 1024
-};
-constexpr int NORM_PER_THREAD = 16;
-
-__device__ __forceinline__ float norm_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Loads this thread's norm weights (they never depend on an earlier kernel:
-// called before griddepcontrol.wait). blockDim.x == 256.
-__device__ __forceinline__ void norm_load_w(const NormIn& n, float (&wv)[NORM_PER_THREAD]) {
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        const int i = threadIdx.x + 256 * k;
-        wv[k] = i < n.d ? n.w[i] : 0.f;
-    }
-}
-
-// xs[0..d) := the normalized row (fp16, shared memory); ends with
-// __syncthreads(). After griddepcontrol.wait (resid and add are the previous
-// kernels' outputs).
-__device__ __forceinline__ void norm_row(const NormIn& n, const float (&wv)[NORM_PER_THREAD], __half* xs) {
-    __shared__ float red[32];
-    __shared__ float total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const bool four = n.bd == 1024;  // else 256: one virtual thread each
-    float v[NORM_PER_THREAD];
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        const int i = threadIdx.x + 256 * k;
-        v[k] = i < n.d ? n.resid[i] : 0.f;
-    }
-    if (n.add) {
-        float a[NORM_PER_THREAD];
-#pragma unroll
-        for (int k = 0; k < NORM_PER_THREAD; ++k) {
-            const int i = threadIdx.x + 256 * k;
-            a[k] = i < n.d ? n.add[i] : 0.f;
-        }
-#pragma unroll
-        for (int k = 0; k < NORM_PER_THREAD; ++k) v[k] += a[k];
-    }
-    float ss[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        if (threadIdx.x + 256 * k < n.d) {
-            if (four) ss[k & 3] = fmaf(v[k], v[k], ss[k & 3]);
-            else ss[0] = fmaf(v[k], v[k], ss[0]);
-        }
-    }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-        if (q == 0 || four) {
-            const float s = norm_warp_sum(ss[q]);
-            if (lane == 0) red[warp + 8 * q] = s;
-        }
-    }
-    __syncthreads();
-    if (warp == 0) {
-        float x = lane < (n.bd >> 5) ? red[lane] : 0.f;
-        x = norm_warp_sum(x);
-        if (lane == 0) total = x;
-    }
-    __syncthreads();
-    const float inv = 1.0f / sqrtf(total / (float)n.d + n.eps);
-#pragma unroll
-    for (int k = 0; k < NORM_PER_THREAD; ++k) {
-        const int i = threadIdx.x + 256 * k;
-        if (i < n.d) xs[i] = __float2half_rn(wv[k] * (v[k] * inv));
-    }
-    __syncthreads();
-}
-
 // NMAT = 2 and GATED: W1|W3 of one 16-row tile, epilogue silu(g)*u.
 // NMAT = 2 and !GATED: two consecutive 16-row tiles of one matrix (a 32-row
 // tile; B fragments are loaded once for both). NMAT = 1: one 16-row tile.
@@ -169,18 +76,13 @@ __device__ __forceinline__ void norm_row(const NormIn& n, const float (&wv)[NORM
 // Returns whether the slot is done: its candidate ran (and was written) or
 // the slot is unused; false when the plan put another expert there (the
 // caller then runs that one). Without SPEC it always returns true.
-//
-// NORM (gemv_plain_norm_*, T = 1, 256 threads): x is not read from memory
-// but made by each block from the residual row (NormIn, norm_row) into
-// shared memory after the warp-reduction buffer.
-template <int NT, int NMAT, int U, bool GATED, bool SPEC = false, bool NORM = false>
+template <int NT, int NMAT, int U, bool GATED, bool SPEC = false>
 __device__ __forceinline__ bool gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
     const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
-    int n_rows, const Slot* __restrict__ plan = nullptr, int slot = 0, unsigned seq = 0u,
-    const NormIn* nin = nullptr) {
+    int n_rows, const Slot* __restrict__ plan = nullptr, int slot = 0, unsigned seq = 0u) {
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -219,11 +121,6 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
             for (int m = 0; m < NMAT; ++m) dst[u][m] = ld_stream(wt + (k + u) * kt_stride + m * 32);
     };
-    // x: global (L1-cached), or the block's normalized row in shared memory.
-    auto ld_x = [](const __half* p) -> uint32_t {
-        if constexpr (NORM) return *reinterpret_cast<const uint32_t*>(p);
-        else return __ldg(reinterpret_cast<const unsigned int*>(p));
-    };
     auto compute = [&](const uint4 (&src)[U][NMAT], int k) {
         uint32_t b[U][NT][2];
 #pragma unroll
@@ -231,8 +128,8 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 const __half* p = xrow[nt] + (k + u) * 16;
-                b[u][nt][0] = xvalid[nt] ? ld_x(p) : 0u;
-                b[u][nt][1] = xvalid[nt] ? ld_x(p + 8) : 0u;
+                b[u][nt][0] = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+                b[u][nt][1] = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
             }
 #pragma unroll
         for (int u = 0; u < U; ++u)
@@ -245,16 +142,7 @@ __device__ __forceinline__ bool gemv_tile(
     // Weights do not depend on the previous kernel: start loading them, then
     // wait for it (its outputs: x/h, the workspace, the plan) to complete.
     if (n_full > 0) load_a(a[0], kt);
-    float norm_w[NORM ? NORM_PER_THREAD : 1];
-    if constexpr (NORM) norm_load_w(*nin, norm_w);
     if (!SPEC) griddep_wait();
-    if constexpr (NORM) {
-        extern __shared__ float red_dyn[];
-        __half* xs = reinterpret_cast<__half*>(red_dyn + warps * NMAT * NT * 4 * 32);
-        norm_row(*nin, norm_w, xs);
-        x = xs;
-        ldx = 0;
-    }
     // SPEC: the slot's verdict (SpecPlan) loaded at one iteration and read
     // at the next; `stop` once it says the slot does not run this candidate.
     unsigned spec_verdict = 0u;
@@ -309,8 +197,8 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const __half* p = xrow[nt] + kt * 16;
-            uint32_t b0 = xvalid[nt] ? ld_x(p) : 0u;
-            uint32_t b1 = xvalid[nt] ? ld_x(p + 8) : 0u;
+            uint32_t b0 = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+            uint32_t b1 = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
 #pragma unroll
             for (int m = 0; m < NMAT; ++m) mma16816(acc[m][nt], a1[m], b0, b1);
         }
@@ -610,35 +498,6 @@ __device__ __forceinline__ void gemv_tile_rows(
                                       out, ldo, out_acc,                                                    \
                                       n_rows);                                                              \
     }
-
-// The decode q|k|v projection with the attention-input RMSNorm made by each
-// block (NORM above): one token, 256 threads, unroll 8, out_acc += W x. GemvArgs is
-// the parameter list of the gemv_* kernels as one struct (GemvParams in
-// src/ffn/launch.rs).
-struct GemvArgs {
-    const uint4* w;
-    const __half* x;
-    int ldx;
-    TokList toks;
-    int T;
-    int k_tiles;
-    long long rt_stride;
-    long long kt_stride;
-    int splits;
-    float* partial;
-    unsigned* counters;
-    __half* out;
-    int ldo;
-    float* out_acc;
-    int n_rows;
-};
-#define WDMOE_GEMV_NORM(NAME, U)                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const GemvArgs g, const NormIn nin) {            \
-        gemv_tile<1, 1, U, false, false, true>(g.w, nullptr, 0, g.toks, 1, g.k_tiles, g.rt_stride,          \
-                                               g.kt_stride, g.splits, g.partial, g.counters, g.out, g.ldo,   \
-                                               g.out_acc, g.n_rows, nullptr, 0, 0u, &nin);                  \
-    }
-WDMOE_GEMV_NORM(gemv_plain_norm_nt1_u8, 8)
 
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.
 WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4, true)

@@ -150,9 +150,10 @@ fn ffn_decode_combine_accumulates_weighted() {
 fn router_matches_cpu() {
     let gpu = gpu();
     let s = seed();
-    // From 64 tokens with at most 8 experts one warp per token
-    // (router_softmax_rows): 67 and 300 (a partial block of 8), and 33
-    // experts at 70 tokens (one block per token still).
+    // From 1,024 tokens with at most 8 experts one warp per token
+    // (router_softmax_rows): 1,027 and 1,100 (partial blocks of 8), and 33
+    // experts at 1,030 tokens (one block per token still); below, one
+    // block per token (67, 300).
     for (m, e, t) in [
         (4096, 8, 1),
         (4096, 8, 16),
@@ -160,7 +161,9 @@ fn router_matches_cpu() {
         (1024, 33, 7),
         (4096, 8, 67),
         (1024, 5, 300),
-        (1024, 33, 70),
+        (4096, 8, 1027),
+        (1024, 5, 1100),
+        (1024, 33, 1030),
     ] {
         let gdev = rand_dev(&gpu, e * m, s ^ 5, 1.0 / (m as f32).sqrt());
         let gh = gpu.download(&gdev).unwrap();

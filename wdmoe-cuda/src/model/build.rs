@@ -12,8 +12,8 @@ use super::attention::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{
-    cluster_attention_default, fused_norm_default, fused_rope_default, packed_decode_default,
-    shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
+    cluster_attention_default, fused_rope_default, packed_decode_default, shape_err, ExpertLayout,
+    GpuModel, Layer, ModelOptions, PackedHead,
 };
 use crate::error::{Error, Result};
 use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, KernelConfig, PackedMatrix};
@@ -395,7 +395,6 @@ impl GpuModel {
             overlap_checks: true,
             packed_decode: packed_decode_default(),
             fused_rope: fused_rope_default(),
-            fused_norm: fused_norm_default(),
             cluster_attn: cluster_attention_default(),
             qkv_dirty: false,
             tokens: gpu.alloc(chunk)?,

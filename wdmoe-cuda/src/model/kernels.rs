@@ -135,37 +135,12 @@ pub(crate) fn add_rmsnorm(
 /// add_rmsnorm's kernel and block size for `n` rows of `d`: many rows, 256
 /// threads of 16 elements each (add_rmsnorm_rows); a few, where one block's
 /// latency is the cost, 1024 threads of 8 at d = 4096.
-pub(super) fn norm_kernel(n: usize, d: usize) -> (&'static str, u32) {
+fn norm_kernel(n: usize, d: usize) -> (&'static str, u32) {
     if n >= NORM_ROWS_MIN {
         ("add_rmsnorm_rows", 256)
     } else {
         ("add_rmsnorm", if d >= 4096 { 1024 } else { 256 })
     }
-}
-
-/// One token's `y += W · add_rmsnorm(resid + add)` with the norm made
-/// inside the decode GEMV on W's packing (no kernel of its own, nothing
-/// written back; x the same bits as [`add_rmsnorm`]'s). Needs
-/// [`crate::ffn::norm_fusable`] for the packing's decode shape.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn project_normed(
-    gpu: &Gpu,
-    p: Packed<'_>,
-    resid: &DeviceSlice<f32>,
-    add: Option<&DeviceSlice<f32>>,
-    norm_w: &DeviceSlice<f32>,
-    eps: f32,
-    d: usize,
-    y: &mut DeviceSlice<f32>,
-) -> Result<()> {
-    if p.w.cols() != d {
-        return Err(shape(
-            "model::project_normed",
-            format!("W has {} columns, the row {d}", p.w.cols()),
-        ));
-    }
-    let (_, bd) = norm_kernel(1, d);
-    crate::ffn::gemv_packed_norm_acc(gpu, p.w, resid, add, norm_w, eps, bd, y, p.ws, &p.cfg.down)
 }
 
 /// `y[t][0..N) (+)= W x[t]` for `t < T` (at most [`GEMV_MAX_TOKENS`] per

@@ -211,9 +211,6 @@ pub struct GpuModel {
     /// Decode tokens run RoPE inside the attention kernel (default; see
     /// [`fused_rope_default`]).
     fused_rope: bool,
-    /// Decode tokens make the attention-input norm inside the q|k|v GEMV
-    /// (default where its shape allows; see [`fused_norm_default`]).
-    fused_norm: bool,
     /// Decode tokens' attention merges its key splits in a thread-block
     /// cluster where it can (default; see [`cluster_attention_default`]).
     cluster_attn: bool,
@@ -381,31 +378,6 @@ impl GpuModel {
         self.fused_rope = on;
     }
 
-    /// Whether a decode token's q|k|v GEMV makes the attention-input norm
-    /// itself where its launch shape allows (default true) or a norm kernel
-    /// runs before it (false; for comparisons: the GEMV's input is the same
-    /// bits either way; the residual adds the previous MoE output at the
-    /// MoE norm instead of the attention norm, so the residual differs by
-    /// fp32 rounding).
-    #[doc(hidden)]
-    pub fn set_fused_norm(&mut self, on: bool) {
-        self.end_ahead();
-        self.fused_norm = on;
-    }
-
-    /// Whether decode steps make the attention-input norm inside the q|k|v
-    /// GEMV: the setting ([`GpuModel::set_fused_norm`]) and a q|k|v
-    /// packing used at decode whose launch shape allows it
-    /// ([`crate::ffn::norm_fusable`]).
-    #[doc(hidden)]
-    pub fn decode_norm_fused(&self) -> bool {
-        self.fused_norm
-            && self.packed_decode
-            && self.proj_ws.is_some()
-            && self.layers.iter().all(|l| l.wqkv_p.is_some())
-            && crate::ffn::norm_fusable(&self.qkv_cfg.down, self.shape.hidden)
-    }
-
     /// Whether a decode token's fused-RoPE attention merges its key splits
     /// inside the attention kernel, one thread-block cluster per KV head
     /// (default true; where it can: 2 to 8 splits on the sm_90a cubin), or
@@ -447,14 +419,6 @@ fn packed_decode_default() -> bool {
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_switch(&ON, "WDMOE_FUSED_ROPE", "0")
-}
-
-/// Whether decode tokens make the attention-input norm inside the q|k|v
-/// GEMV (default) or in a kernel of its own (`WDMOE_FUSED_NORM=0`:
-/// comparisons).
-fn fused_norm_default() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_FUSED_NORM", "0")
 }
 
 /// Whether decode attention merges its splits in a cluster (default) or

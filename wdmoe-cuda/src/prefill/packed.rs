@@ -218,10 +218,15 @@ fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, u
 /// narrowest instantiation that holds them (fewer wasted tensor-core
 /// columns), else the widest (gated 128, down 256: the least shared-memory
 /// and L2 traffic per flop; at 512 rows per expert on an H200 1.2x the
-/// 64 / 128-token tiles, tests/gpu_packed.rs `packed_stage_timing_mixtral`); for one group, the widest that still gives
-/// two waves of tiles over the SMs (the blocks on one row block share its
-/// weights in L2), else the narrowest (the q|k|v projection at 2,048
-/// tokens: 256, 1.13x the 128-token tiles, `packed_f32_timing_qkv`).
+/// 64 / 128-token tiles, tests/gpu_packed.rs `packed_stage_timing_mixtral`);
+/// the same for one group whose k is split across blocks (`F32Add`: the
+/// splits fill the GPU, and one token tile reads the weights once where
+/// four 32-token tiles read them four times from L2: at 128 tokens the
+/// 32-token tiles ran a q|k|v projection in 45 µs on an H200, run B2); for
+/// one group otherwise, the widest that still gives two waves of tiles over
+/// the SMs (the blocks on one row block share its weights in L2), else the
+/// narrowest (the q|k|v projection at 2,048 tokens: 256, 1.13x the
+/// 128-token tiles, `packed_f32_timing_qkv`).
 fn pick_bn(
     kind: PackedKind,
     out: PackedOut,
@@ -237,7 +242,7 @@ fn pick_bn(
             detail: format!("no packed kernel for {kind:?} with {out:?} output"),
         });
     };
-    Ok(if groups > 1 {
+    Ok(if groups > 1 || out == PackedOut::F32Add {
         v.iter()
             .copied()
             .find(|k| k.0 as usize >= rows_per_group)
