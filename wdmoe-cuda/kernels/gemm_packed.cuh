@@ -90,7 +90,6 @@ struct PackedParams {
     int kmajor;             // 1: the units of one k tile are contiguous
     int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
-    int narrow;             // 1: partly empty last tiles on narrower wgmmas (NARROW kernels)
 };
 
 namespace {
@@ -179,18 +178,6 @@ struct RegAcc<256> {
     __device__ static void mma(float (&d)[128], const uint4& a, uint64_t b, int s) { wgmma_ra_n256(d, a, b, s); }
 };
 
-// The narrowest of BN, BN/2, BN/4 (not below 32) that holds `valid` tokens
-// (the columns a tile's wgmmas then compute: the accumulator registers of
-// m64nNk16 hold columns 0..N-1 first, so a narrower wgmma on the prefix of
-// the same registers computes the tile's first columns).
-template <int BN>
-__device__ __forceinline__ int tile_cols(int valid) {
-    int cols = BN;
-    if (BN >= 64 && valid <= BN / 2) cols = BN / 2;
-    if (BN >= 128 && valid <= BN / 4) cols = BN / 4;
-    return cols;
-}
-
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -213,12 +200,6 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     // accumulators of 128 tokens leave too few registers for two stages of
     // fragments (ptxas would serialize the wgmmas, C7512).
     constexpr int KS = (NM == 2 && BN >= 128) ? 2 : BK / 16;
-    // A partly empty last token tile of a group runs narrower wgmmas (BN/2
-    // or BN/4 columns) in the gated 128-token kernel, the one where ptxas
-    // keeps the three k loops apart without serializing its wgmmas: with
-    // them the 256-token kernels ran out of registers (C7512), and so did
-    // the gated 64-token one.
-    constexpr bool NARROW = KIND == PK_GATED && BN == 128;
     constexpr int X_BYTES = BN * BK * 2;
     constexpr int W_BYTES = (BK / 16) * UB * NMAT * TILE;
     constexpr int STAGE_BYTES = X_BYTES + W_BYTES;
@@ -338,72 +319,56 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                 continue;
             }
             int prev = -1;
-            const int rows_g = s_row[g + 1] - s_row[g];
-            // The tile's valid tokens, rounded up to BN, BN/2 or BN/4.
-            const int cols = NARROW && p.narrow ? tile_cols<BN>(rows_g - tt * BN) : BN;
-            // The tile's k loop with wgmmas of W token columns (W = BN, BN/2
-            // or BN/4: a whole loop per width, so that no branch sits among
-            // the wgmmas; ptxas serializes wgmmas on divergent paths).
-            auto k_loop = [&](auto width) {
-                constexpr int W = decltype(width)::value;
-                // One wgmma group per KS k16 steps (both fragment buffers
-                // alternate between groups): a group stays in flight while the
-                // next one's fragments load.
-                auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
-    #pragma unroll
-                    for (int kk = h * KS; kk < h * KS + KS; ++kk)
-    #pragma unroll
-                        for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
-                    wgmma_fence();
-                    const uint64_t db = smem_desc(sx);
-    #pragma unroll
-                    for (int kk = h * KS; kk < h * KS + KS; ++kk) {
-                        const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
-                        // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
-                        RegAcc<W>::mma(*reinterpret_cast<float(*)[W / 2]>(&d0[0]), a[kk][0], db + 2 * kk, acc);
-                        if constexpr (NM == 2)
-                            RegAcc<W>::mma(*reinterpret_cast<float(*)[W / 2]>(&d1[0]), a[kk][NM - 1], db + 2 * kk, acc);
-                    }
-                    wgmma_commit();
-                    wgmma_wait<1>();  // the previous group (and its fragments) is done
-                    // ... and with it the previous stage's last group.
-                    if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
-                };
-                auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
-                    mbar_wait(bar_full + 8 * stage, phase);
-                    const uint32_t sx = sbase + stage * STAGE_BYTES;
-                    const uint32_t sw = sx + X_BYTES;
-                    if constexpr (KS == BK / 16) {
-                        issue(a, sx, sw, kb, 0);
-                    } else {
-                        issue(a0, sx, sw, kb, 0);
-                        issue(a1, sx, sw, kb, 1);
-                    }
-                    prev = stage;
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
-                };
-                int kb = kb0;
-                for (; kb + 1 < kb1; kb += 2) {
-                    run_stage(a0, kb);
-                    run_stage(a1, kb + 1);
+            // One wgmma group per KS k16 steps (both fragment buffers
+            // alternate between groups): a group stays in flight while the
+            // next one's fragments load.
+            auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
+#pragma unroll
+                for (int kk = h * KS; kk < h * KS + KS; ++kk)
+#pragma unroll
+                    for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
+                wgmma_fence();
+                const uint64_t db = smem_desc(sx);
+#pragma unroll
+                for (int kk = h * KS; kk < h * KS + KS; ++kk) {
+                    const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
+                    // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
+                    RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
+                    if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
                 }
-                if (kb < kb1) run_stage(a0, kb);
-                wgmma_wait<0>();
-                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                wgmma_commit();
+                wgmma_wait<1>();  // the previous group (and its fragments) is done
+                // ... and with it the previous stage's last group.
+                if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
             };
-            if (NARROW && cols == BN / 4)
-                k_loop(std::integral_constant<int, (NARROW ? BN / 4 : BN)>{});
-            else if (NARROW && cols == BN / 2)
-                k_loop(std::integral_constant<int, (NARROW ? BN / 2 : BN)>{});
-            else
-                k_loop(std::integral_constant<int, BN>{});
+            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
+                mbar_wait(bar_full + 8 * stage, phase);
+                const uint32_t sx = sbase + stage * STAGE_BYTES;
+                const uint32_t sw = sx + X_BYTES;
+                if constexpr (KS == BK / 16) {
+                    issue(a, sx, sw, kb, 0);
+                } else {
+                    issue(a0, sx, sw, kb, 0);
+                    issue(a1, sx, sw, kb, 1);
+                }
+                prev = stage;
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            };
+            int kb = kb0;
+            for (; kb + 1 < kb1; kb += 2) {
+                run_stage(a0, kb);
+                run_stage(a1, kb + 1);
+            }
+            if (kb < kb1) run_stage(a0, kb);
+            wgmma_wait<0>();
+            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
 
             // Epilogue from the accumulators: per 8-token block j, rows
-            // r, r+8 (features) by tokens 8j + 2q + {0,1}; blocks past the
-            // columns the tile computed hold a previous tile's values.
+            // r, r+8 (features) by tokens 8j + 2q + {0,1}.
+            const int rows_g = s_row[g + 1] - s_row[g];
             if constexpr (OUT == PO_H16 && EPI == 1) {
                 // fp16 pairs of features: lanes l and l^4 hold neighbouring
                 // features for the same two tokens; one shuffle swaps
@@ -420,7 +385,6 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                 const bool ok0 = row < p.n_rows, ok1 = row + 8 < p.n_rows;
 #pragma unroll
                 for (int j = 0; j < BN / 8; ++j) {
-                    if (8 * j >= cols) break;
                     uint32_t w[2];
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {

@@ -39,9 +39,8 @@ pub(crate) struct PackedParams {
     kmajor: i32,
     row_start: [i32; MAX_GROUPS + 1],
     splits: i32,
-    narrow: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 840);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 832);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map and the
@@ -328,7 +327,6 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         kmajor: i32::from(g.kmajor),
         row_start: [0; MAX_GROUPS + 1],
         splits: 1,
-        narrow: i32::from(narrow_default()),
     };
     p.w[..groups].copy_from_slice(g.w);
     let token_tiles = match g.rows {
@@ -669,12 +667,4 @@ fn gemm_packed_f32_bn(
             force_bn,
         },
     )
-}
-
-/// Whether the gated 128-token kernel runs a group's partly empty last
-/// token tile on narrower wgmmas (default) or on the whole tile's
-/// (`WDMOE_PACKED_NARROW=0`, read once: comparisons).
-fn narrow_default() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WDMOE_PACKED_NARROW").map_or(true, |v| v != "0"))
 }
