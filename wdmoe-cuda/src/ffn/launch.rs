@@ -58,6 +58,94 @@ kernel_params! {
     }
 }
 
+/// The residual row whose RMSNorm a decode GEMV takes apart (`NormIn` in
+/// kernels/ffn_decode.cu): it multiplies `w ⊙ r` and scales its outputs by
+/// `1 / sqrt(mean(r²) + eps)`, with `r = resid + add` (`add` 0: none) of
+/// `d` elements.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct NormIn {
+    pub(crate) resid: u64,
+    pub(crate) add: u64,
+    pub(crate) w: u64,
+    pub(crate) eps: f32,
+    pub(crate) d: i32,
+}
+
+kernel_params! {
+    /// Parameters of `gemv_plain_rs_nt1_u*`: the gemv_* parameter list as
+    /// one struct (`GemvArgs`), then the row to normalize.
+    pub(crate) struct GemvNormParams {
+        g: GemvParams,
+        nin: NormIn,
+    }
+}
+
+/// Whether [`launch_gemv_norm`] takes a decode GEMV of this launch shape and
+/// `k`: one packed row unit per warp, unroll 4 or 8, one split (a block
+/// then spans the whole row, whose squares it sums), `k % 16 == 0`.
+pub(crate) fn norm_fusable(cfg: &KernelConfig, k: usize) -> bool {
+    cfg.rows <= 1 && matches!(cfg.unroll, 4 | 8) && cfg.splits == 1 && k % 16 == 0 && k > 0
+}
+
+/// [`launch_gemv`] of one token on the plain packing whose input is the
+/// RMSNorm of `nin`'s row, taken apart (`g.x` unused; `g.dest` a combine).
+pub(crate) fn launch_gemv_norm(
+    gpu: &Gpu,
+    ws: &mut FfnWorkspace,
+    g: Gemv,
+    nin: NormIn,
+    cfg: &KernelConfig,
+) -> Result<()> {
+    debug_assert!(g.t == 1 && g.kind == Kind::Plain && norm_fusable(cfg, g.k));
+    debug_assert!(nin.d as usize == g.k);
+    let geo = geometry(g.kind, g.t, g.k_major, g.k, g.n, cfg);
+    let Dest::Combine { acc, ldo } = g.dest else {
+        unreachable!("the norm-taking GEMV adds (Dest::Combine)");
+    };
+    let params = GemvNormParams {
+        g: GemvParams {
+            w: g.w,
+            x: 0,
+            ldx: 0,
+            toks: g.toks,
+            t: 1,
+            k_tiles: geo.k_tiles,
+            rt_stride: geo.rt_stride,
+            kt_stride: geo.kt_stride,
+            splits: 1,
+            partial: addr(&ws.partial),
+            counters: addr(&ws.counters),
+            out: 0,
+            ldo,
+            out_acc: acc,
+            n_rows: g.n as i32,
+        },
+        nin,
+    };
+    let name = if cfg.unroll == 4 {
+        "gemv_plain_rs_nt1_u4"
+    } else {
+        "gemv_plain_rs_nt1_u8"
+    };
+    // SAFETY: gemv_plain_rs_nt1_u*(GemvArgs, NormIn) = GemvNormParams
+    // (GemvArgs mirrors GemvParams field by field, NormIn mirrors NormIn).
+    // As launch_gemv's launch with T = 1, one split and x unread; the
+    // callers checked W (n/16 x k/16 packed tiles), the destination (n
+    // elements), and that resid, w (and add, unless 0) hold d = k floats,
+    // 8-byte aligned (the kernel reads them as float2 at even k); warps <=
+    // 8 (rs_warp's size); `shared` bytes as launch_gemv's.
+    unsafe {
+        gpu.launch(
+            &gpu.ffn,
+            name,
+            Shape::new(geo.grid, geo.block).shared(geo.shared).pdl(true),
+            params,
+            || format!("k={} n={} cfg={cfg:?} norm taken apart", g.k, g.n),
+        )
+    }
+}
+
 kernel_params! {
     /// Parameters of the `slot_*` kernels (kernels/ffn_decode.cu).
     pub(crate) struct SlotParams {

@@ -269,6 +269,90 @@ pub fn ffn_stage(
     launch_gemv(gpu, ws, g, cfg)
 }
 
+/// [`gemv_packed_acc`] of one token whose input is the RMSNorm of a
+/// residual row, taken apart: `y[j] += inv · Σ_k W[j][k] · fp16(w[k] ·
+/// r[k])`, `r = resid + add`, `inv = 1 / sqrt(mean(r²) + eps)`, the sum of
+/// squares made by each block from the values it multiplies (the decode
+/// q|k|v projection: no norm kernel before it; nothing written back).
+/// Needs [`norm_fusable`] (`cfg`, W's columns).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemv_packed_norm_acc(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    resid: &DeviceSlice<f32>,
+    add: Option<&DeviceSlice<f32>>,
+    norm_w: &DeviceSlice<f32>,
+    eps: f32,
+    y: &mut DeviceSlice<f32>,
+    ws: &mut FfnWorkspace,
+    cfg: &KernelConfig,
+) -> Result<()> {
+    const OP: &str = "gemv_packed_norm_acc";
+    cfg.check(OP)?;
+    let (n, k) = (w.rows, w.cols);
+    if !(norm_fusable(cfg, k) && eps > 0.0 && eps.is_finite()) {
+        return Err(shape(
+            OP,
+            format!("k={k} (% 16 == 0), cfg={cfg:?} (one row unit, unroll 4 or 8, one split), eps={eps}"),
+        ));
+    }
+    let short = |have: usize| have < k;
+    if short(resid.len())
+        || short(norm_w.len())
+        || add.is_some_and(|a| short(a.len()))
+        || y.len() < n
+    {
+        return Err(shape(
+            OP,
+            format!(
+                "W {n} x {k}: resid {}, norm weights {}, add {:?}, y {} elements",
+                resid.len(),
+                norm_w.len(),
+                add.map(|a| a.len()),
+                y.len()
+            ),
+        ));
+    }
+    if n / 16 > ws.counters.len() {
+        return Err(shape(
+            OP,
+            format!(
+                "W has {n} rows, the workspace holds {} row tiles",
+                ws.counters.len()
+            ),
+        ));
+    }
+    check_align(OP, "y", addr(y), 4)?;
+    check_align(OP, "resid", addr(resid), 8)?;
+    check_align(OP, "norm weights", addr(norm_w), 8)?;
+    if let Some(a) = add {
+        check_align(OP, "add", addr(a), 8)?;
+    }
+    let g = Gemv {
+        w: addr(&w.buf),
+        k_major: true,
+        kind: Kind::Plain,
+        x: 0,
+        ldx: 0,
+        toks: TokList::default(),
+        t: 1,
+        k,
+        n,
+        dest: Dest::Combine {
+            acc: addr(y),
+            ldo: n as i32,
+        },
+    };
+    let nin = NormIn {
+        resid: addr(resid),
+        add: add.map_or(0, addr),
+        w: addr(norm_w),
+        eps,
+        d: k as i32,
+    };
+    launch_gemv_norm(gpu, ws, g, nin, cfg)
+}
+
 /// `y[i][r] += Σ_k W[r][k] · x[i][k]` for `t` ≤ [`MAX_DECODE_TOKENS`]
 /// rows of `x` (`[t][k]` fp16, 16-byte aligned) through the decode GEMV
 /// kernels on a [`PackedMatrix`] (the model's attention projections at
