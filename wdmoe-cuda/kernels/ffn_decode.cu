@@ -61,23 +61,6 @@ constexpr int MAX_WARPS = 8;
 
 namespace {
 
-// The decode q|k|v projection's input: one token's RMSNorm, taken apart
-// (gemv_plain_rs_*): y = inv · W (w ⊙ r), r = resid + add, inv = 1 /
-// sqrt(mean(r²) + eps). The GEMV streams its weights at once, as on x;
-// each lane of token 0 makes its B fragments from r and w (fp16 of w ⊙ r,
-// the norm's scale left out) and sums the squares of its r; the block
-// (which spans all of k: one split) adds the lanes' sums and scales its
-// outputs by inv. So the norm needs no kernel of its own before the GEMV,
-// and its reduction waits for nothing but the GEMV's own loads. Nothing is
-// written back to the residual (the caller adds `add` later).
-struct NormIn {
-    const float* resid;  // [d] fp32
-    const float* add;    // [d] fp32 or null
-    const float* w;      // [d] fp32 norm weights
-    float eps;
-    int d;  // the row length: the GEMV's k
-};
-
 // NMAT = 2 and GATED: W1|W3 of one 16-row tile, epilogue silu(g)*u.
 // NMAT = 2 and !GATED: two consecutive 16-row tiles of one matrix (a 32-row
 // tile; B fragments are loaded once for both). NMAT = 1: one 16-row tile.
@@ -93,18 +76,13 @@ struct NormIn {
 // Returns whether the slot is done: its candidate ran (and was written) or
 // the slot is unused; false when the plan put another expert there (the
 // caller then runs that one). Without SPEC it always returns true.
-//
-// RS (gemv_plain_rs_*: T = 1, one split, out_acc): x is made from the
-// residual row (NormIn above) and the outputs are scaled by its inverse
-// RMS.
-template <int NT, int NMAT, int U, bool GATED, bool SPEC = false, bool RS = false>
+template <int NT, int NMAT, int U, bool GATED, bool SPEC = false>
 __device__ __forceinline__ bool gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
     const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
     float* __restrict__ partial, unsigned* __restrict__ counters,
     __half* __restrict__ out, int ldo, float* __restrict__ out_acc,
-    int n_rows, const Slot* __restrict__ plan = nullptr, int slot = 0, unsigned seq = 0u,
-    const NormIn* nin = nullptr) {
+    int n_rows, const Slot* __restrict__ plan = nullptr, int slot = 0, unsigned seq = 0u) {
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -143,27 +121,6 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
             for (int m = 0; m < NMAT; ++m) dst[u][m] = ld_stream(wt + (k + u) * kt_stride + m * 32);
     };
-    // RS: this lane's sum of r² over its k positions (token 0's lanes).
-    float rs_ss = 0.f;
-    // The B fragment (two fp16) at k position kp: x[kp], x[kp+1]; with RS
-    // fp16(w ⊙ r) there, r's squares summed.
-    auto ld_b = [&](const __half* p, int kp) -> uint32_t {
-        if constexpr (RS) {
-            float2 r = __ldg(reinterpret_cast<const float2*>(nin->resid + kp));
-            if (nin->add) {
-                const float2 a = __ldg(reinterpret_cast<const float2*>(nin->add + kp));
-                r.x += a.x;
-                r.y += a.y;
-            }
-            const float2 g = __ldg(reinterpret_cast<const float2*>(nin->w + kp));
-            rs_ss = fmaf(r.x, r.x, rs_ss);
-            rs_ss = fmaf(r.y, r.y, rs_ss);
-            const __half2 h = __floats2half2_rn(g.x * r.x, g.y * r.y);
-            return *reinterpret_cast<const uint32_t*>(&h);
-        } else {
-            return __ldg(reinterpret_cast<const unsigned int*>(p));
-        }
-    };
     auto compute = [&](const uint4 (&src)[U][NMAT], int k) {
         uint32_t b[U][NT][2];
 #pragma unroll
@@ -171,9 +128,8 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 const __half* p = xrow[nt] + (k + u) * 16;
-                const int kp = (k + u) * 16 + (lane & 3) * 2;
-                b[u][nt][0] = xvalid[nt] ? ld_b(p, kp) : 0u;
-                b[u][nt][1] = xvalid[nt] ? ld_b(p + 8, kp + 8) : 0u;
+                b[u][nt][0] = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+                b[u][nt][1] = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
             }
 #pragma unroll
         for (int u = 0; u < U; ++u)
@@ -241,9 +197,8 @@ __device__ __forceinline__ bool gemv_tile(
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const __half* p = xrow[nt] + kt * 16;
-            const int kp = kt * 16 + (lane & 3) * 2;
-            uint32_t b0 = xvalid[nt] ? ld_b(p, kp) : 0u;
-            uint32_t b1 = xvalid[nt] ? ld_b(p + 8, kp + 8) : 0u;
+            uint32_t b0 = xvalid[nt] ? __ldg((const unsigned int*)p) : 0u;
+            uint32_t b1 = xvalid[nt] ? __ldg((const unsigned int*)(p + 8)) : 0u;
 #pragma unroll
             for (int m = 0; m < NMAT; ++m) mma16816(acc[m][nt], a1[m], b0, b1);
         }
@@ -307,20 +262,6 @@ __device__ __forceinline__ bool gemv_tile(
         __syncthreads();
     }
 
-    // RS: the block's sum of r² (every warp's lanes, warps in order) and
-    // the inverse RMS its outputs are scaled by.
-    float rs_inv = 1.f;
-    if constexpr (RS) {
-        __shared__ float rs_warp[MAX_WARPS];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) rs_ss += __shfl_xor_sync(0xffffffffu, rs_ss, o);
-        if (lane == 0) rs_warp[warp] = rs_ss;
-        __syncthreads();
-        float t = 0.f;
-        for (int i = 0; i < warps; ++i) t += rs_warp[i];
-        rs_inv = 1.0f / sqrtf(t / (float)nin->d + nin->eps);
-    }
-
     // Epilogue: i -> (token, row), rows fastest.
     constexpr int ROWS = GATED ? 16 : 16 * NMAT;
     for (int i = threadIdx.x; i < ROWS * 16; i += blockDim.x) {
@@ -328,7 +269,6 @@ __device__ __forceinline__ bool gemv_tile(
         int grow = rt * ROWS + row;
         if (tok >= T || grow >= n_rows) continue;
         float v = GATED ? silu(s[0][row][tok]) * s[NMAT - 1][row][tok] : s[row >> 4][row & 15][tok];
-        if constexpr (RS) v *= rs_inv;
         if (out_acc) {
             int dst = toks.scatter ? toks.idx[tok] : tok;
             float wgt = toks.scatter ? toks.w[tok] : 1.f;
@@ -558,36 +498,6 @@ __device__ __forceinline__ void gemv_tile_rows(
                                       out, ldo, out_acc,                                                    \
                                       n_rows);                                                              \
     }
-
-// The decode q|k|v projection with its input norm taken apart (RS above):
-// one token, one split, out_acc += inv · W (w ⊙ r). GemvArgs is the
-// parameter list of the gemv_* kernels as one struct (GemvParams in
-// src/ffn/launch.rs).
-struct GemvArgs {
-    const uint4* w;
-    const __half* x;
-    int ldx;
-    TokList toks;
-    int T;
-    int k_tiles;
-    long long rt_stride;
-    long long kt_stride;
-    int splits;
-    float* partial;
-    unsigned* counters;
-    __half* out;
-    int ldo;
-    float* out_acc;
-    int n_rows;
-};
-#define WDMOE_GEMV_RS(NAME, U)                                                                               \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const GemvArgs g, const NormIn nin) {            \
-        gemv_tile<1, 1, U, false, false, true>(g.w, nullptr, 0, g.toks, 1, g.k_tiles, g.rt_stride,          \
-                                               g.kt_stride, 1, g.partial, g.counters, g.out, g.ldo,          \
-                                               g.out_acc, g.n_rows, nullptr, 0, 0u, &nin);                  \
-    }
-WDMOE_GEMV_RS(gemv_plain_rs_nt1_u4, 4)
-WDMOE_GEMV_RS(gemv_plain_rs_nt1_u8, 8)
 
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.
 WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4, true)

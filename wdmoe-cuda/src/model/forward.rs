@@ -253,7 +253,6 @@ impl GpuModel {
         let qkvw = self.shape.qkv_width();
         let eps = self.shape.rms_eps as f32;
         let gpu = self.gpu.clone();
-        let norm_apart = self.decode_norm_apart();
         for l in c.done.len()..upto {
             let t_layer = std::time::Instant::now();
             let mut lat = vec![0.0f64; n * e];
@@ -272,58 +271,34 @@ impl GpuModel {
                 gpu.fill_u16(&mut self.qkv, 0)?;
             }
             self.qkv_dirty = true;
-            // A decode step's q|k|v GEMV takes the attention-input norm
-            // apart itself (no norm kernel before it); the residual then
-            // takes `add` at the MoE norm instead of here.
-            let norm_apart = n == 1 && norm_apart;
-            if norm_apart {
-                let p = packed(
+            kernels::add_rmsnorm(
+                &gpu,
+                &mut self.resid,
+                add,
+                &layer.attn_norm,
+                eps,
+                n,
+                m,
+                &mut self.h,
+                m,
+            )?;
+            kernels::project(
+                &gpu,
+                &layer.wqkv,
+                packed(
                     layer.wqkv_p.as_ref(),
                     &mut self.proj_ws,
                     &self.qkv_cfg,
                     self.packed_decode,
-                )
-                .ok_or_else(|| shape("GpuModel::forward", "no q|k|v packing".into()))?;
-                kernels::project_normed(
-                    &gpu,
-                    p,
-                    &self.resid,
-                    add,
-                    &layer.attn_norm,
-                    eps,
-                    m,
-                    &mut self.qkv,
-                )?;
-            } else {
-                kernels::add_rmsnorm(
-                    &gpu,
-                    &mut self.resid,
-                    add,
-                    &layer.attn_norm,
-                    eps,
-                    n,
-                    m,
-                    &mut self.h,
-                    m,
-                )?;
-                kernels::project(
-                    &gpu,
-                    &layer.wqkv,
-                    packed(
-                        layer.wqkv_p.as_ref(),
-                        &mut self.proj_ws,
-                        &self.qkv_cfg,
-                        self.packed_decode,
-                    ),
-                    &self.h,
-                    m,
-                    qkvw,
-                    n,
-                    &mut self.qkv,
-                    qkvw,
-                    !store,
-                )?;
-            }
+                ),
+                &self.h,
+                m,
+                qkvw,
+                n,
+                &mut self.qkv,
+                qkvw,
+                !store,
+            )?;
             if n == 1 && self.fused_rope {
                 attention::rope_attention_decode(
                     &gpu,
@@ -387,11 +362,7 @@ impl GpuModel {
             kernels::add_rmsnorm(
                 &gpu,
                 &mut self.resid,
-                if norm_apart {
-                    add
-                } else {
-                    store.then_some(&*self.q)
-                },
+                store.then_some(&*self.q),
                 &layer.moe_norm,
                 eps,
                 n,

@@ -143,30 +143,6 @@ fn norm_kernel(n: usize, d: usize) -> (&'static str, u32) {
     }
 }
 
-/// One token's `y += W · add_rmsnorm(resid + add)` with the norm taken
-/// apart inside the decode GEMV on W's packing (no norm kernel before it,
-/// nothing written back: [`crate::ffn::gemv_packed_norm_acc`]). Needs
-/// [`crate::ffn::norm_fusable`] for the packing's decode shape.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn project_normed(
-    gpu: &Gpu,
-    p: Packed<'_>,
-    resid: &DeviceSlice<f32>,
-    add: Option<&DeviceSlice<f32>>,
-    norm_w: &DeviceSlice<f32>,
-    eps: f32,
-    d: usize,
-    y: &mut DeviceSlice<f32>,
-) -> Result<()> {
-    if p.w.cols() != d {
-        return Err(shape(
-            "model::project_normed",
-            format!("W has {} columns, the row {d}", p.w.cols()),
-        ));
-    }
-    crate::ffn::gemv_packed_norm_acc(gpu, p.w, resid, add, norm_w, eps, y, p.ws, &p.cfg.down)
-}
-
 /// `y[t][0..N) (+)= W x[t]` for `t < T` (at most [`GEMV_MAX_TOKENS`] per
 /// launch; more rows loop): W `[N][K]` fp16, x `[T][K]` fp16, y fp32 with
 /// row pitch `ldy`. `K % 8 == 0`, W and x 16-byte aligned.

@@ -211,9 +211,6 @@ pub struct GpuModel {
     /// Decode tokens run RoPE inside the attention kernel (default; see
     /// [`fused_rope_default`]).
     fused_rope: bool,
-    /// Decode tokens' q|k|v GEMV takes the attention-input norm apart
-    /// itself (default where its shape allows; see [`norm_apart_default`]).
-    norm_apart: bool,
     /// Decode tokens' attention merges its key splits in a thread-block
     /// cluster where it can (default; see [`cluster_attention_default`]).
     cluster_attn: bool,
@@ -381,31 +378,6 @@ impl GpuModel {
         self.fused_rope = on;
     }
 
-    /// Whether a decode token's q|k|v GEMV takes the attention-input norm
-    /// apart itself where its launch shape allows (default true: it
-    /// multiplies fp16(w ⊙ r) and scales by the inverse RMS, with no norm
-    /// kernel before it) or a norm kernel runs before it (false; for
-    /// comparisons: the same products up to fp16 and fp32 rounding; the
-    /// residual adds the previous MoE output at the MoE norm instead).
-    #[doc(hidden)]
-    pub fn set_norm_apart(&mut self, on: bool) {
-        self.end_ahead();
-        self.norm_apart = on;
-    }
-
-    /// Whether decode steps take the attention-input norm apart in the
-    /// q|k|v GEMV: the setting ([`GpuModel::set_norm_apart`]) and a q|k|v
-    /// packing used at decode whose launch shape allows it
-    /// ([`crate::ffn::norm_fusable`]).
-    #[doc(hidden)]
-    pub fn decode_norm_apart(&self) -> bool {
-        self.norm_apart
-            && self.packed_decode
-            && self.proj_ws.is_some()
-            && self.layers.iter().all(|l| l.wqkv_p.is_some())
-            && crate::ffn::norm_fusable(&self.qkv_cfg.down, self.shape.hidden)
-    }
-
     /// Whether a decode token's fused-RoPE attention merges its key splits
     /// inside the attention kernel, one thread-block cluster per KV head
     /// (default true; where it can: 2 to 8 splits on the sm_90a cubin), or
@@ -447,14 +419,6 @@ fn packed_decode_default() -> bool {
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_switch(&ON, "WDMOE_FUSED_ROPE", "0")
-}
-
-/// Whether decode tokens' q|k|v GEMV takes the attention-input norm apart
-/// (default) or a norm kernel runs before it (`WDMOE_NORM_APART=0`:
-/// comparisons).
-fn norm_apart_default() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_NORM_APART", "0")
 }
 
 /// Whether decode attention merges its splits in a cluster (default) or
