@@ -184,6 +184,41 @@ fn packed_every_tile_width_matches_reference() {
     }
 }
 
+/// Median seconds of 10 calls of `f` after 3 warm-ups, CUDA events around
+/// each.
+fn median_s(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
+    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
+    let mut v = Vec::new();
+    for i in 0..13 {
+        gpu.record_on(&a).unwrap();
+        f();
+        gpu.record_on(&b).unwrap();
+        gpu.sync().unwrap();
+        if i >= 3 {
+            v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
+        }
+    }
+    v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    v[v.len() / 2]
+}
+
+/// `time(i)` of each of `n` variants in 4 rounds, every other round in
+/// reverse order so that clock drift under load favours none; per variant
+/// its times sorted (best first).
+fn alternating_rounds(n: usize, time: &mut dyn FnMut(usize) -> f64) -> Vec<Vec<f64>> {
+    let mut got = vec![Vec::new(); n];
+    for round in 0..4 {
+        for j in 0..n {
+            let i = if round % 2 == 0 { j } else { n - 1 - j };
+            got[i].push(time(i));
+        }
+    }
+    for v in &mut got {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    }
+    got
+}
+
 /// Each launch alone at Mixtral size (8 experts of 4096 x 14336, 32-row W2
 /// units, k-major) at 64, 512 and 4096 rows per expert:
 /// median of 10 after 3 warm-ups, in 4 rounds of alternating order (the
@@ -209,7 +244,6 @@ fn packed_stage_timing_mixtral() {
         })
         .collect();
     let wrefs: Vec<&ExpertWeights> = packed.iter().collect();
-    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
     for per in [64usize, 512, 4096] {
         let counts = vec![per; e];
         let rows = per * e;
@@ -217,23 +251,7 @@ fn packed_stage_timing_mixtral() {
         let mut h = rand_dev(&gpu, rows * m_h, 6, 1.0);
         let mut out = gpu.alloc::<f16>(rows * m).unwrap();
         let flops = (rows * m * m_h * 2) as f64;
-        let mut time = |g: Option<u32>, d: Option<u32>| {
-            let mut v = Vec::new();
-            for i in 0..13 {
-                gpu.record_on(&a).unwrap();
-                gpu.ffn_packed_variant(&wrefs, &x, &counts, &mut h, &mut out, g, d)
-                    .unwrap();
-                gpu.record_on(&b).unwrap();
-                gpu.sync().unwrap();
-                if i >= 3 {
-                    v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
-                }
-            }
-            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
-            v[v.len() / 2]
-        };
-        // (launch, tokens per tile; 0 = the usual choice), timed in rounds
-        // of alternating order so that clock drift under load favours none.
+        // (launch, tokens per tile; 0 = the usual choice).
         let variants: [(&str, u32); 6] = [
             ("gate_up", 128 | LEGACY),
             ("gate_up", 128),
@@ -242,26 +260,20 @@ fn packed_stage_timing_mixtral() {
             ("down", 256),
             ("down", 0),
         ];
-        let mut got = vec![Vec::new(); variants.len()];
-        for round in 0..4 {
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..variants.len()).collect()
+        let got = alternating_rounds(variants.len(), &mut |i| {
+            let (stage, bn) = variants[i];
+            let (g, d) = if stage == "gate_up" {
+                (Some(bn), None)
             } else {
-                (0..variants.len()).rev().collect()
+                (None, Some(bn))
             };
-            for i in order {
-                let (stage, bn) = variants[i];
-                let t = if stage == "gate_up" {
-                    time(Some(bn), None)
-                } else {
-                    time(None, Some(bn))
-                };
-                got[i].push(t);
-            }
-        }
+            median_s(&gpu, &mut || {
+                gpu.ffn_packed_variant(&wrefs, &x, &counts, &mut h, &mut out, g, d)
+                    .unwrap()
+            })
+        });
         for (i, &(stage, bn)) in variants.iter().enumerate() {
-            let mut v = got[i].clone();
-            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let v = &got[i];
             let f = if stage == "gate_up" {
                 2.0 * flops
             } else {
@@ -443,20 +455,7 @@ fn packed_ffn_timing_mixtral() {
         let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
         let mut out = gpu.alloc::<f16>(rows * m).unwrap();
         let mut ws = PrefillWorkspace::new(&gpu, m, m_h, rows).unwrap();
-        let time = |f: &mut dyn FnMut()| {
-            let mut v = Vec::new();
-            for i in 0..13 {
-                gpu.record_on(&a).unwrap();
-                f();
-                gpu.record_on(&b).unwrap();
-                gpu.sync().unwrap();
-                if i >= 3 {
-                    v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
-                }
-            }
-            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
-            v[v.len() / 2]
-        };
+        let time = |f: &mut dyn FnMut()| median_s(&gpu, f);
         let tp =
             time(&mut || ffn_packed_grouped(&gpu, &wrefs, &x, &counts, &mut h, &mut out).unwrap());
         let tg = time(&mut || {
@@ -531,38 +530,16 @@ fn packed_f32_timing_qkv() {
     drop(wd);
     let x = rand_dev(&gpu, t * k, 3, 1.0);
     let mut y = gpu.alloc::<f32>(t * rows).unwrap();
-    let (a, b) = (gpu.event().unwrap(), gpu.event().unwrap());
-    let mut time = |bn: Option<u32>| {
-        let mut v = Vec::new();
-        for i in 0..13 {
-            gpu.record_on(&a).unwrap();
-            gpu.gemm_packed_f32_variant(&w, &x, t, &mut y, rows, false, bn)
-                .unwrap();
-            gpu.record_on(&b).unwrap();
-            gpu.sync().unwrap();
-            if i >= 3 {
-                v.push(elapsed_ms(&a, &b).unwrap() as f64 * 1e-3);
-            }
-        }
-        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        v[v.len() / 2]
-    };
     let variants = [Some(128u32), Some(256), None];
-    let mut got = vec![Vec::new(); variants.len()];
-    for round in 0..4 {
-        for j in 0..variants.len() {
-            let i = if round % 2 == 0 {
-                j
-            } else {
-                variants.len() - 1 - j
-            };
-            got[i].push(time(variants[i]));
-        }
-    }
+    let got = alternating_rounds(variants.len(), &mut |i| {
+        median_s(&gpu, &mut || {
+            gpu.gemm_packed_f32_variant(&w, &x, t, &mut y, rows, false, variants[i])
+                .unwrap()
+        })
+    });
     let flops = (2 * t * rows * k) as f64;
     for (i, bn) in variants.iter().enumerate() {
-        let mut v = got[i].clone();
-        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let v = &got[i];
         println!(
             "F32 qkv T={t} W {rows}x{k} bn={bn:?}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",
             v[0] * 1e6,

@@ -426,9 +426,16 @@ impl GpuModel {
                 .as_ref()
                 .filter(|p| p.on && t > kernels::GEMV_MAX_TOKENS)
             {
-                Some(p) => {
-                    crate::prefill::gemm_packed_f32(&gpu, &p.w, &x, t, &mut self.logits, v, false)?
-                }
+                Some(p) => crate::prefill::gemm_packed_f32(
+                    &gpu,
+                    &p.w,
+                    &x,
+                    t,
+                    &mut self.logits,
+                    v,
+                    false,
+                    None,
+                )?,
                 None => kernels::gemv(&gpu, head, &x, m, v, t, &mut self.logits, v, false)?,
             }
             if rows.len() == 1 {

@@ -234,7 +234,7 @@ pub(crate) fn project(
     match packed {
         Some(p) if (p.w.rows(), p.w.cols()) == (n, k) => {
             if t > GEMV_MAX_TOKENS {
-                crate::prefill::gemm_packed_f32(gpu, p.w, x, t, y, ldy, accumulate)
+                crate::prefill::gemm_packed_f32(gpu, p.w, x, t, y, ldy, accumulate, None)
             } else if p.decode && accumulate {
                 let cfg = if t > 8 { &p.cfg.down_wide } else { &p.cfg.down };
                 crate::ffn::gemv_packed_acc(gpu, p.w, x, t, y, ldy, p.ws, cfg)

@@ -585,42 +585,10 @@ fn ffn_packed_stages(
 
 /// `y[i][r] (+)= Σ_k W[r][k] · x[i][k]` for `t` token rows of `x` (`[t][k]`
 /// fp16), on tensor cores: fp32 `y` with row stride `ldy` (≥ rows of W),
-/// stored or (with `accumulate`) added to.
-pub(crate) fn gemm_packed_f32(
-    gpu: &Gpu,
-    w: &PackedMatrix,
-    x: &DeviceSlice<f16>,
-    t: usize,
-    y: &mut DeviceSlice<f32>,
-    ldy: usize,
-    accumulate: bool,
-) -> Result<()> {
-    gemm_packed_f32_bn(gpu, w, x, t, y, ldy, accumulate, None)
-}
-
-impl Gpu {
-    /// Tests and timings of the packed GEMM only: the projection GEMM
-    /// (`y (+)= W x`, fp32 `y`) with its tokens per tile forced (`None`:
-    /// the usual choice).
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_packed_f32_variant(
-        &self,
-        w: &PackedMatrix,
-        x: &DeviceSlice<f16>,
-        t: usize,
-        y: &mut DeviceSlice<f32>,
-        ldy: usize,
-        accumulate: bool,
-        bn: Option<u32>,
-    ) -> Result<()> {
-        gemm_packed_f32_bn(self, w, x, t, y, ldy, accumulate, bn)
-    }
-}
-
-/// [`gemm_packed_f32`] with the tokens per tile forced (`Some`).
+/// stored or (with `accumulate`) added to; `force_bn`: the tokens per tile
+/// instead of the usual choice (tests and timings).
 #[allow(clippy::too_many_arguments)]
-fn gemm_packed_f32_bn(
+pub(crate) fn gemm_packed_f32(
     gpu: &Gpu,
     w: &PackedMatrix,
     x: &DeviceSlice<f16>,
@@ -667,4 +635,24 @@ fn gemm_packed_f32_bn(
             force_bn,
         },
     )
+}
+
+impl Gpu {
+    /// Tests and timings of the packed GEMM only: the projection GEMM
+    /// (`y (+)= W x`, fp32 `y`) with its tokens per tile forced (`None`:
+    /// the usual choice).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_packed_f32_variant(
+        &self,
+        w: &PackedMatrix,
+        x: &DeviceSlice<f16>,
+        t: usize,
+        y: &mut DeviceSlice<f32>,
+        ldy: usize,
+        accumulate: bool,
+        bn: Option<u32>,
+    ) -> Result<()> {
+        gemm_packed_f32(self, w, x, t, y, ldy, accumulate, bn)
+    }
 }
