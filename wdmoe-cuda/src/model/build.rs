@@ -362,8 +362,9 @@ impl GpuModel {
         // wave of 384 or 256 blocks, 4 per SM, against 8 warps per block:
         // 7.335 against 7.416 ms of GPU time per token on an H200, the best
         // of 8 shapes tried, BENCHMARKS.md run Y4).
-        let shape_env = proj_shape_env();
-        let proj = |rows: usize, k: usize| {
+        let shape_env = proj_shape_env("WDMOE_PROJ_SHAPE");
+        let qkv_env = proj_shape_env("WDMOE_QKV_SHAPE").or(shape_env);
+        let proj = |rows: usize, k: usize, shape_env: Option<(u32, u32, u32)>| {
             let mut c = DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16);
             let sm = gpu.info().sm_count;
             // 8 warps per block: 0.04-0.11 ms per token faster than 4 on an
@@ -388,8 +389,8 @@ impl GpuModel {
             None
         };
         Ok(GpuModel {
-            qkv_cfg: proj(qkvw, m),
-            o_cfg: proj(m, hd_all),
+            qkv_cfg: proj(qkvw, m, qkv_env),
+            o_cfg: proj(m, hd_all, shape_env),
             proj_ws,
             head_p,
             overlap_checks: true,
@@ -431,10 +432,11 @@ impl GpuModel {
 
 /// The decode GEMV shape of the attention projections: 8 warps per block,
 /// unroll 8, no split of k (`WDMOE_PROJ_SHAPE=warps,unroll,splits`, e.g.
-/// `8,8,2`, read at load: comparisons; a shape the kernels do not take is
-/// refused at the first launch).
-fn proj_shape_env() -> Option<(u32, u32, u32)> {
-    let v = std::env::var("WDMOE_PROJ_SHAPE").ok()?;
+/// `8,8,2`, both projections; `WDMOE_QKV_SHAPE`, q|k|v alone; read at load:
+/// comparisons; a shape the kernels do not take is refused at the first
+/// launch).
+fn proj_shape_env(var: &str) -> Option<(u32, u32, u32)> {
+    let v = std::env::var(var).ok()?;
     let p: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
     match p[..] {
         [w, u, s] => Some((w, u, s)),
