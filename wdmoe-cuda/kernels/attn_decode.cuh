@@ -71,6 +71,23 @@ __device__ __forceinline__ void cluster_wait() {
 }
 #endif
 
+// One warp's split partial of its head: (max, sum, acc[0..hd)) at dst
+// (shared memory for the cluster merge, global for attn_combine), acc
+// spread over the lanes as attn_fwd_body keeps it (element lane + 32 i).
+__device__ __forceinline__ void store_partial(float* dst, float m, float l, const float* acc, int hd) {
+    constexpr int MAXD = ATT_MAX_HD / 32;
+    const int lane = threadIdx.x & 31;
+    if (lane == 0) {
+        dst[0] = m;
+        dst[1] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < MAXD; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) dst[2 + d] = acc[i];
+    }
+}
+
 // The most splits a cluster merges (8: the portable cluster size).
 constexpr int ATT_CLUSTER_MAX = 8;
 
@@ -90,20 +107,9 @@ constexpr int ATT_CLUSTER_MAX = 8;
 __device__ __forceinline__ void attn_cluster_merge(const AttnParams& p, const AttnRope& r, float* pm, float m,
                                                    float l, const float* acc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int MAXD = ATT_MAX_HD / 32;
     constexpr int MAXE = ATT_MAX_HD / 64;  // G hd outputs over >= 2 blocks of G warps
     const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, s = blockIdx.z, S = gridDim.z;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    float* pw = pm + w * (hd + 2);
-    if (lane == 0) {
-        pw[0] = m;
-        pw[1] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < MAXD; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) pw[2 + d] = acc[i];
-    }
+    store_partial(pm + (threadIdx.x >> 5) * (hd + 2), m, l, acc, hd);
     cluster_arrive();
     cluster_wait();
     const int n = G * hd, e0 = s * blockDim.x + threadIdx.x, stride = S * blockDim.x;
@@ -368,16 +374,7 @@ __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRop
             if (d < hd) o[d] = __float2half_rn(acc[i] * inv);
         }
     } else {
-        float* pp = p.part + (((long long)t * p.H + h) * splits + s) * (hd + 2);
-        if (lane == 0) {
-            pp[0] = m;
-            pp[1] = l;
-        }
-#pragma unroll
-        for (int i = 0; i < MAXD; ++i) {
-            const int d = lane + 32 * i;
-            if (d < hd) pp[2 + d] = acc[i];
-        }
+        store_partial(p.part + (((long long)t * p.H + h) * splits + s) * (hd + 2), m, l, acc, hd);
     }
 }
 
