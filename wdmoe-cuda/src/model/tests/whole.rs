@@ -1,0 +1,278 @@
+//! The whole model's paths against each other at Mixtral width: prefill
+//! on the packed GEMMs against the GEMV path, lm_head on its packing
+//! against row-major, pipelined decode against one forward per token.
+
+use rand::Rng;
+
+use super::{max_diff, rng};
+use crate::runtime::Gpu;
+
+/// Prefill at Mixtral width (2 layers, a 2,048-token vocabulary, random
+/// weights, experts in the decode packing only): a 600-token chunk (the
+/// packed tensor-core GEMMs, q|k|v and o stored: at least
+/// `PROJ_STORE_MIN_TOKENS`) and 100-token chunks (the GEMMs adding k
+/// slices into zeroed q|k|v and the residual) against chunks of 16 (the
+/// GEMV and decode kernels). Tokens whose experts are the same in both
+/// (fp16 rounding moves near-ties of the router) must agree within 5e-3 of
+/// the largest |logit|; at least 90 % must have the same choices.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_on_the_packing_equals_the_gemv_path() {
+    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packed GEMM needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let seed = r.gen::<u64>();
+    let shape = ModelShape {
+        layers: 2,
+        vocab: 2048,
+        ..ModelShape::mixtral_8x7b()
+    };
+    let n = 600;
+    assert!(n >= crate::model::kernels::PROJ_STORE_MIN_TOKENS);
+    let run = |chunk: usize, tokens: &[u32]| {
+        let opts = ModelOptions {
+            max_seq: n + 8,
+            layout: ExpertLayout::DecodeOnly,
+            prefill_chunk: chunk,
+        };
+        let mut m = GpuModel::random(gpu.clone(), shape, opts, seed, &mut |_, _| {}).unwrap();
+        let e = shape.experts;
+        let lat = vec![0.01; tokens.len() * shape.layers * e];
+        let policy = Policy::new(2, 0.0, 1).unwrap();
+        m.forward(tokens, Output::AllLogits, &policy, &lat).unwrap()
+    };
+    let tokens: Vec<u32> = (0..n).map(|_| r.gen_range(0..2048)).collect();
+    let small = run(16, &tokens);
+    let v = shape.vocab;
+    let scale = small.logits.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64;
+    assert!(scale > 0.0);
+    for chunk in [n, 100] {
+        let big = run(chunk, &tokens);
+        assert!(big.logits.iter().all(|x| x.is_finite()));
+        let mut same = 0;
+        let mut worst = 0f64;
+        for t in 0..n {
+            let agree = (0..shape.layers).all(|l| {
+                big.layers[l].selections[t].experts() == small.layers[l].selections[t].experts()
+            });
+            if !agree {
+                continue;
+            }
+            same += 1;
+            let a = &big.logits[t * v..(t + 1) * v];
+            let b: Vec<f64> = small.logits[t * v..(t + 1) * v]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            worst = worst.max(max_diff(a, &b) / scale);
+        }
+        eprintln!(
+            "packed prefill in {chunk}-token chunks vs the GEMV path: {same}/{n} tokens with equal choices, worst {worst:.2e} of the largest |logit|; GPU {:.2} ms vs {:.2} ms",
+            big.gpu_time_s * 1e3,
+            small.gpu_time_s * 1e3
+        );
+        assert!(
+            same * 10 >= n * 9,
+            "{chunk}-token chunks: {same} of {n} tokens kept their experts"
+        );
+        assert!(worst <= 5e-3, "{chunk}-token chunks: {worst:.3e}");
+    }
+}
+
+/// lm_head on its decode packing (the packed GEMM, for chunks of more than
+/// 16 rows; up to 16 rows run row-major either way) against the row-major
+/// GEMV, on the same model and tokens (1 layer at Mixtral width, a
+/// 4,096-token vocabulary, random weights): logits within 1e-3 of the
+/// largest |logit| (fp32 sums of fp16 products in another order), every
+/// one finite, and the same greedy token.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn lm_head_on_its_packing_equals_row_major() {
+    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packing needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let shape = ModelShape {
+        layers: 1,
+        vocab: 4096,
+        ..ModelShape::mixtral_8x7b()
+    };
+    let opts = ModelOptions {
+        max_seq: 128,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: 64,
+    };
+    let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    assert!(
+        m.head_p.is_some(),
+        "Mixtral width with 4,096 rows is packable"
+    );
+    let policy = Policy::new(2, 0.0, 1).unwrap();
+    let v = shape.vocab;
+    for n in [1usize, 16, 17, 40, 64] {
+        let tokens: Vec<u32> = (0..n).map(|_| r.gen_range(0..v as u32)).collect();
+        let lat = vec![0.01; n * shape.experts];
+        let mut run = |packed: bool, out: Output| {
+            m.set_packed_head(packed);
+            m.truncate(0);
+            m.forward(&tokens, out, &policy, &lat).unwrap()
+        };
+        let (a, b) = (run(true, Output::AllLogits), run(false, Output::AllLogits));
+        assert_eq!(a.logits.len(), n * v);
+        assert!(
+            a.logits.iter().all(|x| x.is_finite()),
+            "n={n}: a non-finite logit"
+        );
+        let scale = b.logits.iter().fold(0f32, |s, &x| s.max(x.abs())) as f64;
+        let bf: Vec<f64> = b.logits.iter().map(|&x| x as f64).collect();
+        let worst = max_diff(&a.logits, &bf) / scale;
+        eprintln!("lm_head packed vs row-major, {n} rows: {worst:.2e} of the largest |logit|");
+        assert!(scale > 0.0 && worst <= 1e-3, "n={n}: {worst:.3e}");
+        let (ga, gb) = (
+            run(true, Output::LastArgmax),
+            run(false, Output::LastArgmax),
+        );
+        let last = &b.logits[(n - 1) * v..];
+        let top = last.iter().fold(f32::MIN, |s, &x| s.max(x));
+        let second = last
+            .iter()
+            .filter(|&&x| x < top)
+            .fold(f32::MIN, |s, &x| s.max(x));
+        if (top - second) as f64 > 2e-3 * scale {
+            assert_eq!(ga.argmax, gb.argmax, "n={n}");
+        }
+    }
+    m.set_packed_head(true);
+}
+
+/// `decode_greedy` (each step's successor enqueued before it completes)
+/// against one `forward` call per token on the same model: the same
+/// tokens and the same router logits (bitwise: the same kernels on the
+/// same inputs), through a step ahead discarded by a non-greedy token, a
+/// truncation, a setting changed between steps, and device plans that
+/// differ from wdmoe-core's (each step re-run on the host policy).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_greedy_pipelined_equals_one_forward_per_token() {
+    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    let mut r = rng();
+    let shape = ModelShape {
+        vocab: 512,
+        hidden: 256,
+        intermediate: 512,
+        layers: 4,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 32,
+        experts: 8,
+        rms_eps: 1e-5,
+        rope_theta: 1e4,
+        window: None,
+        tied: false,
+    };
+    let opts = ModelOptions {
+        max_seq: 64,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: 16,
+    };
+    let mut m = GpuModel::random(gpu, shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let (layers, e, v) = (shape.layers, shape.experts, shape.vocab as u32);
+    let policy = Policy::new(2, 0.2, 1).unwrap();
+    // Latencies that differ per position and layer, so that the policy's
+    // drops depend on them (a step run with another token's latencies
+    // would show).
+    let lat_at = |pos: usize, l: usize, out: &mut [f64]| {
+        for (j, x) in out.iter_mut().enumerate() {
+            *x = 0.01 * (1.0 + ((pos * 7 + l * 3 + j * 5) % 11) as f64);
+        }
+    };
+    let prompt: Vec<u32> = (0..9).map(|_| r.gen_range(0..v)).collect();
+    // Tokens fed at steps 5 and 11 instead of the argmax (the step ahead
+    // is discarded); a truncation back to position 14 after step 8.
+    let forced = [(5usize, 3u32), (11, 100)];
+    let run = |m: &mut GpuModel, pipelined: bool| {
+        m.truncate(0);
+        let n = prompt.len();
+        let mut plat = vec![0.0; n * layers * e];
+        for t in 0..n {
+            for l in 0..layers {
+                lat_at(
+                    t,
+                    l,
+                    &mut plat[(t * layers + l) * e..(t * layers + l + 1) * e],
+                );
+            }
+        }
+        let out = m
+            .forward(&prompt, Output::LastArgmax, &policy, &plat)
+            .unwrap();
+        let mut id = out.argmax.unwrap();
+        let mut ids = Vec::new();
+        let mut logits = Vec::new();
+        for step in 0..16 {
+            if let Some(&(_, t)) = forced.iter().find(|f| f.0 == step) {
+                id = t;
+            }
+            if step == 9 {
+                m.truncate(14);
+            }
+            if step == 13 {
+                m.set_moe_timing(true);
+            }
+            let pos = m.len();
+            let out = if pipelined {
+                m.decode_greedy(id, &policy, &mut |p, l, o| {
+                    lat_at(p, l, o);
+                    Ok(())
+                })
+                .unwrap()
+            } else {
+                let mut lat = vec![0.0; layers * e];
+                for l in 0..layers {
+                    lat_at(pos, l, &mut lat[l * e..(l + 1) * e]);
+                }
+                m.forward(&[id], Output::LastArgmax, &policy, &lat).unwrap()
+            };
+            assert_eq!(out.start, pos);
+            assert!(out.gpu_time_s > 0.0);
+            for lr in &out.layers {
+                logits.extend_from_slice(&lr.logits);
+            }
+            id = out.argmax.unwrap();
+            ids.push(id);
+        }
+        m.set_moe_timing(false);
+        (ids, logits)
+    };
+    let (ids_a, lg_a) = run(&mut m, false);
+    let (ids_b, lg_b) = run(&mut m, true);
+    assert_eq!(ids_a, ids_b);
+    let differ = lg_a
+        .iter()
+        .zip(&lg_b)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    eprintln!(
+        "decode_greedy vs forward: {} tokens equal, {differ} of {} router logits differ",
+        ids_a.len(),
+        lg_a.len()
+    );
+    assert_eq!(lg_a.len(), lg_b.len());
+    assert_eq!(differ, 0);
+    // Device plans that differ from wdmoe-core's: every step re-runs.
+    m.skew_device_policy(true);
+    let (ids_c, _) = run(&mut m, true);
+    m.skew_device_policy(false);
+    assert_eq!(ids_a, ids_c, "re-run steps");
+}
