@@ -88,7 +88,7 @@ extern "C" __global__ void embed_rows(const __half* __restrict__ table, const in
 template <int NORM_REGS>
 __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, const float* __restrict__ add,
                                                  const float* __restrict__ w, float eps, int d,
-                                                 __half* __restrict__ out, int out_stride) {
+                                                 __half* __restrict__ out, int out_stride, int early) {
     __shared__ float red[32];
     const int bd = blockDim.x;
     const bool in_regs = d <= NORM_REGS * bd;
@@ -100,8 +100,15 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
             wv[j] = i < d ? w[i] : 0.f;
         }
     }
-    griddep_wait();
-    griddep_launch_dependents();
+    if (early) {
+        // The next kernel (a GEMV or GEMM, the router) may start loading
+        // its weights meanwhile; it waits for this one before reading x.
+        griddep_launch_dependents();
+        griddep_wait();
+    } else {
+        griddep_wait();
+        griddep_launch_dependents();
+    }
     float* r = resid + (long long)blockIdx.x * d;
     const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
     float ss = 0.f;
@@ -162,14 +169,14 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
 
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
                                                                const float* __restrict__ w, float eps, int d,
-                                                               __half* __restrict__ out, int out_stride) {
-    add_rmsnorm_body<8>(resid, add, w, eps, d, out, out_stride);
+                                                               __half* __restrict__ out, int out_stride, int early) {
+    add_rmsnorm_body<8>(resid, add, w, eps, d, out, out_stride, early);
 }
 extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_rows(float* __restrict__ resid,
                                                                    const float* __restrict__ add,
                                                                    const float* __restrict__ w, float eps, int d,
-                                                                   __half* __restrict__ out, int out_stride) {
-    add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride);
+                                                                   __half* __restrict__ out, int out_stride, int early) {
+    add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride, early);
 }
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:

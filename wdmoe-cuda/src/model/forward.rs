@@ -6,7 +6,7 @@ use cust::memory::CopyDestination;
 use wdmoe_core::select::Policy;
 
 use super::{attention, kernels};
-use super::{ForwardOut, GpuModel, LayerRoute, Output};
+use super::{norm_early_default, ForwardOut, GpuModel, LayerRoute, Output};
 use crate::dist::MoeExecutor;
 use crate::error::{shape, Error, Result};
 use crate::moe::MoeStep;
@@ -281,6 +281,7 @@ impl GpuModel {
                 m,
                 &mut self.h,
                 m,
+                norm_early_default(),
             )?;
             kernels::project(
                 &gpu,
@@ -369,6 +370,7 @@ impl GpuModel {
                 m,
                 layer.moe.input_dev_mut(),
                 m,
+                norm_early_default(),
             )?;
             let step = layer
                 .moe
@@ -412,6 +414,7 @@ impl GpuModel {
             m,
             &mut self.h,
             m,
+            norm_early_default(),
         )?;
         if let Some(rows) = rows {
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);

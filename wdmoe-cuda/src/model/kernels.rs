@@ -81,7 +81,10 @@ pub(crate) fn embed_rows(
 pub(crate) const NORM_ROWS_MIN: usize = 32;
 
 /// Per row: `resid += add` (if given), then `out = w ⊙ rmsnorm(resid)` in
-/// fp16 (row pitch `out_stride`).
+/// fp16 (row pitch `out_stride`). `early`: the next kernel may launch
+/// before this one waits for the previous (programmatic dependent launch;
+/// it must wait itself before reading what this one writes, as every
+/// kernel after a norm does).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_rmsnorm(
     gpu: &Gpu,
@@ -93,6 +96,7 @@ pub(crate) fn add_rmsnorm(
     d: usize,
     out: &mut DeviceSlice<f16>,
     out_stride: usize,
+    early: bool,
 ) -> Result<()> {
     const OP: &str = "model::add_rmsnorm";
     need(OP, "resid", resid.len(), n * d)?;
@@ -105,7 +109,7 @@ pub(crate) fn add_rmsnorm(
     }
     need(OP, "out", out.len(), (n - 1) * out_stride + d)?;
     kernel_params! {
-        struct AddRmsnorm { resid: u64, add: u64, w: u64, eps: f32, d: i32, out: u64, out_stride: i32 }
+        struct AddRmsnorm { resid: u64, add: u64, w: u64, eps: f32, d: i32, out: u64, out_stride: i32, early: i32 }
     }
     let p = AddRmsnorm {
         resid: addr(resid),
@@ -115,10 +119,11 @@ pub(crate) fn add_rmsnorm(
         d: i32_of(OP, "d", d)?,
         out: addr(out),
         out_stride: i32_of(OP, "out_stride", out_stride)?,
+        early: i32::from(early),
     };
     let (name, threads) = norm_kernel(n, d);
     // SAFETY: add_rmsnorm[_rows](float*, const float*, const float*, float,
-    // int, half*, int) = AddRmsnorm; block t < n touches resid/add rows t
+    // int, half*, int, int) = AddRmsnorm; block t < n touches resid/add rows t
     // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked);
     // add is null or n x d.
     unsafe {

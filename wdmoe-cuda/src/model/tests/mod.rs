@@ -93,7 +93,10 @@ fn add_rmsnorm_and_embedding_match_reference() {
         (kernels::NORM_ROWS_MIN + 3, 4096),
         (40, 4200),
     ] {
-        norm_case(&gpu, &mut r, n, d);
+        // Both launch orders (the next kernel before or after the wait).
+        for early in [false, true] {
+            norm_case(&gpu, &mut r, n, d, early);
+        }
     }
     // A token id outside the vocabulary (argmax_rows' -1 for a NaN row,
     // embedded on the device by a pipelined decode step) reads row 0.
@@ -110,7 +113,7 @@ fn add_rmsnorm_and_embedding_match_reference() {
     }
 }
 
-fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize) {
+fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize, early: bool) {
     let vocab = 50;
     let table = halves(r, vocab * d, 2.0);
     let ids: Vec<i32> = (0..n).map(|_| r.gen_range(0..vocab as i32)).collect();
@@ -138,6 +141,7 @@ fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize) {
         d,
         &mut out,
         d + 8,
+        early,
     )
     .unwrap();
     let res = gpu.download(&resid).unwrap();
