@@ -244,8 +244,8 @@ __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRop
         }
         float2 cn = make_float2(0.f, 0.f);
         if (has_new && threadIdx.x < half) cn = cs[threadIdx.x];
-        griddep_wait();
         griddep_launch_dependents();
+        griddep_wait();
         float* row = r.qkv + (long long)t * (p.H + 2 * p.KVH) * hd;
         float* qrow = row + (long long)kvh * G * hd;
         float x1[QP], x2[QP];
