@@ -244,6 +244,10 @@ __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRop
         }
         float2 cn = make_float2(0.f, 0.f);
         if (has_new && threadIdx.x < half) cn = cs[threadIdx.x];
+        // The next kernel (the o GEMV, or attn_combine) may launch now and
+        // load its weights; it waits for this one before reading its output
+        // (0.013 ms per token faster than launching it after the wait, run
+        // C6).
         griddep_launch_dependents();
         griddep_wait();
         float* row = r.qkv + (long long)t * (p.H + 2 * p.KVH) * hd;
