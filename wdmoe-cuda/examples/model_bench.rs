@@ -99,6 +99,7 @@ fn main() -> Result<()> {
         let mut experts_read = 0.0;
         let mut check = Vec::new();
         let mut enq = Vec::new();
+        let mut last_counts: Option<Vec<Vec<usize>>> = None;
         for i in 0..=iters {
             model.truncate(0);
             let s = Instant::now();
@@ -109,6 +110,20 @@ fn main() -> Result<()> {
                 check.push(out.route_check_s);
                 enq.push(out.enqueue_s);
             }
+            last_counts = Some(
+                out.layers
+                    .iter()
+                    .map(|r| {
+                        let mut c = vec![0usize; e];
+                        for sel in &r.selections {
+                            for &q in sel.experts() {
+                                c[q] += 1;
+                            }
+                        }
+                        c
+                    })
+                    .collect::<Vec<_>>(),
+            );
             // Experts with at least one token, per layer (read once each).
             experts_read = out
                 .layers
@@ -124,6 +139,16 @@ fn main() -> Result<()> {
                 })
                 .sum::<f64>()
                 / l;
+        }
+        if let Some(counts) = &last_counts {
+            // Rows per expert (token, expert pairs) of each layer: what the
+            // grouped GEMMs' token tiles are cut from.
+            let (lo, hi) = counts
+                .iter()
+                .flatten()
+                .fold((usize::MAX, 0), |(a, b), &c| (a.min(c), b.max(c)));
+            println!("ROWS prefill {t} tokens: rows per expert {lo}..{hi}; layers 0, 1, 15, last: {:?} {:?} {:?} {:?}",
+                counts[0], counts[1.min(counts.len() - 1)], counts[15.min(counts.len() - 1)], counts[counts.len() - 1]);
         }
         wall.sort_by(f64::total_cmp);
         dev.sort_by(f64::total_cmp);

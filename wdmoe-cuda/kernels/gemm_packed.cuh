@@ -90,12 +90,26 @@ struct PackedParams {
     int kmajor;             // 1: the units of one k tile are contiguous
     int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
+    int ext_cols;           // > 0: the token tiles of a plain/extended pair of launches (below)
 };
 
 namespace {
 
 #ifdef WDMOE_SM90A
 // Generated (one operand per accumulator register).
+// wgmma m64n16k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
+// m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
+// (128-byte swizzle); scale_d = 0 overwrites the accumulators.
+__device__ __forceinline__ void wgmma_ra_n16(float (&d)[8], const uint4& a, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(scale_d));
+}
+
 // wgmma m64n32k16, fp32 += fp16 x fp16: A (64 x 16) from registers, the
 // m16n8k16 A fragment of each warp's 16 rows; B K-major in shared memory
 // (128-byte swizzle); scale_d = 0 overwrites the accumulators.
@@ -162,6 +176,10 @@ __device__ __forceinline__ void wgmma_ra_n256(float (&d)[128], const uint4& a, u
 template <int BN>
 struct RegAcc;
 template <>
+struct RegAcc<16> {
+    __device__ static void mma(float (&d)[8], const uint4& a, uint64_t b, int s) { wgmma_ra_n16(d, a, b, s); }
+};
+template <>
 struct RegAcc<32> {
     __device__ static void mma(float (&d)[16], const uint4& a, uint64_t b, int s) { wgmma_ra_n32(d, a, b, s); }
 };
@@ -189,9 +207,38 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
 
 }  // namespace
 
-template <int BN, int STAGES, int KIND, int OUT, int EPI>
-__device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const PackedParams& p) {
+// Extended tiles among a group's ntt token tiles of BN + xc columns at
+// most (r rows): as many as the rows past ntt plain tiles need.
+template <int BN>
+__device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
+    const int extra = r - ntt * BN;
+    return (xc > 0 && extra > 0) ? (extra + xc - 1) / xc : 0;
+}
+
+// Extended token tiles, a pair of launches. With p.ext_cols = X > 0 a
+// group of r rows takes ceil(r / (BN + X)) token tiles, the first ones
+// extended by X columns until the rows fit. An expert of 520 rows then
+// takes two down tiles (256 + 32 and 232 tokens) instead of three (256,
+// 256, 8): the weights, the streamed operand, go through shared memory
+// twice instead of three times, and the tensor cores run 12.5 % more
+// columns on one tile instead of a whole third tile.
+//   - The plain instantiation (EXT = 0) runs the plain tiles only. It waits
+//     for its inputs before it lets the next launch start.
+//   - The extended one (EXT = X) runs the extended tiles only: a second,
+//     narrow wgmma on the same weight fragments and a second token box. It
+//     is launched right after the plain one and starts on the SMs the plain
+//     tiles leave (its inputs are ready: the plain launch waited for them);
+//     it waits for the plain launch at its end, so that the next kernel
+//     sees both outputs.
+// Each instantiation keeps one k loop: with both widths in one kernel (a
+// branch per tile) ptxas serialized the wgmmas (C7512), and with a
+// predicated second wgmma too (C7520).
+template <int BN, int STAGES, int KIND, int OUT, int EPI, int EXT>
+__device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const TensorMap& tx_ext, const PackedParams& p) {
 #ifdef WDMOE_SM90A
+    static_assert(EXT == 0 || (OUT == PO_H16 && EPI == 1), "extended tiles store through the fp16 pair epilogue");
+    // Columns of the extended tiles; 0: every tile plain (one launch).
+    const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 ? p.ext_cols : 0);
     constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
     constexpr int UB = KIND == PK_PAIRS ? 4 : 8;      // units per block (128 rows)
     constexpr int NM = KIND == PK_GATED ? 2 : 1;      // fragments per warp and k16
@@ -201,9 +248,11 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     // fragments (ptxas would serialize the wgmmas, C7512).
     constexpr int KS = (NM == 2 && BN >= 128) ? 2 : BK / 16;
     constexpr int X_BYTES = BN * BK * 2;
+    constexpr int XE_BYTES = EXT * BK * 2;  // an extended tile's second token box
     constexpr int W_BYTES = (BK / 16) * UB * NMAT * TILE;
-    constexpr int STAGE_BYTES = X_BYTES + W_BYTES;
-    static_assert(X_BYTES % 1024 == 0, "token boxes must keep the 1024-byte swizzle alignment");
+    constexpr int STAGE_BYTES = X_BYTES + XE_BYTES + W_BYTES;
+    static_assert(X_BYTES % 1024 == 0 && XE_BYTES % 1024 == 0,
+                  "token boxes must keep the 1024-byte swizzle alignment");
     extern __shared__ __align__(1024) uint8_t smem_raw[];
     const uint32_t sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const uint32_t bar_full = sbase + STAGES * STAGE_BYTES;
@@ -215,7 +264,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
     const int splits = (OUT == PO_F32_ADD && p.splits > 1) ? p.splits : 1;
     __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
-    if (p.dev_rows) griddep_wait();  // the offsets come from the previous kernel
+    // The offsets come from the previous kernel; the plain launch of a pair
+    // also waits for the tokens before the extended one may start.
+    if (EXT == 0 && (p.dev_rows || xc > 0)) griddep_wait();
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
@@ -228,7 +279,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
         for (int g = 1; g <= groups; ++g) {
             int r = p.dev_rows ? p.dev_rows[g] : p.row_start[g];
             r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
-            tiles += (r - prev + BN - 1) / BN * row_blocks * splits;
+            const int n = r - prev, ntt = (n + BN + xc - 1) / (BN + xc);
+            const int n_ext = ext_tiles<BN>(n, ntt, xc);
+            tiles += (EXT > 0 ? n_ext : ntt - n_ext) * row_blocks * splits;
             s_row[g] = r;
             s_tile[g] = tiles;
             prev = r;
@@ -240,14 +293,19 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     const int kblocks = p.k / BK;
     // tile t -> (group, row block, k slice, token tile), token tile fastest
     // (then the slice), so that the blocks reading the same weights run
-    // together; slice sp covers k blocks kb0..kb1.
-    auto map = [&](int t, int& g, int& rb, int& tt, int& kb0, int& kb1) {
+    // together; slice sp covers k blocks kb0..kb1. The token tile starts at
+    // row x0 of the group (past the extended tiles before it).
+    auto map = [&](int t, int& g, int& rb, int& x0, int& kb0, int& kb1) {
         g = 0;
         while (g + 1 < groups && t >= s_tile[g + 1]) ++g;
         const int local = t - s_tile[g];
-        const int ntt = (s_row[g + 1] - s_row[g] + BN - 1) / BN;
-        tt = local % ntt;
-        const int rest = local / ntt;
+        const int rows_g = s_row[g + 1] - s_row[g];
+        const int ntt = (rows_g + BN + xc - 1) / (BN + xc);
+        const int n_ext = ext_tiles<BN>(rows_g, ntt, xc);
+        const int mine = EXT > 0 ? n_ext : ntt - n_ext;  // this launch's token tiles
+        const int tt = local % mine + (EXT > 0 ? 0 : n_ext);
+        x0 = tt * BN + (tt < n_ext ? tt : n_ext) * xc;
+        const int rest = local / mine;
         const int sp = rest % splits;
         rb = rest / splits;
         kb0 = (int)((long long)kblocks * sp / splits);
@@ -257,13 +315,13 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (tid == 0) {
-            griddep_wait();
+            if (EXT == 0) griddep_wait();  // (the extended launch's inputs are ready)
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-                int g, rb, tt, kb0, kb1;
-                map(t, g, rb, tt, kb0, kb1);
-                const int xrow = s_row[g] + tt * BN;
+                int g, rb, x0, kb0, kb1;
+                map(t, g, rb, x0, kb0, kb1);
+                const int xrow = s_row[g] + x0;
                 const int u0 = rb * UB;
                 const int ub = units - u0 < UB ? units - u0 : UB;
                 const uint4* w = reinterpret_cast<const uint4*>(p.w[g]);
@@ -271,9 +329,10 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                     mbar_wait(bar_empty + 8 * stage, phase ^ 1);
                     const uint32_t full = bar_full + 8 * stage;
                     const uint32_t sx = sbase + stage * STAGE_BYTES;
-                    const uint32_t sw = sx + X_BYTES;
-                    mbar_expect_tx(full, X_BYTES + (BK / 16) * ub * NMAT * TILE);
+                    const uint32_t sw = sx + X_BYTES + XE_BYTES;
+                    mbar_expect_tx(full, X_BYTES + XE_BYTES + (BK / 16) * ub * NMAT * TILE);
                     tma_load_2d(sx, &tx, kb * BK, xrow, full);
+                    if (EXT > 0) tma_load_2d(sx + X_BYTES, &tx_ext, kb * BK, xrow + BN, full);
                     if (p.kmajor) {
                         // One run per k tile: the block's units, contiguous.
                         for (int kk = 0; kk < BK / 16; ++kk)
@@ -306,65 +365,78 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             const int run = p.kmajor ? (kk * UB + unit) : (unit * (BK / 16) + kk);
             return (run * NMAT + mat) * TILE + lane * 16;
         };
+        constexpr int EA = EXT > 0 ? EXT / 2 : 1;  // extension accumulators per matrix
         float d0[BN / 2], d1[NM == 2 ? BN / 2 : 1];
+        float e0[EA], e1[NM == 2 ? EA : 1];
         uint4 a0[BK / 16][NM], a1[BK / 16][NM];
         int stage = 0;
         uint32_t phase = 0;
         for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-            int g, rb, tt, kb0, kb1;
-            map(t, g, rb, tt, kb0, kb1);
+            int g, rb, x0, kb0, kb1;
+            map(t, g, rb, x0, kb0, kb1);
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
                 pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
-            int prev = -1;
-            // One wgmma group per KS k16 steps (both fragment buffers
-            // alternate between groups): a group stays in flight while the
-            // next one's fragments load.
-            auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
+            {
+                constexpr bool E = EXT > 0;
+                int prev = -1;
+                // One wgmma group per KS k16 steps (both fragment buffers
+                // alternate between groups): a group stays in flight while
+                // the next one's fragments load.
+                auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
 #pragma unroll
-                for (int kk = h * KS; kk < h * KS + KS; ++kk)
+                    for (int kk = h * KS; kk < h * KS + KS; ++kk)
 #pragma unroll
-                    for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
-                wgmma_fence();
-                const uint64_t db = smem_desc(sx);
+                        for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
+                    wgmma_fence();
+                    const uint64_t db = smem_desc(sx);
 #pragma unroll
-                for (int kk = h * KS; kk < h * KS + KS; ++kk) {
-                    const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
-                    // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
-                    RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
-                    if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
+                    for (int kk = h * KS; kk < h * KS + KS; ++kk) {
+                        const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
+                        // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
+                        RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
+                        if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
+                        if constexpr (E) {
+                            // (E ? EXT : 16): a width that names a wgmma
+                            // where E is false and the branch is discarded.
+                            using X = RegAcc<(E ? EXT : 16)>;
+                            const uint64_t de = smem_desc(sx + X_BYTES);
+                            X::mma(e0, a[kk][0], de + 2 * kk, acc);
+                            if constexpr (NM == 2) X::mma(e1, a[kk][NM - 1], de + 2 * kk, acc);
+                        }
+                    }
+                    wgmma_commit();
+                    wgmma_wait<1>();  // the previous group (and its fragments) is done
+                    // ... and with it the previous stage's last group.
+                    if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                };
+                auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
+                    mbar_wait(bar_full + 8 * stage, phase);
+                    const uint32_t sx = sbase + stage * STAGE_BYTES;
+                    const uint32_t sw = sx + X_BYTES + XE_BYTES;
+                    if constexpr (KS == BK / 16) {
+                        issue(a, sx, sw, kb, 0);
+                    } else {
+                        issue(a0, sx, sw, kb, 0);
+                        issue(a1, sx, sw, kb, 1);
+                    }
+                    prev = stage;
+                    if (++stage == STAGES) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                };
+                int kb = kb0;
+                for (; kb + 1 < kb1; kb += 2) {
+                    run_stage(a0, kb);
+                    run_stage(a1, kb + 1);
                 }
-                wgmma_commit();
-                wgmma_wait<1>();  // the previous group (and its fragments) is done
-                // ... and with it the previous stage's last group.
-                if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
-            };
-            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
-                mbar_wait(bar_full + 8 * stage, phase);
-                const uint32_t sx = sbase + stage * STAGE_BYTES;
-                const uint32_t sw = sx + X_BYTES;
-                if constexpr (KS == BK / 16) {
-                    issue(a, sx, sw, kb, 0);
-                } else {
-                    issue(a0, sx, sw, kb, 0);
-                    issue(a1, sx, sw, kb, 1);
-                }
-                prev = stage;
-                if (++stage == STAGES) {
-                    stage = 0;
-                    phase ^= 1;
-                }
-            };
-            int kb = kb0;
-            for (; kb + 1 < kb1; kb += 2) {
-                run_stage(a0, kb);
-                run_stage(a1, kb + 1);
+                if (kb < kb1) run_stage(a0, kb);
+                wgmma_wait<0>();
+                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
             }
-            if (kb < kb1) run_stage(a0, kb);
-            wgmma_wait<0>();
-            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
 
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.
@@ -379,37 +451,44 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
                 const int odd = fi & 1;
                 const uint32_t sel = odd ? 0x3276u : 0x5410u;
                 const int row = rb * 128 + t16 * 16 + (fi & ~1);  // + 8h
-                const int col0 = tt * BN + (lane % 4) * 2 + odd;   // + 8j, token within the group
-                __half* base = reinterpret_cast<__half*>(p.out) + (long long)(s_row[g] + col0) * p.ldo + row;
-                const long long step = 8LL * p.ldo;
                 const bool ok0 = row < p.n_rows, ok1 = row + 8 < p.n_rows;
+                const long long step = 8LL * p.ldo;
+                // Columns [cb, cb + width of acc) of the tile, from
+                // accumulators q0 (and q1: the up matrix, gated).
+                auto store = [&](auto& q0, auto& q1, int cb) {
+                    constexpr int NB = sizeof(q0) / sizeof(float) / 4;  // 8-token blocks
+                    const int col0 = cb + (lane % 4) * 2 + odd;         // + 8j, token within the group
+                    __half* base = reinterpret_cast<__half*>(p.out) + (long long)(s_row[g] + col0) * p.ldo + row;
 #pragma unroll
-                for (int j = 0; j < BN / 8; ++j) {
-                    uint32_t w[2];
+                    for (int j = 0; j < NB; ++j) {
+                        uint32_t w[2];
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        float o0 = d0[4 * j + 2 * h], o1 = d0[4 * j + 2 * h + 1];
-                        if constexpr (NM == 2) {
-                            // silu(g) u for both tokens with one reciprocal:
-                            // 1/a = b/(ab), 1/b = a/(ab); g >= -40 keeps ab
-                            // finite (silu there is 0 in fp16 anyway).
-                            const float a = 1.0f + __expf(-fmaxf(o0, -40.0f));
-                            const float b = 1.0f + __expf(-fmaxf(o1, -40.0f));
-                            const float rab = __fdividef(1.0f, a * b);
-                            o0 = o0 * (b * rab) * d1[4 * j + 2 * h];
-                            o1 = o1 * (a * rab) * d1[4 * j + 2 * h + 1];
+                        for (int h = 0; h < 2; ++h) {
+                            float o0 = q0[4 * j + 2 * h], o1 = q0[4 * j + 2 * h + 1];
+                            if constexpr (NM == 2) {
+                                // silu(g) u for both tokens with one reciprocal:
+                                // 1/a = b/(ab), 1/b = a/(ab); g >= -40 keeps ab
+                                // finite (silu there is 0 in fp16 anyway).
+                                const float a = 1.0f + __expf(-fmaxf(o0, -40.0f));
+                                const float b = 1.0f + __expf(-fmaxf(o1, -40.0f));
+                                const float rab = __fdividef(1.0f, a * b);
+                                o0 = o0 * (b * rab) * q1[4 * j + 2 * h];
+                                o1 = o1 * (a * rab) * q1[4 * j + 2 * h + 1];
+                            }
+                            const __half2 hv = __floats2half2_rn(o0, o1);
+                            const uint32_t mine = *reinterpret_cast<const uint32_t*>(&hv);
+                            const uint32_t theirs = __shfl_xor_sync(0xffffffffu, mine, 4);
+                            w[h] = __byte_perm(mine, theirs, sel);
                         }
-                        const __half2 hv = __floats2half2_rn(o0, o1);
-                        const uint32_t mine = *reinterpret_cast<const uint32_t*>(&hv);
-                        const uint32_t theirs = __shfl_xor_sync(0xffffffffu, mine, 4);
-                        w[h] = __byte_perm(mine, theirs, sel);
+                        if (col0 + 8 * j < rows_g) {
+                            uint32_t* o = reinterpret_cast<uint32_t*>(base + j * step);
+                            if (ok0) o[0] = w[0];
+                            if (ok1) o[4] = w[1];
+                        }
                     }
-                    if (col0 + 8 * j < rows_g) {
-                        uint32_t* o = reinterpret_cast<uint32_t*>(base + j * step);
-                        if (ok0) o[0] = w[0];
-                        if (ok1) o[4] = w[1];
-                    }
-                }
+                };
+                store(d0, d1, x0);
+                if constexpr (EXT > 0) store(e0, e1, x0 + BN);
                 continue;
             }
             const int r = rb * 128 + t16 * 16 + lane / 4;
@@ -419,7 +498,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             for (int j = 0; j < BN / 8; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int col = tt * BN + 8 * j + q2 + e;  // token within the group
+                    const int col = x0 + 8 * j + q2 + e;  // token within the group
                     if (col >= rows_g) continue;
                     const long long orow = (long long)(s_row[g] + col) * p.ldo;
 #pragma unroll
@@ -447,20 +526,30 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Pack
             }
         }
     }
+    // The extended launch completes after the plain one (whose outputs the
+    // next kernel reads too).
+    if constexpr (EXT > 0) griddep_wait();
 #else
     __trap();  // sm_90a only; the host never launches these elsewhere
 #endif
 }
 
 // Shared memory: 1024 bytes of alignment slack + the stages + 2 mbarriers
-// per stage (the host mirrors it: prefill::packed::smem_bytes).
-#define PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, EPI)                                                   \
+// per stage (the host mirrors it: prefill::packed::packed_smem_bytes).
+// Every instantiation takes the second token map (box of EXT rows; the
+// host passes the first one again where EXT is 0).
+#define PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, EPI, EXT)                                              \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
-        NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ PackedParams p) {               \
-        gemm_packed_body<BN, STAGES, KIND, OUT, EPI>(tx, p);                                                \
+        NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tx_ext,               \
+             const __grid_constant__ PackedParams p) {                                                      \
+        gemm_packed_body<BN, STAGES, KIND, OUT, EPI, EXT>(tx, tx_ext, p);                                   \
     }
+#define PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, EPI) PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, EPI, 0)
 #define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT) PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, 1)
 
+// Extended tiles (BN + EXT tokens at most) for the FFN down's widest width.
+PACKED_KERNEL_X(packed_pairs_n256x32, 256, 4, PK_PAIRS, PO_H16, 1, 32)
+PACKED_KERNEL_X(packed_plain_n256x32, 256, 4, PK_PLAIN, PO_H16, 1, 32)
 PACKED_KERNEL(packed_gated_n128, 128, 4, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED, PO_H16)

@@ -402,7 +402,7 @@ impl GpuModel {
 
 /// A comparison switch read once from the environment: on unless `var`
 /// is `off` (each switch keeps its own cell).
-fn env_switch(cell: &std::sync::OnceLock<bool>, var: &str, off: &str) -> bool {
+pub(crate) fn env_switch(cell: &std::sync::OnceLock<bool>, var: &str, off: &str) -> bool {
     *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != off))
 }
 
