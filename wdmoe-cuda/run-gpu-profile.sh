@@ -24,8 +24,10 @@ timeout 300 ncu --metrics gpu__time_duration.sum --csv \
 echo "ncu exit $?"
 python3 - "$out/ncu_prefill_$prompt.csv" "$prompt" <<'PY'
 import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
-head = rows[0]; rows = rows[1:]
+# (model_bench's own lines, e.g. ROWS, may precede ncu's header)
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+hi = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
+head = rows[hi]; rows = rows[hi + 1:]
 ki, mi, vi, ui = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value"), head.index("Metric Unit")
 tot = collections.Counter(); cnt = collections.Counter()
 for r in rows:

@@ -19,6 +19,17 @@ __device__ __forceinline__ void griddep_wait() {
 #endif
 }
 
+// The rotate-half RoPE of the pair (x1, x2) = (x[i], x[i + hd/2]) by the
+// angle whose (cos, sin) is c: the one definition of the rotation (rope_kv,
+// attn_fwd_rope and the q|k|v GEMM's RoPE epilogue), with explicit rounding
+// so that ptxas cannot contract it into fused multiply-adds differently in
+// different kernels (the fused paths stay bitwise equal to rope_kv, cache
+// and output).
+__device__ __forceinline__ float2 rope_rotate(float x1, float x2, float2 c) {
+    return make_float2(__fsub_rn(__fmul_rn(x1, c.x), __fmul_rn(x2, c.y)),
+                       __fadd_rn(__fmul_rn(x2, c.x), __fmul_rn(x1, c.y)));
+}
+
 // A 16-byte read-only load that ptxas keeps where it is written (asm
 // volatile statements keep their order): a batch of them is in flight
 // before the first use, where plain loads could be sunk to their uses.

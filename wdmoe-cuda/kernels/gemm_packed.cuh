@@ -73,7 +73,7 @@
 #pragma once
 
 enum { PK_GATED = 0, PK_PLAIN = 1, PK_PAIRS = 2 };
-enum { PO_H16 = 0, PO_F32 = 1, PO_F32_ADD = 2 };
+enum { PO_H16 = 0, PO_F32 = 1, PO_F32_ADD = 2, PO_QKV_ROPE = 3 };
 
 // Problem description, passed by value (kernel parameter space).
 struct PackedParams {
@@ -91,6 +91,13 @@ struct PackedParams {
     int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
     int ext_cols;           // > 0: the token tiles of a plain/extended pair of launches (below)
+    // PO_QKV_ROPE (the model's q|k|v projection of a prompt chunk, rows =
+    // (heads + 2 kv_heads) x 128: one head per row block): q rotated into
+    // q_out ([tokens][heads 128] fp32), k rotated and v into this layer's
+    // cache ([kv_heads][max_seq][128] fp16) at positions start + token;
+    // rope: [positions][64] (cos, sin) fp32 pairs.
+    unsigned long long q_out, k_cache, v_cache, rope;
+    int start, heads, kv_heads, max_seq;
 };
 
 namespace {
@@ -209,6 +216,10 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
 
 // Extended tiles among a group's ntt token tiles of BN + xc columns at
 // most (r rows): as many as the rows past ntt plain tiles need.
+// The two consumer warpgroups (256 threads) meet: named barrier 1 (the
+// producer warp never joins it).
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
 template <int BN>
 __device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
     const int extra = r - ntt * BN;
@@ -257,6 +268,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     const uint32_t sbase = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const uint32_t bar_full = sbase + STAGES * STAGE_BYTES;
     const uint32_t bar_empty = bar_full + STAGES * 8;
+    // PO_QKV_ROPE: the consumers' exchange of a 32-token batch of the tile
+    // (both halves of each head), after the barriers.
+    float* const xch = reinterpret_cast<float*>(smem_raw + (bar_empty + STAGES * 8 - smem_u32(smem_raw)));
     const int wg = threadIdx.x / 128;
     const int tid = threadIdx.x % 128;
     const int units = KIND == PK_PAIRS ? p.n_rows / 32 : p.n_rows / 16;
@@ -441,6 +455,84 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.
             const int rows_g = s_row[g + 1] - s_row[g];
+            if constexpr (OUT == PO_QKV_ROPE) {
+                // The block's 128 rows are one head; RoPE pairs feature i
+                // (warpgroup 0) with i + 64 (warpgroup 1), so each 32-token
+                // batch goes through shared memory (token-major, 132 floats
+                // a token: the stores from the fragments are conflict-free),
+                // then every consumer thread takes one pair of 4 tokens and
+                // stores coalesced rows: q (fp32) or the cache's k / v (fp16).
+                constexpr int TB = 32, XS = 132;
+                const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+                const int head = rb;
+                const int feat = t16 * 16 + lane / 4;  // + 8h
+                const int q2 = (lane % 4) * 2;
+                const float2* rope = reinterpret_cast<const float2*>(p.rope);
+                const bool rot = head < p.heads + p.kv_heads;  // q or k: rotated
+                const int j = ctid % 64;                        // this thread's pair
+                // (cos, sin) of this thread's pair at the 8 tokens it takes
+                // of batch bb (tokens past the group clamped to its last):
+                // loaded a batch ahead, so that their latency hides behind
+                // the previous batch's stores.
+                auto load_cs = [&](int bb, float2 (&c)[TB / 4]) {
+#pragma unroll
+                    for (int it = 0; it < TB / 4; ++it) {
+                        int col = x0 + bb * TB + it * 4 + ctid / 64;
+                        col = col < rows_g ? col : rows_g - 1;
+                        c[it] = __ldg(&rope[(long long)(p.start + s_row[g] + col) * 64 + j]);
+                    }
+                };
+                float2 cs[TB / 4];
+                if (rot) load_cs(0, cs);
+                // (unrolled: the accumulators are indexed by b)
+#pragma unroll
+                for (int b = 0; b < BN / TB; ++b) {
+                    if (x0 + b * TB >= rows_g) break;  // (uniform in the block)
+#pragma unroll
+                    for (int jj = 0; jj < TB / 8; ++jj)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e)
+                                xch[(8 * jj + q2 + e) * XS + feat + 8 * h] = d0[4 * (b * (TB / 8) + jj) + 2 * h + e];
+                    // (after the stash: this batch's accumulators are free)
+                    const bool more = b + 1 < BN / TB && x0 + (b + 1) * TB < rows_g;
+                    float2 cn[TB / 4];
+                    if (rot && more) load_cs(b + 1, cn);
+                    consumer_sync();
+#pragma unroll
+                    for (int it = 0; it < TB / 4; ++it) {
+                        const int tl = it * 4 + ctid / 64;
+                        const int col = x0 + b * TB + tl;  // token within the group
+                        if (col < rows_g) {
+                            const int tok = s_row[g] + col, pos = p.start + tok;
+                            const float x1 = xch[tl * XS + j], x2 = xch[tl * XS + j + 64];
+                            if (head < p.heads) {
+                                const float2 y = rope_rotate(x1, x2, cs[it]);
+                                float* q = reinterpret_cast<float*>(p.q_out) + ((long long)tok * p.heads + head) * 128;
+                                q[j] = y.x;
+                                q[j + 64] = y.y;
+                            } else if (rot) {
+                                const float2 y = rope_rotate(x1, x2, cs[it]);
+                                __half* k = reinterpret_cast<__half*>(p.k_cache) +
+                                            ((long long)(head - p.heads) * p.max_seq + pos) * 128;
+                                k[j] = __float2half_rn(y.x);
+                                k[j + 64] = __float2half_rn(y.y);
+                            } else {
+                                __half* v = reinterpret_cast<__half*>(p.v_cache) +
+                                            ((long long)(head - p.heads - p.kv_heads) * p.max_seq + pos) * 128;
+                                v[j] = __float2half_rn(x1);
+                                v[j + 64] = __float2half_rn(x2);
+                            }
+                        }
+                    }
+                    if (rot && more)
+#pragma unroll
+                        for (int it = 0; it < TB / 4; ++it) cs[it] = cn[it];
+                    consumer_sync();  // the batch is read before the next one lands
+                }
+                continue;
+            }
             if constexpr (OUT == PO_H16 && EPI == 1) {
                 // fp16 pairs of features: lanes l and l^4 hold neighbouring
                 // features for the same two tokens; one shuffle swaps
@@ -567,6 +659,13 @@ PACKED_KERNEL(packed_f32_n256, 256, 4, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n128, 128, 6, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n64, 64, 8, PK_PLAIN, PO_F32)
 PACKED_KERNEL(packed_f32_n32, 32, 8, PK_PLAIN, PO_F32)
+// The q|k|v projection of prompt chunks with RoPE and the cache write in its
+// epilogue (PO_QKV_ROPE; 4 stages at 256 tokens leave room for the 16.5 KB
+// exchange).
+PACKED_KERNEL(packed_qkv_n256, 256, 4, PK_PLAIN, PO_QKV_ROPE)
+PACKED_KERNEL(packed_qkv_n128, 128, 6, PK_PLAIN, PO_QKV_ROPE)
+PACKED_KERNEL(packed_qkv_n64, 64, 8, PK_PLAIN, PO_QKV_ROPE)
+PACKED_KERNEL(packed_qkv_n32, 32, 8, PK_PLAIN, PO_QKV_ROPE)
 PACKED_KERNEL(packed_f32add_n128, 128, 6, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n64, 64, 8, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n32, 32, 8, PK_PLAIN, PO_F32_ADD)

@@ -26,16 +26,6 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// The rotate-half RoPE of the pair (x1, x2) = (x[i], x[i + hd/2]) by the
-// angle whose (cos, sin) is c: the one definition of the rotation (rope_kv
-// and attn_fwd_rope), with explicit rounding so that ptxas cannot contract
-// it into fused multiply-adds differently in different kernels (the fused
-// decode path stays bitwise equal to rope_kv, cache and output).
-__device__ __forceinline__ float2 rope_rotate(float x1, float x2, float2 c) {
-    return make_float2(__fsub_rn(__fmul_rn(x1, c.x), __fmul_rn(x2, c.y)),
-                       __fadd_rn(__fmul_rn(x2, c.x), __fmul_rn(x1, c.y)));
-}
-
 }  // namespace
 
 // resid[t][0..d) = table[tokens[t]][0..d) (widened). One block per token;

@@ -213,7 +213,10 @@ fn packed_extended_tiles_equal_plain_bitwise() {
         gpu.fill_u16(&mut out, NAN16).unwrap();
         gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(d))
             .unwrap();
-        host(&gpu, &out).iter().map(|v| v.to_bits()).collect::<Vec<u64>>()
+        host(&gpu, &out)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<u64>>()
     };
     let (out_plain, out_ext) = (run(256), run(288));
     let written = |v: &[u64]| v.iter().all(|&b| f64::from_bits(b).is_finite());
@@ -558,7 +561,11 @@ fn packed_f32_every_tile_width_matches_reference() {
                 let got = gpu.download(&y).unwrap();
                 let mut g = Vec::with_capacity(t * rows);
                 for r in got.chunks(ldy) {
-                    g.extend(r[..rows].iter().map(|&v| v as f64 - if add { 0.5 } else { 0.0 }));
+                    g.extend(
+                        r[..rows]
+                            .iter()
+                            .map(|&v| v as f64 - if add { 0.5 } else { 0.0 }),
+                    );
                     assert!(r[rows..].iter().all(|v| v.is_nan()), "padding written");
                 }
                 let err = rel_err(&g, &want);

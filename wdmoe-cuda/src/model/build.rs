@@ -12,8 +12,8 @@ use super::attention::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{
-    cluster_attention_default, fused_rope_default, packed_decode_default, shape_err, ExpertLayout,
-    GpuModel, Layer, ModelOptions, PackedHead,
+    cluster_attention_default, fused_rope_default, packed_decode_default, qkv_rope_default,
+    shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
 };
 use crate::error::{Error, Result};
 use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, KernelConfig, PackedMatrix};
@@ -397,6 +397,7 @@ impl GpuModel {
             packed_decode: packed_decode_default(),
             fused_rope: fused_rope_default(),
             cluster_attn: cluster_attention_default(),
+            qkv_rope: qkv_rope_default(),
             qkv_dirty: false,
             tokens: gpu.alloc(chunk)?,
             resid: gpu.alloc(chunk * m)?,

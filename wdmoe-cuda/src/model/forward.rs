@@ -283,23 +283,50 @@ impl GpuModel {
                 m,
                 norm_early_default(),
             )?;
-            kernels::project(
-                &gpu,
-                &layer.wqkv,
-                packed(
-                    layer.wqkv_p.as_ref(),
-                    &mut self.proj_ws,
-                    &self.qkv_cfg,
-                    self.packed_decode,
-                ),
-                &self.h,
-                m,
-                qkvw,
-                n,
-                &mut self.qkv,
-                qkvw,
-                !store,
-            )?;
+            // A stored projection on the packed GEMM rotates q and k and
+            // writes the cache in its epilogue (head dimension 128: one
+            // head per row block).
+            let qkv_rope = match &layer.wqkv_p {
+                Some(w)
+                    if store && self.qkv_rope && gpu.info().cubin && self.dims.head_dim == 128 =>
+                {
+                    Some(w)
+                }
+                _ => None,
+            };
+            if let Some(w) = qkv_rope {
+                crate::prefill::gemm_packed_qkv_rope(
+                    &gpu,
+                    w,
+                    &self.h,
+                    n,
+                    &self.rope,
+                    start,
+                    (self.dims.heads, self.dims.kv_heads, self.dims.max_seq),
+                    &mut self.q,
+                    &mut layer.k_cache,
+                    &mut layer.v_cache,
+                    None,
+                )?;
+            } else {
+                kernels::project(
+                    &gpu,
+                    &layer.wqkv,
+                    packed(
+                        layer.wqkv_p.as_ref(),
+                        &mut self.proj_ws,
+                        &self.qkv_cfg,
+                        self.packed_decode,
+                    ),
+                    &self.h,
+                    m,
+                    qkvw,
+                    n,
+                    &mut self.qkv,
+                    qkvw,
+                    !store,
+                )?;
+            }
             if n == 1 && self.fused_rope {
                 attention::rope_attention_decode(
                     &gpu,
@@ -314,18 +341,20 @@ impl GpuModel {
                     self.cluster_attn,
                 )?;
             } else {
-                attention::rope_kv(
-                    &gpu,
-                    &self.dims,
-                    &mut self.qkv,
-                    &self.rope,
-                    start,
-                    n,
-                    &mut self.q,
-                    &mut layer.k_cache,
-                    &mut layer.v_cache,
-                    !store,
-                )?;
+                if qkv_rope.is_none() {
+                    attention::rope_kv(
+                        &gpu,
+                        &self.dims,
+                        &mut self.qkv,
+                        &self.rope,
+                        start,
+                        n,
+                        &mut self.q,
+                        &mut layer.k_cache,
+                        &mut layer.v_cache,
+                        !store,
+                    )?;
+                }
                 attention::attention(
                     &gpu,
                     &self.dims,

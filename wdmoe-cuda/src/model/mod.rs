@@ -214,6 +214,10 @@ pub struct GpuModel {
     /// Decode tokens' attention merges its key splits in a thread-block
     /// cluster where it can (default; see [`cluster_attention_default`]).
     cluster_attn: bool,
+    /// Prompt chunks that store their projections run RoPE and the cache
+    /// write in the q|k|v GEMM's epilogue (default; see
+    /// [`qkv_rope_default`]).
+    qkv_rope: bool,
     /// `qkv` may hold values: a prompt chunk's (its projection stores, its
     /// RoPE leaves them), or a call failed between a decode step's q|k|v
     /// projection, which accumulates, and its RoPE, which leaves it zero.
@@ -387,6 +391,16 @@ impl GpuModel {
         self.cluster_attn = on;
     }
 
+    /// Whether prompt chunks that store their projections (512 tokens or
+    /// more) run RoPE and the KV-cache write in the q|k|v GEMM's epilogue
+    /// (default true; where the packed GEMM runs and the head dimension is
+    /// 128) or in `rope_kv` after it (false; for comparisons: the same
+    /// bits).
+    #[doc(hidden)]
+    pub fn set_qkv_rope(&mut self, on: bool) {
+        self.qkv_rope = on;
+    }
+
     /// Test hook: every layer's device policy uses top-1, so its plans
     /// differ from wdmoe-core's (exercises the re-run of a chunk).
     #[doc(hidden)]
@@ -419,6 +433,14 @@ fn packed_decode_default() -> bool {
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_switch(&ON, "WDMOE_FUSED_ROPE", "0")
+}
+
+/// Whether prompt chunks of PROJ_STORE_MIN_TOKENS or more rotate q and k
+/// and write the cache in the q|k|v GEMM's epilogue (default) or in
+/// rope_kv after a stored projection (`WDMOE_QKV_ROPE=0`: comparisons).
+fn qkv_rope_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_switch(&ON, "WDMOE_QKV_ROPE", "0")
 }
 
 /// Whether decode attention merges its splits in a cluster (default) or

@@ -80,7 +80,7 @@ pub(crate) fn raise_smem_limits(module: &Module) -> Result<()> {
         .map(|&(_, bm, bn, name, st)| (name, smem_bytes(bm, bn, st)));
     let packed = PACKED_KERNELS
         .iter()
-        .map(|&(kind, _, bn, ext, name, st)| (name, packed_smem_bytes(kind, bn, ext, st)));
+        .map(|&(kind, out, bn, ext, name, st)| (name, packed_smem_bytes(kind, out, bn, ext, st)));
     for (name, bytes) in grouped.chain(packed) {
         let f = module
             .get_function(name)

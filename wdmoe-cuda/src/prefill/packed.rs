@@ -40,8 +40,16 @@ pub(crate) struct PackedParams {
     row_start: [i32; MAX_GROUPS + 1],
     splits: i32,
     ext_cols: i32,
+    q_out: u64,
+    k_cache: u64,
+    v_cache: u64,
+    rope: u64,
+    start: i32,
+    heads: i32,
+    kv_heads: i32,
+    max_seq: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 840);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 888);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map, the
@@ -100,6 +108,9 @@ pub(crate) enum PackedOut {
     F32,
     /// fp32 `out += result`.
     F32Add,
+    /// The q|k|v projection with RoPE and the KV-cache write
+    /// ([`gemm_packed_qkv_rope`]).
+    QkvRope,
 }
 
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
@@ -108,29 +119,215 @@ pub(crate) enum PackedOut {
 /// only: never chosen, reached through [`PACKED_LEGACY`]. Those with
 /// extension columns run the extended tiles of a plain/extended pair of
 /// launches ([`launch_packed`]).
-pub(crate) const PACKED_KERNELS: [PackedKernel; 22] = [
-    (PackedKind::Gated, PackedOut::H16, 128, 0, "packed_gated_n128", 4),
-    (PackedKind::Gated, PackedOut::H16, 64, 0, "packed_gated_n64", 5),
-    (PackedKind::Gated, PackedOut::H16, 32, 0, "packed_gated_n32", 5),
-    (PackedKind::Plain, PackedOut::H16, 256, 0, "packed_plain_n256", 4),
-    (PackedKind::Plain, PackedOut::H16, 128, 0, "packed_plain_n128", 6),
-    (PackedKind::Plain, PackedOut::H16, 64, 0, "packed_plain_n64", 8),
-    (PackedKind::Plain, PackedOut::H16, 32, 0, "packed_plain_n32", 8),
-    (PackedKind::Pairs, PackedOut::H16, 256, 0, "packed_pairs_n256", 4),
-    (PackedKind::Pairs, PackedOut::H16, 128, 0, "packed_pairs_n128", 6),
-    (PackedKind::Pairs, PackedOut::H16, 64, 0, "packed_pairs_n64", 8),
-    (PackedKind::Pairs, PackedOut::H16, 32, 0, "packed_pairs_n32", 8),
-    (PackedKind::Plain, PackedOut::F32, 256, 0, "packed_f32_n256", 4),
-    (PackedKind::Plain, PackedOut::F32, 128, 0, "packed_f32_n128", 6),
-    (PackedKind::Plain, PackedOut::F32, 64, 0, "packed_f32_n64", 8),
-    (PackedKind::Plain, PackedOut::F32, 32, 0, "packed_f32_n32", 8),
-    (PackedKind::Plain, PackedOut::F32Add, 128, 0, "packed_f32add_n128", 6),
-    (PackedKind::Plain, PackedOut::F32Add, 64, 0, "packed_f32add_n64", 8),
-    (PackedKind::Plain, PackedOut::F32Add, 32, 0, "packed_f32add_n32", 8),
-    (PackedKind::Gated, PackedOut::H16, 128, 0, "packed_gated_n128_e0", 4),
-    (PackedKind::Pairs, PackedOut::H16, 256, 0, "packed_pairs_n256_e0", 4),
-    (PackedKind::Pairs, PackedOut::H16, 256, 32, "packed_pairs_n256x32", 4),
-    (PackedKind::Plain, PackedOut::H16, 256, 32, "packed_plain_n256x32", 4),
+pub(crate) const PACKED_KERNELS: [PackedKernel; 26] = [
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        128,
+        0,
+        "packed_gated_n128",
+        4,
+    ),
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        64,
+        0,
+        "packed_gated_n64",
+        5,
+    ),
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        32,
+        0,
+        "packed_gated_n32",
+        5,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        256,
+        0,
+        "packed_plain_n256",
+        4,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        128,
+        0,
+        "packed_plain_n128",
+        6,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        64,
+        0,
+        "packed_plain_n64",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        32,
+        0,
+        "packed_plain_n32",
+        8,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        256,
+        0,
+        "packed_pairs_n256",
+        4,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        128,
+        0,
+        "packed_pairs_n128",
+        6,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        64,
+        0,
+        "packed_pairs_n64",
+        8,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        32,
+        0,
+        "packed_pairs_n32",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32,
+        256,
+        0,
+        "packed_f32_n256",
+        4,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32,
+        128,
+        0,
+        "packed_f32_n128",
+        6,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32,
+        64,
+        0,
+        "packed_f32_n64",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32,
+        32,
+        0,
+        "packed_f32_n32",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::QkvRope,
+        256,
+        0,
+        "packed_qkv_n256",
+        4,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::QkvRope,
+        128,
+        0,
+        "packed_qkv_n128",
+        6,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::QkvRope,
+        64,
+        0,
+        "packed_qkv_n64",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::QkvRope,
+        32,
+        0,
+        "packed_qkv_n32",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        128,
+        0,
+        "packed_f32add_n128",
+        6,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        64,
+        0,
+        "packed_f32add_n64",
+        8,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::F32Add,
+        32,
+        0,
+        "packed_f32add_n32",
+        8,
+    ),
+    (
+        PackedKind::Gated,
+        PackedOut::H16,
+        128,
+        0,
+        "packed_gated_n128_e0",
+        4,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        256,
+        0,
+        "packed_pairs_n256_e0",
+        4,
+    ),
+    (
+        PackedKind::Pairs,
+        PackedOut::H16,
+        256,
+        32,
+        "packed_pairs_n256x32",
+        4,
+    ),
+    (
+        PackedKind::Plain,
+        PackedOut::H16,
+        256,
+        32,
+        "packed_plain_n256x32",
+        4,
+    ),
 ];
 
 /// One row of [`PACKED_KERNELS`].
@@ -148,10 +345,22 @@ pub(crate) const PACKED_LEGACY: u32 = 0x1000;
 /// Dynamic shared memory of a packed instantiation (mirrors the kernel:
 /// 1024 bytes of alignment slack, per stage the tokens' box and the block's
 /// weight tiles, two mbarriers per stage).
-pub(crate) fn packed_smem_bytes(kind: PackedKind, bn: u32, ext: u32, stages: usize) -> u32 {
+pub(crate) fn packed_smem_bytes(
+    kind: PackedKind,
+    out: PackedOut,
+    bn: u32,
+    ext: u32,
+    stages: usize,
+) -> u32 {
+    // PO_QKV_ROPE's exchange: 32 tokens x 132 floats.
+    let xch = if out == PackedOut::QkvRope {
+        32 * 132 * 4
+    } else {
+        0
+    };
     let x = (bn + ext) as usize * BK * 2;
     let w = (BK / 16) * kind.units_per_block() * kind.nmat() * 512;
-    (1024 + stages * (x + w) + stages * 16) as u32
+    (1024 + stages * (x + w) + stages * 16 + xch) as u32
 }
 
 /// The one-launch instantiations of one kind and output, narrowest first.
@@ -258,6 +467,22 @@ struct PackedGemm<'a> {
     out: u64,
     /// Tokens per tile instead of [`pick_bn`]'s choice (tests and timings).
     force_bn: Option<u32>,
+    /// [`PackedOut::QkvRope`]'s outputs.
+    rope: Option<RopeOut>,
+}
+
+/// Where [`gemm_packed_qkv_rope`] writes (device addresses) and the
+/// positions it rotates.
+#[derive(Clone, Copy)]
+pub(crate) struct RopeOut {
+    q_out: u64,
+    k_cache: u64,
+    v_cache: u64,
+    rope: u64,
+    start: usize,
+    heads: usize,
+    kv_heads: usize,
+    max_seq: usize,
 }
 
 /// The extended sibling (extension columns, kernel, stages) of the one-launch
@@ -366,7 +591,25 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         row_start: [0; MAX_GROUPS + 1],
         splits: 1,
         ext_cols: ext_cols as i32,
+        q_out: 0,
+        k_cache: 0,
+        v_cache: 0,
+        rope: 0,
+        start: 0,
+        heads: 0,
+        kv_heads: 0,
+        max_seq: 0,
     };
+    if let Some(r) = g.rope {
+        p.q_out = r.q_out;
+        p.k_cache = r.k_cache;
+        p.v_cache = r.v_cache;
+        p.rope = r.rope;
+        p.start = r.start as i32;
+        p.heads = r.heads as i32;
+        p.kv_heads = r.kv_heads as i32;
+        p.max_seq = r.max_seq as i32;
+    }
     p.w[..groups].copy_from_slice(g.w);
     // Token tiles of the plain launch and of the extended one.
     let (token_tiles, ext_token_tiles) = match g.rows {
@@ -409,7 +652,10 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         return Ok(());
     }
     if tiles.max(ext_tiles) > i32::MAX as usize {
-        return Err(shape(op, format!("{} tiles overflow", tiles.max(ext_tiles))));
+        return Err(shape(
+            op,
+            format!("{} tiles overflow", tiles.max(ext_tiles)),
+        ));
     }
     let tx = tensor_map(op, g.x, max_rows, g.k, bn)?;
     let (kind, k, n) = (g.kind, g.k, g.n_rows);
@@ -423,8 +669,10 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
         // ffn_packed validated (n_rows x k fp16 each, strides from their
         // packing), and writes out rows < the clamped row offsets <=
         // max_rows, columns < n_rows <= ldo (callers sized out for max_rows
-        // x ldo elements of the output type); the two launches of a pair
-        // write disjoint token tiles. Shared memory was raised to
+        // x ldo elements of the output type), or (QkvRope) q_out rows <
+        // t and cache positions start + token < max_seq of the heads given
+        // (gemm_packed_qkv_rope checked every length); the two launches of
+        // a pair write disjoint token tiles. Shared memory was raised to
         // packed_smem_bytes at module load; 384 threads as the launch
         // bounds. PDL: a one-launch kernel's producer executes
         // griddepcontrol.wait before its first copy, and every global write
@@ -436,7 +684,7 @@ fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
                 &gpu.prefill,
                 name,
                 Shape::new(grid.clamp(1, sms) as u32, 384)
-                    .shared(packed_smem_bytes(kind, bn, kernel_ext, stages))
+                    .shared(packed_smem_bytes(kind, g.out_kind, bn, kernel_ext, stages))
                     .pdl(true),
                 params,
                 || {
@@ -620,6 +868,7 @@ fn ffn_packed_stages(
                 rows,
                 out: addr(h),
                 force_bn: force(bn),
+                rope: None,
             },
         )?;
     }
@@ -649,6 +898,7 @@ fn ffn_packed_stages(
             rows,
             out: addr(out),
             force_bn: force(bn),
+            rope: None,
         },
     )
 }
@@ -703,6 +953,92 @@ pub(crate) fn gemm_packed_f32(
             rows: Rows::Host(&counts),
             out: addr(y),
             force_bn,
+            rope: None,
+        },
+    )
+}
+
+/// The q|k|v projection of a prompt chunk with RoPE and the cache write in
+/// the GEMM's epilogue (kernels/gemm_packed.cuh, `PO_QKV_ROPE`): for the
+/// `t` token rows of `x` (`[t][k]` fp16) at positions `start..start + t`,
+/// q = W_q x rotated into `q_out` (`[t][heads · 128]` fp32), k = W_k x
+/// rotated and v = W_v x into this layer's caches (`[kv_heads][max_seq]
+/// [128]` fp16), as [`gemm_packed_f32`] then `rope_kv` would write them
+/// (the same rotation, bitwise). `w`: `(heads + 2 kv_heads) · 128` rows
+/// (head dimension 128: one head per 128-row block); `rope`:
+/// `[max_seq][64]` (cos, sin) fp32 pairs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed_qkv_rope(
+    gpu: &Gpu,
+    w: &PackedMatrix,
+    x: &DeviceSlice<f16>,
+    t: usize,
+    rope: &DeviceSlice<f32>,
+    start: usize,
+    (heads, kv_heads, max_seq): (usize, usize, usize),
+    q_out: &mut DeviceSlice<f32>,
+    k_cache: &mut DeviceSlice<f16>,
+    v_cache: &mut DeviceSlice<f16>,
+    force_bn: Option<u32>,
+) -> Result<()> {
+    const OP: &str = "gemm_packed_qkv_rope";
+    const HD: usize = 128;
+    let (n, k) = (w.rows, w.cols);
+    let cache = kv_heads * max_seq * HD;
+    if t == 0
+        || heads == 0
+        || kv_heads == 0
+        || n != (heads + 2 * kv_heads) * HD
+        || start + t > max_seq
+        || x.len() < t * k
+        || q_out.len() < t * heads * HD
+        || k_cache.len() < cache
+        || v_cache.len() < cache
+        || rope.len() < max_seq * HD
+    {
+        return Err(shape(
+            OP,
+            format!(
+                "T={t} at {start}, W {n} x {k}, heads {heads}/{kv_heads} of {HD}, cache of {max_seq}: \
+                 x {}, q_out {}, k_cache {}, v_cache {}, rope {} elements",
+                x.len(),
+                q_out.len(),
+                k_cache.len(),
+                v_cache.len(),
+                rope.len()
+            ),
+        ));
+    }
+    check_align(OP, "x", addr(x), 16)?;
+    check_align(OP, "rope", addr(rope), 8)?;
+    let counts = [t];
+    launch_packed(
+        gpu,
+        OP,
+        PackedGemm {
+            kind: PackedKind::Plain,
+            out_kind: PackedOut::QkvRope,
+            ldo: n,
+            w: &[addr(&w.buf)],
+            unit_stride: 32,
+            kt_stride: (n / 16 * 32) as i64,
+            kmajor: true,
+            x: addr(x),
+            k,
+            n_rows: n,
+            rows: Rows::Host(&counts),
+            out: 0,
+            force_bn,
+            rope: Some(RopeOut {
+                q_out: addr(q_out),
+                k_cache: addr(k_cache),
+                v_cache: addr(v_cache),
+                rope: addr(rope),
+                start,
+                heads,
+                kv_heads,
+                max_seq,
+            }),
         },
     )
 }

@@ -359,3 +359,122 @@ fn attention_shapes_are_checked_before_launch() {
     assert_eq!(attention::attn_splits(1, 100_000), 32);
     assert_eq!(attention::attn_splits(7, 100_000), 1);
 }
+
+/// The q|k|v GEMM with RoPE and the cache write in its epilogue
+/// (`gemm_packed_qkv_rope`, every tile width) gives the same bits as the
+/// stored projection (`gemm_packed_f32`) then `rope_kv`: q, and the whole
+/// cache (random history before `start` kept, positions past the chunk
+/// untouched). 4 q heads and 2 kv heads of 128 (hd 128: one head per row
+/// block), k = 192, at odd token counts (a partial 32-token batch, partial
+/// token tiles of each width) and positions that start mid-cache.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn qkv_rope_epilogue_equals_projection_then_rope_kv() {
+    use crate::ffn::PackedMatrix;
+    let gpu = Gpu::new(0).unwrap();
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packed GEMM needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let (h, kvh, hd, ms, k) = (4usize, 2usize, 128usize, 700usize, 192usize);
+    let dims = AttnDims {
+        heads: h,
+        kv_heads: kvh,
+        head_dim: hd,
+        max_seq: ms,
+        window: 0,
+    };
+    let n = dims.qkv_width();
+    let w = halves(&mut r, n * k, 1.0 / (k as f32).sqrt());
+    let wd = gpu.upload(&w).unwrap();
+    let wp = PackedMatrix::pack(&gpu, &wd, n, k).unwrap();
+    let rope = gpu
+        .upload(&crate::model::weights::rope_table(hd, 1e6, ms))
+        .unwrap();
+    for (t, start) in [(1usize, 0usize), (45, 3), (300, 17), (531, 101)] {
+        let x = gpu.upload(&halves(&mut r, t * k, 1.0)).unwrap();
+        let kc = halves(&mut r, kvh * ms * hd, 1.0);
+        let vc = halves(&mut r, kvh * ms * hd, 1.0);
+        // The reference: stored projection, then rope_kv.
+        let mut qkv = gpu.alloc::<f32>(t * n).unwrap();
+        crate::prefill::gemm_packed_f32(&gpu, &wp, &x, t, &mut qkv, n, false, None).unwrap();
+        let (mut q0, mut k0, mut v0) = (
+            gpu.alloc::<f32>(t * h * hd).unwrap(),
+            gpu.upload(&kc).unwrap(),
+            gpu.upload(&vc).unwrap(),
+        );
+        attention::rope_kv(
+            &gpu, &dims, &mut qkv, &rope, start, t, &mut q0, &mut k0, &mut v0, false,
+        )
+        .unwrap();
+        let want = (
+            gpu.download(&q0).unwrap(),
+            gpu.download(&k0).unwrap(),
+            gpu.download(&v0).unwrap(),
+        );
+        for bn in [None, Some(32), Some(64), Some(128), Some(256)] {
+            let mut q1 = gpu.upload(&vec![f32::NAN; t * h * hd]).unwrap();
+            let (mut k1, mut v1) = (gpu.upload(&kc).unwrap(), gpu.upload(&vc).unwrap());
+            crate::prefill::gemm_packed_qkv_rope(
+                &gpu,
+                &wp,
+                &x,
+                t,
+                &rope,
+                start,
+                (h, kvh, ms),
+                &mut q1,
+                &mut k1,
+                &mut v1,
+                bn,
+            )
+            .unwrap();
+            let q = gpu.download(&q1).unwrap();
+            let kk = gpu.download(&k1).unwrap();
+            let vv = gpu.download(&v1).unwrap();
+            let diff_q = q
+                .iter()
+                .zip(&want.0)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            let diff_k = kk
+                .iter()
+                .zip(&want.1)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            let diff_v = vv
+                .iter()
+                .zip(&want.2)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            eprintln!("qkv rope T={t} start={start} bn={bn:?}: q {diff_q}, k {diff_k}, v {diff_v} of {}, {}, {} differ", q.len(), kk.len(), vv.len());
+            assert!(
+                q.iter().all(|v| v.is_finite()),
+                "T={t} bn={bn:?}: q not all written"
+            );
+            assert_eq!(
+                (diff_q, diff_k, diff_v),
+                (0, 0, 0),
+                "T={t} start={start} bn={bn:?}"
+            );
+        }
+    }
+    // Shapes it cannot take are errors before any launch.
+    let x = gpu.upload(&halves(&mut r, 8 * k, 1.0)).unwrap();
+    let mut q = gpu.alloc::<f32>(8 * h * hd).unwrap();
+    let (mut kd, mut vd) = (
+        gpu.alloc::<f16>(kvh * ms * hd).unwrap(),
+        gpu.alloc::<f16>(kvh * ms * hd).unwrap(),
+    );
+    for (t, start, heads) in [
+        (8usize, ms - 7, (h, kvh, ms)),
+        (8, 0, (h + 1, kvh, ms)),
+        (0, 0, (h, kvh, ms)),
+    ] {
+        let e = crate::prefill::gemm_packed_qkv_rope(
+            &gpu, &wp, &x, t, &rope, start, heads, &mut q, &mut kd, &mut vd, None,
+        );
+        assert!(e.is_err(), "T={t} at {start} with {heads:?}: {e:?}");
+    }
+}

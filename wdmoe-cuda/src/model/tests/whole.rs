@@ -84,6 +84,81 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
     }
 }
 
+/// A prompt in chunks that store their projections (600 tokens, then 530
+/// at position 600: the second reads the first's cache) with RoPE and the
+/// cache write in the q|k|v GEMM's epilogue gives the same bits as with
+/// `rope_kv` after the stored projection: every logit and every routing
+/// choice (2 layers at Mixtral width, a 2,048-token vocabulary).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_qkv_rope_epilogue_equals_rope_kv() {
+    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    if !gpu.info().cubin {
+        eprintln!("skipping: the packed GEMM needs compute capability 9.0");
+        return;
+    }
+    let mut r = rng();
+    let shape = ModelShape {
+        layers: 2,
+        vocab: 2048,
+        ..ModelShape::mixtral_8x7b()
+    };
+    let (n0, n1) = (600usize, 530usize);
+    let opts = ModelOptions {
+        max_seq: n0 + n1 + 8,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: n0,
+    };
+    let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let policy = Policy::new(2, 0.0, 1).unwrap();
+    let tokens: Vec<u32> = (0..n0 + n1).map(|_| r.gen_range(0..2048)).collect();
+    let lat = vec![0.01; n0 * shape.layers * shape.experts];
+    let mut run = |fused: bool| {
+        m.set_qkv_rope(fused);
+        m.truncate(0);
+        let a = m
+            .forward(&tokens[..n0], Output::AllLogits, &policy, &lat)
+            .unwrap();
+        let b = m
+            .forward(
+                &tokens[n0..],
+                Output::AllLogits,
+                &policy,
+                &lat[..n1 * shape.layers * shape.experts],
+            )
+            .unwrap();
+        (a, b)
+    };
+    let (fa, fb) = run(true);
+    let (ra, rb) = run(false);
+    for (name, f, r) in [("first chunk", &fa, &ra), ("second chunk", &fb, &rb)] {
+        assert!(
+            f.logits.iter().all(|x| x.is_finite()),
+            "{name}: a non-finite logit"
+        );
+        let diff = f
+            .logits
+            .iter()
+            .zip(&r.logits)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            diff,
+            0,
+            "{name}: {diff} of {} logits differ",
+            f.logits.len()
+        );
+        for l in 0..shape.layers {
+            assert!(
+                f.layers[l].selections == r.layers[l].selections,
+                "{name}, layer {l}: routing differs"
+            );
+        }
+    }
+}
+
 /// lm_head on its decode packing (the packed GEMM, for chunks of more than
 /// 16 rows; up to 16 rows run row-major either way) against the row-major
 /// GEMV, on the same model and tokens (1 layer at Mixtral width, a
