@@ -18,6 +18,7 @@ mod config;
 mod expert;
 mod launch;
 mod packed;
+mod packed_launch;
 mod weights;
 
 pub use config::*;
@@ -25,6 +26,7 @@ pub use expert::*;
 pub(crate) use launch::*;
 pub use packed::ffn_packed_grouped;
 pub(crate) use packed::*;
+pub(crate) use packed_launch::*;
 pub use weights::*;
 
 use cust::memory::DeviceSlice;
