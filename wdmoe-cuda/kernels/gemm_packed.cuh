@@ -41,8 +41,8 @@
 // (packed_stage_timing_mixtral, best of rounds): 512 rows per expert gate/up
 // 1575 -> 1539 us (611 -> 625 TFLOP/s; medians 596 -> 607), down 741 ->
 // 740 us (649 -> 650); 4096 rows gate/up 12426 -> 12346 us (619 -> 623;
-// medians 605 -> 616), down 6030 -> 6018 us (638 -> 639). The old epilogue
-// stays built (`_e0` kernels) for that comparison only.
+// medians 605 -> 616), down 6030 -> 6018 us (638 -> 639). (The old
+// epilogue was taken out once that comparison was recorded.)
 //
 // The q|k|v projection (PO_F32, one matrix of 6144 x 4096, 2,048 tokens)
 // takes the same wide tile as the FFN down (BN = 256, 4 stages; SASS R205
@@ -135,10 +135,10 @@ __device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
 // Each instantiation keeps one k loop: with both widths in one kernel (a
 // branch per tile) ptxas serialized the wgmmas (C7512), and with a
 // predicated second wgmma too (C7520).
-template <int BN, int STAGES, int KIND, int OUT, int EPI, int EXT>
+template <int BN, int STAGES, int KIND, int OUT, int EXT>
 __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const TensorMap& tx_ext, const PackedParams& p) {
 #ifdef WDMOE_SM90A
-    static_assert(EXT == 0 || (OUT == PO_H16 && EPI == 1), "extended tiles store through the fp16 pair epilogue");
+    static_assert(EXT == 0 || OUT == PO_H16, "extended tiles store through the fp16 pair epilogue");
     // Columns of the extended tiles; 0: every tile plain (one launch).
     const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 ? p.ext_cols : 0);
     constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
@@ -424,7 +424,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                 }
                 continue;
             }
-            if constexpr (OUT == PO_H16 && EPI == 1) {
+            if constexpr (OUT == PO_H16) {
                 // fp16 pairs of features: lanes l and l^4 hold neighbouring
                 // features for the same two tokens; one shuffle swaps
                 // halves so that the even-feature lane holds features
@@ -488,17 +488,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                     for (int h = 0; h < 2; ++h) {
                         const int row = r + 8 * h;
                         if (row >= p.n_rows) continue;
-                        const float v = d0[4 * j + 2 * h + e];
-                        float o;
-                        if constexpr (NM == 2) {
-                            const float u = d1[4 * j + 2 * h + e];
-                            o = v / (1.0f + __expf(-v)) * u;
-                        } else {
-                            o = v;
-                        }
-                        if constexpr (OUT == PO_H16) {
-                            reinterpret_cast<__half*>(p.out)[orow + row] = __float2half_rn(o);
-                        } else if constexpr (OUT == PO_F32) {
+                        // (fp32 outputs: the projections, one matrix)
+                        const float o = d0[4 * j + 2 * h + e];
+                        if constexpr (OUT == PO_F32) {
                             reinterpret_cast<float*>(p.out)[orow + row] = o;
                         } else {
                             // k slices of one output add up here.
@@ -521,18 +513,18 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
 // per stage (the host mirrors it: prefill::packed::packed_smem_bytes).
 // Every instantiation takes the second token map (box of EXT rows; the
 // host passes the first one again where EXT is 0).
-#define PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, EPI, EXT)                                              \
+#define PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, EXT)                                                   \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                    \
         NAME(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tx_ext,               \
              const __grid_constant__ PackedParams p) {                                                      \
-        gemm_packed_body<BN, STAGES, KIND, OUT, EPI, EXT>(tx, tx_ext, p);                                   \
+        gemm_packed_body<BN, STAGES, KIND, OUT, EXT>(tx, tx_ext, p);                                        \
     }
-#define PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, EPI) PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, EPI, 0)
-#define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT) PACKED_KERNEL_E(NAME, BN, STAGES, KIND, OUT, 1)
+#define PACKED_KERNEL(NAME, BN, STAGES, KIND, OUT) PACKED_KERNEL_X(NAME, BN, STAGES, KIND, OUT, 0)
 
 // Extended tiles (BN + EXT tokens at most) for the FFN down's widest width.
-PACKED_KERNEL_X(packed_pairs_n256x32, 256, 4, PK_PAIRS, PO_H16, 1, 32)
-PACKED_KERNEL_X(packed_plain_n256x32, 256, 4, PK_PLAIN, PO_H16, 1, 32)
+PACKED_KERNEL_X(packed_pairs_n256x32, 256, 4, PK_PAIRS, PO_H16, 32)
+PACKED_KERNEL_X(packed_plain_n256x32, 256, 4, PK_PLAIN, PO_H16, 32)
+
 PACKED_KERNEL(packed_gated_n128, 128, 4, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED, PO_H16)
@@ -560,8 +552,3 @@ PACKED_KERNEL(packed_qkv_n32, 32, 8, PK_PLAIN, PO_QKV_ROPE)
 PACKED_KERNEL(packed_f32add_n128, 128, 6, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n64, 64, 8, PK_PLAIN, PO_F32_ADD)
 PACKED_KERNEL(packed_f32add_n32, 32, 8, PK_PLAIN, PO_F32_ADD)
-// The previous epilogue (one scalar fp16 store per element), kept for
-// timings against it only (tests/gpu_packed.rs, `Gpu::ffn_packed_variant`
-// with PACKED_LEGACY).
-PACKED_KERNEL_E(packed_gated_n128_e0, 128, 4, PK_GATED, PO_H16, 0)
-PACKED_KERNEL_E(packed_pairs_n256_e0, 256, 4, PK_PAIRS, PO_H16, 0)

@@ -53,10 +53,6 @@ fn experts(
         .collect()
 }
 
-/// Added to a forced tile width: that width with the previous epilogue
-/// (`PACKED_LEGACY` in src/prefill/packed.rs).
-const LEGACY: u32 = 0x1000;
-
 /// One grouped launch on `counts` rows per expert; every group's output
 /// against the reference; returns the largest relative error.
 fn check_packed(gpu: &Gpu, ex: &[Expert], counts: &[usize], seed: u64) -> f64 {
@@ -179,11 +175,7 @@ fn packed_every_tile_width_matches_reference() {
             (32, 256),
             (128, 288),
             (0, 0),
-            (128 | LEGACY, 256 | LEGACY),
         ] {
-            if d & LEGACY != 0 && layout != DownLayout::Pairs32 {
-                continue; // the previous epilogue is kept for pairs only
-            }
             eprintln!("m={m} m_h={m_h} {layout:?} k_major={k_major} counts {counts:?} bn {g}/{d}");
             check_packed_bn(&gpu, &ex, counts, s ^ 0x77 ^ i as u64, Some((g, d)));
         }
@@ -326,11 +318,6 @@ fn packed_stage_timing_mixtral() {
                 2.0 * flops
             } else {
                 flops
-            };
-            let bn = if bn & LEGACY != 0 {
-                format!("{}-old-epilogue", bn & !LEGACY)
-            } else {
-                bn.to_string()
             };
             println!(
                 "STAGE {stage} rows/expert={per} bn={bn}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",

@@ -56,8 +56,8 @@ impl PackedStages {
 impl Gpu {
     /// Tests and timings of the packed GEMM only: [`ffn_packed_grouped`]
     /// with each launch's tokens per tile forced (`Some(0)`: the usual
-    /// choice; `None`: that launch skipped, `h` taken as it is; a width plus
-    /// 0x1000 (`PACKED_LEGACY`): that width with the previous epilogue).
+    /// choice; `None`: that launch skipped, `h` taken as it is; 288: down's
+    /// plain/extended pair of launches, 256 + 32).
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     pub fn ffn_packed_variant(

@@ -103,13 +103,11 @@ pub(crate) enum PackedOut {
 }
 
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
-/// per tile, extension columns, kernel, shared-memory stages). Names ending
-/// in [`LEGACY_SUFFIX`] keep the previous epilogue for timings against it
-/// only: never chosen, reached through [`PACKED_LEGACY`]. Those with
+/// per tile, extension columns, kernel, shared-memory stages). Those with
 /// extension columns run the extended tiles of a plain/extended pair of
 /// launches ([`launch_packed`]).
 #[rustfmt::skip]
-pub(crate) const PACKED_KERNELS: [PackedKernel; 26] = [
+pub(crate) const PACKED_KERNELS: [PackedKernel; 24] = [
     (PackedKind::Gated, PackedOut::H16, 128, 0, "packed_gated_n128", 4),
     (PackedKind::Gated, PackedOut::H16, 64, 0, "packed_gated_n64", 5),
     (PackedKind::Gated, PackedOut::H16, 32, 0, "packed_gated_n32", 5),
@@ -132,23 +130,12 @@ pub(crate) const PACKED_KERNELS: [PackedKernel; 26] = [
     (PackedKind::Plain, PackedOut::F32Add, 128, 0, "packed_f32add_n128", 6),
     (PackedKind::Plain, PackedOut::F32Add, 64, 0, "packed_f32add_n64", 8),
     (PackedKind::Plain, PackedOut::F32Add, 32, 0, "packed_f32add_n32", 8),
-    (PackedKind::Gated, PackedOut::H16, 128, 0, "packed_gated_n128_e0", 4),
-    (PackedKind::Pairs, PackedOut::H16, 256, 0, "packed_pairs_n256_e0", 4),
     (PackedKind::Pairs, PackedOut::H16, 256, 32, "packed_pairs_n256x32", 4),
     (PackedKind::Plain, PackedOut::H16, 256, 32, "packed_plain_n256x32", 4),
 ];
 
 /// One row of [`PACKED_KERNELS`].
 pub(crate) type PackedKernel = (PackedKind, PackedOut, u32, u32, &'static str, usize);
-
-/// Suffix of the instantiations that keep the previous (scalar fp16 store)
-/// epilogue.
-const LEGACY_SUFFIX: &str = "_e0";
-
-/// Added to a forced tile width ([`Gpu::ffn_packed_variant`]): that width's
-/// instantiation with the previous epilogue (timings only; gated 128 and
-/// pairs 256 exist).
-pub(crate) const PACKED_LEGACY: u32 = 0x1000;
 
 /// Dynamic shared memory of a packed instantiation (mirrors the kernel:
 /// 1024 bytes of alignment slack, per stage the tokens' box and the block's
@@ -175,7 +162,7 @@ pub(crate) fn packed_smem_bytes(
 fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, usize)> {
     let mut v: Vec<_> = PACKED_KERNELS
         .iter()
-        .filter(|k| k.0 == kind && k.1 == out && k.3 == 0 && !k.4.ends_with(LEGACY_SUFFIX))
+        .filter(|k| k.0 == kind && k.1 == out && k.3 == 0)
         .map(|k| (k.2, k.4, k.5))
         .collect();
     v.sort_by_key(|k| k.0);
@@ -347,22 +334,6 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
                 })?;
             (plain, Some((k.3, k.4, k.5)))
         }
-        (Some(want), None) if want & PACKED_LEGACY != 0 => (
-            PACKED_KERNELS
-                .iter()
-                .find(|k| {
-                    k.0 == g.kind
-                        && k.1 == g.out_kind
-                        && k.2 == want & !PACKED_LEGACY
-                        && k.4.ends_with(LEGACY_SUFFIX)
-                })
-                .map(|k| (k.2, k.4, k.5))
-                .ok_or_else(|| Error::Unsupported {
-                    op,
-                    detail: format!("no legacy packed {:?} kernel of {want:#x}", g.kind),
-                })?,
-            None,
-        ),
         (Some(want), None) => (
             instantiations(g.kind, g.out_kind)
                 .into_iter()
