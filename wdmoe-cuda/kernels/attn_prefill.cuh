@@ -415,11 +415,10 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ATTN_PREFILL_WGMMA 1
 
+#include "wgmma_ra.cuh"  // RegAcc; hopper.cuh's wgmma fence, commit and wait
+
 namespace {
 
-__device__ __forceinline__ void attn_wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void attn_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void attn_wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
 // Shared memory written by this thread's (completed) cp.async, visible to
 // the async proxy (wgmma) after the next barrier.
 __device__ __forceinline__ void attn_fence_async_smem() {
@@ -431,41 +430,12 @@ __device__ __forceinline__ uint64_t attn_wg_desc(uint32_t addr, uint32_t lbo, ui
            ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
 }
 
-// wgmma m64nNk16, fp32 += fp16 x fp16: A (64 x 16) from registers (each
-// warp: the m16n8k16 A fragment of its 16 rows), B by descriptor, TB = 1
-// for an MN-major (transposed) B; acc = 0 overwrites the accumulators.
-template <int TB>
-__device__ __forceinline__ void attn_wg_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
-}
-
-template <int TB>
-__device__ __forceinline__ void attn_wg_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
-}
-
+// wgmma m64nNk16 with A (64 x 16) from registers (each warp: the m16n8k16
+// A fragment of its 16 rows, wgmma_ra.cuh), B by descriptor, TB = 1 for an
+// MN-major (transposed) B; acc = 0 overwrites the accumulators.
 template <int N, int TB>
 __device__ __forceinline__ void attn_wg_mma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
-    if constexpr (N == 64)
-        attn_wg_n64<TB>(d, a, desc, acc);
-    else
-        attn_wg_n128<TB>(d, a, desc, acc);
+    RegAcc<N>::template mma<TB>(d, make_uint4(a[0], a[1], a[2], a[3]), desc, acc);
 }
 
 }  // namespace
@@ -563,13 +533,13 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
         float s[BKV / 8][4];
         {
             const uint64_t dk = attn_wg_desc(sbase + kb * TILE, 16, 1024);
-            attn_wg_fence();
+            wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk)
                 attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(s), qa[kk],
                                     dk + (((kk / 4) * HALF + (kk % 4) * 32) >> 4), kk > 0);
-            attn_wg_commit();
-            attn_wg_wait0();
+            wgmma_commit();
+            wgmma_wait<0>();
         }
         const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
         uint32_t pa[BKV / 16][4];
@@ -589,12 +559,12 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
         // O += P V.
         {
             const uint64_t dv = attn_wg_desc(sbase + vb * TILE, HALF, 1024);
-            attn_wg_fence();
+            wgmma_fence();
 #pragma unroll
             for (int j = 0; j < BKV / 16; ++j)
                 attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
-            attn_wg_commit();
-            attn_wg_wait0();
+            wgmma_commit();
+            wgmma_wait<0>();
         }
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
