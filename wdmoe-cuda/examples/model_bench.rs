@@ -96,10 +96,11 @@ fn main() -> Result<()> {
         let lat = vec![1.0; t * shape.layers * e];
         let mut wall = Vec::new();
         let mut dev = Vec::new();
-        let mut experts_read = 0.0;
         let mut check = Vec::new();
         let mut enq = Vec::new();
-        let mut last_counts: Option<Vec<Vec<usize>>> = None;
+        // Rows per expert (token, expert pairs) of each layer, of the last
+        // forward.
+        let mut counts: Vec<Vec<usize>> = Vec::new();
         for i in 0..=iters {
             model.truncate(0);
             let s = Instant::now();
@@ -110,8 +111,9 @@ fn main() -> Result<()> {
                 check.push(out.route_check_s);
                 enq.push(out.enqueue_s);
             }
-            last_counts = Some(
-                out.layers
+            if i == iters {
+                counts = out
+                    .layers
                     .iter()
                     .map(|r| {
                         let mut c = vec![0usize; e];
@@ -122,27 +124,17 @@ fn main() -> Result<()> {
                         }
                         c
                     })
-                    .collect::<Vec<_>>(),
-            );
-            // Experts with at least one token, per layer (read once each).
-            experts_read = out
-                .layers
-                .iter()
-                .map(|r| {
-                    let mut used = vec![false; e];
-                    for sel in &r.selections {
-                        for &q in sel.experts() {
-                            used[q] = true;
-                        }
-                    }
-                    used.iter().filter(|&&u| u).count() as f64
-                })
-                .sum::<f64>()
-                / l;
+                    .collect();
+            }
         }
-        if let Some(counts) = &last_counts {
-            // Rows per expert (token, expert pairs) of each layer: what the
-            // grouped GEMMs' token tiles are cut from.
+        // Experts with at least one token, per layer (read once each).
+        let experts_read = counts
+            .iter()
+            .map(|c| c.iter().filter(|&&n| n > 0).count() as f64)
+            .sum::<f64>()
+            / l;
+        if !counts.is_empty() {
+            // What the grouped GEMMs' token tiles are cut from.
             let (lo, hi) = counts
                 .iter()
                 .flatten()

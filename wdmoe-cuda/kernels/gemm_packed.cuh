@@ -284,64 +284,59 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                 pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
-            {
-                constexpr bool E = EXT > 0;
-                int prev = -1;
-                // One wgmma group per KS k16 steps (both fragment buffers
-                // alternate between groups): a group stays in flight while
-                // the next one's fragments load.
-                auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
+            int prev = -1;
+            // One wgmma group per KS k16 steps (both fragment buffers
+            // alternate between groups): a group stays in flight while
+            // the next one's fragments load.
+            auto issue = [&](uint4 (&a)[BK / 16][NM], uint32_t sx, uint32_t sw, int kb, int h) {
 #pragma unroll
-                    for (int kk = h * KS; kk < h * KS + KS; ++kk)
+                for (int kk = h * KS; kk < h * KS + KS; ++kk)
 #pragma unroll
-                        for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
-                    wgmma_fence();
-                    const uint64_t db = smem_desc(sx);
+                    for (int m = 0; m < NM; ++m) a[kk][m] = lds128(sw + frag_off(kk, m));
+                wgmma_fence();
+                const uint64_t db = smem_desc(sx);
 #pragma unroll
-                    for (int kk = h * KS; kk < h * KS + KS; ++kk) {
-                        const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
-                        // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
-                        RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
-                        if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
-                        if constexpr (E) {
-                            // (E ? EXT : 16): a width that names a wgmma
-                            // where E is false and the branch is discarded.
-                            using X = RegAcc<(E ? EXT : 16)>;
-                            const uint64_t de = smem_desc(sx + X_BYTES);
-                            X::mma(e0, a[kk][0], de + 2 * kk, acc);
-                            if constexpr (NM == 2) X::mma(e1, a[kk][NM - 1], de + 2 * kk, acc);
-                        }
+                for (int kk = h * KS; kk < h * KS + KS; ++kk) {
+                    const int acc = (kb > kb0 || kk > 0) ? 1 : 0;
+                    // +32 bytes along k per step of 16 (descriptor units of 16 bytes)
+                    RegAcc<BN>::mma(d0, a[kk][0], db + 2 * kk, acc);
+                    if constexpr (NM == 2) RegAcc<BN>::mma(d1, a[kk][NM - 1], db + 2 * kk, acc);
+                    if constexpr (EXT > 0) {
+                        using X = RegAcc<EXT>;
+                        const uint64_t de = smem_desc(sx + X_BYTES);
+                        X::mma(e0, a[kk][0], de + 2 * kk, acc);
+                        if constexpr (NM == 2) X::mma(e1, a[kk][NM - 1], de + 2 * kk, acc);
                     }
-                    wgmma_commit();
-                    wgmma_wait<1>();  // the previous group (and its fragments) is done
-                    // ... and with it the previous stage's last group.
-                    if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
-                };
-                auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
-                    mbar_wait(bar_full + 8 * stage, phase);
-                    const uint32_t sx = sbase + stage * STAGE_BYTES;
-                    const uint32_t sw = sx + X_BYTES + XE_BYTES;
-                    if constexpr (KS == BK / 16) {
-                        issue(a, sx, sw, kb, 0);
-                    } else {
-                        issue(a0, sx, sw, kb, 0);
-                        issue(a1, sx, sw, kb, 1);
-                    }
-                    prev = stage;
-                    if (++stage == STAGES) {
-                        stage = 0;
-                        phase ^= 1;
-                    }
-                };
-                int kb = kb0;
-                for (; kb + 1 < kb1; kb += 2) {
-                    run_stage(a0, kb);
-                    run_stage(a1, kb + 1);
                 }
-                if (kb < kb1) run_stage(a0, kb);
-                wgmma_wait<0>();
-                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                wgmma_commit();
+                wgmma_wait<1>();  // the previous group (and its fragments) is done
+                // ... and with it the previous stage's last group.
+                if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+            };
+            auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
+                mbar_wait(bar_full + 8 * stage, phase);
+                const uint32_t sx = sbase + stage * STAGE_BYTES;
+                const uint32_t sw = sx + X_BYTES + XE_BYTES;
+                if constexpr (KS == BK / 16) {
+                    issue(a, sx, sw, kb, 0);
+                } else {
+                    issue(a0, sx, sw, kb, 0);
+                    issue(a1, sx, sw, kb, 1);
+                }
+                prev = stage;
+                if (++stage == STAGES) {
+                    stage = 0;
+                    phase ^= 1;
+                }
+            };
+            int kb = kb0;
+            for (; kb + 1 < kb1; kb += 2) {
+                run_stage(a0, kb);
+                run_stage(a1, kb + 1);
             }
+            if (kb < kb1) run_stage(a0, kb);
+            wgmma_wait<0>();
+            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
 
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.

@@ -138,10 +138,9 @@ fn packed_ffn_matches_reference() {
 
 /// Every instantiation, forced (gate/up 32, 64, 128 tokens per tile; down
 /// 32, 64, 128, 256; the plain/extended pair of down, 256 + 32, as 288), on
-/// rows that leave partial token tiles of each
-/// width, groups of extended tiles only (576, 257), of plain tiles only
-/// (289, 33) and of both (520), partial row blocks, an empty group, both W2
-/// layouts and both tile orders.
+/// rows that leave partial token tiles of each width, groups of extended
+/// tiles only (576, 257), of plain tiles only (289, 33) and of both (520),
+/// partial row blocks, an empty group, both W2 layouts and both tile orders.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn packed_every_tile_width_matches_reference() {

@@ -181,7 +181,8 @@ fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, u
 /// one group otherwise, the widest that still gives two waves of tiles over
 /// the SMs (the blocks on one row block share its weights in L2), else the
 /// narrowest (the q|k|v projection at 2,048 tokens: 256, 1.13x the
-/// 128-token tiles, `packed_f32_timing_qkv`).
+/// 128-token tiles, `packed_f32_timing_qkv`), unless the widest tiles'
+/// waves, at their lower cost per token ([`NARROW_COST`]), end first.
 fn pick_bn(
     kind: PackedKind,
     out: PackedOut,
@@ -268,7 +269,7 @@ pub(super) struct PackedGemm<'a> {
 
 /// Where [`gemm_packed_qkv_rope`] writes (device addresses) and the
 /// positions it rotates.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(crate) struct RopeOut {
     pub(super) q_out: u64,
     pub(super) k_cache: u64,
@@ -299,7 +300,7 @@ fn ext_tiles_default() -> bool {
 
 /// Token tiles of a group of `rows` rows at `bn` columns extended by up to
 /// `ext` (kernels/gemm_packed.cuh, `ext_tiles`): (plain, extended).
-pub(crate) fn split_token_tiles(rows: usize, bn: usize, ext: usize) -> (usize, usize) {
+fn split_token_tiles(rows: usize, bn: usize, ext: usize) -> (usize, usize) {
     let ntt = rows.div_ceil(bn + ext);
     let extra = rows.saturating_sub(ntt * bn);
     let n_ext = if ext > 0 { extra.div_ceil(ext) } else { 0 };
@@ -355,6 +356,8 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         }
     };
     let ext_cols = ext.map_or(0, |e| e.0);
+    // (zeros where the kernel writes no RoPE output)
+    let rope = g.rope.unwrap_or_default();
     let mut p = PackedParams {
         w: [0; MAX_GROUPS],
         unit_stride: g.unit_stride,
@@ -370,25 +373,15 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         row_start: [0; MAX_GROUPS + 1],
         splits: 1,
         ext_cols: ext_cols as i32,
-        q_out: 0,
-        k_cache: 0,
-        v_cache: 0,
-        rope: 0,
-        start: 0,
-        heads: 0,
-        kv_heads: 0,
-        max_seq: 0,
+        q_out: rope.q_out,
+        k_cache: rope.k_cache,
+        v_cache: rope.v_cache,
+        rope: rope.rope,
+        start: rope.start as i32,
+        heads: rope.heads as i32,
+        kv_heads: rope.kv_heads as i32,
+        max_seq: rope.max_seq as i32,
     };
-    if let Some(r) = g.rope {
-        p.q_out = r.q_out;
-        p.k_cache = r.k_cache;
-        p.v_cache = r.v_cache;
-        p.rope = r.rope;
-        p.start = r.start as i32;
-        p.heads = r.heads as i32;
-        p.kv_heads = r.kv_heads as i32;
-        p.max_seq = r.max_seq as i32;
-    }
     p.w[..groups].copy_from_slice(g.w);
     // Token tiles of the plain launch and of the extended one.
     let (token_tiles, ext_token_tiles) = match g.rows {
