@@ -94,6 +94,10 @@ struct PackedParams {
     int row_start[MAX_GROUPS + 1];  // host row offsets (dev_rows null)
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
     int ext_cols;           // > 0: the token tiles of a plain/extended pair of launches (below)
+    // Fitted token tiles (fit_hi > 0): each group's tiles take the width
+    // fit_width gives it, one launch per width (below); follower = 1: not
+    // the first launch of such a chain.
+    int fit_lo, fit_hi, follower;
     // PO_QKV_ROPE (the model's q|k|v projection of a prompt chunk, rows =
     // (heads + 2 kv_heads) x 128: one head per row block): q rotated into
     // q_out ([tokens][heads 128] fp32), k rotated and v into this layer's
@@ -115,6 +119,28 @@ template <int BN>
 __device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
     const int extra = r - ntt * BN;
     return (xc > 0 && extra > 0) ? (extra + xc - 1) / xc : 0;
+}
+
+// Fitted token tiles, a chain of launches. A group of n rows takes
+// t = ceil(n / hi) tiles of ceil(n / t) tokens rounded up to 8, at least lo
+// (then t = ceil(n / lo)): an expert of 520 rows takes 4 tiles of 136
+// instead of 5 of 128. Each launch of the chain is one width's
+// instantiation and runs the groups of that width. The first launch waits
+// for the inputs before it lets the next one start; the others skip that
+// wait (the inputs are ready) and wait for their predecessor before they
+// exit, so that the next kernel sees every launch's output. Widths that
+// are not powers of two cost no more per token here: the weights, the
+// streamed operand, go through shared memory once per tile whatever its
+// width (the host mirrors this: prefill::packed_launch::fit_tiles).
+__device__ __forceinline__ int2 fit_tiles(int n, int lo, int hi) {
+    if (n <= 0) return make_int2(0, lo);
+    int t = (n + hi - 1) / hi;
+    int w = ((n + t - 1) / t + 7) / 8 * 8;
+    if (w < lo) {
+        w = lo;
+        t = (n + lo - 1) / lo;
+    }
+    return make_int2(t, w);
 }
 
 // Extended token tiles, a pair of launches. With p.ext_cols = X > 0 a
@@ -140,7 +166,11 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
 #ifdef WDMOE_SM90A
     static_assert(EXT == 0 || OUT == PO_H16, "extended tiles store through the fp16 pair epilogue");
     // Columns of the extended tiles; 0: every tile plain (one launch).
-    const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 ? p.ext_cols : 0);
+    const bool fit = EXT == 0 && p.fit_hi > 0 && p.fit_lo > 0;  // (no extended tiles then)
+    const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 && !fit ? p.ext_cols : 0);
+    // A later launch of a pair or a chain: its inputs are ready (the first
+    // launch waited for them), and it waits for its predecessor at its end.
+    const bool follower = EXT > 0 || p.follower;
     constexpr int NMAT = KIND == PK_PLAIN ? 1 : 2;    // tiles per unit and k tile
     constexpr int UB = KIND == PK_PAIRS ? 4 : 8;      // units per block (128 rows)
     constexpr int NM = KIND == PK_GATED ? 2 : 1;      // fragments per warp and k16
@@ -171,7 +201,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
     // The offsets come from the previous kernel; the plain launch of a pair
     // also waits for the tokens before the extended one may start.
-    if (EXT == 0 && (p.dev_rows || xc > 0)) griddep_wait();
+    if (!follower && (p.dev_rows || xc > 0 || fit)) griddep_wait();
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
@@ -186,7 +216,12 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
             const int n = r - prev, ntt = (n + BN + xc - 1) / (BN + xc);
             const int n_ext = ext_tiles<BN>(n, ntt, xc);
-            tiles += (EXT > 0 ? n_ext : ntt - n_ext) * row_blocks * splits;
+            int mine = EXT > 0 ? n_ext : ntt - n_ext;
+            if (fit) {
+                const int2 tw = fit_tiles(n, p.fit_lo, p.fit_hi);
+                mine = tw.y == BN ? tw.x : 0;
+            }
+            tiles += mine * row_blocks * splits;
             s_row[g] = r;
             s_tile[g] = tiles;
             prev = r;
@@ -207,8 +242,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         const int rows_g = s_row[g + 1] - s_row[g];
         const int ntt = (rows_g + BN + xc - 1) / (BN + xc);
         const int n_ext = ext_tiles<BN>(rows_g, ntt, xc);
-        const int mine = EXT > 0 ? n_ext : ntt - n_ext;  // this launch's token tiles
-        const int tt = local % mine + (EXT > 0 ? 0 : n_ext);
+        // this launch's token tiles of the group (not 0: t lies in it)
+        const int mine = fit ? fit_tiles(rows_g, p.fit_lo, p.fit_hi).x : (EXT > 0 ? n_ext : ntt - n_ext);
+        const int tt = local % mine + (EXT > 0 || fit ? 0 : n_ext);
         x0 = tt * BN + (tt < n_ext ? tt : n_ext) * xc;
         const int rest = local / mine;
         const int sp = rest % splits;
@@ -220,7 +256,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (tid == 0) {
-            if (EXT == 0) griddep_wait();  // (the extended launch's inputs are ready)
+            if (!follower) griddep_wait();  // (a follower's inputs are ready)
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
@@ -496,9 +532,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             }
         }
     }
-    // The extended launch completes after the plain one (whose outputs the
-    // next kernel reads too).
-    if constexpr (EXT > 0) griddep_wait();
+    // A follower completes after its predecessor (whose outputs the next
+    // kernel reads too).
+    if (follower) griddep_wait();
 #else
     __trap();  // sm_90a only; the host never launches these elsewhere
 #endif
@@ -521,6 +557,10 @@ PACKED_KERNEL_X(packed_pairs_n256x32, 256, 4, PK_PAIRS, PO_H16, 32)
 PACKED_KERNEL_X(packed_plain_n256x32, 256, 4, PK_PLAIN, PO_H16, 32)
 
 PACKED_KERNEL(packed_gated_n128, 128, 4, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_gated_n136, 136, 4, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_gated_n144, 144, 4, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_gated_n152, 152, 4, PK_GATED, PO_H16)
+PACKED_KERNEL(packed_gated_n160, 160, 4, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n64, 64, 5, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_gated_n32, 32, 5, PK_GATED, PO_H16)
 PACKED_KERNEL(packed_plain_n256, 256, 4, PK_PLAIN, PO_H16)

@@ -216,6 +216,44 @@ fn packed_extended_tiles_equal_plain_bitwise() {
     assert_eq!(diff(&out_plain, &out_ext), 0, "down: extended tiles differ");
 }
 
+/// The gate/up GEMM's chain of fitted widths (128..=160 tokens per tile,
+/// one launch per width) gives the same bits as 128-token tiles alone
+/// (each output element sums the same k16 products in the same order), on
+/// groups of every width (520 and 130: 136; 576: 144; 447 and 300: 152;
+/// 160: 160; 9: 128), an empty group and a partial row block.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_fitted_widths_equal_plain_bitwise() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let counts: &[usize] = &[520, 130, 0, 447, 9, 576, 160, 300];
+    let (m, m_h) = (128, 320);
+    let ex = experts(&gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, s);
+    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    let rows: usize = counts.iter().sum();
+    let x = rand_dev(&gpu, rows * m, s ^ 0xf1, 1.0);
+    let run = |g: u32| {
+        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+        gpu.fill_u16(&mut h, NAN16).unwrap();
+        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(g), None)
+            .unwrap();
+        host(&gpu, &h)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<u64>>()
+    };
+    let (plain, fitted) = (run(128), run(0));
+    let written = |v: &[u64]| v.iter().all(|&b| f64::from_bits(b).is_finite());
+    assert!(written(&plain), "plain tiles left rows unwritten");
+    assert!(written(&fitted), "fitted tiles left rows unwritten");
+    let diff = plain.iter().zip(&fitted).filter(|(x, y)| x != y).count();
+    assert_eq!(diff, 0, "gate/up: fitted tiles differ");
+}
+
 /// Median seconds of 10 calls of `f` after 3 warm-ups, CUDA events around
 /// each.
 fn median_s(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {
@@ -252,10 +290,12 @@ fn alternating_rounds(n: usize, time: &mut dyn FnMut(usize) -> f64) -> Vec<Vec<f
 }
 
 /// Each launch alone at Mixtral size (8 experts of 4096 x 14336, 32-row W2
-/// units, k-major) at 64, 512 and 4096 rows per expert and at a 2,048-token
-/// prompt's uneven rows: median of 10 after 3 warm-ups, in 4 rounds of
-/// alternating order (the wide tiles 128 / 256 alone, down's plain/extended
-/// pair 256 + 32, and the usual choice); prints STAGE lines
+/// units, k-major) at 64, 512, 576, 640 and 4096 rows per expert, at a
+/// 2,048-token prompt's uneven rows and at a deep layer's skew: median of
+/// 10 after 3 warm-ups, in 4 rounds of alternating order (gate/up's
+/// 128-token tiles alone and its fitted widths 144 and 160 alone, down's
+/// 256-token tiles and plain/extended pair 256 + 32, and the usual choice:
+/// gate/up's chain of fitted widths); prints STAGE lines
 /// (TFLOP/s of that launch).
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -279,7 +319,18 @@ fn packed_stage_timing_mixtral() {
     // Even rows, and the uneven rows of a 2,048-token prompt at random
     // weights (512 +- 21: run C2).
     let uneven = vec![533usize, 491, 512, 548, 470, 525, 509, 508];
-    for counts in [vec![64usize; e], vec![512; e], uneven, vec![4096; e]] {
+    // A deep layer's skew (layer 15 of a 2,048-token prompt runs 30-1,705
+    // rows per expert: model_bench's ROWS, run D2).
+    let skewed = vec![30usize, 1705, 402, 698, 251, 517, 322, 171];
+    for counts in [
+        vec![64usize; e],
+        vec![512; e],
+        vec![576; e],
+        vec![640; e],
+        uneven,
+        skewed,
+        vec![4096; e],
+    ] {
         let rows: usize = counts.iter().sum();
         let per = if counts.iter().all(|&c| c == counts[0]) {
             counts[0].to_string()
@@ -290,10 +341,12 @@ fn packed_stage_timing_mixtral() {
         let mut h = rand_dev(&gpu, rows * m_h, 6, 1.0);
         let mut out = gpu.alloc::<f16>(rows * m).unwrap();
         let flops = (rows * m * m_h * 2) as f64;
-        // (launch, tokens per tile; 0 = the usual choice; 288: the
-        // plain/extended pair of 256 + 32).
-        let variants: [(&str, u32); 5] = [
+        // (launch, tokens per tile; 0 = the usual choice: gate/up's
+        // fitted widths; 288: the plain/extended pair of 256 + 32).
+        let variants: [(&str, u32); 7] = [
             ("gate_up", 128),
+            ("gate_up", 144),
+            ("gate_up", 160),
             ("gate_up", 0),
             ("down", 256),
             ("down", 288),

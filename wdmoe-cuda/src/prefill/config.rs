@@ -80,7 +80,9 @@ pub(crate) fn raise_smem_limits(module: &Module) -> Result<()> {
         .map(|&(_, bm, bn, name, st)| (name, smem_bytes(bm, bn, st)));
     let packed = PACKED_KERNELS
         .iter()
-        .map(|&(kind, out, bn, ext, name, st)| (name, packed_smem_bytes(kind, out, bn, ext, st)));
+        .map(|&(kind, out, bn, role, name, st)| {
+            (name, packed_smem_bytes(kind, out, bn, role.ext_cols(), st))
+        });
     for (name, bytes) in grouped.chain(packed) {
         let f = module
             .get_function(name)

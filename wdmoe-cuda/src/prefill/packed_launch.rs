@@ -29,6 +29,9 @@ pub(crate) struct PackedParams {
     row_start: [i32; MAX_GROUPS + 1],
     splits: i32,
     ext_cols: i32,
+    fit_lo: i32,
+    fit_hi: i32,
+    follower: i32,
     q_out: u64,
     k_cache: u64,
     v_cache: u64,
@@ -38,7 +41,7 @@ pub(crate) struct PackedParams {
     kv_heads: i32,
     max_seq: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 888);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 896);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map, the
@@ -103,39 +106,66 @@ pub(crate) enum PackedOut {
 }
 
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
-/// per tile, extension columns, kernel, shared-memory stages). Those with
-/// extension columns run the extended tiles of a plain/extended pair of
-/// launches ([`launch_packed`]).
+/// per tile, role, kernel, shared-memory stages). [`Role::Ext`] ones run
+/// the extended tiles of a plain/extended pair of launches, [`Role::Fit`]
+/// ones (with the one-launch kernel of [`FIT_LO`] tokens) a chain of
+/// fitted widths ([`launch_packed`]).
 #[rustfmt::skip]
-pub(crate) const PACKED_KERNELS: [PackedKernel; 24] = [
-    (PackedKind::Gated, PackedOut::H16, 128, 0, "packed_gated_n128", 4),
-    (PackedKind::Gated, PackedOut::H16, 64, 0, "packed_gated_n64", 5),
-    (PackedKind::Gated, PackedOut::H16, 32, 0, "packed_gated_n32", 5),
-    (PackedKind::Plain, PackedOut::H16, 256, 0, "packed_plain_n256", 4),
-    (PackedKind::Plain, PackedOut::H16, 128, 0, "packed_plain_n128", 6),
-    (PackedKind::Plain, PackedOut::H16, 64, 0, "packed_plain_n64", 8),
-    (PackedKind::Plain, PackedOut::H16, 32, 0, "packed_plain_n32", 8),
-    (PackedKind::Pairs, PackedOut::H16, 256, 0, "packed_pairs_n256", 4),
-    (PackedKind::Pairs, PackedOut::H16, 128, 0, "packed_pairs_n128", 6),
-    (PackedKind::Pairs, PackedOut::H16, 64, 0, "packed_pairs_n64", 8),
-    (PackedKind::Pairs, PackedOut::H16, 32, 0, "packed_pairs_n32", 8),
-    (PackedKind::Plain, PackedOut::F32, 256, 0, "packed_f32_n256", 4),
-    (PackedKind::Plain, PackedOut::F32, 128, 0, "packed_f32_n128", 6),
-    (PackedKind::Plain, PackedOut::F32, 64, 0, "packed_f32_n64", 8),
-    (PackedKind::Plain, PackedOut::F32, 32, 0, "packed_f32_n32", 8),
-    (PackedKind::Plain, PackedOut::QkvRope, 256, 0, "packed_qkv_n256", 4),
-    (PackedKind::Plain, PackedOut::QkvRope, 128, 0, "packed_qkv_n128", 6),
-    (PackedKind::Plain, PackedOut::QkvRope, 64, 0, "packed_qkv_n64", 8),
-    (PackedKind::Plain, PackedOut::QkvRope, 32, 0, "packed_qkv_n32", 8),
-    (PackedKind::Plain, PackedOut::F32Add, 128, 0, "packed_f32add_n128", 6),
-    (PackedKind::Plain, PackedOut::F32Add, 64, 0, "packed_f32add_n64", 8),
-    (PackedKind::Plain, PackedOut::F32Add, 32, 0, "packed_f32add_n32", 8),
-    (PackedKind::Pairs, PackedOut::H16, 256, 32, "packed_pairs_n256x32", 4),
-    (PackedKind::Plain, PackedOut::H16, 256, 32, "packed_plain_n256x32", 4),
+pub(crate) const PACKED_KERNELS: [PackedKernel; 28] = [
+    (PackedKind::Gated, PackedOut::H16, 128, Role::One, "packed_gated_n128", 4),
+    (PackedKind::Gated, PackedOut::H16, 136, Role::Fit, "packed_gated_n136", 4),
+    (PackedKind::Gated, PackedOut::H16, 144, Role::Fit, "packed_gated_n144", 4),
+    (PackedKind::Gated, PackedOut::H16, 152, Role::Fit, "packed_gated_n152", 4),
+    (PackedKind::Gated, PackedOut::H16, 160, Role::Fit, "packed_gated_n160", 4),
+    (PackedKind::Gated, PackedOut::H16, 64, Role::One, "packed_gated_n64", 5),
+    (PackedKind::Gated, PackedOut::H16, 32, Role::One, "packed_gated_n32", 5),
+    (PackedKind::Plain, PackedOut::H16, 256, Role::One, "packed_plain_n256", 4),
+    (PackedKind::Plain, PackedOut::H16, 128, Role::One, "packed_plain_n128", 6),
+    (PackedKind::Plain, PackedOut::H16, 64, Role::One, "packed_plain_n64", 8),
+    (PackedKind::Plain, PackedOut::H16, 32, Role::One, "packed_plain_n32", 8),
+    (PackedKind::Pairs, PackedOut::H16, 256, Role::One, "packed_pairs_n256", 4),
+    (PackedKind::Pairs, PackedOut::H16, 128, Role::One, "packed_pairs_n128", 6),
+    (PackedKind::Pairs, PackedOut::H16, 64, Role::One, "packed_pairs_n64", 8),
+    (PackedKind::Pairs, PackedOut::H16, 32, Role::One, "packed_pairs_n32", 8),
+    (PackedKind::Plain, PackedOut::F32, 256, Role::One, "packed_f32_n256", 4),
+    (PackedKind::Plain, PackedOut::F32, 128, Role::One, "packed_f32_n128", 6),
+    (PackedKind::Plain, PackedOut::F32, 64, Role::One, "packed_f32_n64", 8),
+    (PackedKind::Plain, PackedOut::F32, 32, Role::One, "packed_f32_n32", 8),
+    (PackedKind::Plain, PackedOut::QkvRope, 256, Role::One, "packed_qkv_n256", 4),
+    (PackedKind::Plain, PackedOut::QkvRope, 128, Role::One, "packed_qkv_n128", 6),
+    (PackedKind::Plain, PackedOut::QkvRope, 64, Role::One, "packed_qkv_n64", 8),
+    (PackedKind::Plain, PackedOut::QkvRope, 32, Role::One, "packed_qkv_n32", 8),
+    (PackedKind::Plain, PackedOut::F32Add, 128, Role::One, "packed_f32add_n128", 6),
+    (PackedKind::Plain, PackedOut::F32Add, 64, Role::One, "packed_f32add_n64", 8),
+    (PackedKind::Plain, PackedOut::F32Add, 32, Role::One, "packed_f32add_n32", 8),
+    (PackedKind::Pairs, PackedOut::H16, 256, Role::Ext(32), "packed_pairs_n256x32", 4),
+    (PackedKind::Plain, PackedOut::H16, 256, Role::Ext(32), "packed_plain_n256x32", 4),
 ];
 
 /// One row of [`PACKED_KERNELS`].
-pub(crate) type PackedKernel = (PackedKind, PackedOut, u32, u32, &'static str, usize);
+pub(crate) type PackedKernel = (PackedKind, PackedOut, u32, Role, &'static str, usize);
+
+/// How an instantiation is launched.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Role {
+    /// Alone (every tile of the launch at its width), or as the first
+    /// launch of a pair or a chain.
+    One,
+    /// The extended tiles (this many more columns) of a plain/extended pair.
+    Ext(u32),
+    /// A later width of a chain of fitted widths.
+    Fit,
+}
+
+impl Role {
+    /// Extension columns (the second token box).
+    pub(crate) fn ext_cols(self) -> u32 {
+        match self {
+            Role::Ext(x) => x,
+            _ => 0,
+        }
+    }
+}
 
 /// Dynamic shared memory of a packed instantiation (mirrors the kernel:
 /// 1024 bytes of alignment slack, per stage the tokens' box and the block's
@@ -162,7 +192,7 @@ pub(crate) fn packed_smem_bytes(
 fn instantiations(kind: PackedKind, out: PackedOut) -> Vec<(u32, &'static str, usize)> {
     let mut v: Vec<_> = PACKED_KERNELS
         .iter()
-        .filter(|k| k.0 == kind && k.1 == out && k.3 == 0)
+        .filter(|k| k.0 == kind && k.1 == out && k.3 == Role::One)
         .map(|k| (k.2, k.4, k.5))
         .collect();
     v.sort_by_key(|k| k.0);
@@ -286,8 +316,8 @@ pub(crate) struct RopeOut {
 fn ext_sibling(kind: PackedKind, out: PackedOut, bn: u32) -> Option<(u32, &'static str, usize)> {
     PACKED_KERNELS
         .iter()
-        .find(|k| k.0 == kind && k.1 == out && k.2 == bn && k.3 > 0)
-        .map(|k| (k.3, k.4, k.5))
+        .find(|k| k.0 == kind && k.1 == out && k.2 == bn && matches!(k.3, Role::Ext(_)))
+        .map(|k| (k.3.ext_cols(), k.4, k.5))
 }
 
 /// Whether the FFN's widest tiles run as a plain/extended pair of launches
@@ -298,6 +328,37 @@ fn ext_tiles_default() -> bool {
     crate::model::env_switch(&ON, "WDMOE_PACKED_EXT", "0")
 }
 
+/// Whether the experts' gate/up GEMM fits its token tiles to each expert's
+/// rows (default: a chain of launches, [`fit_tiles`]) or runs one launch of
+/// 128-token tiles (`WDMOE_PACKED_FIT=0`: comparisons).
+fn fit_tiles_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::model::env_switch(&ON, "WDMOE_PACKED_FIT", "0")
+}
+
+/// The narrowest and widest fitted tile widths (tokens; every multiple of 8
+/// between them is instantiated).
+pub(crate) const FIT_LO: u32 = 128;
+/// See [`FIT_LO`].
+pub(crate) const FIT_HI: u32 = 160;
+
+/// Fitted token tiles of a group of `rows` rows (kernels/gemm_packed.cuh,
+/// `fit_tiles`, mirrored): (tiles, tokens per tile). ⌈rows / hi⌉ tiles of
+/// the rows' share rounded up to 8 tokens, at least `lo` (then ⌈rows /
+/// lo⌉ tiles).
+pub(crate) fn fit_tiles(rows: usize, lo: usize, hi: usize) -> (usize, usize) {
+    if rows == 0 {
+        return (0, lo);
+    }
+    let t = rows.div_ceil(hi);
+    let w = rows.div_ceil(t).next_multiple_of(8);
+    if w < lo {
+        (rows.div_ceil(lo), lo)
+    } else {
+        (t, w)
+    }
+}
+
 /// Token tiles of a group of `rows` rows at `bn` columns extended by up to
 /// `ext` (kernels/gemm_packed.cuh, `ext_tiles`): (plain, extended).
 fn split_token_tiles(rows: usize, bn: usize, ext: usize) -> (usize, usize) {
@@ -305,6 +366,124 @@ fn split_token_tiles(rows: usize, bn: usize, ext: usize) -> (usize, usize) {
     let extra = rows.saturating_sub(ntt * bn);
     let n_ext = if ext > 0 { extra.div_ceil(ext) } else { 0 };
     (ntt - n_ext, n_ext)
+}
+
+/// How a packed GEMM's token tiles are launched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// One launch, every tile `bn` tokens.
+    One(u32),
+    /// A plain launch of `bn` tokens, then the extended tiles (`bn` + the
+    /// sibling's columns).
+    Pair(u32),
+    /// A chain of launches, one per fitted width ([`fit_tiles`]).
+    Fit,
+}
+
+/// One launch of a schedule: its instantiation, its tokens per tile (the
+/// token box), extension columns, and its token tiles (a bound where the
+/// rows are on the device).
+struct Step {
+    name: &'static str,
+    stages: usize,
+    bn: u32,
+    ext: u32,
+    token_tiles: usize,
+}
+
+/// The launches of `sched` for `g`'s rows, in order.
+fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<Step>> {
+    // (a fitted width alone too: tests and timings)
+    let one = |bn: u32| {
+        PACKED_KERNELS
+            .iter()
+            .find(|k| k.0 == g.kind && k.1 == g.out_kind && k.2 == bn && k.3.ext_cols() == 0)
+            .map(|k| (k.2, k.4, k.5))
+            .ok_or_else(|| Error::Unsupported {
+                op,
+                detail: format!("no packed {:?} kernel of {bn} tokens per tile", g.kind),
+            })
+    };
+    let (max_rows, groups) = (g.rows.rows(), g.rows.groups());
+    // Token tiles over the groups, or the device rows' bound (each group
+    // adds at most one partial tile).
+    let count = |per_group: &dyn Fn(usize) -> usize, bn: u32| match g.rows {
+        Rows::Host(counts) => counts.iter().map(|&c| per_group(c)).sum(),
+        Rows::Device { .. } => max_rows.div_ceil(bn as usize) + groups,
+    };
+    Ok(match sched {
+        Schedule::One(bn) => {
+            let (bn, name, stages) = one(bn)?;
+            let tiles = count(&|c| c.div_ceil(bn as usize), bn);
+            vec![Step {
+                name,
+                stages,
+                bn,
+                ext: 0,
+                token_tiles: tiles,
+            }]
+        }
+        Schedule::Pair(bn) => {
+            let (bn, name, stages) = one(bn)?;
+            let (x, ext_name, ext_stages) =
+                ext_sibling(g.kind, g.out_kind, bn).ok_or_else(|| Error::Unsupported {
+                    op,
+                    detail: format!("no extended packed {:?} kernel beside {name}", g.kind),
+                })?;
+            let (b, x_us) = (bn as usize, x as usize);
+            vec![
+                Step {
+                    name,
+                    stages,
+                    bn,
+                    ext: 0,
+                    token_tiles: count(&|c| split_token_tiles(c, b, x_us).0, bn),
+                },
+                Step {
+                    name: ext_name,
+                    stages: ext_stages,
+                    bn,
+                    ext: x,
+                    token_tiles: count(&|c| split_token_tiles(c, b, x_us).1, bn + x),
+                },
+            ]
+        }
+        Schedule::Fit => {
+            let (lo, hi) = (FIT_LO as usize, FIT_HI as usize);
+            let mut v = Vec::new();
+            for bn in (FIT_LO..=FIT_HI).step_by(8) {
+                let k = PACKED_KERNELS
+                    .iter()
+                    .find(|k| {
+                        k.0 == g.kind && k.1 == g.out_kind && k.2 == bn && k.3.ext_cols() == 0
+                    })
+                    .ok_or_else(|| Error::Unsupported {
+                        op,
+                        detail: format!("no fitted packed {:?} kernel of {bn} tokens", g.kind),
+                    })?;
+                let b = bn as usize;
+                let tiles = count(
+                    &|c| {
+                        let (t, w) = fit_tiles(c, lo, hi);
+                        if w == b {
+                            t
+                        } else {
+                            0
+                        }
+                    },
+                    bn,
+                );
+                v.push(Step {
+                    name: k.4,
+                    stages: k.5,
+                    bn,
+                    ext: 0,
+                    token_tiles: tiles,
+                });
+            }
+            v
+        }
+    })
 }
 
 pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
@@ -318,44 +497,37 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
     let units = g.n_rows / g.kind.unit_rows();
     let row_blocks = units.div_ceil(g.kind.units_per_block());
     let sms = gpu.info().sm_count as usize;
-    // The plain instantiation and, for a pair of launches, the extended one.
-    let forced_ext = g.force_bn.and_then(|want| {
-        PACKED_KERNELS
+    let sched = match g.force_bn {
+        // (a pair's total width: plain + extension columns)
+        Some(want) => PACKED_KERNELS
             .iter()
-            .find(|k| k.0 == g.kind && k.1 == g.out_kind && k.3 > 0 && k.2 + k.3 == want)
-    });
-    let ((bn, name, stages), ext) = match (g.force_bn, forced_ext) {
-        (_, Some(k)) => {
-            let plain = instantiations(g.kind, g.out_kind)
-                .into_iter()
-                .find(|p| p.0 == k.2)
-                .ok_or_else(|| Error::Unsupported {
-                    op,
-                    detail: format!("no plain packed {:?} kernel beside {}", g.kind, k.4),
-                })?;
-            (plain, Some((k.3, k.4, k.5)))
-        }
-        (Some(want), None) => (
-            instantiations(g.kind, g.out_kind)
-                .into_iter()
-                .find(|k| k.0 == want)
-                .ok_or_else(|| Error::Unsupported {
-                    op,
-                    detail: format!("no packed {:?} kernel of {want} tokens per tile", g.kind),
-                })?,
-            None,
-        ),
-        (None, None) => {
-            let pick = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?;
-            let ext = if groups > 1 && ext_tiles_default() {
-                ext_sibling(g.kind, g.out_kind, pick.0)
+            .find(|k| {
+                k.0 == g.kind
+                    && k.1 == g.out_kind
+                    && k.3.ext_cols() > 0
+                    && k.2 + k.3.ext_cols() == want
+            })
+            .map_or(Schedule::One(want), |k| Schedule::Pair(k.2)),
+        None => {
+            let pick = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?.0;
+            let widest = instantiations(g.kind, g.out_kind).last().map_or(0, |k| k.0);
+            if groups > 1 && ext_tiles_default() && ext_sibling(g.kind, g.out_kind, pick).is_some()
+            {
+                Schedule::Pair(pick)
+            } else if groups > 1
+                && g.kind == PackedKind::Gated
+                && g.out_kind == PackedOut::H16
+                && pick == widest
+                && pick == FIT_LO
+                && fit_tiles_default()
+            {
+                Schedule::Fit
             } else {
-                None
-            };
-            (pick, ext)
+                Schedule::One(pick)
+            }
         }
     };
-    let ext_cols = ext.map_or(0, |e| e.0);
+    let steps = steps(&g, op, sched)?;
     // (zeros where the kernel writes no RoPE output)
     let rope = g.rope.unwrap_or_default();
     let mut p = PackedParams {
@@ -372,7 +544,10 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         kmajor: i32::from(g.kmajor),
         row_start: [0; MAX_GROUPS + 1],
         splits: 1,
-        ext_cols: ext_cols as i32,
+        ext_cols: steps.iter().map(|s| s.ext).max().unwrap_or(0) as i32,
+        fit_lo: 0,
+        fit_hi: 0,
+        follower: 0,
         q_out: rope.q_out,
         k_cache: rope.k_cache,
         v_cache: rope.v_cache,
@@ -382,57 +557,60 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         kv_heads: rope.kv_heads as i32,
         max_seq: rope.max_seq as i32,
     };
+    if sched == Schedule::Fit {
+        (p.fit_lo, p.fit_hi) = (FIT_LO as i32, FIT_HI as i32);
+    }
     p.w[..groups].copy_from_slice(g.w);
-    // Token tiles of the plain launch and of the extended one.
-    let (token_tiles, ext_token_tiles) = match g.rows {
+    match g.rows {
         Rows::Host(counts) => {
-            let (mut plain, mut extended) = (0, 0);
             for (i, &c) in counts.iter().enumerate() {
                 p.row_start[i + 1] = p.row_start[i] + c as i32;
-                let (a, b) = split_token_tiles(c, bn as usize, ext_cols as usize);
-                plain += a;
-                extended += b;
             }
-            (plain, extended)
         }
-        Rows::Device { offsets, .. } => {
-            p.dev_rows = offsets;
-            // Worst case: each group adds at most one partial token tile.
-            (
-                max_rows.div_ceil(bn as usize) + groups,
-                max_rows.div_ceil((bn + ext_cols) as usize) + groups,
-            )
-        }
-    };
+        Rows::Device { offsets, .. } => p.dev_rows = offsets,
+    }
     // Slices of k for the residual-add launches whose tiles alone would
     // leave SMs idle (few tokens: the projections of short chunks): about 3
     // waves of tiles, each slice at least 8 k blocks; their partial sums
     // meet in the output by atomic adds.
     if g.out_kind == PackedOut::F32Add {
         let kblocks = g.k / BK;
-        let base = (token_tiles * row_blocks).max(1);
+        let base = (steps[0].token_tiles * row_blocks).max(1);
         let want = (3 * sms).div_ceil(base);
         p.splits = want.clamp(1, (kblocks / 8).max(1)) as i32;
     }
-    let tiles = token_tiles * row_blocks * p.splits as usize;
-    let ext_tiles = if ext.is_some() {
-        ext_token_tiles * row_blocks
-    } else {
-        0
-    };
-    if tiles == 0 && ext_tiles == 0 {
+    let tiles: Vec<usize> = steps
+        .iter()
+        .map(|s| s.token_tiles * row_blocks * p.splits as usize)
+        .collect();
+    if tiles.iter().all(|&t| t == 0) {
         return Ok(());
     }
-    if tiles.max(ext_tiles) > i32::MAX as usize {
-        return Err(shape(
-            op,
-            format!("{} tiles overflow", tiles.max(ext_tiles)),
-        ));
+    if let Some(&big) = tiles.iter().find(|&&t| t > i32::MAX as usize) {
+        return Err(shape(op, format!("{big} tiles overflow")));
     }
-    let tx = tensor_map(op, g.x, max_rows, g.k, bn)?;
     let (kind, k, n) = (g.kind, g.k, g.n_rows);
-    let launch = |name: &'static str, x_ext, kernel_ext: u32, stages, grid: usize| {
-        let params = PackedLaunch { x: tx, x_ext, p };
+    // The first launch runs even with no tile of its own where others
+    // follow: they rely on its wait for the inputs. A later one with no
+    // tile is skipped.
+    let mut first = true;
+    for (step, &tiles) in steps.iter().zip(&tiles) {
+        if !first && tiles == 0 {
+            continue;
+        }
+        let tx = tensor_map(op, g.x, max_rows, g.k, step.bn)?;
+        let tx_ext = if step.ext > 0 {
+            tensor_map(op, g.x, max_rows, g.k, step.ext)?
+        } else {
+            tx
+        };
+        p.follower = i32::from(!first);
+        let params = PackedLaunch {
+            x: tx,
+            x_ext: tx_ext,
+            p,
+        };
+        let (name, bn, ext) = (step.name, step.bn, step.ext);
         // SAFETY: NAME(TensorMap, TensorMap, PackedParams) by value =
         // PackedLaunch, layouts mirrored (sys::CUtensorMap; PackedParams,
         // size asserted). Both tensor maps cover the token rows
@@ -443,38 +621,63 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         // max_rows, columns < n_rows <= ldo (callers sized out for max_rows
         // x ldo elements of the output type), or (QkvRope) q_out rows <
         // t and cache positions start + token < max_seq of the heads given
-        // (gemm_packed_qkv_rope checked every length); the two launches of
-        // a pair write disjoint token tiles. Shared memory was raised to
-        // packed_smem_bytes at module load; 384 threads as the launch
-        // bounds. PDL: a one-launch kernel's producer executes
+        // (gemm_packed_qkv_rope checked every length); the launches of a
+        // pair or a chain write disjoint token tiles. Shared memory was
+        // raised to packed_smem_bytes at module load; 384 threads as the
+        // launch bounds. PDL: a lone or first launch's producer executes
         // griddepcontrol.wait before its first copy, and every global write
-        // comes after data those copies delivered; the plain launch of a
-        // pair waits before it lets the extended one start, and the
-        // extended one waits for it before exiting.
+        // comes after data those copies delivered; the first launch of a
+        // pair or chain waits before it lets the next one start, and each
+        // later one waits for its predecessor before exiting.
         unsafe {
             gpu.launch(
                 &gpu.prefill,
                 name,
-                Shape::new(grid.clamp(1, sms) as u32, 384)
-                    .shared(packed_smem_bytes(kind, g.out_kind, bn, kernel_ext, stages))
+                Shape::new(tiles.clamp(1, sms) as u32, 384)
+                    .shared(packed_smem_bytes(kind, g.out_kind, bn, ext, step.stages))
                     .pdl(true),
                 params,
                 || {
                     format!(
-                        "{kind:?} rows={max_rows} n_rows={n} k={k} groups={groups} bn={bn} ext={kernel_ext}"
+                        "{kind:?} rows={max_rows} n_rows={n} k={k} groups={groups} bn={bn} ext={ext} {sched:?}"
                     )
                 },
             )
-        }
-    };
-    // The plain launch runs even with no plain tile where an extended one
-    // follows: the extended launch relies on its wait for the inputs.
-    launch(name, tx, 0, stages, tiles)?;
-    if let Some((x, ext_name, ext_stages)) = ext {
-        if ext_tiles > 0 {
-            let tx_ext = tensor_map(op, g.x, max_rows, g.k, x)?;
-            launch(ext_name, tx_ext, x, ext_stages, ext_tiles)?;
-        }
+        }?;
+        first = false;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fitted widths: values worked by hand, then every row count up
+    /// to 4,096: the tiles hold the rows, a width is a multiple of 8
+    /// within [lo, hi], and a tile wider than lo wastes under 8 columns
+    /// per tile.
+    #[test]
+    fn fit_tiles_cover_the_rows_with_little_waste() {
+        let (lo, hi) = (FIT_LO as usize, FIT_HI as usize);
+        assert_eq!(fit_tiles(0, lo, hi), (0, 128));
+        assert_eq!(fit_tiles(9, lo, hi), (1, 128));
+        assert_eq!(fit_tiles(130, lo, hi), (1, 136));
+        assert_eq!(fit_tiles(200, lo, hi), (2, 128));
+        assert_eq!(fit_tiles(447, lo, hi), (3, 152));
+        assert_eq!(fit_tiles(512, lo, hi), (4, 128));
+        assert_eq!(fit_tiles(520, lo, hi), (4, 136));
+        assert_eq!(fit_tiles(1705, lo, hi), (11, 160));
+        for rows in 1..=4096 {
+            let (t, w) = fit_tiles(rows, lo, hi);
+            assert!(t * w >= rows, "{rows}: {t} x {w}");
+            assert!(w % 8 == 0 && (lo..=hi).contains(&w), "{rows}: width {w}");
+            if w > lo {
+                assert!(t * w - rows < 8 * t, "{rows}: {t} x {w} wastes too much");
+                assert_eq!(t, rows.div_ceil(hi), "{rows}");
+            } else {
+                assert_eq!(t, rows.div_ceil(lo), "{rows}");
+            }
+        }
+    }
 }
