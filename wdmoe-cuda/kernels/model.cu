@@ -75,10 +75,24 @@ extern "C" __global__ void embed_rows(const __half* __restrict__ table, const in
 // add_rmsnorm_rows (256 threads, 16 each) for many rows, where 8 blocks
 // per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
 // prompt at 39 µs per launch on an H200).
-template <int NORM_REGS>
+// A prompt's MoE step whose combine is deferred to the next norm (the
+// add_rmsnorm_combine kernels): add[t][i] = sum_j w[t][j] ys[slot[t][j]][i]
+// over the top-k slots of token t (slot < 0 or >= ys_rows skipped), summed
+// in combine_rows_f32's order, so that the residual gets the same bits
+// without the sum's round trip through memory (fp32 rows, written then read).
+struct CombineSrc {
+    const __half* ys;
+    long long ys_rows;
+    const int* slot;
+    const float* w;
+    int topk;
+};
+
+template <int NORM_REGS, bool COMBINE = false>
 __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, const float* __restrict__ add,
                                                  const float* __restrict__ w, float eps, int d,
-                                                 __half* __restrict__ out, int out_stride, int early) {
+                                                 __half* __restrict__ out, int out_stride, int early,
+                                                 const CombineSrc cs = CombineSrc{}) {
     __shared__ float red[32];
     const int bd = blockDim.x;
     const bool in_regs = d <= NORM_REGS * bd;
@@ -101,6 +115,21 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
     }
     float* r = resid + (long long)blockIdx.x * d;
     const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
+    // (COMBINE: the token's top-k slots and weights)
+    const int* cslot = COMBINE ? cs.slot + (long long)blockIdx.x * cs.topk : nullptr;
+    const float* cw = COMBINE ? cs.w + (long long)blockIdx.x * cs.topk : nullptr;
+    // Element i of the combined experts' outputs (combine_body's order: 0,
+    // then w y of each slot).
+    auto combined = [&](int i) {
+        float acc = 0.f;
+        for (int q = 0; q < cs.topk; ++q) {
+            const int sl = cslot[q];
+            if (sl < 0 || sl >= cs.ys_rows) continue;
+            const float wt = cw[q];
+            acc += wt * __half2float(cs.ys[(long long)sl * d + i]);
+        }
+        return acc;
+    };
     float ss = 0.f;
     if (in_regs) {
 #pragma unroll
@@ -108,12 +137,32 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
             const int i = threadIdx.x + j * bd;
             v[j] = i < d ? r[i] : 0.f;
         }
-        if (a) {
+        if (COMBINE || a) {
             float av[NORM_REGS];
+            if constexpr (COMBINE) {
+                // One slot at a time, its elements all loaded before the sums.
 #pragma unroll
-            for (int j = 0; j < NORM_REGS; ++j) {
-                const int i = threadIdx.x + j * bd;
-                av[j] = i < d ? a[i] : 0.f;
+                for (int j = 0; j < NORM_REGS; ++j) av[j] = 0.f;
+                for (int q = 0; q < cs.topk; ++q) {
+                    const int sl = cslot[q];
+                    if (sl < 0 || sl >= cs.ys_rows) continue;
+                    const float wt = cw[q];
+                    const __half* y = cs.ys + (long long)sl * d;
+                    float yv[NORM_REGS];
+#pragma unroll
+                    for (int j = 0; j < NORM_REGS; ++j) {
+                        const int i = threadIdx.x + j * bd;
+                        yv[j] = i < d ? __half2float(y[i]) : 0.f;
+                    }
+#pragma unroll
+                    for (int j = 0; j < NORM_REGS; ++j) av[j] += wt * yv[j];
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < NORM_REGS; ++j) {
+                    const int i = threadIdx.x + j * bd;
+                    av[j] = i < d ? a[i] : 0.f;
+                }
             }
 #pragma unroll
             for (int j = 0; j < NORM_REGS; ++j) {
@@ -128,8 +177,8 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
     } else {
         for (int i = threadIdx.x; i < d; i += bd) {
             float x = r[i];
-            if (a) {
-                x += a[i];
+            if (COMBINE || a) {
+                x += COMBINE ? combined(i) : a[i];
                 r[i] = x;
             }
             ss = fmaf(x, x, ss);
@@ -167,6 +216,20 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_rows(float* __rest
                                                                    const float* __restrict__ w, float eps, int d,
                                                                    __half* __restrict__ out, int out_stride, int early) {
     add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride, early);
+}
+// The same with the deferred combine of a prompt's MoE step as `add`.
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_combine(float* __restrict__ resid, const CombineSrc cs,
+                                                                       const float* __restrict__ w, float eps, int d,
+                                                                       __half* __restrict__ out, int out_stride,
+                                                                       int early) {
+    add_rmsnorm_body<8, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
+}
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_combine_rows(float* __restrict__ resid,
+                                                                          const CombineSrc cs,
+                                                                          const float* __restrict__ w, float eps,
+                                                                          int d, __half* __restrict__ out,
+                                                                          int out_stride, int early) {
+    add_rmsnorm_body<16, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
 }
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:

@@ -12,8 +12,8 @@ use super::attention::{attn_part_len, attn_splits, AttnDims};
 use super::remote::{LayerMoe, RemoteRouter};
 use super::weights::{self, ModelShape, WeightSource};
 use super::{
-    cluster_attention_default, fused_rope_default, packed_decode_default, qkv_rope_default,
-    shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
+    cluster_attention_default, fused_combine_default, fused_rope_default, packed_decode_default,
+    qkv_rope_default, shape_err, ExpertLayout, GpuModel, Layer, ModelOptions, PackedHead,
 };
 use crate::error::{Error, Result};
 use crate::ffn::{DecodeConfig, DownLayout, FfnWorkspace, KernelConfig, PackedMatrix};
@@ -137,7 +137,7 @@ impl GpuModel {
                 LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
             } else {
                 let build = MoeLayer::build_with;
-                let moe = build(
+                let mut moe = build(
                     gpu.clone(),
                     &g,
                     e,
@@ -151,6 +151,7 @@ impl GpuModel {
                         Ok(raw)
                     },
                 )?;
+                moe.set_defer_combine(fused_combine_default());
                 LayerMoe::Local(Box::new(moe))
             };
             layers.push(Self::layer(
@@ -242,7 +243,8 @@ impl GpuModel {
                 LayerMoe::Remote(RemoteRouter::new(&gpu, &g, e, m, chunk)?)
             } else {
                 let r = MoeLayer::random_with;
-                let moe = r(gpu.clone(), m, mh, e, chunk, Some(both), moe_seed(seed, l))?;
+                let mut moe = r(gpu.clone(), m, mh, e, chunk, Some(both), moe_seed(seed, l))?;
+                moe.set_defer_combine(fused_combine_default());
                 LayerMoe::Local(Box::new(moe))
             };
             let (n1, n2) = (gpu.upload(&ones)?, gpu.upload(&ones)?);

@@ -259,7 +259,10 @@ impl GpuModel {
             lat_of(l, &mut lat)?;
             let (before, rest) = self.layers.split_at_mut(l);
             let layer = &mut rest[0];
-            let add = before.last().map(|p| p.moe.output_dev());
+            // The previous layer's MoE output, or its deferred combine.
+            let add = before
+                .last()
+                .map_or(kernels::NormAdd::None, |p| p.moe.norm_add());
             // Chunks of PROJ_STORE_MIN_TOKENS or more store their
             // projections (a store is cheaper than the GEMM's atomic adds,
             // and RoPE then need not zero what it read); shorter ones add
@@ -392,7 +395,11 @@ impl GpuModel {
             kernels::add_rmsnorm(
                 &gpu,
                 &mut self.resid,
-                store.then_some(&*self.q),
+                if store {
+                    kernels::NormAdd::Rows(&self.q)
+                } else {
+                    kernels::NormAdd::None
+                },
                 &layer.moe_norm,
                 eps,
                 n,
@@ -436,7 +443,7 @@ impl GpuModel {
         kernels::add_rmsnorm(
             &gpu,
             &mut self.resid,
-            Some(last.moe.output_dev()),
+            last.moe.norm_add(),
             &self.final_norm,
             eps,
             n,

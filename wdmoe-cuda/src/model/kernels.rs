@@ -11,6 +11,7 @@ use half::f16;
 
 use crate::error::{check_align, shape, Result};
 use crate::launch::{kernel_params, Shape};
+use crate::prefill::{CombineSrc, DeferredCombine};
 use crate::runtime::{addr, Gpu};
 
 /// Most tokens one GEMV launch multiplies (the kernel's largest template).
@@ -80,16 +81,28 @@ pub(crate) fn embed_rows(
 /// Rows from which [`add_rmsnorm`] runs 256-thread blocks.
 pub(crate) const NORM_ROWS_MIN: usize = 32;
 
-/// Per row: `resid += add` (if given), then `out = w ⊙ rmsnorm(resid)` in
-/// fp16 (row pitch `out_stride`). `early`: the next kernel may launch
-/// before this one waits for the previous (programmatic dependent launch;
-/// it must wait itself before reading what this one writes, as every
-/// kernel after a norm does).
+/// What [`add_rmsnorm`] adds into the residual first.
+#[derive(Clone, Copy)]
+pub(crate) enum NormAdd<'a> {
+    /// Nothing.
+    None,
+    /// `[n][d]` fp32 rows (the o projection, a MoE step's output).
+    Rows(&'a DeviceSlice<f32>),
+    /// A MoE step's deferred combine, summed here as `combine_rows_f32`
+    /// sums it (the same bits, without its fp32 rows' round trip).
+    Combine(DeferredCombine),
+}
+
+/// Per row: `resid += add` (unless [`NormAdd::None`]), then `out = w ⊙
+/// rmsnorm(resid)` in fp16 (row pitch `out_stride`). `early`: the next
+/// kernel may launch before this one waits for the previous (programmatic
+/// dependent launch; it must wait itself before reading what this one
+/// writes, as every kernel after a norm does).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_rmsnorm(
     gpu: &Gpu,
     resid: &mut DeviceSlice<f32>,
-    add: Option<&DeviceSlice<f32>>,
+    add: NormAdd<'_>,
     w: &DeviceSlice<f32>,
     eps: f32,
     n: usize,
@@ -101,40 +114,76 @@ pub(crate) fn add_rmsnorm(
     const OP: &str = "model::add_rmsnorm";
     need(OP, "resid", resid.len(), n * d)?;
     need(OP, "w", w.len(), d)?;
-    if let Some(a) = add {
-        need(OP, "add", a.len(), n * d)?;
+    match add {
+        NormAdd::Rows(a) => need(OP, "add", a.len(), n * d)?,
+        NormAdd::Combine(c) if c.tokens != n || c.m != d => {
+            return Err(shape(
+                OP,
+                format!("combine of {} x {} for {n} rows of {d}", c.tokens, c.m),
+            ))
+        }
+        _ => {}
     }
     if out_stride < d {
         return Err(shape(OP, format!("out_stride={out_stride} < d={d}")));
     }
     need(OP, "out", out.len(), (n - 1) * out_stride + d)?;
+    let (name, threads) = norm_kernel(n, d);
+    let shape_ = Shape::new(n as u32, threads).pdl(true);
+    let (d_i, stride_i) = (i32_of(OP, "d", d)?, i32_of(OP, "out_stride", out_stride)?);
+    if let NormAdd::Combine(c) = add {
+        kernel_params! {
+            struct AddRmsnormCombine { resid: u64, cs: CombineSrc, w: u64, eps: f32, d: i32, out: u64, out_stride: i32, early: i32 }
+        }
+        let p = AddRmsnormCombine {
+            resid: addr(resid),
+            cs: c.src,
+            w: addr(w),
+            eps,
+            d: d_i,
+            out: addr(out),
+            out_stride: stride_i,
+            early: i32::from(early),
+        };
+        let name = if name == "add_rmsnorm_rows" {
+            "add_rmsnorm_combine_rows"
+        } else {
+            "add_rmsnorm_combine"
+        };
+        // SAFETY: add_rmsnorm_combine[_rows](float*, CombineSrc, const
+        // float*, float, int, half*, int, int) = AddRmsnormCombine
+        // (CombineSrc mirrored, repr(C)); block t < n touches resid row t
+        // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked),
+        // and reads the combine's slot and weight rows t (tokens = n x
+        // topk, checked by DeferredCombine::new) and ys rows at slots in
+        // [0, ys_rows) with ys_rows = the ys buffer's rows of m = d.
+        return unsafe {
+            gpu.launch(&gpu.model, name, shape_, p, || {
+                format!("n={n} d={d} combine")
+            })
+        };
+    }
     kernel_params! {
         struct AddRmsnorm { resid: u64, add: u64, w: u64, eps: f32, d: i32, out: u64, out_stride: i32, early: i32 }
     }
     let p = AddRmsnorm {
         resid: addr(resid),
-        add: add.map_or(0, addr),
+        add: match add {
+            NormAdd::Rows(a) => addr(a),
+            _ => 0,
+        },
         w: addr(w),
         eps,
-        d: i32_of(OP, "d", d)?,
+        d: d_i,
         out: addr(out),
-        out_stride: i32_of(OP, "out_stride", out_stride)?,
+        out_stride: stride_i,
         early: i32::from(early),
     };
-    let (name, threads) = norm_kernel(n, d);
     // SAFETY: add_rmsnorm[_rows](float*, const float*, const float*, float,
     // int, half*, int, int) = AddRmsnorm; block t < n touches resid/add rows t
     // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked);
     // add is null or n x d.
-    unsafe {
-        gpu.launch(
-            &gpu.model,
-            name,
-            Shape::new(n as u32, threads).pdl(true),
-            p,
-            || format!("n={n} d={d}"),
-        )
-    }
+    unsafe { gpu.launch(&gpu.model, name, shape_, p, || format!("n={n} d={d}")) }
 }
 
 /// add_rmsnorm's kernel and block size for `n` rows of `d`: many rows, 256

@@ -401,6 +401,18 @@ impl GpuModel {
         self.qkv_rope = on;
     }
 
+    /// Whether a prompt's MoE steps leave their combine to the next norm
+    /// (default true, [`fused_combine_default`]) or write their output rows
+    /// for it (false; for comparisons: the same bits).
+    #[doc(hidden)]
+    pub fn set_fused_combine(&mut self, on: bool) {
+        for l in &mut self.layers {
+            if let Some(moe) = l.moe.local_mut() {
+                moe.set_defer_combine(on);
+            }
+        }
+    }
+
     /// Test hook: every layer's device policy uses top-1, so its plans
     /// differ from wdmoe-core's (exercises the re-run of a chunk).
     #[doc(hidden)]
@@ -441,6 +453,16 @@ fn fused_rope_default() -> bool {
 fn qkv_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_switch(&ON, "WDMOE_QKV_ROPE", "0")
+}
+
+/// Whether a prompt's device-routed MoE steps leave their combine to the
+/// next norm, which sums the experts' outputs into the residual itself
+/// (default: one kernel and a 32 MB round trip per layer fewer at 2,048
+/// tokens), or write it for the norm to add (`WDMOE_FUSED_COMBINE=0`:
+/// comparisons).
+pub(crate) fn fused_combine_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_switch(&ON, "WDMOE_FUSED_COMBINE", "0")
 }
 
 /// Whether decode attention merges its splits in a cluster (default) or

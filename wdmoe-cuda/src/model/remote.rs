@@ -68,11 +68,16 @@ impl LayerMoe {
         }
     }
 
-    /// The step's output, `[max_tokens][m]` fp32.
-    pub(crate) fn output_dev(&self) -> &DeviceSlice<f32> {
+    /// What the next norm adds into the residual: the step's output, or
+    /// the local step's deferred combine
+    /// ([`MoeLayer::set_defer_combine`]).
+    pub(crate) fn norm_add(&self) -> super::kernels::NormAdd<'_> {
         match self {
-            LayerMoe::Local(l) => l.output_dev(),
-            LayerMoe::Remote(r) => &r.acc,
+            LayerMoe::Local(l) => l.deferred_combine().map_or(
+                super::kernels::NormAdd::Rows(l.output_dev()),
+                super::kernels::NormAdd::Combine,
+            ),
+            LayerMoe::Remote(r) => super::kernels::NormAdd::Rows(&r.acc),
         }
     }
 

@@ -209,6 +209,8 @@ impl MoeLayer {
             max_tokens,
             pending: None,
             probs_to_host: true,
+            defer_combine: false,
+            deferred: None,
             gpu,
         })
     }

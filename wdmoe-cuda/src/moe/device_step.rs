@@ -21,7 +21,7 @@ use super::grouped::GroupedPrefill;
 use super::{MoeLayer, MoeStep};
 use crate::error::{shape, CudaCtx, Error, Result};
 use crate::ffn::ExpertWeights;
-use crate::prefill::{combine_rows_f32, Rows};
+use crate::prefill::{combine_rows_f32, DeferredCombine, Rows};
 use crate::runtime::{elapsed_ms, Gpu};
 
 /// Settings, counters and device buffers of device routing (one per layer).
@@ -106,9 +106,9 @@ impl GroupedPrefill {
         tokens: usize,
         t: &SortTables,
         rows_cap: usize,
-        acc: &mut DeviceSlice<f32>,
+        acc: Option<&mut DeviceSlice<f32>>,
         between: (&cust::event::Event, &cust::event::Event),
-    ) -> Result<()> {
+    ) -> Result<Option<DeferredCombine>> {
         let (m, e) = (self.m(), self.experts());
         if t.experts() != e || tokens > t.tokens() {
             return Err(shape(
@@ -140,7 +140,12 @@ impl GroupedPrefill {
             },
         )?;
         gpu.record_on(between.1)?;
-        combine_rows_f32(gpu, &self.ys, &t.slot, &t.wts, e, tokens, m, acc)
+        match acc {
+            Some(acc) => {
+                combine_rows_f32(gpu, &self.ys, &t.slot, &t.wts, e, tokens, m, acc).map(|()| None)
+            }
+            None => DeferredCombine::new(&self.ys, &t.slot, &t.wts, e, tokens, m).map(Some),
+        }
     }
 }
 
@@ -255,14 +260,14 @@ impl MoeLayer {
         )?;
         counting_sort(gpu, &b.sel, sw, n_tokens, &mut b.tables)?;
         let mut acc = self.acc.index(..n_tokens * m);
-        g.step_device(
+        self.deferred = g.step_device(
             gpu,
             &self.experts,
             &self.x,
             n_tokens,
             &b.tables,
             rows_cap,
-            &mut acc,
+            (!self.defer_combine).then_some(&mut acc),
             (&ev[2], &ev[3]),
         )?;
         gpu.record_on(&ev[1])?;

@@ -41,7 +41,7 @@ use wdmoe_core::select::Policy;
 use crate::error::{shape, Error, Result};
 use crate::ffn::{DecodeConfig, ExpertWeights, FfnWorkspace, RoutingPlan};
 use crate::plan::{DevicePlan, PlanPolicy, MAX_PLAN_TOKENS, MAX_SLOTS};
-use crate::prefill::prefers_prefill;
+use crate::prefill::{prefers_prefill, DeferredCombine};
 use crate::router::{PrefetchTable, Router};
 use crate::runtime::Gpu;
 
@@ -131,6 +131,11 @@ pub struct MoeLayer {
     /// checked: its token count.
     pending: Option<Pending>,
     probs_to_host: bool,
+    /// Device-routed steps leave their combine to the caller's next kernel
+    /// ([`MoeLayer::set_defer_combine`]).
+    defer_combine: bool,
+    /// The last step's combine, if deferred.
+    deferred: Option<DeferredCombine>,
     gpu: Arc<Gpu>,
 }
 
@@ -409,6 +414,7 @@ impl MoeLayer {
         latency_s: &[f64],
     ) -> Result<Option<MoeStep>> {
         self.check_step(n_tokens, latency_s)?;
+        self.deferred = None;
         if self.uses_device_policy(n_tokens, latency_s) {
             self.enqueue_device_planned(n_tokens, policy, latency_s)?;
             self.pending = Some(Pending::Planned(n_tokens));
@@ -463,9 +469,27 @@ impl MoeLayer {
     }
 
     /// The output of the last step on the device, `[max_tokens][m]` fp32
-    /// (rows `0..n_tokens` valid after the step's kernels).
+    /// (rows `0..n_tokens` valid after the step's kernels; not written by
+    /// a step whose combine was deferred, [`MoeLayer::set_defer_combine`]).
     pub fn output_dev(&self) -> &DeviceSlice<f32> {
         &self.acc
+    }
+
+    /// Device-routed steps (prompts) leave their combine, the sum of each
+    /// token's weighted expert outputs, to the caller's next kernel
+    /// ([`MoeLayer::deferred_combine`]) instead of writing it to
+    /// [`MoeLayer::output_dev`] (default off; the model's norm sums it in
+    /// the combine's order: the same bits, without the fp32 rows' round
+    /// trip through memory). A step whose device plan is re-run on the
+    /// host's still writes its output.
+    pub(crate) fn set_defer_combine(&mut self, on: bool) {
+        self.defer_combine = on;
+    }
+
+    /// The last step's deferred combine (`None`: its output is in
+    /// [`MoeLayer::output_dev`]).
+    pub(crate) fn deferred_combine(&self) -> Option<DeferredCombine> {
+        self.deferred
     }
 
     /// The fp32 output of the last step, `[n_tokens][m]`.

@@ -419,22 +419,13 @@ pub(crate) fn combine(
     out: u64,
     out_len: usize,
 ) -> Result<()> {
-    if m == 0
-        || m % 8 != 0
-        || slot.len() < tokens * topk
-        || w.len() < tokens * topk
-        || out_len < tokens * m
-    {
+    check_combine(op, ys, slot, w, topk, tokens, m)?;
+    if out_len < tokens * m {
         return Err(shape(
             op,
-            format!(
-                "m={m} (multiple of 8), {tokens} tokens x top-{topk}: slot {} w {} out {out_len}",
-                slot.len(),
-                w.len(),
-            ),
+            format!("out {out_len} < {tokens} tokens x m={m}"),
         ));
     }
-    check_align(op, "ys", addr(ys), 16)?;
     check_align(op, "out", out, 16)?;
     if tokens == 0 {
         return Ok(());
@@ -461,6 +452,81 @@ pub(crate) fn combine(
     unsafe {
         gpu.launch(&gpu.prefill, op, Shape::new(grid, 256), params, || {
             format!("tokens={tokens} topk={topk} m={m}")
+        })
+    }
+}
+
+/// The combine's inputs checked: m a multiple of 8, slot and w of `tokens`
+/// x `topk`, ys 16-byte aligned.
+#[allow(clippy::too_many_arguments)]
+fn check_combine(
+    op: &'static str,
+    ys: &DeviceSlice<f16>,
+    slot: &DeviceSlice<i32>,
+    w: &DeviceSlice<f32>,
+    topk: usize,
+    tokens: usize,
+    m: usize,
+) -> Result<()> {
+    if m == 0 || m % 8 != 0 || slot.len() < tokens * topk || w.len() < tokens * topk {
+        return Err(shape(
+            op,
+            format!(
+                "m={m} (multiple of 8), {tokens} tokens x top-{topk}: slot {} w {}",
+                slot.len(),
+                w.len(),
+            ),
+        ));
+    }
+    check_align(op, "ys", addr(ys), 16)
+}
+
+/// Mirror of `CombineSrc` in kernels/model.cu: a combine's inputs by
+/// device address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CombineSrc {
+    ys: u64,
+    ys_rows: i64,
+    slot: u64,
+    w: u64,
+    topk: i32,
+}
+
+/// A MoE step's combine left to the next kernel (the model's norm,
+/// `add_rmsnorm_combine` in kernels/model.cu, which sums in
+/// [`combine_rows_f32`]'s order): the experts' outputs and the tables that
+/// combine them, for `tokens` rows of `m`. Valid until the step's buffers
+/// are written again (its layer's next step, on the same stream).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeferredCombine {
+    pub(crate) src: CombineSrc,
+    pub(crate) tokens: usize,
+    pub(crate) m: usize,
+}
+
+impl DeferredCombine {
+    /// [`combine_rows_f32`]'s inputs, checked as it checks them.
+    pub(crate) fn new(
+        ys: &DeviceSlice<f16>,
+        slot: &DeviceSlice<i32>,
+        w: &DeviceSlice<f32>,
+        topk: usize,
+        tokens: usize,
+        m: usize,
+    ) -> Result<Self> {
+        const OP: &str = "DeferredCombine::new";
+        check_combine(OP, ys, slot, w, topk, tokens, m)?;
+        Ok(Self {
+            src: CombineSrc {
+                ys: addr(ys),
+                ys_rows: (ys.len() / m) as i64,
+                slot: addr(slot),
+                w: addr(w),
+                topk: i32::try_from(topk).map_err(|_| shape(OP, format!("topk={topk}")))?,
+            },
+            tokens,
+            m,
         })
     }
 }

@@ -134,7 +134,7 @@ fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize, early: bool) {
     kernels::add_rmsnorm(
         gpu,
         &mut resid,
-        Some(&gpu.upload(&add).unwrap()),
+        kernels::NormAdd::Rows(&gpu.upload(&add).unwrap()),
         &gpu.upload(&w).unwrap(),
         eps,
         n,
@@ -165,6 +165,109 @@ fn norm_case(gpu: &Gpu, r: &mut SmallRng, n: usize, d: usize, early: bool) {
             .map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(1.0))
             .fold(0.0, f64::max);
         assert!(worst < 1e-3, "row {t}: {worst}");
+    }
+}
+
+/// The norm summing a MoE step's deferred combine into the residual gives
+/// the same bits as `combine_rows_f32` followed by the norm adding its rows
+/// (residual and fp16 output), in both block shapes and in the looped path
+/// (d past the registers), with dropped slots (-1), slots past the experts'
+/// rows, tokens with no slot, and 2 to 8 slots a token.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn add_rmsnorm_combine_equals_combine_then_norm() {
+    use crate::prefill::{combine_rows_f32, DeferredCombine};
+    let gpu = Gpu::new(0).unwrap();
+    let mut r = rng();
+    for (n, d, topk) in [
+        (3usize, 4096usize, 2usize),
+        (kernels::NORM_ROWS_MIN + 3, 4096, 8),
+        (40, 4200, 2),
+    ] {
+        let ys_rows = n * topk;
+        let ys = gpu.upload(&halves(&mut r, ys_rows * d, 4.0)).unwrap();
+        let slot: Vec<i32> = (0..n * topk)
+            .map(|i| match (i / topk, r.gen_range(0..10)) {
+                (1, _) => -1, // token 1: no slot
+                (_, 0) => -1,
+                (_, 1) => (ys_rows + 2) as i32,
+                _ => r.gen_range(0..ys_rows as i32),
+            })
+            .collect();
+        let wts: Vec<f32> = (0..n * topk).map(|_| r.gen_range(0.0..1.0)).collect();
+        let (slot, wts) = (gpu.upload(&slot).unwrap(), gpu.upload(&wts).unwrap());
+        let resid0: Vec<f32> = (0..n * d).map(|_| r.gen_range(-2.0..2.0)).collect();
+        let w = gpu
+            .upload(&(0..d).map(|_| r.gen_range(0.5..1.5)).collect::<Vec<f32>>())
+            .unwrap();
+        let run = |fused: bool| {
+            let mut resid = gpu.upload(&resid0).unwrap();
+            let mut out = gpu.alloc::<f16>(n * d).unwrap();
+            let add = if fused {
+                let c = DeferredCombine::new(&ys, &slot, &wts, topk, n, d).unwrap();
+                kernels::add_rmsnorm(
+                    &gpu,
+                    &mut resid,
+                    kernels::NormAdd::Combine(c),
+                    &w,
+                    1e-5,
+                    n,
+                    d,
+                    &mut out,
+                    d,
+                    true,
+                )
+            } else {
+                let mut acc = gpu.alloc::<f32>(n * d).unwrap();
+                combine_rows_f32(&gpu, &ys, &slot, &wts, topk, n, d, &mut acc).unwrap();
+                kernels::add_rmsnorm(
+                    &gpu,
+                    &mut resid,
+                    kernels::NormAdd::Rows(&acc),
+                    &w,
+                    1e-5,
+                    n,
+                    d,
+                    &mut out,
+                    d,
+                    true,
+                )
+            };
+            add.unwrap();
+            let res: Vec<u32> = gpu
+                .download(&resid)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            let o: Vec<u16> = gpu
+                .download(&out)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            (res, o)
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(
+            a.0.iter().all(|&x| f32::from_bits(x).is_finite()),
+            "n={n} d={d}: non-finite residual"
+        );
+        let diff = |x: &[u32], y: &[u32]| x.iter().zip(y).filter(|(p, q)| p != q).count();
+        assert_eq!(
+            diff(&a.0, &b.0),
+            0,
+            "n={n} d={d} top-{topk}: residuals differ"
+        );
+        let diff16 = a.1.iter().zip(&b.1).filter(|(p, q)| p != q).count();
+        assert_eq!(diff16, 0, "n={n} d={d} top-{topk}: outputs differ");
+        // The residual moved: the combine was added.
+        assert!(
+            a.0.iter()
+                .zip(&resid0)
+                .any(|(&x, &y)| f32::from_bits(x) != y),
+            "n={n}: nothing added"
+        );
     }
 }
 

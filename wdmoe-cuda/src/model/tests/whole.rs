@@ -85,13 +85,16 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
 }
 
 /// A prompt in chunks that store their projections (600 tokens, then 530
-/// at position 600: the second reads the first's cache) with RoPE and the
-/// cache write in the q|k|v GEMM's epilogue gives the same bits as with
-/// `rope_kv` after the stored projection: every logit and every routing
-/// choice (2 layers at Mixtral width, a 2,048-token vocabulary).
+/// at position 600: the second reads the first's cache) gives the same bits
+/// with RoPE and the cache write in the q|k|v GEMM's epilogue as with
+/// `rope_kv` after the stored projection, and with the MoE steps' combine
+/// summed by the next norm as with it written by the step: every logit and
+/// every routing choice (2 layers at Mixtral width, a 2,048-token
+/// vocabulary; layer 0's combine goes to layer 1's attention norm, layer
+/// 1's to the final norm).
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn prefill_qkv_rope_epilogue_equals_rope_kv() {
+fn prefill_fused_steps_equal_unfused() {
     use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
@@ -115,8 +118,9 @@ fn prefill_qkv_rope_epilogue_equals_rope_kv() {
     let policy = Policy::new(2, 0.0, 1).unwrap();
     let tokens: Vec<u32> = (0..n0 + n1).map(|_| r.gen_range(0..2048)).collect();
     let lat = vec![0.01; n0 * shape.layers * shape.experts];
-    let mut run = |fused: bool| {
-        m.set_qkv_rope(fused);
+    let mut run = |rope: bool, combine: bool| {
+        m.set_qkv_rope(rope);
+        m.set_fused_combine(combine);
         m.truncate(0);
         let a = m
             .forward(&tokens[..n0], Output::AllLogits, &policy, &lat)
@@ -131,9 +135,15 @@ fn prefill_qkv_rope_epilogue_equals_rope_kv() {
             .unwrap();
         (a, b)
     };
-    let (fa, fb) = run(true);
-    let (ra, rb) = run(false);
-    for (name, f, r) in [("first chunk", &fa, &ra), ("second chunk", &fb, &rb)] {
+    let (fa, fb) = run(true, true);
+    let (ra, rb) = run(false, true);
+    let (ca, cb) = run(true, false);
+    for (name, f, r) in [
+        ("rope_kv, first chunk", &fa, &ra),
+        ("rope_kv, second chunk", &fb, &rb),
+        ("combine written, first chunk", &fa, &ca),
+        ("combine written, second chunk", &fb, &cb),
+    ] {
         assert!(
             f.logits.iter().all(|x| x.is_finite()),
             "{name}: a non-finite logit"
