@@ -128,7 +128,7 @@ pub(crate) fn add_rmsnorm(
         return Err(shape(OP, format!("out_stride={out_stride} < d={d}")));
     }
     need(OP, "out", out.len(), (n - 1) * out_stride + d)?;
-    let (name, threads) = norm_kernel(n, d);
+    let (rows, threads) = norm_shape(n, d);
     let shape_ = Shape::new(n as u32, threads).pdl(true);
     let (d_i, stride_i) = (i32_of(OP, "d", d)?, i32_of(OP, "out_stride", out_stride)?);
     if let NormAdd::Combine(c) = add {
@@ -145,7 +145,7 @@ pub(crate) fn add_rmsnorm(
             out_stride: stride_i,
             early: i32::from(early),
         };
-        let name = if name == "add_rmsnorm_rows" {
+        let name = if rows {
             "add_rmsnorm_combine_rows"
         } else {
             "add_rmsnorm_combine"
@@ -179,6 +179,11 @@ pub(crate) fn add_rmsnorm(
         out_stride: stride_i,
         early: i32::from(early),
     };
+    let name = if rows {
+        "add_rmsnorm_rows"
+    } else {
+        "add_rmsnorm"
+    };
     // SAFETY: add_rmsnorm[_rows](float*, const float*, const float*, float,
     // int, half*, int, int) = AddRmsnorm; block t < n touches resid/add rows t
     // (n x d, checked), w[0..d) and out[t·out_stride..+d) (checked);
@@ -186,14 +191,15 @@ pub(crate) fn add_rmsnorm(
     unsafe { gpu.launch(&gpu.model, name, shape_, p, || format!("n={n} d={d}")) }
 }
 
-/// add_rmsnorm's kernel and block size for `n` rows of `d`: many rows, 256
-/// threads of 16 elements each (add_rmsnorm_rows); a few, where one block's
-/// latency is the cost, 1024 threads of 8 at d = 4096.
-fn norm_kernel(n: usize, d: usize) -> (&'static str, u32) {
+/// add_rmsnorm's kernel shape for `n` rows of `d` (whether the `_rows`
+/// kernels, block size): many rows, 256 threads of 16 elements each
+/// (add_rmsnorm[_combine]_rows); a few, where one block's latency is the
+/// cost, 1024 threads of 8 at d = 4096.
+fn norm_shape(n: usize, d: usize) -> (bool, u32) {
     if n >= NORM_ROWS_MIN {
-        ("add_rmsnorm_rows", 256)
+        (true, 256)
     } else {
-        ("add_rmsnorm", if d >= 4096 { 1024 } else { 256 })
+        (false, if d >= 4096 { 1024 } else { 256 })
     }
 }
 
