@@ -149,6 +149,13 @@ impl GroupedPrefill {
     }
 }
 
+/// Steps of fewer tokens write their combine even where it may be deferred
+/// ([`MoeLayer::set_defer_combine`]): the fused norm sums each token's
+/// slots one round trip at a time, which pays where the combine's rows are
+/// large (2,048 tokens: 0.9 ms per prompt, run E5) and may not at 128
+/// tokens, where a norm's blocks are few (a choice: not timed between).
+pub(crate) const DEFER_COMBINE_MIN_TOKENS: usize = 512;
+
 impl MoeLayer {
     /// Steps on the grouped prefill path ([`MoeLayer::uses_prefill`]) route
     /// on the device (default true: 0 mismatches and 1.4–1.6x the
@@ -267,7 +274,7 @@ impl MoeLayer {
             n_tokens,
             &b.tables,
             rows_cap,
-            (!self.defer_combine).then_some(&mut acc),
+            (!(self.defer_combine && n_tokens >= DEFER_COMBINE_MIN_TOKENS)).then_some(&mut acc),
             (&ev[2], &ev[3]),
         )?;
         gpu.record_on(&ev[1])?;

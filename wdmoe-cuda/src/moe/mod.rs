@@ -470,13 +470,15 @@ impl MoeLayer {
 
     /// The output of the last step on the device, `[max_tokens][m]` fp32
     /// (rows `0..n_tokens` valid after the step's kernels; not written by
-    /// a step whose combine was deferred, [`MoeLayer::set_defer_combine`]).
+    /// a prompt's step whose combine the whole model left to its next norm).
     pub fn output_dev(&self) -> &DeviceSlice<f32> {
         &self.acc
     }
 
-    /// Device-routed steps (prompts) leave their combine, the sum of each
-    /// token's weighted expert outputs, to the caller's next kernel
+    /// Device-routed steps (prompts) of
+    /// [`DEFER_COMBINE_MIN_TOKENS`](device_step::DEFER_COMBINE_MIN_TOKENS)
+    /// or more leave their combine, the sum of each token's weighted expert
+    /// outputs, to the caller's next kernel
     /// ([`MoeLayer::deferred_combine`]) instead of writing it to
     /// [`MoeLayer::output_dev`] (default off; the model's norm sums it in
     /// the combine's order: the same bits, without the fp32 rows' round
