@@ -58,9 +58,23 @@ extern "C" __global__ void embed_rows(const __half* __restrict__ table, const in
     }
 }
 
-// Per row t (one block each): if `add` is not null, resid[t] += add[t]
-// (written back); then out[t] = w ⊙ resid[t] / sqrt(mean(resid[t]²) + eps)
-// in fp16 — Hugging Face's MixtralRMSNorm in fp32, rounded once.
+// A prompt's MoE step whose combine is deferred to the next norm (the
+// add_rmsnorm_combine kernels): add[t][i] = sum_j w[t][j] ys[slot[t][j]][i]
+// over the top-k slots of token t (slot < 0 or >= ys_rows skipped), summed
+// in combine_rows_f32's order, so that the residual gets the same bits
+// without the sum's round trip through memory (fp32 rows, written then read).
+struct CombineSrc {
+    const __half* ys;
+    long long ys_rows;
+    const int* slot;
+    const float* w;
+    int topk;
+};
+
+// Per row t (one block each): if `add` is not null (or, COMBINE, the
+// deferred combine `cs` above), resid[t] += add[t] (written back); then
+// out[t] = w ⊙ resid[t] / sqrt(mean(resid[t]²) + eps) in fp16 — Hugging
+// Face's MixtralRMSNorm in fp32, rounded once.
 // `out_stride` is the row pitch of out (elements).
 //
 // Rows of up to NORM_REGS x blockDim elements stay in registers: each
@@ -75,19 +89,6 @@ extern "C" __global__ void embed_rows(const __half* __restrict__ table, const in
 // add_rmsnorm_rows (256 threads, 16 each) for many rows, where 8 blocks
 // per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
 // prompt at 39 µs per launch on an H200).
-// A prompt's MoE step whose combine is deferred to the next norm (the
-// add_rmsnorm_combine kernels): add[t][i] = sum_j w[t][j] ys[slot[t][j]][i]
-// over the top-k slots of token t (slot < 0 or >= ys_rows skipped), summed
-// in combine_rows_f32's order, so that the residual gets the same bits
-// without the sum's round trip through memory (fp32 rows, written then read).
-struct CombineSrc {
-    const __half* ys;
-    long long ys_rows;
-    const int* slot;
-    const float* w;
-    int topk;
-};
-
 template <int NORM_REGS, bool COMBINE = false>
 __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, const float* __restrict__ add,
                                                  const float* __restrict__ w, float eps, int d,
