@@ -320,6 +320,14 @@ fn ext_sibling(kind: PackedKind, out: PackedOut, bn: u32) -> Option<(u32, &'stat
         .map(|k| (k.3.ext_cols(), k.4, k.5))
 }
 
+/// Whether `(kind, out)` has fitted widths beside its [`FIT_LO`]-token
+/// kernel (the table's [`Role::Fit`] rows: gate/up's).
+fn has_fitted(kind: PackedKind, out: PackedOut) -> bool {
+    PACKED_KERNELS
+        .iter()
+        .any(|k| k.0 == kind && k.1 == out && k.3 == Role::Fit)
+}
+
 /// Whether the FFN's widest tiles run as a plain/extended pair of launches
 /// (default) or as one launch of plain tiles (`WDMOE_PACKED_EXT=0`:
 /// comparisons).
@@ -510,15 +518,12 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
             .map_or(Schedule::One(want), |k| Schedule::Pair(k.2)),
         None => {
             let pick = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?.0;
-            let widest = instantiations(g.kind, g.out_kind).last().map_or(0, |k| k.0);
             if groups > 1 && ext_tiles_default() && ext_sibling(g.kind, g.out_kind, pick).is_some()
             {
                 Schedule::Pair(pick)
             } else if groups > 1
-                && g.kind == PackedKind::Gated
-                && g.out_kind == PackedOut::H16
-                && pick == widest
                 && pick == FIT_LO
+                && has_fitted(g.kind, g.out_kind)
                 && fit_tiles_default()
             {
                 Schedule::Fit
