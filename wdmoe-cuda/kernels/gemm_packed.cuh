@@ -95,7 +95,7 @@ struct PackedParams {
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
     int ext_cols;           // > 0: the token tiles of a plain/extended pair of launches (below)
     // Fitted token tiles (fit_hi > 0): each group's tiles take the width
-    // fit_width gives it, one launch per width (below); follower = 1: not
+    // fit_tiles gives it, one launch per width (below); follower = 1: not
     // the first launch of such a chain.
     int fit_lo, fit_hi, follower;
     // PO_QKV_ROPE (the model's q|k|v projection of a prompt chunk, rows =
@@ -166,8 +166,9 @@ template <int BN, int STAGES, int KIND, int OUT, int EXT>
 __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const TensorMap& tx_ext, const PackedParams& p) {
 #ifdef WDMOE_SM90A
     static_assert(EXT == 0 || OUT == PO_H16, "extended tiles store through the fp16 pair epilogue");
+    // A launch of a chain of fitted widths (no extended tiles then).
+    const bool fit = EXT == 0 && p.fit_hi > 0 && p.fit_lo > 0;
     // Columns of the extended tiles; 0: every tile plain (one launch).
-    const bool fit = EXT == 0 && p.fit_hi > 0 && p.fit_lo > 0;  // (no extended tiles then)
     const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 && !fit ? p.ext_cols : 0);
     // A later launch of a pair or a chain: its inputs are ready (the first
     // launch waited for them), and it waits for its predecessor at its end.
@@ -200,6 +201,18 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
     const int splits = (OUT == PO_F32_ADD && p.splits > 1) ? p.splits : 1;
     __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
+    // This launch's token tiles of a group of n rows: (how many, the first
+    // one's index in the group). A pair's extended tiles come first in a
+    // group; a chain's launch takes the groups of its width.
+    auto launch_tiles = [&](int n) {
+        if (fit) {
+            const int2 tw = fit_tiles(n, p.fit_lo, p.fit_hi);
+            return make_int2(tw.y == BN ? tw.x : 0, 0);
+        }
+        const int ntt = (n + BN + xc - 1) / (BN + xc);
+        const int n_ext = ext_tiles<BN>(n, ntt, xc);
+        return EXT > 0 ? make_int2(n_ext, 0) : make_int2(ntt - n_ext, n_ext);
+    };
     // The offsets come from the previous kernel; the plain launch of a pair
     // also waits for the tokens before the extended one may start.
     if (!follower && (p.dev_rows || xc > 0 || fit)) griddep_wait();
@@ -215,14 +228,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         for (int g = 1; g <= groups; ++g) {
             int r = p.dev_rows ? p.dev_rows[g] : p.row_start[g];
             r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
-            const int n = r - prev, ntt = (n + BN + xc - 1) / (BN + xc);
-            const int n_ext = ext_tiles<BN>(n, ntt, xc);
-            int mine = EXT > 0 ? n_ext : ntt - n_ext;
-            if (fit) {
-                const int2 tw = fit_tiles(n, p.fit_lo, p.fit_hi);
-                mine = tw.y == BN ? tw.x : 0;
-            }
-            tiles += mine * row_blocks * splits;
+            tiles += launch_tiles(r - prev).x * row_blocks * splits;
             s_row[g] = r;
             s_tile[g] = tiles;
             prev = r;
@@ -240,14 +246,12 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         g = 0;
         while (g + 1 < groups && t >= s_tile[g + 1]) ++g;
         const int local = t - s_tile[g];
-        const int rows_g = s_row[g + 1] - s_row[g];
-        const int ntt = (rows_g + BN + xc - 1) / (BN + xc);
-        const int n_ext = ext_tiles<BN>(rows_g, ntt, xc);
-        // this launch's token tiles of the group (not 0: t lies in it)
-        const int mine = fit ? fit_tiles(rows_g, p.fit_lo, p.fit_hi).x : (EXT > 0 ? n_ext : ntt - n_ext);
-        const int tt = local % mine + (EXT > 0 || fit ? 0 : n_ext);
-        x0 = tt * BN + (tt < n_ext ? tt : n_ext) * xc;
-        const int rest = local / mine;
+        // (not 0 tiles: t lies in the group)
+        const int2 lt = launch_tiles(s_row[g + 1] - s_row[g]);
+        const int tt = local % lt.x + lt.y;
+        // past the extended tiles before it (a plain tile: all n_ext = lt.y)
+        x0 = tt * BN + (EXT > 0 ? tt : lt.y) * xc;
+        const int rest = local / lt.x;
         const int sp = rest % splits;
         rb = rest / splits;
         kb0 = (int)((long long)kblocks * sp / splits);
