@@ -89,6 +89,21 @@ struct CombineSrc {
 // add_rmsnorm_rows (256 threads, 16 each) for many rows, where 8 blocks
 // per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
 // prompt at 39 µs per launch on an H200).
+// The block's sum of each thread's v (warps first, then warp 0 over the
+// warps' sums), returned to every thread; red: 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float x = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+        x = warp_sum(x);
+        if (threadIdx.x == 0) red[0] = x;
+    }
+    __syncthreads();
+    return red[0];
+}
+
 template <int NORM_REGS, bool COMBINE = false>
 __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, const float* __restrict__ add,
                                                  const float* __restrict__ w, float eps, int d,
@@ -185,16 +200,7 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
             ss = fmaf(x, x, ss);
         }
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float x = threadIdx.x < (bd >> 5) ? red[threadIdx.x] : 0.f;
-        x = warp_sum(x);
-        if (threadIdx.x == 0) red[0] = x;
-    }
-    __syncthreads();
-    const float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
+    const float inv = 1.0f / sqrtf(block_sum(ss, red) / (float)d + eps);
     __half* o = out + (long long)blockIdx.x * out_stride;
     if (in_regs) {
 #pragma unroll
@@ -207,6 +213,122 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
     }
 }
 
+// add_rmsnorm_body for the many-row kernels where every row is 16-byte
+// aligned and d <= 4 VEC4_GROUPS x blockDim: thread i takes the 4-element
+// groups i, i + blockDim, ... (fp32 as float4, fp16 as 4 halves in 8
+// bytes), a quarter of the load and store instructions of the scalar body
+// (whose 2-byte loads of the experts' rows fetch 64 bytes a warp). Each
+// element is computed as there (its add, the combine's slots in order, its
+// output); only the squares are summed in another order, so its bits may
+// differ from the scalar body's in the last place of the scale.
+constexpr int VEC4_GROUPS = 4;
+template <bool COMBINE>
+__device__ __forceinline__ bool norm_vec4_ok(const float* resid, const float* add, const float* w, int d,
+                                             const __half* out, int out_stride, const CombineSrc& cs) {
+    auto al = [](const void* q, unsigned a) { return (reinterpret_cast<uintptr_t>(q) & (a - 1)) == 0; };
+    return d % 4 == 0 && d <= 4 * VEC4_GROUPS * (int)blockDim.x && out_stride % 4 == 0 && al(resid, 16) &&
+           al(w, 16) && (add == nullptr || al(add, 16)) && al(out, 8) && (!COMBINE || al(cs.ys, 8));
+}
+
+__device__ __forceinline__ float4 half4_to_float4(uint2 u) {
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+template <bool COMBINE>
+__device__ __forceinline__ void add_rmsnorm_vec4(float* __restrict__ resid, const float* __restrict__ add,
+                                                 const float* __restrict__ w, float eps, int d,
+                                                 __half* __restrict__ out, int out_stride, int early,
+                                                 const CombineSrc& cs) {
+    __shared__ float red[32];
+    const int bd = blockDim.x, d4 = d / 4;
+    const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 wv[VEC4_GROUPS], v[VEC4_GROUPS];
+#pragma unroll
+    for (int j = 0; j < VEC4_GROUPS; ++j) {
+        const int i = threadIdx.x + j * bd;
+        wv[j] = i < d4 ? reinterpret_cast<const float4*>(w)[i] : zero4;
+    }
+    if (early) {
+        griddep_launch_dependents();
+        griddep_wait();
+    } else {
+        griddep_wait();
+        griddep_launch_dependents();
+    }
+    float4* r = reinterpret_cast<float4*>(resid + (long long)blockIdx.x * d);
+#pragma unroll
+    for (int j = 0; j < VEC4_GROUPS; ++j) {
+        const int i = threadIdx.x + j * bd;
+        v[j] = i < d4 ? r[i] : zero4;
+    }
+    if (COMBINE || add) {
+        float4 av[VEC4_GROUPS];
+        if constexpr (COMBINE) {
+            const int* cslot = cs.slot + (long long)blockIdx.x * cs.topk;
+            const float* cw = cs.w + (long long)blockIdx.x * cs.topk;
+#pragma unroll
+            for (int j = 0; j < VEC4_GROUPS; ++j) av[j] = zero4;
+            for (int q = 0; q < cs.topk; ++q) {
+                const int sl = cslot[q];
+                if (sl < 0 || sl >= cs.ys_rows) continue;
+                const float wt = cw[q];
+                const uint2* y = reinterpret_cast<const uint2*>(cs.ys + (long long)sl * d);
+                uint2 yv[VEC4_GROUPS];
+#pragma unroll
+                for (int j = 0; j < VEC4_GROUPS; ++j) {
+                    const int i = threadIdx.x + j * bd;
+                    yv[j] = i < d4 ? y[i] : make_uint2(0u, 0u);
+                }
+#pragma unroll
+                for (int j = 0; j < VEC4_GROUPS; ++j) {
+                    const float4 f = half4_to_float4(yv[j]);
+                    av[j].x += wt * f.x;
+                    av[j].y += wt * f.y;
+                    av[j].z += wt * f.z;
+                    av[j].w += wt * f.w;
+                }
+            }
+        } else {
+            const float4* a = reinterpret_cast<const float4*>(add + (long long)blockIdx.x * d);
+#pragma unroll
+            for (int j = 0; j < VEC4_GROUPS; ++j) {
+                const int i = threadIdx.x + j * bd;
+                av[j] = i < d4 ? a[i] : zero4;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < VEC4_GROUPS; ++j) {
+            const int i = threadIdx.x + j * bd;
+            v[j].x += av[j].x;
+            v[j].y += av[j].y;
+            v[j].z += av[j].z;
+            v[j].w += av[j].w;
+            if (i < d4) r[i] = v[j];
+        }
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < VEC4_GROUPS; ++j) {
+        ss = fmaf(v[j].x, v[j].x, ss);
+        ss = fmaf(v[j].y, v[j].y, ss);
+        ss = fmaf(v[j].z, v[j].z, ss);
+        ss = fmaf(v[j].w, v[j].w, ss);
+    }
+    const float inv = 1.0f / sqrtf(block_sum(ss, red) / (float)d + eps);
+    uint2* o = reinterpret_cast<uint2*>(out + (long long)blockIdx.x * out_stride);
+#pragma unroll
+    for (int j = 0; j < VEC4_GROUPS; ++j) {
+        const int i = threadIdx.x + j * bd;
+        if (i < d4) {
+            const __half2 lo = __floats2half2_rn(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv));
+            const __half2 hi = __floats2half2_rn(wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv));
+            o[i] = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict__ resid, const float* __restrict__ add,
                                                                const float* __restrict__ w, float eps, int d,
                                                                __half* __restrict__ out, int out_stride, int early) {
@@ -216,7 +338,10 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_rows(float* __rest
                                                                    const float* __restrict__ add,
                                                                    const float* __restrict__ w, float eps, int d,
                                                                    __half* __restrict__ out, int out_stride, int early) {
-    add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride, early);
+    if (norm_vec4_ok<false>(resid, add, w, d, out, out_stride, CombineSrc{}))
+        add_rmsnorm_vec4<false>(resid, add, w, eps, d, out, out_stride, early, CombineSrc{});
+    else
+        add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride, early);
 }
 // The same with the deferred combine of a prompt's MoE step as `add`.
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_combine(float* __restrict__ resid, const CombineSrc cs,
@@ -230,7 +355,10 @@ extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_combine_rows(float
                                                                           const float* __restrict__ w, float eps,
                                                                           int d, __half* __restrict__ out,
                                                                           int out_stride, int early) {
-    add_rmsnorm_body<16, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
+    if (norm_vec4_ok<true>(resid, nullptr, w, d, out, out_stride, cs))
+        add_rmsnorm_vec4<true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
+    else
+        add_rmsnorm_body<16, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
 }
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:

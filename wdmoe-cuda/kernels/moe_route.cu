@@ -6,14 +6,11 @@
 //   route_policy  one warp per token: wdmoe-core's softmax and `select`
 //                 (the port in policy.cuh, shared with router.cu's decode
 //                 plan) on the logits; the token's choice to `sel`;
-//   route_count   per tile of ROUTE_TILE tokens, how many rows each expert
-//                 gets (a histogram);
-//   route_scan    one block: exclusive scans of the tile counts, per expert
-//                 over tiles and over experts (row offsets of each expert and
-//                 of each tile's first row of it);
-//   route_scatter per token and chosen expert its row in expert order
-//                 (tokens in token order within an expert: a stable counting
-//                 sort), the row -> token table and the combine tables;
+//   route_sort    one block: how many rows each expert gets, the row offsets
+//                 (a scan over experts), then per token and chosen expert its
+//                 row in expert order (tokens in token order within an
+//                 expert: a stable counting sort), the row -> token table and
+//                 the combine tables;
 //   route_gather  the token rows of x in that order, up to the device's row
 //                 count.
 // The grouped GEMMs (ffn_prefill.cu) then read the row offsets from device
@@ -30,10 +27,6 @@
 #include "common.cuh"
 #include "moe_plan.cuh"
 #include "policy.cuh"
-
-// Tokens per tile of the counting sort (one thread per token: the block size
-// of route_count and route_scatter).
-#define ROUTE_TILE 256
 
 namespace {
 
@@ -93,105 +86,95 @@ extern "C" __global__ void route_policy(const float* __restrict__ logits, int e,
     }
 }
 
-// Histogram: counts[b * e + q] = tokens of tile b (tokens b * ROUTE_TILE ..)
-// that chose expert q. Block b = tile b, blockDim = ROUTE_TILE.
-extern "C" __global__ void route_count(const int* __restrict__ sel, int sw, int tokens, int e,
-                                       int* __restrict__ counts) {
-    __shared__ int s_cnt[WDMOE_MAX_SLOTS];
-    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
-    const int t = blockIdx.x * ROUTE_TILE + threadIdx.x, lane = threadIdx.x & 31;
-    for (int q = threadIdx.x; q < e; q += blockDim.x) s_cnt[q] = 0;
-    __syncthreads();
-    const unsigned long long mask = chosen_mask(sel, sw, (sw - 1) / 2, t, tokens, e);
-    for (int q = 0; q < e; ++q) {
-        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-        if (lane == 0 && b) atomicAdd(&s_cnt[q], __popc(b));
-    }
-    __syncthreads();
-    for (int q = threadIdx.x; q < e; q += blockDim.x) counts[(size_t)blockIdx.x * e + q] = s_cnt[q];
-}
-
-// One block of at least e threads: base[b * e + q] = the row of tile b's
-// first token of expert q (rows in expert order, tokens in order within an
-// expert); offsets[q] = expert q's first row (exclusive scan over experts),
-// offsets[e] = all rows. tiles = the number of route_count blocks.
-extern "C" __global__ void route_scan(const int* __restrict__ counts, int tiles, int e, int* __restrict__ base,
-                                      int* __restrict__ offsets) {
-    __shared__ int s_total[WDMOE_MAX_SLOTS], s_off[WDMOE_MAX_SLOTS + 1];
-    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
-    const int q = threadIdx.x;
-    if (q < e) {
-        int run = 0;
-        for (int b = 0; b < tiles; ++b) {
-            base[(size_t)b * e + q] = run;
-            run += counts[(size_t)b * e + q];
-        }
-        s_total[q] = run;
-    }
-    __syncthreads();
-    if (q == 0) {
-        int run = 0;
-        for (int i = 0; i < e; ++i) {
-            s_off[i] = run;
-            run += s_total[i];
-        }
-        s_off[e] = run;
-    }
-    __syncthreads();
-    if (q < e) {
-        for (int b = 0; b < tiles; ++b) base[(size_t)b * e + q] += s_off[q];
-    }
-    for (int i = q; i <= e; i += blockDim.x) offsets[i] = s_off[i];
-}
-
-// Scatter (same grid as route_count, blockDim = ROUTE_TILE): for token t and
-// each expert q it chose, its row r = base[tile][q] + the tokens before t
-// in the tile that chose q: idx[r] = t; and for the j-th of t's experts in
-// expert order, slot[t * e + j] = r, w[t * e + j] = its weight; the rest of
-// t's e entries -1 and 0 (the host's RowTables encoding). rows_cap: entries
-// of idx (rows >= rows_cap are never written).
-extern "C" __global__ void route_scatter(const int* __restrict__ sel, int sw, int tokens, int e,
-                                         const int* __restrict__ base, int* __restrict__ idx, int rows_cap,
-                                         int* __restrict__ slot, float* __restrict__ w) {
-    __shared__ int s_warp[ROUTE_TILE / 32][WDMOE_MAX_SLOTS];
-    if (e < 1 || e > WDMOE_MAX_SLOTS) return;
-    const int t = blockIdx.x * ROUTE_TILE + threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// The stable counting sort in one block of ROUTE_SORT_THREADS threads (one
+// launch where a histogram per tile, the scans and the scatter took three:
+// each was a few µs of launch and ramp for a few µs of work). Tokens go
+// through in chunks of blockDim, in order:
+//   pass 1: per expert, how many tokens chose it (warp ballots, shared
+//           counters); offsets[q] = expert q's first row (exclusive scan
+//           over experts), offsets[e] = all rows;
+//   pass 2: per chunk, token t's row for each expert q it chose = the rows
+//           of q taken by earlier chunks + those of earlier warps of this
+//           chunk + the lanes below t in its warp: idx[r] = t, and for the
+//           j-th of t's experts in expert order slot[t * e + j] = r,
+//           w[t * e + j] = its weight; the rest of t's e entries -1 and 0
+//           (the host's RowTables encoding). rows_cap: entries of idx (rows
+//           >= rows_cap are never written).
+#define ROUTE_SORT_THREADS 1024
+extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
+    route_sort(const int* __restrict__ sel, int sw, int tokens, int e, int* __restrict__ offsets,
+               int* __restrict__ idx, int rows_cap, int* __restrict__ slot, float* __restrict__ w) {
+    __shared__ int s_warp[ROUTE_SORT_THREADS / 32][WDMOE_MAX_SLOTS];
+    __shared__ int s_run[WDMOE_MAX_SLOTS + 1];
+    if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_SORT_THREADS) return;  // uniform
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ROUTE_SORT_THREADS / 32;
     const int k = (sw - 1) / 2;
-    const unsigned long long mask = chosen_mask(sel, sw, k, t, tokens, e);
-    for (int q = 0; q < e; ++q) {
-        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-        if (lane == 0) s_warp[warp][q] = __popc(b);
+    for (int q = threadIdx.x; q <= e; q += blockDim.x) s_run[q] = 0;
+    __syncthreads();
+    for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
+        const unsigned long long mask = chosen_mask(sel, sw, k, c0 + threadIdx.x, tokens, e);
+        for (int q = 0; q < e; ++q) {
+            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+            if (lane == 0 && b) atomicAdd(&s_run[q], __popc(b));
+        }
     }
     __syncthreads();
-    const int* row = sel + (size_t)t * sw;
-    int j = 0;
-    for (int q = 0; q < e; ++q) {
-        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-        if (!((mask >> q) & 1ull)) continue;
-        int r = base[(size_t)blockIdx.x * e + q] + __popc(b & lanemask_lt());
-        for (int v = 0; v < warp; ++v) r += s_warp[v][q];
-        // Its weight: the entry of the row naming q (among the row's count).
-        const int ns = row[0] < k ? row[0] : k;
-        float wt = 0.f;
-        for (int i = 0; i < ns; ++i)
-            if (row[1 + i] == q) {
-                wt = __int_as_float(row[1 + k + i]);
-                break;
-            }
-        if (r >= 0 && r < rows_cap) {
-            idx[r] = t;
-            slot[(size_t)t * e + j] = r;
-        } else {
-            slot[(size_t)t * e + j] = -1;  // cannot happen: rows <= tokens x k <= rows_cap
+    if (threadIdx.x == 0) {
+        int run = 0;
+        for (int q = 0; q < e; ++q) {
+            const int n = s_run[q];
+            s_run[q] = run;
+            run += n;
         }
-        w[(size_t)t * e + j] = wt;
-        ++j;
+        s_run[e] = run;
     }
-    if (t < tokens)
-        for (; j < e; ++j) {
-            slot[(size_t)t * e + j] = -1;
-            w[(size_t)t * e + j] = 0.f;
+    __syncthreads();
+    for (int q = threadIdx.x; q <= e; q += blockDim.x) offsets[q] = s_run[q];
+    for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
+        const int t = c0 + threadIdx.x;
+        const unsigned long long mask = chosen_mask(sel, sw, k, t, tokens, e);
+        for (int q = 0; q < e; ++q) {
+            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+            if (lane == 0) s_warp[warp][q] = __popc(b);
         }
+        __syncthreads();
+        const int* row = sel + (size_t)t * sw;
+        int j = 0;
+        for (int q = 0; q < e; ++q) {
+            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+            if (!((mask >> q) & 1ull)) continue;
+            int r = s_run[q] + __popc(b & lanemask_lt());
+            for (int v = 0; v < warp; ++v) r += s_warp[v][q];
+            // Its weight: the entry of the row naming q (among the row's count).
+            const int ns = row[0] < k ? row[0] : k;
+            float wt = 0.f;
+            for (int i = 0; i < ns; ++i)
+                if (row[1 + i] == q) {
+                    wt = __int_as_float(row[1 + k + i]);
+                    break;
+                }
+            if (r >= 0 && r < rows_cap) {
+                idx[r] = t;
+                slot[(size_t)t * e + j] = r;
+            } else {
+                slot[(size_t)t * e + j] = -1;  // cannot happen: rows <= tokens x k <= rows_cap
+            }
+            w[(size_t)t * e + j] = wt;
+            ++j;
+        }
+        if (t < tokens)
+            for (; j < e; ++j) {
+                slot[(size_t)t * e + j] = -1;
+                w[(size_t)t * e + j] = 0.f;
+            }
+        __syncthreads();  // every token read s_run and s_warp
+        if (threadIdx.x < e) {
+            int n = 0;
+            for (int v = 0; v < nw; ++v) n += s_warp[v][threadIdx.x];
+            s_run[threadIdx.x] += n;
+        }
+        __syncthreads();
+    }
 }
 
 // xs[r] = x[idx[r]] for the rows r < min(offsets[e], rows_cap) (rows of m

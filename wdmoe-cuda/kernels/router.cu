@@ -161,26 +161,16 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
 // an H200). e <= ROUTER_ROWS_MAX_E. The logits are the same dot products
 // as router_softmax's, summed in another order (fp32).
 constexpr int ROUTER_ROWS_MAX_E = 8;
-extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __half* __restrict__ x,
-                                                                      const __half* __restrict__ g, int m, int e,
-                                                                      float* __restrict__ logits,
-                                                                      float* __restrict__ probs,
-                                                                      float* __restrict__ zero, int zero_cols,
-                                                                      int tokens) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int tpb = blockDim.x >> 5;
-    const int t0 = blockIdx.x * tpb;
-    if (zero)
-        for (int i = threadIdx.x; i < tpb * zero_cols; i += blockDim.x) {
-            const int tok = t0 + i / zero_cols;
-            if (tok < tokens) zero[(size_t)tok * zero_cols + i % zero_cols] = 0.f;
-        }
-    const int tok = t0 + warp;
-    if (tok >= tokens) return;
+
+// One token's logits by one warp (router_softmax_rows' and
+// router_policy_rows' order): on return every lane holds acc[q], the dot
+// product of x's row `tok` with G's row q < e, summed in fp32.
+__device__ __forceinline__ void router_warp_logits(const __half* __restrict__ x, const __half* __restrict__ g,
+                                                   int m, int e, int tok, int lane,
+                                                   float (&acc)[ROUTER_ROWS_MAX_E]) {
     const int nc = m / 8;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
     const uint4* g4 = reinterpret_cast<const uint4*>(g);
-    float acc[ROUTER_ROWS_MAX_E];
 #pragma unroll
     for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) acc[q] = 0.f;
     // B chunks of 16 bytes per lane and round, every load of a round (x and
@@ -220,14 +210,21 @@ extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __ha
             }
         }
     }
-    float mx = -INFINITY;
 #pragma unroll
     for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) {
         if (q >= e) break;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], o);
-        mx = fmaxf(mx, acc[q]);
     }
+}
+
+// Lane 0 writes token tok's logits and fp32 softmax (router_softmax's).
+__device__ __forceinline__ void router_warp_store(const float (&acc)[ROUTER_ROWS_MAX_E], int e, int tok, int lane,
+                                                  float* __restrict__ logits, float* __restrict__ probs) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q)
+        if (q < e) mx = fmaxf(mx, acc[q]);
     float sum = 0.f;
 #pragma unroll
     for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q)
@@ -239,6 +236,68 @@ extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __ha
             logits[(size_t)tok * e + q] = acc[q];
             probs[(size_t)tok * e + q] = __expf(acc[q] - mx) / sum;
         }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __half* __restrict__ x,
+                                                                      const __half* __restrict__ g, int m, int e,
+                                                                      float* __restrict__ logits,
+                                                                      float* __restrict__ probs,
+                                                                      float* __restrict__ zero, int zero_cols,
+                                                                      int tokens) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tpb = blockDim.x >> 5;
+    const int t0 = blockIdx.x * tpb;
+    if (zero)
+        for (int i = threadIdx.x; i < tpb * zero_cols; i += blockDim.x) {
+            const int tok = t0 + i / zero_cols;
+            if (tok < tokens) zero[(size_t)tok * zero_cols + i % zero_cols] = 0.f;
+        }
+    const int tok = t0 + warp;
+    if (tok >= tokens) return;
+    float acc[ROUTER_ROWS_MAX_E];
+    router_warp_logits(x, g, m, e, tok, lane, acc);
+    router_warp_store(acc, e, tok, lane, logits, probs);
+}
+
+// router_softmax_rows, then wdmoe-core's softmax and `select` per token by
+// the same warp (policy.cuh's token_policy, as moe_route.cu's route_policy
+// runs it on the logits this kernel would have written: the same bits),
+// one launch instead of two for a prompt's device-routed step. lat: per
+// token latencies ([tokens][e] f64) or null for pa.lat; sel rows of sw =
+// 1 + 2 pa.k ints as route_policy writes them.
+constexpr int ROUTER_ROWS_WARPS = 8;
+extern "C" __global__ void __launch_bounds__(32 * ROUTER_ROWS_WARPS)
+    router_policy_rows(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
+                       float* __restrict__ logits, float* __restrict__ probs, int tokens, const PolicyArgs pa,
+                       const double* __restrict__ lat, int* __restrict__ sel, int sw) {
+    __shared__ float sl[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS];
+    __shared__ double s_p[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS], s_lat[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS],
+        s_w[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS], s_total[ROUTER_ROWS_WARPS];
+    __shared__ int s_top[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS], s_s[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS],
+        s_sel[ROUTER_ROWS_WARPS][1 + 2 * WDMOE_MAX_SLOTS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int tok = blockIdx.x * ROUTER_ROWS_WARPS + warp;
+    if (tok >= tokens || e < 1 || e > ROUTER_ROWS_MAX_E || blockDim.x != 32 * ROUTER_ROWS_WARPS) return;
+    float acc[ROUTER_ROWS_MAX_E];
+    router_warp_logits(x, g, m, e, tok, lane, acc);
+    router_warp_store(acc, e, tok, lane, logits, probs);
+#pragma unroll
+    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q)
+        if (q < e && lane == q) {
+            sl[warp][q] = acc[q];
+            s_lat[warp][q] = lat ? lat[(size_t)tok * e + q] : pa.lat[q];
+        }
+    __syncwarp();
+    token_policy(sl[warp], e, pa, s_lat[warp], lane, s_p[warp], &s_total[warp], s_top[warp], s_s[warp], s_w[warp],
+                 s_sel[warp], nullptr);
+    int* out = sel + (size_t)tok * sw;
+    const int k = (sw - 1) / 2;
+    const int ns = s_sel[warp][0] < k ? s_sel[warp][0] : k;
+    if (lane == 0) out[0] = ns;
+    for (int i = lane; i < ns; i += 32) {
+        out[1 + i] = s_sel[warp][1 + i];
+        out[1 + k + i] = s_sel[warp][1 + WDMOE_MAX_SLOTS + i];
     }
 }
 

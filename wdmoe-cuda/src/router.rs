@@ -509,6 +509,94 @@ impl Router {
     }
 }
 
+kernel_params! {
+    struct RouterPolicyRows {
+        x: u64, g: u64, m: i32, e: i32, logits: u64, probs: u64, tokens: i32,
+        pa: PolicyArgs, lat: u64, sel: u64, sw: i32,
+    }
+}
+
+impl Router {
+    /// Whether [`Router::route_policy_rows`] takes `tokens` tokens: the
+    /// many-token shape of [`Router::route`] (one warp per token).
+    pub(crate) fn policy_rows_fit(&self, tokens: usize) -> bool {
+        tokens >= ROUTER_ROWS_MIN_TOKENS && self.experts <= ROUTER_ROWS_MAX_E
+    }
+
+    /// [`Router::route`] (the same logits and probabilities, bit for bit)
+    /// and wdmoe-core's policy per token (the device port, as
+    /// `route_policy` runs it) in one launch (`router_policy_rows`): each
+    /// token's warp writes its `sel` row of `sw = 1 + 2 pa.k` ints. `lat`:
+    /// `[tokens][experts]` latencies on the device, or 0 for `pa.lat`. The
+    /// caller checks the buffers' sizes (`route_select`); this checks the
+    /// shape ([`Router::policy_rows_fit`]) and x's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route_policy_rows(
+        &self,
+        gpu: &Gpu,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits: &mut DeviceSlice<f32>,
+        probs: &mut DeviceSlice<f32>,
+        pa: &PolicyArgs,
+        lat: u64,
+        sel: &mut DeviceSlice<i32>,
+        sw: usize,
+    ) -> Result<()> {
+        const OP: &str = "Router::route_policy_rows";
+        let (e, m) = (self.experts, self.m);
+        if !self.policy_rows_fit(tokens)
+            || tokens > i32::MAX as usize
+            || x.len() < tokens * m
+            || logits.len() < tokens * e
+            || probs.len() < tokens * e
+            || sel.len() < tokens * sw
+        {
+            return Err(shape(
+                OP,
+                format!(
+                    "tokens={tokens} (>= {ROUTER_ROWS_MIN_TOKENS}), experts={e} (<= {ROUTER_ROWS_MAX_E}), x {} / logits {} / probs {} / sel {}",
+                    x.len(),
+                    logits.len(),
+                    probs.len(),
+                    sel.len()
+                ),
+            ));
+        }
+        check_align(OP, "x", addr(x), 16)?;
+        let p = RouterPolicyRows {
+            x: addr(x),
+            g: addr(&self.g),
+            m: m as i32,
+            e: e as i32,
+            logits: addr(logits),
+            probs: addr(probs),
+            tokens: tokens as i32,
+            pa: *pa,
+            lat,
+            sel: addr(sel),
+            sw: sw as i32,
+        };
+        // SAFETY: router_policy_rows(const half* x, const half* g, int m, int
+        // e, float* logits, float* probs, int tokens, PolicyArgs pa (by value,
+        // repr(C) mirror), const double* lat, int* sel, int sw) =
+        // RouterPolicyRows; warp w of block b takes token 8b + w < tokens: its
+        // x row (tokens x m, m % 8 == 0, 16-byte aligned: checked), G (e x m,
+        // e <= 8), its logits/probs rows (tokens x e, checked), its lat row
+        // (null or tokens x e doubles: the caller's check) and its sel row
+        // (tokens x sw, checked); 256 threads as the kernel requires.
+        unsafe {
+            gpu.launch(
+                &gpu.router,
+                "router_policy_rows",
+                Shape::new((tokens as u32).div_ceil(8), 256),
+                p,
+                || format!("tokens={tokens} m={m} experts={e} policy rows"),
+            )
+        }
+    }
+}
+
 /// Tokens from which the router runs one warp per token
 /// (`router_softmax_rows`, at most [`ROUTER_ROWS_MAX_E`] experts). Below,
 /// one block per token takes a token's logits in one memory round trip
