@@ -30,21 +30,74 @@
 
 namespace {
 
-// The experts token t chose, as a bit mask (experts outside [0, e) ignored),
-// from its `sel` row (count, k experts, k weight bits); 0 past `tokens`.
-__device__ __forceinline__ unsigned long long chosen_mask(const int* __restrict__ sel, int sw, int k, int t,
-                                                          int tokens, int e) {
-    unsigned long long mask = 0ull;
+// Token t's `sel` row (count, k experts, k weight bits), its first
+// SEL_REGS experts and weights in registers: loaded at once (one memory
+// round trip where reading entries as they are needed took several);
+// entries past SEL_REGS (k > SEL_REGS) are read from the row when asked.
+constexpr int SEL_REGS = 4;
+struct SelRow {
+    const int* row;  // null past `tokens`
+    int k, ns;       // ns: the count clamped to 0..k
+    int q[SEL_REGS];
+    float w[SEL_REGS];
+};
+
+__device__ __forceinline__ SelRow load_sel_row(const int* __restrict__ sel, int sw, int k, int t, int tokens) {
+    SelRow s;
+    s.row = nullptr;
+    s.k = k;
+    s.ns = 0;
+#pragma unroll
+    for (int i = 0; i < SEL_REGS; ++i) {
+        s.q[i] = -1;
+        s.w[i] = 0.f;
+    }
     if (t < tokens) {
-        const int* row = sel + (size_t)t * sw;
-        int ns = row[0];
-        ns = ns < 0 ? 0 : (ns > k ? k : ns);
-        for (int i = 0; i < ns; ++i) {
-            const int q = row[1 + i];
-            if (q >= 0 && q < e) mask |= 1ull << q;
-        }
+        s.row = sel + (size_t)t * sw;
+        const int n0 = s.row[0];
+#pragma unroll
+        for (int i = 0; i < SEL_REGS; ++i)
+            if (i < k) {
+                s.q[i] = s.row[1 + i];
+                s.w[i] = __int_as_float(s.row[1 + k + i]);
+            }
+        s.ns = n0 < 0 ? 0 : (n0 > k ? k : n0);
+    }
+    return s;
+}
+
+// The experts a row chose, as a bit mask (experts outside [0, e) ignored).
+__device__ __forceinline__ unsigned long long chosen_mask(const SelRow& s, int e) {
+    unsigned long long mask = 0ull;
+#pragma unroll
+    for (int i = 0; i < SEL_REGS; ++i)
+        if (i < s.ns && s.q[i] >= 0 && s.q[i] < e) mask |= 1ull << s.q[i];
+    for (int i = SEL_REGS; i < s.ns; ++i) {
+        const int q = s.row[1 + i];
+        if (q >= 0 && q < e) mask |= 1ull << q;
     }
     return mask;
+}
+
+// The weight of expert q in a row: the entry of the row naming q (the first
+// among the row's count), 0 if none.
+__device__ __forceinline__ float chosen_weight(const SelRow& s, int q) {
+    // (no early return from the unrolled loop: ptxas then indexed w in
+    // local memory)
+    float wt = 0.f;
+    bool found = false;
+#pragma unroll
+    for (int i = 0; i < SEL_REGS; ++i)
+        if (!found && i < s.ns && s.q[i] == q) {
+            wt = s.w[i];
+            found = true;
+        }
+    for (int i = SEL_REGS; !found && i < s.ns; ++i)
+        if (s.row[1 + i] == q) {
+            wt = __int_as_float(s.row[1 + s.k + i]);
+            found = true;
+        }
+    return wt;
 }
 
 __device__ __forceinline__ unsigned lanemask_lt() {
@@ -55,9 +108,10 @@ __device__ __forceinline__ unsigned lanemask_lt() {
 
 }  // namespace
 
-// One block of 32 threads per token (one warp: select_warp's scratch is
-// per block): the token's logits (logits[tok], fp32, written by the router
-// kernel, router.cu's router_softmax, just before) and latencies
+// One block of 32 threads per token (below the token counts where
+// router.cu's router_policy_rows runs the policy in the router's launch):
+// the token's logits (logits[tok], fp32, written by the router kernel,
+// router.cu's router_softmax, just before) and latencies
 // (lat[tok * e + q] in device memory, or pa.lat[q] when lat is null), then
 // wdmoe-core's softmax and `select` (token_policy); the choice to
 // sel[tok * sw ..]: count, then pa.k experts, then pa.k fp32 weight bits
@@ -95,8 +149,9 @@ extern "C" __global__ void route_policy(const float* __restrict__ logits, int e,
 //           over experts), offsets[e] = all rows;
 //   pass 2: per chunk, token t's row for each expert q it chose = the rows
 //           of q taken by earlier chunks + those of earlier warps of this
-//           chunk + the lanes below t in its warp: idx[r] = t, and for the
-//           j-th of t's experts in expert order slot[t * e + j] = r,
+//           chunk (a scan over the warps) + the lanes below t in its warp:
+//           idx[r] = t, and for the j-th of t's experts in expert order
+//           slot[t * e + j] = r,
 //           w[t * e + j] = its weight; the rest of t's e entries -1 and 0
 //           (the host's RowTables encoding). rows_cap: entries of idx (rows
 //           >= rows_cap are never written).
@@ -105,14 +160,14 @@ extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
     route_sort(const int* __restrict__ sel, int sw, int tokens, int e, int* __restrict__ offsets,
                int* __restrict__ idx, int rows_cap, int* __restrict__ slot, float* __restrict__ w) {
     __shared__ int s_warp[ROUTE_SORT_THREADS / 32][WDMOE_MAX_SLOTS];
-    __shared__ int s_run[WDMOE_MAX_SLOTS + 1];
+    __shared__ int s_run[WDMOE_MAX_SLOTS + 1], s_chunk[WDMOE_MAX_SLOTS];
     if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_SORT_THREADS) return;  // uniform
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ROUTE_SORT_THREADS / 32;
     const int k = (sw - 1) / 2;
     for (int q = threadIdx.x; q <= e; q += blockDim.x) s_run[q] = 0;
     __syncthreads();
     for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
-        const unsigned long long mask = chosen_mask(sel, sw, k, c0 + threadIdx.x, tokens, e);
+        const unsigned long long mask = chosen_mask(load_sel_row(sel, sw, k, c0 + threadIdx.x, tokens), e);
         for (int q = 0; q < e; ++q) {
             const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
             if (lane == 0 && b) atomicAdd(&s_run[q], __popc(b));
@@ -132,27 +187,31 @@ extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
     for (int q = threadIdx.x; q <= e; q += blockDim.x) offsets[q] = s_run[q];
     for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
         const int t = c0 + threadIdx.x;
-        const unsigned long long mask = chosen_mask(sel, sw, k, t, tokens, e);
+        const SelRow sr = load_sel_row(sel, sw, k, t, tokens);
+        const unsigned long long mask = chosen_mask(sr, e);
         for (int q = 0; q < e; ++q) {
             const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
             if (lane == 0) s_warp[warp][q] = __popc(b);
         }
         __syncthreads();
-        const int* row = sel + (size_t)t * sw;
+        // Per expert: the rows of the warps before each (an exclusive scan
+        // over the warps, in place), the chunk's total beside.
+        if (threadIdx.x < e) {
+            int run = 0;
+            for (int v = 0; v < nw; ++v) {
+                const int n = s_warp[v][threadIdx.x];
+                s_warp[v][threadIdx.x] = run;
+                run += n;
+            }
+            s_chunk[threadIdx.x] = run;
+        }
+        __syncthreads();
         int j = 0;
         for (int q = 0; q < e; ++q) {
             const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
             if (!((mask >> q) & 1ull)) continue;
-            int r = s_run[q] + __popc(b & lanemask_lt());
-            for (int v = 0; v < warp; ++v) r += s_warp[v][q];
-            // Its weight: the entry of the row naming q (among the row's count).
-            const int ns = row[0] < k ? row[0] : k;
-            float wt = 0.f;
-            for (int i = 0; i < ns; ++i)
-                if (row[1 + i] == q) {
-                    wt = __int_as_float(row[1 + k + i]);
-                    break;
-                }
+            const int r = s_run[q] + s_warp[warp][q] + __popc(b & lanemask_lt());
+            const float wt = chosen_weight(sr, q);
             if (r >= 0 && r < rows_cap) {
                 idx[r] = t;
                 slot[(size_t)t * e + j] = r;
@@ -168,11 +227,7 @@ extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
                 w[(size_t)t * e + j] = 0.f;
             }
         __syncthreads();  // every token read s_run and s_warp
-        if (threadIdx.x < e) {
-            int n = 0;
-            for (int v = 0; v < nw; ++v) n += s_warp[v][threadIdx.x];
-            s_run[threadIdx.x] += n;
-        }
+        if (threadIdx.x < e) s_run[threadIdx.x] += s_chunk[threadIdx.x];
         __syncthreads();
     }
 }

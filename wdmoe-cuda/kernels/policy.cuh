@@ -177,12 +177,19 @@ __device__ int select_from_probs(const double* p, int e, const PolicyArgs& pa, c
 // experts rank before q), the WLR of each member of S by its own lane (they
 // do not change between drop rounds: p_max and t_min are fixed), the drop
 // rounds and order-dependent sums by lane 0 in the host's order, the weight
-// divisions by one lane each. p, lat: shared; sc: shared scratch of
+// divisions by one lane each; its own scalars in shared memory are per
+// warp, so that each warp of a block may run a token. p, lat: shared; sc: shared scratch of
 // 3 x WDMOE_MAX_SLOTS ints (order, then r as doubles); out: a `sel` row.
 __device__ void select_warp(const double* p, const double* lat, int e, const PolicyArgs& pa, int lane, int* order,
                             double* r, int* out) {
-    __shared__ double s_pmax, s_tmin, s_total;
-    __shared__ int s_ns;
+    // (one slot per warp: a block may run one token per warp)
+    __shared__ double sh_pmax[32], sh_tmin[32], sh_total[32];
+    __shared__ int sh_ns[32];
+    const int wi = threadIdx.x >> 5;
+    double& s_pmax = sh_pmax[wi];
+    double& s_tmin = sh_tmin[wi];
+    double& s_total = sh_total[wi];
+    int& s_ns = sh_ns[wi];
     if (lane < e) {
         int rank = 0;
         for (int j = 0; j < e; ++j) rank += ranks_before(p, j, lane);
