@@ -95,11 +95,9 @@ struct PackedParams {
     int splits;             // slices of k (> 1 only with PO_F32_ADD: atomic adds)
     int ext_cols;           // > 0: the token tiles of a plain/extended pair of launches (below)
     // Fitted token tiles (fit_hi > 0): each group's tiles take the width
-    // chain_tiles gives it (widths fit_lo..fit_hi in steps of fit_step; a
-    // group that ext_cols > 0 extra columns save a whole tile takes
-    // fit_hi-token tiles, extended as a pair's), one launch per width
-    // (below); follower = 1: not the first launch of such a chain.
-    int fit_lo, fit_hi, follower, fit_step;
+    // fit_tiles gives it, one launch per width (below); follower = 1: not
+    // the first launch of such a chain.
+    int fit_lo, fit_hi, follower;
     // PO_QKV_ROPE (the model's q|k|v projection of a prompt chunk, rows =
     // (heads + 2 kv_heads) x 128: one head per row block): q rotated into
     // q_out ([tokens][heads 128] fp32), k rotated and v into this layer's
@@ -108,7 +106,7 @@ struct PackedParams {
     unsigned long long q_out, k_cache, v_cache, rope;
     int start, heads, kv_heads, max_seq;
 };
-static_assert(sizeof(PackedParams) == 904, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
+static_assert(sizeof(PackedParams) == 896, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
 
 #include "wgmma_ra.cuh"
 
@@ -125,39 +123,26 @@ __device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
 }
 
 // Fitted token tiles, a chain of launches. A group of n rows takes
-// t = ceil(n / hi) tiles of ceil(n / t) tokens rounded up to a multiple of
-// `step`, at least lo (then t = ceil(n / lo)): with gate/up's 128..160 in
-// steps of 8, an expert of 520 rows takes 4 tiles of 136 instead of 5 of
-// 128. With xc > 0 (the down GEMM: 128..256 in steps of 32, extension 32),
-// a group whose rows fit one tile fewer of hi + xc tokens takes those
-// instead, extended as a pair's (below: the extended ones first): an
-// extended tile costs a little more than a plain one, a whole tile more
-// (however narrow) much more. Returns (tiles, tokens per tile, extended
-// tiles among them). Each launch of the chain is one width's instantiation
-// (the extended tiles: the EXT one) and runs the groups' tiles of that
-// width. The first launch waits for the inputs before it lets the next one
-// start; the others skip that wait (the inputs are ready) and wait for
-// their predecessor before they exit, so that the next kernel sees every
-// launch's output. A column costs about the same at every width of gate/up
-// (H200, E1: 4 tiles of 144 at 576 rows per expert 1,785 us against 5 of
-// 128 1,947; 4 of 160 at 640 rows 1,962 against 5 of 128 1,978), so its
-// chain gains what the padding cost; the down GEMM's narrow tiles cost
-// more per column (its weights, the streamed operand, cost the same at any
-// width) but less than a whole 256-token tile. The host mirrors the rule:
-// prefill::packed_launch::chain_tiles.
-__device__ __forceinline__ int3 chain_tiles(int n, int lo, int hi, int step, int xc) {
-    if (n <= 0) return make_int3(0, lo, 0);
+// t = ceil(n / hi) tiles of ceil(n / t) tokens rounded up to 8, at least lo
+// (then t = ceil(n / lo)): an expert of 520 rows takes 4 tiles of 136
+// instead of 5 of 128. Each launch of the chain is one width's
+// instantiation and runs the groups of that width. The first launch waits
+// for the inputs before it lets the next one start; the others skip that
+// wait (the inputs are ready) and wait for their predecessor before they
+// exit, so that the next kernel sees every launch's output. A column costs
+// about the same at every width (H200, E1: 4 tiles of 144 at 576 rows per
+// expert 1,785 us against 5 of 128 1,947; 4 of 160 at 640 rows 1,962
+// against 5 of 128 1,978), so the chain gains what the padding cost (the
+// host mirrors the rule: prefill::packed_launch::fit_tiles).
+__device__ __forceinline__ int2 fit_tiles(int n, int lo, int hi) {
+    if (n <= 0) return make_int2(0, lo);
     int t = (n + hi - 1) / hi;
-    if (xc > 0) {
-        const int te = (n + hi + xc - 1) / (hi + xc);
-        if (te < t) return make_int3(te, hi, (n - te * hi + xc - 1) / xc);
-    }
-    int w = ((n + t - 1) / t + step - 1) / step * step;
+    int w = ((n + t - 1) / t + 7) / 8 * 8;
     if (w < lo) {
         w = lo;
         t = (n + lo - 1) / lo;
     }
-    return make_int3(t, w, 0);
+    return make_int2(t, w);
 }
 
 // Extended token tiles, a pair of launches. With p.ext_cols = X > 0 a
@@ -182,10 +167,10 @@ template <int BN, int STAGES, int KIND, int OUT, int EXT>
 __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const TensorMap& tx_ext, const PackedParams& p) {
 #ifdef WDMOE_SM90A
     static_assert(EXT == 0 || OUT == PO_H16, "extended tiles store through the fp16 pair epilogue");
-    // A launch of a chain of fitted widths.
-    const bool fit = p.fit_hi > 0 && p.fit_lo > 0 && p.fit_step > 0;
+    // A launch of a chain of fitted widths (no extended tiles then).
+    const bool fit = EXT == 0 && p.fit_hi > 0 && p.fit_lo > 0;
     // Columns of the extended tiles; 0: every tile plain (one launch).
-    const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 ? p.ext_cols : 0);
+    const int xc = EXT > 0 ? EXT : (p.ext_cols > 0 && !fit ? p.ext_cols : 0);
     // A later launch of a pair or a chain: its inputs are ready (the first
     // launch waited for them), and it waits for its predecessor at its end.
     const bool follower = EXT > 0 || p.follower;
@@ -222,9 +207,8 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     // group; a chain's launch takes the groups of its width.
     auto launch_tiles = [&](int n) {
         if (fit) {
-            const int3 c = chain_tiles(n, p.fit_lo, p.fit_hi, p.fit_step, xc);
-            if (EXT > 0) return make_int2(c.z, 0);
-            return make_int2(c.y == BN ? c.x - c.z : 0, c.z);
+            const int2 tw = fit_tiles(n, p.fit_lo, p.fit_hi);
+            return make_int2(tw.y == BN ? tw.x : 0, 0);
         }
         const int ntt = (n + BN + xc - 1) / (BN + xc);
         const int n_ext = ext_tiles<BN>(n, ntt, xc);
@@ -590,10 +574,6 @@ PACKED_KERNEL(packed_plain_n128, 128, 6, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_plain_n64, 64, 8, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_plain_n32, 32, 8, PK_PLAIN, PO_H16)
 PACKED_KERNEL(packed_pairs_n256, 256, 4, PK_PAIRS, PO_H16)
-// The down GEMM's fitted widths (with n128 and n256 and the extended n256x32).
-PACKED_KERNEL(packed_pairs_n224, 224, 4, PK_PAIRS, PO_H16)
-PACKED_KERNEL(packed_pairs_n192, 192, 4, PK_PAIRS, PO_H16)
-PACKED_KERNEL(packed_pairs_n160, 160, 4, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n128, 128, 6, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n64, 64, 8, PK_PAIRS, PO_H16)
 PACKED_KERNEL(packed_pairs_n32, 32, 8, PK_PAIRS, PO_H16)

@@ -161,6 +161,8 @@ extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
                int* __restrict__ idx, int rows_cap, int* __restrict__ slot, float* __restrict__ w) {
     __shared__ int s_warp[ROUTE_SORT_THREADS / 32][WDMOE_MAX_SLOTS];
     __shared__ int s_run[WDMOE_MAX_SLOTS + 1], s_chunk[WDMOE_MAX_SLOTS];
+    __shared__ int s_slot[ROUTE_SORT_THREADS][SEL_REGS], s_ns[ROUTE_SORT_THREADS];
+    __shared__ float s_wt[ROUTE_SORT_THREADS][SEL_REGS];
     if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_SORT_THREADS) return;  // uniform
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ROUTE_SORT_THREADS / 32;
     const int k = (sw - 1) / 2;
@@ -206,28 +208,47 @@ extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
             s_chunk[threadIdx.x] = run;
         }
         __syncthreads();
+        // The token's rows and weights in expert order: the first SEL_REGS
+        // to shared memory (written out below, coalesced), any more (k >
+        // SEL_REGS) straight to its slot and weight rows.
         int j = 0;
         for (int q = 0; q < e; ++q) {
             const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
             if (!((mask >> q) & 1ull)) continue;
-            const int r = s_run[q] + s_warp[warp][q] + __popc(b & lanemask_lt());
-            const float wt = chosen_weight(sr, q);
+            int r = s_run[q] + s_warp[warp][q] + __popc(b & lanemask_lt());
             if (r >= 0 && r < rows_cap) {
                 idx[r] = t;
-                slot[(size_t)t * e + j] = r;
             } else {
-                slot[(size_t)t * e + j] = -1;  // cannot happen: rows <= tokens x k <= rows_cap
+                r = -1;  // cannot happen: rows <= tokens x k <= rows_cap
             }
-            w[(size_t)t * e + j] = wt;
+            const float wt = chosen_weight(sr, q);
+            if (j < SEL_REGS) {
+                s_slot[threadIdx.x][j] = r;
+                s_wt[threadIdx.x][j] = wt;
+            } else {
+                slot[(size_t)t * e + j] = r;
+                w[(size_t)t * e + j] = wt;
+            }
             ++j;
         }
-        if (t < tokens)
-            for (; j < e; ++j) {
-                slot[(size_t)t * e + j] = -1;
-                w[(size_t)t * e + j] = 0.f;
-            }
-        __syncthreads();  // every token read s_run and s_warp
+        s_ns[threadIdx.x] = j;
+        __syncthreads();  // every token read s_run and s_warp, and wrote its rows
         if (threadIdx.x < e) s_run[threadIdx.x] += s_chunk[threadIdx.x];
+        // The chunk's slot and weight rows (e entries a token, -1 and 0
+        // past its experts), consecutive threads on consecutive entries: one
+        // thread per token writing its own row took a 32-byte sector per
+        // entry and warp, the kernel's largest cost from one SM.
+        const int n_tok = min((int)blockDim.x, tokens - c0);
+        for (int i = threadIdx.x; i < n_tok * e; i += blockDim.x) {
+            const int tl = i / e, jj = i % e, ns = s_ns[tl];
+            if (jj >= ns) {
+                slot[(size_t)c0 * e + i] = -1;
+                w[(size_t)c0 * e + i] = 0.f;
+            } else if (jj < SEL_REGS) {
+                slot[(size_t)c0 * e + i] = s_slot[tl][jj];
+                w[(size_t)c0 * e + i] = s_wt[tl][jj];
+            }
+        }
         __syncthreads();
     }
 }

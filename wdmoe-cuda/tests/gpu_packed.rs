@@ -254,48 +254,6 @@ fn packed_fitted_widths_equal_plain_bitwise() {
     assert_eq!(diff, 0, "gate/up: fitted tiles differ");
 }
 
-/// The down GEMM's chain of fitted widths (128..=256 tokens in steps of
-/// 32, one launch per width, the 256 + 32 extended tiles where they save a
-/// whole tile) gives the same bits as 256-token tiles alone and as the
-/// plain/extended pair, on groups of every width (9: 128; 150 and 300:
-/// 160; 180: 192; 640: 224; 700: 256), of extended tiles (257, 520 and
-/// 576: one, one of two, two of two) and an empty group.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn packed_down_chain_equals_plain_bitwise() {
-    let gpu = gpu();
-    if !sm90(&gpu) {
-        return;
-    }
-    let s = seed();
-    let counts: &[usize] = &[9, 150, 180, 0, 640, 257, 300, 520, 576, 700];
-    let (m, m_h) = (128, 320);
-    let ex = experts(&gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, s);
-    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let rows: usize = counts.iter().sum();
-    let x = rand_dev(&gpu, rows * m, s ^ 0xd0, 1.0);
-    let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
-    let mut out = gpu.alloc::<f16>(rows * m).unwrap();
-    gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(256))
-        .unwrap();
-    let mut run = |d: u32| {
-        gpu.fill_u16(&mut out, NAN16).unwrap();
-        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, None, Some(d))
-            .unwrap();
-        host(&gpu, &out)
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<u64>>()
-    };
-    let (plain, pair, chain) = (run(256), run(288), run(0));
-    let written = |v: &[u64]| v.iter().all(|&b| f64::from_bits(b).is_finite());
-    assert!(written(&plain), "plain tiles left rows unwritten");
-    assert!(written(&chain), "the chain left rows unwritten");
-    let diff = |a: &[u64], b: &[u64]| a.iter().zip(b).filter(|(x, y)| x != y).count();
-    assert_eq!(diff(&plain, &pair), 0, "down: the pair differs");
-    assert_eq!(diff(&plain, &chain), 0, "down: the chain differs");
-}
-
 /// Median seconds of 10 calls of `f` after 3 warm-ups, CUDA events around
 /// each.
 fn median_s(gpu: &Gpu, f: &mut dyn FnMut()) -> f64 {

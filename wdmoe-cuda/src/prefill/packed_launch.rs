@@ -32,7 +32,6 @@ pub(crate) struct PackedParams {
     fit_lo: i32,
     fit_hi: i32,
     follower: i32,
-    fit_step: i32,
     q_out: u64,
     k_cache: u64,
     v_cache: u64,
@@ -42,7 +41,7 @@ pub(crate) struct PackedParams {
     kv_heads: i32,
     max_seq: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 904);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 896);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map, the
@@ -109,10 +108,10 @@ pub(crate) enum PackedOut {
 /// The instantiations of kernels/gemm_packed.cuh: (kind, output, tokens
 /// per tile, role, kernel, shared-memory stages). [`Role::Ext`] ones run
 /// the extended tiles of a plain/extended pair of launches, [`Role::Fit`]
-/// ones (with one-launch kernels of the chain's widths) a chain of
-/// fitted widths ([`FIT_CHAINS`], [`launch_packed`]).
+/// ones (with the one-launch kernel of [`FIT_LO`] tokens) a chain of
+/// fitted widths ([`launch_packed`]).
 #[rustfmt::skip]
-pub(crate) const PACKED_KERNELS: [PackedKernel; 31] = [
+pub(crate) const PACKED_KERNELS: [PackedKernel; 28] = [
     (PackedKind::Gated, PackedOut::H16, 128, Role::One, "packed_gated_n128", 4),
     (PackedKind::Gated, PackedOut::H16, 136, Role::Fit, "packed_gated_n136", 4),
     (PackedKind::Gated, PackedOut::H16, 144, Role::Fit, "packed_gated_n144", 4),
@@ -125,9 +124,6 @@ pub(crate) const PACKED_KERNELS: [PackedKernel; 31] = [
     (PackedKind::Plain, PackedOut::H16, 64, Role::One, "packed_plain_n64", 8),
     (PackedKind::Plain, PackedOut::H16, 32, Role::One, "packed_plain_n32", 8),
     (PackedKind::Pairs, PackedOut::H16, 256, Role::One, "packed_pairs_n256", 4),
-    (PackedKind::Pairs, PackedOut::H16, 224, Role::Fit, "packed_pairs_n224", 4),
-    (PackedKind::Pairs, PackedOut::H16, 192, Role::Fit, "packed_pairs_n192", 4),
-    (PackedKind::Pairs, PackedOut::H16, 160, Role::Fit, "packed_pairs_n160", 4),
     (PackedKind::Pairs, PackedOut::H16, 128, Role::One, "packed_pairs_n128", 6),
     (PackedKind::Pairs, PackedOut::H16, 64, Role::One, "packed_pairs_n64", 8),
     (PackedKind::Pairs, PackedOut::H16, 32, Role::One, "packed_pairs_n32", 8),
@@ -324,105 +320,50 @@ fn ext_sibling(kind: PackedKind, out: PackedOut, bn: u32) -> Option<(u32, &'stat
         .map(|k| (k.3.ext_cols(), k.4, k.5))
 }
 
+/// Whether `(kind, out)` has fitted widths beside its [`FIT_LO`]-token
+/// kernel (the table's [`Role::Fit`] rows: gate/up's).
+fn has_fitted(kind: PackedKind, out: PackedOut) -> bool {
+    PACKED_KERNELS
+        .iter()
+        .any(|k| k.0 == kind && k.1 == out && k.3 == Role::Fit)
+}
+
 /// Whether the FFN's widest tiles run as a plain/extended pair of launches
 /// (default) or as one launch of plain tiles (`WDMOE_PACKED_EXT=0`:
-/// comparisons), where no chain of fitted widths runs them.
+/// comparisons).
 fn ext_tiles_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::model::env_switch(&ON, "WDMOE_PACKED_EXT", "0")
 }
 
-/// A chain of fitted token tiles ([`chain_tiles`]): one launch per width
-/// `lo..=hi` in steps of `step` (and one of extended tiles where `ext` >
-/// 0), for the GEMM of `kind` and `out` where its widest one-launch
-/// instantiation is picked (many rows per group).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FitChain {
-    kind: PackedKind,
-    out: PackedOut,
-    pub(crate) lo: u32,
-    pub(crate) hi: u32,
-    pub(crate) step: u32,
-    /// Extension columns of `hi`-token tiles (the [`Role::Ext`] sibling).
-    pub(crate) ext: u32,
-    /// Launch order: the widest first (down: its long tiles first, so that
-    /// the short ones fill the last wave), or the narrowest first (gate/up,
-    /// as run E1 measured it).
-    widest_first: bool,
-    /// The environment switch that turns the chain off (`NAME=0`:
-    /// comparisons).
-    switch: &'static str,
+/// Whether the experts' gate/up GEMM fits its token tiles to each expert's
+/// rows (default: a chain of launches, [`fit_tiles`]) or runs one launch of
+/// 128-token tiles (`WDMOE_PACKED_FIT=0`: comparisons).
+fn fit_tiles_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::model::env_switch(&ON, "WDMOE_PACKED_FIT", "0")
 }
 
-/// The chains of fitted widths: the experts' gate/up GEMM (128..=160
-/// tokens in steps of 8: a column costs about the same at each width, run
-/// E1) and down GEMM (128..=256 in steps of 32, with the 256 + 32 extended
-/// tiles where they save a whole tile; its narrow tiles cost more per
-/// column, since the weights stream through shared memory at any width,
-/// but less than a whole 256-token tile).
-pub(crate) const FIT_CHAINS: [FitChain; 2] = [
-    FitChain {
-        kind: PackedKind::Gated,
-        out: PackedOut::H16,
-        lo: 128,
-        hi: 160,
-        step: 8,
-        ext: 0,
-        widest_first: false,
-        switch: "WDMOE_PACKED_FIT",
-    },
-    FitChain {
-        kind: PackedKind::Pairs,
-        out: PackedOut::H16,
-        lo: 128,
-        hi: 256,
-        step: 32,
-        ext: 32,
-        widest_first: true,
-        switch: "WDMOE_DOWN_FIT",
-    },
-];
-
-/// The chain of `(kind, out)`, if it has one and its switch is on.
-fn fit_chain(kind: PackedKind, out: PackedOut) -> Option<FitChain> {
-    static ON: [std::sync::OnceLock<bool>; FIT_CHAINS.len()] =
-        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    FIT_CHAINS
-        .iter()
-        .zip(&ON)
-        .find(|(c, _)| c.kind == kind && c.out == out)
-        .filter(|(c, on)| crate::model::env_switch(on, c.switch, "0"))
-        .map(|(c, _)| *c)
-}
+/// The narrowest and widest fitted tile widths (tokens; every multiple of 8
+/// between them is instantiated).
+pub(crate) const FIT_LO: u32 = 128;
+/// See [`FIT_LO`].
+pub(crate) const FIT_HI: u32 = 160;
 
 /// Fitted token tiles of a group of `rows` rows (kernels/gemm_packed.cuh,
-/// `chain_tiles`, mirrored): (tiles, tokens per tile, extended tiles among
-/// them). ⌈rows / hi⌉ tiles of the rows' share rounded up to `step`
-/// tokens, at least `lo` (then ⌈rows / lo⌉ tiles); with `ext` > 0, where
-/// tiles of hi + ext tokens hold the rows in one tile fewer, those
-/// (`hi`-token tiles, as many extended as the rows need).
-pub(crate) fn chain_tiles(
-    rows: usize,
-    lo: usize,
-    hi: usize,
-    step: usize,
-    ext: usize,
-) -> (usize, usize, usize) {
+/// `fit_tiles`, mirrored): (tiles, tokens per tile). ⌈rows / hi⌉ tiles of
+/// the rows' share rounded up to 8 tokens, at least `lo` (then ⌈rows /
+/// lo⌉ tiles).
+pub(crate) fn fit_tiles(rows: usize, lo: usize, hi: usize) -> (usize, usize) {
     if rows == 0 {
-        return (0, lo, 0);
+        return (0, lo);
     }
     let t = rows.div_ceil(hi);
-    if ext > 0 {
-        let te = rows.div_ceil(hi + ext);
-        if te < t {
-            return (te, hi, (rows - te * hi).div_ceil(ext));
-        }
-    }
-    let w = rows.div_ceil(t).next_multiple_of(step);
+    let w = rows.div_ceil(t).next_multiple_of(8);
     if w < lo {
-        (rows.div_ceil(lo), lo, 0)
+        (rows.div_ceil(lo), lo)
     } else {
-        (t, w, 0)
+        (t, w)
     }
 }
 
@@ -443,8 +384,8 @@ enum Schedule {
     /// A plain launch of `bn` tokens, then the extended tiles (`bn` + the
     /// sibling's columns).
     Pair(u32),
-    /// A chain of launches, one per fitted width ([`chain_tiles`]).
-    Fit(FitChain),
+    /// A chain of launches, one per fitted width ([`fit_tiles`]).
+    Fit,
 }
 
 /// One launch of a schedule: its instantiation, its tokens per tile (the
@@ -515,40 +456,28 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                 },
             ]
         }
-        Schedule::Fit(c) => {
-            let (lo, hi, step, ext) = (
-                c.lo as usize,
-                c.hi as usize,
-                c.step as usize,
-                c.ext as usize,
-            );
-            let find = |bn: u32, x: u32| {
-                PACKED_KERNELS
+        Schedule::Fit => {
+            let (lo, hi) = (FIT_LO as usize, FIT_HI as usize);
+            let mut v = Vec::new();
+            for bn in (FIT_LO..=FIT_HI).step_by(8) {
+                let k = PACKED_KERNELS
                     .iter()
                     .find(|k| {
-                        k.0 == g.kind && k.1 == g.out_kind && k.2 == bn && k.3.ext_cols() == x
+                        k.0 == g.kind && k.1 == g.out_kind && k.2 == bn && k.3.ext_cols() == 0
                     })
                     .ok_or_else(|| Error::Unsupported {
                         op,
-                        detail: format!(
-                            "no fitted packed {:?} kernel of {bn} + {x} tokens",
-                            g.kind
-                        ),
-                    })
-            };
-            let mut widths: Vec<u32> = (c.lo..=c.hi).step_by(c.step as usize).collect();
-            if c.widest_first {
-                widths.reverse();
-            }
-            let mut v = Vec::new();
-            for bn in widths {
-                let k = find(bn, 0)?;
+                        detail: format!("no fitted packed {:?} kernel of {bn} tokens", g.kind),
+                    })?;
                 let b = bn as usize;
-                // (a hi-token launch runs the plain tiles of extended groups)
                 let tiles = count(
-                    &|n| match chain_tiles(n, lo, hi, step, ext) {
-                        (t, w, x) if w == b => t - x,
-                        _ => 0,
+                    &|c| {
+                        let (t, w) = fit_tiles(c, lo, hi);
+                        if w == b {
+                            t
+                        } else {
+                            0
+                        }
                     },
                     bn,
                 );
@@ -559,16 +488,6 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                     ext: 0,
                     token_tiles: tiles,
                 });
-                if bn == c.hi && c.ext > 0 {
-                    let k = find(bn, c.ext)?;
-                    v.push(Step {
-                        name: k.4,
-                        stages: k.5,
-                        bn,
-                        ext: c.ext,
-                        token_tiles: count(&|n| chain_tiles(n, lo, hi, step, ext).2, bn + c.ext),
-                    });
-                }
             }
             v
         }
@@ -599,18 +518,17 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
             .map_or(Schedule::One(want), |k| Schedule::Pair(k.2)),
         None => {
             let pick = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?.0;
-            // (the chain where the widest one-launch tiles are picked: many
-            // rows per group)
-            let widest = instantiations(g.kind, g.out_kind).last().map(|k| k.0);
-            match fit_chain(g.kind, g.out_kind) {
-                Some(c) if groups > 1 && Some(pick) == widest => Schedule::Fit(c),
-                _ if groups > 1
-                    && ext_tiles_default()
-                    && ext_sibling(g.kind, g.out_kind, pick).is_some() =>
-                {
-                    Schedule::Pair(pick)
-                }
-                _ => Schedule::One(pick),
+            if groups > 1 && ext_tiles_default() && ext_sibling(g.kind, g.out_kind, pick).is_some()
+            {
+                Schedule::Pair(pick)
+            } else if groups > 1
+                && pick == FIT_LO
+                && has_fitted(g.kind, g.out_kind)
+                && fit_tiles_default()
+            {
+                Schedule::Fit
+            } else {
+                Schedule::One(pick)
             }
         }
     };
@@ -635,7 +553,6 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         fit_lo: 0,
         fit_hi: 0,
         follower: 0,
-        fit_step: 0,
         q_out: rope.q_out,
         k_cache: rope.k_cache,
         v_cache: rope.v_cache,
@@ -645,9 +562,8 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         kv_heads: rope.kv_heads as i32,
         max_seq: rope.max_seq as i32,
     };
-    if let Schedule::Fit(c) = sched {
-        (p.fit_lo, p.fit_hi, p.fit_step) = (c.lo as i32, c.hi as i32, c.step as i32);
-        p.ext_cols = c.ext as i32;
+    if sched == Schedule::Fit {
+        (p.fit_lo, p.fit_hi) = (FIT_LO as i32, FIT_HI as i32);
     }
     p.w[..groups].copy_from_slice(g.w);
     match g.rows {
@@ -743,75 +659,29 @@ mod tests {
     use super::*;
 
     /// The fitted widths: values worked by hand, then every row count up
-    /// to 4,096 for both chains: the tiles hold the rows, a width is a
-    /// multiple of the step within [lo, hi], a tile wider than lo wastes
-    /// under one step of columns per tile, and extended tiles come only
-    /// where they save a whole tile.
+    /// to 4,096: the tiles hold the rows, a width is a multiple of 8
+    /// within [lo, hi], and a tile wider than lo wastes under 8 columns
+    /// per tile.
     #[test]
-    fn chain_tiles_cover_the_rows_with_little_waste() {
-        let gate = |n| chain_tiles(n, 128, 160, 8, 0);
-        assert_eq!(gate(0), (0, 128, 0));
-        assert_eq!(gate(9), (1, 128, 0));
-        assert_eq!(gate(130), (1, 136, 0));
-        assert_eq!(gate(200), (2, 128, 0));
-        assert_eq!(gate(447), (3, 152, 0));
-        assert_eq!(gate(512), (4, 128, 0));
-        assert_eq!(gate(520), (4, 136, 0));
-        assert_eq!(gate(1705), (11, 160, 0));
-        let down = |n| chain_tiles(n, 128, 256, 32, 32);
-        assert_eq!(down(9), (1, 128, 0));
-        assert_eq!(down(150), (1, 160, 0));
-        assert_eq!(down(256), (1, 256, 0));
-        assert_eq!(down(257), (1, 256, 1));
-        assert_eq!(down(300), (2, 160, 0));
-        assert_eq!(down(520), (2, 256, 1));
-        assert_eq!(down(576), (2, 256, 2));
-        assert_eq!(down(640), (3, 224, 0));
-        assert_eq!(down(1705), (6, 256, 6));
-        for c in FIT_CHAINS {
-            let (lo, hi, step, ext) = (
-                c.lo as usize,
-                c.hi as usize,
-                c.step as usize,
-                c.ext as usize,
-            );
-            for rows in 1..=4096 {
-                let (t, w, x) = chain_tiles(rows, lo, hi, step, ext);
-                assert!(t * w + x * ext >= rows, "{rows}: {t} x {w} + {x} x {ext}");
-                assert!(w % step == 0 && (lo..=hi).contains(&w), "{rows}: width {w}");
-                if x > 0 {
-                    assert!(w == hi && x <= t, "{rows}: {x} extended of {t} x {w}");
-                    assert!(t < rows.div_ceil(hi), "{rows}: extended tiles save none");
-                    assert!(t * w + x * ext - rows < ext, "{rows}: wastes an extension");
-                } else if w > lo {
-                    assert!(t * w - rows < step * t, "{rows}: {t} x {w} wastes too much");
-                    assert_eq!(t, rows.div_ceil(hi), "{rows}");
-                } else {
-                    assert_eq!(t, rows.div_ceil(lo), "{rows}");
-                }
-            }
-        }
-    }
-
-    /// Every chain's widths and extended tiles have their instantiation.
-    #[test]
-    fn fit_chains_have_their_kernels() {
-        for c in FIT_CHAINS {
-            for bn in (c.lo..=c.hi).step_by(c.step as usize) {
-                assert!(
-                    PACKED_KERNELS
-                        .iter()
-                        .any(|k| k.0 == c.kind && k.1 == c.out && k.2 == bn && k.3.ext_cols() == 0),
-                    "{c:?}: no {bn}-token kernel"
-                );
-            }
-            if c.ext > 0 {
-                assert_eq!(
-                    ext_sibling(c.kind, c.out, c.hi).map(|k| k.0),
-                    Some(c.ext),
-                    "{c:?}: no extended {}-token kernel",
-                    c.hi
-                );
+    fn fit_tiles_cover_the_rows_with_little_waste() {
+        let (lo, hi) = (FIT_LO as usize, FIT_HI as usize);
+        assert_eq!(fit_tiles(0, lo, hi), (0, 128));
+        assert_eq!(fit_tiles(9, lo, hi), (1, 128));
+        assert_eq!(fit_tiles(130, lo, hi), (1, 136));
+        assert_eq!(fit_tiles(200, lo, hi), (2, 128));
+        assert_eq!(fit_tiles(447, lo, hi), (3, 152));
+        assert_eq!(fit_tiles(512, lo, hi), (4, 128));
+        assert_eq!(fit_tiles(520, lo, hi), (4, 136));
+        assert_eq!(fit_tiles(1705, lo, hi), (11, 160));
+        for rows in 1..=4096 {
+            let (t, w) = fit_tiles(rows, lo, hi);
+            assert!(t * w >= rows, "{rows}: {t} x {w}");
+            assert!(w % 8 == 0 && (lo..=hi).contains(&w), "{rows}: width {w}");
+            if w > lo {
+                assert!(t * w - rows < 8 * t, "{rows}: {t} x {w} wastes too much");
+                assert_eq!(t, rows.div_ceil(hi), "{rows}");
+            } else {
+                assert_eq!(t, rows.div_ceil(lo), "{rows}");
             }
         }
     }
