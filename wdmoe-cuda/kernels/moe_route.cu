@@ -6,11 +6,13 @@
 //   route_policy  one warp per token: wdmoe-core's softmax and `select`
 //                 (the port in policy.cuh, shared with router.cu's decode
 //                 plan) on the logits; the token's choice to `sel`;
-//   route_sort    one block: how many rows each expert gets, the row offsets
-//                 (a scan over experts), then per token and chosen expert its
-//                 row in expert order (tokens in token order within an
-//                 expert: a stable counting sort), the row -> token table and
-//                 the combine tables;
+//   route_count   per tile of ROUTE_TILE tokens, how many rows each expert
+//                 gets (a histogram);
+//   route_scatter per tile, the scans of the counts (the row offsets of
+//                 each expert and of the tile's first row of it), then per
+//                 token and chosen expert its row in expert order (tokens in
+//                 token order within an expert: a stable counting sort), the
+//                 row -> token table and the combine tables;
 //   route_gather  the token rows of x in that order, up to the device's row
 //                 count.
 // The grouped GEMMs (ffn_prefill.cu) then read the row offsets from device
@@ -140,116 +142,137 @@ extern "C" __global__ void route_policy(const float* __restrict__ logits, int e,
     }
 }
 
-// The stable counting sort in one block of ROUTE_SORT_THREADS threads (one
-// launch where a histogram per tile, the scans and the scatter took three:
-// each was a few µs of launch and ramp for a few µs of work). Tokens go
-// through in chunks of blockDim, in order:
-//   pass 1: per expert, how many tokens chose it (warp ballots, shared
-//           counters); offsets[q] = expert q's first row (exclusive scan
-//           over experts), offsets[e] = all rows;
-//   pass 2: per chunk, token t's row for each expert q it chose = the rows
-//           of q taken by earlier chunks + those of earlier warps of this
-//           chunk (a scan over the warps) + the lanes below t in its warp:
-//           idx[r] = t, and for the j-th of t's experts in expert order
-//           slot[t * e + j] = r,
-//           w[t * e + j] = its weight; the rest of t's e entries -1 and 0
-//           (the host's RowTables encoding). rows_cap: entries of idx (rows
-//           >= rows_cap are never written).
-#define ROUTE_SORT_THREADS 1024
-extern "C" __global__ void __launch_bounds__(ROUTE_SORT_THREADS)
-    route_sort(const int* __restrict__ sel, int sw, int tokens, int e, int* __restrict__ offsets,
-               int* __restrict__ idx, int rows_cap, int* __restrict__ slot, float* __restrict__ w) {
-    __shared__ int s_warp[ROUTE_SORT_THREADS / 32][WDMOE_MAX_SLOTS];
-    __shared__ int s_run[WDMOE_MAX_SLOTS + 1], s_chunk[WDMOE_MAX_SLOTS];
-    __shared__ int s_slot[ROUTE_SORT_THREADS][SEL_REGS], s_ns[ROUTE_SORT_THREADS];
-    __shared__ float s_wt[ROUTE_SORT_THREADS][SEL_REGS];
-    if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_SORT_THREADS) return;  // uniform
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = ROUTE_SORT_THREADS / 32;
-    const int k = (sw - 1) / 2;
-    for (int q = threadIdx.x; q <= e; q += blockDim.x) s_run[q] = 0;
+// Tokens per tile of the counting sort (one thread per token: the block
+// size of route_count and route_scatter).
+#define ROUTE_TILE 256
+
+// The per-warp counts of a tile's tokens per expert: s_warp[w][q] = the
+// tokens of warp w that chose q (ballots; no atomics).
+__device__ __forceinline__ void tile_warp_counts(unsigned long long mask, int e, int (*s_warp)[WDMOE_MAX_SLOTS]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int q = 0; q < e; ++q) {
+        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+        if (lane == 0) s_warp[warp][q] = __popc(b);
+    }
+}
+
+// Histogram: counts[b * e + q] = tokens of tile b (tokens b * ROUTE_TILE ..)
+// that chose expert q. Block b = tile b, blockDim = ROUTE_TILE. Lets
+// route_scatter (launched as its programmatic dependent) start at once.
+extern "C" __global__ void __launch_bounds__(ROUTE_TILE)
+    route_count(const int* __restrict__ sel, int sw, int tokens, int e, int* __restrict__ counts) {
+    __shared__ int s_warp[ROUTE_TILE / 32][WDMOE_MAX_SLOTS];
+    griddep_launch_dependents();
+    if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_TILE) return;  // uniform
+    const int t = blockIdx.x * ROUTE_TILE + threadIdx.x;
+    tile_warp_counts(chosen_mask(load_sel_row(sel, sw, (sw - 1) / 2, t, tokens), e), e, s_warp);
     __syncthreads();
-    for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
-        const unsigned long long mask = chosen_mask(load_sel_row(sel, sw, k, c0 + threadIdx.x, tokens), e);
-        for (int q = 0; q < e; ++q) {
-            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-            if (lane == 0 && b) atomicAdd(&s_run[q], __popc(b));
+    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+        int n = 0;
+        for (int v = 0; v < ROUTE_TILE / 32; ++v) n += s_warp[v][q];
+        counts[(size_t)blockIdx.x * e + q] = n;
+    }
+}
+
+// Scatter (same grid as route_count, blockDim = ROUTE_TILE; launched as
+// route_count's programmatic dependent: it waits for the counts). Each
+// block first scans the counts itself (tiles x e ints): expert q's first
+// row (an exclusive scan over experts of the totals; block 0 writes them
+// to offsets, with offsets[e] = all rows) plus the rows of q in the tiles
+// before this one. Then for token t and each expert q it chose, its row r
+// = that base + the tokens before t in the tile that chose q (tokens in
+// order within an expert: a stable counting sort): idx[r] = t; and for the
+// j-th of t's experts in expert order slot[t * e + j] = r, w[t * e + j] =
+// its weight, the rest of t's e entries -1 and 0 (the host's RowTables
+// encoding), written from shared memory with consecutive threads on
+// consecutive entries (a thread per token writing its own row took a
+// 32-byte sector per entry and warp). rows_cap: entries of idx (rows >=
+// rows_cap are never written).
+extern "C" __global__ void __launch_bounds__(ROUTE_TILE)
+    route_scatter(const int* __restrict__ sel, int sw, int tokens, int e, const int* __restrict__ counts,
+                  int tiles, int* __restrict__ offsets, int* __restrict__ idx, int rows_cap,
+                  int* __restrict__ slot, float* __restrict__ w) {
+    __shared__ int s_warp[ROUTE_TILE / 32][WDMOE_MAX_SLOTS];
+    __shared__ int s_base[WDMOE_MAX_SLOTS], s_total[WDMOE_MAX_SLOTS + 1];
+    __shared__ int s_slot[ROUTE_TILE][SEL_REGS], s_ns[ROUTE_TILE];
+    __shared__ float s_wt[ROUTE_TILE][SEL_REGS];
+    if (e < 1 || e > WDMOE_MAX_SLOTS || blockDim.x != ROUTE_TILE) return;  // uniform
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = (sw - 1) / 2;
+    const int c0 = blockIdx.x * ROUTE_TILE, t = c0 + threadIdx.x;
+    // (the selections are older than route_count: read before the wait)
+    const SelRow sr = load_sel_row(sel, sw, k, t, tokens);
+    const unsigned long long mask = chosen_mask(sr, e);
+    tile_warp_counts(mask, e, s_warp);
+    griddep_wait();
+    for (int q = threadIdx.x; q < e; q += blockDim.x) {
+        int before = 0, total = 0;
+        for (int b = 0; b < tiles; ++b) {
+            const int n = counts[(size_t)b * e + q];
+            before += b < (int)blockIdx.x ? n : 0;
+            total += n;
         }
+        s_base[q] = before;
+        s_total[q] = total;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         int run = 0;
         for (int q = 0; q < e; ++q) {
-            const int n = s_run[q];
-            s_run[q] = run;
+            const int n = s_total[q];
+            s_total[q] = run;  // now expert q's first row
             run += n;
         }
-        s_run[e] = run;
+        s_total[e] = run;
+    }
+    // Per expert: the rows of the warps before each (an exclusive scan over
+    // the warps, in place).
+    if (threadIdx.x < e) {
+        int run = 0;
+        for (int v = 0; v < ROUTE_TILE / 32; ++v) {
+            const int n = s_warp[v][threadIdx.x];
+            s_warp[v][threadIdx.x] = run;
+            run += n;
+        }
     }
     __syncthreads();
-    for (int q = threadIdx.x; q <= e; q += blockDim.x) offsets[q] = s_run[q];
-    for (int c0 = 0; c0 < tokens; c0 += blockDim.x) {
-        const int t = c0 + threadIdx.x;
-        const SelRow sr = load_sel_row(sel, sw, k, t, tokens);
-        const unsigned long long mask = chosen_mask(sr, e);
-        for (int q = 0; q < e; ++q) {
-            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-            if (lane == 0) s_warp[warp][q] = __popc(b);
+    if (blockIdx.x == 0)
+        for (int q = threadIdx.x; q <= e; q += blockDim.x) offsets[q] = s_total[q];
+    // The token's rows and weights in expert order: the first SEL_REGS to
+    // shared memory (written out below), any more (k > SEL_REGS) straight
+    // to its slot and weight rows.
+    int j = 0;
+    for (int q = 0; q < e; ++q) {
+        const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
+        if (!((mask >> q) & 1ull)) continue;
+        int r = s_total[q] + s_base[q] + s_warp[warp][q] + __popc(b & lanemask_lt());
+        if (r >= 0 && r < rows_cap) {
+            idx[r] = t;
+        } else {
+            r = -1;  // cannot happen: rows <= tokens x k <= rows_cap
         }
-        __syncthreads();
-        // Per expert: the rows of the warps before each (an exclusive scan
-        // over the warps, in place), the chunk's total beside.
-        if (threadIdx.x < e) {
-            int run = 0;
-            for (int v = 0; v < nw; ++v) {
-                const int n = s_warp[v][threadIdx.x];
-                s_warp[v][threadIdx.x] = run;
-                run += n;
-            }
-            s_chunk[threadIdx.x] = run;
+        const float wt = chosen_weight(sr, q);
+        if (j < SEL_REGS) {
+            s_slot[threadIdx.x][j] = r;
+            s_wt[threadIdx.x][j] = wt;
+        } else {
+            slot[(size_t)t * e + j] = r;
+            w[(size_t)t * e + j] = wt;
         }
-        __syncthreads();
-        // The token's rows and weights in expert order: the first SEL_REGS
-        // to shared memory (written out below, coalesced), any more (k >
-        // SEL_REGS) straight to its slot and weight rows.
-        int j = 0;
-        for (int q = 0; q < e; ++q) {
-            const unsigned b = __ballot_sync(0xffffffffu, (mask >> q) & 1ull);
-            if (!((mask >> q) & 1ull)) continue;
-            int r = s_run[q] + s_warp[warp][q] + __popc(b & lanemask_lt());
-            if (r >= 0 && r < rows_cap) {
-                idx[r] = t;
-            } else {
-                r = -1;  // cannot happen: rows <= tokens x k <= rows_cap
-            }
-            const float wt = chosen_weight(sr, q);
-            if (j < SEL_REGS) {
-                s_slot[threadIdx.x][j] = r;
-                s_wt[threadIdx.x][j] = wt;
-            } else {
-                slot[(size_t)t * e + j] = r;
-                w[(size_t)t * e + j] = wt;
-            }
-            ++j;
+        ++j;
+    }
+    s_ns[threadIdx.x] = j;
+    __syncthreads();
+    const int n_tok = min(ROUTE_TILE, tokens - c0);
+    for (int i = threadIdx.x; i < n_tok * e; i += blockDim.x) {
+        const int tl = i / e, jj = i % e, ns = s_ns[tl];
+        if (jj >= ns) {
+            slot[(size_t)c0 * e + i] = -1;
+            w[(size_t)c0 * e + i] = 0.f;
+        } else if (jj < SEL_REGS) {
+            slot[(size_t)c0 * e + i] = s_slot[tl][jj];
+            w[(size_t)c0 * e + i] = s_wt[tl][jj];
         }
-        s_ns[threadIdx.x] = j;
-        __syncthreads();  // every token read s_run and s_warp, and wrote its rows
-        if (threadIdx.x < e) s_run[threadIdx.x] += s_chunk[threadIdx.x];
-        // The chunk's slot and weight rows (e entries a token, -1 and 0
-        // past its experts), consecutive threads on consecutive entries: one
-        // thread per token writing its own row took a 32-byte sector per
-        // entry and warp, the kernel's largest cost from one SM.
-        const int n_tok = min((int)blockDim.x, tokens - c0);
-        for (int i = threadIdx.x; i < n_tok * e; i += blockDim.x) {
-            const int tl = i / e, jj = i % e, ns = s_ns[tl];
-            if (jj >= ns) {
-                slot[(size_t)c0 * e + i] = -1;
-                w[(size_t)c0 * e + i] = 0.f;
-            } else if (jj < SEL_REGS) {
-                slot[(size_t)c0 * e + i] = s_slot[tl][jj];
-                w[(size_t)c0 * e + i] = s_wt[tl][jj];
-            }
-        }
-        __syncthreads();
     }
 }
 

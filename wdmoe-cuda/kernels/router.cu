@@ -11,6 +11,17 @@
 #include "moe_plan.cuh"
 #include "policy.cuh"
 
+// mma.sync m16n8k16 (fp16 in, fp32 accumulate): c += A B, A's fragment
+// a0..a3 (rows gid / gid + 8, k 2 tig.. / 2 tig + 8..), B's b0, b1.
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // sl[0..e) = the logits of token `tok` (dynamic shared memory: e logits,
 // then e x S partial sums). S warps per expert (S = warps / e, at least 1)
 // each take every S-th 16-byte chunk of the row: with 1 token the dot
@@ -154,68 +165,63 @@ extern "C" __global__ void router_softmax(const __half* __restrict__ x, const __
     }
 }
 
-// router_softmax for many tokens (a prompt chunk; no prefetch blocks): one
-// warp per token, 8 tokens per block, so that a block's warps share G
-// through L1 instead of each token's block reading all of G from L2 (one
+// router_softmax for many tokens (a prompt chunk; no prefetch blocks): 8
+// tokens per block (router_block_logits below), so that a block reads G
+// once instead of each token's block reading all of G from L2 (one
 // 1024-thread block per token ran a 2,048-token chunk at 45 µs per layer on
 // an H200). e <= ROUTER_ROWS_MAX_E. The logits are the same dot products
 // as router_softmax's, summed in another order (fp32).
 constexpr int ROUTER_ROWS_MAX_E = 8;
 
-// One token's logits by one warp (router_softmax_rows' and
-// router_policy_rows' order): on return every lane holds acc[q], the dot
-// product of x's row `tok` with G's row q < e, summed in fp32.
-__device__ __forceinline__ void router_warp_logits(const __half* __restrict__ x, const __half* __restrict__ g,
-                                                   int m, int e, int tok, int lane,
-                                                   float (&acc)[ROUTER_ROWS_MAX_E]) {
-    const int nc = m / 8;
-    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)tok * m);
-    const uint4* g4 = reinterpret_cast<const uint4*>(g);
-#pragma unroll
-    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) acc[q] = 0.f;
-    // B chunks of 16 bytes per lane and round, every load of a round (x and
-    // the rows of G) issued before the first product: a token costs m / 512
-    // memory round trips (the loop that loaded G one expert at a
-    // time, a `break` among its loads, ran 128 tokens in 51 µs on an H200
-    // under ncu, run B1). The chunks are summed in the same order as before.
-    constexpr int B = 2;
-    for (int c0 = lane; c0 < nc; c0 += 32 * B) {
-        uint4 xv[B], gv[B][ROUTER_ROWS_MAX_E];
-#pragma unroll
-        for (int b = 0; b < B; ++b) {
-            // Unconditional loads (clamped in range; a chunk past the row
-            // counts as x = 0, rows q >= e give sums nobody reads): no
-            // branch between them.
-            const int c = c0 + 32 * b, cc = min(c, nc - 1);
-            const uint4 xl = ld_nc_v4(xr + cc);
-            xv[b] = c < nc ? xl : make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-            for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) gv[b][q] = ld_nc_v4(g4 + (size_t)min(q, e - 1) * nc + cc);
-        }
-#pragma unroll
-        for (int b = 0; b < B; ++b) {
-            const __half2* xh = reinterpret_cast<const __half2*>(&xv[b]);
-            float2 xf[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) xf[j] = __half22float2(xh[j]);
-#pragma unroll
-            for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) {
-                const __half2* gh = reinterpret_cast<const __half2*>(&gv[b][q]);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const float2 gf = __half22float2(gh[j]);
-                    acc[q] = fmaf(xf[j].x, gf.x, acc[q]);
-                    acc[q] = fmaf(xf[j].y, gf.y, acc[q]);
-                }
-            }
-        }
+// The logits of a block's ROUTER_ROWS_WARPS tokens t0.. (router_softmax_rows'
+// and router_policy_rows' order) on tensor cores: mma.sync m16n8k16 with G's
+// rows as A (experts 0..7; rows 8..15 zero) and the tokens' x rows as B (8
+// tokens), fp32 accumulators; the reduction length split over the block's
+// warps by 32-column chunks (chunk c to warp c % 8), each lane loading 16
+// contiguous bytes of its G row and its token's x row per chunk (the same k
+// permutation for A and B: halves 0..3 feed the first k16 step, 4..7 the
+// second), and the warps' partial sums added in warp order through shared
+// memory. On return (after a __syncthreads) lg[t][q] holds token t0 + t's
+// logit of expert q < e. One warp per token did 16 FMAs and 8 conversions
+// per element of x: 25 µs for a 2,048-token prompt on an H200, issue-bound.
+constexpr int ROUTER_ROWS_WARPS = 8;
+struct RouterRowsSmem {
+    float part[ROUTER_ROWS_WARPS][ROUTER_ROWS_MAX_E][ROUTER_ROWS_WARPS];
+    float lg[ROUTER_ROWS_WARPS][ROUTER_ROWS_MAX_E];
+};
+__device__ __forceinline__ void router_block_logits(const __half* __restrict__ x, const __half* __restrict__ g,
+                                                    int m, int e, int t0, int tokens, RouterRowsSmem& sm) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int tok = t0 + gid;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const __half* grow = g + (size_t)gid * m;
+    const __half* xrow = x + (size_t)tok * m;
+    const bool g_ok = gid < e, x_ok = tok < tokens;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const int nch = (m + 31) / 32;
+    // (columns col..col+7 lie in the row whenever col < m: m % 8 == 0)
+#pragma unroll 4
+    for (int ch = warp; ch < nch; ch += ROUTER_ROWS_WARPS) {
+        const int col = ch * 32 + tig * 8;
+        const uint4 a = g_ok && col < m ? ld_nc_v4(reinterpret_cast<const uint4*>(grow + col)) : zero;
+        const uint4 b = x_ok && col < m ? ld_nc_v4(reinterpret_cast<const uint4*>(xrow + col)) : zero;
+        mma_16816(c, a.x, 0u, a.y, 0u, b.x, b.y);
+        mma_16816(c, a.z, 0u, a.w, 0u, b.z, b.w);
     }
+    // c[0], c[1]: expert gid, tokens 2 tig and 2 tig + 1 (c[2], c[3]: the
+    // zero rows).
+    sm.part[warp][gid][2 * tig] = c[0];
+    sm.part[warp][gid][2 * tig + 1] = c[1];
+    __syncthreads();
+    if (threadIdx.x < ROUTER_ROWS_MAX_E * ROUTER_ROWS_WARPS) {
+        const int q = threadIdx.x / ROUTER_ROWS_WARPS, t = threadIdx.x % ROUTER_ROWS_WARPS;
+        float v = 0.f;
 #pragma unroll
-    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) {
-        if (q >= e) break;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], o);
+        for (int w = 0; w < ROUTER_ROWS_WARPS; ++w) v += sm.part[w][q][t];
+        sm.lg[t][q] = v;
     }
+    __syncthreads();
 }
 
 // Lane 0 writes token tok's logits and fp32 softmax (router_softmax's).
@@ -239,24 +245,24 @@ __device__ __forceinline__ void router_warp_store(const float (&acc)[ROUTER_ROWS
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __half* __restrict__ x,
-                                                                      const __half* __restrict__ g, int m, int e,
-                                                                      float* __restrict__ logits,
-                                                                      float* __restrict__ probs,
-                                                                      float* __restrict__ zero, int zero_cols,
-                                                                      int tokens) {
+extern "C" __global__ void __launch_bounds__(32 * ROUTER_ROWS_WARPS) router_softmax_rows(
+    const __half* __restrict__ x, const __half* __restrict__ g, int m, int e, float* __restrict__ logits,
+    float* __restrict__ probs, float* __restrict__ zero, int zero_cols, int tokens) {
+    __shared__ RouterRowsSmem sm;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int tpb = blockDim.x >> 5;
-    const int t0 = blockIdx.x * tpb;
+    const int t0 = blockIdx.x * ROUTER_ROWS_WARPS;
     if (zero)
-        for (int i = threadIdx.x; i < tpb * zero_cols; i += blockDim.x) {
+        for (int i = threadIdx.x; i < ROUTER_ROWS_WARPS * zero_cols; i += blockDim.x) {
             const int tok = t0 + i / zero_cols;
             if (tok < tokens) zero[(size_t)tok * zero_cols + i % zero_cols] = 0.f;
         }
+    if (e < 1 || e > ROUTER_ROWS_MAX_E || blockDim.x != 32 * ROUTER_ROWS_WARPS) return;  // uniform
+    router_block_logits(x, g, m, e, t0, tokens, sm);
     const int tok = t0 + warp;
     if (tok >= tokens) return;
     float acc[ROUTER_ROWS_MAX_E];
-    router_warp_logits(x, g, m, e, tok, lane, acc);
+#pragma unroll
+    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) acc[q] = sm.lg[warp][q];
     router_warp_store(acc, e, tok, lane, logits, probs);
 }
 
@@ -266,7 +272,6 @@ extern "C" __global__ void __launch_bounds__(256) router_softmax_rows(const __ha
 // one launch instead of two for a prompt's device-routed step. lat: per
 // token latencies ([tokens][e] f64) or null for pa.lat; sel rows of sw =
 // 1 + 2 pa.k ints as route_policy writes them.
-constexpr int ROUTER_ROWS_WARPS = 8;
 extern "C" __global__ void __launch_bounds__(32 * ROUTER_ROWS_WARPS)
     router_policy_rows(const __half* __restrict__ x, const __half* __restrict__ g, int m, int e,
                        float* __restrict__ logits, float* __restrict__ probs, int tokens, const PolicyArgs pa,
@@ -276,11 +281,15 @@ extern "C" __global__ void __launch_bounds__(32 * ROUTER_ROWS_WARPS)
         s_w[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS], s_total[ROUTER_ROWS_WARPS];
     __shared__ int s_top[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS], s_s[ROUTER_ROWS_WARPS][WDMOE_MAX_SLOTS],
         s_sel[ROUTER_ROWS_WARPS][1 + 2 * WDMOE_MAX_SLOTS];
+    __shared__ RouterRowsSmem sm;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (e < 1 || e > ROUTER_ROWS_MAX_E || blockDim.x != 32 * ROUTER_ROWS_WARPS) return;  // uniform
+    router_block_logits(x, g, m, e, blockIdx.x * ROUTER_ROWS_WARPS, tokens, sm);
     const int tok = blockIdx.x * ROUTER_ROWS_WARPS + warp;
-    if (tok >= tokens || e < 1 || e > ROUTER_ROWS_MAX_E || blockDim.x != 32 * ROUTER_ROWS_WARPS) return;
+    if (tok >= tokens) return;
     float acc[ROUTER_ROWS_MAX_E];
-    router_warp_logits(x, g, m, e, tok, lane, acc);
+#pragma unroll
+    for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q) acc[q] = sm.lg[warp][q];
     router_warp_store(acc, e, tok, lane, logits, probs);
 #pragma unroll
     for (int q = 0; q < ROUTER_ROWS_MAX_E; ++q)

@@ -473,8 +473,8 @@ impl Router {
                 tokens: params.tokens,
             };
             // SAFETY: router_softmax_rows(const half*, const half*, int, int,
-            // float*, float*, float*, int, int) = RouterRows; warp t of
-            // block b takes token 8b + t < tokens: x row (tokens x m, m %
+            // float*, float*, float*, int, int) = RouterRows; block b takes
+            // tokens 8b.. < tokens (reads past them are skipped): x rows (tokens x m, m %
             // 8 == 0, 16-byte aligned, checked), G (e x m, e <= 8), its
             // logits/probs row and zero row (as router_softmax's, checked).
             return unsafe {
@@ -518,7 +518,7 @@ kernel_params! {
 
 impl Router {
     /// Whether [`Router::route_policy_rows`] takes `tokens` tokens: the
-    /// many-token shape of [`Router::route`] (one warp per token).
+    /// many-token shape of [`Router::route`] (8 tokens per block).
     pub(crate) fn policy_rows_fit(&self, tokens: usize) -> bool {
         tokens >= ROUTER_ROWS_MIN_TOKENS && self.experts <= ROUTER_ROWS_MAX_E
     }
@@ -580,9 +580,9 @@ impl Router {
         // SAFETY: router_policy_rows(const half* x, const half* g, int m, int
         // e, float* logits, float* probs, int tokens, PolicyArgs pa (by value,
         // repr(C) mirror), const double* lat, int* sel, int sw) =
-        // RouterPolicyRows; warp w of block b takes token 8b + w < tokens: its
-        // x row (tokens x m, m % 8 == 0, 16-byte aligned: checked), G (e x m,
-        // e <= 8), its logits/probs rows (tokens x e, checked), its lat row
+        // RouterPolicyRows; block b takes tokens 8b.. < tokens (reads past
+        // them are skipped), warp w token 8b + w: x rows (tokens x m, m % 8 ==
+        // 0, 16-byte aligned: checked), G (e x m, e <= 8), its logits/probs rows (tokens x e, checked), its lat row
         // (null or tokens x e doubles: the caller's check) and its sel row
         // (tokens x sw, checked); 256 threads as the kernel requires.
         unsafe {
@@ -597,13 +597,14 @@ impl Router {
     }
 }
 
-/// Tokens from which the router runs one warp per token
-/// (`router_softmax_rows`, at most [`ROUTER_ROWS_MAX_E`] experts). Below,
-/// one block per token takes a token's logits in one memory round trip
-/// where a warp takes m / 512: at 128 tokens the warp per token ran 23.6 µs
-/// (51 µs before its loads were batched) on an H200 under ncu (runs B1,
-/// B2), a few waves of the per-token blocks a few µs; at 2,048 tokens the
-/// per-token blocks ran 45 µs.
+/// Tokens from which the router runs 8 tokens per block
+/// (`router_softmax_rows`, at most [`ROUTER_ROWS_MAX_E`] experts; on
+/// tensor cores since run F5). Below, one block per token takes a token's
+/// logits in one memory round trip. The threshold was timed against the
+/// earlier warp per token: at 128 tokens it ran 23.6 µs (51 µs before its
+/// loads were batched) on an H200 under ncu (runs B1, B2), a few waves of
+/// the per-token blocks a few µs; at 2,048 tokens the per-token blocks ran
+/// 45 µs.
 pub(crate) const ROUTER_ROWS_MIN_TOKENS: usize = 1024;
 /// Most experts `router_softmax_rows` takes (ROUTER_ROWS_MAX_E in router.cu).
 pub(crate) const ROUTER_ROWS_MAX_E: usize = 8;

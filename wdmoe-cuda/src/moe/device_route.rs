@@ -1,8 +1,8 @@
 //! Device-side routing of the grouped (prefill) step, at any token count
 //! (kernels/moe_route.cu): the router and wdmoe-core's policy per token on
 //! the GPU (the port shared with the decode plan, kernels/policy.cuh), the
-//! per-expert token lists by a stable counting sort (one block: counts,
-//! the scan over experts, scatter), the rows gathered in expert order.
+//! per-expert token lists by a stable counting sort (histogram per tile of
+//! tokens; scans and scatter), the rows gathered in expert order.
 //! The tables it builds are the host's [`super::RowTables`] encoding entry for
 //! entry, so the grouped GEMMs (reading the row offsets on the device,
 //! [`crate::prefill::ffn_grouped_device`]) and the combine run unchanged.
@@ -22,9 +22,8 @@ use crate::plan::{PolicyArgs, MAX_SLOTS};
 use crate::router::Router;
 use crate::runtime::{addr, Gpu};
 
-/// Threads of the counting sort's one block (`ROUTE_SORT_THREADS` in
-/// moe_route.cu).
-const ROUTE_SORT_THREADS: u32 = 1024;
+/// Tokens per tile of the counting sort (`ROUTE_TILE` in moe_route.cu).
+pub const ROUTE_TILE: usize = 256;
 
 /// Ints per token of a `sel` row for top-`k`: count, `k` experts, `k` fp32
 /// weight bits.
@@ -124,11 +123,12 @@ pub(crate) fn route_select(
 }
 
 /// The device tables of a counting sort for up to `tokens` tokens, `experts`
-/// experts and `rows` rows: the row
+/// experts and `rows` rows: per-tile counts (scratch), the row
 /// offsets per expert (`experts + 1`), the token of each row in expert order
 /// (`idx`), and per token and its j-th expert in expert order the row and
 /// combine weight (`slot`, `wts`: `[tokens][experts]`, -1 / 0 where none).
 pub struct SortTables {
+    counts: DeviceBuffer<i32>,
     /// `experts + 1` row offsets (expert q: rows `offsets[q]..offsets[q+1]`).
     pub offsets: DeviceBuffer<i32>,
     /// Token of each row, rows in expert order (`rows` entries; past
@@ -163,7 +163,9 @@ impl SortTables {
                 format!("{tokens} tokens, {experts} experts (1..={MAX_SLOTS})"),
             ));
         }
+        let tiles = tokens.div_ceil(ROUTE_TILE).max(1);
         Ok(SortTables {
+            counts: gpu.alloc(tiles * experts)?,
             offsets: gpu.alloc(experts + 1)?,
             idx: gpu.alloc(rows)?,
             slot: gpu.alloc(tokens * experts)?,
@@ -191,16 +193,19 @@ impl SortTables {
 }
 
 kernel_params! {
-    struct RouteSort {
-        sel: u64, sw: i32, tokens: i32, e: i32, offsets: u64, idx: u64, rows_cap: i32,
-        slot: u64, w: u64,
+    struct RouteCount { sel: u64, sw: i32, tokens: i32, e: i32, counts: u64 }
+}
+kernel_params! {
+    struct RouteScatter {
+        sel: u64, sw: i32, tokens: i32, e: i32, counts: u64, tiles: i32, offsets: u64, idx: u64,
+        rows_cap: i32, slot: u64, w: u64,
     }
 }
 
 /// The stable counting sort of `tokens` tokens' selections (`sel`, rows of
-/// `sw` = [`sel_width`]`(k)` ints) over `t.experts()` experts into `t`: one
-/// launch of one block (counts, the scan over experts, the scatter),
-/// asynchronous. Rows:
+/// `sw` = [`sel_width`]`(k)` ints) over `t.experts()` experts into `t`: two
+/// launches (a histogram per tile; the scans and the scatter, as the
+/// first's programmatic dependent), asynchronous. Rows:
 /// experts in order, tokens in order within an expert; `slot`/`wts` as
 /// [`super::RowTables`]. Needs `tokens * k <= t.rows()` (every row fits).
 pub fn counting_sort(
@@ -232,30 +237,55 @@ pub fn counting_sort(
             ),
         ));
     }
-    let p = RouteSort {
+    let tiles = tokens.div_ceil(ROUTE_TILE);
+    let count = RouteCount {
         sel: addr(sel),
         sw: sw as i32,
         tokens: tokens as i32,
         e: e as i32,
+        counts: addr(&t.counts),
+    };
+    // SAFETY: route_count(const int* sel, int sw, int tokens, int e, int*
+    // counts) = RouteCount: sel holds tokens x sw ints (checked); block b
+    // reads rows of tokens < tokens only and writes counts[b * e .. + e),
+    // inside the tiles x e ints of t.counts (tiles <= t's tiles); blockDim =
+    // ROUTE_TILE as the kernel requires; e <= WDMOE_MAX_SLOTS.
+    unsafe {
+        gpu.launch(
+            &gpu.moe_route,
+            "route_count",
+            Shape::new(tiles as u32, ROUTE_TILE as u32),
+            count,
+            || format!("tokens={tokens} experts={e}"),
+        )?;
+    }
+    let scatter = RouteScatter {
+        sel: addr(sel),
+        sw: sw as i32,
+        tokens: tokens as i32,
+        e: e as i32,
+        counts: addr(&t.counts),
+        tiles: tiles as i32,
         offsets: addr(&t.offsets),
         idx: addr(&t.idx),
         rows_cap: t.rows as i32,
         slot: addr(&t.slot),
         w: addr(&t.wts),
     };
-    // SAFETY: route_sort(const int* sel, int sw, int tokens, int e, int*
-    // offsets, int* idx, int rows_cap, int* slot, float* w) = RouteSort:
-    // sel holds tokens x sw ints (checked) and is read only in rows <
-    // tokens; offsets holds e + 1 ints; the kernel writes idx only below
+    // SAFETY: route_scatter(const int* sel, int sw, int tokens, int e, const
+    // int* counts, int tiles, int* offsets, int* idx, int rows_cap, int*
+    // slot, float* w) = RouteScatter: sel as above; counts tiles x e; offsets
+    // e + 1 ints (block 0 writes them); the kernel writes idx only below
     // rows_cap = t.rows (its length), slot/w only in rows t < tokens of
-    // [tokens][e] (t holds t.tokens >= tokens rows); one block of
-    // ROUTE_SORT_THREADS as the kernel requires; e <= WDMOE_MAX_SLOTS.
+    // [tokens][e] (t holds t.tokens >= tokens rows); blockDim = ROUTE_TILE.
+    // PDL: it reads the counts only after griddepcontrol.wait (route_count
+    // complete), and before it only `sel`, written before route_count began.
     unsafe {
         gpu.launch(
             &gpu.moe_route,
-            "route_sort",
-            Shape::new(1u32, ROUTE_SORT_THREADS),
-            p,
+            "route_scatter",
+            Shape::new(tiles as u32, ROUTE_TILE as u32).pdl(true),
+            scatter,
             || format!("tokens={tokens} experts={e} rows={}", t.rows),
         )
     }
