@@ -86,11 +86,9 @@ struct CombineSrc {
 //
 // Two shapes: add_rmsnorm (1024 threads, NORM_REGS = 8 elements each in
 // registers) for a few rows, where one block's latency is the cost, and
-// add_rmsnorm_rows (256 threads) for many rows, where more blocks per SM
-// keep more loads in flight (1024-thread blocks ran a 2,048-row prompt at
-// 39 µs per launch on an H200): there rows of up to 4,096 elements take
-// add_rmsnorm_vec4 below (16-byte loads; 4 blocks per SM at most 64
-// registers a thread), others this body (NORM_REGS = 8).
+// add_rmsnorm_rows (256 threads, 16 each) for many rows, where 8 blocks
+// per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
+// prompt at 39 µs per launch on an H200).
 // The block's sum of each thread's v (warps first, then warp 0 over the
 // warps' sums), returned to every thread; red: 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -336,14 +334,14 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(float* __restrict
                                                                __half* __restrict__ out, int out_stride, int early) {
     add_rmsnorm_body<8>(resid, add, w, eps, d, out, out_stride, early);
 }
-extern "C" __global__ void __launch_bounds__(256, 4) add_rmsnorm_rows(float* __restrict__ resid,
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_rows(float* __restrict__ resid,
                                                                    const float* __restrict__ add,
                                                                    const float* __restrict__ w, float eps, int d,
                                                                    __half* __restrict__ out, int out_stride, int early) {
     if (norm_vec4_ok<false>(resid, add, w, d, out, out_stride, CombineSrc{}))
         add_rmsnorm_vec4<false>(resid, add, w, eps, d, out, out_stride, early, CombineSrc{});
     else
-        add_rmsnorm_body<8>(resid, add, w, eps, d, out, out_stride, early);
+        add_rmsnorm_body<16>(resid, add, w, eps, d, out, out_stride, early);
 }
 // The same with the deferred combine of a prompt's MoE step as `add`.
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_combine(float* __restrict__ resid, const CombineSrc cs,
@@ -352,7 +350,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm_combine(float* __
                                                                        int early) {
     add_rmsnorm_body<8, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
 }
-extern "C" __global__ void __launch_bounds__(256, 4) add_rmsnorm_combine_rows(float* __restrict__ resid,
+extern "C" __global__ void __launch_bounds__(256) add_rmsnorm_combine_rows(float* __restrict__ resid,
                                                                           const CombineSrc cs,
                                                                           const float* __restrict__ w, float eps,
                                                                           int d, __half* __restrict__ out,
@@ -360,7 +358,7 @@ extern "C" __global__ void __launch_bounds__(256, 4) add_rmsnorm_combine_rows(fl
     if (norm_vec4_ok<true>(resid, nullptr, w, d, out, out_stride, cs))
         add_rmsnorm_vec4<true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
     else
-        add_rmsnorm_body<8, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
+        add_rmsnorm_body<16, true>(resid, nullptr, w, eps, d, out, out_stride, early, cs);
 }
 
 // y[t][n] = (accumulate ? y[t][n] : 0) + Σ_k W[n][k] x[t][k] for t < T <= NT:
