@@ -86,9 +86,10 @@ struct CombineSrc {
 //
 // Two shapes: add_rmsnorm (1024 threads, NORM_REGS = 8 elements each in
 // registers) for a few rows, where one block's latency is the cost, and
-// add_rmsnorm_rows (256 threads, 16 each) for many rows, where 8 blocks
+// add_rmsnorm_rows (256 threads, 16 each) for many rows, where more blocks
 // per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
-// prompt at 39 µs per launch on an H200).
+// prompt at 39 µs per launch on an H200); there rows of up to 4,096
+// 16-byte aligned elements take add_rmsnorm_vec4 below instead.
 // The block's sum of each thread's v (warps first, then warp 0 over the
 // warps' sums), returned to every thread; red: 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* red) {

@@ -150,8 +150,8 @@ fn ffn_decode_combine_accumulates_weighted() {
 fn router_matches_cpu() {
     let gpu = gpu();
     let s = seed();
-    // From 1,024 tokens with at most 8 experts one warp per token
-    // (router_softmax_rows): 1,027 and 1,100 (partial blocks of 8), and 33
+    // From 1,024 tokens with at most 8 experts 8 tokens per block on tensor
+    // cores (router_softmax_rows): 1,027 and 1,100 (partial blocks of 8), and 33
     // experts at 1,030 tokens (one block per token still); below, one
     // block per token (67, 300).
     for (m, e, t) in [
