@@ -277,7 +277,7 @@ fn gpu_layer_device_policy_matches_host_policy() {
         for n in [1usize, 2, 5, 8, 9, 16] {
             let x: Vec<f32> = (0..n * m).map(|_| (r() * 2.0 - 1.0) as f32).collect();
             let per_token = r() < 0.5;
-            let lat: Vec<f64> = (0..if per_token { n * e } else { e })
+            let mut lat: Vec<f64> = (0..if per_token { n * e } else { e })
                 .map(|_| {
                     if r() < 0.1 {
                         f64::INFINITY
@@ -286,6 +286,14 @@ fn gpu_layer_device_policy_matches_host_policy() {
                     }
                 })
                 .collect();
+            // Every token reaches one expert at least (with none, both paths
+            // fail alike with NoReachableExpert: 1 draw in 1,000 at 3
+            // experts made this test fail about once in 50 runs).
+            for row in lat.chunks_mut(e) {
+                if row.iter().all(|t| t.is_infinite()) {
+                    row[0] = 0.01;
+                }
+            }
             let policy = Policy::new(1 + (r() * 3.0) as usize % e.min(3), r() * 0.5, 1).unwrap();
             assert!(layer.uses_device_policy(n, &lat));
             let reruns = layer.device_policy_mismatches();
