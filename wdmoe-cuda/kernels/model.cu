@@ -90,6 +90,20 @@ struct CombineSrc {
 // per SM keep more loads in flight (1024-thread blocks ran a 2,048-row
 // prompt at 39 µs per launch on an H200); there rows of up to 4,096
 // 16-byte aligned elements take add_rmsnorm_vec4 below instead.
+// A norm's wait for the kernel before it (which writes the residual). With
+// `early` the next kernel (a GEMV or GEMM, the router) may launch first and
+// start loading its weights meanwhile; it waits for this one before
+// reading x.
+__device__ __forceinline__ void norm_wait(int early) {
+    if (early) {
+        griddep_launch_dependents();
+        griddep_wait();
+    } else {
+        griddep_wait();
+        griddep_launch_dependents();
+    }
+}
+
 // The block's sum of each thread's v (warps first, then warp 0 over the
 // warps' sums), returned to every thread; red: 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -121,15 +135,7 @@ __device__ __forceinline__ void add_rmsnorm_body(float* __restrict__ resid, cons
             wv[j] = i < d ? w[i] : 0.f;
         }
     }
-    if (early) {
-        // The next kernel (a GEMV or GEMM, the router) may start loading
-        // its weights meanwhile; it waits for this one before reading x.
-        griddep_launch_dependents();
-        griddep_wait();
-    } else {
-        griddep_wait();
-        griddep_launch_dependents();
-    }
+    norm_wait(early);
     float* r = resid + (long long)blockIdx.x * d;
     const float* a = add ? add + (long long)blockIdx.x * d : nullptr;
     // (COMBINE: the token's top-k slots and weights)
@@ -251,13 +257,7 @@ __device__ __forceinline__ void add_rmsnorm_vec4(float* __restrict__ resid, cons
         const int i = threadIdx.x + j * bd;
         wv[j] = i < d4 ? reinterpret_cast<const float4*>(w)[i] : zero4;
     }
-    if (early) {
-        griddep_launch_dependents();
-        griddep_wait();
-    } else {
-        griddep_wait();
-        griddep_launch_dependents();
-    }
+    norm_wait(early);
     float4* r = reinterpret_cast<float4*>(resid + (long long)blockIdx.x * d);
 #pragma unroll
     for (int j = 0; j < VEC4_GROUPS; ++j) {

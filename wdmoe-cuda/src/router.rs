@@ -420,27 +420,7 @@ impl Router {
             None => (0u64, 0i32),
         };
         let (e, m) = (self.experts, self.m);
-        if tokens == 0
-            || x.len() < tokens * m
-            || logits_len < tokens * e
-            || probs.len() < tokens * e
-        {
-            return Err(shape(
-                OP,
-                format!(
-                    "tokens={tokens}, x {} (need {}), logits {} / probs {} (need {})",
-                    x.len(),
-                    tokens * m,
-                    logits_len,
-                    probs.len(),
-                    tokens * e
-                ),
-            ));
-        }
-        if tokens > i32::MAX as usize {
-            return Err(shape(OP, format!("tokens={tokens}")));
-        }
-        check_align(OP, "x", addr(x), 16)?;
+        self.check_rows(OP, x, tokens, logits_len, probs.len())?;
         let params = RouterSoftmax {
             x: addr(x),
             g: addr(&self.g),
@@ -517,6 +497,37 @@ kernel_params! {
 }
 
 impl Router {
+    /// The checks of a launch over `tokens` rows of `x` writing `logits_len`
+    /// logits and `probs_len` probabilities: at least one token (that
+    /// fits an i32), whole rows of x (16-byte aligned), `tokens x experts`
+    /// of each output.
+    fn check_rows(
+        &self,
+        op: &'static str,
+        x: &DeviceSlice<f16>,
+        tokens: usize,
+        logits_len: usize,
+        probs_len: usize,
+    ) -> Result<()> {
+        let (e, m) = (self.experts, self.m);
+        if tokens == 0 || x.len() < tokens * m || logits_len < tokens * e || probs_len < tokens * e
+        {
+            return Err(shape(
+                op,
+                format!(
+                    "tokens={tokens}, x {} (need {}), logits {logits_len} / probs {probs_len} (need {})",
+                    x.len(),
+                    tokens * m,
+                    tokens * e
+                ),
+            ));
+        }
+        if tokens > i32::MAX as usize {
+            return Err(shape(op, format!("tokens={tokens}")));
+        }
+        check_align(op, "x", addr(x), 16)
+    }
+
     /// Whether [`Router::route_policy_rows`] takes `tokens` tokens: the
     /// many-token shape of [`Router::route`] (8 tokens per block).
     pub(crate) fn policy_rows_fit(&self, tokens: usize) -> bool {
@@ -527,9 +538,9 @@ impl Router {
     /// and wdmoe-core's policy per token (the device port, as
     /// `route_policy` runs it) in one launch (`router_policy_rows`): each
     /// token's warp writes its `sel` row of `sw = 1 + 2 pa.k` ints. `lat`:
-    /// `[tokens][experts]` latencies on the device, or 0 for `pa.lat`. The
-    /// caller checks the buffers' sizes (`route_select`); this checks the
-    /// shape ([`Router::policy_rows_fit`]) and x's.
+    /// `[tokens][experts]` latencies on the device, or 0 for `pa.lat` (its
+    /// size checked by the caller, `route_select`); this checks the shape
+    /// ([`Router::policy_rows_fit`]) and the other buffers.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route_policy_rows(
         &self,
@@ -545,25 +556,17 @@ impl Router {
     ) -> Result<()> {
         const OP: &str = "Router::route_policy_rows";
         let (e, m) = (self.experts, self.m);
-        if !self.policy_rows_fit(tokens)
-            || tokens > i32::MAX as usize
-            || x.len() < tokens * m
-            || logits.len() < tokens * e
-            || probs.len() < tokens * e
-            || sel.len() < tokens * sw
-        {
+        self.check_rows(OP, x, tokens, logits.len(), probs.len())?;
+        if !self.policy_rows_fit(tokens) || sel.len() < tokens * sw {
             return Err(shape(
                 OP,
                 format!(
-                    "tokens={tokens} (>= {ROUTER_ROWS_MIN_TOKENS}), experts={e} (<= {ROUTER_ROWS_MAX_E}), x {} / logits {} / probs {} / sel {}",
-                    x.len(),
-                    logits.len(),
-                    probs.len(),
-                    sel.len()
+                    "tokens={tokens} (>= {ROUTER_ROWS_MIN_TOKENS}), experts={e} (<= {ROUTER_ROWS_MAX_E}), sel {} (need {})",
+                    sel.len(),
+                    tokens * sw
                 ),
             ));
         }
-        check_align(OP, "x", addr(x), 16)?;
         let p = RouterPolicyRows {
             x: addr(x),
             g: addr(&self.g),
