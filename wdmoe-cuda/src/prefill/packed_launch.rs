@@ -328,6 +328,19 @@ fn has_fitted(kind: PackedKind, out: PackedOut) -> bool {
         .any(|k| k.0 == kind && k.1 == out && k.3 == Role::Fit)
 }
 
+/// Waves of tiles the residual-add launches' k slices may fill: 1, or
+/// `WDMOE_SPLIT_WAVES` (3: about the rule before run F14, for comparisons).
+fn split_waves() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("WDMOE_SPLIT_WAVES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1)
+    })
+}
+
 /// Whether the FFN's widest tiles run as a plain/extended pair of launches
 /// (default) or as one launch of plain tiles (`WDMOE_PACKED_EXT=0`:
 /// comparisons).
@@ -575,13 +588,17 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         Rows::Device { offsets, .. } => p.dev_rows = offsets,
     }
     // Slices of k for the residual-add launches whose tiles alone would
-    // leave SMs idle (few tokens: the projections of short chunks): about 3
-    // waves of tiles, each slice at least 8 k blocks; their partial sums
-    // meet in the output by atomic adds.
+    // leave SMs idle (few tokens: the projections of short chunks): as many
+    // as one wave of tiles holds, each slice at least 8 k blocks; their
+    // partial sums meet in the output by atomic adds. A slice's tile costs
+    // a pipeline fill and an epilogue whatever its length: at 128 tokens
+    // the q|k|v projection (48 row blocks) ran 31 µs in 8 slices (384
+    // tiles, about 3 waves: the rule before run F14), 23.5 µs in 2 (96
+    // tiles), 26 µs in 3 (144: a second wave) on an H200 under ncu.
     if g.out_kind == PackedOut::F32Add {
         let kblocks = g.k / BK;
         let base = (steps[0].token_tiles * row_blocks).max(1);
-        let want = (3 * sms).div_ceil(base);
+        let want = (split_waves() * sms / base).max(1);
         p.splits = want.clamp(1, (kblocks / 8).max(1)) as i32;
     }
     let tiles: Vec<usize> = steps
