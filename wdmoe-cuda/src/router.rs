@@ -434,7 +434,9 @@ impl Router {
             pf_bases: pf,
             pf_bytes,
         };
-        if tokens >= ROUTER_ROWS_MIN_TOKENS && pf_blocks == 0 && e <= ROUTER_ROWS_MAX_E {
+        // (the same rule as route_policy_rows': a device-routed step's
+        // logits equal the host-routed one's bit for bit)
+        if self.rows_fit(tokens) && pf_blocks == 0 {
             kernel_params! {
                 struct RouterRows {
                     x: u64, g: u64, m: i32, e: i32, logits: u64, probs: u64,
@@ -454,9 +456,10 @@ impl Router {
             };
             // SAFETY: router_softmax_rows(const half*, const half*, int, int,
             // float*, float*, float*, int, int) = RouterRows; block b takes
-            // tokens 8b.. < tokens (reads past them are skipped): x rows (tokens x m, m %
-            // 8 == 0, 16-byte aligned, checked), G (e x m, e <= 8), its
-            // logits/probs row and zero row (as router_softmax's, checked).
+            // tokens 8b.. < tokens (reads past them are skipped): x rows
+            // (tokens x m, m % 8 == 0, 16-byte aligned, checked), G (e x m,
+            // e <= 8), their logits/probs rows and zero rows (as
+            // router_softmax's, checked).
             return unsafe {
                 gpu.launch(
                     &gpu.router,
@@ -528,9 +531,10 @@ impl Router {
         check_align(op, "x", addr(x), 16)
     }
 
-    /// Whether [`Router::route_policy_rows`] takes `tokens` tokens: the
-    /// many-token shape of [`Router::route`] (8 tokens per block).
-    pub(crate) fn policy_rows_fit(&self, tokens: usize) -> bool {
+    /// Whether `tokens` tokens take the many-token kernels (8 tokens per
+    /// block): [`Router::route`] without prefetch blocks, and
+    /// [`Router::route_policy_rows`].
+    pub(crate) fn rows_fit(&self, tokens: usize) -> bool {
         tokens >= ROUTER_ROWS_MIN_TOKENS && self.experts <= ROUTER_ROWS_MAX_E
     }
 
@@ -540,7 +544,7 @@ impl Router {
     /// token's warp writes its `sel` row of `sw = 1 + 2 pa.k` ints. `lat`:
     /// `[tokens][experts]` latencies on the device, or 0 for `pa.lat` (its
     /// size checked by the caller, `route_select`); this checks the shape
-    /// ([`Router::policy_rows_fit`]) and the other buffers.
+    /// ([`Router::rows_fit`]) and the other buffers.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route_policy_rows(
         &self,
@@ -557,7 +561,7 @@ impl Router {
         const OP: &str = "Router::route_policy_rows";
         let (e, m) = (self.experts, self.m);
         self.check_rows(OP, x, tokens, logits.len(), probs.len())?;
-        if !self.policy_rows_fit(tokens) || sel.len() < tokens * sw {
+        if !self.rows_fit(tokens) || sel.len() < tokens * sw {
             return Err(shape(
                 OP,
                 format!(
@@ -584,10 +588,11 @@ impl Router {
         // e, float* logits, float* probs, int tokens, PolicyArgs pa (by value,
         // repr(C) mirror), const double* lat, int* sel, int sw) =
         // RouterPolicyRows; block b takes tokens 8b.. < tokens (reads past
-        // them are skipped), warp w token 8b + w: x rows (tokens x m, m % 8 ==
-        // 0, 16-byte aligned: checked), G (e x m, e <= 8), its logits/probs rows (tokens x e, checked), its lat row
-        // (null or tokens x e doubles: the caller's check) and its sel row
-        // (tokens x sw, checked); 256 threads as the kernel requires.
+        // them are skipped), warp w token 8b + w: x rows (tokens x m, m % 8
+        // == 0, 16-byte aligned: checked), G (e x m, e <= 8), its
+        // logits/probs rows (tokens x e, checked), its lat row (null or
+        // tokens x e doubles: the caller's check) and its sel row (tokens x
+        // sw, checked); 256 threads as the kernel requires.
         unsafe {
             gpu.launch(
                 &gpu.router,

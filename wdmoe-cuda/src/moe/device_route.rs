@@ -41,9 +41,9 @@ kernel_params! {
 /// the router kernel of the host-routed step (`Router::route`: the same
 /// logits bit for bit, and the same fp32 softmax) into `logits` and `probs`
 /// (`[tokens][experts]`), then one warp per token runs the policy and writes
-/// its `sel` row of [`sel_width`]`(pa.k)` ints (one launch, the router's
-/// warp per token going on to the policy, where the router runs a warp per
-/// token: [`Router::policy_rows_fit`]; else two). `lat`: per-token latencies
+/// its `sel` row of [`sel_width`]`(pa.k)` ints (one launch where the router
+/// takes 8 tokens per block, [`Router::rows_fit`]: each warp goes on to its
+/// token's policy; else two). `lat`: per-token latencies
 /// (`[tokens][experts]` f64 on the device) or None for `pa.lat`.
 /// Asynchronous.
 #[allow(clippy::too_many_arguments)]
@@ -82,7 +82,7 @@ pub(crate) fn route_select(
             ),
         ));
     }
-    if router.policy_rows_fit(tokens) {
+    if router.rows_fit(tokens) {
         return router.route_policy_rows(
             gpu,
             x,
