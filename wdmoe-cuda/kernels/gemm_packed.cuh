@@ -105,14 +105,38 @@ struct PackedParams {
     // rope: [positions][64] (cos, sin) fp32 pairs.
     unsigned long long q_out, k_cache, v_cache, rope;
     int start, heads, kv_heads, max_seq;
+    // Stream-K for the last partial wave (stream_k.cuh; fp16 outputs of
+    // whole 128-row blocks, one k slice) where it holds at most sk % of a
+    // wave (0: never), with a workspace region (sk_ws: a float4 slot per
+    // block) and its flags (sk_sem: an int per block, zero between
+    // launches).
+    unsigned long long sk_ws, sk_sem;
+    int sk, sk_pad;
 };
-static_assert(sizeof(PackedParams) == 896, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
+static_assert(sizeof(PackedParams) == 920, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
 
 #include "wgmma_ra.cuh"
+#include "stream_k.cuh"
 
 // The two consumer warpgroups (256 threads) meet: named barrier 1 (the
 // producer warp never joins it).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+// f(float4 of a[i..i+3], c0 + i / 4) -> the new a[i..i+3], for every i (N %
+// 4 == 0): the accumulators pass by value, so their indices stay constants
+// (and the array in registers) even where f is not inlined.
+template <int N, typename F>
+__device__ __forceinline__ void chunks4(float (&a)[N], int c0, F&& f) {
+    static_assert(N % 4 == 0, "float4 chunks");
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+        const float4 r = f(make_float4(a[i], a[i + 1], a[i + 2], a[i + 3]), c0 + i / 4);
+        a[i] = r.x;
+        a[i + 1] = r.y;
+        a[i + 2] = r.z;
+        a[i + 3] = r.w;
+    }
+}
 
 // Extended tiles among a group's ntt token tiles of BN + xc columns at
 // most (r rows): as many as the rows past ntt plain tiles need.
@@ -202,6 +226,11 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
     const int splits = (OUT == PO_F32_ADD && p.splits > 1) ? p.splits : 1;
     __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
+    // The tiles' split (stream_k.cuh): whole waves, then (stream-K) each
+    // block's range of the last partial wave's k blocks. Producer and
+    // consumers walk the same units (SkWalk).
+    const int sk_pct = OUT == PO_H16 && p.sk_ws != 0 && splits == 1 && p.n_rows % 128 == 0 ? p.sk : 0;
+    __shared__ SkSplit s_split;
     // This launch's token tiles of a group of n rows: (how many, the first
     // one's index in the group). A pair's extended tiles come first in a
     // group; a chain's launch takes the groups of its width.
@@ -234,6 +263,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             s_tile[g] = tiles;
             prev = r;
         }
+        s_split.init(tiles, p.k / BK, sk_pct);
     }
     __syncthreads();
     const int total_tiles = s_tile[groups];
@@ -265,9 +295,13 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             if (!follower) griddep_wait();  // (a follower's inputs are ready)
             int stage = 0;
             uint32_t phase = 0;
-            for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+            SkWalk walk;
+            int t, ukb0, ukb1;
+            bool piece;
+            while (walk.template next<OUT == PO_H16>(s_split, total_tiles, t, ukb0, ukb1, piece)) {
                 int g, rb, x0, kb0, kb1;
                 map(t, g, rb, x0, kb0, kb1);
+                if (OUT == PO_H16 && s_split.on) kb0 = ukb0, kb1 = ukb1;
                 const int xrow = s_row[g] + x0;
                 const int u0 = rb * UB;
                 const int ub = units - u0 < UB ? units - u0 : UB;
@@ -318,9 +352,13 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         uint4 a0[BK / 16][NM], a1[BK / 16][NM];
         int stage = 0;
         uint32_t phase = 0;
-        for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+        SkWalk walk;
+        int t, ukb0, ukb1;
+        bool piece;
+        while (walk.template next<OUT == PO_H16>(s_split, total_tiles, t, ukb0, ukb1, piece)) {
             int g, rb, x0, kb0, kb1;
             map(t, g, rb, x0, kb0, kb1);
+            if (OUT == PO_H16 && s_split.on) kb0 = ukb0, kb1 = ukb1;
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
                 pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
@@ -379,6 +417,40 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             if (kb < kb1) run_stage(a0, kb);
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+            if constexpr (OUT == PO_H16) {
+                // A piece of a split tile: the last block to finish its
+                // piece sums them and stores; the others go on.
+                if (piece) {
+                    static_assert(NM * (BN + EXT) / 8 <= SK_CHUNKS, "a workspace slot holds the accumulators");
+                    const int2 h = s_split.holders(t - s_split.dp);
+                    const int ctid = threadIdx.x - 128;
+                    float4* ws = reinterpret_cast<float4*>(p.sk_ws);
+                    int* flags = reinterpret_cast<int*>(p.sk_sem);
+                    auto sync = [] { consumer_sync(); };
+                    // Every float4 chunk of the accumulators through f(value, chunk).
+                    auto each4 = [&](auto&& f) {
+                        chunks4(d0, 0, f);
+                        if constexpr (NM == 2) chunks4(d1, BN / 8, f);
+                        if constexpr (EXT > 0) {
+                            chunks4(e0, NM * BN / 8, f);
+                            if constexpr (NM == 2) chunks4(e1, NM * BN / 8 + EA / 4, f);
+                        }
+                    };
+                    if ((int)blockIdx.x != h.x) {
+                        // A later piece: to the workspace; the head's block stores the tile.
+                        each4([&](float4 v, int c) {
+                            sk_put(ws, c, ctid, v);
+                            return v;
+                        });
+                        sk_publish(flags, ctid, sync);
+                        continue;
+                    }
+                    sk_wait(h, flags, ctid, sync);
+                    for (int bb = h.x + 1; bb <= h.y; ++bb)
+                        each4([&](float4 v, int c) { return sk_add(ws, bb, c, ctid, v); });
+                    sk_reset(h, flags, ctid, sync);
+                }
+            }
 
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.

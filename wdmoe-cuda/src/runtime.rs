@@ -43,6 +43,8 @@ pub struct Gpu {
     pub(crate) model: Module,
     pub(crate) moe_route: Module,
     pub(crate) kernels: Kernels,
+    /// The packed GEMM's stream-K switch and workspace.
+    pub(crate) stream_k: crate::prefill::StreamK,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
     _ctx: Context,
@@ -142,9 +144,27 @@ impl Gpu {
             model,
             moe_route,
             kernels: Kernels::default(),
+            stream_k: crate::prefill::StreamK::new(),
             info,
             _ctx: ctx,
         })
+    }
+
+    /// Whether the packed GEMM's fp16-output launches (the experts' gate/up
+    /// and down GEMMs at prefill sizes) share out the k blocks of a sparse
+    /// last wave of tiles over all blocks (stream-K, kernels/stream_k.cuh;
+    /// default on for waves at most half full, `WDMOE_PACKED_SK=P` for
+    /// another share in percent, `0` off). Off, every tile runs whole; on,
+    /// a split tile's fp32 sums are added in another order, the same in
+    /// every run.
+    pub fn packed_stream_k(&self) -> bool {
+        self.stream_k.max_pct() > 0
+    }
+
+    /// Turns [`Gpu::packed_stream_k`] on (at the default share) or off for
+    /// later launches (comparisons and bitwise tests).
+    pub fn set_packed_stream_k(&self, on: bool) {
+        self.stream_k.set(on);
     }
 
     /// Device facts.

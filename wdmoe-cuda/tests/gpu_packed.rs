@@ -192,6 +192,9 @@ fn packed_extended_tiles_equal_plain_bitwise() {
     if !sm90(&gpu) {
         return;
     }
+    // (Whole tiles: stream-K's split tiles add their fp32 sums in another
+    // order, and which tiles split depends on the number of SMs.)
+    gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[576, 289, 0, 288, 520, 257, 9];
     let ex = experts(&gpu, counts.len(), 128, 320, DownLayout::Pairs32, true, s);
@@ -228,6 +231,8 @@ fn packed_fitted_widths_equal_plain_bitwise() {
     if !sm90(&gpu) {
         return;
     }
+    // (Whole tiles, as in packed_extended_tiles_equal_plain_bitwise.)
+    gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[520, 130, 0, 447, 9, 576, 160, 300];
     let (m, m_h) = (128, 320);
@@ -252,6 +257,74 @@ fn packed_fitted_widths_equal_plain_bitwise() {
     assert!(written(&fitted), "fitted tiles left rows unwritten");
     let diff = plain.iter().zip(&fitted).filter(|(x, y)| x != y).count();
     assert_eq!(diff, 0, "gate/up: fitted tiles differ");
+}
+
+/// Stream-K (kernels/stream_k.cuh): the last partial wave's k blocks
+/// shared out over every block, split tiles meeting in fp32. On shapes
+/// where both GEMMs split tiles (gate/up: 272 tiles of 128 tokens on 132
+/// blocks, 8 of them split 2 ways; down's plain/extended pair: 28 + 8
+/// tiles, every one split over 4-8 blocks of 4-7 k blocks), the output is
+/// within the fp16 bound of the f64 reference for every expert, equal bit
+/// for bit between two runs (the pieces are summed in k order whatever the
+/// timing), and not bit for bit equal to whole tiles (the split happened:
+/// its fp32 sums are added in another order), whose output is within the
+/// bound too.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_stream_k_matches_reference_and_is_deterministic() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    let s = seed();
+    let counts: &[usize] = &[300, 257, 140, 9, 0, 520, 33, 200];
+    let (m, m_h) = (512, 2048);
+    let ex = experts(&gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, s);
+    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    let rows: usize = counts.iter().sum();
+    let x = rand_dev(&gpu, rows * m, s ^ 0x5c, 1.0);
+    let run = |sk: bool| {
+        gpu.set_packed_stream_k(sk);
+        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+        gpu.fill_u16(&mut h, NAN16).unwrap();
+        gpu.fill_u16(&mut out, NAN16).unwrap();
+        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(288))
+            .unwrap();
+        gpu.set_packed_stream_k(true);
+        host(&gpu, &out)
+    };
+    let (a, b, whole) = (run(true), run(true), run(false));
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+    assert_eq!(bits(&a), bits(&b), "stream-K runs differ");
+    let differ = bits(&a)
+        .iter()
+        .zip(bits(&whole))
+        .filter(|(p, q)| *p != q)
+        .count();
+    eprintln!(
+        "stream-K vs whole tiles: {differ} of {} outputs differ in some bit",
+        a.len()
+    );
+    assert!(differ > 0, "no tile was split (stream-K off?)");
+    let xh = host(&gpu, &x);
+    let mut r0 = 0;
+    for (q, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let e = &ex[q];
+        let want = ffn_ref(&e.w1, &e.w3, &e.w2, &xh[r0 * m..(r0 + c) * m], m, m_h, c);
+        for (name, got) in [("stream-K", &a), ("whole tiles", &whole)] {
+            let err = rel_err(&got[r0 * m..(r0 + c) * m], &want);
+            eprintln!("  expert {q}: {c} rows, {name} rel err {err:.2e}");
+            assert!(
+                err <= BOUND,
+                "expert {q} ({c} rows), {name}: rel err {err:.3e}"
+            );
+        }
+        r0 += c;
+    }
 }
 
 /// Median seconds of 10 calls of `f` after 3 warm-ups, CUDA events around
@@ -341,30 +414,37 @@ fn packed_stage_timing_mixtral() {
         let mut h = rand_dev(&gpu, rows * m_h, 6, 1.0);
         let mut out = gpu.alloc::<f16>(rows * m).unwrap();
         let flops = (rows * m * m_h * 2) as f64;
-        // (launch, tokens per tile; 0 = the usual choice: gate/up's
-        // fitted widths; 288: the plain/extended pair of 256 + 32).
-        let variants: [(&str, u32); 7] = [
-            ("gate_up", 128),
-            ("gate_up", 144),
-            ("gate_up", 160),
-            ("gate_up", 0),
-            ("down", 256),
-            ("down", 288),
-            ("down", 0),
+        // (launch, tokens per tile, stream-K; 0 = the usual choice:
+        // gate/up's fitted widths; 288: the plain/extended pair of 256 +
+        // 32).
+        let variants: [(&str, u32, bool); 10] = [
+            ("gate_up", 128, true),
+            ("gate_up", 144, true),
+            ("gate_up", 160, true),
+            ("gate_up", 0, true),
+            ("gate_up", 0, false),
+            ("down", 256, true),
+            ("down", 288, true),
+            ("down", 288, false),
+            ("down", 0, true),
+            ("down", 0, false),
         ];
         let got = alternating_rounds(variants.len(), &mut |i| {
-            let (stage, bn) = variants[i];
+            let (stage, bn, sk) = variants[i];
             let (g, d) = if stage == "gate_up" {
                 (Some(bn), None)
             } else {
                 (None, Some(bn))
             };
-            median_s(&gpu, &mut || {
+            gpu.set_packed_stream_k(sk);
+            let t = median_s(&gpu, &mut || {
                 gpu.ffn_packed_variant(&wrefs, &x, &counts, &mut h, &mut out, g, d)
                     .unwrap()
-            })
+            });
+            gpu.set_packed_stream_k(true);
+            t
         });
-        for (i, &(stage, bn)) in variants.iter().enumerate() {
+        for (i, &(stage, bn, sk)) in variants.iter().enumerate() {
             let v = &got[i];
             let f = if stage == "gate_up" {
                 2.0 * flops
@@ -372,7 +452,8 @@ fn packed_stage_timing_mixtral() {
                 flops
             };
             println!(
-                "STAGE {stage} rows/expert={per} bn={bn}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",
+                "STAGE {stage} rows/expert={per} bn={bn} stream-K={}: best {:.1} us {:.0} TFLOP/s, median of rounds {:.1} us {:.0} TFLOP/s",
+                if sk { "on" } else { "off" },
                 v[0] * 1e6,
                 f / v[0] / 1e12,
                 v[v.len() / 2] * 1e6,

@@ -19,6 +19,7 @@ mod expert;
 mod launch;
 mod packed;
 mod packed_launch;
+mod stream_k;
 mod weights;
 
 pub use config::*;
@@ -27,6 +28,7 @@ pub(crate) use launch::*;
 pub use packed::ffn_packed_grouped;
 pub(crate) use packed::*;
 pub(crate) use packed_launch::*;
+pub(crate) use stream_k::StreamK;
 pub use weights::*;
 
 use cust::memory::DeviceSlice;

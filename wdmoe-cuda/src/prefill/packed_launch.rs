@@ -40,8 +40,12 @@ pub(crate) struct PackedParams {
     heads: i32,
     kv_heads: i32,
     max_seq: i32,
+    sk_ws: u64,
+    sk_sem: u64,
+    sk: i32,
+    sk_pad: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 896);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 920);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map, the
@@ -507,6 +511,23 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
     })
 }
 
+/// Whether a launch shares out its last partial wave where that wave is
+/// sparse enough (stream-K, kernels/stream_k.cuh; the share:
+/// [`super::stream_k::DEFAULT_MAX_PCT`]): fp16 outputs of whole 128-row
+/// blocks in one k slice, on the sm_90a kernels, switched on for the GPU.
+/// Such launches take one block per multiprocessor, so consecutive ones
+/// can alternate between two workspace regions: a launch of a pair or a
+/// chain holds every multiprocessor (one block each) until its predecessor
+/// has ended (each later launch waits for it before exiting), so launch k +
+/// 2 cannot start while launch k runs.
+fn use_stream_k(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32) -> bool {
+    gpu.stream_k.max_pct() > 0
+        && gpu.info().cubin
+        && g.out_kind == PackedOut::H16
+        && g.n_rows % 128 == 0
+        && splits == 1
+}
+
 pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
     let max_rows = g.rows.rows();
     let groups = g.rows.groups();
@@ -574,6 +595,10 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         heads: rope.heads as i32,
         kv_heads: rope.kv_heads as i32,
         max_seq: rope.max_seq as i32,
+        sk_ws: 0,
+        sk_sem: 0,
+        sk: 0,
+        sk_pad: 0,
     };
     if sched == Schedule::Fit {
         (p.fit_lo, p.fit_hi) = (FIT_LO as i32, FIT_HI as i32);
@@ -615,10 +640,20 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
     // The first launch runs even with no tile of its own where others
     // follow: they rely on its wait for the inputs. A later one with no
     // tile is skipped.
+    let launched: Vec<usize> = (0..steps.len())
+        .filter(|&i| i == 0 || tiles[i] > 0)
+        .collect();
+    let stream_k = use_stream_k(gpu, &g, p.splits);
     let mut first = true;
-    for (step, &tiles) in steps.iter().zip(&tiles) {
-        if !first && tiles == 0 {
-            continue;
+    for (nth, &i) in launched.iter().enumerate() {
+        let (step, tiles) = (&steps[i], tiles[i]);
+        // One block per tile up to a wave; with stream-K every
+        // multiprocessor, so that a launch of fewer tiles than that shares
+        // their k blocks out over all of them.
+        let grid = if stream_k { sms } else { tiles.clamp(1, sms) };
+        if stream_k {
+            (p.sk_ws, p.sk_sem) = gpu.stream_k.region(nth, sms)?;
+            p.sk = gpu.stream_k.max_pct() as i32;
         }
         let tx = tensor_map(op, g.x, max_rows, g.k, step.bn)?;
         let tx_ext = if step.ext > 0 {
@@ -644,7 +679,10 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         // x ldo elements of the output type), or (QkvRope) q_out rows <
         // t and cache positions start + token < max_seq of the heads given
         // (gemm_packed_qkv_rope checked every length); the launches of a
-        // pair or a chain write disjoint token tiles. Shared memory was
+        // pair or a chain write disjoint token tiles. With stream-K (sk > 0)
+        // block b also writes slot b of its region's workspace and flag b
+        // (grid <= sms, the blocks StreamK::region sized them for), and no
+        // two launches in flight share a region (use_stream_k). Shared memory was
         // raised to packed_smem_bytes at module load; 384 threads as the
         // launch bounds. PDL: a lone or first launch's producer executes
         // griddepcontrol.wait before its first copy, and every global write
@@ -655,7 +693,7 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
             gpu.launch(
                 &gpu.prefill,
                 name,
-                Shape::new(tiles.clamp(1, sms) as u32, 384)
+                Shape::new(grid as u32, 384)
                     .shared(packed_smem_bytes(kind, g.out_kind, bn, ext, step.stages))
                     .pdl(true),
                 params,
