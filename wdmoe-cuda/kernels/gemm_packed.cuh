@@ -62,6 +62,9 @@
 // Tiles run token tile fastest, so the blocks that read the same weights
 // (an expert with more than BN tokens) run at the same time and share them
 // in L2: the weights come from DRAM about once per step at any token count.
+// A launch's last wave, where it holds at most PackedParams::sk % of the
+// blocks, is shared out by k blocks over all of them (stream-K:
+// stream_k.cuh, which says what it gains and costs).
 //
 // KIND: PK_GATED (W1|W3 tiles interleaved: two accumulators, epilogue
 // h = silu(g) * u), PK_PLAIN (one 16-row tile per unit) or PK_PAIRS (32-row
