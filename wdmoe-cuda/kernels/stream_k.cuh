@@ -66,10 +66,9 @@ struct SkSplit {
         sk_blocks = nb < 1 ? 1 : (nb > G ? G : nb);
     }
     // First k block (of the split tiles') of block bb's range.
-    // (32-bit arithmetic throughout: bb iters < G^2 K and (x + 1) sk_blocks
-    // < G^2 K stay far below 2^31 for G <= 1024 blocks and K <= 2048 k
-    // blocks, and a 64-bit division is a call, which would spill the
-    // accumulators around it.)
+    // (32-bit arithmetic throughout: bb iters and (x + 1) sk_blocks stay
+    // below G^2 K, which the host keeps under 2^30 (use_stream_k); a 64-bit
+    // division is a call, which would spill the accumulators around it.)
     __device__ __forceinline__ int start(int bb) const { return bb * iters / sk_blocks; }
     // The block whose range holds k block x of the split tiles.
     __device__ __forceinline__ int owner(int x) const {

@@ -520,12 +520,15 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
 /// chain holds every multiprocessor (one block each) until its predecessor
 /// has ended (each later launch waits for it before exiting), so launch k +
 /// 2 cannot start while launch k runs.
-fn use_stream_k(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32) -> bool {
+/// (The kernels index k blocks in 32-bit arithmetic: G² · k / 64 must
+/// stay under 2^30, as it does by far at 132 SMs and Mixtral's k.)
+fn use_stream_k(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32, sms: usize) -> bool {
     gpu.stream_k.max_pct() > 0
         && gpu.info().cubin
         && g.out_kind == PackedOut::H16
         && g.n_rows % 128 == 0
         && splits == 1
+        && sms * sms * (g.k / BK) < 1 << 30
 }
 
 pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
@@ -643,7 +646,7 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
     let launched: Vec<usize> = (0..steps.len())
         .filter(|&i| i == 0 || tiles[i] > 0)
         .collect();
-    let stream_k = use_stream_k(gpu, &g, p.splits);
+    let stream_k = use_stream_k(gpu, &g, p.splits, sms);
     let mut first = true;
     for (nth, &i) in launched.iter().enumerate() {
         let (step, tiles) = (&steps[i], tiles[i]);
