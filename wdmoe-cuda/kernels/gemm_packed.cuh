@@ -421,8 +421,10 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             wgmma_wait<0>();
             if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
             if constexpr (OUT == PO_H16) {
-                // A piece of a split tile: the last block to finish its
-                // piece sums them and stores; the others go on.
+                // A piece of a split tile (stream_k.cuh): the block that
+                // holds the tile's first k blocks adds the later pieces and
+                // runs the epilogue; the others leave theirs in the
+                // workspace and go on.
                 if (piece) {
                     static_assert(NM * (BN + EXT) / 8 <= SK_CHUNKS, "a workspace slot holds the accumulators");
                     const int2 h = s_split.holders(t - s_split.dp);

@@ -5,11 +5,16 @@
 // A persistent launch of G blocks over T tiles used to run tiles b, b + G,
 // ... in every block b: with T = W G + R (0 < R < G) its last wave holds R
 // tiles and G - R multiprocessors idle for a whole tile. At a 2,048-token
-// prompt that is most of a down tile (~190 us) per launch of the
+// prompt that is up to a down tile (~190 us) per launch of the
 // plain/extended pair and ~60 us per launch of gate/up's chain of fitted
 // widths, because each launch of a pair or a chain starts on the
 // multiprocessors its predecessor's last wave leaves. With stream-K on
-// (PackedParams::sk):
+// (PackedParams::sk: a share of G; the last wave is split only while R is
+// at most that share, because a split tile costs each piece a pipeline
+// fill and a workspace round trip, and the token tiles that share an
+// expert's weights then read them at different times, from DRAM twice:
+// a nearly full wave loses more that way than its tail costs, BENCHMARKS.md
+// runs G1-G7):
 //   - the first W G tiles run whole, as before (b + i G for i < W: blocks
 //     that read the same weights still run together);
 //   - the k blocks of the last R tiles (R K of them, K = k / 64) are cut
