@@ -517,9 +517,10 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
 /// blocks in one k slice, on the sm_90a kernels, switched on for the GPU.
 /// Such launches take one block per multiprocessor, so consecutive ones
 /// can alternate between two workspace regions: a launch of a pair or a
-/// chain holds every multiprocessor (one block each) until its predecessor
-/// has ended (each later launch waits for it before exiting), so launch k +
-/// 2 cannot start while launch k runs.
+/// chain holds every multiprocessor (one block each: 384 threads at 168
+/// registers fill the register file) until its predecessor has ended (each
+/// later launch waits for it before exiting), so launch k + 2 cannot start
+/// while launch k runs.
 /// (The kernels index k blocks in 32-bit arithmetic: G² · k / 64 must
 /// stay under 2^30, as it does by far at 132 SMs and Mixtral's k.)
 fn use_stream_k(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32, sms: usize) -> bool {

@@ -32,7 +32,7 @@ const CONSUMERS: usize = 256;
 /// Regions: consecutive launches of a pair or a chain overlap (each starts
 /// on the multiprocessors its predecessor leaves), so they alternate
 /// between two.
-pub(crate) const REGIONS: usize = 2;
+const REGIONS: usize = 2;
 
 /// A region's workspace (one slot of [`CHUNKS`] x [`CONSUMERS`] float4 per
 /// block) and flags (one i32 per block, zero between launches).
