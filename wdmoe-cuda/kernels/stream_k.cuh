@@ -14,7 +14,7 @@
 // fill and a workspace round trip, and the token tiles that share an
 // expert's weights then read them at different times, from DRAM twice:
 // a nearly full wave loses more that way than its tail costs, BENCHMARKS.md
-// runs G1-G11):
+// runs G1-G12):
 //   - the first W G tiles run whole, as before (b + i G for i < W: blocks
 //     that read the same weights still run together);
 //   - the k blocks of the last R tiles (R K of them, K = k / 64) are cut
