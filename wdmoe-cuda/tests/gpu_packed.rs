@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use wdmoe_core::select::Policy;
 use wdmoe_cuda::moe::MoeLayer;
 use wdmoe_cuda::{
-    elapsed_ms, f16, ffn_grouped, ffn_packed_grouped, DownLayout, Error, ExpertWeights, Gpu,
-    PackedMatrix, PrefillWeights, PrefillWorkspace,
+    elapsed_ms, f16, ffn_grouped, ffn_packed_grouped, DeviceBuffer, DownLayout, Error,
+    ExpertWeights, Gpu, PackedMatrix, PrefillWeights, PrefillWorkspace,
 };
 
 /// Experts of `m` x `m_h` in the decode packing with the given W2 layout and
@@ -51,6 +51,22 @@ fn experts(
             }
         })
         .collect()
+}
+
+/// A grouped case: one expert of `m` x `m_h` per entry of `counts` (32-row
+/// W2 units, k-major) and random token rows for all of them: (experts, x,
+/// rows).
+fn grouped_case(
+    gpu: &Gpu,
+    counts: &[usize],
+    (m, m_h): (usize, usize),
+    seed: u64,
+    x_seed: u64,
+) -> (Vec<Expert>, DeviceBuffer<f16>, usize) {
+    let ex = experts(gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, seed);
+    let rows: usize = counts.iter().sum();
+    let x = rand_dev(gpu, rows * m, x_seed, 1.0);
+    (ex, x, rows)
 }
 
 /// One grouped launch on `counts` rows per expert; every group's output
@@ -84,6 +100,14 @@ fn check_packed_bn(
     }
     let xh = host(gpu, &x);
     let got = host(gpu, &out);
+    check_groups(ex, counts, &xh, &got, "")
+}
+
+/// Every non-empty group's rows of `got` ([rows][m], groups in order)
+/// against the f64 reference of its expert on `xh`, within [`BOUND`]
+/// (`what` names the output in messages); the largest relative error.
+fn check_groups(ex: &[Expert], counts: &[usize], xh: &[f64], got: &[f64], what: &str) -> f64 {
+    let (m, m_h) = (ex[0].w.m(), ex[0].w.m_h());
     let mut worst = 0.0f64;
     let mut r0 = 0;
     for (q, &c) in counts.iter().enumerate() {
@@ -93,8 +117,11 @@ fn check_packed_bn(
         let e = &ex[q];
         let want = ffn_ref(&e.w1, &e.w3, &e.w2, &xh[r0 * m..(r0 + c) * m], m, m_h, c);
         let err = rel_err(&got[r0 * m..(r0 + c) * m], &want);
-        eprintln!("  expert {q}: {c} rows, rel err {err:.2e}");
-        assert!(err <= BOUND, "expert {q} ({c} rows): rel err {err:.3e}");
+        eprintln!("  expert {q}: {c} rows, {what} rel err {err:.2e}");
+        assert!(
+            err <= BOUND,
+            "expert {q} ({c} rows) {what}: rel err {err:.3e}"
+        );
         worst = worst.max(err);
         r0 += c;
     }
@@ -197,10 +224,8 @@ fn packed_extended_tiles_equal_plain_bitwise() {
     gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[576, 289, 0, 288, 520, 257, 9];
-    let ex = experts(&gpu, counts.len(), 128, 320, DownLayout::Pairs32, true, s);
+    let (ex, x, rows) = grouped_case(&gpu, counts, (128, 320), s, s ^ 0xe7);
     let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let rows: usize = counts.iter().sum();
-    let x = rand_dev(&gpu, rows * 128, s ^ 0xe7, 1.0);
     let run = |d: u32| {
         let mut h = gpu.alloc::<f16>(rows * 320).unwrap();
         let mut out = gpu.alloc::<f16>(rows * 128).unwrap();
@@ -236,10 +261,8 @@ fn packed_fitted_widths_equal_plain_bitwise() {
     let s = seed();
     let counts: &[usize] = &[520, 130, 0, 447, 9, 576, 160, 300];
     let (m, m_h) = (128, 320);
-    let ex = experts(&gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, s);
+    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0xf1);
     let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let rows: usize = counts.iter().sum();
-    let x = rand_dev(&gpu, rows * m, s ^ 0xf1, 1.0);
     let run = |g: u32| {
         let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
         gpu.fill_u16(&mut h, NAN16).unwrap();
@@ -279,10 +302,8 @@ fn packed_stream_k_matches_reference_and_is_deterministic() {
     let s = seed();
     let counts: &[usize] = &[300, 257, 140, 9, 0, 520, 33, 200];
     let (m, m_h) = (512, 2048);
-    let ex = experts(&gpu, counts.len(), m, m_h, DownLayout::Pairs32, true, s);
+    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0x5c);
     let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let rows: usize = counts.iter().sum();
-    let x = rand_dev(&gpu, rows * m, s ^ 0x5c, 1.0);
     let run = |sk: bool| {
         gpu.set_packed_stream_k(sk);
         let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
@@ -308,23 +329,8 @@ fn packed_stream_k_matches_reference_and_is_deterministic() {
     );
     assert!(differ > 0, "no tile was split (stream-K off?)");
     let xh = host(&gpu, &x);
-    let mut r0 = 0;
-    for (q, &c) in counts.iter().enumerate() {
-        if c == 0 {
-            continue;
-        }
-        let e = &ex[q];
-        let want = ffn_ref(&e.w1, &e.w3, &e.w2, &xh[r0 * m..(r0 + c) * m], m, m_h, c);
-        for (name, got) in [("stream-K", &a), ("whole tiles", &whole)] {
-            let err = rel_err(&got[r0 * m..(r0 + c) * m], &want);
-            eprintln!("  expert {q}: {c} rows, {name} rel err {err:.2e}");
-            assert!(
-                err <= BOUND,
-                "expert {q} ({c} rows), {name}: rel err {err:.3e}"
-            );
-        }
-        r0 += c;
-    }
+    check_groups(&ex, counts, &xh, &a, "stream-K");
+    check_groups(&ex, counts, &xh, &whole, "whole tiles");
 }
 
 /// Median seconds of 10 calls of `f` after 3 warm-ups, CUDA events around
