@@ -304,7 +304,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             while (walk.template next<OUT == PO_H16>(s_split, total_tiles, t, ukb0, ukb1, piece)) {
                 int g, rb, x0, kb0, kb1;
                 map(t, g, rb, x0, kb0, kb1);
-                if (OUT == PO_H16 && s_split.on) kb0 = ukb0, kb1 = ukb1;
+                if (OUT == PO_H16 && piece) kb0 = ukb0, kb1 = ukb1;
                 const int xrow = s_row[g] + x0;
                 const int u0 = rb * UB;
                 const int ub = units - u0 < UB ? units - u0 : UB;
@@ -361,7 +361,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         while (walk.template next<OUT == PO_H16>(s_split, total_tiles, t, ukb0, ukb1, piece)) {
             int g, rb, x0, kb0, kb1;
             map(t, g, rb, x0, kb0, kb1);
-            if (OUT == PO_H16 && s_split.on) kb0 = ukb0, kb1 = ukb1;
+            if (OUT == PO_H16 && piece) kb0 = ukb0, kb1 = ukb1;
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
                 pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);

@@ -49,22 +49,22 @@
 // The launch's split (the same in every thread; kept in shared memory by
 // the caller): whole waves, the split tiles' k blocks and the blocks that
 // share them.
+// (G: the launch's blocks, gridDim.x.)
 struct SkSplit {
-    int T, G, K;     // tiles, blocks, k blocks per tile
+    int K;           // k blocks per tile
     int waves, dp;   // whole waves (tiles b + i G, i < waves); tiles before the split ones
     int sk_blocks;   // blocks with a range of the split tiles' k blocks (the first ones)
     int iters;       // k blocks of the split tiles (< G K)
-    int on;          // 0: every tile whole (t = b, b + G, ... < T)
+    int on;          // 0: every tile whole (t = b, b + G, ... < the launch's tiles)
 
-    // max_pct: split the last wave only while it holds at most that share
-    // of G tiles (0: never).
+    // Of `total` tiles; max_pct: split the last wave only while it holds
+    // at most that share of G tiles (0: never).
     __device__ __forceinline__ void init(int total, int kblocks, int max_pct) {
-        T = total;
-        G = gridDim.x;
+        const int G = gridDim.x;
         K = kblocks;
-        const int R = T % G;
+        const int R = total % G;
         on = R > 0 && R * 100 <= G * max_pct;
-        waves = T / G;
+        waves = total / G;
         dp = waves * G;
         iters = R * K;
         int nb = iters / SK_MIN_ITERS;
@@ -72,7 +72,7 @@ struct SkSplit {
     }
     // First k block (of the split tiles') of block bb's range.
     // (32-bit arithmetic throughout: bb iters and (x + 1) sk_blocks stay
-    // below G^2 K, which the host keeps under 2^30 (use_stream_k); a 64-bit
+    // below G^2 K, which the host keeps under 2^30 (stream_k_share); a 64-bit
     // division is a call, which would spill the accumulators around it.)
     __device__ __forceinline__ int start(int bb) const { return bb * iters / sk_blocks; }
     // The block whose range holds k block x of the split tiles.
@@ -85,27 +85,24 @@ struct SkSplit {
 
 // A thread's walk over its block's units (producer and consumers each keep
 // one): tile t, its k blocks [kb0, kb1), and whether it is a piece of a
-// split tile (else the whole tile). Without stream-K (SK false: launches
-// that never split; or no partial wave): tiles b, b + G, ... < total.
+// split tile (else the whole tile: kb0, kb1 are left to the caller, whose
+// map gives all K k blocks or its own slice of k). Whole tiles are b, b +
+// G, ... < total, then (stream-K on, SK true) the block's range of the
+// split tiles' k blocks.
 struct SkWalk {
     int i = 0;   // whole tiles walked
     int it = -1; // next k block of this block's range (-1: not started)
     template <bool SK>
     __device__ __forceinline__ bool next(const SkSplit& sp, int total, int& t, int& kb0, int& kb1, bool& piece) {
         piece = false;
-        if (!SK || !sp.on) {
-            // (kb0, kb1: the caller's own split of k)
+        if (!SK || !sp.on || i < sp.waves) {
+            // (kb0, kb1 untouched: the caller's own split of k, all K here)
             t = blockIdx.x + i * gridDim.x;
             ++i;
             return t < total;
         }
         kb0 = 0;
         kb1 = sp.K;
-        if (i < sp.waves) {
-            t = blockIdx.x + i * sp.G;
-            ++i;
-            return true;
-        }
         const int b = blockIdx.x;
         if (b >= sp.sk_blocks) return false;
         if (it < 0) it = sp.start(b);

@@ -511,10 +511,10 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
     })
 }
 
-/// Whether a launch shares out its last partial wave where that wave is
-/// sparse enough (stream-K, kernels/stream_k.cuh; the share:
-/// [`super::stream_k::DEFAULT_MAX_PCT`]): fp16 outputs of whole 128-row
-/// blocks in one k slice, on the sm_90a kernels, switched on for the GPU.
+/// The share of a wave (percent; 0: never) up to which a launch shares out
+/// its last partial wave (stream-K, kernels/stream_k.cuh; default
+/// [`super::stream_k::DEFAULT_MAX_PCT`]): the GPU's share for fp16 outputs
+/// of whole 128-row blocks in one k slice on the sm_90a kernels, else 0.
 /// Such launches take one block per multiprocessor, so consecutive ones
 /// can alternate between two workspace regions: a launch of a pair or a
 /// chain holds every multiprocessor (one block each: 384 threads at 168
@@ -523,13 +523,17 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
 /// while launch k runs.
 /// (The kernels index k blocks in 32-bit arithmetic: G² · k / 64 must
 /// stay under 2^30, as it does by far at 132 SMs and Mixtral's k.)
-fn use_stream_k(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32, sms: usize) -> bool {
-    gpu.stream_k.max_pct() > 0
-        && gpu.info().cubin
+fn stream_k_share(gpu: &Gpu, g: &PackedGemm<'_>, splits: i32, sms: usize) -> u32 {
+    let fits = gpu.info().cubin
         && g.out_kind == PackedOut::H16
         && g.n_rows % 128 == 0
         && splits == 1
-        && sms * sms * (g.k / BK) < 1 << 30
+        && sms * sms * (g.k / BK) < 1 << 30;
+    if fits {
+        gpu.stream_k.max_pct()
+    } else {
+        0
+    }
 }
 
 pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> Result<()> {
@@ -644,20 +648,24 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
     // The first launch runs even with no tile of its own where others
     // follow: they rely on its wait for the inputs. A later one with no
     // tile is skipped.
-    let launched: Vec<usize> = (0..steps.len())
-        .filter(|&i| i == 0 || tiles[i] > 0)
-        .collect();
-    let stream_k = use_stream_k(gpu, &g, p.splits, sms);
-    let mut first = true;
-    for (nth, &i) in launched.iter().enumerate() {
-        let (step, tiles) = (&steps[i], tiles[i]);
+    let launched = steps
+        .iter()
+        .zip(&tiles)
+        .enumerate()
+        .filter(|&(i, (_, &t))| i == 0 || t > 0);
+    let sk_share = stream_k_share(gpu, &g, p.splits, sms);
+    for (nth, (_, (step, &tiles))) in launched.enumerate() {
         // One block per tile up to a wave; with stream-K every
         // multiprocessor, so that a launch of fewer tiles than that shares
         // their k blocks out over all of them.
-        let grid = if stream_k { sms } else { tiles.clamp(1, sms) };
-        if stream_k {
+        let grid = if sk_share > 0 {
+            sms
+        } else {
+            tiles.clamp(1, sms)
+        };
+        if sk_share > 0 {
             (p.sk_ws, p.sk_sem) = gpu.stream_k.region(nth, sms)?;
-            p.sk = gpu.stream_k.max_pct() as i32;
+            p.sk = sk_share as i32;
         }
         let tx = tensor_map(op, g.x, max_rows, g.k, step.bn)?;
         let tx_ext = if step.ext > 0 {
@@ -665,7 +673,7 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         } else {
             tx
         };
-        p.follower = i32::from(!first);
+        p.follower = i32::from(nth > 0);
         let params = PackedLaunch {
             x: tx,
             x_ext: tx_ext,
@@ -686,7 +694,7 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         // pair or a chain write disjoint token tiles. With stream-K (sk > 0)
         // block b also writes slot b of its region's workspace and flag b
         // (grid <= sms, the blocks StreamK::region sized them for), and no
-        // two launches in flight share a region (use_stream_k). Shared memory was
+        // two launches in flight share a region (stream_k_share). Shared memory was
         // raised to packed_smem_bytes at module load; 384 threads as the
         // launch bounds. PDL: a lone or first launch's producer executes
         // griddepcontrol.wait before its first copy, and every global write
@@ -708,7 +716,6 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
                 },
             )
         }?;
-        first = false;
     }
     Ok(())
 }
