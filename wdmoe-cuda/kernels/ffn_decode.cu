@@ -76,7 +76,12 @@ namespace {
 // Returns whether the slot is done: its candidate ran (and was written) or
 // the slot is unused; false when the plan put another expert there (the
 // caller then runs that one). Without SPEC it always returns true.
-template <int NT, int NMAT, int U, bool GATED, bool SPEC = false>
+//
+// PRE: groups of U k-tiles each warp loads before its wait for the
+// previous kernel (1, or 2: both halves of the software pipeline, twice
+// the weights in flight while a latency-bound predecessor runs). A
+// template flag, as SPEC, so that the PRE = 1 kernels keep their code.
+template <int NT, int NMAT, int U, bool GATED, bool SPEC = false, int PRE = 1>
 __device__ __forceinline__ bool gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
     const TokList& toks, int T, int k_tiles, long long rt_stride, long long kt_stride, int splits,
@@ -142,6 +147,7 @@ __device__ __forceinline__ bool gemv_tile(
     // Weights do not depend on the previous kernel: start loading them, then
     // wait for it (its outputs: x/h, the workspace, the plan) to complete.
     if (n_full > 0) load_a(a[0], kt);
+    if (PRE == 2 && n_full > 1) load_a(a[1], kt + U);
     if (!SPEC) griddep_wait();
     // SPEC: the slot's verdict (SpecPlan) loaded at one iteration and read
     // at the next; `stop` once it says the slot does not run this candidate.
@@ -178,7 +184,7 @@ __device__ __forceinline__ bool gemv_tile(
                     break;
                 }
             }
-            load_a(a[1], kt + U);  // may read the next group; bounded below
+            if (PRE == 1 || i > 0) load_a(a[1], kt + U);  // (PRE 2: loaded before the wait)
             compute(a[0], kt);
             kt += U;
             if (i + 2 < n_full) load_a(a[0], kt + U);
@@ -499,6 +505,17 @@ __device__ __forceinline__ void gemv_tile_rows(
                                       n_rows);                                                              \
     }
 
+// gemv_tile with PRE = 2 (two groups of U k-tiles loaded before the wait).
+#define WDMOE_GEMV_P2(NAME, NT, NMAT, U, GATED)                                                             \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
+        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
+        unsigned* __restrict__ counters,                                                                    \
+        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
+        gemv_tile<NT, NMAT, U, GATED, false, 2>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits,   \
+                                                partial, counters, out, ldo, out_acc, n_rows);              \
+    }
+
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.
 WDMOE_GEMV(gemv_gated_nt1_u4, 1, 2, 4, true)
 WDMOE_GEMV(gemv_gated_nt2_u4, 2, 2, 4, true)
@@ -512,6 +529,8 @@ WDMOE_GEMV(gemv_pair_nt1_u4, 1, 2, 4, false)
 WDMOE_GEMV(gemv_pair_nt2_u4, 2, 2, 4, false)
 WDMOE_GEMV(gemv_pair_nt1_u8, 1, 2, 8, false)
 WDMOE_GEMV(gemv_pair_nt2_u8, 2, 2, 8, false)
+// The attention projections' decode GEMV (1-8 tokens) with PRE = 2.
+WDMOE_GEMV_P2(gemv_plain_nt1_u8_p2, 1, 1, 8, false)
 // Two row units per warp (R = 2, unroll 2, capped at 128 registers by the
 // launch bounds: no spills, 16 warps/SM): gated 2 x 16 rows, plain 2 x 16, pair 2 x 32.
 WDMOE_GEMV_R(gemv_gated_r2_nt1_u2, 1, 2, 2, 2, true)

@@ -72,6 +72,17 @@
                                       kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);      \
     }
 
+// A slot kernel with gemv_tile's PRE = 2 (two groups of U k-tiles loaded
+// before the wait for the previous kernel).
+#define WDMOE_GEMV_SLOT_P2(NAME, NT, NMAT, U, GATED, DOWN)                                                  \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
+        WDMOE_SLOT_PARAMS) {                                                                                \
+        WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
+        gemv_tile<NT, NMAT, U, GATED, false, 2>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, \
+                                                rt_stride, kt_stride, splits, partial, counters, out, ldo,  \
+                                                out_acc, n_rows);                                           \
+    }
+
 // The 1-token gate/up slot kernels (SpecPlan): thread 0 waits for the
 // slot's candidate (published before the router's policy runs) or for the
 // plan itself, whichever comes first; with a candidate the block streams it
@@ -166,6 +177,9 @@ WDMOE_GEMV_SLOT(slot_pair_nt1_u4, 1, 2, 4, false, true)
 WDMOE_GEMV_SLOT(slot_pair_nt2_u4, 2, 2, 4, false, true)
 WDMOE_GEMV_SLOT(slot_pair_nt1_u8, 1, 2, 8, false, true)
 WDMOE_GEMV_SLOT(slot_pair_nt2_u8, 2, 2, 8, false, true)
+// The 1-8-token down kernel (32-row tiles, unroll 4: the default shape)
+// with PRE = 2.
+WDMOE_GEMV_SLOT_P2(slot_pair_nt1_u4_p2, 1, 2, 4, false, true)
 WDMOE_GEMV_R_SLOT(slot_gated_r2_nt1_u2, 1, 2, 2, 2, true, false)
 WDMOE_GEMV_R_SLOT(slot_gated_r2_nt2_u2, 2, 2, 2, 2, true, false)
 WDMOE_GEMV_R_SLOT(slot_plain_r2_nt1_u2, 1, 1, 2, 2, false, true)

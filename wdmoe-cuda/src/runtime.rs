@@ -45,6 +45,8 @@ pub struct Gpu {
     pub(crate) kernels: Kernels,
     /// The packed GEMM's stream-K switch and workspace.
     pub(crate) stream_k: crate::prefill::StreamK,
+    /// The decode GEMVs' early loads ([`Gpu::set_gemv_preload`]).
+    gemv_pre2: std::sync::atomic::AtomicBool,
     info: DeviceInfo,
     // Dropped last: everything above lives in this context.
     _ctx: Context,
@@ -145,6 +147,7 @@ impl Gpu {
             moe_route,
             kernels: Kernels::default(),
             stream_k: crate::prefill::StreamK::new(),
+            gemv_pre2: std::sync::atomic::AtomicBool::new(crate::ffn::gemv_pre2_default()),
             info,
             _ctx: ctx,
         })
@@ -165,6 +168,23 @@ impl Gpu {
     /// later launches (comparisons and bitwise tests).
     pub fn set_packed_stream_k(&self, on: bool) {
         self.stream_k.set(on);
+    }
+
+    /// Whether the decode GEMVs whose blocks become resident while their
+    /// predecessor runs (the attention projections at 1-8 tokens, the
+    /// experts' down kernel of a device-planned step) load two groups of
+    /// k-tiles per warp before waiting for it instead of one (default on;
+    /// `WDMOE_GEMV_PRE2=0` off). The same arithmetic either way: only when
+    /// the weights are loaded changes.
+    pub fn gemv_preload(&self) -> bool {
+        self.gemv_pre2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns [`Gpu::gemv_preload`] on or off for later launches
+    /// (comparisons and bitwise tests).
+    pub fn set_gemv_preload(&self, on: bool) {
+        self.gemv_pre2
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Device facts.

@@ -202,13 +202,55 @@ pub(crate) fn geometry(
     }
 }
 
+/// Whether [`Gpu::gemv_preload`] starts on: unless `WDMOE_GEMV_PRE2=0`
+/// (read at [`Gpu::new`]: comparisons).
+pub(crate) fn gemv_pre2_default() -> bool {
+    std::env::var("WDMOE_GEMV_PRE2").map_or(true, |v| v != "0")
+}
+
+/// Kernel `name`, or, with [`Gpu::gemv_preload`], its variant that loads two
+/// groups of U k-tiles per warp before its wait for the previous kernel
+/// (gemv_tile's PRE = 2; compiled for the attention projections' 1-8-token
+/// GEMV and the 1-8-token down slot kernel of the default shape). Those
+/// kernels' blocks become resident while their predecessor still runs (the
+/// norm, the attention, the gate/up kernel's last blocks), and memory that
+/// would idle is what their early loads fill: 0.05-0.08 ms per decode token
+/// on an H200 (BENCHMARKS.md, runs H1-H4).
+pub(crate) fn with_pre2(gpu: &Gpu, name: &'static str) -> &'static str {
+    match pre2_variant(name) {
+        Some(p2) if gpu.gemv_preload() => p2,
+        _ => name,
+    }
+}
+
+/// The PRE = 2 variant of kernel `name`, where one is compiled.
+pub(crate) fn pre2_variant(name: &str) -> Option<&'static str> {
+    match name {
+        "gemv_plain_nt1_u8" => Some("gemv_plain_nt1_u8_p2"),
+        "slot_pair_nt1_u4" => Some("slot_pair_nt1_u4_p2"),
+        _ => None,
+    }
+}
+
 pub(crate) fn launch_gemv(
     gpu: &Gpu,
     ws: &mut FfnWorkspace,
     g: Gemv,
     cfg: &KernelConfig,
 ) -> Result<()> {
-    let (name, _) = kernel_names(g.kind, g.t, cfg.unroll);
+    let name = kernel_names(g.kind, g.t, cfg.unroll).0;
+    launch_gemv_named(gpu, ws, g, cfg, name)
+}
+
+/// [`launch_gemv`] with kernel `name`: one of [`kernel_names`]' or its
+/// [`with_pre2`] variant (the same parameters and geometry).
+pub(crate) fn launch_gemv_named(
+    gpu: &Gpu,
+    ws: &mut FfnWorkspace,
+    g: Gemv,
+    cfg: &KernelConfig,
+    name: &'static str,
+) -> Result<()> {
     debug_assert!(g.t >= 1 && g.t <= MAX_DECODE_TOKENS);
     let geo = geometry(g.kind, g.t, g.k_major, g.k, g.n, cfg);
     let (out, ldo, acc) = match g.dest {

@@ -333,5 +333,6 @@ pub(crate) fn gemv_packed_acc(
             ldo: ldy as i32,
         },
     };
-    launch_gemv(gpu, ws, g, cfg)
+    let name = with_pre2(gpu, kernel_names(g.kind, g.t, cfg.unroll).0);
+    launch_gemv_named(gpu, ws, g, cfg, name)
 }

@@ -8,7 +8,7 @@ use cust::function::GridSize;
 use cust::memory::DeviceSlice;
 use half::f16;
 
-use super::launch::{dual_name, geometry, kernel_names, Dest, Kind, SlotParams};
+use super::launch::{dual_name, geometry, kernel_names, with_pre2, Dest, Kind, SlotParams};
 use super::{
     check_weights, DecodeConfig, ExpertWeights, FfnWorkspace, KernelConfig, MAX_DECODE_TOKENS,
 };
@@ -262,7 +262,10 @@ fn launch_slots(
         let name = if dual {
             dual_name(kind, kcfg.unroll)
         } else {
-            spec_gate(kind, n_tokens, kernel_names(kind, n_tokens, kcfg.unroll).1)
+            with_pre2(
+                gpu,
+                spec_gate(kind, n_tokens, kernel_names(kind, n_tokens, kcfg.unroll).1),
+            )
         };
         let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
         let (out, ldo, out_acc) = match dest {
@@ -371,6 +374,34 @@ mod tests {
         assert_eq!(g.rows, 2);
         assert_eq!(dual_name(Kind::Pair, 8), "slot_pair_dual_u8");
         assert_eq!(kernel_names(Kind::Gated, 1, 4).1, "slot_gated_nt1_u4");
+    }
+
+    /// The kernels a Mixtral decode step launches by default have their
+    /// PRE = 2 variants: the attention projections' GEMV (8 warps, unroll
+    /// 8, the model's shape) and the experts' down slot kernel (32-row
+    /// tiles, unroll 4); the gate/up kernel streams before any wait and has
+    /// none.
+    #[test]
+    fn default_decode_kernels_have_their_preload_variants() {
+        use super::super::launch::pre2_variant;
+        use crate::runtime::DeviceInfo;
+        let info = DeviceInfo {
+            name: "H200".into(),
+            cc: (9, 0),
+            sm_count: 132,
+            l2_bytes: 60 << 20,
+            cubin: true,
+            unified_addressing: true,
+        };
+        let cfg = DecodeConfig::auto_layout(&info, 4096, 14336, crate::DownLayout::Pairs32);
+        let (_, g, d) = slot_configs(&cfg, 1);
+        let down = kernel_names(Kind::Pair, 1, d.unroll).1;
+        assert_eq!(pre2_variant(down), Some("slot_pair_nt1_u4_p2"));
+        let gate = spec_gate(Kind::Gated, 1, kernel_names(Kind::Gated, 1, g.unroll).1);
+        assert_eq!(pre2_variant(gate), None);
+        let proj = kernel_names(Kind::Plain, 1, 8).0;
+        assert_eq!(pre2_variant(proj), Some("gemv_plain_nt1_u8_p2"));
+        assert_eq!(pre2_variant(kernel_names(Kind::Plain, 9, 8).0), None);
     }
 
     #[test]

@@ -361,3 +361,95 @@ fn decode_greedy_pipelined_equals_one_forward_per_token() {
     m.skew_device_policy(false);
     assert_eq!(ids_a, ids_c, "re-run steps");
 }
+
+/// The decode GEMVs' early loads ([`Gpu::set_gemv_preload`]: two groups of
+/// k-tiles per warp before the wait, the PRE = 2 kernels) against one
+/// group: the same bits in every logit and router logit of a 5-token prompt
+/// (the projections' GEMV at 5 tokens) and 6 decode tokens (the
+/// projections' GEMV and the device-planned step's down kernel), on two
+/// shapes whose warps' k ranges hold an even and an odd number of groups
+/// (hidden 4,096, expert size 1,536: 4 groups per projection warp, 3 per
+/// down warp; hidden 3,072, expert size 2,048: 3 and 4).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_gemv_preload_equals_one_group() {
+    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use wdmoe_core::select::Policy;
+    let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
+    let mut r = rng();
+    for (hidden, intermediate, heads, kv_heads) in [(4096, 1536, 32, 8), (3072, 2048, 24, 6)] {
+        let shape = ModelShape {
+            vocab: 512,
+            hidden,
+            intermediate,
+            layers: 2,
+            heads,
+            kv_heads,
+            head_dim: 128,
+            experts: 8,
+            rms_eps: 1e-5,
+            rope_theta: 1e4,
+            window: None,
+            tied: false,
+        };
+        let opts = ModelOptions {
+            max_seq: 32,
+            layout: ExpertLayout::DecodeOnly,
+            prefill_chunk: 16,
+        };
+        let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+        let policy = Policy::new(2, 0.2, 1).unwrap();
+        let per_token = shape.layers * shape.experts;
+        let lat: Vec<f64> = (0..5 * per_token)
+            .map(|i| 0.01 * (1 + i % 7) as f64)
+            .collect();
+        let prompt: Vec<u32> = (0..5).map(|_| r.gen_range(0..512)).collect();
+        let mut run = |on: bool| {
+            gpu.set_gemv_preload(on);
+            m.truncate(0);
+            let out = m
+                .forward(&prompt, Output::AllLogits, &policy, &lat)
+                .unwrap();
+            let mut logits = out.logits.clone();
+            let mut router: Vec<f32> = out.layers.iter().flat_map(|l| l.logits.clone()).collect();
+            let mut id = 7;
+            for _ in 0..6 {
+                let o = m
+                    .forward(&[id], Output::LastArgmax, &policy, &lat[..per_token])
+                    .unwrap();
+                assert_eq!(o.reruns, 0, "the device plan was wdmoe-core's");
+                id = o.argmax.unwrap();
+                logits.push(id as f32);
+                router.extend(o.layers.iter().flat_map(|l| l.logits.clone()));
+            }
+            (logits, router)
+        };
+        let (la, ra) = run(true);
+        let (lb, rb) = run(false);
+        gpu.set_gemv_preload(true);
+        let label = format!("hidden {hidden}, expert size {intermediate}");
+        assert!(
+            la.iter().all(|x| x.is_finite()),
+            "{label}: a non-finite logit"
+        );
+        assert!(
+            ra.len() >= 7 * per_token,
+            "{label}: {} router logits",
+            ra.len()
+        );
+        for (what, a, b) in [("logits", &la, &lb), ("router logits", &ra, &rb)] {
+            assert_eq!(a.len(), b.len(), "{label}: {what}");
+            let diff = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(diff, 0, "{label}: {diff} of {} {what} differ", a.len());
+        }
+        eprintln!(
+            "{label}: {} logits, {} router logits equal",
+            la.len(),
+            ra.len()
+        );
+    }
+}
