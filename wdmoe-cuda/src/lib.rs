@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod dist;
+mod env;
 pub mod error;
 pub mod ffn;
 mod launch;

@@ -192,11 +192,10 @@ impl DecodeConfig {
 fn down_shape_env() -> Option<(u32, u32, u32)> {
     static SHAPE: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
     *SHAPE.get_or_init(|| {
-        let v = std::env::var("WDMOE_DOWN_SHAPE").ok()?;
-        let p: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-        match p[..] {
-            [w, u, s] if (4..=8).contains(&u) => Some((w, u, s)),
-            _ => None,
-        }
+        crate::env::triple(
+            "WDMOE_DOWN_SHAPE",
+            |(_, u, _)| (4..=8).contains(&u),
+            "warps,unroll,warps_per_sm with unroll 4..=8",
+        )
     })
 }

@@ -205,7 +205,7 @@ pub(crate) fn geometry(
 /// Whether [`Gpu::gemv_preload`] starts on: unless `WDMOE_GEMV_PRE2=0`
 /// (read at [`Gpu::new`]: comparisons).
 pub(crate) fn gemv_pre2_default() -> bool {
-    std::env::var("WDMOE_GEMV_PRE2").map_or(true, |v| v != "0")
+    crate::env::switch("WDMOE_GEMV_PRE2", "0")
 }
 
 /// Kernel `name`, or, with [`Gpu::gemv_preload`], its variant that loads two

@@ -153,10 +153,8 @@ pub fn ffn_decode_slots(
 /// plain kernel `name`; `WDMOE_SLOT_SPEC=0` (read once: comparisons) keeps
 /// the kernel that waits for the plan.
 fn spec_gate(kind: Kind, n_tokens: usize, name: &'static str) -> &'static str {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if kind != Kind::Gated
-        || n_tokens != 1
-        || *OFF.get_or_init(|| std::env::var("WDMOE_SLOT_SPEC").is_ok_and(|v| v == "0"))
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if kind != Kind::Gated || n_tokens != 1 || !crate::env::switch_once(&ON, "WDMOE_SLOT_SPEC", "0")
     {
         return name;
     }

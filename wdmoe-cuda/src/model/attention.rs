@@ -252,11 +252,12 @@ pub(crate) fn attn_splits(t: usize, keys: usize) -> usize {
 pub(crate) fn attn_split_keys() -> usize {
     static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *KEYS.get_or_init(|| {
-        std::env::var("WDMOE_ATTN_SPLIT_KEYS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&k: &usize| k >= ATTN_TILE)
-            .unwrap_or(ATTN_TILE)
+        crate::env::number(
+            "WDMOE_ATTN_SPLIT_KEYS",
+            |&k: &usize| k >= ATTN_TILE,
+            "keys per split >= 32",
+        )
+        .unwrap_or(ATTN_TILE)
     })
 }
 

@@ -439,10 +439,5 @@ impl GpuModel {
 /// comparisons; a shape the kernels do not take is refused at the first
 /// launch).
 fn proj_shape_env(var: &str) -> Option<(u32, u32, u32)> {
-    let v = std::env::var(var).ok()?;
-    let p: Vec<u32> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
-    match p[..] {
-        [w, u, s] => Some((w, u, s)),
-        _ => None,
-    }
+    crate::env::triple(var, |_| true, "warps,unroll,splits")
 }

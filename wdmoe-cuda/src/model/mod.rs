@@ -426,25 +426,19 @@ impl GpuModel {
     }
 }
 
-/// A comparison switch read once from the environment: on unless `var`
-/// is `off` (each switch keeps its own cell).
-pub(crate) fn env_switch(cell: &std::sync::OnceLock<bool>, var: &str, off: &str) -> bool {
-    *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != off))
-}
-
 /// Whether decode steps run the attention projections through the decode
 /// GEMV kernels on their packing (default) or the row-major GEMV
 /// (`WDMOE_DECODE_PROJ=gemv`: comparisons).
 fn packed_decode_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_DECODE_PROJ", "gemv")
+    crate::env::switch_once(&ON, "WDMOE_DECODE_PROJ", "gemv")
 }
 
 /// Whether decode tokens fuse RoPE into attention (default) or run it
 /// apart (`WDMOE_FUSED_ROPE=0`: comparisons).
 fn fused_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_FUSED_ROPE", "0")
+    crate::env::switch_once(&ON, "WDMOE_FUSED_ROPE", "0")
 }
 
 /// Whether prompt chunks of PROJ_STORE_MIN_TOKENS or more rotate q and k
@@ -452,7 +446,7 @@ fn fused_rope_default() -> bool {
 /// rope_kv after a stored projection (`WDMOE_QKV_ROPE=0`: comparisons).
 fn qkv_rope_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_QKV_ROPE", "0")
+    crate::env::switch_once(&ON, "WDMOE_QKV_ROPE", "0")
 }
 
 /// Whether a prompt's device-routed MoE steps leave their combine to the
@@ -462,14 +456,14 @@ fn qkv_rope_default() -> bool {
 /// comparisons).
 pub(crate) fn fused_combine_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_FUSED_COMBINE", "0")
+    crate::env::switch_once(&ON, "WDMOE_FUSED_COMBINE", "0")
 }
 
 /// Whether decode attention merges its splits in a cluster (default) or
 /// in `attn_combine` (`WDMOE_ATTN_CLUSTER=0`: comparisons).
 fn cluster_attention_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_ATTN_CLUSTER", "0")
+    crate::env::switch_once(&ON, "WDMOE_ATTN_CLUSTER", "0")
 }
 
 /// Whether the RMSNorm kernels let the next kernel launch before they wait
@@ -479,7 +473,7 @@ fn cluster_attention_default() -> bool {
 /// an H200 (runs C4-C5, 8 of 8 pairs faster).
 fn norm_early_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_switch(&ON, "WDMOE_NORM_EARLY", "0")
+    crate::env::switch_once(&ON, "WDMOE_NORM_EARLY", "0")
 }
 
 fn shape_err(detail: String) -> Error {

@@ -508,11 +508,12 @@ impl Drop for Comm {
 /// The deadline of [`Comm::wait`] from `WDMOE_DIST_TIMEOUT_S` (seconds,
 /// default 120).
 pub fn timeout_from_env() -> Duration {
-    std::env::var("WDMOE_DIST_TIMEOUT_S")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map_or(Duration::from_secs(120), Duration::from_secs_f64)
+    crate::env::number(
+        "WDMOE_DIST_TIMEOUT_S",
+        |v: &f64| v.is_finite() && *v > 0.0,
+        "seconds > 0",
+    )
+    .map_or(Duration::from_secs(120), Duration::from_secs_f64)
 }
 
 #[cfg(test)]

@@ -146,9 +146,11 @@ pub(crate) fn tensor_map(
 pub(crate) fn group_m(k: usize) -> i32 {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| {
-        std::env::var("WDMOE_PREFILL_GROUP_M")
-            .ok()
-            .and_then(|v| v.parse().ok())
+        crate::env::number(
+            "WDMOE_PREFILL_GROUP_M",
+            |&g: &usize| (1..=4096).contains(&g),
+            "m-tiles per raster block, 1..=4096",
+        )
     });
     forced
         .unwrap_or((24usize << 20) / (128 * k.max(1) * 2))

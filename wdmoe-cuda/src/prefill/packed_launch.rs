@@ -273,7 +273,7 @@ const NARROW_COST: f64 = 1.15;
 /// (`WDMOE_ONE_GROUP_COST=0`: comparisons).
 fn one_group_cost_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::model::env_switch(&ON, "WDMOE_ONE_GROUP_COST", "0")
+    crate::env::switch_once(&ON, "WDMOE_ONE_GROUP_COST", "0")
 }
 
 /// Whether [`ffn_packed`] takes experts of `m` x `m_h` on this GPU:
@@ -337,11 +337,7 @@ fn has_fitted(kind: PackedKind, out: PackedOut) -> bool {
 fn split_waves() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
-        std::env::var("WDMOE_SPLIT_WAVES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or(1)
+        crate::env::number("WDMOE_SPLIT_WAVES", |&n: &usize| n >= 1, "waves >= 1").unwrap_or(1)
     })
 }
 
@@ -350,7 +346,7 @@ fn split_waves() -> usize {
 /// comparisons).
 fn ext_tiles_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::model::env_switch(&ON, "WDMOE_PACKED_EXT", "0")
+    crate::env::switch_once(&ON, "WDMOE_PACKED_EXT", "0")
 }
 
 /// Whether the experts' gate/up GEMM fits its token tiles to each expert's
@@ -358,7 +354,7 @@ fn ext_tiles_default() -> bool {
 /// 128-token tiles (`WDMOE_PACKED_FIT=0`: comparisons).
 fn fit_tiles_default() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::model::env_switch(&ON, "WDMOE_PACKED_FIT", "0")
+    crate::env::switch_once(&ON, "WDMOE_PACKED_FIT", "0")
 }
 
 /// The narrowest and widest fitted tile widths (tokens; every multiple of 8

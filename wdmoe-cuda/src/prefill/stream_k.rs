@@ -57,10 +57,8 @@ impl StreamK {
     /// [`DEFAULT_MAX_PCT`], or `WDMOE_PACKED_SK` (a percentage, 0..=100:
     /// 0 is off); no device memory until first used.
     pub(crate) fn new() -> StreamK {
-        let pct = std::env::var("WDMOE_PACKED_SK")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .map_or(DEFAULT_MAX_PCT, |p| p.min(100));
+        let pct = crate::env::number("WDMOE_PACKED_SK", |&p: &u32| p <= 100, "a share 0..=100 %")
+            .unwrap_or(DEFAULT_MAX_PCT);
         StreamK {
             max_pct: AtomicU32::new(pct),
             buffers: Mutex::new(None),
