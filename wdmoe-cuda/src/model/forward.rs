@@ -420,7 +420,7 @@ impl GpuModel {
             // all waiting for the end of the chunk (where a decode token's
             // 32 checks left the GPU idle), and the host never runs far
             // ahead of it.
-            if let Some(b) = l.checked_sub(CHECK_LAG).filter(|_| self.overlap_checks) {
+            if let Some(b) = l.checked_sub(check_lag()).filter(|_| self.overlap_checks) {
                 self.check_layer(c, b, policy);
             }
         }
@@ -569,9 +569,26 @@ pub(super) fn add_route(r: &mut LayerRoute, s: MoeStep) {
 }
 
 /// Layers between a device-planned or device-routed step's enqueue and
-/// its check (for prefill chunks 2, 8 and all layers timed alike on an
-/// H200: BENCHMARKS.md run X7).
-pub(super) const CHECK_LAG: usize = 2;
+/// its check. The host waits for that step's router report before it
+/// enqueues more, so the lag bounds how far the queue runs ahead of the
+/// GPU: 8 (about 1.7 ms of decode work) decoded 0.00-0.06 ms per token
+/// faster than 2 on H200s (runs H8-H9, 6 of 7 pairs faster, none slower:
+/// the shallower queue let the GPU wait for launches now and then);
+/// prefill timed alike (2, 8 and all layers in run X7; 2 and 8 in H9).
+pub(super) const CHECK_LAG: usize = 8;
+
+/// [`CHECK_LAG`], or `WDMOE_CHECK_LAG` (read once: comparisons).
+fn check_lag() -> usize {
+    static LAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LAG.get_or_init(|| {
+        crate::env::number(
+            "WDMOE_CHECK_LAG",
+            |&l: &usize| (1..=64).contains(&l),
+            "layers 1..=64",
+        )
+        .unwrap_or(CHECK_LAG)
+    })
+}
 
 /// Layer `l`'s latencies, `[n][e]`, out of the call's `[n][layers][e]`.
 fn layer_latencies(
