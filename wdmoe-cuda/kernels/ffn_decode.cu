@@ -483,37 +483,29 @@ __device__ __forceinline__ void gemv_tile_rows(
 
 }  // namespace
 
+// The parameters of every gemv_* kernel, and the call passing them on.
+#define WDMOE_GEMV_PARAMS                                                                                   \
+    const uint4 *__restrict__ w, const __half *__restrict__ x, int ldx, const TokList toks, int T,           \
+        int k_tiles, long long rt_stride, long long kt_stride, int splits, float *__restrict__ partial,     \
+        unsigned *__restrict__ counters, __half *__restrict__ out, int ldo, float *__restrict__ out_acc,    \
+        int n_rows
+#define WDMOE_GEMV_ARGS \
+    w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows
+
 #define WDMOE_GEMV(NAME, NT, NMAT, U, GATED)                                                                \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
-        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
-        unsigned* __restrict__ counters,                                                                    \
-        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
-        gemv_tile<NT, NMAT, U, GATED>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, \
-                                      out, ldo, out_acc,                                                    \
-                                      n_rows);                                                              \
+    extern "C" __global__ void __launch_bounds__(256) NAME(WDMOE_GEMV_PARAMS) {                             \
+        gemv_tile<NT, NMAT, U, GATED>(WDMOE_GEMV_ARGS);                                                     \
     }
 
-#define WDMOE_GEMV_R(NAME, NT, NMAT, R, U, GATED)                                                               \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(                                           \
-        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
-        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
-        unsigned* __restrict__ counters,                                                                    \
-        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
-        gemv_tile_rows<NT, NMAT, R, U, GATED>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits, partial, counters, \
-                                      out, ldo, out_acc,                                                    \
-                                      n_rows);                                                              \
+#define WDMOE_GEMV_R(NAME, NT, NMAT, R, U, GATED)                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(WDMOE_GEMV_PARAMS) {                          \
+        gemv_tile_rows<NT, NMAT, R, U, GATED>(WDMOE_GEMV_ARGS);                                             \
     }
 
 // gemv_tile with PRE = 2 (two groups of U k-tiles loaded before the wait).
 #define WDMOE_GEMV_P2(NAME, NT, NMAT, U, GATED)                                                             \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        const uint4* __restrict__ w, const __half* __restrict__ x, int ldx, const TokList toks,              \
-        int T, int k_tiles, long long rt_stride, long long kt_stride, int splits, float* __restrict__ partial, \
-        unsigned* __restrict__ counters,                                                                    \
-        __half* __restrict__ out, int ldo, float* __restrict__ out_acc, int n_rows) {                       \
-        gemv_tile<NT, NMAT, U, GATED, false, 2>(w, x, ldx, toks, T, k_tiles, rt_stride, kt_stride, splits,   \
-                                                partial, counters, out, ldo, out_acc, n_rows);              \
+    extern "C" __global__ void __launch_bounds__(256) NAME(WDMOE_GEMV_PARAMS) {                             \
+        gemv_tile<NT, NMAT, U, GATED, false, 2>(WDMOE_GEMV_ARGS);                                           \
     }
 
 // gated (W1|W3 -> silu(g)*u) and plain (W2), 1 or 2 n-tiles (<= 8, <= 16 tokens), unroll 4 or 8.

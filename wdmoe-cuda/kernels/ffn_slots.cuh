@@ -64,24 +64,17 @@
         unsigned *__restrict__ counters, __half *__restrict__ out, int ldo, float *__restrict__ out_acc,    \
         int n_rows, int zrows
 
-#define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN)                                                     \
+// PRE: gemv_tile's (1, or 2: two groups of U k-tiles loaded before the
+// wait for the previous kernel).
+#define WDMOE_GEMV_SLOT_PRE(NAME, NT, NMAT, U, GATED, DOWN, PRE)                                            \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
         WDMOE_SLOT_PARAMS) {                                                                                \
         WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
-        gemv_tile<NT, NMAT, U, GATED>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, rt_stride, \
-                                      kt_stride, splits, partial, counters, out, ldo, out_acc, n_rows);      \
+        gemv_tile<NT, NMAT, U, GATED, false, PRE>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT,        \
+                                                  k_tiles, rt_stride, kt_stride, splits, partial, counters, \
+                                                  out, ldo, out_acc, n_rows);                               \
     }
-
-// A slot kernel with gemv_tile's PRE = 2 (two groups of U k-tiles loaded
-// before the wait for the previous kernel).
-#define WDMOE_GEMV_SLOT_P2(NAME, NT, NMAT, U, GATED, DOWN)                                                  \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                                 \
-        WDMOE_SLOT_PARAMS) {                                                                                \
-        WDMOE_SLOT_PROLOGUE(DOWN)                                                                           \
-        gemv_tile<NT, NMAT, U, GATED, false, 2>(reinterpret_cast<const uint4*>(sw), x, ldx, st, sT, k_tiles, \
-                                                rt_stride, kt_stride, splits, partial, counters, out, ldo,  \
-                                                out_acc, n_rows);                                           \
-    }
+#define WDMOE_GEMV_SLOT(NAME, NT, NMAT, U, GATED, DOWN) WDMOE_GEMV_SLOT_PRE(NAME, NT, NMAT, U, GATED, DOWN, 1)
 
 // The 1-token gate/up slot kernels (SpecPlan): thread 0 waits for the
 // slot's candidate (published before the router's policy runs) or for the
@@ -179,7 +172,7 @@ WDMOE_GEMV_SLOT(slot_pair_nt1_u8, 1, 2, 8, false, true)
 WDMOE_GEMV_SLOT(slot_pair_nt2_u8, 2, 2, 8, false, true)
 // The 1-8-token down kernel (32-row tiles, unroll 4: the default shape)
 // with PRE = 2.
-WDMOE_GEMV_SLOT_P2(slot_pair_nt1_u4_p2, 1, 2, 4, false, true)
+WDMOE_GEMV_SLOT_PRE(slot_pair_nt1_u4_p2, 1, 2, 4, false, true, 2)
 WDMOE_GEMV_R_SLOT(slot_gated_r2_nt1_u2, 1, 2, 2, 2, true, false)
 WDMOE_GEMV_R_SLOT(slot_gated_r2_nt2_u2, 2, 2, 2, 2, true, false)
 WDMOE_GEMV_R_SLOT(slot_plain_r2_nt1_u2, 1, 1, 2, 2, false, true)
