@@ -79,8 +79,8 @@ namespace {
 //
 // PRE: groups of U k-tiles each warp loads before its wait for the
 // previous kernel (1, or 2: both halves of the software pipeline, twice
-// the weights in flight while a latency-bound predecessor runs). A
-// template flag, as SPEC, so that the PRE = 1 kernels keep their code.
+// the weights in flight while the predecessor still runs). A template
+// flag, as SPEC, so that the PRE = 1 kernels keep their code.
 template <int NT, int NMAT, int U, bool GATED, bool SPEC = false, int PRE = 1>
 __device__ __forceinline__ bool gemv_tile(
     const uint4* __restrict__ w, const __half* __restrict__ x, int ldx,
@@ -184,7 +184,8 @@ __device__ __forceinline__ bool gemv_tile(
                     break;
                 }
             }
-            if (PRE == 1 || i > 0) load_a(a[1], kt + U);  // (PRE 2: loaded before the wait)
+            // (PRE 2: the first one was loaded before the wait.)
+            if (PRE == 1 || i > 0) load_a(a[1], kt + U);  // may read the next group; bounded below
             compute(a[0], kt);
             kt += U;
             if (i + 2 < n_full) load_a(a[0], kt + U);

@@ -214,8 +214,8 @@ pub(crate) fn gemv_pre2_default() -> bool {
 /// GEMV and the 1-8-token down slot kernel of the default shape). Those
 /// kernels' blocks become resident while their predecessor still runs (the
 /// norm, the attention, the gate/up kernel's last blocks), and memory that
-/// would idle is what their early loads fill: 0.05-0.08 ms per decode token
-/// on an H200 (BENCHMARKS.md, runs H1-H4).
+/// would idle is what their early loads fill: 0.04-0.09 ms per decode token
+/// on H200s (BENCHMARKS.md, "Runs H1–H13").
 pub(crate) fn with_pre2(gpu: &Gpu, name: &'static str) -> &'static str {
     match pre2_variant(name) {
         Some(p2) if gpu.gemv_preload() => p2,
