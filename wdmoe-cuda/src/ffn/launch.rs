@@ -215,7 +215,7 @@ pub(crate) fn gemv_pre2_default() -> bool {
 /// kernels' blocks become resident while their predecessor still runs (the
 /// norm, the attention, the gate/up kernel's last blocks), and memory that
 /// would idle is what their early loads fill: 0.04-0.09 ms per decode token
-/// on H200s (BENCHMARKS.md, "Runs H1–H14").
+/// on H200s (BENCHMARKS.md, "Runs H1–H17").
 pub(crate) fn with_pre2(gpu: &Gpu, name: &'static str) -> &'static str {
     match pre2_variant(name) {
         Some(p2) if gpu.gemv_preload() => p2,
