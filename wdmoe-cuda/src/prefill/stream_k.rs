@@ -29,6 +29,8 @@ use crate::runtime::addr;
 const CHUNKS: usize = 40;
 /// Consumer threads of a packed GEMM block (two warpgroups).
 const CONSUMERS: usize = 256;
+/// Floats of one block's workspace slot (`SK_SLOT` float4 in the kernel).
+const SLOT_FLOATS: usize = CHUNKS * CONSUMERS * 4;
 /// Regions: consecutive launches of a pair or a chain overlap (each starts
 /// on the multiprocessors its predecessor leaves), so they alternate
 /// between two.
@@ -90,8 +92,7 @@ impl StreamK {
         if guard.as_ref().is_none_or(|b| b.blocks < blocks) {
             // (Never replaced while launches use it: `blocks` is the same
             // for every call on a GPU.)
-            let slot = CHUNKS * CONSUMERS * 4;
-            let n = REGIONS * blocks * slot;
+            let n = REGIONS * blocks * SLOT_FLOATS;
             let ws = DeviceBuffer::<f32>::zeroed(n).ctx("cuMemAlloc", || {
                 format!("stream-K workspace: {n} x 4 bytes")
             })?;
@@ -102,9 +103,8 @@ impl StreamK {
         }
         let b = guard.as_ref().expect("allocated above");
         let r = r % REGIONS;
-        let slot_bytes = (CHUNKS * CONSUMERS * 16) as u64;
         Ok((
-            addr(&b.ws) + (r * b.blocks) as u64 * slot_bytes,
+            addr(&b.ws) + (r * b.blocks * SLOT_FLOATS * 4) as u64,
             addr(&b.flags) + (r * b.blocks * 4) as u64,
         ))
     }

@@ -385,12 +385,8 @@ fn decode_gemv_preload_equals_one_group() {
             layers: 2,
             heads,
             kv_heads,
-            head_dim: 128,
-            experts: 8,
-            rms_eps: 1e-5,
             rope_theta: 1e4,
-            window: None,
-            tied: false,
+            ..ModelShape::mixtral_8x7b()
         };
         let opts = ModelOptions {
             max_seq: 32,
@@ -426,7 +422,6 @@ fn decode_gemv_preload_equals_one_group() {
         };
         let (la, ra) = run(true);
         let (lb, rb) = run(false);
-        gpu.set_gemv_preload(true);
         let label = format!("hidden {hidden}, expert size {intermediate}");
         assert!(
             la.iter().all(|x| x.is_finite()),
