@@ -104,11 +104,12 @@ constexpr int ATT_CLUSTER_MAX = 8;
 // share of the group's q heads in the raw q|k|v row, zeroed (every split
 // read them before the first barrier). Waiting on that second barrier
 // keeps the block's shared memory alive until its peers have read it.
+template <int HD>
 __device__ __forceinline__ void attn_cluster_merge(const AttnParams& p, const AttnRope& r, float* pm, float m,
                                                    float l, const float* acc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int MAXE = ATT_MAX_HD / 64;  // G hd outputs over >= 2 blocks of G warps
-    const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, s = blockIdx.z, S = gridDim.z;
+    const int G = p.H / p.KVH, hd = HD > 0 ? HD : p.hd, kvh = blockIdx.x, s = blockIdx.z, S = gridDim.z;
     store_partial(pm + (threadIdx.x >> 5) * (hd + 2), m, l, acc, hd);
     cluster_arrive();
     cluster_wait();
@@ -168,14 +169,18 @@ __device__ __forceinline__ void attn_cluster_merge(const AttnParams& p, const At
 #endif
 }
 
-template <bool ROPE, bool CLUSTER = false>
+// HD > 0: the head size as a constant (p.hd == HD, checked by the host), so
+// that the element indices' divisions by hd and hd/2 become shifts (for hd
+// 128 they were ~40 instructions each, on the path after the wait); the
+// same arithmetic otherwise (the same bits).
+template <bool ROPE, bool CLUSTER = false, int HD = 0>
 __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRope& r) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     if (!ROPE) {
         griddep_wait();
         griddep_launch_dependents();
     }
-    const int G = p.H / p.KVH, hd = p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+    const int G = p.H / p.KVH, hd = HD > 0 ? HD : p.hd, kvh = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
     const int splits = gridDim.z;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int kpitch = hd + 2;  // halfs; (hd+2)/2 odd when hd % 4 == 0: lanes hit distinct banks
@@ -368,7 +373,7 @@ __device__ __forceinline__ void attn_fwd_body(const AttnParams& p, const AttnRop
         m = mn;
     }
     if (CLUSTER) {
-        attn_cluster_merge(p, r, reinterpret_cast<float*>(vs + ATT_TILE * hd), m, l, acc);
+        attn_cluster_merge<HD>(p, r, reinterpret_cast<float*>(vs + ATT_TILE * hd), m, l, acc);
     } else if (splits == 1) {
         const float inv = 1.0f / l;
         __half* o = p.out + ((long long)t * p.H + h) * hd;
@@ -396,6 +401,16 @@ extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope(const AttnParams
 extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope_cluster(const AttnParams p,
                                                                         const float2* __restrict__ rope, float* qkv) {
     attn_fwd_body<true, true>(p, AttnRope{rope, qkv});
+}
+// The two decode kernels above for head size 128 (p.hd == 128).
+extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope_hd128(const AttnParams p,
+                                                                     const float2* __restrict__ rope, float* qkv) {
+    attn_fwd_body<true, false, 128>(p, AttnRope{rope, qkv});
+}
+extern "C" __global__ void __launch_bounds__(512) attn_fwd_rope_cluster_hd128(const AttnParams p,
+                                                                              const float2* __restrict__ rope,
+                                                                              float* qkv) {
+    attn_fwd_body<true, true, 128>(p, AttnRope{rope, qkv});
 }
 
 

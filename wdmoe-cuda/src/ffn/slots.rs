@@ -18,25 +18,50 @@ use crate::plan::DevicePlan;
 use crate::runtime::{addr, Gpu};
 
 /// The launch shapes of the slot kernels for plans of `n_tokens` tokens,
-/// and whether they are the dual (one or two n-tiles per slot) kernels.
-/// 9-16 tokens: a slot rarely gets more than 8 (top-k spreads them over the
-/// experts), so the 1-8-token shapes with a per-slot choice of one or two
-/// n-tiles (when those shapes have one row unit per warp).
+/// launched `n_slots` slots at a time (grid z = slot), and whether they are
+/// the dual (one or two n-tiles per slot) kernels. 9-16 tokens: a slot
+/// rarely gets more than 8 (top-k spreads them over the experts), so the
+/// 1-8-token shapes with a per-slot choice of one or two n-tiles (when
+/// those shapes have one row unit per warp).
+///
+/// Several slots in one launch: the gate/up kernel's warps per block are
+/// divided by the slots (at least 1), so that the launch has about the
+/// warps of one slot's launch. Its default shape was chosen so that one
+/// slot's blocks are resident at once (Mixtral, 2 warps: 1,792 warps); two
+/// slots of it took ~1.7 rounds of resident blocks, and in the whole
+/// model's decode (top-2: every token's step is one launch of two slots)
+/// the gate/up stream then ended ~9 µs a layer later: 1-warp blocks were
+/// 0.16-0.23 ms per token faster in each of 5 in-call pairs on two H200s
+/// (runs H18, H19; for one expert alone 2 warps stay ~2 % faster, H20).
+/// `WDMOE_MERGED_GATE_WARPS=0` (read once: comparisons) keeps the
+/// one-slot shape.
 pub(crate) fn slot_configs(
     cfg: &DecodeConfig,
     n_tokens: usize,
-) -> (bool, &KernelConfig, &KernelConfig) {
+    n_slots: usize,
+) -> (bool, KernelConfig, KernelConfig) {
     let dual = n_tokens > 8 && cfg.gate_up.rows == 1 && cfg.down.rows == 1;
-    if dual {
-        (true, &cfg.gate_up, &cfg.down)
+    let (g, d) = if dual {
+        (cfg.gate_up, cfg.down)
     } else {
         let (g, d) = cfg.pick(n_tokens);
-        (false, g, d)
-    }
+        (*g, *d)
+    };
+    static DIVIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let g = if n_slots > 1 && crate::env::switch_once(&DIVIDE, "WDMOE_MERGED_GATE_WARPS", "0") {
+        KernelConfig {
+            warps: (g.warps / n_slots as u32).max(1),
+            ..g
+        }
+    } else {
+        g
+    };
+    (dual, g, d)
 }
 
 /// The byte ranges `(offset, length)` of an expert's packed W1|W3 that the
-/// first slot kernel of a device plan of `n_tokens` tokens reads first: the
+/// first slot kernel of a device plan of `n_tokens` tokens, launched
+/// `n_slots` slots at a time (1: one slot per launch), reads first: the
 /// start of each warp's k range (k-major packing: all row tiles of a k-tile
 /// are contiguous), `bytes` split evenly among them (at most 8 ranges, each
 /// within its warp's range). Empty for row-major packing or `bytes` 0. For
@@ -45,13 +70,14 @@ pub fn gate_up_prefetch_ranges(
     w: &ExpertWeights,
     cfg: &DecodeConfig,
     n_tokens: usize,
+    n_slots: usize,
     bytes: usize,
 ) -> Vec<(u64, u64)> {
     if !w.k_major || bytes == 0 || n_tokens == 0 {
         return Vec::new();
     }
-    let (_, g, _) = slot_configs(cfg, n_tokens);
-    let geo = geometry(Kind::Gated, n_tokens, true, w.m, w.m_h, g);
+    let (_, g, _) = slot_configs(cfg, n_tokens, n_slots);
+    let geo = geometry(Kind::Gated, n_tokens, true, w.m, w.m_h, &g);
     warp_start_ranges(
         geo.k_tiles as i64,
         geo.splits as i64,
@@ -170,7 +196,7 @@ fn spec_gate(kind: Kind, n_tokens: usize, name: &'static str) -> &'static str {
 /// workspace (`n_tokens · n_slots` ≤ [`MAX_DECODE_TOKENS`]) and neither
 /// kernel splits k (the split-K partial sums are per launch).
 pub fn slots_merge(cfg: &DecodeConfig, n_tokens: usize, n_slots: usize) -> bool {
-    let (dual, g, d) = slot_configs(cfg, n_tokens);
+    let (dual, g, d) = slot_configs(cfg, n_tokens, n_slots);
     n_slots > 1
         && !dual
         && n_tokens * n_slots <= MAX_DECODE_TOKENS
@@ -229,7 +255,7 @@ fn launch_slots(
     }
     check_align(OP, "x", addr(x), 16)?;
     check_align(OP, "out_acc", addr(out_acc), 4)?;
-    let (dual, gate_cfg, down_cfg) = slot_configs(cfg, n_tokens);
+    let (dual, gate_cfg, down_cfg) = slot_configs(cfg, n_tokens, slots.len());
     let h = addr(&ws.h);
     for (kind, xin, ldx, k, n, dest, kcfg) in [
         (
@@ -265,7 +291,7 @@ fn launch_slots(
                 spec_gate(kind, n_tokens, kernel_names(kind, n_tokens, kcfg.unroll).1),
             )
         };
-        let geo = geometry(kind, n_tokens, w.k_major, k, n, kcfg);
+        let geo = geometry(kind, n_tokens, w.k_major, k, n, &kcfg);
         let (out, ldo, out_acc) = match dest {
             Dest::Plain { out, ldo } => (out, ldo, 0u64),
             Dest::Combine { acc, ldo } => (0u64, ldo, acc),
@@ -359,15 +385,15 @@ mod tests {
             gate_up_wide: k(2, 2),
             down_wide: k(2, 2),
         };
-        assert!(!slot_configs(&cfg, 8).0);
-        let (dual, g, d) = slot_configs(&cfg, 9);
+        assert!(!slot_configs(&cfg, 8, 1).0);
+        let (dual, g, d) = slot_configs(&cfg, 9, 1);
         assert!(dual);
         assert_eq!((g.rows, d.rows), (1, 1));
         let wide_only = DecodeConfig {
             gate_up: k(2, 2),
             ..cfg
         };
-        let (dual, g, _) = slot_configs(&wide_only, 16);
+        let (dual, g, _) = slot_configs(&wide_only, 16, 1);
         assert!(!dual);
         assert_eq!(g.rows, 2);
         assert_eq!(dual_name(Kind::Pair, 8), "slot_pair_dual_u8");
@@ -392,7 +418,7 @@ mod tests {
             unified_addressing: true,
         };
         let cfg = DecodeConfig::auto_layout(&info, 4096, 14336, crate::DownLayout::Pairs32);
-        let (_, g, d) = slot_configs(&cfg, 1);
+        let (_, g, d) = slot_configs(&cfg, 1, 2);
         let down = kernel_names(Kind::Pair, 1, d.unroll).1;
         assert_eq!(pre2_variant(down), Some("slot_pair_nt1_u4_p2"));
         let gate = spec_gate(Kind::Gated, 1, kernel_names(Kind::Gated, 1, g.unroll).1);
@@ -432,6 +458,53 @@ mod tests {
             1,
             2
         ));
+    }
+
+    /// A launch of several slots divides the gate/up kernel's warps per
+    /// block by the slots (at least 1) and keeps everything else; one slot
+    /// per launch keeps the shape; down is never divided.
+    #[test]
+    fn merged_launches_divide_gate_up_warps_by_the_slots() {
+        if std::env::var("WDMOE_MERGED_GATE_WARPS").is_ok() {
+            return; // a comparison run chose the shapes
+        }
+        let k = |warps| KernelConfig {
+            warps,
+            splits: 1,
+            unroll: 4,
+            rows: 1,
+        };
+        let cfg = DecodeConfig {
+            gate_up: k(2),
+            down: k(8),
+            gate_up_wide: k(4),
+            down_wide: k(8),
+        };
+        assert_eq!(slot_configs(&cfg, 1, 1), (false, k(2), k(8)));
+        assert_eq!(slot_configs(&cfg, 1, 2), (false, k(1), k(8)));
+        assert_eq!(slot_configs(&cfg, 2, 8), (false, k(1), k(8)));
+        // 9-16 tokens on the wide shapes (rows 2 here: not the dual kernels).
+        let wide = DecodeConfig {
+            gate_up_wide: KernelConfig { rows: 2, ..k(4) },
+            down_wide: KernelConfig { rows: 2, ..k(8) },
+            ..cfg
+        };
+        let (dual, g, d) = slot_configs(&wide, 9, 1);
+        assert!(!dual);
+        assert_eq!((g.warps, g.rows, d.warps), (4, 2, 8));
+        // The Mixtral default: 2 warps alone, 1 in a top-2 decode step.
+        use crate::runtime::DeviceInfo;
+        let info = DeviceInfo {
+            name: "H200".into(),
+            cc: (9, 0),
+            sm_count: 132,
+            l2_bytes: 60 << 20,
+            cubin: true,
+            unified_addressing: true,
+        };
+        let mix = DecodeConfig::auto_layout(&info, 4096, 14336, crate::DownLayout::Pairs32);
+        assert_eq!(mix.gate_up.warps, 2);
+        assert_eq!(slot_configs(&mix, 1, 2).1.warps, 1);
     }
 
     #[test]

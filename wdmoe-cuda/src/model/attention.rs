@@ -486,19 +486,26 @@ pub(crate) fn rope_attention_decode(
     };
     let grid = (dims.kv_heads as u32, 1, splits as u32);
     let block = (h / dims.kv_heads * 32) as u32;
+    // Head size 128 (Mixtral's): the kernels compiled for it (the same
+    // arithmetic; no integer divisions by hd on the path after the wait).
+    let hd128 = hd == 128;
     if cluster && decode_cluster(gpu, dims, splits) {
-        // SAFETY: attn_fwd_rope_cluster(AttnParams, const float2*, float*)
-        // = AttnRopeArgs; reads and writes as attn_fwd_rope below, except
-        // that the clusters (1, 1, splits), 2 <= splits <= 8 (checked by
-        // decode_cluster; sm_90a cubin, where clusters exist) write the
-        // output instead of partials (part unused) and zero the q heads of
-        // their group; each block's partials lie in its own dynamic shared
-        // memory (cluster_smem_bytes <= 48 KiB, checked), read by its peers
-        // before any block exits.
+        // SAFETY: attn_fwd_rope_cluster(_hd128)(AttnParams, const float2*,
+        // float*) = AttnRopeArgs (_hd128: p.hd is 128); reads and writes as
+        // attn_fwd_rope below, except that the clusters (1, 1, splits), 2 <=
+        // splits <= 8 (checked by decode_cluster; sm_90a cubin, where clusters
+        // exist) write the output instead of partials (part unused) and zero
+        // the q heads of their group; each block's partials lie in its own
+        // dynamic shared memory (cluster_smem_bytes <= 48 KiB, checked), read
+        // by its peers before any block exits.
         return unsafe {
             gpu.launch(
                 &gpu.model,
-                "attn_fwd_rope_cluster",
+                if hd128 {
+                    "attn_fwd_rope_cluster_hd128"
+                } else {
+                    "attn_fwd_rope_cluster"
+                },
                 Shape::new(grid, block)
                     .shared(dims.cluster_smem_bytes() as u32)
                     .pdl(true)
@@ -508,17 +515,21 @@ pub(crate) fn rope_attention_decode(
             )
         };
     }
-    // SAFETY: attn_fwd_rope(AttnParams, const float2*, float*) =
-    // AttnRopeArgs (the struct by value, then two pointers); block (kvh, 0, s)
-    // reads the q heads of group kvh and k/v head kvh of the qkv row
-    // (checked), zeroes what it read (the q heads only with one split),
-    // reads rope row start < max_seq (checked, 8-byte aligned), cache
-    // positions < start of head kvh and writes position start (checked);
-    // out or its partials as attention's launch; shared memory as there.
+    // SAFETY: attn_fwd_rope(_hd128)(AttnParams, const float2*, float*) =
+    // AttnRopeArgs (the struct by value, then two pointers; _hd128: p.hd is
+    // 128); block (kvh, 0, s) reads the q heads of group kvh and k/v head kvh
+    // of the qkv row (checked), zeroes what it read (the q heads only with one
+    // split), reads rope row start < max_seq (checked, 8-byte aligned), cache
+    // positions < start of head kvh and writes position start (checked); out or
+    // its partials as attention's launch; shared memory as there.
     unsafe {
         gpu.launch(
             &gpu.model,
-            "attn_fwd_rope",
+            if hd128 {
+                "attn_fwd_rope_hd128"
+            } else {
+                "attn_fwd_rope"
+            },
             Shape::new(grid, block)
                 .shared(dims.smem_bytes() as u32)
                 .pdl(true),

@@ -360,18 +360,14 @@ impl GpuModel {
         let qkvw = shape.qkv_width();
         let any_packed = layers.iter().any(|l| l.wqkv_p.is_some());
         // Launch shapes: as a Tiles16 W2 of `rows` x `k`, except that 1-8
-        // tokens run 4 warps per block and no split (at Mixtral size one
-        // wave of 384 or 256 blocks, 4 per SM, against 8 warps per block:
-        // 7.335 against 7.416 ms of GPU time per token on an H200, the best
-        // of 8 shapes tried, BENCHMARKS.md run Y4).
+        // tokens run no split of k and the warps per block below (Y4: one
+        // wave of 384 or 256 blocks; the best of 8 shapes tried then).
         let shape_env = proj_shape_env("WDMOE_PROJ_SHAPE");
         let qkv_env = proj_shape_env("WDMOE_QKV_SHAPE").or(shape_env);
-        let proj = |rows: usize, k: usize, shape_env: Option<(u32, u32, u32)>| {
+        let proj = |rows: usize, k: usize, shape: (u32, u32, u32)| {
             let mut c = DecodeConfig::auto_layout(gpu.info(), rows, k, DownLayout::Tiles16);
             let sm = gpu.info().sm_count;
-            // 8 warps per block: 0.04-0.11 ms per token faster than 4 on an
-            // H200 (run A3, in-call, two runs each).
-            let (warps, unroll, splits) = shape_env.unwrap_or((8, 8, 1));
+            let (warps, unroll, splits) = shape;
             c.down = KernelConfig {
                 splits,
                 ..KernelConfig::auto(sm, rows / 16, k / 16, warps, unroll, 14)
@@ -391,8 +387,15 @@ impl GpuModel {
             None
         };
         Ok(GpuModel {
-            qkv_cfg: proj(qkvw, m, qkv_env),
-            o_cfg: proj(m, hd_all, shape_env),
+            // o: 8 warps per block, 0.04-0.11 ms per token faster than 4
+            // on an H200 (run A3, in-call, two runs each; again in H20).
+            // q|k|v: 4 warps per block, so that its 384 blocks (1,536
+            // warps) are resident at once and each loads its first two
+            // groups of k-tiles (PRE = 2) while the kernel before it runs:
+            // 0.02-0.05 ms per token faster than 8 in each of 3 in-call
+            // pairs (runs H19, H20; 8 warps were better before PRE = 2, A3).
+            qkv_cfg: proj(qkvw, m, qkv_env.unwrap_or((4, 8, 1))),
+            o_cfg: proj(m, hd_all, shape_env.unwrap_or((8, 8, 1))),
             proj_ws,
             head_p,
             overlap_checks: true,
@@ -433,8 +436,9 @@ impl GpuModel {
     }
 }
 
-/// The decode GEMV shape of the attention projections: 8 warps per block,
-/// unroll 8, no split of k (`WDMOE_PROJ_SHAPE=warps,unroll,splits`, e.g.
+/// The decode GEMV shape of the attention projections: 4 (q|k|v) or 8 (o)
+/// warps per block, unroll 8, no split of k
+/// (`WDMOE_PROJ_SHAPE=warps,unroll,splits`, e.g.
 /// `8,8,2`, both projections; `WDMOE_QKV_SHAPE`, q|k|v alone; read at load:
 /// comparisons; a shape the kernels do not take is refused at the first
 /// launch).

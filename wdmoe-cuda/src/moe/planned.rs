@@ -11,7 +11,7 @@ use super::encode::{route_tokens, same_plan};
 use super::host::run_host_plan;
 use super::{MoeLayer, MoeStep};
 use crate::error::{CudaCtx, Error, Result};
-use crate::ffn::{ffn_decode_slot, ffn_decode_slots, gate_up_prefetch_ranges};
+use crate::ffn::{ffn_decode_slot, ffn_decode_slots, gate_up_prefetch_ranges, slots_merge};
 use crate::runtime::elapsed_ms;
 
 impl MoeLayer {
@@ -33,8 +33,22 @@ impl MoeLayer {
             gpu.record_on(&ev[0])?;
         }
         let mut acc = self.acc.index(..n_tokens * m);
-        let prefetch =
-            gate_up_prefetch_ranges(&self.experts[0], &self.cfg, n_tokens, self.prefetch.bytes());
+        // The slots of the first gate/up launch (all of them when they share
+        // launches below; the router makes min(experts, tokens k) slots).
+        let slots = self.experts.len().min(n_tokens * pol.k());
+        let first_launch =
+            if !self.expert_timing && self.merge_slots && slots_merge(&self.cfg, n_tokens, slots) {
+                slots
+            } else {
+                1
+            };
+        let prefetch = gate_up_prefetch_ranges(
+            &self.experts[0],
+            &self.cfg,
+            n_tokens,
+            first_launch,
+            self.prefetch.bytes(),
+        );
         self.router.route_plan(
             gpu,
             &self.x,
