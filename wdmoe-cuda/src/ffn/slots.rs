@@ -483,15 +483,8 @@ mod tests {
         assert_eq!(slot_configs(&cfg, 1, 1), (false, k(2), k(8)));
         assert_eq!(slot_configs(&cfg, 1, 2), (false, k(1), k(8)));
         assert_eq!(slot_configs(&cfg, 2, 8), (false, k(1), k(8)));
-        // 9-16 tokens on the wide shapes (rows 2 here: not the dual kernels).
-        let wide = DecodeConfig {
-            gate_up_wide: KernelConfig { rows: 2, ..k(4) },
-            down_wide: KernelConfig { rows: 2, ..k(8) },
-            ..cfg
-        };
-        let (dual, g, d) = slot_configs(&wide, 9, 1);
-        assert!(!dual);
-        assert_eq!((g.warps, g.rows, d.warps), (4, 2, 8));
+        // 9-16 tokens: the dual kernels on the 1-8-token shapes.
+        assert_eq!(slot_configs(&cfg, 9, 1), (true, k(2), k(8)));
         // The Mixtral default: 2 warps alone, 1 in a top-2 decode step.
         use crate::runtime::DeviceInfo;
         let info = DeviceInfo {

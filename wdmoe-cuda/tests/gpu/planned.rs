@@ -125,8 +125,10 @@ fn two_planned_steps_without_sync_keep_their_own_latencies() {
 /// A device-planned step whose slots share two launches (`ffn_decode_slots`:
 /// grid z = slot, the down kernels adding atomically) gives the bits of the
 /// same step with two launches per slot (each output row gets at most two
-/// additions onto zero, k = 2, which commute exactly), at 1 and 2 tokens;
-/// no NaN.
+/// additions onto zero, k = 2, which commute exactly), at 1 and 2 tokens,
+/// when the gate/up kernel has one warp per block (a merged launch divides
+/// the warps by its slots, so then both run the same shape); with two warps
+/// (the merged launch then runs one) within 1e-3 of it; no NaN.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn merged_slot_launches_equal_one_launch_per_slot() {
@@ -138,7 +140,8 @@ fn merged_slot_launches_equal_one_launch_per_slot() {
     moe.cfg.gate_up.splits = 1;
     moe.cfg.down.splits = 1;
     let pol = PlanPolicy::new(2, 0.0, 0).unwrap();
-    for t in [1usize, 2] {
+    for (t, gate_warps) in [(1usize, 1u32), (2, 1), (1, 2), (2, 2)] {
+        moe.cfg.gate_up.warps = gate_warps;
         let x = rand_dev(&gpu, t * m, s ^ (7 + t as u64), 1.0);
         let lat = vec![0.01; t * e];
         let mut probs = gpu.alloc::<f32>(t * e).unwrap();
@@ -158,14 +161,24 @@ fn merged_slot_launches_equal_one_launch_per_slot() {
             .zip(&merged)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let err = rel_err(&f(&merged), &f(&one));
         eprintln!(
-            "T={t}: {} slots, {diff} of {} values differ",
+            "T={t}, gate/up {gate_warps} warps: {} slots, {diff} of {} values differ, rel err {err:.2e}",
             moe.plan.n_slots(),
             one.len()
         );
-        assert_eq!(
-            diff, 0,
-            "T={t}: merged launches differ from one launch per slot"
+        assert!(
+            merged.iter().all(|v| v.is_finite()),
+            "T={t}: non-finite merged output"
         );
+        if gate_warps == 1 {
+            assert_eq!(
+                diff, 0,
+                "T={t}: merged launches differ from one launch per slot"
+            );
+        } else {
+            assert!(err < 1e-3, "T={t}: merged launches off by {err:.2e}");
+        }
     }
 }
