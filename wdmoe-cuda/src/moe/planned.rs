@@ -33,15 +33,17 @@ impl MoeLayer {
             gpu.record_on(&ev[0])?;
         }
         let mut acc = self.acc.index(..n_tokens * m);
-        // The slots of the first gate/up launch (all of them when they share
-        // launches below; the router makes min(experts, tokens k) slots).
+        // All slots in two launches where the shapes allow (no per-expert
+        // events to put between them): the router makes min(experts,
+        // tokens k) slots, and the first gate/up launch holds all of them
+        // then, else one.
+        let merge = !self.expert_timing && self.merge_slots;
         let slots = self.experts.len().min(n_tokens * pol.k());
-        let first_launch =
-            if !self.expert_timing && self.merge_slots && slots_merge(&self.cfg, n_tokens, slots) {
-                slots
-            } else {
-                1
-            };
+        let first_launch = if merge && slots_merge(&self.cfg, n_tokens, slots) {
+            slots
+        } else {
+            1
+        };
         let prefetch = gate_up_prefetch_ranges(
             &self.experts[0],
             &self.cfg,
@@ -61,9 +63,7 @@ impl MoeLayer {
             &prefetch,
         )?;
         let n_slots = self.device.n_slots();
-        if !self.expert_timing && self.merge_slots {
-            // All slots in two launches where the shapes allow (no
-            // per-expert events to put between them).
+        if merge {
             ffn_decode_slots(
                 gpu,
                 &self.experts,
