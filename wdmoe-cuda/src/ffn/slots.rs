@@ -371,6 +371,18 @@ mod tests {
         assert!(warp_start_ranges(256, 1, 2, 16, 0).is_empty());
     }
 
+    /// An H200's facts, for the default shapes at Mixtral size.
+    fn h200() -> crate::runtime::DeviceInfo {
+        crate::runtime::DeviceInfo {
+            name: "H200".into(),
+            cc: (9, 0),
+            sm_count: 132,
+            l2_bytes: 60 << 20,
+            cubin: true,
+            unified_addressing: true,
+        }
+    }
+
     #[test]
     fn slot_configs_use_dual_kernels_above_8_tokens_with_row_units_of_1() {
         let k = |rows, unroll| KernelConfig {
@@ -408,15 +420,7 @@ mod tests {
     #[test]
     fn default_decode_kernels_have_their_preload_variants() {
         use super::super::launch::pre2_variant;
-        use crate::runtime::DeviceInfo;
-        let info = DeviceInfo {
-            name: "H200".into(),
-            cc: (9, 0),
-            sm_count: 132,
-            l2_bytes: 60 << 20,
-            cubin: true,
-            unified_addressing: true,
-        };
+        let info = h200();
         let cfg = DecodeConfig::auto_layout(&info, 4096, 14336, crate::DownLayout::Pairs32);
         let (_, g, d) = slot_configs(&cfg, 1, 2);
         let down = kernel_names(Kind::Pair, 1, d.unroll).1;
@@ -486,15 +490,7 @@ mod tests {
         // 9-16 tokens: the dual kernels on the 1-8-token shapes.
         assert_eq!(slot_configs(&cfg, 9, 1), (true, k(2), k(8)));
         // The Mixtral default: 2 warps alone, 1 in a top-2 decode step.
-        use crate::runtime::DeviceInfo;
-        let info = DeviceInfo {
-            name: "H200".into(),
-            cc: (9, 0),
-            sm_count: 132,
-            l2_bytes: 60 << 20,
-            cubin: true,
-            unified_addressing: true,
-        };
+        let info = h200();
         let mix = DecodeConfig::auto_layout(&info, 4096, 14336, crate::DownLayout::Pairs32);
         assert_eq!(mix.gate_up.warps, 2);
         assert_eq!(slot_configs(&mix, 1, 2).1.warps, 1);
