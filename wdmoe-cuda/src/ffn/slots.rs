@@ -31,8 +31,9 @@ use crate::runtime::{addr, Gpu};
 /// slots of it took ~1.7 rounds of resident blocks, and in the whole
 /// model's decode (top-2: every token's step is one launch of two slots)
 /// the gate/up stream then ended ~9 µs a layer later: 1-warp blocks were
-/// 0.16-0.23 ms per token faster in each of 5 in-call pairs on two H200s
-/// (runs H18, H19; for one expert alone 2 warps stay ~2 % faster, H20).
+/// 0.16-0.23 ms per token faster in each of 6 in-call pairs on H200s
+/// (runs H18, H19, H21), the MoE layer step alone 172 µs against 179 (H24);
+/// for one expert alone 2 warps stay ~2 % faster (H20).
 /// `WDMOE_MERGED_GATE_WARPS=0` (read once: comparisons) keeps the
 /// one-slot shape.
 pub(crate) fn slot_configs(
