@@ -5,7 +5,26 @@
 use rand::Rng;
 
 use super::{max_diff, rng};
+use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape};
 use crate::runtime::Gpu;
+
+/// A model of `shape` with random weights from `seed`, its experts in the
+/// decode packing only, a KV cache of `max_seq` positions and prompt chunks
+/// of at most `chunk` tokens.
+fn decode_only_model(
+    gpu: &std::sync::Arc<Gpu>,
+    shape: ModelShape,
+    max_seq: usize,
+    chunk: usize,
+    seed: u64,
+) -> GpuModel {
+    let opts = ModelOptions {
+        max_seq,
+        layout: ExpertLayout::DecodeOnly,
+        prefill_chunk: chunk,
+    };
+    GpuModel::random(gpu.clone(), shape, opts, seed, &mut |_, _| {}).unwrap()
+}
 
 /// Prefill at Mixtral width (2 layers, a 2,048-token vocabulary, random
 /// weights, experts in the decode packing only): a 600-token chunk (the
@@ -18,7 +37,7 @@ use crate::runtime::Gpu;
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn prefill_on_the_packing_equals_the_gemv_path() {
-    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use crate::model::Output;
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
     if !gpu.info().cubin {
@@ -35,12 +54,7 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
     let n = 600;
     assert!(n >= crate::model::kernels::PROJ_STORE_MIN_TOKENS);
     let run = |chunk: usize, tokens: &[u32]| {
-        let opts = ModelOptions {
-            max_seq: n + 8,
-            layout: ExpertLayout::DecodeOnly,
-            prefill_chunk: chunk,
-        };
-        let mut m = GpuModel::random(gpu.clone(), shape, opts, seed, &mut |_, _| {}).unwrap();
+        let mut m = decode_only_model(&gpu, shape, n + 8, chunk, seed);
         let e = shape.experts;
         let lat = vec![0.01; tokens.len() * shape.layers * e];
         let policy = Policy::new(2, 0.0, 1).unwrap();
@@ -95,7 +109,7 @@ fn prefill_on_the_packing_equals_the_gemv_path() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn prefill_fused_steps_equal_unfused() {
-    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use crate::model::Output;
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
     if !gpu.info().cubin {
@@ -109,12 +123,7 @@ fn prefill_fused_steps_equal_unfused() {
         ..ModelShape::mixtral_8x7b()
     };
     let (n0, n1) = (600usize, 530usize);
-    let opts = ModelOptions {
-        max_seq: n0 + n1 + 8,
-        layout: ExpertLayout::DecodeOnly,
-        prefill_chunk: n0,
-    };
-    let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let mut m = decode_only_model(&gpu, shape, n0 + n1 + 8, n0, r.gen());
     let policy = Policy::new(2, 0.0, 1).unwrap();
     let tokens: Vec<u32> = (0..n0 + n1).map(|_| r.gen_range(0..2048)).collect();
     let lat = vec![0.01; n0 * shape.layers * shape.experts];
@@ -178,7 +187,7 @@ fn prefill_fused_steps_equal_unfused() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn lm_head_on_its_packing_equals_row_major() {
-    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use crate::model::Output;
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
     if !gpu.info().cubin {
@@ -191,12 +200,7 @@ fn lm_head_on_its_packing_equals_row_major() {
         vocab: 4096,
         ..ModelShape::mixtral_8x7b()
     };
-    let opts = ModelOptions {
-        max_seq: 128,
-        layout: ExpertLayout::DecodeOnly,
-        prefill_chunk: 64,
-    };
-    let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let mut m = decode_only_model(&gpu, shape, 128, 64, r.gen());
     assert!(
         m.head_p.is_some(),
         "Mixtral width with 4,096 rows is packable"
@@ -248,7 +252,7 @@ fn lm_head_on_its_packing_equals_row_major() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn decode_greedy_pipelined_equals_one_forward_per_token() {
-    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use crate::model::Output;
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
     let mut r = rng();
@@ -266,12 +270,7 @@ fn decode_greedy_pipelined_equals_one_forward_per_token() {
         window: None,
         tied: false,
     };
-    let opts = ModelOptions {
-        max_seq: 64,
-        layout: ExpertLayout::DecodeOnly,
-        prefill_chunk: 16,
-    };
-    let mut m = GpuModel::random(gpu, shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+    let mut m = decode_only_model(&gpu, shape, 64, 16, r.gen());
     let (layers, e, v) = (shape.layers, shape.experts, shape.vocab as u32);
     let policy = Policy::new(2, 0.2, 1).unwrap();
     // Latencies that differ per position and layer, so that the policy's
@@ -373,7 +372,7 @@ fn decode_greedy_pipelined_equals_one_forward_per_token() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn decode_gemv_preload_equals_one_group() {
-    use crate::model::{ExpertLayout, GpuModel, ModelOptions, ModelShape, Output};
+    use crate::model::Output;
     use wdmoe_core::select::Policy;
     let gpu = std::sync::Arc::new(Gpu::new(0).unwrap());
     let mut r = rng();
@@ -388,12 +387,7 @@ fn decode_gemv_preload_equals_one_group() {
             rope_theta: 1e4,
             ..ModelShape::mixtral_8x7b()
         };
-        let opts = ModelOptions {
-            max_seq: 32,
-            layout: ExpertLayout::DecodeOnly,
-            prefill_chunk: 16,
-        };
-        let mut m = GpuModel::random(gpu.clone(), shape, opts, r.gen(), &mut |_, _| {}).unwrap();
+        let mut m = decode_only_model(&gpu, shape, 32, 16, r.gen());
         let policy = Policy::new(2, 0.2, 1).unwrap();
         let per_token = shape.layers * shape.experts;
         let lat: Vec<f64> = (0..5 * per_token)
