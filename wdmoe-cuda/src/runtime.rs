@@ -37,6 +37,9 @@ pub struct DeviceInfo {
 /// visible to the host after [`Gpu::sync`].
 pub struct Gpu {
     pub(crate) stream: Stream,
+    /// Small host-device copies that need not wait in line with the
+    /// kernels ([`Gpu::copy_stream`]).
+    copy_stream: Stream,
     pub(crate) ffn: Module,
     pub(crate) router: Module,
     pub(crate) prefill: Module,
@@ -138,8 +141,11 @@ impl Gpu {
             crate::prefill::raise_smem_limits(&prefill)?;
         }
         let stream = Stream::new(StreamFlags::DEFAULT, None).ctx("cuStreamCreate", String::new)?;
+        let copy_stream = Stream::new(StreamFlags::NON_BLOCKING, None)
+            .ctx("cuStreamCreate", || "copies".into())?;
         Ok(Gpu {
             stream,
+            copy_stream,
             ffn,
             router,
             prefill,
@@ -195,6 +201,25 @@ impl Gpu {
     /// The stream all launches go to.
     pub fn stream(&self) -> &Stream {
         &self.stream
+    }
+
+    /// A second stream for small copies between host and device (a prompt
+    /// step's latencies up, its selections and logits down): ordered
+    /// against the kernels by events ([`Gpu::order_after`]), so that they
+    /// do not sit between two kernels of [`Gpu::stream`] (each such copy
+    /// held the kernels ~10 µs, run I6).
+    pub(crate) fn copy_stream(&self) -> &Stream {
+        &self.copy_stream
+    }
+
+    /// Makes later work of `waiter` wait for the work enqueued so far on
+    /// `on` (a fresh event, recorded on `on`; cust's wait consumes it).
+    pub(crate) fn order_after(&self, waiter: &Stream, on: &Stream) -> Result<()> {
+        let e = Event::new(EventFlags::DISABLE_TIMING).ctx("cuEventCreate", String::new)?;
+        e.record(on).ctx("cuEventRecord", String::new)?;
+        waiter
+            .wait_event(e, cust::stream::StreamWaitEventFlags::DEFAULT)
+            .ctx("cuStreamWaitEvent", String::new)
     }
 
     /// Waits for all launched work; returns the first asynchronous error.
@@ -269,6 +294,11 @@ impl Gpu {
     /// latency-critical path).
     pub fn record_on(&self, e: &Event) -> Result<()> {
         e.record(&self.stream).ctx("cuEventRecord", String::new)
+    }
+
+    /// Records `e` on `stream` (one of this Gpu's).
+    pub(crate) fn record_on_stream(&self, e: &Event, stream: &Stream) -> Result<()> {
+        e.record(stream).ctx("cuEventRecord", String::new)
     }
 
     /// Records an event on the stream (for timing with [`elapsed_ms`]).

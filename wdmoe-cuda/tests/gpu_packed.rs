@@ -416,6 +416,10 @@ fn packed_stage_timing_mixtral() {
         } else {
             format!("{counts:?}")
         };
+        // WDMOE_STAGE_ROWS=512 (say): that row count only (a profiler's run).
+        if std::env::var("WDMOE_STAGE_ROWS").is_ok_and(|v| v != per) {
+            continue;
+        }
         let x = rand_dev(&gpu, rows * m, 5, 1.0);
         let mut h = rand_dev(&gpu, rows * m_h, 6, 1.0);
         let mut out = gpu.alloc::<f16>(rows * m).unwrap();

@@ -237,20 +237,23 @@ impl MoeLayer {
         gpu.record_on(&ev[0])?;
         let per_token = latency_s.len() != e;
         if per_token {
-            // Staged in page-locked memory and copied on the stream: the
+            // Staged in page-locked memory and copied on the copy stream
+            // (the router waits for it there, not behind the kernels): the
             // previous step of this layer was completed (its `done` event
             // waited for), so neither buffer is still in use.
             let n = latency_s.len();
             b.lat_host[..n].copy_from_slice(latency_s);
             // SAFETY: lat_host is page-locked and stays untouched until this
-            // step's `done` event (recorded after the copy) has been waited
-            // for in complete_device_routed; both sides hold n values.
+            // step's `done` event (recorded after the copy, on the same
+            // stream) has been waited for in complete_device_routed; both
+            // sides hold n values.
             unsafe {
                 b.lat
                     .index(..n)
-                    .async_copy_from(&b.lat_host[..n], gpu.stream())
+                    .async_copy_from(&b.lat_host[..n], gpu.copy_stream())
                     .ctx("cuMemcpyHtoDAsync", || format!("latencies: {n} values"))?;
             }
+            gpu.order_after(gpu.stream(), gpu.copy_stream())?;
         } else {
             pa.lat[..e].copy_from_slice(latency_s);
         }
@@ -279,23 +282,28 @@ impl MoeLayer {
         )?;
         gpu.record_on(&ev[1])?;
         // The device's selections and logits for the check, copied down on
-        // the stream; `done` marks the step and the copies complete.
+        // the copy stream once the step is done (the next layer's kernels
+        // go on meanwhile); `done` marks the step and the copies complete.
         let ns = n_tokens * sw;
         let ne = n_tokens * e;
+        let copies = gpu.copy_stream();
+        gpu.order_after(copies, gpu.stream())?;
         // SAFETY: the host buffers are page-locked, hold ns / ne values
         // (sized for the most tokens) and are read only after `done` has
-        // been waited for (complete_device_routed).
+        // been waited for (complete_device_routed); the device buffers are
+        // this layer's and are written again only by its next step, which
+        // the host enqueues after that wait.
         unsafe {
             b.sel
                 .index(..ns)
-                .async_copy_to(&mut b.sel_host[..ns], gpu.stream())
+                .async_copy_to(&mut b.sel_host[..ns], copies)
                 .ctx("cuMemcpyDtoHAsync", || format!("selections: {ns} values"))?;
             b.logits
                 .index(..ne)
-                .async_copy_to(&mut b.logits_host[..ne], gpu.stream())
+                .async_copy_to(&mut b.logits_host[..ne], copies)
                 .ctx("cuMemcpyDtoHAsync", || format!("logits: {ne} values"))?;
         }
-        gpu.record_on(&b.done)
+        gpu.record_on_stream(&b.done, copies)
     }
 
     /// Finishes a step of [`MoeLayer::enqueue_device_routed`] (synchronises):
