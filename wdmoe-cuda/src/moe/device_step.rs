@@ -96,7 +96,8 @@ impl GroupedPrefill {
     /// most `rows_cap` rows): the rows gathered in the device's expert
     /// order, both GEMMs reading the row offsets on the device, the combine
     /// into `acc` (`[tokens][m]` fp32, overwritten). `between`: events
-    /// before the gather and after the FFNs.
+    /// before the gather and after the FFNs (none: nothing but kernels
+    /// between them).
     #[allow(clippy::too_many_arguments)]
     fn step_device(
         &mut self,
@@ -107,7 +108,7 @@ impl GroupedPrefill {
         t: &SortTables,
         rows_cap: usize,
         acc: Option<&mut DeviceSlice<f32>>,
-        between: (&cust::event::Event, &cust::event::Event),
+        between: Option<(&cust::event::Event, &cust::event::Event)>,
     ) -> Result<Option<DeferredCombine>> {
         let (m, e) = (self.m(), self.experts());
         if t.experts() != e || tokens > t.tokens() {
@@ -121,7 +122,9 @@ impl GroupedPrefill {
             ));
         }
         self.reserve(gpu, rows_cap.max(1), tokens, e)?;
-        gpu.record_on(between.0)?;
+        if let Some((a, _)) = between {
+            gpu.record_on(a)?;
+        }
         gather_sorted(gpu, x, tokens, t, rows_cap, m, &mut self.xs)?;
         if t.offsets.len() < e + 1 {
             return Err(shape(
@@ -139,7 +142,9 @@ impl GroupedPrefill {
                 max_rows: rows_cap,
             },
         )?;
-        gpu.record_on(between.1)?;
+        if let Some((_, b)) = between {
+            gpu.record_on(b)?;
+        }
         match acc {
             Some(acc) => {
                 combine_rows_f32(gpu, &self.ys, &t.slot, &t.wts, e, tokens, m, acc).map(|()| None)
@@ -234,7 +239,12 @@ impl MoeLayer {
         };
         let gpu = &self.gpu;
         let ev = &self.events;
-        gpu.record_on(&ev[0])?;
+        // Events only where the step is timed (each one ends the overlap of
+        // the kernels on either side: MoeLayer::set_step_timing).
+        let timing = self.step_timing;
+        if timing {
+            gpu.record_on(&ev[0])?;
+        }
         let per_token = latency_s.len() != e;
         if per_token {
             // Staged in page-locked memory and copied on the copy stream
@@ -278,9 +288,11 @@ impl MoeLayer {
             &b.tables,
             rows_cap,
             (!(self.defer_combine && n_tokens >= DEFER_COMBINE_MIN_TOKENS)).then_some(&mut acc),
-            (&ev[2], &ev[3]),
+            timing.then_some((&ev[2], &ev[3])),
         )?;
-        gpu.record_on(&ev[1])?;
+        if timing {
+            gpu.record_on(&ev[1])?;
+        }
         // The device's selections and logits for the check, copied down on
         // the copy stream once the step is done (the next layer's kernels
         // go on meanwhile); `done` marks the step and the copies complete.
@@ -330,6 +342,7 @@ impl MoeLayer {
         };
         let gpu = &self.gpu;
         let ev = &self.events;
+        let timing = self.step_timing;
         let mut acc = self.acc.index(..n_tokens * m);
         // After the step: the device's selections, and wdmoe-core's check.
         self.route.steps += 1;
@@ -366,14 +379,22 @@ impl MoeLayer {
                 n_tokens,
                 &routing.groups,
                 &mut acc,
-                Some((&ev[2], &ev[3])),
+                timing.then_some((&ev[2], &ev[3])),
             )?;
-            gpu.record_on(&ev[1])?;
+            if timing {
+                gpu.record_on(&ev[1])?;
+            }
         }
-        let time_s = elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3;
+        let (time_s, total) = if timing {
+            (
+                elapsed_ms(&ev[0], &ev[1])? as f64 * 1e-3,
+                elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3,
+            )
+        } else {
+            (0.0, 0.0)
+        };
         // One launch per GEMM for all experts: its time (gather included)
         // shared out in proportion to the experts' tokens.
-        let total = elapsed_ms(&ev[2], &ev[3])? as f64 * 1e-3;
         let rows: usize = routing.groups.iter().map(Vec::len).sum();
         let expert_time_s = routing
             .groups

@@ -178,13 +178,15 @@ impl MoeLayer {
         self.expert_timing = on;
     }
 
-    /// CUDA events around each device-planned step (default true), for
-    /// [`MoeStep::time_s`]. Off, nothing but kernels goes into the stream
-    /// for the step (an event between two kernels ends their programmatic
-    /// dependent launch overlap, ~5 µs each on an H200): `time_s` is then 0
-    /// and [`MoeLayer::complete`] waits for the router kernel's report in
-    /// host memory instead of an event after the step (so per-expert times
-    /// are not read either). The other paths always time their steps.
+    /// CUDA events around each device-planned or device-routed step
+    /// (default true), for [`MoeStep::time_s`] and `expert_time_s`. Off,
+    /// nothing but kernels goes into the stream for the step (an event
+    /// between two kernels ends their programmatic dependent launch
+    /// overlap, ~5 µs each on an H200): `time_s` and the expert times are
+    /// then 0; a device-planned step's [`MoeLayer::complete`] waits for
+    /// the router kernel's report in host memory instead of an event after
+    /// the step, a device-routed one for its downloads (on the copy
+    /// stream). The host-routed paths always time their steps.
     pub fn set_step_timing(&mut self, on: bool) {
         self.step_timing = on;
     }

@@ -194,8 +194,8 @@ pub struct LayerRouting {
     pub top_k_latency_s: Vec<f64>,
     /// Measured time of the MoE step (router, policy, experts) \[s\]: host
     /// time on the CPU backend; on the GPU backend the GPU time of the
-    /// layer's timed steps (decode steps are not timed: they add 0, see
-    /// wdmoe-cuda's `GpuModel::set_moe_timing`).
+    /// layer's timed steps (steps on the device, decode and prompt, are
+    /// not timed: they add 0, see wdmoe-cuda's `GpuModel::set_moe_timing`).
     pub compute_s: f64,
 }
 
