@@ -20,13 +20,16 @@ constexpr int ATT_TILE = 32;
 constexpr int ATT_MAX_HD = 256;
 
 struct AttnParams {
-    const float* q;         // [T][H][hd] fp32 (rotated)
+    const float* q;         // [T][H][hd] fp32 (rotated, unless rope_q)
     const __half* k_cache;  // [KVH][max_seq][hd]
     const __half* v_cache;  // [KVH][max_seq][hd]
     float* part;            // [T][H][splits][hd + 2] (splits > 1)
     __half* out;            // [T][H hd] (splits == 1)
     int T, start, H, KVH, hd, max_seq, window, split_len;
     float scale;
+    // Prefill attention only: q not rotated yet; rotated as it is loaded
+    // with this (cos, sin) table ([positions][hd/2]); null: q is rotated.
+    const float2* rope_q;
 };
 
 // Decode with RoPE fused in (ROPE, one query: T = 1): q points at the raw

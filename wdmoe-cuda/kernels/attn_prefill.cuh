@@ -195,24 +195,71 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
 }
 
 // Q's A fragments (16 rows x HD) of this thread's rows r0 and r0 + 8 (chunk
-// indices; rows past T zero) from the fp32 rotated q of head h.
+// indices; rows past T zero) from the fp32 q of head h, rotated (RoPE,
+// rope_rotate: the bits rope_kv and the q|k|v epilogue give) here where
+// p.rope_q is set. The thread holds both halves of each pair it loads:
+// feature i in chunk kk < HD/32 and i + HD/2 in chunk kk + HD/32.
 template <int HD>
 __device__ __forceinline__ void attn_load_q(const AttnParams& p, int h, int r0, int r1, int c2,
                                             uint32_t (&qa)[HD / 16][4]) {
     const float* qr0 = p.q + ((long long)r0 * p.H + h) * HD;
     const float* qr1 = p.q + ((long long)r1 * p.H + h) * HD;
     const bool v0 = r0 < p.T, v1 = r1 < p.T;
+    auto ld = [](bool v, const float* row, int k) {
+        return v ? *reinterpret_cast<const float2*>(row + k) : make_float2(0.f, 0.f);
+    };
+    if (p.rope_q == nullptr) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) {
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            const int k = kk * 16 + c2;
+            const float2 a = ld(v0, qr0, k), b = ld(v1, qr1, k);
+            const float2 c = ld(v0, qr0, k + 8), d = ld(v1, qr1, k + 8);
+            qa[kk][0] = pack_half2(a.x, a.y);
+            qa[kk][1] = pack_half2(b.x, b.y);
+            qa[kk][2] = pack_half2(c.x, c.y);
+            qa[kk][3] = pack_half2(d.x, d.y);
+        }
+        return;
+    }
+    constexpr int HALF = HD / 2, PK = HD / 32;  // pairs; chunk offset of a pair's second half
+    // (cos, sin) of pairs i, i + 1 at a row's position (16 bytes: i even).
+    const float4* cs0 = reinterpret_cast<const float4*>(p.rope_q + (long long)(p.start + (v0 ? r0 : 0)) * HALF);
+    const float4* cs1 = reinterpret_cast<const float4*>(p.rope_q + (long long)(p.start + (v1 ? r1 : 0)) * HALF);
+#pragma unroll
+    for (int kk = 0; kk < PK; ++kk) {
+        // Features i, i + 1 and i + 8, i + 9 of chunk kk and of chunk kk + PK.
         const int k = kk * 16 + c2;
-        float2 a = v0 ? *reinterpret_cast<const float2*>(qr0 + k) : make_float2(0.f, 0.f);
-        float2 b = v1 ? *reinterpret_cast<const float2*>(qr1 + k) : make_float2(0.f, 0.f);
-        float2 c = v0 ? *reinterpret_cast<const float2*>(qr0 + k + 8) : make_float2(0.f, 0.f);
-        float2 d = v1 ? *reinterpret_cast<const float2*>(qr1 + k + 8) : make_float2(0.f, 0.f);
-        qa[kk][0] = pack_half2(a.x, a.y);
-        qa[kk][1] = pack_half2(b.x, b.y);
-        qa[kk][2] = pack_half2(c.x, c.y);
-        qa[kk][3] = pack_half2(d.x, d.y);
+        float2 x[2][2][2];  // [row][first / second half][+0 / +8]
+#pragma unroll
+        for (int part = 0; part < 2; ++part) {
+            const int kp = k + part * HALF;
+            x[0][part][0] = ld(v0, qr0, kp);
+            x[1][part][0] = ld(v1, qr1, kp);
+            x[0][part][1] = ld(v0, qr0, kp + 8);
+            x[1][part][1] = ld(v1, qr1, kp + 8);
+        }
+#pragma unroll
+        for (int row = 0; row < 2; ++row) {
+            const float4* cs = row == 0 ? cs0 : cs1;
+#pragma unroll
+            for (int o = 0; o < 2; ++o) {
+                const float4 c = __ldg(cs + (k + 8 * o) / 2);  // pairs k + 8o, k + 8o + 1
+                float2& lo = x[row][0][o];
+                float2& hi = x[row][1][o];
+                const float2 y0 = rope_rotate(lo.x, hi.x, make_float2(c.x, c.y));
+                const float2 y1 = rope_rotate(lo.y, hi.y, make_float2(c.z, c.w));
+                lo = make_float2(y0.x, y1.x);
+                hi = make_float2(y0.y, y1.y);
+            }
+        }
+#pragma unroll
+        for (int part = 0; part < 2; ++part) {
+            uint32_t(&f)[4] = qa[kk + part * PK];
+            f[0] = pack_half2(x[0][part][0].x, x[0][part][0].y);
+            f[1] = pack_half2(x[1][part][0].x, x[1][part][0].y);
+            f[2] = pack_half2(x[0][part][1].x, x[0][part][1].y);
+            f[3] = pack_half2(x[1][part][1].x, x[1][part][1].y);
+        }
     }
 }
 
@@ -321,7 +368,8 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     const int w_lo_min = p.window > 0 ? p.start + wr0 + 1 - p.window : 0;
     const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
     const bool warp_live = wr0 < p.T;
-    // Q's A fragments (16 rows x HD) from the fp32 rotated q, rows past T zero.
+    // Q's A fragments (16 rows x HD) from the fp32 q (rotated here with
+    // p.rope_q), rows past T zero.
     uint32_t qa[HD / 16][4];
     attn_load_q<HD>(p, h, r0, r1, c2, qa);
     float o[HD / 8][4];

@@ -102,8 +102,9 @@ struct PackedParams {
     // the first launch of such a chain.
     int fit_lo, fit_hi, follower;
     // PO_QKV_ROPE (the model's q|k|v projection of a prompt chunk, rows =
-    // (heads + 2 kv_heads) x 128: one head per row block): q rotated into
-    // q_out ([tokens][heads 128] fp32), k rotated and v into this layer's
+    // (heads + 2 kv_heads) x 128: one head per row block): q, not rotated,
+    // into q_out ([tokens][heads 128] fp32; the prefill attention rotates it
+    // as it loads it), k rotated and v into this layer's
     // cache ([kv_heads][max_seq][128] fp16) at positions start + token;
     // rope: [positions][64] (cos, sin) fp32 pairs.
     unsigned long long q_out, k_cache, v_cache, rope;
@@ -461,19 +462,37 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.
             const int rows_g = s_row[g + 1] - s_row[g];
             if constexpr (OUT == PO_QKV_ROPE) {
-                // The block's 128 rows are one head; RoPE pairs feature i
-                // (warpgroup 0) with i + 64 (warpgroup 1), so each 32-token
-                // batch goes through shared memory (token-major, 132 floats
-                // a token: the stores from the fragments are conflict-free),
-                // then every consumer thread takes one pair of 4 tokens and
-                // stores coalesced rows: q (fp32) or the cache's k / v (fp16).
-                constexpr int TB = 32, XS = 132;
-                const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
+                // The block's 128 rows are one head.
                 const int head = rb;
                 const int feat = t16 * 16 + lane / 4;  // + 8h
                 const int q2 = (lane % 4) * 2;
+                if (head < p.heads) {
+                    // q leaves unrotated (the prefill attention rotates it
+                    // as it loads it: AttnParams::rope_q), straight from the
+                    // accumulators: 8 features (32 bytes) of 4 tokens a store.
+                    float* qo = reinterpret_cast<float*>(p.q_out) + (long long)head * 128 + feat;
+#pragma unroll
+                    for (int jb = 0; jb < BN / 8; ++jb)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int col = x0 + 8 * jb + q2 + e;  // token within the group
+                            if (col >= rows_g) continue;
+                            float* qr = qo + (long long)(s_row[g] + col) * p.heads * 128;
+#pragma unroll
+                            for (int h = 0; h < 2; ++h) qr[8 * h] = d0[4 * jb + 2 * h + e];
+                        }
+                    continue;
+                }
+                // k and v: RoPE pairs feature i (warpgroup 0) with i + 64
+                // (warpgroup 1), so each 32-token batch goes through shared
+                // memory (token-major, 132 floats a token: the stores from
+                // the fragments are conflict-free), then every consumer
+                // thread takes one pair of 4 tokens and stores coalesced
+                // rows of the cache's k (rotated) or v (fp16).
+                constexpr int TB = 32, XS = 132;
+                const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
                 const float2* rope = reinterpret_cast<const float2*>(p.rope);
-                const bool rot = head < p.heads + p.kv_heads;  // q or k: rotated
+                const bool rot = head < p.heads + p.kv_heads;  // k: rotated
                 const int j = ctid % 64;                        // this thread's pair
                 // (cos, sin) of this thread's pair at the 8 tokens it takes
                 // of batch bb (tokens past the group clamped to its last):
@@ -512,12 +531,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                         if (col < rows_g) {
                             const int tok = s_row[g] + col, pos = p.start + tok;
                             const float x1 = xch[tl * XS + j], x2 = xch[tl * XS + j + 64];
-                            if (head < p.heads) {
-                                const float2 y = rope_rotate(x1, x2, cs[it]);
-                                float* q = reinterpret_cast<float*>(p.q_out) + ((long long)tok * p.heads + head) * 128;
-                                q[j] = y.x;
-                                q[j + 64] = y.y;
-                            } else if (rot) {
+                            if (rot) {
                                 const float2 y = rope_rotate(x1, x2, cs[it]);
                                 __half* k = reinterpret_cast<__half*>(p.k_cache) +
                                             ((long long)(head - p.heads) * p.max_seq + pos) * 128;

@@ -78,6 +78,7 @@ impl AttnDims {
             window: self.window as i32,
             split_len: split_len as i32,
             scale: (self.head_dim as f32).powf(-0.5),
+            rope_q: 0,
         }
     }
 
@@ -214,11 +215,13 @@ kernel_params! {
         q: u64, k_cache: u64, v_cache: u64, part: u64, out: u64,
         t: i32, start: i32, h: i32, kvh: i32, hd: i32, max_seq: i32, window: i32, split_len: i32,
         scale: f32,
+        rope_q: u64,
     }
 }
 
-// model.cu's AttnParams: 5 pointers, 8 ints, 1 float, padded to 8 bytes.
-const _: () = assert!(std::mem::size_of::<AttnParams>() == 80);
+// model.cu's AttnParams: 5 pointers, 8 ints, 1 float (4 bytes of padding),
+// 1 pointer.
+const _: () = assert!(std::mem::size_of::<AttnParams>() == 88);
 const _: () = assert!(std::mem::align_of::<AttnParams>() == 8);
 
 /// One kernel parameter: the whole `AttnParams` struct by value.
@@ -266,7 +269,7 @@ pub(crate) const ATTN_TC_MIN_TOKENS: usize = 16;
 
 /// The tensor-core prefill kernel for `t` queries of head size `hd`, if
 /// one applies (t >= [`ATTN_TC_MIN_TOKENS`], hd 64 or 128).
-fn prefill_attention_kernel(t: usize, hd: usize) -> Option<&'static str> {
+pub(super) fn prefill_attention_kernel(t: usize, hd: usize) -> Option<&'static str> {
     if t < ATTN_TC_MIN_TOKENS {
         return None;
     }
@@ -286,13 +289,17 @@ pub(crate) fn attn_part_len(t: usize, heads: usize, head_dim: usize, splits: usi
     }
 }
 
-/// Attention of `t` rotated queries (`q`, `[t][H hd]` fp32) at positions
-/// `start..start+t` over this layer's cache; output `[t][H hd]` fp16.
+/// Attention of `t` queries (`q`, `[t][H hd]` fp32) at positions
+/// `start..start+t` over this layer's cache; output `[t][H hd]` fp16. The
+/// queries are rotated, or `rope_q` (the (cos, sin) table) rotates them as
+/// the tensor-core prefill kernel loads them (the same bits as `rope_kv`;
+/// only where that kernel runs: an error elsewhere).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     gpu: &Gpu,
     dims: &AttnDims,
     q: &DeviceSlice<f32>,
+    rope_q: Option<&DeviceSlice<f32>>,
     k_cache: &DeviceSlice<f16>,
     v_cache: &DeviceSlice<f16>,
     start: usize,
@@ -318,7 +325,7 @@ pub(crate) fn attention(
     need(OP, "part", part.len(), attn_part_len(t, h, hd, splits))?;
     let g = h / dims.kv_heads;
     let smem = dims.smem_bytes() as u32;
-    let p = AttnArg {
+    let mut p = AttnArg {
         p: dims.params(
             addr(q),
             (k_cache, v_cache),
@@ -328,12 +335,26 @@ pub(crate) fn attention(
             split_len,
         ),
     };
-    if let Some(name) = prefill_attention_kernel(t, hd) {
+    let prefill = prefill_attention_kernel(t, hd);
+    if let Some(rope) = rope_q {
+        if prefill.is_none() {
+            return Err(shape(
+                OP,
+                format!("queries rotated on load need the tensor-core kernel (t={t}, hd={hd})"),
+            ));
+        }
+        need(OP, "rope_q", rope.len(), dims.max_seq * hd)?;
+        check_align(OP, "rope_q", addr(rope), 16)?;
+        p.p.rope_q = addr(rope);
+    }
+    if let Some(name) = prefill {
         // SAFETY: attn_prefill_hHD(AttnParams) takes the struct by value
         // (layout as for attn_fwd above); HD = hd (the kernel's compile-time
         // head size); block (head, y) takes query tile qt = gridDim.y-1-y
-        // (heaviest first), reads q rows qt·64.. < t (t x H hd, checked),
-        // cache positions <= start+t-1 < max_seq of kv head head / (H / KVH)
+        // (heaviest first), reads q rows qt·64.. < t (t x H hd, checked)
+        // and, with rope_q, its table rows start.. < start+t <= max_seq
+        // (max_seq x hd floats, checked), cache positions <= start+t-1 <
+        // max_seq of kv head head / (H / KVH)
         // (checked), and writes out rows < t (checked); 4 warps (one
         // warpgroup: the sm_90a path's wgmma needs exactly 128 threads),
         // static shared memory only (34 KiB at hd 128).

@@ -362,6 +362,8 @@ impl GpuModel {
                     &gpu,
                     &self.dims,
                     &self.q,
+                    // The q|k|v epilogue leaves q unrotated.
+                    qkv_rope.map(|_| &*self.rope),
                     &layer.k_cache,
                     &layer.v_cache,
                     start,

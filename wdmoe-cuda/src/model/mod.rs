@@ -121,9 +121,9 @@ pub struct LayerRoute {
     pub selections: Vec<TokenSelection>,
     /// Eq. (7) per token under the given latencies \[s\].
     pub token_latency_s: Vec<f64>,
-    /// GPU time of the layer's MoE steps (router to combine) \[s\]; the
-    /// device-planned (decode) steps count only with
-    /// [`GpuModel::set_moe_timing`] on (else they add 0).
+    /// GPU time of the layer's MoE steps (router to combine) \[s\]; steps
+    /// on the device (device-planned decode, device-routed prompt steps)
+    /// count only with [`GpuModel::set_moe_timing`] on (else they add 0).
     pub moe_time_s: f64,
 }
 
@@ -329,11 +329,12 @@ impl GpuModel {
         }
     }
 
-    /// CUDA events around every device-planned (decode) MoE step, for
+    /// CUDA events around every MoE step on the device (device-planned
+    /// decode steps and device-routed prompt steps), for
     /// [`LayerRoute::moe_time_s`] (default false: each event between two
     /// kernels ends their programmatic-dependent-launch overlap, ~5 µs
-    /// per step on an H200, and the checks wait for the router's report in
-    /// host memory instead). Prefill steps are always timed.
+    /// each on an H200, and the checks wait for the router's report or
+    /// the step's downloads instead). Host-routed steps are always timed.
     pub fn set_moe_timing(&mut self, on: bool) {
         self.end_ahead();
         for l in &mut self.layers {
@@ -392,10 +393,11 @@ impl GpuModel {
     }
 
     /// Whether prompt chunks that store their projections (512 tokens or
-    /// more) run RoPE and the KV-cache write in the q|k|v GEMM's epilogue
+    /// more) run RoPE and the KV-cache write in the q|k|v GEMM's epilogue,
+    /// the queries' rotation in the attention kernel as it loads them
     /// (default true; where the packed GEMM runs and the head dimension is
-    /// 128) or in `rope_kv` after it (false; for comparisons: the same
-    /// bits).
+    /// 128) or both in `rope_kv` after the GEMM (false; for comparisons:
+    /// the same bits).
     #[doc(hidden)]
     pub fn set_qkv_rope(&mut self, on: bool) {
         self.qkv_rope = on;

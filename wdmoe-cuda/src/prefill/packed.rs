@@ -305,10 +305,11 @@ fn launch_matrix(
 /// The q|k|v projection of a prompt chunk with RoPE and the cache write in
 /// the GEMM's epilogue (kernels/gemm_packed.cuh, `PO_QKV_ROPE`): for the
 /// `t` token rows of `x` (`[t][k]` fp16) at positions `start..start + t`,
-/// q = W_q x rotated into `q_out` (`[t][heads · 128]` fp32), k = W_k x
-/// rotated and v = W_v x into this layer's caches (`[kv_heads][max_seq]
-/// [128]` fp16), as [`gemm_packed_f32`] then `rope_kv` would write them
-/// (the same rotation, bitwise). `w`: `(heads + 2 kv_heads) · 128` rows
+/// q = W_q x, not rotated, into `q_out` (`[t][heads · 128]` fp32: the
+/// prefill attention rotates it as it loads it), k = W_k x rotated and
+/// v = W_v x into this layer's caches (`[kv_heads][max_seq][128]` fp16),
+/// as [`gemm_packed_f32`] then `rope_kv` would write them (the same
+/// rotation, bitwise). `w`: `(heads + 2 kv_heads) · 128` rows
 /// (head dimension 128: one head per 128-row block); `rope`:
 /// `[max_seq][64]` (cos, sin) fp32 pairs.
 #[allow(clippy::too_many_arguments)]

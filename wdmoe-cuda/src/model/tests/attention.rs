@@ -40,13 +40,51 @@ fn attention_case(gpu: &Gpu, r: &mut SmallRng, dims: AttnDims, start: usize, t: 
         .alloc::<f32>(attention::attn_part_len(t, h, hd, splits))
         .unwrap();
     let mut out = gpu.alloc::<f16>(t * h * hd).unwrap();
-    attention::attention(gpu, &dims, &q, &kd, &vd, start, t, &mut part, &mut out).unwrap();
+    attention::attention(
+        gpu, &dims, &q, None, &kd, &vd, start, t, &mut part, &mut out,
+    )
+    .unwrap();
     // rope_kv consumes q|k|v: the rows are left zero.
     assert!(gpu.download(&qkv_d).unwrap().iter().all(|&v| v == 0.0));
     let qg = gpu.download(&q).unwrap();
     let kg = gpu.download(&kd).unwrap();
     let vg = gpu.download(&vd).unwrap();
     let og = gpu.download(&out).unwrap();
+    // The unrotated queries, rotated by the prefill kernel as it loads
+    // them: the same bits; elsewhere an error.
+    let q_raw: Vec<f32> = (0..t)
+        .flat_map(|ti| qkv[ti * qkvw..ti * qkvw + h * hd].iter().copied())
+        .collect();
+    let q_raw = gpu.upload(&q_raw).unwrap();
+    let rope_d = gpu.upload(&rope).unwrap();
+    let mut out2 = gpu.upload(&vec![f16::NAN; t * h * hd]).unwrap();
+    let r2 = attention::attention(
+        gpu,
+        &dims,
+        &q_raw,
+        Some(&rope_d),
+        &kd,
+        &vd,
+        start,
+        t,
+        &mut part,
+        &mut out2,
+    );
+    if attention::prefill_attention_kernel(t, hd).is_some() {
+        r2.unwrap();
+        let o2 = gpu.download(&out2).unwrap();
+        let differ = og
+            .iter()
+            .zip(&o2)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{dims:?} start={start} t={t}: q rotated on load");
+    } else {
+        assert!(
+            r2.is_err(),
+            "{dims:?} t={t}: rotation on load without the prefill kernel"
+        );
+    }
     if t == 1 {
         // Decode with RoPE fused into attention (its splits merged by
         // attn_combine, then in a cluster where one applies): the same bits
@@ -362,9 +400,10 @@ fn attention_shapes_are_checked_before_launch() {
 
 /// The q|k|v GEMM with RoPE and the cache write in its epilogue
 /// (`gemm_packed_qkv_rope`, every tile width) gives the same bits as the
-/// stored projection (`gemm_packed_f32`) then `rope_kv`: q, and the whole
-/// cache (random history before `start` kept, positions past the chunk
-/// untouched). 4 q heads and 2 kv heads of 128 (hd 128: one head per row
+/// stored projection (`gemm_packed_f32`) then `rope_kv`: the whole cache
+/// (random history before `start` kept, positions past the chunk
+/// untouched), and q as projected (not rotated: the prefill attention
+/// rotates it as it loads it, `attention_case` checks that). 4 q heads and 2 kv heads of 128 (hd 128: one head per row
 /// block), k = 192, at odd token counts (a partial 32-token batch, partial
 /// token tiles of each width) and positions that start mid-cache.
 #[test]
@@ -399,6 +438,12 @@ fn qkv_rope_epilogue_equals_projection_then_rope_kv() {
         // The reference: stored projection, then rope_kv.
         let mut qkv = gpu.alloc::<f32>(t * n).unwrap();
         crate::prefill::gemm_packed_f32(&gpu, &wp, &x, t, &mut qkv, n, false, None).unwrap();
+        let q_proj: Vec<f32> = {
+            let all = gpu.download(&qkv).unwrap();
+            (0..t)
+                .flat_map(|ti| all[ti * n..ti * n + h * hd].to_vec())
+                .collect()
+        };
         let (mut q0, mut k0, mut v0) = (
             gpu.alloc::<f32>(t * h * hd).unwrap(),
             gpu.upload(&kc).unwrap(),
@@ -408,11 +453,14 @@ fn qkv_rope_epilogue_equals_projection_then_rope_kv() {
             &gpu, &dims, &mut qkv, &rope, start, t, &mut q0, &mut k0, &mut v0, false,
         )
         .unwrap();
+        // q as projected: the first heads x hd of each stored row (read
+        // before rope_kv consumed them).
         let want = (
-            gpu.download(&q0).unwrap(),
+            q_proj,
             gpu.download(&k0).unwrap(),
             gpu.download(&v0).unwrap(),
         );
+        drop(q0);
         for bn in [None, Some(32), Some(64), Some(128), Some(256)] {
             let mut q1 = gpu.upload(&vec![f32::NAN; t * h * hd]).unwrap();
             let (mut k1, mut v1) = (gpu.upload(&kc).unwrap(), gpu.upload(&vc).unwrap());
