@@ -483,17 +483,33 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                         }
                     continue;
                 }
-                // k and v: RoPE pairs feature i (warpgroup 0) with i + 64
+                if (head >= p.heads + p.kv_heads) {
+                    // v: not rotated either; fp16 into the cache at positions
+                    // start + token, straight from the accumulators.
+                    __half* vo = reinterpret_cast<__half*>(p.v_cache) +
+                                 (long long)(head - p.heads - p.kv_heads) * p.max_seq * 128 + feat;
+#pragma unroll
+                    for (int jb = 0; jb < BN / 8; ++jb)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int col = x0 + 8 * jb + q2 + e;  // token within the group
+                            if (col >= rows_g) continue;
+                            __half* vr = vo + (long long)(p.start + s_row[g] + col) * 128;
+#pragma unroll
+                            for (int h = 0; h < 2; ++h) vr[8 * h] = __float2half_rn(d0[4 * jb + 2 * h + e]);
+                        }
+                    continue;
+                }
+                // k: RoPE pairs feature i (warpgroup 0) with i + 64
                 // (warpgroup 1), so each 32-token batch goes through shared
                 // memory (token-major, 132 floats a token: the stores from
                 // the fragments are conflict-free), then every consumer
-                // thread takes one pair of 4 tokens and stores coalesced
-                // rows of the cache's k (rotated) or v (fp16).
+                // thread takes one pair of 4 tokens, rotates it and stores
+                // coalesced fp16 rows of the cache.
                 constexpr int TB = 32, XS = 132;
                 const int ctid = threadIdx.x - 128;  // 0..255 over both consumer warpgroups
                 const float2* rope = reinterpret_cast<const float2*>(p.rope);
-                const bool rot = head < p.heads + p.kv_heads;  // k: rotated
-                const int j = ctid % 64;                        // this thread's pair
+                const int j = ctid % 64;  // this thread's pair
                 // (cos, sin) of this thread's pair at the 8 tokens it takes
                 // of batch bb (tokens past the group clamped to its last):
                 // loaded a batch ahead, so that their latency hides behind
@@ -507,7 +523,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                     }
                 };
                 float2 cs[TB / 4];
-                if (rot) load_cs(0, cs);
+                load_cs(0, cs);
                 // (unrolled: the accumulators are indexed by b)
 #pragma unroll
                 for (int b = 0; b < BN / TB; ++b) {
@@ -522,7 +538,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                     // (after the stash: this batch's accumulators are free)
                     const bool more = b + 1 < BN / TB && x0 + (b + 1) * TB < rows_g;
                     float2 cn[TB / 4];
-                    if (rot && more) load_cs(b + 1, cn);
+                    if (more) load_cs(b + 1, cn);
                     consumer_sync();
 #pragma unroll
                     for (int it = 0; it < TB / 4; ++it) {
@@ -531,21 +547,14 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                         if (col < rows_g) {
                             const int tok = s_row[g] + col, pos = p.start + tok;
                             const float x1 = xch[tl * XS + j], x2 = xch[tl * XS + j + 64];
-                            if (rot) {
-                                const float2 y = rope_rotate(x1, x2, cs[it]);
-                                __half* k = reinterpret_cast<__half*>(p.k_cache) +
-                                            ((long long)(head - p.heads) * p.max_seq + pos) * 128;
-                                k[j] = __float2half_rn(y.x);
-                                k[j + 64] = __float2half_rn(y.y);
-                            } else {
-                                __half* v = reinterpret_cast<__half*>(p.v_cache) +
-                                            ((long long)(head - p.heads - p.kv_heads) * p.max_seq + pos) * 128;
-                                v[j] = __float2half_rn(x1);
-                                v[j + 64] = __float2half_rn(x2);
-                            }
+                            const float2 y = rope_rotate(x1, x2, cs[it]);
+                            __half* k = reinterpret_cast<__half*>(p.k_cache) +
+                                        ((long long)(head - p.heads) * p.max_seq + pos) * 128;
+                            k[j] = __float2half_rn(y.x);
+                            k[j + 64] = __float2half_rn(y.y);
                         }
                     }
-                    if (rot && more)
+                    if (more)
 #pragma unroll
                         for (int it = 0; it < TB / 4; ++it) cs[it] = cn[it];
                     consumer_sync();  // the batch is read before the next one lands
