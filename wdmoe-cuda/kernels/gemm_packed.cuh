@@ -466,38 +466,33 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                 const int head = rb;
                 const int feat = t16 * 16 + lane / 4;  // + 8h
                 const int q2 = (lane % 4) * 2;
-                if (head < p.heads) {
-                    // q leaves unrotated (the prefill attention rotates it
-                    // as it loads it: AttnParams::rope_q), straight from the
-                    // accumulators: 8 features (32 bytes) of 4 tokens a store.
-                    float* qo = reinterpret_cast<float*>(p.q_out) + (long long)head * 128 + feat;
+                // q and v leave unrotated, straight from the accumulators:
+                // each token's 8 features (f, f + 8 of the thread's two
+                // rows) at out + (row0 + token) * stride, converted by cvt.
+                auto store_rows = [&](auto* out, long long row0, long long stride, auto cvt) {
 #pragma unroll
                     for (int jb = 0; jb < BN / 8; ++jb)
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
                             const int col = x0 + 8 * jb + q2 + e;  // token within the group
                             if (col >= rows_g) continue;
-                            float* qr = qo + (long long)(s_row[g] + col) * p.heads * 128;
+                            auto* r = out + (row0 + s_row[g] + col) * stride;
 #pragma unroll
-                            for (int h = 0; h < 2; ++h) qr[8 * h] = d0[4 * jb + 2 * h + e];
+                            for (int h = 0; h < 2; ++h) r[8 * h] = cvt(d0[4 * jb + 2 * h + e]);
                         }
+                };
+                if (head < p.heads) {
+                    // q: fp32 (the prefill attention rotates it as it loads
+                    // it: AttnParams::rope_q); 32 bytes of 4 tokens a store.
+                    store_rows(reinterpret_cast<float*>(p.q_out) + (long long)head * 128 + feat, 0,
+                               (long long)p.heads * 128, [](float x) { return x; });
                     continue;
                 }
                 if (head >= p.heads + p.kv_heads) {
-                    // v: not rotated either; fp16 into the cache at positions
-                    // start + token, straight from the accumulators.
-                    __half* vo = reinterpret_cast<__half*>(p.v_cache) +
-                                 (long long)(head - p.heads - p.kv_heads) * p.max_seq * 128 + feat;
-#pragma unroll
-                    for (int jb = 0; jb < BN / 8; ++jb)
-#pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            const int col = x0 + 8 * jb + q2 + e;  // token within the group
-                            if (col >= rows_g) continue;
-                            __half* vr = vo + (long long)(p.start + s_row[g] + col) * 128;
-#pragma unroll
-                            for (int h = 0; h < 2; ++h) vr[8 * h] = __float2half_rn(d0[4 * jb + 2 * h + e]);
-                        }
+                    // v: fp16 into the cache at positions start + token.
+                    store_rows(reinterpret_cast<__half*>(p.v_cache) +
+                                   (long long)(head - p.heads - p.kv_heads) * p.max_seq * 128 + feat,
+                               p.start, 128, [](float x) { return __float2half_rn(x); });
                     continue;
                 }
                 // k: RoPE pairs feature i (warpgroup 0) with i + 64
