@@ -460,7 +460,6 @@ fn qkv_rope_epilogue_equals_projection_then_rope_kv() {
             gpu.download(&k0).unwrap(),
             gpu.download(&v0).unwrap(),
         );
-        drop(q0);
         for bn in [None, Some(32), Some(64), Some(128), Some(256)] {
             let mut q1 = gpu.upload(&vec![f32::NAN; t * h * hd]).unwrap();
             let (mut k1, mut v1) = (gpu.upload(&kc).unwrap(), gpu.upload(&vc).unwrap());
