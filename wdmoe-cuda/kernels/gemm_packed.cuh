@@ -115,9 +115,14 @@ struct PackedParams {
     // block) and its flags (sk_sem: an int per block, zero between
     // launches).
     unsigned long long sk_ws, sk_sem;
-    int sk, sk_pad;
+    int sk;
+    // A pair's small tiles (pair_small = S > 0; pair_bn: the pair's plain
+    // width): a group whose last rows fit one S-token tile at less cost
+    // gives them to it (pair_big_rows, below). Every launch of such a pair
+    // takes both; small_run = 1: the launch of the small tiles.
+    int pair_bn, pair_small, small_run, pad;
 };
-static_assert(sizeof(PackedParams) == 920, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
+static_assert(sizeof(PackedParams) == 936, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
 
 #include "wgmma_ra.cuh"
 #include "stream_k.cuh"
@@ -142,12 +147,32 @@ __device__ __forceinline__ void chunks4(float (&a)[N], int c0, F&& f) {
     }
 }
 
-// Extended tiles among a group's ntt token tiles of BN + xc columns at
+// Extended tiles among a group's ntt token tiles of bn + xc columns at
 // most (r rows): as many as the rows past ntt plain tiles need.
-template <int BN>
-__device__ __forceinline__ int ext_tiles(int r, int ntt, int xc) {
-    const int extra = r - ntt * BN;
+__device__ __forceinline__ int ext_tiles(int r, int ntt, int bn, int xc) {
+    const int extra = r - ntt * bn;
     return (xc > 0 && extra > 0) ? (extra + xc - 1) / xc : 0;
+}
+
+// Columns the tensor cores run for r rows on tiles of bn tokens extended
+// by up to xc (a pair's plain and extended tiles, below).
+__device__ __forceinline__ int pair_cols(int r, int bn, int xc) {
+    if (r <= 0) return 0;
+    const int ntt = (r + bn + xc - 1) / (bn + xc);
+    return ntt * bn + ext_tiles(r, ntt, bn, xc) * xc;
+}
+
+// A pair's small tile (s tokens): a group of n rows gives its last min(n,
+// s) rows to one where the rest's plain and extended columns plus s at 5/4
+// of their cost per column (a narrower tile's weights pass through shared
+// memory once per fewer tokens) come under the columns of n rows on plain
+// and extended tiles alone. An expert of 30 rows then runs 128 columns
+// instead of 256, one of 311 runs 256 + 128 instead of 512. Returns the
+// rows the plain and extended tiles take (n: no small tile). The host
+// mirrors the rule: prefill::packed_launch::pair_split.
+__device__ __forceinline__ int pair_big_rows(int n, int bn, int xc, int s) {
+    const int rest = n > s ? n - s : 0;
+    return 4 * pair_cols(rest, bn, xc) + 5 * s < 4 * pair_cols(n, bn, xc) ? rest : n;
 }
 
 // Fitted token tiles, a chain of launches. A group of n rows takes
@@ -188,6 +213,8 @@ __device__ __forceinline__ int2 fit_tiles(int n, int lo, int hi) {
 //     tiles leave (its inputs are ready: the plain launch waited for them);
 //     it waits for the plain launch at its end, so that the next kernel
 //     sees both outputs.
+// With p.pair_small > 0 a third launch (an S-token instantiation, small_run
+// = 1) follows them with the small tiles (pair_big_rows).
 // Each instantiation keeps one k loop: with both widths in one kernel (a
 // branch per tile) ptxas serialized the wgmmas (C7512), and with a
 // predicated second wgmma too (C7520).
@@ -229,22 +256,34 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     const int row_blocks = (units + UB - 1) / UB;
     const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);
     const int splits = (OUT == PO_F32_ADD && p.splits > 1) ? p.splits : 1;
-    __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1];
+    // per group: its first row, its first tile of this launch, and the
+    // rows its plain and extended tiles take (big_rows)
+    __shared__ int s_row[MAX_GROUPS + 1], s_tile[MAX_GROUPS + 1], s_big[MAX_GROUPS];
     // The tiles' split (stream_k.cuh): whole waves, then (stream-K) each
     // block's range of the last partial wave's k blocks. Producer and
     // consumers walk the same units (SkWalk).
     const int sk_pct = OUT == PO_H16 && p.sk_ws != 0 && splits == 1 && p.n_rows % 128 == 0 ? p.sk : 0;
     __shared__ SkSplit s_split;
+    // A pair with small tiles: the rows of a group of n that its plain and
+    // extended tiles take (n without small tiles).
+    // (fp16 outputs of the down GEMM's kinds only: no cost elsewhere)
+    const bool small = OUT == PO_H16 && KIND != PK_GATED && !fit && p.pair_small > 0;
+    const bool small_run = small && p.small_run;
+    auto big_rows = [&](int n) { return small ? pair_big_rows(n, p.pair_bn, xc, p.pair_small) : n; };
     // This launch's token tiles of a group of n rows: (how many, the first
     // one's index in the group). A pair's extended tiles come first in a
-    // group; a chain's launch takes the groups of its width.
-    auto launch_tiles = [&](int n) {
+    // group, its small tile last; a chain's launch takes the groups of its
+    // width.
+    // (nb: big_rows(n))
+    auto launch_tiles = [&](int n, int nb) {
         if (fit) {
             const int2 tw = fit_tiles(n, p.fit_lo, p.fit_hi);
             return make_int2(tw.y == BN ? tw.x : 0, 0);
         }
+        if (small_run) return make_int2(nb < n ? 1 : 0, 0);
+        n = nb;
         const int ntt = (n + BN + xc - 1) / (BN + xc);
-        const int n_ext = ext_tiles<BN>(n, ntt, xc);
+        const int n_ext = ext_tiles(n, ntt, BN, xc);
         return EXT > 0 ? make_int2(n_ext, 0) : make_int2(ntt - n_ext, n_ext);
     };
     // The offsets come from the previous kernel; the plain launch of a pair
@@ -262,7 +301,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         for (int g = 1; g <= groups; ++g) {
             int r = p.dev_rows ? p.dev_rows[g] : p.row_start[g];
             r = r < prev ? prev : (r > p.max_rows ? p.max_rows : r);
-            tiles += launch_tiles(r - prev).x * row_blocks * splits;
+            const int nb = big_rows(r - prev);
+            tiles += launch_tiles(r - prev, nb).x * row_blocks * splits;
+            s_big[g - 1] = nb;
             s_row[g] = r;
             s_tile[g] = tiles;
             prev = r;
@@ -281,11 +322,14 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
         g = 0;
         while (g + 1 < groups && t >= s_tile[g + 1]) ++g;
         const int local = t - s_tile[g];
+        const int n = s_row[g + 1] - s_row[g];
         // (not 0 tiles: t lies in the group)
-        const int2 lt = launch_tiles(s_row[g + 1] - s_row[g]);
+        const int nb = small ? s_big[g] : n;
+        const int2 lt = launch_tiles(n, nb);
         const int tt = local % lt.x + lt.y;
-        // past the extended tiles before it (a plain tile: all n_ext = lt.y)
-        x0 = tt * BN + (EXT > 0 ? tt : lt.y) * xc;
+        // past the extended tiles before it (a plain tile: all n_ext = lt.y;
+        // a small tile: past the group's plain and extended tiles)
+        x0 = small_run ? nb : tt * BN + (EXT > 0 ? tt : lt.y) * xc;
         const int rest = local / lt.x;
         const int sp = rest % splits;
         rb = rest / splits;
@@ -460,7 +504,9 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
 
             // Epilogue from the accumulators: per 8-token block j, rows
             // r, r+8 (features) by tokens 8j + 2q + {0,1}.
-            const int rows_g = s_row[g + 1] - s_row[g];
+            // The rows this tile's group stores: its plain and extended
+            // tiles' where a small tile takes the rest.
+            const int rows_g = small && !small_run ? s_big[g] : s_row[g + 1] - s_row[g];
             if constexpr (OUT == PO_QKV_ROPE) {
                 // The block's 128 rows are one head.
                 const int head = rb;

@@ -244,6 +244,53 @@ fn packed_extended_tiles_equal_plain_bitwise() {
     assert_eq!(diff(&out_plain, &out_ext), 0, "down: extended tiles differ");
 }
 
+/// The down GEMM's pair with small tiles (the usual choice for several
+/// experts at 256 tokens per tile: plain, extended and 128-token small
+/// tiles, `pair_split`) gives the same bits as 256-token tiles alone, on
+/// groups that take a small tile alone (30, 4), plain and small tiles
+/// (311, 405), no small tile (576: extended; 1,221, 281), an empty group
+/// and a partial row block; with stream-K on, the pair is within the bound
+/// of the reference.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_small_tiles_equal_plain_bitwise() {
+    let gpu = gpu();
+    if !sm90(&gpu) {
+        return;
+    }
+    // (Whole tiles, as in packed_extended_tiles_equal_plain_bitwise.)
+    gpu.set_packed_stream_k(false);
+    let s = seed();
+    let counts: &[usize] = &[30, 311, 0, 576, 4, 405, 1221, 281];
+    let (m, m_h) = (192, 320);
+    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0x5a);
+    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    let run = |d: u32| {
+        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+        gpu.fill_u16(&mut out, NAN16).unwrap();
+        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(d))
+            .unwrap();
+        host(&gpu, &out)
+    };
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
+    let (plain, small) = (run(256), run(0));
+    assert!(
+        plain.iter().all(|v| v.is_finite()),
+        "plain tiles left rows unwritten"
+    );
+    let diff = bits(&plain)
+        .iter()
+        .zip(bits(&small))
+        .filter(|(a, b)| *a != b)
+        .count();
+    assert_eq!(diff, 0, "down: the pair with small tiles differs");
+    gpu.set_packed_stream_k(true);
+    let split = run(0);
+    let xh = host(&gpu, &x);
+    check_groups(&ex, counts, &xh, &split, "small tiles, stream-K");
+}
+
 /// The gate/up GEMM's chain of fitted widths (128..=160 tokens per tile,
 /// one launch per width) gives the same bits as 128-token tiles alone
 /// (each output element sums the same k16 products in the same order), on

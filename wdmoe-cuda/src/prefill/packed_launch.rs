@@ -1,8 +1,8 @@
 //! The packed GEMM's instantiations and their launch
 //! (kernels/gemm_packed.cuh): the kernel table, the parameters the kernels
 //! take by value, the tile width for a launch's rows, and the launch itself
-//! (one launch, or a plain launch and an extended one for the experts'
-//! widest down tiles). The operations on the packing are in `packed.rs`.
+//! (one launch; a plain launch, an extended one and one of small tiles for
+//! the experts' widest down tiles; or a chain of fitted widths for gate/up). The operations on the packing are in `packed.rs`.
 
 use super::*;
 use crate::error::{shape, Error, Result};
@@ -43,9 +43,12 @@ pub(crate) struct PackedParams {
     sk_ws: u64,
     sk_sem: u64,
     sk: i32,
-    sk_pad: i32,
+    pair_bn: i32,
+    pair_small: i32,
+    small_run: i32,
+    pad: i32,
 }
-const _: () = assert!(std::mem::size_of::<PackedParams>() == 920);
+const _: () = assert!(std::mem::size_of::<PackedParams>() == 936);
 
 kernel_params! {
     /// The packed GEMM kernels' parameters: the tokens' tensor map, the
@@ -389,27 +392,62 @@ fn split_token_tiles(rows: usize, bn: usize, ext: usize) -> (usize, usize) {
     (ntt - n_ext, n_ext)
 }
 
+/// Columns the tensor cores run for `rows` rows on a pair's plain and
+/// extended tiles (kernels/gemm_packed.cuh, `pair_cols`).
+fn pair_cols(rows: usize, bn: usize, ext: usize) -> usize {
+    let (plain, extended) = split_token_tiles(rows, bn, ext);
+    (plain + extended) * bn + extended * ext
+}
+
+/// The small tile of a pair (kernels/gemm_packed.cuh, `pair_big_rows`,
+/// mirrored): (rows of a group of `rows` that the plain and extended tiles
+/// take, whether one `small`-token tile takes the rest). The small tile
+/// takes the last min(rows, small) rows where the rest's columns plus
+/// `small` at 5/4 of their cost per column come under the columns of all
+/// rows on plain and extended tiles.
+pub(crate) fn pair_split(rows: usize, bn: usize, ext: usize, small: usize) -> (usize, bool) {
+    let rest = rows.saturating_sub(small);
+    if 4 * pair_cols(rest, bn, ext) + 5 * small < 4 * pair_cols(rows, bn, ext) {
+        (rest, true)
+    } else {
+        (rows, false)
+    }
+}
+
+/// Tokens per tile of a pair's small tiles ([`pair_split`]).
+pub(crate) const PAIR_SMALL: u32 = 128;
+
+/// Whether a pair of launches gives the experts' last rows to small tiles
+/// where they cost less (default: a third launch, [`pair_split`]) or runs
+/// plain and extended tiles alone (`WDMOE_PACKED_SMALL=0`: comparisons).
+fn pair_small_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::env::switch_once(&ON, "WDMOE_PACKED_SMALL", "0")
+}
+
 /// How a packed GEMM's token tiles are launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Schedule {
     /// One launch, every tile `bn` tokens.
     One(u32),
     /// A plain launch of `bn` tokens, then the extended tiles (`bn` + the
-    /// sibling's columns).
-    Pair(u32),
+    /// sibling's columns), then (with a small width) the small tiles
+    /// ([`pair_split`]).
+    Pair(u32, Option<u32>),
     /// A chain of launches, one per fitted width ([`fit_tiles`]).
     Fit,
 }
 
 /// One launch of a schedule: its instantiation, its tokens per tile (the
-/// token box), extension columns, and its token tiles (a bound where the
-/// rows are on the device).
+/// token box), extension columns, its token tiles (a bound where the rows
+/// are on the device), and whether it runs a pair's small tiles.
 struct Step {
     name: &'static str,
     stages: usize,
     bn: u32,
     ext: u32,
     token_tiles: usize,
+    small: bool,
 }
 
 /// The launches of `sched` for `g`'s rows, in order.
@@ -442,9 +480,10 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                 bn,
                 ext: 0,
                 token_tiles: tiles,
+                small: false,
             }]
         }
-        Schedule::Pair(bn) => {
+        Schedule::Pair(bn, small) => {
             let (bn, name, stages) = one(bn)?;
             let (x, ext_name, ext_stages) =
                 ext_sibling(g.kind, g.out_kind, bn).ok_or_else(|| Error::Unsupported {
@@ -452,22 +491,52 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                     detail: format!("no extended packed {:?} kernel beside {name}", g.kind),
                 })?;
             let (b, x_us) = (bn as usize, x as usize);
-            vec![
+            let s_us = small.unwrap_or(0) as usize;
+            // the rows of a group the plain and extended tiles take
+            let big = |c: usize| {
+                if s_us > 0 {
+                    pair_split(c, b, x_us, s_us).0
+                } else {
+                    c
+                }
+            };
+            let mut v = vec![
                 Step {
                     name,
                     stages,
                     bn,
                     ext: 0,
-                    token_tiles: count(&|c| split_token_tiles(c, b, x_us).0, bn),
+                    token_tiles: count(&|c| split_token_tiles(big(c), b, x_us).0, bn),
+                    small: false,
                 },
                 Step {
                     name: ext_name,
                     stages: ext_stages,
                     bn,
                     ext: x,
-                    token_tiles: count(&|c| split_token_tiles(c, b, x_us).1, bn + x),
+                    token_tiles: count(&|c| split_token_tiles(big(c), b, x_us).1, bn + x),
+                    small: false,
                 },
-            ]
+            ];
+            if let Some(s) = small {
+                let (s, small_name, small_stages) = one(s)?;
+                v.push(Step {
+                    name: small_name,
+                    stages: small_stages,
+                    bn: s,
+                    ext: 0,
+                    // (on the device: at most one a group)
+                    token_tiles: match g.rows {
+                        Rows::Host(counts) => counts
+                            .iter()
+                            .filter(|&&c| pair_split(c, b, x_us, s_us).1)
+                            .count(),
+                        Rows::Device { .. } => groups,
+                    },
+                    small: true,
+                });
+            }
+            v
         }
         Schedule::Fit => {
             let (lo, hi) = (FIT_LO as usize, FIT_HI as usize);
@@ -500,6 +569,7 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                     bn,
                     ext: 0,
                     token_tiles: tiles,
+                    small: false,
                 });
             }
             v
@@ -553,12 +623,15 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
                     && k.3.ext_cols() > 0
                     && k.2 + k.3.ext_cols() == want
             })
-            .map_or(Schedule::One(want), |k| Schedule::Pair(k.2)),
+            .map_or(Schedule::One(want), |k| Schedule::Pair(k.2, None)),
         None => {
             let pick = pick_bn(g.kind, g.out_kind, groups, per_group, row_blocks, sms)?.0;
             if groups > 1 && ext_tiles_default() && ext_sibling(g.kind, g.out_kind, pick).is_some()
             {
-                Schedule::Pair(pick)
+                let small = PACKED_KERNELS.iter().any(|k| {
+                    k.0 == g.kind && k.1 == g.out_kind && k.2 == PAIR_SMALL && k.3 == Role::One
+                });
+                Schedule::Pair(pick, (small && pair_small_default()).then_some(PAIR_SMALL))
             } else if groups > 1
                 && pick == FIT_LO
                 && has_fitted(g.kind, g.out_kind)
@@ -602,10 +675,16 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         sk_ws: 0,
         sk_sem: 0,
         sk: 0,
-        sk_pad: 0,
+        pair_bn: 0,
+        pair_small: 0,
+        small_run: 0,
+        pad: 0,
     };
     if sched == Schedule::Fit {
         (p.fit_lo, p.fit_hi) = (FIT_LO as i32, FIT_HI as i32);
+    }
+    if let Schedule::Pair(bn, Some(small)) = sched {
+        (p.pair_bn, p.pair_small) = (bn as i32, small as i32);
     }
     p.w[..groups].copy_from_slice(g.w);
     match g.rows {
@@ -670,6 +749,7 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
             tx
         };
         p.follower = i32::from(nth > 0);
+        p.small_run = i32::from(step.small);
         let params = PackedLaunch {
             x: tx,
             x_ext: tx_ext,
@@ -744,6 +824,56 @@ mod tests {
                 assert_eq!(t, rows.div_ceil(hi), "{rows}");
             } else {
                 assert_eq!(t, rows.div_ceil(lo), "{rows}");
+            }
+        }
+    }
+
+    /// A pair's small tiles (down at 256 + 32 with 128-token small tiles):
+    /// values worked by hand (the rows of a skewed layer at random
+    /// weights: 1,923 / 105 / 1,221 / 281 / 4 / 55 / 405 / 102 run 4,448
+    /// columns instead of 5,056), then every row count up to 4,096: the
+    /// tiles hold the rows, the small tile holds at most 128 of them, and a
+    /// split is taken exactly where it costs less.
+    #[test]
+    fn pair_small_tiles_cost_less() {
+        let (b, x, s) = (256, 32, PAIR_SMALL as usize);
+        assert_eq!(pair_split(0, b, x, s), (0, false));
+        assert_eq!(pair_split(4, b, x, s), (0, true));
+        assert_eq!(pair_split(128, b, x, s), (0, true));
+        // 129 rows: 256 columns either way, the plain tile alone
+        assert_eq!(pair_split(129, b, x, s), (129, false));
+        assert_eq!(pair_split(281, b, x, s), (281, false));
+        assert_eq!(pair_split(288, b, x, s), (288, false));
+        assert_eq!(pair_split(289, b, x, s), (161, true));
+        assert_eq!(pair_split(311, b, x, s), (183, true));
+        assert_eq!(pair_split(405, b, x, s), (277, true));
+        assert_eq!(pair_split(512, b, x, s), (512, false));
+        assert_eq!(pair_split(576, b, x, s), (576, false));
+        // 1,221: 1,280 columns, or 1,120 + 128 at 5/4: a tie, kept whole
+        assert_eq!(pair_split(1221, b, x, s), (1221, false));
+        assert_eq!(pair_split(1923, b, x, s), (1923, false));
+        let layer = [1923, 105, 1221, 281, 4, 55, 405, 102];
+        let cols = |r: usize| {
+            let (big, small) = pair_split(r, b, x, s);
+            pair_cols(big, b, x) + if small { s } else { 0 }
+        };
+        assert_eq!(
+            layer.iter().map(|&r| pair_cols(r, b, x)).sum::<usize>(),
+            5056
+        );
+        assert_eq!(layer.iter().map(|&r| cols(r)).sum::<usize>(), 4448);
+        for rows in 0..=4096 {
+            let (big, small) = pair_split(rows, b, x, s);
+            let whole = pair_cols(rows, b, x);
+            assert!(whole >= rows, "{rows}");
+            assert!(pair_cols(big, b, x) >= big, "{rows}");
+            if small {
+                assert_eq!(big, rows.saturating_sub(s), "{rows}");
+                assert!(4 * pair_cols(big, b, x) + 5 * s < 4 * whole, "{rows}");
+            } else {
+                assert_eq!(big, rows, "{rows}");
+                let rest = rows.saturating_sub(s);
+                assert!(4 * pair_cols(rest, b, x) + 5 * s >= 4 * whole, "{rows}");
             }
         }
     }
