@@ -37,7 +37,9 @@
 // 2 features of one token as a half2 (half the stores and address math),
 // and the gated silu of the two tokens shares one reciprocal (3 MUFU per
 // pair, not 4; the epilogue is MUFU-bound). Both wide tiles stay spill-free
-// (SASS: R221 / R208 highest). Same run, old -> new epilogue interleaved
+// (SASS: R221 / R208 highest; since the pair's small tiles, the 256-token
+// H16 instantiations keep 8 bytes of stack, stored and loaded outside the
+// k loop: tile setup and epilogue). Same run, old -> new epilogue interleaved
 // (packed_stage_timing_mixtral, best of rounds): 512 rows per expert gate/up
 // 1575 -> 1539 us (611 -> 625 TFLOP/s; medians 596 -> 607), down 741 ->
 // 740 us (649 -> 650); 4096 rows gate/up 12426 -> 12346 us (619 -> 623;
