@@ -69,6 +69,54 @@ fn grouped_case(
     (ex, x, rows)
 }
 
+/// The intermediate and output (`[rows][m_h]`, `[rows][m]`, both poisoned
+/// with NaN before) of `Gpu::ffn_packed_variant` on `x` with the given
+/// tokens per tile (0: the usual choice), as f64.
+fn variant_outputs(
+    gpu: &Gpu,
+    ex: &[Expert],
+    x: &DeviceBuffer<f16>,
+    counts: &[usize],
+    (gate_up, down): (u32, u32),
+) -> (Vec<f64>, Vec<f64>) {
+    let (m, m_h) = (ex[0].w.m(), ex[0].w.m_h());
+    let rows: usize = counts.iter().sum();
+    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
+    let mut out = gpu.alloc::<f16>(rows * m).unwrap();
+    gpu.fill_u16(&mut h, NAN16).unwrap();
+    gpu.fill_u16(&mut out, NAN16).unwrap();
+    gpu.ffn_packed_variant(
+        &refs,
+        x,
+        counts,
+        &mut h,
+        &mut out,
+        Some(gate_up),
+        Some(down),
+    )
+    .unwrap();
+    (host(gpu, &h), host(gpu, &out))
+}
+
+/// `a` and `b` hold every row (finite: nothing left at the NaN poison)
+/// and the same bits (`what` names the comparison in messages).
+fn assert_same_bits(a: &[f64], b: &[f64], what: &str) {
+    for (side, v) in [("first", a), ("second", b)] {
+        let unwritten = v.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(
+            unwritten, 0,
+            "{what}: {unwritten} outputs of the {side} run not finite"
+        );
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count();
+    assert_eq!(diff, 0, "{what}: {diff} of {} outputs differ", a.len());
+}
+
 /// One grouped launch on `counts` rows per expert; every group's output
 /// against the reference; returns the largest relative error.
 fn check_packed(gpu: &Gpu, ex: &[Expert], counts: &[usize], seed: u64) -> f64 {
@@ -224,24 +272,9 @@ fn packed_extended_tiles_equal_plain_bitwise() {
     gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[576, 289, 0, 288, 520, 257, 9];
-    let (ex, x, rows) = grouped_case(&gpu, counts, (128, 320), s, s ^ 0xe7);
-    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let run = |d: u32| {
-        let mut h = gpu.alloc::<f16>(rows * 320).unwrap();
-        let mut out = gpu.alloc::<f16>(rows * 128).unwrap();
-        gpu.fill_u16(&mut out, NAN16).unwrap();
-        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(d))
-            .unwrap();
-        host(&gpu, &out)
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<u64>>()
-    };
-    let (out_plain, out_ext) = (run(256), run(288));
-    let written = |v: &[u64]| v.iter().all(|&b| f64::from_bits(b).is_finite());
-    assert!(written(&out_plain), "plain tiles left rows unwritten");
-    let diff = |a: &[u64], b: &[u64]| a.iter().zip(b).filter(|(x, y)| x != y).count();
-    assert_eq!(diff(&out_plain, &out_ext), 0, "down: extended tiles differ");
+    let (ex, x, _) = grouped_case(&gpu, counts, (128, 320), s, s ^ 0xe7);
+    let run = |d: u32| variant_outputs(&gpu, &ex, &x, counts, (128, d)).1;
+    assert_same_bits(&run(256), &run(288), "down: plain against extended tiles");
 }
 
 /// The down GEMM's pair with small tiles (the usual choice for several
@@ -262,29 +295,13 @@ fn packed_small_tiles_equal_plain_bitwise() {
     gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[30, 311, 0, 576, 4, 405, 1221, 281];
-    let (m, m_h) = (192, 320);
-    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0x5a);
-    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let run = |d: u32| {
-        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
-        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
-        gpu.fill_u16(&mut out, NAN16).unwrap();
-        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(d))
-            .unwrap();
-        host(&gpu, &out)
-    };
-    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
-    let (plain, small) = (run(256), run(0));
-    assert!(
-        plain.iter().all(|v| v.is_finite()),
-        "plain tiles left rows unwritten"
+    let (ex, x, _) = grouped_case(&gpu, counts, (192, 320), s, s ^ 0x5a);
+    let run = |d: u32| variant_outputs(&gpu, &ex, &x, counts, (128, d)).1;
+    assert_same_bits(
+        &run(256),
+        &run(0),
+        "down: plain tiles against the pair with small tiles",
     );
-    let diff = bits(&plain)
-        .iter()
-        .zip(bits(&small))
-        .filter(|(a, b)| *a != b)
-        .count();
-    assert_eq!(diff, 0, "down: the pair with small tiles differs");
     gpu.set_packed_stream_k(true);
     let split = run(0);
     let xh = host(&gpu, &x);
@@ -307,26 +324,13 @@ fn packed_fitted_widths_equal_plain_bitwise() {
     gpu.set_packed_stream_k(false);
     let s = seed();
     let counts: &[usize] = &[520, 130, 0, 447, 9, 576, 160, 300];
-    let (m, m_h) = (128, 320);
-    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0xf1);
-    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
-    let run = |g: u32| {
-        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
-        gpu.fill_u16(&mut h, NAN16).unwrap();
-        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
-        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(g), None)
-            .unwrap();
-        host(&gpu, &h)
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<u64>>()
-    };
-    let (plain, fitted) = (run(128), run(0));
-    let written = |v: &[u64]| v.iter().all(|&b| f64::from_bits(b).is_finite());
-    assert!(written(&plain), "plain tiles left rows unwritten");
-    assert!(written(&fitted), "fitted tiles left rows unwritten");
-    let diff = plain.iter().zip(&fitted).filter(|(x, y)| x != y).count();
-    assert_eq!(diff, 0, "gate/up: fitted tiles differ");
+    let (ex, x, _) = grouped_case(&gpu, counts, (128, 320), s, s ^ 0xf1);
+    let run = |g: u32| variant_outputs(&gpu, &ex, &x, counts, (g, 0)).0;
+    assert_same_bits(
+        &run(128),
+        &run(0),
+        "gate/up: 128-token against fitted tiles",
+    );
 }
 
 /// Stream-K (kernels/stream_k.cuh): the last partial wave's k blocks
@@ -348,19 +352,12 @@ fn packed_stream_k_matches_reference_and_is_deterministic() {
     }
     let s = seed();
     let counts: &[usize] = &[300, 257, 140, 9, 0, 520, 33, 200];
-    let (m, m_h) = (512, 2048);
-    let (ex, x, rows) = grouped_case(&gpu, counts, (m, m_h), s, s ^ 0x5c);
-    let refs: Vec<&ExpertWeights> = ex.iter().map(|e| &e.w).collect();
+    let (ex, x, _) = grouped_case(&gpu, counts, (512, 2048), s, s ^ 0x5c);
     let run = |sk: bool| {
         gpu.set_packed_stream_k(sk);
-        let mut h = gpu.alloc::<f16>(rows * m_h).unwrap();
-        let mut out = gpu.alloc::<f16>(rows * m).unwrap();
-        gpu.fill_u16(&mut h, NAN16).unwrap();
-        gpu.fill_u16(&mut out, NAN16).unwrap();
-        gpu.ffn_packed_variant(&refs, &x, counts, &mut h, &mut out, Some(128), Some(288))
-            .unwrap();
+        let out = variant_outputs(&gpu, &ex, &x, counts, (128, 288)).1;
         gpu.set_packed_stream_k(true);
-        host(&gpu, &out)
+        out
     };
     let (a, b, whole) = (run(true), run(true), run(false));
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
