@@ -767,7 +767,9 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         // x ldo elements of the output type), or (QkvRope) q_out rows <
         // t and cache positions start + token < max_seq of the heads given
         // (gemm_packed_qkv_rope checked every length); the launches of a
-        // pair or a chain write disjoint token tiles. With stream-K (sk > 0)
+        // pair or a chain write disjoint token tiles (a pair's small tile
+        // only the group's rows past those of its plain and extended
+        // tiles, which store no further: pair_big_rows). With stream-K (sk > 0)
         // block b also writes slot b of its region's workspace and flag b
         // (grid <= sms, the blocks StreamK::region sized them for), and no
         // two launches in flight share a region (stream_k_share). Shared memory was
