@@ -14,6 +14,9 @@
 //!
 //!   model_bench [--layers 32] [--prompts 128,2048] [--iters 3] [--decode 32]
 //!               [--chunk 2048] [--json PATH]
+//!
+//! `WDMOE_ROWS_ALL=1` also prints every layer's rows per expert of each
+//! prompt's last forward (the tile rules' input).
 
 use std::time::Instant;
 
@@ -141,6 +144,10 @@ fn main() -> Result<()> {
                 .fold((usize::MAX, 0), |(a, b), &c| (a.min(c), b.max(c)));
             println!("ROWS prefill {t} tokens: rows per expert {lo}..{hi}; layers 0, 1, 15, last: {:?} {:?} {:?} {:?}",
                 counts[0], counts[1.min(counts.len() - 1)], counts[15.min(counts.len() - 1)], counts[counts.len() - 1]);
+            // (every layer's, for the tile rules' column counts)
+            if std::env::var_os("WDMOE_ROWS_ALL").is_some() {
+                println!("ROWS_ALL prefill {t} tokens: {counts:?}");
+            }
         }
         wall.sort_by(f64::total_cmp);
         dev.sort_by(f64::total_cmp);

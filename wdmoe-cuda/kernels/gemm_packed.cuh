@@ -119,10 +119,11 @@ struct PackedParams {
     unsigned long long sk_ws, sk_sem;
     int sk;
     // A pair's small tiles (pair_small = S > 0; pair_bn: the pair's plain
-    // width): a group whose last rows fit one S-token tile at less cost
+    // width; small_cost4: their cost per column in quarters of the plain
+    // tiles'): a group whose last rows fit one S-token tile at less cost
     // gives them to it (pair_big_rows, below). Every launch of such a pair
-    // takes both; small_run = 1: the launch of the small tiles.
-    int pair_bn, pair_small, small_run, pad;
+    // takes them; small_run = 1: the launch of the small tiles.
+    int pair_bn, pair_small, small_run, small_cost4;
 };
 static_assert(sizeof(PackedParams) == 936, "mirrored by prefill::packed_launch::PackedParams (size asserted there too)");
 
@@ -165,16 +166,17 @@ __device__ __forceinline__ int pair_cols(int r, int bn, int xc) {
 }
 
 // A pair's small tile (s tokens): a group of n rows gives its last min(n,
-// s) rows to one where the rest's plain and extended columns plus s at 5/4
-// of their cost per column (a narrower tile's weights pass through shared
-// memory once per fewer tokens) come under the columns of n rows on plain
-// and extended tiles alone. An expert of 30 rows then runs 128 columns
-// instead of 256, one of 311 runs 256 + 128 instead of 512. Returns the
-// rows the plain and extended tiles take (n: no small tile). The host
-// mirrors the rule: prefill::packed_launch::pair_split.
-__device__ __forceinline__ int pair_big_rows(int n, int bn, int xc, int s) {
+// s) rows to one where the rest's plain and extended columns plus s at
+// c4 / 4 of their cost per column (default 5 / 4: a narrower tile's
+// weights pass through shared memory once per fewer tokens) come under
+// the columns of n rows on plain and extended tiles alone. An expert of
+// 30 rows then runs 128 columns instead of 256, one of 311 runs 256 + 128
+// instead of 512. Returns the rows the plain and extended tiles take (n:
+// no small tile). The host mirrors the rule:
+// prefill::packed_launch::pair_split.
+__device__ __forceinline__ int pair_big_rows(int n, int bn, int xc, int s, int c4) {
     const int rest = n > s ? n - s : 0;
-    return 4 * pair_cols(rest, bn, xc) + 5 * s < 4 * pair_cols(n, bn, xc) ? rest : n;
+    return 4 * pair_cols(rest, bn, xc) + c4 * s < 4 * pair_cols(n, bn, xc) ? rest : n;
 }
 
 // Fitted token tiles, a chain of launches. A group of n rows takes
@@ -271,7 +273,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     // (fp16 outputs of the down GEMM's kinds only: no cost elsewhere)
     const bool small = OUT == PO_H16 && KIND != PK_GATED && !fit && p.pair_small > 0;
     const bool small_run = small && p.small_run;
-    auto big_rows = [&](int n) { return small ? pair_big_rows(n, p.pair_bn, xc, p.pair_small) : n; };
+    auto big_rows = [&](int n) { return small ? pair_big_rows(n, p.pair_bn, xc, p.pair_small, p.small_cost4) : n; };
     // This launch's token tiles of a group of n rows: (how many, the first
     // one's index in the group). A pair's extended tiles come first in a
     // group, its small tile last; a chain's launch takes the groups of its

@@ -46,7 +46,7 @@ pub(crate) struct PackedParams {
     pair_bn: i32,
     pair_small: i32,
     small_run: i32,
-    pad: i32,
+    small_cost4: i32,
 }
 const _: () = assert!(std::mem::size_of::<PackedParams>() == 936);
 
@@ -403,11 +403,17 @@ fn pair_cols(rows: usize, bn: usize, ext: usize) -> usize {
 /// mirrored): (rows of a group of `rows` that the plain and extended tiles
 /// take, whether one `small`-token tile takes the rest). The small tile
 /// takes the last min(rows, small) rows where the rest's columns plus
-/// `small` at 5/4 of their cost per column come under the columns of all
-/// rows on plain and extended tiles.
-pub(crate) fn pair_split(rows: usize, bn: usize, ext: usize, small: usize) -> (usize, bool) {
+/// `small` at `cost4` / 4 of their cost per column come under the columns
+/// of all rows on plain and extended tiles.
+pub(crate) fn pair_split(
+    rows: usize,
+    bn: usize,
+    ext: usize,
+    small: usize,
+    cost4: usize,
+) -> (usize, bool) {
     let rest = rows.saturating_sub(small);
-    if 4 * pair_cols(rest, bn, ext) + 5 * small < 4 * pair_cols(rows, bn, ext) {
+    if 4 * pair_cols(rest, bn, ext) + cost4 * small < 4 * pair_cols(rows, bn, ext) {
         (rest, true)
     } else {
         (rows, false)
@@ -416,6 +422,23 @@ pub(crate) fn pair_split(rows: usize, bn: usize, ext: usize, small: usize) -> (u
 
 /// Tokens per tile of a pair's small tiles ([`pair_split`]).
 pub(crate) const PAIR_SMALL: u32 = 128;
+
+/// A small tile's cost per column in quarters of a plain tile's
+/// ([`pair_split`]): 5 (a chosen default: [`NARROW_COST`]'s 1.15 measured
+/// for 128- against 256-token tiles, rounded up), or
+/// `WDMOE_PACKED_SMALL_COST` (1..=16; the sweep in BENCHMARKS.md, runs
+/// J1–J6).
+fn small_cost4() -> usize {
+    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *C.get_or_init(|| {
+        crate::env::number(
+            "WDMOE_PACKED_SMALL_COST",
+            |&c: &usize| (1..=16).contains(&c),
+            "quarters 1..=16",
+        )
+        .unwrap_or(5)
+    })
+}
 
 /// Whether a pair of launches gives the experts' last rows to small tiles
 /// where they cost less (default: a third launch, [`pair_split`]) or runs
@@ -491,11 +514,11 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                     detail: format!("no extended packed {:?} kernel beside {name}", g.kind),
                 })?;
             let (b, x_us) = (bn as usize, x as usize);
-            let s_us = small.unwrap_or(0) as usize;
+            let (s_us, c4) = (small.unwrap_or(0) as usize, small_cost4());
             // the rows of a group the plain and extended tiles take
             let big = |c: usize| {
                 if s_us > 0 {
-                    pair_split(c, b, x_us, s_us).0
+                    pair_split(c, b, x_us, s_us, c4).0
                 } else {
                     c
                 }
@@ -529,7 +552,7 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
                     token_tiles: match g.rows {
                         Rows::Host(counts) => counts
                             .iter()
-                            .filter(|&&c| pair_split(c, b, x_us, s_us).1)
+                            .filter(|&&c| pair_split(c, b, x_us, s_us, c4).1)
                             .count(),
                         Rows::Device { .. } => groups,
                     },
@@ -678,13 +701,14 @@ pub(super) fn launch_packed(gpu: &Gpu, op: &'static str, g: PackedGemm<'_>) -> R
         pair_bn: 0,
         pair_small: 0,
         small_run: 0,
-        pad: 0,
+        small_cost4: 0,
     };
     if sched == Schedule::Fit {
         (p.fit_lo, p.fit_hi) = (FIT_LO as i32, FIT_HI as i32);
     }
     if let Schedule::Pair(bn, Some(small)) = sched {
         (p.pair_bn, p.pair_small) = (bn as i32, small as i32);
+        p.small_cost4 = small_cost4() as i32;
     }
     p.w[..groups].copy_from_slice(g.w);
     match g.rows {
@@ -839,24 +863,31 @@ mod tests {
     #[test]
     fn pair_small_tiles_cost_less() {
         let (b, x, s) = (256, 32, PAIR_SMALL as usize);
-        assert_eq!(pair_split(0, b, x, s), (0, false));
-        assert_eq!(pair_split(4, b, x, s), (0, true));
-        assert_eq!(pair_split(128, b, x, s), (0, true));
+        assert_eq!(pair_split(0, b, x, s, 5), (0, false));
+        assert_eq!(pair_split(4, b, x, s, 5), (0, true));
+        assert_eq!(pair_split(128, b, x, s, 5), (0, true));
         // 129 rows: 256 columns either way, the plain tile alone
-        assert_eq!(pair_split(129, b, x, s), (129, false));
-        assert_eq!(pair_split(281, b, x, s), (281, false));
-        assert_eq!(pair_split(288, b, x, s), (288, false));
-        assert_eq!(pair_split(289, b, x, s), (161, true));
-        assert_eq!(pair_split(311, b, x, s), (183, true));
-        assert_eq!(pair_split(405, b, x, s), (277, true));
-        assert_eq!(pair_split(512, b, x, s), (512, false));
-        assert_eq!(pair_split(576, b, x, s), (576, false));
+        assert_eq!(pair_split(129, b, x, s, 5), (129, false));
+        assert_eq!(pair_split(281, b, x, s, 5), (281, false));
+        assert_eq!(pair_split(288, b, x, s, 5), (288, false));
+        assert_eq!(pair_split(289, b, x, s, 5), (161, true));
+        assert_eq!(pair_split(311, b, x, s, 5), (183, true));
+        assert_eq!(pair_split(405, b, x, s, 5), (277, true));
+        assert_eq!(pair_split(512, b, x, s, 5), (512, false));
+        assert_eq!(pair_split(576, b, x, s, 5), (576, false));
         // 1,221: 1,280 columns, or 1,120 + 128 at 5/4: a tie, kept whole
-        assert_eq!(pair_split(1221, b, x, s), (1221, false));
-        assert_eq!(pair_split(1923, b, x, s), (1923, false));
+        assert_eq!(pair_split(1221, b, x, s, 5), (1221, false));
+        assert_eq!(pair_split(1923, b, x, s, 5), (1923, false));
+        // the cost per column moves the ties: at 1.0 the 1,221 rows split,
+        // at 2.0 nothing does (a small tile costs a plain one: 30 rows,
+        // 311 = 256 + 2 x 128 = 512), at 1.75 the 30 rows still do
+        assert_eq!(pair_split(1221, b, x, s, 4), (1093, true));
+        assert_eq!(pair_split(311, b, x, s, 8), (311, false));
+        assert_eq!(pair_split(30, b, x, s, 8), (30, false));
+        assert_eq!(pair_split(30, b, x, s, 7), (0, true));
         let layer = [1923, 105, 1221, 281, 4, 55, 405, 102];
         let cols = |r: usize| {
-            let (big, small) = pair_split(r, b, x, s);
+            let (big, small) = pair_split(r, b, x, s, 5);
             pair_cols(big, b, x) + if small { s } else { 0 }
         };
         assert_eq!(
@@ -865,7 +896,7 @@ mod tests {
         );
         assert_eq!(layer.iter().map(|&r| cols(r)).sum::<usize>(), 4448);
         for rows in 0..=4096 {
-            let (big, small) = pair_split(rows, b, x, s);
+            let (big, small) = pair_split(rows, b, x, s, 5);
             let whole = pair_cols(rows, b, x);
             assert!(whole >= rows, "{rows}");
             assert!(pair_cols(big, b, x) >= big, "{rows}");
