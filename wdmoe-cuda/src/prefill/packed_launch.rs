@@ -2,7 +2,8 @@
 //! (kernels/gemm_packed.cuh): the kernel table, the parameters the kernels
 //! take by value, the tile width for a launch's rows, and the launch itself
 //! (one launch; a plain launch, an extended one and one of small tiles for
-//! the experts' widest down tiles; or a chain of fitted widths for gate/up). The operations on the packing are in `packed.rs`.
+//! the experts' widest down tiles; or a chain of fitted widths for
+//! gate/up). The operations on the packing are in `packed.rs`.
 
 use super::*;
 use crate::error::{shape, Error, Result};
@@ -424,8 +425,8 @@ pub(crate) fn pair_split(
 pub(crate) const PAIR_SMALL: u32 = 128;
 
 /// A small tile's cost per column in quarters of a plain tile's
-/// ([`pair_split`]): 5 (a chosen default: [`NARROW_COST`]'s 1.15 measured
-/// for 128- against 256-token tiles, rounded up), or
+/// ([`pair_split`]): 5 (a chosen default, above the 1.15 of
+/// [`NARROW_COST`] measured for 128- against 256-token tiles), or
 /// `WDMOE_PACKED_SMALL_COST` (1..=16; the sweep in BENCHMARKS.md, runs
 /// J1–J6).
 fn small_cost4() -> usize {
