@@ -218,7 +218,9 @@ __device__ __forceinline__ int2 fit_tiles(int n, int lo, int hi) {
 //     it waits for the plain launch at its end, so that the next kernel
 //     sees both outputs.
 // With p.pair_small > 0 a third launch (an S-token instantiation, small_run
-// = 1) follows them with the small tiles (pair_big_rows).
+// = 1) runs the small tiles (pair_big_rows); the host puts it first, so
+// that its few tiles do not run alone at the end (any order works: the
+// first launch waits for the inputs, each later one for its predecessor).
 // Each instantiation keeps one k loop: with both widths in one kernel (a
 // branch per tile) ptxas serialized the wgmmas (C7512), and with a
 // predicated second wgmma too (C7520).

@@ -441,6 +441,18 @@ fn small_cost4() -> usize {
     })
 }
 
+/// Whether a pair's small tiles launch before its plain and extended ones
+/// (default) or after them (`WDMOE_PACKED_SMALL_FIRST=0`: comparisons).
+/// Serialized (ncu, run J7) the small launches ran ~405 TFLOP/s against
+/// ~665 for the plain and extended ones: a few tiles, often under a wave;
+/// first, the plain tiles fill the SMs they leave instead of the small
+/// ones running alone at the end of the chain (J8: 101.56 ± 0.28 ms a
+/// 2,048-token prompt against 101.94 ± 0.21 last and 102.22 ± 0.17 off).
+fn small_first() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::env::switch_once(&ON, "WDMOE_PACKED_SMALL_FIRST", "0")
+}
+
 /// Whether a pair of launches gives the experts' last rows to small tiles
 /// where they cost less (default: a third launch, [`pair_split`]) or runs
 /// plain and extended tiles alone (`WDMOE_PACKED_SMALL=0`: comparisons).
@@ -455,8 +467,8 @@ enum Schedule {
     /// One launch, every tile `bn` tokens.
     One(u32),
     /// A plain launch of `bn` tokens, then the extended tiles (`bn` + the
-    /// sibling's columns), then (with a small width) the small tiles
-    /// ([`pair_split`]).
+    /// sibling's columns); with a small width the small tiles
+    /// ([`pair_split`]) in a launch before them ([`small_first`]) or after.
     Pair(u32, Option<u32>),
     /// A chain of launches, one per fitted width ([`fit_tiles`]).
     Fit,
@@ -544,21 +556,26 @@ fn steps(g: &PackedGemm<'_>, op: &'static str, sched: Schedule) -> Result<Vec<St
             ];
             if let Some(s) = small {
                 let (s, small_name, small_stages) = one(s)?;
-                v.push(Step {
-                    name: small_name,
-                    stages: small_stages,
-                    bn: s,
-                    ext: 0,
-                    // (on the device: at most one a group)
-                    token_tiles: match g.rows {
-                        Rows::Host(counts) => counts
-                            .iter()
-                            .filter(|&&c| pair_split(c, b, x_us, s_us, c4).1)
-                            .count(),
-                        Rows::Device { .. } => groups,
+                // (first: its few tiles start the chain, and the plain
+                // tiles fill the SMs they leave)
+                v.insert(
+                    if small_first() { 0 } else { 2 },
+                    Step {
+                        name: small_name,
+                        stages: small_stages,
+                        bn: s,
+                        ext: 0,
+                        // (on the device: at most one a group)
+                        token_tiles: match g.rows {
+                            Rows::Host(counts) => counts
+                                .iter()
+                                .filter(|&&c| pair_split(c, b, x_us, s_us, c4).1)
+                                .count(),
+                            Rows::Device { .. } => groups,
+                        },
+                        small: true,
                     },
-                    small: true,
-                });
+                );
             }
             v
         }
