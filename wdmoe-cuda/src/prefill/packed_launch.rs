@@ -428,7 +428,7 @@ pub(crate) const PAIR_SMALL: u32 = 128;
 /// ([`pair_split`]): 5 (a chosen default, above the 1.15 of
 /// [`NARROW_COST`] measured for 128- against 256-token tiles), or
 /// `WDMOE_PACKED_SMALL_COST` (1..=16; the sweep in BENCHMARKS.md, runs
-/// J1–J6).
+/// J1–J9).
 fn small_cost4() -> usize {
     static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *C.get_or_init(|| {
