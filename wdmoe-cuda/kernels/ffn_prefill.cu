@@ -340,7 +340,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
             if (tl.row0 + c * 64 >= tl.rows) {
                 // All 64 rows of this consumer lie past the group's end (few
                 // tokens): no wgmma, no epilogue; just pass the stages on.
-                pass_stages<STAGES>(tl.kb1 - tl.kb0, bar_full, bar_empty, stage, phase, lane);
+                pass_stages<STAGES, false>(tl.kb1 - tl.kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
             int prev = -1;
@@ -357,7 +357,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
                 }
                 wgmma_commit();
                 wgmma_wait<1>();
-                if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                if (prev >= 0) stage_release<false>(bar_empty + 8 * prev, lane);
                 prev = stage;
                 if (++stage == STAGES) {
                     stage = 0;
@@ -365,7 +365,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
                 }
             }
             wgmma_wait<0>();
-            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+            if (prev >= 0) stage_release<false>(bar_empty + 8 * prev, lane);
 
             // Epilogue straight from the accumulators: thread holds, for each
             // 8-column block j, rows r and r+8, columns 8j + 2q + {0,1}.

@@ -298,7 +298,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
-            mbar_init(bar_empty + 8 * s, 8);  // 2 consumer warpgroups x 4 warps
+            mbar_init(bar_empty + 8 * s, 256);  // every lane of 2 consumer warpgroups (hopper.cuh)
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         int prev = 0, tiles = 0;
@@ -415,7 +415,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             if (OUT == PO_H16 && piece) kb0 = ukb0, kb1 = ukb1;
             if (rb * 128 + c * 64 >= p.n_rows) {
                 // All 64 rows of this warpgroup lie past the end of W.
-                pass_stages<STAGES>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
+                pass_stages<STAGES, true>(kb1 - kb0, bar_full, bar_empty, stage, phase, lane);
                 continue;
             }
             int prev = -1;
@@ -445,7 +445,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
                 wgmma_commit();
                 wgmma_wait<1>();  // the previous group (and its fragments) is done
                 // ... and with it the previous stage's last group.
-                if (h == 0 && prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+                if (h == 0 && prev >= 0) stage_release<true>(bar_empty + 8 * prev, lane);
             };
             auto run_stage = [&](uint4 (&a)[BK / 16][NM], int kb) {
                 mbar_wait(bar_full + 8 * stage, phase);
@@ -470,7 +470,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
             }
             if (kb < kb1) run_stage(a0, kb);
             wgmma_wait<0>();
-            if (prev >= 0 && lane == 0) mbar_arrive(bar_empty + 8 * prev);
+            if (prev >= 0) stage_release<true>(bar_empty + 8 * prev, lane);
             if constexpr (OUT == PO_H16) {
                 // A piece of a split tile (stream_k.cuh): the block that
                 // holds the tile's first k blocks adds the later pieces and

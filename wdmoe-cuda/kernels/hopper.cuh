@@ -33,6 +33,21 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
+// Releasing a stage that a warp read with plain shared-memory loads (the
+// packed GEMM's weight fragments): every lane arrives itself, so the empty
+// barrier counts threads, not warps. An arrive (.release, .cta) orders only
+// the arriving thread's own accesses (PTX memory model), and racecheck
+// (compute-sanitizer 2025.3) credits an mbarrier with exactly that: a
+// __syncwarp or a named barrier before one lane's arrive is correct by the
+// model, yet racecheck reports the producer's next bulk copy into the stage
+// against the other lanes' loads (probe/racecheck_probe.cu, run K2: 1 hazard
+// with one arrive per warp after __syncwarp, bar.sync or a proxy fence; 0
+// with one arrive per lane). Stages read only by wgmma (async proxy) keep
+// one arrive per warp.
+template <bool PER_LANE>
+__device__ __forceinline__ void stage_release(uint32_t bar, int lane) {
+    if (PER_LANE || lane == 0) mbar_arrive(bar);
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     uint32_t done;
     do {
@@ -81,13 +96,12 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
 // A consumer warp with nothing to compute for `n` stages of a tile still
 // releases each one once its data arrived (the producer refills it): the
 // stage ring's (stage, phase) advance as if it had consumed them.
-template <int STAGES>
+template <int STAGES, bool PER_LANE>
 __device__ __forceinline__ void pass_stages(int n, uint32_t bar_full, uint32_t bar_empty, int& stage,
                                             uint32_t& phase, int lane) {
     for (int i = 0; i < n; ++i) {
         mbar_wait(bar_full + 8 * stage, phase);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar_empty + 8 * stage);
+        stage_release<PER_LANE>(bar_empty + 8 * stage, lane);
         if (++stage == STAGES) {
             stage = 0;
             phase ^= 1;
