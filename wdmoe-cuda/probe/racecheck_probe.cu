@@ -1,44 +1,27 @@
 // What compute-sanitizer's racecheck models of the mbarrier hand-off between
 // consumers that read a stage with plain shared loads and a producer that
 // refills it with a 1-D bulk copy (cp.async.bulk), the pattern of the packed
-// GEMM (gemm_packed.cuh). Not part of the build: compiled and run under
-// racecheck by .device scripts on the GPU machine (see NOTES.md).
+// GEMM (gemm_packed.cuh), with the kernels' own helpers (hopper.cuh). Not
+// part of the build; on the GPU machine (wdmoe-cuda/README.md):
 //
-//   nvcc -arch=sm_90a -lineinfo -o probe racecheck_probe.cu
+//   nvcc -arch=sm_90a -lineinfo -o probe racecheck_probe.cu   (sm_90a: hopper.cuh's helpers)
 //   compute-sanitizer --tool racecheck ./probe V     (V = variant, below)
 //
 // One block: warp 0's lane 0 produces, warps 1..2 consume; STAGES stages of
 // 2 warps x 32 lanes x 16 bytes; ITERS refills. The kernel checks the sum it
 // read against the host's, so a variant that races visibly also fails.
+// Measured (NOTES.md, fourteenth session, run K2; compute-sanitizer
+// 2025.3.1, H200): 1 hazard for variants 0, 1, 3, 5 and 6, 0 for 2 and 4.
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
 #include <cuda_runtime.h>
 
-constexpr int STAGES = 2, ITERS = 16, CWARPS = 2;
+#include "../kernels/hopper.cuh"  // the kernels' own mbarrier and bulk-copy helpers
+
+[[maybe_unused]] constexpr int STAGES = 2, ITERS = 16, CWARPS = 2;
 constexpr int STAGE_BYTES = CWARPS * 32 * 16;
 
-__device__ __forceinline__ uint32_t su32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void init(uint32_t b, uint32_t n) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(b), "r"(n) : "memory");
-}
-__device__ __forceinline__ void arrive(uint32_t b) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(b) : "memory");
-}
-__device__ __forceinline__ void expect_tx(uint32_t b, uint32_t n) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(n) : "memory");
-}
-__device__ __forceinline__ void wait(uint32_t b, uint32_t par) {
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(b), "r"(par) : "memory");
-    } while (!done);
-}
-__device__ __forceinline__ void bulk(uint32_t dst, const void* src, uint32_t n, uint32_t b) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-                 "l"((uint64_t)src), "r"(n), "r"(b) : "memory");
-}
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ uint4 lds128(uint32_t a) {
     uint4 v;
@@ -52,13 +35,14 @@ __device__ __forceinline__ uint4 lds128(uint32_t a) {
 // 4 every lane: proxy fence, arrive     5 as 1, producer proxy-fences before the copy
 // 6 as 0 with bar.sync of the consumers (named barrier 1) before lane 0 of warp 1 arrives (count 1)
 __global__ void probe(const uint4* src, unsigned long long* out, int v) {
+#ifdef WDMOE_SM90A  // (hopper.cuh: the helpers exist in the sm_90a pass only)
     __shared__ alignas(128) unsigned char buf[STAGES][STAGE_BYTES];
     __shared__ alignas(8) uint64_t bars[2 * STAGES];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const uint32_t full = su32(&bars[0]), empty = su32(&bars[STAGES]);
+    const uint32_t full = smem_u32(&bars[0]), empty = smem_u32(&bars[STAGES]);
     const uint32_t count = v == 2 || v == 4 ? CWARPS * 32 : v == 6 ? 1 : CWARPS;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) init(full + 8 * s, 1), init(empty + 8 * s, count);
+        for (int s = 0; s < STAGES; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, count);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -67,34 +51,35 @@ __global__ void probe(const uint4* src, unsigned long long* out, int v) {
     if (warp == 0) {
         if (lane == 0)
             for (int it = 0; it < ITERS; ++it) {
-                wait(empty + 8 * stage, phase ^ 1);
+                mbar_wait(empty + 8 * stage, phase ^ 1);
                 if (v == 5) proxy_fence();
-                expect_tx(full + 8 * stage, STAGE_BYTES);
-                bulk(su32(buf[stage]), src + (size_t)it * STAGE_BYTES / 16, STAGE_BYTES, full + 8 * stage);
+                mbar_expect_tx(full + 8 * stage, STAGE_BYTES);
+                bulk_load(smem_u32(buf[stage]), src + (size_t)it * STAGE_BYTES / 16, STAGE_BYTES, full + 8 * stage);
                 if (++stage == STAGES) stage = 0, phase ^= 1;
             }
         return;
     }
     unsigned long long sum = 0;
     for (int it = 0; it < ITERS; ++it) {
-        wait(full + 8 * stage, phase);
-        const uint4 x = lds128(su32(buf[stage]) + ((warp - 1) * 32 + lane) * 16);
+        mbar_wait(full + 8 * stage, phase);
+        const uint4 x = lds128(smem_u32(buf[stage]) + ((warp - 1) * 32 + lane) * 16);
         sum += (unsigned long long)x.x + x.y + x.z + x.w;
         const uint32_t e = empty + 8 * stage;
         switch (v) {
-            case 0: if (lane == 0) arrive(e); break;
-            case 1: case 5: __syncwarp(); if (lane == 0) arrive(e); break;
-            case 2: arrive(e); break;
-            case 3: __syncwarp(); proxy_fence(); if (lane == 0) arrive(e); break;
-            case 4: proxy_fence(); arrive(e); break;
+            case 0: stage_release<false>(e, lane); break;
+            case 1: case 5: __syncwarp(); if (lane == 0) mbar_arrive(e); break;
+            case 2: stage_release<true>(e, lane); break;
+            case 3: __syncwarp(); proxy_fence(); if (lane == 0) mbar_arrive(e); break;
+            case 4: proxy_fence(); mbar_arrive(e); break;
             case 6:
                 asm volatile("bar.sync 1, %0;" ::"n"(CWARPS * 32) : "memory");
-                if (warp == 1 && lane == 0) arrive(e);
+                if (warp == 1 && lane == 0) mbar_arrive(e);
                 break;
         }
         if (++stage == STAGES) stage = 0, phase ^= 1;
     }
     atomicAdd(out, sum);
+#endif
 }
 
 int main(int argc, char** argv) {
