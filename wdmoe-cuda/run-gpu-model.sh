@@ -12,10 +12,10 @@
 #                                 # θ = 0.2) beside HF's and cuBLAS, the
 #                                 # whole-model tests, memcheck, racecheck
 # check: the model kernels against f64 references (wdmoe-cuda lib tests);
-#   (racecheck covers the packed GEMM through the q|k|v GEMM's RoPE test (in
-#   model::tests::attention) and,
-#   in check mode, the packed GEMM's tests: every lane releases the weight
-#   stage it read, the ordering racecheck models: kernels/hopper.cuh);
+#   (racecheck covers the packed GEMM through the q|k|v GEMM's RoPE test, in
+#   model::tests::attention, and in check mode through the packed GEMM's
+#   tests: every lane releases the weight stage it read, the ordering
+#   racecheck models: kernels/hopper.cuh);
 #   the whole model against the CPU reference and HF (gpu_model); the
 #   device-routed step (gpu_route_tests); the MoE step regressions
 #   (gpu_tests, sim lib tests); memcheck and racecheck.
@@ -43,6 +43,17 @@ export LD_LIBRARY_PATH="$nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 chmod +x ./* 2>/dev/null
 exec > >(tee "$out/model-$mode.log") 2>&1
 step() { printf '\n=== %s (%s) ===\n' "$1" "$(date -u +%H:%M:%S)"; }
+# memcheck on the whole model; racecheck on the attention (with the packed
+# q|k|v GEMM's RoPE epilogue), norm and argmax kernels and the whole model.
+sanitizers() {
+  step "compute-sanitizer memcheck + racecheck (model kernels, whole model)"
+  timeout 100 compute-sanitizer --tool memcheck --leak-check no ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/memcheck.log" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
+  timeout 120 compute-sanitizer --tool racecheck ./cuda_lib_tests --include-ignored --test-threads 1 model::tests::attention model::tests::add_rmsnorm model::tests::argmax > "$out/racecheck.log" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test result|panicked" "$out/racecheck.log" | head
+  timeout 90 compute-sanitizer --tool racecheck ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/racecheck-model.log" 2>&1
+  echo "exit $?"; grep -E "RACECHECK SUMMARY|test result|panicked" "$out/racecheck-model.log" | head
+}
 step "device"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu,memory.total --format=csv
 if [ "$mode" = decode ]; then
@@ -85,13 +96,7 @@ if [ "$mode" = decode ]; then
   timeout 150 ./gpu_model --include-ignored --test-threads 1 --nocapture > "$out/gpu_model.log" 2>&1
   echo "exit $?"
   grep -E "^test |rel err|greedy|perplexity|test result|panicked" "$out/gpu_model.log"
-  step "compute-sanitizer memcheck + racecheck (model kernels, whole model)"
-  timeout 100 compute-sanitizer --tool memcheck --leak-check no ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/memcheck.log" 2>&1
-  echo "exit $?"; grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
-  timeout 120 compute-sanitizer --tool racecheck ./cuda_lib_tests --include-ignored --test-threads 1 model::tests::attention model::tests::add_rmsnorm model::tests::argmax > "$out/racecheck.log" 2>&1
-  echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test result|panicked" "$out/racecheck.log" | head
-  timeout 60 compute-sanitizer --tool racecheck ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/racecheck-model.log" 2>&1
-  echo "exit $?"; grep -E "RACECHECK SUMMARY|test result|panicked" "$out/racecheck-model.log" | head
+  sanitizers
 elif [ "$mode" = check ]; then
   step "model kernels vs f64 references; packed prefill vs the GEMV path"
   timeout 90 ./cuda_lib_tests --include-ignored --test-threads 1 --nocapture model:: 2>&1 | grep -E "^test |test result|panicked|seed|diff|packed prefill" | head -40
@@ -111,13 +116,7 @@ elif [ "$mode" = check ]; then
   echo "exit $?"; grep -E "test result|panicked|FAILED" "$out/gpu_tests.log"
   timeout 70 ./sim_tests --include-ignored --test-threads 1 --skip step_timing > "$out/sim_tests.log" 2>&1
   echo "exit $?"; grep -E "test result|panicked|FAILED" "$out/sim_tests.log"
-  step "compute-sanitizer memcheck + racecheck"
-  timeout 100 compute-sanitizer --tool memcheck --leak-check no ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/memcheck.log" 2>&1
-  echo "exit $?"; grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
-  timeout 120 compute-sanitizer --tool racecheck ./cuda_lib_tests --include-ignored --test-threads 1 model::tests::attention model::tests::add_rmsnorm > "$out/racecheck.log" 2>&1
-  echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test result|panicked" "$out/racecheck.log" | head
-  timeout 90 compute-sanitizer --tool racecheck ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/racecheck-model.log" 2>&1
-  echo "exit $?"; grep -E "RACECHECK SUMMARY|test result|panicked" "$out/racecheck-model.log" | head
+  sanitizers
   for t in packed_ffn_matches_reference packed_every_tile_width_matches_reference packed_small_tiles_equal_plain_bitwise packed_stream_k_matches_reference_and_is_deterministic packed_f32_every_tile_width_matches_reference; do
     timeout 60 compute-sanitizer --tool racecheck ./gpu_packed_tests --include-ignored --test-threads 1 --exact $t > "$out/racecheck-$t.log" 2>&1
     echo "$t: exit $? $(grep -E 'RACECHECK SUMMARY' "$out/racecheck-$t.log")"
