@@ -272,7 +272,7 @@ __device__ __forceinline__ void gemm_tn_body(const TensorMap& ta, const TensorMa
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
-            mbar_init(bar_empty + 8 * s, 4 * NC);  // NC consumer warpgroups x 4 warps
+            mbar_init(bar_empty + 8 * s, stage_arrivals<false>(4 * NC));  // NC consumer warpgroups x 4 warps
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         const int groups = p.groups < 1 ? 1 : (p.groups > MAX_GROUPS ? MAX_GROUPS : p.groups);

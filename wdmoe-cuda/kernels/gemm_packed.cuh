@@ -298,7 +298,7 @@ __device__ __forceinline__ void gemm_packed_body(const TensorMap& tx, const Tens
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(bar_full + 8 * s, 1);
-            mbar_init(bar_empty + 8 * s, 256);  // every lane of 2 consumer warpgroups (hopper.cuh)
+            mbar_init(bar_empty + 8 * s, stage_arrivals<true>(8));  // 2 consumer warpgroups x 4 warps
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         int prev = 0, tiles = 0;

@@ -48,6 +48,11 @@ template <bool PER_LANE>
 __device__ __forceinline__ void stage_release(uint32_t bar, int lane) {
     if (PER_LANE || lane == 0) mbar_arrive(bar);
 }
+// The empty barrier's count for `warps` consumer warps releasing that way.
+template <bool PER_LANE>
+__device__ constexpr uint32_t stage_arrivals(int warps) {
+    return PER_LANE ? 32 * warps : warps;
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     uint32_t done;
     do {

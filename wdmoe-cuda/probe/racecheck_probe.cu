@@ -1,8 +1,9 @@
 // What compute-sanitizer's racecheck models of the mbarrier hand-off between
 // consumers that read a stage with plain shared loads and a producer that
 // refills it with a 1-D bulk copy (cp.async.bulk), the pattern of the packed
-// GEMM (gemm_packed.cuh), with the kernels' own helpers (hopper.cuh). Not
-// part of the build; on the GPU machine (wdmoe-cuda/README.md):
+// GEMM (gemm_packed.cuh), with the kernels' own helpers (hopper.cuh,
+// wgmma_ra.cuh). Not part of the build; on the GPU machine
+// (wdmoe-cuda/README.md):
 //
 //   nvcc -arch=sm_90a -lineinfo -o probe racecheck_probe.cu   (sm_90a: hopper.cuh's helpers)
 //   compute-sanitizer --tool racecheck ./probe V     (V = variant, below)
@@ -17,17 +18,14 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
-#include "../kernels/hopper.cuh"  // the kernels' own mbarrier and bulk-copy helpers
+// The kernels' own helpers: lds128 (the packed GEMM's fragment load) and,
+// through hopper.cuh, the mbarriers, the bulk copy and the stage release.
+#include "../kernels/wgmma_ra.cuh"
 
 [[maybe_unused]] constexpr int STAGES = 2, ITERS = 16, CWARPS = 2;
 constexpr int STAGE_BYTES = CWARPS * 32 * 16;
 
 __device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-__device__ __forceinline__ uint4 lds128(uint32_t a) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a) : "memory");
-    return v;
-}
 
 // Variants of the consumer's release (and, 5, the producer's refill):
 // 0 lane 0 arrives (count 2)            1 __syncwarp, lane 0 arrives (count 2)
@@ -40,7 +38,7 @@ __global__ void probe(const uint4* src, unsigned long long* out, int v) {
     __shared__ alignas(8) uint64_t bars[2 * STAGES];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const uint32_t full = smem_u32(&bars[0]), empty = smem_u32(&bars[STAGES]);
-    const uint32_t count = v == 2 || v == 4 ? CWARPS * 32 : v == 6 ? 1 : CWARPS;
+    const uint32_t count = v == 2 || v == 4 ? stage_arrivals<true>(CWARPS) : v == 6 ? 1 : stage_arrivals<false>(CWARPS);
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, count);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
