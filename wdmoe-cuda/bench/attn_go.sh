@@ -18,7 +18,7 @@ for t in racecheck memcheck synccheck; do
   head -c 20000 /tmp/san.txt >> "$OUT/sanitizers.txt"; tail -3 /tmp/san.txt
 done
 if [ -n "$NCU" ]; then
-  timeout 40 ncu --clock-control none -k regex:"attn_prefill_h128" \
+  timeout 40 ncu --clock-control none -k regex:"attn_prefill_h128|attn_ws" \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis --section SchedulerStats \
     ./attn_bench prof > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?"
   grep -E "attn|Duration|Throughput|Achieved Occupancy|Stall|Registers|Theoretical Occ" "$OUT/ncu.txt" | head -60

@@ -1,6 +1,8 @@
 // Standalone check and timing of the prefill attention kernels
 // (kernels/attn_prefill.cuh) against an fp64 reference kernel, with the
-// previous kernel (bench/attn_prefill_old.cuh) as a baseline variant.
+// previous kernel (bench/attn_prefill_old.cuh) as a baseline variant and
+// the warp-specialized experiment (bench/attn_prefill_ws.cuh, not in the
+// model: slower, see its header).
 //
 // Build and run on a GPU machine (sm_90a; use -arch=sm_80 on Ampere), from
 // the repository root:
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "model.cu"
+#include "attn_prefill_ws.cuh"  // the warp-specialized experiment (bench only)
 namespace oldk {
 #include "attn_prefill_old.cuh"
 }
@@ -112,6 +115,20 @@ struct Variant {
             attn_wg<HD, BKV, MINB, PIPE, SK>, false                                                       \
     }
 
+template <int HD, int BKV, int ST, bool PP, bool OV>
+__global__ void __launch_bounds__(ATTN_WS_THREADS, 1) attn_ws(const AttnParams p) {
+#ifdef ATTN_PREFILL_WGMMA
+    attn_prefill_ws_body<HD, BKV, ST, PP, OV>(p);
+#else
+    __trap();
+#endif
+}
+#define WS(HD, ST, PP, OV)                                                                                 \
+    Variant {                                                                                              \
+        "ws_pp" #PP "_ov" #OV "_h" #HD, HD, 128, ATTN_WS_THREADS, attn_prefill_ws_smem<HD, 64, ST>(),         \
+            attn_ws<HD, 64, ST, PP, OV>, false                                                             \
+    }
+
 static std::vector<Variant> variants(bool prod_only) {
     std::vector<Variant> v;
     v.push_back({"new_h128", 128, ATTN_PREFILL_BQ, 32 * ATTN_PREFILL_NW, 0, attn_prefill_h128, false});
@@ -119,6 +136,11 @@ static std::vector<Variant> variants(bool prod_only) {
     v.push_back(VAR(128, 4, 64, 3, 0, true));  // the mma.sync path of attn_prefill_h128
     v.push_back(VAR(64, 4, 64, 3, 0, true));   // the mma.sync path of attn_prefill_h64
     if (prod_only) return v;
+    v.push_back(WS(128, 4, true, true));
+    v.push_back(WS(64, 4, true, true));
+    v.push_back(WS(128, 4, true, false));
+    v.push_back(WS(128, 4, false, true));
+    v.push_back(WS(128, 4, false, false));
     v.push_back({"old_h128", 128, 64, 128, 0, oldk::attn_prefill_old_h128, true});
     v.push_back({"old_h64", 64, 64, 128, 0, oldk::attn_prefill_old_h64, true});
     v.push_back(VAR(64, 4, 64, 4, 0, true));
@@ -355,7 +377,8 @@ int main(int argc, char** argv) {
         const Case c{2048, 0, 0, 128, 32, 8, 2048, 1.f};
         Bufs b = make(c, rng);
         for (const Variant& v : variants(false))
-            if (v.hd == 128 && strcmp(v.name, "new_h128") == 0) launch(v, params(c, b));
+            if (v.hd == 128 && (strcmp(v.name, "new_h128") == 0 || strcmp(v.name, "ws_pptrue_ovtrue_h128") == 0))
+                launch(v, params(c, b));
         CK(cudaDeviceSynchronize());
         release(b);
         return 0;

@@ -117,10 +117,13 @@ __device__ __forceinline__ void attn_qk_mma(float (&s)[BKV / 8][4], const uint32
 // g4 + 8, keys kt0 + 8 nt + c2 + {0, 1}): the mask (MASK: key kpos is seen
 // by the row at pos when lo <= kpos <= hi), the online-softmax update of
 // m, l and O, and P (fp16 A fragments) for P V.
-template <int HD, int BKV, bool MASK, bool SKIP_RESCALE>
-__device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
-                                             int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
-                                             float (&o)[HD / 8][4], uint32_t (&pa)[BKV / 16][4]) {
+// attn_softmax_p leaves O to the caller: it returns the rows' corrections
+// (corr0, corr1), which attn_rescale applies (the warp-specialized kernel
+// rescales only once the previous P V it overlaps has completed).
+template <int BKV, bool MASK>
+__device__ __forceinline__ void attn_softmax_p(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
+                                               int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
+                                               uint32_t (&pa)[BKV / 16][4], float& corr0, float& corr1) {
     if (MASK) {
 #pragma unroll
         for (int nt = 0; nt < BKV / 8; ++nt) {
@@ -158,7 +161,8 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
     // when the maximum holds).
     const float b0 = mx0 == -INFINITY ? 0.f : __fmul_rn(mx0, sl2);
     const float b1 = mx1 == -INFINITY ? 0.f : __fmul_rn(mx1, sl2);
-    const float corr0 = fast_exp2(__fmul_rn(m0, sl2) - b0), corr1 = fast_exp2(__fmul_rn(m1, sl2) - b1);
+    corr0 = fast_exp2(__fmul_rn(m0, sl2) - b0);
+    corr1 = fast_exp2(__fmul_rn(m1, sl2) - b1);
     m0 = mx0;
     m1 = mx1;
 #pragma unroll
@@ -181,8 +185,12 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
     }
     l0 = l0 * corr0 + t0[0];
     l1 = l1 * corr1 + t1[0];
-    // O *= corr, skipped when no row of the warp has a new maximum (then
-    // every corr is exactly 1).
+}
+
+// O *= corr, skipped when no row of the warp has a new maximum (then every
+// corr is exactly 1).
+template <int HD, bool SKIP_RESCALE>
+__device__ __forceinline__ void attn_rescale(float (&o)[HD / 8][4], float corr0, float corr1) {
     if (!SKIP_RESCALE || __any_sync(0xffffffffu, corr0 != 1.f || corr1 != 1.f)) {
 #pragma unroll
         for (int dt = 0; dt < HD / 8; ++dt) {
@@ -192,6 +200,15 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
             o[dt][3] *= corr1;
         }
     }
+}
+
+template <int HD, int BKV, bool MASK, bool SKIP_RESCALE>
+__device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
+                                             int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
+                                             float (&o)[HD / 8][4], uint32_t (&pa)[BKV / 16][4]) {
+    float corr0, corr1;
+    attn_softmax_p<BKV, MASK>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, pa, corr0, corr1);
+    attn_rescale<HD, SKIP_RESCALE>(o, corr0, corr1);
 }
 
 // Q's A fragments (16 rows x HD) of this thread's rows r0 and r0 + 8 (chunk
