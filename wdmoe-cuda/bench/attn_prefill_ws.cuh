@@ -159,20 +159,13 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
     const int g4 = lane >> 2, c2 = (lane & 3) * 2;
     const int gr0 = q0 + wg * 64;     // the warpgroup's first row
     const int wr0 = q0 + warp * 16;   // the warp's first row
-    const int r0 = wr0 + g4, r1 = r0 + 8;
-    const int pos0 = p.start + r0, pos1 = pos0 + 8;
-    const int hi0 = min(pos0, last), hi1 = min(pos1, last);
-    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
-    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
-    // The keys every row of the warp sees ([w_lo_max, w_hi_min]: no mask)
-    // and those any row of the warpgroup sees ([g_lo_min, g_hi_max]).
-    const int w_hi_min = min(p.start + wr0, last);
-    const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    const AttnRows rw(p, wr0, g4, last);
+    // The keys any row of the warpgroup sees ([g_lo_min, g_hi_max]).
     const bool g_live = gr0 < p.T;
     const int g_hi_max = min(p.start + gr0 + 63, last);
     const int g_lo_min = p.window > 0 ? p.start + gr0 + 1 - p.window : 0;
     uint32_t qa[HD / 16][4];
-    attn_load_q<HD>(p, h, r0, r1, c2, qa);
+    attn_load_q<HD>(p, h, rw.r0, rw.r1, c2, qa);
     float o[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -191,12 +184,12 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
         float sc[BKV / 8][4];
         uint32_t pn[BKV / 16][4];  // P(i), written while P(i - 1) V(i - 1) may still read pa
         float corr0 = 1.f, corr1 = 1.f;
-        const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
+        const bool all = rw.all(kt0, kt1);
         auto softmax = [&]() {
             if (all)
-                attn_softmax_p<BKV, false>(sc, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, pn, corr0, corr1);
+                attn_softmax_p<BKV, false>(sc, kt0, c2, rw, sl2, m0, m1, l0, l1, pn, corr0, corr1);
             else
-                attn_softmax_p<BKV, true>(sc, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, pn, corr0, corr1);
+                attn_softmax_p<BKV, true>(sc, kt0, c2, rw, sl2, m0, m1, l0, l1, pn, corr0, corr1);
         };
         // Each combination in its own branch with its own fence, commits and
         // waits (ptxas serializes wgmma behind a fence it has to insert

@@ -113,6 +113,30 @@ __device__ __forceinline__ void attn_qk_mma(float (&s)[BKV / 8][4], const uint32
     }
 }
 
+// A warp's 16 query rows from chunk row wr0 (this thread's r0 = wr0 + g4
+// and r1 = r0 + 8) and the keys they see: the row at position pos sees
+// [lo, hi] (hi = pos capped at `last`, the block's last query position, for
+// rows past T; lo the window's start or 0); every row of the warp sees
+// [w_lo_max, w_hi_min], some row sees [w_lo_min, w_hi_max].
+struct AttnRows {
+    int r0, r1, lo0, hi0, lo1, hi1, w_lo_min, w_lo_max, w_hi_min, w_hi_max;
+    __device__ __forceinline__ AttnRows(const AttnParams& p, int wr0, int g4, int last) {
+        r0 = wr0 + g4;
+        r1 = r0 + 8;
+        const int pos0 = p.start + r0, pos1 = pos0 + 8;
+        hi0 = min(pos0, last);
+        hi1 = min(pos1, last);
+        lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
+        lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
+        w_hi_min = min(p.start + wr0, last);
+        w_hi_max = min(p.start + wr0 + 15, last);
+        w_lo_min = p.window > 0 ? p.start + wr0 + 1 - p.window : 0;
+        w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    }
+    // Whether every row of the warp sees every key of [kt0, kt1] (no mask).
+    __device__ __forceinline__ bool all(int kt0, int kt1) const { return kt1 <= w_hi_min && kt0 >= w_lo_max; }
+};
+
 // The softmax step of one warp's tile of scores s (C fragments: rows g4 and
 // g4 + 8, keys kt0 + 8 nt + c2 + {0, 1}): the mask (MASK: key kpos is seen
 // by the row at pos when lo <= kpos <= hi), the online-softmax update of
@@ -121,8 +145,8 @@ __device__ __forceinline__ void attn_qk_mma(float (&s)[BKV / 8][4], const uint32
 // (corr0, corr1), which attn_rescale applies (the warp-specialized kernel
 // rescales only once the previous P V it overlaps has completed).
 template <int BKV, bool MASK>
-__device__ __forceinline__ void attn_softmax_p(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
-                                               int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
+__device__ __forceinline__ void attn_softmax_p(float (&s)[BKV / 8][4], int kt0, int c2, const AttnRows& rw, float sl2,
+                                               float& m0, float& m1, float& l0, float& l1,
                                                uint32_t (&pa)[BKV / 16][4], float& corr0, float& corr1) {
     if (MASK) {
 #pragma unroll
@@ -130,8 +154,8 @@ __device__ __forceinline__ void attn_softmax_p(float (&s)[BKV / 8][4], int kt0, 
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int kpos = kt0 + nt * 8 + c2 + e;
-                if (kpos < lo0 || kpos > hi0) s[nt][e] = -INFINITY;
-                if (kpos < lo1 || kpos > hi1) s[nt][2 + e] = -INFINITY;
+                if (kpos < rw.lo0 || kpos > rw.hi0) s[nt][e] = -INFINITY;
+                if (kpos < rw.lo1 || kpos > rw.hi1) s[nt][2 + e] = -INFINITY;
             }
         }
     }
@@ -203,11 +227,11 @@ __device__ __forceinline__ void attn_rescale(float (&o)[HD / 8][4], float corr0,
 }
 
 template <int HD, int BKV, bool MASK, bool SKIP_RESCALE>
-__device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, int lo0, int hi0, int lo1,
-                                             int hi1, float sl2, float& m0, float& m1, float& l0, float& l1,
+__device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, const AttnRows& rw, float sl2,
+                                             float& m0, float& m1, float& l0, float& l1,
                                              float (&o)[HD / 8][4], uint32_t (&pa)[BKV / 16][4]) {
     float corr0, corr1;
-    attn_softmax_p<BKV, MASK>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, pa, corr0, corr1);
+    attn_softmax_p<BKV, MASK>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, pa, corr0, corr1);
     attn_rescale<HD, SKIP_RESCALE>(o, corr0, corr1);
 }
 
@@ -374,21 +398,12 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     // This warp's rows (chunk index), this thread's two of them, and the
     // key range each sees: [lo, hi], hi capped at `last` (rows past T).
     const int wr0 = q0 + warp * 16;
-    const int r0 = wr0 + g4, r1 = r0 + 8;
-    const int pos0 = p.start + r0, pos1 = pos0 + 8;
-    const int hi0 = min(pos0, last), hi1 = min(pos1, last);
-    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
-    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
-    // The same for the warp's 16 rows together: the keys all of them see
-    // ([w_lo_max, w_hi_min]) and those any of them sees ([w_lo_min, w_hi_max]).
-    const int w_hi_min = min(p.start + wr0, last), w_hi_max = min(p.start + wr0 + 15, last);
-    const int w_lo_min = p.window > 0 ? p.start + wr0 + 1 - p.window : 0;
-    const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    const AttnRows rw(p, wr0, g4, last);
     const bool warp_live = wr0 < p.T;
     // Q's A fragments (16 rows x HD) from the fp32 q (rotated here with
     // p.rope_q), rows past T zero.
     uint32_t qa[HD / 16][4];
-    attn_load_q<HD>(p, h, r0, r1, c2, qa);
+    attn_load_q<HD>(p, h, rw.r0, rw.r1, c2, qa);
     float o[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -413,18 +428,16 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
             stage(vc, 1, kt0);
             cp_async_commit();
         }
-        const bool any = warp_live && kt0 <= w_hi_max && kt1 >= w_lo_min;
-        const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
+        const bool any = warp_live && kt0 <= rw.w_hi_max && kt1 >= rw.w_lo_min;
+        const bool all = rw.all(kt0, kt1);
         uint32_t pa[BKV / 16][4];
         if (any) {
             float s[BKV / 8][4];
             attn_qk_mma<HD, BKV>(s, qa, kv[kb], lane);
             if (all)
-                attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o,
-                                                           pa);
+                attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
             else
-                attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o,
-                                                          pa);
+                attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
         }
         if (!PIPE) {
             cp_async_wait<0>();
@@ -564,15 +577,9 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
     if (PIPE) stage(vc, 1, first);
     cp_async_commit();
     const int wr0 = q0 + warp * 16;
-    const int r0 = wr0 + g4, r1 = r0 + 8;
-    const int pos0 = p.start + r0, pos1 = pos0 + 8;
-    const int hi0 = min(pos0, last), hi1 = min(pos1, last);
-    const int lo0 = p.window > 0 ? pos0 + 1 - p.window : 0;
-    const int lo1 = p.window > 0 ? pos1 + 1 - p.window : 0;
-    const int w_hi_min = min(p.start + wr0, last);
-    const int w_lo_max = p.window > 0 ? p.start + wr0 + 16 - p.window : 0;
+    const AttnRows rw(p, wr0, g4, last);
     uint32_t qa[HD / 16][4];
-    attn_load_q<HD>(p, h, r0, r1, c2, qa);
+    attn_load_q<HD>(p, h, rw.r0, rw.r1, c2, qa);
     float o[HD / 8][4];
 #pragma unroll
     for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -606,12 +613,11 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
             wgmma_commit();
             wgmma_wait<0>();
         }
-        const bool all = kt1 <= w_hi_min && kt0 >= w_lo_max;
         uint32_t pa[BKV / 16][4];
-        if (all)
-            attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o, pa);
+        if (rw.all(kt0, kt1))
+            attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
         else
-            attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, lo0, hi0, lo1, hi1, sl2, m0, m1, l0, l1, o, pa);
+            attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
         if (!PIPE) {
             cp_async_wait<0>();
             attn_fence_async_smem();
