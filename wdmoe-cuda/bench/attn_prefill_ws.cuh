@@ -112,11 +112,8 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
     __syncthreads();
     griddep_wait();
     griddep_launch_dependents();
-    const int h = blockIdx.x, G = p.H / p.KVH, kvh = h / G;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
-    const int last = p.start + min(q0 + BQ, p.T) - 1;
-    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
-    const int tiles = (last - first) / BKV + 1;
+    const AttnBlock blk(p, BQ, BKV, HD);
+    const int h = blk.h, q0 = blk.q0, last = blk.last, first = blk.first, tiles = blk.tiles;
 
     if (warp >= NC / 32) {
         // Producer warpgroup (its registers go to the consumers): warp pw
@@ -126,8 +123,7 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
         setmaxnreg_dec<ATTN_WS_PRODUCER_REGS>();
         constexpr int CPR = HD / 8, RS = 32 / CPR;
         static_assert(32 % CPR == 0 && BKV % RS == 0, "staging shape");
-        const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
-        const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+        const __half *kc = blk.kc, *vc = blk.vc;
         const int pw = warp - NC / 32, prow = lane / CPR, piece = lane % CPR;
         auto stage = [&](const __half* src, unsigned char* dst, int kt0) {
             const bool whole = kt0 + BKV - 1 <= last;

@@ -113,6 +113,27 @@ __device__ __forceinline__ void attn_qk_mma(float (&s)[BKV / 8][4], const uint32
     }
 }
 
+// A block's share of the work: head h (kv head kvh, its cache rows kc /
+// vc), query tile qt = gridDim.y - 1 - blockIdx.y of BQ rows from chunk row
+// q0 (the heaviest tiles of every head first), and the keys its queries
+// see: [first, last], from the first query's window start (or 0) to the
+// last query's position, in `tiles` tiles of BKV keys.
+struct AttnBlock {
+    int h, q0, last, first, tiles;
+    const __half* kc;
+    const __half* vc;
+    __device__ __forceinline__ AttnBlock(const AttnParams& p, int BQ, int BKV, int HD) {
+        h = blockIdx.x;
+        const int kvh = h / (p.H / p.KVH);
+        q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
+        last = p.start + min(q0 + BQ, p.T) - 1;
+        first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
+        tiles = (last - first) / BKV + 1;
+        kc = p.k_cache + (long long)kvh * p.max_seq * HD;
+        vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+    }
+};
+
 // A warp's 16 query rows from chunk row wr0 (this thread's r0 = wr0 + g4
 // and r1 = r0 + 8) and the keys they see: the row at position pos sees
 // [lo, hi] (hi = pos capped at `last`, the block's last query position, for
@@ -360,16 +381,10 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
     griddep_wait();
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int h = blockIdx.x, G = p.H / p.KVH, kvh = h / G;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
     const int g4 = lane >> 2, c2 = (lane & 3) * 2;
-    // Keys of the block: from the first query's window start to the last
-    // query's position.
-    const int last = p.start + min(q0 + BQ, p.T) - 1;
-    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
-    const int tiles = (last - first) / BKV + 1;
-    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
-    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+    const AttnBlock blk(p, BQ, BKV, HD);
+    const int h = blk.h, q0 = blk.q0, last = blk.last, first = blk.first, tiles = blk.tiles;
+    const __half *kc = blk.kc, *vc = blk.vc;
     // Stage BKV rows from key kt0 of `src` into buffer kv[b]: 16 bytes per
     // cp.async, thread t copying column piece t % (HD / 8) of rows t / (HD /
     // 8) + RS·it (one base address, constant offsets); in the tile that
@@ -543,14 +558,10 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
     griddep_wait();
     griddep_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int h = blockIdx.x, G = p.H / p.KVH, kvh = h / G;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
     const int g4 = lane >> 2, c2 = (lane & 3) * 2;
-    const int last = p.start + min(q0 + BQ, p.T) - 1;
-    const int first = p.window > 0 ? max(0, p.start + q0 + 1 - p.window) : 0;
-    const int tiles = (last - first) / BKV + 1;
-    const __half* kc = p.k_cache + (long long)kvh * p.max_seq * HD;
-    const __half* vc = p.v_cache + (long long)kvh * p.max_seq * HD;
+    const AttnBlock blk(p, BQ, BKV, HD);
+    const int h = blk.h, q0 = blk.q0, last = blk.last, first = blk.first, tiles = blk.tiles;
+    const __half *kc = blk.kc, *vc = blk.vc;
     // Staging: thread t copies 16-byte piece t % (HD / 8) of rows t / (HD /
     // 8) + RS·it into the swizzled layout (RS is a multiple of 8, so the
     // swizzle row r & 7 is the thread's constant); keys past `last`
