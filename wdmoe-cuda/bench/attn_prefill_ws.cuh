@@ -65,26 +65,6 @@ __device__ __forceinline__ void attn_bar_arrive(int id, int threads) {
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-// S = Q K^T of the warpgroup's 64 rows over the K tile at shared address k.
-template <int HD, int BKV>
-__device__ __forceinline__ void attn_ws_qk(float (&sc)[BKV / 8][4], const uint32_t (&qa)[HD / 16][4], uint32_t k) {
-    constexpr int HALF = BKV * 128;
-    const uint64_t dk = attn_wg_desc(k, 16, 1024);
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-        attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(sc), qa[kk],
-                            dk + (((kk / 4) * HALF + (kk % 4) * 32) >> 4), kk > 0);
-}
-// O += P V over the V tile at shared address v.
-template <int HD, int BKV>
-__device__ __forceinline__ void attn_ws_pv(float (&o)[HD / 8][4], const uint32_t (&pa)[BKV / 16][4], uint32_t v) {
-    constexpr int HALF = BKV * 128;
-    const uint64_t dv = attn_wg_desc(v, HALF, 1024);
-#pragma unroll
-    for (int j = 0; j < BKV / 16; ++j)
-        attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
-}
-
 }  // namespace
 
 template <int HD, int BKV, int STAGES, bool PINGPONG = true, bool OVERLAP = true>
@@ -195,9 +175,9 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
         const bool turn = PINGPONG && (wg == 0 || i < tiles);
         if (any && prev_any) {
             wgmma_fence();
-            attn_ws_qk<HD, BKV>(sc, qa, sbase + (2 * s) * TILE);
+            attn_wg_qk<HD, BKV>(sc, qa, sbase + (2 * s) * TILE);
             wgmma_commit();
-            attn_ws_pv<HD, BKV>(o, pa, sbase + (2 * prev_s + 1) * TILE);
+            attn_wg_pv<HD, BKV>(o, pa, sbase + (2 * prev_s + 1) * TILE);
             wgmma_commit();
             if (turn) attn_bar_arrive(2 - wg, NC);  // the other's turn
             if (OVERLAP) {
@@ -210,14 +190,14 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
             }
         } else if (any) {
             wgmma_fence();
-            attn_ws_qk<HD, BKV>(sc, qa, sbase + (2 * s) * TILE);
+            attn_wg_qk<HD, BKV>(sc, qa, sbase + (2 * s) * TILE);
             wgmma_commit();
             if (turn) attn_bar_arrive(2 - wg, NC);
             wgmma_wait<0>();
             softmax();
         } else if (prev_any) {
             wgmma_fence();
-            attn_ws_pv<HD, BKV>(o, pa, sbase + (2 * prev_s + 1) * TILE);
+            attn_wg_pv<HD, BKV>(o, pa, sbase + (2 * prev_s + 1) * TILE);
             wgmma_commit();
             if (turn) attn_bar_arrive(2 - wg, NC);
             wgmma_wait<0>();
@@ -235,11 +215,8 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
         prev_any = any;
         prev_s = s;
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    float i0, i1;
+    attn_inv_sums(l0, l1, i0, i1);
     attn_bar_sync(3, NC);  // both warpgroups are done with the stages
     __half(*os)[KP] = reinterpret_cast<__half(*)[KP]>(sgen);
     attn_store_out<HD, KP>(p, h, warp, lane, g4, c2, wr0, o, i0, i1, os);

@@ -159,12 +159,11 @@ struct AttnRows {
 };
 
 // The softmax step of one warp's tile of scores s (C fragments: rows g4 and
-// g4 + 8, keys kt0 + 8 nt + c2 + {0, 1}): the mask (MASK: key kpos is seen
-// by the row at pos when lo <= kpos <= hi), the online-softmax update of
-// m, l and O, and P (fp16 A fragments) for P V.
-// attn_softmax_p leaves O to the caller: it returns the rows' corrections
-// (corr0, corr1), which attn_rescale applies (the warp-specialized kernel
-// rescales only once the previous P V it overlaps has completed).
+// g4 + 8, keys kt0 + 8 nt + c2 + {0, 1}) but O's rescale: the mask (MASK:
+// key kpos is seen by the row at pos when lo <= kpos <= hi), the
+// online-softmax update of m and l, P (fp16 A fragments) for P V, and the
+// rows' corrections (corr0, corr1) for attn_rescale (the warp-specialized
+// experiment rescales only once the previous P V it overlaps completed).
 template <int BKV, bool MASK>
 __device__ __forceinline__ void attn_softmax_p(float (&s)[BKV / 8][4], int kt0, int c2, const AttnRows& rw, float sl2,
                                                float& m0, float& m1, float& l0, float& l1,
@@ -247,6 +246,7 @@ __device__ __forceinline__ void attn_rescale(float (&o)[HD / 8][4], float corr0,
     }
 }
 
+// The whole softmax step: attn_softmax_p, then O rescaled.
 template <int HD, int BKV, bool MASK, bool SKIP_RESCALE>
 __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, int c2, const AttnRows& rw, float sl2,
                                              float& m0, float& m1, float& l0, float& l1,
@@ -254,6 +254,17 @@ __device__ __forceinline__ void attn_softmax(float (&s)[BKV / 8][4], int kt0, in
     float corr0, corr1;
     attn_softmax_p<BKV, MASK>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, pa, corr0, corr1);
     attn_rescale<HD, SKIP_RESCALE>(o, corr0, corr1);
+}
+
+// After the last tile: the row sums l (per thread) summed over the quad, as
+// the factors 1 / l that scale O (0 for a row that saw nothing).
+__device__ __forceinline__ void attn_inv_sums(float l0, float l1, float& i0, float& i1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    i0 = l0 > 0.f ? 1.0f / l0 : 0.f;
+    i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
 }
 
 // Q's A fragments (16 rows x HD) of this thread's rows r0 and r0 + 8 (chunk
@@ -477,12 +488,8 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
             }
         }
     }
-    // Row sums over the quad; O / l (0 for a row that saw nothing).
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    float i0, i1;  // O / l per row
+    attn_inv_sums(l0, l1, i0, i1);
     // Stage the warp's 16 output rows as fp16 in the (now free) first two
     // buffers, rows [warp·16, warp·16 + 16) of a [BQ][KP] view, then store
     // 16-byte pieces of whole rows.
@@ -529,6 +536,27 @@ __device__ __forceinline__ uint64_t attn_wg_desc(uint32_t addr, uint32_t lbo, ui
 template <int N, int TB>
 __device__ __forceinline__ void attn_wg_mma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int acc) {
     RegAcc<N>::template mma<TB>(d, make_uint4(a[0], a[1], a[2], a[3]), desc, acc);
+}
+
+// Issues S = Q K^T of the warpgroup's 64 rows over the K tile at shared
+// address k (the caller fences, commits and waits).
+template <int HD, int BKV>
+__device__ __forceinline__ void attn_wg_qk(float (&s)[BKV / 8][4], const uint32_t (&qa)[HD / 16][4], uint32_t k) {
+    constexpr int HALF = BKV * 128;
+    const uint64_t dk = attn_wg_desc(k, 16, 1024);
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+        attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(s), qa[kk],
+                            dk + (((kk / 4) * HALF + (kk % 4) * 32) >> 4), kk > 0);
+}
+// Issues O += P V over the V tile at shared address v.
+template <int HD, int BKV>
+__device__ __forceinline__ void attn_wg_pv(float (&o)[HD / 8][4], const uint32_t (&pa)[BKV / 16][4], uint32_t v) {
+    constexpr int HALF = BKV * 128;
+    const uint64_t dv = attn_wg_desc(v, HALF, 1024);
+#pragma unroll
+    for (int j = 0; j < BKV / 16; ++j)
+        attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
 }
 
 }  // namespace
@@ -614,16 +642,10 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
         }
         // S = Q K^T for the warpgroup's 64 rows.
         float s[BKV / 8][4];
-        {
-            const uint64_t dk = attn_wg_desc(sbase + kb * TILE, 16, 1024);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk)
-                attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(s), qa[kk],
-                                    dk + (((kk / 4) * HALF + (kk % 4) * 32) >> 4), kk > 0);
-            wgmma_commit();
-            wgmma_wait<0>();
-        }
+        wgmma_fence();
+        attn_wg_qk<HD, BKV>(s, qa, sbase + kb * TILE);
+        wgmma_commit();
+        wgmma_wait<0>();
         uint32_t pa[BKV / 16][4];
         if (rw.all(kt0, kt1))
             attn_softmax<HD, BKV, false, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
@@ -639,21 +661,13 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
             }
         }
         // O += P V.
-        {
-            const uint64_t dv = attn_wg_desc(sbase + vb * TILE, HALF, 1024);
-            wgmma_fence();
-#pragma unroll
-            for (int j = 0; j < BKV / 16; ++j)
-                attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-        }
+        wgmma_fence();
+        attn_wg_pv<HD, BKV>(o, pa, sbase + vb * TILE);
+        wgmma_commit();
+        wgmma_wait<0>();
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    float i0, i1;
+    attn_inv_sums(l0, l1, i0, i1);
     __syncthreads();  // every warp is done with the last tile
     __half(*os)[KP] = reinterpret_cast<__half(*)[KP]>(sgen);
     attn_store_out<HD, KP>(p, h, warp, lane, g4, c2, wr0, o, i0, i1, os);
