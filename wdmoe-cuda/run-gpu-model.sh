@@ -51,7 +51,7 @@ sanitizers() {
   echo "exit $?"; grep -E "ERROR SUMMARY|test result|panicked" "$out/memcheck.log"
   timeout 120 compute-sanitizer --tool racecheck ./cuda_lib_tests --include-ignored --test-threads 1 model::tests::attention model::tests::add_rmsnorm model::tests::argmax > "$out/racecheck.log" 2>&1
   echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test result|panicked" "$out/racecheck.log" | head
-  timeout 90 compute-sanitizer --tool racecheck ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/racecheck-model.log" 2>&1
+  timeout 300 compute-sanitizer --tool racecheck ./gpu_model --include-ignored --test-threads 1 gpu_odd_lengths gpu_kv_cache > "$out/racecheck-model.log" 2>&1
   echo "exit $?"; grep -E "RACECHECK SUMMARY|test result|panicked" "$out/racecheck-model.log" | head
 }
 step "device"
