@@ -17,7 +17,7 @@
 // 1 and 5 with three warps of the idle warpgroup converting 32 KB a stage
 // of fragment tiles to core matrices in a scratch region (does the
 // conversion's shared-memory traffic slow the tensor cores?).
-// Measured (H200, runs M2/M3, BENCHMARKS.md "Runs M1–M4"): modes 0, 1, 3
+// Measured (H200, runs M2/M3, BENCHMARKS.md "Runs M1–M5"): modes 0, 1, 3
 // and 5 at 100 % of the tensor rate, 4 at 83.4 %, 6 and 7 at 98.2 % with the
 // conversion reaching 0.45 / 0.22 of the stages; 2 gives wrong sums.
 #include <cstdio>
