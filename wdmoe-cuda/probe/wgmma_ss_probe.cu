@@ -19,7 +19,8 @@
 // conversion's shared-memory traffic slow the tensor cores?).
 // Measured (H200, runs M2/M3, BENCHMARKS.md "Runs M1–M5"): modes 0, 1, 3
 // and 5 at 100 % of the tensor rate, 4 at 83.4 %, 6 and 7 at 98.2 % with the
-// conversion reaching 0.45 / 0.22 of the stages; 2 gives wrong sums.
+// conversion reaching 0.45 / 0.22 of the stages; 2 gives wrong sums. (Modes
+// 6-7: the conversion warps, at 40 registers, spill 8 bytes.)
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
@@ -29,7 +30,8 @@
 #include <vector>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
-#include "../kernels/wgmma_ra.cuh"
+#include "../kernels/wgmma_ra.cuh"  // lds128, wgmma_ra_n128 (RS)
+#include "../kernels/wgmma_ss.cuh"  // wgmma_n128 (SS)
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } } while (0)
 
@@ -37,21 +39,6 @@ constexpr int STAGES = 4, X_BYTES = 128 * 64 * 2, W_BYTES = 4 * 8 * 2 * 512, STA
 constexpr int SMEM = STAGES * STAGE_BYTES + 1024 + 32768;  // (+ the conversion's scratch, modes 6-7)
 
 #ifdef WDMOE_SM90A
-__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
 __device__ __forceinline__ uint64_t desc_nosw(uint32_t addr, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
 }
@@ -146,8 +133,8 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
             } else {
                 const uint32_t wa = sx + X_BYTES + (kk * 8 + c * 4) * 1024;
                 const uint32_t lbo = MODE != 2 ? 128 : 512, sbo = MODE != 2 ? 512 : 128;
-                wgmma_ss_n128(d0, desc_nosw(wa, lbo, sbo), db + 2 * kk, acc);
-                wgmma_ss_n128(d1, desc_nosw(wa + 256, lbo, sbo), db + 2 * kk, acc);
+                wgmma_n128(d0, desc_nosw(wa, lbo, sbo), db + 2 * kk, acc);
+                wgmma_n128(d1, desc_nosw(wa + 256, lbo, sbo), db + 2 * kk, acc);
             }
         }
         wgmma_commit();
