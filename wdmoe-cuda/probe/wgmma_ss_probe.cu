@@ -5,7 +5,7 @@
 // Shared-memory resident (no global traffic, no mbarriers): the loop alone.
 // Not part of the build; on the GPU machine:
 //
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o ss_probe wgmma_ss_probe.cu && ./ss_probe
+//   nvcc -O3 -std=c++17 --use_fast_math -gencode=arch=compute_90a,code=sm_90a -o ss_probe wgmma_ss_probe.cu && ./ss_probe
 //
 // Modes: 0 RS as production (fragments by ld.shared, two register sets,
 // one wgmma group per half stage); 1 SS, weights converted in place to
@@ -21,6 +21,9 @@
 // and 5 at 100 % of the tensor rate, 4 at 83.4 %, 6 and 7 at 98.2 % with the
 // conversion reaching 0.45 / 0.22 of the stages; 2 gives wrong sums. (Modes
 // 6-7: the conversion warps, at 40 registers, spill 8 bytes.)
+// Modes 8-11: tiles of 64 stages (k = 4,096), each ended by the gated
+// epilogue, the two warpgroups' epilogues at once or half a tile apart,
+// RS (8, 9) and SS (10, 11): what letting the warpgroups drift buys.
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
@@ -50,6 +53,9 @@ __device__ __forceinline__ void stmatrix4(uint32_t addr, const uint4& v) {
 #endif
 
 template <int MODE>
+__host__ __device__ constexpr bool ss_mode() { return MODE == 1 || MODE == 2 || MODE == 5 || MODE == 6 || MODE == 7 || MODE >= 10; }
+
+template <int MODE>
 __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, long long* cycles, int nit) {
 #ifdef WDMOE_SM90A
     extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -61,7 +67,7 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
     __syncthreads();
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
     const int c = wg - 1, t16 = c * 4 + warp;
-    if (wg > 0 && (MODE == 1 || MODE == 2 || MODE >= 5)) {
+    if (wg > 0 && ss_mode<MODE>()) {
         // In place, per 1 KB block (k16 step kk, unit t16): both matrices'
         // fragment tiles -> offsets h*512 + m*256 + khalf*128 + row*16.
         for (int s = 0; s < STAGES; ++s)
@@ -78,7 +84,7 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
     __syncthreads();
     if (wg == 0) {
         setmaxnreg_dec<40>();
-        if (MODE >= 6 && warp > 0) {
+        if ((MODE == 6 || MODE == 7) && warp > 0) {
             // The conversion's shared-memory traffic beside the consumers:
             // warps 1..3 turn a stage's 32 KB of weights (32 blocks of 1 KB)
             // into core matrices each stage, in place in a scratch region
@@ -114,10 +120,10 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
     }
     long long t0 = clock64();
     int stage = 0;
-    auto issue = [&](uint4 (&a)[4][2], int h, int it) {
+    auto issue = [&](uint4 (&a)[4][2], int h, bool first) {
         const uint32_t sx = sbase + stage * STAGE_BYTES;
         const uint64_t db = smem_desc(sx);
-        if (MODE == 0 || MODE == 4) {
+        if (!ss_mode<MODE>() && MODE != 3) {
 #pragma unroll
             for (int kk = 2 * h; kk < 2 * h + 2; ++kk)
 #pragma unroll
@@ -126,8 +132,8 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
         wgmma_fence();
 #pragma unroll
         for (int kk = 2 * h; kk < 2 * h + 2; ++kk) {
-            const int acc = (it > 0 || kk > 0) ? 1 : 0;
-            if (MODE == 0 || MODE == 3 || MODE == 4) {
+            const int acc = (!first || kk > 0) ? 1 : 0;
+            if (!ss_mode<MODE>()) {
                 wgmma_ra_n128(d0, a[kk][0], db + 2 * kk, acc);
                 wgmma_ra_n128(d1, a[kk][1], db + 2 * kk, acc);
             } else {
@@ -140,10 +146,34 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
         wgmma_commit();
         wgmma_wait<1>();
     };
+    // Modes 8-11: tiles of TS stages (k = 4,096), each ended by the gated
+    // epilogue (silu(g) u, half2 pairs swapped between lanes, 4-byte
+    // stores), both warpgroups at once (lockstep) or the second one half a
+    // tile later (staggered).
+    constexpr bool TILES = MODE >= 8;
+    constexpr int TS = 64;
+    const int shift = (MODE == 9 || MODE == 11) && c == 1 ? TS / 2 : 0;
+    uint32_t* epi = reinterpret_cast<uint32_t*>(out + 256 * 128) + ((size_t)blockIdx.x * 256 + c * 128 + tid) * 32;
+    auto epilogue = [&] {
+        const uint32_t sel = (lane >> 2) & 1 ? 0x3276u : 0x5410u;
+#pragma unroll
+        for (int j = 0; j < 64; j += 2) {
+            const float a = 1.0f + __expf(-fmaxf(d0[j], -40.0f)), b = 1.0f + __expf(-fmaxf(d0[j + 1], -40.0f));
+            const float rab = __fdividef(1.0f, a * b);
+            const __half2 hv = __floats2half2_rn(d0[j] * (b * rab) * d1[j], d0[j + 1] * (a * rab) * d1[j + 1]);
+            const uint32_t mine = *reinterpret_cast<const uint32_t*>(&hv);
+            epi[j / 2] = __byte_perm(mine, __shfl_xor_sync(0xffffffffu, mine, 4), sel);
+        }
+    };
     for (int it = 0; it < nit; ++it) {
-        issue(a0, 0, it);  // (the two register sets alternate, as in production)
-        issue(a1, 1, it);
+        const bool first = TILES ? (it + shift) % TS == 0 || it == 0 : it == 0;
+        issue(a0, 0, first);  // (the two register sets alternate, as in production)
+        issue(a1, 1, first);
         if (++stage == STAGES) stage = 0;
+        if (TILES && (it + shift) % TS == TS - 1) {
+            wgmma_wait<0>();
+            epilogue();
+        }
     }
     wgmma_wait<0>();
     long long t1 = clock64();
@@ -173,16 +203,19 @@ int main(int argc, char** argv) {
     float* out;
     long long* cyc;
     CK(cudaMalloc(&src, STAGES * STAGE_BYTES));
-    CK(cudaMalloc(&out, 256 * 128 * sizeof(float)));
+    CK(cudaMalloc(&out, 256 * 128 * sizeof(float) + (size_t)sms * 256 * 32 * 4));  // (+ the epilogues' stores, modes 8-11)
     CK(cudaMalloc(&cyc, sms * 3 * sizeof(long long)));
     CK(cudaMemcpy(src, h.data(), STAGES * STAGE_BYTES, cudaMemcpyHostToDevice));
-    constexpr int NMODES = 8;
+    constexpr int NMODES = 12;
     void (*ks[NMODES])(const uint4*, float*, long long*, int) = {probe<0>, probe<1>, probe<2>, probe<3>,
-                                                                 probe<4>, probe<5>, probe<6>, probe<7>};
+                                                                 probe<4>, probe<5>, probe<6>, probe<7>,
+                                                                 probe<8>, probe<9>, probe<10>, probe<11>};
     const char* names[NMODES] = {"RS, ld.shared fragments (production)", "SS, core matrices LBO 128 / SBO 512",
                                  "SS, LBO 512 / SBO 128 (swapped)", "RS, fragments loaded once (bound)",
                                  "RS as 0, one consumer warpgroup", "SS as 1, one consumer warpgroup",
-                                 "SS as 1 + conversion traffic (3 warps)", "SS as 5 + conversion traffic (3 warps)"};
+                                 "SS as 1 + conversion traffic (3 warps)", "SS as 5 + conversion traffic (3 warps)",
+                                 "RS, tiles + epilogue, lockstep", "RS, tiles + epilogue, staggered",
+                                 "SS, tiles + epilogue, lockstep", "SS, tiles + epilogue, staggered"};
     std::vector<float> ref(256 * 128), got(256 * 128);
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
@@ -204,7 +237,7 @@ int main(int argc, char** argv) {
             md = fmax(md, fabs((double)got[i] - ref[i]));
             mr = fmax(mr, fabs((double)ref[i]));
         }
-        const bool same = m == 3 ? true : (nan == 0 && md == 0.0);
+        const bool same = (m == 3 || m >= 8) ? true : (nan == 0 && md == 0.0);
         // timing: every SM, median of 5
         std::vector<float> ts;
         std::vector<long long> cy(sms * 3);
@@ -234,7 +267,7 @@ int main(int argc, char** argv) {
             printf("        conversion warps (at their own pace until the consumers finish): %.2f conversions of 31 KB per consumer stage (median block)\n", (double)cv[sms / 2] / nit);
         }
         printf("mode %d %-40s check %s (max |diff| %.3g of %.3g, NaN %d)  %.3f ms  %.0f TFLOP/s  %.0f cycles/stage = %.1f %% of %.0f\n",
-               m, names[m], m == 3 ? "n/a" : (same ? "bitwise = RS" : "DIFFERS"), md, mr, nan, ts[ts.size() / 2],
+               m, names[m], (m == 3 || m >= 8) ? "n/a" : (same ? "bitwise = RS" : "DIFFERS"), md, mr, nan, ts[ts.size() / 2],
                flop / ts[ts.size() / 2] / 1e9, cps, 100.0 * ideal / cps, ideal);
     }
     return 0;
