@@ -17,13 +17,16 @@
 // 1 and 5 with three warps of the idle warpgroup converting 32 KB a stage
 // of fragment tiles to core matrices in a scratch region (does the
 // conversion's shared-memory traffic slow the tensor cores?).
-// Measured (H200, runs M2/M3, BENCHMARKS.md "Runs M1–M5"): modes 0, 1, 3
+// Measured (H200, runs M2/M3, BENCHMARKS.md "Runs M1–M6"): modes 0, 1, 3
 // and 5 at 100 % of the tensor rate, 4 at 83.4 %, 6 and 7 at 98.2 % with the
 // conversion reaching 0.45 / 0.22 of the stages; 2 gives wrong sums. (Modes
-// 6-7: the conversion warps, at 40 registers, spill 8 bytes.)
+// 6-7: the conversion warps, at 40 registers, spill 8 bytes.) M6: modes 8
+// and 9 at 80.1 %, 10 and 11 at 97.8-98.0 %; 12 and 13 not run yet.
 // Modes 8-11: tiles of 64 stages (k = 4,096), each ended by the gated
 // epilogue, the two warpgroups' epilogues at once or half a tile apart,
-// RS (8, 9) and SS (10, 11): what letting the warpgroups drift buys.
+// RS (8, 9) and SS (10, 11): what letting the warpgroups drift buys; 12:
+// 8 with the accumulate flag a constant 1 (wrong sums, timing only); 13: 0
+// with the flag chosen at run time every stage (always accumulate).
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
@@ -53,7 +56,7 @@ __device__ __forceinline__ void stmatrix4(uint32_t addr, const uint4& v) {
 #endif
 
 template <int MODE>
-__host__ __device__ constexpr bool ss_mode() { return MODE == 1 || MODE == 2 || MODE == 5 || MODE == 6 || MODE == 7 || MODE >= 10; }
+__host__ __device__ constexpr bool ss_mode() { return MODE == 1 || MODE == 2 || MODE == 5 || MODE == 6 || MODE == 7 || MODE == 10 || MODE == 11; }
 
 template <int MODE>
 __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, long long* cycles, int nit) {
@@ -132,7 +135,7 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
         wgmma_fence();
 #pragma unroll
         for (int kk = 2 * h; kk < 2 * h + 2; ++kk) {
-            const int acc = (!first || kk > 0) ? 1 : 0;
+            const int acc = MODE == 12 ? 1 : (!first || kk > 0) ? 1 : 0;
             if (!ss_mode<MODE>()) {
                 wgmma_ra_n128(d0, a[kk][0], db + 2 * kk, acc);
                 wgmma_ra_n128(d1, a[kk][1], db + 2 * kk, acc);
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
     // epilogue (silu(g) u, half2 pairs swapped between lanes, 4-byte
     // stores), both warpgroups at once (lockstep) or the second one half a
     // tile later (staggered).
-    constexpr bool TILES = MODE >= 8;
+    constexpr bool TILES = MODE >= 8 && MODE != 13;
     constexpr int TS = 64;
     const int shift = (MODE == 9 || MODE == 11) && c == 1 ? TS / 2 : 0;
     uint32_t* epi = reinterpret_cast<uint32_t*>(out + 256 * 128) + ((size_t)blockIdx.x * 256 + c * 128 + tid) * 32;
@@ -166,7 +169,7 @@ __global__ void __launch_bounds__(384, 1) probe(const uint4* src, float* out, lo
         }
     };
     for (int it = 0; it < nit; ++it) {
-        const bool first = TILES ? (it + shift) % TS == 0 || it == 0 : it == 0;
+        const bool first = TILES ? (it + shift) % TS == 0 || it == 0 : MODE == 13 ? it == 0 || it == nit + 7 : it == 0;
         issue(a0, 0, first);  // (the two register sets alternate, as in production)
         issue(a1, 1, first);
         if (++stage == STAGES) stage = 0;
@@ -206,16 +209,17 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&out, 256 * 128 * sizeof(float) + (size_t)sms * 256 * 32 * 4));  // (+ the epilogues' stores, modes 8-11)
     CK(cudaMalloc(&cyc, sms * 3 * sizeof(long long)));
     CK(cudaMemcpy(src, h.data(), STAGES * STAGE_BYTES, cudaMemcpyHostToDevice));
-    constexpr int NMODES = 12;
+    constexpr int NMODES = 14;
     void (*ks[NMODES])(const uint4*, float*, long long*, int) = {probe<0>, probe<1>, probe<2>, probe<3>,
                                                                  probe<4>, probe<5>, probe<6>, probe<7>,
-                                                                 probe<8>, probe<9>, probe<10>, probe<11>};
+                                                                 probe<8>, probe<9>, probe<10>, probe<11>, probe<12>, probe<13>};
     const char* names[NMODES] = {"RS, ld.shared fragments (production)", "SS, core matrices LBO 128 / SBO 512",
                                  "SS, LBO 512 / SBO 128 (swapped)", "RS, fragments loaded once (bound)",
                                  "RS as 0, one consumer warpgroup", "SS as 1, one consumer warpgroup",
                                  "SS as 1 + conversion traffic (3 warps)", "SS as 5 + conversion traffic (3 warps)",
                                  "RS, tiles + epilogue, lockstep", "RS, tiles + epilogue, staggered",
-                                 "SS, tiles + epilogue, lockstep", "SS, tiles + epilogue, staggered"};
+                                 "SS, tiles + epilogue, lockstep", "SS, tiles + epilogue, staggered",
+                                 "RS as 8, scale-d constant 1 (timing only)", "RS as 0, scale-d chosen at run time"};
     std::vector<float> ref(256 * 128), got(256 * 128);
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
@@ -237,7 +241,7 @@ int main(int argc, char** argv) {
             md = fmax(md, fabs((double)got[i] - ref[i]));
             mr = fmax(mr, fabs((double)ref[i]));
         }
-        const bool same = (m == 3 || m >= 8) ? true : (nan == 0 && md == 0.0);
+        const bool same = (m == 3 || (m >= 8 && m != 13)) ? true : (nan == 0 && md == 0.0);
         // timing: every SM, median of 5
         std::vector<float> ts;
         std::vector<long long> cy(sms * 3);
@@ -261,13 +265,13 @@ int main(int argc, char** argv) {
             for (int w = 0; w < wgs; ++w) cyv.push_back(cy[i * 2 + w]);
         std::sort(cyv.begin(), cyv.end());
         const double cps = (double)cyv[cyv.size() / 2] / nit;  // cycles per stage, median warpgroup
-        if (m >= 6) {
+        if (m == 6 || m == 7) {
             std::vector<long long> cv(cy.begin() + sms * 2, cy.begin() + sms * 3);
             std::sort(cv.begin(), cv.end());
             printf("        conversion warps (at their own pace until the consumers finish): %.2f conversions of 31 KB per consumer stage (median block)\n", (double)cv[sms / 2] / nit);
         }
         printf("mode %d %-40s check %s (max |diff| %.3g of %.3g, NaN %d)  %.3f ms  %.0f TFLOP/s  %.0f cycles/stage = %.1f %% of %.0f\n",
-               m, names[m], (m == 3 || m >= 8) ? "n/a" : (same ? "bitwise = RS" : "DIFFERS"), md, mr, nan, ts[ts.size() / 2],
+               m, names[m], (m == 3 || (m >= 8 && m != 13)) ? "n/a" : (same ? "bitwise = RS" : "DIFFERS"), md, mr, nan, ts[ts.size() / 2],
                flop / ts[ts.size() / 2] / 1e9, cps, 100.0 * ideal / cps, ideal);
     }
     return 0;
