@@ -123,7 +123,7 @@ __device__ __forceinline__ void attn_prefill_ws_body(const AttnParams& p) {
             stage(vc, kdst + TILE, kt0);
             cp_async_commit();
             cp_async_wait<0>();
-            attn_fence_async_smem();
+            fence_proxy_async_smem();
             mbar_arrive(full0 + 8 * pw);
         }
         return;

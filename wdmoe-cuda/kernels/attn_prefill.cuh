@@ -519,17 +519,6 @@ __device__ __forceinline__ void attn_prefill_body(const AttnParams& p) {
 
 namespace {
 
-// Shared memory written by this thread's (completed) cp.async, visible to
-// the async proxy (wgmma) after the next barrier.
-__device__ __forceinline__ void attn_fence_async_smem() {
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
-// Matrix descriptor: 128-byte swizzle; byte offsets encoded >> 4.
-__device__ __forceinline__ uint64_t attn_wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
-}
-
 // wgmma m64nNk16 with A (64 x 16) from registers (each warp: the m16n8k16
 // A fragment of its 16 rows, wgmma_ra.cuh), B by descriptor, TB = 1 for an
 // MN-major (transposed) B; acc = 0 overwrites the accumulators.
@@ -543,7 +532,7 @@ __device__ __forceinline__ void attn_wg_mma(float (&d)[N / 2], const uint32_t (&
 template <int HD, int BKV>
 __device__ __forceinline__ void attn_wg_qk(float (&s)[BKV / 8][4], const uint32_t (&qa)[HD / 16][4], uint32_t k) {
     constexpr int HALF = BKV * 128;
-    const uint64_t dk = attn_wg_desc(k, 16, 1024);
+    const uint64_t dk = smem_desc_lbo_sbo(k, 16, 1024, true);
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
         attn_wg_mma<BKV, 0>(reinterpret_cast<float(&)[BKV / 2]>(s), qa[kk],
@@ -553,7 +542,7 @@ __device__ __forceinline__ void attn_wg_qk(float (&s)[BKV / 8][4], const uint32_
 template <int HD, int BKV>
 __device__ __forceinline__ void attn_wg_pv(float (&o)[HD / 8][4], const uint32_t (&pa)[BKV / 16][4], uint32_t v) {
     constexpr int HALF = BKV * 128;
-    const uint64_t dv = attn_wg_desc(v, HALF, 1024);
+    const uint64_t dv = smem_desc_lbo_sbo(v, HALF, 1024, true);
 #pragma unroll
     for (int j = 0; j < BKV / 16; ++j)
         attn_wg_mma<HD, 1>(reinterpret_cast<float(&)[HD / 2]>(o), pa[j], dv + ((j * 2048) >> 4), 1);
@@ -628,7 +617,7 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
         const int kt0 = first + i * BKV, kt1 = kt0 + BKV - 1;
         const int kb = PIPE ? 2 * (i & 1) : 0, vb = kb + 1;
         cp_async_wait<0>();
-        attn_fence_async_smem();
+        fence_proxy_async_smem();
         __syncthreads();  // as in attn_prefill_body (every warp's wgmma on the old buffers has completed)
         if (PIPE) {
             if (i + 1 < tiles) {
@@ -653,7 +642,7 @@ __device__ __forceinline__ void attn_prefill_wg_body(const AttnParams& p) {
             attn_softmax<HD, BKV, true, SKIP_RESCALE>(s, kt0, c2, rw, sl2, m0, m1, l0, l1, o, pa);
         if (!PIPE) {
             cp_async_wait<0>();
-            attn_fence_async_smem();
+            fence_proxy_async_smem();
             __syncthreads();  // V(i) in place; every warp's S wgmma (reads of K(i)) has completed
             if (i + 1 < tiles) {
                 stage(kc, 0, kt0 + BKV);

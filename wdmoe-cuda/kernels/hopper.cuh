@@ -92,12 +92,24 @@ template <int R>
 __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
 }
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups
-// 1024 bytes apart (stride byte offset), leading byte offset unused (1).
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-           ((uint64_t)1 << 62);
+// Shared memory this thread wrote through the generic proxy (stores, a
+// completed cp.async), made visible to the async proxy (wgmma, bulk
+// copies) once the readers pass the next barrier.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
+// Shared-memory matrix descriptor (byte offsets encoded >> 4): lbo, the
+// leading byte offset (without swizzle, K-major: the next core matrix along
+// k), sbo, the stride byte offset (the next 8-row group), and the layout:
+// 128-byte swizzle (sw128) or none (core matrices of 8 rows x 16 contiguous
+// bytes).
+__device__ __forceinline__ uint64_t smem_desc_lbo_sbo(uint32_t addr, uint32_t lbo, uint32_t sbo, bool sw128) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)(sw128 ? 1 : 0) << 62);
+}
+// K-major, 128-byte swizzle, 8-row groups 1024 bytes apart, leading byte
+// offset unused (16: encoded 1): the TMA boxes of the GEMMs.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) { return smem_desc_lbo_sbo(addr, 16, 1024, true); }
 // A consumer warp with nothing to compute for `n` stages of a tile still
 // releases each one once its data arrived (the producer refills it): the
 // stage ring's (stage, phase) advance as if it had consumed them.

@@ -25,8 +25,6 @@
 [[maybe_unused]] constexpr int STAGES = 2, ITERS = 16, CWARPS = 2;
 constexpr int STAGE_BYTES = CWARPS * 32 * 16;
 
-__device__ __forceinline__ void proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-
 // Variants of the consumer's release (and, 5, the producer's refill):
 // 0 lane 0 arrives (count 2)            1 __syncwarp, lane 0 arrives (count 2)
 // 2 every lane arrives (count 64)       3 __syncwarp, proxy fence, lane 0 arrives
@@ -50,7 +48,7 @@ __global__ void probe(const uint4* src, unsigned long long* out, int v) {
         if (lane == 0)
             for (int it = 0; it < ITERS; ++it) {
                 mbar_wait(empty + 8 * stage, phase ^ 1);
-                if (v == 5) proxy_fence();
+                if (v == 5) fence_proxy_async_smem();
                 mbar_expect_tx(full + 8 * stage, STAGE_BYTES);
                 bulk_load(smem_u32(buf[stage]), src + (size_t)it * STAGE_BYTES / 16, STAGE_BYTES, full + 8 * stage);
                 if (++stage == STAGES) stage = 0, phase ^= 1;
@@ -67,8 +65,8 @@ __global__ void probe(const uint4* src, unsigned long long* out, int v) {
             case 0: stage_release<false>(e, lane); break;
             case 1: case 5: __syncwarp(); if (lane == 0) mbar_arrive(e); break;
             case 2: stage_release<true>(e, lane); break;
-            case 3: __syncwarp(); proxy_fence(); if (lane == 0) mbar_arrive(e); break;
-            case 4: proxy_fence(); mbar_arrive(e); break;
+            case 3: __syncwarp(); fence_proxy_async_smem(); if (lane == 0) mbar_arrive(e); break;
+            case 4: fence_proxy_async_smem(); mbar_arrive(e); break;
             case 6:
                 asm volatile("bar.sync 1, %0;" ::"n"(CWARPS * 32) : "memory");
                 if (warp == 1 && lane == 0) mbar_arrive(e);
